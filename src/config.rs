@@ -1,0 +1,342 @@
+//! Configuration: a TOML file, overridable from the environment.
+//!
+//! Every key has a default (see `tether.example.toml`, which documents each
+//! one), so `tether` with no file runs the embedded single-node defaults.
+//! Environment variables `TETHER_<SECTION>__<KEY>` override file values, e.g.
+//! `TETHER_NODE__CORES=1` or `TETHER_LOG__LEVEL=debug`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// A configuration problem, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path (`mqtt.max_packet_size`), or empty for the whole file.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub listeners: ListenerConfig,
+    pub mqtt: MqttConfig,
+    pub session: SessionConfig,
+    pub runtime: RuntimeConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Node number in connection ids; unique per cluster.
+    pub id: u16,
+    /// Executors (one per core); 0 means one per online CPU.
+    pub cores: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { id: 1, cores: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Plain MQTT over TCP; port 0 asks the OS for a free port.
+    pub tcp: SocketAddr,
+    /// listen(2) backlog of each core's SO_REUSEPORT socket.
+    pub backlog: u32,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig { tcp: SocketAddr::from(([127, 0, 0, 1], 1883)), backlog: 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Largest packet accepted from (and advertised to) clients, in bytes.
+    pub max_packet_size: u32,
+    /// A socket that has not completed CONNECT by then is closed.
+    pub connect_timeout_ms: u64,
+    /// Largest keep-alive granted; a v5 client asking for more (or for 0) is
+    /// told this value as Server Keep Alive.
+    pub max_keep_alive: u16,
+    /// QoS 2 publishes a client may have awaiting PUBREL (MQTT 5 Receive
+    /// Maximum the gateway advertises; exceeding it is DISCONNECT 0x93).
+    pub receive_maximum: u16,
+    /// Outbound in-flight window for 3.1.1 clients (v5 clients state theirs).
+    pub inflight_window: u16,
+    /// Upper bound on any client's outbound window.
+    pub max_inflight: u16,
+    /// Highest QoS granted to subscriptions and accepted from publishers.
+    pub max_qos: u8,
+    /// Topic aliases a v5 client may use towards the gateway.
+    pub topic_alias_maximum: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            max_packet_size: 1024 * 1024,
+            connect_timeout_ms: 10_000,
+            max_keep_alive: 65_535,
+            receive_maximum: 128,
+            inflight_window: 32,
+            max_inflight: 1024,
+            max_qos: 2,
+            topic_alias_maximum: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Cap on session expiry; 3.1.1 persistent sessions (clean session 0)
+    /// expire after this long offline.
+    pub max_expiry_secs: u32,
+    /// Hard limit of QoS 1/2 messages queued per session (waiting for the
+    /// window or for the client to come back). Exceeding it while connected
+    /// disconnects the client (0x97); while offline the newest is dropped.
+    pub max_queued_messages: usize,
+    /// Soft limit of bytes written-but-unsent per connection; above it QoS 0
+    /// messages to that client are dropped (and counted).
+    pub max_outbox_bytes: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_expiry_secs: 7 * 24 * 3600,
+            max_queued_messages: 1000,
+            max_outbox_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Capacity, in batches, of each core-to-core channel.
+    pub mesh_channel_capacity: usize,
+    /// Most messages in one cross-core batch.
+    pub route_batch_max: usize,
+    /// Messages a core may have waiting for other cores before it stops
+    /// reading from its publishers (backpressure instead of loss).
+    pub router_backlog_limit: usize,
+    /// Timer wheel tick; keep-alive precision.
+    pub tick_ms: u64,
+    /// Per-core socket read buffer, shared by all of the core's connections.
+    pub read_buffer_bytes: usize,
+    /// io_uring buffer memory glommio reserves per core, in KiB.
+    pub io_memory_kib: usize,
+    /// How long shutdown waits for clients to receive DISCONNECT.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            mesh_channel_capacity: 1024,
+            route_batch_max: 256,
+            router_backlog_limit: 16_384,
+            tick_ms: 100,
+            read_buffer_bytes: 64 * 1024,
+            io_memory_kib: 512,
+            shutdown_grace_ms: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `tether=debug,warn`, ...
+    /// (`RUST_LOG` wins when set).
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: "text".into() }
+    }
+}
+
+const ENV_PREFIX: &str = "TETHER_";
+
+impl Config {
+    /// Loads `path` (or the defaults when `None`) and applies the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| err("", format!("cannot read {}: {e}", p.display())))?,
+            None => String::new(),
+        };
+        Config::from_toml(&text, std::env::vars())
+    }
+
+    /// Parses TOML text plus `TETHER_*` overrides from `env`, then validates.
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let at = e.span().map(|s| line_of(text, s.start)).map(|l| format!(" (line {l})"));
+            err("", format!("not valid TOML{}: {}", at.unwrap_or_default(), e.message()))
+        })?;
+        for (name, raw) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            if keys.len() != 2 {
+                continue;
+            }
+            let section = value
+                .entry(keys[0].clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            let toml::Value::Table(section) = section else {
+                return Err(err(&keys[0], "must be a table"));
+            };
+            section.insert(keys[1].clone(), env_value(&raw));
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(value))
+            .map_err(|e| err(&e.path().to_string(), e.inner().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let m = &self.mqtt;
+        if m.max_packet_size < 128 || m.max_packet_size as usize > crate::codec::MAX_REMAINING_LENGTH + 5 {
+            return Err(err("mqtt.max_packet_size", "must be between 128 and 268435460 bytes"));
+        }
+        if m.receive_maximum == 0 {
+            return Err(err("mqtt.receive_maximum", "must be at least 1"));
+        }
+        if m.inflight_window == 0 || m.max_inflight == 0 {
+            return Err(err("mqtt.inflight_window", "windows must be at least 1"));
+        }
+        if m.max_qos > 2 {
+            return Err(err("mqtt.max_qos", "must be 0, 1 or 2"));
+        }
+        if m.connect_timeout_ms == 0 {
+            return Err(err("mqtt.connect_timeout_ms", "must be at least 1"));
+        }
+        let r = &self.runtime;
+        if r.tick_ms == 0 || r.tick_ms > 1000 {
+            return Err(err("runtime.tick_ms", "must be between 1 and 1000"));
+        }
+        if r.read_buffer_bytes < 1024 {
+            return Err(err("runtime.read_buffer_bytes", "must be at least 1024"));
+        }
+        if r.mesh_channel_capacity == 0 || r.route_batch_max == 0 || r.router_backlog_limit == 0 {
+            return Err(err("runtime", "channel capacities and limits must be at least 1"));
+        }
+        if self.session.max_queued_messages == 0 {
+            return Err(err("session.max_queued_messages", "must be at least 1"));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(err("log.format", "must be \"text\" or \"json\""));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(err("log.level", "not a valid filter (e.g. \"info\", \"tether=debug\")"));
+        }
+        Ok(())
+    }
+
+    /// Number of executors to start.
+    pub fn cores(&self) -> usize {
+        if self.node.cores > 0 {
+            self.node.cores
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// Environment values are typed like TOML literals when they parse as one
+/// (`1`, `true`, `"x"`), otherwise taken as strings (`127.0.0.1:1883`).
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml(text, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let c = parse("", &[]).unwrap();
+        assert_eq!(c.listeners.tcp.port(), 1883);
+        assert_eq!(c.mqtt.max_packet_size, 1024 * 1024);
+    }
+
+    #[test]
+    fn example_file_parses_and_matches_defaults() {
+        let text = include_str!("../tether.example.toml");
+        let c = parse(text, &[]).unwrap();
+        let d = Config::default();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"), "example file documents the defaults");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = parse(
+            "[node]\ncores = 2\n",
+            &[("TETHER_NODE__CORES", "1"), ("TETHER_LISTENERS__TCP", "127.0.0.1:0")],
+        )
+        .unwrap();
+        assert_eq!(c.node.cores, 1);
+        assert_eq!(c.listeners.tcp.port(), 0);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse("[mqtt]\nmax_packet_size = \"big\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "mqtt.max_packet_size");
+        let e = parse("[mqtt]\nmax_pakcet_size = 1\n", &[]).unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = parse("[mqtt]\nmax_qos = 3\n", &[]).unwrap_err();
+        assert_eq!(e.key, "mqtt.max_qos");
+        let e = parse("[mqtt\n", &[]).unwrap_err();
+        assert!(e.message.contains("line 1"), "{e}");
+    }
+}

@@ -1,0 +1,305 @@
+//! The connection task: socket I/O for one client, as a single hand-written
+//! state machine (one `poll_fn`), so an idle connection costs one small task
+//! and its slab entry: no read or write buffer is held while idle.
+//!
+//! Each poll: flush the outbox, honour a close request, then read what the
+//! socket has into the core's shared scratch buffer and handle every
+//! complete packet. Only a partial trailing packet is copied into the
+//! connection's own buffer.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+use tracing::{debug, info};
+
+use crate::codec::{self, decode, encode, encode_publish, reason, DecodeError, Packet, Version};
+use crate::core::{CloseRequest, Core, Phase};
+use crate::handler;
+use crate::id::{ConnId, ConnKey};
+use crate::session::Frame;
+use crate::stats::bump;
+
+/// Bytes encoded into the write buffer before it is handed to the socket.
+const WRITE_CHUNK: usize = 64 * 1024;
+/// Buffers larger than this are released once empty, so a burst does not
+/// leave an idle connection holding memory.
+const KEEP_BUFFER: usize = 4 * 1024;
+/// Reads per poll before yielding, so one busy client cannot starve others.
+const READ_BUDGET: usize = 16;
+/// How long a closing connection may take to flush its last frames.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+struct Conn {
+    core: Rc<Core>,
+    stream: TcpStream,
+    key: ConnKey,
+    id: ConnId,
+    peer: SocketAddr,
+    /// Protocol version, known once CONNECT was decoded.
+    version: Option<Version>,
+    /// Partial packet carried over between reads (empty most of the time).
+    inbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    /// Set once the close sequence started; bounds the final flush.
+    closing: Option<Timer>,
+}
+
+/// Serves one accepted socket until it closes.
+pub async fn serve(core: Rc<Core>, stream: TcpStream) {
+    let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    // Interactive protocol: small packets must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let (key, id) = core.register(peer, stream.as_raw_fd());
+    debug!(conn = %id, %peer, "accepted");
+    let mut conn = Conn {
+        core: core.clone(),
+        stream,
+        key,
+        id,
+        peer,
+        version: None,
+        inbuf: Vec::new(),
+        wbuf: Vec::new(),
+        wpos: 0,
+        closing: None,
+    };
+    poll_fn(|cx| conn.poll(cx)).await;
+    // Half-close first so the peer reads our final frames before the FIN.
+    let _ = conn.stream.shutdown(Shutdown::Write).await;
+    core.unregister(key);
+    debug!(conn = %id, %peer, "closed");
+}
+
+impl Conn {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..READ_BUDGET {
+            if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+                debug!(conn = %self.id, "write failed: {e}");
+                return Poll::Ready(());
+            }
+            let (active, close) = {
+                let mut st = self.core.st.borrow_mut();
+                let Some(e) = st.entry(self.key) else { return Poll::Ready(()) };
+                let active = matches!(e.phase, Phase::Active);
+                let Some(link) = e.link.as_mut() else { return Poll::Ready(()) };
+                link.waker = Some(cx.waker().clone());
+                (active, link.close)
+            };
+            if let Some(req) = close {
+                return self.poll_close(cx, req);
+            }
+            if self.version.is_some() && !active {
+                // Waiting for the session handover; the handover wakes us.
+                return Poll::Pending;
+            }
+            if active && !self.inbuf.is_empty() && self.has_complete_packet() {
+                self.ingest(&[]);
+                continue;
+            }
+            if self.core.must_pause(cx.waker()) {
+                return Poll::Pending;
+            }
+            let core = self.core.clone();
+            let mut scratch = core.scratch.borrow_mut();
+            match Pin::new(&mut self.stream).poll_read(cx, &mut scratch) {
+                Poll::Ready(Ok(0)) => {
+                    debug!(conn = %self.id, "peer closed the connection");
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(n)) => {
+                    let stats = core.stats();
+                    bump(&stats.bytes_in, n as u64);
+                    self.ingest(&scratch[..n]);
+                }
+                Poll::Ready(Err(e)) => {
+                    debug!(conn = %self.id, "read failed: {e}");
+                    return Poll::Ready(());
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn has_complete_packet(&self) -> bool {
+        let max = self.core.cfg.mqtt.max_packet_size as usize;
+        matches!(codec::frame_len(&self.inbuf, max), Ok(Some(n)) if n <= self.inbuf.len()) || codec::frame_len(&self.inbuf, max).is_err()
+    }
+
+    /// Handles the bytes just read (plus any carried-over partial packet).
+    fn ingest(&mut self, data: &[u8]) {
+        let now = self.core.now_tick();
+        if let Some(link) = self.core.st.borrow_mut().entry(self.key).and_then(|e| e.link.as_mut()) {
+            link.last_seen = now;
+        }
+        if self.inbuf.is_empty() {
+            let used = self.process(data);
+            self.inbuf.extend_from_slice(&data[used..]);
+        } else {
+            self.inbuf.extend_from_slice(data);
+            let buf = std::mem::take(&mut self.inbuf);
+            let used = self.process(&buf);
+            self.inbuf = buf;
+            self.inbuf.drain(..used);
+        }
+        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_BUFFER {
+            self.inbuf = Vec::new();
+        }
+    }
+
+    /// Decodes and handles packets from `buf`; returns the bytes consumed.
+    /// Stops early when the connection is closing or waits for a handover.
+    fn process(&mut self, buf: &[u8]) -> usize {
+        let max = self.core.cfg.mqtt.max_packet_size as usize;
+        let mut used = 0;
+        let core = self.core.clone();
+        loop {
+            let packet = match decode(&buf[used..], self.version, max) {
+                Ok(Some((packet, n))) => {
+                    used += n;
+                    packet
+                }
+                Ok(None) => return used,
+                Err(e) => {
+                    self.reject_decode(e);
+                    return buf.len();
+                }
+            };
+            bump(&core.stats().packets_in, 1);
+            let mut st = core.st.borrow_mut();
+            if let Packet::Connect(c) = &packet {
+                self.version = Some(c.version);
+            }
+            if let Err(v) = handler::handle(&core, &mut st, self.key, packet) {
+                drop(st);
+                self.reject(v.code, v.why);
+                return buf.len();
+            }
+            let Some(e) = st.entry(self.key) else { return buf.len() };
+            let closing = e.link.as_ref().is_none_or(|l| l.close.is_some());
+            if closing {
+                return buf.len();
+            }
+            if !matches!(e.phase, Phase::Active) {
+                // Keep pipelined packets until the session is in place.
+                return used;
+            }
+        }
+    }
+
+    fn reject_decode(&mut self, e: DecodeError) {
+        if self.version.is_none() {
+            if let DecodeError::UnsupportedVersion(_) = e {
+                // [MQTT-3.1.2-2]: CONNACK 0x01 (3.1.1 form), then close.
+                info!(conn = %self.id, peer = %self.peer, "closing: {e}");
+                bump(&self.core.stats().protocol_errors, 1);
+                if let Some(link) = self.core.st.borrow_mut().entry(self.key).and_then(|e| e.link.as_mut()) {
+                    link.control(Packet::ConnAck(codec::ConnAck {
+                        session_present: false,
+                        code: reason::UNSUPPORTED_PROTOCOL_VERSION,
+                        properties: Default::default(),
+                    }));
+                    link.request_close(None, false);
+                }
+                return;
+            }
+        }
+        let code = e.reason_code();
+        self.reject(code, &e.to_string());
+    }
+
+    fn reject(&mut self, code: u8, why: &str) {
+        info!(conn = %self.id, peer = %self.peer, reason = format_args!("{code:#04x}"), "closing: {why}");
+        bump(&self.core.stats().protocol_errors, 1);
+        let v5 = self.version.is_some_and(Version::is_v5);
+        if let Some(link) = self.core.st.borrow_mut().entry(self.key).and_then(|e| e.link.as_mut()) {
+            link.request_close(v5.then_some(code), true);
+        }
+    }
+
+    /// Encodes outbox frames into the write buffer.
+    fn fill_wbuf(&mut self) {
+        let mut st = self.core.st.borrow_mut();
+        let Some(link) = st.entry(self.key).and_then(|e| e.link.as_mut()) else { return };
+        let v = link.version;
+        let stats = self.core.stats();
+        let mut packets = 0;
+        let mut publishes = 0;
+        while self.wbuf.len() < WRITE_CHUNK {
+            let Some(frame) = link.outbox.pop_front() else { break };
+            link.outbox_bytes -= frame.weight();
+            packets += 1;
+            match frame {
+                Frame::Publish { msg, qos, pkid, dup, retain } => {
+                    publishes += 1;
+                    let props = if v.is_v5() { msg.properties.as_deref() } else { None };
+                    encode_publish(&mut self.wbuf, &msg.topic, &msg.payload, qos, pkid, dup, retain, props, v);
+                }
+                Frame::Control(p) => encode(&p, v, &mut self.wbuf),
+            }
+        }
+        bump(&stats.packets_out, packets);
+        bump(&stats.publishes_out, publishes);
+    }
+
+    /// Writes until the outbox is empty (Ready) or the socket is full (Pending).
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if self.wpos == self.wbuf.len() {
+                self.wbuf.clear();
+                self.wpos = 0;
+                self.fill_wbuf();
+                if self.wbuf.is_empty() {
+                    if self.wbuf.capacity() > KEEP_BUFFER {
+                        self.wbuf = Vec::new();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf[self.wpos..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.wpos += n;
+                    bump(&self.core.stats().bytes_out, n as u64);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Sends the final DISCONNECT (if any) and finishes within the timeout.
+    fn poll_close(&mut self, cx: &mut Context<'_>, req: CloseRequest) -> Poll<()> {
+        if self.closing.is_none() {
+            self.closing = Some(Timer::new(CLOSE_FLUSH_TIMEOUT));
+            let v5 = self.version.is_some_and(Version::is_v5);
+            if let Some(link) = self.core.st.borrow_mut().entry(self.key).and_then(|e| e.link.as_mut()) {
+                if req.discard_outbox {
+                    link.outbox.clear();
+                    link.outbox_bytes = 0;
+                }
+                if let (Some(code), true) = (req.reason, v5) {
+                    link.control(Packet::Disconnect(codec::ReasonOnly { code, properties: Default::default() }));
+                }
+            }
+        }
+        match self.poll_flush(cx) {
+            Poll::Ready(_) => Poll::Ready(()),
+            Poll::Pending => {
+                let timer = self.closing.as_mut().expect("set above");
+                Pin::new(timer).poll(cx).map(|_| ())
+            }
+        }
+    }
+}

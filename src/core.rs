@@ -1,0 +1,831 @@
+//! One core's shared-nothing state and the operations on it: the connection
+//! slab, the subscription shard, the timer wheel, cross-core routing, session
+//! activation and takeover.
+//!
+//! Everything here runs on the core's own executor thread. The only things
+//! other threads see are the interest summary and the counters (atomics) and
+//! the session directory (touched on CONNECT and session end only).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use slab::Slab;
+use tracing::{debug, info};
+
+use crate::codec::{reason, ConnAck, Packet, Properties, QoS, Version, Will};
+use crate::config::Config;
+use crate::id::{ConnId, ConnKey, Location};
+use crate::interest::{Interest, LocalInterest};
+use crate::session::{Frame, Inflight, Message, Offer, Queued, Session};
+use crate::stats::{bump, Stats};
+use crate::store::SessionStore;
+use crate::subs::{Sub, SubTree};
+use crate::wheel::Wheel;
+
+/// State every core can read: per-core summaries and the node's directory.
+pub struct Shared {
+    pub node_id: u16,
+    pub cores: Vec<CoreShared>,
+    pub store: Arc<dyn SessionStore>,
+    pub started: Instant,
+}
+
+/// The cross-core visible part of one core.
+#[derive(Default)]
+pub struct CoreShared {
+    pub interest: Interest,
+    pub stats: Stats,
+}
+
+/// Messages between cores (over the bounded glommio channel mesh).
+#[derive(Debug)]
+pub enum CoreMsg {
+    /// Messages published on the sending core that may match here.
+    Publish(Vec<Arc<Message>>),
+    /// A newer connection claimed `client_id`; hand its session over.
+    Takeover { target: ConnKey, client_id: Arc<str>, requester: Location },
+    /// The session (if any) of the client `target` is taking over.
+    Handover { target: ConnKey, session: Option<Box<Session>> },
+}
+
+impl CoreMsg {
+    fn messages(&self) -> usize {
+        match self {
+            CoreMsg::Publish(v) => v.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// A single-waiter wake-up flag for tasks of one core.
+#[derive(Default)]
+pub struct Notify {
+    flag: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    pub fn notify(&self) {
+        self.flag.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    pub async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.flag.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Why the core asks a connection to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseRequest {
+    /// DISCONNECT reason code to send first (v5 only); `None` closes silently.
+    pub reason: Option<u8>,
+    /// Drop unsent frames (a slow consumer) instead of flushing them first.
+    pub discard_outbox: bool,
+}
+
+/// The live half of a session: present while a socket is attached.
+pub struct Link {
+    pub version: Version,
+    pub peer: SocketAddr,
+    pub fd: RawFd,
+    pub since: std::time::SystemTime,
+    /// 1.5 x keep-alive in ticks; 0 disables the check.
+    pub keep_alive_ticks: u64,
+    /// Tick of the last packet received.
+    pub last_seen: u64,
+    pub outbox: VecDeque<Frame>,
+    pub outbox_bytes: usize,
+    /// The connection task, woken when the outbox or phase changes.
+    pub waker: Option<Waker>,
+    pub close: Option<CloseRequest>,
+    /// Outbound in-flight window (client's Receive Maximum, capped).
+    pub window: usize,
+    /// Client's Maximum Packet Size.
+    pub max_packet: usize,
+    /// Inbound topic aliases (index = alias - 1).
+    pub aliases: Vec<Option<Arc<str>>>,
+    pub will: Option<Will>,
+    /// The client sent DISCONNECT (without 0x04): no will.
+    pub graceful: bool,
+}
+
+impl Link {
+    pub fn push(&mut self, frame: Frame) {
+        self.outbox_bytes += frame.weight();
+        self.outbox.push_back(frame);
+        self.wake();
+    }
+
+    pub fn control(&mut self, packet: Packet) {
+        self.push(Frame::Control(packet));
+    }
+
+    pub fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    pub fn request_close(&mut self, reason: Option<u8>, discard_outbox: bool) {
+        if self.close.is_none() {
+            self.close = Some(CloseRequest { reason, discard_outbox });
+        }
+        self.wake();
+    }
+}
+
+/// What a CONNECT asked for, kept while the session is being located.
+#[derive(Debug, Clone)]
+pub struct ConnectInfo {
+    pub clean_start: bool,
+    pub expiry_secs: u32,
+    /// Session expiry the client asked for (reported back when capped).
+    pub requested_expiry_secs: u32,
+    pub assigned_id: Option<String>,
+    pub server_keep_alive: Option<u16>,
+}
+
+/// Lifecycle of a slab entry.
+pub enum Phase {
+    /// Socket accepted, no CONNECT yet (CONNECT deadline armed).
+    Connecting,
+    /// CONNECT accepted; waiting for the previous owner's session.
+    /// `superseded` is set if an even newer connection claimed the id meanwhile.
+    AwaitingHandover { info: ConnectInfo, superseded: Option<Location> },
+    /// CONNACK sent; the session is live.
+    Active,
+    /// No connection; the session waits for its client until `expires_at`.
+    Offline { expires_at: u64 },
+    /// The session moved to a newer connection; this socket is closing.
+    TakenOver,
+}
+
+/// One slab entry: a connection and/or a session.
+pub struct Entry {
+    pub gen: u32,
+    pub id: ConnId,
+    pub client_id: Option<Arc<str>>,
+    pub phase: Phase,
+    pub session: Session,
+    pub link: Option<Link>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Timer {
+    ConnectDeadline,
+    KeepAlive,
+    SessionExpiry,
+}
+
+/// The mutable state of a core, behind one `RefCell` (single-threaded).
+pub struct CoreState {
+    pub conns: Slab<Entry>,
+    pub subs: SubTree,
+    pub wheel: Wheel<(ConnKey, Timer)>,
+    interest: LocalInterest,
+    next_gen: u32,
+    next_seq: u64,
+    /// Reused per fan-out to collect matches without allocating.
+    matches: Vec<Sub>,
+    links: usize,
+}
+
+impl CoreState {
+    pub fn entry(&mut self, key: ConnKey) -> Option<&mut Entry> {
+        self.conns.get_mut(key.index as usize).filter(|e| e.gen == key.gen)
+    }
+
+    pub fn links(&self) -> usize {
+        self.links
+    }
+}
+
+/// Outgoing queue towards one peer core, drained by its router task.
+#[derive(Default)]
+pub struct Route {
+    queue: RefCell<VecDeque<CoreMsg>>,
+    pub notify: Notify,
+}
+
+pub struct Core {
+    pub id: usize,
+    pub cfg: Arc<Config>,
+    pub shared: Arc<Shared>,
+    pub st: RefCell<CoreState>,
+    /// Socket read buffer shared by all connections of this core: reads only
+    /// happen when a socket is readable, so idle connections hold no buffer.
+    pub scratch: RefCell<Vec<u8>>,
+    /// Origin of this core's tick clock.
+    epoch: Instant,
+    pub routes: Vec<Route>,
+    /// Messages queued in `routes` and not yet accepted by a channel.
+    backlog: Cell<usize>,
+    /// Connections that stopped reading because `backlog` is over the limit.
+    paused: RefCell<Vec<Waker>>,
+    pub shutting_down: Cell<bool>,
+    /// Signalled when the last link of a shutting-down core is gone.
+    pub drained: Notify,
+    /// Signalled when the wheel gets its first timer.
+    pub wheel_armed: Notify,
+}
+
+impl Core {
+    pub fn new(id: usize, cfg: Arc<Config>, shared: Arc<Shared>) -> Core {
+        let ncores = shared.cores.len();
+        Core {
+            id,
+            scratch: RefCell::new(vec![0; cfg.runtime.read_buffer_bytes]),
+            cfg,
+            shared,
+            st: RefCell::new(CoreState {
+                conns: Slab::new(),
+                subs: SubTree::default(),
+                wheel: Wheel::new(0),
+                interest: LocalInterest::default(),
+                next_gen: 0,
+                next_seq: 0,
+                matches: Vec::new(),
+                links: 0,
+            }),
+            epoch: Instant::now(),
+            routes: (0..ncores).map(|_| Route::default()).collect(),
+            backlog: Cell::new(0),
+            paused: RefCell::new(Vec::new()),
+            shutting_down: Cell::new(false),
+            drained: Notify::default(),
+            wheel_armed: Notify::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.cores[self.id].stats
+    }
+
+    /// Current tick of the wheel clock (monotonic, `runtime.tick_ms` units).
+    pub fn now_tick(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 / self.cfg.runtime.tick_ms
+    }
+
+    pub fn ticks(&self, ms: u64) -> u64 {
+        ms.div_ceil(self.cfg.runtime.tick_ms)
+    }
+
+    fn arm(&self, st: &mut CoreState, at: u64, key: ConnKey, t: Timer) {
+        let was_empty = st.wheel.is_empty();
+        st.wheel.insert(at, (key, t));
+        if was_empty {
+            self.wheel_armed.notify();
+        }
+    }
+
+    // ----- connection lifecycle -------------------------------------------
+
+    /// Adds an accepted socket; arms the CONNECT deadline.
+    pub fn register(&self, peer: SocketAddr, fd: RawFd) -> (ConnKey, ConnId) {
+        let mut st = self.st.borrow_mut();
+        st.next_gen = st.next_gen.wrapping_add(1);
+        st.next_seq += 1;
+        let gen = st.next_gen;
+        let id = ConnId { node: self.shared.node_id, core: self.id as u16, seq: st.next_seq };
+        let index = st.conns.insert(Entry {
+            gen,
+            id,
+            client_id: None,
+            phase: Phase::Connecting,
+            session: Session::default(),
+            link: Some(Link {
+                version: Version::V311,
+                peer,
+                fd,
+                since: std::time::SystemTime::now(),
+                keep_alive_ticks: 0,
+                last_seen: self.now_tick(),
+                outbox: VecDeque::new(),
+                outbox_bytes: 0,
+                waker: None,
+                close: None,
+                window: self.cfg.mqtt.inflight_window as usize,
+                max_packet: usize::MAX,
+                aliases: Vec::new(),
+                will: None,
+                graceful: false,
+            }),
+        });
+        st.links += 1;
+        let key = ConnKey { index: index as u32, gen };
+        let deadline = self.now_tick() + self.ticks(self.cfg.mqtt.connect_timeout_ms);
+        self.arm(&mut st, deadline, key, Timer::ConnectDeadline);
+        self.stats().connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bump(&self.stats().accepted, 1);
+        (key, id)
+    }
+
+    /// The connection task of `key` ended (socket closed).
+    pub fn unregister(&self, key: ConnKey) {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        let Some(e) = st.entry(key) else { return };
+        let Some(link) = e.link.take() else { return };
+        st.links -= 1;
+        self.stats().connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let e = st.entry(key).expect("entry checked above");
+        match e.phase {
+            Phase::Connecting | Phase::TakenOver => {
+                st.conns.remove(key.index as usize);
+            }
+            // The handover will find no link and park or end the session.
+            Phase::AwaitingHandover { .. } => {}
+            Phase::Offline { .. } => unreachable!("offline sessions have no link"),
+            Phase::Active => {
+                let origin = Some(e.id);
+                if !link.graceful {
+                    if let Some(will) = link.will {
+                        self.publish_will(st, will, origin);
+                    }
+                }
+                self.park_or_end(st, key);
+            }
+        }
+        if st.links == 0 && self.shutting_down.get() {
+            self.drained.notify();
+        }
+    }
+
+    /// A session lost its connection: keep it offline or end it.
+    fn park_or_end(&self, st: &mut CoreState, key: ConnKey) {
+        let Some(e) = st.entry(key) else { return };
+        let secs = e.session.expiry_secs;
+        if secs == 0 {
+            self.end_session(st, key);
+            return;
+        }
+        let expires_at = self.now_tick() + self.ticks(u64::from(secs) * 1000);
+        e.phase = Phase::Offline { expires_at };
+        self.arm(st, expires_at, key, Timer::SessionExpiry);
+    }
+
+    /// Removes a session entirely: subscriptions, directory entry, slab slot.
+    fn end_session(&self, st: &mut CoreState, key: ConnKey) {
+        let Some(e) = st.entry(key) else { return };
+        let subs = std::mem::take(&mut e.session.subs);
+        let client_id = e.client_id.clone();
+        for (filter, _) in &subs {
+            self.unsubscribe_index(st, filter, key);
+        }
+        if let Some(cid) = client_id {
+            self.shared.store.release(&cid, Location { core: self.id, key });
+        }
+        st.conns.remove(key.index as usize);
+    }
+
+    // ----- subscriptions ----------------------------------------------------
+
+    /// Adds (or replaces) one subscription in this core's index.
+    pub fn subscribe_index(&self, st: &mut CoreState, filter: &str, sub: Sub) {
+        if !st.subs.insert(filter, sub) {
+            st.interest.add(&self.shared.cores[self.id].interest, filter);
+        }
+    }
+
+    pub fn unsubscribe_index(&self, st: &mut CoreState, filter: &str, key: ConnKey) -> bool {
+        let removed = st.subs.remove(filter, key);
+        if removed {
+            st.interest.remove(&self.shared.cores[self.id].interest, filter);
+        }
+        removed
+    }
+
+    // ----- CONNECT, takeover, handover ---------------------------------------
+
+    /// Claims `client_id` for `key` and locates its previous session.
+    pub fn claim(&self, st: &mut CoreState, key: ConnKey, client_id: Arc<str>, info: ConnectInfo) {
+        let me = Location { core: self.id, key };
+        if let Some(e) = st.entry(key) {
+            e.client_id = Some(client_id.clone());
+            e.phase = Phase::AwaitingHandover { info, superseded: None };
+        }
+        match self.shared.store.claim(&client_id, me) {
+            None => self.on_handover(st, key, None),
+            Some(prev) if prev.core == self.id => {
+                let reply = self.takeover(st, prev.key, &client_id, me);
+                self.dispatch_handover(st, reply);
+            }
+            Some(prev) => {
+                self.route(prev.core, CoreMsg::Takeover { target: prev.key, client_id, requester: me })
+            }
+        }
+    }
+
+    /// Gives up the session of `target` to `requester`. Returns the handover
+    /// to deliver, or `None` when it is deferred (target still waiting for
+    /// its own handover: it will forward when that arrives).
+    fn takeover(
+        &self,
+        st: &mut CoreState,
+        target: ConnKey,
+        client_id: &str,
+        requester: Location,
+    ) -> Option<(Location, Option<Box<Session>>)> {
+        let Some(e) = st.entry(target).filter(|e| e.client_id.as_deref() == Some(client_id)) else {
+            return Some((requester, None));
+        };
+        match &mut e.phase {
+            Phase::AwaitingHandover { superseded, .. } => {
+                *superseded = Some(requester);
+                None
+            }
+            Phase::Connecting | Phase::TakenOver => Some((requester, None)),
+            Phase::Active | Phase::Offline { .. } => {
+                let online = e.link.is_some();
+                let id = e.id;
+                let session = self.detach_session(st, target);
+                bump(&self.stats().takeovers, 1);
+                if online {
+                    info!(conn = %id, client_id, "session taken over by a newer connection");
+                    let e = st.entry(target).expect("entry checked above");
+                    e.phase = Phase::TakenOver;
+                    if let Some(link) = e.link.as_mut() {
+                        // MQTT 5 3.1.4-3: the old connection is closed, with 0x8E.
+                        let reason = link.version.is_v5().then_some(reason::SESSION_TAKEN_OVER);
+                        link.will = None;
+                        link.request_close(reason, false);
+                    }
+                } else {
+                    st.conns.remove(target.index as usize);
+                }
+                Some((requester, Some(Box::new(session))))
+            }
+        }
+    }
+
+    /// Takes a session's state out of this core (subscriptions unindexed).
+    fn detach_session(&self, st: &mut CoreState, key: ConnKey) -> Session {
+        let e = st.entry(key).expect("caller checked the key");
+        let session = std::mem::take(&mut e.session);
+        for (filter, _) in &session.subs {
+            self.unsubscribe_index(st, filter, key);
+        }
+        session
+    }
+
+    fn dispatch_handover(&self, st: &mut CoreState, reply: Option<(Location, Option<Box<Session>>)>) {
+        if let Some((to, session)) = reply {
+            if to.core == self.id {
+                self.on_handover(st, to.key, session);
+            } else {
+                self.route(to.core, CoreMsg::Handover { target: to.key, session });
+            }
+        }
+    }
+
+    /// The previous session (if any) of `target`'s client has arrived.
+    pub fn on_handover(&self, st: &mut CoreState, target: ConnKey, session: Option<Box<Session>>) {
+        let Some(e) = st.entry(target) else { return };
+        let phase = std::mem::replace(&mut e.phase, Phase::Active);
+        let Phase::AwaitingHandover { info, superseded } = phase else {
+            e.phase = phase;
+            return;
+        };
+        if let Some(next) = superseded {
+            // An even newer connection claimed the id while we waited.
+            e.phase = Phase::TakenOver;
+            match e.link.as_mut() {
+                Some(link) => link.request_close(None, false),
+                None => {
+                    st.conns.remove(target.index as usize);
+                }
+            }
+            self.dispatch_handover(st, Some((next, session)));
+            return;
+        }
+        self.activate(st, target, info, session);
+    }
+
+    /// Installs the session (restored or new) and sends CONNACK.
+    fn activate(&self, st: &mut CoreState, key: ConnKey, info: ConnectInfo, restored: Option<Box<Session>>) {
+        let restored = if info.clean_start { None } else { restored };
+        let session_present = restored.is_some();
+        let e = st.entry(key).expect("caller checked the key");
+        e.session = restored.map(|s| *s).unwrap_or_default();
+        e.session.expiry_secs = info.expiry_secs;
+        let subs: Vec<(Box<str>, _)> = e.session.subs.clone();
+        for (filter, opts) in &subs {
+            self.subscribe_index(st, filter, Sub { key, opts: *opts });
+        }
+        let e = st.entry(key).expect("caller checked the key");
+        let Some(link) = e.link.as_mut() else {
+            // The client went away while its session was being fetched.
+            self.park_or_end(st, key);
+            return;
+        };
+        let v5 = link.version.is_v5();
+        let mut props = Properties::default();
+        if v5 {
+            let m = &self.cfg.mqtt;
+            props.assigned_client_identifier = info.assigned_id.clone();
+            props.server_keep_alive = info.server_keep_alive;
+            props.receive_maximum = Some(m.receive_maximum);
+            props.maximum_packet_size = Some(m.max_packet_size);
+            props.topic_alias_maximum = Some(m.topic_alias_maximum);
+            if m.max_qos < 2 {
+                props.maximum_qos = Some(m.max_qos);
+            }
+            // Until the retained store and shared subscriptions land, say so.
+            props.retain_available = Some(0);
+            props.shared_subscription_available = Some(0);
+            props.subscription_identifier_available = Some(0);
+            if info.expiry_secs != info.requested_expiry_secs {
+                props.session_expiry_interval = Some(info.expiry_secs);
+            }
+        }
+        link.control(Packet::ConnAck(ConnAck { session_present, code: reason::SUCCESS, properties: props }));
+        // MQTT 4.4: resend unacknowledged PUBLISH (DUP) and PUBREL first.
+        for f in &e.session.inflight {
+            if f.released {
+                link.control(Packet::PubRel(crate::codec::Ack::new(f.pkid)));
+            } else {
+                link.push(Frame::Publish { msg: f.msg.clone(), qos: f.qos, pkid: f.pkid, dup: true, retain: f.retain });
+            }
+        }
+        let keep_alive_ticks = link.keep_alive_ticks;
+        link.last_seen = self.now_tick();
+        let id = e.id;
+        pump(e, &self.cfg, self.stats());
+        bump(&self.stats().connects, 1);
+        debug!(conn = %id, session_present, "session active");
+        if keep_alive_ticks > 0 {
+            self.arm(st, self.now_tick() + keep_alive_ticks, key, Timer::KeepAlive);
+        }
+    }
+
+    // ----- publishing -----------------------------------------------------
+
+    /// Routes a message published on this core to every matching session of
+    /// the node.
+    pub fn publish(&self, st: &mut CoreState, msg: Arc<Message>) {
+        for (core, shared) in self.shared.cores.iter().enumerate() {
+            if core != self.id && shared.interest.might_match(&msg.topic) {
+                self.route_publish(core, msg.clone());
+            }
+        }
+        self.deliver_local(st, &msg);
+    }
+
+    fn publish_will(&self, st: &mut CoreState, will: Will, origin: Option<ConnId>) {
+        let properties = (!will.properties.is_empty()).then(|| {
+            let mut p = will.properties.clone();
+            p.will_delay_interval = None;
+            Box::new(p)
+        });
+        let msg = Message {
+            topic: will.topic.into(),
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            origin,
+        };
+        self.publish(st, Arc::new(msg));
+    }
+
+    /// Offers `msg` to every matching session of this core. One copy per
+    /// session: overlapping subscriptions are merged at the highest QoS.
+    pub fn deliver_local(&self, st: &mut CoreState, msg: &Arc<Message>) {
+        let CoreState { subs, conns, matches, .. } = st;
+        matches.clear();
+        let groups = subs.for_each_match(&msg.topic, |s| matches.extend_from_slice(s));
+        if groups > 1 {
+            matches.sort_unstable_by_key(|s| s.key);
+            matches.dedup_by(|later, kept| {
+                let same = later.key == kept.key;
+                if same && later.opts.qos > kept.opts.qos {
+                    kept.opts.qos = later.opts.qos;
+                }
+                same
+            });
+        }
+        let stats = self.stats();
+        for s in matches.iter() {
+            let Some(e) = conns.get_mut(s.key.index as usize).filter(|e| e.gen == s.key.gen) else {
+                continue;
+            };
+            if s.opts.no_local && msg.origin == Some(e.id) {
+                continue;
+            }
+            let qos = msg.qos.min(s.opts.qos);
+            let retain = s.opts.retain_as_published && msg.retain;
+            match offer(e, msg, qos, retain, &self.cfg, stats) {
+                Offer::Sent | Offer::Queued => {}
+                Offer::DroppedSlow => bump(&stats.dropped_slow_qos0, 1),
+                Offer::DroppedOffline => bump(&stats.dropped_offline_qos0, 1),
+                Offer::DroppedQueueFull => bump(&stats.dropped_queue_full, 1),
+            }
+        }
+    }
+
+    // ----- cross-core routing ---------------------------------------------
+
+    fn route_publish(&self, core: usize, msg: Arc<Message>) {
+        let route = &self.routes[core];
+        {
+            let mut q = route.queue.borrow_mut();
+            match q.back_mut() {
+                Some(CoreMsg::Publish(batch)) if batch.len() < self.cfg.runtime.route_batch_max => {
+                    batch.push(msg)
+                }
+                _ => q.push_back(CoreMsg::Publish(vec![msg])),
+            }
+        }
+        self.backlog.set(self.backlog.get() + 1);
+        route.notify.notify();
+    }
+
+    fn route(&self, core: usize, msg: CoreMsg) {
+        self.routes[core].queue.borrow_mut().push_back(msg);
+        self.routes[core].notify.notify();
+    }
+
+    /// Next message for `core`'s channel (router task).
+    pub fn next_routed(&self, core: usize) -> Option<CoreMsg> {
+        self.routes[core].queue.borrow_mut().pop_front()
+    }
+
+    /// A routed message was accepted by the channel (router task).
+    pub fn routed(&self, msg_count: usize) {
+        let left = self.backlog.get() - msg_count;
+        self.backlog.set(left);
+        if left < self.cfg.runtime.router_backlog_limit {
+            for w in self.paused.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    pub fn count_messages(msg: &CoreMsg) -> usize {
+        msg.messages()
+    }
+
+    /// True (and `waker` parked) when publishers on this core must wait for
+    /// the routers to drain: backpressure instead of unbounded queues.
+    pub fn must_pause(&self, waker: &Waker) -> bool {
+        if self.backlog.get() < self.cfg.runtime.router_backlog_limit {
+            return false;
+        }
+        self.paused.borrow_mut().push(waker.clone());
+        true
+    }
+
+    /// Handles a message from another core.
+    pub fn on_core_msg(&self, msg: CoreMsg) {
+        let mut st = self.st.borrow_mut();
+        match msg {
+            CoreMsg::Publish(batch) => {
+                for m in &batch {
+                    self.deliver_local(&mut st, m);
+                }
+            }
+            CoreMsg::Takeover { target, client_id, requester } => {
+                let reply = self.takeover(&mut st, target, &client_id, requester);
+                self.dispatch_handover(&mut st, reply);
+            }
+            CoreMsg::Handover { target, session } => self.on_handover(&mut st, target, session),
+        }
+    }
+
+    // ----- timers -----------------------------------------------------------
+
+    /// Advances the wheel to the current tick and handles what fired.
+    pub fn on_tick(&self, fired: &mut Vec<(ConnKey, Timer)>) {
+        let now = self.now_tick();
+        let mut st = self.st.borrow_mut();
+        st.wheel.advance(now, fired);
+        for (key, timer) in fired.drain(..) {
+            self.on_timer(&mut st, key, timer, now);
+        }
+    }
+
+    fn on_timer(&self, st: &mut CoreState, key: ConnKey, timer: Timer, now: u64) {
+        let Some(e) = st.entry(key) else { return };
+        match (timer, &e.phase) {
+            (Timer::ConnectDeadline, Phase::Connecting | Phase::AwaitingHandover { .. }) => {
+                if let Some(link) = e.link.as_mut() {
+                    info!(conn = %e.id, peer = %link.peer, "no CONNECT within the deadline; closing");
+                    link.request_close(None, true);
+                    bump(&self.stats().timeouts, 1);
+                }
+            }
+            (Timer::KeepAlive, Phase::Active) => {
+                let Some(link) = e.link.as_mut() else { return };
+                let deadline = link.last_seen + link.keep_alive_ticks;
+                if now >= deadline {
+                    info!(conn = %e.id, peer = %link.peer, "keep-alive expired; closing");
+                    let reason = link.version.is_v5().then_some(reason::KEEP_ALIVE_TIMEOUT);
+                    link.request_close(reason, true);
+                    bump(&self.stats().timeouts, 1);
+                } else {
+                    self.arm(st, deadline, key, Timer::KeepAlive);
+                }
+            }
+            (Timer::SessionExpiry, Phase::Offline { expires_at }) => {
+                if now >= *expires_at {
+                    debug!(conn = %e.id, "offline session expired");
+                    bump(&self.stats().sessions_expired, 1);
+                    self.end_session(st, key);
+                } else {
+                    let at = *expires_at;
+                    self.arm(st, at, key, Timer::SessionExpiry);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts shutdown: every connection gets DISCONNECT 0x8B (v5).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.set(true);
+        let mut st = self.st.borrow_mut();
+        for (_, e) in st.conns.iter_mut() {
+            if let Some(link) = e.link.as_mut() {
+                let reason = link.version.is_v5().then_some(reason::SERVER_SHUTTING_DOWN);
+                link.request_close(reason, false);
+            }
+        }
+        if st.links == 0 {
+            self.drained.notify();
+        }
+    }
+}
+
+/// Offers one message to one session, applying the window and the
+/// slow-consumer policy (see `SessionConfig`).
+pub fn offer(e: &mut Entry, msg: &Arc<Message>, qos: QoS, retain: bool, cfg: &Config, stats: &Stats) -> Offer {
+    let active = matches!(e.phase, Phase::Active);
+    let link = e.link.as_mut().filter(|_| active);
+    if qos == QoS::AtMostOnce {
+        let Some(link) = link else { return Offer::DroppedOffline };
+        if link.outbox_bytes >= cfg.session.max_outbox_bytes {
+            return Offer::DroppedSlow;
+        }
+        link.push(Frame::Publish { msg: msg.clone(), qos, pkid: 0, dup: false, retain });
+        return Offer::Sent;
+    }
+    let s = &mut e.session;
+    if let Some(link) = link {
+        if s.queued.is_empty() && s.inflight.len() < link.window {
+            send_new(s, link, msg.clone(), qos, retain, stats);
+            return Offer::Sent;
+        }
+        if s.queued.len() >= cfg.session.max_queued_messages {
+            if link.close.is_none() {
+                info!(conn = %e.id, queued = s.queued.len(), "slow consumer over the queue limit; disconnecting (0x97)");
+                bump(&stats.disconnected_slow, 1);
+            }
+            let reason = link.version.is_v5().then_some(reason::QUOTA_EXCEEDED);
+            link.request_close(reason, true);
+            return Offer::DroppedQueueFull;
+        }
+    } else if s.queued.len() >= cfg.session.max_queued_messages {
+        return Offer::DroppedQueueFull;
+    }
+    s.queued.push_back(Queued { msg: msg.clone(), qos, retain });
+    Offer::Queued
+}
+
+fn send_new(s: &mut Session, link: &mut Link, msg: Arc<Message>, qos: QoS, retain: bool, stats: &Stats) {
+    let size = crate::codec::encoded_len_publish(&msg.topic, msg.payload.len(), qos, msg.properties.as_deref(), link.version);
+    if size > link.max_packet {
+        // MQTT 5 3.1.2-24: not sent to this client, as if delivered.
+        bump(&stats.dropped_too_large, 1);
+        return;
+    }
+    let pkid = s.next_pkid();
+    s.inflight.push_back(Inflight { pkid, msg: msg.clone(), qos, retain, released: false });
+    link.push(Frame::Publish { msg, qos, pkid, dup: false, retain });
+}
+
+/// Moves queued messages into the window while it has room.
+pub fn pump(e: &mut Entry, _cfg: &Config, stats: &Stats) {
+    let Some(link) = e.link.as_mut() else { return };
+    let s = &mut e.session;
+    while s.inflight.len() < link.window {
+        let Some(q) = s.queued.pop_front() else { break };
+        send_new(s, link, q.msg, q.qos, q.retain, stats);
+    }
+}

@@ -1,0 +1,305 @@
+//! MQTT semantics of each packet a client sends, applied to core state.
+//!
+//! Handlers never perform I/O: they update the session and push frames to
+//! the connection's outbox. A protocol violation is returned as a
+//! [`Violation`]; the connection task logs it and closes (with that reason
+//! code for MQTT 5 clients).
+
+use std::sync::Arc;
+
+use crate::codec::{
+    reason, topic, Ack, Connect, Packet, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use crate::core::{pump, ConnectInfo, Core, CoreState};
+use crate::id::ConnKey;
+use crate::session::Message;
+use crate::subs::Sub;
+
+/// A protocol violation: reason code (MQTT 5) and what went wrong (for logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Violation {
+    pub code: u8,
+    pub why: &'static str,
+}
+
+fn violation(code: u8, why: &'static str) -> Violation {
+    Violation { code, why }
+}
+
+/// Applies one packet received on `key`'s connection.
+pub fn handle(core: &Core, st: &mut CoreState, key: ConnKey, packet: Packet) -> Result<(), Violation> {
+    match packet {
+        Packet::Connect(c) => connect(core, st, key, *c),
+        Packet::Publish(p) => publish(core, st, key, p),
+        Packet::PubAck(a) => {
+            let Some(e) = st.entry(key) else { return Ok(()) };
+            e.session.take_inflight(a.pkid, |f| f.qos == QoS::AtLeastOnce && !f.released);
+            pump(e, &core.cfg, core.stats());
+            Ok(())
+        }
+        Packet::PubRec(a) => {
+            let Some(e) = st.entry(key) else { return Ok(()) };
+            let Some(link) = e.link.as_mut() else { return Ok(()) };
+            if a.code >= 0x80 {
+                // MQTT 5 4.3.3: an error PUBREC ends the exchange.
+                e.session.take_inflight(a.pkid, |f| f.qos == QoS::ExactlyOnce && !f.released);
+                pump(e, &core.cfg, core.stats());
+                return Ok(());
+            }
+            let found = e.session.inflight.iter_mut().find(|f| f.pkid == a.pkid && f.qos == QoS::ExactlyOnce);
+            let mut rel = Ack::new(a.pkid);
+            match found {
+                Some(f) => f.released = true,
+                None if link.version.is_v5() => rel.code = reason::PACKET_ID_NOT_FOUND,
+                None => {}
+            }
+            link.control(Packet::PubRel(rel));
+            Ok(())
+        }
+        Packet::PubComp(a) => {
+            let Some(e) = st.entry(key) else { return Ok(()) };
+            e.session.take_inflight(a.pkid, |f| f.released);
+            pump(e, &core.cfg, core.stats());
+            Ok(())
+        }
+        Packet::PubRel(a) => {
+            let Some(e) = st.entry(key) else { return Ok(()) };
+            let Some(link) = e.link.as_mut() else { return Ok(()) };
+            let ids = &mut e.session.incoming_qos2;
+            let mut comp = Ack::new(a.pkid);
+            match ids.iter().position(|&id| id == a.pkid) {
+                Some(i) => {
+                    ids.swap_remove(i);
+                }
+                None if link.version.is_v5() => comp.code = reason::PACKET_ID_NOT_FOUND,
+                None => {}
+            }
+            link.control(Packet::PubComp(comp));
+            Ok(())
+        }
+        Packet::Subscribe(s) => subscribe(core, st, key, s),
+        Packet::Unsubscribe(u) => unsubscribe(core, st, key, u),
+        Packet::PingReq => {
+            if let Some(link) = st.entry(key).and_then(|e| e.link.as_mut()) {
+                link.control(Packet::PingResp);
+            }
+            Ok(())
+        }
+        Packet::Disconnect(d) => {
+            let cap = core.cfg.session.max_expiry_secs;
+            let Some(e) = st.entry(key) else { return Ok(()) };
+            if let Some(secs) = d.properties.session_expiry_interval {
+                // MQTT 5 3.14.2.2.2: cannot turn a 0 expiry into a non-zero one.
+                if e.session.expiry_secs == 0 && secs != 0 {
+                    return Err(violation(reason::PROTOCOL_ERROR, "session expiry set on DISCONNECT after 0 at CONNECT"));
+                }
+                e.session.expiry_secs = secs.min(cap);
+            }
+            if let Some(link) = e.link.as_mut() {
+                link.graceful = d.code != reason::DISCONNECT_WITH_WILL;
+                link.request_close(None, false);
+            }
+            Ok(())
+        }
+        Packet::Auth(_) => Err(violation(reason::PROTOCOL_ERROR, "AUTH without an authentication method")),
+        Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+            Err(violation(reason::PROTOCOL_ERROR, "server-to-client packet sent by a client"))
+        }
+    }
+}
+
+/// Refuses a CONNECT with a CONNACK carrying `code`, then closes.
+fn refuse(st: &mut CoreState, key: ConnKey, code: u8) -> Result<(), Violation> {
+    if let Some(link) = st.entry(key).and_then(|e| e.link.as_mut()) {
+        link.control(Packet::ConnAck(crate::codec::ConnAck {
+            session_present: false,
+            code,
+            properties: Default::default(),
+        }));
+        link.request_close(None, false);
+    }
+    Ok(())
+}
+
+fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<(), Violation> {
+    let m = &core.cfg.mqtt;
+    let v5 = c.version.is_v5();
+    let tick_ms = core.cfg.runtime.tick_ms;
+    let Some(e) = st.entry(key) else { return Ok(()) };
+    let id = e.id;
+    let Some(link) = e.link.as_mut() else { return Ok(()) };
+    link.version = c.version;
+    if c.properties.authentication_method.is_some() {
+        return refuse(st, key, reason::BAD_AUTHENTICATION_METHOD);
+    }
+    if let Some(w) = &c.will {
+        if w.qos as u8 > m.max_qos {
+            return refuse(st, key, reason::QOS_NOT_SUPPORTED);
+        }
+        if w.retain && v5 {
+            return refuse(st, key, reason::RETAIN_NOT_SUPPORTED);
+        }
+    }
+    let mut assigned_id = None;
+    let client_id = if c.client_id.is_empty() {
+        // 3.1.1 [MQTT-3.1.3-8]: an empty id needs clean session; 3.1 forbids it.
+        if !v5 && (!c.clean_start || c.version == crate::codec::Version::V31) {
+            return refuse(st, key, reason::CLIENT_ID_NOT_VALID);
+        }
+        let generated = format!("tether-{id}");
+        if v5 {
+            assigned_id = Some(generated.clone());
+        }
+        generated
+    } else {
+        c.client_id
+    };
+    let mut server_keep_alive = None;
+    let mut keep_alive = c.keep_alive;
+    if v5 && (keep_alive > m.max_keep_alive || (keep_alive == 0 && m.max_keep_alive < u16::MAX)) {
+        keep_alive = m.max_keep_alive;
+        server_keep_alive = Some(keep_alive);
+    }
+    link.keep_alive_ticks = (u64::from(keep_alive) * 1500).div_ceil(tick_ms);
+    link.window = if v5 {
+        c.properties.receive_maximum.unwrap_or(u16::MAX).min(m.max_inflight) as usize
+    } else {
+        m.inflight_window.min(m.max_inflight) as usize
+    };
+    link.max_packet = c.properties.maximum_packet_size.map_or(usize::MAX, |v| v as usize);
+    if v5 {
+        link.aliases = vec![None; m.topic_alias_maximum as usize];
+    }
+    link.will = c.will;
+    let requested = if v5 {
+        c.properties.session_expiry_interval.unwrap_or(0)
+    } else if c.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    let expiry = requested.min(core.cfg.session.max_expiry_secs);
+    let info = ConnectInfo {
+        clean_start: c.clean_start,
+        expiry_secs: expiry,
+        requested_expiry_secs: if v5 { requested } else { expiry },
+        assigned_id,
+        server_keep_alive,
+    };
+    tracing::debug!(conn = %id, client_id, version = ?c.version, "CONNECT");
+    core.claim(st, key, client_id.into(), info);
+    Ok(())
+}
+
+fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Result<(), Violation> {
+    let m = &core.cfg.mqtt;
+    let Some(e) = st.entry(key) else { return Ok(()) };
+    let origin = e.id;
+    let Some(link) = e.link.as_mut() else { return Ok(()) };
+    let v5 = link.version.is_v5();
+    if p.qos as u8 > m.max_qos {
+        return Err(violation(reason::QOS_NOT_SUPPORTED, "PUBLISH QoS above the maximum"));
+    }
+    if p.retain && v5 {
+        return Err(violation(reason::RETAIN_NOT_SUPPORTED, "retained messages are not available"));
+    }
+    if !p.properties.subscription_identifiers.is_empty() {
+        return Err(violation(reason::PROTOCOL_ERROR, "subscription identifier in a client PUBLISH"));
+    }
+    let topic: Arc<str> = match p.properties.topic_alias.take() {
+        Some(alias) => {
+            let slot = (alias as usize).checked_sub(1).filter(|&i| i < link.aliases.len());
+            let Some(slot) = slot else {
+                return Err(violation(reason::TOPIC_ALIAS_INVALID, "topic alias out of range"));
+            };
+            if p.topic.is_empty() {
+                let Some(t) = link.aliases[slot].clone() else {
+                    return Err(violation(reason::PROTOCOL_ERROR, "unknown topic alias"));
+                };
+                t
+            } else {
+                let t: Arc<str> = p.topic.into();
+                link.aliases[slot] = Some(t.clone());
+                t
+            }
+        }
+        None if p.topic.is_empty() => {
+            return Err(violation(reason::PROTOCOL_ERROR, "empty topic without a topic alias"))
+        }
+        None => p.topic.into(),
+    };
+    match p.qos {
+        QoS::AtMostOnce => {}
+        QoS::AtLeastOnce => link.control(Packet::PubAck(Ack::new(p.pkid))),
+        QoS::ExactlyOnce => {
+            let ids = &mut e.session.incoming_qos2;
+            if ids.contains(&p.pkid) {
+                // A retransmission of a message already routed: ack only.
+                link.control(Packet::PubRec(Ack::new(p.pkid)));
+                return Ok(());
+            }
+            if ids.len() >= m.receive_maximum as usize {
+                return Err(violation(reason::RECEIVE_MAXIMUM_EXCEEDED, "more QoS 2 publishes than Receive Maximum"));
+            }
+            ids.push(p.pkid);
+            link.control(Packet::PubRec(Ack::new(p.pkid)));
+        }
+    }
+    let properties = (!p.properties.is_empty()).then(|| Box::new(p.properties));
+    let msg = Message { topic, payload: p.payload, qos: p.qos, retain: p.retain, properties, origin: Some(origin) };
+    crate::stats::bump(&core.stats().publishes_in, 1);
+    core.publish(st, Arc::new(msg));
+    Ok(())
+}
+
+fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Result<(), Violation> {
+    let max_qos = QoS::from_u8(core.cfg.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce);
+    let Some(e) = st.entry(key) else { return Ok(()) };
+    let Some(v5) = e.link.as_ref().map(|l| l.version.is_v5()) else { return Ok(()) };
+    if !s.properties.subscription_identifiers.is_empty() {
+        return Err(violation(reason::SUBSCRIPTION_IDS_NOT_SUPPORTED, "subscription identifiers are not available"));
+    }
+    let fail = |code: u8| if v5 { code } else { 0x80 };
+    let mut codes = Vec::with_capacity(s.filters.len());
+    for (filter, mut opts) in s.filters {
+        if topic::parse_shared(&filter).is_some() {
+            codes.push(fail(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED));
+            continue;
+        }
+        if topic::validate_filter(&filter).is_err() {
+            codes.push(fail(reason::TOPIC_FILTER_INVALID));
+            continue;
+        }
+        opts.qos = opts.qos.min(max_qos);
+        let e = st.entry(key).expect("checked above");
+        match e.session.subscription(&filter) {
+            Some(i) => e.session.subs[i].1 = opts,
+            None => e.session.subs.push((filter.as_str().into(), opts)),
+        }
+        core.subscribe_index(st, &filter, Sub { key, opts });
+        codes.push(opts.qos as u8);
+    }
+    if let Some(link) = st.entry(key).and_then(|e| e.link.as_mut()) {
+        link.control(Packet::SubAck(SubAck { pkid: s.pkid, codes, properties: Default::default() }));
+    }
+    Ok(())
+}
+
+fn unsubscribe(core: &Core, st: &mut CoreState, key: ConnKey, u: Unsubscribe) -> Result<(), Violation> {
+    let mut codes = Vec::with_capacity(u.filters.len());
+    for filter in &u.filters {
+        let Some(e) = st.entry(key) else { return Ok(()) };
+        match e.session.subscription(filter) {
+            Some(i) => {
+                e.session.subs.remove(i);
+                core.unsubscribe_index(st, filter, key);
+                codes.push(reason::SUCCESS);
+            }
+            None => codes.push(reason::NO_SUBSCRIPTION_EXISTED),
+        }
+    }
+    if let Some(link) = st.entry(key).and_then(|e| e.link.as_mut()) {
+        link.control(Packet::UnsubAck(UnsubAck { pkid: u.pkid, codes, properties: Default::default() }));
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! The `tether` binary: `tether [--config FILE]` runs the gateway,
+//! `tether check-config FILE` validates a configuration file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tether::{limits, Config, Gateway};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const USAGE: &str = "\
+tether: MQTT 3.1.1/5.0 long-connection gateway
+
+usage:
+  tether [--config FILE]        run the gateway (no file: built-in defaults, 127.0.0.1:1883)
+  tether check-config FILE      validate FILE and explain any error
+  tether --help | --version
+
+Every configuration key can be overridden as TETHER_<SECTION>__<KEY>=value;
+see tether.example.toml for all keys and their defaults.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => run(None),
+        ["--config" | "-c", file] => run(Some(PathBuf::from(file))),
+        ["check-config", file] => check_config(file),
+        ["--help" | "-h"] => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        ["--version" | "-V"] => {
+            println!("tether {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check_config(file: &str) -> ExitCode {
+    match Config::load(Some(file.as_ref())) {
+        Ok(c) => {
+            println!(
+                "{file}: ok ({} cores, mqtt/tcp on {}, max packet {} bytes)",
+                c.cores(),
+                c.listeners.tcp,
+                c.mqtt.max_packet_size
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{file}: {e}");
+            if !e.key.is_empty() {
+                eprintln!("see tether.example.toml for `{}` and its allowed values", e.key);
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(c: &Config) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| c.log.level.clone());
+    let filter = tracing_subscriber::EnvFilter::new(filter);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_thread_names(true);
+    if c.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(path: Option<PathBuf>) -> ExitCode {
+    let cfg = match Config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tether: configuration error: {e}");
+            eprintln!("check the file with `tether check-config FILE`");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg);
+    let nofile = limits::raise_nofile();
+    let (memlock, _) = limits::get(libc::RLIMIT_MEMLOCK);
+    let cores = cfg.cores();
+    let gateway = match Gateway::start(cfg.clone()) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("tether: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for fd in gateway.doorbell_fds() {
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // SAFETY: dup returns a new fd that the signal pipe owns from here on.
+            let dup = unsafe { libc::dup(fd) };
+            if dup < 0 {
+                eprintln!("tether: cannot install signal handlers: {}", std::io::Error::last_os_error());
+                return ExitCode::FAILURE;
+            }
+            // SAFETY: `dup` is a fresh, valid fd owned by nobody else.
+            let stream = unsafe { <std::os::unix::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+            if let Err(e) = signal_hook::low_level::pipe::register(signal, stream) {
+                eprintln!("tether: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("tether {} — MQTT 3.1.1/5.0 gateway", env!("CARGO_PKG_VERSION"));
+    println!("  node        {} ({} cores, executors tether-core-0..{}, pinned)", cfg.node.id, cores, cores - 1);
+    println!("  mqtt/tcp    listening on {}", gateway.tcp_addr);
+    println!("  sessions    in-memory store");
+    println!(
+        "  limits      open files {} (~{} connections), memlock {}",
+        limits::show(nofile),
+        nofile.saturating_sub(limits::RESERVED_FDS),
+        limits::show(memlock)
+    );
+    if nofile < limits::RECOMMENDED_NOFILE {
+        println!(
+            "  warning     the open-file limit caps this node at ~{} connections; raise it with \
+             `ulimit -n {}` or LimitNOFILE={} in the systemd unit",
+            nofile.saturating_sub(limits::RESERVED_FDS),
+            limits::RECOMMENDED_NOFILE,
+            limits::RECOMMENDED_NOFILE
+        );
+    }
+    let needed = (cores * cfg.runtime.io_memory_kib * 1024) as u64;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root && memlock != libc::RLIM_INFINITY && memlock < needed * 2 {
+        println!(
+            "  warning     memlock limit {} may be too low for io_uring ({} KiB per core); raise it with \
+             `ulimit -l unlimited` or LimitMEMLOCK=infinity",
+            limits::show(memlock),
+            cfg.runtime.io_memory_kib
+        );
+    }
+    println!("  ready       (SIGINT/SIGTERM to stop)");
+    tracing::info!(addr = %gateway.tcp_addr, cores, "tether started");
+    gateway.join();
+    tracing::info!("tether stopped");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,294 @@
+//! Process runtime: listeners, one pinned glommio executor per core, the
+//! channel mesh between cores, the per-core service tasks (accept loop,
+//! timer wheel, routers, mesh receivers) and shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use futures_lite::AsyncReadExt;
+use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
+use glommio::net::{TcpListener, UnixStream};
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{debug, error, warn};
+
+use crate::config::Config;
+use crate::core::{Core, CoreMsg, CoreShared, Shared};
+use crate::stats::Snapshot;
+use crate::store::{MemoryStore, SessionStore};
+
+/// How long `start` waits for every core to report ready.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after an accept error such as EMFILE, so a full fd table does not
+/// turn the accept loop into a busy loop.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Why the gateway could not start, with what to do about it.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Bound MQTT/TCP address (the real port when configured with port 0).
+    pub tcp_addr: SocketAddr,
+    pub cores: usize,
+    shared: Arc<Shared>,
+    doorbells: Vec<StdUnixStream>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds the listeners and starts one executor per core. Returns once
+    /// every core is accepting.
+    pub fn start(cfg: Config) -> Result<Gateway, StartError> {
+        let cfg = Arc::new(cfg);
+        let ncores = cfg.cores();
+        let listeners = bind_listeners(cfg.listeners.tcp, ncores, cfg.listeners.backlog)?;
+        let tcp_addr = listeners[0]
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| StartError("listener has no address".into()))?;
+        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::default());
+        let shared = Arc::new(Shared {
+            node_id: cfg.node.id,
+            cores: (0..ncores).map(|_| CoreShared::default()).collect(),
+            store,
+            started: Instant::now(),
+        });
+        let mesh = (ncores > 1).then(|| MeshBuilder::full(ncores, cfg.runtime.mesh_channel_capacity));
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (ready_tx, ready_rx) = mpsc::channel::<usize>();
+        let mut doorbells = Vec::new();
+        let mut executors = Vec::new();
+        for (id, listener) in listeners.into_iter().enumerate() {
+            let (bell_tx, bell_rx) = StdUnixStream::pair()
+                .map_err(|e| StartError(format!("cannot create the shutdown socketpair: {e}")))?;
+            doorbells.push(bell_tx);
+            let bell_fd = bell_rx.into_raw_fd();
+            let listener_fd = listener.into_raw_fd();
+            let (cfg, shared, mesh, ready) = (cfg.clone(), shared.clone(), mesh.clone(), ready_tx.clone());
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
+                .name(&format!("tether-core-{id}"))
+                .io_memory(cfg.runtime.io_memory_kib * 1024)
+                .spawn(move || async move {
+                    run_core(id, cfg, shared, listener_fd, bell_fd, mesh, ready).await;
+                })
+                .map_err(|e| StartError(format!("cannot start executor for core {id}: {e}{}", memlock_hint())))?;
+            executors.push(handle);
+        }
+        drop(ready_tx);
+        for _ in 0..ncores {
+            ready_rx.recv_timeout(STARTUP_TIMEOUT).map_err(|_| {
+                StartError(format!("a core did not start within {STARTUP_TIMEOUT:?}{}", memlock_hint()))
+            })?;
+        }
+        Ok(Gateway { tcp_addr, cores: ncores, shared, doorbells, executors })
+    }
+
+    /// Write ends of the per-core shutdown doorbells (one byte each stops
+    /// the gateway); for signal handlers.
+    pub fn doorbell_fds(&self) -> Vec<RawFd> {
+        use std::os::fd::AsRawFd;
+        self.doorbells.iter().map(|d| d.as_raw_fd()).collect()
+    }
+
+    /// Asks every core to shut down (returns immediately).
+    pub fn shutdown(&self) {
+        for mut bell in &self.doorbells {
+            let _ = io::Write::write_all(&mut bell, &[1]);
+        }
+    }
+
+    /// Waits for every core to finish.
+    pub fn join(self) {
+        for e in self.executors {
+            if let Err(e) = e.join() {
+                error!("executor ended with an error: {e}");
+            }
+        }
+    }
+
+    /// Shuts down and waits.
+    pub fn stop(self) {
+        self.shutdown();
+        self.join();
+    }
+
+    /// Counters summed over cores.
+    pub fn stats(&self) -> Snapshot {
+        let mut s = Snapshot::default();
+        for c in &self.shared.cores {
+            s.add(&c.stats);
+        }
+        s
+    }
+
+    /// Core that currently owns `client_id`'s session, if any.
+    pub fn locate(&self, client_id: &str) -> Option<usize> {
+        self.shared.store.locate(client_id).map(|l| l.core)
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.shared.started.elapsed()
+    }
+}
+
+fn memlock_hint() -> &'static str {
+    " (io_uring needs locked memory: raise the limit with `ulimit -l unlimited` or \
+     LimitMEMLOCK=infinity in the systemd unit, or lower runtime.io_memory_kib)"
+}
+
+/// One SO_REUSEPORT listener per core on the same address, so the kernel
+/// spreads incoming connections across cores without a shared accept queue.
+fn bind_listeners(addr: SocketAddr, n: usize, backlog: u32) -> Result<Vec<Socket>, StartError> {
+    let mut out: Vec<Socket> = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n {
+        let bind = || -> io::Result<Socket> {
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            s.listen(backlog.min(i32::MAX as u32) as i32)?;
+            Ok(s)
+        };
+        let s = bind().map_err(|e| {
+            let hint = match e.kind() {
+                io::ErrorKind::AddrInUse => {
+                    " (another process listens there: stop it or set listeners.tcp / TETHER_LISTENERS__TCP)"
+                }
+                io::ErrorKind::PermissionDenied => " (ports below 1024 need CAP_NET_BIND_SERVICE)",
+                _ => "",
+            };
+            StartError(format!("cannot listen on {addr}: {e}{hint}"))
+        })?;
+        if addr.port() == 0 {
+            // Every core must share the port the OS picked for the first.
+            addr = s.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+async fn run_core(
+    id: usize,
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    listener_fd: RawFd,
+    bell_fd: RawFd,
+    mesh: Option<MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>>,
+    ready: mpsc::Sender<usize>,
+) {
+    let core = Rc::new(Core::new(id, cfg.clone(), shared));
+    // SAFETY: both fds were created by `Gateway::start` for this core and
+    // ownership was handed over with `into_raw_fd`; nothing else closes them.
+    let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
+    // SAFETY: as above, this core owns the read end of its doorbell.
+    let mut bell = unsafe { UnixStream::from_raw_fd(bell_fd) };
+    let mut mesh_tasks = Vec::new();
+    if let Some(mesh) = mesh {
+        match mesh.join().await {
+            Ok((senders, receivers)) => {
+                let senders = Rc::new(senders);
+                let receivers = Rc::new(receivers);
+                for peer in (0..core.routes.len()).filter(|&p| p != id) {
+                    mesh_tasks.push(glommio::spawn_local(route_to(core.clone(), peer, senders.clone())));
+                    mesh_tasks.push(glommio::spawn_local(receive_from(core.clone(), peer, receivers.clone())));
+                }
+            }
+            Err(e) => {
+                error!(core = id, "cannot join the channel mesh: {e:?}");
+                return;
+            }
+        }
+    }
+    let ticker = glommio::spawn_local(run_wheel(core.clone()));
+    let _ = ready.send(id);
+    debug!(core = id, "core ready");
+
+    let accept = accept_loop(core.clone(), listener);
+    let doorbell = async {
+        let mut b = [0u8; 1];
+        let _ = bell.read(&mut b).await;
+    };
+    futures_lite::future::or(accept, doorbell).await;
+
+    core.begin_shutdown();
+    let grace = Duration::from_millis(cfg.runtime.shutdown_grace_ms);
+    let drained = core.drained.wait();
+    futures_lite::future::or(drained, glommio::timer::sleep(grace)).await;
+    drop(ticker);
+    drop(mesh_tasks);
+    debug!(core = id, "core stopped");
+}
+
+async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(crate::conn::serve(core.clone(), stream)).detach();
+            }
+            Err(e) => {
+                let too_many = matches!(&e, glommio::GlommioError::IoError(io) if io.raw_os_error() == Some(libc::EMFILE) || io.raw_os_error() == Some(libc::ENFILE));
+                if too_many {
+                    warn!(core = core.id, "accept failed: too many open files; raise `ulimit -n` (LimitNOFILE= under systemd)");
+                } else {
+                    warn!(core = core.id, "accept failed: {e}");
+                }
+                glommio::timer::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Drives the timer wheel. Sleeps without ticking while no timer is armed,
+/// so an idle core does not wake up at all.
+async fn run_wheel(core: Rc<Core>) {
+    let tick = Duration::from_millis(core.cfg.runtime.tick_ms);
+    let mut fired = Vec::new();
+    loop {
+        if core.st.borrow().wheel.is_empty() {
+            core.wheel_armed.wait().await;
+        }
+        glommio::timer::sleep(tick).await;
+        core.on_tick(&mut fired);
+    }
+}
+
+/// Drains this core's queue towards `peer` into the bounded channel. A full
+/// channel suspends this task (and, via the backlog limit, the publishers),
+/// never drops.
+async fn route_to(core: Rc<Core>, peer: usize, senders: Rc<Senders<CoreMsg>>) {
+    loop {
+        core.routes[peer].notify.wait().await;
+        while let Some(msg) = core.next_routed(peer) {
+            let n = Core::count_messages(&msg);
+            if senders.send_to(peer, msg).await.is_err() {
+                return;
+            }
+            core.routed(n);
+        }
+    }
+}
+
+async fn receive_from(core: Rc<Core>, peer: usize, receivers: Rc<Receivers<CoreMsg>>) {
+    while let Ok(Some(msg)) = receivers.recv_from(peer).await {
+        core.on_core_msg(msg);
+    }
+}
