@@ -32,7 +32,10 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn err(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.into(), message: message.into() }
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -72,7 +75,10 @@ pub struct ListenerConfig {
 
 impl Default for ListenerConfig {
     fn default() -> Self {
-        ListenerConfig { tcp: SocketAddr::from(([127, 0, 0, 1], 1883)), backlog: 1024 }
+        ListenerConfig {
+            tcp: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            backlog: 1024,
+        }
     }
 }
 
@@ -185,7 +191,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: "text".into() }
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }
 
@@ -208,11 +217,19 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let mut value: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let at = e.span().map(|s| line_of(text, s.start)).map(|l| format!(" (line {l})"));
-            err("", format!("not valid TOML{}: {}", at.unwrap_or_default(), e.message()))
+            let at = e
+                .span()
+                .map(|s| line_of(text, s.start))
+                .map(|l| format!(" (line {l})"));
+            err(
+                "",
+                format!("not valid TOML{}: {}", at.unwrap_or_default(), e.message()),
+            )
         })?;
         for (name, raw) in env {
-            let Some(path) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
             if keys.len() != 2 {
                 continue;
@@ -233,8 +250,13 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let m = &self.mqtt;
-        if m.max_packet_size < 128 || m.max_packet_size as usize > crate::codec::MAX_REMAINING_LENGTH + 5 {
-            return Err(err("mqtt.max_packet_size", "must be between 128 and 268435460 bytes"));
+        if m.max_packet_size < 128
+            || m.max_packet_size as usize > crate::codec::MAX_REMAINING_LENGTH + 5
+        {
+            return Err(err(
+                "mqtt.max_packet_size",
+                "must be between 128 and 268435460 bytes",
+            ));
         }
         if m.receive_maximum == 0 {
             return Err(err("mqtt.receive_maximum", "must be at least 1"));
@@ -256,7 +278,10 @@ impl Config {
             return Err(err("runtime.read_buffer_bytes", "must be at least 1024"));
         }
         if r.mesh_channel_capacity == 0 || r.route_batch_max == 0 || r.router_backlog_limit == 0 {
-            return Err(err("runtime", "channel capacities and limits must be at least 1"));
+            return Err(err(
+                "runtime",
+                "channel capacities and limits must be at least 1",
+            ));
         }
         if self.session.max_queued_messages == 0 {
             return Err(err("session.max_queued_messages", "must be at least 1"));
@@ -265,7 +290,10 @@ impl Config {
             return Err(err("log.format", "must be \"text\" or \"json\""));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(err("log.level", "not a valid filter (e.g. \"info\", \"tether=debug\")"));
+            return Err(err(
+                "log.level",
+                "not a valid filter (e.g. \"info\", \"tether=debug\")",
+            ));
         }
         Ok(())
     }
@@ -299,7 +327,10 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        Config::from_toml(text, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        Config::from_toml(
+            text,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
     }
 
     #[test]
@@ -314,14 +345,21 @@ mod tests {
         let text = include_str!("../tether.example.toml");
         let c = parse(text, &[]).unwrap();
         let d = Config::default();
-        assert_eq!(format!("{c:?}"), format!("{d:?}"), "example file documents the defaults");
+        assert_eq!(
+            format!("{c:?}"),
+            format!("{d:?}"),
+            "example file documents the defaults"
+        );
     }
 
     #[test]
     fn env_overrides_file() {
         let c = parse(
             "[node]\ncores = 2\n",
-            &[("TETHER_NODE__CORES", "1"), ("TETHER_LISTENERS__TCP", "127.0.0.1:0")],
+            &[
+                ("TETHER_NODE__CORES", "1"),
+                ("TETHER_LISTENERS__TCP", "127.0.0.1:0"),
+            ],
         )
         .unwrap();
         assert_eq!(c.node.cores, 1);

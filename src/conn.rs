@@ -21,7 +21,7 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use tracing::{debug, info};
 
-use crate::codec::{self, decode, encode, encode_publish, reason, DecodeError, Packet, Version};
+use crate::codec::{self, decode, reason, DecodeError, Packet, Version};
 use crate::core::{CloseRequest, Core, Phase};
 use crate::handler;
 use crate::id::{ConnId, ConnKey};
@@ -56,7 +56,9 @@ struct Conn {
 
 /// Serves one accepted socket until it closes.
 pub async fn serve(core: Rc<Core>, stream: TcpStream) {
-    let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     // Interactive protocol: small packets must not wait for Nagle.
     let _ = stream.set_nodelay(true);
     let (key, id) = core.register(peer, stream.as_raw_fd());
@@ -83,20 +85,25 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
 impl Conn {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..READ_BUDGET {
-            if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
-                debug!(conn = %self.id, "write failed: {e}");
-                return Poll::Ready(());
-            }
             let (active, close) = {
                 let mut st = self.core.st.borrow_mut();
-                let Some(e) = st.entry(self.key) else { return Poll::Ready(()) };
+                let Some(e) = st.entry(self.key) else {
+                    return Poll::Ready(());
+                };
                 let active = matches!(e.phase, Phase::Active);
-                let Some(link) = e.link.as_mut() else { return Poll::Ready(()) };
+                let Some(link) = e.link.as_mut() else {
+                    return Poll::Ready(());
+                };
                 link.waker = Some(cx.waker().clone());
                 (active, link.close)
             };
+            // Before flushing: a close may discard what is queued.
             if let Some(req) = close {
                 return self.poll_close(cx, req);
+            }
+            if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+                debug!(conn = %self.id, "write failed: {e}");
+                return Poll::Ready(());
             }
             if self.version.is_some() && !active {
                 // Waiting for the session handover; the handover wakes us.
@@ -134,13 +141,20 @@ impl Conn {
 
     fn has_complete_packet(&self) -> bool {
         let max = self.core.cfg.mqtt.max_packet_size as usize;
-        matches!(codec::frame_len(&self.inbuf, max), Ok(Some(n)) if n <= self.inbuf.len()) || codec::frame_len(&self.inbuf, max).is_err()
+        matches!(codec::frame_len(&self.inbuf, max), Ok(Some(n)) if n <= self.inbuf.len())
+            || codec::frame_len(&self.inbuf, max).is_err()
     }
 
     /// Handles the bytes just read (plus any carried-over partial packet).
     fn ingest(&mut self, data: &[u8]) {
         let now = self.core.now_tick();
-        if let Some(link) = self.core.st.borrow_mut().entry(self.key).and_then(|e| e.link.as_mut()) {
+        if let Some(link) = self
+            .core
+            .st
+            .borrow_mut()
+            .entry(self.key)
+            .and_then(|e| e.link.as_mut())
+        {
             link.last_seen = now;
         }
         if self.inbuf.is_empty() {
@@ -186,7 +200,9 @@ impl Conn {
                 self.reject(v.code, v.why);
                 return buf.len();
             }
-            let Some(e) = st.entry(self.key) else { return buf.len() };
+            let Some(e) = st.entry(self.key) else {
+                return buf.len();
+            };
             let closing = e.link.as_ref().is_none_or(|l| l.close.is_some());
             if closing {
                 return buf.len();
@@ -204,7 +220,13 @@ impl Conn {
                 // [MQTT-3.1.2-2]: CONNACK 0x01 (3.1.1 form), then close.
                 info!(conn = %self.id, peer = %self.peer, "closing: {e}");
                 bump(&self.core.stats().protocol_errors, 1);
-                if let Some(link) = self.core.st.borrow_mut().entry(self.key).and_then(|e| e.link.as_mut()) {
+                if let Some(link) = self
+                    .core
+                    .st
+                    .borrow_mut()
+                    .entry(self.key)
+                    .and_then(|e| e.link.as_mut())
+                {
                     link.control(Packet::ConnAck(codec::ConnAck {
                         session_present: false,
                         code: reason::UNSUPPORTED_PROTOCOL_VERSION,
@@ -223,31 +245,38 @@ impl Conn {
         info!(conn = %self.id, peer = %self.peer, reason = format_args!("{code:#04x}"), "closing: {why}");
         bump(&self.core.stats().protocol_errors, 1);
         let v5 = self.version.is_some_and(Version::is_v5);
-        if let Some(link) = self.core.st.borrow_mut().entry(self.key).and_then(|e| e.link.as_mut()) {
-            link.request_close(v5.then_some(code), true);
+        if let Some(link) = self
+            .core
+            .st
+            .borrow_mut()
+            .entry(self.key)
+            .and_then(|e| e.link.as_mut())
+        {
+            // Acks already queued for accepted packets still go out first.
+            link.request_close(v5.then_some(code), false);
         }
     }
 
     /// Encodes outbox frames into the write buffer.
     fn fill_wbuf(&mut self) {
         let mut st = self.core.st.borrow_mut();
-        let Some(link) = st.entry(self.key).and_then(|e| e.link.as_mut()) else { return };
+        let Some(link) = st.entry(self.key).and_then(|e| e.link.as_mut()) else {
+            return;
+        };
         let v = link.version;
         let stats = self.core.stats();
         let mut packets = 0;
         let mut publishes = 0;
         while self.wbuf.len() < WRITE_CHUNK {
-            let Some(frame) = link.outbox.pop_front() else { break };
+            let Some(frame) = link.outbox.pop_front() else {
+                break;
+            };
             link.outbox_bytes -= frame.weight();
             packets += 1;
-            match frame {
-                Frame::Publish { msg, qos, pkid, dup, retain } => {
-                    publishes += 1;
-                    let props = if v.is_v5() { msg.properties.as_deref() } else { None };
-                    encode_publish(&mut self.wbuf, &msg.topic, &msg.payload, qos, pkid, dup, retain, props, v);
-                }
-                Frame::Control(p) => encode(&p, v, &mut self.wbuf),
+            if matches!(frame, Frame::Publish { .. }) {
+                publishes += 1;
             }
+            frame.encode(v, &mut self.wbuf);
         }
         bump(&stats.packets_out, packets);
         bump(&stats.publishes_out, publishes);
@@ -284,13 +313,22 @@ impl Conn {
         if self.closing.is_none() {
             self.closing = Some(Timer::new(CLOSE_FLUSH_TIMEOUT));
             let v5 = self.version.is_some_and(Version::is_v5);
-            if let Some(link) = self.core.st.borrow_mut().entry(self.key).and_then(|e| e.link.as_mut()) {
+            if let Some(link) = self
+                .core
+                .st
+                .borrow_mut()
+                .entry(self.key)
+                .and_then(|e| e.link.as_mut())
+            {
                 if req.discard_outbox {
                     link.outbox.clear();
                     link.outbox_bytes = 0;
                 }
                 if let (Some(code), true) = (req.reason, v5) {
-                    link.control(Packet::Disconnect(codec::ReasonOnly { code, properties: Default::default() }));
+                    link.control(Packet::Disconnect(codec::ReasonOnly {
+                        code,
+                        properties: Default::default(),
+                    }));
                 }
             }
         }

@@ -49,9 +49,16 @@ pub enum CoreMsg {
     /// Messages published on the sending core that may match here.
     Publish(Vec<Arc<Message>>),
     /// A newer connection claimed `client_id`; hand its session over.
-    Takeover { target: ConnKey, client_id: Arc<str>, requester: Location },
+    Takeover {
+        target: ConnKey,
+        client_id: Arc<str>,
+        requester: Location,
+    },
     /// The session (if any) of the client `target` is taking over.
-    Handover { target: ConnKey, session: Option<Box<Session>> },
+    Handover {
+        target: ConnKey,
+        session: Option<Box<Session>>,
+    },
 }
 
 impl CoreMsg {
@@ -134,7 +141,7 @@ impl Link {
     }
 
     pub fn control(&mut self, packet: Packet) {
-        self.push(Frame::Control(packet));
+        self.push(Frame::control(packet));
     }
 
     pub fn wake(&mut self) {
@@ -145,7 +152,10 @@ impl Link {
 
     pub fn request_close(&mut self, reason: Option<u8>, discard_outbox: bool) {
         if self.close.is_none() {
-            self.close = Some(CloseRequest { reason, discard_outbox });
+            self.close = Some(CloseRequest {
+                reason,
+                discard_outbox,
+            });
         }
         self.wake();
     }
@@ -168,7 +178,10 @@ pub enum Phase {
     Connecting,
     /// CONNECT accepted; waiting for the previous owner's session.
     /// `superseded` is set if an even newer connection claimed the id meanwhile.
-    AwaitingHandover { info: ConnectInfo, superseded: Option<Location> },
+    AwaitingHandover {
+        info: ConnectInfo,
+        superseded: Option<Location>,
+    },
     /// CONNACK sent; the session is live.
     Active,
     /// No connection; the session waits for its client until `expires_at`.
@@ -209,7 +222,9 @@ pub struct CoreState {
 
 impl CoreState {
     pub fn entry(&mut self, key: ConnKey) -> Option<&mut Entry> {
-        self.conns.get_mut(key.index as usize).filter(|e| e.gen == key.gen)
+        self.conns
+            .get_mut(key.index as usize)
+            .filter(|e| e.gen == key.gen)
     }
 
     pub fn links(&self) -> usize {
@@ -303,7 +318,11 @@ impl Core {
         st.next_gen = st.next_gen.wrapping_add(1);
         st.next_seq += 1;
         let gen = st.next_gen;
-        let id = ConnId { node: self.shared.node_id, core: self.id as u16, seq: st.next_seq };
+        let id = ConnId {
+            node: self.shared.node_id,
+            core: self.id as u16,
+            seq: st.next_seq,
+        };
         let index = st.conns.insert(Entry {
             gen,
             id,
@@ -329,10 +348,15 @@ impl Core {
             }),
         });
         st.links += 1;
-        let key = ConnKey { index: index as u32, gen };
+        let key = ConnKey {
+            index: index as u32,
+            gen,
+        };
         let deadline = self.now_tick() + self.ticks(self.cfg.mqtt.connect_timeout_ms);
         self.arm(&mut st, deadline, key, Timer::ConnectDeadline);
-        self.stats().connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats()
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         bump(&self.stats().accepted, 1);
         (key, id)
     }
@@ -344,7 +368,9 @@ impl Core {
         let Some(e) = st.entry(key) else { return };
         let Some(link) = e.link.take() else { return };
         st.links -= 1;
-        self.stats().connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats()
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let e = st.entry(key).expect("entry checked above");
         match e.phase {
             Phase::Connecting | Phase::TakenOver => {
@@ -390,7 +416,9 @@ impl Core {
             self.unsubscribe_index(st, filter, key);
         }
         if let Some(cid) = client_id {
-            self.shared.store.release(&cid, Location { core: self.id, key });
+            self.shared
+                .store
+                .release(&cid, Location { core: self.id, key });
         }
         st.conns.remove(key.index as usize);
     }
@@ -400,14 +428,16 @@ impl Core {
     /// Adds (or replaces) one subscription in this core's index.
     pub fn subscribe_index(&self, st: &mut CoreState, filter: &str, sub: Sub) {
         if !st.subs.insert(filter, sub) {
-            st.interest.add(&self.shared.cores[self.id].interest, filter);
+            st.interest
+                .add(&self.shared.cores[self.id].interest, filter);
         }
     }
 
     pub fn unsubscribe_index(&self, st: &mut CoreState, filter: &str, key: ConnKey) -> bool {
         let removed = st.subs.remove(filter, key);
         if removed {
-            st.interest.remove(&self.shared.cores[self.id].interest, filter);
+            st.interest
+                .remove(&self.shared.cores[self.id].interest, filter);
         }
         removed
     }
@@ -419,7 +449,10 @@ impl Core {
         let me = Location { core: self.id, key };
         if let Some(e) = st.entry(key) {
             e.client_id = Some(client_id.clone());
-            e.phase = Phase::AwaitingHandover { info, superseded: None };
+            e.phase = Phase::AwaitingHandover {
+                info,
+                superseded: None,
+            };
         }
         match self.shared.store.claim(&client_id, me) {
             None => self.on_handover(st, key, None),
@@ -427,9 +460,14 @@ impl Core {
                 let reply = self.takeover(st, prev.key, &client_id, me);
                 self.dispatch_handover(st, reply);
             }
-            Some(prev) => {
-                self.route(prev.core, CoreMsg::Takeover { target: prev.key, client_id, requester: me })
-            }
+            Some(prev) => self.route(
+                prev.core,
+                CoreMsg::Takeover {
+                    target: prev.key,
+                    client_id,
+                    requester: me,
+                },
+            ),
         }
     }
 
@@ -443,7 +481,10 @@ impl Core {
         client_id: &str,
         requester: Location,
     ) -> Option<(Location, Option<Box<Session>>)> {
-        let Some(e) = st.entry(target).filter(|e| e.client_id.as_deref() == Some(client_id)) else {
+        let Some(e) = st
+            .entry(target)
+            .filter(|e| e.client_id.as_deref() == Some(client_id))
+        else {
             return Some((requester, None));
         };
         match &mut e.phase {
@@ -485,12 +526,22 @@ impl Core {
         session
     }
 
-    fn dispatch_handover(&self, st: &mut CoreState, reply: Option<(Location, Option<Box<Session>>)>) {
+    fn dispatch_handover(
+        &self,
+        st: &mut CoreState,
+        reply: Option<(Location, Option<Box<Session>>)>,
+    ) {
         if let Some((to, session)) = reply {
             if to.core == self.id {
                 self.on_handover(st, to.key, session);
             } else {
-                self.route(to.core, CoreMsg::Handover { target: to.key, session });
+                self.route(
+                    to.core,
+                    CoreMsg::Handover {
+                        target: to.key,
+                        session,
+                    },
+                );
             }
         }
     }
@@ -519,7 +570,13 @@ impl Core {
     }
 
     /// Installs the session (restored or new) and sends CONNACK.
-    fn activate(&self, st: &mut CoreState, key: ConnKey, info: ConnectInfo, restored: Option<Box<Session>>) {
+    fn activate(
+        &self,
+        st: &mut CoreState,
+        key: ConnKey,
+        info: ConnectInfo,
+        restored: Option<Box<Session>>,
+    ) {
         let restored = if info.clean_start { None } else { restored };
         let session_present = restored.is_some();
         let e = st.entry(key).expect("caller checked the key");
@@ -555,13 +612,23 @@ impl Core {
                 props.session_expiry_interval = Some(info.expiry_secs);
             }
         }
-        link.control(Packet::ConnAck(ConnAck { session_present, code: reason::SUCCESS, properties: props }));
+        link.control(Packet::ConnAck(ConnAck {
+            session_present,
+            code: reason::SUCCESS,
+            properties: props,
+        }));
         // MQTT 4.4: resend unacknowledged PUBLISH (DUP) and PUBREL first.
         for f in &e.session.inflight {
             if f.released {
                 link.control(Packet::PubRel(crate::codec::Ack::new(f.pkid)));
             } else {
-                link.push(Frame::Publish { msg: f.msg.clone(), qos: f.qos, pkid: f.pkid, dup: true, retain: f.retain });
+                link.push(Frame::Publish {
+                    msg: f.msg.clone(),
+                    qos: f.qos,
+                    pkid: f.pkid,
+                    dup: true,
+                    retain: f.retain,
+                });
             }
         }
         let keep_alive_ticks = link.keep_alive_ticks;
@@ -571,7 +638,12 @@ impl Core {
         bump(&self.stats().connects, 1);
         debug!(conn = %id, session_present, "session active");
         if keep_alive_ticks > 0 {
-            self.arm(st, self.now_tick() + keep_alive_ticks, key, Timer::KeepAlive);
+            self.arm(
+                st,
+                self.now_tick() + keep_alive_ticks,
+                key,
+                Timer::KeepAlive,
+            );
         }
     }
 
@@ -608,7 +680,12 @@ impl Core {
     /// Offers `msg` to every matching session of this core. One copy per
     /// session: overlapping subscriptions are merged at the highest QoS.
     pub fn deliver_local(&self, st: &mut CoreState, msg: &Arc<Message>) {
-        let CoreState { subs, conns, matches, .. } = st;
+        let CoreState {
+            subs,
+            conns,
+            matches,
+            ..
+        } = st;
         matches.clear();
         let groups = subs.for_each_match(&msg.topic, |s| matches.extend_from_slice(s));
         if groups > 1 {
@@ -623,7 +700,10 @@ impl Core {
         }
         let stats = self.stats();
         for s in matches.iter() {
-            let Some(e) = conns.get_mut(s.key.index as usize).filter(|e| e.gen == s.key.gen) else {
+            let Some(e) = conns
+                .get_mut(s.key.index as usize)
+                .filter(|e| e.gen == s.key.gen)
+            else {
                 continue;
             };
             if s.opts.no_local && msg.origin == Some(e.id) {
@@ -701,7 +781,11 @@ impl Core {
                     self.deliver_local(&mut st, m);
                 }
             }
-            CoreMsg::Takeover { target, client_id, requester } => {
+            CoreMsg::Takeover {
+                target,
+                client_id,
+                requester,
+            } => {
                 let reply = self.takeover(&mut st, target, &client_id, requester);
                 self.dispatch_handover(&mut st, reply);
             }
@@ -775,15 +859,30 @@ impl Core {
 
 /// Offers one message to one session, applying the window and the
 /// slow-consumer policy (see `SessionConfig`).
-pub fn offer(e: &mut Entry, msg: &Arc<Message>, qos: QoS, retain: bool, cfg: &Config, stats: &Stats) -> Offer {
+pub fn offer(
+    e: &mut Entry,
+    msg: &Arc<Message>,
+    qos: QoS,
+    retain: bool,
+    cfg: &Config,
+    stats: &Stats,
+) -> Offer {
     let active = matches!(e.phase, Phase::Active);
     let link = e.link.as_mut().filter(|_| active);
     if qos == QoS::AtMostOnce {
-        let Some(link) = link else { return Offer::DroppedOffline };
+        let Some(link) = link else {
+            return Offer::DroppedOffline;
+        };
         if link.outbox_bytes >= cfg.session.max_outbox_bytes {
             return Offer::DroppedSlow;
         }
-        link.push(Frame::Publish { msg: msg.clone(), qos, pkid: 0, dup: false, retain });
+        link.push(Frame::Publish {
+            msg: msg.clone(),
+            qos,
+            pkid: 0,
+            dup: false,
+            retain,
+        });
         return Offer::Sent;
     }
     let s = &mut e.session;
@@ -804,20 +903,49 @@ pub fn offer(e: &mut Entry, msg: &Arc<Message>, qos: QoS, retain: bool, cfg: &Co
     } else if s.queued.len() >= cfg.session.max_queued_messages {
         return Offer::DroppedQueueFull;
     }
-    s.queued.push_back(Queued { msg: msg.clone(), qos, retain });
+    s.queued.push_back(Queued {
+        msg: msg.clone(),
+        qos,
+        retain,
+    });
     Offer::Queued
 }
 
-fn send_new(s: &mut Session, link: &mut Link, msg: Arc<Message>, qos: QoS, retain: bool, stats: &Stats) {
-    let size = crate::codec::encoded_len_publish(&msg.topic, msg.payload.len(), qos, msg.properties.as_deref(), link.version);
+fn send_new(
+    s: &mut Session,
+    link: &mut Link,
+    msg: Arc<Message>,
+    qos: QoS,
+    retain: bool,
+    stats: &Stats,
+) {
+    let size = crate::codec::encoded_len_publish(
+        &msg.topic,
+        msg.payload.len(),
+        qos,
+        msg.properties.as_deref(),
+        link.version,
+    );
     if size > link.max_packet {
         // MQTT 5 3.1.2-24: not sent to this client, as if delivered.
         bump(&stats.dropped_too_large, 1);
         return;
     }
     let pkid = s.next_pkid();
-    s.inflight.push_back(Inflight { pkid, msg: msg.clone(), qos, retain, released: false });
-    link.push(Frame::Publish { msg, qos, pkid, dup: false, retain });
+    s.inflight.push_back(Inflight {
+        pkid,
+        msg: msg.clone(),
+        qos,
+        retain,
+        released: false,
+    });
+    link.push(Frame::Publish {
+        msg,
+        qos,
+        pkid,
+        dup: false,
+        retain,
+    });
 }
 
 /// Moves queued messages into the window while it has room.

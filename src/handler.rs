@@ -27,26 +27,43 @@ fn violation(code: u8, why: &'static str) -> Violation {
 }
 
 /// Applies one packet received on `key`'s connection.
-pub fn handle(core: &Core, st: &mut CoreState, key: ConnKey, packet: Packet) -> Result<(), Violation> {
+pub fn handle(
+    core: &Core,
+    st: &mut CoreState,
+    key: ConnKey,
+    packet: Packet,
+) -> Result<(), Violation> {
     match packet {
         Packet::Connect(c) => connect(core, st, key, *c),
         Packet::Publish(p) => publish(core, st, key, p),
         Packet::PubAck(a) => {
-            let Some(e) = st.entry(key) else { return Ok(()) };
-            e.session.take_inflight(a.pkid, |f| f.qos == QoS::AtLeastOnce && !f.released);
+            let Some(e) = st.entry(key) else {
+                return Ok(());
+            };
+            e.session
+                .take_inflight(a.pkid, |f| f.qos == QoS::AtLeastOnce && !f.released);
             pump(e, &core.cfg, core.stats());
             Ok(())
         }
         Packet::PubRec(a) => {
-            let Some(e) = st.entry(key) else { return Ok(()) };
-            let Some(link) = e.link.as_mut() else { return Ok(()) };
+            let Some(e) = st.entry(key) else {
+                return Ok(());
+            };
+            let Some(link) = e.link.as_mut() else {
+                return Ok(());
+            };
             if a.code >= 0x80 {
                 // MQTT 5 4.3.3: an error PUBREC ends the exchange.
-                e.session.take_inflight(a.pkid, |f| f.qos == QoS::ExactlyOnce && !f.released);
+                e.session
+                    .take_inflight(a.pkid, |f| f.qos == QoS::ExactlyOnce && !f.released);
                 pump(e, &core.cfg, core.stats());
                 return Ok(());
             }
-            let found = e.session.inflight.iter_mut().find(|f| f.pkid == a.pkid && f.qos == QoS::ExactlyOnce);
+            let found = e
+                .session
+                .inflight
+                .iter_mut()
+                .find(|f| f.pkid == a.pkid && f.qos == QoS::ExactlyOnce);
             let mut rel = Ack::new(a.pkid);
             match found {
                 Some(f) => f.released = true,
@@ -57,14 +74,20 @@ pub fn handle(core: &Core, st: &mut CoreState, key: ConnKey, packet: Packet) -> 
             Ok(())
         }
         Packet::PubComp(a) => {
-            let Some(e) = st.entry(key) else { return Ok(()) };
+            let Some(e) = st.entry(key) else {
+                return Ok(());
+            };
             e.session.take_inflight(a.pkid, |f| f.released);
             pump(e, &core.cfg, core.stats());
             Ok(())
         }
         Packet::PubRel(a) => {
-            let Some(e) = st.entry(key) else { return Ok(()) };
-            let Some(link) = e.link.as_mut() else { return Ok(()) };
+            let Some(e) = st.entry(key) else {
+                return Ok(());
+            };
+            let Some(link) = e.link.as_mut() else {
+                return Ok(());
+            };
             let ids = &mut e.session.incoming_qos2;
             let mut comp = Ack::new(a.pkid);
             match ids.iter().position(|&id| id == a.pkid) {
@@ -87,11 +110,16 @@ pub fn handle(core: &Core, st: &mut CoreState, key: ConnKey, packet: Packet) -> 
         }
         Packet::Disconnect(d) => {
             let cap = core.cfg.session.max_expiry_secs;
-            let Some(e) = st.entry(key) else { return Ok(()) };
+            let Some(e) = st.entry(key) else {
+                return Ok(());
+            };
             if let Some(secs) = d.properties.session_expiry_interval {
                 // MQTT 5 3.14.2.2.2: cannot turn a 0 expiry into a non-zero one.
                 if e.session.expiry_secs == 0 && secs != 0 {
-                    return Err(violation(reason::PROTOCOL_ERROR, "session expiry set on DISCONNECT after 0 at CONNECT"));
+                    return Err(violation(
+                        reason::PROTOCOL_ERROR,
+                        "session expiry set on DISCONNECT after 0 at CONNECT",
+                    ));
                 }
                 e.session.expiry_secs = secs.min(cap);
             }
@@ -101,9 +129,15 @@ pub fn handle(core: &Core, st: &mut CoreState, key: ConnKey, packet: Packet) -> 
             }
             Ok(())
         }
-        Packet::Auth(_) => Err(violation(reason::PROTOCOL_ERROR, "AUTH without an authentication method")),
+        Packet::Auth(_) => Err(violation(
+            reason::PROTOCOL_ERROR,
+            "AUTH without an authentication method",
+        )),
         Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-            Err(violation(reason::PROTOCOL_ERROR, "server-to-client packet sent by a client"))
+            Err(violation(
+                reason::PROTOCOL_ERROR,
+                "server-to-client packet sent by a client",
+            ))
         }
     }
 }
@@ -125,9 +159,13 @@ fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<
     let m = &core.cfg.mqtt;
     let v5 = c.version.is_v5();
     let tick_ms = core.cfg.runtime.tick_ms;
-    let Some(e) = st.entry(key) else { return Ok(()) };
+    let Some(e) = st.entry(key) else {
+        return Ok(());
+    };
     let id = e.id;
-    let Some(link) = e.link.as_mut() else { return Ok(()) };
+    let Some(link) = e.link.as_mut() else {
+        return Ok(());
+    };
     link.version = c.version;
     if c.properties.authentication_method.is_some() {
         return refuse(st, key, reason::BAD_AUTHENTICATION_METHOD);
@@ -162,11 +200,17 @@ fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<
     }
     link.keep_alive_ticks = (u64::from(keep_alive) * 1500).div_ceil(tick_ms);
     link.window = if v5 {
-        c.properties.receive_maximum.unwrap_or(u16::MAX).min(m.max_inflight) as usize
+        c.properties
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .min(m.max_inflight) as usize
     } else {
         m.inflight_window.min(m.max_inflight) as usize
     };
-    link.max_packet = c.properties.maximum_packet_size.map_or(usize::MAX, |v| v as usize);
+    link.max_packet = c
+        .properties
+        .maximum_packet_size
+        .map_or(usize::MAX, |v| v as usize);
     if v5 {
         link.aliases = vec![None; m.topic_alias_maximum as usize];
     }
@@ -193,24 +237,42 @@ fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<
 
 fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Result<(), Violation> {
     let m = &core.cfg.mqtt;
-    let Some(e) = st.entry(key) else { return Ok(()) };
+    let Some(e) = st.entry(key) else {
+        return Ok(());
+    };
     let origin = e.id;
-    let Some(link) = e.link.as_mut() else { return Ok(()) };
+    let Some(link) = e.link.as_mut() else {
+        return Ok(());
+    };
     let v5 = link.version.is_v5();
     if p.qos as u8 > m.max_qos {
-        return Err(violation(reason::QOS_NOT_SUPPORTED, "PUBLISH QoS above the maximum"));
+        return Err(violation(
+            reason::QOS_NOT_SUPPORTED,
+            "PUBLISH QoS above the maximum",
+        ));
     }
     if p.retain && v5 {
-        return Err(violation(reason::RETAIN_NOT_SUPPORTED, "retained messages are not available"));
+        return Err(violation(
+            reason::RETAIN_NOT_SUPPORTED,
+            "retained messages are not available",
+        ));
     }
     if !p.properties.subscription_identifiers.is_empty() {
-        return Err(violation(reason::PROTOCOL_ERROR, "subscription identifier in a client PUBLISH"));
+        return Err(violation(
+            reason::PROTOCOL_ERROR,
+            "subscription identifier in a client PUBLISH",
+        ));
     }
     let topic: Arc<str> = match p.properties.topic_alias.take() {
         Some(alias) => {
-            let slot = (alias as usize).checked_sub(1).filter(|&i| i < link.aliases.len());
+            let slot = (alias as usize)
+                .checked_sub(1)
+                .filter(|&i| i < link.aliases.len());
             let Some(slot) = slot else {
-                return Err(violation(reason::TOPIC_ALIAS_INVALID, "topic alias out of range"));
+                return Err(violation(
+                    reason::TOPIC_ALIAS_INVALID,
+                    "topic alias out of range",
+                ));
             };
             if p.topic.is_empty() {
                 let Some(t) = link.aliases[slot].clone() else {
@@ -224,7 +286,10 @@ fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Res
             }
         }
         None if p.topic.is_empty() => {
-            return Err(violation(reason::PROTOCOL_ERROR, "empty topic without a topic alias"))
+            return Err(violation(
+                reason::PROTOCOL_ERROR,
+                "empty topic without a topic alias",
+            ))
         }
         None => p.topic.into(),
     };
@@ -239,14 +304,24 @@ fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Res
                 return Ok(());
             }
             if ids.len() >= m.receive_maximum as usize {
-                return Err(violation(reason::RECEIVE_MAXIMUM_EXCEEDED, "more QoS 2 publishes than Receive Maximum"));
+                return Err(violation(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    "more QoS 2 publishes than Receive Maximum",
+                ));
             }
             ids.push(p.pkid);
             link.control(Packet::PubRec(Ack::new(p.pkid)));
         }
     }
     let properties = (!p.properties.is_empty()).then(|| Box::new(p.properties));
-    let msg = Message { topic, payload: p.payload, qos: p.qos, retain: p.retain, properties, origin: Some(origin) };
+    let msg = Message {
+        topic,
+        payload: p.payload,
+        qos: p.qos,
+        retain: p.retain,
+        properties,
+        origin: Some(origin),
+    };
     crate::stats::bump(&core.stats().publishes_in, 1);
     core.publish(st, Arc::new(msg));
     Ok(())
@@ -254,10 +329,17 @@ fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Res
 
 fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Result<(), Violation> {
     let max_qos = QoS::from_u8(core.cfg.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce);
-    let Some(e) = st.entry(key) else { return Ok(()) };
-    let Some(v5) = e.link.as_ref().map(|l| l.version.is_v5()) else { return Ok(()) };
+    let Some(e) = st.entry(key) else {
+        return Ok(());
+    };
+    let Some(v5) = e.link.as_ref().map(|l| l.version.is_v5()) else {
+        return Ok(());
+    };
     if !s.properties.subscription_identifiers.is_empty() {
-        return Err(violation(reason::SUBSCRIPTION_IDS_NOT_SUPPORTED, "subscription identifiers are not available"));
+        return Err(violation(
+            reason::SUBSCRIPTION_IDS_NOT_SUPPORTED,
+            "subscription identifiers are not available",
+        ));
     }
     let fail = |code: u8| if v5 { code } else { 0x80 };
     let mut codes = Vec::with_capacity(s.filters.len());
@@ -280,15 +362,26 @@ fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Res
         codes.push(opts.qos as u8);
     }
     if let Some(link) = st.entry(key).and_then(|e| e.link.as_mut()) {
-        link.control(Packet::SubAck(SubAck { pkid: s.pkid, codes, properties: Default::default() }));
+        link.control(Packet::SubAck(SubAck {
+            pkid: s.pkid,
+            codes,
+            properties: Default::default(),
+        }));
     }
     Ok(())
 }
 
-fn unsubscribe(core: &Core, st: &mut CoreState, key: ConnKey, u: Unsubscribe) -> Result<(), Violation> {
+fn unsubscribe(
+    core: &Core,
+    st: &mut CoreState,
+    key: ConnKey,
+    u: Unsubscribe,
+) -> Result<(), Violation> {
     let mut codes = Vec::with_capacity(u.filters.len());
     for filter in &u.filters {
-        let Some(e) = st.entry(key) else { return Ok(()) };
+        let Some(e) = st.entry(key) else {
+            return Ok(());
+        };
         match e.session.subscription(filter) {
             Some(i) => {
                 e.session.subs.remove(i);
@@ -299,7 +392,11 @@ fn unsubscribe(core: &Core, st: &mut CoreState, key: ConnKey, u: Unsubscribe) ->
         }
     }
     if let Some(link) = st.entry(key).and_then(|e| e.link.as_mut()) {
-        link.control(Packet::UnsubAck(UnsubAck { pkid: u.pkid, codes, properties: Default::default() }));
+        link.control(Packet::UnsubAck(UnsubAck {
+            pkid: u.pkid,
+            codes,
+            properties: Default::default(),
+        }));
     }
     Ok(())
 }

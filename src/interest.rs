@@ -36,7 +36,10 @@ pub struct Interest {
 
 impl Default for Interest {
     fn default() -> Self {
-        Interest { bits: (0..BUCKETS / 64).map(|_| AtomicU64::new(0)).collect(), wildcard_root: AtomicU32::new(0) }
+        Interest {
+            bits: (0..BUCKETS / 64).map(|_| AtomicU64::new(0)).collect(),
+            wildcard_root: AtomicU32::new(0),
+        }
     }
 }
 
@@ -57,7 +60,9 @@ pub struct LocalInterest {
 
 impl Default for LocalInterest {
     fn default() -> Self {
-        LocalInterest { counts: vec![0; BUCKETS] }
+        LocalInterest {
+            counts: vec![0; BUCKETS],
+        }
     }
 }
 
@@ -105,12 +110,18 @@ mod tests {
         assert!(shared.might_match("a/b"));
         assert!(shared.might_match("a"));
         local.remove(&shared, "a/+");
-        assert!(shared.might_match("a/x"), "one subscription under 'a' remains");
+        assert!(
+            shared.might_match("a/x"),
+            "one subscription under 'a' remains"
+        );
         local.remove(&shared, "a/b");
         assert!(!shared.might_match("a/b"));
         local.add(&shared, "#");
         assert!(shared.might_match("anything"));
-        assert!(!shared.might_match("$SYS/x"), "root wildcards never match $ topics");
+        assert!(
+            !shared.might_match("$SYS/x"),
+            "root wildcards never match $ topics"
+        );
         local.remove(&shared, "#");
         assert!(!shared.might_match("anything"));
     }

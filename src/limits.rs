@@ -7,7 +7,10 @@ pub const RESERVED_FDS: u64 = 100;
 
 /// `(soft, hard)` of a resource limit.
 pub fn get(resource: libc::__rlimit_resource_t) -> (u64, u64) {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit only writes into the struct we pass.
     unsafe { libc::getrlimit(resource, &mut r) };
     (r.rlim_cur, r.rlim_max)
@@ -18,7 +21,10 @@ pub fn get(resource: libc::__rlimit_resource_t) -> (u64, u64) {
 pub fn raise_nofile() -> u64 {
     let (soft, hard) = get(libc::RLIMIT_NOFILE);
     if soft < hard {
-        let r = libc::rlimit { rlim_cur: hard, rlim_max: hard };
+        let r = libc::rlimit {
+            rlim_cur: hard,
+            rlim_max: hard,
+        };
         // SAFETY: setrlimit reads the struct; raising soft up to hard is always permitted.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0 {
             return hard;

@@ -22,7 +22,12 @@ see tether.example.toml for all keys and their defaults.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         [] => run(None),
         ["--config" | "-c", file] => run(Some(PathBuf::from(file))),
         ["check-config", file] => check_config(file),
@@ -55,7 +60,10 @@ fn check_config(file: &str) -> ExitCode {
         Err(e) => {
             eprintln!("{file}: {e}");
             if !e.key.is_empty() {
-                eprintln!("see tether.example.toml for `{}` and its allowed values", e.key);
+                eprintln!(
+                    "see tether.example.toml for `{}` and its allowed values",
+                    e.key
+                );
             }
             ExitCode::FAILURE
         }
@@ -65,7 +73,9 @@ fn check_config(file: &str) -> ExitCode {
 fn init_logging(c: &Config) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| c.log.level.clone());
     let filter = tracing_subscriber::EnvFilter::new(filter);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_thread_names(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_thread_names(true);
     if c.log.format == "json" {
         builder.json().init();
     } else {
@@ -98,19 +108,32 @@ fn run(path: Option<PathBuf>) -> ExitCode {
             // SAFETY: dup returns a new fd that the signal pipe owns from here on.
             let dup = unsafe { libc::dup(fd) };
             if dup < 0 {
-                eprintln!("tether: cannot install signal handlers: {}", std::io::Error::last_os_error());
+                eprintln!(
+                    "tether: cannot install signal handlers: {}",
+                    std::io::Error::last_os_error()
+                );
                 return ExitCode::FAILURE;
             }
             // SAFETY: `dup` is a fresh, valid fd owned by nobody else.
-            let stream = unsafe { <std::os::unix::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+            let stream = unsafe {
+                <std::os::unix::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(dup)
+            };
             if let Err(e) = signal_hook::low_level::pipe::register(signal, stream) {
                 eprintln!("tether: cannot install signal handlers: {e}");
                 return ExitCode::FAILURE;
             }
         }
     }
-    println!("tether {} — MQTT 3.1.1/5.0 gateway", env!("CARGO_PKG_VERSION"));
-    println!("  node        {} ({} cores, executors tether-core-0..{}, pinned)", cfg.node.id, cores, cores - 1);
+    println!(
+        "tether {} — MQTT 3.1.1/5.0 gateway",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!(
+        "  node        {} ({} cores, executors tether-core-0..{}, pinned)",
+        cfg.node.id,
+        cores,
+        cores - 1
+    );
     println!("  mqtt/tcp    listening on {}", gateway.tcp_addr);
     println!("  sessions    in-memory store");
     println!(

@@ -69,7 +69,8 @@ impl Gateway {
             store,
             started: Instant::now(),
         });
-        let mesh = (ncores > 1).then(|| MeshBuilder::full(ncores, cfg.runtime.mesh_channel_capacity));
+        let mesh =
+            (ncores > 1).then(|| MeshBuilder::full(ncores, cfg.runtime.mesh_channel_capacity));
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (ready_tx, ready_rx) = mpsc::channel::<usize>();
         let mut doorbells = Vec::new();
@@ -80,23 +81,38 @@ impl Gateway {
             doorbells.push(bell_tx);
             let bell_fd = bell_rx.into_raw_fd();
             let listener_fd = listener.into_raw_fd();
-            let (cfg, shared, mesh, ready) = (cfg.clone(), shared.clone(), mesh.clone(), ready_tx.clone());
+            let (cfg, shared, mesh, ready) =
+                (cfg.clone(), shared.clone(), mesh.clone(), ready_tx.clone());
             let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
                 .name(&format!("tether-core-{id}"))
                 .io_memory(cfg.runtime.io_memory_kib * 1024)
                 .spawn(move || async move {
                     run_core(id, cfg, shared, listener_fd, bell_fd, mesh, ready).await;
                 })
-                .map_err(|e| StartError(format!("cannot start executor for core {id}: {e}{}", memlock_hint())))?;
+                .map_err(|e| {
+                    StartError(format!(
+                        "cannot start executor for core {id}: {e}{}",
+                        memlock_hint()
+                    ))
+                })?;
             executors.push(handle);
         }
         drop(ready_tx);
         for _ in 0..ncores {
             ready_rx.recv_timeout(STARTUP_TIMEOUT).map_err(|_| {
-                StartError(format!("a core did not start within {STARTUP_TIMEOUT:?}{}", memlock_hint()))
+                StartError(format!(
+                    "a core did not start within {STARTUP_TIMEOUT:?}{}",
+                    memlock_hint()
+                ))
             })?;
         }
-        Ok(Gateway { tcp_addr, cores: ncores, shared, doorbells, executors })
+        Ok(Gateway {
+            tcp_addr,
+            cores: ncores,
+            shared,
+            doorbells,
+            executors,
+        })
     }
 
     /// Write ends of the per-core shutdown doorbells (one byte each stops
@@ -114,8 +130,8 @@ impl Gateway {
     }
 
     /// Waits for every core to finish.
-    pub fn join(self) {
-        for e in self.executors {
+    pub fn join(mut self) {
+        for e in std::mem::take(&mut self.executors) {
             if let Err(e) = e.join() {
                 error!("executor ended with an error: {e}");
             }
@@ -126,6 +142,16 @@ impl Gateway {
     pub fn stop(self) {
         self.shutdown();
         self.join();
+    }
+
+    /// Waits for every core to finish, up to `timeout`; false if one did not.
+    pub fn join_timeout(self, timeout: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            self.join();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(timeout).is_ok()
     }
 
     /// Counters summed over cores.
@@ -144,6 +170,15 @@ impl Gateway {
 
     pub fn uptime(&self) -> Duration {
         self.shared.started.elapsed()
+    }
+}
+
+impl Drop for Gateway {
+    /// A dropped gateway stops its cores instead of leaking them.
+    fn drop(&mut self) {
+        if !self.executors.is_empty() {
+            self.shutdown();
+        }
     }
 }
 
@@ -179,7 +214,11 @@ fn bind_listeners(addr: SocketAddr, n: usize, backlog: u32) -> Result<Vec<Socket
         })?;
         if addr.port() == 0 {
             // Every core must share the port the OS picked for the first.
-            addr = s.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
+            addr = s
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(addr);
         }
         out.push(s);
     }
@@ -208,8 +247,16 @@ async fn run_core(
                 let senders = Rc::new(senders);
                 let receivers = Rc::new(receivers);
                 for peer in (0..core.routes.len()).filter(|&p| p != id) {
-                    mesh_tasks.push(glommio::spawn_local(route_to(core.clone(), peer, senders.clone())));
-                    mesh_tasks.push(glommio::spawn_local(receive_from(core.clone(), peer, receivers.clone())));
+                    mesh_tasks.push(glommio::spawn_local(route_to(
+                        core.clone(),
+                        peer,
+                        senders.clone(),
+                    )));
+                    mesh_tasks.push(glommio::spawn_local(receive_from(
+                        core.clone(),
+                        peer,
+                        receivers.clone(),
+                    )));
                 }
             }
             Err(e) => {

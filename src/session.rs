@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::codec::{encoded_len_publish, Packet, Properties, QoS, SubOptions, Version};
+use crate::codec::{encode, encode_publish, Ack, Packet, Properties, QoS, SubOptions, Version};
 use crate::id::ConnId;
 
 /// An application message as routed through the gateway; shared by every
@@ -33,27 +33,106 @@ impl Message {
 }
 
 /// Something waiting in a connection's outbox, encoded when written.
+/// Acknowledgements get a compact variant: one is queued per QoS>0 message.
 #[derive(Debug)]
 pub enum Frame {
-    Publish { msg: Arc<Message>, qos: QoS, pkid: u16, dup: bool, retain: bool },
-    Control(Packet),
+    Publish {
+        msg: Arc<Message>,
+        qos: QoS,
+        pkid: u16,
+        dup: bool,
+        retain: bool,
+    },
+    /// PUBACK/PUBREC/PUBREL/PUBCOMP without properties.
+    Ack {
+        kind: AckKind,
+        pkid: u16,
+        code: u8,
+    },
+    PingResp,
+    Control(Box<Packet>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    PubAck,
+    PubRec,
+    PubRel,
+    PubComp,
 }
 
 impl Frame {
+    /// The outbox form of a control packet.
+    pub fn control(packet: Packet) -> Frame {
+        let ack = |kind, a: &Ack| {
+            a.properties.is_empty().then_some(Frame::Ack {
+                kind,
+                pkid: a.pkid,
+                code: a.code,
+            })
+        };
+        let compact = match &packet {
+            Packet::PubAck(a) => ack(AckKind::PubAck, a),
+            Packet::PubRec(a) => ack(AckKind::PubRec, a),
+            Packet::PubRel(a) => ack(AckKind::PubRel, a),
+            Packet::PubComp(a) => ack(AckKind::PubComp, a),
+            Packet::PingResp => Some(Frame::PingResp),
+            _ => None,
+        };
+        compact.unwrap_or_else(|| Frame::Control(Box::new(packet)))
+    }
+
+    /// Memory the frame pins while queued, for the outbox byte limit.
     pub fn weight(&self) -> usize {
         match self {
             Frame::Publish { msg, .. } => msg.weight(),
-            Frame::Control(_) => 32,
+            Frame::Ack { .. } | Frame::PingResp | Frame::Control(_) => 32,
         }
     }
 
-    /// Encoded size for a peer speaking `v`.
-    pub fn encoded_len(&self, v: Version) -> usize {
+    /// Appends the frame's packet encoded for protocol `v`.
+    pub fn encode(&self, v: Version, out: &mut Vec<u8>) {
         match self {
-            Frame::Publish { msg, qos, .. } => {
-                encoded_len_publish(&msg.topic, msg.payload.len(), *qos, msg.properties.as_deref(), v)
+            Frame::Publish {
+                msg,
+                qos,
+                pkid,
+                dup,
+                retain,
+            } => {
+                let props = if v.is_v5() {
+                    msg.properties.as_deref()
+                } else {
+                    None
+                };
+                encode_publish(
+                    out,
+                    &msg.topic,
+                    &msg.payload,
+                    *qos,
+                    *pkid,
+                    *dup,
+                    *retain,
+                    props,
+                    v,
+                );
             }
-            Frame::Control(_) => 0,
+            Frame::Ack { kind, pkid, code } => {
+                let a = Ack {
+                    pkid: *pkid,
+                    code: *code,
+                    properties: Properties::default(),
+                };
+                let p = match kind {
+                    AckKind::PubAck => Packet::PubAck(a),
+                    AckKind::PubRec => Packet::PubRec(a),
+                    AckKind::PubRel => Packet::PubRel(a),
+                    AckKind::PubComp => Packet::PubComp(a),
+                };
+                encode(&p, v, out);
+            }
+            Frame::PingResp => encode(&Packet::PingResp, v, out),
+            Frame::Control(p) => encode(p, v, out),
         }
     }
 }
@@ -113,8 +192,15 @@ impl Session {
     }
 
     /// Removes the in-flight entry `pkid` when its state matches `pred`.
-    pub fn take_inflight(&mut self, pkid: u16, pred: impl Fn(&Inflight) -> bool) -> Option<Inflight> {
-        let i = self.inflight.iter().position(|e| e.pkid == pkid && pred(e))?;
+    pub fn take_inflight(
+        &mut self,
+        pkid: u16,
+        pred: impl Fn(&Inflight) -> bool,
+    ) -> Option<Inflight> {
+        let i = self
+            .inflight
+            .iter()
+            .position(|e| e.pkid == pkid && pred(e))?;
         self.inflight.remove(i)
     }
 }

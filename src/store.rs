@@ -10,7 +10,6 @@
 //! same directory (plus durable QoS 1 queues) in Redis, driven from a bridge
 //! thread, so a client reconnecting to another node finds its session.
 
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Mutex;
 
 use ahash::AHashMap;
@@ -49,9 +48,7 @@ impl Default for MemoryStore {
 
 impl MemoryStore {
     fn shard(&self, client_id: &str) -> std::sync::MutexGuard<'_, AHashMap<Box<str>, Location>> {
-        let mut h = self.hasher.build_hasher();
-        client_id.hash(&mut h);
-        let shard = &self.shards[h.finish() as usize % SHARDS];
+        let shard = &self.shards[self.hasher.hash_one(client_id) as usize % SHARDS];
         // A panic while holding the lock cannot leave the map half-updated
         // (each operation is a single insert/remove), so poison is ignored.
         shard.lock().unwrap_or_else(|p| p.into_inner())
@@ -84,7 +81,10 @@ mod tests {
     use crate::id::ConnKey;
 
     fn loc(core: usize, index: u32) -> Location {
-        Location { core, key: ConnKey { index, gen: 1 } }
+        Location {
+            core,
+            key: ConnKey { index, gen: 1 },
+        }
     }
 
     #[test]

@@ -25,7 +25,10 @@ struct Node {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.plus.is_none() && self.hash.is_empty() && self.exact.is_empty()
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_empty()
+            && self.exact.is_empty()
     }
 }
 
@@ -140,20 +143,26 @@ fn remove_in(node: &mut Node, rest: Option<&str>, key: ConnKey) -> bool {
             None => false,
         }
     }
-    let Some(r) = rest else { return take(&mut node.exact, key) };
+    let Some(r) = rest else {
+        return take(&mut node.exact, key);
+    };
     let (level, next) = split(r);
     if level == "#" {
         return take(&mut node.hash, key);
     }
     if level == "+" {
-        let Some(child) = node.plus.as_deref_mut() else { return false };
+        let Some(child) = node.plus.as_deref_mut() else {
+            return false;
+        };
         let removed = remove_in(child, next, key);
         if child.is_empty() {
             node.plus = None;
         }
         return removed;
     }
-    let Some(child) = node.children.get_mut(level) else { return false };
+    let Some(child) = node.children.get_mut(level) else {
+        return false;
+    };
     let removed = remove_in(child, next, key);
     if child.is_empty() {
         node.children.remove(level);
@@ -179,12 +188,22 @@ mod tests {
 
     #[test]
     fn trie_agrees_with_reference_matcher() {
-        let filters =
-            ["#", "+", "a", "a/b", "a/+", "a/#", "+/b", "+/+", "a/b/c", "$SYS/#", "$SYS/+", "/", "+/#", "a/+/c"];
-        let topics = ["a", "a/b", "a/b/c", "b", "/", "/b", "$SYS/x", "$SYS", "a//c", "x/b", ""];
+        let filters = [
+            "#", "+", "a", "a/b", "a/+", "a/#", "+/b", "+/+", "a/b/c", "$SYS/#", "$SYS/+", "/",
+            "+/#", "a/+/c",
+        ];
+        let topics = [
+            "a", "a/b", "a/b/c", "b", "/", "/b", "$SYS/x", "$SYS", "a//c", "x/b", "",
+        ];
         let mut t = SubTree::default();
         for (i, f) in filters.iter().enumerate() {
-            t.insert(f, Sub { key: key(i as u32), opts: SubOptions::qos(QoS::AtMostOnce) });
+            t.insert(
+                f,
+                Sub {
+                    key: key(i as u32),
+                    opts: SubOptions::qos(QoS::AtMostOnce),
+                },
+            );
         }
         for topic in topics {
             let expected: Vec<u32> = filters
@@ -205,8 +224,20 @@ mod tests {
     #[test]
     fn insert_replaces_same_session() {
         let mut t = SubTree::default();
-        assert!(!t.insert("a", Sub { key: key(1), opts: SubOptions::qos(QoS::AtMostOnce) }));
-        assert!(t.insert("a", Sub { key: key(1), opts: SubOptions::qos(QoS::ExactlyOnce) }));
+        assert!(!t.insert(
+            "a",
+            Sub {
+                key: key(1),
+                opts: SubOptions::qos(QoS::AtMostOnce)
+            }
+        ));
+        assert!(t.insert(
+            "a",
+            Sub {
+                key: key(1),
+                opts: SubOptions::qos(QoS::ExactlyOnce)
+            }
+        ));
         assert_eq!(t.len(), 1);
         let mut qos = None;
         t.for_each_match("a", |s| qos = Some(s[0].opts.qos));

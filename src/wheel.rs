@@ -24,7 +24,11 @@ pub struct Wheel<T> {
 
 impl<T> Wheel<T> {
     pub fn new(now: u64) -> Self {
-        Wheel { now, slots: (0..SLOTS * LEVELS).map(|_| Vec::new()).collect(), len: 0 }
+        Wheel {
+            now,
+            slots: (0..SLOTS * LEVELS).map(|_| Vec::new()).collect(),
+            len: 0,
+        }
     }
 
     pub fn now(&self) -> u64 {
@@ -52,7 +56,10 @@ impl<T> Wheel<T> {
         // The level is the lowest one whose higher bits agree with `now`, so
         // the slot is strictly ahead of the current position on that level.
         let mut level = 0;
-        while level + 1 < LEVELS && (deadline >> (BITS * (level as u32 + 1))) != (self.now >> (BITS * (level as u32 + 1))) {
+        while level + 1 < LEVELS
+            && (deadline >> (BITS * (level as u32 + 1)))
+                != (self.now >> (BITS * (level as u32 + 1)))
+        {
             level += 1;
         }
         let slot = ((deadline >> (BITS * level as u32)) & MASK) as usize;

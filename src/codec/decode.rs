@@ -45,7 +45,10 @@ impl fmt::Display for DecodeError {
             DecodeError::Malformed(why) => write!(f, "malformed packet: {why}"),
             DecodeError::Protocol(why) => write!(f, "protocol error: {why}"),
             DecodeError::TooLarge { size, max } => {
-                write!(f, "packet of {size} bytes exceeds maximum packet size {max}")
+                write!(
+                    f,
+                    "packet of {size} bytes exceeds maximum packet size {max}"
+                )
             }
             DecodeError::UnsupportedVersion(v) => write!(f, "unsupported protocol level {v}"),
             DecodeError::TopicName(why) => write!(f, "invalid topic name: {why}"),
@@ -142,7 +145,9 @@ fn read_varint(buf: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
         }
     }
     if buf.len() >= 4 {
-        return Err(DecodeError::Malformed("variable byte integer longer than 4 bytes"));
+        return Err(DecodeError::Malformed(
+            "variable byte integer longer than 4 bytes",
+        ));
     }
     Ok(None)
 }
@@ -164,7 +169,10 @@ fn header(buf: &[u8], max_packet_size: usize) -> Result<Option<(usize, usize)>, 
     debug_assert!(remaining <= MAX_REMAINING_LENGTH);
     let total = 1 + n + remaining;
     if total > max_packet_size {
-        return Err(DecodeError::TooLarge { size: total, max: max_packet_size });
+        return Err(DecodeError::TooLarge {
+            size: total,
+            max: max_packet_size,
+        });
     }
     Ok(Some((1 + n, total)))
 }
@@ -210,7 +218,9 @@ fn check_flags(flags: u8, expected: u8) -> Result<(), DecodeError> {
 
 fn finish(r: &Reader<'_>) -> Result<(), DecodeError> {
     if !r.is_empty() {
-        return Err(DecodeError::Malformed("trailing bytes after packet contents"));
+        return Err(DecodeError::Malformed(
+            "trailing bytes after packet contents",
+        ));
     }
     Ok(())
 }
@@ -242,10 +252,14 @@ fn decode_body(kind: u8, flags: u8, body: &[u8], v: Version) -> Result<Packet, D
             }
             let code = r.u8()?;
             let properties = props(&mut r, v, Ctx::ConnAck)?;
-            Packet::ConnAck(ConnAck { session_present: ack_flags & 1 == 1, code, properties })
+            Packet::ConnAck(ConnAck {
+                session_present: ack_flags & 1 == 1,
+                code,
+                properties,
+            })
         }
         3 => decode_publish(flags, &mut r, v)?,
-        4 | 5 | 6 | 7 => {
+        4..=7 => {
             check_flags(flags, if kind == 6 { 0b0010 } else { 0 })?;
             let ack = decode_ack(&mut r, v)?;
             match kind {
@@ -263,7 +277,8 @@ fn decode_body(kind: u8, flags: u8, body: &[u8], v: Version) -> Result<Packet, D
             while !r.is_empty() {
                 let filter = r.string()?;
                 let o = r.u8()?;
-                let qos = QoS::from_u8(o & 3).ok_or(DecodeError::Malformed("subscription QoS 3"))?;
+                let qos =
+                    QoS::from_u8(o & 3).ok_or(DecodeError::Malformed("subscription QoS 3"))?;
                 let reserved = if v.is_v5() { 0xC0 } else { 0xFC };
                 if o & reserved != 0 {
                     return Err(DecodeError::Malformed("reserved subscription option bits"));
@@ -285,14 +300,22 @@ fn decode_body(kind: u8, flags: u8, body: &[u8], v: Version) -> Result<Packet, D
             if filters.is_empty() {
                 return Err(DecodeError::Protocol("SUBSCRIBE without topic filters"));
             }
-            Packet::Subscribe(Subscribe { pkid, filters, properties })
+            Packet::Subscribe(Subscribe {
+                pkid,
+                filters,
+                properties,
+            })
         }
         9 => {
             check_flags(flags, 0)?;
             let pkid = pkid(&mut r)?;
             let properties = props(&mut r, v, Ctx::SubAck)?;
             let codes = r.rest().to_vec();
-            Packet::SubAck(SubAck { pkid, codes, properties })
+            Packet::SubAck(SubAck {
+                pkid,
+                codes,
+                properties,
+            })
         }
         10 => {
             check_flags(flags, 0b0010)?;
@@ -305,14 +328,26 @@ fn decode_body(kind: u8, flags: u8, body: &[u8], v: Version) -> Result<Packet, D
             if filters.is_empty() {
                 return Err(DecodeError::Protocol("UNSUBSCRIBE without topic filters"));
             }
-            Packet::Unsubscribe(Unsubscribe { pkid, filters, properties })
+            Packet::Unsubscribe(Unsubscribe {
+                pkid,
+                filters,
+                properties,
+            })
         }
         11 => {
             check_flags(flags, 0)?;
             let pkid = pkid(&mut r)?;
             let properties = props(&mut r, v, Ctx::UnsubAck)?;
-            let codes = if v.is_v5() { r.rest().to_vec() } else { Vec::new() };
-            Packet::UnsubAck(UnsubAck { pkid, codes, properties })
+            let codes = if v.is_v5() {
+                r.rest().to_vec()
+            } else {
+                Vec::new()
+            };
+            Packet::UnsubAck(UnsubAck {
+                pkid,
+                codes,
+                properties,
+            })
         }
         12 | 13 => {
             check_flags(flags, 0)?;
@@ -341,7 +376,11 @@ fn decode_reason_only(r: &mut Reader<'_>, v: Version, ctx: Ctx) -> Result<Reason
         return Ok(ReasonOnly::default());
     }
     let code = r.u8()?;
-    let properties = if r.is_empty() { Properties::default() } else { Properties::decode(r, ctx)? };
+    let properties = if r.is_empty() {
+        Properties::default()
+    } else {
+        Properties::decode(r, ctx)?
+    };
     Ok(ReasonOnly { code, properties })
 }
 
@@ -351,9 +390,16 @@ fn decode_ack(r: &mut Reader<'_>, v: Version) -> Result<Ack, DecodeError> {
         return Ok(Ack::new(pkid));
     }
     let code = r.u8()?;
-    let properties =
-        if r.is_empty() { Properties::default() } else { Properties::decode(r, Ctx::PubResp)? };
-    Ok(Ack { pkid, code, properties })
+    let properties = if r.is_empty() {
+        Properties::default()
+    } else {
+        Properties::decode(r, Ctx::PubResp)?
+    };
+    Ok(Ack {
+        pkid,
+        code,
+        properties,
+    })
 }
 
 fn decode_publish(flags: u8, r: &mut Reader<'_>, v: Version) -> Result<Packet, DecodeError> {
@@ -371,7 +417,15 @@ fn decode_publish(flags: u8, r: &mut Reader<'_>, v: Version) -> Result<Packet, D
     let pkid = if qos == QoS::AtMostOnce { 0 } else { pkid(r)? };
     let properties = props(r, v, Ctx::Publish)?;
     let payload = Bytes::copy_from_slice(r.rest());
-    Ok(Packet::Publish(Publish { dup, qos, retain, topic, pkid, properties, payload }))
+    Ok(Packet::Publish(Publish {
+        dup,
+        qos,
+        retain,
+        topic,
+        pkid,
+        properties,
+        payload,
+    }))
 }
 
 fn decode_connect(body: &[u8]) -> Result<Packet, DecodeError> {
@@ -413,12 +467,26 @@ fn decode_connect(body: &[u8]) -> Result<Packet, DecodeError> {
         }
         topic::validate_name(&topic).map_err(DecodeError::TopicName)?;
         let payload = r.binary()?;
-        Some(Will { topic, payload, qos: will_qos, retain: will_retain, properties })
+        Some(Will {
+            topic,
+            payload,
+            qos: will_qos,
+            retain: will_retain,
+            properties,
+        })
     } else {
         None
     };
-    let username = if has_username { Some(r.string()?) } else { None };
-    let password = if has_password { Some(r.binary()?) } else { None };
+    let username = if has_username {
+        Some(r.string()?)
+    } else {
+        None
+    };
+    let password = if has_password {
+        Some(r.binary()?)
+    } else {
+        None
+    };
     finish(&r)?;
     Ok(Packet::Connect(Box::new(Connect {
         version,

@@ -56,7 +56,11 @@ fn remaining_publish(
     v: Version,
 ) -> usize {
     let pkid = if qos == QoS::AtMostOnce { 0 } else { 2 };
-    let props = if v.is_v5() { props.map_or(1, |p| p.encoded_len()) } else { 0 };
+    let props = if v.is_v5() {
+        props.map_or(1, |p| p.encoded_len())
+    } else {
+        0
+    };
     2 + topic.len() + pkid + props + payload_len
 }
 
@@ -183,25 +187,24 @@ pub fn encode(packet: &Packet, v: Version, out: &mut Vec<u8>) {
     out.extend_from_slice(&body);
 }
 
-/// Acks omit the reason code and properties when they carry nothing, the
-/// shortest form MQTT 5 section 3.4.2.1 allows.
+/// Acks omit reason code and properties when the code is success and there
+/// are no properties (MQTT 5 section 3.4.2.1). When a reason code is present
+/// the property length is always written, even if zero: the spec allows
+/// omitting it, but some client libraries fail to parse that shorter form.
 fn ack(b: &mut Vec<u8>, a: &Ack, v5: bool, first: u8) -> u8 {
     b.extend_from_slice(&a.pkid.to_be_bytes());
     if v5 && (a.code != 0 || !a.properties.is_empty()) {
         b.push(a.code);
-        if !a.properties.is_empty() {
-            a.properties.encode(b);
-        }
+        a.properties.encode(b);
     }
     first
 }
 
+/// Same rule as [`ack`] for DISCONNECT and AUTH.
 fn reason_only(b: &mut Vec<u8>, r: &ReasonOnly, v5: bool) {
     if v5 && (r.code != 0 || !r.properties.is_empty()) {
         b.push(r.code);
-        if !r.properties.is_empty() {
-            r.properties.encode(b);
-        }
+        r.properties.encode(b);
     }
 }
 

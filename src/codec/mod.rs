@@ -23,3 +23,6 @@ pub use properties::Properties;
 
 /// Largest value the variable byte integer can carry (268,435,455, MQTT 1.5.5).
 pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+#[cfg(test)]
+mod tests;

@@ -96,7 +96,11 @@ pub struct Ack {
 
 impl Ack {
     pub fn new(pkid: u16) -> Ack {
-        Ack { pkid, code: 0, properties: Properties::default() }
+        Ack {
+            pkid,
+            code: 0,
+            properties: Properties::default(),
+        }
     }
 }
 
@@ -111,7 +115,12 @@ pub struct SubOptions {
 
 impl SubOptions {
     pub fn qos(qos: QoS) -> SubOptions {
-        SubOptions { qos, no_local: false, retain_as_published: false, retain_handling: 0 }
+        SubOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+        }
     }
 }
 

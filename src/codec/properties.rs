@@ -69,7 +69,16 @@ macro_rules! ctxs {
 
 const MSG: u16 = ctxs!(Publish, Will);
 const ALL: u16 = ctxs!(
-    Connect, ConnAck, Publish, Will, PubResp, Subscribe, SubAck, Unsubscribe, UnsubAck, Disconnect,
+    Connect,
+    ConnAck,
+    Publish,
+    Will,
+    PubResp,
+    Subscribe,
+    SubAck,
+    Unsubscribe,
+    UnsubAck,
+    Disconnect,
     Auth
 );
 const REASON: u16 = ctxs!(ConnAck, PubResp, SubAck, UnsubAck, Disconnect, Auth);
@@ -208,7 +217,11 @@ impl Properties {
             + s(&self.content_type)
             + s(&self.response_topic)
             + b(&self.correlation_data)
-            + self.subscription_identifiers.iter().map(|v| 1 + varint_len(*v as usize)).sum::<usize>()
+            + self
+                .subscription_identifiers
+                .iter()
+                .map(|v| 1 + varint_len(*v as usize))
+                .sum::<usize>()
             + n4(self.session_expiry_interval)
             + s(&self.assigned_client_identifier)
             + n2(self.server_keep_alive)
@@ -225,7 +238,11 @@ impl Properties {
             + n2(self.topic_alias)
             + n1(self.maximum_qos)
             + n1(self.retain_available)
-            + self.user_properties.iter().map(|(k, v)| 5 + k.len() + v.len()).sum::<usize>()
+            + self
+                .user_properties
+                .iter()
+                .map(|(k, v)| 5 + k.len() + v.len())
+                .sum::<usize>()
             + n4(self.maximum_packet_size)
             + n1(self.wildcard_subscription_available)
             + n1(self.subscription_identifier_available)

@@ -33,9 +33,7 @@ pub fn validate_filter(filter: &str) -> Result<(), &'static str> {
 pub fn parse_shared(filter: &str) -> Option<Result<(&str, &str), &'static str>> {
     let rest = filter.strip_prefix(SHARE_PREFIX)?;
     Some(match rest.split_once('/') {
-        Some((group, f))
-            if !group.is_empty() && !group.contains(['+', '#']) && !f.is_empty() =>
-        {
+        Some((group, f)) if !group.is_empty() && !group.contains(['+', '#']) && !f.is_empty() => {
             Ok((group, f))
         }
         _ => Err("shared subscription needs $share/{group}/{filter}"),
@@ -72,7 +70,16 @@ mod tests {
 
     #[test]
     fn filters() {
-        for ok in ["#", "+", "a/+/b", "a/#", "/", "+/+", "$share/g/a/#", "sport/tennis/+"] {
+        for ok in [
+            "#",
+            "+",
+            "a/+/b",
+            "a/#",
+            "/",
+            "+/+",
+            "$share/g/a/#",
+            "sport/tennis/+",
+        ] {
             assert_eq!(validate_filter(ok), Ok(()), "{ok}");
         }
         for bad in ["", "a#", "a/#/b", "a+", "a/b+/c", "#/a", "++"] {

@@ -1,0 +1,195 @@
+//! The `tether` binary with independent clients: the README tour with
+//! `mosquitto_sub`/`mosquitto_pub`, `check-config`, and SIGTERM shutdown.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The gateway binary on a free port; returns the process and its port.
+fn start_tether(cores: &str) -> (Reap, u16, mpsc::Receiver<String>) {
+    let mut child = Reap(
+        Command::new(env!("CARGO_BIN_EXE_tether"))
+            .env("TETHER_LISTENERS__TCP", "127.0.0.1:0")
+            .env("TETHER_NODE__CORES", cores)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tether starts"),
+    );
+    let lines = lines_of(child.0.stdout.take().unwrap());
+    loop {
+        let line = lines.recv_timeout(WAIT).expect("startup banner in time");
+        if let Some(addr) = line.split("listening on ").nth(1) {
+            let port = addr.trim().rsplit(':').next().unwrap().parse().unwrap();
+            return (child, port, lines);
+        }
+    }
+}
+
+fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// A mosquitto client, line-buffered (it block-buffers into pipes) so each
+/// event can be awaited as it happens.
+fn mosquitto(tool: &str) -> Command {
+    assert!(
+        Command::new(tool).arg("--help").output().is_ok(),
+        "{tool} is missing: install Debian's mosquitto-clients (.ci/run does)"
+    );
+    let mut c = Command::new("stdbuf");
+    c.args(["-oL", tool]);
+    c
+}
+
+/// Kills the child if the test fails before it exits.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process did not exit in time"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn readme_tour_with_mosquitto_clients_then_sigterm() {
+    let (mut tether, port, _banner) = start_tether("2");
+    let tether = &mut tether.0;
+    let port_s = port.to_string();
+    // -d prints protocol events, so we know when SUBACK arrived.
+    let mut sub = mosquitto("mosquitto_sub")
+        .args([
+            "-p", &port_s, "-t", "demo/#", "-v", "-q", "1", "-C", "3", "-W", "10", "-d", "-V",
+            "mqttv5",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map(Reap)
+        .unwrap();
+    let out = lines_of(sub.0.stdout.take().unwrap());
+    loop {
+        let line = out
+            .recv_timeout(WAIT)
+            .expect("mosquitto_sub subscribes in time");
+        if line.contains("SUBACK") {
+            break;
+        }
+    }
+    for (topic, msg, extra) in [
+        ("demo/a", "hello", vec!["-q", "0"]),
+        ("demo/b", "qos1", vec!["-q", "1"]),
+        ("demo/c", "qos2 v5", vec!["-q", "2", "-V", "mqttv5"]),
+    ] {
+        let status = mosquitto("mosquitto_pub")
+            .args(["-p", &port_s, "-t", topic, "-m", msg])
+            .args(extra)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mosquitto_pub to {topic}");
+    }
+    let mut received = Vec::new();
+    while received.len() < 3 {
+        let line = out.recv_timeout(WAIT).expect("message in time");
+        if line.starts_with("demo/") {
+            received.push(line);
+        }
+    }
+    assert_eq!(received, ["demo/a hello", "demo/b qos1", "demo/c qos2 v5"]);
+    assert!(wait_exit(&mut sub.0).success());
+
+    // SIGTERM: clean shutdown, exit code 0.
+    // SAFETY: kill(2) with a pid we spawned.
+    unsafe { libc::kill(tether.id() as i32, libc::SIGTERM) };
+    assert!(wait_exit(tether).success());
+}
+
+#[test]
+fn sigterm_sends_v5_clients_disconnect_0x8b() {
+    let (mut tether, port, _banner) = start_tether("1");
+    let tether = &mut tether.0;
+    let mut sub = mosquitto("mosquitto_sub")
+        .args(["-p", &port.to_string(), "-t", "x", "-d", "-V", "mqttv5"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map(Reap)
+        .unwrap();
+    let out = lines_of(sub.0.stdout.take().unwrap());
+    while !out
+        .recv_timeout(WAIT)
+        .expect("SUBACK in time")
+        .contains("SUBACK")
+    {}
+    // SAFETY: kill(2) with a pid we spawned.
+    unsafe { libc::kill(tether.id() as i32, libc::SIGTERM) };
+    let disconnect = loop {
+        let line = out.recv_timeout(WAIT).expect("DISCONNECT in time");
+        if line.contains("DISCONNECT") {
+            break line;
+        }
+    };
+    assert!(
+        disconnect.contains("(139)"),
+        "reason 0x8B expected: {disconnect}"
+    );
+    assert!(wait_exit(tether).success());
+}
+
+#[test]
+fn check_config_explains_errors_with_the_key() {
+    let dir = std::env::temp_dir().join(format!("tether-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::File::create(&bad)
+        .unwrap()
+        .write_all(b"[mqtt]\nmax_qos = 7\n")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mqtt.max_qos") && err.contains("0, 1 or 2"),
+        "{err}"
+    );
+
+    let good = concat!(env!("CARGO_MANIFEST_DIR"), "/tether.example.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["check-config", good])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+}

@@ -1,0 +1,333 @@
+//! Helpers shared by the integration tests: an in-process gateway, rumqttc
+//! clients pinned to a chosen core, and a raw socket client for hostile input.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use tether::codec::{self, Packet, Version};
+use tether::{Config, Gateway};
+use tokio::sync::mpsc;
+
+/// Upper bound for any single wait in the tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A gateway on a free port with `cores` executors.
+pub fn gateway(cores: usize, tweak: impl FnOnce(&mut Config)) -> Gateway {
+    let mut cfg = Config::default();
+    cfg.node.cores = cores;
+    cfg.listeners.tcp = "127.0.0.1:0".parse().unwrap();
+    tweak(&mut cfg);
+    Gateway::start(cfg).expect("gateway starts")
+}
+
+/// Events of one rumqttc v3.1.1 client, pumped by a background task.
+pub struct V4 {
+    pub client: rumqttc::AsyncClient,
+    pub events: mpsc::UnboundedReceiver<Result<rumqttc::Event, String>>,
+    pub session_present: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for V4 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn v4_options(gw: &Gateway, id: &str, clean: bool) -> rumqttc::MqttOptions {
+    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", gw.tcp_addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_clean_session(clean);
+    o
+}
+
+/// Connects a v3.1.1 client; with `core`, reconnects until the kernel's
+/// SO_REUSEPORT hash lands it on that core.
+pub async fn v4(gw: &Gateway, opts: rumqttc::MqttOptions, core: Option<usize>) -> V4 {
+    let id = opts.client_id();
+    for _ in 0..64 {
+        let (client, mut el) = rumqttc::AsyncClient::new(opts.clone(), 1000);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                let ev = el.poll().await;
+                let stop = ev.is_err();
+                if tx.send(ev.map_err(|e| e.to_string())).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        let session_present = loop {
+            match tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("CONNACK in time")
+            {
+                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)))) => {
+                    assert_eq!(a.code, rumqttc::ConnectReturnCode::Success);
+                    break a.session_present;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("connect failed: {other:?}"),
+            }
+        };
+        let c = V4 {
+            client,
+            events: rx,
+            session_present,
+            task,
+        };
+        match core {
+            Some(want) if gw.locate(&id) != Some(want) => {
+                c.task.abort();
+                continue;
+            }
+            _ => return c,
+        }
+    }
+    panic!("could not land {id} on core {core:?}");
+}
+
+impl V4 {
+    /// Next incoming PUBLISH (other events skipped).
+    pub async fn publish(&mut self) -> rumqttc::Publish {
+        loop {
+            let ev = tokio::time::timeout(WAIT, self.events.recv())
+                .await
+                .expect("PUBLISH in time");
+            match ev {
+                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => return p,
+                Some(Ok(_)) => {}
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for an incoming packet matching `pred`.
+    pub async fn incoming(&mut self, pred: impl Fn(&rumqttc::Packet) -> bool) -> rumqttc::Packet {
+        loop {
+            let ev = tokio::time::timeout(WAIT, self.events.recv())
+                .await
+                .expect("packet in time");
+            match ev {
+                Some(Ok(rumqttc::Event::Incoming(p))) if pred(&p) => return p,
+                Some(Ok(_)) => {}
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::QoS) {
+        self.client.subscribe(filter, qos).await.unwrap();
+        self.incoming(|p| matches!(p, rumqttc::Packet::SubAck(_)))
+            .await;
+    }
+}
+
+/// Events of one rumqttc MQTT 5 client.
+pub struct V5 {
+    pub client: rumqttc::v5::AsyncClient,
+    pub events: mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, String>>,
+    pub connack: rumqttc::v5::mqttbytes::v5::ConnAck,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for V5 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn v5_options(gw: &Gateway, id: &str) -> rumqttc::v5::MqttOptions {
+    let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", gw.tcp_addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+pub async fn v5(gw: &Gateway, opts: rumqttc::v5::MqttOptions, core: Option<usize>) -> V5 {
+    use rumqttc::v5::{mqttbytes::v5::Packet, Event};
+    let id = opts.client_id();
+    for _ in 0..64 {
+        let (client, mut el) = rumqttc::v5::AsyncClient::new(opts.clone(), 1000);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                let ev = el.poll().await;
+                let stop = ev.is_err();
+                if tx.send(ev.map_err(|e| format!("{e:?}"))).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        let connack = loop {
+            match tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("CONNACK in time")
+            {
+                Some(Ok(Event::Incoming(Packet::ConnAck(a)))) => break a,
+                Some(Ok(_)) => {}
+                other => panic!("connect failed: {other:?}"),
+            }
+        };
+        let c = V5 {
+            client,
+            events: rx,
+            connack,
+            task,
+        };
+        match core {
+            Some(want) if gw.locate(&id) != Some(want) => {
+                c.task.abort();
+                continue;
+            }
+            _ => return c,
+        }
+    }
+    panic!("could not land {id} on core {core:?}");
+}
+
+impl V5 {
+    pub async fn incoming(
+        &mut self,
+        pred: impl Fn(&rumqttc::v5::mqttbytes::v5::Packet) -> bool,
+    ) -> rumqttc::v5::mqttbytes::v5::Packet {
+        loop {
+            let ev = tokio::time::timeout(WAIT, self.events.recv())
+                .await
+                .expect("packet in time");
+            match ev {
+                Some(Ok(rumqttc::v5::Event::Incoming(p))) if pred(&p) => return p,
+                Some(Ok(_)) => {}
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    }
+
+    pub async fn publish(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        match self.incoming(|p| matches!(p, Packet::Publish(_))).await {
+            Packet::Publish(p) => p,
+            _ => unreachable!(),
+        }
+    }
+
+    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::v5::mqttbytes::QoS) {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        self.client.subscribe(filter, qos).await.unwrap();
+        self.incoming(|p| matches!(p, Packet::SubAck(_))).await;
+    }
+}
+
+/// A bare TCP client speaking through Tether's own codec, for byte-exact and
+/// hostile input. Every read is bounded by [`WAIT`].
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    pub version: Version,
+}
+
+impl Raw {
+    pub fn open(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).expect("tcp connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Raw {
+            stream,
+            buf: Vec::new(),
+            version: Version::V5,
+        }
+    }
+
+    /// Opens a connection and completes CONNECT for `version`.
+    pub fn connected(addr: SocketAddr, id: &str, version: Version) -> Raw {
+        let mut r = Raw::open(addr);
+        r.version = version;
+        r.send(&Packet::Connect(Box::new(codec::Connect {
+            version,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Default::default(),
+        })));
+        match r.recv() {
+            Some(Packet::ConnAck(a)) => assert_eq!(a.code, 0, "CONNACK for {id}"),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        r
+    }
+
+    pub fn send(&mut self, p: &Packet) {
+        let mut out = Vec::new();
+        codec::encode(p, self.version, &mut out);
+        self.send_bytes(&out);
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        // The server may already have closed on an earlier packet.
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// Next packet from the server, or `None` at EOF / reset.
+    pub fn recv(&mut self) -> Option<Packet> {
+        loop {
+            match codec::decode(&self.buf, Some(self.version), usize::MAX) {
+                Ok(Some((p, n))) => {
+                    self.buf.drain(..n);
+                    return Some(p);
+                }
+                Ok(None) => {}
+                Err(e) => panic!("server sent an undecodable packet: {e}"),
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    panic!("no packet from the server within {WAIT:?}")
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns what it sent before.
+    pub fn until_closed(&mut self) -> Vec<Packet> {
+        let mut got = Vec::new();
+        while let Some(p) = self.recv() {
+            got.push(p);
+        }
+        got
+    }
+}
+
+/// Waits (polling, bounded by [`WAIT`]) until `cond` holds: for state the
+/// gateway exposes only through counters, such as "the connection is gone".
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Blocking twin of [`until`] for tests without a runtime.
+pub fn until_blocking(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

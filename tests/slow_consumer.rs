@@ -1,0 +1,118 @@
+//! Slow consumers: QoS 0 is dropped (and counted) above the outbox limit, a
+//! client over the hard queue limit is disconnected with 0x97, and the
+//! gateway's memory stays bounded while a reader stalls.
+
+mod common;
+
+use common::*;
+use rumqttc::QoS;
+use tether::codec::{self, reason, Packet, Version};
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+fn stalled_subscriber(
+    gw: &tether::Gateway,
+    id: &str,
+    qos: codec::QoS,
+    receive_max: Option<u16>,
+) -> Raw {
+    let mut s = Raw::open(gw.tcp_addr);
+    s.version = Version::V5;
+    // A small receive buffer so the kernel does not absorb the flood.
+    socket2::SockRef::from(&s.stream)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    s.send(&Packet::Connect(Box::new(codec::Connect {
+        version: Version::V5,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: codec::Properties {
+            receive_maximum: receive_max,
+            ..Default::default()
+        },
+    })));
+    assert!(matches!(s.recv(), Some(Packet::ConnAck(a)) if a.code == 0));
+    s.send(&Packet::Subscribe(codec::Subscribe {
+        pkid: 1,
+        filters: vec![("flood".into(), codec::SubOptions::qos(qos))],
+        properties: Default::default(),
+    }));
+    assert!(matches!(s.recv(), Some(Packet::SubAck(_))));
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_qos0_reader_costs_bounded_memory_and_drops_are_counted() {
+    const PAYLOAD: usize = 16 * 1024;
+    const COUNT: usize = 4096; // 64 MiB offered to a reader that never reads
+    let gw = gateway(2, |c| c.session.max_outbox_bytes = 256 * 1024);
+    let _stalled = stalled_subscriber(&gw, "stalled", codec::QoS::AtMostOnce, None);
+    let mut o = v4_options(&gw, "flooder", true);
+    o.set_max_packet_size(1 << 20, 1 << 20); // rumqttc's default is 10 KiB
+    let publ = v4(&gw, o, None).await;
+    let before = rss_bytes();
+    for _ in 0..COUNT {
+        publ.client
+            .publish("flood", QoS::AtMostOnce, false, vec![7u8; PAYLOAD])
+            .await
+            .unwrap();
+    }
+    // A QoS 1 publish after the flood: once it is acknowledged, the gateway
+    // has processed everything before it on this connection.
+    publ.client
+        .publish("fence", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    let mut publ = publ;
+    publ.incoming(|p| matches!(p, rumqttc::Packet::PubAck(_)))
+        .await;
+    let s = gw.stats();
+    let growth = rss_bytes().saturating_sub(before);
+    assert!(s.dropped_slow_qos0 > 0, "{s:?}");
+    assert!(
+        growth < 32 * 1024 * 1024,
+        "RSS grew by {growth} bytes while {} MiB went to a stalled reader",
+        (PAYLOAD * COUNT) >> 20
+    );
+}
+
+#[test]
+fn qos1_reader_over_the_hard_limit_is_disconnected_with_0x97() {
+    let gw = gateway(2, |c| c.session.max_queued_messages = 50);
+    let mut slow = stalled_subscriber(&gw, "slow1", codec::QoS::AtLeastOnce, Some(5));
+    let mut publ = Raw::connected(gw.tcp_addr, "pub1", Version::V311);
+    for id in 1u16..=100 {
+        publ.send(&Packet::Publish(codec::Publish {
+            dup: false,
+            qos: codec::QoS::AtLeastOnce,
+            retain: false,
+            topic: "flood".into(),
+            pkid: id,
+            properties: Default::default(),
+            payload: bytes::Bytes::from_static(&[1; 512]),
+        }));
+        assert!(matches!(publ.recv(), Some(Packet::PubAck(a)) if a.pkid == id));
+    }
+    let got = slow.until_closed();
+    let publishes = got
+        .iter()
+        .filter(|p| matches!(p, Packet::Publish(_)))
+        .count();
+    assert_eq!(publishes, 5, "exactly the Receive Maximum was in flight");
+    assert!(
+        matches!(got.last(), Some(Packet::Disconnect(d)) if d.code == reason::QUOTA_EXCEEDED),
+        "last packet: {:?}",
+        got.last()
+    );
+    let s = gw.stats();
+    assert_eq!(s.disconnected_slow, 1);
+    assert!(s.dropped_queue_full >= 1, "{s:?}");
+}
