@@ -71,6 +71,10 @@ pub struct ListenerConfig {
     pub tcp: SocketAddr,
     /// listen(2) backlog of each core's SO_REUSEPORT socket.
     pub backlog: u32,
+    /// SO_SNDBUF of each connection; 0 keeps the kernel's autotuning.
+    pub send_buffer_bytes: usize,
+    /// SO_RCVBUF of each connection; 0 keeps the kernel's autotuning.
+    pub recv_buffer_bytes: usize,
 }
 
 impl Default for ListenerConfig {
@@ -78,6 +82,8 @@ impl Default for ListenerConfig {
         ListenerConfig {
             tcp: SocketAddr::from(([127, 0, 0, 1], 1883)),
             backlog: 1024,
+            send_buffer_bytes: 0,
+            recv_buffer_bytes: 0,
         }
     }
 }
@@ -131,7 +137,8 @@ pub struct SessionConfig {
     /// disconnects the client (0x97); while offline the newest is dropped.
     pub max_queued_messages: usize,
     /// Soft limit of bytes written-but-unsent per connection; above it QoS 0
-    /// messages to that client are dropped (and counted).
+    /// messages to that client are dropped (and counted) and the gateway
+    /// stops reading from that client until its outbox drains.
     pub max_outbox_bytes: usize,
 }
 

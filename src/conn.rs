@@ -61,6 +61,16 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     // Interactive protocol: small packets must not wait for Nagle.
     let _ = stream.set_nodelay(true);
+    let l = &core.cfg.listeners;
+    // SAFETY: the fd belongs to `stream`, which outlives this borrow.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let sock = socket2::SockRef::from(&fd);
+    if l.send_buffer_bytes > 0 {
+        let _ = sock.set_send_buffer_size(l.send_buffer_bytes);
+    }
+    if l.recv_buffer_bytes > 0 {
+        let _ = sock.set_recv_buffer_size(l.recv_buffer_bytes);
+    }
     let (key, id) = core.register(peer, stream.as_raw_fd());
     debug!(conn = %id, %peer, "accepted");
     let mut conn = Conn {
@@ -101,9 +111,18 @@ impl Conn {
             if let Some(req) = close {
                 return self.poll_close(cx, req);
             }
-            if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
-                debug!(conn = %self.id, "write failed: {e}");
-                return Poll::Ready(());
+            let flushed = match self.poll_flush(cx) {
+                Poll::Ready(Err(e)) => {
+                    debug!(conn = %self.id, "write failed: {e}");
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(())) => true,
+                Poll::Pending => false,
+            };
+            if !flushed && self.outbox_full() {
+                // A client that does not read stops being read: its acks
+                // (and anything else) cannot pile up. Writable wakes us.
+                return Poll::Pending;
             }
             if self.version.is_some() && !active {
                 // Waiting for the session handover; the handover wakes us.
@@ -137,6 +156,13 @@ impl Conn {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    fn outbox_full(&self) -> bool {
+        let limit = self.core.cfg.session.max_outbox_bytes;
+        let mut st = self.core.st.borrow_mut();
+        let link = st.entry(self.key).and_then(|e| e.link.as_ref());
+        link.is_some_and(|l| l.outbox_bytes >= limit)
     }
 
     fn has_complete_packet(&self) -> bool {

@@ -22,11 +22,18 @@ use crate::codec::{reason, ConnAck, Packet, Properties, QoS, Version, Will};
 use crate::config::Config;
 use crate::id::{ConnId, ConnKey, Location};
 use crate::interest::{Interest, LocalInterest};
-use crate::session::{Frame, Inflight, Message, Offer, Queued, Session};
+use crate::session::{Frame, Inflight, Message, Offer, Queued, RecentIds, Session};
 use crate::stats::{bump, Stats};
 use crate::store::SessionStore;
 use crate::subs::{Sub, SubTree};
 use crate::wheel::Wheel;
+
+/// How long a core keeps forwarding to a session that moved to another core
+/// (its *tombstone*), and how long the new core filters duplicates. Messages
+/// other cores routed to the old core before they could know of the move are
+/// still in the channels for at most the mesh latency; two seconds covers
+/// a heavily backlogged mesh with a wide margin.
+pub const MOVE_GRACE_MS: u64 = 2000;
 
 /// State every core can read: per-core summaries and the node's directory.
 pub struct Shared {
@@ -58,6 +65,14 @@ pub enum CoreMsg {
     Handover {
         target: ConnKey,
         session: Option<Box<Session>>,
+    },
+    /// A message that matched a session's tombstone on the sending core;
+    /// the session now lives at `target` on this core.
+    Forward {
+        target: ConnKey,
+        msg: Arc<Message>,
+        qos: QoS,
+        retain: bool,
     },
 }
 
@@ -186,8 +201,13 @@ pub enum Phase {
     Active,
     /// No connection; the session waits for its client until `expires_at`.
     Offline { expires_at: u64 },
-    /// The session moved to a newer connection; this socket is closing.
+    /// The session moved to a newer connection on this core; this socket is
+    /// closing.
     TakenOver,
+    /// The session moved to another core. Until `until` the entry keeps its
+    /// subscriptions indexed and forwards what matches to `to`, so messages
+    /// already on their way here are not lost; its socket (if any) is closing.
+    Moved { to: Location, until: u64 },
 }
 
 /// One slab entry: a connection and/or a session.
@@ -205,6 +225,7 @@ pub enum Timer {
     ConnectDeadline,
     KeepAlive,
     SessionExpiry,
+    Tombstone,
 }
 
 /// The mutable state of a core, behind one `RefCell` (single-threaded).
@@ -259,6 +280,8 @@ pub struct Core {
     pub drained: Notify,
     /// Signalled when the wheel gets its first timer.
     pub wheel_armed: Notify,
+    /// Sequence for message ids published on this core.
+    next_msg: Cell<u64>,
 }
 
 impl Core {
@@ -286,7 +309,15 @@ impl Core {
             shutting_down: Cell::new(false),
             drained: Notify::default(),
             wheel_armed: Notify::default(),
+            next_msg: Cell::new(0),
         }
+    }
+
+    /// A node-unique id for a message published on this core.
+    pub fn message_id(&self) -> u64 {
+        let seq = self.next_msg.get() + 1;
+        self.next_msg.set(seq);
+        ((self.id as u64) << 56) | (seq & ((1 << 56) - 1))
     }
 
     pub fn stats(&self) -> &Stats {
@@ -376,8 +407,9 @@ impl Core {
             Phase::Connecting | Phase::TakenOver => {
                 st.conns.remove(key.index as usize);
             }
-            // The handover will find no link and park or end the session.
-            Phase::AwaitingHandover { .. } => {}
+            // The handover will find no link and park or end the session;
+            // a tombstone lives until its timer.
+            Phase::AwaitingHandover { .. } | Phase::Moved { .. } => {}
             Phase::Offline { .. } => unreachable!("offline sessions have no link"),
             Phase::Active => {
                 let origin = Some(e.id);
@@ -455,10 +487,10 @@ impl Core {
             };
         }
         match self.shared.store.claim(&client_id, me) {
-            None => self.on_handover(st, key, None),
+            None => self.on_handover(st, key, None, false),
             Some(prev) if prev.core == self.id => {
                 let reply = self.takeover(st, prev.key, &client_id, me);
-                self.dispatch_handover(st, reply);
+                self.dispatch_handover(st, reply, false);
             }
             Some(prev) => self.route(
                 prev.core,
@@ -492,24 +524,63 @@ impl Core {
                 *superseded = Some(requester);
                 None
             }
-            Phase::Connecting | Phase::TakenOver => Some((requester, None)),
+            Phase::Connecting | Phase::TakenOver | Phase::Moved { .. } => Some((requester, None)),
             Phase::Active | Phase::Offline { .. } => {
                 let online = e.link.is_some();
                 let id = e.id;
-                let session = self.detach_session(st, target);
                 bump(&self.stats().takeovers, 1);
                 if online {
                     info!(conn = %id, client_id, "session taken over by a newer connection");
+                }
+                let session = if requester.core == self.id {
+                    // Same core: the move is atomic, nothing can be in flight
+                    // from here. But if the session arrived from another core
+                    // recently, that core's tombstone still forwards to this
+                    // entry: keep it as a pointer until that window ends.
+                    let session = self.detach_session(st, target);
+                    let now = self.now_tick();
+                    let window = session
+                        .recent
+                        .as_ref()
+                        .map(|r| r.until)
+                        .filter(|&u| u > now);
                     let e = st.entry(target).expect("entry checked above");
-                    e.phase = Phase::TakenOver;
-                    if let Some(link) = e.link.as_mut() {
-                        // MQTT 5 3.1.4-3: the old connection is closed, with 0x8E.
-                        let reason = link.version.is_v5().then_some(reason::SESSION_TAKEN_OVER);
-                        link.will = None;
-                        link.request_close(reason, false);
+                    match window {
+                        Some(until) => {
+                            e.phase = Phase::Moved {
+                                to: requester,
+                                until,
+                            };
+                            self.arm(st, until, target, Timer::Tombstone);
+                        }
+                        None => {
+                            e.phase = Phase::TakenOver;
+                            if !online {
+                                st.conns.remove(target.index as usize);
+                            }
+                        }
                     }
+                    session
                 } else {
-                    st.conns.remove(target.index as usize);
+                    // Other core: leave a tombstone that keeps the
+                    // subscriptions indexed and forwards to the new owner.
+                    let until = self.now_tick() + self.ticks(MOVE_GRACE_MS);
+                    let e = st.entry(target).expect("entry checked above");
+                    let subs = e.session.subs.clone();
+                    let session = std::mem::take(&mut e.session);
+                    e.session.subs = subs;
+                    e.phase = Phase::Moved {
+                        to: requester,
+                        until,
+                    };
+                    self.arm(st, until, target, Timer::Tombstone);
+                    session
+                };
+                if let Some(link) = st.entry(target).and_then(|e| e.link.as_mut()) {
+                    // MQTT 5 3.1.4-3: the old connection is closed, with 0x8E.
+                    let reason = link.version.is_v5().then_some(reason::SESSION_TAKEN_OVER);
+                    link.will = None;
+                    link.request_close(reason, false);
                 }
                 Some((requester, Some(Box::new(session))))
             }
@@ -526,14 +597,17 @@ impl Core {
         session
     }
 
+    /// Delivers a takeover reply; `remote` says whether the session came from
+    /// another core (see [`Core::on_handover`]).
     fn dispatch_handover(
         &self,
         st: &mut CoreState,
         reply: Option<(Location, Option<Box<Session>>)>,
+        remote: bool,
     ) {
         if let Some((to, session)) = reply {
             if to.core == self.id {
-                self.on_handover(st, to.key, session);
+                self.on_handover(st, to.key, session, remote);
             } else {
                 self.route(
                     to.core,
@@ -547,7 +621,16 @@ impl Core {
     }
 
     /// The previous session (if any) of `target`'s client has arrived.
-    pub fn on_handover(&self, st: &mut CoreState, target: ConnKey, session: Option<Box<Session>>) {
+    /// `remote` is true when it comes from another core (whose tombstone may
+    /// forward second copies of messages for a while).
+    pub fn on_handover(
+        &self,
+        st: &mut CoreState,
+        target: ConnKey,
+        session: Option<Box<Session>>,
+        remote: bool,
+    ) {
+        let until = self.now_tick() + self.ticks(MOVE_GRACE_MS);
         let Some(e) = st.entry(target) else { return };
         let phase = std::mem::replace(&mut e.phase, Phase::Active);
         let Phase::AwaitingHandover { info, superseded } = phase else {
@@ -555,16 +638,33 @@ impl Core {
             return;
         };
         if let Some(next) = superseded {
-            // An even newer connection claimed the id while we waited.
-            e.phase = Phase::TakenOver;
+            // An even newer connection claimed the id while we waited. Stay
+            // a tombstone for a while if forwards may still arrive here.
+            if remote {
+                e.phase = Phase::Moved { to: next, until };
+                self.arm(st, until, target, Timer::Tombstone);
+            } else {
+                e.phase = Phase::TakenOver;
+            }
+            let e = st.entry(target).expect("entry checked above");
             match e.link.as_mut() {
                 Some(link) => link.request_close(None, false),
-                None => {
+                None if matches!(e.phase, Phase::TakenOver) => {
                     st.conns.remove(target.index as usize);
                 }
+                None => {}
             }
-            self.dispatch_handover(st, Some((next, session)));
+            self.dispatch_handover(st, Some((next, session)), remote);
             return;
+        }
+        let mut session = session;
+        if remote {
+            if let Some(s) = session.as_mut() {
+                s.recent = Some(Box::new(RecentIds {
+                    ids: Default::default(),
+                    until,
+                }));
+            }
         }
         self.activate(st, target, info, session);
     }
@@ -667,6 +767,7 @@ impl Core {
             Box::new(p)
         });
         let msg = Message {
+            id: self.message_id(),
             topic: will.topic.into(),
             payload: will.payload,
             qos: will.qos,
@@ -699,6 +800,7 @@ impl Core {
             });
         }
         let stats = self.stats();
+        let now = self.now_tick();
         for s in matches.iter() {
             let Some(e) = conns
                 .get_mut(s.key.index as usize)
@@ -711,12 +813,59 @@ impl Core {
             }
             let qos = msg.qos.min(s.opts.qos);
             let retain = s.opts.retain_as_published && msg.retain;
-            match offer(e, msg, qos, retain, &self.cfg, stats) {
-                Offer::Sent | Offer::Queued => {}
-                Offer::DroppedSlow => bump(&stats.dropped_slow_qos0, 1),
-                Offer::DroppedOffline => bump(&stats.dropped_offline_qos0, 1),
-                Offer::DroppedQueueFull => bump(&stats.dropped_queue_full, 1),
+            if let Phase::Moved { to, .. } = e.phase {
+                self.forward_out(to, msg, qos, retain);
+                continue;
             }
+            count(offer(e, msg, qos, retain, &self.cfg, stats, now), stats);
+        }
+    }
+
+    /// Sends a message that matched a tombstone on to the session's new core.
+    fn forward_out(&self, to: Location, msg: &Arc<Message>, qos: QoS, retain: bool) {
+        bump(&self.stats().forwarded_after_move, 1);
+        let msg = msg.clone();
+        self.route(
+            to.core,
+            CoreMsg::Forward {
+                target: to.key,
+                msg,
+                qos,
+                retain,
+            },
+        );
+    }
+
+    /// A forwarded message for a session that moved here.
+    fn forward_in(
+        &self,
+        st: &mut CoreState,
+        target: ConnKey,
+        msg: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+    ) {
+        let stats = self.stats();
+        let now = self.now_tick();
+        let Some(e) = st.entry(target) else {
+            bump(&stats.dropped_session_gone, 1);
+            return;
+        };
+        match e.phase {
+            // It moved on again (a chain of takeovers): follow it.
+            Phase::Moved { to, .. } if to.core == self.id => {
+                self.forward_in(st, to.key, msg, qos, retain)
+            }
+            Phase::Moved { to, .. } => self.route(
+                to.core,
+                CoreMsg::Forward {
+                    target: to.key,
+                    msg: msg.clone(),
+                    qos,
+                    retain,
+                },
+            ),
+            _ => count(offer(e, msg, qos, retain, &self.cfg, stats, now), stats),
         }
     }
 
@@ -787,9 +936,17 @@ impl Core {
                 requester,
             } => {
                 let reply = self.takeover(&mut st, target, &client_id, requester);
-                self.dispatch_handover(&mut st, reply);
+                self.dispatch_handover(&mut st, reply, false);
             }
-            CoreMsg::Handover { target, session } => self.on_handover(&mut st, target, session),
+            CoreMsg::Handover { target, session } => {
+                self.on_handover(&mut st, target, session, true)
+            }
+            CoreMsg::Forward {
+                target,
+                msg,
+                qos,
+                retain,
+            } => self.forward_in(&mut st, target, &msg, qos, retain),
         }
     }
 
@@ -827,6 +984,20 @@ impl Core {
                     self.arm(st, deadline, key, Timer::KeepAlive);
                 }
             }
+            (Timer::Tombstone, Phase::Moved { until, .. }) if now >= *until => {
+                let subs = std::mem::take(&mut e.session.subs);
+                let online = e.link.is_some();
+                if online {
+                    // The socket is still closing; `unregister` removes it.
+                    e.phase = Phase::TakenOver;
+                }
+                for (filter, _) in &subs {
+                    self.unsubscribe_index(st, filter, key);
+                }
+                if !online {
+                    st.conns.remove(key.index as usize);
+                }
+            }
             (Timer::SessionExpiry, Phase::Offline { expires_at }) => {
                 if now >= *expires_at {
                     debug!(conn = %e.id, "offline session expired");
@@ -857,8 +1028,18 @@ impl Core {
     }
 }
 
-/// Offers one message to one session, applying the window and the
-/// slow-consumer policy (see `SessionConfig`).
+fn count(offer: Offer, stats: &Stats) {
+    match offer {
+        Offer::Sent | Offer::Queued => {}
+        Offer::DroppedSlow => bump(&stats.dropped_slow_qos0, 1),
+        Offer::DroppedOffline => bump(&stats.dropped_offline_qos0, 1),
+        Offer::DroppedQueueFull => bump(&stats.dropped_queue_full, 1),
+        Offer::Duplicate => bump(&stats.duplicates_suppressed, 1),
+    }
+}
+
+/// Offers one message to one session, applying the move-window duplicate
+/// filter, the window and the slow-consumer policy (see `SessionConfig`).
 pub fn offer(
     e: &mut Entry,
     msg: &Arc<Message>,
@@ -866,7 +1047,15 @@ pub fn offer(
     retain: bool,
     cfg: &Config,
     stats: &Stats,
+    now: u64,
 ) -> Offer {
+    if let Some(recent) = e.session.recent.as_mut() {
+        if now >= recent.until {
+            e.session.recent = None;
+        } else if !recent.record(msg.id) {
+            return Offer::Duplicate;
+        }
+    }
     let active = matches!(e.phase, Phase::Active);
     let link = e.link.as_mut().filter(|_| active);
     if qos == QoS::AtMostOnce {

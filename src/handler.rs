@@ -315,6 +315,7 @@ fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Res
     }
     let properties = (!p.properties.is_empty()).then(|| Box::new(p.properties));
     let msg = Message {
+        id: core.message_id(),
         topic,
         payload: p.payload,
         qos: p.qos,

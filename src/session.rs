@@ -14,6 +14,9 @@ use crate::id::ConnId;
 /// subscriber (and every core) that receives it.
 #[derive(Debug)]
 pub struct Message {
+    /// Node-unique id (publishing core in the top byte, then a sequence), so
+    /// a session can recognise the two copies a cross-core move may produce.
+    pub id: u64,
     pub topic: Arc<str>,
     pub payload: Bytes,
     pub qos: QoS,
@@ -171,6 +174,10 @@ pub struct Session {
     pub incoming_qos2: Vec<u16>,
     /// Seconds the session outlives its connection (0: ends with it).
     pub expiry_secs: u32,
+    /// Set for a while after the session moved in from another core: ids of
+    /// messages offered since, to drop the second copy of a message that
+    /// arrived both directly and forwarded by the old core's tombstone.
+    pub recent: Option<Box<RecentIds>>,
     last_pkid: u16,
 }
 
@@ -205,6 +212,28 @@ impl Session {
     }
 }
 
+/// Most message ids a moved-in session remembers; past this, duplicates
+/// during the move window are no longer suppressed (bounded memory first).
+pub const MAX_RECENT_IDS: usize = 65_536;
+
+/// Message ids seen by a session during its move window.
+#[derive(Debug)]
+pub struct RecentIds {
+    pub ids: ahash::AHashSet<u64>,
+    /// Tick (of the owning core's clock) at which the window ends.
+    pub until: u64,
+}
+
+impl RecentIds {
+    /// Records `id`; false when it was already seen (a duplicate).
+    pub fn record(&mut self, id: u64) -> bool {
+        if self.ids.len() >= MAX_RECENT_IDS {
+            return !self.ids.contains(&id);
+        }
+        self.ids.insert(id)
+    }
+}
+
 /// Outcome of offering a message to a session.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offer {
@@ -218,4 +247,6 @@ pub enum Offer {
     DroppedOffline,
     /// QoS 1/2 dropped because the session queue is full.
     DroppedQueueFull,
+    /// Second copy of a message during a cross-core move; already offered.
+    Duplicate,
 }

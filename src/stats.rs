@@ -61,6 +61,12 @@ stats! {
     takeovers,
     /// Offline sessions that expired.
     sessions_expired,
+    /// Messages a tombstone forwarded to a session's new core after a move.
+    forwarded_after_move,
+    /// Second copies dropped by a moved-in session's duplicate filter.
+    duplicates_suppressed,
+    /// Messages that reached a session after it ended (forward target gone).
+    dropped_session_gone,
 }
 
 /// Adds `n` to a counter owned by the calling core.

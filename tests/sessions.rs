@@ -207,11 +207,6 @@ fn qos2_retransmission_is_delivered_once() {
     assert!(matches!(publ.recv(), Some(Packet::PubRec(a)) if a.pkid == 7));
     publ.send(&Packet::PubRel(Ack::new(7)));
     assert!(matches!(publ.recv(), Some(Packet::PubComp(a)) if a.pkid == 7 && a.code == 0));
-    publ.send(&Packet::Publish(msg(
-        false,
-        "q2/sentinel",
-        codec::QoS::AtMostOnce,
-    )));
 
     // Subscriber side: one QoS 2 delivery, completed, then the sentinel.
     let Some(Packet::Publish(p)) = sub.recv() else {
@@ -221,6 +216,12 @@ fn qos2_retransmission_is_delivered_once() {
     sub.send(&Packet::PubRec(Ack::new(p.pkid)));
     assert!(matches!(sub.recv(), Some(Packet::PubRel(a)) if a.pkid == p.pkid));
     sub.send(&Packet::PubComp(Ack::new(p.pkid)));
+    // Only now the sentinel: had the duplicate been routed, it would be ahead of it.
+    publ.send(&Packet::Publish(msg(
+        false,
+        "q2/sentinel",
+        codec::QoS::AtMostOnce,
+    )));
     let Some(Packet::Publish(s)) = sub.recv() else {
         panic!("expected the sentinel")
     };
@@ -241,4 +242,69 @@ async fn v5_session_expiry_zero_ends_session_on_disconnect() {
     until("the session to end", || gw.locate("exp0").is_none()).await;
     let s = v5(&gw, o, None).await;
     assert!(!s.connack.session_present);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_qos1_message_is_lost_while_a_session_hops_between_cores() {
+    const MESSAGES: u32 = 3000;
+    const HOPS: usize = 12;
+    let gw = gateway(2, |c| c.session.max_queued_messages = 10_000);
+    // Manual acks: whatever a discarded landing attempt received stays
+    // unacknowledged in the session and must be resent, never lost.
+    let opts = || {
+        let mut o = v4_options(&gw, "hopper", false);
+        o.set_manual_acks(true);
+        o
+    };
+    let mut first = v4(&gw, opts(), None).await;
+    first.subscribe("hop/t", QoS::AtLeastOnce).await;
+    let publ = v4(&gw, v4_options(&gw, "hop-pub", true), None).await;
+    let sender = tokio::spawn(async move {
+        for n in 0..MESSAGES {
+            publ.client
+                .publish("hop/t", QoS::AtLeastOnce, false, n.to_be_bytes().to_vec())
+                .await
+                .unwrap();
+            if n % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        publ
+    });
+    let mut seen = vec![false; MESSAGES as usize];
+    async fn take(c: &V4, seen: &mut [bool], ev: rumqttc::Event) {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
+            seen[u32::from_be_bytes(p.payload[..4].try_into().unwrap()) as usize] = true;
+            let _ = c.client.ack(&p).await;
+        }
+    }
+    let mut current = first;
+    for hop in 0..HOPS {
+        // Let some messages flow, then take the session over on the other core.
+        for _ in 0..50 {
+            match tokio::time::timeout(std::time::Duration::from_millis(20), current.events.recv())
+                .await
+            {
+                Ok(Some(Ok(ev))) => take(&current, &mut seen, ev).await,
+                _ => break,
+            }
+        }
+        current = v4(&gw, opts(), Some(hop % 2)).await;
+    }
+    let _publ = sender.await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.iter().any(|s| !s) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, current.events.recv()).await {
+            Ok(Some(Ok(ev))) => take(&current, &mut seen, ev).await,
+            other => {
+                let missing: Vec<usize> = (0..seen.len()).filter(|&i| !seen[i]).take(20).collect();
+                let count = seen.iter().filter(|s| !**s).count();
+                panic!(
+                    "{count} missing (first {missing:?}): {other:?}; {:?}",
+                    gw.stats()
+                );
+            }
+        }
+    }
 }

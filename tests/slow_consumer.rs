@@ -116,3 +116,50 @@ fn qos1_reader_over_the_hard_limit_is_disconnected_with_0x97() {
     assert_eq!(s.disconnected_slow, 1);
     assert!(s.dropped_queue_full >= 1, "{s:?}");
 }
+
+#[test]
+fn publisher_that_never_reads_its_acks_stops_being_read() {
+    use std::io::Write;
+    const OFFERED: u64 = 200_000;
+    let gw = gateway(1, |c| {
+        c.session.max_outbox_bytes = 16 * 1024;
+        c.listeners.send_buffer_bytes = 4096;
+    });
+    let mut flooder = Raw::connected(gw.tcp_addr, "no-reader", Version::V311);
+    socket2::SockRef::from(&flooder.stream)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    flooder
+        .stream
+        .set_write_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let mut frame = Vec::new();
+    let mut sent = 0u64;
+    for id in 0..OFFERED {
+        frame.clear();
+        let p = Packet::Publish(codec::Publish {
+            dup: false,
+            qos: codec::QoS::AtLeastOnce,
+            retain: false,
+            topic: "sink".into(),
+            pkid: (id % 60_000 + 1) as u16,
+            properties: Default::default(),
+            payload: bytes::Bytes::from_static(&[0; 64]),
+        });
+        codec::encode(&p, Version::V311, &mut frame);
+        if flooder.stream.write_all(&frame).is_err() {
+            break; // the gateway stopped reading: our write timed out
+        }
+        sent += 1;
+    }
+    assert!(
+        sent < OFFERED,
+        "the gateway kept reading a client that never reads"
+    );
+    let read = gw.stats().publishes_in;
+    assert!(read < OFFERED, "{read}");
+    // Everyone else is unaffected.
+    let mut other = Raw::connected(gw.tcp_addr, "other", Version::V5);
+    other.send(&Packet::PingReq);
+    assert_eq!(other.recv(), Some(Packet::PingResp));
+}
