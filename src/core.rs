@@ -143,7 +143,8 @@ pub struct Link {
     pub max_packet: usize,
     /// Inbound topic aliases (index = alias - 1).
     pub aliases: Vec<Option<Arc<str>>>,
-    pub will: Option<Will>,
+    /// Boxed: most clients set no will, and this struct is per connection.
+    pub will: Option<Box<Will>>,
     /// The client sent DISCONNECT (without 0x04): no will.
     pub graceful: bool,
 }
@@ -194,7 +195,7 @@ pub enum Phase {
     /// CONNECT accepted; waiting for the previous owner's session.
     /// `superseded` is set if an even newer connection claimed the id meanwhile.
     AwaitingHandover {
-        info: ConnectInfo,
+        info: Box<ConnectInfo>,
         superseded: Option<Location>,
     },
     /// CONNACK sent; the session is live.
@@ -415,7 +416,7 @@ impl Core {
                 let origin = Some(e.id);
                 if !link.graceful {
                     if let Some(will) = link.will {
-                        self.publish_will(st, will, origin);
+                        self.publish_will(st, *will, origin);
                     }
                 }
                 self.park_or_end(st, key);
@@ -482,7 +483,7 @@ impl Core {
         if let Some(e) = st.entry(key) {
             e.client_id = Some(client_id.clone());
             e.phase = Phase::AwaitingHandover {
-                info,
+                info: Box::new(info),
                 superseded: None,
             };
         }
@@ -666,7 +667,7 @@ impl Core {
                 }));
             }
         }
-        self.activate(st, target, info, session);
+        self.activate(st, target, *info, session);
     }
 
     /// Installs the session (restored or new) and sends CONNACK.

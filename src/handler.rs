@@ -214,7 +214,7 @@ fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<
     if v5 {
         link.aliases = vec![None; m.topic_alias_maximum as usize];
     }
-    link.will = c.will;
+    link.will = c.will.map(Box::new);
     let requested = if v5 {
         c.properties.session_expiry_interval.unwrap_or(0)
     } else if c.clean_start {
