@@ -45,6 +45,7 @@ pub struct Config {
     pub listeners: ListenerConfig,
     pub mqtt: MqttConfig,
     pub session: SessionConfig,
+    pub retained: RetainedConfig,
     pub runtime: RuntimeConfig,
     pub log: LogConfig,
 }
@@ -148,6 +149,25 @@ impl Default for SessionConfig {
             max_expiry_secs: 7 * 24 * 3600,
             max_queued_messages: 1000,
             max_outbox_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetainedConfig {
+    /// Most retained topics on the node; a new topic beyond it is refused
+    /// (MQTT 5: PUBACK/PUBREC 0x97) while the message itself is delivered.
+    pub max_messages: usize,
+    /// Most retained bytes (topics + payloads) on the node.
+    pub max_bytes: usize,
+}
+
+impl Default for RetainedConfig {
+    fn default() -> Self {
+        RetainedConfig {
+            max_messages: 100_000,
+            max_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 use slab::Slab;
 use tracing::{debug, info};
 
-use crate::codec::{reason, ConnAck, Packet, Properties, QoS, Version, Will};
+use crate::codec::{reason, topic, ConnAck, Packet, Properties, QoS, Version, Will};
 use crate::config::Config;
 use crate::id::{ConnId, ConnKey, Location};
 use crate::interest::{Interest, LocalInterest};
@@ -41,6 +41,8 @@ pub struct Shared {
     pub cores: Vec<CoreShared>,
     pub store: Arc<dyn SessionStore>,
     pub started: Instant,
+    /// Node-wide retained totals (updated by owner cores only).
+    pub retained: crate::retained::Totals,
 }
 
 /// The cross-core visible part of one core.
@@ -48,6 +50,8 @@ pub struct Shared {
 pub struct CoreShared {
     pub interest: Interest,
     pub stats: Stats,
+    /// Size of this core's retained replica (gauge).
+    pub retained: std::sync::atomic::AtomicUsize,
 }
 
 /// Messages between cores (over the bounded glommio channel mesh).
@@ -66,6 +70,10 @@ pub enum CoreMsg {
         target: ConnKey,
         session: Option<Box<Session>>,
     },
+    /// A retained message for the topic's owner core to sequence.
+    RetainSet(Arc<Message>),
+    /// A sequenced retained update for this core's replica.
+    RetainApply(Arc<Message>),
     /// A message that matched a session's tombstone on the sending core;
     /// the session now lives at `target` on this core.
     Forward {
@@ -233,6 +241,7 @@ pub enum Timer {
 pub struct CoreState {
     pub conns: Slab<Entry>,
     pub subs: SubTree,
+    pub retained: crate::retained::Replica,
     pub wheel: Wheel<(ConnKey, Timer)>,
     interest: LocalInterest,
     next_gen: u32,
@@ -296,6 +305,7 @@ impl Core {
             st: RefCell::new(CoreState {
                 conns: Slab::new(),
                 subs: SubTree::default(),
+                retained: Default::default(),
                 wheel: Wheel::new(0),
                 interest: LocalInterest::default(),
                 next_gen: 0,
@@ -705,8 +715,7 @@ impl Core {
             if m.max_qos < 2 {
                 props.maximum_qos = Some(m.max_qos);
             }
-            // Until the retained store and shared subscriptions land, say so.
-            props.retain_available = Some(0);
+            // Until shared subscriptions and subscription ids land, say so.
             props.shared_subscription_available = Some(0);
             props.subscription_identifier_available = Some(0);
             if info.expiry_secs != info.requested_expiry_secs {
@@ -776,7 +785,11 @@ impl Core {
             properties,
             origin,
         };
-        self.publish(st, Arc::new(msg));
+        let msg = Arc::new(msg);
+        if msg.retain {
+            self.retain(st, &msg);
+        }
+        self.publish(st, msg);
     }
 
     /// Offers `msg` to every matching session of this core. One copy per
@@ -819,6 +832,65 @@ impl Core {
                 continue;
             }
             count(offer(e, msg, qos, retain, &self.cfg, stats, now), stats);
+        }
+    }
+
+    // ----- retained messages ------------------------------------------------
+
+    /// Stores a retained message (or deletes one, for an empty payload).
+    /// Returns false when a new topic is refused because the store is full.
+    pub fn retain(&self, st: &mut CoreState, msg: &Arc<Message>) -> bool {
+        let cap = &self.cfg.retained;
+        let totals = &self.shared.retained;
+        let is_new = !msg.payload.is_empty() && !st.retained.contains(&msg.topic);
+        let full = totals.count.load(std::sync::atomic::Ordering::Relaxed) >= cap.max_messages
+            || totals.bytes.load(std::sync::atomic::Ordering::Relaxed) + msg.weight()
+                > cap.max_bytes;
+        if is_new && full {
+            bump(&self.stats().retained_refused, 1);
+            return false;
+        }
+        let owner = crate::retained::owner(&msg.topic, self.shared.cores.len());
+        if owner == self.id {
+            self.retain_sequence(st, msg.clone());
+        } else {
+            self.route(owner, CoreMsg::RetainSet(msg.clone()));
+        }
+        true
+    }
+
+    /// Owner core: apply, account, and broadcast in order to every replica.
+    fn retain_sequence(&self, st: &mut CoreState, msg: Arc<Message>) {
+        for core in (0..self.shared.cores.len()).filter(|&c| c != self.id) {
+            self.route(core, CoreMsg::RetainApply(msg.clone()));
+        }
+        let delta = self.apply_retained(st, msg);
+        crate::retained::account(&self.shared.retained, delta);
+    }
+
+    fn retain_apply(&self, st: &mut CoreState, msg: Arc<Message>) {
+        self.apply_retained(st, msg);
+    }
+
+    fn apply_retained(&self, st: &mut CoreState, msg: Arc<Message>) -> (isize, isize) {
+        let delta = st.retained.apply(msg);
+        self.shared.cores[self.id]
+            .retained
+            .store(st.retained.len(), std::sync::atomic::Ordering::Relaxed);
+        delta
+    }
+
+    /// Sends the retained messages matching `filter` to a new subscription
+    /// (retain flag set, QoS capped by the subscription).
+    pub fn deliver_retained(&self, st: &mut CoreState, key: ConnKey, filter: &str, max_qos: QoS) {
+        let msgs = st.retained.matching(filter);
+        let stats = self.stats();
+        let Some(e) = st.entry(key) else { return };
+        for msg in &msgs {
+            count(
+                deliver(e, msg, msg.qos.min(max_qos), true, &self.cfg, stats),
+                stats,
+            );
         }
     }
 
@@ -866,7 +938,28 @@ impl Core {
                     retain,
                 },
             ),
-            _ => count(offer(e, msg, qos, retain, &self.cfg, stats, now), stats),
+            // Forwards travel behind the handover, so these cannot hold a
+            // session being moved here; count rather than assume.
+            Phase::AwaitingHandover { .. } | Phase::Connecting | Phase::TakenOver => {
+                bump(&stats.dropped_session_gone, 1);
+            }
+            _ => {
+                // Only a session still inside its move window, and still
+                // subscribed to the topic, takes forwards: a client that came
+                // back with Clean Start (or unsubscribed) does not get
+                // messages for its old subscriptions.
+                let in_window = e.session.recent.as_ref().is_some_and(|r| now < r.until);
+                let subscribed = e
+                    .session
+                    .subs
+                    .iter()
+                    .any(|(f, _)| topic::matches(f, &msg.topic));
+                if in_window && subscribed {
+                    count(offer(e, msg, qos, retain, &self.cfg, stats, now), stats);
+                } else {
+                    bump(&stats.forwards_discarded, 1);
+                }
+            }
         }
     }
 
@@ -939,6 +1032,8 @@ impl Core {
                 let reply = self.takeover(&mut st, target, &client_id, requester);
                 self.dispatch_handover(&mut st, reply, false);
             }
+            CoreMsg::RetainSet(msg) => self.retain_sequence(&mut st, msg),
+            CoreMsg::RetainApply(msg) => self.retain_apply(&mut st, msg),
             CoreMsg::Handover { target, session } => {
                 self.on_handover(&mut st, target, session, true)
             }
@@ -1057,6 +1152,19 @@ pub fn offer(
             return Offer::Duplicate;
         }
     }
+    deliver(e, msg, qos, retain, cfg, stats)
+}
+
+/// [`offer`] without the move-window duplicate filter (retained messages
+/// sent on subscribe are a deliberate second copy).
+fn deliver(
+    e: &mut Entry,
+    msg: &Arc<Message>,
+    qos: QoS,
+    retain: bool,
+    cfg: &Config,
+    stats: &Stats,
+) -> Offer {
     let active = matches!(e.phase, Phase::Active);
     let link = e.link.as_mut().filter(|_| active);
     if qos == QoS::AtMostOnce {

@@ -174,9 +174,6 @@ fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<
         if w.qos as u8 > m.max_qos {
             return refuse(st, key, reason::QOS_NOT_SUPPORTED);
         }
-        if w.retain && v5 {
-            return refuse(st, key, reason::RETAIN_NOT_SUPPORTED);
-        }
     }
     let mut assigned_id = None;
     let client_id = if c.client_id.is_empty() {
@@ -251,12 +248,6 @@ fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Res
             "PUBLISH QoS above the maximum",
         ));
     }
-    if p.retain && v5 {
-        return Err(violation(
-            reason::RETAIN_NOT_SUPPORTED,
-            "retained messages are not available",
-        ));
-    }
     if !p.properties.subscription_identifiers.is_empty() {
         return Err(violation(
             reason::PROTOCOL_ERROR,
@@ -293,38 +284,54 @@ fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Res
         }
         None => p.topic.into(),
     };
-    match p.qos {
-        QoS::AtMostOnce => {}
-        QoS::AtLeastOnce => link.control(Packet::PubAck(Ack::new(p.pkid))),
-        QoS::ExactlyOnce => {
-            let ids = &mut e.session.incoming_qos2;
-            if ids.contains(&p.pkid) {
-                // A retransmission of a message already routed: ack only.
-                link.control(Packet::PubRec(Ack::new(p.pkid)));
-                return Ok(());
-            }
-            if ids.len() >= m.receive_maximum as usize {
-                return Err(violation(
-                    reason::RECEIVE_MAXIMUM_EXCEEDED,
-                    "more QoS 2 publishes than Receive Maximum",
-                ));
-            }
-            ids.push(p.pkid);
+    if p.qos == QoS::ExactlyOnce {
+        let ids = &mut e.session.incoming_qos2;
+        if ids.contains(&p.pkid) {
+            // A retransmission of a message already routed: ack only.
             link.control(Packet::PubRec(Ack::new(p.pkid)));
+            return Ok(());
         }
+        if ids.len() >= m.receive_maximum as usize {
+            return Err(violation(
+                reason::RECEIVE_MAXIMUM_EXCEEDED,
+                "more QoS 2 publishes than Receive Maximum",
+            ));
+        }
+        ids.push(p.pkid);
     }
+    let (qos, pkid) = (p.qos, p.pkid);
     let properties = (!p.properties.is_empty()).then(|| Box::new(p.properties));
-    let msg = Message {
+    let msg = Arc::new(Message {
         id: core.message_id(),
         topic,
         payload: p.payload,
-        qos: p.qos,
+        qos,
         retain: p.retain,
         properties,
         origin: Some(origin),
+    });
+    // A retained message that the full store refuses is still delivered;
+    // MQTT 5 publishers learn of the refusal from the ack (0x97).
+    let stored = !msg.retain || core.retain(st, &msg);
+    let code = if stored || !v5 {
+        reason::SUCCESS
+    } else {
+        reason::QUOTA_EXCEEDED
     };
+    if let Some(link) = st.entry(key).and_then(|e| e.link.as_mut()) {
+        let ack = Ack {
+            pkid,
+            code,
+            properties: Default::default(),
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => link.control(Packet::PubAck(ack)),
+            QoS::ExactlyOnce => link.control(Packet::PubRec(ack)),
+        }
+    }
     crate::stats::bump(&core.stats().publishes_in, 1);
-    core.publish(st, Arc::new(msg));
+    core.publish(st, msg);
     Ok(())
 }
 
@@ -344,6 +351,7 @@ fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Res
     }
     let fail = |code: u8| if v5 { code } else { 0x80 };
     let mut codes = Vec::with_capacity(s.filters.len());
+    let mut retained = Vec::new();
     for (filter, mut opts) in s.filters {
         if topic::parse_shared(&filter).is_some() {
             codes.push(fail(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED));
@@ -355,12 +363,28 @@ fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Res
         }
         opts.qos = opts.qos.min(max_qos);
         let e = st.entry(key).expect("checked above");
-        match e.session.subscription(&filter) {
-            Some(i) => e.session.subs[i].1 = opts,
-            None => e.session.subs.push((filter.as_str().into(), opts)),
-        }
+        let existed = match e.session.subscription(&filter) {
+            Some(i) => {
+                e.session.subs[i].1 = opts;
+                true
+            }
+            None => {
+                e.session.subs.push((filter.as_str().into(), opts));
+                false
+            }
+        };
         core.subscribe_index(st, &filter, Sub { key, opts });
         codes.push(opts.qos as u8);
+        // MQTT 5 3.8.3.1 Retain Handling: 0 always, 1 only for a new
+        // subscription, 2 never (3.1.1 behaves as 0).
+        let send_retained = match opts.retain_handling {
+            0 => true,
+            1 => !existed,
+            _ => false,
+        };
+        if send_retained {
+            retained.push((filter, opts.qos));
+        }
     }
     if let Some(link) = st.entry(key).and_then(|e| e.link.as_mut()) {
         link.control(Packet::SubAck(SubAck {
@@ -368,6 +392,10 @@ fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Res
             codes,
             properties: Default::default(),
         }));
+    }
+    // After the SUBACK, so clients see the subscription confirmed first.
+    for (filter, qos) in retained {
+        core.deliver_retained(st, key, &filter, qos);
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ mod handler;
 pub mod id;
 pub mod interest;
 pub mod limits;
+pub mod retained;
 pub mod runtime;
 pub mod session;
 pub mod stats;

@@ -68,6 +68,7 @@ impl Gateway {
             cores: (0..ncores).map(|_| CoreShared::default()).collect(),
             store,
             started: Instant::now(),
+            retained: Default::default(),
         });
         let mesh =
             (ncores > 1).then(|| MeshBuilder::full(ncores, cfg.runtime.mesh_channel_capacity));
@@ -161,6 +162,15 @@ impl Gateway {
             s.add(&c.stats);
         }
         s
+    }
+
+    /// Retained messages in each core's replica.
+    pub fn retained_per_core(&self) -> Vec<usize> {
+        self.shared
+            .cores
+            .iter()
+            .map(|c| c.retained.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
     }
 
     /// Core that currently owns `client_id`'s session, if any.

@@ -67,6 +67,11 @@ stats! {
     duplicates_suppressed,
     /// Messages that reached a session after it ended (forward target gone).
     dropped_session_gone,
+    /// Forwards for subscriptions the session no longer has (it came back
+    /// with Clean Start or unsubscribed): not a loss.
+    forwards_discarded,
+    /// Retained messages not stored because the store was full.
+    retained_refused,
 }
 
 /// Adds `n` to a counter owned by the calling core.

@@ -1,0 +1,144 @@
+//! Retained messages: a replica on every core, writes sequenced per topic.
+//!
+//! Every core holds the whole retained index (topic → `Arc<Message>`; the
+//! payloads themselves are shared, only the index is per core), so a
+//! SUBSCRIBE finds its retained messages locally and synchronously, with no
+//! cross-core request on the subscribe path. Writes for a topic all go to
+//! one *owner* core (FNV hash of the topic), which applies them and
+//! broadcasts them to every other core over the FIFO channels: all replicas
+//! see a topic's updates in the same order and converge. Caps are checked
+//! against node-wide totals that only owners update.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ahash::AHashMap;
+
+use crate::codec::topic;
+use crate::session::Message;
+
+/// Node-wide retained totals, updated only by owner cores.
+#[derive(Default)]
+pub struct Totals {
+    pub count: AtomicUsize,
+    pub bytes: AtomicUsize,
+}
+
+/// The core that sequences writes to `topic`.
+pub fn owner(topic: &str, cores: usize) -> usize {
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+    for b in topic.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01B3);
+    }
+    (h % cores as u64) as usize
+}
+
+/// One core's replica.
+#[derive(Default)]
+pub struct Replica {
+    map: AHashMap<Arc<str>, Arc<Message>>,
+}
+
+impl Replica {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn contains(&self, topic: &str) -> bool {
+        self.map.contains_key(topic)
+    }
+
+    /// Stores `msg` (an empty payload deletes the topic, MQTT 3.3.1.3).
+    /// Returns the change in (count, bytes).
+    pub fn apply(&mut self, msg: Arc<Message>) -> (isize, isize) {
+        let old = if msg.payload.is_empty() {
+            self.map.remove(&msg.topic)
+        } else {
+            let weight = msg.weight() as isize;
+            let old = self.map.insert(msg.topic.clone(), msg);
+            let (dc, db) = old.as_ref().map_or((0, 0), |o| (1, o.weight() as isize));
+            return (1 - dc, weight - db);
+        };
+        old.map_or((0, 0), |o| (-1, -(o.weight() as isize)))
+    }
+
+    /// Retained messages whose topic matches `filter`. A linear scan: the
+    /// retained set is small next to the subscription index; a topic trie
+    /// here is the next step if stores grow large.
+    pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        self.map
+            .values()
+            .filter(|m| topic::matches(filter, &m.topic))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Applies a change in (count, bytes) to the node totals.
+pub fn account(totals: &Totals, (dc, db): (isize, isize)) {
+    if dc >= 0 {
+        totals.count.fetch_add(dc as usize, Ordering::Relaxed);
+    } else {
+        totals.count.fetch_sub((-dc) as usize, Ordering::Relaxed);
+    }
+    if db >= 0 {
+        totals.bytes.fetch_add(db as usize, Ordering::Relaxed);
+    } else {
+        totals.bytes.fetch_sub((-db) as usize, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::QoS;
+
+    fn msg(topic: &str, payload: &'static [u8]) -> Arc<Message> {
+        Arc::new(Message {
+            id: 0,
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(payload),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: None,
+            origin: None,
+        })
+    }
+
+    #[test]
+    fn store_replace_delete_and_match() {
+        let mut r = Replica::default();
+        assert_eq!(r.apply(msg("a/b", b"1")).0, 1);
+        assert_eq!(r.apply(msg("a/b", b"2")).0, 0, "replace keeps the count");
+        assert_eq!(r.apply(msg("a/c", b"3")).0, 1);
+        assert_eq!(r.apply(msg("$SYS/x", b"4")).0, 1);
+        let mut got: Vec<_> = r
+            .matching("a/+")
+            .iter()
+            .map(|m| m.payload.clone())
+            .collect();
+        got.sort();
+        assert_eq!(got, vec![&b"2"[..], &b"3"[..]]);
+        assert_eq!(r.matching("#").len(), 2, "# does not match $SYS topics");
+        assert_eq!(r.apply(msg("a/b", b"")).0, -1, "empty payload deletes");
+        assert_eq!(
+            r.apply(msg("a/zz", b"")),
+            (0, 0),
+            "deleting nothing changes nothing"
+        );
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn owner_is_stable_and_in_range() {
+        for t in ["a", "b/c", "$SYS/uptime", ""] {
+            assert_eq!(owner(t, 4), owner(t, 4));
+            assert!(owner(t, 3) < 3);
+        }
+    }
+}
