@@ -110,6 +110,14 @@ pub struct MqttConfig {
     pub max_qos: u8,
     /// Topic aliases a v5 client may use towards the gateway.
     pub topic_alias_maximum: u16,
+    /// Topic filters no client may subscribe to: a requested filter that one
+    /// of these matches (wildcards in the request compared as literal
+    /// levels) is refused with SUBACK 0x80 (3.1.1) / 0x87 (5.0). A static
+    /// list until the ACL engine lands.
+    pub deny_subscribe: Vec<String>,
+    /// Topic filters no client may publish to: such a PUBLISH is dropped
+    /// (counted); MQTT 5 QoS 1/2 publishers get 0x87 in the ack.
+    pub deny_publish: Vec<String>,
 }
 
 impl Default for MqttConfig {
@@ -123,6 +131,8 @@ impl Default for MqttConfig {
             max_inflight: 1024,
             max_qos: 2,
             topic_alias_maximum: 16,
+            deny_subscribe: Vec::new(),
+            deny_publish: Vec::new(),
         }
     }
 }
@@ -156,8 +166,9 @@ impl Default for SessionConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetainedConfig {
-    /// Most retained topics on the node; a new topic beyond it is refused
-    /// (MQTT 5: PUBACK/PUBREC 0x97) while the message itself is delivered.
+    /// Most retained topics on the node; a retained PUBLISH to a new topic
+    /// beyond it is refused (MQTT 5: PUBACK/PUBREC 0x97, not delivered;
+    /// 3.1.1: delivered but not stored).
     pub max_messages: usize,
     /// Most retained bytes (topics + payloads) on the node.
     pub max_bytes: usize,
@@ -293,6 +304,19 @@ impl Config {
         }
         if m.max_qos > 2 {
             return Err(err("mqtt.max_qos", "must be 0, 1 or 2"));
+        }
+        for (key, list) in [
+            ("mqtt.deny_subscribe", &m.deny_subscribe),
+            ("mqtt.deny_publish", &m.deny_publish),
+        ] {
+            for f in list {
+                if let Err(why) = crate::codec::topic::validate_filter(f) {
+                    return Err(err(
+                        key,
+                        format!("{f:?} is not a valid topic filter: {why}"),
+                    ));
+                }
+            }
         }
         if m.connect_timeout_ms == 0 {
             return Err(err("mqtt.connect_timeout_ms", "must be at least 1"));

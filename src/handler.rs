@@ -300,6 +300,12 @@ fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Res
         ids.push(p.pkid);
     }
     let (qos, pkid) = (p.qos, p.pkid);
+    if m.deny_publish.iter().any(|f| topic::matches(f, &topic)) {
+        tracing::debug!(conn = %origin, topic = &*topic, "publish denied by mqtt.deny_publish");
+        crate::stats::bump(&core.stats().denied_publishes, 1);
+        refuse_publish(st, key, qos, pkid, reason::NOT_AUTHORIZED);
+        return Ok(());
+    }
     let properties = (!p.properties.is_empty()).then(|| Box::new(p.properties));
     let msg = Arc::new(Message {
         id: core.message_id(),
@@ -310,29 +316,49 @@ fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Res
         properties,
         origin: Some(origin),
     });
-    // A retained message that the full store refuses is still delivered;
-    // MQTT 5 publishers learn of the refusal from the ack (0x97).
-    let stored = !msg.retain || core.retain(st, &msg);
-    let code = if stored || !v5 {
-        reason::SUCCESS
-    } else {
-        reason::QUOTA_EXCEEDED
-    };
+    // A retained message the full store refuses: MQTT 5 publishers get a
+    // clear refusal (0x97) and the message goes nowhere; 3.1.1 has no way to
+    // say no, so there it is delivered without being stored (and counted).
+    if msg.retain && !core.retain(st, &msg) && v5 {
+        refuse_publish(st, key, qos, pkid, reason::QUOTA_EXCEEDED);
+        return Ok(());
+    }
     if let Some(link) = st.entry(key).and_then(|e| e.link.as_mut()) {
-        let ack = Ack {
-            pkid,
-            code,
-            properties: Default::default(),
-        };
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => link.control(Packet::PubAck(ack)),
-            QoS::ExactlyOnce => link.control(Packet::PubRec(ack)),
+            QoS::AtLeastOnce => link.control(Packet::PubAck(Ack::new(pkid))),
+            QoS::ExactlyOnce => link.control(Packet::PubRec(Ack::new(pkid))),
         }
     }
     crate::stats::bump(&core.stats().publishes_in, 1);
     core.publish(st, msg);
     Ok(())
+}
+
+/// Acknowledges a refused PUBLISH: MQTT 5 gets `code`, 3.1.1 (which has no
+/// negative acks) a plain ack. A failed PUBREC ends a QoS 2 exchange, so its
+/// packet id is not kept awaiting PUBREL.
+fn refuse_publish(st: &mut CoreState, key: ConnKey, qos: QoS, pkid: u16, code: u8) {
+    let Some(e) = st.entry(key) else { return };
+    let Some(link) = e.link.as_mut() else { return };
+    let code = if link.version.is_v5() {
+        code
+    } else {
+        reason::SUCCESS
+    };
+    if qos == QoS::ExactlyOnce && code >= 0x80 {
+        e.session.incoming_qos2.retain(|&id| id != pkid);
+    }
+    let ack = Ack {
+        pkid,
+        code,
+        properties: Default::default(),
+    };
+    match qos {
+        QoS::AtMostOnce => {}
+        QoS::AtLeastOnce => link.control(Packet::PubAck(ack)),
+        QoS::ExactlyOnce => link.control(Packet::PubRec(ack)),
+    }
 }
 
 fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Result<(), Violation> {
@@ -359,6 +385,16 @@ fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Res
         }
         if topic::validate_filter(&filter).is_err() {
             codes.push(fail(reason::TOPIC_FILTER_INVALID));
+            continue;
+        }
+        if core
+            .cfg
+            .mqtt
+            .deny_subscribe
+            .iter()
+            .any(|d| topic::matches(d, &filter))
+        {
+            codes.push(fail(reason::NOT_AUTHORIZED));
             continue;
         }
         opts.qos = opts.qos.min(max_qos);

@@ -70,6 +70,8 @@ stats! {
     /// Forwards for subscriptions the session no longer has (it came back
     /// with Clean Start or unsubscribed): not a loss.
     forwards_discarded,
+    /// PUBLISH packets refused by `mqtt.deny_publish`.
+    denied_publishes,
     /// Retained messages not stored because the store was full.
     retained_refused,
 }

@@ -157,7 +157,7 @@ async fn v5_retain_handling_and_retain_as_published() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_store_refuses_new_topics_with_0x97_but_delivers() {
+async fn full_store_refuses_new_topics_with_0x97() {
     let gw = gateway(1, |c| c.retained.max_messages = 2);
     let mut sub = v5(&gw, v5_options(&gw, "cap-sub"), None).await;
     subscribe5(&mut sub, filter("cap/#", RetainForwardRule::Never, false)).await;
@@ -184,13 +184,12 @@ async fn full_store_refuses_new_topics_with_0x97_but_delivers() {
             }
             other => panic!("{other:?}"),
         }
-        let p = sub.publish().await;
-        assert_eq!(
-            &p.topic[..],
-            topic.as_bytes(),
-            "delivered live even when not stored"
-        );
+        if expect == 0 {
+            let p = sub.publish().await;
+            assert_eq!(&p.topic[..], topic.as_bytes());
+        }
     }
+    // The refused cap/3 went nowhere: the delivery after cap/2 was cap/1.
     assert_eq!(gw.retained_per_core(), vec![2]);
     assert_eq!(gw.stats().retained_refused, 1);
 }
@@ -218,4 +217,61 @@ async fn retained_will_is_stored_on_abnormal_close() {
         (p.topic.as_str(), &p.payload[..], p.retain),
         ("wills/dying", &b"gone"[..], true)
     );
+}
+
+#[test]
+fn deny_lists_refuse_subscriptions_and_publishes() {
+    use tether::codec::{self, reason, Packet, Version};
+    let gw = gateway(1, |c| {
+        c.mqtt.deny_subscribe = vec!["test/nosubscribe".into(), "secret/#".into()];
+        c.mqtt.deny_publish = vec!["secret/#".into()];
+    });
+    let sub_of = |filters: &[&str]| {
+        Packet::Subscribe(codec::Subscribe {
+            pkid: 1,
+            filters: filters
+                .iter()
+                .map(|f| {
+                    (
+                        f.to_string(),
+                        codec::SubOptions::qos(codec::QoS::AtLeastOnce),
+                    )
+                })
+                .collect(),
+            properties: Default::default(),
+        })
+    };
+    for (version, refused) in [(Version::V311, 0x80), (Version::V5, reason::NOT_AUTHORIZED)] {
+        let mut c = Raw::connected(gw.tcp_addr, "deny", version);
+        c.send(&sub_of(&["test/nosubscribe", "secret/plans", "test/ok"]));
+        match c.recv() {
+            Some(Packet::SubAck(a)) => {
+                assert_eq!(a.codes, vec![refused, refused, 1], "{version:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        for (pkid, qos) in [(2, codec::QoS::AtLeastOnce), (3, codec::QoS::ExactlyOnce)] {
+            c.send(&Packet::Publish(codec::Publish {
+                dup: false,
+                qos,
+                retain: false,
+                topic: "secret/plans".into(),
+                pkid,
+                properties: Default::default(),
+                payload: bytes::Bytes::from_static(b"x"),
+            }));
+            let expect = if version.is_v5() {
+                reason::NOT_AUTHORIZED
+            } else {
+                0
+            };
+            match c.recv() {
+                Some(Packet::PubAck(a) | Packet::PubRec(a)) => {
+                    assert_eq!((a.pkid, a.code), (pkid, expect))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(gw.stats().denied_publishes, 4);
 }
