@@ -208,8 +208,12 @@ pub enum Phase {
     },
     /// CONNACK sent; the session is live.
     Active,
-    /// No connection; the session waits for its client until `expires_at`.
-    Offline { expires_at: u64 },
+    /// No connection; the session waits for its client until `expires_at`,
+    /// holding the will of the lost connection while its delay runs.
+    Offline {
+        expires_at: u64,
+        will: Option<PendingWill>,
+    },
     /// The session moved to a newer connection on this core; this socket is
     /// closing.
     TakenOver,
@@ -217,6 +221,14 @@ pub enum Phase {
     /// subscriptions indexed and forwards what matches to `to`, so messages
     /// already on their way here are not lost; its socket (if any) is closing.
     Moved { to: Location, until: u64 },
+}
+
+/// A will waiting out its MQTT 5 Will Delay Interval after an abnormal close.
+pub struct PendingWill {
+    pub will: Box<Will>,
+    /// Tick at which it is published (unless the client is back first).
+    pub at: u64,
+    pub origin: ConnId,
 }
 
 /// One slab entry: a connection and/or a session.
@@ -235,6 +247,7 @@ pub enum Timer {
     KeepAlive,
     SessionExpiry,
     Tombstone,
+    WillDelay,
 }
 
 /// The mutable state of a core, behind one `RefCell` (single-threaded).
@@ -423,13 +436,27 @@ impl Core {
             Phase::AwaitingHandover { .. } | Phase::Moved { .. } => {}
             Phase::Offline { .. } => unreachable!("offline sessions have no link"),
             Phase::Active => {
-                let origin = Some(e.id);
-                if !link.graceful {
-                    if let Some(will) = link.will {
-                        self.publish_will(st, *will, origin);
+                // MQTT 5 3.1.2.5: the will is published once the delay has
+                // passed or the session ends, whichever is first; never
+                // after a normal DISCONNECT.
+                let origin = e.id;
+                let will = link.will.filter(|_| !link.graceful);
+                let delay = will
+                    .as_ref()
+                    .and_then(|w| w.properties.will_delay_interval)
+                    .unwrap_or(0);
+                let pending = match will {
+                    Some(will) if delay > 0 => {
+                        let at = self.now_tick() + self.ticks(u64::from(delay) * 1000);
+                        Some(PendingWill { will, at, origin })
                     }
-                }
-                self.park_or_end(st, key);
+                    Some(will) => {
+                        self.publish_will(st, *will, Some(origin));
+                        None
+                    }
+                    None => None,
+                };
+                self.park_or_end(st, key, pending);
             }
         }
         if st.links == 0 && self.shutting_down.get() {
@@ -438,20 +465,32 @@ impl Core {
     }
 
     /// A session lost its connection: keep it offline or end it.
-    fn park_or_end(&self, st: &mut CoreState, key: ConnKey) {
+    fn park_or_end(&self, st: &mut CoreState, key: ConnKey, will: Option<PendingWill>) {
         let Some(e) = st.entry(key) else { return };
         let secs = e.session.expiry_secs;
+        let expires_at = self.now_tick() + self.ticks(u64::from(secs) * 1000);
+        let will_at = will.as_ref().map(|w| w.at);
+        // Offline first, so that a session ending now publishes the will.
+        e.phase = Phase::Offline { expires_at, will };
         if secs == 0 {
             self.end_session(st, key);
             return;
         }
-        let expires_at = self.now_tick() + self.ticks(u64::from(secs) * 1000);
-        e.phase = Phase::Offline { expires_at };
         self.arm(st, expires_at, key, Timer::SessionExpiry);
+        if let Some(at) = will_at.filter(|&at| at < expires_at) {
+            self.arm(st, at, key, Timer::WillDelay);
+        }
     }
 
     /// Removes a session entirely: subscriptions, directory entry, slab slot.
     fn end_session(&self, st: &mut CoreState, key: ConnKey) {
+        let Some(e) = st.entry(key) else { return };
+        if let Phase::Offline { will, .. } = &mut e.phase {
+            if let Some(w) = will.take() {
+                // The session ends before the will delay ran out.
+                self.publish_will(st, *w.will, Some(w.origin));
+            }
+        }
         let Some(e) = st.entry(key) else { return };
         let subs = std::mem::take(&mut e.session.subs);
         let client_id = e.client_id.clone();
@@ -587,11 +626,20 @@ impl Core {
                     self.arm(st, until, target, Timer::Tombstone);
                     session
                 };
+                let mut will = None;
                 if let Some(link) = st.entry(target).and_then(|e| e.link.as_mut()) {
                     // MQTT 5 3.1.4-3: the old connection is closed, with 0x8E.
                     let reason = link.version.is_v5().then_some(reason::SESSION_TAKEN_OVER);
-                    link.will = None;
+                    // Its will goes out now if it has no delay (every 3.1.1
+                    // will); a delayed one is cancelled by the new connection.
+                    will = link
+                        .will
+                        .take()
+                        .filter(|w| w.properties.will_delay_interval.unwrap_or(0) == 0);
                     link.request_close(reason, false);
+                }
+                if let Some(w) = will {
+                    self.publish_will(st, *w, Some(id));
                 }
                 Some((requester, Some(Box::new(session))))
             }
@@ -700,7 +748,7 @@ impl Core {
         let e = st.entry(key).expect("caller checked the key");
         let Some(link) = e.link.as_mut() else {
             // The client went away while its session was being fetched.
-            self.park_or_end(st, key);
+            self.park_or_end(st, key, None);
             return;
         };
         let v5 = link.version.is_v5();
@@ -1060,7 +1108,7 @@ impl Core {
 
     fn on_timer(&self, st: &mut CoreState, key: ConnKey, timer: Timer, now: u64) {
         let Some(e) = st.entry(key) else { return };
-        match (timer, &e.phase) {
+        match (timer, &mut e.phase) {
             (Timer::ConnectDeadline, Phase::Connecting | Phase::AwaitingHandover { .. }) => {
                 if let Some(link) = e.link.as_mut() {
                     info!(conn = %e.id, peer = %link.peer, "no CONNECT within the deadline; closing");
@@ -1094,7 +1142,12 @@ impl Core {
                     st.conns.remove(key.index as usize);
                 }
             }
-            (Timer::SessionExpiry, Phase::Offline { expires_at }) => {
+            (Timer::WillDelay, Phase::Offline { will, .. }) => {
+                if let Some(w) = will.take_if(|w| now >= w.at) {
+                    self.publish_will(st, *w.will, Some(w.origin));
+                }
+            }
+            (Timer::SessionExpiry, Phase::Offline { expires_at, .. }) => {
                 if now >= *expires_at {
                     debug!(conn = %e.id, "offline session expired");
                     bump(&self.stats().sessions_expired, 1);
