@@ -22,7 +22,7 @@ use crate::codec::{reason, topic, ConnAck, Packet, Properties, QoS, Version, Wil
 use crate::config::Config;
 use crate::id::{ConnId, ConnKey, Location};
 use crate::interest::{Interest, LocalInterest};
-use crate::session::{Frame, Inflight, Message, Offer, Queued, RecentIds, Session};
+use crate::session::{Delivery, Frame, Inflight, Message, Offer, RecentIds, Session, SubIds};
 use crate::stats::{bump, Stats};
 use crate::store::SessionStore;
 use crate::subs::{Sub, SubTree};
@@ -76,12 +76,7 @@ pub enum CoreMsg {
     RetainApply(Arc<Message>),
     /// A message that matched a session's tombstone on the sending core;
     /// the session now lives at `target` on this core.
-    Forward {
-        target: ConnKey,
-        msg: Arc<Message>,
-        qos: QoS,
-        retain: bool,
-    },
+    Forward { target: ConnKey, d: Delivery },
 }
 
 impl CoreMsg {
@@ -494,7 +489,7 @@ impl Core {
         let Some(e) = st.entry(key) else { return };
         let subs = std::mem::take(&mut e.session.subs);
         let client_id = e.client_id.clone();
-        for (filter, _) in &subs {
+        for (filter, ..) in &subs {
             self.unsubscribe_index(st, filter, key);
         }
         if let Some(cid) = client_id {
@@ -650,7 +645,7 @@ impl Core {
     fn detach_session(&self, st: &mut CoreState, key: ConnKey) -> Session {
         let e = st.entry(key).expect("caller checked the key");
         let session = std::mem::take(&mut e.session);
-        for (filter, _) in &session.subs {
+        for (filter, ..) in &session.subs {
             self.unsubscribe_index(st, filter, key);
         }
         session
@@ -741,9 +736,17 @@ impl Core {
         let e = st.entry(key).expect("caller checked the key");
         e.session = restored.map(|s| *s).unwrap_or_default();
         e.session.expiry_secs = info.expiry_secs;
-        let subs: Vec<(Box<str>, _)> = e.session.subs.clone();
-        for (filter, opts) in &subs {
-            self.subscribe_index(st, filter, Sub { key, opts: *opts });
+        let subs = e.session.subs.clone();
+        for (filter, opts, id) in &subs {
+            self.subscribe_index(
+                st,
+                filter,
+                Sub {
+                    key,
+                    opts: *opts,
+                    id: *id,
+                },
+            );
         }
         let e = st.entry(key).expect("caller checked the key");
         let Some(link) = e.link.as_mut() else {
@@ -763,9 +766,8 @@ impl Core {
             if m.max_qos < 2 {
                 props.maximum_qos = Some(m.max_qos);
             }
-            // Until shared subscriptions and subscription ids land, say so.
+            // Until shared subscriptions land, say so.
             props.shared_subscription_available = Some(0);
-            props.subscription_identifier_available = Some(0);
             if info.expiry_secs != info.requested_expiry_secs {
                 props.session_expiry_interval = Some(info.expiry_secs);
             }
@@ -781,11 +783,9 @@ impl Core {
                 link.control(Packet::PubRel(crate::codec::Ack::new(f.pkid)));
             } else {
                 link.push(Frame::Publish {
-                    msg: f.msg.clone(),
-                    qos: f.qos,
+                    d: f.d.clone(),
                     pkid: f.pkid,
                     dup: true,
-                    retain: f.retain,
                 });
             }
         }
@@ -832,6 +832,7 @@ impl Core {
             retain: will.retain,
             properties,
             origin,
+            expires_at: None,
         };
         let msg = Arc::new(msg);
         if msg.retain {
@@ -852,34 +853,44 @@ impl Core {
         matches.clear();
         let groups = subs.for_each_match(&msg.topic, |s| matches.extend_from_slice(s));
         if groups > 1 {
+            // Overlapping filters: bring each session's matches together.
             matches.sort_unstable_by_key(|s| s.key);
-            matches.dedup_by(|later, kept| {
-                let same = later.key == kept.key;
-                if same && later.opts.qos > kept.opts.qos {
-                    kept.opts.qos = later.opts.qos;
-                }
-                same
-            });
         }
         let stats = self.stats();
         let now = self.now_tick();
-        for s in matches.iter() {
+        let mut rest = &matches[..];
+        while let Some(first) = rest.first() {
+            let n = rest.iter().take_while(|s| s.key == first.key).count();
+            let (same, tail) = rest.split_at(n);
+            rest = tail;
             let Some(e) = conns
-                .get_mut(s.key.index as usize)
-                .filter(|e| e.gen == s.key.gen)
+                .get_mut(first.key.index as usize)
+                .filter(|e| e.gen == first.key.gen)
             else {
                 continue;
             };
-            if s.opts.no_local && msg.origin == Some(e.id) {
+            if same.iter().all(|s| s.opts.no_local) && msg.origin == Some(e.id) {
                 continue;
             }
-            let qos = msg.qos.min(s.opts.qos);
-            let retain = s.opts.retain_as_published && msg.retain;
+            // One copy per session, at the best QoS and retain option of
+            // its matching subscriptions, carrying all their identifiers.
+            let qos = same
+                .iter()
+                .map(|s| msg.qos.min(s.opts.qos))
+                .max()
+                .unwrap_or(QoS::AtMostOnce);
+            let retain = msg.retain && same.iter().any(|s| s.opts.retain_as_published);
+            let d = Delivery {
+                msg: msg.clone(),
+                qos,
+                retain,
+                sub_ids: sub_ids(same.iter().map(|s| s.id)),
+            };
             if let Phase::Moved { to, .. } = e.phase {
-                self.forward_out(to, msg, qos, retain);
+                self.forward_out(to, d);
                 continue;
             }
-            count(offer(e, msg, qos, retain, &self.cfg, stats, now), stats);
+            count(offer(e, d, &self.cfg, stats, now), stats);
         }
     }
 
@@ -934,38 +945,30 @@ impl Core {
         let msgs = st.retained.matching(filter);
         let stats = self.stats();
         let Some(e) = st.entry(key) else { return };
-        for msg in &msgs {
-            count(
-                deliver(e, msg, msg.qos.min(max_qos), true, &self.cfg, stats),
-                stats,
-            );
+        let id = e
+            .session
+            .subscription(filter)
+            .map_or(0, |i| e.session.subs[i].2);
+        for msg in msgs {
+            let qos = msg.qos.min(max_qos);
+            let d = Delivery {
+                msg,
+                qos,
+                retain: true,
+                sub_ids: sub_ids([id]),
+            };
+            count(deliver(e, d, &self.cfg, stats), stats);
         }
     }
 
     /// Sends a message that matched a tombstone on to the session's new core.
-    fn forward_out(&self, to: Location, msg: &Arc<Message>, qos: QoS, retain: bool) {
+    fn forward_out(&self, to: Location, d: Delivery) {
         bump(&self.stats().forwarded_after_move, 1);
-        let msg = msg.clone();
-        self.route(
-            to.core,
-            CoreMsg::Forward {
-                target: to.key,
-                msg,
-                qos,
-                retain,
-            },
-        );
+        self.route(to.core, CoreMsg::Forward { target: to.key, d });
     }
 
     /// A forwarded message for a session that moved here.
-    fn forward_in(
-        &self,
-        st: &mut CoreState,
-        target: ConnKey,
-        msg: &Arc<Message>,
-        qos: QoS,
-        retain: bool,
-    ) {
+    fn forward_in(&self, st: &mut CoreState, target: ConnKey, d: Delivery) {
         let stats = self.stats();
         let now = self.now_tick();
         let Some(e) = st.entry(target) else {
@@ -974,18 +977,8 @@ impl Core {
         };
         match e.phase {
             // It moved on again (a chain of takeovers): follow it.
-            Phase::Moved { to, .. } if to.core == self.id => {
-                self.forward_in(st, to.key, msg, qos, retain)
-            }
-            Phase::Moved { to, .. } => self.route(
-                to.core,
-                CoreMsg::Forward {
-                    target: to.key,
-                    msg: msg.clone(),
-                    qos,
-                    retain,
-                },
-            ),
+            Phase::Moved { to, .. } if to.core == self.id => self.forward_in(st, to.key, d),
+            Phase::Moved { to, .. } => self.route(to.core, CoreMsg::Forward { target: to.key, d }),
             // Forwards travel behind the handover, so these cannot hold a
             // session being moved here; count rather than assume.
             Phase::AwaitingHandover { .. } | Phase::Connecting | Phase::TakenOver => {
@@ -1001,9 +994,9 @@ impl Core {
                     .session
                     .subs
                     .iter()
-                    .any(|(f, _)| topic::matches(f, &msg.topic));
+                    .any(|(f, ..)| topic::matches(f, &d.msg.topic));
                 if in_window && subscribed {
-                    count(offer(e, msg, qos, retain, &self.cfg, stats, now), stats);
+                    count(offer(e, d, &self.cfg, stats, now), stats);
                 } else {
                     bump(&stats.forwards_discarded, 1);
                 }
@@ -1085,12 +1078,7 @@ impl Core {
             CoreMsg::Handover { target, session } => {
                 self.on_handover(&mut st, target, session, true)
             }
-            CoreMsg::Forward {
-                target,
-                msg,
-                qos,
-                retain,
-            } => self.forward_in(&mut st, target, &msg, qos, retain),
+            CoreMsg::Forward { target, d } => self.forward_in(&mut st, target, d),
         }
     }
 
@@ -1135,7 +1123,7 @@ impl Core {
                     // The socket is still closing; `unregister` removes it.
                     e.phase = Phase::TakenOver;
                 }
-                for (filter, _) in &subs {
+                for (filter, ..) in &subs {
                     self.unsubscribe_index(st, filter, key);
                 }
                 if !online {
@@ -1184,43 +1172,39 @@ fn count(offer: Offer, stats: &Stats) {
         Offer::DroppedOffline => bump(&stats.dropped_offline_qos0, 1),
         Offer::DroppedQueueFull => bump(&stats.dropped_queue_full, 1),
         Offer::Duplicate => bump(&stats.duplicates_suppressed, 1),
+        Offer::Expired => bump(&stats.dropped_expired, 1),
     }
+}
+
+/// Subscription identifiers worth sending (0 means none).
+fn sub_ids(ids: impl IntoIterator<Item = u32>) -> SubIds {
+    let ids: Vec<u32> = ids.into_iter().filter(|&id| id != 0).collect();
+    (!ids.is_empty()).then(|| ids.into_boxed_slice())
 }
 
 /// Offers one message to one session, applying the move-window duplicate
-/// filter, the window and the slow-consumer policy (see `SessionConfig`).
-pub fn offer(
-    e: &mut Entry,
-    msg: &Arc<Message>,
-    qos: QoS,
-    retain: bool,
-    cfg: &Config,
-    stats: &Stats,
-    now: u64,
-) -> Offer {
+/// filter, then [`deliver`].
+pub fn offer(e: &mut Entry, d: Delivery, cfg: &Config, stats: &Stats, now: u64) -> Offer {
     if let Some(recent) = e.session.recent.as_mut() {
         if now >= recent.until {
             e.session.recent = None;
-        } else if !recent.record(msg.id) {
+        } else if !recent.record(d.msg.id) {
             return Offer::Duplicate;
         }
     }
-    deliver(e, msg, qos, retain, cfg, stats)
+    deliver(e, d, cfg, stats)
 }
 
-/// [`offer`] without the move-window duplicate filter (retained messages
-/// sent on subscribe are a deliberate second copy).
-fn deliver(
-    e: &mut Entry,
-    msg: &Arc<Message>,
-    qos: QoS,
-    retain: bool,
-    cfg: &Config,
-    stats: &Stats,
-) -> Offer {
+/// Expiry, the in-flight window and the slow-consumer policy (see
+/// `SessionConfig`). Retained messages sent on subscribe come here directly:
+/// they are a deliberate second copy.
+fn deliver(e: &mut Entry, d: Delivery, cfg: &Config, stats: &Stats) -> Offer {
+    if d.msg.expired(Instant::now()) {
+        return Offer::Expired;
+    }
     let active = matches!(e.phase, Phase::Active);
     let link = e.link.as_mut().filter(|_| active);
-    if qos == QoS::AtMostOnce {
+    if d.qos == QoS::AtMostOnce {
         let Some(link) = link else {
             return Offer::DroppedOffline;
         };
@@ -1228,18 +1212,16 @@ fn deliver(
             return Offer::DroppedSlow;
         }
         link.push(Frame::Publish {
-            msg: msg.clone(),
-            qos,
+            d,
             pkid: 0,
             dup: false,
-            retain,
         });
         return Offer::Sent;
     }
     let s = &mut e.session;
     if let Some(link) = link {
         if s.queued.is_empty() && s.inflight.len() < link.window {
-            send_new(s, link, msg.clone(), qos, retain, stats);
+            send_new(s, link, d, stats);
             return Offer::Sent;
         }
         if s.queued.len() >= cfg.session.max_queued_messages {
@@ -1254,30 +1236,12 @@ fn deliver(
     } else if s.queued.len() >= cfg.session.max_queued_messages {
         return Offer::DroppedQueueFull;
     }
-    s.queued.push_back(Queued {
-        msg: msg.clone(),
-        qos,
-        retain,
-    });
+    s.queued.push_back(d);
     Offer::Queued
 }
 
-fn send_new(
-    s: &mut Session,
-    link: &mut Link,
-    msg: Arc<Message>,
-    qos: QoS,
-    retain: bool,
-    stats: &Stats,
-) {
-    let size = crate::codec::encoded_len_publish(
-        &msg.topic,
-        msg.payload.len(),
-        qos,
-        msg.properties.as_deref(),
-        link.version,
-    );
-    if size > link.max_packet {
+fn send_new(s: &mut Session, link: &mut Link, d: Delivery, stats: &Stats) {
+    if d.encoded_len(link.version, Instant::now()) > link.max_packet {
         // MQTT 5 3.1.2-24: not sent to this client, as if delivered.
         bump(&stats.dropped_too_large, 1);
         return;
@@ -1285,26 +1249,28 @@ fn send_new(
     let pkid = s.next_pkid();
     s.inflight.push_back(Inflight {
         pkid,
-        msg: msg.clone(),
-        qos,
-        retain,
+        d: d.clone(),
         released: false,
     });
     link.push(Frame::Publish {
-        msg,
-        qos,
+        d,
         pkid,
         dup: false,
-        retain,
     });
 }
 
-/// Moves queued messages into the window while it has room.
+/// Moves queued messages into the window while it has room, skipping those
+/// that expired while they waited.
 pub fn pump(e: &mut Entry, _cfg: &Config, stats: &Stats) {
     let Some(link) = e.link.as_mut() else { return };
     let s = &mut e.session;
+    let now = Instant::now();
     while s.inflight.len() < link.window {
-        let Some(q) = s.queued.pop_front() else { break };
-        send_new(s, link, q.msg, q.qos, q.retain, stats);
+        let Some(d) = s.queued.pop_front() else { break };
+        if d.msg.expired(now) {
+            bump(&stats.dropped_expired, 1);
+            continue;
+        }
+        send_new(s, link, d, stats);
     }
 }

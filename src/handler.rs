@@ -41,7 +41,7 @@ pub fn handle(
                 return Ok(());
             };
             e.session
-                .take_inflight(a.pkid, |f| f.qos == QoS::AtLeastOnce && !f.released);
+                .take_inflight(a.pkid, |f| f.d.qos == QoS::AtLeastOnce && !f.released);
             pump(e, &core.cfg, core.stats());
             Ok(())
         }
@@ -55,7 +55,7 @@ pub fn handle(
             if a.code >= 0x80 {
                 // MQTT 5 4.3.3: an error PUBREC ends the exchange.
                 e.session
-                    .take_inflight(a.pkid, |f| f.qos == QoS::ExactlyOnce && !f.released);
+                    .take_inflight(a.pkid, |f| f.d.qos == QoS::ExactlyOnce && !f.released);
                 pump(e, &core.cfg, core.stats());
                 return Ok(());
             }
@@ -63,7 +63,7 @@ pub fn handle(
                 .session
                 .inflight
                 .iter_mut()
-                .find(|f| f.pkid == a.pkid && f.qos == QoS::ExactlyOnce);
+                .find(|f| f.pkid == a.pkid && f.d.qos == QoS::ExactlyOnce);
             let mut rel = Ack::new(a.pkid);
             match found {
                 Some(f) => f.released = true,
@@ -306,6 +306,10 @@ fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Res
         refuse_publish(st, key, qos, pkid, reason::NOT_AUTHORIZED);
         return Ok(());
     }
+    let expires_at = p
+        .properties
+        .message_expiry_interval
+        .map(|secs| std::time::Instant::now() + std::time::Duration::from_secs(secs.into()));
     let properties = (!p.properties.is_empty()).then(|| Box::new(p.properties));
     let msg = Arc::new(Message {
         id: core.message_id(),
@@ -315,6 +319,7 @@ fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Res
         retain: p.retain,
         properties,
         origin: Some(origin),
+        expires_at,
     });
     // A retained message the full store refuses: MQTT 5 publishers get a
     // clear refusal (0x97) and the message goes nowhere; 3.1.1 has no way to
@@ -369,12 +374,13 @@ fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Res
     let Some(v5) = e.link.as_ref().map(|l| l.version.is_v5()) else {
         return Ok(());
     };
-    if !s.properties.subscription_identifiers.is_empty() {
-        return Err(violation(
-            reason::SUBSCRIPTION_IDS_NOT_SUPPORTED,
-            "subscription identifiers are not available",
-        ));
-    }
+    // MQTT 5 3.8.2.1.2: at most one identifier, for every filter of this SUBSCRIBE.
+    let id = s
+        .properties
+        .subscription_identifiers
+        .first()
+        .copied()
+        .unwrap_or(0);
     let fail = |code: u8| if v5 { code } else { 0x80 };
     let mut codes = Vec::with_capacity(s.filters.len());
     let mut retained = Vec::new();
@@ -402,14 +408,15 @@ fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Res
         let existed = match e.session.subscription(&filter) {
             Some(i) => {
                 e.session.subs[i].1 = opts;
+                e.session.subs[i].2 = id;
                 true
             }
             None => {
-                e.session.subs.push((filter.as_str().into(), opts));
+                e.session.subs.push((filter.as_str().into(), opts, id));
                 false
             }
         };
-        core.subscribe_index(st, &filter, Sub { key, opts });
+        core.subscribe_index(st, &filter, Sub { key, opts, id });
         codes.push(opts.qos as u8);
         // MQTT 5 3.8.3.1 Retain Handling: 0 always, 1 only for a new
         // subscription, 2 never (3.1.1 behaves as 0).

@@ -7,7 +7,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::codec::{encode, encode_publish, Ack, Packet, Properties, QoS, SubOptions, Version};
+use std::time::Instant;
+
+use crate::codec::{
+    encode, encode_publish, encoded_len_publish, Ack, Packet, Properties, QoS, SubOptions, Version,
+};
 use crate::id::ConnId;
 
 /// An application message as routed through the gateway; shared by every
@@ -26,12 +30,76 @@ pub struct Message {
     pub properties: Option<Box<Properties>>,
     /// Connection that published it (for No Local).
     pub origin: Option<ConnId>,
+    /// MQTT 5 Message Expiry: past this instant it is never delivered, and
+    /// subscribers get the remaining interval.
+    pub expires_at: Option<Instant>,
 }
 
 impl Message {
     /// Approximate memory a queued copy pins, for byte limits.
     pub fn weight(&self) -> usize {
         self.topic.len() + self.payload.len() + 64
+    }
+
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+/// Subscription identifiers of the subscriptions a delivery matched
+/// (MQTT 5); `None` for most deliveries.
+pub type SubIds = Option<Box<[u32]>>;
+
+/// One message on its way to one session: the shared message plus what is
+/// specific to this subscriber.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub msg: Arc<Message>,
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// Retain flag as sent: set for retained messages sent on subscribe and
+    /// with Retain As Published.
+    pub retain: bool,
+    pub sub_ids: SubIds,
+}
+
+impl Delivery {
+    /// The PUBLISH properties for this subscriber: the publisher's, plus
+    /// subscription identifiers and the remaining expiry interval. Borrowed
+    /// when nothing is added (the common case).
+    pub fn properties(&self, now: Instant) -> Option<std::borrow::Cow<'_, Properties>> {
+        if self.sub_ids.is_none() && self.msg.expires_at.is_none() {
+            return self
+                .msg
+                .properties
+                .as_deref()
+                .map(std::borrow::Cow::Borrowed);
+        }
+        let mut p = self.msg.properties.as_deref().cloned().unwrap_or_default();
+        if let Some(ids) = &self.sub_ids {
+            p.subscription_identifiers = ids.to_vec();
+        }
+        if let Some(at) = self.msg.expires_at {
+            let left = at.saturating_duration_since(now);
+            p.message_expiry_interval = Some(left.as_secs_f64().ceil() as u32);
+        }
+        Some(std::borrow::Cow::Owned(p))
+    }
+
+    /// Encoded size for a peer speaking `v`.
+    pub fn encoded_len(&self, v: Version, now: Instant) -> usize {
+        let props = if v.is_v5() {
+            self.properties(now)
+        } else {
+            None
+        };
+        encoded_len_publish(
+            &self.msg.topic,
+            self.msg.payload.len(),
+            self.qos,
+            props.as_deref(),
+            v,
+        )
     }
 }
 
@@ -40,11 +108,9 @@ impl Message {
 #[derive(Debug)]
 pub enum Frame {
     Publish {
-        msg: Arc<Message>,
-        qos: QoS,
+        d: Delivery,
         pkid: u16,
         dup: bool,
-        retain: bool,
     },
     /// PUBACK/PUBREC/PUBREL/PUBCOMP without properties.
     Ack {
@@ -88,7 +154,7 @@ impl Frame {
     /// Memory the frame pins while queued, for the outbox byte limit.
     pub fn weight(&self) -> usize {
         match self {
-            Frame::Publish { msg, .. } => msg.weight(),
+            Frame::Publish { d, .. } => d.msg.weight(),
             Frame::Ack { .. } | Frame::PingResp | Frame::Control(_) => 32,
         }
     }
@@ -96,27 +162,22 @@ impl Frame {
     /// Appends the frame's packet encoded for protocol `v`.
     pub fn encode(&self, v: Version, out: &mut Vec<u8>) {
         match self {
-            Frame::Publish {
-                msg,
-                qos,
-                pkid,
-                dup,
-                retain,
-            } => {
+            Frame::Publish { d, pkid, dup } => {
                 let props = if v.is_v5() {
-                    msg.properties.as_deref()
+                    d.properties(Instant::now())
                 } else {
                     None
                 };
+                let m = &d.msg;
                 encode_publish(
                     out,
-                    &msg.topic,
-                    &msg.payload,
-                    *qos,
+                    &m.topic,
+                    &m.payload,
+                    d.qos,
                     *pkid,
                     *dup,
-                    *retain,
-                    props,
+                    d.retain,
+                    props.as_deref(),
                     v,
                 );
             }
@@ -144,31 +205,22 @@ impl Frame {
 #[derive(Debug)]
 pub struct Inflight {
     pub pkid: u16,
-    pub msg: Arc<Message>,
-    pub qos: QoS,
-    pub retain: bool,
+    pub d: Delivery,
     /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
     pub released: bool,
-}
-
-/// A QoS 1/2 message waiting for window space (or for the client).
-#[derive(Debug)]
-pub struct Queued {
-    pub msg: Arc<Message>,
-    pub qos: QoS,
-    pub retain: bool,
 }
 
 /// Everything of a session that survives its connection. Moves between
 /// cores on takeover, so it holds only `Send` data.
 #[derive(Debug, Default)]
 pub struct Session {
-    /// Subscriptions by filter, in subscribe order.
-    pub subs: Vec<(Box<str>, SubOptions)>,
+    /// Subscriptions by filter, in subscribe order, with their MQTT 5
+    /// subscription identifier (0: none).
+    pub subs: Vec<(Box<str>, SubOptions, u32)>,
     /// Sent, unacknowledged; oldest first (so acks usually hit the front).
     pub inflight: VecDeque<Inflight>,
     /// QoS 1/2 messages not yet sent; bounded by `session.max_queued_messages`.
-    pub queued: VecDeque<Queued>,
+    pub queued: VecDeque<Delivery>,
     /// Packet ids of QoS 2 publishes received and awaiting PUBREL: a DUP
     /// retransmission with one of these ids is acknowledged, not re-routed.
     pub incoming_qos2: Vec<u16>,
@@ -195,7 +247,7 @@ impl Session {
     }
 
     pub fn subscription(&self, filter: &str) -> Option<usize> {
-        self.subs.iter().position(|(f, _)| &**f == filter)
+        self.subs.iter().position(|(f, ..)| &**f == filter)
     }
 
     /// Removes the in-flight entry `pkid` when its state matches `pred`.
@@ -249,4 +301,6 @@ pub enum Offer {
     DroppedQueueFull,
     /// Second copy of a message during a cross-core move; already offered.
     Duplicate,
+    /// Its MQTT 5 Message Expiry Interval ran out before delivery.
+    Expired,
 }

@@ -49,6 +49,8 @@ stats! {
     dropped_offline_qos0,
     /// QoS 1/2 messages dropped because the session queue was full.
     dropped_queue_full,
+    /// Messages whose MQTT 5 Message Expiry Interval ran out before delivery.
+    dropped_expired,
     /// Messages larger than the subscriber's Maximum Packet Size.
     dropped_too_large,
     /// Clients disconnected for exceeding the queue limit (0x97).

@@ -11,6 +11,8 @@ use crate::id::ConnKey;
 pub struct Sub {
     pub key: ConnKey,
     pub opts: SubOptions,
+    /// MQTT 5 subscription identifier; 0 when none.
+    pub id: u32,
 }
 
 #[derive(Default)]
@@ -202,6 +204,7 @@ mod tests {
                 Sub {
                     key: key(i as u32),
                     opts: SubOptions::qos(QoS::AtMostOnce),
+                    id: 0,
                 },
             );
         }

@@ -1,0 +1,109 @@
+//! MQTT 5 per-delivery properties: subscription identifiers (one copy per
+//! session carrying every matching identifier) and message expiry (expired
+//! messages never delivered, the remaining interval forwarded).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rumqttc::v5::mqttbytes::v5::{ConnectProperties, PublishProperties, SubscribeProperties};
+use rumqttc::v5::mqttbytes::QoS as Q5;
+
+async fn subscribe_with_id(c: &mut V5, filter: &str, id: usize) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    let props = SubscribeProperties {
+        id: Some(id),
+        user_properties: vec![],
+    };
+    c.client
+        .subscribe_with_properties(filter, Q5::AtLeastOnce, props)
+        .await
+        .unwrap();
+    c.incoming(|p| matches!(p, Packet::SubAck(_))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_copy_carries_every_matching_subscription_identifier() {
+    let gw = gateway(2, |_| {});
+    let mut sub = v5(&gw, v5_options(&gw, "ids"), Some(0)).await;
+    assert_ne!(
+        sub.connack
+            .properties
+            .as_ref()
+            .and_then(|p| p.subscription_identifiers_available),
+        Some(0)
+    );
+    subscribe_with_id(&mut sub, "s/+", 7).await;
+    subscribe_with_id(&mut sub, "s/#", 9).await;
+    sub.subscribe("s/b", Q5::AtMostOnce).await; // no identifier
+    let publ = v5(&gw, v5_options(&gw, "ids-pub"), Some(1)).await;
+    publ.client
+        .publish("s/a", Q5::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    publ.client
+        .publish("s/b", Q5::AtLeastOnce, false, "y")
+        .await
+        .unwrap();
+    let a = sub.publish().await;
+    assert_eq!(&a.topic[..], b"s/a");
+    let mut ids = a.properties.expect("properties").subscription_identifiers;
+    ids.sort();
+    assert_eq!(ids, vec![7, 9]);
+    let b = sub.publish().await;
+    assert_eq!(
+        &b.topic[..],
+        b"s/b",
+        "one copy of s/a, not one per subscription"
+    );
+    let mut ids = b.properties.expect("properties").subscription_identifiers;
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![7, 9],
+        "the identifier-less subscription adds none"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_messages_are_never_delivered_and_the_rest_carry_what_is_left() {
+    let gw = gateway(2, |_| {});
+    let mut o = v5_options(&gw, "exp");
+    o.set_clean_start(false);
+    o.set_connect_properties(ConnectProperties {
+        session_expiry_interval: Some(60),
+        ..Default::default()
+    });
+    let mut sub = v5(&gw, o.clone(), None).await;
+    sub.subscribe("e/#", Q5::AtLeastOnce).await;
+    drop(sub);
+    until("the subscriber to go offline", || {
+        gw.stats().connections == 0
+    })
+    .await;
+
+    let publ = v5(&gw, v5_options(&gw, "exp-pub"), None).await;
+    for (topic, secs) in [("e/short", 1), ("e/long", 60)] {
+        let props = PublishProperties {
+            message_expiry_interval: Some(secs),
+            ..Default::default()
+        };
+        publ.client
+            .publish_with_properties(topic, Q5::AtLeastOnce, false, "m", props)
+            .await
+            .unwrap();
+    }
+    // Let the short one's interval run out while it waits in the session queue.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut sub = v5(&gw, o, None).await;
+    assert!(sub.connack.session_present);
+    let p = sub.publish().await;
+    assert_eq!(&p.topic[..], b"e/long", "e/short expired while queued");
+    let left = p
+        .properties
+        .and_then(|p| p.message_expiry_interval)
+        .expect("remaining interval");
+    assert!((1..=59).contains(&left), "remaining {left}");
+    assert_eq!(gw.stats().dropped_expired, 1);
+}
