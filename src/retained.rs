@@ -107,6 +107,7 @@ mod tests {
             retain: true,
             properties: None,
             origin: None,
+            expires_at: None,
         })
     }
 

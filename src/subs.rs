@@ -231,14 +231,16 @@ mod tests {
             "a",
             Sub {
                 key: key(1),
-                opts: SubOptions::qos(QoS::AtMostOnce)
+                opts: SubOptions::qos(QoS::AtMostOnce),
+                id: 0,
             }
         ));
         assert!(t.insert(
             "a",
             Sub {
                 key: key(1),
-                opts: SubOptions::qos(QoS::ExactlyOnce)
+                opts: SubOptions::qos(QoS::ExactlyOnce),
+                id: 0,
             }
         ));
         assert_eq!(t.len(), 1);
