@@ -46,6 +46,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub session: SessionConfig,
     pub retained: RetainedConfig,
+    pub sys: SysConfig,
     pub runtime: RuntimeConfig,
     pub log: LogConfig,
 }
@@ -180,6 +181,20 @@ impl Default for RetainedConfig {
             max_messages: 100_000,
             max_bytes: 64 * 1024 * 1024,
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// Seconds between `$SYS/broker/...` statistics updates (retained, QoS 0,
+    /// published by core 0); 0 disables them.
+    pub interval_secs: u64,
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig { interval_secs: 10 }
     }
 }
 

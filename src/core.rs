@@ -52,6 +52,8 @@ pub struct CoreShared {
     pub stats: Stats,
     /// Size of this core's retained replica (gauge).
     pub retained: std::sync::atomic::AtomicUsize,
+    /// Subscriptions indexed on this core (gauge).
+    pub subscriptions: std::sync::atomic::AtomicUsize,
 }
 
 /// Messages between cores (over the bounded glommio channel mesh).
@@ -508,6 +510,12 @@ impl Core {
             st.interest
                 .add(&self.shared.cores[self.id].interest, filter);
         }
+        self.count_subscriptions(st);
+    }
+
+    fn count_subscriptions(&self, st: &CoreState) {
+        let gauge = &self.shared.cores[self.id].subscriptions;
+        gauge.store(st.subs.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn unsubscribe_index(&self, st: &mut CoreState, filter: &str, key: ConnKey) -> bool {
@@ -516,6 +524,7 @@ impl Core {
             st.interest
                 .remove(&self.shared.cores[self.id].interest, filter);
         }
+        self.count_subscriptions(st);
         removed
     }
 
@@ -891,6 +900,59 @@ impl Core {
                 continue;
             }
             count(offer(e, d, &self.cfg, stats, now), stats);
+        }
+    }
+
+    /// Publishes the node's statistics as retained QoS 0 messages under
+    /// `$SYS/broker/` (core 0, every `sys.interval_secs`). `$` topics are
+    /// only seen by subscriptions that name `$SYS` explicitly.
+    pub fn publish_sys(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut s = crate::stats::Snapshot::default();
+        let mut subscriptions = 0;
+        for c in &self.shared.cores {
+            s.add(&c.stats);
+            subscriptions += c.subscriptions.load(Relaxed);
+        }
+        let dropped = s.dropped_slow_qos0
+            + s.dropped_offline_qos0
+            + s.dropped_queue_full
+            + s.dropped_too_large
+            + s.dropped_expired
+            + s.dropped_session_gone;
+        let figures: [(&str, String); 11] = [
+            ("version", format!("tether {}", env!("CARGO_PKG_VERSION"))),
+            (
+                "uptime",
+                self.shared.started.elapsed().as_secs().to_string(),
+            ),
+            ("clients/connected", s.connections.to_string()),
+            ("clients/total", s.connects.to_string()),
+            ("subscriptions/count", subscriptions.to_string()),
+            (
+                "retained messages/count",
+                self.shared.retained.count.load(Relaxed).to_string(),
+            ),
+            ("messages/received", s.publishes_in.to_string()),
+            ("messages/sent", s.publishes_out.to_string()),
+            ("messages/dropped", dropped.to_string()),
+            ("bytes/received", s.bytes_in.to_string()),
+            ("bytes/sent", s.bytes_out.to_string()),
+        ];
+        let mut st = self.st.borrow_mut();
+        for (name, value) in figures {
+            let msg = Arc::new(Message {
+                id: self.message_id(),
+                topic: format!("$SYS/broker/{name}").into(),
+                payload: value.into(),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: None,
+                origin: None,
+                expires_at: None,
+            });
+            self.retain(&mut st, &msg);
+            self.publish(&mut st, msg);
         }
     }
 

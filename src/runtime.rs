@@ -276,6 +276,8 @@ async fn run_core(
         }
     }
     let ticker = glommio::spawn_local(run_wheel(core.clone()));
+    let sys =
+        (id == 0 && cfg.sys.interval_secs > 0).then(|| glommio::spawn_local(run_sys(core.clone())));
     let _ = ready.send(id);
     debug!(core = id, "core ready");
 
@@ -291,6 +293,7 @@ async fn run_core(
     let drained = core.drained.wait();
     futures_lite::future::or(drained, glommio::timer::sleep(grace)).await;
     drop(ticker);
+    drop(sys);
     drop(mesh_tasks);
     debug!(core = id, "core stopped");
 }
@@ -311,6 +314,15 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
                 glommio::timer::sleep(ACCEPT_ERROR_BACKOFF).await;
             }
         }
+    }
+}
+
+/// Publishes `$SYS` statistics at the configured interval (core 0 only).
+async fn run_sys(core: Rc<Core>) {
+    let every = Duration::from_secs(core.cfg.sys.interval_secs);
+    loop {
+        core.publish_sys();
+        glommio::timer::sleep(every).await;
     }
 }
 

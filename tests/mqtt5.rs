@@ -107,3 +107,31 @@ async fn expired_messages_are_never_delivered_and_the_rest_carry_what_is_left() 
     assert!((1..=59).contains(&left), "remaining {left}");
     assert_eq!(gw.stats().dropped_expired, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_statistics_are_published_and_hidden_from_root_wildcards() {
+    let gw = gateway(2, |c| c.sys.interval_secs = 1);
+    let mut all = v4(&gw, v4_options(&gw, "everything", true), None).await;
+    all.subscribe("#", rumqttc::QoS::AtMostOnce).await;
+    let mut sys = v4(&gw, v4_options(&gw, "sys-reader", true), None).await;
+    sys.subscribe("$SYS/broker/#", rumqttc::QoS::AtMostOnce)
+        .await;
+    // The retained figures arrive at once; the next update counts both clients.
+    loop {
+        let p = sys.publish().await;
+        assert!(p.topic.starts_with("$SYS/broker/"), "{}", p.topic);
+        if p.topic == "$SYS/broker/clients/connected" && &p.payload[..] == b"2" {
+            break;
+        }
+    }
+    let publ = v4(&gw, v4_options(&gw, "plain", true), None).await;
+    publ.client
+        .publish("plain/topic", rumqttc::QoS::AtMostOnce, false, "x")
+        .await
+        .unwrap();
+    assert_eq!(
+        all.publish().await.topic,
+        "plain/topic",
+        "'#' does not match $SYS topics"
+    );
+}

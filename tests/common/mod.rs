@@ -13,9 +13,12 @@ use tokio::sync::mpsc;
 /// Upper bound for any single wait in the tests.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A gateway on a free port with `cores` executors.
+/// A gateway on a free port with `cores` executors. `$SYS` statistics are
+/// off (they are retained messages and would disturb retained counts);
+/// tests of `$SYS` turn them on.
 pub fn gateway(cores: usize, tweak: impl FnOnce(&mut Config)) -> Gateway {
     let mut cfg = Config::default();
+    cfg.sys.interval_secs = 0;
     cfg.node.cores = cores;
     cfg.listeners.tcp = "127.0.0.1:0".parse().unwrap();
     tweak(&mut cfg);
