@@ -111,6 +111,13 @@ pub struct MqttConfig {
     pub max_qos: u8,
     /// Topic aliases a v5 client may use towards the gateway.
     pub topic_alias_maximum: u16,
+    /// Whether retained messages are available. Off: MQTT 5 PUBLISH with
+    /// RETAIN is DISCONNECT 0x9A and a retained will is refused (CONNACK
+    /// 0x9A); 3.1.1 messages are delivered without being stored.
+    pub retain_available: bool,
+    /// Whether wildcard subscriptions are allowed. Off: SUBACK 0xA2 (5.0) /
+    /// 0x80 (3.1.1) for filters with `+` or `#`.
+    pub wildcard_subscription_available: bool,
     /// Topic filters no client may subscribe to: a requested filter that one
     /// of these matches (wildcards in the request compared as literal
     /// levels) is refused with SUBACK 0x80 (3.1.1) / 0x87 (5.0). A static
@@ -132,6 +139,8 @@ impl Default for MqttConfig {
             max_inflight: 1024,
             max_qos: 2,
             topic_alias_maximum: 16,
+            retain_available: true,
+            wildcard_subscription_available: true,
             deny_subscribe: Vec::new(),
             deny_publish: Vec::new(),
         }

@@ -105,7 +105,7 @@ impl Conn {
                     return Poll::Ready(());
                 };
                 link.waker = Some(cx.waker().clone());
-                (active, link.close)
+                (active, link.close.clone())
             };
             // Before flushing: a close may discard what is queued.
             if let Some(req) = close {
@@ -279,7 +279,7 @@ impl Conn {
             .and_then(|e| e.link.as_mut())
         {
             // Acks already queued for accepted packets still go out first.
-            link.request_close(v5.then_some(code), false);
+            link.request_close_why(v5.then_some(code), false, Some(why));
         }
     }
 
@@ -351,10 +351,11 @@ impl Conn {
                     link.outbox_bytes = 0;
                 }
                 if let (Some(code), true) = (req.reason, v5) {
-                    link.control(Packet::Disconnect(codec::ReasonOnly {
-                        code,
-                        properties: Default::default(),
-                    }));
+                    let properties = codec::Properties {
+                        reason_string: req.why.map(String::from),
+                        ..Default::default()
+                    };
+                    link.control(Packet::Disconnect(codec::ReasonOnly { code, properties }));
                 }
             }
         }

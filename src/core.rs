@@ -119,12 +119,14 @@ impl Notify {
 }
 
 /// Why the core asks a connection to close.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseRequest {
     /// DISCONNECT reason code to send first (v5 only); `None` closes silently.
     pub reason: Option<u8>,
     /// Drop unsent frames (a slow consumer) instead of flushing them first.
     pub discard_outbox: bool,
+    /// Human-readable cause, sent as the DISCONNECT's Reason String.
+    pub why: Option<Box<str>>,
 }
 
 /// The live half of a session: present while a socket is attached.
@@ -172,10 +174,21 @@ impl Link {
     }
 
     pub fn request_close(&mut self, reason: Option<u8>, discard_outbox: bool) {
+        self.request_close_why(reason, discard_outbox, None);
+    }
+
+    /// [`Link::request_close`] with a Reason String for MQTT 5 clients.
+    pub fn request_close_why(
+        &mut self,
+        reason: Option<u8>,
+        discard_outbox: bool,
+        why: Option<&str>,
+    ) {
         if self.close.is_none() {
             self.close = Some(CloseRequest {
                 reason,
                 discard_outbox,
+                why: why.map(Into::into),
             });
         }
         self.wake();
@@ -777,6 +790,12 @@ impl Core {
             }
             // Until shared subscriptions land, say so.
             props.shared_subscription_available = Some(0);
+            if !m.retain_available {
+                props.retain_available = Some(0);
+            }
+            if !m.wildcard_subscription_available {
+                props.wildcard_subscription_available = Some(0);
+            }
             if info.expiry_secs != info.requested_expiry_secs {
                 props.session_expiry_interval = Some(info.expiry_secs);
             }

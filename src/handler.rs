@@ -174,6 +174,9 @@ fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<
         if w.qos as u8 > m.max_qos {
             return refuse(st, key, reason::QOS_NOT_SUPPORTED);
         }
+        if w.retain && !m.retain_available && v5 {
+            return refuse(st, key, reason::RETAIN_NOT_SUPPORTED);
+        }
     }
     let mut assigned_id = None;
     let client_id = if c.client_id.is_empty() {
@@ -247,6 +250,15 @@ fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Res
             reason::QOS_NOT_SUPPORTED,
             "PUBLISH QoS above the maximum",
         ));
+    }
+    if p.retain && !m.retain_available {
+        if v5 {
+            return Err(violation(
+                reason::RETAIN_NOT_SUPPORTED,
+                "retained messages are not available",
+            ));
+        }
+        p.retain = false; // 3.1.1 cannot be refused: deliver, do not store
     }
     if !p.properties.subscription_identifiers.is_empty() {
         return Err(violation(
@@ -391,6 +403,10 @@ fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Res
         }
         if topic::validate_filter(&filter).is_err() {
             codes.push(fail(reason::TOPIC_FILTER_INVALID));
+            continue;
+        }
+        if !core.cfg.mqtt.wildcard_subscription_available && topic::has_wildcards(&filter) {
+            codes.push(fail(reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED));
             continue;
         }
         if core

@@ -324,4 +324,12 @@ fn publish_above_maximum_qos_is_refused_with_0x9b() {
         matches!(got.as_slice(), [Packet::Disconnect(d)] if d.code == reason::QOS_NOT_SUPPORTED),
         "{got:?}"
     );
+    let Packet::Disconnect(d) = &got[0] else {
+        unreachable!()
+    };
+    let why = d.properties.reason_string.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("QoS"),
+        "a Reason String says what was wrong: {why:?}"
+    );
 }

@@ -275,3 +275,70 @@ fn deny_lists_refuse_subscriptions_and_publishes() {
     }
     assert_eq!(gw.stats().denied_publishes, 4);
 }
+
+#[test]
+fn retain_and_wildcards_can_be_switched_off() {
+    use tether::codec::{self, reason, Packet, Version};
+    let gw = gateway(1, |c| {
+        c.mqtt.retain_available = false;
+        c.mqtt.wildcard_subscription_available = false;
+    });
+    let mut v5 = Raw::open(gw.tcp_addr);
+    v5.send(&Packet::Connect(Box::new(codec::Connect {
+        version: Version::V5,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: "avail5".into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Default::default(),
+    })));
+    match v5.recv() {
+        Some(Packet::ConnAck(a)) => {
+            assert_eq!(a.properties.retain_available, Some(0));
+            assert_eq!(a.properties.wildcard_subscription_available, Some(0));
+        }
+        other => panic!("{other:?}"),
+    }
+    let subscribe = |f: &str| {
+        Packet::Subscribe(codec::Subscribe {
+            pkid: 1,
+            filters: vec![(f.into(), codec::SubOptions::qos(codec::QoS::AtMostOnce))],
+            properties: Default::default(),
+        })
+    };
+    v5.send(&subscribe("a/+"));
+    assert!(
+        matches!(v5.recv(), Some(Packet::SubAck(a)) if a.codes == vec![reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED])
+    );
+
+    let mut v3 = Raw::connected(gw.tcp_addr, "avail3", Version::V311);
+    v3.send(&subscribe("a/#"));
+    assert!(matches!(v3.recv(), Some(Packet::SubAck(a)) if a.codes == vec![0x80]));
+    v3.send(&subscribe("a/b"));
+    assert!(matches!(v3.recv(), Some(Packet::SubAck(a)) if a.codes == vec![0]));
+    // 3.1.1 retained publish: delivered (retain flag cleared), not stored.
+    let retained = |retain| {
+        Packet::Publish(codec::Publish {
+            dup: false,
+            qos: codec::QoS::AtMostOnce,
+            retain,
+            topic: "a/b".into(),
+            pkid: 0,
+            properties: Default::default(),
+            payload: bytes::Bytes::from_static(b"r"),
+        })
+    };
+    let mut p3 = Raw::connected(gw.tcp_addr, "avail3-pub", Version::V311);
+    p3.send(&retained(true));
+    assert!(matches!(v3.recv(), Some(Packet::Publish(p)) if !p.retain));
+    assert_eq!(gw.retained_per_core(), vec![0]);
+    // MQTT 5 retained publish: DISCONNECT 0x9A.
+    v5.send(&retained(true));
+    let got = v5.until_closed();
+    assert!(
+        matches!(got.last(), Some(Packet::Disconnect(d)) if d.code == reason::RETAIN_NOT_SUPPORTED),
+        "{got:?}"
+    );
+}
