@@ -174,13 +174,7 @@ impl Conn {
     /// Handles the bytes just read (plus any carried-over partial packet).
     fn ingest(&mut self, data: &[u8]) {
         let now = self.core.now_tick();
-        if let Some(link) = self
-            .core
-            .st
-            .borrow_mut()
-            .entry(self.key)
-            .and_then(|e| e.link.as_mut())
-        {
+        if let Some(link) = self.core.st.borrow_mut().link(self.key) {
             link.last_seen = now;
         }
         if self.inbuf.is_empty() {
@@ -246,13 +240,7 @@ impl Conn {
                 // [MQTT-3.1.2-2]: CONNACK 0x01 (3.1.1 form), then close.
                 info!(conn = %self.id, peer = %self.peer, "closing: {e}");
                 bump(&self.core.stats().protocol_errors, 1);
-                if let Some(link) = self
-                    .core
-                    .st
-                    .borrow_mut()
-                    .entry(self.key)
-                    .and_then(|e| e.link.as_mut())
-                {
+                if let Some(link) = self.core.st.borrow_mut().link(self.key) {
                     link.control(Packet::ConnAck(codec::ConnAck {
                         session_present: false,
                         code: reason::UNSUPPORTED_PROTOCOL_VERSION,
@@ -271,13 +259,7 @@ impl Conn {
         info!(conn = %self.id, peer = %self.peer, reason = format_args!("{code:#04x}"), "closing: {why}");
         bump(&self.core.stats().protocol_errors, 1);
         let v5 = self.version.is_some_and(Version::is_v5);
-        if let Some(link) = self
-            .core
-            .st
-            .borrow_mut()
-            .entry(self.key)
-            .and_then(|e| e.link.as_mut())
-        {
+        if let Some(link) = self.core.st.borrow_mut().link(self.key) {
             // Acks already queued for accepted packets still go out first.
             link.request_close_why(v5.then_some(code), false, Some(why));
         }
@@ -286,7 +268,7 @@ impl Conn {
     /// Encodes outbox frames into the write buffer.
     fn fill_wbuf(&mut self) {
         let mut st = self.core.st.borrow_mut();
-        let Some(link) = st.entry(self.key).and_then(|e| e.link.as_mut()) else {
+        let Some(link) = st.link(self.key) else {
             return;
         };
         let v = link.version;
@@ -339,13 +321,7 @@ impl Conn {
         if self.closing.is_none() {
             self.closing = Some(Timer::new(CLOSE_FLUSH_TIMEOUT));
             let v5 = self.version.is_some_and(Version::is_v5);
-            if let Some(link) = self
-                .core
-                .st
-                .borrow_mut()
-                .entry(self.key)
-                .and_then(|e| e.link.as_mut())
-            {
+            if let Some(link) = self.core.st.borrow_mut().link(self.key) {
                 if req.discard_outbox {
                     link.outbox.clear();
                     link.outbox_bytes = 0;

@@ -281,6 +281,11 @@ impl CoreState {
             .filter(|e| e.gen == key.gen)
     }
 
+    /// The live connection of `key`, if it has one.
+    pub fn link(&mut self, key: ConnKey) -> Option<&mut Link> {
+        self.entry(key).and_then(|e| e.link.as_mut())
+    }
+
     pub fn links(&self) -> usize {
         self.links
     }
@@ -644,7 +649,7 @@ impl Core {
                     session
                 };
                 let mut will = None;
-                if let Some(link) = st.entry(target).and_then(|e| e.link.as_mut()) {
+                if let Some(link) = st.link(target) {
                     // MQTT 5 3.1.4-3: the old connection is closed, with 0x8E.
                     let reason = link.version.is_v5().then_some(reason::SESSION_TAKEN_OVER);
                     // Its will goes out now if it has no delay (every 3.1.1

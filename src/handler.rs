@@ -103,7 +103,7 @@ pub fn handle(
         Packet::Subscribe(s) => subscribe(core, st, key, s),
         Packet::Unsubscribe(u) => unsubscribe(core, st, key, u),
         Packet::PingReq => {
-            if let Some(link) = st.entry(key).and_then(|e| e.link.as_mut()) {
+            if let Some(link) = st.link(key) {
                 link.control(Packet::PingResp);
             }
             Ok(())
@@ -144,7 +144,7 @@ pub fn handle(
 
 /// Refuses a CONNECT with a CONNACK carrying `code`, then closes.
 fn refuse(st: &mut CoreState, key: ConnKey, code: u8) -> Result<(), Violation> {
-    if let Some(link) = st.entry(key).and_then(|e| e.link.as_mut()) {
+    if let Some(link) = st.link(key) {
         link.control(Packet::ConnAck(crate::codec::ConnAck {
             session_present: false,
             code,
@@ -340,7 +340,7 @@ fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Res
         refuse_publish(st, key, qos, pkid, reason::QUOTA_EXCEEDED);
         return Ok(());
     }
-    if let Some(link) = st.entry(key).and_then(|e| e.link.as_mut()) {
+    if let Some(link) = st.link(key) {
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => link.control(Packet::PubAck(Ack::new(pkid))),
@@ -445,7 +445,7 @@ fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Res
             retained.push((filter, opts.qos));
         }
     }
-    if let Some(link) = st.entry(key).and_then(|e| e.link.as_mut()) {
+    if let Some(link) = st.link(key) {
         link.control(Packet::SubAck(SubAck {
             pkid: s.pkid,
             codes,
@@ -479,7 +479,7 @@ fn unsubscribe(
             None => codes.push(reason::NO_SUBSCRIPTION_EXISTED),
         }
     }
-    if let Some(link) = st.entry(key).and_then(|e| e.link.as_mut()) {
+    if let Some(link) = st.link(key) {
         link.control(Packet::UnsubAck(UnsubAck {
             pkid: u.pkid,
             codes,

@@ -293,16 +293,7 @@ fn byte_by_byte_delivery_is_reassembled() {
     c.version = Version::V5;
     let mut connect = Vec::new();
     codec::encode(
-        &Packet::Connect(Box::new(codec::Connect {
-            version: Version::V5,
-            clean_start: true,
-            keep_alive: 30,
-            client_id: "trickle".into(),
-            will: None,
-            username: None,
-            password: None,
-            properties: Default::default(),
-        })),
+        &Packet::Connect(Box::new(connect_packet("trickle", Version::V5))),
         Version::V5,
         &mut connect,
     );

@@ -16,14 +16,8 @@ fn connect_with_keep_alive(
     let mut r = Raw::open(addr);
     r.version = version;
     r.send(&Packet::Connect(Box::new(codec::Connect {
-        version,
-        clean_start: true,
         keep_alive,
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: Default::default(),
+        ..connect_packet(id, version)
     })));
     assert!(matches!(r.recv(), Some(Packet::ConnAck(a)) if a.code == 0));
     r

@@ -284,16 +284,10 @@ fn retain_and_wildcards_can_be_switched_off() {
         c.mqtt.wildcard_subscription_available = false;
     });
     let mut v5 = Raw::open(gw.tcp_addr);
-    v5.send(&Packet::Connect(Box::new(codec::Connect {
-        version: Version::V5,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: "avail5".into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: Default::default(),
-    })));
+    v5.send(&Packet::Connect(Box::new(connect_packet(
+        "avail5",
+        Version::V5,
+    ))));
     match v5.recv() {
         Some(Packet::ConnAck(a)) => {
             assert_eq!(a.properties.retain_available, Some(0));

@@ -26,18 +26,13 @@ fn stalled_subscriber(
     socket2::SockRef::from(&s.stream)
         .set_recv_buffer_size(4096)
         .unwrap();
+    let properties = codec::Properties {
+        receive_maximum: receive_max,
+        ..Default::default()
+    };
     s.send(&Packet::Connect(Box::new(codec::Connect {
-        version: Version::V5,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: codec::Properties {
-            receive_maximum: receive_max,
-            ..Default::default()
-        },
+        properties,
+        ..connect_packet(id, Version::V5)
     })));
     assert!(matches!(s.recv(), Some(Packet::ConnAck(a)) if a.code == 0));
     s.send(&Packet::Subscribe(codec::Subscribe {

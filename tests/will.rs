@@ -20,27 +20,26 @@ fn connect_with_will(
 ) -> Raw {
     let mut r = Raw::open(gw.tcp_addr);
     r.version = v;
-    r.send(&Packet::Connect(Box::new(codec::Connect {
-        version: v,
-        clean_start: false,
-        keep_alive,
-        client_id: id.into(),
-        will: Some(Will {
-            topic: format!("will/{id}"),
-            payload: bytes::Bytes::from_static(b"gone"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: Properties {
-                will_delay_interval: delay,
-                ..Default::default()
-            },
-        }),
-        username: None,
-        password: None,
+    let will = Will {
+        topic: format!("will/{id}"),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
         properties: Properties {
-            session_expiry_interval: v.is_v5().then_some(expiry),
+            will_delay_interval: delay,
             ..Default::default()
         },
+    };
+    let properties = Properties {
+        session_expiry_interval: v.is_v5().then_some(expiry),
+        ..Default::default()
+    };
+    r.send(&Packet::Connect(Box::new(codec::Connect {
+        clean_start: false,
+        keep_alive,
+        will: Some(will),
+        properties,
+        ..connect_packet(id, v)
     })));
     assert!(matches!(r.recv(), Some(Packet::ConnAck(a)) if a.code == 0));
     r

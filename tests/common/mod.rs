@@ -222,6 +222,21 @@ impl V5 {
     }
 }
 
+/// A CONNECT with Clean Start, keep-alive 60 s, no will and no
+/// credentials; tests adjust the fields they care about.
+pub fn connect_packet(id: &str, version: Version) -> codec::Connect {
+    codec::Connect {
+        version,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Default::default(),
+    }
+}
+
 /// A bare TCP client speaking through Tether's own codec, for byte-exact and
 /// hostile input. Every read is bounded by [`WAIT`].
 pub struct Raw {
@@ -246,16 +261,7 @@ impl Raw {
     pub fn connected(addr: SocketAddr, id: &str, version: Version) -> Raw {
         let mut r = Raw::open(addr);
         r.version = version;
-        r.send(&Packet::Connect(Box::new(codec::Connect {
-            version,
-            clean_start: true,
-            keep_alive: 60,
-            client_id: id.into(),
-            will: None,
-            username: None,
-            password: None,
-            properties: Default::default(),
-        })));
+        r.send(&Packet::Connect(Box::new(connect_packet(id, version))));
         match r.recv() {
             Some(Packet::ConnAck(a)) => assert_eq!(a.code, 0, "CONNACK for {id}"),
             other => panic!("expected CONNACK, got {other:?}"),
