@@ -111,6 +111,9 @@ pub struct MqttConfig {
     pub max_qos: u8,
     /// Topic aliases a v5 client may use towards the gateway.
     pub topic_alias_maximum: u16,
+    /// Most topic aliases the gateway assigns on one connection (and no more
+    /// than the client's Topic Alias Maximum); 0 disables outbound aliases.
+    pub topic_alias_outbound: u16,
     /// Whether retained messages are available. Off: MQTT 5 PUBLISH with
     /// RETAIN is DISCONNECT 0x9A and a retained will is refused (CONNACK
     /// 0x9A); 3.1.1 messages are delivered without being stored.
@@ -139,6 +142,7 @@ impl Default for MqttConfig {
             max_inflight: 1024,
             max_qos: 2,
             topic_alias_maximum: 16,
+            topic_alias_outbound: 16,
             retain_available: true,
             wildcard_subscription_available: true,
             deny_subscribe: Vec::new(),

@@ -284,7 +284,7 @@ impl Conn {
             if matches!(frame, Frame::Publish { .. }) {
                 publishes += 1;
             }
-            frame.encode(v, &mut self.wbuf);
+            frame.encode(v, &mut self.wbuf, link.out_aliases.as_deref_mut());
         }
         bump(&stats.packets_out, packets);
         bump(&stats.publishes_out, publishes);

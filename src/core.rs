@@ -150,6 +150,8 @@ pub struct Link {
     pub max_packet: usize,
     /// Inbound topic aliases (index = alias - 1).
     pub aliases: Vec<Option<Arc<str>>>,
+    /// Outbound topic aliases, when the client accepts them (MQTT 5).
+    pub out_aliases: Option<Box<crate::alias::OutAliases>>,
     /// Boxed: most clients set no will, and this struct is per connection.
     pub will: Option<Box<Will>>,
     /// The client sent DISCONNECT (without 0x04): no will.
@@ -413,6 +415,7 @@ impl Core {
                 window: self.cfg.mqtt.inflight_window as usize,
                 max_packet: usize::MAX,
                 aliases: Vec::new(),
+                out_aliases: None,
                 will: None,
                 graceful: false,
             }),
@@ -1327,7 +1330,10 @@ fn deliver(e: &mut Entry, d: Delivery, cfg: &Config, stats: &Stats) -> Offer {
 }
 
 fn send_new(s: &mut Session, link: &mut Link, d: Delivery, stats: &Stats) {
-    if d.encoded_len(link.version, Instant::now()) > link.max_packet {
+    // A topic alias property (bound at write time) can add 3 bytes, and grow
+    // the property length prefix by one.
+    let alias_room = if link.out_aliases.is_some() { 4 } else { 0 };
+    if d.encoded_len(link.version, Instant::now()) + alias_room > link.max_packet {
         // MQTT 5 3.1.2-24: not sent to this client, as if delivered.
         bump(&stats.dropped_too_large, 1);
         return;

@@ -213,6 +213,14 @@ fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<
         .map_or(usize::MAX, |v| v as usize);
     if v5 {
         link.aliases = vec![None; m.topic_alias_maximum as usize];
+        let out = c
+            .properties
+            .topic_alias_maximum
+            .unwrap_or(0)
+            .min(m.topic_alias_outbound);
+        if out > 0 {
+            link.out_aliases = Some(Box::new(crate::alias::OutAliases::new(out)));
+        }
     }
     link.will = c.will.map(Box::new);
     let requested = if v5 {

@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the bird's-eye view. Entry point for embedding
 //! (and for the integration tests): [`Gateway::start`].
 
+pub mod alias;
 pub mod codec;
 pub mod config;
 mod conn;

@@ -9,6 +9,8 @@ use bytes::Bytes;
 
 use std::time::Instant;
 
+use crate::alias::{AliasUse, OutAliases};
+
 use crate::codec::{
     encode, encode_publish, encoded_len_publish, Ack, Packet, Properties, QoS, SubOptions, Version,
 };
@@ -159,19 +161,35 @@ impl Frame {
         }
     }
 
-    /// Appends the frame's packet encoded for protocol `v`.
-    pub fn encode(&self, v: Version, out: &mut Vec<u8>) {
+    /// Appends the frame's packet encoded for protocol `v`, using the
+    /// connection's outbound topic aliases when it has them.
+    pub fn encode(&self, v: Version, out: &mut Vec<u8>, aliases: Option<&mut OutAliases>) {
         match self {
             Frame::Publish { d, pkid, dup } => {
-                let props = if v.is_v5() {
+                let m = &d.msg;
+                let alias = aliases.map_or(AliasUse::None, |a| a.alias(&m.topic));
+                let mut props = if v.is_v5() {
                     d.properties(Instant::now())
                 } else {
                     None
                 };
-                let m = &d.msg;
+                let topic = match alias {
+                    AliasUse::None => &*m.topic,
+                    AliasUse::Bind(a) | AliasUse::Reuse(a) => {
+                        props
+                            .get_or_insert_with(Default::default)
+                            .to_mut()
+                            .topic_alias = Some(a);
+                        if matches!(alias, AliasUse::Reuse(_)) {
+                            ""
+                        } else {
+                            &*m.topic
+                        }
+                    }
+                };
                 encode_publish(
                     out,
-                    &m.topic,
+                    topic,
                     &m.payload,
                     d.qos,
                     *pkid,

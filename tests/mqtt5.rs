@@ -135,3 +135,82 @@ async fn sys_statistics_are_published_and_hidden_from_root_wildcards() {
         "'#' does not match $SYS topics"
     );
 }
+
+#[test]
+fn gateway_assigns_topic_aliases_with_lru_rebinding() {
+    use tether::codec::{self, Packet, Properties, Version};
+    let gw = gateway(2, |_| {});
+    let mut sub = Raw::open(gw.tcp_addr);
+    let properties = Properties {
+        topic_alias_maximum: Some(2),
+        ..Default::default()
+    };
+    sub.send(&Packet::Connect(Box::new(codec::Connect {
+        properties,
+        ..connect_packet("alias-sub", Version::V5)
+    })));
+    assert!(matches!(sub.recv(), Some(Packet::ConnAck(a)) if a.code == 0));
+    sub.send(&Packet::Subscribe(codec::Subscribe {
+        pkid: 1,
+        filters: vec![(
+            "ta/#".into(),
+            codec::SubOptions::qos(codec::QoS::AtMostOnce),
+        )],
+        properties: Default::default(),
+    }));
+    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    let mut publ = Raw::connected(gw.tcp_addr, "alias-pub", Version::V311);
+    let expected = [
+        ("ta/a", "ta/a", Some(1)), // bind 1
+        ("ta/a", "", Some(1)),     // reuse
+        ("ta/b", "ta/b", Some(2)), // bind 2
+        ("ta/c", "ta/c", Some(1)), // full: rebind the least recently used (ta/a)
+        ("ta/b", "", Some(2)),
+        ("ta/a", "ta/a", Some(1)), // ta/c is now the oldest
+    ];
+    for (topic, wire_topic, alias) in expected {
+        publ.send(&Packet::Publish(codec::Publish {
+            dup: false,
+            qos: codec::QoS::AtMostOnce,
+            retain: false,
+            topic: topic.into(),
+            pkid: 0,
+            properties: Default::default(),
+            payload: bytes::Bytes::from(topic),
+        }));
+        match sub.recv() {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(
+                    (p.topic.as_str(), p.properties.topic_alias),
+                    (wire_topic, alias),
+                    "{topic}"
+                );
+                assert_eq!(&p.payload[..], topic.as_bytes());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_resolves_the_gateways_aliases() {
+    let gw = gateway(2, |_| {});
+    let mut o = v5_options(&gw, "alias-rumqttc");
+    o.set_topic_alias_max(Some(4));
+    let mut sub = v5(&gw, o, None).await;
+    sub.subscribe("rt/#", Q5::AtMostOnce).await;
+    let publ = v5(&gw, v5_options(&gw, "alias-rumqttc-pub"), None).await;
+    for t in ["rt/x", "rt/x", "rt/y", "rt/x"] {
+        publ.client
+            .publish(t, Q5::AtMostOnce, false, t)
+            .await
+            .unwrap();
+        let p = sub.publish().await;
+        assert_eq!(&p.payload[..], t.as_bytes());
+        assert_eq!(
+            &p.topic[..],
+            t.as_bytes(),
+            "rumqttc restored the aliased topic"
+        );
+    }
+}
