@@ -40,6 +40,7 @@ pub struct Shared {
     pub node_id: u16,
     pub cores: Vec<CoreShared>,
     pub store: Arc<dyn SessionStore>,
+    pub auth: Arc<dyn crate::auth::Authenticator>,
     pub started: Instant,
     /// Node-wide retained totals (updated by owner cores only).
     pub retained: crate::retained::Totals,

@@ -170,6 +170,16 @@ fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<
     if c.properties.authentication_method.is_some() {
         return refuse(st, key, reason::BAD_AUTHENTICATION_METHOD);
     }
+    let who = crate::auth::Credentials {
+        client_id: &c.client_id,
+        username: c.username.as_deref(),
+        password: c.password.as_deref(),
+        peer: link.peer,
+    };
+    if let crate::auth::Verdict::Deny(code) = core.shared.auth.authenticate(&who) {
+        tracing::info!(conn = %id, peer = %link.peer, reason = format_args!("{code:#04x}"), "CONNECT refused by the authenticator");
+        return refuse(st, key, code);
+    }
     if let Some(w) = &c.will {
         if w.qos as u8 > m.max_qos {
             return refuse(st, key, reason::QOS_NOT_SUPPORTED);

@@ -4,6 +4,7 @@
 //! (and for the integration tests): [`Gateway::start`].
 
 pub mod alias;
+pub mod auth;
 pub mod codec;
 pub mod config;
 mod conn;

@@ -54,6 +54,15 @@ impl Gateway {
     /// Binds the listeners and starts one executor per core. Returns once
     /// every core is accepting.
     pub fn start(cfg: Config) -> Result<Gateway, StartError> {
+        Gateway::start_with(cfg, Arc::new(crate::auth::AllowAll))
+    }
+
+    /// [`Gateway::start`] with an [`Authenticator`](crate::auth::Authenticator)
+    /// deciding every CONNECT.
+    pub fn start_with(
+        cfg: Config,
+        auth: Arc<dyn crate::auth::Authenticator>,
+    ) -> Result<Gateway, StartError> {
         let cfg = Arc::new(cfg);
         let ncores = cfg.cores();
         let listeners = bind_listeners(cfg.listeners.tcp, ncores, cfg.listeners.backlog)?;
@@ -67,6 +76,7 @@ impl Gateway {
             node_id: cfg.node.id,
             cores: (0..ncores).map(|_| CoreShared::default()).collect(),
             store,
+            auth,
             started: Instant::now(),
             retained: Default::default(),
         });
