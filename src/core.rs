@@ -55,6 +55,8 @@ pub struct CoreShared {
     pub retained: std::sync::atomic::AtomicUsize,
     /// Subscriptions indexed on this core (gauge).
     pub subscriptions: std::sync::atomic::AtomicUsize,
+    /// Members of the shared-subscription groups this core owns (gauge).
+    pub shared_members: std::sync::atomic::AtomicUsize,
 }
 
 /// Messages between cores (over the bounded glommio channel mesh).
@@ -77,6 +79,24 @@ pub enum CoreMsg {
     RetainSet(Arc<Message>),
     /// A sequenced retained update for this core's replica.
     RetainApply(Arc<Message>),
+    /// A member joins a shared subscription group owned by this core.
+    ShareJoin {
+        key: crate::shared::GroupKey,
+        member: crate::shared::Member,
+    },
+    /// A member leaves a group owned by this core.
+    ShareLeave {
+        key: crate::shared::GroupKey,
+        loc: Location,
+    },
+    /// A shared-subscription message for the member `target` on this core.
+    ShareDeliver {
+        target: ConnKey,
+        d: Delivery,
+        attempts: u8,
+    },
+    /// A shared-subscription message a member could not take; pick another.
+    ShareReturn { d: Delivery, attempts: u8 },
     /// A message that matched a session's tombstone on the sending core;
     /// the session now lives at `target` on this core.
     Forward { target: ConnKey, d: Delivery },
@@ -268,8 +288,10 @@ pub struct CoreState {
     pub conns: Slab<Entry>,
     pub subs: SubTree,
     pub retained: crate::retained::Replica,
+    /// Shared subscription groups this core owns.
+    pub groups: crate::shared::Groups,
     pub wheel: Wheel<(ConnKey, Timer)>,
-    interest: LocalInterest,
+    pub(crate) interest: LocalInterest,
     next_gen: u32,
     next_seq: u64,
     /// Reused per fan-out to collect matches without allocating.
@@ -337,6 +359,7 @@ impl Core {
                 conns: Slab::new(),
                 subs: SubTree::default(),
                 retained: Default::default(),
+                groups: Default::default(),
                 wheel: Wheel::new(0),
                 interest: LocalInterest::default(),
                 next_gen: 0,
@@ -475,6 +498,7 @@ impl Core {
                     }
                     None => None,
                 };
+                self.share_member_gone(st, key);
                 self.park_or_end(st, key, pending);
             }
         }
@@ -514,7 +538,7 @@ impl Core {
         let subs = std::mem::take(&mut e.session.subs);
         let client_id = e.client_id.clone();
         for (filter, ..) in &subs {
-            self.unsubscribe_index(st, filter, key);
+            self.unindex_sub(st, filter, key);
         }
         if let Some(cid) = client_id {
             self.shared
@@ -543,8 +567,7 @@ impl Core {
     pub fn unsubscribe_index(&self, st: &mut CoreState, filter: &str, key: ConnKey) -> bool {
         let removed = st.subs.remove(filter, key);
         if removed {
-            st.interest
-                .remove(&self.shared.cores[self.id].interest, filter);
+            st.interest.remove(filter);
         }
         self.count_subscriptions(st);
         removed
@@ -642,14 +665,31 @@ impl Core {
                     // subscriptions indexed and forwards to the new owner.
                     let until = self.now_tick() + self.ticks(MOVE_GRACE_MS);
                     let e = st.entry(target).expect("entry checked above");
-                    let subs = e.session.subs.clone();
+                    // Shared subscriptions leave their groups now (the owner
+                    // must stop picking this location); the new owner of the
+                    // session joins again. Plain ones stay indexed here.
+                    let (shared, plain): (Vec<_>, Vec<_>) = e
+                        .session
+                        .subs
+                        .iter()
+                        .cloned()
+                        .partition(|(f, ..)| crate::shared::GroupKey::parse(f).is_some());
                     let session = std::mem::take(&mut e.session);
-                    e.session.subs = subs;
+                    e.session.subs = plain;
                     e.phase = Phase::Moved {
                         to: requester,
                         until,
                     };
                     self.arm(st, until, target, Timer::Tombstone);
+                    let loc = Location {
+                        core: self.id,
+                        key: target,
+                    };
+                    for (f, ..) in shared {
+                        if let Some(g) = crate::shared::GroupKey::parse(&f) {
+                            self.share_leave(st, g, loc);
+                        }
+                    }
                     session
                 };
                 let mut will = None;
@@ -677,7 +717,7 @@ impl Core {
         let e = st.entry(key).expect("caller checked the key");
         let session = std::mem::take(&mut e.session);
         for (filter, ..) in &session.subs {
-            self.unsubscribe_index(st, filter, key);
+            self.unindex_sub(st, filter, key);
         }
         session
     }
@@ -769,15 +809,7 @@ impl Core {
         e.session.expiry_secs = info.expiry_secs;
         let subs = e.session.subs.clone();
         for (filter, opts, id) in &subs {
-            self.subscribe_index(
-                st,
-                filter,
-                Sub {
-                    key,
-                    opts: *opts,
-                    id: *id,
-                },
-            );
+            self.index_sub(st, filter, key, *opts, *id);
         }
         let e = st.entry(key).expect("caller checked the key");
         let Some(link) = e.link.as_mut() else {
@@ -797,8 +829,6 @@ impl Core {
             if m.max_qos < 2 {
                 props.maximum_qos = Some(m.max_qos);
             }
-            // Until shared subscriptions land, say so.
-            props.shared_subscription_available = Some(0);
             if !m.retain_available {
                 props.retain_available = Some(0);
             }
@@ -922,6 +952,7 @@ impl Core {
                 qos,
                 retain,
                 sub_ids: sub_ids(same.iter().map(|s| s.id)),
+                share: None,
             };
             if let Phase::Moved { to, .. } = e.phase {
                 self.forward_out(to, d);
@@ -929,6 +960,7 @@ impl Core {
             }
             count(offer(e, d, &self.cfg, stats, now), stats);
         }
+        self.deliver_shared(st, msg);
     }
 
     /// Publishes the node's statistics as retained QoS 0 messages under
@@ -1046,6 +1078,7 @@ impl Core {
                 qos,
                 retain: true,
                 sub_ids: sub_ids([id]),
+                share: None,
             };
             count(deliver(e, d, &self.cfg, stats), stats);
         }
@@ -1111,7 +1144,7 @@ impl Core {
         route.notify.notify();
     }
 
-    fn route(&self, core: usize, msg: CoreMsg) {
+    pub(crate) fn route(&self, core: usize, msg: CoreMsg) {
         self.routes[core].queue.borrow_mut().push_back(msg);
         self.routes[core].notify.notify();
     }
@@ -1164,6 +1197,14 @@ impl Core {
                 self.dispatch_handover(&mut st, reply, false);
             }
             CoreMsg::RetainSet(msg) => self.retain_sequence(&mut st, msg),
+            CoreMsg::ShareJoin { key, member } => self.group_join(&mut st, key, member),
+            CoreMsg::ShareLeave { key, loc } => self.group_leave(&mut st, key, loc),
+            CoreMsg::ShareDeliver {
+                target,
+                d,
+                attempts,
+            } => self.share_deliver_in(&mut st, target, d, attempts),
+            CoreMsg::ShareReturn { d, attempts } => self.share_return_in(&mut st, d, attempts),
             CoreMsg::RetainApply(msg) => self.retain_apply(&mut st, msg),
             CoreMsg::Handover { target, session } => {
                 self.on_handover(&mut st, target, session, true)
@@ -1182,6 +1223,8 @@ impl Core {
         for (key, timer) in fired.drain(..) {
             self.on_timer(&mut st, key, timer, now);
         }
+        let st = &mut *st;
+        st.interest.sweep(&self.shared.cores[self.id].interest);
     }
 
     fn on_timer(&self, st: &mut CoreState, key: ConnKey, timer: Timer, now: u64) {
@@ -1214,7 +1257,7 @@ impl Core {
                     e.phase = Phase::TakenOver;
                 }
                 for (filter, ..) in &subs {
-                    self.unsubscribe_index(st, filter, key);
+                    self.unindex_sub(st, filter, key);
                 }
                 if !online {
                     st.conns.remove(key.index as usize);
@@ -1255,7 +1298,7 @@ impl Core {
     }
 }
 
-fn count(offer: Offer, stats: &Stats) {
+pub(crate) fn count(offer: Offer, stats: &Stats) {
     match offer {
         Offer::Sent | Offer::Queued => {}
         Offer::DroppedSlow => bump(&stats.dropped_slow_qos0, 1),
@@ -1267,7 +1310,7 @@ fn count(offer: Offer, stats: &Stats) {
 }
 
 /// Subscription identifiers worth sending (0 means none).
-fn sub_ids(ids: impl IntoIterator<Item = u32>) -> SubIds {
+pub(crate) fn sub_ids(ids: impl IntoIterator<Item = u32>) -> SubIds {
     let ids: Vec<u32> = ids.into_iter().filter(|&id| id != 0).collect();
     (!ids.is_empty()).then(|| ids.into_boxed_slice())
 }

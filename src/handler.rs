@@ -13,7 +13,6 @@ use crate::codec::{
 use crate::core::{pump, ConnectInfo, Core, CoreState};
 use crate::id::ConnKey;
 use crate::session::Message;
-use crate::subs::Sub;
 
 /// A protocol violation: reason code (MQTT 5) and what went wrong (for logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,15 +414,27 @@ fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Res
     let mut codes = Vec::with_capacity(s.filters.len());
     let mut retained = Vec::new();
     for (filter, mut opts) in s.filters {
-        if topic::parse_shared(&filter).is_some() {
-            codes.push(fail(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED));
-            continue;
-        }
-        if topic::validate_filter(&filter).is_err() {
+        // `$share/{group}/{filter}`: the rules below apply to `{filter}`.
+        let shared = topic::parse_shared(&filter);
+        let inner = match shared {
+            Some(Err(_)) => {
+                codes.push(fail(reason::TOPIC_FILTER_INVALID));
+                continue;
+            }
+            Some(Ok((_, inner))) => inner,
+            None => filter.as_str(),
+        };
+        if topic::validate_filter(inner).is_err() {
             codes.push(fail(reason::TOPIC_FILTER_INVALID));
             continue;
         }
-        if !core.cfg.mqtt.wildcard_subscription_available && topic::has_wildcards(&filter) {
+        if shared.is_some() && opts.no_local {
+            return Err(violation(
+                reason::PROTOCOL_ERROR,
+                "No Local on a shared subscription",
+            ));
+        }
+        if !core.cfg.mqtt.wildcard_subscription_available && topic::has_wildcards(inner) {
             codes.push(fail(reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED));
             continue;
         }
@@ -432,7 +443,7 @@ fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Res
             .mqtt
             .deny_subscribe
             .iter()
-            .any(|d| topic::matches(d, &filter))
+            .any(|d| topic::matches(d, inner))
         {
             codes.push(fail(reason::NOT_AUTHORIZED));
             continue;
@@ -450,15 +461,18 @@ fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Res
                 false
             }
         };
-        core.subscribe_index(st, &filter, Sub { key, opts, id });
+        let is_shared = shared.is_some();
+        core.index_sub(st, &filter, key, opts, id);
         codes.push(opts.qos as u8);
         // MQTT 5 3.8.3.1 Retain Handling: 0 always, 1 only for a new
         // subscription, 2 never (3.1.1 behaves as 0).
-        let send_retained = match opts.retain_handling {
-            0 => true,
-            1 => !existed,
-            _ => false,
-        };
+        // Retained messages are not sent to shared subscriptions.
+        let send_retained = !is_shared
+            && match opts.retain_handling {
+                0 => true,
+                1 => !existed,
+                _ => false,
+            };
         if send_retained {
             retained.push((filter, opts.qos));
         }
@@ -491,7 +505,7 @@ fn unsubscribe(
         match e.session.subscription(filter) {
             Some(i) => {
                 e.session.subs.remove(i);
-                core.unsubscribe_index(st, filter, key);
+                core.unindex_sub(st, filter, key);
                 codes.push(reason::SUCCESS);
             }
             None => codes.push(reason::NO_SUBSCRIPTION_EXISTED),

@@ -6,10 +6,16 @@
 //! and mirrors "count > 0" into atomic bits ([`Interest`]) that other cores
 //! read without locks. Filters are bucketed by their first topic level;
 //! filters starting with a wildcard are counted separately. False positives
-//! only cost a wasted batch; false negatives cannot happen because a core
-//! sets the bit before it acknowledges the SUBSCRIBE.
+//! only cost a wasted batch; false negatives must not happen, so:
+//! - a bit is set before the SUBSCRIBE is acknowledged, and
+//! - a bit is cleared only by [`LocalInterest::sweep`] (on the core's timer
+//!   tick), never when a count drops to zero. A session moving between two
+//!   entries of the same core unindexes and re-indexes its filters in one
+//!   go; clearing eagerly would let another core read "no interest" in that
+//!   instant and skip messages (seen as 3 lost messages in the session-hop
+//!   test before this rule).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Number of first-level buckets (a power of two).
 const BUCKETS: usize = 4096;
@@ -31,21 +37,21 @@ fn first_level(s: &str) -> &str {
 /// The shared, read-mostly half (one per core, read by every core).
 pub struct Interest {
     bits: Box<[AtomicU64]>,
-    wildcard_root: AtomicU32,
+    wildcard_root: AtomicBool,
 }
 
 impl Default for Interest {
     fn default() -> Self {
         Interest {
             bits: (0..BUCKETS / 64).map(|_| AtomicU64::new(0)).collect(),
-            wildcard_root: AtomicU32::new(0),
+            wildcard_root: AtomicBool::new(false),
         }
     }
 }
 
 impl Interest {
     pub fn might_match(&self, topic: &str) -> bool {
-        if !topic.starts_with('$') && self.wildcard_root.load(Ordering::Acquire) > 0 {
+        if !topic.starts_with('$') && self.wildcard_root.load(Ordering::Acquire) {
             return true;
         }
         let b = bucket(first_level(topic));
@@ -56,12 +62,18 @@ impl Interest {
 /// The owning core's counts.
 pub struct LocalInterest {
     counts: Vec<u32>,
+    /// Subscriptions whose filter starts with `+` or `#`.
+    wildcards: u32,
+    /// Buckets whose count reached zero since the last sweep.
+    stale: Vec<usize>,
 }
 
 impl Default for LocalInterest {
     fn default() -> Self {
         LocalInterest {
             counts: vec![0; BUCKETS],
+            wildcards: 0,
+            stale: Vec::new(),
         }
     }
 }
@@ -71,27 +83,43 @@ impl LocalInterest {
     pub fn add(&mut self, shared: &Interest, filter: &str) {
         let level = first_level(filter);
         if level == "+" || level == "#" {
-            shared.wildcard_root.fetch_add(1, Ordering::Release);
+            self.wildcards += 1;
+            shared.wildcard_root.store(true, Ordering::Release);
             return;
         }
         let b = bucket(level);
         self.counts[b] += 1;
-        if self.counts[b] == 1 {
-            shared.bits[b / 64].fetch_or(1 << (b % 64), Ordering::Release);
-        }
+        // Idempotent: the bit may still be set from before (lazy clearing).
+        shared.bits[b / 64].fetch_or(1 << (b % 64), Ordering::Release);
     }
 
-    pub fn remove(&mut self, shared: &Interest, filter: &str) {
+    /// Records one subscription fewer. The shared bit stays set until the
+    /// next [`LocalInterest::sweep`].
+    pub fn remove(&mut self, filter: &str) {
         let level = first_level(filter);
         if level == "+" || level == "#" {
-            shared.wildcard_root.fetch_sub(1, Ordering::Release);
+            self.wildcards = self.wildcards.saturating_sub(1);
             return;
         }
         let b = bucket(level);
         debug_assert!(self.counts[b] > 0);
         self.counts[b] = self.counts[b].saturating_sub(1);
         if self.counts[b] == 0 {
-            shared.bits[b / 64].fetch_and(!(1 << (b % 64)), Ordering::Release);
+            self.stale.push(b);
+        }
+    }
+
+    /// Clears the shared bits of buckets that are still empty. Called from
+    /// the core's tick, never in the middle of an operation that removes and
+    /// re-adds subscriptions.
+    pub fn sweep(&mut self, shared: &Interest) {
+        for b in self.stale.drain(..) {
+            if self.counts[b] == 0 {
+                shared.bits[b / 64].fetch_and(!(1 << (b % 64)), Ordering::Release);
+            }
+        }
+        if self.wildcards == 0 {
+            shared.wildcard_root.store(false, Ordering::Release);
         }
     }
 }
@@ -109,12 +137,25 @@ mod tests {
         local.add(&shared, "a/b");
         assert!(shared.might_match("a/b"));
         assert!(shared.might_match("a"));
-        local.remove(&shared, "a/+");
+        local.remove("a/+");
+        local.sweep(&shared);
         assert!(
             shared.might_match("a/x"),
             "one subscription under 'a' remains"
         );
-        local.remove(&shared, "a/b");
+        local.remove("a/b");
+        assert!(
+            shared.might_match("a/b"),
+            "bits are only cleared by a sweep"
+        );
+        local.add(&shared, "a/c");
+        local.sweep(&shared);
+        assert!(
+            shared.might_match("a/c"),
+            "re-added before the sweep: stays set"
+        );
+        local.remove("a/c");
+        local.sweep(&shared);
         assert!(!shared.might_match("a/b"));
         local.add(&shared, "#");
         assert!(shared.might_match("anything"));
@@ -122,7 +163,9 @@ mod tests {
             !shared.might_match("$SYS/x"),
             "root wildcards never match $ topics"
         );
-        local.remove(&shared, "#");
+        local.remove("#");
+        assert!(shared.might_match("anything"), "until the sweep");
+        local.sweep(&shared);
         assert!(!shared.might_match("anything"));
     }
 }

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod retained;
 pub mod runtime;
 pub mod session;
+pub mod shared;
 pub mod stats;
 pub mod store;
 pub mod subs;

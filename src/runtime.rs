@@ -183,6 +183,16 @@ impl Gateway {
             .collect()
     }
 
+    /// Members of all shared-subscription groups on the node.
+    pub fn shared_members(&self) -> usize {
+        let members = self
+            .shared
+            .cores
+            .iter()
+            .map(|c| c.shared_members.load(std::sync::atomic::Ordering::Relaxed));
+        members.sum()
+    }
+
     /// Core that currently owns `client_id`'s session, if any.
     pub fn locate(&self, client_id: &str) -> Option<usize> {
         self.shared.store.locate(client_id).map(|l| l.core)

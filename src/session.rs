@@ -63,6 +63,9 @@ pub struct Delivery {
     /// with Retain As Published.
     pub retain: bool,
     pub sub_ids: SubIds,
+    /// Set when it came through a shared subscription: the group it goes
+    /// back to if this member leaves before acknowledging it.
+    pub share: Option<Box<crate::shared::GroupKey>>,
 }
 
 impl Delivery {

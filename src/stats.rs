@@ -74,6 +74,10 @@ stats! {
     forwards_discarded,
     /// PUBLISH packets refused by `mqtt.deny_publish`.
     denied_publishes,
+    /// Shared-subscription messages with no member left to take them.
+    dropped_no_member,
+    /// Shared-subscription messages given back by a member that left.
+    share_returned,
     /// Retained messages not stored because the store was full.
     retained_refused,
 }

@@ -1,0 +1,346 @@
+//! Shared subscriptions (`$share/{group}/{filter}`, MQTT 5 4.8.2; accepted
+//! from 3.1.1 clients too): each message goes to one member of the group.
+//!
+//! A group lives on an *owner* core (hash of group and filter), whatever
+//! cores its members are on. Members join and leave by message
+//! (`CoreMsg::ShareJoin` / `ShareLeave`); the owner indexes the group's
+//! filter in its own shared trie (and interest summary, so publishes reach
+//! it) and gives each matching message to one member, round-robin
+//! (`CoreMsg::ShareDeliver`). Only connected members are in a group: a
+//! member leaves when its connection closes and rejoins when it is back. The
+//! QoS 1/2 messages it had in flight or queued then go back to the owner
+//! (`CoreMsg::ShareReturn`), which gives them to another member.
+
+use std::sync::Arc;
+
+use ahash::AHashMap;
+use slab::Slab;
+
+use crate::codec::SubOptions;
+use crate::id::{ConnKey, Location};
+use crate::session::Delivery;
+use crate::subs::SubTree;
+
+/// How many times a message may bounce between the owner and members that
+/// just left before it is dropped (and counted): the leave is on its way.
+pub const MAX_SHARE_ATTEMPTS: u8 = 8;
+
+/// Identifies a group: `{group}` and `{filter}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GroupKey {
+    pub group: Arc<str>,
+    pub filter: Arc<str>,
+}
+
+impl GroupKey {
+    /// Parses `$share/{group}/{filter}` (already validated).
+    pub fn parse(full: &str) -> Option<GroupKey> {
+        let (group, filter) = crate::codec::topic::parse_shared(full)?.ok()?;
+        Some(GroupKey {
+            group: group.into(),
+            filter: filter.into(),
+        })
+    }
+
+    /// The core that owns this group.
+    pub fn owner(&self, cores: usize) -> usize {
+        crate::retained::owner(&format!("{}\u{0}{}", self.group, self.filter), cores)
+    }
+}
+
+/// One member's subscription.
+#[derive(Debug, Clone, Copy)]
+pub struct Member {
+    pub loc: Location,
+    pub opts: SubOptions,
+    pub id: u32,
+}
+
+#[derive(Debug)]
+pub struct Group {
+    pub key: GroupKey,
+    pub members: Vec<Member>,
+    next: usize,
+}
+
+impl Group {
+    /// The next member, round-robin.
+    pub fn pick(&mut self) -> Option<Member> {
+        if self.members.is_empty() {
+            return None;
+        }
+        let m = self.members[self.next % self.members.len()];
+        self.next = self.next.wrapping_add(1);
+        Some(m)
+    }
+}
+
+/// The groups a core owns.
+#[derive(Default)]
+pub struct Groups {
+    pub slab: Slab<Group>,
+    pub by_key: AHashMap<GroupKey, usize>,
+    /// Group filters; a `Sub`'s key is the group's slab index (gen 0).
+    pub index: SubTree,
+}
+
+impl Groups {
+    /// Adds (or updates) a member; returns true when the group is new.
+    pub fn join(&mut self, key: GroupKey, m: Member) -> bool {
+        if let Some(&i) = self.by_key.get(&key) {
+            let g = &mut self.slab[i];
+            match g.members.iter_mut().find(|x| x.loc == m.loc) {
+                Some(x) => *x = m,
+                None => g.members.push(m),
+            }
+            return false;
+        }
+        let filter = key.filter.clone();
+        let i = self.slab.insert(Group {
+            key: key.clone(),
+            members: vec![m],
+            next: 0,
+        });
+        self.by_key.insert(key, i);
+        let sub = crate::subs::Sub {
+            key: ConnKey {
+                index: i as u32,
+                gen: 0,
+            },
+            opts: m.opts,
+            id: 0,
+        };
+        self.index.insert(&filter, sub);
+        true
+    }
+
+    /// Removes a member; returns true when that emptied (and removed) the group.
+    pub fn leave(&mut self, key: &GroupKey, loc: Location) -> bool {
+        let Some(&i) = self.by_key.get(key) else {
+            return false;
+        };
+        let g = &mut self.slab[i];
+        g.members.retain(|m| m.loc != loc);
+        if !g.members.is_empty() {
+            return false;
+        }
+        self.slab.remove(i);
+        self.by_key.remove(key);
+        self.index.remove(
+            &key.filter,
+            ConnKey {
+                index: i as u32,
+                gen: 0,
+            },
+        );
+        true
+    }
+}
+
+/// A shared delivery carries its group, so it can be returned to the owner.
+pub fn tag(d: &mut Delivery, key: &GroupKey) {
+    d.share = Some(Box::new(key.clone()));
+}
+
+use crate::core::{count, offer, Core, CoreMsg, CoreState, Phase};
+use crate::session::Message;
+use crate::stats::bump;
+use crate::subs::Sub;
+
+impl Core {
+    /// Adds a session's subscription: to this core's index, or to its group
+    /// (wherever that is owned) for a shared subscription.
+    pub fn index_sub(
+        &self,
+        st: &mut CoreState,
+        filter: &str,
+        key: ConnKey,
+        opts: SubOptions,
+        id: u32,
+    ) {
+        match GroupKey::parse(filter) {
+            Some(g) => self.share_join(
+                st,
+                g,
+                Member {
+                    loc: Location { core: self.id, key },
+                    opts,
+                    id,
+                },
+            ),
+            None => self.subscribe_index(st, filter, Sub { key, opts, id }),
+        }
+    }
+
+    /// Removes what [`Core::index_sub`] added.
+    pub fn unindex_sub(&self, st: &mut CoreState, filter: &str, key: ConnKey) {
+        match GroupKey::parse(filter) {
+            Some(g) => self.share_leave(st, g, Location { core: self.id, key }),
+            None => {
+                self.unsubscribe_index(st, filter, key);
+            }
+        }
+    }
+
+    fn share_join(&self, st: &mut CoreState, key: GroupKey, member: Member) {
+        match key.owner(self.shared.cores.len()) {
+            owner if owner == self.id => self.group_join(st, key, member),
+            owner => self.route(owner, CoreMsg::ShareJoin { key, member }),
+        }
+    }
+
+    pub(crate) fn share_leave(&self, st: &mut CoreState, key: GroupKey, loc: Location) {
+        match key.owner(self.shared.cores.len()) {
+            owner if owner == self.id => self.group_leave(st, key, loc),
+            owner => self.route(owner, CoreMsg::ShareLeave { key, loc }),
+        }
+    }
+
+    /// Owner: a member joins. A new group's filter enters the interest
+    /// summary so publishes on other cores reach this core.
+    pub(crate) fn group_join(&self, st: &mut CoreState, key: GroupKey, member: Member) {
+        let filter = key.filter.clone();
+        if st.groups.join(key, member) {
+            st.interest
+                .add(&self.shared.cores[self.id].interest, &filter);
+        }
+        self.count_members(st);
+    }
+
+    fn count_members(&self, st: &CoreState) {
+        let n = st.groups.slab.iter().map(|(_, g)| g.members.len()).sum();
+        let gauge = &self.shared.cores[self.id].shared_members;
+        gauge.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn group_leave(&self, st: &mut CoreState, key: GroupKey, loc: Location) {
+        if st.groups.leave(&key, loc) {
+            st.interest.remove(&key.filter);
+        }
+        self.count_members(st);
+    }
+
+    /// Owner: gives `msg` to one member of every group whose filter matches.
+    pub(crate) fn deliver_shared(&self, st: &mut CoreState, msg: &Arc<Message>) {
+        if st.groups.slab.is_empty() {
+            return;
+        }
+        let mut matched = Vec::new();
+        st.groups.index.for_each_match(&msg.topic, |subs| {
+            matched.extend(subs.iter().map(|s| s.key.index))
+        });
+        for i in matched {
+            let Some(g) = st.groups.slab.get_mut(i as usize) else {
+                continue;
+            };
+            let Some(m) = g.pick() else { continue };
+            let d = Delivery {
+                msg: msg.clone(),
+                qos: msg.qos.min(m.opts.qos),
+                retain: msg.retain && m.opts.retain_as_published,
+                sub_ids: crate::core::sub_ids([m.id]),
+                share: Some(Box::new(g.key.clone())),
+            };
+            self.share_send(st, m.loc, d, 0);
+        }
+    }
+
+    fn share_send(&self, st: &mut CoreState, loc: Location, d: Delivery, attempts: u8) {
+        if loc.core == self.id {
+            self.share_deliver_in(st, loc.key, d, attempts);
+        } else {
+            self.route(
+                loc.core,
+                CoreMsg::ShareDeliver {
+                    target: loc.key,
+                    d,
+                    attempts,
+                },
+            );
+        }
+    }
+
+    /// Member core: offer to the member if it is still connected here,
+    /// otherwise give the message back to the group.
+    pub(crate) fn share_deliver_in(
+        &self,
+        st: &mut CoreState,
+        target: ConnKey,
+        d: Delivery,
+        attempts: u8,
+    ) {
+        let stats = self.stats();
+        let now = self.now_tick();
+        match st.entry(target) {
+            Some(e) if matches!(e.phase, Phase::Active) && e.link.is_some() => {
+                count(offer(e, d, &self.cfg, stats, now), stats)
+            }
+            _ => self.share_return(st, d, attempts + 1),
+        }
+    }
+
+    fn share_return(&self, st: &mut CoreState, d: Delivery, attempts: u8) {
+        let Some(key) = d.share.as_deref() else {
+            return;
+        };
+        match key.owner(self.shared.cores.len()) {
+            owner if owner == self.id => self.share_return_in(st, d, attempts),
+            owner => self.route(owner, CoreMsg::ShareReturn { d, attempts }),
+        }
+    }
+
+    /// Owner: a member could not take `d`; give it to another.
+    pub(crate) fn share_return_in(&self, st: &mut CoreState, mut d: Delivery, attempts: u8) {
+        let stats = self.stats();
+        bump(&stats.share_returned, 1);
+        let pick = d
+            .share
+            .as_deref()
+            .and_then(|k| st.groups.by_key.get(k).copied())
+            .and_then(|i| st.groups.slab[i].pick());
+        match pick {
+            Some(m) if attempts <= MAX_SHARE_ATTEMPTS => {
+                d.qos = d.msg.qos.min(m.opts.qos);
+                d.sub_ids = crate::core::sub_ids([m.id]);
+                self.share_send(st, m.loc, d, attempts);
+            }
+            _ => bump(&stats.dropped_no_member, 1),
+        }
+    }
+
+    /// A member's connection closed: it leaves its groups, and the shared
+    /// QoS 1/2 messages it had not acknowledged (nor released, for QoS 2)
+    /// go back to their groups for another member.
+    pub(crate) fn share_member_gone(&self, st: &mut CoreState, key: ConnKey) {
+        let Some(e) = st.entry(key) else { return };
+        let groups: Vec<GroupKey> = e
+            .session
+            .subs
+            .iter()
+            .filter_map(|(f, ..)| GroupKey::parse(f))
+            .collect();
+        let mut back = Vec::new();
+        e.session.inflight.retain(|f| {
+            let give_back = f.d.share.is_some() && !f.released;
+            if give_back {
+                back.push(f.d.clone());
+            }
+            !give_back
+        });
+        e.session.queued.retain(|d| {
+            if d.share.is_some() {
+                back.push(d.clone());
+            }
+            d.share.is_none()
+        });
+        let loc = Location { core: self.id, key };
+        // Leave first: the owner must not pick this member again (the leave
+        // and the returns travel on the same FIFO channel to the owner).
+        for g in groups {
+            self.share_leave(st, g, loc);
+        }
+        for d in back {
+            self.share_return(st, d, 0);
+        }
+    }
+}
