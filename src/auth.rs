@@ -3,9 +3,9 @@
 //!
 //! The default, [`AllowAll`], admits every client (the embedded single-node
 //! setup). The authentication and ACL issue plugs its implementations in
-//! here (static users, HTTP callback, mTLS common name as username); MQTT 5
-//! enhanced authentication (`Authentication Method`) is refused with
-//! CONNACK 0x8C until an authenticator supports a method.
+//! here (static users, HTTP callback, mTLS common name as username). MQTT 5
+//! enhanced authentication runs through [`Authenticator::enhanced`] and
+//! [`AuthExchange`]; a method no authenticator supports gets CONNACK 0x8C.
 
 use std::net::SocketAddr;
 
@@ -32,6 +32,12 @@ pub enum Verdict {
 /// every CONNECT, so an implementation must answer without blocking.
 pub trait Authenticator: Send + Sync + 'static {
     fn authenticate(&self, who: &Credentials<'_>) -> Verdict;
+
+    /// Starts an enhanced-authentication exchange for `method`, or `None`
+    /// when the method is not supported (CONNACK 0x8C).
+    fn enhanced(&self, _method: &str, _who: &Credentials<'_>) -> Option<Box<dyn AuthExchange>> {
+        None
+    }
 }
 
 /// Admits everyone.
@@ -41,4 +47,23 @@ impl Authenticator for AllowAll {
     fn authenticate(&self, _: &Credentials<'_>) -> Verdict {
         Verdict::Allow
     }
+}
+
+/// One MQTT 5 enhanced-authentication exchange (4.12) on one connection:
+/// CONNECT (or a re-authentication AUTH 0x19) starts it, AUTH 0x18 packets
+/// continue it, CONNACK (or AUTH 0x00) ends it.
+pub trait AuthExchange {
+    /// Takes the client's next Authentication Data.
+    fn step(&mut self, data: Option<&[u8]>) -> AuthStep;
+}
+
+/// The next move in an exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthStep {
+    /// Send this challenge (AUTH 0x18) and wait for the client's answer.
+    Continue(bytes::Bytes),
+    /// Authenticated; optional final data for the CONNACK / AUTH 0x00.
+    Success(Option<bytes::Bytes>),
+    /// Refuse with this reason code (CONNACK, or DISCONNECT when re-authenticating).
+    Fail(u8),
 }

@@ -95,17 +95,20 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
 impl Conn {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..READ_BUDGET {
-            let (active, close) = {
+            let (waiting, close) = {
                 let mut st = self.core.st.borrow_mut();
                 let Some(e) = st.entry(self.key) else {
                     return Poll::Ready(());
                 };
-                let active = matches!(e.phase, Phase::Active);
+                // Parked until the session handover arrives; reading goes on
+                // in every other phase (an authentication exchange reads
+                // before CONNACK).
+                let waiting = matches!(e.phase, Phase::AwaitingHandover { .. });
                 let Some(link) = e.link.as_mut() else {
                     return Poll::Ready(());
                 };
                 link.waker = Some(cx.waker().clone());
-                (active, link.close.clone())
+                (waiting, link.close.clone())
             };
             // Before flushing: a close may discard what is queued.
             if let Some(req) = close {
@@ -124,11 +127,11 @@ impl Conn {
                 // (and anything else) cannot pile up. Writable wakes us.
                 return Poll::Pending;
             }
-            if self.version.is_some() && !active {
+            if waiting {
                 // Waiting for the session handover; the handover wakes us.
                 return Poll::Pending;
             }
-            if active && !self.inbuf.is_empty() && self.has_complete_packet() {
+            if self.version.is_some() && !self.inbuf.is_empty() && self.has_complete_packet() {
                 self.ingest(&[]);
                 continue;
             }
@@ -227,7 +230,7 @@ impl Conn {
             if closing {
                 return buf.len();
             }
-            if !matches!(e.phase, Phase::Active) {
+            if matches!(e.phase, Phase::AwaitingHandover { .. }) {
                 // Keep pipelined packets until the session is in place.
                 return used;
             }
@@ -259,10 +262,30 @@ impl Conn {
         info!(conn = %self.id, peer = %self.peer, reason = format_args!("{code:#04x}"), "closing: {why}");
         bump(&self.core.stats().protocol_errors, 1);
         let v5 = self.version.is_some_and(Version::is_v5);
-        if let Some(link) = self.core.st.borrow_mut().link(self.key) {
-            // Acks already queued for accepted packets still go out first.
-            link.request_close_why(v5.then_some(code), false, Some(why));
+        let mut st = self.core.st.borrow_mut();
+        let before_connack = st
+            .entry(self.key)
+            .is_some_and(|e| matches!(e.phase, Phase::Connecting));
+        let Some(link) = st.link(self.key) else {
+            return;
+        };
+        if before_connack && self.version.is_some() {
+            // MQTT 5 3.14.0-1: no DISCONNECT before a successful CONNACK;
+            // the refusal is the CONNACK itself.
+            let properties = codec::Properties {
+                reason_string: v5.then(|| why.to_owned()),
+                ..Default::default()
+            };
+            link.control(Packet::ConnAck(codec::ConnAck {
+                session_present: false,
+                code,
+                properties,
+            }));
+            link.request_close(None, false);
+            return;
         }
+        // Acks already queued for accepted packets still go out first.
+        link.request_close_why(v5.then_some(code), false, Some(why));
     }
 
     /// Encodes outbox frames into the write buffer.

@@ -175,6 +175,10 @@ pub struct Link {
     pub out_aliases: Option<Box<crate::alias::OutAliases>>,
     /// Boxed: most clients set no will, and this struct is per connection.
     pub will: Option<Box<Will>>,
+    /// An enhanced-authentication exchange in progress.
+    pub auth: Option<Box<AuthInProgress>>,
+    /// The Authentication Method this connection used (for re-authentication).
+    pub auth_method: Option<Box<str>>,
     /// The client sent DISCONNECT (without 0x04): no will.
     pub graceful: bool,
 }
@@ -218,6 +222,15 @@ impl Link {
     }
 }
 
+/// An enhanced-authentication exchange waiting for the client's next AUTH.
+pub struct AuthInProgress {
+    pub method: String,
+    pub exchange: Box<dyn crate::auth::AuthExchange>,
+    /// The CONNECT it belongs to (client id, what it asked for); `None` for
+    /// a re-authentication of a live connection.
+    pub connect: Option<(Arc<str>, ConnectInfo)>,
+}
+
 /// What a CONNECT asked for, kept while the session is being located.
 #[derive(Debug, Clone)]
 pub struct ConnectInfo {
@@ -227,6 +240,8 @@ pub struct ConnectInfo {
     pub requested_expiry_secs: u32,
     pub assigned_id: Option<String>,
     pub server_keep_alive: Option<u16>,
+    /// Enhanced authentication: method and final data for the CONNACK.
+    pub auth: Option<(String, Option<bytes::Bytes>)>,
 }
 
 /// Lifecycle of a slab entry.
@@ -440,6 +455,8 @@ impl Core {
                 max_packet: usize::MAX,
                 aliases: Vec::new(),
                 out_aliases: None,
+                auth: None,
+                auth_method: None,
                 will: None,
                 graceful: false,
             }),
@@ -823,6 +840,10 @@ impl Core {
             let m = &self.cfg.mqtt;
             props.assigned_client_identifier = info.assigned_id.clone();
             props.server_keep_alive = info.server_keep_alive;
+            if let Some((method, data)) = &info.auth {
+                props.authentication_method = Some(method.clone());
+                props.authentication_data = data.clone();
+            }
             props.receive_maximum = Some(m.receive_maximum);
             props.maximum_packet_size = Some(m.max_packet_size);
             props.topic_alias_maximum = Some(m.topic_alias_maximum);

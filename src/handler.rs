@@ -7,10 +7,11 @@
 
 use std::sync::Arc;
 
+use crate::auth::AuthStep;
 use crate::codec::{
     reason, topic, Ack, Connect, Packet, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
-use crate::core::{pump, ConnectInfo, Core, CoreState};
+use crate::core::{pump, AuthInProgress, ConnectInfo, Core, CoreState, Phase};
 use crate::id::ConnKey;
 use crate::session::Message;
 
@@ -32,6 +33,18 @@ pub fn handle(
     key: ConnKey,
     packet: Packet,
 ) -> Result<(), Violation> {
+    // Between CONNECT and CONNACK only an authentication exchange may run.
+    let connecting = st
+        .entry(key)
+        .is_some_and(|e| matches!(e.phase, Phase::Connecting));
+    if connecting
+        && !matches!(
+            packet,
+            Packet::Connect(_) | Packet::Auth(_) | Packet::Disconnect(_)
+        )
+    {
+        return Err(violation(reason::PROTOCOL_ERROR, "packet before CONNACK"));
+    }
     match packet {
         Packet::Connect(c) => connect(core, st, key, *c),
         Packet::Publish(p) => publish(core, st, key, p),
@@ -128,10 +141,7 @@ pub fn handle(
             }
             Ok(())
         }
-        Packet::Auth(_) => Err(violation(
-            reason::PROTOCOL_ERROR,
-            "AUTH without an authentication method",
-        )),
+        Packet::Auth(a) => auth(core, st, key, a),
         Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
             Err(violation(
                 reason::PROTOCOL_ERROR,
@@ -166,9 +176,6 @@ fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<
         return Ok(());
     };
     link.version = c.version;
-    if c.properties.authentication_method.is_some() {
-        return refuse(st, key, reason::BAD_AUTHENTICATION_METHOD);
-    }
     let who = crate::auth::Credentials {
         client_id: &c.client_id,
         username: c.username.as_deref(),
@@ -179,6 +186,14 @@ fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<
         tracing::info!(conn = %id, peer = %link.peer, reason = format_args!("{code:#04x}"), "CONNECT refused by the authenticator");
         return refuse(st, key, code);
     }
+    // MQTT 5 4.12: an Authentication Method starts an enhanced exchange.
+    let exchange = match &c.properties.authentication_method {
+        Some(method) => match core.shared.auth.enhanced(method, &who) {
+            Some(ex) => Some((method.clone(), ex)),
+            None => return refuse(st, key, reason::BAD_AUTHENTICATION_METHOD),
+        },
+        None => None,
+    };
     if let Some(w) = &c.will {
         if w.qos as u8 > m.max_qos {
             return refuse(st, key, reason::QOS_NOT_SUPPORTED);
@@ -240,16 +255,130 @@ fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<
         u32::MAX
     };
     let expiry = requested.min(core.cfg.session.max_expiry_secs);
-    let info = ConnectInfo {
+    let mut info = ConnectInfo {
         clean_start: c.clean_start,
         expiry_secs: expiry,
         requested_expiry_secs: if v5 { requested } else { expiry },
         assigned_id,
         server_keep_alive,
+        auth: None,
     };
     tracing::debug!(conn = %id, client_id, version = ?c.version, "CONNECT");
+    if let Some((method, mut exchange)) = exchange {
+        match exchange.step(c.properties.authentication_data.as_deref()) {
+            AuthStep::Continue(challenge) => {
+                if let Some(link) = st.link(key) {
+                    link.control(auth_packet(
+                        reason::CONTINUE_AUTHENTICATION,
+                        &method,
+                        Some(challenge),
+                    ));
+                    let connect = Some((client_id.into(), info));
+                    link.auth = Some(Box::new(AuthInProgress {
+                        method,
+                        exchange,
+                        connect,
+                    }));
+                }
+                return Ok(());
+            }
+            AuthStep::Success(data) => {
+                if let Some(link) = st.link(key) {
+                    link.auth_method = Some(method.as_str().into());
+                }
+                info.auth = Some((method, data));
+            }
+            AuthStep::Fail(code) => return refuse(st, key, code),
+        }
+    }
     core.claim(st, key, client_id.into(), info);
     Ok(())
+}
+
+fn auth_packet(code: u8, method: &str, data: Option<bytes::Bytes>) -> Packet {
+    let properties = crate::codec::Properties {
+        authentication_method: Some(method.to_owned()),
+        authentication_data: data,
+        ..Default::default()
+    };
+    Packet::Auth(crate::codec::ReasonOnly { code, properties })
+}
+
+/// AUTH from the client: the next step of a CONNECT-time exchange (0x18),
+/// or the start (0x19) or next step of a re-authentication.
+fn auth(
+    core: &Core,
+    st: &mut CoreState,
+    key: ConnKey,
+    a: crate::codec::ReasonOnly,
+) -> Result<(), Violation> {
+    let Some(e) = st.entry(key) else {
+        return Ok(());
+    };
+    let connecting = matches!(e.phase, Phase::Connecting);
+    let client_id = e.client_id.clone().unwrap_or_default();
+    let Some(link) = e.link.as_mut() else {
+        return Ok(());
+    };
+    let Some(method) = a.properties.authentication_method.clone() else {
+        return Err(violation(
+            reason::PROTOCOL_ERROR,
+            "AUTH without an authentication method",
+        ));
+    };
+    let mut progress = match (a.code, link.auth.take()) {
+        (reason::CONTINUE_AUTHENTICATION, Some(p)) if p.method == method => p,
+        (reason::RE_AUTHENTICATE, None)
+            if !connecting && link.auth_method.as_deref() == Some(method.as_str()) =>
+        {
+            let who = crate::auth::Credentials {
+                client_id: &client_id,
+                username: None,
+                password: None,
+                peer: link.peer,
+            };
+            let Some(exchange) = core.shared.auth.enhanced(&method, &who) else {
+                return Err(violation(
+                    reason::BAD_AUTHENTICATION_METHOD,
+                    "authentication method no longer supported",
+                ));
+            };
+            Box::new(AuthInProgress {
+                method: method.clone(),
+                exchange,
+                connect: None,
+            })
+        }
+        _ => return Err(violation(reason::PROTOCOL_ERROR, "unexpected AUTH")),
+    };
+    match progress
+        .exchange
+        .step(a.properties.authentication_data.as_deref())
+    {
+        AuthStep::Continue(challenge) => {
+            link.control(auth_packet(
+                reason::CONTINUE_AUTHENTICATION,
+                &method,
+                Some(challenge),
+            ));
+            link.auth = Some(progress);
+            Ok(())
+        }
+        AuthStep::Success(data) => match progress.connect.take() {
+            Some((client_id, mut info)) => {
+                link.auth_method = Some(method.as_str().into());
+                info.auth = Some((method, data));
+                core.claim(st, key, client_id, info);
+                Ok(())
+            }
+            None => {
+                link.control(auth_packet(reason::SUCCESS, &method, data));
+                Ok(())
+            }
+        },
+        AuthStep::Fail(code) if progress.connect.is_some() => refuse(st, key, code),
+        AuthStep::Fail(code) => Err(violation(code, "re-authentication failed")),
+    }
 }
 
 fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Result<(), Violation> {
