@@ -121,6 +121,13 @@ pub struct MqttConfig {
     /// Whether wildcard subscriptions are allowed. Off: SUBACK 0xA2 (5.0) /
     /// 0x80 (3.1.1) for filters with `+` or `#`.
     pub wildcard_subscription_available: bool,
+    /// Whether shared subscriptions are allowed. Off: SUBACK 0x9E (5.0) /
+    /// 0x80 (3.1.1) for `$share/...` filters.
+    pub shared_subscription_available: bool,
+    /// MQTT 5 Response Information returned to clients that ask for it
+    /// (Request Response Information 1): a prefix for their response topics,
+    /// `%c` replaced by the client id. Empty: none is returned.
+    pub response_information: String,
     /// Topic filters no client may subscribe to: a requested filter that one
     /// of these matches (wildcards in the request compared as literal
     /// levels) is refused with SUBACK 0x80 (3.1.1) / 0x87 (5.0). A static
@@ -145,6 +152,8 @@ impl Default for MqttConfig {
             topic_alias_outbound: 16,
             retain_available: true,
             wildcard_subscription_available: true,
+            shared_subscription_available: true,
+            response_information: String::new(),
             deny_subscribe: Vec::new(),
             deny_publish: Vec::new(),
         }

@@ -242,6 +242,8 @@ pub struct ConnectInfo {
     pub server_keep_alive: Option<u16>,
     /// Enhanced authentication: method and final data for the CONNACK.
     pub auth: Option<(String, Option<bytes::Bytes>)>,
+    /// MQTT 5 Response Information, when the client asked for it.
+    pub response_information: Option<String>,
 }
 
 /// Lifecycle of a slab entry.
@@ -840,6 +842,7 @@ impl Core {
             let m = &self.cfg.mqtt;
             props.assigned_client_identifier = info.assigned_id.clone();
             props.server_keep_alive = info.server_keep_alive;
+            props.response_information = info.response_information.clone();
             if let Some((method, data)) = &info.auth {
                 props.authentication_method = Some(method.clone());
                 props.authentication_data = data.clone();
@@ -855,6 +858,9 @@ impl Core {
             }
             if !m.wildcard_subscription_available {
                 props.wildcard_subscription_available = Some(0);
+            }
+            if !m.shared_subscription_available {
+                props.shared_subscription_available = Some(0);
             }
             if info.expiry_secs != info.requested_expiry_secs {
                 props.session_expiry_interval = Some(info.expiry_secs);
@@ -1327,6 +1333,7 @@ pub(crate) fn count(offer: Offer, stats: &Stats) {
         Offer::DroppedQueueFull => bump(&stats.dropped_queue_full, 1),
         Offer::Duplicate => bump(&stats.duplicates_suppressed, 1),
         Offer::Expired => bump(&stats.dropped_expired, 1),
+        Offer::TooLarge => bump(&stats.dropped_too_large, 1),
     }
 }
 
@@ -1365,6 +1372,9 @@ fn deliver(e: &mut Entry, d: Delivery, cfg: &Config, stats: &Stats) -> Offer {
         if link.outbox_bytes >= cfg.session.max_outbox_bytes {
             return Offer::DroppedSlow;
         }
+        if !fits(link, &d) {
+            return Offer::TooLarge;
+        }
         link.push(Frame::Publish {
             d,
             pkid: 0,
@@ -1394,12 +1404,17 @@ fn deliver(e: &mut Entry, d: Delivery, cfg: &Config, stats: &Stats) -> Offer {
     Offer::Queued
 }
 
-fn send_new(s: &mut Session, link: &mut Link, d: Delivery, stats: &Stats) {
+/// Whether `d` fits the client's Maximum Packet Size. MQTT 5 3.1.2-24: a
+/// message that does not is not sent to this client, as if delivered.
+fn fits(link: &Link, d: &Delivery) -> bool {
     // A topic alias property (bound at write time) can add 3 bytes, and grow
     // the property length prefix by one.
     let alias_room = if link.out_aliases.is_some() { 4 } else { 0 };
-    if d.encoded_len(link.version, Instant::now()) + alias_room > link.max_packet {
-        // MQTT 5 3.1.2-24: not sent to this client, as if delivered.
+    d.encoded_len(link.version, Instant::now()) + alias_room <= link.max_packet
+}
+
+fn send_new(s: &mut Session, link: &mut Link, d: Delivery, stats: &Stats) {
+    if !fits(link, &d) {
         bump(&stats.dropped_too_large, 1);
         return;
     }

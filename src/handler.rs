@@ -255,6 +255,10 @@ fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<
         u32::MAX
     };
     let expiry = requested.min(core.cfg.session.max_expiry_secs);
+    let response_information = (v5
+        && c.properties.request_response_information == Some(1)
+        && !m.response_information.is_empty())
+    .then(|| m.response_information.replace("%c", &client_id));
     let mut info = ConnectInfo {
         clean_start: c.clean_start,
         expiry_secs: expiry,
@@ -262,6 +266,7 @@ fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<
         assigned_id,
         server_keep_alive,
         auth: None,
+        response_information,
     };
     tracing::debug!(conn = %id, client_id, version = ?c.version, "CONNECT");
     if let Some((method, mut exchange)) = exchange {
@@ -555,6 +560,10 @@ fn subscribe(core: &Core, st: &mut CoreState, key: ConnKey, s: Subscribe) -> Res
         };
         if topic::validate_filter(inner).is_err() {
             codes.push(fail(reason::TOPIC_FILTER_INVALID));
+            continue;
+        }
+        if shared.is_some() && !core.cfg.mqtt.shared_subscription_available {
+            codes.push(fail(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED));
             continue;
         }
         if shared.is_some() && opts.no_local {

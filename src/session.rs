@@ -324,4 +324,6 @@ pub enum Offer {
     Duplicate,
     /// Its MQTT 5 Message Expiry Interval ran out before delivery.
     Expired,
+    /// Larger than the client's Maximum Packet Size.
+    TooLarge,
 }

@@ -214,3 +214,223 @@ async fn rumqttc_resolves_the_gateways_aliases() {
         );
     }
 }
+
+mod connect_and_limits {
+    //! MQTT 5 connection features and limits, byte-exact through raw clients.
+
+    use super::common::*;
+    use tether::codec::{self, reason, Packet, Properties, QoS, Version};
+
+    fn connect(gw: &tether::Gateway, c: codec::Connect) -> (Raw, codec::ConnAck) {
+        let mut r = Raw::open(gw.tcp_addr);
+        r.version = c.version;
+        r.send(&Packet::Connect(Box::new(c)));
+        match r.recv() {
+            Some(Packet::ConnAck(a)) => (r, a),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    fn subscribe(r: &mut Raw, filter: &str, opts: codec::SubOptions) -> Vec<u8> {
+        r.send(&Packet::Subscribe(codec::Subscribe {
+            pkid: 1,
+            filters: vec![(filter.into(), opts)],
+            properties: Default::default(),
+        }));
+        match r.recv() {
+            Some(Packet::SubAck(a)) => a.codes,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    fn publish(r: &mut Raw, topic: &str, payload: Vec<u8>) {
+        r.send(&Packet::Publish(codec::Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: topic.into(),
+            pkid: 0,
+            properties: Default::default(),
+            payload: payload.into(),
+        }));
+    }
+
+    fn next_payload(r: &mut Raw) -> Vec<u8> {
+        match r.recv() {
+            Some(Packet::Publish(p)) => p.payload.to_vec(),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_local_skips_the_publishers_own_messages() {
+        let gw = gateway(2, |_| {});
+        let (mut me, _) = connect(&gw, connect_packet("nl-me", Version::V5));
+        let opts = codec::SubOptions {
+            no_local: true,
+            ..codec::SubOptions::qos(QoS::AtMostOnce)
+        };
+        assert_eq!(subscribe(&mut me, "nl/t", opts), vec![0]);
+        publish(&mut me, "nl/t", b"mine".to_vec());
+        let mut other = Raw::connected(gw.tcp_addr, "nl-other", Version::V311);
+        publish(&mut other, "nl/t", b"theirs".to_vec());
+        assert_eq!(
+            next_payload(&mut me),
+            b"theirs",
+            "its own message was not delivered back"
+        );
+    }
+
+    #[test]
+    fn empty_client_ids_follow_each_versions_rules() {
+        let gw = gateway(1, |_| {});
+        let (_, a) = connect(&gw, connect_packet("", Version::V5));
+        assert_eq!(a.code, 0);
+        let assigned = a
+            .properties
+            .assigned_client_identifier
+            .expect("assigned client identifier");
+        assert!(assigned.starts_with("tether-"), "{assigned}");
+        let (_, a) = connect(&gw, connect_packet("", Version::V311));
+        assert_eq!(a.code, 0, "3.1.1 empty id with clean session is accepted");
+        let (_, a) = connect(
+            &gw,
+            codec::Connect {
+                clean_start: false,
+                ..connect_packet("", Version::V311)
+            },
+        );
+        assert_eq!(
+            a.code, 2,
+            "3.1.1 empty id without clean session: identifier rejected"
+        );
+    }
+
+    #[test]
+    fn server_keep_alive_caps_what_the_client_asked() {
+        let gw = gateway(1, |c| c.mqtt.max_keep_alive = 10);
+        let (_, a) = connect(
+            &gw,
+            codec::Connect {
+                keep_alive: 60,
+                ..connect_packet("ka", Version::V5)
+            },
+        );
+        assert_eq!(a.properties.server_keep_alive, Some(10));
+        let (_, a) = connect(
+            &gw,
+            codec::Connect {
+                keep_alive: 5,
+                ..connect_packet("ka2", Version::V5)
+            },
+        );
+        assert_eq!(
+            a.properties.server_keep_alive, None,
+            "a smaller keep-alive is granted as is"
+        );
+    }
+
+    #[test]
+    fn messages_over_the_clients_maximum_packet_size_are_dropped_and_counted() {
+        let gw = gateway(2, |_| {});
+        let properties = Properties {
+            maximum_packet_size: Some(64),
+            ..Default::default()
+        };
+        let (mut small, _) = connect(
+            &gw,
+            codec::Connect {
+                properties,
+                ..connect_packet("small", Version::V5)
+            },
+        );
+        assert_eq!(
+            subscribe(&mut small, "mp/#", codec::SubOptions::qos(QoS::AtLeastOnce)),
+            vec![1]
+        );
+        let mut p = Raw::connected(gw.tcp_addr, "mp-pub", Version::V311);
+        publish(&mut p, "mp/big", vec![0; 200]);
+        publish(&mut p, "mp/ok", b"fits".to_vec());
+        assert_eq!(next_payload(&mut small), b"fits");
+        assert_eq!(gw.stats().dropped_too_large, 1);
+    }
+
+    #[test]
+    fn session_expiry_on_disconnect() {
+        let gw = gateway(1, |_| {});
+        // Expiry 0 at CONNECT cannot become non-zero at DISCONNECT.
+        let (mut c, _) = connect(&gw, connect_packet("se0", Version::V5));
+        let properties = Properties {
+            session_expiry_interval: Some(10),
+            ..Default::default()
+        };
+        c.send(&Packet::Disconnect(codec::ReasonOnly {
+            code: 0,
+            properties,
+        }));
+        assert!(
+            matches!(c.until_closed().last(), Some(Packet::Disconnect(d)) if d.code == reason::PROTOCOL_ERROR)
+        );
+        // Expiry 60 at CONNECT, 0 at DISCONNECT: the session ends now.
+        let properties = Properties {
+            session_expiry_interval: Some(60),
+            ..Default::default()
+        };
+        let persistent = codec::Connect {
+            clean_start: false,
+            properties,
+            ..connect_packet("se60", Version::V5)
+        };
+        let (mut c, _) = connect(&gw, persistent.clone());
+        let properties = Properties {
+            session_expiry_interval: Some(0),
+            ..Default::default()
+        };
+        c.send(&Packet::Disconnect(codec::ReasonOnly {
+            code: 0,
+            properties,
+        }));
+        c.until_closed();
+        until_blocking("the session to end", || gw.locate("se60").is_none());
+        let (_, a) = connect(&gw, persistent);
+        assert!(!a.session_present);
+    }
+
+    #[test]
+    fn response_information_when_requested() {
+        let gw = gateway(1, |c| c.mqtt.response_information = "reply/%c/".into());
+        let properties = Properties {
+            request_response_information: Some(1),
+            ..Default::default()
+        };
+        let (_, a) = connect(
+            &gw,
+            codec::Connect {
+                properties,
+                ..connect_packet("rr", Version::V5)
+            },
+        );
+        assert_eq!(
+            a.properties.response_information.as_deref(),
+            Some("reply/rr/")
+        );
+        let (_, a) = connect(&gw, connect_packet("no-rr", Version::V5));
+        assert_eq!(
+            a.properties.response_information, None,
+            "only for clients that ask"
+        );
+    }
+
+    #[test]
+    fn shared_subscriptions_can_be_switched_off() {
+        let gw = gateway(1, |c| c.mqtt.shared_subscription_available = false);
+        let (mut c, a) = connect(&gw, connect_packet("sh-off", Version::V5));
+        assert_eq!(a.properties.shared_subscription_available, Some(0));
+        let codes = subscribe(
+            &mut c,
+            "$share/g/t",
+            codec::SubOptions::qos(QoS::AtMostOnce),
+        );
+        assert_eq!(codes, vec![reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED]);
+    }
+}
