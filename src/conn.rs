@@ -170,8 +170,12 @@ impl Conn {
 
     fn has_complete_packet(&self) -> bool {
         let max = self.core.cfg.mqtt.max_packet_size as usize;
-        matches!(codec::frame_len(&self.inbuf, max), Ok(Some(n)) if n <= self.inbuf.len())
-            || codec::frame_len(&self.inbuf, max).is_err()
+        // A decode error counts as "complete": processing it closes the connection.
+        match codec::frame_len(&self.inbuf, max) {
+            Ok(Some(n)) => n <= self.inbuf.len(),
+            Ok(None) => false,
+            Err(_) => true,
+        }
     }
 
     /// Handles the bytes just read (plus any carried-over partial packet).

@@ -103,7 +103,8 @@ pub enum CoreMsg {
 }
 
 impl CoreMsg {
-    fn messages(&self) -> usize {
+    /// Messages it carries, for the router backlog.
+    pub fn messages(&self) -> usize {
         match self {
             CoreMsg::Publish(v) => v.len(),
             _ => 0,
@@ -326,10 +327,6 @@ impl CoreState {
     /// The live connection of `key`, if it has one.
     pub fn link(&mut self, key: ConnKey) -> Option<&mut Link> {
         self.entry(key).and_then(|e| e.link.as_mut())
-    }
-
-    pub fn links(&self) -> usize {
-        self.links
     }
 }
 
@@ -886,7 +883,7 @@ impl Core {
         let keep_alive_ticks = link.keep_alive_ticks;
         link.last_seen = self.now_tick();
         let id = e.id;
-        pump(e, &self.cfg, self.stats());
+        pump(e, self.stats());
         bump(&self.stats().connects, 1);
         debug!(conn = %id, session_present, "session active");
         if keep_alive_ticks > 0 {
@@ -1076,10 +1073,6 @@ impl Core {
         crate::retained::account(&self.shared.retained, delta);
     }
 
-    fn retain_apply(&self, st: &mut CoreState, msg: Arc<Message>) {
-        self.apply_retained(st, msg);
-    }
-
     fn apply_retained(&self, st: &mut CoreState, msg: Arc<Message>) -> (isize, isize) {
         let delta = st.retained.apply(msg);
         self.shared.cores[self.id]
@@ -1192,10 +1185,6 @@ impl Core {
         }
     }
 
-    pub fn count_messages(msg: &CoreMsg) -> usize {
-        msg.messages()
-    }
-
     /// True (and `waker` parked) when publishers on this core must wait for
     /// the routers to drain: backpressure instead of unbounded queues.
     pub fn must_pause(&self, waker: &Waker) -> bool {
@@ -1232,7 +1221,9 @@ impl Core {
                 attempts,
             } => self.share_deliver_in(&mut st, target, d, attempts),
             CoreMsg::ShareReturn { d, attempts } => self.share_return_in(&mut st, d, attempts),
-            CoreMsg::RetainApply(msg) => self.retain_apply(&mut st, msg),
+            CoreMsg::RetainApply(msg) => {
+                self.apply_retained(&mut st, msg);
+            }
             CoreMsg::Handover { target, session } => {
                 self.on_handover(&mut st, target, session, true)
             }
@@ -1410,7 +1401,7 @@ fn fits(link: &Link, d: &Delivery) -> bool {
     // A topic alias property (bound at write time) can add 3 bytes, and grow
     // the property length prefix by one.
     let alias_room = if link.out_aliases.is_some() { 4 } else { 0 };
-    d.encoded_len(link.version, Instant::now()) + alias_room <= link.max_packet
+    d.encoded_len(link.version) + alias_room <= link.max_packet
 }
 
 fn send_new(s: &mut Session, link: &mut Link, d: Delivery, stats: &Stats) {
@@ -1433,7 +1424,7 @@ fn send_new(s: &mut Session, link: &mut Link, d: Delivery, stats: &Stats) {
 
 /// Moves queued messages into the window while it has room, skipping those
 /// that expired while they waited.
-pub fn pump(e: &mut Entry, _cfg: &Config, stats: &Stats) {
+pub fn pump(e: &mut Entry, stats: &Stats) {
     let Some(link) = e.link.as_mut() else { return };
     let s = &mut e.session;
     let now = Instant::now();

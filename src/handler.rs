@@ -54,7 +54,7 @@ pub fn handle(
             };
             e.session
                 .take_inflight(a.pkid, |f| f.d.qos == QoS::AtLeastOnce && !f.released);
-            pump(e, &core.cfg, core.stats());
+            pump(e, core.stats());
             Ok(())
         }
         Packet::PubRec(a) => {
@@ -68,7 +68,7 @@ pub fn handle(
                 // MQTT 5 4.3.3: an error PUBREC ends the exchange.
                 e.session
                     .take_inflight(a.pkid, |f| f.d.qos == QoS::ExactlyOnce && !f.released);
-                pump(e, &core.cfg, core.stats());
+                pump(e, core.stats());
                 return Ok(());
             }
             let found = e
@@ -90,7 +90,7 @@ pub fn handle(
                 return Ok(());
             };
             e.session.take_inflight(a.pkid, |f| f.released);
-            pump(e, &core.cfg, core.stats());
+            pump(e, core.stats());
             Ok(())
         }
         Packet::PubRel(a) => {
@@ -492,11 +492,7 @@ fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Res
         return Ok(());
     }
     if let Some(link) = st.link(key) {
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => link.control(Packet::PubAck(Ack::new(pkid))),
-            QoS::ExactlyOnce => link.control(Packet::PubRec(Ack::new(pkid))),
-        }
+        ack_publish(link, qos, Ack::new(pkid));
     }
     crate::stats::bump(&core.stats().publishes_in, 1);
     core.publish(st, msg);
@@ -522,6 +518,12 @@ fn refuse_publish(st: &mut CoreState, key: ConnKey, qos: QoS, pkid: u16, code: u
         code,
         properties: Default::default(),
     };
+    ack_publish(link, qos, ack);
+}
+
+/// Queues the acknowledgement a PUBLISH of `qos` gets: PUBACK for QoS 1,
+/// PUBREC for QoS 2, nothing for QoS 0.
+fn ack_publish(link: &mut crate::core::Link, qos: QoS, ack: Ack) {
     match qos {
         QoS::AtMostOnce => {}
         QoS::AtLeastOnce => link.control(Packet::PubAck(ack)),

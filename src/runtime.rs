@@ -197,10 +197,6 @@ impl Gateway {
     pub fn locate(&self, client_id: &str) -> Option<usize> {
         self.shared.store.locate(client_id).map(|l| l.core)
     }
-
-    pub fn uptime(&self) -> Duration {
-        self.shared.started.elapsed()
-    }
 }
 
 impl Drop for Gateway {
@@ -367,7 +363,7 @@ async fn route_to(core: Rc<Core>, peer: usize, senders: Rc<Senders<CoreMsg>>) {
     loop {
         core.routes[peer].notify.wait().await;
         while let Some(msg) = core.next_routed(peer) {
-            let n = Core::count_messages(&msg);
+            let n = msg.messages();
             if senders.send_to(peer, msg).await.is_err() {
                 return;
             }

@@ -72,7 +72,7 @@ impl Delivery {
     /// The PUBLISH properties for this subscriber: the publisher's, plus
     /// subscription identifiers and the remaining expiry interval. Borrowed
     /// when nothing is added (the common case).
-    pub fn properties(&self, now: Instant) -> Option<std::borrow::Cow<'_, Properties>> {
+    pub fn properties(&self) -> Option<std::borrow::Cow<'_, Properties>> {
         if self.sub_ids.is_none() && self.msg.expires_at.is_none() {
             return self
                 .msg
@@ -85,19 +85,16 @@ impl Delivery {
             p.subscription_identifiers = ids.to_vec();
         }
         if let Some(at) = self.msg.expires_at {
-            let left = at.saturating_duration_since(now);
+            // The clock is read only for messages that expire.
+            let left = at.saturating_duration_since(Instant::now());
             p.message_expiry_interval = Some(left.as_secs_f64().ceil() as u32);
         }
         Some(std::borrow::Cow::Owned(p))
     }
 
     /// Encoded size for a peer speaking `v`.
-    pub fn encoded_len(&self, v: Version, now: Instant) -> usize {
-        let props = if v.is_v5() {
-            self.properties(now)
-        } else {
-            None
-        };
+    pub fn encoded_len(&self, v: Version) -> usize {
+        let props = if v.is_v5() { self.properties() } else { None };
         encoded_len_publish(
             &self.msg.topic,
             self.msg.payload.len(),
@@ -171,11 +168,7 @@ impl Frame {
             Frame::Publish { d, pkid, dup } => {
                 let m = &d.msg;
                 let alias = aliases.map_or(AliasUse::None, |a| a.alias(&m.topic));
-                let mut props = if v.is_v5() {
-                    d.properties(Instant::now())
-                } else {
-                    None
-                };
+                let mut props = if v.is_v5() { d.properties() } else { None };
                 let topic = match alias {
                     AliasUse::None => &*m.topic,
                     AliasUse::Bind(a) | AliasUse::Reuse(a) => {
