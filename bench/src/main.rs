@@ -1,0 +1,105 @@
+//! `tether-bench` command line entry point.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tether_bench::cli::{Cli, Opts};
+use tether_bench::procs::{WorkerSpec, WORKER_ENV};
+use tether_bench::Plan;
+
+fn main() -> ExitCode {
+    let (name, opts): (String, Opts) = match std::env::var(WORKER_ENV) {
+        Ok(spec) => match serde_json::from_str::<WorkerSpec>(&spec) {
+            Ok(w) => (w.scenario, w.opts),
+            Err(e) => {
+                eprintln!("tether-bench: bad {WORKER_ENV}: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        Err(_) => {
+            let cli = Cli::parse();
+            let (name, opts) = cli.scenario.parts();
+            (name.to_string(), opts.clone())
+        }
+    };
+    let worker = opts.worker.is_some();
+    let name: &'static str = Box::leak(name.into_boxed_str());
+    let plan = match Plan::new(name, &opts) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("tether-bench: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if !worker {
+        check_fd_limit(&plan);
+        eprintln!(
+            "tether-bench {name}: {} clients against {} (MQTT {}, QoS {}, {} B payloads), {} process(es)",
+            plan.total(),
+            plan.addr,
+            opts.version,
+            opts.qos,
+            opts.size,
+            opts.procs
+        );
+    }
+    let report = match tether_bench::run(plan) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tether-bench: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if worker {
+        return ExitCode::SUCCESS;
+    }
+    print!("{}", report.summary());
+    if let Some(path) = &opts.json {
+        let json = serde_json::to_string_pretty(&report).expect("serialisable");
+        if let Err(e) = std::fs::write(path, json) {
+            eprintln!("tether-bench: writing {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    if !report.violations.is_empty() {
+        ExitCode::from(2)
+    } else if report.connect.failed > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Warns, with the fix, when one process cannot hold its share of sockets.
+fn check_fd_limit(plan: &Plan) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let per_proc = u64::from(plan.total()).div_ceil(plan.opts.procs as u64);
+    // Raise the soft limit to the hard one: the default soft 1024 is the
+    // most common reason a harness "fails" at 1,000 connections.
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the local struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    if per_proc + 64 > lim.rlim_cur {
+        let need = per_proc.div_ceil(lim.rlim_cur.saturating_sub(64).max(1));
+        eprintln!(
+            "tether-bench: warning: {per_proc} sockets per process but the open-file limit is {}; \
+             raise it (ulimit -n, LimitNOFILE) or use --procs {}",
+            lim.rlim_cur,
+            plan.opts.procs as u64 * need.max(2)
+        );
+    }
+}

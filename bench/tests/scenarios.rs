@@ -1,0 +1,147 @@
+//! One short end-to-end run of every scenario against an in-process
+//! gateway, asserting the counts the harness reports (not its speed).
+
+use std::process::Command;
+
+use clap::Parser;
+use tether::{Config, Gateway};
+use tether_bench::cli::Cli;
+use tether_bench::{Plan, Report};
+
+fn gateway() -> Gateway {
+    let mut cfg = Config::default();
+    cfg.sys.interval_secs = 0;
+    cfg.node.cores = 2;
+    cfg.listeners.tcp = "127.0.0.1:0".parse().unwrap();
+    Gateway::start(cfg).expect("gateway starts")
+}
+
+/// Runs `args` (a scenario and its options) in this process against `gw`.
+fn bench(gw: &Gateway, args: &str) -> Report {
+    let port = gw.tcp_addr.port().to_string();
+    let argv = ["tether-bench"]
+        .into_iter()
+        .chain(args.split_whitespace())
+        .chain(["-p", &port, "--quiet", "--cores", "2", "-R", "0"]);
+    let cli = Cli::try_parse_from(argv).expect("valid arguments");
+    let (name, opts) = cli.scenario.parts();
+    let plan = Plan::new(name, opts).expect("valid plan");
+    tether_bench::run(plan).expect("run completes")
+}
+
+/// Waits (bounded) for a condition the gateway reaches asynchronously.
+fn until(cond: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn assert_clean(r: &Report) {
+    assert_eq!(r.connect.failed, 0, "{}", r.summary());
+    assert!(r.published > 0, "{}", r.summary());
+    assert!(r.violations.is_empty(), "{}", r.summary());
+    let i = r.integrity;
+    assert_eq!((i.lost, i.reordered), (0, 0), "{}", r.summary());
+    assert_eq!(i.distinct, i.expected, "{}", r.summary());
+    assert_eq!(r.latency_us.count, i.distinct, "one latency sample per fresh message");
+}
+
+#[test]
+fn conn_opens_and_holds_every_connection() {
+    let gw = gateway();
+    let r = bench(&gw, "conn -c 300 -d 0.2");
+    assert_eq!((r.connect.connected, r.connect.failed), (300, 0));
+    assert_eq!(r.connect.latency_us.count, 300);
+    assert!(r.connect.rate_per_sec > 0.0);
+    until(|| gw.stats().connections == 0, "every client disconnected at the end");
+}
+
+#[test]
+fn fanout_delivers_every_message_to_every_subscriber() {
+    let gw = gateway();
+    let r = bench(&gw, "fanout -c 20 -P 2 -q 1 -r 200 -d 0.5");
+    assert_clean(&r);
+    assert_eq!(r.integrity.expected, r.published * 20);
+    assert_eq!(r.integrity.duplicates, 0);
+    assert_eq!(r.acked, r.published, "every QoS 1 publish acknowledged");
+}
+
+#[test]
+fn p2p_pairs_at_qos_0_and_fanin_at_qos_2() {
+    let gw = gateway();
+    let r = bench(&gw, "p2p -c 50 -r 100 -d 0.5");
+    assert_clean(&r);
+    assert_eq!(r.integrity.expected, r.published);
+    let r = bench(&gw, "fanin -c 20 -q 2 -r 100 -d 0.5 -V 5");
+    assert_clean(&r);
+    assert_eq!(r.integrity.duplicates, 0, "exactly once");
+}
+
+#[test]
+fn shared_group_sees_each_message_once() {
+    let gw = gateway();
+    let r = bench(&gw, "sharedsub -c 4 -P 2 -q 1 -r 300 -d 0.5");
+    assert_clean(&r);
+    assert_eq!(r.integrity.distinct, r.published);
+    assert_eq!(r.integrity.duplicates, 0);
+}
+
+#[test]
+fn storm_reconnects_without_losing_qos1_messages() {
+    let gw = gateway();
+    let r = bench(&gw, "storm -c 20 -q 1 -r 100 -d 2 --storm-pct 50 -V 5");
+    assert_clean(&r);
+    assert!(r.reconnects > 5, "the storm dropped clients: {}", r.summary());
+}
+
+#[test]
+fn separate_pub_and_sub_fleets_learn_counts_from_end_markers() {
+    let gw = gateway();
+    let sub = std::thread::scope(|s| {
+        let sub = s.spawn(|| bench(&gw, "sub -c 10 -q 1 -d 1.5 --client-prefix s"));
+        // The subscribers subscribe within their connect phase; publishing
+        // starts after the publishers' own connect phase, so give the
+        // subscribers a head start by waiting for their sessions.
+        until(|| gw.stats().connections >= 10, "subscribers connect");
+        let p = bench(&gw, "pub -c 10 -q 1 -r 100 -d 0.5 --client-prefix p");
+        assert_eq!(p.integrity.expected, 0, "a publisher fleet receives nothing");
+        (sub.join().unwrap(), p.published)
+    });
+    let (r, published) = sub;
+    assert_eq!(r.integrity.expected, published, "{}", r.summary());
+    assert_eq!(r.integrity.lost, 0);
+}
+
+#[test]
+fn worker_processes_merge_and_refused_connections_are_reported() {
+    let gw = gateway();
+    let dir = std::env::temp_dir().join(format!("tether-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("p2p.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-bench"))
+        .args(["p2p", "-c", "40", "-q", "1", "-r", "50", "-d", "0.5", "--procs", "2"])
+        .args(["--quiet", "-R", "0", "-p", &gw.tcp_addr.port().to_string()])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("tether-bench runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r.connect.connected, 80);
+    assert_clean(&r);
+
+    // A port nobody listens on: every client fails, with the reason, and the
+    // exit status says so.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port().to_string();
+    drop(closed);
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-bench"))
+        .args(["conn", "-c", "5", "-d", "0", "--quiet", "-p", &port])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("5 x tcp: connection refused"), "{text}");
+}
