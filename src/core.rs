@@ -370,7 +370,7 @@ impl Core {
             cfg,
             shared,
             st: RefCell::new(CoreState {
-                conns: Slab::new(),
+                conns: Slab::with_capacity(crate::limits::connection_slots() / ncores.max(1)),
                 subs: SubTree::default(),
                 retained: Default::default(),
                 groups: Default::default(),

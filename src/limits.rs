@@ -33,6 +33,24 @@ pub fn raise_nofile() -> u64 {
     soft
 }
 
+/// Most connection slots reserved up front, over all cores.
+///
+/// Per-connection tables (the core's slab, the client-id directory) are
+/// sized once from the open-file limit instead of growing by doubling. A
+/// reservation costs address space only; pages count in RSS when slots are
+/// used. A doubling table instead copies itself and keeps up to half of its
+/// touched pages idle: measured at ~280 B per idle connection at 19,000
+/// connections (bench/RESULTS.md). The cap bounds the address space on hosts
+/// with an unlimited open-file limit.
+pub const MAX_RESERVED_SLOTS: u64 = 1 << 22;
+
+/// Connection slots worth reserving over the whole process: one per
+/// usable file descriptor, at most [`MAX_RESERVED_SLOTS`].
+pub fn connection_slots() -> usize {
+    let (soft, _) = get(libc::RLIMIT_NOFILE);
+    soft.saturating_sub(RESERVED_FDS).min(MAX_RESERVED_SLOTS) as usize
+}
+
 /// Human form of a limit value.
 pub fn show(v: u64) -> String {
     if v == libc::RLIM_INFINITY {

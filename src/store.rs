@@ -40,7 +40,15 @@ pub struct MemoryStore {
 impl Default for MemoryStore {
     fn default() -> Self {
         MemoryStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(AHashMap::new())).collect(),
+            // Sized once (see limits::MAX_RESERVED_SLOTS); with_capacity
+            // touches one control byte per bucket, not the buckets.
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(AHashMap::with_capacity(
+                        crate::limits::connection_slots() / SHARDS,
+                    ))
+                })
+                .collect(),
             hasher: ahash::RandomState::new(),
         }
     }

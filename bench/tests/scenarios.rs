@@ -45,7 +45,10 @@ fn assert_clean(r: &Report) {
     let i = r.integrity;
     assert_eq!((i.lost, i.reordered), (0, 0), "{}", r.summary());
     assert_eq!(i.distinct, i.expected, "{}", r.summary());
-    assert_eq!(r.latency_us.count, i.distinct, "one latency sample per fresh message");
+    assert_eq!(
+        r.latency_us.count, i.distinct,
+        "one latency sample per fresh message"
+    );
 }
 
 #[test]
@@ -55,7 +58,10 @@ fn conn_opens_and_holds_every_connection() {
     assert_eq!((r.connect.connected, r.connect.failed), (300, 0));
     assert_eq!(r.connect.latency_us.count, 300);
     assert!(r.connect.rate_per_sec > 0.0);
-    until(|| gw.stats().connections == 0, "every client disconnected at the end");
+    until(
+        || gw.stats().connections == 0,
+        "every client disconnected at the end",
+    );
 }
 
 #[test]
@@ -93,7 +99,11 @@ fn storm_reconnects_without_losing_qos1_messages() {
     let gw = gateway();
     let r = bench(&gw, "storm -c 20 -q 1 -r 100 -d 2 --storm-pct 50 -V 5");
     assert_clean(&r);
-    assert!(r.reconnects > 5, "the storm dropped clients: {}", r.summary());
+    assert!(
+        r.reconnects > 5,
+        "the storm dropped clients: {}",
+        r.summary()
+    );
 }
 
 #[test]
@@ -106,7 +116,10 @@ fn separate_pub_and_sub_fleets_learn_counts_from_end_markers() {
         // subscribers a head start by waiting for their sessions.
         until(|| gw.stats().connections >= 10, "subscribers connect");
         let p = bench(&gw, "pub -c 10 -q 1 -r 100 -d 0.5 --client-prefix p");
-        assert_eq!(p.integrity.expected, 0, "a publisher fleet receives nothing");
+        assert_eq!(
+            p.integrity.expected, 0,
+            "a publisher fleet receives nothing"
+        );
         (sub.join().unwrap(), p.published)
     });
     let (r, published) = sub;
@@ -121,13 +134,19 @@ fn worker_processes_merge_and_refused_connections_are_reported() {
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("p2p.json");
     let out = Command::new(env!("CARGO_BIN_EXE_tether-bench"))
-        .args(["p2p", "-c", "40", "-q", "1", "-r", "50", "-d", "0.5", "--procs", "2"])
+        .args([
+            "p2p", "-c", "40", "-q", "1", "-r", "50", "-d", "0.5", "--procs", "2",
+        ])
         .args(["--quiet", "-R", "0", "-p", &gw.tcp_addr.port().to_string()])
         .arg("--json")
         .arg(&json)
         .output()
         .expect("tether-bench runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: Report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(r.connect.connected, 80);
     assert_clean(&r);

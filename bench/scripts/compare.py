@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""The standard comparison matrix, run by bench/compare.sh.
+
+Every test runs against each broker in turn (Tether with one core, Mosquitto,
+Tether with all cores), each broker started fresh on a free port for that
+test and stopped after it. With one broker core, the broker is pinned to CPU 0
+and the harness to CPU 1, so Tether's per-core efficiency meets single-threaded
+Mosquitto on equal terms. Figures land in bench/results/<test>.<broker>.json
+and in the generated section of bench/RESULTS.md.
+"""
+import argparse, datetime, json, os, platform, socket, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.join(ROOT, "target/release/tether-bench")
+TETHER = os.path.join(ROOT, "target/release/tether")
+RESULTS = os.path.join(ROOT, "bench/results")
+BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, proc):
+    for _ in range(400):
+        if proc.poll() is not None:
+            raise SystemExit(f"broker exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.025)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+class Broker:
+    """One broker configuration: how to start it and how to drive it."""
+
+    def __init__(self, name, label, pinned):
+        self.name, self.label, self.pinned = name, label, pinned
+
+    def harness_args(self):
+        # One broker core: broker on CPU 0, harness on CPU 1. All cores:
+        # nothing to spare, the harness floats over both.
+        return ["--cores", "1", "--cpus", "1"] if self.pinned else ["--cores", "2"]
+
+    def start(self, port, tmp):
+        if self.name == "mosquitto":
+            conf = os.path.join(tmp, "mosquitto.conf")
+            with open(conf, "w") as f:
+                f.write(
+                    f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "max_connections -1\nmax_queued_messages 1000\nsys_interval 0\n"
+                    "log_dest none\n"
+                )
+            cmd = ["taskset", "-c", "0", "mosquitto", "-c", conf]
+        else:
+            cmd = [TETHER]
+        env = dict(os.environ)
+        env.update(
+            TETHER_NODE__CORES="1" if self.pinned else "0",
+            TETHER_LISTENERS__TCP=f"127.0.0.1:{port}",
+            TETHER_SYS__INTERVAL_SECS="0",
+            TETHER_LOG__LEVEL="warn",
+        )
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port, proc)
+        return proc
+
+
+BROKERS = [
+    Broker("tether-1", "Tether, 1 core", True),
+    Broker("mosquitto", "Mosquitto 2.0", True),
+    Broker("tether-all", "Tether, all cores", False),
+]
+
+
+def matrix(quick, d):
+    """(test id, what it measures, harness arguments, figure, better)."""
+    n_idle = 2000 if quick else 19000
+    n_conn = 2000 if quick else 10000
+    subs = 200 if quick else 1000
+    pairs = 500 if quick else 5000
+    tests = [
+        ("idle", f"RSS per idle connection, {n_idle:,} connections",
+         f"conn -c {n_idle} -R 0 -d 3 --procs 2", "rss", "lower"),
+        ("conn", f"connect rate, {n_conn:,} connections at max rate",
+         f"conn -c {n_conn} -R 0 -d 0.5", "conn_rate", "higher"),
+    ]
+    for q in (0, 1):
+        for p in (1, 5):
+            for size in (16, 256):
+                tests.append((
+                    f"fanout-{p}x{subs}-q{q}-{size}B",
+                    f"fan-out {p} -> {subs:,} QoS {q}, {size} B: deliveries/s",
+                    f"fanout -P {p} -c {subs} -q {q} -s {size} -r 0 -d {d} --inflight 64",
+                    "deliveries", "higher"))
+    tests.append((f"p2p-{pairs}-q1", f"p2p {pairs:,} pairs QoS 1: round trips/s",
+                  f"p2p -c {pairs} -q 1 -r 0 --inflight 4 -d {d}", "round_trips", "higher"))
+    tests.append((f"latency-p2p-{pairs}-q1", f"p2p {pairs:,} pairs QoS 1 at 50 % broker CPU: p99",
+                  f"p2p -c {pairs} -q 1 --inflight 64 -d {d}", "p99", "lower"))
+    return tests
+
+
+# Fan-out figures are the highest *lossless* delivery rate: one flat-out run
+# (-r 0) gives an upper bound; then the offered rate steps down from 80 % of
+# what was delivered until a run loses nothing and delivers >= 95 % of the
+# offer. A flat-out QoS 0 figure would count work that ends in drops; a
+# flat-out QoS 1 figure would count a broker that accepts faster than its
+# subscribers drain (both brokers then drop or disconnect slow consumers).
+SEARCH_STEPS = 5
+SEARCH_BACKOFF = 0.8
+SEARCH_MIN_SHARE = 0.95
+
+# Latency is taken where the broker spends half of one core: a probe run at
+# a low rate measures CPU per message, the second run offers the rate that
+# should cost 50 % CPU and reports its p99 and the CPU it actually used.
+LATENCY_PROBE_RATE = 2000.0
+LATENCY_CPU_TARGET = 50.0
+
+
+def clean(r):
+    return not r["violations"] and r["integrity"]["lost"] == 0 and r["connect"]["failed"] == 0
+
+
+def fanout_search(test, b, args, tmp):
+    """Returns (figure, report of the run the figure comes from, trail)."""
+    words = args.split()
+    pubs, subs = int(words[words.index("-P") + 1]), int(words[words.index("-c") + 1])
+    r = run_one(test, b, args, tmp)
+    trail = [f"flat out: {r['received_per_sec']:,.0f}/s" + ("" if clean(r) else " (lossy)")]
+    if clean(r):
+        return r["received_per_sec"], r, trail
+    offered = SEARCH_BACKOFF * r["received_per_sec"]
+    for _ in range(SEARCH_STEPS):
+        per_pub = offered / (pubs * subs)
+        r = run_one(test, b, args.replace("-r 0", f"-r {per_pub:.2f}"), tmp)
+        got = r["received_per_sec"]
+        ok = clean(r) and got >= SEARCH_MIN_SHARE * offered
+        trail.append(f"offered {offered:,.0f}/s: {got:,.0f}/s" + ("" if ok else " (lossy or short)"))
+        if ok:
+            return got, r, trail
+        offered = SEARCH_BACKOFF * min(offered, got)
+    return 0.0, r, trail
+
+
+def latency_at_half_cpu(test, b, args, tmp):
+    pairs = int(args.split()[2])
+    probe = run_one(test, b, args + f" -r {LATENCY_PROBE_RATE / pairs:.3f}", tmp)
+    cpu = max((probe.get("target") or {}).get("cpu_percent", 0.0), 0.5)
+    rate = LATENCY_PROBE_RATE * LATENCY_CPU_TARGET / cpu
+    r = run_one(test, b, args + f" -r {rate / pairs:.3f}", tmp)
+    got_cpu = (r.get("target") or {}).get("cpu_percent", 0.0)
+    trail = [f"probe {LATENCY_PROBE_RATE:,.0f}/s at {cpu:.1f} % CPU",
+             f"{r['acked_per_sec']:,.0f}/s at {got_cpu:.1f} % CPU"]
+    return r["latency_us"]["p99"], r, trail
+
+
+def figure(report, kind):
+    if kind == "rss":
+        return (report.get("target") or {}).get("rss_per_connection_bytes", 0.0)
+    if kind == "conn_rate":
+        return report["connect"]["rate_per_sec"]
+    if kind == "deliveries":
+        return report["received_per_sec"]
+    if kind == "round_trips":
+        return report["acked_per_sec"]
+    if kind == "p99":
+        return report["latency_us"]["p99"]
+    raise ValueError(kind)
+
+
+def fmt(kind, v):
+    if kind == "rss":
+        return f"{v:,.0f} B"
+    if kind == "p99":
+        return f"{v / 1000:.2f} ms"
+    return f"{v:,.0f}/s"
+
+
+def run_one(test, broker, args, tmp):
+    port = free_port()
+    proc = broker.start(port, tmp)
+    full = os.path.join(tmp, f"{test}.{broker.name}.json")
+    cmd = [BENCH] + args.split() + ["-p", str(port), "--target-pid", str(proc.pid),
+                                    "--json", full, "--quiet"] + broker.harness_args()
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if not os.path.exists(full):
+        sys.stderr.write(out.stderr + out.stdout)
+        raise SystemExit(f"{test} against {broker.name} produced no report")
+    with open(full) as f:
+        report = json.load(f)
+    # The committed copy drops the raw histograms (percentiles stay).
+    report.pop("latency_hist", None)
+    report["connect"].pop("latency_hist", None)
+    report["command"] = "tether-bench " + " ".join(cmd[1:]).replace(full, f"bench/results/{test}.{broker.name}.json")
+    report["exit_status"] = out.returncode
+    with open(os.path.join(RESULTS, f"{test}.{broker.name}.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="smaller counts, 2 s runs")
+    ap.add_argument("--duration", type=float, default=None, help="seconds of traffic per run")
+    ap.add_argument("--only", default="", help="comma-separated test ids")
+    a = ap.parse_args()
+    d = a.duration or (2 if a.quick else 5)
+    os.makedirs(RESULTS, exist_ok=True)
+    tests = matrix(a.quick, d)
+    if a.only:
+        keep = set(a.only.split(","))
+        tests = [t for t in tests if t[0] in keep]
+    rows = []
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (test, what, args, kind, better) in enumerate(tests, 1):
+            figs = {}
+            for b in BROKERS:
+                print(f"[{time.time() - started:6.0f}s] ({i}/{len(tests)}) {test} / {b.name} ...",
+                      end="", flush=True, file=sys.stderr)
+                if test.startswith("fanout-"):
+                    v, r, trail = fanout_search(test, b, args, tmp)
+                elif test.startswith("latency-"):
+                    v, r, trail = latency_at_half_cpu(test, b, args, tmp)
+                else:
+                    r = run_one(test, b, args, tmp)
+                    v, trail = figure(r, kind), []
+                figs[b.name] = (v, r, trail)
+                note = "" if not r["violations"] else f"  VIOLATIONS: {r['violations']}"
+                print(f" {fmt(kind, v)}{note}  {'; '.join(trail)}", file=sys.stderr)
+            rows.append((test, what, args, kind, better, figs))
+    write_results(rows, a, time.time() - started)
+
+
+def ratio(kind, t, m):
+    if not t or not m:
+        return "n/a"
+    return f"{t / m:.2f}x"
+
+
+def write_results(rows, a, took):
+    kernel = platform.release()
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = "bench/compare.sh" + (" --quick" if a.quick else "") + (f" --duration {a.duration}" if a.duration else "") + (f" --only {a.only}" if a.only else "")
+    out = [BEGIN, "",
+           f"### Generated by `{cmd}` on {now} ({took / 60:.1f} min)", "",
+           f"- Machine: {os.cpu_count()} CPUs ({cpu}), kernel {kernel}, commit {commit}.",
+           f"- Reference: {mosq[0] if mosq else 'mosquitto'} (anonymous, no persistence, no connection cap, "
+           "max_queued_messages 1000, pinned to CPU 0).",
+           "- Tether: release build, `$SYS` off; `1 core` is pinned to CPU 0 with the harness on CPU 1; "
+           "`all cores` shares both CPUs with the harness.",
+           "- Every run is a fresh broker; JSON per run in `bench/results/` (with the exact command).", "",
+           "| test | Tether, 1 core | Mosquitto | Tether, all cores | 1 core / Mosquitto | all / Mosquitto | integrity |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for test, what, args, kind, better, figs in rows:
+        t1 = figs.get("tether-1", (0, None, []))[0]
+        m = figs.get("mosquitto", (0, None, []))[0]
+        ta = figs.get("tether-all", (0, None, []))[0]
+        issues = []
+        for name, (_, r, _) in figs.items():
+            i = r["integrity"]
+            if r["violations"]:
+                issues.append(f"{name}: " + "; ".join(r["violations"]))
+            elif i["lost"]:
+                issues.append(f"{name}: {i['lost']:,} of {i['expected']:,} lost (QoS 0)")
+            if r["connect"]["failed"]:
+                issues.append(f"{name}: {r['connect']['failed']} connects failed")
+        cells = [fmt(kind, v) if v else "n/a" for v in (t1, m, ta)]
+        out.append(f"| {what} | {cells[0]} | {cells[1]} | {cells[2]} | {ratio(kind, t1, m)} | "
+                   f"{ratio(kind, ta, m)} | {'; '.join(issues) or 'clean'} |")
+    out += ["", "Ratios are Tether / Mosquitto: above 1 is better for rates, below 1 is better for "
+            "memory and latency. Fan-out figures are the highest lossless delivery rate found by "
+            "stepping the offered rate down from a flat-out run; latency is p99 at the rate that "
+            "costs the broker 50 % of one core (trails below).", "", "Commands (per broker, `-p`, `--target-pid`, `--json` and the "
+            "CPU flags are added):", ""]
+    for test, what, args, kind, better, figs in rows:
+        out.append(f"- `{test}`: `tether-bench {args}`")
+        for name, (_, _, trail) in figs.items():
+            if trail:
+                out.append(f"  - {name}: " + "; ".join(trail))
+    out += ["", END]
+    path = os.path.join(ROOT, "bench/RESULTS.md")
+    text = open(path).read() if os.path.exists(path) else "# Results\n\n"
+    block = "\n".join(out)
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n## Latest side-by-side run\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+    print("\n".join(out[2:]))
+
+
+if __name__ == "__main__":
+    main()
