@@ -97,6 +97,7 @@ impl Gateway {
             let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
                 .name(&format!("tether-core-{id}"))
                 .io_memory(cfg.runtime.io_memory_kib * 1024)
+                .ring_depth(cfg.runtime.ring_depth)
                 .spawn(move || async move {
                     run_core(id, cfg, shared, listener_fd, bell_fd, mesh, ready).await;
                 })

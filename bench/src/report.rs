@@ -109,7 +109,9 @@ pub struct TargetReport {
     pub rss_peak_bytes: u64,
     /// `(rss_held - rss_before) / connected`.
     pub rss_per_connection_bytes: f64,
-    /// CPU use over the traffic phase, in percent of one core.
+    /// CPU use over the connect phase, in percent of one core.
+    pub cpu_percent_connect: f64,
+    /// CPU use over the traffic (or hold) phase, in percent of one core.
     pub cpu_percent: f64,
 }
 
@@ -289,12 +291,13 @@ impl Report {
         if let Some(t) = &self.target {
             let _ = writeln!(
                 s,
-                "broker pid {} RSS {:.1} MiB -> {:.1} MiB (peak {:.1} MiB): {:.0} B per connection; CPU {:.1} %",
+                "broker pid {} RSS {:.1} MiB -> {:.1} MiB (peak {:.1} MiB): {:.0} B per connection; CPU {:.1} % connecting, {:.1} % after",
                 t.pid,
                 t.rss_before_bytes as f64 / 1048576.0,
                 t.rss_held_bytes as f64 / 1048576.0,
                 t.rss_peak_bytes as f64 / 1048576.0,
                 t.rss_per_connection_bytes,
+                t.cpu_percent_connect,
                 t.cpu_percent
             );
         }

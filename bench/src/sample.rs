@@ -13,7 +13,9 @@ pub struct Sampler {
     before: u64,
     peak: u64,
     held: u64,
+    start: Option<(u64, Instant)>,
     go: Option<(u64, Instant)>,
+    cpu_percent_connect: f64,
     cpu_percent: f64,
 }
 
@@ -36,7 +38,9 @@ impl Sampler {
             before,
             peak: before,
             held: before,
+            start: ticks(pid).map(|t| (t, Instant::now())),
             go: None,
+            cpu_percent_connect: 0.0,
             cpu_percent: 0.0,
         })
     }
@@ -47,10 +51,21 @@ impl Sampler {
         }
     }
 
-    /// The traffic (or hold) phase starts: CPU is measured from here.
+    /// The traffic (or hold) phase starts: CPU is measured from here; the
+    /// CPU of the connect phase is known now.
     pub fn mark_go(&mut self) {
         self.sample();
         self.go = ticks(self.pid).map(|t| (t, Instant::now()));
+        self.cpu_percent_connect = self.cpu_since(self.start);
+    }
+
+    fn cpu_since(&self, from: Option<(u64, Instant)>) -> f64 {
+        match (from, ticks(self.pid)) {
+            (Some((t0, at)), Some(t1)) if at.elapsed().as_secs_f64() > 0.0 => {
+                t1.saturating_sub(t0) as f64 / self.hz / at.elapsed().as_secs_f64() * 100.0
+            }
+            _ => 0.0,
+        }
     }
 
     /// The traffic (or hold) phase ends: RSS now is the "held" figure.
@@ -59,12 +74,7 @@ impl Sampler {
         if let Some(r) = rss(self.pid, self.page) {
             self.held = r;
         }
-        if let (Some((t0, at)), Some(t1)) = (self.go, ticks(self.pid)) {
-            let secs = at.elapsed().as_secs_f64();
-            if secs > 0.0 {
-                self.cpu_percent = (t1 - t0) as f64 / self.hz / secs * 100.0;
-            }
-        }
+        self.cpu_percent = self.cpu_since(self.go);
     }
 
     pub fn report(&self, connected: u64) -> TargetReport {
@@ -78,6 +88,7 @@ impl Sampler {
             } else {
                 0.0
             },
+            cpu_percent_connect: self.cpu_percent_connect,
             cpu_percent: self.cpu_percent,
         }
     }
