@@ -175,6 +175,57 @@ def latency_at_half_cpu(test, b, args, tmp):
     return r["latency_us"]["p99"], r, trail
 
 
+def figure(report, kind):
+    if kind == "rss":
+        return (report.get("target") or {}).get("rss_per_connection_bytes", 0.0)
+    if kind == "conn_rate":
+        return report["connect"]["rate_per_sec"]
+    if kind == "deliveries":
+        return report["received_per_sec"]
+    if kind == "round_trips":
+        return report["acked_per_sec"]
+    if kind == "p99":
+        return report["latency_us"]["p99"]
+    raise ValueError(kind)
+
+
+def fmt(kind, v):
+    if kind == "rss":
+        return f"{v:,.0f} B"
+    if kind == "p99":
+        return f"{v / 1000:.2f} ms"
+    return f"{v:,.0f}/s"
+
+
+def run_one(test, broker, args, tmp):
+    port = free_port()
+    proc = broker.start(port, tmp)
+    full = os.path.join(tmp, f"{test}.{broker.name}.json")
+    cmd = [BENCH] + args.split() + ["-p", str(port), "--target-pid", str(proc.pid),
+                                    "--json", full, "--quiet"] + broker.harness_args()
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if not os.path.exists(full):
+        sys.stderr.write(out.stderr + out.stdout)
+        raise SystemExit(f"{test} against {broker.name} produced no report")
+    with open(full) as f:
+        report = json.load(f)
+    # The committed copy drops the raw histograms (percentiles stay).
+    report.pop("latency_hist", None)
+    report["connect"].pop("latency_hist", None)
+    report["command"] = "tether-bench " + " ".join(cmd[1:]).replace(full, f"bench/results/{test}.{broker.name}.json")
+    report["exit_status"] = out.returncode
+    with open(os.path.join(RESULTS, f"{test}.{broker.name}.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller counts, 2 s runs")
