@@ -246,6 +246,23 @@ async fn v5_session_expiry_zero_ends_session_on_disconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_qos1_message_is_lost_while_a_session_hops_between_cores() {
+    hop_session(false).await;
+}
+
+/// Known bug, found by `tether-bench storm`: a session that moves between
+/// cores several times within `core::MOVE_GRACE_MS` receives messages both
+/// directly and through chains of tombstone forwards, and some arrive out
+/// of order (none are lost: the test above). Run with `--ignored` to see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: QoS 1 order is not kept across rapid cross-core session moves"]
+async fn qos1_order_is_kept_while_a_session_hops_between_cores() {
+    hop_session(true).await;
+}
+
+/// Moves a persistent session between cores 12 times while 3,000 QoS 1
+/// messages flow; asserts none is lost and, with `check_order`, that each
+/// is first seen in publish order.
+async fn hop_session(check_order: bool) {
     const MESSAGES: u32 = 3000;
     const HOPS: usize = 12;
     let gw = gateway(2, |c| c.session.max_queued_messages = 10_000);
@@ -272,9 +289,24 @@ async fn no_qos1_message_is_lost_while_a_session_hops_between_cores() {
         publ
     });
     let mut seen = vec![false; MESSAGES as usize];
-    async fn take(c: &V4, seen: &mut [bool], ev: rumqttc::Event) {
+    // Ordered topic: a message seen for the first time after a later one
+    // from the same publisher is a reorder.
+    let mut order = Order::default();
+    #[derive(Default)]
+    struct Order {
+        highest: Option<usize>,
+        reordered: Vec<(usize, usize)>,
+    }
+    async fn take(c: &V4, seen: &mut [bool], order: &mut Order, ev: rumqttc::Event) {
         if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
-            seen[u32::from_be_bytes(p.payload[..4].try_into().unwrap()) as usize] = true;
+            let n = u32::from_be_bytes(p.payload[..4].try_into().unwrap()) as usize;
+            if !seen[n] {
+                match order.highest {
+                    Some(h) if n < h => order.reordered.push((n, h)),
+                    _ => order.highest = Some(n),
+                }
+            }
+            seen[n] = true;
             let _ = c.client.ack(&p).await;
         }
     }
@@ -285,7 +317,7 @@ async fn no_qos1_message_is_lost_while_a_session_hops_between_cores() {
             match tokio::time::timeout(std::time::Duration::from_millis(20), current.events.recv())
                 .await
             {
-                Ok(Some(Ok(ev))) => take(&current, &mut seen, ev).await,
+                Ok(Some(Ok(ev))) => take(&current, &mut seen, &mut order, ev).await,
                 _ => break,
             }
         }
@@ -296,7 +328,7 @@ async fn no_qos1_message_is_lost_while_a_session_hops_between_cores() {
     while seen.iter().any(|s| !s) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match tokio::time::timeout(left, current.events.recv()).await {
-            Ok(Some(Ok(ev))) => take(&current, &mut seen, ev).await,
+            Ok(Some(Ok(ev))) => take(&current, &mut seen, &mut order, ev).await,
             other => {
                 let missing: Vec<usize> = (0..seen.len()).filter(|&i| !seen[i]).take(20).collect();
                 let count = seen.iter().filter(|s| !**s).count();
@@ -307,4 +339,9 @@ async fn no_qos1_message_is_lost_while_a_session_hops_between_cores() {
             }
         }
     }
+    assert!(
+        !check_order || order.reordered.is_empty(),
+        "first seen after a later message (message, later): {:?}",
+        &order.reordered[..order.reordered.len().min(20)]
+    );
 }
