@@ -22,7 +22,7 @@ use crate::codec::{reason, topic, ConnAck, Packet, Properties, QoS, Version, Wil
 use crate::config::Config;
 use crate::id::{ConnId, ConnKey, Location};
 use crate::interest::{Interest, LocalInterest};
-use crate::session::{Delivery, Frame, Inflight, Message, Offer, RecentIds, Session, SubIds};
+use crate::session::{Delivery, Frame, Inflight, Message, MoveWindow, Offer, Session, SubIds};
 use crate::stats::{bump, Stats};
 use crate::store::SessionStore;
 use crate::subs::{Sub, SubTree};
@@ -100,6 +100,10 @@ pub enum CoreMsg {
     /// A message that matched a session's tombstone on the sending core;
     /// the session now lives at `target` on this core.
     Forward { target: ConnKey, d: Delivery },
+    /// The sending core's tombstone for the session now at `target` has
+    /// ended; it travels behind the last `Forward`, so every forward has
+    /// arrived and the messages held meanwhile can go out.
+    ForwardEnd { target: ConnKey },
 }
 
 impl CoreMsg {
@@ -299,6 +303,8 @@ pub enum Timer {
     SessionExpiry,
     Tombstone,
     WillDelay,
+    /// Fallback end of a moved-in session's [`MoveWindow`].
+    MoveWindow,
 }
 
 /// The mutable state of a core, behind one `RefCell` (single-threaded).
@@ -392,7 +398,9 @@ impl Core {
         }
     }
 
-    /// A node-unique id for a message published on this core.
+    /// A node-unique id for a message published on this core: the core in
+    /// the top 8 bits ([`origin_core`]), then a sequence that grows in
+    /// publish order (the move window relies on it).
     pub fn message_id(&self) -> u64 {
         let seq = self.next_msg.get() + 1;
         self.next_msg.set(seq);
@@ -655,7 +663,7 @@ impl Core {
                     let session = self.detach_session(st, target);
                     let now = self.now_tick();
                     let window = session
-                        .recent
+                        .move_window
                         .as_ref()
                         .map(|r| r.until)
                         .filter(|&u| u > now);
@@ -801,10 +809,16 @@ impl Core {
         let mut session = session;
         if remote {
             if let Some(s) = session.as_mut() {
-                s.recent = Some(Box::new(RecentIds {
-                    ids: Default::default(),
-                    until,
-                }));
+                // The old core's end marker normally closes the window after
+                // MOVE_GRACE_MS; twice that is the fallback. A session still
+                // inside an earlier window (a chain of moves) keeps what it
+                // holds.
+                let window_end = self.now_tick() + 2 * self.ticks(MOVE_GRACE_MS);
+                match s.move_window.as_mut() {
+                    Some(w) => w.until = w.until.max(window_end),
+                    None => s.move_window = Some(Box::new(MoveWindow::new(window_end))),
+                }
+                self.arm(st, window_end, target, Timer::MoveWindow);
             }
         }
         self.activate(st, target, *info, session);
@@ -1113,7 +1127,6 @@ impl Core {
     /// A forwarded message for a session that moved here.
     fn forward_in(&self, st: &mut CoreState, target: ConnKey, d: Delivery) {
         let stats = self.stats();
-        let now = self.now_tick();
         let Some(e) = st.entry(target) else {
             bump(&stats.dropped_session_gone, 1);
             return;
@@ -1132,17 +1145,35 @@ impl Core {
                 // subscribed to the topic, takes forwards: a client that came
                 // back with Clean Start (or unsubscribed) does not get
                 // messages for its old subscriptions.
-                let in_window = e.session.recent.as_ref().is_some_and(|r| now < r.until);
+                let in_window = e.session.move_window.is_some();
                 let subscribed = e
                     .session
                     .subs
                     .iter()
                     .any(|(f, ..)| topic::matches(f, &d.msg.topic));
                 if in_window && subscribed {
-                    count(offer(e, d, &self.cfg, stats, now), stats);
+                    count(offer_forwarded(e, d, &self.cfg, stats), stats);
                 } else {
                     bump(&stats.forwards_discarded, 1);
                 }
+            }
+        }
+    }
+
+    /// The old core stopped forwarding to the session at `target`.
+    fn forward_end(&self, st: &mut CoreState, target: ConnKey) {
+        let Some(e) = st.entry(target) else { return };
+        match e.phase {
+            // Moved on within this core: the window travelled with it.
+            Phase::Moved { to, .. } if to.core == self.id => self.forward_end(st, to.key),
+            // Moved on to another core: this core's own tombstone sends
+            // that core its end marker when it expires.
+            Phase::Moved { .. }
+            | Phase::AwaitingHandover { .. }
+            | Phase::Connecting
+            | Phase::TakenOver => {}
+            Phase::Active | Phase::Offline { .. } => {
+                release_window(e, &self.cfg, self.stats());
             }
         }
     }
@@ -1228,6 +1259,7 @@ impl Core {
                 self.on_handover(&mut st, target, session, true)
             }
             CoreMsg::Forward { target, d } => self.forward_in(&mut st, target, d),
+            CoreMsg::ForwardEnd { target } => self.forward_end(&mut st, target),
         }
     }
 
@@ -1267,7 +1299,8 @@ impl Core {
                     self.arm(st, deadline, key, Timer::KeepAlive);
                 }
             }
-            (Timer::Tombstone, Phase::Moved { until, .. }) if now >= *until => {
+            (Timer::Tombstone, Phase::Moved { to, until }) if now >= *until => {
+                let to = *to;
                 let subs = std::mem::take(&mut e.session.subs);
                 let online = e.link.is_some();
                 if online {
@@ -1280,6 +1313,20 @@ impl Core {
                 if !online {
                     st.conns.remove(key.index as usize);
                 }
+                // Behind every forward this tombstone sent.
+                if to.core == self.id {
+                    self.forward_end(st, to.key);
+                } else {
+                    self.route(to.core, CoreMsg::ForwardEnd { target: to.key });
+                }
+            }
+            (Timer::MoveWindow, Phase::Active | Phase::Offline { .. })
+                if e.session
+                    .move_window
+                    .as_ref()
+                    .is_some_and(|w| now >= w.until) =>
+            {
+                release_window(e, &self.cfg, self.stats());
             }
             (Timer::WillDelay, Phase::Offline { will, .. }) => {
                 if let Some(w) = will.take_if(|w| now >= w.at) {
@@ -1318,7 +1365,7 @@ impl Core {
 
 pub(crate) fn count(offer: Offer, stats: &Stats) {
     match offer {
-        Offer::Sent | Offer::Queued => {}
+        Offer::Sent | Offer::Queued | Offer::Held => {}
         Offer::DroppedSlow => bump(&stats.dropped_slow_qos0, 1),
         Offer::DroppedOffline => bump(&stats.dropped_offline_qos0, 1),
         Offer::DroppedQueueFull => bump(&stats.dropped_queue_full, 1),
@@ -1334,17 +1381,80 @@ pub(crate) fn sub_ids(ids: impl IntoIterator<Item = u32>) -> SubIds {
     (!ids.is_empty()).then(|| ids.into_boxed_slice())
 }
 
-/// Offers one message to one session, applying the move-window duplicate
-/// filter, then [`deliver`].
+/// The core a message was published on (see [`Core::message_id`]).
+fn origin_core(id: u64) -> u64 {
+    id >> 56
+}
+
+/// Offers one message that was routed to this core directly. During a
+/// session's move window it is held (see [`MoveWindow`]) unless its copy
+/// already came through the old core.
 pub fn offer(e: &mut Entry, d: Delivery, cfg: &Config, stats: &Stats, now: u64) -> Offer {
-    if let Some(recent) = e.session.recent.as_mut() {
-        if now >= recent.until {
-            e.session.recent = None;
-        } else if !recent.record(d.msg.id) {
-            return Offer::Duplicate;
+    if let Some(w) = e.session.move_window.as_mut() {
+        let open = now < w.until && w.held.len() < cfg.session.max_queued_messages;
+        if open {
+            if w.ids.contains(&d.msg.id) {
+                return Offer::Duplicate;
+            }
+            w.held.push_back(d);
+            return Offer::Held;
         }
+        // Past the fallback deadline, or holding as much as a session may
+        // queue: bounded memory before waiting longer for the old core.
+        release_window(e, cfg, stats);
     }
     deliver(e, d, cfg, stats)
+}
+
+/// Offers one message forwarded by the old core's tombstone (the caller
+/// checked that the window is open).
+///
+/// Its direct copy, if held, is dropped: this one goes out in the old
+/// core's order. Held messages from the same origin core with a smaller id
+/// go out first: ids grow in publish order per origin core, so those are
+/// older, and they may be waiting for a forward that takes a longer path
+/// (a session that moved twice carries what it held along).
+fn offer_forwarded(e: &mut Entry, d: Delivery, cfg: &Config, stats: &Stats) -> Offer {
+    let mut earlier = Vec::new();
+    if let Some(w) = e.session.move_window.as_mut() {
+        if !w.record(d.msg.id) {
+            return Offer::Duplicate;
+        }
+        let origin = origin_core(d.msg.id);
+        let mut rest = std::collections::VecDeque::with_capacity(w.held.len());
+        for h in w.held.drain(..) {
+            if h.msg.id == d.msg.id {
+                bump(&stats.duplicates_suppressed, 1);
+            } else if origin_core(h.msg.id) == origin && h.msg.id < d.msg.id {
+                earlier.push(h);
+            } else {
+                rest.push_back(h);
+            }
+        }
+        w.held = rest;
+        for h in &earlier {
+            w.record(h.msg.id);
+        }
+    }
+    for h in earlier {
+        count(deliver(e, h, cfg, stats), stats);
+    }
+    deliver(e, d, cfg, stats)
+}
+
+/// Ends a session's move window: what was held goes out in arrival order,
+/// except what already came through the old core.
+fn release_window(e: &mut Entry, cfg: &Config, stats: &Stats) {
+    let Some(w) = e.session.move_window.take() else {
+        return;
+    };
+    for d in w.held {
+        if w.ids.contains(&d.msg.id) {
+            bump(&stats.duplicates_suppressed, 1);
+        } else {
+            count(deliver(e, d, cfg, stats), stats);
+        }
+    }
 }
 
 /// Expiry, the in-flight window and the slow-consumer policy (see

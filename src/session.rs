@@ -240,10 +240,9 @@ pub struct Session {
     pub incoming_qos2: Vec<u16>,
     /// Seconds the session outlives its connection (0: ends with it).
     pub expiry_secs: u32,
-    /// Set for a while after the session moved in from another core: ids of
-    /// messages offered since, to drop the second copy of a message that
-    /// arrived both directly and forwarded by the old core's tombstone.
-    pub recent: Option<Box<RecentIds>>,
+    /// Set for a while after the session moved in from another core, while
+    /// that core's tombstone still forwards (see [`MoveWindow`]).
+    pub move_window: Option<Box<MoveWindow>>,
     last_pkid: u16,
 }
 
@@ -282,15 +281,35 @@ impl Session {
 /// during the move window are no longer suppressed (bounded memory first).
 pub const MAX_RECENT_IDS: usize = 65_536;
 
-/// Message ids seen by a session during its move window.
+/// A session that moved in from another core, while that core's tombstone
+/// may still forward messages to it (see `core::MOVE_GRACE_MS`).
+///
+/// Messages for the session then arrive on two paths: routed here directly,
+/// and forwarded by the old core. Each path keeps its publisher's order, but
+/// a forwarded message can be older than a direct one that arrived first.
+/// So direct messages are *held*, and go out when their forwarded copy
+/// arrives (in the old core's order) or when the old core's forwards end
+/// (`CoreMsg::ForwardEnd`, sent behind its last forward).
 #[derive(Debug)]
-pub struct RecentIds {
+pub struct MoveWindow {
+    /// Ids of messages delivered through the old core.
     pub ids: ahash::AHashSet<u64>,
-    /// Tick (of the owning core's clock) at which the window ends.
+    /// Direct messages not yet seen through the old core, in arrival order.
+    pub held: VecDeque<Delivery>,
+    /// Tick at which the window closes even if the old core's end marker
+    /// never comes (a fallback; the marker normally closes it).
     pub until: u64,
 }
 
-impl RecentIds {
+impl MoveWindow {
+    pub fn new(until: u64) -> MoveWindow {
+        MoveWindow {
+            ids: Default::default(),
+            held: VecDeque::new(),
+            until,
+        }
+    }
+
     /// Records `id`; false when it was already seen (a duplicate).
     pub fn record(&mut self, id: u64) -> bool {
         if self.ids.len() >= MAX_RECENT_IDS {
@@ -315,6 +334,9 @@ pub enum Offer {
     DroppedQueueFull,
     /// Second copy of a message during a cross-core move; already offered.
     Duplicate,
+    /// Held during a cross-core move until the old core's copy or its end
+    /// marker arrives (see [`MoveWindow`]).
+    Held,
     /// Its MQTT 5 Message Expiry Interval ran out before delivery.
     Expired,
     /// Larger than the client's Maximum Packet Size.
