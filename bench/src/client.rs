@@ -34,6 +34,11 @@ const PUBLISH_BATCH: u64 = 64;
 /// small so that 20,000 of them stay cheap.
 const TRAFFIC_READ_RESERVE: usize = 16 * 1024;
 const IDLE_READ_RESERVE: usize = 256;
+/// Fixed header bytes of the acknowledgements the harness writes.
+const PUBACK: u8 = 0x40;
+const PUBREC: u8 = 0x50;
+const PUBREL: u8 = 0x62;
+const PUBCOMP: u8 = 0x70;
 /// Pause before a client whose connection was lost tries again.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -317,9 +322,7 @@ impl Client {
             if is_pub {
                 self.publisher_step(phase);
             }
-            let window_open = self.qos == QoS::AtMostOnce
-                || self.inflight.len() < usize::from(self.ctx.plan.opts.inflight);
-            let can_send = is_pub && phase == Phase::Running && window_open;
+            let can_send = is_pub && phase == Phase::Running && self.window_open();
             let next_send = self.next_send_at();
             if !self.wbuf.is_empty() {
                 if let Err(e) = self.flush(stream).await {
@@ -374,18 +377,23 @@ impl Client {
             self.started = Some(Instant::now() + offset);
         }
         if phase == Phase::Draining && !self.end_sent {
-            let window_open = self.qos == QoS::AtMostOnce
-                || self.inflight.len() < usize::from(self.ctx.plan.opts.inflight);
-            if window_open {
+            if self.window_open() {
                 self.end_sent = true;
                 let stamp = u64::from(self.seq);
-                self.send_publish(END_MARKER, stamp, false);
+                self.send_publish(END_MARKER, stamp);
             }
         }
         if self.end_sent && !self.done && self.inflight.is_empty() {
             self.done = true;
             self.ctx.counters.pubs_done.fetch_add(1, RELAXED);
         }
+    }
+
+    /// Room for another publish: always at QoS 0, else below `--inflight`
+    /// unacknowledged ones.
+    fn window_open(&self) -> bool {
+        self.qos == QoS::AtMostOnce
+            || self.inflight.len() < usize::from(self.ctx.plan.opts.inflight)
     }
 
     fn next_send_at(&self) -> Instant {
@@ -409,37 +417,22 @@ impl Client {
             }
             _ => u64::MAX,
         };
-        let window = if self.qos == QoS::AtMostOnce {
-            usize::MAX
-        } else {
-            usize::from(opts.inflight)
-        };
         let mut n = 0;
         while u64::from(self.seq) < due
             && n < PUBLISH_BATCH
-            && self.inflight.len() < window
+            && self.window_open()
             && self.seq < END_MARKER - 1
         {
             let seq = self.seq;
             self.seq += 1;
-            self.send_publish(seq, payload::now_ns(), false);
+            self.send_publish(seq, payload::now_ns());
             n += 1;
         }
         self.ctx.counters.published.fetch_add(n, RELAXED);
     }
 
-    fn send_publish(&mut self, seq: u32, stamp: u64, dup: bool) {
-        let Role::Publisher { topic } = &self.spec.role else {
-            return;
-        };
-        payload::write(
-            &mut self.payload[..HEADER_LEN],
-            Header {
-                publisher: self.spec.index,
-                seq,
-                stamp,
-            },
-        );
+    /// Queues a new publish of `seq` (allocating a packet id at QoS 1/2).
+    fn send_publish(&mut self, seq: u32, stamp: u64) {
         let pkid = if self.qos == QoS::AtMostOnce {
             0
         } else {
@@ -452,6 +445,21 @@ impl Client {
             self.inflight.insert(pkid, (seq, stamp));
             pkid
         };
+        self.write_publish(pkid, seq, stamp, false);
+    }
+
+    /// Encodes one PUBLISH of this publisher's message `seq` into the
+    /// write buffer.
+    fn write_publish(&mut self, pkid: u16, seq: u32, stamp: u64, dup: bool) {
+        let Role::Publisher { topic } = &self.spec.role else {
+            return;
+        };
+        let header = Header {
+            publisher: self.spec.index,
+            seq,
+            stamp,
+        };
+        payload::write(&mut self.payload[..HEADER_LEN], header);
         codec::encode_publish(
             &mut self.wbuf,
             topic,
@@ -465,12 +473,16 @@ impl Client {
         );
     }
 
+    /// Queues a PUBACK, PUBREC, PUBREL or PUBCOMP (`first` is its fixed
+    /// header byte) without properties: reason code 0 is implied.
+    fn queue_ack(&mut self, first: u8, pkid: u16) {
+        self.wbuf.extend_from_slice(&[first, 0x02]);
+        self.wbuf.extend_from_slice(&pkid.to_be_bytes());
+    }
+
     /// After a reconnect: resend every unacknowledged publish with DUP (or
     /// PUBREL where PUBREC already came), in packet-id order of sending.
     fn resend_inflight(&mut self) {
-        let Role::Publisher { topic } = &self.spec.role else {
-            return;
-        };
         let mut pending: Vec<(u16, u32, u64)> = self
             .inflight
             .iter()
@@ -479,29 +491,10 @@ impl Client {
         pending.sort_by_key(|&(_, seq, _)| seq);
         for (pkid, seq, stamp) in pending {
             if self.released.contains(&pkid) {
-                self.wbuf.extend_from_slice(&[0x62, 0x02]);
-                self.wbuf.extend_from_slice(&pkid.to_be_bytes());
-                continue;
+                self.queue_ack(PUBREL, pkid);
+            } else {
+                self.write_publish(pkid, seq, stamp, true);
             }
-            payload::write(
-                &mut self.payload[..HEADER_LEN],
-                Header {
-                    publisher: self.spec.index,
-                    seq,
-                    stamp,
-                },
-            );
-            codec::encode_publish(
-                &mut self.wbuf,
-                topic,
-                &self.payload,
-                self.qos,
-                pkid,
-                true,
-                false,
-                None,
-                self.version,
-            );
         }
     }
 
@@ -571,8 +564,7 @@ impl Client {
             Packet::PubRec(a) => {
                 if a.code < 0x80 {
                     self.released.insert(a.pkid);
-                    self.wbuf.extend_from_slice(&[0x62, 0x02]);
-                    self.wbuf.extend_from_slice(&a.pkid.to_be_bytes());
+                    self.queue_ack(PUBREL, a.pkid);
                 } else if self.inflight.remove(&a.pkid).is_some() {
                     self.ctx.error(format!("publish refused 0x{:02x}", a.code));
                 }
@@ -580,8 +572,7 @@ impl Client {
             }
             Packet::PubRel(a) => {
                 self.awaiting_rel.remove(&a.pkid);
-                self.wbuf.extend_from_slice(&[0x70, 0x02]);
-                self.wbuf.extend_from_slice(&a.pkid.to_be_bytes());
+                self.queue_ack(PUBCOMP, a.pkid);
                 Event::None
             }
             Packet::Disconnect(d) => Event::Disconnect(d.code),
@@ -634,11 +625,10 @@ impl Client {
             }
         }
         match qos {
-            1 => self.wbuf.extend_from_slice(&[0x40, 0x02]),
-            2 => self.wbuf.extend_from_slice(&[0x50, 0x02]),
-            _ => return Ok(()),
+            1 => self.queue_ack(PUBACK, pkid),
+            2 => self.queue_ack(PUBREC, pkid),
+            _ => {}
         }
-        self.wbuf.extend_from_slice(&pkid.to_be_bytes());
         Ok(())
     }
 }
