@@ -376,12 +376,10 @@ impl Client {
             };
             self.started = Some(Instant::now() + offset);
         }
-        if phase == Phase::Draining && !self.end_sent {
-            if self.window_open() {
-                self.end_sent = true;
-                let stamp = u64::from(self.seq);
-                self.send_publish(END_MARKER, stamp);
-            }
+        if phase == Phase::Draining && !self.end_sent && self.window_open() {
+            self.end_sent = true;
+            let stamp = u64::from(self.seq);
+            self.send_publish(END_MARKER, stamp);
         }
         if self.end_sent && !self.done && self.inflight.is_empty() {
             self.done = true;
