@@ -244,6 +244,9 @@ pub struct RuntimeConfig {
     /// buckets, and a cancel walked ~2,400 polls at 19,000 connections
     /// (37 % of the core's CPU in a connect storm, `io_poll_find` in perf).
     pub ring_depth: usize,
+    /// Messages each core's bridge inbox holds (publishes from the HTTP API
+    /// and the bridge threads); a full inbox refuses at once ("busy").
+    pub bridge_capacity: usize,
     /// How long shutdown waits for clients to receive DISCONNECT.
     pub shutdown_grace_ms: u64,
 }
@@ -258,6 +261,7 @@ impl Default for RuntimeConfig {
             read_buffer_bytes: 64 * 1024,
             io_memory_kib: 512,
             ring_depth: 4096,
+            bridge_capacity: 4096,
             shutdown_grace_ms: 2000,
         }
     }
@@ -380,7 +384,11 @@ impl Config {
                 "must be a power of two between 1 and 32768 (io_uring's limit)",
             ));
         }
-        if r.mesh_channel_capacity == 0 || r.route_batch_max == 0 || r.router_backlog_limit == 0 {
+        if r.mesh_channel_capacity == 0
+            || r.route_batch_max == 0
+            || r.router_backlog_limit == 0
+            || r.bridge_capacity == 0
+        {
             return Err(err(
                 "runtime",
                 "channel capacities and limits must be at least 1",

@@ -5,6 +5,7 @@
 
 pub mod alias;
 pub mod auth;
+pub mod bridge;
 pub mod codec;
 pub mod config;
 mod conn;

@@ -47,6 +47,7 @@ pub struct Gateway {
     pub cores: usize,
     shared: Arc<Shared>,
     doorbells: Vec<StdUnixStream>,
+    bridge: Arc<crate::bridge::Bridge>,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -85,6 +86,9 @@ impl Gateway {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (ready_tx, ready_rx) = mpsc::channel::<usize>();
         let mut doorbells = Vec::new();
+        let (bridge, inboxes) = crate::bridge::Bridge::new(ncores, cfg.runtime.bridge_capacity)
+            .map_err(|e| StartError(format!("cannot create the bridge inboxes: {e}")))?;
+        let mut inboxes = inboxes.into_iter();
         let mut executors = Vec::new();
         for (id, listener) in listeners.into_iter().enumerate() {
             let (bell_tx, bell_rx) = StdUnixStream::pair()
@@ -94,12 +98,23 @@ impl Gateway {
             let listener_fd = listener.into_raw_fd();
             let (cfg, shared, mesh, ready) =
                 (cfg.clone(), shared.clone(), mesh.clone(), ready_tx.clone());
+            let inbox = inboxes.next().expect("one inbox per core");
             let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
                 .name(&format!("tether-core-{id}"))
                 .io_memory(cfg.runtime.io_memory_kib * 1024)
                 .ring_depth(cfg.runtime.ring_depth)
                 .spawn(move || async move {
-                    run_core(id, cfg, shared, listener_fd, bell_fd, mesh, ready).await;
+                    run_core(CoreStart {
+                        id,
+                        cfg,
+                        shared,
+                        listener_fd,
+                        bell_fd,
+                        inbox,
+                        mesh,
+                        ready,
+                    })
+                    .await;
                 })
                 .map_err(|e| {
                     StartError(format!(
@@ -123,6 +138,7 @@ impl Gateway {
             cores: ncores,
             shared,
             doorbells,
+            bridge,
             executors,
         })
     }
@@ -132,6 +148,12 @@ impl Gateway {
     pub fn doorbell_fds(&self) -> Vec<RawFd> {
         use std::os::fd::AsRawFd;
         self.doorbells.iter().map(|d| d.as_raw_fd()).collect()
+    }
+
+    /// The way in for threads that are not cores (HTTP, Kafka, Redis
+    /// bridges): see [`crate::bridge`].
+    pub fn bridge(&self) -> Arc<crate::bridge::Bridge> {
+        self.bridge.clone()
     }
 
     /// Asks every core to shut down (returns immediately).
@@ -252,15 +274,33 @@ fn bind_listeners(addr: SocketAddr, n: usize, backlog: u32) -> Result<Vec<Socket
     Ok(out)
 }
 
-async fn run_core(
+/// What `Gateway::start` hands each core's executor.
+struct CoreStart {
     id: usize,
     cfg: Arc<Config>,
     shared: Arc<Shared>,
+    /// The core's SO_REUSEPORT listener, ownership passed as a raw fd.
     listener_fd: RawFd,
+    /// Read end of the shutdown doorbell, likewise.
     bell_fd: RawFd,
+    /// The core side of its bridge inbox.
+    inbox: crate::bridge::CoreInbox,
     mesh: Option<MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>>,
+    /// Told the core's id once it serves.
     ready: mpsc::Sender<usize>,
-) {
+}
+
+async fn run_core(start: CoreStart) {
+    let CoreStart {
+        id,
+        cfg,
+        shared,
+        listener_fd,
+        bell_fd,
+        inbox,
+        mesh,
+        ready,
+    } = start;
     let core = Rc::new(Core::new(id, cfg.clone(), shared));
     // SAFETY: both fds were created by `Gateway::start` for this core and
     // ownership was handed over with `into_raw_fd`; nothing else closes them.
@@ -293,6 +333,7 @@ async fn run_core(
         }
     }
     let ticker = glommio::spawn_local(run_wheel(core.clone()));
+    let bridge = glommio::spawn_local(run_bridge(core.clone(), inbox));
     let sys =
         (id == 0 && cfg.sys.interval_secs > 0).then(|| glommio::spawn_local(run_sys(core.clone())));
     let _ = ready.send(id);
@@ -310,9 +351,30 @@ async fn run_core(
     let drained = core.drained.wait();
     futures_lite::future::or(drained, glommio::timer::sleep(grace)).await;
     drop(ticker);
+    drop(bridge);
     drop(sys);
     drop(mesh_tasks);
     debug!(core = id, "core stopped");
+}
+
+/// Drains the core's bridge inbox whenever its doorbell rings.
+async fn run_bridge(core: Rc<Core>, inbox: crate::bridge::CoreInbox) {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the read end of the bridge doorbell was created for this core
+    // and `into_raw_fd` hands its ownership over; nothing else closes it.
+    let mut bell = unsafe { UnixStream::from_raw_fd(inbox.bell.into_raw_fd()) };
+    // One read takes many rings: each send rings once, and draining the
+    // channel serves them all.
+    let mut rings = [0u8; 256];
+    loop {
+        match bell.read(&mut rings).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        while let Ok(msg) = inbox.rx.try_recv() {
+            core.on_bridge(msg);
+        }
+    }
 }
 
 async fn accept_loop(core: Rc<Core>, listener: TcpListener) {

@@ -1,0 +1,197 @@
+//! The way into the cores from threads that are not cores: the HTTP API,
+//! and the Kafka and Redis bridge threads of later issues.
+//!
+//! Each core has an inbox: a bounded crossbeam channel of [`BridgeMsg`] and
+//! a doorbell (a Unix socket pair). A sender pushes the message, then rings
+//! the bell with one byte; the core's bridge task wakes on the bell and
+//! drains the channel. A full inbox is refused at once ([`Refusal::Busy`]),
+//! never waited on: backpressure reaches the caller (an HTTP 503), not a
+//! core.
+//!
+//! Publishes pick their core by a hash of the topic, so messages of one
+//! topic sent through the bridge keep their order (as one client's would).
+
+use std::io::Write;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::codec::{topic, Properties, QoS};
+use crate::core::Core;
+use crate::session::Message;
+
+/// A message from a bridge thread to a core.
+#[derive(Debug)]
+pub enum BridgeMsg {
+    /// Publish as if a client had. `done` learns the message id once the
+    /// message reached every local subscriber and every interested core's
+    /// queue (the point at which a client's PUBACK is sent), or why not.
+    Publish {
+        req: PublishRequest,
+        done: Option<Sender<Result<u64, Refusal>>>,
+    },
+}
+
+/// A publish from outside MQTT.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// MQTT 5 properties passed to subscribers (content type, user
+    /// properties, message expiry, ...).
+    pub properties: Option<Box<Properties>>,
+}
+
+/// Why a bridge publish was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a valid topic name (the reason, as for a client's PUBLISH).
+    TopicInvalid(&'static str),
+    /// Matches `mqtt.deny_publish`.
+    Denied,
+    /// QoS above `mqtt.max_qos`.
+    QosNotSupported,
+    /// A retained message the retained store has no room for.
+    RetainedStoreFull,
+    /// The core's inbox is full; try again later.
+    Busy,
+    /// The gateway is stopping (or stopped).
+    ShuttingDown,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::TopicInvalid(why) => write!(f, "invalid topic: {why}"),
+            Refusal::Denied => f.write_str("topic denied by mqtt.deny_publish"),
+            Refusal::QosNotSupported => f.write_str("QoS above mqtt.max_qos"),
+            Refusal::RetainedStoreFull => f.write_str("retained store full"),
+            Refusal::Busy => f.write_str("gateway busy: inbox full"),
+            Refusal::ShuttingDown => f.write_str("gateway shutting down"),
+        }
+    }
+}
+
+/// One core's inbox, sender side.
+struct Inbox {
+    tx: Sender<BridgeMsg>,
+    /// Write end of the core's bridge doorbell (non-blocking: a full socket
+    /// means the bell is already ringing).
+    bell: StdUnixStream,
+}
+
+/// The sender side of every core's inbox; cheap to share between threads.
+pub struct Bridge {
+    inboxes: Vec<Inbox>,
+    hasher: ahash::RandomState,
+}
+
+/// The core side of one inbox, handed to that core at start.
+pub struct CoreInbox {
+    pub rx: Receiver<BridgeMsg>,
+    pub bell: StdUnixStream,
+}
+
+impl Bridge {
+    /// Creates `cores` inboxes of `capacity` messages each.
+    pub fn new(cores: usize, capacity: usize) -> std::io::Result<(Arc<Bridge>, Vec<CoreInbox>)> {
+        let mut inboxes = Vec::with_capacity(cores);
+        let mut core_side = Vec::with_capacity(cores);
+        for _ in 0..cores {
+            let (tx, rx) = crossbeam_channel::bounded(capacity);
+            let (bell_tx, bell_rx) = StdUnixStream::pair()?;
+            bell_tx.set_nonblocking(true)?;
+            inboxes.push(Inbox { tx, bell: bell_tx });
+            core_side.push(CoreInbox { rx, bell: bell_rx });
+        }
+        let bridge = Bridge {
+            inboxes,
+            hasher: ahash::RandomState::new(),
+        };
+        Ok((Arc::new(bridge), core_side))
+    }
+
+    /// Queues a publish; the receiver learns the outcome. Fails at once
+    /// when the inbox is full or the gateway stopped.
+    pub fn publish(&self, req: PublishRequest) -> Result<Receiver<Result<u64, Refusal>>, Refusal> {
+        let core = self.hasher.hash_one(req.topic.as_str()) as usize % self.inboxes.len();
+        let (done, outcome) = crossbeam_channel::bounded(1);
+        self.send(
+            core,
+            BridgeMsg::Publish {
+                req,
+                done: Some(done),
+            },
+        )?;
+        Ok(outcome)
+    }
+
+    /// Sends `msg` to `core`'s inbox and rings its bell.
+    pub fn send(&self, core: usize, msg: BridgeMsg) -> Result<(), Refusal> {
+        let inbox = &self.inboxes[core];
+        match inbox.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(Refusal::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(Refusal::ShuttingDown),
+        }
+        // WouldBlock: the bell already holds unread bytes, so the core will
+        // wake and drain everything, this message included.
+        let _ = (&inbox.bell).write(&[1]);
+        Ok(())
+    }
+}
+
+impl Core {
+    /// Handles one message from a bridge thread.
+    pub fn on_bridge(&self, msg: BridgeMsg) {
+        match msg {
+            BridgeMsg::Publish { req, done } => {
+                let outcome = self.bridge_publish(req);
+                if let Some(done) = done {
+                    // The caller may have given up waiting; nothing to do then.
+                    let _ = done.try_send(outcome);
+                }
+            }
+        }
+    }
+
+    fn bridge_publish(&self, req: PublishRequest) -> Result<u64, Refusal> {
+        if req.topic.is_empty() {
+            return Err(Refusal::TopicInvalid("empty topic name"));
+        }
+        topic::validate_name(&req.topic).map_err(Refusal::TopicInvalid)?;
+        let m = &self.cfg.mqtt;
+        if m.deny_publish.iter().any(|f| topic::matches(f, &req.topic)) {
+            return Err(Refusal::Denied);
+        }
+        if req.qos as u8 > m.max_qos {
+            return Err(Refusal::QosNotSupported);
+        }
+        let expires_at = req
+            .properties
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+            .map(|s| std::time::Instant::now() + std::time::Duration::from_secs(u64::from(s)));
+        let msg = Arc::new(Message {
+            id: self.message_id(),
+            topic: req.topic.into(),
+            payload: req.payload,
+            qos: req.qos,
+            retain: req.retain,
+            properties: req.properties,
+            origin: None,
+            expires_at,
+        });
+        let mut st = self.st.borrow_mut();
+        if msg.retain && !self.retain(&mut st, &msg) {
+            return Err(Refusal::RetainedStoreFull);
+        }
+        crate::stats::bump(&self.stats().publishes_in, 1);
+        self.publish(&mut st, msg.clone());
+        Ok(msg.id)
+    }
+}
