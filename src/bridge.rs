@@ -30,9 +30,14 @@ pub enum BridgeMsg {
     /// queue (the point at which a client's PUBACK is sent), or why not.
     Publish {
         req: PublishRequest,
-        done: Option<Sender<Result<u64, Refusal>>>,
+        done: Option<Receipt>,
     },
 }
+
+/// Where a core reports the outcome of a bridge publish. A tokio oneshot:
+/// sending needs no runtime (cores are not tokio), and the HTTP thread
+/// awaits it without blocking.
+pub type Receipt = tokio::sync::oneshot::Sender<Result<u64, Refusal>>;
 
 /// A publish from outside MQTT.
 #[derive(Debug, Clone)]
@@ -117,9 +122,12 @@ impl Bridge {
 
     /// Queues a publish; the receiver learns the outcome. Fails at once
     /// when the inbox is full or the gateway stopped.
-    pub fn publish(&self, req: PublishRequest) -> Result<Receiver<Result<u64, Refusal>>, Refusal> {
+    pub fn publish(
+        &self,
+        req: PublishRequest,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
         let core = self.hasher.hash_one(req.topic.as_str()) as usize % self.inboxes.len();
-        let (done, outcome) = crossbeam_channel::bounded(1);
+        let (done, outcome) = tokio::sync::oneshot::channel();
         self.send(
             core,
             BridgeMsg::Publish {
@@ -153,7 +161,7 @@ impl Core {
                 let outcome = self.bridge_publish(req);
                 if let Some(done) = done {
                     // The caller may have given up waiting; nothing to do then.
-                    let _ = done.try_send(outcome);
+                    let _ = done.send(outcome);
                 }
             }
         }

@@ -47,6 +47,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub retained: RetainedConfig,
     pub sys: SysConfig,
+    pub http: HttpConfig,
     pub runtime: RuntimeConfig,
     pub log: LogConfig,
 }
@@ -220,6 +221,36 @@ impl Default for SysConfig {
     }
 }
 
+/// The HTTP control plane (push API, health, metrics), served on its own
+/// thread.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve the HTTP API at all.
+    pub enabled: bool,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Bearer tokens accepted in `Authorization`. Empty: no authentication,
+    /// which is only allowed on a loopback address.
+    pub tokens: Vec<String>,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Longest wait for a core's receipt of a publish (504 beyond).
+    pub publish_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tokens: Vec::new(),
+            max_body_bytes: 1 << 20,
+            publish_timeout_ms: 5000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
@@ -337,6 +368,26 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        let h = &self.http;
+        if h.enabled && h.tokens.is_empty() && !h.listen.ip().is_loopback() {
+            return Err(err(
+                "http.tokens",
+                "the HTTP API listens on a non-loopback address without tokens: \
+                 set http.tokens (bearer tokens), or http.listen to 127.0.0.1",
+            ));
+        }
+        if h.tokens.iter().any(|t| t.len() < 16) {
+            return Err(err(
+                "http.tokens",
+                "each token needs at least 16 characters",
+            ));
+        }
+        if h.max_body_bytes == 0 || h.publish_timeout_ms == 0 {
+            return Err(err(
+                "http",
+                "max_body_bytes and publish_timeout_ms must be at least 1",
+            ));
+        }
         let m = &self.mqtt;
         if m.max_packet_size < 128
             || m.max_packet_size as usize > crate::codec::MAX_REMAINING_LENGTH + 5

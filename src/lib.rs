@@ -11,6 +11,7 @@ pub mod config;
 mod conn;
 pub mod core;
 mod handler;
+pub mod http;
 pub mod id;
 pub mod interest;
 pub mod limits;

@@ -135,6 +135,17 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         cores - 1
     );
     println!("  mqtt/tcp    listening on {}", gateway.tcp_addr);
+    match gateway.http_addr {
+        Some(addr) if cfg.http.tokens.is_empty() => println!(
+            "  http api    http://{addr}  (no tokens: unauthenticated, allowed because it is loopback only; \
+             set http.tokens before exposing it)"
+        ),
+        Some(addr) => println!(
+            "  http api    http://{addr}  (bearer tokens: {})",
+            cfg.http.tokens.len()
+        ),
+        None => println!("  http api    off (http.enabled = false)"),
+    }
     println!("  sessions    in-memory store");
     println!(
         "  limits      open files {} (~{} connections), memlock {}",

@@ -45,9 +45,14 @@ pub struct Gateway {
     /// Bound MQTT/TCP address (the real port when configured with port 0).
     pub tcp_addr: SocketAddr,
     pub cores: usize,
+    /// Bound HTTP API address, when `http.enabled`.
+    pub http_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     doorbells: Vec<StdUnixStream>,
     bridge: Arc<crate::bridge::Bridge>,
+    /// Readiness: set once every core serves, cleared when shutdown starts.
+    serving: Arc<std::sync::atomic::AtomicBool>,
+    http: Option<crate::http::HttpServer>,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -133,9 +138,24 @@ impl Gateway {
                 ))
             })?;
         }
+        let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let http = if cfg.http.enabled {
+            let api = crate::http::Api {
+                cfg: cfg.http.clone(),
+                bridge: bridge.clone(),
+                shared: shared.clone(),
+                serving: serving.clone(),
+            };
+            Some(crate::http::HttpServer::start(api).map_err(|e| StartError(e.to_string()))?)
+        } else {
+            None
+        };
         Ok(Gateway {
             tcp_addr,
             cores: ncores,
+            http_addr: http.as_ref().map(|h| h.addr),
+            serving,
+            http,
             shared,
             doorbells,
             bridge,
@@ -158,6 +178,8 @@ impl Gateway {
 
     /// Asks every core to shut down (returns immediately).
     pub fn shutdown(&self) {
+        self.serving
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         for mut bell in &self.doorbells {
             let _ = io::Write::write_all(&mut bell, &[1]);
         }
@@ -169,6 +191,11 @@ impl Gateway {
             if let Err(e) = e.join() {
                 error!("executor ended with an error: {e}");
             }
+        }
+        // The API outlives the cores (readiness reports the shutdown) and
+        // stops with them.
+        if let Some(mut http) = self.http.take() {
+            http.stop();
         }
     }
 

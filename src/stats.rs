@@ -21,6 +21,14 @@ macro_rules! stats {
             $(pub $name: u64,)*
         }
 
+        impl Stats {
+            /// Every counter by name (the gauge `connections` excluded), for
+            /// the metrics endpoint.
+            pub fn for_each_counter(&self, mut f: impl FnMut(&'static str, u64)) {
+                $(f(stringify!($name), self.$name.load(Ordering::Relaxed));)*
+            }
+        }
+
         impl Snapshot {
             pub fn add(&mut self, s: &Stats) {
                 self.connections += s.connections.load(Ordering::Relaxed);

@@ -23,9 +23,12 @@ fn request(topic: &str, payload: &str, qos: QoS, retain: bool) -> PublishRequest
 }
 
 /// Publishes through the bridge and waits for the receipt.
-fn publish(gw: &tether::Gateway, req: PublishRequest) -> Result<u64, Refusal> {
+async fn publish(gw: &tether::Gateway, req: PublishRequest) -> Result<u64, Refusal> {
     let outcome = gw.bridge().publish(req)?;
-    outcome.recv_timeout(WAIT).expect("a receipt in time")
+    tokio::time::timeout(WAIT, outcome)
+        .await
+        .expect("a receipt in time")
+        .expect("the core answers")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,12 +43,11 @@ async fn bridge_publishes_reach_subscribers_on_every_core_with_receipts() {
     let mut ids = Vec::new();
     for i in 0..20 {
         let topic = format!("push/{}", i % 4);
-        let id = tokio::task::block_in_place(|| {
-            publish(
-                &gw,
-                request(&topic, &format!("m{i}"), QoS::AtLeastOnce, false),
-            )
-        })
+        let id = publish(
+            &gw,
+            request(&topic, &format!("m{i}"), QoS::AtLeastOnce, false),
+        )
+        .await
         .expect("accepted");
         ids.push(id);
     }
@@ -91,14 +93,14 @@ async fn one_topic_through_the_bridge_keeps_its_order() {
                     }
                     Err(Refusal::Busy) => {
                         if let Some(rx) = last.take() {
-                            let _ = rx.recv_timeout(WAIT);
+                            let _ = rx.blocking_recv();
                         }
                     }
                     Err(e) => panic!("refused: {e}"),
                 }
             }
         }
-        last.unwrap().recv_timeout(WAIT).unwrap().unwrap();
+        last.unwrap().blocking_recv().unwrap().unwrap();
     });
     for want in 0..2000u32 {
         let p = s.publish().await;
@@ -113,30 +115,27 @@ async fn refusals_name_the_reason_and_retained_messages_stay() {
         c.mqtt.deny_publish = vec!["secret/#".into()];
         c.mqtt.max_qos = 1;
     });
-    let refused = |topic: &str, qos| {
-        tokio::task::block_in_place(|| publish(&gw, request(topic, "x", qos, false)))
-    };
+    let refused = |topic: &'static str, qos| publish(&gw, request(topic, "x", qos, false));
     assert_eq!(
-        refused("a/+/b", QoS::AtMostOnce),
+        refused("a/+/b", QoS::AtMostOnce).await,
         Err(Refusal::TopicInvalid("wildcard in topic name"))
     );
     assert_eq!(
-        refused("", QoS::AtMostOnce),
+        refused("", QoS::AtMostOnce).await,
         Err(Refusal::TopicInvalid("empty topic name"))
     );
     assert_eq!(
-        refused("secret/plans", QoS::AtMostOnce),
+        refused("secret/plans", QoS::AtMostOnce).await,
         Err(Refusal::Denied)
     );
     assert_eq!(
-        refused("ok/topic", QoS::ExactlyOnce),
+        refused("ok/topic", QoS::ExactlyOnce).await,
         Err(Refusal::QosNotSupported)
     );
 
-    tokio::task::block_in_place(|| {
-        publish(&gw, request("status/door", "open", QoS::AtLeastOnce, true))
-    })
-    .expect("retained accepted");
+    publish(&gw, request("status/door", "open", QoS::AtLeastOnce, true))
+        .await
+        .expect("retained accepted");
     let mut late = v4(&gw, v4_options(&gw, "late", true), Some(1)).await;
     late.subscribe("status/#", RQoS::AtLeastOnce).await;
     let p = late.publish().await;

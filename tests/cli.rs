@@ -13,6 +13,7 @@ fn start_tether(cores: &str) -> (Reap, u16, mpsc::Receiver<String>) {
     let mut child = Reap(
         Command::new(env!("CARGO_BIN_EXE_tether"))
             .env("TETHER_LISTENERS__TCP", "127.0.0.1:0")
+            .env("TETHER_HTTP__LISTEN", "127.0.0.1:0")
             .env("TETHER_NODE__CORES", cores)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -192,4 +193,79 @@ fn check_config_explains_errors_with_the_key() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+}
+
+/// The README's HTTP step: `curl` pushes, `mosquitto_sub` receives, and
+/// `/metrics` counts it.
+#[test]
+fn http_push_with_curl_reaches_mosquitto_sub() {
+    let (_tether, port, banner) = start_tether("2");
+    let http = loop {
+        let line = banner
+            .recv_timeout(WAIT)
+            .expect("the HTTP line of the banner");
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let mut sub = mosquitto("mosquitto_sub")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            "inbox/#",
+            "-v",
+            "-q",
+            "1",
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-d",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map(Reap)
+        .unwrap();
+    let out = lines_of(sub.0.stdout.take().unwrap());
+    while !out
+        .recv_timeout(WAIT)
+        .expect("subscribed in time")
+        .contains("SUBACK")
+    {}
+    let curl = |args: &[&str]| {
+        let o = Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(args)
+            .output();
+        let o = o.expect("curl is missing: install Debian's curl (.ci/run does)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let reply = curl(&[
+        "-X",
+        "POST",
+        &format!("http://{http}/v1/publish"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"topic":"inbox/alice","payload":"hello from curl","qos":1}"#,
+    ]);
+    assert!(reply.contains("\"id\""), "{reply}");
+    loop {
+        let line = out.recv_timeout(WAIT).expect("the pushed message in time");
+        // -d also prints protocol events ("Client ... received PUBLISH",
+        // "Subscribed (mid: 1)"); the message line is topic and payload.
+        if line.starts_with("inbox/") {
+            assert_eq!(line, "inbox/alice hello from curl");
+            break;
+        }
+    }
+    let metrics = curl(&[&format!("http://{http}/metrics")]);
+    let published: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tether_publishes_in_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(published, 1, "{metrics}");
 }

@@ -13,6 +13,7 @@ fn gateway() -> Gateway {
     cfg.sys.interval_secs = 0;
     cfg.node.cores = 2;
     cfg.listeners.tcp = "127.0.0.1:0".parse().unwrap();
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
     Gateway::start(cfg).expect("gateway starts")
 }
 

@@ -1,0 +1,382 @@
+//! Routes and handlers of the HTTP API.
+//!
+//! | route | |
+//! | --- | --- |
+//! | `GET /healthz` | the process answers |
+//! | `GET /readyz` | every core serves (503 while stopping) |
+//! | `GET /metrics` | Prometheus text |
+//! | `POST /v1/publish` | one message; answers once a core accepted it |
+//! | `POST /v1/publish/batch` | up to [`MAX_BATCH`] messages, one result each |
+//!
+//! `/v1/*` needs `Authorization: Bearer <token>` when `http.tokens` is set
+//! (401 without, 403 with a wrong one). Health and metrics stay open for
+//! probes and scrapers; bind the API to a private address to hide them.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes as PayloadBytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::Api;
+use crate::bridge::{PublishRequest, Refusal};
+use crate::codec::{Properties, QoS};
+
+/// Most messages in one `POST /v1/publish/batch`.
+pub const MAX_BATCH: usize = 1000;
+
+type Resp = Response<Full<Bytes>>;
+
+pub(crate) async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let result = match (path.as_str(), method) {
+        ("/healthz", Method::GET) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        ("/readyz", Method::GET) => Ok(ready(api)),
+        ("/metrics", Method::GET) => Ok(text(super::metrics::render(&api.shared))),
+        ("/v1/publish", Method::POST) => publish_one(api, req).await,
+        ("/v1/publish/batch", Method::POST) => publish_batch(api, req).await,
+        ("/healthz" | "/readyz" | "/metrics" | "/v1/publish" | "/v1/publish/batch", m) => {
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{m} is not allowed on {path}"),
+            ))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route {path}"),
+        )),
+    };
+    result.unwrap_or_else(|e| {
+        let unauthorized = e.status == StatusCode::UNAUTHORIZED;
+        let mut r = e.into_response();
+        if unauthorized {
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    })
+}
+
+fn ready(api: &Api) -> Resp {
+    if api.serving.load(Ordering::Relaxed) {
+        json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready", "cores": api.shared.cores.len()}),
+        )
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "stopping"}),
+        )
+    }
+}
+
+/// Checks the bearer token when tokens are configured.
+fn authorize(api: &Api, req: &Request<Incoming>) -> Result<(), ApiError> {
+    if api.cfg.tokens.is_empty() {
+        return Ok(());
+    }
+    let Some(given) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <token>",
+        ));
+    };
+    if api
+        .cfg
+        .tokens
+        .iter()
+        .any(|t| same(t.as_bytes(), given.trim().as_bytes()))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "unknown token",
+        ))
+    }
+}
+
+/// Compares in time independent of where the inputs differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The request body, at most `http.max_body_bytes` (413 beyond).
+async fn body(api: &Api, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let max = api.cfg.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body exceeds http.max_body_bytes ({max} bytes)"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("reading the body: {e}"),
+        )),
+    }
+}
+
+/// Parses JSON into `T`, naming the field at fault on error.
+fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("malformed JSON: {inner}"),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", inner.to_string()).field(path)
+        }
+    })
+}
+
+/// One message of `POST /v1/publish` (and of a batch).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    topic: String,
+    /// UTF-8 text payload.
+    #[serde(default)]
+    payload: Option<String>,
+    /// Binary payload, standard base64.
+    #[serde(default)]
+    payload_base64: Option<String>,
+    #[serde(default)]
+    qos: u8,
+    #[serde(default)]
+    retain: bool,
+    #[serde(default)]
+    properties: Option<PropertiesBody>,
+}
+
+/// MQTT 5 properties passed to subscribers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PropertiesBody {
+    content_type: Option<String>,
+    response_topic: Option<String>,
+    correlation_data_base64: Option<String>,
+    message_expiry_interval: Option<u32>,
+    payload_format_indicator: Option<u8>,
+    /// `[["key", "value"], ...]` (keys may repeat, as in MQTT).
+    #[serde(default)]
+    user_properties: Vec<(String, String)>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    messages: Vec<PublishBody>,
+}
+
+impl PublishBody {
+    /// Checks the fields serde cannot; `at` prefixes field names in a batch.
+    fn into_request(self, at: &str) -> Result<PublishRequest, ApiError> {
+        let bad = |field: &str, msg: &str| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", msg.to_string())
+                .field(format!("{at}{field}"))
+        };
+        let qos = QoS::from_u8(self.qos).ok_or_else(|| bad("qos", "qos must be 0, 1 or 2"))?;
+        let payload = match (self.payload, self.payload_base64) {
+            (Some(_), Some(_)) => {
+                return Err(bad("payload", "give payload or payload_base64, not both"))
+            }
+            (Some(text), None) => PayloadBytes::from(text),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map(PayloadBytes::from)
+                .map_err(|e| bad("payload_base64", &format!("not base64: {e}")))?,
+            (None, None) => PayloadBytes::new(),
+        };
+        let properties = match self.properties {
+            None => None,
+            Some(p) => {
+                let correlation_data = match p.correlation_data_base64 {
+                    None => None,
+                    Some(b64) => Some(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b64.as_bytes())
+                            .map(PayloadBytes::from)
+                            .map_err(|e| {
+                                bad(
+                                    "properties.correlation_data_base64",
+                                    &format!("not base64: {e}"),
+                                )
+                            })?,
+                    ),
+                };
+                if p.payload_format_indicator.is_some_and(|v| v > 1) {
+                    return Err(bad("properties.payload_format_indicator", "must be 0 or 1"));
+                }
+                Some(Box::new(Properties {
+                    content_type: p.content_type,
+                    response_topic: p.response_topic,
+                    correlation_data,
+                    message_expiry_interval: p.message_expiry_interval,
+                    payload_format_indicator: p.payload_format_indicator,
+                    user_properties: p.user_properties,
+                    ..Properties::default()
+                }))
+            }
+        };
+        Ok(PublishRequest {
+            topic: self.topic,
+            payload,
+            qos,
+            retain: self.retain,
+            properties,
+        })
+    }
+}
+
+async fn publish_one(api: &Api, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    authorize(api, &req)?;
+    let bytes = body(api, req).await?;
+    let msg = parse::<PublishBody>(&bytes)?.into_request("")?;
+    let id = publish(api, msg, "").await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"id": format!("{id:016x}")}),
+    ))
+}
+
+async fn publish_batch(api: &Api, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    authorize(api, &req)?;
+    let bytes = body(api, req).await?;
+    let batch = parse::<BatchBody>(&bytes)?;
+    if batch.messages.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            format!("at most {MAX_BATCH} messages per batch"),
+        )
+        .field("messages"));
+    }
+    // Every message is queued before any receipt is awaited: a batch costs
+    // one round of core wake-ups, not one per message.
+    let mut pending = Vec::with_capacity(batch.messages.len());
+    for (i, m) in batch.messages.into_iter().enumerate() {
+        let at = format!("messages[{i}].");
+        pending.push(match m.into_request(&at) {
+            Ok(r) => api.bridge.publish(r).map_err(|e| refusal(e, &at)),
+            Err(e) => Err(e),
+        });
+    }
+    let mut results = Vec::with_capacity(pending.len());
+    for (i, p) in pending.into_iter().enumerate() {
+        let outcome = match p {
+            Ok(rx) => receipt(api, rx, &format!("messages[{i}].")).await,
+            Err(e) => Err(e),
+        };
+        results.push(match outcome {
+            Ok(id) => serde_json::json!({"id": format!("{id:016x}")}),
+            Err(e) => serde_json::json!({"error": {"code": e.code, "message": e.message, "field": e.field}}),
+        });
+    }
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"results": results}),
+    ))
+}
+
+/// Hands one message to the bridge and waits for the core's receipt.
+async fn publish(api: &Api, msg: PublishRequest, at: &str) -> Result<u64, ApiError> {
+    let rx = api.bridge.publish(msg).map_err(|e| refusal(e, at))?;
+    receipt(api, rx, at).await
+}
+
+async fn receipt(
+    api: &Api,
+    rx: tokio::sync::oneshot::Receiver<Result<u64, Refusal>>,
+    at: &str,
+) -> Result<u64, ApiError> {
+    let limit = Duration::from_millis(api.cfg.publish_timeout_ms);
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(Ok(id))) => Ok(id),
+        Ok(Ok(Err(e))) => Err(refusal(e, at)),
+        Ok(Err(_)) => Err(refusal(Refusal::ShuttingDown, at)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("no core accepted the message within http.publish_timeout_ms ({limit:?})"),
+        )),
+    }
+}
+
+/// The HTTP form of a bridge refusal.
+fn refusal(r: Refusal, at: &str) -> ApiError {
+    let message = r.to_string();
+    match r {
+        Refusal::TopicInvalid(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+                .field(format!("{at}topic"))
+        }
+        Refusal::QosNotSupported => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+                .field(format!("{at}qos"))
+        }
+        Refusal::Denied => ApiError::new(StatusCode::FORBIDDEN, "topic_denied", message)
+            .field(format!("{at}topic")),
+        Refusal::RetainedStoreFull => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "retained_store_full",
+            message,
+        ),
+        Refusal::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message),
+        Refusal::ShuttingDown => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+        }
+    }
+}
+
+pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn text(body: String) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}

@@ -1,0 +1,137 @@
+//! The HTTP control plane: push API, health, readiness and Prometheus
+//! metrics, served on its own thread (`tether-http`, a single-threaded
+//! tokio runtime with hyper), never on a core executor. It reaches the cores
+//! only through the bridge inboxes ([`crate::bridge`]) and reads the cores'
+//! counters (relaxed atomics).
+//!
+//! - `api.rs`: routes, request parsing and handlers;
+//! - `error.rs`: JSON errors that name the field at fault;
+//! - `metrics.rs`: the Prometheus text format.
+
+mod api;
+mod error;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tracing::{debug, error};
+
+use crate::bridge::Bridge;
+use crate::config::HttpConfig;
+use crate::core::Shared;
+
+/// What the handlers share.
+pub(crate) struct Api {
+    pub cfg: HttpConfig,
+    pub bridge: Arc<Bridge>,
+    pub shared: Arc<Shared>,
+    /// False once shutdown began (readiness).
+    pub serving: Arc<AtomicBool>,
+}
+
+/// A running HTTP server.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Binds `cfg.listen` (so a taken port fails the start, with the
+    /// address) and serves on a new thread.
+    pub(crate) fn start(api: Api) -> std::io::Result<HttpServer> {
+        let listener = std::net::TcpListener::bind(api.cfg.listen).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "HTTP API cannot listen on {}: {e} (set http.listen, or http.enabled = false)",
+                    api.cfg.listen
+                ),
+            )
+        })?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("tether-http".into())
+            .spawn(move || serve(listener, Arc::new(api), stop_rx))?;
+        Ok(HttpServer {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops accepting and waits for the thread.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve(
+    listener: std::net::TcpListener,
+    api: Arc<Api>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("HTTP API cannot start its runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                error!("HTTP API cannot use its listener: {e}");
+                return;
+            }
+        };
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = &mut stop => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        debug!("HTTP accept failed: {e}");
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let api = api.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let api = api.clone();
+                    async move { Ok::<_, std::convert::Infallible>(api::handle(&api, req).await) }
+                });
+                if let Err(e) = http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    debug!(%peer, "HTTP connection ended: {e}");
+                }
+            });
+        }
+    });
+}

@@ -1,0 +1,260 @@
+//! The HTTP control plane, spoken to over plain sockets (an independent
+//! HTTP/1.1 client of a few lines): health, readiness, metrics, publish and
+//! batch publish to subscribers on every core, every error path, tokens.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use common::*;
+use rumqttc::QoS as RQoS;
+use serde_json::Value;
+
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// One request on its own connection (`Connection: close`).
+fn http(addr: SocketAddr, method: &str, path: &str, headers: &[&str], body: &str) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    Reply {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+fn post(addr: SocketAddr, path: &str, body: &str) -> Reply {
+    http(
+        addr,
+        "POST",
+        path,
+        &["Content-Type: application/json"],
+        body,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let gw = gateway(2, |_| {});
+    let addr = gw.http_addr.expect("HTTP enabled");
+    let r = http(addr, "GET", "/healthz", &[], "");
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ok")));
+    let r = http(addr, "GET", "/readyz", &[], "");
+    assert_eq!((r.status, r.json()["cores"].as_u64()), (200, Some(2)));
+
+    let _c = v4(&gw, v4_options(&gw, "metered", true), Some(1)).await;
+    let r = http(addr, "GET", "/metrics", &[], "");
+    assert_eq!(r.status, 200);
+    assert!(r.head.contains("text/plain; version=0.0.4"), "{}", r.head);
+    assert!(
+        r.body.contains("tether_connections{core=\"1\"} 1"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("# TYPE tether_publishes_in_total counter"));
+    assert!(r.body.contains("tether_publishes_in_total{core=\"0\"} 0"));
+
+    assert_eq!(
+        http(addr, "GET", "/nope", &[], "").json()["error"]["code"],
+        "not_found"
+    );
+    let r = http(addr, "GET", "/v1/publish", &[], "");
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+
+    gw.shutdown();
+    // Readiness drops as soon as shutdown starts (the listener may already
+    // be gone, which a probe reads the same way).
+    if let Ok(mut s) = TcpStream::connect(addr) {
+        let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        assert!(raw.is_empty() || raw.starts_with("HTTP/1.1 503"), "{raw}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_over_http_reaches_subscribers_on_every_core() {
+    let gw = gateway(2, |_| {});
+    let addr = gw.http_addr.unwrap();
+    let mut subs = Vec::new();
+    for core in 0..2 {
+        let mut s = v4(&gw, v4_options(&gw, &format!("h{core}"), true), Some(core)).await;
+        s.subscribe("news/#", RQoS::AtLeastOnce).await;
+        subs.push(s);
+    }
+    let r = post(
+        addr,
+        "/v1/publish",
+        r#"{"topic":"news/1","payload":"hello","qos":1}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["id"].as_str().map(str::len), Some(16));
+    let r = post(
+        addr,
+        "/v1/publish",
+        r#"{"topic":"news/2","payload_base64":"AAEC/w==","qos":0}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    for s in &mut subs {
+        let p = s.publish().await;
+        assert_eq!((&*p.topic, &p.payload[..]), ("news/1", &b"hello"[..]));
+        let p = s.publish().await;
+        assert_eq!(&p.payload[..], &[0, 1, 2, 255]);
+    }
+
+    let r = post(
+        addr,
+        "/v1/publish/batch",
+        r#"{"messages":[{"topic":"news/3","payload":"a"},{"topic":"news/4","qos":7},{"topic":"bad/+","payload":"c"}]}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let results = r.json()["results"].as_array().unwrap().clone();
+    assert_eq!(results[0]["id"].as_str().map(str::len), Some(16));
+    assert_eq!(results[1]["error"]["field"], "messages[1].qos");
+    assert_eq!(results[2]["error"]["field"], "messages[2].topic");
+    let p = subs[0].publish().await;
+    assert_eq!(&p.payload[..], b"a", "only the valid message went out");
+}
+
+#[test]
+fn bad_requests_get_json_errors_that_name_the_field() {
+    let gw = gateway(1, |c| {
+        c.http.max_body_bytes = 1024;
+        c.mqtt.deny_publish = vec!["secret/#".into()];
+    });
+    let addr = gw.http_addr.unwrap();
+    let cases: &[(&str, u16, &str, Option<&str>)] = &[
+        (
+            r#"{"topic": "a", "payload": "x""#,
+            400,
+            "malformed_json",
+            None,
+        ),
+        (
+            r#"{"topic": "a", "qos": "one"}"#,
+            400,
+            "invalid_field",
+            Some("qos"),
+        ),
+        (
+            r#"{"topic": "a", "qos": 3}"#,
+            400,
+            "invalid_field",
+            Some("qos"),
+        ),
+        (r#"{"payload": "no topic"}"#, 400, "invalid_field", None),
+        (r#"{"topic": "a/#"}"#, 400, "invalid_field", Some("topic")),
+        (
+            r#"{"topic": "a", "payload": "x", "payload_base64": "eA=="}"#,
+            400,
+            "invalid_field",
+            Some("payload"),
+        ),
+        (
+            r#"{"topic": "a", "payload_base64": "not base64!"}"#,
+            400,
+            "invalid_field",
+            Some("payload_base64"),
+        ),
+        (
+            r#"{"topic": "a", "properties": {"message_expiry_interval": -1}}"#,
+            400,
+            "invalid_field",
+            Some("properties.message_expiry_interval"),
+        ),
+        (
+            r#"{"topic": "secret/x"}"#,
+            403,
+            "topic_denied",
+            Some("topic"),
+        ),
+    ];
+    for (body, status, code, field) in cases {
+        let r = post(addr, "/v1/publish", body);
+        assert_eq!(r.status, *status, "{body}: {}", r.body);
+        let e = &r.json()["error"];
+        assert_eq!(e["code"], *code, "{body}: {}", r.body);
+        if let Some(f) = field {
+            assert_eq!(e["field"], *f, "{body}: {}", r.body);
+        }
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let big = format!(r#"{{"topic":"a","payload":"{}"}}"#, "x".repeat(2000));
+    let r = post(addr, "/v1/publish", &big);
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (413, Some("body_too_large"))
+    );
+}
+
+#[test]
+fn tokens_guard_the_api_but_not_the_probes() {
+    let token = "s3cret-token-0123456789";
+    let gw = gateway(1, |c| c.http.tokens = vec![token.into()]);
+    let addr = gw.http_addr.unwrap();
+    let body = r#"{"topic":"t","payload":"x"}"#;
+    let r = post(addr, "/v1/publish", body);
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    assert!(
+        r.head
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{}",
+        r.head
+    );
+    let r = http(
+        addr,
+        "POST",
+        "/v1/publish",
+        &["Authorization: Bearer wrong-token-0123456789"],
+        body,
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let auth = format!("Authorization: Bearer {token}");
+    let r = http(addr, "POST", "/v1/publish", &[&auth], body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(http(addr, "GET", "/healthz", &[], "").status, 200);
+}
+
+#[test]
+fn no_tokens_on_a_public_address_is_refused_at_config_time() {
+    let e =
+        tether::Config::from_toml("[http]\nlisten = \"0.0.0.0:8080\"\n", Vec::new()).unwrap_err();
+    assert_eq!(e.key, "http.tokens");
+    let ok = tether::Config::from_toml(
+        "[http]\nlisten = \"0.0.0.0:8080\"\ntokens = [\"0123456789abcdef\"]\n",
+        Vec::new(),
+    );
+    assert!(ok.is_ok());
+}
