@@ -237,6 +237,13 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Longest wait for a core's receipt of a publish (504 beyond).
     pub publish_timeout_ms: u64,
+    /// Topic of `POST /v1/push/users/{user}`; `%u` is the user. Every
+    /// device of the user subscribes to it.
+    pub user_topic: String,
+    /// Topic of `POST /v1/push/clients/{client_id}`; `%c` is the client id.
+    pub client_topic: String,
+    /// Topic of `POST /v1/broadcast`.
+    pub broadcast_topic: String,
 }
 
 impl Default for HttpConfig {
@@ -247,6 +254,9 @@ impl Default for HttpConfig {
             tokens: Vec::new(),
             max_body_bytes: 1 << 20,
             publish_timeout_ms: 5000,
+            user_topic: "user/%u/inbox".into(),
+            client_topic: "client/%c/inbox".into(),
+            broadcast_topic: "broadcast".into(),
         }
     }
 }
@@ -381,6 +391,21 @@ impl Config {
                 "http.tokens",
                 "each token needs at least 16 characters",
             ));
+        }
+        if !h.user_topic.contains("%u") {
+            return Err(err("http.user_topic", "must contain %u (the user)"));
+        }
+        if !h.client_topic.contains("%c") {
+            return Err(err("http.client_topic", "must contain %c (the client id)"));
+        }
+        for (key, t) in [
+            ("http.user_topic", &h.user_topic),
+            ("http.client_topic", &h.client_topic),
+            ("http.broadcast_topic", &h.broadcast_topic),
+        ] {
+            if t.is_empty() || crate::codec::topic::validate_name(t).is_err() {
+                return Err(err(key, "must be a topic name (no + or #)"));
+            }
         }
         if h.max_body_bytes == 0 || h.publish_timeout_ms == 0 {
             return Err(err(

@@ -141,6 +141,75 @@ async fn publish_over_http_reaches_subscribers_on_every_core() {
     assert_eq!(&p.payload[..], b"a", "only the valid message went out");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_to_every_device_of_a_user_to_one_client_and_to_everyone() {
+    let gw = gateway(2, |_| {});
+    let addr = gw.http_addr.unwrap();
+    // Alice has two devices, on different cores; Bob has one.
+    let mut alice = Vec::new();
+    for core in 0..2 {
+        let mut d = v4(
+            &gw,
+            v4_options(&gw, &format!("alice-{core}"), true),
+            Some(core),
+        )
+        .await;
+        d.subscribe("user/alice/inbox", RQoS::AtLeastOnce).await;
+        d.subscribe("broadcast", RQoS::AtLeastOnce).await;
+        alice.push(d);
+    }
+    let mut bob = v4(&gw, v4_options(&gw, "bob-phone", true), Some(0)).await;
+    bob.subscribe("client/bob-phone/inbox", RQoS::AtLeastOnce)
+        .await;
+    bob.subscribe("user/bob/inbox", RQoS::AtLeastOnce).await;
+
+    let r = post(
+        addr,
+        "/v1/push/users/alice",
+        r#"{"payload":"for alice","qos":1}"#,
+    );
+    assert_eq!(
+        (r.status, r.json()["topic"].as_str()),
+        (200, Some("user/alice/inbox")),
+        "{}",
+        r.body
+    );
+    for d in &mut alice {
+        assert_eq!(&d.publish().await.payload[..], b"for alice");
+    }
+    let r = post(
+        addr,
+        "/v1/push/clients/bob-phone",
+        r#"{"payload":"for this phone","qos":1}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(&bob.publish().await.payload[..], b"for this phone");
+    let r = post(addr, "/v1/broadcast", r#"{"payload":"to everyone"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    for d in &mut alice {
+        assert_eq!(&d.publish().await.payload[..], b"to everyone");
+    }
+    // Bob did not get Alice's message nor the broadcast (not subscribed).
+    let r = post(addr, "/v1/push/users/bob", r#"{"payload":"for bob"}"#);
+    assert_eq!(r.status, 200);
+    assert_eq!(&bob.publish().await.payload[..], b"for bob");
+
+    let r = post(addr, "/v1/push/users/a%2Fb", r#"{"payload":"x"}"#);
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].as_str()),
+        (400, Some("user"))
+    );
+    let r = post(
+        addr,
+        "/v1/push/clients/c1",
+        r#"{"topic":"elsewhere","payload":"x"}"#,
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].as_str()),
+        (400, Some("topic"))
+    );
+}
+
 #[test]
 fn bad_requests_get_json_errors_that_name_the_field() {
     let gw = gateway(1, |c| {
@@ -167,7 +236,12 @@ fn bad_requests_get_json_errors_that_name_the_field() {
             "invalid_field",
             Some("qos"),
         ),
-        (r#"{"payload": "no topic"}"#, 400, "invalid_field", None),
+        (
+            r#"{"payload": "no topic"}"#,
+            400,
+            "invalid_field",
+            Some("topic"),
+        ),
         (r#"{"topic": "a/#"}"#, 400, "invalid_field", Some("topic")),
         (
             r#"{"topic": "a", "payload": "x", "payload_base64": "eA=="}"#,

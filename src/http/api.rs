@@ -7,6 +7,9 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /v1/publish` | one message; answers once a core accepted it |
 //! | `POST /v1/publish/batch` | up to [`MAX_BATCH`] messages, one result each |
+//! | `POST /v1/push/users/{user}` | to `http.user_topic` (every device of the user) |
+//! | `POST /v1/push/clients/{client_id}` | to `http.client_topic` |
+//! | `POST /v1/broadcast` | to `http.broadcast_topic` |
 //!
 //! `/v1/*` needs `Authorization: Bearer <token>` when `http.tokens` is set
 //! (401 without, 403 with a wrong one). Health and metrics stay open for
@@ -33,6 +36,9 @@ pub const MAX_BATCH: usize = 1000;
 
 type Resp = Response<Full<Bytes>>;
 
+const USERS: &str = "/v1/push/users/";
+const CLIENTS: &str = "/v1/push/clients/";
+
 pub(crate) async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
@@ -42,13 +48,36 @@ pub(crate) async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
         ("/metrics", Method::GET) => Ok(text(super::metrics::render(&api.shared))),
         ("/v1/publish", Method::POST) => publish_one(api, req).await,
         ("/v1/publish/batch", Method::POST) => publish_batch(api, req).await,
-        ("/healthz" | "/readyz" | "/metrics" | "/v1/publish" | "/v1/publish/batch", m) => {
-            Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{m} is not allowed on {path}"),
-            ))
+        ("/v1/broadcast", Method::POST) => {
+            let topic = api.cfg.broadcast_topic.clone();
+            push(api, req, topic).await
         }
+        (p, Method::POST) if p.starts_with(USERS) => {
+            match push_topic(&api.cfg.user_topic, "%u", &p[USERS.len()..], "user") {
+                Ok(topic) => push(api, req, topic).await,
+                Err(e) => Err(e),
+            }
+        }
+        (p, Method::POST) if p.starts_with(CLIENTS) => {
+            match push_topic(
+                &api.cfg.client_topic,
+                "%c",
+                &p[CLIENTS.len()..],
+                "client_id",
+            ) {
+                Ok(topic) => push(api, req, topic).await,
+                Err(e) => Err(e),
+            }
+        }
+        (
+            "/healthz" | "/readyz" | "/metrics" | "/v1/publish" | "/v1/publish/batch"
+            | "/v1/broadcast",
+            m,
+        ) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{m} is not allowed on {path}"),
+        )),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -169,7 +198,9 @@ fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishBody {
-    topic: String,
+    /// Required by `/v1/publish`; the push endpoints set it themselves.
+    #[serde(default)]
+    topic: Option<String>,
     /// UTF-8 text payload.
     #[serde(default)]
     payload: Option<String>,
@@ -211,6 +242,9 @@ impl PublishBody {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", msg.to_string())
                 .field(format!("{at}{field}"))
         };
+        let topic = self
+            .topic
+            .ok_or_else(|| bad("topic", "missing field `topic`"))?;
         let qos = QoS::from_u8(self.qos).ok_or_else(|| bad("qos", "qos must be 0, 1 or 2"))?;
         let payload = match (self.payload, self.payload_base64) {
             (Some(_), Some(_)) => {
@@ -255,7 +289,7 @@ impl PublishBody {
             }
         };
         Ok(PublishRequest {
-            topic: self.topic,
+            topic,
             payload,
             qos,
             retain: self.retain,
@@ -312,6 +346,62 @@ async fn publish_batch(api: &Api, req: Request<Incoming>) -> Result<Resp, ApiErr
         StatusCode::OK,
         &serde_json::json!({"results": results}),
     ))
+}
+
+/// `POST` to a push endpoint: the body is a publish without `topic`.
+async fn push(api: &Api, req: Request<Incoming>, topic: String) -> Result<Resp, ApiError> {
+    authorize(api, &req)?;
+    let bytes = body(api, req).await?;
+    let mut m = parse::<PublishBody>(&bytes)?;
+    if m.topic.is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "push endpoints choose the topic (http.user_topic, client_topic, broadcast_topic)",
+        )
+        .field("topic"));
+    }
+    m.topic = Some(topic.clone());
+    let id = publish(api, m.into_request("")?, "").await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"id": format!("{id:016x}"), "topic": topic}),
+    ))
+}
+
+/// The push topic for one user or client: the path segment, percent-decoded,
+/// in place of `marker`. It must stay one topic level.
+fn push_topic(
+    template: &str,
+    marker: &str,
+    segment: &str,
+    field: &str,
+) -> Result<String, ApiError> {
+    let bad = |msg: &str| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", msg.to_string()).field(field)
+    };
+    let value = percent_decode(segment).ok_or_else(|| bad("not valid percent-encoded UTF-8"))?;
+    if value.is_empty() || value.contains(['/', '+', '#']) {
+        return Err(bad("must be one non-empty topic level (no /, + or #)"));
+    }
+    Ok(template.replace(marker, &value))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Hands one message to the bridge and waits for the core's receipt.
