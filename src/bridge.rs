@@ -18,8 +18,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::codec::{topic, Properties, QoS};
-use crate::core::Core;
+use crate::codec::{reason, topic, Properties, QoS, Version};
+use crate::core::{Core, Entry, Phase};
+use crate::id::ConnKey;
 use crate::session::Message;
 
 /// A message from a bridge thread to a core.
@@ -32,6 +33,52 @@ pub enum BridgeMsg {
         req: PublishRequest,
         done: Option<Receipt>,
     },
+    /// Describe the session at `key` (found in the directory).
+    Inspect {
+        key: ConnKey,
+        reply: tokio::sync::oneshot::Sender<Option<ClientInfo>>,
+    },
+    /// Disconnect the client at `key` (MQTT 5: reason 0x98, Administrative
+    /// action); its session lives on per its expiry. Replies whether a
+    /// connection was there to close.
+    Kick {
+        key: ConnKey,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    },
+    /// Every session on this core, or those of one user.
+    List {
+        user: Option<String>,
+        reply: tokio::sync::oneshot::Sender<Vec<ClientInfo>>,
+    },
+}
+
+/// What the API reports about one session.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub username: Option<String>,
+    pub online: bool,
+    /// `n{node}.c{core}.{seq}`, as in the logs.
+    pub connection_id: String,
+    pub core: usize,
+    /// Unix time in milliseconds of the current connection (absent offline).
+    pub connected_since_ms: Option<u64>,
+    pub peer: Option<String>,
+    /// "3.1", "3.1.1" or "5.0".
+    pub protocol: Option<&'static str>,
+    pub subscriptions: Vec<SubscriptionInfo>,
+    /// QoS 1/2 messages waiting for the in-flight window.
+    pub queued: usize,
+    /// Sent and not yet acknowledged.
+    pub inflight: usize,
+    /// The in-flight window (the client's Receive Maximum, capped).
+    pub inflight_window: Option<usize>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SubscriptionInfo {
+    pub filter: String,
+    pub qos: u8,
 }
 
 /// Where a core reports the outcome of a bridge publish. A tokio oneshot:
@@ -138,6 +185,11 @@ impl Bridge {
         Ok(outcome)
     }
 
+    /// Number of cores (inboxes).
+    pub fn cores(&self) -> usize {
+        self.inboxes.len()
+    }
+
     /// Sends `msg` to `core`'s inbox and rings its bell.
     pub fn send(&self, core: usize, msg: BridgeMsg) -> Result<(), Refusal> {
         let inbox = &self.inboxes[core];
@@ -157,14 +209,84 @@ impl Core {
     /// Handles one message from a bridge thread.
     pub fn on_bridge(&self, msg: BridgeMsg) {
         match msg {
+            // A caller that gave up waiting dropped its receiver; sending
+            // to it is then a no-op.
             BridgeMsg::Publish { req, done } => {
                 let outcome = self.bridge_publish(req);
                 if let Some(done) = done {
-                    // The caller may have given up waiting; nothing to do then.
                     let _ = done.send(outcome);
                 }
             }
+            BridgeMsg::Inspect { key, reply } => {
+                let mut st = self.st.borrow_mut();
+                let info = st.entry(key).and_then(|e| self.client_info(e));
+                let _ = reply.send(info);
+            }
+            BridgeMsg::Kick { key, reply } => {
+                let mut st = self.st.borrow_mut();
+                let link = st
+                    .entry(key)
+                    .filter(|e| matches!(e.phase, Phase::Active))
+                    .and_then(|e| e.link.as_mut());
+                let kicked = link.is_some();
+                if let Some(link) = link {
+                    let code = link
+                        .version
+                        .is_v5()
+                        .then_some(reason::ADMINISTRATIVE_ACTION);
+                    link.request_close_why(code, false, Some("disconnected by the administrator"));
+                }
+                let _ = reply.send(kicked);
+            }
+            BridgeMsg::List { user, reply } => {
+                let st = self.st.borrow();
+                let infos = st
+                    .conns
+                    .iter()
+                    .filter_map(|(_, e)| self.client_info(e))
+                    .filter(|i| user.is_none() || i.username == user)
+                    .collect();
+                let _ = reply.send(infos);
+            }
         }
+    }
+
+    /// The API's view of a session entry; `None` for entries that are not a
+    /// session (a socket before CONNECT, a tombstone, a closing socket).
+    fn client_info(&self, e: &Entry) -> Option<ClientInfo> {
+        let online = match e.phase {
+            Phase::Active => true,
+            Phase::Offline { .. } => false,
+            _ => return None,
+        };
+        let link = e.link.as_ref().filter(|_| online);
+        let since = link.and_then(|l| l.since.duration_since(std::time::UNIX_EPOCH).ok());
+        Some(ClientInfo {
+            client_id: e.client_id.as_deref()?.to_string(),
+            username: link.and_then(|l| l.username.as_deref()).map(str::to_string),
+            online,
+            connection_id: e.id.to_string(),
+            core: self.id,
+            connected_since_ms: since.map(|d| d.as_millis() as u64),
+            peer: link.map(|l| l.peer.to_string()),
+            protocol: link.map(|l| match l.version {
+                Version::V31 => "3.1",
+                Version::V311 => "3.1.1",
+                Version::V5 => "5.0",
+            }),
+            subscriptions: e
+                .session
+                .subs
+                .iter()
+                .map(|(f, o, _)| SubscriptionInfo {
+                    filter: f.to_string(),
+                    qos: o.qos as u8,
+                })
+                .collect(),
+            queued: e.session.queued.len(),
+            inflight: e.session.inflight.len(),
+            inflight_window: link.map(|l| l.window),
+        })
     }
 
     fn bridge_publish(&self, req: PublishRequest) -> Result<u64, Refusal> {

@@ -180,6 +180,8 @@ pub struct Link {
     pub out_aliases: Option<Box<crate::alias::OutAliases>>,
     /// Boxed: most clients set no will, and this struct is per connection.
     pub will: Option<Box<Will>>,
+    /// CONNECT's User Name (presence queries group connections by user).
+    pub username: Option<Arc<str>>,
     /// An enhanced-authentication exchange in progress.
     pub auth: Option<Box<AuthInProgress>>,
     /// The Authentication Method this connection used (for re-authentication).
@@ -462,6 +464,7 @@ impl Core {
                 max_packet: usize::MAX,
                 aliases: Vec::new(),
                 out_aliases: None,
+                username: None,
                 auth: None,
                 auth_method: None,
                 will: None,

@@ -247,6 +247,7 @@ fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<
         }
     }
     link.will = c.will.map(Box::new);
+    link.username = c.username.as_deref().map(Arc::from);
     let requested = if v5 {
         c.properties.session_expiry_interval.unwrap_or(0)
     } else if c.clean_start {

@@ -332,3 +332,108 @@ fn no_tokens_on_a_public_address_is_refused_at_config_time() {
     );
     assert!(ok.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_presence_pagination_and_kick() {
+    let gw = gateway(2, |_| {});
+    let addr = gw.http_addr.unwrap();
+    let mut held = Vec::new();
+    for (id, user, core) in [("alice-0", "alice", 0), ("alice-1", "alice", 1)] {
+        let mut o = v4_options(&gw, id, true);
+        o.set_credentials(user, "pw");
+        let mut c = v4(&gw, o, Some(core)).await;
+        c.subscribe(&format!("user/{user}/inbox"), RQoS::AtLeastOnce)
+            .await;
+        held.push(c);
+    }
+    let mut o = v5_options(&gw, "bob");
+    o.set_credentials("bob", "pw");
+    o.set_clean_start(false);
+    o.set_connect_properties(rumqttc::v5::mqttbytes::v5::ConnectProperties {
+        session_expiry_interval: Some(300),
+        ..Default::default()
+    });
+    let mut bob = v5(&gw, o, Some(0)).await;
+
+    let r = http(addr, "GET", "/v1/clients/alice-1", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = r.json();
+    assert_eq!(
+        (
+            c["online"].as_bool(),
+            c["username"].as_str(),
+            c["core"].as_u64()
+        ),
+        (Some(true), Some("alice"), Some(1))
+    );
+    assert_eq!(c["protocol"], "3.1.1");
+    assert_eq!(c["subscriptions"][0]["filter"], "user/alice/inbox");
+    assert_eq!(c["subscriptions"][0]["qos"], 1);
+    assert!(c["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(c["connected_since_ms"].as_u64().unwrap() > 1_700_000_000_000);
+
+    let r = http(addr, "GET", "/v1/users/alice", &[], "");
+    let u = r.json();
+    assert_eq!(u["online"], 2);
+    let ids: Vec<&str> = u["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["alice-0", "alice-1"]);
+
+    let page = http(addr, "GET", "/v1/clients?limit=2", &[], "").json();
+    assert_eq!(page["clients"].as_array().unwrap().len(), 2);
+    assert_eq!(page["next"], "alice-1");
+    let page = http(addr, "GET", "/v1/clients?limit=2&after=alice-1", &[], "").json();
+    assert_eq!(page["clients"][0]["client_id"], "bob");
+    assert!(page["next"].is_null());
+    let page = http(addr, "GET", "/v1/clients?user=bob", &[], "").json();
+    assert_eq!(page["clients"].as_array().unwrap().len(), 1);
+    let r = http(addr, "GET", "/v1/clients?limit=0", &[], "");
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].as_str()),
+        (400, Some("limit"))
+    );
+    let r = http(addr, "GET", "/v1/clients/nobody", &[], "");
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (404, Some("unknown_client"))
+    );
+
+    // Kick: MQTT 5 clients learn why (0x98); the persistent session stays.
+    let r = http(addr, "DELETE", "/v1/clients/bob", &[], "");
+    assert_eq!(
+        (r.status, r.json()["kicked"].as_bool()),
+        (200, Some(true)),
+        "{}",
+        r.body
+    );
+    // rumqttc reports a server DISCONNECT as the end of its event loop.
+    loop {
+        match tokio::time::timeout(WAIT, bob.events.recv())
+            .await
+            .expect("DISCONNECT in time")
+        {
+            Some(Err(e)) => {
+                assert!(
+                    e.contains("ServerDisconnect { reason_code: AdministrativeAction"),
+                    "{e}"
+                );
+                assert!(e.contains("disconnected by the administrator"), "{e}");
+                break;
+            }
+            Some(Ok(_)) => {}
+            None => panic!("the client ended without the DISCONNECT"),
+        }
+    }
+    until("bob's connection to close", || gw.stats().connections == 2).await;
+    let c = http(addr, "GET", "/v1/clients/bob", &[], "").json();
+    assert_eq!(c["online"], false);
+    let r = http(addr, "DELETE", "/v1/clients/bob", &[], "");
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (404, Some("not_connected"))
+    );
+}

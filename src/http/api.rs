@@ -10,6 +10,10 @@
 //! | `POST /v1/push/users/{user}` | to `http.user_topic` (every device of the user) |
 //! | `POST /v1/push/clients/{client_id}` | to `http.client_topic` |
 //! | `POST /v1/broadcast` | to `http.broadcast_topic` |
+//! | `GET /v1/clients/{client_id}` | one session: online, connection, subscriptions, queue |
+//! | `DELETE /v1/clients/{client_id}` | disconnect it (MQTT 5: 0x98) |
+//! | `GET /v1/clients?user=&limit=&after=` | sessions by client id, paginated |
+//! | `GET /v1/users/{user}` | presence: the user's online connections |
 //!
 //! `/v1/*` needs `Authorization: Bearer <token>` when `http.tokens` is set
 //! (401 without, 403 with a wrong one). Health and metrics stay open for
@@ -28,7 +32,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::Api;
-use crate::bridge::{PublishRequest, Refusal};
+use crate::bridge::{BridgeMsg, PublishRequest, Refusal};
 use crate::codec::{Properties, QoS};
 
 /// Most messages in one `POST /v1/publish/batch`.
@@ -38,6 +42,12 @@ type Resp = Response<Full<Bytes>>;
 
 const USERS: &str = "/v1/push/users/";
 const CLIENTS: &str = "/v1/push/clients/";
+const CLIENT: &str = "/v1/clients/";
+const USER: &str = "/v1/users/";
+
+/// Default and largest page of `GET /v1/clients`.
+pub const PAGE_DEFAULT: usize = 100;
+pub const PAGE_MAX: usize = 1000;
 
 pub(crate) async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
@@ -69,9 +79,13 @@ pub(crate) async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
                 Err(e) => Err(e),
             }
         }
+        ("/v1/clients", Method::GET) => list_clients(api, &req).await,
+        (p, Method::GET) if p.starts_with(CLIENT) => inspect(api, &req, &p[CLIENT.len()..]).await,
+        (p, Method::DELETE) if p.starts_with(CLIENT) => kick(api, &req, &p[CLIENT.len()..]).await,
+        (p, Method::GET) if p.starts_with(USER) => user(api, &req, &p[USER.len()..]).await,
         (
             "/healthz" | "/readyz" | "/metrics" | "/v1/publish" | "/v1/publish/batch"
-            | "/v1/broadcast",
+            | "/v1/broadcast" | "/v1/clients",
             m,
         ) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -402,6 +416,163 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The session of `client_id` in the directory: (core, slab key).
+fn locate(api: &Api, segment: &str) -> Result<(String, crate::id::Location), ApiError> {
+    let id = percent_decode(segment).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "not valid percent-encoded UTF-8",
+        )
+        .field("client_id")
+    })?;
+    match api.shared.store.locate(&id) {
+        Some(loc) => Ok((id, loc)),
+        None => Err(unknown_client(&id)),
+    }
+}
+
+fn unknown_client(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_client",
+        format!("no session for client id {id:?}"),
+    )
+}
+
+/// Sends a query to `core` and awaits its answer.
+async fn ask<T>(
+    api: &Api,
+    core: usize,
+    msg: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> BridgeMsg,
+) -> Result<T, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    api.bridge.send(core, msg(tx)).map_err(|e| refusal(e, ""))?;
+    let limit = Duration::from_millis(api.cfg.publish_timeout_ms);
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => Err(refusal(Refusal::ShuttingDown, "")),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "a core did not answer in time",
+        )),
+    }
+}
+
+async fn inspect(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp, ApiError> {
+    authorize(api, req)?;
+    let (id, loc) = locate(api, segment)?;
+    match ask(api, loc.core, |reply| BridgeMsg::Inspect {
+        key: loc.key,
+        reply,
+    })
+    .await?
+    {
+        Some(info) => Ok(json(StatusCode::OK, &serde_json::json!(info))),
+        None => Err(unknown_client(&id)),
+    }
+}
+
+async fn kick(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp, ApiError> {
+    authorize(api, req)?;
+    let (id, loc) = locate(api, segment)?;
+    if ask(api, loc.core, |reply| BridgeMsg::Kick {
+        key: loc.key,
+        reply,
+    })
+    .await?
+    {
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"client_id": id, "kicked": true}),
+        ))
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_connected",
+            format!("client id {id:?} has no connection"),
+        ))
+    }
+}
+
+/// Every core's sessions (of `user`, if given), sorted by client id.
+async fn all_clients(
+    api: &Api,
+    user: Option<String>,
+) -> Result<Vec<crate::bridge::ClientInfo>, ApiError> {
+    let mut all = Vec::new();
+    for core in 0..api.bridge.cores() {
+        let user = user.clone();
+        all.extend(ask(api, core, |reply| BridgeMsg::List { user, reply }).await?);
+    }
+    all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    Ok(all)
+}
+
+async fn list_clients(api: &Api, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    authorize(api, req)?;
+    let mut user = None;
+    let mut after = None;
+    let mut limit = PAGE_DEFAULT;
+    for (k, v) in req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        let bad = |msg: &str| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", msg.to_string()).field(k)
+        };
+        let v = percent_decode(&v.replace('+', " "))
+            .ok_or_else(|| bad("not valid percent-encoded UTF-8"))?;
+        match k {
+            "user" => user = Some(v),
+            "after" => after = Some(v),
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=PAGE_MAX).contains(n))
+                    .ok_or_else(|| bad(&format!("limit must be 1 to {PAGE_MAX}")))?;
+            }
+            _ => return Err(bad("unknown query parameter (user, limit, after)")),
+        }
+    }
+    let all = all_clients(api, user).await?;
+    let start = after.map_or(0, |a| all.partition_point(|c| c.client_id <= a));
+    let page: Vec<_> = all[start..].iter().take(limit).collect();
+    let next = (start + page.len() < all.len())
+        .then(|| page.last().map(|c| c.client_id.clone()))
+        .flatten();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"clients": page, "next": next}),
+    ))
+}
+
+async fn user(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp, ApiError> {
+    authorize(api, req)?;
+    let user = percent_decode(segment).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "not valid percent-encoded UTF-8",
+        )
+        .field("user")
+    })?;
+    let connections: Vec<_> = all_clients(api, Some(user.clone()))
+        .await?
+        .into_iter()
+        .filter(|c| c.online)
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"user": user, "online": connections.len(), "connections": connections}),
+    ))
 }
 
 /// Hands one message to the bridge and waits for the core's receipt.
