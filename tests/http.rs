@@ -437,3 +437,95 @@ async fn clients_presence_pagination_and_kick() {
         (404, Some("not_connected"))
     );
 }
+
+/// Checks `body` against `components.schemas.<schema>` of the served
+/// OpenAPI document (3.1: its schemas are JSON Schema 2020-12).
+fn conforms(doc: &Value, schema: &str, body: &Value) {
+    let root = serde_json::json!({
+        "$ref": format!("#/components/schemas/{schema}"),
+        "components": doc["components"],
+    });
+    let v = jsonschema::validator_for(&root).expect("the document's schemas compile");
+    let errors: Vec<String> = v
+        .iter_errors(body)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{schema}: {errors:?}\n{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_matches_the_openapi_document() {
+    let gw = gateway(2, |_| {});
+    let addr = gw.http_addr.unwrap();
+    let r = http(addr, "GET", "/v1/openapi.json", &[], "");
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/v1/publish",
+        "/v1/push/users/{user}",
+        "/v1/clients/{client_id}",
+        "/v1/users/{user}",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+    let mut o = v4_options(&gw, "doc-client", true);
+    o.set_credentials("dora", "pw");
+    let mut c = v4(&gw, o, Some(0)).await;
+    c.subscribe("doc/#", RQoS::AtLeastOnce).await;
+
+    let cases: Vec<(Reply, &str)> = vec![
+        (http(addr, "GET", "/healthz", &[], ""), "Status"),
+        (http(addr, "GET", "/readyz", &[], ""), "Status"),
+        (
+            post(
+                addr,
+                "/v1/publish",
+                r#"{"topic":"doc/a","payload":"x","qos":1,"properties":{"content_type":"text/plain","user_properties":[["k","v"]]}}"#,
+            ),
+            "Accepted",
+        ),
+        (post(addr, "/v1/publish", r#"{"topic":"doc/+"}"#), "Error"),
+        (post(addr, "/v1/publish", "{"), "Error"),
+        (
+            post(
+                addr,
+                "/v1/publish/batch",
+                r#"{"messages":[{"topic":"doc/b"},{"topic":"doc/c","qos":5}]}"#,
+            ),
+            "BatchResult",
+        ),
+        (
+            post(addr, "/v1/push/users/dora", r#"{"payload":"hi"}"#),
+            "Accepted",
+        ),
+        (
+            post(addr, "/v1/broadcast", r#"{"payload":"all"}"#),
+            "Accepted",
+        ),
+        (
+            http(addr, "GET", "/v1/clients/doc-client", &[], ""),
+            "Client",
+        ),
+        (http(addr, "GET", "/v1/clients/missing", &[], ""), "Error"),
+        (
+            http(addr, "GET", "/v1/clients?limit=1", &[], ""),
+            "ClientPage",
+        ),
+        (http(addr, "GET", "/v1/users/dora", &[], ""), "User"),
+        (http(addr, "GET", "/nowhere", &[], ""), "Error"),
+        (
+            http(addr, "DELETE", "/v1/clients/doc-client", &[], ""),
+            "Kicked",
+        ),
+    ];
+    for (reply, schema) in &cases {
+        conforms(&doc, schema, &reply.json());
+    }
+    // The document rejects what the API would never send.
+    let bad = serde_json::json!({"error": {"code": "teapot", "message": "", "field": null}});
+    let root =
+        serde_json::json!({"$ref": "#/components/schemas/Error", "components": doc["components"]});
+    assert!(!jsonschema::validator_for(&root).unwrap().is_valid(&bad));
+}

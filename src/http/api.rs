@@ -5,6 +5,7 @@
 //! | `GET /healthz` | the process answers |
 //! | `GET /readyz` | every core serves (503 while stopping) |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /v1/openapi.json` | the OpenAPI 3.1 document (`openapi.json`) |
 //! | `POST /v1/publish` | one message; answers once a core accepted it |
 //! | `POST /v1/publish/batch` | up to [`MAX_BATCH`] messages, one result each |
 //! | `POST /v1/push/users/{user}` | to `http.user_topic` (every device of the user) |
@@ -56,6 +57,7 @@ pub(crate) async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
         ("/healthz", Method::GET) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         ("/readyz", Method::GET) => Ok(ready(api)),
         ("/metrics", Method::GET) => Ok(text(super::metrics::render(&api.shared))),
+        ("/v1/openapi.json", Method::GET) => Ok(openapi()),
         ("/v1/publish", Method::POST) => publish_one(api, req).await,
         ("/v1/publish/batch", Method::POST) => publish_batch(api, req).await,
         ("/v1/broadcast", Method::POST) => {
@@ -623,6 +625,17 @@ fn refusal(r: Refusal, at: &str) -> ApiError {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
         }
     }
+}
+
+/// The OpenAPI 3.1 document of this API (tests validate responses against
+/// it).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+fn openapi() -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Resp {
