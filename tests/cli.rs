@@ -54,6 +54,25 @@ fn mosquitto(tool: &str) -> Command {
     c
 }
 
+/// `mosquitto_sub` with `args` plus `-d` (protocol events on stdout),
+/// returned once its SUBACK arrived, with its output lines.
+fn subscribed(args: &[&str]) -> (Reap, mpsc::Receiver<String>) {
+    let mut sub = mosquitto("mosquitto_sub")
+        .args(args)
+        .arg("-d")
+        .stdout(Stdio::piped())
+        .spawn()
+        .map(Reap)
+        .unwrap();
+    let out = lines_of(sub.0.stdout.take().unwrap());
+    while !out
+        .recv_timeout(WAIT)
+        .expect("mosquitto_sub subscribes in time")
+        .contains("SUBACK")
+    {}
+    (sub, out)
+}
+
 /// Kills the child if the test fails before it exits.
 struct Reap(Child);
 
@@ -83,25 +102,9 @@ fn readme_tour_with_mosquitto_clients_then_sigterm() {
     let (mut tether, port, _banner) = start_tether("2");
     let tether = &mut tether.0;
     let port_s = port.to_string();
-    // -d prints protocol events, so we know when SUBACK arrived.
-    let mut sub = mosquitto("mosquitto_sub")
-        .args([
-            "-p", &port_s, "-t", "demo/#", "-v", "-q", "1", "-C", "3", "-W", "10", "-d", "-V",
-            "mqttv5",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map(Reap)
-        .unwrap();
-    let out = lines_of(sub.0.stdout.take().unwrap());
-    loop {
-        let line = out
-            .recv_timeout(WAIT)
-            .expect("mosquitto_sub subscribes in time");
-        if line.contains("SUBACK") {
-            break;
-        }
-    }
+    let (mut sub, out) = subscribed(&[
+        "-p", &port_s, "-t", "demo/#", "-v", "-q", "1", "-C", "3", "-W", "10", "-V", "mqttv5",
+    ]);
     for (topic, msg, extra) in [
         ("demo/a", "hello", vec!["-q", "0"]),
         ("demo/b", "qos1", vec!["-q", "1"]),
@@ -134,18 +137,7 @@ fn readme_tour_with_mosquitto_clients_then_sigterm() {
 fn sigterm_sends_v5_clients_disconnect_0x8b() {
     let (mut tether, port, _banner) = start_tether("1");
     let tether = &mut tether.0;
-    let mut sub = mosquitto("mosquitto_sub")
-        .args(["-p", &port.to_string(), "-t", "x", "-d", "-V", "mqttv5"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map(Reap)
-        .unwrap();
-    let out = lines_of(sub.0.stdout.take().unwrap());
-    while !out
-        .recv_timeout(WAIT)
-        .expect("SUBACK in time")
-        .contains("SUBACK")
-    {}
+    let (_sub, out) = subscribed(&["-p", &port.to_string(), "-t", "x", "-V", "mqttv5"]);
     // SAFETY: kill(2) with a pid we spawned.
     unsafe { libc::kill(tether.id() as i32, libc::SIGTERM) };
     let disconnect = loop {
@@ -208,31 +200,19 @@ fn http_push_with_curl_reaches_mosquitto_sub() {
             break rest.split_whitespace().next().unwrap().to_string();
         }
     };
-    let mut sub = mosquitto("mosquitto_sub")
-        .args([
-            "-p",
-            &port.to_string(),
-            "-t",
-            "inbox/#",
-            "-v",
-            "-q",
-            "1",
-            "-C",
-            "1",
-            "-W",
-            "10",
-            "-d",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map(Reap)
-        .unwrap();
-    let out = lines_of(sub.0.stdout.take().unwrap());
-    while !out
-        .recv_timeout(WAIT)
-        .expect("subscribed in time")
-        .contains("SUBACK")
-    {}
+    let (_sub, out) = subscribed(&[
+        "-p",
+        &port.to_string(),
+        "-t",
+        "inbox/#",
+        "-v",
+        "-q",
+        "1",
+        "-C",
+        "1",
+        "-W",
+        "10",
+    ]);
     let curl = |args: &[&str]| {
         let o = Command::new("curl")
             .args(["-sS", "--max-time", "10"])

@@ -452,14 +452,24 @@ async fn ask<T>(
 ) -> Result<T, ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     api.bridge.send(core, msg(tx)).map_err(|e| refusal(e, ""))?;
+    reply(api, rx, "").await
+}
+
+/// A core's answer, within `http.publish_timeout_ms`.
+async fn reply<T>(
+    api: &Api,
+    rx: tokio::sync::oneshot::Receiver<T>,
+    at: &str,
+) -> Result<T, ApiError> {
     let limit = Duration::from_millis(api.cfg.publish_timeout_ms);
     match tokio::time::timeout(limit, rx).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(_)) => Err(refusal(Refusal::ShuttingDown, "")),
+        // The core dropped the sender: it is stopping.
+        Ok(Err(_)) => Err(refusal(Refusal::ShuttingDown, at)),
         Err(_) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
-            "a core did not answer in time",
+            format!("no core answered within http.publish_timeout_ms ({limit:?})"),
         )),
     }
 }
@@ -588,17 +598,7 @@ async fn receipt(
     rx: tokio::sync::oneshot::Receiver<Result<u64, Refusal>>,
     at: &str,
 ) -> Result<u64, ApiError> {
-    let limit = Duration::from_millis(api.cfg.publish_timeout_ms);
-    match tokio::time::timeout(limit, rx).await {
-        Ok(Ok(Ok(id))) => Ok(id),
-        Ok(Ok(Err(e))) => Err(refusal(e, at)),
-        Ok(Err(_)) => Err(refusal(Refusal::ShuttingDown, at)),
-        Err(_) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            format!("no core accepted the message within http.publish_timeout_ms ({limit:?})"),
-        )),
-    }
+    reply(api, rx, at).await?.map_err(|e| refusal(e, at))
 }
 
 /// The HTTP form of a bridge refusal.
