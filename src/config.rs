@@ -47,6 +47,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub retained: RetainedConfig,
     pub sys: SysConfig,
+    pub websocket: WebSocketConfig,
     pub http: HttpConfig,
     pub runtime: RuntimeConfig,
     pub log: LogConfig,
@@ -221,6 +222,32 @@ impl Default for SysConfig {
     }
 }
 
+/// MQTT over WebSocket (RFC 6455, subprotocol `mqtt`), served by the same
+/// cores and connection tasks as TCP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    pub enabled: bool,
+    /// Listen address; port 0 asks the OS for a free port.
+    pub listen: SocketAddr,
+    /// Request path of the upgrade.
+    pub path: String,
+    /// Largest WebSocket frame accepted (close 1009 beyond). MQTT packets
+    /// may span frames, so this bounds buffering, not packet size.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
+            path: "/mqtt".into(),
+            max_frame_bytes: 1 << 20,
+        }
+    }
+}
+
 /// The HTTP control plane (push API, health, metrics), served on its own
 /// thread.
 #[derive(Debug, Clone, Deserialize)]
@@ -378,6 +405,13 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        let w = &self.websocket;
+        if !w.path.starts_with('/') {
+            return Err(err("websocket.path", "must start with /"));
+        }
+        if w.max_frame_bytes < 2 {
+            return Err(err("websocket.max_frame_bytes", "must be at least 2"));
+        }
         let h = &self.http;
         if h.enabled && h.tokens.is_empty() && !h.listen.ip().is_loopback() {
             return Err(err(

@@ -27,6 +27,7 @@ use crate::handler;
 use crate::id::{ConnId, ConnKey};
 use crate::session::Frame;
 use crate::stats::bump;
+use crate::ws::Opcode;
 
 /// Bytes encoded into the write buffer before it is handed to the socket.
 const WRITE_CHUNK: usize = 64 * 1024;
@@ -52,6 +53,23 @@ struct Conn {
     wpos: usize,
     /// Set once the close sequence started; bounds the final flush.
     closing: Option<Timer>,
+    /// WebSocket framing, for connections from the WebSocket listener
+    /// (boxed: plain TCP connections pay one pointer).
+    ws: Option<Box<Ws>>,
+}
+
+/// The WebSocket layer of one connection (see [`crate::ws`]).
+#[derive(Default)]
+struct Ws {
+    /// The upgrade was accepted.
+    open: bool,
+    /// Bytes read and not yet decoded: a partial request or frame.
+    raw: Vec<u8>,
+    /// Bytes to write before the next MQTT data: the upgrade response,
+    /// pongs.
+    control: Vec<u8>,
+    /// Close code of the close frame that follows the last MQTT data.
+    close: Option<u16>,
 }
 
 /// The task serving one accepted socket until it closes.
@@ -83,8 +101,9 @@ impl Future for ConnTask {
     }
 }
 
-/// Sets up one accepted socket; the returned task serves it.
-pub fn serve(core: Rc<Core>, stream: TcpStream) -> ConnTask {
+/// Sets up one accepted socket; the returned task serves it. A `websocket`
+/// connection starts with the HTTP upgrade.
+pub fn serve(core: Rc<Core>, stream: TcpStream, websocket: bool) -> ConnTask {
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -114,6 +133,7 @@ pub fn serve(core: Rc<Core>, stream: TcpStream) -> ConnTask {
             wbuf: Vec::new(),
             wpos: 0,
             closing: None,
+            ws: websocket.then(Box::default),
         },
     }
 }
@@ -174,7 +194,11 @@ impl Conn {
                 Poll::Ready(Ok(n)) => {
                     let stats = core.stats();
                     bump(&stats.bytes_in, n as u64);
-                    self.ingest(&scratch[..n]);
+                    if self.ws.is_some() {
+                        self.ws_ingest(&scratch[..n]);
+                    } else {
+                        self.ingest(&scratch[..n]);
+                    }
                 }
                 Poll::Ready(Err(e)) => {
                     debug!(conn = %self.id, "read failed: {e}");
@@ -222,6 +246,85 @@ impl Conn {
         }
         if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_BUFFER {
             self.inbuf = Vec::new();
+        }
+    }
+
+    /// WebSocket connections: the upgrade, then frames, whose payloads are
+    /// the MQTT byte stream.
+    fn ws_ingest(&mut self, data: &[u8]) {
+        let Some(mut ws) = self.ws.take() else {
+            return;
+        };
+        ws.raw.extend_from_slice(data);
+        let cfg = &self.core.cfg.websocket;
+        if !ws.open {
+            match crate::ws::handshake(&ws.raw, &cfg.path) {
+                crate::ws::Handshake::Incomplete => {}
+                crate::ws::Handshake::Refused { response, why } => {
+                    info!(conn = %self.id, peer = %self.peer, "WebSocket upgrade refused: {why}");
+                    bump(&self.core.stats().protocol_errors, 1);
+                    ws.control.extend_from_slice(&response);
+                    ws.raw = Vec::new();
+                    self.close_link();
+                }
+                crate::ws::Handshake::Accepted { response, used } => {
+                    ws.control.extend_from_slice(&response);
+                    ws.raw.drain(..used);
+                    ws.open = true;
+                }
+            }
+        }
+        let max = cfg.max_frame_bytes;
+        let mut used = 0;
+        while ws.open {
+            match crate::ws::decode_frame(&mut ws.raw[used..], max) {
+                Ok(None) => break,
+                Ok(Some(f)) => {
+                    let payload = used + f.payload.start..used + f.payload.end;
+                    used += f.used;
+                    match f.opcode {
+                        Opcode::Binary | Opcode::Continuation => self.ingest(&ws.raw[payload]),
+                        Opcode::Ping => {
+                            crate::ws::encode_frame(Opcode::Pong, &ws.raw[payload], &mut ws.control)
+                        }
+                        Opcode::Pong => {}
+                        Opcode::Close => {
+                            debug!(conn = %self.id, "WebSocket closed by the client");
+                            ws.close.get_or_insert(crate::ws::close::NORMAL);
+                            self.close_link();
+                            break;
+                        }
+                        Opcode::Text => {
+                            info!(conn = %self.id, peer = %self.peer, "closing: text frame (MQTT needs binary frames)");
+                            bump(&self.core.stats().protocol_errors, 1);
+                            ws.close = Some(crate::ws::close::UNSUPPORTED_DATA);
+                            self.close_link();
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    info!(conn = %self.id, peer = %self.peer, "closing: {e}");
+                    bump(&self.core.stats().protocol_errors, 1);
+                    ws.close = Some(e.close_code());
+                    self.close_link();
+                    used = ws.raw.len();
+                    break;
+                }
+            }
+        }
+        ws.raw.drain(..used.min(ws.raw.len()));
+        if ws.raw.is_empty() {
+            // Idle WebSocket connections hold no buffer either.
+            ws.raw = Vec::new();
+        }
+        self.ws = Some(ws);
+    }
+
+    /// Asks the connection to close after flushing what is queued.
+    fn close_link(&self) {
+        if let Some(link) = self.core.st.borrow_mut().link(self.key) {
+            link.request_close(None, false);
         }
     }
 
@@ -318,8 +421,33 @@ impl Conn {
         link.request_close_why(v5.then_some(code), false, Some(why));
     }
 
-    /// Encodes outbox frames into the write buffer.
+    /// Encodes outbox frames into the write buffer (for WebSocket
+    /// connections: after pending control frames, as one binary frame, and
+    /// followed by the close frame once the connection is closing).
     fn fill_wbuf(&mut self) {
+        let start = match self.ws.as_mut() {
+            Some(ws) => {
+                if !ws.control.is_empty() {
+                    self.wbuf.extend_from_slice(&std::mem::take(&mut ws.control));
+                }
+                Some(self.wbuf.len())
+            }
+            None => None,
+        };
+        self.fill_mqtt();
+        if let (Some(start), Some(ws)) = (start, self.ws.as_mut()) {
+            if self.wbuf.len() > start {
+                let mqtt = self.wbuf.split_off(start);
+                crate::ws::encode_frame(Opcode::Binary, &mqtt, &mut self.wbuf);
+            } else if self.closing.is_some() {
+                if let Some(code) = ws.close.take() {
+                    crate::ws::encode_close(code, &mut self.wbuf);
+                }
+            }
+        }
+    }
+
+    fn fill_mqtt(&mut self) {
         let mut st = self.core.st.borrow_mut();
         let Some(link) = st.link(self.key) else {
             return;
@@ -373,6 +501,9 @@ impl Conn {
     fn poll_close(&mut self, cx: &mut Context<'_>, req: CloseRequest) -> Poll<()> {
         if self.closing.is_none() {
             self.closing = Some(Timer::new(CLOSE_FLUSH_TIMEOUT));
+            if let Some(ws) = self.ws.as_mut().filter(|w| w.open) {
+                ws.close.get_or_insert(crate::ws::close::NORMAL);
+            }
             let v5 = self.version.is_some_and(Version::is_v5);
             if let Some(link) = self.core.st.borrow_mut().link(self.key) {
                 if req.discard_outbox {

@@ -23,6 +23,7 @@ pub mod stats;
 pub mod store;
 pub mod subs;
 pub mod wheel;
+pub mod ws;
 
 pub use config::Config;
 pub use runtime::{Gateway, StartError};

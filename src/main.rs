@@ -135,6 +135,12 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         cores - 1
     );
     println!("  mqtt/tcp    listening on {}", gateway.tcp_addr);
+    if let Some(addr) = gateway.ws_addr {
+        println!(
+            "  mqtt/ws     ws://{addr}{} (subprotocol mqtt)",
+            cfg.websocket.path
+        );
+    }
     match gateway.http_addr {
         Some(addr) if cfg.http.tokens.is_empty() => println!(
             "  http api    http://{addr}  (no tokens: unauthenticated, allowed because it is loopback only; \

@@ -44,6 +44,8 @@ impl std::error::Error for StartError {}
 pub struct Gateway {
     /// Bound MQTT/TCP address (the real port when configured with port 0).
     pub tcp_addr: SocketAddr,
+    /// Bound MQTT-over-WebSocket address, when `websocket.enabled`.
+    pub ws_addr: Option<SocketAddr>,
     pub cores: usize,
     /// Bound HTTP API address, when `http.enabled`.
     pub http_addr: Option<SocketAddr>,
@@ -77,6 +79,19 @@ impl Gateway {
             .ok()
             .and_then(|a| a.as_socket())
             .ok_or_else(|| StartError("listener has no address".into()))?;
+        let ws_listeners = if cfg.websocket.enabled {
+            bind_listeners(cfg.websocket.listen, ncores, cfg.listeners.backlog)?
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            (0..ncores).map(|_| None).collect::<Vec<_>>()
+        };
+        let ws_addr = ws_listeners[0]
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .and_then(|a| a.as_socket());
+        let mut ws_listeners = ws_listeners.into_iter();
         let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::default());
         let shared = Arc::new(Shared {
             node_id: cfg.node.id,
@@ -101,6 +116,10 @@ impl Gateway {
             doorbells.push(bell_tx);
             let bell_fd = bell_rx.into_raw_fd();
             let listener_fd = listener.into_raw_fd();
+            let ws_listener_fd = ws_listeners
+                .next()
+                .expect("one WebSocket slot per core")
+                .map(IntoRawFd::into_raw_fd);
             let (cfg, shared, mesh, ready) =
                 (cfg.clone(), shared.clone(), mesh.clone(), ready_tx.clone());
             let inbox = inboxes.next().expect("one inbox per core");
@@ -114,6 +133,7 @@ impl Gateway {
                         cfg,
                         shared,
                         listener_fd,
+                        ws_listener_fd,
                         bell_fd,
                         inbox,
                         mesh,
@@ -152,6 +172,7 @@ impl Gateway {
         };
         Ok(Gateway {
             tcp_addr,
+            ws_addr,
             cores: ncores,
             http_addr: http.as_ref().map(|h| h.addr),
             serving,
@@ -308,6 +329,8 @@ struct CoreStart {
     shared: Arc<Shared>,
     /// The core's SO_REUSEPORT listener, ownership passed as a raw fd.
     listener_fd: RawFd,
+    /// The core's WebSocket listener, likewise, when enabled.
+    ws_listener_fd: Option<RawFd>,
     /// Read end of the shutdown doorbell, likewise.
     bell_fd: RawFd,
     /// The core side of its bridge inbox.
@@ -323,6 +346,7 @@ async fn run_core(start: CoreStart) {
         cfg,
         shared,
         listener_fd,
+        ws_listener_fd,
         bell_fd,
         inbox,
         mesh,
@@ -332,6 +356,8 @@ async fn run_core(start: CoreStart) {
     // SAFETY: both fds were created by `Gateway::start` for this core and
     // ownership was handed over with `into_raw_fd`; nothing else closes them.
     let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
+    // SAFETY: as above.
+    let ws_listener = ws_listener_fd.map(|fd| unsafe { TcpListener::from_raw_fd(fd) });
     // SAFETY: as above, this core owns the read end of its doorbell.
     let mut bell = unsafe { UnixStream::from_raw_fd(bell_fd) };
     let mut mesh_tasks = Vec::new();
@@ -366,7 +392,8 @@ async fn run_core(start: CoreStart) {
     let _ = ready.send(id);
     debug!(core = id, "core ready");
 
-    let accept = accept_loop(core.clone(), listener);
+    let ws_accept = ws_listener.map(|l| glommio::spawn_local(accept_loop(core.clone(), l, true)));
+    let accept = accept_loop(core.clone(), listener, false);
     let doorbell = async {
         let mut b = [0u8; 1];
         let _ = bell.read(&mut b).await;
@@ -377,6 +404,7 @@ async fn run_core(start: CoreStart) {
     let grace = Duration::from_millis(cfg.runtime.shutdown_grace_ms);
     let drained = core.drained.wait();
     futures_lite::future::or(drained, glommio::timer::sleep(grace)).await;
+    drop(ws_accept);
     drop(ticker);
     drop(bridge);
     drop(sys);
@@ -404,11 +432,12 @@ async fn run_bridge(core: Rc<Core>, inbox: crate::bridge::CoreInbox) {
     }
 }
 
-async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
+/// Accepts on one listener; `websocket` connections start with the upgrade.
+async fn accept_loop(core: Rc<Core>, listener: TcpListener, websocket: bool) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                glommio::spawn_local(crate::conn::serve(core.clone(), stream)).detach();
+                glommio::spawn_local(crate::conn::serve(core.clone(), stream, websocket)).detach();
             }
             Err(e) => {
                 let too_many = matches!(&e, glommio::GlommioError::IoError(io) if io.raw_os_error() == Some(libc::EMFILE) || io.raw_os_error() == Some(libc::ENFILE));

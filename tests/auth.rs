@@ -58,6 +58,7 @@ fn authenticator_decides_every_connect() {
     cfg.sys.interval_secs = 0;
     cfg.listeners.tcp = "127.0.0.1:0".parse().unwrap();
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.websocket.listen = "127.0.0.1:0".parse().unwrap();
     let gw = tether::Gateway::start_with(cfg, Arc::new(OnlyAlice)).unwrap();
 
     assert_eq!(
@@ -193,6 +194,7 @@ fn enhanced_authentication_exchange_and_reauthentication() {
     cfg.sys.interval_secs = 0;
     cfg.listeners.tcp = "127.0.0.1:0".parse().unwrap();
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.websocket.listen = "127.0.0.1:0".parse().unwrap();
     let gw = tether::Gateway::start_with(cfg, Arc::new(Arithmetic)).unwrap();
 
     // CONNECT → AUTH 0x18 challenge → AUTH 0x18 answer → CONNACK with the final data.

@@ -14,6 +14,7 @@ fn start_tether(cores: &str) -> (Reap, u16, mpsc::Receiver<String>) {
         Command::new(env!("CARGO_BIN_EXE_tether"))
             .env("TETHER_LISTENERS__TCP", "127.0.0.1:0")
             .env("TETHER_HTTP__LISTEN", "127.0.0.1:0")
+            .env("TETHER_WEBSOCKET__LISTEN", "127.0.0.1:0")
             .env("TETHER_NODE__CORES", cores)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -66,6 +66,7 @@ class Broker:
             TETHER_LISTENERS__TCP=f"127.0.0.1:{port}",
             TETHER_SYS__INTERVAL_SECS="0",
             TETHER_HTTP__ENABLED="false",
+            TETHER_WEBSOCKET__ENABLED="false",
             TETHER_LOG__LEVEL="warn",
         )
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

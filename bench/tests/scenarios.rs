@@ -14,6 +14,7 @@ fn gateway() -> Gateway {
     cfg.node.cores = 2;
     cfg.listeners.tcp = "127.0.0.1:0".parse().unwrap();
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.websocket.listen = "127.0.0.1:0".parse().unwrap();
     Gateway::start(cfg).expect("gateway starts")
 }
 

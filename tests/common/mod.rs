@@ -22,6 +22,7 @@ pub fn gateway(cores: usize, tweak: impl FnOnce(&mut Config)) -> Gateway {
     cfg.node.cores = cores;
     cfg.listeners.tcp = "127.0.0.1:0".parse().unwrap();
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.websocket.listen = "127.0.0.1:0".parse().unwrap();
     tweak(&mut cfg);
     Gateway::start(cfg).expect("gateway starts")
 }
