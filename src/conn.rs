@@ -428,7 +428,8 @@ impl Conn {
         let start = match self.ws.as_mut() {
             Some(ws) => {
                 if !ws.control.is_empty() {
-                    self.wbuf.extend_from_slice(&std::mem::take(&mut ws.control));
+                    self.wbuf
+                        .extend_from_slice(&std::mem::take(&mut ws.control));
                 }
                 Some(self.wbuf.len())
             }
