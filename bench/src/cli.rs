@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 #[derive(Parser, Debug, Clone)]
@@ -16,6 +16,16 @@ use serde::{Deserialize, Serialize};
 pub struct Cli {
     #[command(subcommand)]
     pub scenario: Scenario,
+}
+
+/// How clients reach the broker.
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// MQTT straight over TCP.
+    Tcp,
+    /// MQTT over WebSocket (RFC 6455, binary frames, subprotocol `mqtt`).
+    Ws,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -60,9 +70,15 @@ pub struct Opts {
     /// Broker host.
     #[arg(short = 'H', long, default_value = "127.0.0.1")]
     pub host: String,
-    /// Broker MQTT port.
+    /// Broker MQTT port (the WebSocket port with `--transport ws`).
     #[arg(short, long, default_value_t = 1883)]
     pub port: u16,
+    /// `tcp`, or `ws` for MQTT over WebSocket (subprotocol mqtt).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
+    /// Request path of the WebSocket upgrade.
+    #[arg(long, default_value = "/mqtt")]
+    pub ws_path: String,
     /// Clients (conn, pub, sub), subscribers (fanout, sharedsub), pairs
     /// (p2p, storm) or publishers (fanin).
     #[arg(short, long, default_value_t = 100)]

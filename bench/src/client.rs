@@ -68,6 +68,9 @@ struct Client {
     qos: QoS,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
+    /// `--transport ws`: bytes read and not yet unframed, and the framed
+    /// copy of `wbuf` being written.
+    ws: Option<(BytesMut, Vec<u8>)>,
     /// Payload template: the header is rewritten per message.
     payload: Vec<u8>,
     tracker: Tracker,
@@ -102,6 +105,8 @@ pub async fn run(
             IDLE_READ_RESERVE
         }),
         wbuf: Vec::new(),
+        ws: (ctx.plan.opts.transport == crate::cli::Transport::Ws)
+            .then(|| (BytesMut::new(), Vec::new())),
         payload: vec![0xA5; size],
         tracker: Tracker::default(),
         awaiting_rel: Default::default(),
@@ -202,6 +207,32 @@ impl Client {
         let _ = stream.set_nodelay(true);
         self.rbuf.clear();
         self.wbuf.clear();
+        if let Some((raw, _)) = self.ws.as_mut() {
+            raw.clear();
+            let req = crate::wsframe::upgrade_request(
+                &plan_host(&self.ctx),
+                &self.ctx.plan.opts.ws_path,
+                self.spec.index,
+            );
+            stream
+                .write_all(req.as_bytes())
+                .await
+                .map_err(|e| format!("tcp: {}", io_reason(&e)))?;
+            loop {
+                let raw = &mut self.ws.as_mut().expect("ws").0;
+                if let Some(n) = crate::wsframe::upgrade_response(raw)? {
+                    raw.advance(n);
+                    break;
+                }
+                raw.reserve(IDLE_READ_RESERVE);
+                match tokio::time::timeout_at(deadline, stream.read_buf(raw)).await {
+                    Err(_) => return Err("websocket upgrade timeout".into()),
+                    Ok(Ok(0)) => return Err("closed by broker during the websocket upgrade".into()),
+                    Ok(Err(e)) => return Err(format!("tcp: {}", io_reason(&e))),
+                    Ok(Ok(_)) => {}
+                }
+            }
+        }
         self.awaiting_rel.clear();
         let plan = &self.ctx.plan;
         let mut properties = Properties::default();
@@ -274,8 +305,8 @@ impl Client {
             if !matches!(ev, Event::None) {
                 return Ok(ev);
             }
-            self.rbuf.reserve(IDLE_READ_RESERVE);
-            match tokio::time::timeout_at(deadline, stream.read_buf(&mut self.rbuf)).await {
+            self.read_target().reserve(IDLE_READ_RESERVE);
+            match tokio::time::timeout_at(deadline, stream.read_buf(self.read_target())).await {
                 Err(_) => return Err("handshake timeout".into()),
                 Ok(Ok(0)) => return Err("closed by broker during handshake".into()),
                 Ok(Err(e)) => return Err(format!("tcp: {}", io_reason(&e))),
@@ -285,14 +316,32 @@ impl Client {
     }
 
     async fn flush(&mut self, stream: &mut TcpStream) -> Result<(), String> {
-        if !self.wbuf.is_empty() {
-            stream
-                .write_all(&self.wbuf)
-                .await
-                .map_err(|e| format!("tcp: {}", io_reason(&e)))?;
-            self.wbuf.clear();
+        if self.wbuf.is_empty() {
+            return Ok(());
         }
+        let out = match self.ws.as_mut() {
+            Some((_, framed)) => {
+                framed.clear();
+                let mask = (self.rng as u32).to_be_bytes();
+                crate::wsframe::frame(&self.wbuf, mask, framed);
+                &framed[..]
+            }
+            None => &self.wbuf[..],
+        };
+        stream
+            .write_all(out)
+            .await
+            .map_err(|e| format!("tcp: {}", io_reason(&e)))?;
+        self.wbuf.clear();
         Ok(())
+    }
+
+    /// Where reads go: the MQTT buffer, or the WebSocket frame buffer.
+    fn read_target(&mut self) -> &mut BytesMut {
+        match self.ws.as_mut() {
+            Some((raw, _)) => raw,
+            None => &mut self.rbuf,
+        }
     }
 
     /// The connected life of the client, until the run stops, the storm
@@ -331,12 +380,13 @@ impl Client {
                 last_write = Instant::now();
                 continue;
             }
-            if self.rbuf.capacity() - self.rbuf.len() < reserve / 4 {
-                self.rbuf.reserve(reserve);
+            let target = self.read_target();
+            if target.capacity() - target.len() < reserve / 4 {
+                target.reserve(reserve);
             }
             tokio::select! {
                 biased;
-                r = stream.read_buf(&mut self.rbuf) => match r {
+                r = stream.read_buf(self.read_target()) => match r {
                     Ok(0) => return End::Lost("closed by broker".into()),
                     Err(e) => return End::Lost(format!("tcp: {}", io_reason(&e))),
                     Ok(_) => match self.drain_frames() {
@@ -510,6 +560,9 @@ impl Client {
     /// Handles every complete packet in the read buffer; returns the last
     /// connect-phase event seen.
     fn drain_frames(&mut self) -> Result<Event, String> {
+        if let Some((raw, _)) = self.ws.as_mut() {
+            crate::wsframe::unframe(raw, &mut self.rbuf)?;
+        }
         let mut event = Event::None;
         let mut used = 0;
         loop {
@@ -661,6 +714,11 @@ fn bind_source(socket: &TcpSocket, ip: std::net::IpAddr) -> Result<(), String> {
     socket
         .bind(std::net::SocketAddr::new(ip, 0))
         .map_err(|e| format!("bind {ip}: {}", io_reason(&e)))
+}
+
+/// The `Host` of a WebSocket upgrade.
+fn plan_host(ctx: &CoreCtx) -> String {
+    format!("{}:{}", ctx.plan.opts.host, ctx.plan.opts.port)
 }
 
 /// A short, stable failure reason for the failure tables.

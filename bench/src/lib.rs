@@ -11,6 +11,7 @@
 //! - [`report`]: figures, histograms, merging and the summary.
 //! - [`procs`]: `--procs N` worker processes and their merge.
 //! - [`sample`]: `--target-pid` RSS and CPU sampling.
+//! - [`wsframe`]: `--transport ws` (MQTT over WebSocket, client side).
 
 pub mod cli;
 pub mod client;
@@ -21,6 +22,7 @@ pub mod sample;
 pub mod scenario;
 pub mod track;
 pub mod worker;
+pub mod wsframe;
 
 use std::sync::Arc;
 

@@ -20,7 +20,12 @@ fn gateway() -> Gateway {
 
 /// Runs `args` (a scenario and its options) in this process against `gw`.
 fn bench(gw: &Gateway, args: &str) -> Report {
-    let port = gw.tcp_addr.port().to_string();
+    bench_at(gw.tcp_addr.port(), args)
+}
+
+/// Runs `args` against the listener on `port`.
+fn bench_at(port: u16, args: &str) -> Report {
+    let port = port.to_string();
     let argv = ["tether-bench"]
         .into_iter()
         .chain(args.split_whitespace())
@@ -85,6 +90,26 @@ fn p2p_pairs_at_qos_0_and_fanin_at_qos_2() {
     let r = bench(&gw, "fanin -c 20 -q 2 -r 100 -d 0.5 -V 5");
     assert_clean(&r);
     assert_eq!(r.integrity.duplicates, 0, "exactly once");
+}
+
+#[test]
+fn websocket_clients_fan_out_and_ride_a_storm() {
+    let gw = gateway();
+    let ws = gw.ws_addr.expect("websocket listener").port();
+    let r = bench_at(ws, "fanout -c 20 -P 2 -q 1 -r 200 -d 0.5 --transport ws");
+    assert_clean(&r);
+    assert_eq!(r.integrity.expected, r.published * 20);
+    assert_eq!(r.acked, r.published, "every QoS 1 publish acknowledged");
+    let r = bench_at(
+        ws,
+        "storm -c 10 -q 1 -r 100 -d 1 --storm-pct 50 -V 5 --transport ws",
+    );
+    assert_clean(&r);
+    assert!(
+        r.reconnects > 2,
+        "the storm dropped clients: {}",
+        r.summary()
+    );
 }
 
 #[test]
