@@ -50,6 +50,28 @@ pub enum BridgeMsg {
         user: Option<String>,
         reply: tokio::sync::oneshot::Sender<Vec<ClientInfo>>,
     },
+    /// This core's session gauges, for `/metrics`.
+    Gauges {
+        reply: tokio::sync::oneshot::Sender<SessionGauges>,
+    },
+}
+
+/// Session-state gauges of one core, summed over its sessions when asked
+/// (one pass over the core's slab per scrape; the core keeps no running
+/// totals on its message path).
+#[derive(Debug, Clone, Default)]
+pub struct SessionGauges {
+    pub online: u64,
+    pub offline: u64,
+    /// QoS 1/2 messages waiting for a session's in-flight window.
+    pub queued: u64,
+    /// Sent, not yet acknowledged.
+    pub inflight: u64,
+    /// Sum of the online sessions' in-flight windows (`inflight` over this
+    /// is the window use).
+    pub inflight_capacity: u64,
+    /// Encoded bytes waiting in online connections' outboxes.
+    pub outbox_bytes: u64,
 }
 
 /// What the API reports about one session.
@@ -238,6 +260,24 @@ impl Core {
                 }
                 let _ = reply.send(kicked);
             }
+            BridgeMsg::Gauges { reply } => {
+                let st = self.st.borrow();
+                let mut g = SessionGauges::default();
+                for (_, e) in st.conns.iter() {
+                    match e.phase {
+                        Phase::Active => g.online += 1,
+                        Phase::Offline { .. } => g.offline += 1,
+                        _ => continue,
+                    }
+                    g.queued += e.session.queued.len() as u64;
+                    g.inflight += e.session.inflight.len() as u64;
+                    if let Some(link) = &e.link {
+                        g.inflight_capacity += link.window as u64;
+                        g.outbox_bytes += link.outbox_bytes as u64;
+                    }
+                }
+                let _ = reply.send(g);
+            }
             BridgeMsg::List { user, reply } => {
                 let st = self.st.borrow();
                 let infos = st
@@ -315,6 +355,7 @@ impl Core {
             properties: req.properties,
             origin: None,
             expires_at,
+            born: std::time::Instant::now(),
         });
         let mut st = self.st.borrow_mut();
         if msg.retain && !self.retain(&mut st, &msg) {

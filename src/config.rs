@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -48,6 +48,7 @@ pub struct Config {
     pub retained: RetainedConfig,
     pub sys: SysConfig,
     pub websocket: WebSocketConfig,
+    pub tls: TlsConfig,
     pub http: HttpConfig,
     pub runtime: RuntimeConfig,
     pub log: LogConfig,
@@ -248,6 +249,53 @@ impl Default for WebSocketConfig {
     }
 }
 
+/// MQTT over TLS (mqtts) and WebSocket over TLS (wss). Certificate and key
+/// are read at start and again on SIGHUP; established connections keep the
+/// session they negotiated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Serve mqtts (and wss, see `wss`); needs `cert_file` and `key_file`.
+    pub enabled: bool,
+    /// mqtts listen address; port 0 asks the OS for a free port.
+    pub listen: SocketAddr,
+    /// Also serve MQTT over WebSocket over TLS (path and frame limit from
+    /// `[websocket]`).
+    pub wss: bool,
+    /// wss listen address.
+    pub wss_listen: SocketAddr,
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
+    pub key_file: PathBuf,
+    /// PEM CA certificates that client certificates are verified against;
+    /// empty: client certificates are not asked for.
+    pub client_ca_file: PathBuf,
+    /// With `client_ca_file`: refuse clients that present no certificate
+    /// (otherwise a certificate is optional, but verified when presented).
+    pub require_client_cert: bool,
+    /// With a verified client certificate, its subject CN replaces the
+    /// CONNECT username: the auth layer, ACL templates (`%u`) and presence
+    /// see the certificate's identity, not a claimed one.
+    pub cn_as_username: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
+            wss: true,
+            wss_listen: SocketAddr::from(([127, 0, 0, 1], 8084)),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            client_ca_file: PathBuf::new(),
+            require_client_cert: false,
+            cn_as_username: true,
+        }
+    }
+}
+
 /// The HTTP control plane (push API, health, metrics), served on its own
 /// thread.
 #[derive(Debug, Clone, Deserialize)]
@@ -411,6 +459,20 @@ impl Config {
         }
         if w.max_frame_bytes < 2 {
             return Err(err("websocket.max_frame_bytes", "must be at least 2"));
+        }
+        let t = &self.tls;
+        if t.enabled && (t.cert_file.as_os_str().is_empty() || t.key_file.as_os_str().is_empty()) {
+            return Err(err(
+                "tls.cert_file",
+                "TLS is enabled without a certificate: set tls.cert_file and tls.key_file \
+                 (PEM files), or tls.enabled = false",
+            ));
+        }
+        if t.require_client_cert && t.client_ca_file.as_os_str().is_empty() {
+            return Err(err(
+                "tls.require_client_cert",
+                "needs tls.client_ca_file, the CA that client certificates are verified against",
+            ));
         }
         let h = &self.http;
         if h.enabled && h.tokens.is_empty() && !h.listen.ip().is_loopback() {

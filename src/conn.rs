@@ -6,6 +6,10 @@
 //! socket has into the core's shared scratch buffer and handle every
 //! complete packet. Only a partial trailing packet is copied into the
 //! connection's own buffer.
+//!
+//! Layers, outermost first, each optional and boxed (a plain TCP connection
+//! pays a pointer for each): TLS ([`crate::tls`]), WebSocket framing
+//! ([`crate::ws`]), then the MQTT codec.
 
 use std::future::Future;
 use std::io;
@@ -19,12 +23,13 @@ use std::time::Duration;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::codec::{self, decode, reason, DecodeError, Packet, Version};
 use crate::core::{CloseRequest, Core, Phase};
 use crate::handler;
 use crate::id::{ConnId, ConnKey};
+use crate::listener::Transport;
 use crate::session::Frame;
 use crate::stats::bump;
 use crate::ws::Opcode;
@@ -53,8 +58,11 @@ struct Conn {
     wpos: usize,
     /// Set once the close sequence started; bounds the final flush.
     closing: Option<Timer>,
-    /// WebSocket framing, for connections from the WebSocket listener
-    /// (boxed: plain TCP connections pay one pointer).
+    /// The listener the connection came in on.
+    transport: Transport,
+    /// TLS, for connections from the mqtts and wss listeners.
+    tls: Option<Box<crate::tls::Session>>,
+    /// WebSocket framing, for connections from the ws and wss listeners.
     ws: Option<Box<Ws>>,
 }
 
@@ -96,17 +104,32 @@ impl Future for ConnTask {
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(conn.stream.as_raw_fd()) };
         let _ = socket2::SockRef::from(&fd).shutdown(Shutdown::Write);
         conn.core.unregister(conn.key);
+        conn.core.shared.cores[conn.core.id].open_by_transport[conn.transport.index()]
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         debug!(conn = %conn.id, peer = %conn.peer, "closed");
         Poll::Ready(())
     }
 }
 
-/// Sets up one accepted socket; the returned task serves it. A `websocket`
-/// connection starts with the HTTP upgrade.
-pub fn serve(core: Rc<Core>, stream: TcpStream, websocket: bool) -> ConnTask {
+/// Sets up one accepted socket; the returned task serves it. TLS
+/// connections start with the handshake, WebSocket connections with the
+/// HTTP upgrade. `None`: the socket was closed at once (TLS could not start).
+pub fn serve(core: Rc<Core>, stream: TcpStream, transport: Transport) -> Option<ConnTask> {
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let tls = match (transport.tls(), core.shared.tls.as_ref()) {
+        (false, _) => None,
+        (true, Some(acceptor)) => match acceptor.session() {
+            Ok(session) => Some(Box::new(session)),
+            Err(e) => {
+                warn!(%peer, "cannot start a TLS session: {e}");
+                bump(&core.stats().tls_handshake_errors, 1);
+                return None;
+            }
+        },
+        (true, None) => unreachable!("TLS listeners are bound only with an acceptor"),
+    };
     // Interactive protocol: small packets must not wait for Nagle.
     let _ = stream.set_nodelay(true);
     let l = &core.cfg.listeners;
@@ -120,8 +143,10 @@ pub fn serve(core: Rc<Core>, stream: TcpStream, websocket: bool) -> ConnTask {
         let _ = sock.set_recv_buffer_size(l.recv_buffer_bytes);
     }
     let (key, id) = core.register(peer, stream.as_raw_fd());
-    debug!(conn = %id, %peer, "accepted");
-    ConnTask {
+    core.shared.cores[core.id].open_by_transport[transport.index()]
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    debug!(conn = %id, %peer, transport = transport.name(), "accepted");
+    Some(ConnTask {
         conn: Conn {
             core,
             stream,
@@ -133,9 +158,11 @@ pub fn serve(core: Rc<Core>, stream: TcpStream, websocket: bool) -> ConnTask {
             wbuf: Vec::new(),
             wpos: 0,
             closing: None,
-            ws: websocket.then(Box::default),
+            transport,
+            tls,
+            ws: transport.websocket().then(Box::default),
         },
-    }
+    })
 }
 
 impl Conn {
@@ -194,10 +221,13 @@ impl Conn {
                 Poll::Ready(Ok(n)) => {
                     let stats = core.stats();
                     bump(&stats.bytes_in, n as u64);
-                    if self.ws.is_some() {
-                        self.ws_ingest(&scratch[..n]);
+                    if self.tls.is_some() {
+                        if self.tls_ingest(&scratch[..n]) == crate::tls::Inbound::Closed {
+                            debug!(conn = %self.id, "peer closed the TLS session");
+                            return Poll::Ready(());
+                        }
                     } else {
-                        self.ingest(&scratch[..n]);
+                        self.layer_ingest(&scratch[..n]);
                     }
                 }
                 Poll::Ready(Err(e)) => {
@@ -249,6 +279,53 @@ impl Conn {
         }
     }
 
+    /// Plaintext (after TLS, if any) to the WebSocket layer or the codec.
+    fn layer_ingest(&mut self, data: &[u8]) {
+        if self.ws.is_some() {
+            self.ws_ingest(data);
+        } else {
+            self.ingest(data);
+        }
+    }
+
+    /// TLS connections: decrypts what was read and hands the plaintext on.
+    /// A failed session is closed after its alert is flushed.
+    fn tls_ingest(&mut self, cipher: &[u8]) -> crate::tls::Inbound {
+        let core = self.core.clone();
+        let mut plain = core.plaintext.borrow_mut();
+        plain.clear();
+        let tls = self.tls.as_mut().expect("TLS connection");
+        let handshaking = tls.is_handshaking();
+        let result = tls.decrypt(cipher, &mut plain);
+        if handshaking && !tls.is_handshaking() {
+            debug!(conn = %self.id, "TLS handshake complete");
+        }
+        let inbound = match result {
+            Ok(inbound) => inbound,
+            Err(e) => {
+                info!(conn = %self.id, peer = %self.peer, "closing: {e}");
+                let stats = core.stats();
+                bump(
+                    if handshaking {
+                        &stats.tls_handshake_errors
+                    } else {
+                        &stats.protocol_errors
+                    },
+                    1,
+                );
+                self.close_link();
+                crate::tls::Inbound::Open
+            }
+        };
+        if !plain.is_empty() {
+            self.layer_ingest(&plain);
+        }
+        if plain.capacity() > WRITE_CHUNK * 2 {
+            *plain = Vec::new();
+        }
+        inbound
+    }
+
     /// WebSocket connections: the upgrade, then frames, whose payloads are
     /// the MQTT byte stream.
     fn ws_ingest(&mut self, data: &[u8]) {
@@ -262,7 +339,7 @@ impl Conn {
                 crate::ws::Handshake::Incomplete => {}
                 crate::ws::Handshake::Refused { response, why } => {
                     info!(conn = %self.id, peer = %self.peer, "WebSocket upgrade refused: {why}");
-                    bump(&self.core.stats().protocol_errors, 1);
+                    bump(&self.core.stats().ws_upgrade_errors, 1);
                     ws.control.extend_from_slice(&response);
                     ws.raw = Vec::new();
                     self.close_link();
@@ -335,7 +412,7 @@ impl Conn {
         let mut used = 0;
         let core = self.core.clone();
         loop {
-            let packet = match decode(&buf[used..], self.version, max) {
+            let mut packet = match decode(&buf[used..], self.version, max) {
                 Ok(Some((packet, n))) => {
                     used += n;
                     packet
@@ -348,8 +425,12 @@ impl Conn {
             };
             bump(&core.stats().packets_in, 1);
             let mut st = core.st.borrow_mut();
-            if let Packet::Connect(c) = &packet {
+            if let Packet::Connect(c) = &mut packet {
                 self.version = Some(c.version);
+                if let Some(user) = self.tls.as_ref().and_then(|t| t.certificate_username()) {
+                    // The verified identity, not the claimed one.
+                    c.username = Some(user);
+                }
             }
             if let Err(v) = handler::handle(&core, &mut st, self.key, packet) {
                 drop(st);
@@ -421,10 +502,32 @@ impl Conn {
         link.request_close_why(v5.then_some(code), false, Some(why));
     }
 
+    /// Encodes what is due into the write buffer; for TLS connections,
+    /// encrypted (with any handshake records, and close_notify once the
+    /// closing connection has nothing more to say).
+    fn fill_wbuf(&mut self) {
+        if self.tls.is_none() {
+            return self.fill_plain();
+        }
+        let core = self.core.clone();
+        let mut plain = core.plaintext.borrow_mut();
+        // Encode into the shared plaintext buffer, then encrypt into wbuf.
+        plain.clear();
+        std::mem::swap(&mut self.wbuf, &mut *plain);
+        self.fill_plain();
+        std::mem::swap(&mut self.wbuf, &mut *plain);
+        let tls = self.tls.as_mut().expect("TLS connection");
+        if plain.is_empty() && self.closing.is_some() {
+            tls.close();
+        }
+        tls.encrypt(&plain, &mut self.wbuf);
+        plain.clear();
+    }
+
     /// Encodes outbox frames into the write buffer (for WebSocket
     /// connections: after pending control frames, as one binary frame, and
     /// followed by the close frame once the connection is closing).
-    fn fill_wbuf(&mut self) {
+    fn fill_plain(&mut self) {
         let start = match self.ws.as_mut() {
             Some(ws) => {
                 if !ws.control.is_empty() {
@@ -455,6 +558,9 @@ impl Conn {
         };
         let v = link.version;
         let stats = self.core.stats();
+        let latency = &self.core.shared.cores[self.core.id].fanout_latency;
+        // One clock read per batch, not per message.
+        let mut now = None;
         let mut packets = 0;
         let mut publishes = 0;
         while self.wbuf.len() < WRITE_CHUNK {
@@ -463,8 +569,14 @@ impl Conn {
             };
             link.outbox_bytes -= frame.weight();
             packets += 1;
-            if matches!(frame, Frame::Publish { .. }) {
+            if let Frame::Publish { d, dup, .. } = &frame {
                 publishes += 1;
+                // Live first sends only: a retained replay or a resend is
+                // old by design, not slow.
+                if !d.retain && !dup {
+                    let now = *now.get_or_insert_with(std::time::Instant::now);
+                    latency.observe(now.saturating_duration_since(d.msg.born).as_micros() as u64);
+                }
             }
             frame.encode(v, &mut self.wbuf, link.out_aliases.as_deref_mut());
         }

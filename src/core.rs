@@ -44,6 +44,8 @@ pub struct Shared {
     pub started: Instant,
     /// Node-wide retained totals (updated by owner cores only).
     pub retained: crate::retained::Totals,
+    /// The TLS server configuration, when mqtts/wss are enabled.
+    pub tls: Option<Arc<crate::tls::Acceptor>>,
 }
 
 /// The cross-core visible part of one core.
@@ -57,6 +59,18 @@ pub struct CoreShared {
     pub subscriptions: std::sync::atomic::AtomicUsize,
     /// Members of the shared-subscription groups this core owns (gauge).
     pub shared_members: std::sync::atomic::AtomicUsize,
+    /// Open connections by the listener they came in on (gauges, indexed by
+    /// [`Transport::index`](crate::listener::Transport::index)).
+    pub open_by_transport: [std::sync::atomic::AtomicI64; 4],
+    /// Users with at least one connection, among those this core owns.
+    pub users: std::sync::atomic::AtomicI64,
+    /// From a message's arrival to its PUBLISH being written for a
+    /// subscriber on this core (live deliveries; not retained replays or
+    /// resends).
+    pub fanout_latency: crate::stats::Histogram,
+    /// How late the core's timer-wheel tick fired: time the executor was
+    /// busy with other work when it should have run (a loop stall).
+    pub loop_lag: crate::stats::Histogram,
 }
 
 /// Messages between cores (over the bounded glommio channel mesh).
@@ -104,6 +118,9 @@ pub enum CoreMsg {
     /// ended; it travels behind the last `Forward`, so every forward has
     /// arrived and the messages held meanwhile can go out.
     ForwardEnd { target: ConnKey },
+    /// A connection of `user` opened (+1) or closed (-1) on the sending
+    /// core; this core owns the user's count.
+    UserCount { user: Arc<str>, delta: i32 },
 }
 
 impl CoreMsg {
@@ -323,6 +340,10 @@ pub struct CoreState {
     /// Reused per fan-out to collect matches without allocating.
     matches: Vec<Sub>,
     links: usize,
+    /// Open connections per user, for the users this core owns
+    /// ([`crate::id::owner_core`]): the node's distinct users are the sum
+    /// of every core's key count, with no set shared between cores.
+    users: ahash::AHashMap<Arc<str>, u32>,
 }
 
 impl CoreState {
@@ -353,6 +374,10 @@ pub struct Core {
     /// Socket read buffer shared by all connections of this core: reads only
     /// happen when a socket is readable, so idle connections hold no buffer.
     pub scratch: RefCell<Vec<u8>>,
+    /// The TLS connections' plaintext, between the TLS layer and the
+    /// WebSocket/MQTT layers (decrypted reads, and writes before
+    /// encryption); shared for the same reason as `scratch`.
+    pub plaintext: RefCell<Vec<u8>>,
     /// Origin of this core's tick clock.
     epoch: Instant,
     pub routes: Vec<Route>,
@@ -375,6 +400,7 @@ impl Core {
         Core {
             id,
             scratch: RefCell::new(vec![0; cfg.runtime.read_buffer_bytes]),
+            plaintext: RefCell::new(Vec::new()),
             cfg,
             shared,
             st: RefCell::new(CoreState {
@@ -388,6 +414,7 @@ impl Core {
                 next_seq: 0,
                 matches: Vec::new(),
                 links: 0,
+                users: Default::default(),
             }),
             epoch: Instant::now(),
             routes: (0..ncores).map(|_| Route::default()).collect(),
@@ -492,6 +519,9 @@ impl Core {
         let Some(e) = st.entry(key) else { return };
         let Some(link) = e.link.take() else { return };
         st.links -= 1;
+        if let Some(user) = &link.username {
+            self.count_user(st, user, -1);
+        }
         self.stats()
             .connections
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -941,6 +971,7 @@ impl Core {
             properties,
             origin,
             expires_at: None,
+            born: std::time::Instant::now(),
         };
         let msg = Arc::new(msg);
         if msg.retain {
@@ -1051,6 +1082,7 @@ impl Core {
                 properties: None,
                 origin: None,
                 expires_at: None,
+                born: std::time::Instant::now(),
             });
             self.retain(&mut st, &msg);
             self.publish(&mut st, msg);
@@ -1072,7 +1104,7 @@ impl Core {
             bump(&self.stats().retained_refused, 1);
             return false;
         }
-        let owner = crate::retained::owner(&msg.topic, self.shared.cores.len());
+        let owner = crate::id::owner_core(&msg.topic, self.shared.cores.len());
         if owner == self.id {
             self.retain_sequence(st, msg.clone());
         } else {
@@ -1263,7 +1295,50 @@ impl Core {
             }
             CoreMsg::Forward { target, d } => self.forward_in(&mut st, target, d),
             CoreMsg::ForwardEnd { target } => self.forward_end(&mut st, target),
+            CoreMsg::UserCount { user, delta } => self.apply_user_count(&mut st, user, delta),
         }
+    }
+
+    // ----- presence counts -------------------------------------------------
+
+    /// A connection of `user` opened (`delta` 1) or closed (-1) here: the
+    /// user's owner core keeps the count.
+    pub(crate) fn count_user(&self, st: &mut CoreState, user: &Arc<str>, delta: i32) {
+        match crate::id::owner_core(user, self.shared.cores.len()) {
+            owner if owner == self.id => self.apply_user_count(st, user.clone(), delta),
+            owner => self.route(
+                owner,
+                CoreMsg::UserCount {
+                    user: user.clone(),
+                    delta,
+                },
+            ),
+        }
+    }
+
+    fn apply_user_count(&self, st: &mut CoreState, user: Arc<str>, delta: i32) {
+        // A connection's close follows its open on the same route (both
+        // come from the connection's core, in order), so a count never
+        // goes below zero.
+        match st.users.entry(user) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let n = e.get().saturating_add_signed(delta);
+                if n == 0 {
+                    e.remove();
+                } else {
+                    *e.get_mut() = n;
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                debug_assert!(delta > 0, "a user's close arrived before its open");
+                if delta > 0 {
+                    e.insert(delta as u32);
+                }
+            }
+        }
+        self.shared.cores[self.id]
+            .users
+            .store(st.users.len() as i64, std::sync::atomic::Ordering::Relaxed);
     }
 
     // ----- timers -----------------------------------------------------------

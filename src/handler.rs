@@ -248,6 +248,10 @@ fn connect(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) -> Result<
     }
     link.will = c.will.map(Box::new);
     link.username = c.username.as_deref().map(Arc::from);
+    if let Some(user) = link.username.clone() {
+        // Paired with the -1 in `Core::unregister`, which drops the link.
+        core.count_user(st, &user, 1);
+    }
     let requested = if v5 {
         c.properties.session_expiry_interval.unwrap_or(0)
     } else if c.clean_start {
@@ -484,6 +488,7 @@ fn publish(core: &Core, st: &mut CoreState, key: ConnKey, mut p: Publish) -> Res
         properties,
         origin: Some(origin),
         expires_at,
+        born: std::time::Instant::now(),
     });
     // A retained message the full store refuses: MQTT 5 publishers get a
     // clear refusal (0x97) and the message goes nowhere; 3.1.1 has no way to

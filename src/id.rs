@@ -33,3 +33,15 @@ pub struct Location {
     pub core: usize,
     pub key: ConnKey,
 }
+
+/// The core that owns a string key: sequences writes to a retained topic,
+/// runs a shared-subscription group, counts a user's connections. A fixed
+/// hash (FNV-1a), so every core computes the same owner without asking.
+pub fn owner_core(key: &str, cores: usize) -> usize {
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01B3);
+    }
+    (h % cores as u64) as usize
+}

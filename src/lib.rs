@@ -15,6 +15,7 @@ pub mod http;
 pub mod id;
 pub mod interest;
 pub mod limits;
+pub mod listener;
 pub mod retained;
 pub mod runtime;
 pub mod session;
@@ -22,6 +23,7 @@ pub mod shared;
 pub mod stats;
 pub mod store;
 pub mod subs;
+pub mod tls;
 pub mod wheel;
 pub mod ws;
 

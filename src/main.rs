@@ -70,6 +70,30 @@ fn check_config(file: &str) -> ExitCode {
     }
 }
 
+/// SIGHUP (`systemctl reload`) reloads the TLS certificate and key on a
+/// thread of its own; a reload that fails keeps the previous certificate
+/// and says why. Without TLS it only says there is nothing to reload (the
+/// default action of SIGHUP would end the process).
+fn reload_on_sighup(
+    acceptor: Option<std::sync::Arc<tether::tls::Acceptor>>,
+) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new()
+        .name("tether-signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match acceptor.as_ref().map(|a| a.reload()) {
+                    Some(Ok(loaded)) => tracing::info!("TLS reloaded: {loaded}"),
+                    Some(Err(e)) => {
+                        tracing::error!("TLS reload failed, the previous certificate stays: {e}")
+                    }
+                    None => tracing::info!("SIGHUP: nothing to reload (tls.enabled = false)"),
+                }
+            }
+        })?;
+    Ok(())
+}
+
 fn init_logging(c: &Config) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| c.log.level.clone());
     let filter = tracing_subscriber::EnvFilter::new(filter);
@@ -124,6 +148,10 @@ fn run(path: Option<PathBuf>) -> ExitCode {
             }
         }
     }
+    if let Err(e) = reload_on_sighup(gateway.tls_acceptor()) {
+        eprintln!("tether: cannot install the SIGHUP handler: {e}");
+        return ExitCode::FAILURE;
+    }
     println!(
         "tether {} — MQTT 3.1.1/5.0 gateway",
         env!("CARGO_PKG_VERSION")
@@ -140,6 +168,16 @@ fn run(path: Option<PathBuf>) -> ExitCode {
             "  mqtt/ws     ws://{addr}{} (subprotocol mqtt)",
             cfg.websocket.path
         );
+    }
+    if let (Some(addr), Some(loaded)) = (gateway.tls_addr, &gateway.tls_loaded) {
+        println!("  mqtt/tls    listening on {addr}");
+        if let Some(wss) = gateway.wss_addr {
+            println!(
+                "  mqtt/wss    wss://{wss}{} (subprotocol mqtt)",
+                cfg.websocket.path
+            );
+        }
+        println!("  tls         {loaded}; SIGHUP reloads");
     }
     match gateway.http_addr {
         Some(addr) if cfg.http.tokens.is_empty() => println!(
@@ -179,7 +217,7 @@ fn run(path: Option<PathBuf>) -> ExitCode {
             cfg.runtime.io_memory_kib
         );
     }
-    println!("  ready       (SIGINT/SIGTERM to stop)");
+    println!("  ready       (SIGINT/SIGTERM to stop, SIGHUP to reload TLS files)");
     tracing::info!(addr = %gateway.tcp_addr, cores, "tether started");
     gateway.join();
     tracing::info!("tether stopped");

@@ -14,11 +14,12 @@ use futures_lite::AsyncReadExt;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::net::{TcpListener, UnixStream};
 use glommio::{LocalExecutorBuilder, Placement};
-use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, error, warn};
 
 use crate::config::Config;
 use crate::core::{Core, CoreMsg, CoreShared, Shared};
+use crate::listener::Transport;
+use crate::stats::bump;
 use crate::stats::Snapshot;
 use crate::store::{MemoryStore, SessionStore};
 
@@ -46,6 +47,13 @@ pub struct Gateway {
     pub tcp_addr: SocketAddr,
     /// Bound MQTT-over-WebSocket address, when `websocket.enabled`.
     pub ws_addr: Option<SocketAddr>,
+    /// Bound MQTT-over-TLS address, when `tls.enabled`.
+    pub tls_addr: Option<SocketAddr>,
+    /// Bound WebSocket-over-TLS address, when `tls.enabled` and `tls.wss`.
+    pub wss_addr: Option<SocketAddr>,
+    /// What TLS loaded at start (for the banner).
+    pub tls_loaded: Option<crate::tls::Loaded>,
+    tls: Option<Arc<crate::tls::Acceptor>>,
     pub cores: usize,
     /// Bound HTTP API address, when `http.enabled`.
     pub http_addr: Option<SocketAddr>,
@@ -73,25 +81,27 @@ impl Gateway {
     ) -> Result<Gateway, StartError> {
         let cfg = Arc::new(cfg);
         let ncores = cfg.cores();
-        let listeners = bind_listeners(cfg.listeners.tcp, ncores, cfg.listeners.backlog)?;
-        let tcp_addr = listeners[0]
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .ok_or_else(|| StartError("listener has no address".into()))?;
-        let ws_listeners = if cfg.websocket.enabled {
-            bind_listeners(cfg.websocket.listen, ncores, cfg.listeners.backlog)?
-                .into_iter()
-                .map(Some)
-                .collect()
+        let (tls, tls_loaded) = if cfg.tls.enabled {
+            let (acceptor, loaded) = crate::tls::Acceptor::new(&cfg.tls).map_err(StartError)?;
+            (Some(Arc::new(acceptor)), Some(loaded))
         } else {
-            (0..ncores).map(|_| None).collect::<Vec<_>>()
+            (None, None)
         };
-        let ws_addr = ws_listeners[0]
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .and_then(|a| a.as_socket());
-        let mut ws_listeners = ws_listeners.into_iter();
+        let bound = crate::listener::bind_all(&cfg, ncores)?;
+        let addr_of = |t: Transport| bound.iter().find(|b| b.transport == t).map(|b| b.addr);
+        let tcp_addr = addr_of(Transport::Mqtt).expect("the TCP listener is always bound");
+        let (ws_addr, tls_addr, wss_addr) = (
+            addr_of(Transport::Ws),
+            addr_of(Transport::Mqtts),
+            addr_of(Transport::Wss),
+        );
+        // Per core: its socket of every enabled transport.
+        let mut per_core: Vec<Vec<(Transport, RawFd)>> = (0..ncores).map(|_| Vec::new()).collect();
+        for b in bound {
+            for (core, socket) in b.sockets.into_iter().enumerate() {
+                per_core[core].push((b.transport, socket.into_raw_fd()));
+            }
+        }
         let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::default());
         let shared = Arc::new(Shared {
             node_id: cfg.node.id,
@@ -100,6 +110,7 @@ impl Gateway {
             auth,
             started: Instant::now(),
             retained: Default::default(),
+            tls: tls.clone(),
         });
         let mesh =
             (ncores > 1).then(|| MeshBuilder::full(ncores, cfg.runtime.mesh_channel_capacity));
@@ -110,16 +121,11 @@ impl Gateway {
             .map_err(|e| StartError(format!("cannot create the bridge inboxes: {e}")))?;
         let mut inboxes = inboxes.into_iter();
         let mut executors = Vec::new();
-        for (id, listener) in listeners.into_iter().enumerate() {
+        for (id, listener_fds) in per_core.into_iter().enumerate() {
             let (bell_tx, bell_rx) = StdUnixStream::pair()
                 .map_err(|e| StartError(format!("cannot create the shutdown socketpair: {e}")))?;
             doorbells.push(bell_tx);
             let bell_fd = bell_rx.into_raw_fd();
-            let listener_fd = listener.into_raw_fd();
-            let ws_listener_fd = ws_listeners
-                .next()
-                .expect("one WebSocket slot per core")
-                .map(IntoRawFd::into_raw_fd);
             let (cfg, shared, mesh, ready) =
                 (cfg.clone(), shared.clone(), mesh.clone(), ready_tx.clone());
             let inbox = inboxes.next().expect("one inbox per core");
@@ -132,8 +138,7 @@ impl Gateway {
                         id,
                         cfg,
                         shared,
-                        listener_fd,
-                        ws_listener_fd,
+                        listener_fds,
                         bell_fd,
                         inbox,
                         mesh,
@@ -173,6 +178,10 @@ impl Gateway {
         Ok(Gateway {
             tcp_addr,
             ws_addr,
+            tls_addr,
+            wss_addr,
+            tls,
+            tls_loaded,
             cores: ncores,
             http_addr: http.as_ref().map(|h| h.addr),
             serving,
@@ -189,6 +198,21 @@ impl Gateway {
     pub fn doorbell_fds(&self) -> Vec<RawFd> {
         use std::os::fd::AsRawFd;
         self.doorbells.iter().map(|d| d.as_raw_fd()).collect()
+    }
+
+    /// Reads the TLS certificate and key again (what SIGHUP does); new
+    /// handshakes use them, established connections are kept. On error the
+    /// previous certificate stays in use.
+    pub fn reload_tls(&self) -> Result<crate::tls::Loaded, String> {
+        match &self.tls {
+            Some(t) => t.reload(),
+            None => Err("TLS is not enabled (tls.enabled = false)".into()),
+        }
+    }
+
+    /// The TLS acceptor, for a reload handler on another thread.
+    pub fn tls_acceptor(&self) -> Option<Arc<crate::tls::Acceptor>> {
+        self.tls.clone()
     }
 
     /// The way in for threads that are not cores (HTTP, Kafka, Redis
@@ -284,53 +308,14 @@ fn memlock_hint() -> &'static str {
      LimitMEMLOCK=infinity in the systemd unit, or lower runtime.io_memory_kib)"
 }
 
-/// One SO_REUSEPORT listener per core on the same address, so the kernel
-/// spreads incoming connections across cores without a shared accept queue.
-fn bind_listeners(addr: SocketAddr, n: usize, backlog: u32) -> Result<Vec<Socket>, StartError> {
-    let mut out: Vec<Socket> = Vec::with_capacity(n);
-    let mut addr = addr;
-    for _ in 0..n {
-        let bind = || -> io::Result<Socket> {
-            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-            s.set_reuse_address(true)?;
-            s.set_reuse_port(true)?;
-            s.set_nonblocking(true)?;
-            s.bind(&addr.into())?;
-            s.listen(backlog.min(i32::MAX as u32) as i32)?;
-            Ok(s)
-        };
-        let s = bind().map_err(|e| {
-            let hint = match e.kind() {
-                io::ErrorKind::AddrInUse => {
-                    " (another process listens there: stop it or set listeners.tcp / TETHER_LISTENERS__TCP)"
-                }
-                io::ErrorKind::PermissionDenied => " (ports below 1024 need CAP_NET_BIND_SERVICE)",
-                _ => "",
-            };
-            StartError(format!("cannot listen on {addr}: {e}{hint}"))
-        })?;
-        if addr.port() == 0 {
-            // Every core must share the port the OS picked for the first.
-            addr = s
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .unwrap_or(addr);
-        }
-        out.push(s);
-    }
-    Ok(out)
-}
-
 /// What `Gateway::start` hands each core's executor.
 struct CoreStart {
     id: usize,
     cfg: Arc<Config>,
     shared: Arc<Shared>,
-    /// The core's SO_REUSEPORT listener, ownership passed as a raw fd.
-    listener_fd: RawFd,
-    /// The core's WebSocket listener, likewise, when enabled.
-    ws_listener_fd: Option<RawFd>,
+    /// The core's SO_REUSEPORT listener of each enabled transport,
+    /// ownership passed as raw fds.
+    listener_fds: Vec<(Transport, RawFd)>,
     /// Read end of the shutdown doorbell, likewise.
     bell_fd: RawFd,
     /// The core side of its bridge inbox.
@@ -345,19 +330,20 @@ async fn run_core(start: CoreStart) {
         id,
         cfg,
         shared,
-        listener_fd,
-        ws_listener_fd,
+        listener_fds,
         bell_fd,
         inbox,
         mesh,
         ready,
     } = start;
     let core = Rc::new(Core::new(id, cfg.clone(), shared));
-    // SAFETY: both fds were created by `Gateway::start` for this core and
-    // ownership was handed over with `into_raw_fd`; nothing else closes them.
-    let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
-    // SAFETY: as above.
-    let ws_listener = ws_listener_fd.map(|fd| unsafe { TcpListener::from_raw_fd(fd) });
+    // SAFETY: the listener fds were created by `Gateway::start` for this
+    // core and ownership was handed over with `into_raw_fd`; nothing else
+    // closes them.
+    let listeners: Vec<_> = listener_fds
+        .into_iter()
+        .map(|(t, fd)| (t, unsafe { TcpListener::from_raw_fd(fd) }))
+        .collect();
     // SAFETY: as above, this core owns the read end of its doorbell.
     let mut bell = unsafe { UnixStream::from_raw_fd(bell_fd) };
     let mut mesh_tasks = Vec::new();
@@ -392,19 +378,19 @@ async fn run_core(start: CoreStart) {
     let _ = ready.send(id);
     debug!(core = id, "core ready");
 
-    let ws_accept = ws_listener.map(|l| glommio::spawn_local(accept_loop(core.clone(), l, true)));
-    let accept = accept_loop(core.clone(), listener, false);
-    let doorbell = async {
-        let mut b = [0u8; 1];
-        let _ = bell.read(&mut b).await;
-    };
-    futures_lite::future::or(accept, doorbell).await;
+    let accepts: Vec<_> = listeners
+        .into_iter()
+        .map(|(t, l)| glommio::spawn_local(accept_loop(core.clone(), l, t)))
+        .collect();
+    let mut b = [0u8; 1];
+    let _ = bell.read(&mut b).await;
+    // Stop accepting at once; the grace below is for established clients.
+    drop(accepts);
 
     core.begin_shutdown();
     let grace = Duration::from_millis(cfg.runtime.shutdown_grace_ms);
     let drained = core.drained.wait();
     futures_lite::future::or(drained, glommio::timer::sleep(grace)).await;
-    drop(ws_accept);
     drop(ticker);
     drop(bridge);
     drop(sys);
@@ -432,15 +418,18 @@ async fn run_bridge(core: Rc<Core>, inbox: crate::bridge::CoreInbox) {
     }
 }
 
-/// Accepts on one listener; `websocket` connections start with the upgrade.
-async fn accept_loop(core: Rc<Core>, listener: TcpListener, websocket: bool) {
+/// Accepts on one listener.
+async fn accept_loop(core: Rc<Core>, listener: TcpListener, transport: Transport) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                glommio::spawn_local(crate::conn::serve(core.clone(), stream, websocket)).detach();
+                if let Some(task) = crate::conn::serve(core.clone(), stream, transport) {
+                    glommio::spawn_local(task).detach();
+                }
             }
             Err(e) => {
                 let too_many = matches!(&e, glommio::GlommioError::IoError(io) if io.raw_os_error() == Some(libc::EMFILE) || io.raw_os_error() == Some(libc::ENFILE));
+                bump(&core.stats().accept_errors, 1);
                 if too_many {
                     warn!(core = core.id, "accept failed: too many open files; raise `ulimit -n` (LimitNOFILE= under systemd)");
                 } else {
@@ -470,7 +459,13 @@ async fn run_wheel(core: Rc<Core>) {
         if core.st.borrow().wheel.is_empty() {
             core.wheel_armed.wait().await;
         }
+        let asleep = Instant::now();
         glommio::timer::sleep(tick).await;
+        // Lateness of the wake-up: how long other work held the executor.
+        let lag = asleep.elapsed().saturating_sub(tick);
+        core.shared.cores[core.id]
+            .loop_lag
+            .observe(lag.as_micros() as u64);
         core.on_tick(&mut fired);
     }
 }

@@ -35,6 +35,9 @@ pub struct Message {
     /// MQTT 5 Message Expiry: past this instant it is never delivered, and
     /// subscribers get the remaining interval.
     pub expires_at: Option<Instant>,
+    /// When the gateway took the message in: the start of its fan-out
+    /// latency (`tether_fanout_latency_seconds`).
+    pub born: Instant,
 }
 
 impl Message {

@@ -44,7 +44,7 @@ impl GroupKey {
 
     /// The core that owns this group.
     pub fn owner(&self, cores: usize) -> usize {
-        crate::retained::owner(&format!("{}\u{0}{}", self.group, self.filter), cores)
+        crate::id::owner_core(&format!("{}\u{0}{}", self.group, self.filter), cores)
     }
 }
 

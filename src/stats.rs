@@ -5,13 +5,13 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 macro_rules! stats {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($name:ident => $help:literal),* $(,)?) => {
         /// Counters of one core.
         #[derive(Default, Debug)]
         pub struct Stats {
             /// Connections currently open on this core (gauge).
             pub connections: AtomicI64,
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $(#[doc = $help] pub $name: AtomicU64,)*
         }
 
         /// A point-in-time copy of [`Stats`], summed over cores.
@@ -22,10 +22,10 @@ macro_rules! stats {
         }
 
         impl Stats {
-            /// Every counter by name (the gauge `connections` excluded), for
-            /// the metrics endpoint.
-            pub fn for_each_counter(&self, mut f: impl FnMut(&'static str, u64)) {
-                $(f(stringify!($name), self.$name.load(Ordering::Relaxed));)*
+            /// Every counter with its name and help text (the gauge
+            /// `connections` excluded), for the metrics endpoint.
+            pub fn for_each_counter(&self, mut f: impl FnMut(&'static str, &'static str, u64)) {
+                $(f(stringify!($name), $help, self.$name.load(Ordering::Relaxed));)*
             }
         }
 
@@ -39,58 +39,98 @@ macro_rules! stats {
 }
 
 stats! {
-    /// TCP connections accepted.
-    accepted,
-    /// MQTT sessions activated (CONNACK 0x00 sent).
-    connects,
-    packets_in,
-    packets_out,
-    bytes_in,
-    bytes_out,
-    /// PUBLISH packets received from clients.
-    publishes_in,
-    /// PUBLISH packets written to clients.
-    publishes_out,
-    /// QoS 0 messages dropped because the subscriber's outbox was over its limit.
-    dropped_slow_qos0,
-    /// QoS 0 messages for subscribers that were not connected.
-    dropped_offline_qos0,
-    /// QoS 1/2 messages dropped because the session queue was full.
-    dropped_queue_full,
-    /// Messages whose MQTT 5 Message Expiry Interval ran out before delivery.
-    dropped_expired,
-    /// Messages larger than the subscriber's Maximum Packet Size.
-    dropped_too_large,
-    /// Clients disconnected for exceeding the queue limit (0x97).
-    disconnected_slow,
-    /// Connections closed for malformed input or protocol violations.
-    protocol_errors,
-    /// Connections reaped by keep-alive or the CONNECT deadline.
-    timeouts,
-    /// Sessions taken over by a newer connection with the same client id.
-    takeovers,
-    /// Offline sessions that expired.
-    sessions_expired,
-    /// Messages a tombstone forwarded to a session's new core after a move.
-    forwarded_after_move,
-    /// Second copies dropped by a moved-in session's duplicate filter.
-    duplicates_suppressed,
-    /// Messages that reached a session after it ended (forward target gone).
-    dropped_session_gone,
-    /// Forwards for subscriptions the session no longer has (it came back
-    /// with Clean Start or unsubscribed): not a loss.
-    forwards_discarded,
-    /// PUBLISH packets refused by `mqtt.deny_publish`.
-    denied_publishes,
-    /// Shared-subscription messages with no member left to take them.
-    dropped_no_member,
-    /// Shared-subscription messages given back by a member that left.
-    share_returned,
-    /// Retained messages not stored because the store was full.
-    retained_refused,
+    accepted => "TCP connections accepted.",
+    accept_errors => "accept(2) failures (e.g. EMFILE: the open-file limit is reached).",
+    tls_handshake_errors => "TLS handshakes that failed (bad client hello, unknown CA, no client certificate where one is required, ...).",
+    ws_upgrade_errors => "WebSocket upgrades refused (bad request, path, version or subprotocol).",
+    connects => "MQTT sessions activated (CONNACK 0x00 sent).",
+    packets_in => "MQTT packets received.",
+    packets_out => "MQTT packets written.",
+    bytes_in => "Bytes read from client sockets (after TLS: ciphertext).",
+    bytes_out => "Bytes written to client sockets.",
+    publishes_in => "PUBLISH packets received from clients.",
+    publishes_out => "PUBLISH packets written to clients.",
+    dropped_slow_qos0 => "QoS 0 messages dropped because the subscriber's outbox was over its limit.",
+    dropped_offline_qos0 => "QoS 0 messages for subscribers that were not connected.",
+    dropped_queue_full => "QoS 1/2 messages dropped because the session queue was full.",
+    dropped_expired => "Messages whose MQTT 5 Message Expiry Interval ran out before delivery.",
+    dropped_too_large => "Messages larger than the subscriber's Maximum Packet Size.",
+    disconnected_slow => "Clients disconnected for exceeding the queue limit (0x97).",
+    protocol_errors => "Connections closed for malformed input or protocol violations.",
+    timeouts => "Connections reaped by keep-alive or the CONNECT deadline.",
+    takeovers => "Sessions taken over by a newer connection with the same client id.",
+    sessions_expired => "Offline sessions that expired.",
+    forwarded_after_move => "Messages a tombstone forwarded to a session's new core after a move.",
+    duplicates_suppressed => "Second copies dropped by a moved-in session's duplicate filter.",
+    dropped_session_gone => "Messages that reached a session after it ended (forward target gone).",
+    forwards_discarded => "Forwards for subscriptions the session no longer has (it came back with Clean Start or unsubscribed): not a loss.",
+    denied_publishes => "PUBLISH packets refused by `mqtt.deny_publish`.",
+    dropped_no_member => "Shared-subscription messages with no member left to take them.",
+    share_returned => "Shared-subscription messages given back by a member that left.",
+    retained_refused => "Retained messages not stored because the store was full.",
 }
 
 /// Adds `n` to a counter owned by the calling core.
 pub fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Upper bounds, in microseconds, of the latency histograms' buckets (the
+/// Prometheus `le` labels, in seconds): 100 µs to 10 s, roughly 1-2.5-5 per
+/// decade, which resolves both a healthy sub-millisecond core and a
+/// stalled one.
+pub const LATENCY_BUCKETS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A latency histogram with the fixed [`LATENCY_BUCKETS_US`] (plus +Inf),
+/// written by its own core only.
+#[derive(Default, Debug)]
+pub struct Histogram {
+    /// Non-cumulative counts per bucket; the last is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation. Single writer (the owning core), so a load
+    /// and a store replace the locked read-modify-write of `fetch_add`.
+    pub fn observe(&self, us: u64) {
+        let i = LATENCY_BUCKETS_US.partition_point(|&b| b < us);
+        let add = |a: &AtomicU64, n: u64| a.store(a.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+        add(&self.buckets[i], 1);
+        add(&self.sum_us, us);
+    }
+
+    /// Cumulative counts per `le` bound (the last is +Inf, the total), and
+    /// the sum in microseconds.
+    pub fn cumulative(&self) -> ([u64; LATENCY_BUCKETS_US.len() + 1], u64) {
+        let mut out = [0; LATENCY_BUCKETS_US.len() + 1];
+        let mut total = 0;
+        for (o, b) in out.iter_mut().zip(&self.buckets) {
+            total += b.load(Ordering::Relaxed);
+            *o = total;
+        }
+        (out, self.sum_us.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_upper_inclusive_and_cumulative() {
+        let h = Histogram::default();
+        for us in [0, 100, 101, 10_000_000, 10_000_001] {
+            h.observe(us);
+        }
+        let (cum, sum) = h.cumulative();
+        assert_eq!(cum[0], 2, "0 and 100 are <= 100 us");
+        assert_eq!(cum[1], 3);
+        assert_eq!(cum[LATENCY_BUCKETS_US.len() - 1], 4);
+        assert_eq!(cum[LATENCY_BUCKETS_US.len()], 5, "+Inf counts everything");
+        assert_eq!(sum, 20_000_202);
+    }
 }

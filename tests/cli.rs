@@ -1,5 +1,10 @@
 //! The `tether` binary with independent clients: the README tour with
-//! `mosquitto_sub`/`mosquitto_pub`, `check-config`, and SIGTERM shutdown.
+//! `mosquitto_sub`/`mosquitto_pub`, `check-config`, SIGTERM shutdown, and
+//! TLS with `mosquitto_sub --cafile` across a SIGHUP certificate reload.
+
+#[path = "common/pki.rs"]
+#[allow(dead_code)] // the CLI tests use the server side only
+mod pki;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -10,12 +15,18 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// The gateway binary on a free port; returns the process and its port.
 fn start_tether(cores: &str) -> (Reap, u16, mpsc::Receiver<String>) {
+    start_tether_with(cores, &[])
+}
+
+/// [`start_tether`] with more `TETHER_*` settings.
+fn start_tether_with(cores: &str, env: &[(&str, &str)]) -> (Reap, u16, mpsc::Receiver<String>) {
     let mut child = Reap(
         Command::new(env!("CARGO_BIN_EXE_tether"))
             .env("TETHER_LISTENERS__TCP", "127.0.0.1:0")
             .env("TETHER_HTTP__LISTEN", "127.0.0.1:0")
             .env("TETHER_WEBSOCKET__LISTEN", "127.0.0.1:0")
             .env("TETHER_NODE__CORES", cores)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -249,4 +260,95 @@ fn http_push_with_curl_reaches_mosquitto_sub() {
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
     assert_eq!(published, 1, "{metrics}");
+}
+
+/// mqtts with `mosquitto_sub --cafile`; SIGHUP swaps the certificate while
+/// that subscriber stays connected, and new clients see the new one.
+#[test]
+fn tls_with_mosquitto_clients_and_sighup_reload() {
+    let dir = pki::dir("sighup");
+    let (ca1, ca2) = (pki::Ca::new("CA one"), pki::Ca::new("CA two"));
+    let first = ca1.server();
+    let cert = pki::write(&dir, "server.pem", &first.cert);
+    let key = pki::write(&dir, "server.key", &first.key);
+    let ca1_file = pki::write(&dir, "ca1.pem", &ca1.pem());
+    let ca2_file = pki::write(&dir, "ca2.pem", &ca2.pem());
+    let (tether, port, lines) = start_tether_with(
+        "2",
+        &[
+            ("TETHER_TLS__ENABLED", "true"),
+            ("TETHER_TLS__LISTEN", "127.0.0.1:0"),
+            ("TETHER_TLS__WSS_LISTEN", "127.0.0.1:0"),
+            ("TETHER_TLS__CERT_FILE", cert.to_str().unwrap()),
+            ("TETHER_TLS__KEY_FILE", key.to_str().unwrap()),
+        ],
+    );
+    let tls_port = loop {
+        let line = lines.recv_timeout(WAIT).expect("the mqtt/tls banner line");
+        if line.contains("mqtt/tls") {
+            break line.rsplit(':').next().unwrap().trim().to_string();
+        }
+    };
+    let sub_args = |ca: &std::path::Path| {
+        let ca = ca.to_str().unwrap().to_string();
+        [
+            "-h",
+            "localhost",
+            "-p",
+            &tls_port,
+            "--cafile",
+            &ca,
+            "-t",
+            "tls/#",
+            "-v",
+        ]
+        .map(String::from)
+    };
+    let publish = |msg: &str| {
+        let status = mosquitto("mosquitto_pub")
+            .args(["-p", &port.to_string(), "-t", "tls/news", "-m", msg])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let next_message = |out: &mpsc::Receiver<String>| loop {
+        let line = out.recv_timeout(WAIT).expect("a message in time");
+        if line.starts_with("tls/") {
+            return line;
+        }
+    };
+    let a1 = sub_args(&ca1_file);
+    let (_kept, kept_out) = subscribed(&a1.each_ref().map(String::as_str));
+    publish("one");
+    assert_eq!(next_message(&kept_out), "tls/news one");
+
+    let second = ca2.server();
+    pki::write(&dir, "server.pem", &second.cert);
+    pki::write(&dir, "server.key", &second.key);
+    // SAFETY: kill(2) with a pid we spawned.
+    unsafe { libc::kill(tether.0.id() as i32, libc::SIGHUP) };
+    while !lines
+        .recv_timeout(WAIT)
+        .expect("the reload log line")
+        .contains("TLS reloaded")
+    {}
+
+    let stale = mosquitto("mosquitto_sub")
+        .args(a1.each_ref().map(String::as_str))
+        .args(["-C", "1", "-W", "5"])
+        .output()
+        .unwrap();
+    assert!(
+        !stale.status.success(),
+        "the old CA no longer verifies the served certificate"
+    );
+    let a2 = sub_args(&ca2_file);
+    let (_fresh, fresh_out) = subscribed(&a2.each_ref().map(String::as_str));
+    publish("two");
+    assert_eq!(next_message(&fresh_out), "tls/news two");
+    assert_eq!(
+        next_message(&kept_out),
+        "tls/news two",
+        "the subscriber from before the reload is still connected"
+    );
 }

@@ -55,6 +55,88 @@ fn post(addr: SocketAddr, path: &str, body: &str) -> Reply {
     )
 }
 
+/// Sum of a metric family's samples (`name{...} v` and `name v` lines)
+/// whose labels contain `with`.
+fn metric(body: &str, name: &str, with: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| l.contains(with))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_users_sessions_queues_and_fanout_latency() {
+    let gw = gateway(2, |_| {});
+    let addr = gw.http_addr.expect("HTTP enabled");
+    let scrape = || http(addr, "GET", "/metrics", &[], "").body;
+    let user = |id: &str, name: &str| {
+        let mut o = v4_options(&gw, id, true);
+        o.set_credentials(name, "pw");
+        o
+    };
+    // One user on both cores, another on one: two distinct users.
+    let ann0 = v4(&gw, user("ann-phone", "ann"), Some(0)).await;
+    let ann1 = v4(&gw, user("ann-laptop", "ann"), Some(1)).await;
+    let mut bob = v4(&gw, user("bob", "bob"), None).await;
+    bob.subscribe("live", rumqttc::QoS::AtLeastOnce).await;
+    until("two distinct users", || {
+        metric(&scrape(), "tether_users", "") == 2.0
+    })
+    .await;
+    assert_eq!(
+        metric(&scrape(), "tether_connections", "listener=\"mqtt\""),
+        3.0
+    );
+
+    // A persistent session gone offline collects its QoS 1 messages.
+    let mut parked = v4(&gw, v4_options(&gw, "parked", false), None).await;
+    parked.subscribe("park/#", rumqttc::QoS::AtLeastOnce).await;
+    parked.client.disconnect().await.unwrap();
+    until("the parked session is offline", || {
+        metric(&scrape(), "tether_sessions_offline", "") == 1.0
+    })
+    .await;
+    for i in 0..3 {
+        ann0.client
+            .publish(format!("park/{i}"), rumqttc::QoS::AtLeastOnce, false, "x")
+            .await
+            .unwrap();
+    }
+    ann1.client
+        .publish("live", rumqttc::QoS::AtLeastOnce, false, "now")
+        .await
+        .unwrap();
+    bob.publish().await;
+    until("three queued messages", || {
+        metric(&scrape(), "tether_queued_messages", "") == 3.0
+    })
+    .await;
+    let body = scrape();
+    assert_eq!(metric(&body, "tether_sessions_online", ""), 3.0, "{body}");
+    assert!(metric(&body, "tether_inflight_window_capacity", "") >= 3.0);
+    assert_eq!(metric(&body, "tether_scrape_cores_missing", ""), 0.0);
+    // The live delivery to bob is one fan-out latency sample, under +Inf
+    // and, on loopback, under a second.
+    assert_eq!(
+        metric(&body, "tether_fanout_latency_seconds_count", ""),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "tether_fanout_latency_seconds_bucket", "le=\"1\""),
+        1.0
+    );
+    assert!(body.contains("# TYPE tether_loop_lag_seconds histogram"));
+
+    drop((ann0, ann1));
+    until("ann went offline", || {
+        metric(&scrape(), "tether_users", "") == 1.0
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics() {
     let gw = gateway(2, |_| {});
@@ -69,7 +151,8 @@ async fn health_readiness_and_metrics() {
     assert_eq!(r.status, 200);
     assert!(r.head.contains("text/plain; version=0.0.4"), "{}", r.head);
     assert!(
-        r.body.contains("tether_connections{core=\"1\"} 1"),
+        r.body
+            .contains("tether_connections{core=\"1\",listener=\"mqtt\"} 1"),
         "{}",
         r.body
     );

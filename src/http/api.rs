@@ -56,7 +56,7 @@ pub(crate) async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
     let result = match (path.as_str(), method) {
         ("/healthz", Method::GET) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         ("/readyz", Method::GET) => Ok(ready(api)),
-        ("/metrics", Method::GET) => Ok(text(super::metrics::render(&api.shared))),
+        ("/metrics", Method::GET) => Ok(text(metrics(api).await)),
         ("/v1/openapi.json", Method::GET) => Ok(openapi()),
         ("/v1/publish", Method::POST) => publish_one(api, req).await,
         ("/v1/publish/batch", Method::POST) => publish_batch(api, req).await,
@@ -445,6 +445,28 @@ fn unknown_client(id: &str) -> ApiError {
 }
 
 /// Sends a query to `core` and awaits its answer.
+/// The metrics page, with each core's session gauges when it answers.
+async fn metrics(api: &Api) -> String {
+    // Ask every core first, then collect: one slow core costs one timeout.
+    let asked: Vec<_> = (0..api.bridge.cores())
+        .map(|core| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            api.bridge
+                .send(core, BridgeMsg::Gauges { reply: tx })
+                .ok()
+                .map(|()| rx)
+        })
+        .collect();
+    let mut gauges = Vec::with_capacity(asked.len());
+    for rx in asked {
+        gauges.push(match rx {
+            Some(rx) => reply(api, rx, "").await.ok(),
+            None => None,
+        });
+    }
+    super::metrics::render(&api.shared, &gauges)
+}
+
 async fn ask<T>(
     api: &Api,
     core: usize,

@@ -1,73 +1,204 @@
-//! `GET /metrics`: every core's counters in the Prometheus text format
-//! (version 0.0.4), labelled by core.
+//! `GET /metrics`: every core's counters, gauges and histograms in the
+//! Prometheus text format (version 0.0.4), labelled by core.
+//!
+//! Counters and the latency histograms are read straight from the cores'
+//! atomics; session gauges (queues, in-flight windows) are asked of each
+//! core over the bridge, so a core that cannot answer in time is left out
+//! of those families (and `tether_scrape_cores_missing` says so) rather
+//! than failing the scrape.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::bridge::SessionGauges;
 use crate::core::Shared;
+use crate::listener::Transport;
+use crate::stats::{Histogram, LATENCY_BUCKETS_US};
 
-pub(crate) fn render(shared: &Shared) -> String {
-    let mut out = String::with_capacity(8 * 1024);
+/// Renders the page; `gauges[core]` is `None` for a core that did not
+/// answer.
+pub(crate) fn render(shared: &Shared, gauges: &[Option<SessionGauges>]) -> String {
+    let mut out = String::with_capacity(16 * 1024);
     let cores = &shared.cores;
-    let _ = writeln!(
-        out,
-        "# HELP tether_up 1 while the gateway serves.\n# TYPE tether_up gauge\ntether_up 1"
+    single(&mut out, "up", "1 while the gateway serves.", 1);
+    single(
+        &mut out,
+        "cores",
+        "Executors (one per core).",
+        cores.len() as u64,
     );
-    let _ = writeln!(
-        out,
-        "# HELP tether_cores Executors (one per core).\n# TYPE tether_cores gauge\ntether_cores {}",
-        cores.len()
+    single(
+        &mut out,
+        "uptime_seconds",
+        "Seconds since start.",
+        shared.started.elapsed().as_secs(),
     );
-    let _ = writeln!(
-        out,
-        "# HELP tether_uptime_seconds Seconds since start.\n# TYPE tether_uptime_seconds gauge\ntether_uptime_seconds {}",
-        shared.started.elapsed().as_secs()
-    );
-    gauge(
+    header(
         &mut out,
         "connections",
-        "Open MQTT connections.",
-        cores.iter().map(|c| c.stats.connections.load(Relaxed)),
+        "Open connections by core and the listener they came in on.",
+        "gauge",
     );
-    gauge(
+    for (core, c) in cores.iter().enumerate() {
+        for t in Transport::ALL {
+            let n = c.open_by_transport[t.index()].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "tether_connections{{core=\"{core}\",listener=\"{}\"}} {n}",
+                t.name()
+            );
+        }
+    }
+    single(
+        &mut out,
+        "users",
+        "Distinct usernames with at least one open connection.",
+        cores
+            .iter()
+            .map(|c| c.users.load(Relaxed).max(0) as u64)
+            .sum(),
+    );
+    per_core(
         &mut out,
         "subscriptions",
         "Subscriptions indexed on the core.",
-        cores.iter().map(|c| c.subscriptions.load(Relaxed) as i64),
+        cores
+            .iter()
+            .map(|c| Some(c.subscriptions.load(Relaxed) as u64)),
     );
-    gauge(
+    per_core(
         &mut out,
         "retained_messages",
         "Retained messages in the core's replica.",
-        cores.iter().map(|c| c.retained.load(Relaxed) as i64),
+        cores.iter().map(|c| Some(c.retained.load(Relaxed) as u64)),
+    );
+    let session = |f: fn(&SessionGauges) -> u64| gauges.iter().map(move |g| g.as_ref().map(f));
+    per_core(
+        &mut out,
+        "sessions_online",
+        "Sessions with a connection.",
+        session(|g| g.online),
+    );
+    per_core(
+        &mut out,
+        "sessions_offline",
+        "Persistent sessions waiting for their client.",
+        session(|g| g.offline),
+    );
+    per_core(
+        &mut out,
+        "queued_messages",
+        "QoS 1/2 messages waiting for a session's in-flight window.",
+        session(|g| g.queued),
+    );
+    per_core(
+        &mut out,
+        "inflight_messages",
+        "QoS 1/2 messages sent and not yet acknowledged.",
+        session(|g| g.inflight),
+    );
+    per_core(
+        &mut out,
+        "inflight_window_capacity",
+        "Sum of the online sessions' in-flight windows (window use = inflight_messages / this).",
+        session(|g| g.inflight_capacity),
+    );
+    per_core(
+        &mut out,
+        "outbox_bytes",
+        "Encoded bytes waiting to be written to clients.",
+        session(|g| g.outbox_bytes),
+    );
+    single(
+        &mut out,
+        "scrape_cores_missing",
+        "Cores that did not report session gauges for this scrape.",
+        gauges.iter().filter(|g| g.is_none()).count() as u64,
+    );
+    histogram(
+        &mut out,
+        "fanout_latency_seconds",
+        "From a message's arrival to its PUBLISH being written for a subscriber (live deliveries).",
+        cores.iter().map(|c| &c.fanout_latency),
+    );
+    histogram(
+        &mut out,
+        "loop_lag_seconds",
+        "How late the core's timer tick ran: time its executor was stalled by other work.",
+        cores.iter().map(|c| &c.loop_lag),
     );
     // Counters: one family per name, one sample per core.
-    let mut families: Vec<(&'static str, Vec<u64>)> = Vec::new();
+    let mut families: Vec<(&'static str, &'static str, Vec<u64>)> = Vec::new();
     for c in cores {
         let mut i = 0;
-        c.stats.for_each_counter(|name, v| {
+        c.stats.for_each_counter(|name, help, v| {
             if families.len() <= i {
-                families.push((name, Vec::with_capacity(cores.len())));
+                families.push((name, help, Vec::with_capacity(cores.len())));
             }
-            families[i].1.push(v);
+            families[i].2.push(v);
             i += 1;
         });
     }
-    for (name, values) in families {
-        let _ = writeln!(out, "# TYPE tether_{name}_total counter");
-        for (core, v) in values.iter().enumerate() {
-            let _ = writeln!(out, "tether_{name}_total{{core=\"{core}\"}} {v}");
-        }
+    for (name, help, values) in families {
+        let name = format!("{name}_total");
+        per_core(&mut out, &name, help, values.into_iter().map(Some));
     }
     out
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, values: impl Iterator<Item = i64>) {
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(
         out,
-        "# HELP tether_{name} {help}\n# TYPE tether_{name} gauge"
+        "# HELP tether_{name} {help}\n# TYPE tether_{name} {kind}"
     );
+}
+
+fn single(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, help, "gauge");
+    let _ = writeln!(out, "tether_{name} {v}");
+}
+
+/// One sample per core that has a value. Names ending in `_total` are
+/// counters, the rest gauges.
+fn per_core(out: &mut String, name: &str, help: &str, values: impl Iterator<Item = Option<u64>>) {
+    let kind = if name.ends_with("_total") {
+        "counter"
+    } else {
+        "gauge"
+    };
+    header(out, name, help, kind);
     for (core, v) in values.enumerate() {
-        let _ = writeln!(out, "tether_{name}{{core=\"{core}\"}} {v}");
+        if let Some(v) = v {
+            let _ = writeln!(out, "tether_{name}{{core=\"{core}\"}} {v}");
+        }
+    }
+}
+
+fn histogram<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    per_core: impl Iterator<Item = &'a Histogram>,
+) {
+    header(out, name, help, "histogram");
+    for (core, h) in per_core.enumerate() {
+        let (cumulative, sum_us) = h.cumulative();
+        for (i, n) in cumulative.iter().enumerate() {
+            let le = match LATENCY_BUCKETS_US.get(i) {
+                Some(us) => format!("{}", *us as f64 / 1e6),
+                None => "+Inf".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "tether_{name}_bucket{{core=\"{core}\",le=\"{le}\"}} {n}"
+            );
+        }
+        let total = cumulative[cumulative.len() - 1];
+        let _ = writeln!(
+            out,
+            "tether_{name}_sum{{core=\"{core}\"}} {}",
+            sum_us as f64 / 1e6
+        );
+        let _ = writeln!(out, "tether_{name}_count{{core=\"{core}\"}} {total}");
     }
 }

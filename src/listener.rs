@@ -1,0 +1,146 @@
+//! The listeners: which transports a connection can arrive on, and one
+//! SO_REUSEPORT socket per core for each.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::runtime::StartError;
+
+/// How a connection reaches the MQTT codec. Every transport is served by
+/// the same connection task; TLS and WebSocket are layers in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// MQTT over TCP.
+    Mqtt,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over TLS.
+    Mqtts,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 4] = [
+        Transport::Mqtt,
+        Transport::Ws,
+        Transport::Mqtts,
+        Transport::Wss,
+    ];
+
+    /// Name in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Mqtt => "mqtt",
+            Transport::Ws => "ws",
+            Transport::Mqtts => "mqtts",
+            Transport::Wss => "wss",
+        }
+    }
+
+    /// Position in per-transport tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn websocket(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
+    }
+
+    pub fn tls(self) -> bool {
+        matches!(self, Transport::Mqtts | Transport::Wss)
+    }
+
+    /// The configured address, when this transport is enabled.
+    pub fn address(self, cfg: &Config) -> Option<SocketAddr> {
+        match self {
+            Transport::Mqtt => Some(cfg.listeners.tcp),
+            Transport::Ws => cfg.websocket.enabled.then_some(cfg.websocket.listen),
+            Transport::Mqtts => cfg.tls.enabled.then_some(cfg.tls.listen),
+            Transport::Wss => (cfg.tls.enabled && cfg.tls.wss).then_some(cfg.tls.wss_listen),
+        }
+    }
+
+    /// The configuration key of the address, for error messages.
+    fn key(self) -> &'static str {
+        match self {
+            Transport::Mqtt => "listeners.tcp",
+            Transport::Ws => "websocket.listen",
+            Transport::Mqtts => "tls.listen",
+            Transport::Wss => "tls.wss_listen",
+        }
+    }
+}
+
+/// One enabled transport: its bound address and one socket per core.
+pub struct Bound {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    pub sockets: Vec<Socket>,
+}
+
+/// Binds every enabled transport, `n` sockets each.
+pub fn bind_all(cfg: &Config, n: usize) -> Result<Vec<Bound>, StartError> {
+    let mut out = Vec::new();
+    for t in Transport::ALL {
+        if let Some(addr) = t.address(cfg) {
+            let sockets = bind(t, addr, n, cfg.listeners.backlog)?;
+            let addr = sockets[0]
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| StartError(format!("{}: listener has no address", t.key())))?;
+            out.push(Bound {
+                transport: t,
+                addr,
+                sockets,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// One SO_REUSEPORT listener per core on the same address, so the kernel
+/// spreads incoming connections across cores without a shared accept queue.
+fn bind(t: Transport, addr: SocketAddr, n: usize, backlog: u32) -> Result<Vec<Socket>, StartError> {
+    let mut out: Vec<Socket> = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n {
+        let bind = || -> io::Result<Socket> {
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            s.listen(backlog.min(i32::MAX as u32) as i32)?;
+            Ok(s)
+        };
+        let s = bind().map_err(|e| {
+            let hint = match e.kind() {
+                io::ErrorKind::AddrInUse => format!(
+                    " (another process listens there: stop it or change {} / TETHER_{})",
+                    t.key(),
+                    t.key().replace('.', "__").to_ascii_uppercase()
+                ),
+                io::ErrorKind::PermissionDenied => {
+                    " (ports below 1024 need CAP_NET_BIND_SERVICE)".to_string()
+                }
+                _ => String::new(),
+            };
+            StartError(format!("cannot listen on {addr} ({}): {e}{hint}", t.key()))
+        })?;
+        if addr.port() == 0 {
+            // Every core must share the port the OS picked for the first.
+            addr = s
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(addr);
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
