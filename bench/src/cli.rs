@@ -26,6 +26,20 @@ pub enum Transport {
     Tcp,
     /// MQTT over WebSocket (RFC 6455, binary frames, subprotocol `mqtt`).
     Ws,
+    /// MQTT over TLS (needs `--cafile` or `--insecure`).
+    Tls,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl Transport {
+    pub fn websocket(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
+    }
+
+    pub fn tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -73,9 +87,19 @@ pub struct Opts {
     /// Broker MQTT port (the WebSocket port with `--transport ws`).
     #[arg(short, long, default_value_t = 1883)]
     pub port: u16,
-    /// `tcp`, or `ws` for MQTT over WebSocket (subprotocol mqtt).
+    /// `tcp`, `ws` (MQTT over WebSocket, subprotocol mqtt), `tls` or `wss`.
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     pub transport: Transport,
+    /// PEM CA certificate(s) that the broker's TLS certificate must chain to.
+    #[arg(long)]
+    pub cafile: Option<PathBuf>,
+    /// TLS without verifying the broker's certificate (test brokers with
+    /// self-signed certificates only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Name the broker's certificate must carry (and SNI); default: --host.
+    #[arg(long)]
+    pub server_name: Option<String>,
     /// Request path of the WebSocket upgrade.
     #[arg(long, default_value = "/mqtt")]
     pub ws_path: String,

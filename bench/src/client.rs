@@ -17,11 +17,12 @@ use ahash::AHashMap;
 use bytes::{Buf, BytesMut};
 use tether::codec::{self, Connect, Packet, Properties, QoS, SubOptions, Subscribe, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::time::{sleep_until, timeout};
 
 use crate::payload::{self, Header, END_MARKER, HEADER_LEN};
 use crate::scenario::{ClientSpec, Role};
+use crate::tls::Stream;
 use crate::track::{Tracker, Verdict};
 use crate::worker::{CoreCtx, Phase};
 
@@ -105,7 +106,11 @@ pub async fn run(
             IDLE_READ_RESERVE
         }),
         wbuf: Vec::new(),
-        ws: (ctx.plan.opts.transport == crate::cli::Transport::Ws)
+        ws: ctx
+            .plan
+            .opts
+            .transport
+            .websocket()
             .then(|| (BytesMut::new(), Vec::new())),
         payload: vec![0xA5; size],
         tracker: Tracker::default(),
@@ -186,7 +191,7 @@ impl Client {
     /// TCP connect, CONNECT/CONNACK and, for a subscriber without a stored
     /// session, SUBSCRIBE/SUBACK; a reconnecting publisher resends its
     /// unacknowledged messages.
-    async fn connect(&mut self, first: bool) -> Result<TcpStream, String> {
+    async fn connect(&mut self, first: bool) -> Result<Stream, String> {
         let limit = Duration::from_secs_f64(self.ctx.plan.opts.connect_timeout);
         let deadline = tokio::time::Instant::now() + limit;
         let addr = self.ctx.plan.addr;
@@ -199,12 +204,23 @@ impl Client {
         if let Some(ip) = self.spec.source {
             bind_source(&socket, ip)?;
         }
-        let mut stream = match timeout(limit, socket.connect(addr)).await {
+        let tcp = match timeout(limit, socket.connect(addr)).await {
             Err(_) => return Err("tcp: connect timeout".into()),
             Ok(Err(e)) => return Err(format!("tcp: {}", io_reason(&e))),
             Ok(Ok(s)) => s,
         };
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let mut stream = match &self.ctx.plan.tls {
+            None => Stream::Tcp(tcp),
+            Some(tls) => {
+                let handshake = tls.connector.connect(tls.name.clone(), tcp);
+                match tokio::time::timeout_at(deadline, handshake).await {
+                    Err(_) => return Err("tls: handshake timeout".into()),
+                    Ok(Err(e)) => return Err(format!("tls: {e}")),
+                    Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+                }
+            }
+        };
         self.rbuf.clear();
         self.wbuf.clear();
         if let Some((raw, _)) = self.ws.as_mut() {
@@ -214,10 +230,7 @@ impl Client {
                 &self.ctx.plan.opts.ws_path,
                 self.spec.index,
             );
-            stream
-                .write_all(req.as_bytes())
-                .await
-                .map_err(|e| format!("tcp: {}", io_reason(&e)))?;
+            write_out(&mut stream, req.as_bytes()).await?;
             loop {
                 let raw = &mut self.ws.as_mut().expect("ws").0;
                 if let Some(n) = crate::wsframe::upgrade_response(raw)? {
@@ -297,7 +310,7 @@ impl Client {
     /// Reads and handles packets until one is a connect-phase event.
     async fn await_event(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut Stream,
         deadline: tokio::time::Instant,
     ) -> Result<Event, String> {
         loop {
@@ -315,7 +328,7 @@ impl Client {
         }
     }
 
-    async fn flush(&mut self, stream: &mut TcpStream) -> Result<(), String> {
+    async fn flush(&mut self, stream: &mut Stream) -> Result<(), String> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
@@ -328,10 +341,7 @@ impl Client {
             }
             None => &self.wbuf[..],
         };
-        stream
-            .write_all(out)
-            .await
-            .map_err(|e| format!("tcp: {}", io_reason(&e)))?;
+        write_out(stream, out).await?;
         self.wbuf.clear();
         Ok(())
     }
@@ -346,7 +356,7 @@ impl Client {
 
     /// The connected life of the client, until the run stops, the storm
     /// takes the connection, or the broker drops it.
-    async fn session(&mut self, stream: &mut TcpStream) -> End {
+    async fn session(&mut self, stream: &mut Stream) -> End {
         let mut phase_rx = self.ctx.phase_rx.clone();
         let keep_alive = Duration::from_secs(u64::from(self.ctx.plan.opts.keep_alive));
         // Ping well before the broker's 1.5x keep-alive deadline.
@@ -714,6 +724,20 @@ fn bind_source(socket: &TcpSocket, ip: std::net::IpAddr) -> Result<(), String> {
     socket
         .bind(std::net::SocketAddr::new(ip, 0))
         .map_err(|e| format!("bind {ip}: {}", io_reason(&e)))
+}
+
+/// Writes all of `data`. The flush matters for TLS: the TLS stream may keep
+/// records it could not write at once until it is flushed (for TCP it is a
+/// no-op).
+async fn write_out(stream: &mut Stream, data: &[u8]) -> Result<(), String> {
+    stream
+        .write_all(data)
+        .await
+        .map_err(|e| format!("tcp: {}", io_reason(&e)))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| format!("tcp: {}", io_reason(&e)))
 }
 
 /// The `Host` of a WebSocket upgrade.

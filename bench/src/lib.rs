@@ -11,7 +11,8 @@
 //! - [`report`]: figures, histograms, merging and the summary.
 //! - [`procs`]: `--procs N` worker processes and their merge.
 //! - [`sample`]: `--target-pid` RSS and CPU sampling.
-//! - [`wsframe`]: `--transport ws` (MQTT over WebSocket, client side).
+//! - [`wsframe`]: `--transport ws|wss` (MQTT over WebSocket, client side).
+//! - [`tls`]: `--transport tls|wss` (client TLS) and the client [`tls::Stream`].
 
 pub mod cli;
 pub mod client;
@@ -20,6 +21,7 @@ pub mod procs;
 pub mod report;
 pub mod sample;
 pub mod scenario;
+pub mod tls;
 pub mod track;
 pub mod worker;
 pub mod wsframe;

@@ -72,6 +72,8 @@ pub struct Plan {
     pub prefix: String,
     pub worker: usize,
     pub workers: usize,
+    /// The TLS client configuration, for `--transport tls|wss`.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl Plan {
@@ -123,6 +125,10 @@ impl Plan {
             prefix,
             worker: opts.worker.unwrap_or(0),
             workers: opts.workers,
+            tls: match opts.transport.tls() {
+                true => Some(crate::tls::Tls::from_opts(opts)?),
+                false => None,
+            },
         })
     }
 

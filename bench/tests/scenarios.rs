@@ -4,6 +4,10 @@
 use std::process::Command;
 
 use clap::Parser;
+
+#[path = "../../tests/common/pki.rs"]
+#[allow(dead_code)] // the server side is enough here
+mod pki;
 use tether::{Config, Gateway};
 use tether_bench::cli::Cli;
 use tether_bench::{Plan, Report};
@@ -110,6 +114,53 @@ fn websocket_clients_fan_out_and_ride_a_storm() {
         "the storm dropped clients: {}",
         r.summary()
     );
+}
+
+#[test]
+fn tls_and_wss_clients_verify_the_broker_and_lose_nothing() {
+    let ca = pki::Ca::new("bench CA");
+    let dir = pki::dir("bench-tls");
+    let leaf = ca.server();
+    let mut cfg = tether::Config::default();
+    cfg.sys.interval_secs = 0;
+    cfg.node.cores = 2;
+    cfg.listeners.tcp = "127.0.0.1:0".parse().unwrap();
+    cfg.http.enabled = false;
+    cfg.websocket.enabled = false;
+    cfg.tls.enabled = true;
+    cfg.tls.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.tls.wss_listen = "127.0.0.1:0".parse().unwrap();
+    cfg.tls.cert_file = pki::write(&dir, "server.pem", &leaf.cert);
+    cfg.tls.key_file = pki::write(&dir, "server.key", &leaf.key);
+    let gw = Gateway::start(cfg).expect("gateway starts");
+    let cafile = pki::write(&dir, "ca.pem", &ca.pem());
+    let trust = format!("--cafile {} --server-name localhost", cafile.display());
+    let tls = gw.tls_addr.unwrap().port();
+    let r = bench_at(
+        tls,
+        &format!("p2p -c 20 -q 1 -r 100 -d 0.5 --transport tls {trust}"),
+    );
+    assert_clean(&r);
+    assert_eq!(r.acked, r.published);
+    let wss = gw.wss_addr.unwrap().port();
+    let r = bench_at(
+        wss,
+        &format!("fanout -c 10 -P 2 -q 1 -r 100 -d 0.5 --transport wss {trust}"),
+    );
+    assert_clean(&r);
+    assert_eq!(r.integrity.expected, r.published * 10);
+
+    // A CA that did not sign the broker's certificate: every client fails,
+    // with the reason.
+    let other = pki::write(&dir, "other.pem", &pki::Ca::new("other").pem());
+    let r = bench_at(
+        tls,
+        &format!(
+            "conn -c 3 -d 0 --transport tls --cafile {} --server-name localhost",
+            other.display()
+        ),
+    );
+    assert_eq!(r.connect.failed, 3, "{}", r.summary());
 }
 
 #[test]
