@@ -320,16 +320,22 @@ def write_results(rows, a, took):
             if trail:
                 out.append(f"  - {name}: " + "; ".join(trail))
     out += ["", END]
+    splice_results(BEGIN, END, "\n".join(out), "## Latest side-by-side run")
+    print("\n".join(out[2:]))
+
+
+def splice_results(begin, end, block, heading):
+    """Puts `block` (which starts with `begin` and ends with `end`) into
+    bench/RESULTS.md in place of the previous one, or appends it under
+    `heading` the first time."""
     path = os.path.join(ROOT, "bench/RESULTS.md")
     text = open(path).read() if os.path.exists(path) else "# Results\n\n"
-    block = "\n".join(out)
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
-        text = text.rstrip() + "\n\n## Latest side-by-side run\n\n" + block + "\n"
+        text = text.rstrip() + f"\n\n{heading}\n\n" + block + "\n"
     with open(path, "w") as f:
         f.write(text)
-    print("\n".join(out[2:]))
 
 
 if __name__ == "__main__":

@@ -172,15 +172,7 @@ def write(rows, a, took):
     for test, what, args, kind, figs in rows:
         out.append(f"- `{test}`: `tether-bench {args}`")
     out += ["", END]
-    path = os.path.join(compare.ROOT, "bench/RESULTS.md")
-    text = open(path).read()
-    block = "\n".join(out)
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n## Transports: WebSocket and TLS against TCP\n\n" + block + "\n"
-    with open(path, "w") as f:
-        f.write(text)
+    compare.splice_results(BEGIN, END, "\n".join(out), "### The transport matrix (generated)")
     print("\n".join(out[2:]))
 
 

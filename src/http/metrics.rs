@@ -15,6 +15,41 @@ use crate::core::Shared;
 use crate::listener::Transport;
 use crate::stats::{Histogram, LATENCY_BUCKETS_US};
 
+/// The per-core session gauges: name, help, and the figure of a core's
+/// [`SessionGauges`].
+type SessionGauge = (&'static str, &'static str, fn(&SessionGauges) -> u64);
+
+const SESSION_GAUGES: [SessionGauge; 6] = [
+    ("sessions_online", "Sessions with a connection.", |g| {
+        g.online
+    }),
+    (
+        "sessions_offline",
+        "Persistent sessions waiting for their client.",
+        |g| g.offline,
+    ),
+    (
+        "queued_messages",
+        "QoS 1/2 messages waiting for a session's in-flight window.",
+        |g| g.queued,
+    ),
+    (
+        "inflight_messages",
+        "QoS 1/2 messages sent and not yet acknowledged.",
+        |g| g.inflight,
+    ),
+    (
+        "inflight_window_capacity",
+        "Sum of the online sessions' in-flight windows (window use = inflight_messages / this).",
+        |g| g.inflight_capacity,
+    ),
+    (
+        "outbox_bytes",
+        "Encoded bytes waiting to be written to clients.",
+        |g| g.outbox_bytes,
+    ),
+];
+
 /// Renders the page; `gauges[core]` is `None` for a core that did not
 /// answer.
 pub(crate) fn render(shared: &Shared, gauges: &[Option<SessionGauges>]) -> String {
@@ -72,43 +107,14 @@ pub(crate) fn render(shared: &Shared, gauges: &[Option<SessionGauges>]) -> Strin
         "Retained messages in the core's replica.",
         cores.iter().map(|c| Some(c.retained.load(Relaxed) as u64)),
     );
-    let session = |f: fn(&SessionGauges) -> u64| gauges.iter().map(move |g| g.as_ref().map(f));
-    per_core(
-        &mut out,
-        "sessions_online",
-        "Sessions with a connection.",
-        session(|g| g.online),
-    );
-    per_core(
-        &mut out,
-        "sessions_offline",
-        "Persistent sessions waiting for their client.",
-        session(|g| g.offline),
-    );
-    per_core(
-        &mut out,
-        "queued_messages",
-        "QoS 1/2 messages waiting for a session's in-flight window.",
-        session(|g| g.queued),
-    );
-    per_core(
-        &mut out,
-        "inflight_messages",
-        "QoS 1/2 messages sent and not yet acknowledged.",
-        session(|g| g.inflight),
-    );
-    per_core(
-        &mut out,
-        "inflight_window_capacity",
-        "Sum of the online sessions' in-flight windows (window use = inflight_messages / this).",
-        session(|g| g.inflight_capacity),
-    );
-    per_core(
-        &mut out,
-        "outbox_bytes",
-        "Encoded bytes waiting to be written to clients.",
-        session(|g| g.outbox_bytes),
-    );
+    for (name, help, field) in SESSION_GAUGES {
+        per_core(
+            &mut out,
+            name,
+            help,
+            gauges.iter().map(|g| g.as_ref().map(field)),
+        );
+    }
     single(
         &mut out,
         "scrape_cores_missing",
