@@ -104,7 +104,7 @@ impl Future for ConnTask {
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(conn.stream.as_raw_fd()) };
         let _ = socket2::SockRef::from(&fd).shutdown(Shutdown::Write);
         conn.core.unregister(conn.key);
-        conn.core.shared.cores[conn.core.id].open_by_transport[conn.transport.index()]
+        conn.core.visible().open_by_transport[conn.transport.index()]
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         debug!(conn = %conn.id, peer = %conn.peer, "closed");
         Poll::Ready(())
@@ -143,7 +143,7 @@ pub fn serve(core: Rc<Core>, stream: TcpStream, transport: Transport) -> Option<
         let _ = sock.set_recv_buffer_size(l.recv_buffer_bytes);
     }
     let (key, id) = core.register(peer, stream.as_raw_fd());
-    core.shared.cores[core.id].open_by_transport[transport.index()]
+    core.visible().open_by_transport[transport.index()]
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     debug!(conn = %id, %peer, transport = transport.name(), "accepted");
     Some(ConnTask {
@@ -558,7 +558,7 @@ impl Conn {
         };
         let v = link.version;
         let stats = self.core.stats();
-        let latency = &self.core.shared.cores[self.core.id].fanout_latency;
+        let latency = &self.core.visible().fanout_latency;
         // One clock read per batch, not per message.
         let mut now = None;
         let mut packets = 0;

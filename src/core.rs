@@ -437,7 +437,13 @@ impl Core {
     }
 
     pub fn stats(&self) -> &Stats {
-        &self.shared.cores[self.id].stats
+        &self.visible().stats
+    }
+
+    /// The part of this core other threads read: counters, gauges,
+    /// histograms, interest bits.
+    pub fn visible(&self) -> &CoreShared {
+        &self.shared.cores[self.id]
     }
 
     /// Current tick of the wheel clock (monotonic, `runtime.tick_ms` units).
@@ -610,14 +616,13 @@ impl Core {
     /// Adds (or replaces) one subscription in this core's index.
     pub fn subscribe_index(&self, st: &mut CoreState, filter: &str, sub: Sub) {
         if !st.subs.insert(filter, sub) {
-            st.interest
-                .add(&self.shared.cores[self.id].interest, filter);
+            st.interest.add(&self.visible().interest, filter);
         }
         self.count_subscriptions(st);
     }
 
     fn count_subscriptions(&self, st: &CoreState) {
-        let gauge = &self.shared.cores[self.id].subscriptions;
+        let gauge = &self.visible().subscriptions;
         gauge.store(st.subs.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -1124,7 +1129,7 @@ impl Core {
 
     fn apply_retained(&self, st: &mut CoreState, msg: Arc<Message>) -> (isize, isize) {
         let delta = st.retained.apply(msg);
-        self.shared.cores[self.id]
+        self.visible()
             .retained
             .store(st.retained.len(), std::sync::atomic::Ordering::Relaxed);
         delta
@@ -1336,7 +1341,7 @@ impl Core {
                 }
             }
         }
-        self.shared.cores[self.id]
+        self.visible()
             .users
             .store(st.users.len() as i64, std::sync::atomic::Ordering::Relaxed);
     }
@@ -1352,7 +1357,7 @@ impl Core {
             self.on_timer(&mut st, key, timer, now);
         }
         let st = &mut *st;
-        st.interest.sweep(&self.shared.cores[self.id].interest);
+        st.interest.sweep(&self.visible().interest);
     }
 
     fn on_timer(&self, st: &mut CoreState, key: ConnKey, timer: Timer, now: u64) {

@@ -463,9 +463,7 @@ async fn run_wheel(core: Rc<Core>) {
         glommio::timer::sleep(tick).await;
         // Lateness of the wake-up: how long other work held the executor.
         let lag = asleep.elapsed().saturating_sub(tick);
-        core.shared.cores[core.id]
-            .loop_lag
-            .observe(lag.as_micros() as u64);
+        core.visible().loop_lag.observe(lag.as_micros() as u64);
         core.on_tick(&mut fired);
     }
 }

@@ -201,15 +201,14 @@ impl Core {
     pub(crate) fn group_join(&self, st: &mut CoreState, key: GroupKey, member: Member) {
         let filter = key.filter.clone();
         if st.groups.join(key, member) {
-            st.interest
-                .add(&self.shared.cores[self.id].interest, &filter);
+            st.interest.add(&self.visible().interest, &filter);
         }
         self.count_members(st);
     }
 
     fn count_members(&self, st: &CoreState) {
         let n = st.groups.slab.iter().map(|(_, g)| g.members.len()).sum();
-        let gauge = &self.shared.cores[self.id].shared_members;
+        let gauge = &self.visible().shared_members;
         gauge.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
