@@ -97,8 +97,10 @@ fn reload_on_sighup(
 fn init_logging(c: &Config) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| c.log.level.clone());
     let filter = tracing_subscriber::EnvFilter::new(filter);
+    // Colours only for a terminal: journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_thread_names(true);
     if c.log.format == "json" {
         builder.json().init();
