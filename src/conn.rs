@@ -222,7 +222,7 @@ impl Conn {
                     let stats = core.stats();
                     bump(&stats.bytes_in, n as u64);
                     if self.tls.is_some() {
-                        if self.tls_ingest(&scratch[..n]) == crate::tls::Inbound::Closed {
+                        if self.tls_ingest(&mut scratch[..n]) == crate::tls::Inbound::Closed {
                             debug!(conn = %self.id, "peer closed the TLS session");
                             return Poll::Ready(());
                         }
@@ -290,7 +290,7 @@ impl Conn {
 
     /// TLS connections: decrypts what was read and hands the plaintext on.
     /// A failed session is closed after its alert is flushed.
-    fn tls_ingest(&mut self, cipher: &[u8]) -> crate::tls::Inbound {
+    fn tls_ingest(&mut self, cipher: &mut [u8]) -> crate::tls::Inbound {
         let core = self.core.clone();
         let mut plain = core.plaintext.borrow_mut();
         plain.clear();
