@@ -277,7 +277,12 @@ def main():
                     trail = ["rounds: " + ", ".join(fmt(kind, g[0]) for g in got)]
                     r = dict(r, violations=[x for g in got for x in g[1]["violations"]],
                              connect=dict(r["connect"],
-                                          failed=sum(g[1]["connect"]["failed"] for g in got)))
+                                          failed=sum(g[1]["connect"]["failed"] for g in got)),
+                             rounds=[g[0] for g in got])
+                    # The committed JSON is the median round's (run_one
+                    # wrote the last round's).
+                    with open(os.path.join(RESULTS, f"{test}.{name}.json"), "w") as f:
+                        json.dump(r, f, indent=1)
                 figs[name] = (v, r, trail)
             rows.append((test, what, args, kind, better, figs))
     write_results(rows, a, time.time() - started)
