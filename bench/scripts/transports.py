@@ -11,7 +11,7 @@ for the run. Figures land in bench/results/<test>.<broker>.json and in the
 `transports` section of bench/RESULTS.md, with ratios to plain TCP on the
 same broker (the issue's "WebSocket within 80 % of TCP") and to Mosquitto.
 """
-import argparse, datetime, os, platform, statistics, subprocess, sys, tempfile, time
+import argparse, datetime, json, os, platform, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402  (shares the broker runner and the lossless search)
@@ -144,16 +144,25 @@ def main():
                             r = compare.run_one(tid, b, args, tmp)
                             v, trail = compare.figure(r, kind), []
                         ok = compare.clean(r)
-                        runs.setdefault((base, transport), []).append((v, ok))
+                        runs.setdefault((base, transport), []).append((v, ok, r))
                         print(f" {compare.fmt(kind, v)}{'' if ok else ' (not clean)'}  {'; '.join(trail)}",
                               file=sys.stderr)
             figs = {}
             for transport in TRANSPORTS:
                 for base in ("tether-1", "mosquitto"):
                     got = runs.get((base, transport))
-                    figs[(base, transport)] = (
-                        (statistics.median(v for v, _ in got), all(ok for _, ok in got))
-                        if got else (0, True))
+                    if not got:
+                        figs[(base, transport)] = (0, True)
+                        continue
+                    ordered = sorted(got, key=lambda g: g[0])
+                    v, _, r = ordered[len(ordered) // 2]
+                    figs[(base, transport)] = (v, all(ok for _, ok, _ in got))
+                    if len(got) > 1:
+                        # The committed JSON is the median round's.
+                        r = dict(r, rounds=[g[0] for g in got])
+                        name = f"transport-{test}.{base}-{transport}.json"
+                        with open(os.path.join(compare.RESULTS, name), "w") as f:
+                            json.dump(r, f, indent=1)
             rows.append((test, what, args, kind, figs))
     write(rows, a, time.time() - started)
 
