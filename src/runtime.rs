@@ -19,8 +19,7 @@ use tracing::{debug, error, warn};
 use crate::config::Config;
 use crate::core::{Core, CoreMsg, CoreShared, Shared};
 use crate::listener::Transport;
-use crate::stats::bump;
-use crate::stats::Snapshot;
+use crate::stats::{bump, Snapshot};
 use crate::store::{MemoryStore, SessionStore};
 
 /// How long `start` waits for every core to report ready.
@@ -53,7 +52,6 @@ pub struct Gateway {
     pub wss_addr: Option<SocketAddr>,
     /// What TLS loaded at start (for the banner).
     pub tls_loaded: Option<crate::tls::Loaded>,
-    tls: Option<Arc<crate::tls::Acceptor>>,
     pub cores: usize,
     /// Bound HTTP API address, when `http.enabled`.
     pub http_addr: Option<SocketAddr>,
@@ -110,7 +108,7 @@ impl Gateway {
             auth,
             started: Instant::now(),
             retained: Default::default(),
-            tls: tls.clone(),
+            tls,
         });
         let mesh =
             (ncores > 1).then(|| MeshBuilder::full(ncores, cfg.runtime.mesh_channel_capacity));
@@ -180,7 +178,6 @@ impl Gateway {
             ws_addr,
             tls_addr,
             wss_addr,
-            tls,
             tls_loaded,
             cores: ncores,
             http_addr: http.as_ref().map(|h| h.addr),
@@ -204,7 +201,7 @@ impl Gateway {
     /// handshakes use them, established connections are kept. On error the
     /// previous certificate stays in use.
     pub fn reload_tls(&self) -> Result<crate::tls::Loaded, String> {
-        match &self.tls {
+        match &self.shared.tls {
             Some(t) => t.reload(),
             None => Err("TLS is not enabled (tls.enabled = false)".into()),
         }
@@ -212,7 +209,7 @@ impl Gateway {
 
     /// The TLS acceptor, for a reload handler on another thread.
     pub fn tls_acceptor(&self) -> Option<Arc<crate::tls::Acceptor>> {
-        self.tls.clone()
+        self.shared.tls.clone()
     }
 
     /// The way in for threads that are not cores (HTTP, Kafka, Redis
