@@ -16,6 +16,7 @@ use serde::Deserialize;
 pub struct ConfigError {
     /// Dotted key path (`mqtt.max_packet_size`), or empty for the whole file.
     pub key: String,
+    /// What is wrong, and how to fix it.
     pub message: String,
 }
 
@@ -38,24 +39,37 @@ fn err(key: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The whole configuration, one field per TOML section.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `[node]`: identity and cores.
     pub node: NodeConfig,
+    /// `[listeners]`: MQTT over TCP.
     pub listeners: ListenerConfig,
+    /// `[mqtt]`: protocol limits and features.
     pub mqtt: MqttConfig,
+    /// `[session]`: expiry and slow-consumer limits.
     pub session: SessionConfig,
+    /// `[retained]`: the retained store's caps.
     pub retained: RetainedConfig,
+    /// `[sys]`: `$SYS` statistics.
     pub sys: SysConfig,
+    /// `[websocket]`: MQTT over WebSocket.
     pub websocket: WebSocketConfig,
+    /// `[tls]`: mqtts and wss.
     pub tls: TlsConfig,
+    /// `[http]`: the HTTP control plane.
     pub http: HttpConfig,
+    /// `[runtime]`: executors, channels, bounds.
     pub runtime: RuntimeConfig,
+    /// `[log]`: logging.
     pub log: LogConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+/// `[node]`.
 pub struct NodeConfig {
     /// Node number in connection ids; unique per cluster.
     pub id: u16,
@@ -71,6 +85,7 @@ impl Default for NodeConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+/// `[listeners]`.
 pub struct ListenerConfig {
     /// Plain MQTT over TCP; port 0 asks the OS for a free port.
     pub tcp: SocketAddr,
@@ -95,6 +110,7 @@ impl Default for ListenerConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+/// `[mqtt]`.
 pub struct MqttConfig {
     /// Largest packet accepted from (and advertised to) clients, in bytes.
     pub max_packet_size: u32,
@@ -165,6 +181,7 @@ impl Default for MqttConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+/// `[session]`.
 pub struct SessionConfig {
     /// Cap on session expiry; 3.1.1 persistent sessions (clean session 0)
     /// expire after this long offline.
@@ -191,6 +208,7 @@ impl Default for SessionConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+/// `[retained]`.
 pub struct RetainedConfig {
     /// Most retained topics on the node; a retained PUBLISH to a new topic
     /// beyond it is refused (MQTT 5: PUBACK/PUBREC 0x97, not delivered;
@@ -211,6 +229,7 @@ impl Default for RetainedConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+/// `[sys]`.
 pub struct SysConfig {
     /// Seconds between `$SYS/broker/...` statistics updates (retained, QoS 0,
     /// published by core 0); 0 disables them.
@@ -228,6 +247,7 @@ impl Default for SysConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConfig {
+    /// Serve MQTT over WebSocket.
     pub enabled: bool,
     /// Listen address; port 0 asks the OS for a free port.
     pub listen: SocketAddr,
@@ -338,6 +358,7 @@ impl Default for HttpConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+/// `[runtime]`.
 pub struct RuntimeConfig {
     /// Capacity, in batches, of each core-to-core channel.
     pub mesh_channel_capacity: usize,
@@ -363,6 +384,18 @@ pub struct RuntimeConfig {
     /// Messages each core's bridge inbox holds (publishes from the HTTP API
     /// and the bridge threads); a full inbox refuses at once ("busy").
     pub bridge_capacity: usize,
+    /// CONNECTs a core may have waiting for the authenticator's slow path;
+    /// beyond it a CONNECT is refused with 0x89 (server busy).
+    pub max_pending_verdicts: usize,
+    /// Client-id claims a core may have waiting for the session store;
+    /// beyond it a CONNECT is refused with 0x89.
+    pub max_pending_claims: usize,
+    /// PUBLISH/SUBSCRIBE packets a core may have waiting for the
+    /// authorizer's slow path; at the bound its clients stop being read.
+    pub max_pending_permits: usize,
+    /// Messages a core may have handed to the outbound bridge and not yet
+    /// had acknowledged; at the bound its clients stop being read.
+    pub max_outbound_inflight: usize,
     /// How long shutdown waits for clients to receive DISCONNECT.
     pub shutdown_grace_ms: u64,
 }
@@ -378,6 +411,10 @@ impl Default for RuntimeConfig {
             io_memory_kib: 512,
             ring_depth: 4096,
             bridge_capacity: 4096,
+            max_pending_verdicts: 1024,
+            max_pending_claims: 4096,
+            max_pending_permits: 1024,
+            max_outbound_inflight: 16_384,
             shutdown_grace_ms: 2000,
         }
     }
@@ -385,6 +422,7 @@ impl Default for RuntimeConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+/// `[log]`.
 pub struct LogConfig {
     /// A tracing filter: `info`, `debug`, `tether=debug,warn`, ...
     /// (`RUST_LOG` wins when set).
@@ -560,6 +598,10 @@ impl Config {
             || r.route_batch_max == 0
             || r.router_backlog_limit == 0
             || r.bridge_capacity == 0
+            || r.max_pending_verdicts == 0
+            || r.max_pending_claims == 0
+            || r.max_pending_permits == 0
+            || r.max_outbound_inflight == 0
         {
             return Err(err(
                 "runtime",

@@ -1,6 +1,9 @@
-//! Identities: slab keys with generations, and cluster-unique connection ids.
+//! Identities: slab keys with generations, cluster-unique connection ids,
+//! where a session lives, shared-subscription groups, and which core owns a
+//! string key.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Index of a connection entry in its core's slab plus the generation the
 /// entry was created with. A freed slot gets a new generation when reused,
@@ -8,7 +11,9 @@ use std::fmt;
 /// subscription) misses instead of reaching the new occupant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnKey {
+    /// Slot in the core's slab.
     pub index: u32,
+    /// Generation of the entry in that slot.
     pub gen: u32,
 }
 
@@ -16,8 +21,11 @@ pub struct ConnKey {
 /// line about a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId {
+    /// `node.id` of the process.
     pub node: u16,
+    /// The core that accepted the connection.
     pub core: u16,
+    /// Per-core sequence of accepted connections.
     pub seq: u64,
 }
 
@@ -30,8 +38,37 @@ impl fmt::Display for ConnId {
 /// Where a client's session lives inside this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {
+    /// The core whose slab holds the session.
     pub core: usize,
+    /// Its entry in that slab.
     pub key: ConnKey,
+}
+
+/// Identifies a shared-subscription group (`$share/{group}/{filter}`):
+/// the messages of a group go to one member each, wherever the members are.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GroupKey {
+    /// `{group}`.
+    pub group: Arc<str>,
+    /// `{filter}`, the filter the group subscribes to.
+    pub filter: Arc<str>,
+}
+
+impl GroupKey {
+    /// Parses `$share/{group}/{filter}` (already validated); `None` for a
+    /// plain filter.
+    pub fn parse(full: &str) -> Option<GroupKey> {
+        let (group, filter) = crate::codec::topic::parse_shared(full)?.ok()?;
+        Some(GroupKey {
+            group: group.into(),
+            filter: filter.into(),
+        })
+    }
+
+    /// The core that owns this group.
+    pub fn owner(&self, cores: usize) -> usize {
+        owner_core(&format!("{}\u{0}{}", self.group, self.filter), cores)
+    }
 }
 
 /// The core that owns a string key: sequences writes to a retained topic,

@@ -1,31 +1,47 @@
 //! Tether: a thread-per-core MQTT 3.1.1/5.0 long-connection gateway.
 //!
 //! See ARCHITECTURE.md for the bird's-eye view. Entry point for embedding
-//! (and for the integration tests): [`Gateway::start`].
+//! (and for the integration tests): [`Gateway::start`], or
+//! [`Gateway::builder`] to inject the seams.
+//!
+//! # Layout
+//!
+//! Layers, bottom to top; a module uses only those above it in this list
+//! (checked with `cargo modules dependencies`, see ARCHITECTURE.md):
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`codec`] | sans-IO MQTT 3.1.1/5.0 codec |
+//! | [`config`], [`limits`], [`id`], [`stats`], [`error`] | configuration, rlimits, identities, counters, error origins |
+//! | [`session`] | what a client keeps and what travels to it: `Session`, `Message`, `Delivery`, `Frame` |
+//! | [`bridge`] | the boundary with threads that are not cores: inboxes, reply handles, the outbound seam |
+//! | [`auth`], [`store`] | the seams for authentication, authorization and the session directory |
+//! | `mesh` | messages between cores and the channel policy |
+//! | `shard` | everything one core owns, and the operations on it |
+//! | `mqtt` | the semantics of each client packet, applied to a core |
+//! | [`net`] | listeners, the connection task, TLS, WebSocket |
+//! | `runtime` | executors and each core's service tasks |
+//! | [`gateway`] | the embedding API |
+//! | [`http`] | the HTTP control plane, on its own thread |
 
-pub mod alias;
 pub mod auth;
 pub mod bridge;
 pub mod codec;
 pub mod config;
-mod conn;
-pub mod core;
-mod handler;
+pub mod error;
+pub mod gateway;
 pub mod http;
 pub mod id;
-pub mod interest;
 pub mod limits;
-pub mod listener;
-pub mod retained;
-pub mod runtime;
+mod mesh;
+mod mqtt;
+pub mod net;
+mod notify;
+mod runtime;
 pub mod session;
-pub mod shared;
+mod shard;
 pub mod stats;
 pub mod store;
-pub mod subs;
-pub mod tls;
-pub mod wheel;
-pub mod ws;
 
 pub use config::Config;
-pub use runtime::{Gateway, StartError};
+pub use gateway::{Gateway, GatewayBuilder, StartError};

@@ -75,7 +75,7 @@ fn check_config(file: &str) -> ExitCode {
 /// and says why. Without TLS it only says there is nothing to reload (the
 /// default action of SIGHUP would end the process).
 fn reload_on_sighup(
-    acceptor: Option<std::sync::Arc<tether::tls::Acceptor>>,
+    acceptor: Option<std::sync::Arc<tether::net::tls::Acceptor>>,
 ) -> std::io::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
     std::thread::Builder::new()

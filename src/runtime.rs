@@ -1,348 +1,107 @@
-//! Process runtime: listeners, one pinned glommio executor per core, the
-//! channel mesh between cores, the per-core service tasks (accept loop,
-//! timer wheel, routers, mesh receivers) and shutdown.
+//! Process runtime: one pinned glommio executor per core (named
+//! `tether-core-N`), the channel mesh between them, and each core's service
+//! tasks:
+//!
+//! - one accept loop per listener, spawning a connection task per socket;
+//! - the timer wheel (sleeps while no timer is armed);
+//! - one router task per peer (drains the core's queue into the channel)
+//!   and one receiver per peer;
+//! - the inbox task: requests from bridge threads and the answers to the
+//!   core's own requests, behind one doorbell;
+//! - `$SYS` statistics on core 0;
+//! - shutdown: stop accepting, DISCONNECT 0x8B, drain, end.
 
-use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::net::TcpListener as StdTcpListener;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use futures_lite::AsyncReadExt;
-use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::net::{TcpListener, UnixStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{debug, error, warn};
 
+use crate::bridge::{BridgeMsg, CoreInbox};
 use crate::config::Config;
-use crate::core::{Core, CoreMsg, CoreShared, Shared};
-use crate::listener::Transport;
-use crate::stats::{bump, Snapshot};
-use crate::store::{MemoryStore, SessionStore};
+use crate::mesh::CoreMsg;
+use crate::mqtt;
+use crate::net::tls::Acceptor;
+use crate::net::Transport;
+use crate::shard::{Clock, Core, NodeState, ReplyReceivers, Returns};
+use crate::stats::bump;
 
-/// How long `start` waits for every core to report ready.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an accept error such as EMFILE, so a full fd table does not
 /// turn the accept loop into a busy loop.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Why the gateway could not start, with what to do about it.
-#[derive(Debug)]
-pub struct StartError(pub String);
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StartError {}
-
-/// A running gateway.
-pub struct Gateway {
-    /// Bound MQTT/TCP address (the real port when configured with port 0).
-    pub tcp_addr: SocketAddr,
-    /// Bound MQTT-over-WebSocket address, when `websocket.enabled`.
-    pub ws_addr: Option<SocketAddr>,
-    /// Bound MQTT-over-TLS address, when `tls.enabled`.
-    pub tls_addr: Option<SocketAddr>,
-    /// Bound WebSocket-over-TLS address, when `tls.enabled` and `tls.wss`.
-    pub wss_addr: Option<SocketAddr>,
-    /// What TLS loaded at start (for the banner).
-    pub tls_loaded: Option<crate::tls::Loaded>,
-    pub cores: usize,
-    /// Bound HTTP API address, when `http.enabled`.
-    pub http_addr: Option<SocketAddr>,
-    shared: Arc<Shared>,
-    doorbells: Vec<StdUnixStream>,
-    bridge: Arc<crate::bridge::Bridge>,
-    /// Readiness: set once every core serves, cleared when shutdown starts.
-    serving: Arc<std::sync::atomic::AtomicBool>,
-    http: Option<crate::http::HttpServer>,
-    executors: Vec<glommio::ExecutorJoinHandle<()>>,
-}
-
-impl Gateway {
-    /// Binds the listeners and starts one executor per core. Returns once
-    /// every core is accepting.
-    pub fn start(cfg: Config) -> Result<Gateway, StartError> {
-        Gateway::start_with(cfg, Arc::new(crate::auth::AllowAll))
-    }
-
-    /// [`Gateway::start`] with an [`Authenticator`](crate::auth::Authenticator)
-    /// deciding every CONNECT.
-    pub fn start_with(
-        cfg: Config,
-        auth: Arc<dyn crate::auth::Authenticator>,
-    ) -> Result<Gateway, StartError> {
-        let cfg = Arc::new(cfg);
-        let ncores = cfg.cores();
-        let (tls, tls_loaded) = if cfg.tls.enabled {
-            let (acceptor, loaded) = crate::tls::Acceptor::new(&cfg.tls).map_err(StartError)?;
-            (Some(Arc::new(acceptor)), Some(loaded))
-        } else {
-            (None, None)
-        };
-        let bound = crate::listener::bind_all(&cfg, ncores)?;
-        let addr_of = |t: Transport| bound.iter().find(|b| b.transport == t).map(|b| b.addr);
-        let tcp_addr = addr_of(Transport::Mqtt).expect("the TCP listener is always bound");
-        let (ws_addr, tls_addr, wss_addr) = (
-            addr_of(Transport::Ws),
-            addr_of(Transport::Mqtts),
-            addr_of(Transport::Wss),
-        );
-        // Per core: its socket of every enabled transport.
-        let mut per_core: Vec<Vec<(Transport, RawFd)>> = (0..ncores).map(|_| Vec::new()).collect();
-        for b in bound {
-            for (core, socket) in b.sockets.into_iter().enumerate() {
-                per_core[core].push((b.transport, socket.into_raw_fd()));
-            }
-        }
-        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::default());
-        let shared = Arc::new(Shared {
-            node_id: cfg.node.id,
-            cores: (0..ncores).map(|_| CoreShared::default()).collect(),
-            store,
-            auth,
-            started: Instant::now(),
-            retained: Default::default(),
-            tls,
-        });
-        let mesh =
-            (ncores > 1).then(|| MeshBuilder::full(ncores, cfg.runtime.mesh_channel_capacity));
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let (ready_tx, ready_rx) = mpsc::channel::<usize>();
-        let mut doorbells = Vec::new();
-        let (bridge, inboxes) = crate::bridge::Bridge::new(ncores, cfg.runtime.bridge_capacity)
-            .map_err(|e| StartError(format!("cannot create the bridge inboxes: {e}")))?;
-        let mut inboxes = inboxes.into_iter();
-        let mut executors = Vec::new();
-        for (id, listener_fds) in per_core.into_iter().enumerate() {
-            let (bell_tx, bell_rx) = StdUnixStream::pair()
-                .map_err(|e| StartError(format!("cannot create the shutdown socketpair: {e}")))?;
-            doorbells.push(bell_tx);
-            let bell_fd = bell_rx.into_raw_fd();
-            let (cfg, shared, mesh, ready) =
-                (cfg.clone(), shared.clone(), mesh.clone(), ready_tx.clone());
-            let inbox = inboxes.next().expect("one inbox per core");
-            let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
-                .name(&format!("tether-core-{id}"))
-                .io_memory(cfg.runtime.io_memory_kib * 1024)
-                .ring_depth(cfg.runtime.ring_depth)
-                .spawn(move || async move {
-                    run_core(CoreStart {
-                        id,
-                        cfg,
-                        shared,
-                        listener_fds,
-                        bell_fd,
-                        inbox,
-                        mesh,
-                        ready,
-                    })
-                    .await;
-                })
-                .map_err(|e| {
-                    StartError(format!(
-                        "cannot start executor for core {id}: {e}{}",
-                        memlock_hint()
-                    ))
-                })?;
-            executors.push(handle);
-        }
-        drop(ready_tx);
-        for _ in 0..ncores {
-            ready_rx.recv_timeout(STARTUP_TIMEOUT).map_err(|_| {
-                StartError(format!(
-                    "a core did not start within {STARTUP_TIMEOUT:?}{}",
-                    memlock_hint()
-                ))
-            })?;
-        }
-        let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let http = if cfg.http.enabled {
-            let api = crate::http::Api {
-                cfg: cfg.http.clone(),
-                bridge: bridge.clone(),
-                shared: shared.clone(),
-                serving: serving.clone(),
-            };
-            Some(crate::http::HttpServer::start(api).map_err(|e| StartError(e.to_string()))?)
-        } else {
-            None
-        };
-        Ok(Gateway {
-            tcp_addr,
-            ws_addr,
-            tls_addr,
-            wss_addr,
-            tls_loaded,
-            cores: ncores,
-            http_addr: http.as_ref().map(|h| h.addr),
-            serving,
-            http,
-            shared,
-            doorbells,
-            bridge,
-            executors,
-        })
-    }
-
-    /// Write ends of the per-core shutdown doorbells (one byte each stops
-    /// the gateway); for signal handlers.
-    pub fn doorbell_fds(&self) -> Vec<RawFd> {
-        use std::os::fd::AsRawFd;
-        self.doorbells.iter().map(|d| d.as_raw_fd()).collect()
-    }
-
-    /// Reads the TLS certificate and key again (what SIGHUP does); new
-    /// handshakes use them, established connections are kept. On error the
-    /// previous certificate stays in use.
-    pub fn reload_tls(&self) -> Result<crate::tls::Loaded, String> {
-        match &self.shared.tls {
-            Some(t) => t.reload(),
-            None => Err("TLS is not enabled (tls.enabled = false)".into()),
-        }
-    }
-
-    /// The TLS acceptor, for a reload handler on another thread.
-    pub fn tls_acceptor(&self) -> Option<Arc<crate::tls::Acceptor>> {
-        self.shared.tls.clone()
-    }
-
-    /// The way in for threads that are not cores (HTTP, Kafka, Redis
-    /// bridges): see [`crate::bridge`].
-    pub fn bridge(&self) -> Arc<crate::bridge::Bridge> {
-        self.bridge.clone()
-    }
-
-    /// Asks every core to shut down (returns immediately).
-    pub fn shutdown(&self) {
-        self.serving
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        for mut bell in &self.doorbells {
-            let _ = io::Write::write_all(&mut bell, &[1]);
-        }
-    }
-
-    /// Waits for every core to finish.
-    pub fn join(mut self) {
-        for e in std::mem::take(&mut self.executors) {
-            if let Err(e) = e.join() {
-                error!("executor ended with an error: {e}");
-            }
-        }
-        // The API outlives the cores (readiness reports the shutdown) and
-        // stops with them.
-        if let Some(mut http) = self.http.take() {
-            http.stop();
-        }
-    }
-
-    /// Shuts down and waits.
-    pub fn stop(self) {
-        self.shutdown();
-        self.join();
-    }
-
-    /// Waits for every core to finish, up to `timeout`; false if one did not.
-    pub fn join_timeout(self, timeout: Duration) -> bool {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            self.join();
-            let _ = tx.send(());
-        });
-        rx.recv_timeout(timeout).is_ok()
-    }
-
-    /// Counters summed over cores.
-    pub fn stats(&self) -> Snapshot {
-        let mut s = Snapshot::default();
-        for c in &self.shared.cores {
-            s.add(&c.stats);
-        }
-        s
-    }
-
-    /// Retained messages in each core's replica.
-    pub fn retained_per_core(&self) -> Vec<usize> {
-        self.shared
-            .cores
-            .iter()
-            .map(|c| c.retained.load(std::sync::atomic::Ordering::Relaxed))
-            .collect()
-    }
-
-    /// Members of all shared-subscription groups on the node.
-    pub fn shared_members(&self) -> usize {
-        let members = self
-            .shared
-            .cores
-            .iter()
-            .map(|c| c.shared_members.load(std::sync::atomic::Ordering::Relaxed));
-        members.sum()
-    }
-
-    /// Core that currently owns `client_id`'s session, if any.
-    pub fn locate(&self, client_id: &str) -> Option<usize> {
-        self.shared.store.locate(client_id).map(|l| l.core)
-    }
-}
-
-impl Drop for Gateway {
-    /// A dropped gateway stops its cores instead of leaking them.
-    fn drop(&mut self) {
-        if !self.executors.is_empty() {
-            self.shutdown();
-        }
-    }
-}
-
-fn memlock_hint() -> &'static str {
-    " (io_uring needs locked memory: raise the limit with `ulimit -l unlimited` or \
-     LimitMEMLOCK=infinity in the systemd unit, or lower runtime.io_memory_kib)"
-}
+/// Doorbell rings read at once: each sender rings once per message, and
+/// one drain serves them all.
+const RINGS_PER_READ: usize = 256;
 
 /// What `Gateway::start` hands each core's executor.
-struct CoreStart {
-    id: usize,
-    cfg: Arc<Config>,
-    shared: Arc<Shared>,
-    /// The core's SO_REUSEPORT listener of each enabled transport,
-    /// ownership passed as raw fds.
-    listener_fds: Vec<(Transport, RawFd)>,
-    /// Read end of the shutdown doorbell, likewise.
-    bell_fd: RawFd,
+pub(crate) struct CoreStart {
+    pub id: usize,
+    pub cfg: Arc<Config>,
+    pub node: Arc<NodeState>,
+    /// The core's SO_REUSEPORT listener of each enabled transport.
+    pub listeners: Vec<(Transport, socket2::Socket)>,
+    /// Read end of the shutdown doorbell.
+    pub shutdown: StdUnixStream,
     /// The core side of its bridge inbox.
-    inbox: crate::bridge::CoreInbox,
-    mesh: Option<MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>>,
+    pub inbox: CoreInbox,
+    pub mesh: Option<MeshBuilder<CoreMsg, Full>>,
     /// Told the core's id once it serves.
-    ready: mpsc::Sender<usize>,
+    pub ready: mpsc::Sender<usize>,
+    /// The TLS server configuration, when mqtts/wss are enabled.
+    pub tls: Option<Arc<Acceptor>>,
+}
+
+/// The full mesh of bounded channels between `cores` cores (none for one).
+pub(crate) fn mesh(cfg: &Config, cores: usize) -> Option<MeshBuilder<CoreMsg, Full>> {
+    (cores > 1).then(|| MeshBuilder::full(cores, cfg.runtime.mesh_channel_capacity))
+}
+
+/// Starts the executor of one core, pinned to a CPU.
+pub(crate) fn spawn(
+    start: CoreStart,
+) -> Result<glommio::ExecutorJoinHandle<()>, glommio::GlommioError<()>> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let r = &start.cfg.runtime;
+    LocalExecutorBuilder::new(Placement::Fixed(start.id % cpus))
+        .name(&format!("tether-core-{}", start.id))
+        .io_memory(r.io_memory_kib * 1024)
+        .ring_depth(r.ring_depth)
+        .spawn(move || async move { run_core(start).await })
 }
 
 async fn run_core(start: CoreStart) {
     let CoreStart {
         id,
         cfg,
-        shared,
-        listener_fds,
-        bell_fd,
+        node,
+        listeners,
+        shutdown,
         inbox,
         mesh,
         ready,
+        tls,
     } = start;
-    let core = Rc::new(Core::new(id, cfg.clone(), shared));
-    // SAFETY: the listener fds were created by `Gateway::start` for this
-    // core and ownership was handed over with `into_raw_fd`; nothing else
-    // closes them.
-    let listeners: Vec<_> = listener_fds
+    let (returns, replies) = Returns::new(inbox.bell.clone());
+    let core = Rc::new(Core::new(id, cfg.clone(), node, returns, Clock::real()));
+    let listeners: Vec<_> = listeners
         .into_iter()
-        .map(|(t, fd)| (t, unsafe { TcpListener::from_raw_fd(fd) }))
+        .map(|(t, socket)| {
+            let std: StdTcpListener = socket.into();
+            // SAFETY: `into_raw_fd` hands over the listening socket bound
+            // for this core by `Gateway::start`; nothing else owns it.
+            (t, unsafe { TcpListener::from_raw_fd(std.into_raw_fd()) })
+        })
         .collect();
-    // SAFETY: as above, this core owns the read end of its doorbell.
-    let mut bell = unsafe { UnixStream::from_raw_fd(bell_fd) };
+    // SAFETY: as above, this core owns the read end of its shutdown bell.
+    let mut shutdown = unsafe { UnixStream::from_raw_fd(shutdown.into_raw_fd()) };
     let mut mesh_tasks = Vec::new();
     if let Some(mesh) = mesh {
         match mesh.join().await {
@@ -369,7 +128,7 @@ async fn run_core(start: CoreStart) {
         }
     }
     let ticker = glommio::spawn_local(run_wheel(core.clone()));
-    let bridge = glommio::spawn_local(run_bridge(core.clone(), inbox));
+    let inbox = glommio::spawn_local(run_inbox(core.clone(), inbox, replies));
     let sys =
         (id == 0 && cfg.sys.interval_secs > 0).then(|| glommio::spawn_local(run_sys(core.clone())));
     let _ = ready.send(id);
@@ -377,10 +136,10 @@ async fn run_core(start: CoreStart) {
 
     let accepts: Vec<_> = listeners
         .into_iter()
-        .map(|(t, l)| glommio::spawn_local(accept_loop(core.clone(), l, t)))
+        .map(|(t, l)| glommio::spawn_local(accept_loop(core.clone(), l, t, tls.clone())))
         .collect();
     let mut b = [0u8; 1];
-    let _ = bell.read(&mut b).await;
+    let _ = shutdown.read(&mut b).await;
     // Stop accepting at once; the grace below is for established clients.
     drop(accepts);
 
@@ -389,38 +148,74 @@ async fn run_core(start: CoreStart) {
     let drained = core.drained.wait();
     futures_lite::future::or(drained, glommio::timer::sleep(grace)).await;
     drop(ticker);
-    drop(bridge);
+    drop(inbox);
     drop(sys);
     drop(mesh_tasks);
     debug!(core = id, "core stopped");
 }
 
-/// Drains the core's bridge inbox whenever its doorbell rings.
-async fn run_bridge(core: Rc<Core>, inbox: crate::bridge::CoreInbox) {
-    use std::os::fd::IntoRawFd;
-    // SAFETY: the read end of the bridge doorbell was created for this core
-    // and `into_raw_fd` hands its ownership over; nothing else closes it.
-    let mut bell = unsafe { UnixStream::from_raw_fd(inbox.bell.into_raw_fd()) };
-    // One read takes many rings: each send rings once, and draining the
-    // channel serves them all.
-    let mut rings = [0u8; 256];
+/// Drains the core's inbox and its reply queues whenever its doorbell
+/// rings.
+async fn run_inbox(core: Rc<Core>, inbox: CoreInbox, replies: ReplyReceivers) {
+    // SAFETY: the read end of the doorbell was created for this core and
+    // `into_raw_fd` hands its ownership over; nothing else closes it.
+    let mut bell = unsafe { UnixStream::from_raw_fd(inbox.bell_rx.into_raw_fd()) };
+    let mut rings = [0u8; RINGS_PER_READ];
     loop {
         match bell.read(&mut rings).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
         while let Ok(msg) = inbox.rx.try_recv() {
-            core.on_bridge(msg);
+            on_bridge(&core, msg);
+        }
+        while let Ok((token, verdict)) = replies.verdicts.try_recv() {
+            mqtt::on_verdict(&core, token, verdict);
+        }
+        while let Ok((token, result)) = replies.claims.try_recv() {
+            mqtt::on_claim(&core, token, result);
+        }
+        while let Ok((token, permit)) = replies.permits.try_recv() {
+            mqtt::on_permit(&core, token, permit);
+        }
+        while let Ok((token, produced)) = replies.produced.try_recv() {
+            core.on_produced(token, produced);
+        }
+    }
+}
+
+/// One request from a bridge thread. A caller that gave up waiting
+/// dropped its receiver; answering it is then a no-op.
+fn on_bridge(core: &Core, msg: BridgeMsg) {
+    match msg {
+        BridgeMsg::Publish { req, done } => mqtt::on_bridge_publish(core, req, done),
+        BridgeMsg::Inspect { key, reply } => {
+            let _ = reply.send(core.inspect(key));
+        }
+        BridgeMsg::Kick { key, reply } => {
+            let _ = reply.send(core.kick(key));
+        }
+        BridgeMsg::List { user, reply } => {
+            let _ = reply.send(core.list(user.as_deref()));
+        }
+        BridgeMsg::Gauges { reply } => {
+            let _ = reply.send(core.gauges());
         }
     }
 }
 
 /// Accepts on one listener.
-async fn accept_loop(core: Rc<Core>, listener: TcpListener, transport: Transport) {
+async fn accept_loop(
+    core: Rc<Core>,
+    listener: TcpListener,
+    transport: Transport,
+    tls: Option<Arc<Acceptor>>,
+) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                if let Some(task) = crate::conn::serve(core.clone(), stream, transport) {
+                let task = crate::net::conn::serve(core.clone(), stream, transport, tls.as_deref());
+                if let Some(task) = task {
                     glommio::spawn_local(task).detach();
                 }
             }
@@ -470,8 +265,8 @@ async fn run_wheel(core: Rc<Core>) {
 /// never drops.
 async fn route_to(core: Rc<Core>, peer: usize, senders: Rc<Senders<CoreMsg>>) {
     loop {
-        core.routes[peer].notify.wait().await;
-        while let Some(msg) = core.next_routed(peer) {
+        core.routes.queued(peer).await;
+        while let Some(msg) = core.routes.next(peer) {
             let n = msg.messages();
             if senders.send_to(peer, msg).await.is_err() {
                 return;

@@ -17,8 +17,9 @@ macro_rules! stats {
         /// A point-in-time copy of [`Stats`], summed over cores.
         #[derive(Default, Debug, Clone, PartialEq, Eq)]
         pub struct Snapshot {
+            /// Connections open.
             pub connections: i64,
-            $(pub $name: u64,)*
+            $(#[doc = $help] pub $name: u64,)*
         }
 
         impl Stats {
@@ -30,6 +31,7 @@ macro_rules! stats {
         }
 
         impl Snapshot {
+            /// Adds one core's counters.
             pub fn add(&mut self, s: &Stats) {
                 self.connections += s.connections.load(Ordering::Relaxed);
                 $(self.$name += s.$name.load(Ordering::Relaxed);)*
@@ -64,10 +66,16 @@ stats! {
     duplicates_suppressed => "Second copies dropped by a moved-in session's duplicate filter.",
     dropped_session_gone => "Messages that reached a session after it ended (forward target gone).",
     forwards_discarded => "Forwards for subscriptions the session no longer has (it came back with Clean Start or unsubscribed): not a loss.",
-    denied_publishes => "PUBLISH packets refused by `mqtt.deny_publish`.",
+    denied_publishes => "Publishes refused by the authorizer (by default `mqtt.deny_publish`), from clients and the API.",
     dropped_no_member => "Shared-subscription messages with no member left to take them.",
     share_returned => "Shared-subscription messages given back by a member that left.",
     retained_refused => "Retained messages not stored because the store was full.",
+    auth_deferred => "CONNECTs whose verdict was asked of the authenticator's slow path.",
+    acl_deferred => "PUBLISH/SUBSCRIBE authorizations asked of the authorizer's slow path.",
+    pending_refused => "CONNECTs refused with 0x89 because too many verdicts or claims were pending on the core.",
+    store_errors => "Client-id claims the session store failed (CONNACK 0x88).",
+    outbound_sent => "Messages handed to the outbound bridge.",
+    outbound_failed => "Messages the outbound bridge could not hand on (MQTT 5 publisher told 0x80, 3.1.1 publisher disconnected, API answered 502).",
 }
 
 /// Adds `n` to a counter owned by the calling core.

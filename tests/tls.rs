@@ -173,7 +173,7 @@ async fn reload_serves_the_new_certificate_and_keeps_connected_clients() {
     // A broken reload says which file is wrong and keeps what works.
     pki::write(&files.dir, "server.key", "not a key\n");
     let err = gw.reload_tls().expect_err("an unusable key is refused");
-    assert!(err.contains("tls.key_file"), "{err}");
+    assert!(err.to_string().contains("tls.key_file"), "{err}");
     v4(&gw, tls_options(&gw, "still", &new_ca, None), None).await;
 }
 
@@ -268,10 +268,10 @@ fn unusable_files_stop_the_start_with_the_key_to_fix() {
     let mut cfg = tls_config(&files);
     cfg.tls.cert_file = files.dir.join("missing.pem");
     let err = Gateway::start(cfg).err().expect("no certificate, no start");
-    assert!(err.0.contains("tls.cert_file"), "{err}");
+    assert!(err.to_string().contains("tls.cert_file"), "{err}");
     pki::write(&files.dir, "server.key", &ca.client("other").key);
     let err = Gateway::start(tls_config(&files))
         .err()
         .expect("mismatched key");
-    assert!(err.0.contains("does not fit"), "{err}");
+    assert!(err.to_string().contains("does not fit"), "{err}");
 }

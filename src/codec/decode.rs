@@ -19,7 +19,12 @@ pub enum DecodeError {
     /// Well formed but breaks a protocol rule (0x82).
     Protocol(&'static str),
     /// Larger than the negotiated maximum packet size (0x95).
-    TooLarge { size: usize, max: usize },
+    TooLarge {
+        /// Size announced by the fixed header.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// CONNECT with a protocol level the gateway does not speak (0x84).
     UnsupportedVersion(u8),
     /// A topic name with wildcards or otherwise invalid (0x90).

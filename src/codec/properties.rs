@@ -34,32 +34,59 @@ impl Ctx {
 /// All MQTT 5 properties. `None`/empty means absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Properties {
+    /// Payload format indicator.
     pub payload_format_indicator: Option<u8>,
+    /// Message expiry interval.
     pub message_expiry_interval: Option<u32>,
+    /// Content type.
     pub content_type: Option<String>,
+    /// Response topic.
     pub response_topic: Option<String>,
+    /// Correlation data.
     pub correlation_data: Option<Bytes>,
+    /// Subscription Identifiers (a PUBLISH to a subscriber may carry several).
     pub subscription_identifiers: Vec<u32>,
+    /// Session expiry interval.
     pub session_expiry_interval: Option<u32>,
+    /// Assigned client identifier.
     pub assigned_client_identifier: Option<String>,
+    /// Server keep alive.
     pub server_keep_alive: Option<u16>,
+    /// Authentication method.
     pub authentication_method: Option<String>,
+    /// Authentication data.
     pub authentication_data: Option<Bytes>,
+    /// Request problem information.
     pub request_problem_information: Option<u8>,
+    /// Will delay interval.
     pub will_delay_interval: Option<u32>,
+    /// Request response information.
     pub request_response_information: Option<u8>,
+    /// Response information.
     pub response_information: Option<String>,
+    /// Server reference.
     pub server_reference: Option<String>,
+    /// Reason string.
     pub reason_string: Option<String>,
+    /// Receive maximum.
     pub receive_maximum: Option<u16>,
+    /// Topic alias maximum.
     pub topic_alias_maximum: Option<u16>,
+    /// Topic alias.
     pub topic_alias: Option<u16>,
+    /// Maximum qos.
     pub maximum_qos: Option<u8>,
+    /// Retain available.
     pub retain_available: Option<u8>,
+    /// User Property pairs, in order.
     pub user_properties: Vec<(String, String)>,
+    /// Maximum packet size.
     pub maximum_packet_size: Option<u32>,
+    /// Wildcard subscription available.
     pub wildcard_subscription_available: Option<u8>,
+    /// Subscription identifier available.
     pub subscription_identifier_available: Option<u8>,
+    /// Shared subscription available.
     pub shared_subscription_available: Option<u8>,
 }
 

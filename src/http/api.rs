@@ -115,7 +115,7 @@ fn ready(api: &Api) -> Resp {
     if api.serving.load(Ordering::Relaxed) {
         json(
             StatusCode::OK,
-            &serde_json::json!({"status": "ready", "cores": api.shared.cores.len()}),
+            &serde_json::json!({"status": "ready", "cores": api.node.cores.len()}),
         )
     } else {
         json(
@@ -430,7 +430,7 @@ fn locate(api: &Api, segment: &str) -> Result<(String, crate::id::Location), Api
         )
         .field("client_id")
     })?;
-    match api.shared.store.locate(&id) {
+    match api.node.store.locate(&id) {
         Some(loc) => Ok((id, loc)),
         None => Err(unknown_client(&id)),
     }
@@ -464,7 +464,7 @@ async fn metrics(api: &Api) -> String {
             None => None,
         });
     }
-    super::metrics::render(&api.shared, &gauges)
+    super::metrics::render(&api.node, &gauges)
 }
 
 async fn ask<T>(
@@ -643,6 +643,7 @@ fn refusal(r: Refusal, at: &str) -> ApiError {
             message,
         ),
         Refusal::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message),
+        Refusal::Undelivered(_) => ApiError::new(StatusCode::BAD_GATEWAY, "undelivered", message),
         Refusal::ShuttingDown => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
         }

@@ -11,15 +11,15 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::bridge::SessionGauges;
-use crate::core::Shared;
-use crate::listener::Transport;
+use crate::net::Transport;
+use crate::shard::NodeState;
 use crate::stats::{Histogram, LATENCY_BUCKETS_US};
 
 /// The per-core session gauges: name, help, and the figure of a core's
 /// [`SessionGauges`].
 type SessionGauge = (&'static str, &'static str, fn(&SessionGauges) -> u64);
 
-const SESSION_GAUGES: [SessionGauge; 6] = [
+const SESSION_GAUGES: [SessionGauge; 10] = [
     ("sessions_online", "Sessions with a connection.", |g| {
         g.online
     }),
@@ -48,13 +48,33 @@ const SESSION_GAUGES: [SessionGauge; 6] = [
         "Encoded bytes waiting to be written to clients.",
         |g| g.outbox_bytes,
     ),
+    (
+        "pending_verdicts",
+        "CONNECTs waiting for the authenticator's slow path (bound: runtime.max_pending_verdicts).",
+        |g| g.pending_verdicts,
+    ),
+    (
+        "pending_claims",
+        "Client-id claims waiting for the session store (bound: runtime.max_pending_claims).",
+        |g| g.pending_claims,
+    ),
+    (
+        "pending_permits",
+        "PUBLISH/SUBSCRIBE waiting for the authorizer's slow path (bound: runtime.max_pending_permits).",
+        |g| g.pending_permits,
+    ),
+    (
+        "outbound_inflight",
+        "Messages handed to the outbound bridge and not yet acknowledged (bound: runtime.max_outbound_inflight).",
+        |g| g.outbound_inflight,
+    ),
 ];
 
 /// Renders the page; `gauges[core]` is `None` for a core that did not
 /// answer.
-pub(crate) fn render(shared: &Shared, gauges: &[Option<SessionGauges>]) -> String {
+pub(crate) fn render(node: &NodeState, gauges: &[Option<SessionGauges>]) -> String {
     let mut out = String::with_capacity(16 * 1024);
-    let cores = &shared.cores;
+    let cores = &node.cores;
     single(&mut out, "up", "1 while the gateway serves.", 1);
     single(
         &mut out,
@@ -66,7 +86,7 @@ pub(crate) fn render(shared: &Shared, gauges: &[Option<SessionGauges>]) -> Strin
         &mut out,
         "uptime_seconds",
         "Seconds since start.",
-        shared.started.elapsed().as_secs(),
+        node.started.elapsed().as_secs(),
     );
     header(
         &mut out,

@@ -22,19 +22,20 @@ use tracing::{debug, error};
 
 use crate::bridge::Bridge;
 use crate::config::HttpConfig;
-use crate::core::Shared;
+use crate::shard::NodeState;
 
 /// What the handlers share.
 pub(crate) struct Api {
     pub cfg: HttpConfig,
     pub bridge: Arc<Bridge>,
-    pub shared: Arc<Shared>,
+    pub node: Arc<NodeState>,
     /// False once shutdown began (readiness).
     pub serving: Arc<AtomicBool>,
 }
 
 /// A running HTTP server.
 pub struct HttpServer {
+    /// The bound address.
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,

@@ -8,8 +8,10 @@
 //! connection's own buffer.
 //!
 //! Layers, outermost first, each optional and boxed (a plain TCP connection
-//! pays a pointer for each): TLS ([`crate::tls`]), WebSocket framing
-//! ([`crate::ws`]), then the MQTT codec.
+//! pays a pointer for each): TLS ([`super::tls`]), WebSocket framing
+//! ([`super::ws`]), then the MQTT codec. Decoded packets go to
+//! [`crate::mqtt::receive`]; whether to read, what to write and when to
+//! close are asked of the core ([`Core::poll_link`] and its neighbours).
 
 use std::future::Future;
 use std::io;
@@ -25,14 +27,14 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use tracing::{debug, info, warn};
 
-use crate::codec::{self, decode, reason, DecodeError, Packet, Version};
-use crate::core::{CloseRequest, Core, Phase};
-use crate::handler;
+use super::listener::Transport;
+use super::tls::Acceptor;
+use super::ws::Opcode;
+use crate::codec::{self, decode, DecodeError, Packet, Version};
 use crate::id::{ConnId, ConnKey};
-use crate::listener::Transport;
-use crate::session::Frame;
+use crate::mqtt::{self, Flow};
+use crate::shard::{CloseRequest, Core};
 use crate::stats::bump;
-use crate::ws::Opcode;
 
 /// Bytes encoded into the write buffer before it is handed to the socket.
 const WRITE_CHUNK: usize = 64 * 1024;
@@ -61,12 +63,12 @@ struct Conn {
     /// The listener the connection came in on.
     transport: Transport,
     /// TLS, for connections from the mqtts and wss listeners.
-    tls: Option<Box<crate::tls::Session>>,
+    tls: Option<Box<super::tls::Session>>,
     /// WebSocket framing, for connections from the ws and wss listeners.
     ws: Option<Box<Ws>>,
 }
 
-/// The WebSocket layer of one connection (see [`crate::ws`]).
+/// The WebSocket layer of one connection (see [`super::ws`]).
 #[derive(Default)]
 struct Ws {
     /// The upgrade was accepted.
@@ -114,11 +116,16 @@ impl Future for ConnTask {
 /// Sets up one accepted socket; the returned task serves it. TLS
 /// connections start with the handshake, WebSocket connections with the
 /// HTTP upgrade. `None`: the socket was closed at once (TLS could not start).
-pub fn serve(core: Rc<Core>, stream: TcpStream, transport: Transport) -> Option<ConnTask> {
+pub fn serve(
+    core: Rc<Core>,
+    stream: TcpStream,
+    transport: Transport,
+    acceptor: Option<&Acceptor>,
+) -> Option<ConnTask> {
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let tls = match (transport.tls(), core.shared.tls.as_ref()) {
+    let tls = match (transport.tls(), acceptor) {
         (false, _) => None,
         (true, Some(acceptor)) => match acceptor.session() {
             Ok(session) => Some(Box::new(session)),
@@ -168,23 +175,11 @@ pub fn serve(core: Rc<Core>, stream: TcpStream, transport: Transport) -> Option<
 impl Conn {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..READ_BUDGET {
-            let (waiting, close) = {
-                let mut st = self.core.st.borrow_mut();
-                let Some(e) = st.entry(self.key) else {
-                    return Poll::Ready(());
-                };
-                // Parked until the session handover arrives; reading goes on
-                // in every other phase (an authentication exchange reads
-                // before CONNACK).
-                let waiting = matches!(e.phase, Phase::AwaitingHandover { .. });
-                let Some(link) = e.link.as_mut() else {
-                    return Poll::Ready(());
-                };
-                link.waker = Some(cx.waker().clone());
-                (waiting, link.close.clone())
+            let Some(status) = self.core.poll_link(self.key, cx.waker()) else {
+                return Poll::Ready(());
             };
             // Before flushing: a close may discard what is queued.
-            if let Some(req) = close {
+            if let Some(req) = status.close {
                 return self.poll_close(cx, req);
             }
             let flushed = match self.poll_flush(cx) {
@@ -195,21 +190,22 @@ impl Conn {
                 Poll::Ready(Ok(())) => true,
                 Poll::Pending => false,
             };
-            if !flushed && self.outbox_full() {
+            if !flushed && self.core.outbox_full(self.key) {
                 // A client that does not read stops being read: its acks
                 // (and anything else) cannot pile up. Writable wakes us.
                 return Poll::Pending;
             }
-            if waiting {
-                // Waiting for the session handover; the handover wakes us.
+            if status.parked {
+                // Waiting for a verdict, a handover or a permit; the core
+                // wakes us when it arrives.
+                return Poll::Pending;
+            }
+            if self.core.must_pause(cx.waker()) {
                 return Poll::Pending;
             }
             if self.version.is_some() && !self.inbuf.is_empty() && self.has_complete_packet() {
                 self.ingest(&[]);
                 continue;
-            }
-            if self.core.must_pause(cx.waker()) {
-                return Poll::Pending;
             }
             let core = self.core.clone();
             let mut scratch = core.scratch.borrow_mut();
@@ -222,7 +218,7 @@ impl Conn {
                     let stats = core.stats();
                     bump(&stats.bytes_in, n as u64);
                     if self.tls.is_some() {
-                        if self.tls_ingest(&mut scratch[..n]) == crate::tls::Inbound::Closed {
+                        if self.tls_ingest(&mut scratch[..n]) == super::tls::Inbound::Closed {
                             debug!(conn = %self.id, "peer closed the TLS session");
                             return Poll::Ready(());
                         }
@@ -241,13 +237,6 @@ impl Conn {
         Poll::Pending
     }
 
-    fn outbox_full(&self) -> bool {
-        let limit = self.core.cfg.session.max_outbox_bytes;
-        let mut st = self.core.st.borrow_mut();
-        let link = st.entry(self.key).and_then(|e| e.link.as_ref());
-        link.is_some_and(|l| l.outbox_bytes >= limit)
-    }
-
     fn has_complete_packet(&self) -> bool {
         let max = self.core.cfg.mqtt.max_packet_size as usize;
         // A decode error counts as "complete": processing it closes the connection.
@@ -260,10 +249,7 @@ impl Conn {
 
     /// Handles the bytes just read (plus any carried-over partial packet).
     fn ingest(&mut self, data: &[u8]) {
-        let now = self.core.now_tick();
-        if let Some(link) = self.core.st.borrow_mut().link(self.key) {
-            link.last_seen = now;
-        }
+        self.core.touch(self.key);
         if self.inbuf.is_empty() {
             let used = self.process(data);
             self.inbuf.extend_from_slice(&data[used..]);
@@ -290,7 +276,7 @@ impl Conn {
 
     /// TLS connections: decrypts what was read and hands the plaintext on.
     /// A failed session is closed after its alert is flushed.
-    fn tls_ingest(&mut self, cipher: &mut [u8]) -> crate::tls::Inbound {
+    fn tls_ingest(&mut self, cipher: &mut [u8]) -> super::tls::Inbound {
         let core = self.core.clone();
         let mut plain = core.plaintext.borrow_mut();
         plain.clear();
@@ -314,7 +300,7 @@ impl Conn {
                     1,
                 );
                 self.close_link();
-                crate::tls::Inbound::Open
+                super::tls::Inbound::Open
             }
         };
         if !plain.is_empty() {
@@ -335,16 +321,16 @@ impl Conn {
         ws.raw.extend_from_slice(data);
         let cfg = &self.core.cfg.websocket;
         if !ws.open {
-            match crate::ws::handshake(&ws.raw, &cfg.path) {
-                crate::ws::Handshake::Incomplete => {}
-                crate::ws::Handshake::Refused { response, why } => {
+            match super::ws::handshake(&ws.raw, &cfg.path) {
+                super::ws::Handshake::Incomplete => {}
+                super::ws::Handshake::Refused { response, why } => {
                     info!(conn = %self.id, peer = %self.peer, "WebSocket upgrade refused: {why}");
                     bump(&self.core.stats().ws_upgrade_errors, 1);
                     ws.control.extend_from_slice(&response);
                     ws.raw = Vec::new();
                     self.close_link();
                 }
-                crate::ws::Handshake::Accepted { response, used } => {
+                super::ws::Handshake::Accepted { response, used } => {
                     ws.control.extend_from_slice(&response);
                     ws.raw.drain(..used);
                     ws.open = true;
@@ -354,7 +340,7 @@ impl Conn {
         let max = cfg.max_frame_bytes;
         let mut used = 0;
         while ws.open {
-            match crate::ws::decode_frame(&mut ws.raw[used..], max) {
+            match super::ws::decode_frame(&mut ws.raw[used..], max) {
                 Ok(None) => break,
                 Ok(Some(f)) => {
                     let payload = used + f.payload.start..used + f.payload.end;
@@ -362,19 +348,19 @@ impl Conn {
                     match f.opcode {
                         Opcode::Binary | Opcode::Continuation => self.ingest(&ws.raw[payload]),
                         Opcode::Ping => {
-                            crate::ws::encode_frame(Opcode::Pong, &ws.raw[payload], &mut ws.control)
+                            super::ws::encode_frame(Opcode::Pong, &ws.raw[payload], &mut ws.control)
                         }
                         Opcode::Pong => {}
                         Opcode::Close => {
                             debug!(conn = %self.id, "WebSocket closed by the client");
-                            ws.close.get_or_insert(crate::ws::close::NORMAL);
+                            ws.close.get_or_insert(super::ws::close::NORMAL);
                             self.close_link();
                             break;
                         }
                         Opcode::Text => {
                             info!(conn = %self.id, peer = %self.peer, "closing: text frame (MQTT needs binary frames)");
                             bump(&self.core.stats().protocol_errors, 1);
-                            ws.close = Some(crate::ws::close::UNSUPPORTED_DATA);
+                            ws.close = Some(super::ws::close::UNSUPPORTED_DATA);
                             self.close_link();
                             break;
                         }
@@ -400,31 +386,25 @@ impl Conn {
 
     /// Asks the connection to close after flushing what is queued.
     fn close_link(&self) {
-        if let Some(link) = self.core.st.borrow_mut().link(self.key) {
-            link.request_close(None, false);
-        }
+        self.core.close_link(self.key);
     }
 
     /// Decodes and handles packets from `buf`; returns the bytes consumed.
-    /// Stops early when the connection is closing or waits for a handover.
+    /// Stops early when the connection is closing or waits for an answer
+    /// (the rest stays unparsed until then).
     fn process(&mut self, buf: &[u8]) -> usize {
         let max = self.core.cfg.mqtt.max_packet_size as usize;
         let mut used = 0;
         let core = self.core.clone();
         loop {
-            let mut packet = match decode(&buf[used..], self.version, max) {
-                Ok(Some((packet, n))) => {
-                    used += n;
-                    packet
-                }
+            let (mut packet, n) = match decode(&buf[used..], self.version, max) {
+                Ok(Some(decoded)) => decoded,
                 Ok(None) => return used,
                 Err(e) => {
                     self.reject_decode(e);
                     return buf.len();
                 }
             };
-            bump(&core.stats().packets_in, 1);
-            let mut st = core.st.borrow_mut();
             if let Packet::Connect(c) = &mut packet {
                 self.version = Some(c.version);
                 if let Some(user) = self.tls.as_ref().and_then(|t| t.certificate_username()) {
@@ -432,21 +412,16 @@ impl Conn {
                     c.username = Some(user);
                 }
             }
-            if let Err(v) = handler::handle(&core, &mut st, self.key, packet) {
-                drop(st);
-                self.reject(v.code, v.why);
-                return buf.len();
-            }
-            let Some(e) = st.entry(self.key) else {
-                return buf.len();
-            };
-            let closing = e.link.as_ref().is_none_or(|l| l.close.is_some());
-            if closing {
-                return buf.len();
-            }
-            if matches!(e.phase, Phase::AwaitingHandover { .. }) {
-                // Keep pipelined packets until the session is in place.
-                return used;
+            match mqtt::receive(&core, self.key, packet) {
+                Ok(Flow::Continue) => used += n,
+                Ok(Flow::Park) => return used + n,
+                // Not taken: decoded again once the core has room.
+                Ok(Flow::Retry) => return used,
+                Ok(Flow::Stop) => return buf.len(),
+                Err(v) => {
+                    mqtt::reject(&core, self.key, self.version, v.code, v.why);
+                    return buf.len();
+                }
             }
         }
     }
@@ -455,51 +430,17 @@ impl Conn {
         if self.version.is_none() {
             if let DecodeError::UnsupportedVersion(_) = e {
                 // [MQTT-3.1.2-2]: CONNACK 0x01 (3.1.1 form), then close.
-                info!(conn = %self.id, peer = %self.peer, "closing: {e}");
-                bump(&self.core.stats().protocol_errors, 1);
-                if let Some(link) = self.core.st.borrow_mut().link(self.key) {
-                    link.control(Packet::ConnAck(codec::ConnAck {
-                        session_present: false,
-                        code: reason::UNSUPPORTED_PROTOCOL_VERSION,
-                        properties: Default::default(),
-                    }));
-                    link.request_close(None, false);
-                }
+                mqtt::reject_version(&self.core, self.key, &e.to_string());
                 return;
             }
         }
-        let code = e.reason_code();
-        self.reject(code, &e.to_string());
-    }
-
-    fn reject(&mut self, code: u8, why: &str) {
-        info!(conn = %self.id, peer = %self.peer, reason = format_args!("{code:#04x}"), "closing: {why}");
-        bump(&self.core.stats().protocol_errors, 1);
-        let v5 = self.version.is_some_and(Version::is_v5);
-        let mut st = self.core.st.borrow_mut();
-        let before_connack = st
-            .entry(self.key)
-            .is_some_and(|e| matches!(e.phase, Phase::Connecting));
-        let Some(link) = st.link(self.key) else {
-            return;
-        };
-        if before_connack && self.version.is_some() {
-            // MQTT 5 3.14.0-1: no DISCONNECT before a successful CONNACK;
-            // the refusal is the CONNACK itself.
-            let properties = codec::Properties {
-                reason_string: v5.then(|| why.to_owned()),
-                ..Default::default()
-            };
-            link.control(Packet::ConnAck(codec::ConnAck {
-                session_present: false,
-                code,
-                properties,
-            }));
-            link.request_close(None, false);
-            return;
-        }
-        // Acks already queued for accepted packets still go out first.
-        link.request_close_why(v5.then_some(code), false, Some(why));
+        mqtt::reject(
+            &self.core,
+            self.key,
+            self.version,
+            e.reason_code(),
+            &e.to_string(),
+        );
     }
 
     /// Encodes what is due into the write buffer; for TLS connections,
@@ -542,46 +483,18 @@ impl Conn {
         if let (Some(start), Some(ws)) = (start, self.ws.as_mut()) {
             if self.wbuf.len() > start {
                 let mqtt = self.wbuf.split_off(start);
-                crate::ws::encode_frame(Opcode::Binary, &mqtt, &mut self.wbuf);
+                super::ws::encode_frame(Opcode::Binary, &mqtt, &mut self.wbuf);
             } else if self.closing.is_some() {
                 if let Some(code) = ws.close.take() {
-                    crate::ws::encode_close(code, &mut self.wbuf);
+                    super::ws::encode_close(code, &mut self.wbuf);
                 }
             }
         }
     }
 
     fn fill_mqtt(&mut self) {
-        let mut st = self.core.st.borrow_mut();
-        let Some(link) = st.link(self.key) else {
-            return;
-        };
-        let v = link.version;
-        let stats = self.core.stats();
-        let latency = &self.core.visible().fanout_latency;
-        // One clock read per batch, not per message.
-        let mut now = None;
-        let mut packets = 0;
-        let mut publishes = 0;
-        while self.wbuf.len() < WRITE_CHUNK {
-            let Some(frame) = link.outbox.pop_front() else {
-                break;
-            };
-            link.outbox_bytes -= frame.weight();
-            packets += 1;
-            if let Frame::Publish { d, dup, .. } = &frame {
-                publishes += 1;
-                // Live first sends only: a retained replay or a resend is
-                // old by design, not slow.
-                if !d.retain && !dup {
-                    let now = *now.get_or_insert_with(std::time::Instant::now);
-                    latency.observe(now.saturating_duration_since(d.msg.born).as_micros() as u64);
-                }
-            }
-            frame.encode(v, &mut self.wbuf, link.out_aliases.as_deref_mut());
-        }
-        bump(&stats.packets_out, packets);
-        bump(&stats.publishes_out, publishes);
+        self.core
+            .write_frames(self.key, &mut self.wbuf, WRITE_CHUNK);
     }
 
     /// Writes until the outbox is empty (Ready) or the socket is full (Pending).
@@ -615,22 +528,9 @@ impl Conn {
         if self.closing.is_none() {
             self.closing = Some(Timer::new(CLOSE_FLUSH_TIMEOUT));
             if let Some(ws) = self.ws.as_mut().filter(|w| w.open) {
-                ws.close.get_or_insert(crate::ws::close::NORMAL);
+                ws.close.get_or_insert(super::ws::close::NORMAL);
             }
-            let v5 = self.version.is_some_and(Version::is_v5);
-            if let Some(link) = self.core.st.borrow_mut().link(self.key) {
-                if req.discard_outbox {
-                    link.outbox.clear();
-                    link.outbox_bytes = 0;
-                }
-                if let (Some(code), true) = (req.reason, v5) {
-                    let properties = codec::Properties {
-                        reason_string: req.why.map(String::from),
-                        ..Default::default()
-                    };
-                    link.control(Packet::Disconnect(codec::ReasonOnly { code, properties }));
-                }
-            }
+            mqtt::closing(&self.core, self.key, req);
         }
         match self.poll_flush(cx) {
             Poll::Ready(_) => Poll::Ready(()),

@@ -1,13 +1,58 @@
 //! The listeners: which transports a connection can arrive on, and one
 //! SO_REUSEPORT socket per core for each.
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
-use crate::runtime::StartError;
+use crate::error::{Classify, Origin};
+
+/// A listener that could not be bound, with the key that configures it.
+#[derive(Debug)]
+pub struct ListenError {
+    /// The configuration key of the address (`listeners.tcp`, ...).
+    pub key: &'static str,
+    /// The address.
+    pub addr: SocketAddr,
+    /// What the OS said.
+    pub source: io::Error,
+}
+
+impl fmt::Display for ListenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hint = match self.source.kind() {
+            io::ErrorKind::AddrInUse => format!(
+                " (another process listens there: stop it or change {} / TETHER_{})",
+                self.key,
+                self.key.replace('.', "__").to_ascii_uppercase()
+            ),
+            io::ErrorKind::PermissionDenied => {
+                " (ports below 1024 need CAP_NET_BIND_SERVICE)".to_string()
+            }
+            _ => String::new(),
+        };
+        write!(
+            f,
+            "cannot listen on {} ({}): {}{hint}",
+            self.addr, self.key, self.source
+        )
+    }
+}
+
+impl std::error::Error for ListenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl Classify for ListenError {
+    fn origin(&self) -> Origin {
+        Origin::Config
+    }
+}
 
 /// How a connection reaches the MQTT codec. Every transport is served by
 /// the same connection task; TLS and WebSocket are layers in it.
@@ -24,6 +69,7 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Every transport, in [`Transport::index`] order.
     pub const ALL: [Transport; 4] = [
         Transport::Mqtt,
         Transport::Ws,
@@ -46,10 +92,12 @@ impl Transport {
         self as usize
     }
 
+    /// Whether WebSocket framing runs on it.
     pub fn websocket(self) -> bool {
         matches!(self, Transport::Ws | Transport::Wss)
     }
 
+    /// Whether TLS runs on it.
     pub fn tls(self) -> bool {
         matches!(self, Transport::Mqtts | Transport::Wss)
     }
@@ -77,22 +125,31 @@ impl Transport {
 
 /// One enabled transport: its bound address and one socket per core.
 pub struct Bound {
+    /// The transport.
     pub transport: Transport,
+    /// The address bound (the real port when configured with port 0).
     pub addr: SocketAddr,
+    /// One listening socket per core.
     pub sockets: Vec<Socket>,
 }
 
 /// Binds every enabled transport, `n` sockets each.
-pub fn bind_all(cfg: &Config, n: usize) -> Result<Vec<Bound>, StartError> {
+pub fn bind_all(cfg: &Config, n: usize) -> Result<Vec<Bound>, ListenError> {
     let mut out = Vec::new();
     for t in Transport::ALL {
         if let Some(addr) = t.address(cfg) {
             let sockets = bind(t, addr, n, cfg.listeners.backlog)?;
             let addr = sockets[0]
                 .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .ok_or_else(|| StartError(format!("{}: listener has no address", t.key())))?;
+                .and_then(|a| {
+                    a.as_socket()
+                        .ok_or_else(|| io::Error::other("not an IP socket"))
+                })
+                .map_err(|source| ListenError {
+                    key: t.key(),
+                    addr,
+                    source,
+                })?;
             out.push(Bound {
                 transport: t,
                 addr,
@@ -105,7 +162,12 @@ pub fn bind_all(cfg: &Config, n: usize) -> Result<Vec<Bound>, StartError> {
 
 /// One SO_REUSEPORT listener per core on the same address, so the kernel
 /// spreads incoming connections across cores without a shared accept queue.
-fn bind(t: Transport, addr: SocketAddr, n: usize, backlog: u32) -> Result<Vec<Socket>, StartError> {
+fn bind(
+    t: Transport,
+    addr: SocketAddr,
+    n: usize,
+    backlog: u32,
+) -> Result<Vec<Socket>, ListenError> {
     let mut out: Vec<Socket> = Vec::with_capacity(n);
     let mut addr = addr;
     for _ in 0..n {
@@ -118,19 +180,10 @@ fn bind(t: Transport, addr: SocketAddr, n: usize, backlog: u32) -> Result<Vec<So
             s.listen(backlog.min(i32::MAX as u32) as i32)?;
             Ok(s)
         };
-        let s = bind().map_err(|e| {
-            let hint = match e.kind() {
-                io::ErrorKind::AddrInUse => format!(
-                    " (another process listens there: stop it or change {} / TETHER_{})",
-                    t.key(),
-                    t.key().replace('.', "__").to_ascii_uppercase()
-                ),
-                io::ErrorKind::PermissionDenied => {
-                    " (ports below 1024 need CAP_NET_BIND_SERVICE)".to_string()
-                }
-                _ => String::new(),
-            };
-            StartError(format!("cannot listen on {addr} ({}): {e}{hint}", t.key()))
+        let s = bind().map_err(|source| ListenError {
+            key: t.key(),
+            addr,
+            source,
         })?;
         if addr.port() == 0 {
             // Every core must share the port the OS picked for the first.

@@ -1,32 +1,13 @@
-//! The session store interface and its in-memory implementation.
-//!
-//! The store is the node's *directory* of client ids: which core (and slab
-//! entry) currently owns each client's session. It is consulted only when a
-//! client connects or a session ends, never per message. Session contents
-//! (subscriptions, queued and in-flight messages) live on the owning core and
-//! move between cores by message passing on takeover.
-//!
-//! [`SessionStore`] is the seam for the Redis-backed store: it will keep the
-//! same directory (plus durable QoS 1 queues) in Redis, driven from a bridge
-//! thread, so a client reconnecting to another node finds its session.
+//! The in-memory session directory: a sharded hash map, answering every
+//! claim at once. The default store, and the node-local directory of a
+//! single node.
 
 use std::sync::Mutex;
 
 use ahash::AHashMap;
 
+use super::{Claim, ClaimResult, Claimed, SessionStore};
 use crate::id::Location;
-
-/// Directory of client sessions.
-pub trait SessionStore: Send + Sync + 'static {
-    /// Records that `client_id` is now owned by `loc` and returns the previous
-    /// owner, if any. Atomic: of two concurrent claims, one sees the other.
-    fn claim(&self, client_id: &str, loc: Location) -> Option<Location>;
-    /// Forgets `client_id` only if `loc` still owns it (compare-and-remove),
-    /// so a session ending late cannot erase its successor's claim.
-    fn release(&self, client_id: &str, loc: Location) -> bool;
-    /// The current owner of `client_id`.
-    fn locate(&self, client_id: &str) -> Option<Location>;
-}
 
 /// Number of lock shards; connect storms on many cores rarely contend.
 const SHARDS: usize = 64;
@@ -64,17 +45,17 @@ impl MemoryStore {
 }
 
 impl SessionStore for MemoryStore {
-    fn claim(&self, client_id: &str, loc: Location) -> Option<Location> {
-        self.shard(client_id).insert(client_id.into(), loc)
+    fn claim(&self, claim: &Claim) -> Option<ClaimResult> {
+        let previous = self
+            .shard(&claim.client_id)
+            .insert((*claim.client_id).into(), claim.loc);
+        Some(Ok(Claimed { previous }))
     }
 
-    fn release(&self, client_id: &str, loc: Location) -> bool {
+    fn release(&self, client_id: &str, loc: Location) {
         let mut map = self.shard(client_id);
         if map.get(client_id) == Some(&loc) {
             map.remove(client_id);
-            true
-        } else {
-            false
         }
     }
 
@@ -95,14 +76,23 @@ mod tests {
         }
     }
 
+    fn claim(s: &MemoryStore, l: Location) -> Option<Location> {
+        let c = Claim {
+            client_id: "c".into(),
+            loc: l,
+            clean_start: false,
+        };
+        s.claim(&c).expect("answers at once").unwrap().previous
+    }
+
     #[test]
     fn claim_returns_previous_and_release_is_compare_and_remove() {
         let s = MemoryStore::default();
-        assert_eq!(s.claim("c", loc(0, 1)), None);
-        assert_eq!(s.claim("c", loc(1, 2)), Some(loc(0, 1)));
-        assert!(!s.release("c", loc(0, 1)), "stale owner cannot release");
-        assert_eq!(s.locate("c"), Some(loc(1, 2)));
-        assert!(s.release("c", loc(1, 2)));
+        assert_eq!(claim(&s, loc(0, 1)), None);
+        assert_eq!(claim(&s, loc(1, 2)), Some(loc(0, 1)));
+        s.release("c", loc(0, 1));
+        assert_eq!(s.locate("c"), Some(loc(1, 2)), "stale owner cannot release");
+        s.release("c", loc(1, 2));
         assert_eq!(s.locate("c"), None);
     }
 }

@@ -17,7 +17,7 @@
 //! theirs. A reload that fails leaves the old configuration in place.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
@@ -29,6 +29,92 @@ use rustls::unbuffered::{
 use rustls::RootCertStore;
 
 use crate::config::TlsConfig;
+use crate::error::{Classify, Origin};
+
+/// Why TLS could not be set up from the configured files. Each names the
+/// configuration key to fix.
+#[derive(Debug)]
+pub enum TlsError {
+    /// A certificate file could not be read or parsed.
+    Certificates {
+        /// `tls.cert_file` or `tls.client_ca_file`.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A certificate file holds no PEM certificate.
+    NoCertificate {
+        /// `tls.cert_file` or `tls.client_ca_file`.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// `tls.key_file` holds no usable private key.
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A client CA certificate is not usable as a trust anchor.
+    ClientCa {
+        /// The file.
+        path: PathBuf,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// The client-certificate verifier could not be built.
+    Verifier(rustls::server::VerifierBuilderError),
+    /// The key does not fit the certificate (or rustls refused the pair).
+    KeyMismatch(rustls::Error),
+    /// The protocol versions could not be set up.
+    Setup(rustls::Error),
+    /// Reload asked while TLS is off.
+    Disabled,
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::Certificates { key, path, source } => {
+                write!(f, "{key} {}: {source}", path.display())
+            }
+            TlsError::NoCertificate { key, path } => write!(
+                f,
+                "{key} {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file",
+                path.display()
+            ),
+            TlsError::Key { path, source } => write!(
+                f,
+                "tls.key_file {}: no usable private key ({source}); expected a PEM \
+                 PKCS#8, PKCS#1 or SEC1 key",
+                path.display()
+            ),
+            TlsError::ClientCa { path, source } => write!(
+                f,
+                "tls.client_ca_file {}: not a usable CA certificate: {source}",
+                path.display()
+            ),
+            TlsError::Verifier(e) => write!(f, "tls.client_ca_file: {e}"),
+            TlsError::KeyMismatch(e) => write!(
+                f,
+                "tls.cert_file / tls.key_file: the key does not fit the certificate ({e})"
+            ),
+            TlsError::Setup(e) => write!(f, "TLS setup: {e}"),
+            TlsError::Disabled => f.write_str("TLS is not enabled (tls.enabled = false)"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+impl Classify for TlsError {
+    fn origin(&self) -> Origin {
+        Origin::Config
+    }
+}
 
 /// The server side of TLS for every core: the current configuration.
 pub struct Acceptor {
@@ -40,16 +126,22 @@ pub struct Acceptor {
 /// What was loaded: the served certificate, for the banner and the log.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// Subject of the served certificate.
     pub subject: String,
+    /// Its expiry, for humans.
     pub not_after: String,
+    /// Whether client certificates are asked for.
     pub client_auth: ClientAuth,
 }
 
 /// Whether client certificates are asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuth {
+    /// Not asked for.
     Off,
+    /// Verified when presented.
     Optional,
+    /// Required.
     Required,
 }
 
@@ -71,7 +163,7 @@ impl fmt::Display for Loaded {
 impl Acceptor {
     /// Loads certificate, key and (optionally) the client CA named in
     /// `settings`; the error says which file is wrong and how.
-    pub fn new(settings: &TlsConfig) -> Result<(Acceptor, Loaded), String> {
+    pub fn new(settings: &TlsConfig) -> Result<(Acceptor, Loaded), TlsError> {
         let (config, loaded) = load(settings)?;
         let acceptor = Acceptor {
             settings: settings.clone(),
@@ -81,7 +173,7 @@ impl Acceptor {
     }
 
     /// Reads the files again; new handshakes use them from now on.
-    pub fn reload(&self) -> Result<Loaded, String> {
+    pub fn reload(&self) -> Result<Loaded, TlsError> {
         let (config, loaded) = load(&self.settings)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         Ok(loaded)
@@ -99,29 +191,24 @@ impl Acceptor {
     }
 }
 
-fn load(s: &TlsConfig) -> Result<(ServerConfig, Loaded), String> {
+fn load(s: &TlsConfig) -> Result<(ServerConfig, Loaded), TlsError> {
     let certs = read_certs(&s.cert_file, "tls.cert_file")?;
-    let key = PrivateKeyDer::from_pem_file(&s.key_file).map_err(|e| {
-        format!(
-            "tls.key_file {}: no usable private key ({e}); expected a PEM \
-             PKCS#8, PKCS#1 or SEC1 key",
-            s.key_file.display()
-        )
+    let key = PrivateKeyDer::from_pem_file(&s.key_file).map_err(|source| TlsError::Key {
+        path: s.key_file.clone(),
+        source,
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?;
+        .map_err(TlsError::Setup)?;
     let (builder, client_auth) = if s.client_ca_file.as_os_str().is_empty() {
         (builder.with_no_client_auth(), ClientAuth::Off)
     } else {
         let mut roots = RootCertStore::empty();
         for ca in read_certs(&s.client_ca_file, "tls.client_ca_file")? {
-            roots.add(ca).map_err(|e| {
-                format!(
-                    "tls.client_ca_file {}: not a usable CA certificate: {e}",
-                    s.client_ca_file.display()
-                )
+            roots.add(ca).map_err(|source| TlsError::ClientCa {
+                path: s.client_ca_file.clone(),
+                source,
             })?;
         }
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
@@ -130,15 +217,13 @@ fn load(s: &TlsConfig) -> Result<(ServerConfig, Loaded), String> {
         } else {
             (verifier.allow_unauthenticated(), ClientAuth::Optional)
         };
-        let verifier = verifier
-            .build()
-            .map_err(|e| format!("tls.client_ca_file: {e}"))?;
+        let verifier = verifier.build().map_err(TlsError::Verifier)?;
         (builder.with_client_cert_verifier(verifier), auth)
     };
     let (subject, not_after) = describe(&certs[0]);
-    let config = builder.with_single_cert(certs, key).map_err(|e| {
-        format!("tls.cert_file / tls.key_file: the key does not fit the certificate ({e})")
-    })?;
+    let config = builder
+        .with_single_cert(certs, key)
+        .map_err(TlsError::KeyMismatch)?;
     Ok((
         config,
         Loaded {
@@ -149,15 +234,19 @@ fn load(s: &TlsConfig) -> Result<(ServerConfig, Loaded), String> {
     ))
 }
 
-fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+fn read_certs(path: &Path, key: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{key} {}: {e}", path.display()))?;
+        .map_err(|source| TlsError::Certificates {
+            key,
+            path: path.to_owned(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!(
-            "{key} {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file",
-            path.display()
-        ));
+        return Err(TlsError::NoCertificate {
+            key,
+            path: path.to_owned(),
+        });
     }
     Ok(certs)
 }
@@ -197,6 +286,7 @@ impl fmt::Display for Failure {
 /// What decrypting a read gave, besides plaintext.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
+    /// The session goes on.
     Open,
     /// The peer sent close_notify: no more data will come.
     Closed,
@@ -377,6 +467,7 @@ impl Session {
         self.closing = true;
     }
 
+    /// Whether the handshake is still running.
     pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
     }

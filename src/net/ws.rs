@@ -25,9 +25,19 @@ pub enum Handshake {
     /// More bytes needed.
     Incomplete,
     /// Upgraded: send `response`; `used` bytes of the input were the request.
-    Accepted { response: Vec<u8>, used: usize },
+    Accepted {
+        /// The 101 response.
+        response: Vec<u8>,
+        /// Bytes of the input the request took.
+        used: usize,
+    },
     /// Not an acceptable upgrade: send `response` (an HTTP error) and close.
-    Refused { response: Vec<u8>, why: String },
+    Refused {
+        /// The HTTP error response.
+        response: Vec<u8>,
+        /// Why, for the log.
+        why: String,
+    },
 }
 
 /// Parses an upgrade request for `path`, negotiating the `mqtt`
@@ -119,11 +129,17 @@ fn refuse(status: u16, reason: &str, why: &str) -> Handshake {
 /// Frame opcodes (RFC 6455 5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opcode {
+    /// More of a fragmented message.
     Continuation,
+    /// A UTF-8 text message (refused: MQTT needs binary).
     Text,
+    /// A binary message: MQTT bytes.
     Binary,
+    /// Closing handshake.
     Close,
+    /// Ping (answered with a pong).
     Ping,
+    /// Pong.
     Pong,
 }
 
@@ -143,9 +159,13 @@ impl Opcode {
 
 /// Close status codes sent (RFC 6455 7.4.1).
 pub mod close {
+    /// 1000: normal closure.
     pub const NORMAL: u16 = 1000;
+    /// 1002: protocol error.
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// 1003: data of a type the endpoint cannot accept (text).
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// 1009: message too big.
     pub const TOO_BIG: u16 = 1009;
 }
 
@@ -160,6 +180,7 @@ pub enum FrameError {
 }
 
 impl FrameError {
+    /// The close code that answers it.
     pub fn close_code(&self) -> u16 {
         match self {
             FrameError::Protocol(_) => close::PROTOCOL_ERROR,
@@ -183,7 +204,9 @@ impl std::fmt::Display for FrameError {
 /// One decoded frame: its opcode and where its (unmasked) payload is.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Frame {
+    /// The frame's opcode.
     pub opcode: Opcode,
+    /// Where the unmasked payload is in the input.
     pub payload: std::ops::Range<usize>,
     /// Bytes of the input the frame occupied.
     pub used: usize,

@@ -16,49 +16,35 @@ use std::sync::Arc;
 use ahash::AHashMap;
 use slab::Slab;
 
+use super::trie::{Sub, SubTree};
+use super::{count, offer, Core, CoreState, Phase};
 use crate::codec::SubOptions;
-use crate::id::{ConnKey, Location};
-use crate::session::Delivery;
-use crate::subs::SubTree;
+use crate::id::{ConnKey, GroupKey, Location};
+use crate::mesh::CoreMsg;
+use crate::session::{sub_ids, Delivery, Message};
+use crate::stats::bump;
 
 /// How many times a message may bounce between the owner and members that
 /// just left before it is dropped (and counted): the leave is on its way.
 pub const MAX_SHARE_ATTEMPTS: u8 = 8;
 
-/// Identifies a group: `{group}` and `{filter}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct GroupKey {
-    pub group: Arc<str>,
-    pub filter: Arc<str>,
-}
-
-impl GroupKey {
-    /// Parses `$share/{group}/{filter}` (already validated).
-    pub fn parse(full: &str) -> Option<GroupKey> {
-        let (group, filter) = crate::codec::topic::parse_shared(full)?.ok()?;
-        Some(GroupKey {
-            group: group.into(),
-            filter: filter.into(),
-        })
-    }
-
-    /// The core that owns this group.
-    pub fn owner(&self, cores: usize) -> usize {
-        crate::id::owner_core(&format!("{}\u{0}{}", self.group, self.filter), cores)
-    }
-}
-
 /// One member's subscription.
 #[derive(Debug, Clone, Copy)]
 pub struct Member {
+    /// The member's session.
     pub loc: Location,
+    /// Its subscription options.
     pub opts: SubOptions,
+    /// Its subscription identifier (0: none).
     pub id: u32,
 }
 
+/// One group and its connected members.
 #[derive(Debug)]
 pub struct Group {
+    /// The group.
     pub key: GroupKey,
+    /// Connected members, in join order.
     pub members: Vec<Member>,
     next: usize,
 }
@@ -78,7 +64,9 @@ impl Group {
 /// The groups a core owns.
 #[derive(Default)]
 pub struct Groups {
+    /// The groups.
     pub slab: Slab<Group>,
+    /// Group → its slot in `slab`.
     pub by_key: AHashMap<GroupKey, usize>,
     /// Group filters; a `Sub`'s key is the group's slab index (gen 0).
     pub index: SubTree,
@@ -102,7 +90,7 @@ impl Groups {
             next: 0,
         });
         self.by_key.insert(key, i);
-        let sub = crate::subs::Sub {
+        let sub = Sub {
             key: ConnKey {
                 index: i as u32,
                 gen: 0,
@@ -137,60 +125,23 @@ impl Groups {
     }
 }
 
-/// A shared delivery carries its group, so it can be returned to the owner.
-pub fn tag(d: &mut Delivery, key: &GroupKey) {
-    d.share = Some(Box::new(key.clone()));
-}
-
-use crate::core::{count, offer, Core, CoreMsg, CoreState, Phase};
-use crate::session::Message;
-use crate::stats::bump;
-use crate::subs::Sub;
-
 impl Core {
-    /// Adds a session's subscription: to this core's index, or to its group
-    /// (wherever that is owned) for a shared subscription.
-    pub fn index_sub(
+    pub(super) fn share_join(
         &self,
         st: &mut CoreState,
-        filter: &str,
-        key: ConnKey,
+        key: GroupKey,
+        loc: Location,
         opts: SubOptions,
         id: u32,
     ) {
-        match GroupKey::parse(filter) {
-            Some(g) => self.share_join(
-                st,
-                g,
-                Member {
-                    loc: Location { core: self.id, key },
-                    opts,
-                    id,
-                },
-            ),
-            None => self.subscribe_index(st, filter, Sub { key, opts, id }),
+        match key.owner(self.node.cores.len()) {
+            owner if owner == self.id => self.group_join(st, key, loc, opts, id),
+            owner => self.route(owner, CoreMsg::ShareJoin { key, loc, opts, id }),
         }
     }
 
-    /// Removes what [`Core::index_sub`] added.
-    pub fn unindex_sub(&self, st: &mut CoreState, filter: &str, key: ConnKey) {
-        match GroupKey::parse(filter) {
-            Some(g) => self.share_leave(st, g, Location { core: self.id, key }),
-            None => {
-                self.unsubscribe_index(st, filter, key);
-            }
-        }
-    }
-
-    fn share_join(&self, st: &mut CoreState, key: GroupKey, member: Member) {
-        match key.owner(self.shared.cores.len()) {
-            owner if owner == self.id => self.group_join(st, key, member),
-            owner => self.route(owner, CoreMsg::ShareJoin { key, member }),
-        }
-    }
-
-    pub(crate) fn share_leave(&self, st: &mut CoreState, key: GroupKey, loc: Location) {
-        match key.owner(self.shared.cores.len()) {
+    pub(super) fn share_leave(&self, st: &mut CoreState, key: GroupKey, loc: Location) {
+        match key.owner(self.node.cores.len()) {
             owner if owner == self.id => self.group_leave(st, key, loc),
             owner => self.route(owner, CoreMsg::ShareLeave { key, loc }),
         }
@@ -198,9 +149,16 @@ impl Core {
 
     /// Owner: a member joins. A new group's filter enters the interest
     /// summary so publishes on other cores reach this core.
-    pub(crate) fn group_join(&self, st: &mut CoreState, key: GroupKey, member: Member) {
+    pub(super) fn group_join(
+        &self,
+        st: &mut CoreState,
+        key: GroupKey,
+        loc: Location,
+        opts: SubOptions,
+        id: u32,
+    ) {
         let filter = key.filter.clone();
-        if st.groups.join(key, member) {
+        if st.groups.join(key, Member { loc, opts, id }) {
             st.interest.add(&self.visible().interest, &filter);
         }
         self.count_members(st);
@@ -212,7 +170,7 @@ impl Core {
         gauge.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub(crate) fn group_leave(&self, st: &mut CoreState, key: GroupKey, loc: Location) {
+    pub(super) fn group_leave(&self, st: &mut CoreState, key: GroupKey, loc: Location) {
         if st.groups.leave(&key, loc) {
             st.interest.remove(&key.filter);
         }
@@ -220,7 +178,7 @@ impl Core {
     }
 
     /// Owner: gives `msg` to one member of every group whose filter matches.
-    pub(crate) fn deliver_shared(&self, st: &mut CoreState, msg: &Arc<Message>) {
+    pub(super) fn deliver_shared(&self, st: &mut CoreState, msg: &Arc<Message>) {
         if st.groups.slab.is_empty() {
             return;
         }
@@ -237,7 +195,7 @@ impl Core {
                 msg: msg.clone(),
                 qos: msg.qos.min(m.opts.qos),
                 retain: msg.retain && m.opts.retain_as_published,
-                sub_ids: crate::core::sub_ids([m.id]),
+                sub_ids: sub_ids([m.id]),
                 share: Some(Box::new(g.key.clone())),
             };
             self.share_send(st, m.loc, d, 0);
@@ -261,7 +219,7 @@ impl Core {
 
     /// Member core: offer to the member if it is still connected here,
     /// otherwise give the message back to the group.
-    pub(crate) fn share_deliver_in(
+    pub(super) fn share_deliver_in(
         &self,
         st: &mut CoreState,
         target: ConnKey,
@@ -269,7 +227,7 @@ impl Core {
         attempts: u8,
     ) {
         let stats = self.stats();
-        let now = self.now_tick();
+        let now = self.now();
         match st.entry(target) {
             Some(e) if matches!(e.phase, Phase::Active) && e.link.is_some() => {
                 count(offer(e, d, &self.cfg, stats, now), stats)
@@ -282,14 +240,14 @@ impl Core {
         let Some(key) = d.share.as_deref() else {
             return;
         };
-        match key.owner(self.shared.cores.len()) {
+        match key.owner(self.node.cores.len()) {
             owner if owner == self.id => self.share_return_in(st, d, attempts),
             owner => self.route(owner, CoreMsg::ShareReturn { d, attempts }),
         }
     }
 
     /// Owner: a member could not take `d`; give it to another.
-    pub(crate) fn share_return_in(&self, st: &mut CoreState, mut d: Delivery, attempts: u8) {
+    pub(super) fn share_return_in(&self, st: &mut CoreState, mut d: Delivery, attempts: u8) {
         let stats = self.stats();
         bump(&stats.share_returned, 1);
         let pick = d
@@ -300,7 +258,7 @@ impl Core {
         match pick {
             Some(m) if attempts <= MAX_SHARE_ATTEMPTS => {
                 d.qos = d.msg.qos.min(m.opts.qos);
-                d.sub_ids = crate::core::sub_ids([m.id]);
+                d.sub_ids = sub_ids([m.id]);
                 self.share_send(st, m.loc, d, attempts);
             }
             _ => bump(&stats.dropped_no_member, 1),
@@ -310,7 +268,7 @@ impl Core {
     /// A member's connection closed: it leaves its groups, and the shared
     /// QoS 1/2 messages it had not acknowledged (nor released, for QoS 2)
     /// go back to their groups for another member.
-    pub(crate) fn share_member_gone(&self, st: &mut CoreState, key: ConnKey) {
+    pub(super) fn share_member_gone(&self, st: &mut CoreState, key: ConnKey) {
         let Some(e) = st.entry(key) else { return };
         let groups: Vec<GroupKey> = e
             .session

@@ -14,13 +14,19 @@ use std::sync::Arc;
 
 use ahash::AHashMap;
 
+use super::{Core, CoreState};
 use crate::codec::topic;
+use crate::id::owner_core;
+use crate::mesh::CoreMsg;
 use crate::session::Message;
+use crate::stats::bump;
 
 /// Node-wide retained totals, updated only by owner cores.
 #[derive(Default)]
 pub struct Totals {
+    /// Retained topics.
     pub count: AtomicUsize,
+    /// Their weight (topics + payloads).
     pub bytes: AtomicUsize,
 }
 
@@ -31,14 +37,17 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// Retained topics in this replica.
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
+    /// Whether `topic` has a retained message.
     pub fn contains(&self, topic: &str) -> bool {
         self.map.contains_key(topic)
     }
@@ -83,23 +92,62 @@ pub fn account(totals: &Totals, (dc, db): (isize, isize)) {
     }
 }
 
+impl Core {
+    /// Stores a retained message (or deletes one, for an empty payload).
+    /// Returns false when a new topic is refused because the store is full.
+    pub fn retain(&self, st: &mut CoreState, msg: &Arc<Message>) -> bool {
+        let cap = &self.cfg.retained;
+        let totals = &self.node.retained;
+        let is_new = !msg.payload.is_empty() && !st.retained.contains(&msg.topic);
+        let full = totals.count.load(Ordering::Relaxed) >= cap.max_messages
+            || totals.bytes.load(Ordering::Relaxed) + msg.weight() > cap.max_bytes;
+        if is_new && full {
+            bump(&self.stats().retained_refused, 1);
+            return false;
+        }
+        let owner = owner_core(&msg.topic, self.node.cores.len());
+        if owner == self.id {
+            self.retain_sequence(st, msg.clone());
+        } else {
+            self.route(owner, CoreMsg::RetainSet(msg.clone()));
+        }
+        true
+    }
+
+    /// Owner core: apply, account, and broadcast in order to every replica.
+    pub(super) fn retain_sequence(&self, st: &mut CoreState, msg: Arc<Message>) {
+        for core in (0..self.node.cores.len()).filter(|&c| c != self.id) {
+            self.route(core, CoreMsg::RetainApply(msg.clone()));
+        }
+        let delta = self.apply_retained(st, msg);
+        account(&self.node.retained, delta);
+    }
+
+    /// Applies a sequenced update to this core's replica.
+    pub(super) fn apply_retained(&self, st: &mut CoreState, msg: Arc<Message>) -> (isize, isize) {
+        let delta = st.retained.apply(msg);
+        self.visible()
+            .retained
+            .store(st.retained.len(), Ordering::Relaxed);
+        delta
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::QoS;
 
     fn msg(topic: &str, payload: &'static [u8]) -> Arc<Message> {
-        Arc::new(Message {
-            id: 0,
+        let p = crate::session::Publication {
             topic: topic.into(),
             payload: bytes::Bytes::from_static(payload),
             qos: QoS::AtLeastOnce,
             retain: true,
-            properties: None,
+            properties: Default::default(),
             origin: None,
-            expires_at: None,
-            born: std::time::Instant::now(),
-        })
+        };
+        Arc::new(Message::new(0, p, std::time::Instant::now()))
     }
 
     #[test]

@@ -1,0 +1,276 @@
+//! The boundary between the cores and the threads that are not cores (the
+//! HTTP API now; the Redis and Kafka bridge threads, HTTP auth callbacks).
+//!
+//! Two directions, one doorbell per core:
+//! - **In** (this file): each core has an inbox, a bounded crossbeam
+//!   channel of [`BridgeMsg`]. A sender pushes the message, then rings the
+//!   core's [`Bell`]; the core's inbox task wakes and drains the channel. A
+//!   full inbox is refused at once ([`Refusal::Busy`]), never waited on:
+//!   backpressure reaches the caller (an HTTP 503), not a core.
+//! - **Back** ([`reply`]): answers to requests a core made of a seam (a
+//!   deferred authentication verdict or authorization permit, a session
+//!   claim, an outbound acknowledgement) come back through [`ReplyTo`]
+//!   handles on the same doorbell.
+//!
+//! [`outbound`] is the seam through which a core hands messages out (the
+//! Kafka producer) and learns when they are safe.
+//!
+//! Publishes pick their core by a hash of the topic, so messages of one
+//! topic sent through the bridge keep their order (as one client's would).
+
+pub mod outbound;
+pub mod reply;
+
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::codec::{Properties, QoS};
+use crate::id::ConnKey;
+
+pub use reply::{Bell, ReplyQueue, ReplyTo, Unanswered};
+
+/// A message from a bridge thread to a core.
+#[derive(Debug)]
+pub enum BridgeMsg {
+    /// Publish as if a client had. `done` learns the message id once the
+    /// message reached every local subscriber and every interested core's
+    /// queue (the point at which a client's PUBACK is sent), or why not.
+    Publish {
+        /// What to publish.
+        req: PublishRequest,
+        /// Where the outcome goes.
+        done: Option<Receipt>,
+    },
+    /// Describe the session at `key` (found in the directory).
+    Inspect {
+        /// The session's entry.
+        key: ConnKey,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<Option<ClientInfo>>,
+    },
+    /// Disconnect the client at `key` (MQTT 5: reason 0x98, Administrative
+    /// action); its session lives on per its expiry. Replies whether a
+    /// connection was there to close.
+    Kick {
+        /// The session's entry.
+        key: ConnKey,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<bool>,
+    },
+    /// Every session on this core, or those of one user.
+    List {
+        /// Only this user's sessions.
+        user: Option<String>,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<Vec<ClientInfo>>,
+    },
+    /// This core's session gauges, for `/metrics`.
+    Gauges {
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<SessionGauges>,
+    },
+}
+
+/// Session-state gauges of one core, summed over its sessions when asked
+/// (one pass over the core's slab per scrape; the core keeps no running
+/// totals on its message path).
+#[derive(Debug, Clone, Default)]
+pub struct SessionGauges {
+    /// Sessions with a connection.
+    pub online: u64,
+    /// Persistent sessions waiting for their client.
+    pub offline: u64,
+    /// QoS 1/2 messages waiting for a session's in-flight window.
+    pub queued: u64,
+    /// Sent, not yet acknowledged.
+    pub inflight: u64,
+    /// Sum of the online sessions' in-flight windows (`inflight` over this
+    /// is the window use).
+    pub inflight_capacity: u64,
+    /// Encoded bytes waiting in online connections' outboxes.
+    pub outbox_bytes: u64,
+    /// CONNECTs waiting for the authenticator's slow path.
+    pub pending_verdicts: u64,
+    /// Client-id claims waiting for the session store.
+    pub pending_claims: u64,
+    /// PUBLISH/SUBSCRIBE waiting for the authorizer's slow path.
+    pub pending_permits: u64,
+    /// Messages handed to the outbound bridge, not yet acknowledged.
+    pub outbound_inflight: u64,
+}
+
+/// What the API reports about one session.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientInfo {
+    /// The session's client id.
+    pub client_id: String,
+    /// The user name its connection gave.
+    pub username: Option<String>,
+    /// Whether a connection is attached.
+    pub online: bool,
+    /// `n{node}.c{core}.{seq}`, as in the logs.
+    pub connection_id: String,
+    /// The core holding the session.
+    pub core: usize,
+    /// Unix time in milliseconds of the current connection (absent offline).
+    pub connected_since_ms: Option<u64>,
+    /// The client's address.
+    pub peer: Option<String>,
+    /// "3.1", "3.1.1" or "5.0".
+    pub protocol: Option<&'static str>,
+    /// Its subscriptions.
+    pub subscriptions: Vec<SubscriptionInfo>,
+    /// QoS 1/2 messages waiting for the in-flight window.
+    pub queued: usize,
+    /// Sent and not yet acknowledged.
+    pub inflight: usize,
+    /// The in-flight window (the client's Receive Maximum, capped).
+    pub inflight_window: Option<usize>,
+}
+
+/// One subscription in a [`ClientInfo`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SubscriptionInfo {
+    /// The filter, as subscribed.
+    pub filter: String,
+    /// The granted QoS.
+    pub qos: u8,
+}
+
+/// Where a core reports the outcome of a bridge publish. A tokio oneshot:
+/// sending needs no runtime (cores are not tokio), and the HTTP thread
+/// awaits it without blocking.
+pub type Receipt = tokio::sync::oneshot::Sender<Result<u64, Refusal>>;
+
+/// A publish from outside MQTT.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    /// Topic name (validated by the core).
+    pub topic: String,
+    /// Opaque payload.
+    pub payload: Bytes,
+    /// QoS of the message.
+    pub qos: QoS,
+    /// Store as the topic's retained message.
+    pub retain: bool,
+    /// MQTT 5 properties passed to subscribers (content type, user
+    /// properties, message expiry, ...).
+    pub properties: Option<Box<Properties>>,
+}
+
+/// Why a bridge publish was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a valid topic name (the reason, as for a client's PUBLISH).
+    TopicInvalid(&'static str),
+    /// The authorizer refused it (by default: it matches `mqtt.deny_publish`).
+    Denied,
+    /// QoS above `mqtt.max_qos`.
+    QosNotSupported,
+    /// A retained message the retained store has no room for.
+    RetainedStoreFull,
+    /// The core's inbox is full; try again later.
+    Busy,
+    /// The outbound bridge could not hand the message on (it was still
+    /// delivered to the node's subscribers).
+    Undelivered(String),
+    /// The gateway is stopping (or stopped).
+    ShuttingDown,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::TopicInvalid(why) => write!(f, "invalid topic: {why}"),
+            Refusal::Denied => f.write_str("not authorized to publish to this topic"),
+            Refusal::QosNotSupported => f.write_str("QoS above mqtt.max_qos"),
+            Refusal::RetainedStoreFull => f.write_str("retained store full"),
+            Refusal::Busy => f.write_str("gateway busy: inbox full"),
+            Refusal::Undelivered(why) => write!(f, "not handed on by the outbound bridge: {why}"),
+            Refusal::ShuttingDown => f.write_str("gateway shutting down"),
+        }
+    }
+}
+
+/// One core's inbox, sender side.
+struct Inbox {
+    tx: Sender<BridgeMsg>,
+    bell: Arc<Bell>,
+}
+
+/// The sender side of every core's inbox; cheap to share between threads.
+pub struct Bridge {
+    inboxes: Vec<Inbox>,
+    hasher: ahash::RandomState,
+}
+
+/// The core side of one inbox, handed to that core at start.
+pub struct CoreInbox {
+    /// Requests from bridge threads.
+    pub rx: Receiver<BridgeMsg>,
+    /// Read end of the doorbell, awaited by the core's inbox task.
+    pub bell_rx: StdUnixStream,
+    /// Write end of the same doorbell, for the core's reply queues.
+    pub bell: Arc<Bell>,
+}
+
+impl Bridge {
+    /// Creates `cores` inboxes of `capacity` messages each.
+    pub fn new(cores: usize, capacity: usize) -> std::io::Result<(Arc<Bridge>, Vec<CoreInbox>)> {
+        let mut inboxes = Vec::with_capacity(cores);
+        let mut core_side = Vec::with_capacity(cores);
+        for _ in 0..cores {
+            let (tx, rx) = crossbeam_channel::bounded(capacity);
+            let (bell_tx, bell_rx) = StdUnixStream::pair()?;
+            let bell = Arc::new(Bell::new(bell_tx)?);
+            inboxes.push(Inbox {
+                tx,
+                bell: bell.clone(),
+            });
+            core_side.push(CoreInbox { rx, bell_rx, bell });
+        }
+        let bridge = Bridge {
+            inboxes,
+            hasher: ahash::RandomState::new(),
+        };
+        Ok((Arc::new(bridge), core_side))
+    }
+
+    /// Queues a publish; the receiver learns the outcome. Fails at once
+    /// when the inbox is full or the gateway stopped.
+    pub fn publish(
+        &self,
+        req: PublishRequest,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
+        let core = self.hasher.hash_one(req.topic.as_str()) as usize % self.inboxes.len();
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.send(
+            core,
+            BridgeMsg::Publish {
+                req,
+                done: Some(done),
+            },
+        )?;
+        Ok(outcome)
+    }
+
+    /// Number of cores (inboxes).
+    pub fn cores(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Sends `msg` to `core`'s inbox and rings its bell.
+    pub fn send(&self, core: usize, msg: BridgeMsg) -> Result<(), Refusal> {
+        let inbox = &self.inboxes[core];
+        match inbox.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(Refusal::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(Refusal::ShuttingDown),
+        }
+        inbox.bell.ring();
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! The outbound seam: a core hands a client's message to a bridge thread
+//! (the Kafka producer) and gets an acknowledgement back.
+//!
+//! On every publish the core asks [`Outbound::policy`] (rules in memory,
+//! answered on the core). For [`OutboundPolicy::Confirm`] the message goes
+//! to [`Outbound::send`] with a [`ReplyTo<Produced>`], and the publisher's
+//! PUBACK/PUBREC waits for the answer; acknowledgements go out in publish
+//! order per client, so a later message's ack waits behind an earlier
+//! one's. [`OutboundPolicy::Forget`] sends without waiting. Local
+//! subscribers get the message at once either way.
+//!
+//! Bounded: a core has at most `runtime.max_outbound_inflight` messages
+//! waiting for acknowledgements; at the bound its connections stop reading
+//! (the same pause as a full mesh), so a stalled bridge pushes back on
+//! publishers through TCP instead of growing memory. An implementation may
+//! therefore size its own queue from that bound and never refuse.
+//!
+//! A failed or abandoned send answers [`Produced::Failed`]: an MQTT 5
+//! publisher gets 0x80 in its ack, a 3.1.1 publisher (which has no negative
+//! ack) is disconnected without one, so it resends. Never acknowledged and
+//! then dropped.
+
+use std::sync::Arc;
+
+use super::reply::{ReplyTo, Unanswered};
+use crate::error::{Classify, Origin};
+use crate::session::Message;
+
+/// What to do with one message, decided on the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundPolicy {
+    /// Not routed out.
+    Skip,
+    /// Routed out; the publisher's ack waits for the bridge's answer.
+    Confirm,
+    /// Routed out; the publisher is acknowledged at once.
+    Forget,
+}
+
+/// A message on its way to the bridge, with who published it.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The message (shared with local subscribers).
+    pub msg: Arc<Message>,
+    /// Client id of the publisher (`None` from the HTTP API).
+    pub client_id: Option<Arc<str>>,
+    /// The publisher's user name, when it gave one.
+    pub username: Option<Arc<str>>,
+}
+
+/// The bridge's answer for one [`Outgoing`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Produced {
+    /// Durably handed on (for Kafka: the delivery report said so).
+    Done,
+    /// Not handed on.
+    Failed(OutboundError),
+}
+
+/// Why a message was not handed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundError {
+    /// The destination did not confirm within its delivery timeout.
+    TimedOut,
+    /// The destination refused it (too large, unknown topic, ...).
+    Refused(String),
+    /// The bridge dropped the request without answering (stopping).
+    Abandoned,
+}
+
+impl std::fmt::Display for OutboundError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutboundError::TimedOut => f.write_str("no delivery confirmation in time"),
+            OutboundError::Refused(why) => write!(f, "refused: {why}"),
+            OutboundError::Abandoned => f.write_str("the bridge stopped before answering"),
+        }
+    }
+}
+
+impl std::error::Error for OutboundError {}
+
+impl Classify for OutboundError {
+    fn origin(&self) -> Origin {
+        Origin::Bridge
+    }
+}
+
+impl Unanswered for Produced {
+    fn unanswered() -> Self {
+        Produced::Failed(OutboundError::Abandoned)
+    }
+}
+
+/// A bridge that takes messages out of the gateway.
+pub trait Outbound: Send + Sync + 'static {
+    /// Whether and how a message on `topic` leaves; called on the core for
+    /// every publish, so it must answer from memory.
+    fn policy(&self, topic: &str) -> OutboundPolicy;
+
+    /// Takes one message. The answer goes to `ack` (dropping it answers
+    /// [`Produced::Failed`]). Must not block: queue the work for the
+    /// bridge's own thread.
+    fn send(&self, out: Outgoing, ack: ReplyTo<Produced>);
+}
+
+/// No outbound bridge: nothing leaves (the single-node default).
+#[derive(Debug, Default)]
+pub struct NoOutbound;
+
+impl Outbound for NoOutbound {
+    fn policy(&self, _: &str) -> OutboundPolicy {
+        OutboundPolicy::Skip
+    }
+
+    fn send(&self, _: Outgoing, ack: ReplyTo<Produced>) {
+        ack.send(Produced::Failed(OutboundError::Refused(
+            "no outbound bridge".into(),
+        )));
+    }
+}

@@ -1,0 +1,413 @@
+//! The embedding API: [`Gateway`] starts a node (listeners, one executor
+//! per core, the HTTP API) and stops it; [`GatewayBuilder`] injects the
+//! seams: the authenticator, the authorizer, the session store and the
+//! outbound bridge.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use tracing::error;
+
+use crate::auth::{AllowAll, Authenticator, Authorizer, DenyLists};
+use crate::bridge::outbound::{NoOutbound, Outbound};
+use crate::bridge::Bridge;
+use crate::config::Config;
+use crate::error::{Classify, Origin};
+use crate::net::listener::ListenError;
+use crate::net::tls::{Acceptor, Loaded, TlsError};
+use crate::net::Transport;
+use crate::runtime::{self, CoreStart};
+use crate::shard::{CoreVisible, NodeState};
+use crate::stats::Snapshot;
+use crate::store::{MemoryStore, SessionStore};
+
+/// How long `start` waits for every core to report ready.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the gateway could not start, with what to do about it.
+#[derive(Debug)]
+pub enum StartError {
+    /// A listener could not be bound.
+    Listen(ListenError),
+    /// TLS could not be set up from the configured files.
+    Tls(TlsError),
+    /// The HTTP API could not start (its address is in the message).
+    Http(io::Error),
+    /// A core's executor could not start (io_uring needs locked memory).
+    Executor {
+        /// Which core.
+        core: usize,
+        /// What glommio said.
+        source: glommio::GlommioError<()>,
+    },
+    /// A core did not report ready within the startup timeout.
+    NotReady(Duration),
+    /// An OS resource the runtime needs (a socket pair for a doorbell).
+    Resource {
+        /// What it was for.
+        what: &'static str,
+        /// What the OS said.
+        source: io::Error,
+    },
+}
+
+/// The advice for io_uring failures.
+const MEMLOCK_HINT: &str = " (io_uring needs locked memory: raise the limit with \
+     `ulimit -l unlimited` or LimitMEMLOCK=infinity in the systemd unit, or lower \
+     runtime.io_memory_kib)";
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Listen(e) => e.fmt(f),
+            StartError::Tls(e) => e.fmt(f),
+            StartError::Http(e) => e.fmt(f),
+            StartError::Executor { core, source } => {
+                write!(
+                    f,
+                    "cannot start executor for core {core}: {source}{MEMLOCK_HINT}"
+                )
+            }
+            StartError::NotReady(t) => write!(f, "a core did not start within {t:?}{MEMLOCK_HINT}"),
+            StartError::Resource { what, source } => write!(f, "cannot create {what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl Classify for StartError {
+    fn origin(&self) -> Origin {
+        match self {
+            StartError::Listen(_) | StartError::Tls(_) | StartError::Http(_) => Origin::Config,
+            // Locked-memory limits, mostly: the host's configuration.
+            StartError::Executor { .. } | StartError::NotReady(_) => Origin::Config,
+            StartError::Resource { .. } => Origin::Internal,
+        }
+    }
+}
+
+impl From<ListenError> for StartError {
+    fn from(e: ListenError) -> Self {
+        StartError::Listen(e)
+    }
+}
+
+impl From<TlsError> for StartError {
+    fn from(e: TlsError) -> Self {
+        StartError::Tls(e)
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Bound MQTT/TCP address (the real port when configured with port 0).
+    pub tcp_addr: SocketAddr,
+    /// Bound MQTT-over-WebSocket address, when `websocket.enabled`.
+    pub ws_addr: Option<SocketAddr>,
+    /// Bound MQTT-over-TLS address, when `tls.enabled`.
+    pub tls_addr: Option<SocketAddr>,
+    /// Bound WebSocket-over-TLS address, when `tls.enabled` and `tls.wss`.
+    pub wss_addr: Option<SocketAddr>,
+    /// What TLS loaded at start (for the banner).
+    pub tls_loaded: Option<Loaded>,
+    /// Number of cores (executors).
+    pub cores: usize,
+    /// Bound HTTP API address, when `http.enabled`.
+    pub http_addr: Option<SocketAddr>,
+    node: Arc<NodeState>,
+    tls: Option<Arc<Acceptor>>,
+    doorbells: Vec<StdUnixStream>,
+    bridge: Arc<Bridge>,
+    /// Readiness: set once every core serves, cleared when shutdown starts.
+    serving: Arc<AtomicBool>,
+    http: Option<crate::http::HttpServer>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+/// Starts a [`Gateway`] with seams other than the defaults.
+pub struct GatewayBuilder {
+    cfg: Config,
+    auth: Arc<dyn Authenticator>,
+    authz: Option<Arc<dyn Authorizer>>,
+    store: Option<Arc<dyn SessionStore>>,
+    outbound: Arc<dyn Outbound>,
+}
+
+impl GatewayBuilder {
+    /// Decides every CONNECT (default: [`AllowAll`]).
+    pub fn authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Decides every SUBSCRIBE filter and PUBLISH (default: [`DenyLists`]
+    /// from `mqtt.deny_subscribe` and `mqtt.deny_publish`).
+    pub fn authorizer(mut self, authz: Arc<dyn Authorizer>) -> Self {
+        self.authz = Some(authz);
+        self
+    }
+
+    /// The session directory (default: [`MemoryStore`]).
+    pub fn store(mut self, store: Arc<dyn SessionStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Where messages leave the gateway (default: [`NoOutbound`]).
+    pub fn outbound(mut self, outbound: Arc<dyn Outbound>) -> Self {
+        self.outbound = outbound;
+        self
+    }
+
+    /// Binds the listeners and starts one executor per core. Returns once
+    /// every core is accepting.
+    pub fn start(self) -> Result<Gateway, StartError> {
+        let GatewayBuilder {
+            cfg,
+            auth,
+            authz,
+            store,
+            outbound,
+        } = self;
+        let cfg = Arc::new(cfg);
+        let ncores = cfg.cores();
+        let (tls, tls_loaded) = if cfg.tls.enabled {
+            let (acceptor, loaded) = Acceptor::new(&cfg.tls)?;
+            (Some(Arc::new(acceptor)), Some(loaded))
+        } else {
+            (None, None)
+        };
+        let bound = crate::net::listener::bind_all(&cfg, ncores)?;
+        let addr_of = |t: Transport| bound.iter().find(|b| b.transport == t).map(|b| b.addr);
+        let tcp_addr = addr_of(Transport::Mqtt).expect("the TCP listener is always bound");
+        let (ws_addr, tls_addr, wss_addr) = (
+            addr_of(Transport::Ws),
+            addr_of(Transport::Mqtts),
+            addr_of(Transport::Wss),
+        );
+        let node = Arc::new(NodeState {
+            node_id: cfg.node.id,
+            cores: (0..ncores).map(|_| CoreVisible::default()).collect(),
+            store: store.unwrap_or_else(|| Arc::new(MemoryStore::default())),
+            auth,
+            authz: authz.unwrap_or_else(|| Arc::new(DenyLists::from_config(&cfg.mqtt))),
+            outbound,
+            started: Instant::now(),
+            retained: Default::default(),
+        });
+        let (bridge, inboxes) =
+            Bridge::new(ncores, cfg.runtime.bridge_capacity).map_err(|source| {
+                StartError::Resource {
+                    what: "the bridge inboxes",
+                    source,
+                }
+            })?;
+        let mut doorbells = Vec::with_capacity(ncores);
+        let mut starts = Vec::with_capacity(ncores);
+        let (ready_tx, ready_rx) = mpsc::channel::<usize>();
+        let mesh = runtime::mesh(&cfg, ncores);
+        for (id, inbox) in inboxes.into_iter().enumerate() {
+            let (bell_tx, bell_rx) =
+                StdUnixStream::pair().map_err(|source| StartError::Resource {
+                    what: "the shutdown socketpair",
+                    source,
+                })?;
+            doorbells.push(bell_tx);
+            starts.push(CoreStart {
+                id,
+                cfg: cfg.clone(),
+                node: node.clone(),
+                listeners: Vec::new(),
+                shutdown: bell_rx,
+                inbox,
+                mesh: mesh.clone(),
+                ready: ready_tx.clone(),
+                tls: tls.clone(),
+            });
+        }
+        for b in bound {
+            for (core, socket) in b.sockets.into_iter().enumerate() {
+                starts[core].listeners.push((b.transport, socket));
+            }
+        }
+        drop(ready_tx);
+        let mut executors = Vec::with_capacity(ncores);
+        for start in starts {
+            let core = start.id;
+            let handle =
+                runtime::spawn(start).map_err(|source| StartError::Executor { core, source })?;
+            executors.push(handle);
+        }
+        for _ in 0..ncores {
+            ready_rx
+                .recv_timeout(STARTUP_TIMEOUT)
+                .map_err(|_| StartError::NotReady(STARTUP_TIMEOUT))?;
+        }
+        let serving = Arc::new(AtomicBool::new(true));
+        let http = if cfg.http.enabled {
+            let api = crate::http::Api {
+                cfg: cfg.http.clone(),
+                bridge: bridge.clone(),
+                node: node.clone(),
+                serving: serving.clone(),
+            };
+            Some(crate::http::HttpServer::start(api).map_err(StartError::Http)?)
+        } else {
+            None
+        };
+        Ok(Gateway {
+            tcp_addr,
+            ws_addr,
+            tls_addr,
+            wss_addr,
+            tls_loaded,
+            cores: ncores,
+            http_addr: http.as_ref().map(|h| h.addr),
+            serving,
+            http,
+            node,
+            tls,
+            doorbells,
+            bridge,
+            executors,
+        })
+    }
+}
+
+impl Gateway {
+    /// A builder, to inject seams before starting.
+    pub fn builder(cfg: Config) -> GatewayBuilder {
+        GatewayBuilder {
+            cfg,
+            auth: Arc::new(AllowAll),
+            authz: None,
+            store: None,
+            outbound: Arc::new(NoOutbound),
+        }
+    }
+
+    /// Binds the listeners and starts one executor per core, with the
+    /// default seams. Returns once every core is accepting.
+    pub fn start(cfg: Config) -> Result<Gateway, StartError> {
+        Gateway::builder(cfg).start()
+    }
+
+    /// [`Gateway::start`] with an [`Authenticator`] deciding every CONNECT.
+    pub fn start_with(cfg: Config, auth: Arc<dyn Authenticator>) -> Result<Gateway, StartError> {
+        Gateway::builder(cfg).authenticator(auth).start()
+    }
+
+    /// Write ends of the per-core shutdown doorbells (one byte each stops
+    /// the gateway); for signal handlers.
+    pub fn doorbell_fds(&self) -> Vec<RawFd> {
+        use std::os::fd::AsRawFd;
+        self.doorbells.iter().map(|d| d.as_raw_fd()).collect()
+    }
+
+    /// Reads the TLS certificate and key again (what SIGHUP does); new
+    /// handshakes use them, established connections are kept. On error the
+    /// previous certificate stays in use.
+    pub fn reload_tls(&self) -> Result<Loaded, TlsError> {
+        match &self.tls {
+            Some(t) => t.reload(),
+            None => Err(TlsError::Disabled),
+        }
+    }
+
+    /// The TLS acceptor, for a reload handler on another thread.
+    pub fn tls_acceptor(&self) -> Option<Arc<Acceptor>> {
+        self.tls.clone()
+    }
+
+    /// The way in for threads that are not cores (HTTP, Kafka, Redis
+    /// bridges): see [`crate::bridge`].
+    pub fn bridge(&self) -> Arc<Bridge> {
+        self.bridge.clone()
+    }
+
+    /// Asks every core to shut down (returns immediately).
+    pub fn shutdown(&self) {
+        self.serving.store(false, Relaxed);
+        for mut bell in &self.doorbells {
+            let _ = io::Write::write_all(&mut bell, &[1]);
+        }
+    }
+
+    /// Waits for every core to finish.
+    pub fn join(mut self) {
+        for e in std::mem::take(&mut self.executors) {
+            if let Err(e) = e.join() {
+                error!("executor ended with an error: {e}");
+            }
+        }
+        // The API outlives the cores (readiness reports the shutdown) and
+        // stops with them.
+        if let Some(mut http) = self.http.take() {
+            http.stop();
+        }
+    }
+
+    /// Shuts down and waits.
+    pub fn stop(self) {
+        self.shutdown();
+        self.join();
+    }
+
+    /// Waits for every core to finish, up to `timeout`; false if one did not.
+    pub fn join_timeout(self, timeout: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            self.join();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(timeout).is_ok()
+    }
+
+    /// Counters summed over cores.
+    pub fn stats(&self) -> Snapshot {
+        let mut s = Snapshot::default();
+        for c in &self.node.cores {
+            s.add(&c.stats);
+        }
+        s
+    }
+
+    /// Retained messages in each core's replica.
+    pub fn retained_per_core(&self) -> Vec<usize> {
+        self.node
+            .cores
+            .iter()
+            .map(|c| c.retained.load(Relaxed))
+            .collect()
+    }
+
+    /// Members of all shared-subscription groups on the node.
+    pub fn shared_members(&self) -> usize {
+        self.node
+            .cores
+            .iter()
+            .map(|c| c.shared_members.load(Relaxed))
+            .sum()
+    }
+
+    /// Core that currently owns `client_id`'s session, if any.
+    pub fn locate(&self, client_id: &str) -> Option<usize> {
+        self.node.store.locate(client_id).map(|l| l.core)
+    }
+}
+
+impl Drop for Gateway {
+    /// A dropped gateway stops its cores instead of leaking them.
+    fn drop(&mut self) {
+        if !self.executors.is_empty() {
+            self.shutdown();
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! PUBLISH from a client and the acknowledgements of both directions
+//! (PUBACK, PUBREC, PUBREL, PUBCOMP); publishes from the HTTP API and
+//! bridges, which follow the same rules.
+//!
+//! A publish is checked against the protocol, then put to the
+//! [`Authorizer`](crate::auth::Authorizer) (which may defer: the packet is
+//! then parked and the connection reads nothing more until the answer
+//! comes), then routed to the node's subscribers, then handed to the
+//! outbound bridge when a rule says so, and only then acknowledged.
+
+use std::sync::Arc;
+
+use tracing::debug;
+
+use super::{max_qos, violation, Step, Violation};
+use crate::auth::{AclRequest, Action, Permit, Source};
+use crate::bridge::outbound::OutboundPolicy;
+use crate::bridge::{PublishRequest, Receipt, Refusal};
+use crate::codec::{reason, topic, Ack, Packet, Publish, QoS};
+use crate::id::ConnKey;
+use crate::session::{Message, Publication};
+use crate::shard::{ApiPublish, Core, CoreState, Parked, PendingKind, Waiting};
+use crate::stats::bump;
+
+/// PUBLISH from a client.
+pub(super) fn publish(
+    core: &Core,
+    st: &mut CoreState,
+    key: ConnKey,
+    mut p: Publish,
+) -> Result<Step, Violation> {
+    let m = &core.cfg.mqtt;
+    let Some(e) = st.entry(key) else {
+        return Ok(Step::Done);
+    };
+    let Some(link) = e.link.as_mut() else {
+        return Ok(Step::Done);
+    };
+    let v5 = link.version.is_v5();
+    if p.qos as u8 > m.max_qos {
+        return Err(violation(
+            reason::QOS_NOT_SUPPORTED,
+            "PUBLISH QoS above the maximum",
+        ));
+    }
+    if p.retain && !m.retain_available {
+        if v5 {
+            return Err(violation(
+                reason::RETAIN_NOT_SUPPORTED,
+                "retained messages are not available",
+            ));
+        }
+        p.retain = false; // 3.1.1 cannot be refused: deliver, do not store
+    }
+    if !p.properties.subscription_identifiers.is_empty() {
+        return Err(violation(
+            reason::PROTOCOL_ERROR,
+            "subscription identifier in a client PUBLISH",
+        ));
+    }
+    // Resolve the topic alias once: a parked packet keeps its topic.
+    match p.properties.topic_alias.take() {
+        Some(alias) => {
+            let slot = (alias as usize)
+                .checked_sub(1)
+                .filter(|&i| i < link.aliases.len());
+            let Some(slot) = slot else {
+                return Err(violation(
+                    reason::TOPIC_ALIAS_INVALID,
+                    "topic alias out of range",
+                ));
+            };
+            if p.topic.is_empty() {
+                let Some(t) = link.aliases[slot].clone() else {
+                    return Err(violation(reason::PROTOCOL_ERROR, "unknown topic alias"));
+                };
+                p.topic = t.to_string();
+            } else {
+                link.aliases[slot] = Some(p.topic.as_str().into());
+            }
+        }
+        None if p.topic.is_empty() => {
+            return Err(violation(
+                reason::PROTOCOL_ERROR,
+                "empty topic without a topic alias",
+            ))
+        }
+        None => {}
+    }
+    if p.qos == QoS::ExactlyOnce {
+        let ids = &e.session.incoming_qos2;
+        if ids.contains(&p.pkid) {
+            // A retransmission of a message already routed: ack only.
+            core.ack_publish(st, key, p.qos, p.pkid, reason::SUCCESS);
+            return Ok(Step::Done);
+        }
+        if ids.len() >= m.receive_maximum as usize {
+            return Err(violation(
+                reason::RECEIVE_MAXIMUM_EXCEEDED,
+                "more QoS 2 publishes than Receive Maximum",
+            ));
+        }
+    }
+    let policy = core.node.outbound.policy(&p.topic);
+    if policy != OutboundPolicy::Skip && !core.outbound_room(st) {
+        return Ok(Step::NoRoom);
+    }
+    authorize(core, st, key, p, None)
+}
+
+/// Puts the publish to the authorizer (unless `answer` is the slow path's
+/// answer already), then routes it.
+fn authorize(
+    core: &Core,
+    st: &mut CoreState,
+    key: ConnKey,
+    p: Publish,
+    answer: Option<Permit>,
+) -> Result<Step, Violation> {
+    let room = st.pending.has_room(PendingKind::Permit);
+    let Some(e) = st.entry(key) else {
+        return Ok(Step::Done);
+    };
+    let Some(link) = e.link.as_mut() else {
+        return Ok(Step::Done);
+    };
+    let permit = answer.unwrap_or_else(|| {
+        core.node.authz.check(&AclRequest {
+            action: Action::Publish,
+            topic: &p.topic,
+            qos: p.qos,
+            retain: p.retain,
+            source: Source::Client,
+            client_id: e.client_id.as_deref(),
+            username: link.username.as_deref(),
+        })
+    });
+    match permit {
+        Permit::Allow => {
+            route(core, st, key, p);
+            Ok(Step::Done)
+        }
+        Permit::Ask if answer.is_none() => {
+            if !room {
+                return Ok(Step::NoRoom);
+            }
+            let req = AclRequest {
+                action: Action::Publish,
+                topic: &p.topic,
+                qos: p.qos,
+                retain: p.retain,
+                source: Source::Client,
+                client_id: e.client_id.as_deref(),
+                username: link.username.as_deref(),
+            }
+            .to_owned();
+            link.parked = Some(Box::new(Parked::Publish(p)));
+            let token = st
+                .pending
+                .insert(Waiting::Permit { key })
+                .expect("room checked above");
+            bump(&core.stats().acl_deferred, 1);
+            core.node
+                .authz
+                .ask(req, core.returns.permits.reply_to(token));
+            Ok(Step::Done)
+        }
+        Permit::Deny | Permit::Ask => {
+            let origin = e.id;
+            debug!(conn = %origin, topic = %p.topic, "publish refused by the authorizer");
+            bump(&core.stats().denied_publishes, 1);
+            refuse_publish(core, st, key, p.qos, p.pkid, reason::NOT_AUTHORIZED);
+            Ok(Step::Done)
+        }
+    }
+}
+
+/// An authorized publish: recorded (QoS 2), stored (retained), routed to
+/// every subscriber, handed out, acknowledged.
+fn route(core: &Core, st: &mut CoreState, key: ConnKey, p: Publish) {
+    let Some(e) = st.entry(key) else { return };
+    let origin = e.id;
+    let Some(v5) = e.link.as_ref().map(|l| l.version.is_v5()) else {
+        return;
+    };
+    let (qos, pkid) = (p.qos, p.pkid);
+    if qos == QoS::ExactlyOnce {
+        e.session.incoming_qos2.push(pkid);
+    }
+    let policy = core.node.outbound.policy(&p.topic);
+    let msg = Arc::new(Message::new(
+        core.message_id(),
+        Publication {
+            topic: p.topic.into(),
+            payload: p.payload,
+            qos,
+            retain: p.retain,
+            properties: p.properties,
+            origin: Some(origin),
+        },
+        core.clock().instant(),
+    ));
+    // A retained message the full store refuses: MQTT 5 publishers get a
+    // clear refusal (0x97) and the message goes nowhere; 3.1.1 has no way to
+    // say no, so there it is delivered without being stored (and counted).
+    if msg.retain && !core.retain(st, &msg) && v5 {
+        refuse_publish(core, st, key, qos, pkid, reason::QUOTA_EXCEEDED);
+        return;
+    }
+    bump(&core.stats().publishes_in, 1);
+    core.publish(st, msg.clone());
+    core.publish_out(st, key, &msg, policy, pkid);
+}
+
+/// Acknowledges a refused PUBLISH: MQTT 5 gets `code`, 3.1.1 (which has no
+/// negative acks) a plain ack, and its QoS 2 exchange goes on to PUBCOMP as
+/// usual. A failed PUBREC ends a QoS 2 exchange, so its packet id is not
+/// kept awaiting PUBREL.
+fn refuse_publish(core: &Core, st: &mut CoreState, key: ConnKey, qos: QoS, pkid: u16, code: u8) {
+    let Some(e) = st.entry(key) else { return };
+    let Some(link) = e.link.as_ref() else { return };
+    let code = if link.version.is_v5() {
+        code
+    } else {
+        reason::SUCCESS
+    };
+    if qos == QoS::ExactlyOnce && code < 0x80 && !e.session.incoming_qos2.contains(&pkid) {
+        e.session.incoming_qos2.push(pkid);
+    }
+    core.ack_publish(st, key, qos, pkid, code);
+}
+
+/// The authorizer's slow path answered for `token`: a client's parked
+/// PUBLISH or SUBSCRIBE goes on, or an API publish is finished.
+pub fn on_permit(core: &Core, token: u32, permit: Permit) {
+    let mut st = core.st.borrow_mut();
+    let st = &mut *st;
+    let was_saturated = st.pending.saturated();
+    let waiting = st.pending.take(token);
+    // An answer of Ask is no answer: refuse (fail closed).
+    let permit = if permit == Permit::Ask {
+        Permit::Deny
+    } else {
+        permit
+    };
+    match waiting {
+        Some(Waiting::Permit { key }) => resume(core, st, key, permit),
+        Some(Waiting::ApiPermit(api)) => {
+            let ApiPublish { msg, done } = *api;
+            match permit {
+                Permit::Allow => {
+                    let policy = core.node.outbound.policy(&msg.topic);
+                    finish_api(core, st, msg, policy, done);
+                }
+                Permit::Deny | Permit::Ask => {
+                    bump(&core.stats().denied_publishes, 1);
+                    if let Some(done) = done {
+                        let _ = done.send(Err(Refusal::Denied));
+                    }
+                }
+            }
+        }
+        _ => debug_assert!(false, "a permit for another kind of request"),
+    }
+    core.after_answer(st, was_saturated);
+}
+
+/// Resumes the packet `key` parked for a permit.
+fn resume(core: &Core, st: &mut CoreState, key: ConnKey, permit: Permit) {
+    let Some(link) = st.link(key) else { return };
+    let Some(parked) = link.parked.take() else {
+        return;
+    };
+    // Whatever happens next, the connection reads again.
+    link.wake();
+    let result = match *parked {
+        Parked::Publish(p) => authorize(core, st, key, p, Some(permit)),
+        Parked::Subscribe {
+            subscribe,
+            mut permits,
+        } => {
+            if let Some(slot) = permits.iter_mut().find(|p| p.is_none()) {
+                *slot = Some(permit == Permit::Allow);
+            }
+            super::subscribe::subscribe(core, st, key, subscribe, permits)
+        }
+    };
+    if let Err(v) = result {
+        if let Some(link) = st.link(key) {
+            let code = link.version.is_v5().then_some(v.code);
+            link.request_close_why(code, false, Some(v.why));
+        }
+    }
+}
+
+/// PUBACK from the client.
+pub(super) fn puback(
+    core: &Core,
+    st: &mut CoreState,
+    key: ConnKey,
+    a: Ack,
+) -> Result<(), Violation> {
+    let now = core.clock().instant();
+    let Some(e) = st.entry(key) else {
+        return Ok(());
+    };
+    e.session
+        .take_inflight(a.pkid, |f| f.d.qos == QoS::AtLeastOnce && !f.released);
+    crate::shard::pump(e, core.stats(), now);
+    Ok(())
+}
+
+/// PUBREC from the client: release with PUBREL (or end on an error code).
+pub(super) fn pubrec(
+    core: &Core,
+    st: &mut CoreState,
+    key: ConnKey,
+    a: Ack,
+) -> Result<(), Violation> {
+    let now = core.clock().instant();
+    let Some(e) = st.entry(key) else {
+        return Ok(());
+    };
+    let Some(link) = e.link.as_mut() else {
+        return Ok(());
+    };
+    if a.code >= 0x80 {
+        // MQTT 5 4.3.3: an error PUBREC ends the exchange.
+        e.session
+            .take_inflight(a.pkid, |f| f.d.qos == QoS::ExactlyOnce && !f.released);
+        crate::shard::pump(e, core.stats(), now);
+        return Ok(());
+    }
+    let found = e
+        .session
+        .inflight
+        .iter_mut()
+        .find(|f| f.pkid == a.pkid && f.d.qos == QoS::ExactlyOnce);
+    let mut rel = Ack::new(a.pkid);
+    match found {
+        Some(f) => f.released = true,
+        None if link.version.is_v5() => rel.code = reason::PACKET_ID_NOT_FOUND,
+        None => {}
+    }
+    link.control(Packet::PubRel(rel));
+    Ok(())
+}
+
+/// PUBCOMP from the client: the QoS 2 delivery is complete.
+pub(super) fn pubcomp(
+    core: &Core,
+    st: &mut CoreState,
+    key: ConnKey,
+    a: Ack,
+) -> Result<(), Violation> {
+    let now = core.clock().instant();
+    let Some(e) = st.entry(key) else {
+        return Ok(());
+    };
+    e.session.take_inflight(a.pkid, |f| f.released);
+    crate::shard::pump(e, core.stats(), now);
+    Ok(())
+}
+
+/// PUBREL from the client: its QoS 2 publish is released (PUBCOMP).
+pub(super) fn pubrel(st: &mut CoreState, key: ConnKey, a: Ack) -> Result<(), Violation> {
+    let Some(e) = st.entry(key) else {
+        return Ok(());
+    };
+    let Some(link) = e.link.as_mut() else {
+        return Ok(());
+    };
+    let ids = &mut e.session.incoming_qos2;
+    let mut comp = Ack::new(a.pkid);
+    match ids.iter().position(|&id| id == a.pkid) {
+        Some(i) => {
+            ids.swap_remove(i);
+        }
+        None if link.version.is_v5() => comp.code = reason::PACKET_ID_NOT_FOUND,
+        None => {}
+    }
+    link.control(Packet::PubComp(comp));
+    Ok(())
+}
+
+/// A publish from outside MQTT (the HTTP API, a bridge): the same checks
+/// as a client's, then routed as if a client had published it. `done`
+/// learns the message id once the message reached every local subscriber
+/// and every interested core's queue (and, when an outbound rule confirms
+/// it, the bridge), or why not.
+pub fn on_bridge_publish(core: &Core, req: PublishRequest, done: Option<Receipt>) {
+    let refuse = |done: Option<Receipt>, r: Refusal| {
+        if let Some(done) = done {
+            // A caller that gave up waiting dropped its receiver; sending
+            // to it is then a no-op.
+            let _ = done.send(Err(r));
+        }
+    };
+    if req.topic.is_empty() {
+        return refuse(done, Refusal::TopicInvalid("empty topic name"));
+    }
+    if let Err(why) = topic::validate_name(&req.topic) {
+        return refuse(done, Refusal::TopicInvalid(why));
+    }
+    if req.qos > max_qos(core) {
+        return refuse(done, Refusal::QosNotSupported);
+    }
+    let mut st = core.st.borrow_mut();
+    let st = &mut *st;
+    let policy = core.node.outbound.policy(&req.topic);
+    if policy != OutboundPolicy::Skip && !core.outbound_room(st) {
+        return refuse(done, Refusal::Busy);
+    }
+    let acl = AclRequest {
+        action: Action::Publish,
+        topic: &req.topic,
+        qos: req.qos,
+        retain: req.retain,
+        source: Source::Api,
+        client_id: None,
+        username: None,
+    };
+    let permit = core.node.authz.check(&acl);
+    if permit == Permit::Ask && !st.pending.has_room(PendingKind::Permit) {
+        return refuse(done, Refusal::Busy);
+    }
+    let owned = (permit == Permit::Ask).then(|| acl.to_owned());
+    let msg = Arc::new(Message::new(
+        core.message_id(),
+        Publication {
+            topic: req.topic.into(),
+            payload: req.payload,
+            qos: req.qos,
+            retain: req.retain,
+            properties: req.properties.map(|p| *p).unwrap_or_default(),
+            origin: None,
+        },
+        core.clock().instant(),
+    ));
+    match (permit, owned) {
+        (Permit::Allow, _) => finish_api(core, st, msg, policy, done),
+        (Permit::Ask, Some(acl)) => {
+            let waiting = Waiting::ApiPermit(Box::new(ApiPublish { msg, done }));
+            let token = st.pending.insert(waiting).expect("room checked above");
+            bump(&core.stats().acl_deferred, 1);
+            core.node
+                .authz
+                .ask(acl, core.returns.permits.reply_to(token));
+        }
+        (Permit::Deny | Permit::Ask, _) => {
+            bump(&core.stats().denied_publishes, 1);
+            refuse(done, Refusal::Denied);
+        }
+    }
+}
+
+/// An authorized API publish: stored (retained), routed, handed out.
+fn finish_api(
+    core: &Core,
+    st: &mut CoreState,
+    msg: Arc<Message>,
+    policy: OutboundPolicy,
+    done: Option<Receipt>,
+) {
+    if msg.retain && !core.retain(st, &msg) {
+        if let Some(done) = done {
+            let _ = done.send(Err(Refusal::RetainedStoreFull));
+        }
+        return;
+    }
+    bump(&core.stats().publishes_in, 1);
+    core.publish(st, msg.clone());
+    core.publish_out_api(st, &msg, policy, done);
+}

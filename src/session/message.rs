@@ -1,0 +1,217 @@
+//! What travels: a [`Message`] as routed through the gateway (one per
+//! publish, shared by every subscriber and every core), and a [`Delivery`],
+//! the message plus what is specific to one subscriber.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::codec::{encoded_len_publish, Properties, QoS, Version};
+use crate::id::{ConnId, GroupKey};
+
+/// An application message as routed through the gateway; shared by every
+/// subscriber (and every core) that receives it. Built only by
+/// [`Message::new`].
+#[derive(Debug)]
+pub struct Message {
+    /// Node-unique id (publishing core in the top byte, then a sequence), so
+    /// a session can recognise the two copies a cross-core move may produce.
+    pub id: u64,
+    /// Topic name (never a wildcard, never an alias).
+    pub topic: Arc<str>,
+    /// Opaque payload.
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// Whether it was published with RETAIN.
+    pub retain: bool,
+    /// v5 properties forwarded to subscribers (never topic alias,
+    /// subscription identifiers or will delay, which are not the message's).
+    pub properties: Option<Box<Properties>>,
+    /// Connection that published it (for No Local); `None` from the HTTP
+    /// API, a bridge or the gateway itself.
+    pub origin: Option<ConnId>,
+    /// MQTT 5 Message Expiry: past this instant it is never delivered, and
+    /// subscribers get the remaining interval.
+    pub expires_at: Option<Instant>,
+    /// When the gateway took the message in: the start of its fan-out
+    /// latency (`tether_fanout_latency_seconds`).
+    pub born: Instant,
+}
+
+/// What a publisher (a client, a will, the HTTP API, `$SYS`) asks to
+/// publish; [`Message::new`] turns it into a [`Message`].
+#[derive(Debug)]
+pub struct Publication {
+    /// Topic name, already validated.
+    pub topic: Arc<str>,
+    /// Opaque payload.
+    pub payload: Bytes,
+    /// QoS it is published with.
+    pub qos: QoS,
+    /// RETAIN flag.
+    pub retain: bool,
+    /// The publisher's properties (may be empty).
+    pub properties: Properties,
+    /// The publishing connection, for No Local.
+    pub origin: Option<ConnId>,
+}
+
+impl Message {
+    /// The one way a message is made: per-connection properties are
+    /// stripped, a Message Expiry Interval becomes a deadline from `now`,
+    /// and empty properties cost nothing.
+    pub fn new(id: u64, p: Publication, now: Instant) -> Message {
+        let mut props = p.properties;
+        props.topic_alias = None;
+        props.subscription_identifiers.clear();
+        props.will_delay_interval = None;
+        let expires_at = props
+            .message_expiry_interval
+            .map(|secs| now + Duration::from_secs(secs.into()));
+        Message {
+            id,
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: (!props.is_empty()).then(|| Box::new(props)),
+            origin: p.origin,
+            expires_at,
+            born: now,
+        }
+    }
+
+    /// Approximate memory a queued copy pins, for byte limits.
+    pub fn weight(&self) -> usize {
+        self.topic.len() + self.payload.len() + 64
+    }
+
+    /// Whether its Message Expiry Interval ran out at `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+/// Subscription identifiers of the subscriptions a delivery matched
+/// (MQTT 5); `None` for most deliveries.
+pub type SubIds = Option<Box<[u32]>>;
+
+/// Subscription identifiers worth sending (0 means none).
+pub fn sub_ids(ids: impl IntoIterator<Item = u32>) -> SubIds {
+    let ids: Vec<u32> = ids.into_iter().filter(|&id| id != 0).collect();
+    (!ids.is_empty()).then(|| ids.into_boxed_slice())
+}
+
+/// One message on its way to one session: the shared message plus what is
+/// specific to this subscriber.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// Retain flag as sent: set for retained messages sent on subscribe and
+    /// with Retain As Published.
+    pub retain: bool,
+    /// Identifiers of the matching subscriptions (MQTT 5).
+    pub sub_ids: SubIds,
+    /// Set when it came through a shared subscription: the group it goes
+    /// back to if this member leaves before acknowledging it.
+    pub share: Option<Box<GroupKey>>,
+}
+
+impl Delivery {
+    /// A plain (not shared) delivery of `msg`.
+    pub fn new(msg: Arc<Message>, qos: QoS, retain: bool, sub_ids: SubIds) -> Delivery {
+        Delivery {
+            msg,
+            qos,
+            retain,
+            sub_ids,
+            share: None,
+        }
+    }
+
+    /// The PUBLISH properties for this subscriber: the publisher's, plus
+    /// subscription identifiers and the remaining expiry interval. Borrowed
+    /// when nothing is added (the common case).
+    pub fn properties(&self) -> Option<Cow<'_, Properties>> {
+        if self.sub_ids.is_none() && self.msg.expires_at.is_none() {
+            return self.msg.properties.as_deref().map(Cow::Borrowed);
+        }
+        let mut p = self.msg.properties.as_deref().cloned().unwrap_or_default();
+        if let Some(ids) = &self.sub_ids {
+            p.subscription_identifiers = ids.to_vec();
+        }
+        if let Some(at) = self.msg.expires_at {
+            // The clock is read only for messages that expire.
+            let left = at.saturating_duration_since(Instant::now());
+            p.message_expiry_interval = Some(left.as_secs_f64().ceil() as u32);
+        }
+        Some(Cow::Owned(p))
+    }
+
+    /// Encoded size for a peer speaking `v`.
+    pub fn encoded_len(&self, v: Version) -> usize {
+        let props = if v.is_v5() { self.properties() } else { None };
+        encoded_len_publish(
+            &self.msg.topic,
+            self.msg.payload.len(),
+            self.qos,
+            props.as_deref(),
+            v,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_strips_per_connection_properties_and_sets_the_deadline() {
+        let now = Instant::now();
+        let props = Properties {
+            topic_alias: Some(3),
+            will_delay_interval: Some(5),
+            subscription_identifiers: vec![7],
+            message_expiry_interval: Some(10),
+            ..Default::default()
+        };
+        let m = Message::new(
+            1,
+            Publication {
+                topic: "a".into(),
+                payload: Bytes::from_static(b"x"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: props,
+                origin: None,
+            },
+            now,
+        );
+        let p = m.properties.as_deref().expect("expiry is kept");
+        assert_eq!(p.topic_alias, None);
+        assert_eq!(p.will_delay_interval, None);
+        assert!(p.subscription_identifiers.is_empty());
+        assert_eq!(m.expires_at, Some(now + Duration::from_secs(10)));
+        assert!(!m.expired(now + Duration::from_secs(9)));
+        assert!(m.expired(now + Duration::from_secs(10)));
+        let bare = Message::new(
+            2,
+            Publication {
+                topic: "a".into(),
+                payload: Bytes::new(),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                properties: Properties::default(),
+                origin: None,
+            },
+            now,
+        );
+        assert!(bare.properties.is_none(), "no properties, no allocation");
+    }
+}

@@ -1,0 +1,88 @@
+//! What a client keeps across connections and what travels to it: the
+//! [`Session`] (subscriptions, in-flight and queued messages, QoS 2 receive
+//! state), the [`Message`] with its one constructor, the per-subscriber
+//! [`Delivery`], the outbox [`Frame`], a moved-in session's [`MoveWindow`]
+//! and the outbound topic aliases. Plain data: the rules that act on it
+//! (window, queue limits, expiry) are the core's delivery policy
+//! (`shard::delivery`).
+
+pub mod alias;
+mod frame;
+mod message;
+mod move_window;
+
+use std::collections::VecDeque;
+
+use crate::codec::SubOptions;
+
+pub use frame::{AckKind, Frame};
+pub use message::{sub_ids, Delivery, Message, Publication, SubIds};
+pub use move_window::{MoveWindow, MAX_RECENT_IDS};
+
+/// A message sent to the client and not yet fully acknowledged.
+#[derive(Debug)]
+pub struct Inflight {
+    /// The packet id it was sent with.
+    pub pkid: u16,
+    /// What was sent.
+    pub d: Delivery,
+    /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
+    pub released: bool,
+}
+
+/// One subscription of a session: filter (possibly `$share/...`), options,
+/// and MQTT 5 subscription identifier (0: none).
+pub type Subscription = (Box<str>, SubOptions, u32);
+
+/// Everything of a session that survives its connection. Moves between
+/// cores on takeover, so it holds only `Send` data.
+#[derive(Debug, Default)]
+pub struct Session {
+    /// Subscriptions by filter, in subscribe order.
+    pub subs: Vec<Subscription>,
+    /// Sent, unacknowledged; oldest first (so acks usually hit the front).
+    pub inflight: VecDeque<Inflight>,
+    /// QoS 1/2 messages not yet sent; bounded by `session.max_queued_messages`.
+    pub queued: VecDeque<Delivery>,
+    /// Packet ids of QoS 2 publishes received and awaiting PUBREL: a DUP
+    /// retransmission with one of these ids is acknowledged, not re-routed.
+    pub incoming_qos2: Vec<u16>,
+    /// Seconds the session outlives its connection (0: ends with it).
+    pub expiry_secs: u32,
+    /// Set for a while after the session moved in from another core, while
+    /// that core's tombstone still forwards (see [`MoveWindow`]).
+    pub move_window: Option<Box<MoveWindow>>,
+    last_pkid: u16,
+}
+
+impl Session {
+    /// Allocates the next free packet id. The window bounds `inflight`, so
+    /// the scan is short; ids cycle so a just-freed id is not reused at once.
+    pub fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.last_pkid = self.last_pkid.wrapping_add(1).max(1);
+            let id = self.last_pkid;
+            if !self.inflight.iter().any(|e| e.pkid == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Position of the subscription to exactly `filter`.
+    pub fn subscription(&self, filter: &str) -> Option<usize> {
+        self.subs.iter().position(|(f, ..)| &**f == filter)
+    }
+
+    /// Removes the in-flight entry `pkid` when its state matches `pred`.
+    pub fn take_inflight(
+        &mut self,
+        pkid: u16,
+        pred: impl Fn(&Inflight) -> bool,
+    ) -> Option<Inflight> {
+        let i = self
+            .inflight
+            .iter()
+            .position(|e| e.pkid == pkid && pred(e))?;
+        self.inflight.remove(i)
+    }
+}

@@ -1,0 +1,291 @@
+//! One slab entry: a connection and/or a session, and the phases it goes
+//! through.
+//!
+//! ```text
+//!   Connecting ──CONNECT──▶ AwaitingVerdict ──Allow──┐     (authenticator said Ask)
+//!       │                                            ▼
+//!       └─────────CONNECT (verdict at once)──▶ AwaitingHandover ──handover──▶ Active
+//!                                                    │                         │ │
+//!                      superseded by a newer claim ◀─┘          socket lost ───┘ │
+//!                                                                    ▼           │ taken over
+//!                                                                 Offline        ▼
+//!                                                                 TakenOver (same core)
+//!                                                                 Moved (other core: a tombstone)
+//! ```
+//! An entry is removed when its socket is gone and its session ended
+//! (expired, clean, taken over, or its tombstone timed out).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::task::Waker;
+
+use super::acks::HeldAcks;
+use crate::codec::{ConnAck, Connect, Packet, Publish, Subscribe, Version, Will};
+use crate::id::{ConnId, Location};
+use crate::session::alias::OutAliases;
+use crate::session::{Frame, Session};
+
+/// One slab entry: a connection and/or a session.
+pub struct Entry {
+    /// Generation of this slot's occupant (see [`crate::id::ConnKey`]).
+    pub gen: u32,
+    /// The connection id in logs.
+    pub id: ConnId,
+    /// Set once a CONNECT named (or was given) a client id.
+    pub client_id: Option<Arc<str>>,
+    /// Where the entry is in its lifecycle.
+    pub phase: Phase,
+    /// What survives the connection.
+    pub session: Session,
+    /// The live connection, while there is one.
+    pub link: Option<Link>,
+}
+
+/// Lifecycle of a slab entry (see the module documentation).
+pub enum Phase {
+    /// Socket accepted, no CONNECT yet (CONNECT deadline armed).
+    Connecting,
+    /// CONNECT received; its authentication verdict is being decided off
+    /// the core. The connection reads nothing else meanwhile.
+    AwaitingVerdict {
+        /// The CONNECT, resumed when the verdict arrives.
+        connect: Box<Connect>,
+    },
+    /// CONNECT accepted; the client id is being claimed and the previous
+    /// owner's session fetched. `superseded` is set if an even newer
+    /// connection claimed the id meanwhile.
+    AwaitingHandover {
+        /// What the CONNECT asked for.
+        info: Box<ConnectInfo>,
+        /// The newer claimant, which gets the session instead.
+        superseded: Option<Location>,
+    },
+    /// CONNACK sent; the session is live.
+    Active,
+    /// No connection; the session waits for its client until `expires_at`,
+    /// holding the will of the lost connection while its delay runs.
+    Offline {
+        /// Tick at which the session ends.
+        expires_at: u64,
+        /// A will waiting out its delay.
+        will: Option<PendingWill>,
+    },
+    /// The session moved to a newer connection on this core; this socket is
+    /// closing.
+    TakenOver,
+    /// The session moved to another core. Until `until` the entry keeps its
+    /// subscriptions indexed and forwards what matches to `to`, so messages
+    /// already on their way here are not lost; its socket (if any) is closing.
+    Moved {
+        /// The session's new place.
+        to: Location,
+        /// Tick at which the tombstone ends.
+        until: u64,
+    },
+}
+
+impl Phase {
+    /// Whether the connection must not read: it waits for a verdict or a
+    /// handover, and what it sent after its CONNECT stays unparsed.
+    pub fn parks_reading(&self) -> bool {
+        matches!(
+            self,
+            Phase::AwaitingVerdict { .. } | Phase::AwaitingHandover { .. }
+        )
+    }
+}
+
+/// A will waiting out its MQTT 5 Will Delay Interval after an abnormal close.
+pub struct PendingWill {
+    /// The will.
+    pub will: Box<Will>,
+    /// Tick at which it is published (unless the client is back first).
+    pub at: u64,
+    /// The connection that set it (for No Local).
+    pub origin: ConnId,
+}
+
+/// What a CONNECT asked for, kept while the session is being located.
+#[derive(Debug, Clone)]
+pub struct ConnectInfo {
+    /// Clean Start (3.1.1: clean session).
+    pub clean_start: bool,
+    /// Granted session expiry.
+    pub expiry_secs: u32,
+    /// The CONNACK that will accept it, built by `mqtt::connack`;
+    /// activation sets only its Session Present.
+    pub connack: ConnAck,
+}
+
+/// An enhanced-authentication exchange waiting for the client's next AUTH.
+pub struct AuthInProgress {
+    /// The Authentication Method.
+    pub method: String,
+    /// The authenticator's side of the exchange.
+    pub exchange: Box<dyn crate::auth::AuthExchange>,
+    /// The CONNECT it belongs to (client id, what it asked for); `None` for
+    /// a re-authentication of a live connection.
+    pub connect: Option<(Arc<str>, ConnectInfo)>,
+}
+
+/// A client packet waiting for the authorizer's slow path. The connection
+/// reads nothing until it is resumed, so the client's packets keep their
+/// order.
+pub enum Parked {
+    /// A PUBLISH (topic alias already resolved into its topic).
+    Publish(Publish),
+    /// A SUBSCRIBE, with the answers already known for each filter.
+    Subscribe {
+        /// The packet.
+        subscribe: Subscribe,
+        /// Per filter: the authorizer's answer once known.
+        permits: Vec<Option<bool>>,
+    },
+}
+
+/// Why the core asks a connection to close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRequest {
+    /// DISCONNECT reason code to send first (v5 only); `None` closes silently.
+    pub reason: Option<u8>,
+    /// Drop unsent frames (a slow consumer) instead of flushing them first.
+    pub discard_outbox: bool,
+    /// Human-readable cause, sent as the DISCONNECT's Reason String.
+    pub why: Option<Box<str>>,
+}
+
+/// The live half of a session: present while a socket is attached.
+pub struct Link {
+    /// Protocol version (3.1.1 until the CONNECT says otherwise).
+    pub version: Version,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The socket (for logs and diagnostics; the task owns it).
+    pub fd: RawFd,
+    /// When the socket was accepted.
+    pub since: std::time::SystemTime,
+    /// 1.5 x keep-alive in ticks; 0 disables the check.
+    pub keep_alive_ticks: u64,
+    /// Tick of the last packet received.
+    pub last_seen: u64,
+    /// Frames waiting to be written.
+    pub outbox: VecDeque<Frame>,
+    /// Weight of `outbox` (see [`Frame::weight`]).
+    pub outbox_bytes: usize,
+    /// The connection task, woken when the outbox or phase changes.
+    pub waker: Option<Waker>,
+    /// Set when the core wants the connection closed.
+    pub close: Option<CloseRequest>,
+    /// Outbound in-flight window (client's Receive Maximum, capped).
+    pub window: usize,
+    /// Client's Maximum Packet Size.
+    pub max_packet: usize,
+    /// Inbound topic aliases (index = alias - 1).
+    pub aliases: Vec<Option<Arc<str>>>,
+    /// Outbound topic aliases, when the client accepts them (MQTT 5).
+    pub out_aliases: Option<Box<OutAliases>>,
+    /// Boxed: most clients set no will, and this struct is per connection.
+    pub will: Option<Box<Will>>,
+    /// CONNECT's User Name (presence queries group connections by user).
+    pub username: Option<Arc<str>>,
+    /// An enhanced-authentication exchange in progress.
+    pub auth: Option<Box<AuthInProgress>>,
+    /// The Authentication Method this connection used (for re-authentication).
+    pub auth_method: Option<Box<str>>,
+    /// A packet waiting for the authorizer; the connection reads nothing
+    /// meanwhile.
+    pub parked: Option<Box<Parked>>,
+    /// Publish acknowledgements held for the outbound bridge, in order.
+    pub held_acks: Option<Box<HeldAcks>>,
+    /// The client sent DISCONNECT (without 0x04): no will.
+    pub graceful: bool,
+}
+
+impl Link {
+    /// A link for a socket just accepted.
+    pub fn new(peer: SocketAddr, fd: RawFd, now_tick: u64, window: usize) -> Link {
+        Link {
+            version: Version::V311,
+            peer,
+            fd,
+            since: std::time::SystemTime::now(),
+            keep_alive_ticks: 0,
+            last_seen: now_tick,
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            waker: None,
+            close: None,
+            window,
+            max_packet: usize::MAX,
+            aliases: Vec::new(),
+            out_aliases: None,
+            will: None,
+            username: None,
+            auth: None,
+            auth_method: None,
+            parked: None,
+            held_acks: None,
+            graceful: false,
+        }
+    }
+
+    /// Queues a frame and wakes the connection task.
+    pub fn push(&mut self, frame: Frame) {
+        self.outbox_bytes += frame.weight();
+        self.outbox.push_back(frame);
+        self.wake();
+    }
+
+    /// Queues a control packet.
+    pub fn control(&mut self, packet: Packet) {
+        self.push(Frame::control(packet));
+    }
+
+    /// Wakes the connection task.
+    pub fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Asks the connection to close (the first request wins).
+    pub fn request_close(&mut self, reason: Option<u8>, discard_outbox: bool) {
+        self.request_close_why(reason, discard_outbox, None);
+    }
+
+    /// [`Link::request_close`] with a Reason String for MQTT 5 clients.
+    pub fn request_close_why(
+        &mut self,
+        reason: Option<u8>,
+        discard_outbox: bool,
+        why: Option<&str>,
+    ) {
+        if self.close.is_none() {
+            self.close = Some(CloseRequest {
+                reason,
+                discard_outbox,
+                why: why.map(Into::into),
+            });
+        }
+        self.wake();
+    }
+}
+
+/// What a wheel timer is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Timer {
+    /// The CONNECT (and its verdict, and its handover) must be done by now.
+    ConnectDeadline,
+    /// Check the keep-alive.
+    KeepAlive,
+    /// An offline session ends.
+    SessionExpiry,
+    /// A tombstone stops forwarding.
+    Tombstone,
+    /// A delayed will is due.
+    WillDelay,
+    /// Fallback end of a moved-in session's move window.
+    MoveWindow,
+}

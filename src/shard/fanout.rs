@@ -1,0 +1,117 @@
+//! Publishing: a message reaches every matching session of the node.
+//!
+//! [`Core::publish`] checks every other core's interest summary and queues
+//! the message for the cores that might match (cores without interest are
+//! never woken), then delivers locally: the trie yields the matching
+//! subscriptions, overlapping ones of one session collapse to one copy at
+//! the highest granted QoS, and each copy goes through the delivery policy.
+//! The peer cores run the same local delivery when the batch arrives.
+
+use std::sync::Arc;
+
+use super::delivery::deliver;
+use super::{count, offer, Core, CoreState, Phase};
+use crate::codec::{QoS, Will};
+use crate::id::{ConnId, ConnKey};
+use crate::session::{sub_ids, Delivery, Message, Publication};
+
+impl Core {
+    /// Routes a message published on this core to every matching session of
+    /// the node.
+    pub fn publish(&self, st: &mut CoreState, msg: Arc<Message>) {
+        for (core, visible) in self.node.cores.iter().enumerate() {
+            if core != self.id && visible.interest.might_match(&msg.topic) {
+                self.routes.publish(core, msg.clone());
+            }
+        }
+        self.deliver_local(st, &msg);
+    }
+
+    /// A message this core publishes (a will, `$SYS`): the next id, born now.
+    pub fn message(&self, p: Publication) -> Arc<Message> {
+        Arc::new(Message::new(self.message_id(), p, self.clock().instant()))
+    }
+
+    /// Publishes a connection's will (retained if it says so).
+    pub(super) fn publish_will(&self, st: &mut CoreState, will: Will, origin: Option<ConnId>) {
+        let msg = self.message(Publication {
+            topic: will.topic.into(),
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties: will.properties,
+            origin,
+        });
+        if msg.retain {
+            self.retain(st, &msg);
+        }
+        self.publish(st, msg);
+    }
+
+    /// Offers `msg` to every matching session of this core. One copy per
+    /// session: overlapping subscriptions are merged at the highest QoS.
+    pub fn deliver_local(&self, st: &mut CoreState, msg: &Arc<Message>) {
+        let CoreState {
+            subs,
+            conns,
+            matches,
+            ..
+        } = st;
+        matches.clear();
+        let groups = subs.for_each_match(&msg.topic, |s| matches.extend_from_slice(s));
+        if groups > 1 {
+            // Overlapping filters: bring each session's matches together.
+            matches.sort_unstable_by_key(|s| s.key);
+        }
+        let stats = self.stats();
+        let now = self.now();
+        let mut rest = &matches[..];
+        while let Some(first) = rest.first() {
+            let n = rest.iter().take_while(|s| s.key == first.key).count();
+            let (same, tail) = rest.split_at(n);
+            rest = tail;
+            let Some(e) = conns
+                .get_mut(first.key.index as usize)
+                .filter(|e| e.gen == first.key.gen)
+            else {
+                continue;
+            };
+            if same.iter().all(|s| s.opts.no_local) && msg.origin == Some(e.id) {
+                continue;
+            }
+            // One copy per session, at the best QoS and retain option of
+            // its matching subscriptions, carrying all their identifiers.
+            let qos = same
+                .iter()
+                .map(|s| msg.qos.min(s.opts.qos))
+                .max()
+                .unwrap_or(QoS::AtMostOnce);
+            let retain = msg.retain && same.iter().any(|s| s.opts.retain_as_published);
+            let d = Delivery::new(msg.clone(), qos, retain, sub_ids(same.iter().map(|s| s.id)));
+            if let Phase::Moved { to, .. } = e.phase {
+                self.forward_out(to, d);
+                continue;
+            }
+            count(offer(e, d, &self.cfg, stats, now), stats);
+        }
+        self.deliver_shared(st, msg);
+    }
+
+    /// Sends the retained messages matching `filter` to a new subscription
+    /// (retain flag set, QoS capped by the subscription).
+    pub fn deliver_retained(&self, st: &mut CoreState, key: ConnKey, filter: &str, max_qos: QoS) {
+        let msgs = st.retained.matching(filter);
+        let stats = self.stats();
+        let now = self.clock().instant();
+        let Some(e) = st.entry(key) else { return };
+        let id = e
+            .session
+            .subscription(filter)
+            .map_or(0, |i| e.session.subs[i].2);
+        for msg in msgs {
+            let qos = msg.qos.min(max_qos);
+            let d = Delivery::new(msg, qos, true, sub_ids([id]));
+            count(deliver(e, d, &self.cfg, stats, now), stats);
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! A connection's life on its core: registered when accepted, unregistered
+//! when its socket is gone; a session parked offline or ended; shutdown.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tracing::debug;
+
+use super::{Core, CoreState, Entry, Link, PendingWill, Phase, Timer};
+use crate::codec::reason;
+use crate::id::{ConnId, ConnKey, Location};
+use crate::session::Session;
+use crate::stats::bump;
+
+impl Core {
+    /// Adds an accepted socket; arms the CONNECT deadline.
+    pub fn register(&self, peer: SocketAddr, fd: RawFd) -> (ConnKey, ConnId) {
+        let mut st = self.st.borrow_mut();
+        st.next_gen = st.next_gen.wrapping_add(1);
+        st.next_seq += 1;
+        let gen = st.next_gen;
+        let id = ConnId {
+            node: self.node.node_id,
+            core: self.id as u16,
+            seq: st.next_seq,
+        };
+        let window = self.cfg.mqtt.inflight_window as usize;
+        let index = st.conns.insert(Entry {
+            gen,
+            id,
+            client_id: None,
+            phase: Phase::Connecting,
+            session: Session::default(),
+            link: Some(Link::new(peer, fd, self.now_tick(), window)),
+        });
+        st.links += 1;
+        let key = ConnKey {
+            index: index as u32,
+            gen,
+        };
+        let deadline = self.now_tick() + self.ticks(self.cfg.mqtt.connect_timeout_ms);
+        self.arm(&mut st, deadline, key, Timer::ConnectDeadline);
+        self.stats().connections.fetch_add(1, Relaxed);
+        bump(&self.stats().accepted, 1);
+        (key, id)
+    }
+
+    /// The connection task of `key` ended (socket closed).
+    pub fn unregister(&self, key: ConnKey) {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        let Some(e) = st.entry(key) else { return };
+        let Some(link) = e.link.take() else { return };
+        st.links -= 1;
+        if let Some(user) = &link.username {
+            self.count_user(st, user, -1);
+        }
+        self.stats().connections.fetch_sub(1, Relaxed);
+        let e = st.entry(key).expect("entry checked above");
+        match e.phase {
+            // A verdict still on its way finds no entry and is ignored.
+            Phase::Connecting | Phase::AwaitingVerdict { .. } | Phase::TakenOver => {
+                st.conns.remove(key.index as usize);
+            }
+            // The handover will find no link and park or end the session;
+            // a tombstone lives until its timer.
+            Phase::AwaitingHandover { .. } | Phase::Moved { .. } => {}
+            Phase::Offline { .. } => unreachable!("offline sessions have no link"),
+            Phase::Active => {
+                // MQTT 5 3.1.2.5: the will is published once the delay has
+                // passed or the session ends, whichever is first; never
+                // after a normal DISCONNECT.
+                let origin = e.id;
+                let will = link.will.filter(|_| !link.graceful);
+                let delay = will
+                    .as_ref()
+                    .and_then(|w| w.properties.will_delay_interval)
+                    .unwrap_or(0);
+                let pending = match will {
+                    Some(will) if delay > 0 => {
+                        let at = self.now_tick() + self.ticks(u64::from(delay) * 1000);
+                        Some(PendingWill { will, at, origin })
+                    }
+                    Some(will) => {
+                        self.publish_will(st, *will, Some(origin));
+                        None
+                    }
+                    None => None,
+                };
+                self.share_member_gone(st, key);
+                self.park_or_end(st, key, pending);
+            }
+        }
+        if st.links == 0 && self.shutting_down.get() {
+            self.drained.notify();
+        }
+    }
+
+    /// A session lost its connection: keep it offline or end it.
+    pub(super) fn park_or_end(&self, st: &mut CoreState, key: ConnKey, will: Option<PendingWill>) {
+        let Some(e) = st.entry(key) else { return };
+        let secs = e.session.expiry_secs;
+        let expires_at = self.now_tick() + self.ticks(u64::from(secs) * 1000);
+        let will_at = will.as_ref().map(|w| w.at);
+        // Offline first, so that a session ending now publishes the will.
+        e.phase = Phase::Offline { expires_at, will };
+        if secs == 0 {
+            self.end_session(st, key);
+            return;
+        }
+        self.arm(st, expires_at, key, Timer::SessionExpiry);
+        if let Some(at) = will_at.filter(|&at| at < expires_at) {
+            self.arm(st, at, key, Timer::WillDelay);
+        }
+    }
+
+    /// Removes a session entirely: subscriptions, directory entry, slab slot.
+    pub(super) fn end_session(&self, st: &mut CoreState, key: ConnKey) {
+        let Some(e) = st.entry(key) else { return };
+        if let Phase::Offline { will, .. } = &mut e.phase {
+            if let Some(w) = will.take() {
+                // The session ends before the will delay ran out.
+                self.publish_will(st, *w.will, Some(w.origin));
+            }
+        }
+        let Some(e) = st.entry(key) else { return };
+        let subs = std::mem::take(&mut e.session.subs);
+        let client_id = e.client_id.clone();
+        for (filter, ..) in &subs {
+            self.unindex_sub(st, filter, key);
+        }
+        if let Some(cid) = client_id {
+            self.node
+                .store
+                .release(&cid, Location { core: self.id, key });
+        }
+        st.conns.remove(key.index as usize);
+        debug!(core = self.id, "session ended");
+    }
+
+    /// Starts shutdown: every connection gets DISCONNECT 0x8B (v5).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.set(true);
+        let mut st = self.st.borrow_mut();
+        for (_, e) in st.conns.iter_mut() {
+            if let Some(link) = e.link.as_mut() {
+                let reason = link.version.is_v5().then_some(reason::SERVER_SHUTTING_DOWN);
+                link.request_close(reason, false);
+            }
+        }
+        if st.links == 0 {
+            self.drained.notify();
+        }
+    }
+}

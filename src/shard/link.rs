@@ -1,0 +1,97 @@
+//! What the connection task asks of its entry. The task owns the socket
+//! and its transport layers; everything about the session (whether it may
+//! read, what to write, when to close) is answered here, so the task never
+//! looks at phases or session state itself.
+
+use std::task::Waker;
+use std::time::Instant;
+
+use super::{CloseRequest, Core};
+use crate::id::ConnKey;
+use crate::session::Frame;
+use crate::stats::bump;
+
+/// What the connection task needs to know at the top of each poll.
+#[derive(Debug)]
+pub struct LinkPoll {
+    /// Do not read: the connection waits for a verdict, a handover or a
+    /// permit, and the core wakes it when that arrives.
+    pub parked: bool,
+    /// The core wants the connection closed.
+    pub close: Option<CloseRequest>,
+}
+
+impl Core {
+    /// Registers `waker` for the connection `key` and reports its state;
+    /// `None` when the connection is gone (the task ends).
+    pub fn poll_link(&self, key: ConnKey, waker: &Waker) -> Option<LinkPoll> {
+        let mut st = self.st.borrow_mut();
+        let e = st.entry(key)?;
+        let phase_parks = e.phase.parks_reading();
+        let link = e.link.as_mut()?;
+        link.waker = Some(waker.clone());
+        Some(LinkPoll {
+            parked: phase_parks || link.parked.is_some(),
+            close: link.close.clone(),
+        })
+    }
+
+    /// Whether the connection's outbox is over `session.max_outbox_bytes`:
+    /// a client that does not read stops being read.
+    pub fn outbox_full(&self, key: ConnKey) -> bool {
+        let limit = self.cfg.session.max_outbox_bytes;
+        let mut st = self.st.borrow_mut();
+        st.link(key).is_some_and(|l| l.outbox_bytes >= limit)
+    }
+
+    /// Bytes arrived on the connection: it is alive (keep-alive).
+    pub fn touch(&self, key: ConnKey) {
+        let now = self.now_tick();
+        if let Some(link) = self.st.borrow_mut().link(key) {
+            link.last_seen = now;
+        }
+    }
+
+    /// Asks the connection to close after flushing what is queued (a
+    /// transport-level end: WebSocket close, TLS failure).
+    pub fn close_link(&self, key: ConnKey) {
+        if let Some(link) = self.st.borrow_mut().link(key) {
+            link.request_close(None, false);
+        }
+    }
+
+    /// Encodes outbox frames into `out` until it holds `limit` bytes or the
+    /// outbox is empty; counts packets and observes fan-out latency.
+    pub fn write_frames(&self, key: ConnKey, out: &mut Vec<u8>, limit: usize) {
+        let mut st = self.st.borrow_mut();
+        let Some(link) = st.link(key) else {
+            return;
+        };
+        let v = link.version;
+        let stats = self.stats();
+        let latency = &self.visible().fanout_latency;
+        // One clock read per batch, not per message.
+        let mut now = None;
+        let mut packets = 0;
+        let mut publishes = 0;
+        while out.len() < limit {
+            let Some(frame) = link.outbox.pop_front() else {
+                break;
+            };
+            link.outbox_bytes -= frame.weight();
+            packets += 1;
+            if let Frame::Publish { d, dup, .. } = &frame {
+                publishes += 1;
+                // Live first sends only: a retained replay or a resend is
+                // old by design, not slow.
+                if !d.retain && !dup {
+                    let now = *now.get_or_insert_with(Instant::now);
+                    latency.observe(now.saturating_duration_since(d.msg.born).as_micros() as u64);
+                }
+            }
+            frame.encode(v, out, link.out_aliases.as_deref_mut());
+        }
+        bump(&stats.packets_out, packets);
+        bump(&stats.publishes_out, publishes);
+    }
+}

@@ -1,0 +1,326 @@
+//! Everything one core owns: its connections and sessions (a slab of
+//! [`Entry`]), its share of the subscriptions, its timer wheel, its replica
+//! of the retained messages, the shared-subscription groups it owns, and
+//! the requests it has waiting on bridge threads.
+//!
+//! All of it runs on the core's own executor thread, behind one `RefCell`
+//! ([`CoreState`]); nothing here is touched by another thread except the
+//! [`CoreVisible`] part (atomics) and the node's directory. The files, by
+//! concern:
+//!
+//! | file | concern |
+//! | --- | --- |
+//! | `node.rs` | [`NodeState`] (what every core reads) and [`CoreVisible`] |
+//! | `entry.rs` | [`Entry`], its [`Phase`]s and the live [`Link`] |
+//! | `clock.rs` | the tick clock, real or driven by tests |
+//! | `lifecycle.rs` | register, unregister, park or end a session, shutdown |
+//! | `link.rs` | what the connection task asks of its entry (poll, write, pause) |
+//! | `takeover.rs` | claim, takeover, handover, activation, tombstone forwards |
+//! | `fanout.rs` | publishing: local delivery, cross-core routing, wills |
+//! | `delivery.rs` | the delivery policy: window, queue, slow consumers, expiry, move window |
+//! | `subscriptions.rs` | indexing a session's subscriptions (plain or shared) |
+//! | `groups.rs` | shared-subscription groups this core owns |
+//! | `retained.rs` | the retained replica and its write owner |
+//! | `presence.rs` | per-user connection counts (owner core per user) |
+//! | `pending.rs` | requests waiting on bridge threads, and their reply queues |
+//! | `acks.rs` | publish acknowledgements held for the outbound bridge |
+//! | `inspect.rs` | answers to the HTTP API's queries |
+//! | `sys.rs` | `$SYS` statistics |
+//! | `timers.rs` | what the wheel fires |
+//! | `trie.rs`, `wheel.rs`, `interest.rs` | subscription trie, timer wheel, cross-core interest bits |
+
+mod acks;
+mod clock;
+mod delivery;
+mod entry;
+mod fanout;
+mod groups;
+mod inspect;
+mod interest;
+mod lifecycle;
+mod link;
+mod node;
+mod pending;
+mod presence;
+mod retained;
+mod subscriptions;
+mod sys;
+mod takeover;
+mod timers;
+mod trie;
+mod wheel;
+
+#[cfg(test)]
+mod tests;
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::task::Waker;
+
+use slab::Slab;
+
+use crate::config::Config;
+use crate::id::ConnKey;
+use crate::mesh::{CoreMsg, Routes};
+use crate::notify::Notify;
+use crate::stats::Stats;
+
+pub use clock::{Clock, Now};
+pub use delivery::{count, offer, pump};
+pub use entry::{
+    AuthInProgress, CloseRequest, ConnectInfo, Entry, Link, Parked, PendingWill, Phase, Timer,
+};
+pub use node::{CoreVisible, NodeState};
+pub use pending::{ApiPublish, Pending, PendingKind, ReplyReceivers, Returns, Waiting};
+pub use trie::Sub;
+
+/// The mutable state of a core, behind one `RefCell` (single-threaded).
+pub struct CoreState {
+    /// Connections and sessions of this core.
+    pub conns: Slab<Entry>,
+    /// Subscriptions of this core's sessions.
+    pub subs: trie::SubTree,
+    /// This core's copy of every retained message.
+    pub retained: retained::Replica,
+    /// Shared subscription groups this core owns.
+    pub groups: groups::Groups,
+    /// Keep-alive, CONNECT deadlines, expiry, tombstones, will delays.
+    pub wheel: wheel::Wheel<(ConnKey, Timer)>,
+    /// Requests waiting on bridge threads.
+    pub pending: Pending,
+    interest: interest::LocalInterest,
+    next_gen: u32,
+    next_seq: u64,
+    /// Reused per fan-out to collect matches without allocating.
+    matches: Vec<Sub>,
+    links: usize,
+    /// Open connections per user, for the users this core owns
+    /// ([`crate::id::owner_core`]): the node's distinct users are the sum
+    /// of every core's key count, with no set shared between cores.
+    users: ahash::AHashMap<Arc<str>, u32>,
+}
+
+impl CoreState {
+    /// The entry `key` points to, unless its slot was reused.
+    pub fn entry(&mut self, key: ConnKey) -> Option<&mut Entry> {
+        self.conns
+            .get_mut(key.index as usize)
+            .filter(|e| e.gen == key.gen)
+    }
+
+    /// The live connection of `key`, if it has one.
+    pub fn link(&mut self, key: ConnKey) -> Option<&mut Link> {
+        self.entry(key).and_then(|e| e.link.as_mut())
+    }
+}
+
+/// One core: its state and what it shares with its tasks.
+pub struct Core {
+    /// Position among the node's cores.
+    pub id: usize,
+    /// The node's configuration.
+    pub cfg: Arc<Config>,
+    /// What every core of the node reads.
+    pub node: Arc<NodeState>,
+    /// The core's mutable state.
+    pub st: RefCell<CoreState>,
+    /// Socket read buffer shared by all connections of this core: reads only
+    /// happen when a socket is readable, so idle connections hold no buffer.
+    pub scratch: RefCell<Vec<u8>>,
+    /// The TLS connections' plaintext, between the TLS layer and the
+    /// WebSocket/MQTT layers (decrypted reads, and writes before
+    /// encryption); shared for the same reason as `scratch`.
+    pub plaintext: RefCell<Vec<u8>>,
+    clock: Clock,
+    /// Outgoing queues towards the other cores.
+    pub routes: Routes,
+    /// Connections that stopped reading (mesh backlog, pending budgets,
+    /// outbound bridge), woken when the cause clears.
+    paused: RefCell<Vec<Waker>>,
+    /// Set once shutdown began.
+    pub shutting_down: Cell<bool>,
+    /// Signalled when the last link of a shutting-down core is gone.
+    pub drained: Notify,
+    /// Signalled when the wheel gets its first timer.
+    pub wheel_armed: Notify,
+    /// Sequence for message ids published on this core.
+    next_msg: Cell<u64>,
+    /// Where bridge threads answer this core's requests.
+    pub returns: Returns,
+}
+
+impl Core {
+    /// A core with an empty slab; `returns` are its reply queues.
+    pub fn new(
+        id: usize,
+        cfg: Arc<Config>,
+        node: Arc<NodeState>,
+        returns: Returns,
+        clock: Clock,
+    ) -> Core {
+        let ncores = node.cores.len();
+        let r = &cfg.runtime;
+        Core {
+            id,
+            scratch: RefCell::new(vec![0; r.read_buffer_bytes]),
+            plaintext: RefCell::new(Vec::new()),
+            routes: Routes::new(ncores, r.route_batch_max, r.router_backlog_limit),
+            st: RefCell::new(CoreState {
+                conns: Slab::with_capacity(crate::limits::connection_slots() / ncores.max(1)),
+                subs: Default::default(),
+                retained: Default::default(),
+                groups: Default::default(),
+                wheel: wheel::Wheel::new(clock.elapsed_ms() / r.tick_ms),
+                pending: Pending::new(&cfg.runtime),
+                interest: Default::default(),
+                next_gen: 0,
+                next_seq: 0,
+                matches: Vec::new(),
+                links: 0,
+                users: Default::default(),
+            }),
+            cfg,
+            node,
+            clock,
+            paused: RefCell::new(Vec::new()),
+            shutting_down: Cell::new(false),
+            drained: Notify::default(),
+            wheel_armed: Notify::default(),
+            next_msg: Cell::new(0),
+            returns,
+        }
+    }
+
+    /// A node-unique id for a message published on this core: the core in
+    /// the top 8 bits ([`origin_core`]), then a sequence that grows in
+    /// publish order (the move window relies on it).
+    pub fn message_id(&self) -> u64 {
+        let seq = self.next_msg.get() + 1;
+        self.next_msg.set(seq);
+        ((self.id as u64) << 56) | (seq & ((1 << 56) - 1))
+    }
+
+    /// This core's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.visible().stats
+    }
+
+    /// The part of this core other threads read: counters, gauges,
+    /// histograms, interest bits.
+    pub fn visible(&self) -> &CoreVisible {
+        &self.node.cores[self.id]
+    }
+
+    /// Current tick of the wheel clock (monotonic, `runtime.tick_ms` units).
+    pub fn now_tick(&self) -> u64 {
+        self.clock.elapsed_ms() / self.cfg.runtime.tick_ms
+    }
+
+    /// The tick and the instant, read once for a batch of decisions.
+    pub fn now(&self) -> Now {
+        Now {
+            tick: self.now_tick(),
+            at: self.clock.instant(),
+        }
+    }
+
+    /// Ticks in `ms` milliseconds, rounded up.
+    pub fn ticks(&self, ms: u64) -> u64 {
+        ms.div_ceil(self.cfg.runtime.tick_ms)
+    }
+
+    /// The clock (tests drive a manual one).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    fn arm(&self, st: &mut CoreState, at: u64, key: ConnKey, t: Timer) {
+        let was_empty = st.wheel.is_empty();
+        st.wheel.insert(at, (key, t));
+        if was_empty {
+            self.wheel_armed.notify();
+        }
+    }
+
+    /// Queues `msg` for `core` (never this one).
+    pub(crate) fn route(&self, core: usize, msg: CoreMsg) {
+        self.routes.send(core, msg);
+    }
+
+    /// A router task's channel accepted `messages`: paused readers may go
+    /// on when the backlog is below its limit.
+    pub fn routed(&self, messages: usize) {
+        if self.routes.accepted(messages) {
+            self.resume_paused();
+        }
+    }
+
+    /// True (and `waker` parked) when connections on this core must stop
+    /// reading: the routers' backlog is over its limit, the outbound bridge
+    /// has as many messages as it may, or the pending permits are at their
+    /// bound. Backpressure instead of unbounded queues.
+    pub fn must_pause(&self, waker: &Waker) -> bool {
+        let busy = self.routes.over_limit() || self.st.borrow().pending.saturated();
+        if busy {
+            self.paused.borrow_mut().push(waker.clone());
+        }
+        busy
+    }
+
+    /// After a pending request was answered: if that took the core below
+    /// its bounds, paused connections go on.
+    pub fn after_answer(&self, st: &CoreState, was_saturated: bool) {
+        if was_saturated && !st.pending.saturated() {
+            self.resume_paused();
+        }
+    }
+
+    /// Wakes every paused connection (each checks again).
+    fn resume_paused(&self) {
+        for w in self.paused.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Handles a message from another core.
+    pub fn on_core_msg(&self, msg: CoreMsg) {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        match msg {
+            CoreMsg::Publish(batch) => {
+                for m in &batch {
+                    self.deliver_local(st, m);
+                }
+            }
+            CoreMsg::Takeover {
+                target,
+                client_id,
+                requester,
+            } => {
+                let reply = self.takeover(st, target, &client_id, requester);
+                self.dispatch_handover(st, reply, false);
+            }
+            CoreMsg::Handover { target, session } => self.on_handover(st, target, session, true),
+            CoreMsg::RetainSet(msg) => self.retain_sequence(st, msg),
+            CoreMsg::RetainApply(msg) => {
+                self.apply_retained(st, msg);
+            }
+            CoreMsg::ShareJoin { key, loc, opts, id } => self.group_join(st, key, loc, opts, id),
+            CoreMsg::ShareLeave { key, loc } => self.group_leave(st, key, loc),
+            CoreMsg::ShareDeliver {
+                target,
+                d,
+                attempts,
+            } => self.share_deliver_in(st, target, d, attempts),
+            CoreMsg::ShareReturn { d, attempts } => self.share_return_in(st, d, attempts),
+            CoreMsg::Forward { target, d } => self.forward_in(st, target, d),
+            CoreMsg::ForwardEnd { target } => self.forward_end(st, target),
+            CoreMsg::UserCount { user, delta } => self.apply_user_count(st, user, delta),
+        }
+    }
+}
+
+/// The core a message was published on (see [`Core::message_id`]).
+pub fn origin_core(id: u64) -> u64 {
+    id >> 56
+}

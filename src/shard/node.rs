@@ -1,0 +1,62 @@
+//! What every core of the node reads: [`NodeState`] (the node's identity,
+//! its seams and its cores' visible parts), and one core's [`CoreVisible`]
+//! part (atomics written by that core only).
+
+use std::sync::atomic::{AtomicI64, AtomicUsize};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::interest::Interest;
+use super::retained::Totals;
+use crate::auth::{Authenticator, Authorizer};
+use crate::bridge::outbound::Outbound;
+use crate::stats::{Histogram, Stats};
+use crate::store::SessionStore;
+
+/// State every core (and the HTTP thread) can read.
+pub struct NodeState {
+    /// `node.id`: the `n{id}` of connection ids.
+    pub node_id: u16,
+    /// Each core's visible part, indexed by core id.
+    pub cores: Vec<CoreVisible>,
+    /// The session directory.
+    pub store: Arc<dyn SessionStore>,
+    /// Decides every CONNECT.
+    pub auth: Arc<dyn Authenticator>,
+    /// Decides every SUBSCRIBE filter and PUBLISH.
+    pub authz: Arc<dyn Authorizer>,
+    /// Where messages leave the gateway (the Kafka producer).
+    pub outbound: Arc<dyn Outbound>,
+    /// When the node started (`$SYS/broker/uptime`).
+    pub started: Instant,
+    /// Node-wide retained totals (updated by owner cores only).
+    pub retained: Totals,
+}
+
+/// The cross-core visible part of one core: written by that core only,
+/// read by every core and the HTTP thread.
+#[derive(Default)]
+pub struct CoreVisible {
+    /// "Might this core have a subscriber for this topic?"
+    pub interest: Interest,
+    /// Counters.
+    pub stats: Stats,
+    /// Size of this core's retained replica (gauge).
+    pub retained: AtomicUsize,
+    /// Subscriptions indexed on this core (gauge).
+    pub subscriptions: AtomicUsize,
+    /// Members of the shared-subscription groups this core owns (gauge).
+    pub shared_members: AtomicUsize,
+    /// Open connections by the listener they came in on (gauges, indexed by
+    /// `net::Transport::index`).
+    pub open_by_transport: [AtomicI64; 4],
+    /// Users with at least one connection, among those this core owns.
+    pub users: AtomicI64,
+    /// From a message's arrival to its PUBLISH being written for a
+    /// subscriber on this core (live deliveries; not retained replays or
+    /// resends).
+    pub fanout_latency: Histogram,
+    /// How late the core's timer-wheel tick fired: time the executor was
+    /// busy with other work when it should have run (a loop stall).
+    pub loop_lag: Histogram,
+}

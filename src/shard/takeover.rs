@@ -1,0 +1,486 @@
+//! Locating a client's session when it connects: the claim in the
+//! directory, the takeover of the previous owner (on this core or
+//! another), the handover of the session, and its activation. Also the
+//! tombstone a session leaves on the core it moved away from, and the
+//! forwards that tombstone sends.
+//!
+//! Concurrent claims are serialised by the directory: each claim sees the
+//! one before it. A takeover that reaches an entry still waiting for its
+//! own handover (or for its own claim's answer) marks it `superseded`; when
+//! that handover arrives the session is forwarded at once and the waiting
+//! connection is closed.
+
+use std::sync::Arc;
+
+use tracing::{debug, info};
+
+use super::delivery::{offer_forwarded, pump, release_window};
+use super::{count, ConnectInfo, Core, CoreState, Phase, Timer, Waiting};
+use crate::codec::{reason, topic, Packet};
+use crate::id::{ConnKey, GroupKey, Location};
+use crate::mesh::CoreMsg;
+use crate::session::{Delivery, Frame, MoveWindow, Session};
+use crate::stats::bump;
+use crate::store::{Claim, ClaimResult, Claimed};
+
+/// How long a core keeps forwarding to a session that moved to another core
+/// (its *tombstone*), and how long the new core filters duplicates. Messages
+/// other cores routed to the old core before they could know of the move are
+/// still in the channels for at most the mesh latency; two seconds covers
+/// a heavily backlogged mesh with a wide margin.
+pub const MOVE_GRACE_MS: u64 = 2000;
+
+/// A claim that did not go through; the caller refuses the CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRefused {
+    /// CONNACK reason code (0x88 store unavailable, 0x89 too many pending).
+    pub code: u8,
+    /// For the log line.
+    pub why: String,
+}
+
+/// A takeover's answer: the new owner and the session it gets.
+type Reply = Option<(Location, Option<Box<Session>>)>;
+
+impl Core {
+    /// Claims `client_id` for `key` and locates its previous session. The
+    /// entry waits in `AwaitingHandover` (reading nothing) until the
+    /// handover arrives; the claim itself may be answered later by the
+    /// store. `Err`: refuse the CONNECT with that code.
+    pub fn claim(
+        &self,
+        st: &mut CoreState,
+        key: ConnKey,
+        client_id: Arc<str>,
+        info: ConnectInfo,
+    ) -> Result<(), ClaimRefused> {
+        let clean_start = info.clean_start;
+        let Some(e) = st.entry(key) else {
+            return Ok(());
+        };
+        e.client_id = Some(client_id.clone());
+        e.phase = Phase::AwaitingHandover {
+            info: Box::new(info),
+            superseded: None,
+        };
+        let claim = Claim {
+            client_id,
+            loc: Location { core: self.id, key },
+            clean_start,
+        };
+        if let Some(result) = self.node.store.claim(&claim) {
+            return self.claimed(st, key, result);
+        }
+        let waiting = Waiting::Claim {
+            key,
+            client_id: claim.client_id.clone(),
+        };
+        let Some(token) = st.pending.insert(waiting) else {
+            bump(&self.stats().pending_refused, 1);
+            return Err(self.claim_failed(
+                st,
+                key,
+                reason::SERVER_BUSY,
+                "too many claims waiting for the session store (runtime.max_pending_claims)",
+            ));
+        };
+        let reply = self.returns.claims.reply_to(token);
+        self.node.store.claim_later(claim, reply);
+        Ok(())
+    }
+
+    /// The store answered the claim of `key` (at once, or later through the
+    /// core's reply queue).
+    pub fn claimed(
+        &self,
+        st: &mut CoreState,
+        key: ConnKey,
+        result: ClaimResult,
+    ) -> Result<(), ClaimRefused> {
+        let me = Location { core: self.id, key };
+        let Some(e) = st.entry(key) else {
+            return Ok(());
+        };
+        let Some(client_id) = e.client_id.clone() else {
+            return Ok(());
+        };
+        match result {
+            Ok(Claimed { previous: None }) => self.on_handover(st, key, None, false),
+            Ok(Claimed {
+                previous: Some(prev),
+            }) if prev.core == self.id => {
+                let reply = self.takeover(st, prev.key, &client_id, me);
+                self.dispatch_handover(st, reply, false);
+            }
+            Ok(Claimed {
+                previous: Some(prev),
+            }) => self.route(
+                prev.core,
+                CoreMsg::Takeover {
+                    target: prev.key,
+                    client_id,
+                    requester: me,
+                },
+            ),
+            Err(e) => {
+                bump(&self.stats().store_errors, 1);
+                let why = e.to_string();
+                return Err(self.claim_failed(st, key, reason::SERVER_UNAVAILABLE, &why));
+            }
+        }
+        Ok(())
+    }
+
+    /// A claim failed: the entry goes back to `Connecting` (the caller
+    /// refuses the CONNECT), and a newer connection that superseded it
+    /// meanwhile gets its handover (with no session) instead of waiting.
+    fn claim_failed(&self, st: &mut CoreState, key: ConnKey, code: u8, why: &str) -> ClaimRefused {
+        let refused = ClaimRefused {
+            code,
+            why: why.to_owned(),
+        };
+        let Some(e) = st.entry(key) else {
+            return refused;
+        };
+        let phase = std::mem::replace(&mut e.phase, Phase::Connecting);
+        e.client_id = None;
+        if e.link.is_none() {
+            st.conns.remove(key.index as usize);
+        }
+        if let Phase::AwaitingHandover {
+            superseded: Some(next),
+            ..
+        } = phase
+        {
+            self.dispatch_handover(st, Some((next, None)), false);
+        }
+        refused
+    }
+
+    /// Gives up the session of `target` to `requester`. Returns the handover
+    /// to deliver, or `None` when it is deferred (target still waiting for
+    /// its own handover: it will forward when that arrives).
+    pub(super) fn takeover(
+        &self,
+        st: &mut CoreState,
+        target: ConnKey,
+        client_id: &str,
+        requester: Location,
+    ) -> Reply {
+        let Some(e) = st
+            .entry(target)
+            .filter(|e| e.client_id.as_deref() == Some(client_id))
+        else {
+            return Some((requester, None));
+        };
+        match &mut e.phase {
+            Phase::AwaitingHandover { superseded, .. } => {
+                *superseded = Some(requester);
+                None
+            }
+            Phase::Connecting
+            | Phase::AwaitingVerdict { .. }
+            | Phase::TakenOver
+            | Phase::Moved { .. } => Some((requester, None)),
+            Phase::Active | Phase::Offline { .. } => {
+                let online = e.link.is_some();
+                let id = e.id;
+                bump(&self.stats().takeovers, 1);
+                if online {
+                    info!(conn = %id, client_id, "session taken over by a newer connection");
+                }
+                let session = if requester.core == self.id {
+                    self.move_within_core(st, target, requester, online)
+                } else {
+                    self.move_to_core(st, target, requester)
+                };
+                let mut will = None;
+                if let Some(link) = st.link(target) {
+                    // MQTT 5 3.1.4-3: the old connection is closed, with 0x8E.
+                    let reason = link.version.is_v5().then_some(reason::SESSION_TAKEN_OVER);
+                    // Its will goes out now if it has no delay (every 3.1.1
+                    // will); a delayed one is cancelled by the new connection.
+                    will = link
+                        .will
+                        .take()
+                        .filter(|w| w.properties.will_delay_interval.unwrap_or(0) == 0);
+                    link.request_close(reason, false);
+                }
+                if let Some(w) = will {
+                    self.publish_will(st, *w, Some(id));
+                }
+                Some((requester, Some(Box::new(session))))
+            }
+        }
+    }
+
+    /// Same core: the move is atomic, nothing can be in flight from here.
+    /// But if the session arrived from another core recently, that core's
+    /// tombstone still forwards to this entry: keep it as a pointer until
+    /// that window ends.
+    fn move_within_core(
+        &self,
+        st: &mut CoreState,
+        target: ConnKey,
+        requester: Location,
+        online: bool,
+    ) -> Session {
+        let session = self.detach_session(st, target);
+        let now = self.now_tick();
+        let window = session
+            .move_window
+            .as_ref()
+            .map(|r| r.until)
+            .filter(|&u| u > now);
+        let e = st.entry(target).expect("caller checked the key");
+        match window {
+            Some(until) => {
+                e.phase = Phase::Moved {
+                    to: requester,
+                    until,
+                };
+                self.arm(st, until, target, Timer::Tombstone);
+            }
+            None => {
+                e.phase = Phase::TakenOver;
+                if !online {
+                    st.conns.remove(target.index as usize);
+                }
+            }
+        }
+        session
+    }
+
+    /// Other core: leave a tombstone that keeps the subscriptions indexed
+    /// and forwards to the new owner.
+    fn move_to_core(&self, st: &mut CoreState, target: ConnKey, requester: Location) -> Session {
+        let until = self.now_tick() + self.ticks(MOVE_GRACE_MS);
+        let e = st.entry(target).expect("caller checked the key");
+        // Shared subscriptions leave their groups now (the owner must stop
+        // picking this location); the new owner of the session joins
+        // again. Plain ones stay indexed here.
+        let (shared, plain): (Vec<_>, Vec<_>) = e
+            .session
+            .subs
+            .iter()
+            .cloned()
+            .partition(|(f, ..)| GroupKey::parse(f).is_some());
+        let session = std::mem::take(&mut e.session);
+        e.session.subs = plain;
+        e.phase = Phase::Moved {
+            to: requester,
+            until,
+        };
+        self.arm(st, until, target, Timer::Tombstone);
+        let loc = Location {
+            core: self.id,
+            key: target,
+        };
+        for (f, ..) in shared {
+            if let Some(g) = GroupKey::parse(&f) {
+                self.share_leave(st, g, loc);
+            }
+        }
+        session
+    }
+
+    /// Takes a session's state out of this core (subscriptions unindexed).
+    fn detach_session(&self, st: &mut CoreState, key: ConnKey) -> Session {
+        let e = st.entry(key).expect("caller checked the key");
+        let session = std::mem::take(&mut e.session);
+        for (filter, ..) in &session.subs {
+            self.unindex_sub(st, filter, key);
+        }
+        session
+    }
+
+    /// Delivers a takeover reply; `remote` says whether the session came from
+    /// another core (see [`Core::on_handover`]).
+    pub(super) fn dispatch_handover(&self, st: &mut CoreState, reply: Reply, remote: bool) {
+        if let Some((to, session)) = reply {
+            if to.core == self.id {
+                self.on_handover(st, to.key, session, remote);
+            } else {
+                self.route(
+                    to.core,
+                    CoreMsg::Handover {
+                        target: to.key,
+                        session,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The previous session (if any) of `target`'s client has arrived.
+    /// `remote` is true when it comes from another core (whose tombstone may
+    /// forward second copies of messages for a while).
+    pub(super) fn on_handover(
+        &self,
+        st: &mut CoreState,
+        target: ConnKey,
+        session: Option<Box<Session>>,
+        remote: bool,
+    ) {
+        let until = self.now_tick() + self.ticks(MOVE_GRACE_MS);
+        let Some(e) = st.entry(target) else { return };
+        let phase = std::mem::replace(&mut e.phase, Phase::Active);
+        let Phase::AwaitingHandover { info, superseded } = phase else {
+            e.phase = phase;
+            return;
+        };
+        if let Some(next) = superseded {
+            // An even newer connection claimed the id while we waited. Stay
+            // a tombstone for a while if forwards may still arrive here.
+            if remote {
+                e.phase = Phase::Moved { to: next, until };
+                self.arm(st, until, target, Timer::Tombstone);
+            } else {
+                e.phase = Phase::TakenOver;
+            }
+            let e = st.entry(target).expect("entry checked above");
+            match e.link.as_mut() {
+                Some(link) => link.request_close(None, false),
+                None if matches!(e.phase, Phase::TakenOver) => {
+                    st.conns.remove(target.index as usize);
+                }
+                None => {}
+            }
+            self.dispatch_handover(st, Some((next, session)), remote);
+            return;
+        }
+        let mut session = session;
+        if remote {
+            if let Some(s) = session.as_mut() {
+                // The old core's end marker normally closes the window after
+                // MOVE_GRACE_MS; twice that is the fallback. A session still
+                // inside an earlier window (a chain of moves) keeps what it
+                // holds.
+                let window_end = self.now_tick() + 2 * self.ticks(MOVE_GRACE_MS);
+                match s.move_window.as_mut() {
+                    Some(w) => w.until = w.until.max(window_end),
+                    None => s.move_window = Some(Box::new(MoveWindow::new(window_end))),
+                }
+                self.arm(st, window_end, target, Timer::MoveWindow);
+            }
+        }
+        self.activate(st, target, *info, session);
+    }
+
+    /// Installs the session (restored or new) and sends the CONNACK that
+    /// `mqtt::connack` prepared, with Session Present.
+    fn activate(
+        &self,
+        st: &mut CoreState,
+        key: ConnKey,
+        info: ConnectInfo,
+        restored: Option<Box<Session>>,
+    ) {
+        let restored = if info.clean_start { None } else { restored };
+        let session_present = restored.is_some();
+        let e = st.entry(key).expect("caller checked the key");
+        e.session = restored.map(|s| *s).unwrap_or_default();
+        e.session.expiry_secs = info.expiry_secs;
+        let subs = e.session.subs.clone();
+        for (filter, opts, id) in &subs {
+            self.index_sub(st, filter, key, *opts, *id);
+        }
+        let now = self.now();
+        let e = st.entry(key).expect("caller checked the key");
+        let Some(link) = e.link.as_mut() else {
+            // The client went away while its session was being fetched.
+            self.park_or_end(st, key, None);
+            return;
+        };
+        let mut connack = info.connack;
+        connack.session_present = session_present;
+        link.control(Packet::ConnAck(connack));
+        // MQTT 4.4: resend unacknowledged PUBLISH (DUP) and PUBREL first.
+        for f in &e.session.inflight {
+            if f.released {
+                link.control(Packet::PubRel(crate::codec::Ack::new(f.pkid)));
+            } else {
+                link.push(Frame::Publish {
+                    d: f.d.clone(),
+                    pkid: f.pkid,
+                    dup: true,
+                });
+            }
+        }
+        let keep_alive_ticks = link.keep_alive_ticks;
+        link.last_seen = now.tick;
+        let id = e.id;
+        pump(e, self.stats(), now.at);
+        bump(&self.stats().connects, 1);
+        debug!(conn = %id, session_present, "session active");
+        if keep_alive_ticks > 0 {
+            self.arm(st, now.tick + keep_alive_ticks, key, Timer::KeepAlive);
+        }
+    }
+
+    /// Sends a message that matched a tombstone on to the session's new core.
+    pub(super) fn forward_out(&self, to: Location, d: Delivery) {
+        bump(&self.stats().forwarded_after_move, 1);
+        self.route(to.core, CoreMsg::Forward { target: to.key, d });
+    }
+
+    /// A forwarded message for a session that moved here.
+    pub(super) fn forward_in(&self, st: &mut CoreState, target: ConnKey, d: Delivery) {
+        let stats = self.stats();
+        let Some(e) = st.entry(target) else {
+            bump(&stats.dropped_session_gone, 1);
+            return;
+        };
+        match e.phase {
+            // It moved on again (a chain of takeovers): follow it.
+            Phase::Moved { to, .. } if to.core == self.id => self.forward_in(st, to.key, d),
+            Phase::Moved { to, .. } => self.route(to.core, CoreMsg::Forward { target: to.key, d }),
+            // Forwards travel behind the handover, so these cannot hold a
+            // session being moved here; count rather than assume.
+            Phase::AwaitingHandover { .. }
+            | Phase::AwaitingVerdict { .. }
+            | Phase::Connecting
+            | Phase::TakenOver => {
+                bump(&stats.dropped_session_gone, 1);
+            }
+            Phase::Active | Phase::Offline { .. } => {
+                // Only a session still inside its move window, and still
+                // subscribed to the topic, takes forwards: a client that came
+                // back with Clean Start (or unsubscribed) does not get
+                // messages for its old subscriptions.
+                let in_window = e.session.move_window.is_some();
+                let subscribed = e
+                    .session
+                    .subs
+                    .iter()
+                    .any(|(f, ..)| topic::matches(f, &d.msg.topic));
+                if in_window && subscribed {
+                    let now = self.clock().instant();
+                    count(offer_forwarded(e, d, &self.cfg, stats, now), stats);
+                } else {
+                    bump(&stats.forwards_discarded, 1);
+                }
+            }
+        }
+    }
+
+    /// The old core stopped forwarding to the session at `target`.
+    pub(super) fn forward_end(&self, st: &mut CoreState, target: ConnKey) {
+        let Some(e) = st.entry(target) else { return };
+        match e.phase {
+            // Moved on within this core: the window travelled with it.
+            Phase::Moved { to, .. } if to.core == self.id => self.forward_end(st, to.key),
+            // Moved on to another core: this core's own tombstone sends
+            // that core its end marker when it expires.
+            Phase::Moved { .. }
+            | Phase::AwaitingHandover { .. }
+            | Phase::AwaitingVerdict { .. }
+            | Phase::Connecting
+            | Phase::TakenOver => {}
+            Phase::Active | Phase::Offline { .. } => {
+                let now = self.clock().instant();
+                release_window(e, &self.cfg, self.stats(), now);
+            }
+        }
+    }
+}

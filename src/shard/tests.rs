@@ -1,0 +1,368 @@
+//! The takeover state machine without sockets or executors: cores of one
+//! node built by hand, a manual clock, and the mesh pumped by the test, so
+//! every interleaving is chosen, not hoped for.
+
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::*;
+use crate::auth::{AllowAll, DenyLists};
+use crate::bridge::outbound::NoOutbound;
+use crate::bridge::{Bell, ReplyTo};
+use crate::codec::{reason, ConnAck, Packet, QoS, SubOptions, Version};
+use crate::id::Location;
+use crate::session::{Frame, Publication};
+use crate::store::{Claim, ClaimResult, MemoryStore, SessionStore, StoreError};
+
+/// A store that answers every claim later, through the test.
+#[derive(Default)]
+struct Deferred {
+    directory: MemoryStore,
+    asked: Mutex<Vec<(Claim, ReplyTo<ClaimResult>)>>,
+}
+
+impl SessionStore for Deferred {
+    fn claim(&self, _: &Claim) -> Option<ClaimResult> {
+        None
+    }
+
+    fn claim_later(&self, claim: Claim, reply: ReplyTo<ClaimResult>) {
+        self.asked.lock().unwrap().push((claim, reply));
+    }
+
+    fn release(&self, client_id: &str, loc: Location) {
+        self.directory.release(client_id, loc)
+    }
+
+    fn locate(&self, client_id: &str) -> Option<Location> {
+        self.directory.locate(client_id)
+    }
+}
+
+impl Deferred {
+    /// Answers the oldest claim as the directory would.
+    fn answer_next(&self) {
+        let (claim, reply) = self.asked.lock().unwrap().remove(0);
+        let result = self.directory.claim(&claim).expect("memory answers");
+        reply.send(result);
+    }
+}
+
+struct Node {
+    cores: Vec<Core>,
+    replies: Vec<ReplyReceivers>,
+    _bells: Vec<StdUnixStream>,
+}
+
+fn node(cores: usize, store: Arc<dyn SessionStore>) -> Node {
+    let cfg = Arc::new(Config::default());
+    let state = Arc::new(NodeState {
+        node_id: 1,
+        cores: (0..cores).map(|_| CoreVisible::default()).collect(),
+        store,
+        auth: Arc::new(AllowAll),
+        authz: Arc::new(DenyLists::default()),
+        outbound: Arc::new(NoOutbound),
+        started: Instant::now(),
+        retained: Default::default(),
+    });
+    let mut node = Node {
+        cores: Vec::new(),
+        replies: Vec::new(),
+        _bells: Vec::new(),
+    };
+    for id in 0..cores {
+        let (tx, rx) = StdUnixStream::pair().unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let (returns, replies) = Returns::new(Arc::new(Bell::new(tx).unwrap()));
+        node.cores.push(Core::new(
+            id,
+            cfg.clone(),
+            state.clone(),
+            returns,
+            Clock::manual(),
+        ));
+        node.replies.push(replies);
+        node._bells.push(rx);
+    }
+    node
+}
+
+impl Node {
+    /// Delivers every routed message until the mesh is quiet (FIFO per
+    /// pair of cores, as the channels are).
+    fn pump(&self) {
+        loop {
+            let mut moved = false;
+            for from in 0..self.cores.len() {
+                for to in (0..self.cores.len()).filter(|&t| t != from) {
+                    while let Some(msg) = self.cores[from].routes.next(to) {
+                        self.cores[from].routed(msg.messages());
+                        self.cores[to].on_core_msg(msg);
+                        moved = true;
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Hands every answered claim back to its core (what the inbox task
+    /// and `mqtt::on_claim` do).
+    fn answers(&self) -> Vec<Result<(), takeover::ClaimRefused>> {
+        let mut out = Vec::new();
+        for (core, replies) in self.cores.iter().zip(&self.replies) {
+            while let Ok((token, result)) = replies.claims.try_recv() {
+                let mut st = core.st.borrow_mut();
+                let Some(Waiting::Claim { key, .. }) = st.pending.take(token) else {
+                    panic!("a claim answer for something else");
+                };
+                out.push(core.claimed(&mut st, key, result));
+            }
+        }
+        out
+    }
+
+    /// A new MQTT 5 connection on `core` claiming `client_id`.
+    fn connect(&self, core: usize, client_id: &str, clean: bool) -> ConnKey {
+        let c = &self.cores[core];
+        let (key, _) = c.register("127.0.0.1:1".parse().unwrap(), -1);
+        let mut st = c.st.borrow_mut();
+        st.link(key).unwrap().version = Version::V5;
+        let info = ConnectInfo {
+            clean_start: clean,
+            expiry_secs: 300,
+            connack: ConnAck {
+                session_present: false,
+                code: reason::SUCCESS,
+                properties: Default::default(),
+            },
+        };
+        c.claim(&mut st, key, client_id.into(), info)
+            .expect("claimed");
+        key
+    }
+
+    fn subscribe(&self, core: usize, key: ConnKey, filter: &str) {
+        let c = &self.cores[core];
+        let mut st = c.st.borrow_mut();
+        let opts = SubOptions::qos(QoS::AtLeastOnce);
+        st.entry(key)
+            .unwrap()
+            .session
+            .subs
+            .push((filter.into(), opts, 0));
+        c.index_sub(&mut st, filter, key, opts, 0);
+    }
+
+    fn publish(&self, core: usize, topic: &str, payload: &'static [u8]) {
+        let c = &self.cores[core];
+        let msg = c.message(Publication {
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(payload),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+            origin: None,
+        });
+        c.publish(&mut c.st.borrow_mut(), msg);
+    }
+
+    /// Takes the frames queued for `key`.
+    fn frames(&self, core: usize, key: ConnKey) -> Vec<Frame> {
+        let mut st = self.cores[core].st.borrow_mut();
+        let Some(link) = st.link(key) else {
+            return Vec::new();
+        };
+        link.outbox_bytes = 0;
+        link.outbox.drain(..).collect()
+    }
+
+    fn phase<T>(&self, core: usize, key: ConnKey, f: impl FnOnce(Option<&Phase>) -> T) -> T {
+        let mut st = self.cores[core].st.borrow_mut();
+        f(st.entry(key).map(|e| &e.phase))
+    }
+
+    fn close_reason(&self, core: usize, key: ConnKey) -> Option<Option<u8>> {
+        let mut st = self.cores[core].st.borrow_mut();
+        st.link(key)
+            .and_then(|l| l.close.as_ref().map(|c| c.reason))
+    }
+}
+
+fn connack(frames: &[Frame]) -> Option<bool> {
+    frames.iter().find_map(|f| match f {
+        Frame::Control(p) => match &**p {
+            Packet::ConnAck(a) => Some(a.session_present),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+fn payloads(frames: &[Frame]) -> Vec<Vec<u8>> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Publish { d, .. } => Some(d.msg.payload.to_vec()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_takeover_on_the_same_core_moves_the_session_and_closes_the_old_link() {
+    let n = node(2, Arc::new(MemoryStore::default()));
+    let a = n.connect(0, "c", false);
+    assert_eq!(connack(&n.frames(0, a)), Some(false));
+    n.subscribe(0, a, "t");
+    let b = n.connect(0, "c", false);
+    assert_eq!(n.close_reason(0, a), Some(Some(reason::SESSION_TAKEN_OVER)));
+    assert_eq!(connack(&n.frames(0, b)), Some(true), "session present");
+    assert!(n.phase(0, a, |p| matches!(p, Some(Phase::TakenOver))));
+    assert_eq!(n.cores[0].st.borrow().subs.len(), 1, "indexed once, for b");
+    n.publish(0, "t", b"x");
+    assert_eq!(payloads(&n.frames(0, b)), vec![b"x".to_vec()]);
+}
+
+#[test]
+fn a_takeover_across_cores_leaves_a_tombstone_that_forwards_then_ends() {
+    let n = node(2, Arc::new(MemoryStore::default()));
+    let a = n.connect(0, "c", false);
+    n.subscribe(0, a, "t");
+    let b = n.connect(1, "c", false);
+    assert!(
+        n.phase(1, b, |p| matches!(p, Some(Phase::AwaitingHandover { .. }))),
+        "waits for core 0"
+    );
+    n.pump();
+    assert_eq!(n.close_reason(0, a), Some(Some(reason::SESSION_TAKEN_OVER)));
+    assert_eq!(connack(&n.frames(1, b)), Some(true));
+    assert!(n.phase(0, a, |p| matches!(p, Some(Phase::Moved { .. }))));
+    // A message routed to the old core (its interest bit still says "here")
+    // reaches the session through the tombstone, then direct ones too.
+    n.publish(0, "t", b"via tombstone");
+    n.pump();
+    n.publish(1, "t", b"direct");
+    assert!(
+        payloads(&n.frames(1, b)).contains(&b"via tombstone".to_vec()),
+        "forwarded"
+    );
+    n.cores[0].clock().advance(MOVE_GRACE_MS_FOR_TESTS);
+    n.cores[0].on_tick(&mut Vec::new());
+    n.pump();
+    assert_eq!(
+        n.cores[0].st.borrow().subs.len(),
+        0,
+        "the tombstone unindexed"
+    );
+    assert_eq!(
+        payloads(&n.frames(1, b)),
+        vec![b"direct".to_vec()],
+        "held until the old core's end marker"
+    );
+}
+
+const MOVE_GRACE_MS_FOR_TESTS: u64 = takeover::MOVE_GRACE_MS + 200;
+
+#[test]
+fn a_newer_claim_supersedes_a_connection_still_waiting_for_its_handover() {
+    let n = node(2, Arc::new(MemoryStore::default()));
+    let a = n.connect(0, "c", false);
+    n.subscribe(0, a, "t");
+    let b = n.connect(1, "c", false);
+    let c = n.connect(1, "c", false);
+    assert!(n.phase(1, b, |p| matches!(
+        p,
+        Some(Phase::AwaitingHandover {
+            superseded: Some(_),
+            ..
+        })
+    )));
+    n.pump();
+    assert_eq!(n.close_reason(1, b), Some(None), "closed without a CONNACK");
+    assert_eq!(connack(&n.frames(1, b)), None);
+    assert_eq!(connack(&n.frames(1, c)), Some(true), "c got a's session");
+    n.publish(1, "t", b"m");
+    assert!(
+        payloads(&n.frames(1, c)).is_empty(),
+        "held: moved in from core 0"
+    );
+    n.cores[0].clock().advance(MOVE_GRACE_MS_FOR_TESTS);
+    n.cores[0].on_tick(&mut Vec::new());
+    n.pump();
+    assert_eq!(payloads(&n.frames(1, c)), vec![b"m".to_vec()]);
+}
+
+#[test]
+fn a_deferred_claim_keeps_the_connection_waiting_and_nothing_is_sent_meanwhile() {
+    let store = Arc::new(Deferred::default());
+    let n = node(2, store.clone());
+    let a = n.connect(0, "c", false);
+    assert!(n.phase(0, a, |p| matches!(p, Some(Phase::AwaitingHandover { .. }))));
+    assert_eq!(
+        connack(&n.frames(0, a)),
+        None,
+        "no CONNACK before the claim"
+    );
+    assert_eq!(n.cores[0].st.borrow().pending.count(PendingKind::Claim), 1);
+    store.answer_next();
+    assert_eq!(n.answers(), vec![Ok(())]);
+    assert_eq!(connack(&n.frames(0, a)), Some(false));
+    assert_eq!(n.cores[0].st.borrow().pending.count(PendingKind::Claim), 0);
+    // A second connection elsewhere: its claim names a as the previous owner.
+    n.subscribe(0, a, "t");
+    let b = n.connect(1, "c", false);
+    store.answer_next();
+    assert_eq!(n.answers(), vec![Ok(())]);
+    n.pump();
+    assert_eq!(connack(&n.frames(1, b)), Some(true));
+    assert_eq!(n.close_reason(0, a), Some(Some(reason::SESSION_TAKEN_OVER)));
+}
+
+#[test]
+fn a_failed_claim_refuses_its_connect_and_hands_over_to_the_one_that_superseded_it() {
+    let store = Arc::new(Deferred::default());
+    let n = node(1, store.clone());
+    let e = n.connect(0, "c", false);
+    let f = n.connect(0, "c", false);
+    // e's claim reached the directory but its answer was lost (a timeout):
+    // f's claim then names e, which is still waiting.
+    let (claim_e, reply_e) = store.asked.lock().unwrap().remove(0);
+    assert_eq!(claim_e.loc.key, e);
+    store.directory.claim(&claim_e);
+    store.answer_next();
+    assert_eq!(n.answers(), vec![Ok(())]);
+    assert!(
+        n.phase(0, e, |p| matches!(
+            p,
+            Some(Phase::AwaitingHandover {
+                superseded: Some(_),
+                ..
+            })
+        )),
+        "e is superseded by f"
+    );
+    assert!(n.phase(0, f, |p| matches!(p, Some(Phase::AwaitingHandover { .. }))));
+    reply_e.send(Err(StoreError::Unavailable("timed out".into())));
+    let answers = n.answers();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(
+        answers[0].as_ref().unwrap_err().code,
+        reason::SERVER_UNAVAILABLE,
+        "e is refused"
+    );
+    assert!(
+        n.phase(0, f, |p| matches!(p, Some(Phase::Active))),
+        "f does not hang"
+    );
+    assert_eq!(
+        connack(&n.frames(0, f)),
+        Some(false),
+        "no session to present"
+    );
+    assert_eq!(n.cores[0].st.borrow().pending.count(PendingKind::Claim), 0);
+}
