@@ -234,7 +234,7 @@ fn admit(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) {
                         Some(challenge),
                     ));
                     let connect = Some((client_id.into(), info));
-                    link.auth = Some(Box::new(AuthInProgress {
+                    link.rare().auth = Some(Box::new(AuthInProgress {
                         method,
                         exchange,
                         connect,
@@ -244,7 +244,7 @@ fn admit(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) {
             }
             AuthStep::Success(data) => {
                 if let Some(link) = st.link(key) {
-                    link.auth_method = Some(method.as_str().into());
+                    link.rare().auth_method = Some(method.as_str().into());
                 }
                 connack::with_auth(&mut info.connack, method, data);
             }
@@ -326,11 +326,11 @@ pub(super) fn auth(
             "AUTH without an authentication method",
         ));
     };
-    let mut progress = match (a.code, link.auth.take()) {
+    let in_progress = link.rare.as_mut().and_then(|r| r.auth.take());
+    let method_used = link.rare.as_ref().and_then(|r| r.auth_method.as_deref());
+    let mut progress = match (a.code, in_progress) {
         (reason::CONTINUE_AUTHENTICATION, Some(p)) if p.method == method => p,
-        (reason::RE_AUTHENTICATE, None)
-            if !connecting && link.auth_method.as_deref() == Some(method.as_str()) =>
-        {
+        (reason::RE_AUTHENTICATE, None) if !connecting && method_used == Some(method.as_str()) => {
             let who = Credentials {
                 client_id: &client_id,
                 username: None,
@@ -361,12 +361,12 @@ pub(super) fn auth(
                 &method,
                 Some(challenge),
             ));
-            link.auth = Some(progress);
+            link.rare().auth = Some(progress);
             Ok(())
         }
         AuthStep::Success(data) => match progress.connect.take() {
             Some((client_id, mut info)) => {
-                link.auth_method = Some(method.as_str().into());
+                link.rare().auth_method = Some(method.as_str().into());
                 connack::with_auth(&mut info.connack, method, data);
                 claim(core, st, key, client_id, info);
                 Ok(())

@@ -96,7 +96,7 @@ pub fn receive(core: &Core, key: ConnKey, packet: Packet) -> Result<Flow, Violat
     let Some(link) = e.link.as_ref().filter(|l| l.close.is_none()) else {
         return Ok(Flow::Stop);
     };
-    if e.phase.parks_reading() || link.parked.is_some() {
+    if e.phase.parks_reading() || link.is_parked() {
         // Keep pipelined packets until the answer is in.
         return Ok(Flow::Park);
     }

@@ -154,7 +154,7 @@ fn authorize(
                 username: link.username.as_deref(),
             }
             .to_owned();
-            link.parked = Some(Box::new(Parked::Publish(p)));
+            link.rare().parked = Some(Parked::Publish(p));
             let token = st
                 .pending
                 .insert(Waiting::Permit { key })
@@ -268,12 +268,12 @@ pub fn on_permit(core: &Core, token: u32, permit: Permit) {
 /// Resumes the packet `key` parked for a permit.
 fn resume(core: &Core, st: &mut CoreState, key: ConnKey, permit: Permit) {
     let Some(link) = st.link(key) else { return };
-    let Some(parked) = link.parked.take() else {
+    let Some(parked) = link.rare.as_mut().and_then(|r| r.parked.take()) else {
         return;
     };
     // Whatever happens next, the connection reads again.
     link.wake();
-    let result = match *parked {
+    let result = match parked {
         Parked::Publish(p) => authorize(core, st, key, p, Some(permit)),
         Parked::Subscribe {
             subscribe,

@@ -109,10 +109,10 @@ pub(super) fn subscribe(
             .insert(Waiting::Permit { key })
             .expect("room checked above");
         if let Some(link) = st.link(key) {
-            link.parked = Some(Box::new(Parked::Subscribe {
+            link.rare().parked = Some(Parked::Subscribe {
                 subscribe: s,
                 permits,
-            }));
+            });
         }
         bump(&core.stats().acl_deferred, 1);
         core.node

@@ -86,7 +86,12 @@ impl Core {
             return;
         }
         let Some(link) = st.link(key) else { return };
-        match link.held_acks.as_mut().filter(|h| !h.is_empty()) {
+        match link
+            .rare
+            .as_mut()
+            .map(|r| &mut r.held_acks)
+            .filter(|h| !h.is_empty())
+        {
             Some(held) => {
                 held.push(qos, pkid, AckState::Ready(code));
             }
@@ -125,7 +130,7 @@ impl Core {
             username: link.username.clone(),
         };
         let waiting = if policy == OutboundPolicy::Confirm && qos != QoS::AtMostOnce {
-            let held = link.held_acks.get_or_insert_with(Default::default);
+            let held = &mut link.rare().held_acks;
             let seq = held.push(qos, pkid, AckState::Waiting);
             Waiting::Produce { key, seq }
         } else {
@@ -214,7 +219,7 @@ impl Core {
             return;
         };
         let v5 = link.version.is_v5();
-        let Some(held) = link.held_acks.as_mut() else {
+        let Some(held) = link.rare.as_mut().map(|r| &mut r.held_acks) else {
             return;
         };
         let Some(i) = seq.checked_sub(held.first).map(|i| i as usize) else {

@@ -190,17 +190,25 @@ pub struct Link {
     pub will: Option<Box<Will>>,
     /// CONNECT's User Name (presence queries group connections by user).
     pub username: Option<Arc<str>>,
+    /// What few connections need, behind one pointer (see [`Rare`]).
+    pub rare: Option<Box<Rare>>,
+    /// The client sent DISCONNECT (without 0x04): no will.
+    pub graceful: bool,
+}
+
+/// Per-connection state most connections never need: one box, allocated on
+/// first use, so an idle connection pays a pointer for all of it.
+#[derive(Default)]
+pub struct Rare {
     /// An enhanced-authentication exchange in progress.
     pub auth: Option<Box<AuthInProgress>>,
     /// The Authentication Method this connection used (for re-authentication).
     pub auth_method: Option<Box<str>>,
     /// A packet waiting for the authorizer; the connection reads nothing
     /// meanwhile.
-    pub parked: Option<Box<Parked>>,
+    pub parked: Option<Parked>,
     /// Publish acknowledgements held for the outbound bridge, in order.
-    pub held_acks: Option<Box<HeldAcks>>,
-    /// The client sent DISCONNECT (without 0x04): no will.
-    pub graceful: bool,
+    pub held_acks: HeldAcks,
 }
 
 impl Link {
@@ -223,12 +231,19 @@ impl Link {
             out_aliases: None,
             will: None,
             username: None,
-            auth: None,
-            auth_method: None,
-            parked: None,
-            held_acks: None,
+            rare: None,
             graceful: false,
         }
+    }
+
+    /// The rarely used state, allocated on first use.
+    pub fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Default::default)
+    }
+
+    /// Whether a packet waits for the authorizer.
+    pub fn is_parked(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.parked.is_some())
     }
 
     /// Queues a frame and wakes the connection task.

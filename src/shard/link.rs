@@ -31,7 +31,7 @@ impl Core {
         let link = e.link.as_mut()?;
         link.waker = Some(waker.clone());
         Some(LinkPoll {
-            parked: phase_parks || link.parked.is_some(),
+            parked: phase_parks || link.is_parked(),
             close: link.close.clone(),
         })
     }
