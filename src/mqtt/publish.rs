@@ -105,17 +105,18 @@ pub(super) fn publish(
     if policy != OutboundPolicy::Skip && !core.outbound_room(st) {
         return Ok(Step::NoRoom);
     }
-    authorize(core, st, key, p, None)
+    authorize(core, st, key, p, None, policy)
 }
 
 /// Puts the publish to the authorizer (unless `answer` is the slow path's
-/// answer already), then routes it.
+/// answer already), then routes it and hands it out per `policy`.
 fn authorize(
     core: &Core,
     st: &mut CoreState,
     key: ConnKey,
     p: Publish,
     answer: Option<Permit>,
+    policy: OutboundPolicy,
 ) -> Result<Step, Violation> {
     let room = st.pending.has_room(PendingKind::Permit);
     let Some(e) = st.entry(key) else {
@@ -137,7 +138,7 @@ fn authorize(
     });
     match permit {
         Permit::Allow => {
-            route(core, st, key, p);
+            route(core, st, key, p, policy);
             Ok(Step::Done)
         }
         Permit::Ask if answer.is_none() => {
@@ -177,7 +178,7 @@ fn authorize(
 
 /// An authorized publish: recorded (QoS 2), stored (retained), routed to
 /// every subscriber, handed out, acknowledged.
-fn route(core: &Core, st: &mut CoreState, key: ConnKey, p: Publish) {
+fn route(core: &Core, st: &mut CoreState, key: ConnKey, p: Publish, policy: OutboundPolicy) {
     let Some(e) = st.entry(key) else { return };
     let origin = e.id;
     let Some(v5) = e.link.as_ref().map(|l| l.version.is_v5()) else {
@@ -187,7 +188,6 @@ fn route(core: &Core, st: &mut CoreState, key: ConnKey, p: Publish) {
     if qos == QoS::ExactlyOnce {
         e.session.incoming_qos2.push(pkid);
     }
-    let policy = core.node.outbound.policy(&p.topic);
     let msg = Arc::new(Message::new(
         core.message_id(),
         Publication {
@@ -274,7 +274,11 @@ fn resume(core: &Core, st: &mut CoreState, key: ConnKey, permit: Permit) {
     // Whatever happens next, the connection reads again.
     link.wake();
     let result = match parked {
-        Parked::Publish(p) => authorize(core, st, key, p, Some(permit)),
+        Parked::Publish(p) => {
+            // The rules may have changed while it waited.
+            let policy = core.node.outbound.policy(&p.topic);
+            authorize(core, st, key, p, Some(permit), policy)
+        }
         Parked::Subscribe {
             subscribe,
             mut permits,
