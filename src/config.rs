@@ -32,6 +32,12 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl crate::error::Classify for ConfigError {
+    fn origin(&self) -> crate::error::Origin {
+        crate::error::Origin::Config
+    }
+}
+
 fn err(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         key: key.into(),

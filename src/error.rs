@@ -46,9 +46,3 @@ pub trait Classify {
     /// The error's [`Origin`].
     fn origin(&self) -> Origin;
 }
-
-impl Classify for crate::config::ConfigError {
-    fn origin(&self) -> Origin {
-        Origin::Config
-    }
-}
