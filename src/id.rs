@@ -35,6 +35,18 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// Where a publish or subscription request comes from (the authorizer
+/// sees it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// An MQTT client, on one of the listeners.
+    Client,
+    /// The HTTP API (already past its bearer tokens).
+    Api,
+    /// A bridge thread (a Kafka source).
+    Bridge,
+}
+
 /// Where a client's session lives inside this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {

@@ -11,6 +11,7 @@
 use crate::bridge::{ReplyTo, Unanswered};
 use crate::codec::{topic, QoS};
 use crate::config::MqttConfig;
+use crate::id::Source;
 
 /// What is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,17 +20,6 @@ pub enum Action {
     Publish,
     /// Subscribe to a topic filter (the inner filter of a `$share/...`).
     Subscribe,
-}
-
-/// Where a request comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// An MQTT client, on one of the listeners.
-    Client,
-    /// The HTTP API (already past its bearer tokens).
-    Api,
-    /// A bridge thread (a Kafka source).
-    Bridge,
 }
 
 /// One authorization question.

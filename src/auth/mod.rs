@@ -24,7 +24,8 @@ use bytes::Bytes;
 use crate::bridge::{ReplyTo, Unanswered};
 use crate::codec::reason;
 
-pub use authorizer::{AclRequest, Action, Authorizer, DenyLists, OwnedAclRequest, Permit, Source};
+pub use crate::id::Source;
+pub use authorizer::{AclRequest, Action, Authorizer, DenyLists, OwnedAclRequest, Permit};
 
 /// What an authenticator sees of a CONNECT.
 #[derive(Debug)]

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::codec::{Properties, QoS};
-use crate::id::ConnKey;
+use crate::id::{ConnKey, Source};
 
 pub use reply::{Bell, ReplyQueue, ReplyTo, Unanswered};
 
@@ -41,6 +41,8 @@ pub enum BridgeMsg {
     Publish {
         /// What to publish.
         req: PublishRequest,
+        /// Who publishes, for the authorizer.
+        source: Source,
         /// Where the outcome goes.
         done: Option<Receipt>,
     },
@@ -239,10 +241,20 @@ impl Bridge {
         Ok((Arc::new(bridge), core_side))
     }
 
-    /// Queues a publish; the receiver learns the outcome. Fails at once
-    /// when the inbox is full or the gateway stopped.
+    /// Queues a publish from the HTTP API; the receiver learns the
+    /// outcome. Fails at once when the inbox is full or the gateway stopped.
     pub fn publish(
         &self,
+        req: PublishRequest,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
+        self.publish_as(Source::Api, req)
+    }
+
+    /// [`Bridge::publish`] on behalf of `source` (a bridge thread says
+    /// [`Source::Bridge`]), which the authorizer sees.
+    pub fn publish_as(
+        &self,
+        source: Source,
         req: PublishRequest,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
         let core = self.hasher.hash_one(req.topic.as_str()) as usize % self.inboxes.len();
@@ -251,6 +263,7 @@ impl Bridge {
             core,
             BridgeMsg::Publish {
                 req,
+                source,
                 done: Some(done),
             },
         )?;

@@ -53,8 +53,8 @@ pub struct Publication {
     pub qos: QoS,
     /// RETAIN flag.
     pub retain: bool,
-    /// The publisher's properties (may be empty).
-    pub properties: Properties,
+    /// The publisher's properties, when it sent any.
+    pub properties: Option<Box<Properties>>,
     /// The publishing connection, for No Local.
     pub origin: Option<ConnId>,
 }
@@ -62,14 +62,17 @@ pub struct Publication {
 impl Message {
     /// The one way a message is made: per-connection properties are
     /// stripped, a Message Expiry Interval becomes a deadline from `now`,
-    /// and empty properties cost nothing.
+    /// and properties that end up empty are dropped.
     pub fn new(id: u64, p: Publication, now: Instant) -> Message {
-        let mut props = p.properties;
-        props.topic_alias = None;
-        props.subscription_identifiers.clear();
-        props.will_delay_interval = None;
-        let expires_at = props
-            .message_expiry_interval
+        let properties = p.properties.and_then(|mut props| {
+            props.topic_alias = None;
+            props.subscription_identifiers.clear();
+            props.will_delay_interval = None;
+            (!props.is_empty()).then_some(props)
+        });
+        let expires_at = properties
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
             .map(|secs| now + Duration::from_secs(secs.into()));
         Message {
             id,
@@ -77,7 +80,7 @@ impl Message {
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
-            properties: (!props.is_empty()).then(|| Box::new(props)),
+            properties,
             origin: p.origin,
             expires_at,
             born: now,
@@ -188,7 +191,7 @@ mod tests {
                 payload: Bytes::from_static(b"x"),
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                properties: props,
+                properties: Some(Box::new(props)),
                 origin: None,
             },
             now,
@@ -207,11 +210,11 @@ mod tests {
                 payload: Bytes::new(),
                 qos: QoS::AtMostOnce,
                 retain: false,
-                properties: Properties::default(),
+                properties: Some(Box::default()),
                 origin: None,
             },
             now,
         );
-        assert!(bare.properties.is_none(), "no properties, no allocation");
+        assert!(bare.properties.is_none(), "empty properties are dropped");
     }
 }

@@ -284,7 +284,7 @@ mod tests {
             payload: bytes::Bytes::from_static(b"0123456789"),
             qos,
             retain: false,
-            properties,
+            properties: Some(Box::new(properties)),
             origin: None,
         };
         Delivery::new(Arc::new(Message::new(id, p, born)), qos, false, None)

@@ -39,7 +39,7 @@ impl Core {
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
-            properties: will.properties,
+            properties: Some(Box::new(will.properties)),
             origin,
         });
         if msg.retain {

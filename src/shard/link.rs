@@ -24,6 +24,7 @@ pub struct LinkPoll {
 impl Core {
     /// Registers `waker` for the connection `key` and reports its state;
     /// `None` when the connection is gone (the task ends).
+    #[inline]
     pub fn poll_link(&self, key: ConnKey, waker: &Waker) -> Option<LinkPoll> {
         let mut st = self.st.borrow_mut();
         let e = st.entry(key)?;
@@ -38,6 +39,7 @@ impl Core {
 
     /// Whether the connection's outbox is over `session.max_outbox_bytes`:
     /// a client that does not read stops being read.
+    #[inline]
     pub fn outbox_full(&self, key: ConnKey) -> bool {
         let limit = self.cfg.session.max_outbox_bytes;
         let mut st = self.st.borrow_mut();
@@ -45,6 +47,7 @@ impl Core {
     }
 
     /// Bytes arrived on the connection: it is alive (keep-alive).
+    #[inline]
     pub fn touch(&self, key: ConnKey) {
         let now = self.now_tick();
         if let Some(link) = self.st.borrow_mut().link(key) {
@@ -62,6 +65,7 @@ impl Core {
 
     /// Encodes outbox frames into `out` until it holds `limit` bytes or the
     /// outbox is empty; counts packets and observes fan-out latency.
+    #[inline]
     pub fn write_frames(&self, key: ConnKey, out: &mut Vec<u8>, limit: usize) {
         let mut st = self.st.borrow_mut();
         let Some(link) = st.link(key) else {

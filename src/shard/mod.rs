@@ -194,6 +194,7 @@ impl Core {
     /// A node-unique id for a message published on this core: the core in
     /// the top 8 bits ([`origin_core`]), then a sequence that grows in
     /// publish order (the move window relies on it).
+    #[inline]
     pub fn message_id(&self) -> u64 {
         let seq = self.next_msg.get() + 1;
         self.next_msg.set(seq);
@@ -201,17 +202,20 @@ impl Core {
     }
 
     /// This core's counters.
+    #[inline]
     pub fn stats(&self) -> &Stats {
         &self.visible().stats
     }
 
     /// The part of this core other threads read: counters, gauges,
     /// histograms, interest bits.
+    #[inline]
     pub fn visible(&self) -> &CoreVisible {
         &self.node.cores[self.id]
     }
 
     /// Current tick of the wheel clock (monotonic, `runtime.tick_ms` units).
+    #[inline]
     pub fn now_tick(&self) -> u64 {
         self.clock.elapsed_ms() / self.cfg.runtime.tick_ms
     }
@@ -259,6 +263,7 @@ impl Core {
     /// reading: the routers' backlog is over its limit, the outbound bridge
     /// has as many messages as it may, or the pending permits are at their
     /// bound. Backpressure instead of unbounded queues.
+    #[inline]
     pub fn must_pause(&self, waker: &Waker) -> bool {
         let busy = self.routes.over_limit() || self.st.borrow().pending.saturated();
         if busy {
