@@ -17,7 +17,7 @@ use tracing::error;
 use crate::auth::{AllowAll, Authenticator, Authorizer, DenyLists};
 use crate::bridge::outbound::{NoOutbound, Outbound};
 use crate::bridge::Bridge;
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::error::{Classify, Origin};
 use crate::net::listener::ListenError;
 use crate::net::tls::{Acceptor, Loaded, TlsError};
@@ -25,6 +25,7 @@ use crate::net::Transport;
 use crate::runtime::{self, CoreStart};
 use crate::shard::{CoreVisible, NodeState};
 use crate::stats::Snapshot;
+use crate::store::redis::RedisStore;
 use crate::store::{MemoryStore, SessionStore};
 
 /// How long `start` waits for every core to report ready.
@@ -48,6 +49,8 @@ pub enum StartError {
     },
     /// A core did not report ready within the startup timeout.
     NotReady(Duration),
+    /// The session store could not be set up (`[redis]`).
+    Store(crate::store::redis::RedisSetupError),
     /// An OS resource the runtime needs (a socket pair for a doorbell).
     Resource {
         /// What it was for.
@@ -68,6 +71,7 @@ impl fmt::Display for StartError {
             StartError::Listen(e) => e.fmt(f),
             StartError::Tls(e) => e.fmt(f),
             StartError::Http(e) => e.fmt(f),
+            StartError::Store(e) => e.fmt(f),
             StartError::Executor { core, source } => {
                 write!(
                     f,
@@ -85,7 +89,10 @@ impl std::error::Error for StartError {}
 impl Classify for StartError {
     fn origin(&self) -> Origin {
         match self {
-            StartError::Listen(_) | StartError::Tls(_) | StartError::Http(_) => Origin::Config,
+            StartError::Listen(_)
+            | StartError::Tls(_)
+            | StartError::Http(_)
+            | StartError::Store(_) => Origin::Config,
             // Locked-memory limits, mostly: the host's configuration.
             StartError::Executor { .. } | StartError::NotReady(_) => Origin::Config,
             StartError::Resource { .. } => Origin::Internal,
@@ -192,10 +199,20 @@ impl GatewayBuilder {
             addr_of(Transport::Mqtts),
             addr_of(Transport::Wss),
         );
+        let store: Arc<dyn SessionStore> = match (store, cfg.store.kind) {
+            (Some(s), _) => s,
+            (None, StoreKind::Memory) => Arc::new(MemoryStore::default()),
+            (None, StoreKind::Redis) => {
+                // rustls needs a process-wide crypto provider for rediss://
+                // (ring, like the listeners); already installed is fine.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                Arc::new(RedisStore::new(&cfg).map_err(StartError::Store)?)
+            }
+        };
         let node = Arc::new(NodeState {
             node_id: cfg.node.id,
             cores: (0..ncores).map(|_| CoreVisible::default()).collect(),
-            store: store.unwrap_or_else(|| Arc::new(MemoryStore::default())),
+            store,
             auth,
             authz: authz.unwrap_or_else(|| Arc::new(DenyLists::from_config(&cfg.mqtt))),
             outbound,
@@ -209,6 +226,7 @@ impl GatewayBuilder {
                     source,
                 }
             })?;
+        node.store.start(bridge.clone());
         let mut doorbells = Vec::with_capacity(ncores);
         let mut starts = Vec::with_capacity(ncores);
         let (ready_tx, ready_rx) = mpsc::channel::<usize>();
@@ -348,10 +366,11 @@ impl Gateway {
             }
         }
         // The API outlives the cores (readiness reports the shutdown) and
-        // stops with them.
+        // stops with them; the store flushes what the cores journaled.
         if let Some(mut http) = self.http.take() {
             http.stop();
         }
+        self.node.store.stop();
     }
 
     /// Shuts down and waits.

@@ -29,11 +29,26 @@ pub struct ConnId {
     pub seq: u64,
 }
 
+impl ConnId {
+    /// Reads back the `n{node}.c{core}.{seq}` form.
+    pub fn parse(s: &str) -> Option<ConnId> {
+        let mut parts = s.split('.');
+        let node = parts.next()?.strip_prefix('n')?.parse().ok()?;
+        let core = parts.next()?.strip_prefix('c')?.parse().ok()?;
+        let seq = parts.next()?.parse().ok()?;
+        parts.next().is_none().then_some(ConnId { node, core, seq })
+    }
+}
+
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "n{}.c{}.{}", self.node, self.core, self.seq)
     }
 }
+
+/// Names of the transports, by `net::Transport::index` (also the
+/// `transport` of presence entries and the `listener` label of metrics).
+pub const TRANSPORT_NAMES: [&str; 4] = ["mqtt", "ws", "mqtts", "wss"];
 
 /// Where a publish or subscription request comes from (the authorizer
 /// sees it).
@@ -93,4 +108,22 @@ pub fn owner_core(key: &str, cores: usize) -> usize {
         h = h.wrapping_mul(0x0100_0000_01B3);
     }
     (h % cores as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_ids_read_back() {
+        let id = ConnId {
+            node: 3,
+            core: 1,
+            seq: 42,
+        };
+        assert_eq!(ConnId::parse(&id.to_string()), Some(id));
+        assert_eq!(ConnId::parse("n3.c1"), None);
+        assert_eq!(ConnId::parse("x3.c1.4"), None);
+        assert_eq!(ConnId::parse("n3.c1.4.5"), None);
+    }
 }

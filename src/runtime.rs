@@ -41,6 +41,10 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// one drain serves them all.
 const RINGS_PER_READ: usize = 256;
 
+/// How often a core refreshes the next part of its presence leases (the
+/// slab is cut into `presence.lease_secs` parts).
+const PRESENCE_SWEEP: Duration = Duration::from_secs(1);
+
 /// What `Gateway::start` hands each core's executor.
 pub(crate) struct CoreStart {
     pub id: usize,
@@ -128,6 +132,10 @@ async fn run_core(start: CoreStart) {
         }
     }
     let ticker = glommio::spawn_local(run_wheel(core.clone()));
+    let journal = glommio::spawn_local(run_journal(core.clone()));
+    let presence = core
+        .mirrors()
+        .then(|| glommio::spawn_local(run_presence(core.clone())));
     let inbox = glommio::spawn_local(run_inbox(core.clone(), inbox, replies));
     let sys =
         (id == 0 && cfg.sys.interval_secs > 0).then(|| glommio::spawn_local(run_sys(core.clone())));
@@ -148,6 +156,10 @@ async fn run_core(start: CoreStart) {
     let drained = core.drained.wait();
     futures_lite::future::or(drained, glommio::timer::sleep(grace)).await;
     drop(ticker);
+    // What the closing connections journaled goes out before the core ends.
+    flush_journal(&core);
+    drop(journal);
+    drop(presence);
     drop(inbox);
     drop(sys);
     drop(mesh_tasks);
@@ -203,6 +215,15 @@ fn on_bridge(core: &Core, msg: BridgeMsg) {
         BridgeMsg::Gauges { reply } => {
             let _ = reply.send(core.gauges());
         }
+        BridgeMsg::Fenced { client_id, epoch } => core.on_fenced(&client_id, epoch),
+        BridgeMsg::KickClient {
+            client_id,
+            conn,
+            code,
+            why,
+        } => {
+            core.kick_client(&client_id, conn, code, why);
+        }
     }
 }
 
@@ -232,6 +253,37 @@ async fn accept_loop(
                 glommio::timer::sleep(ACCEPT_ERROR_BACKOFF).await;
             }
         }
+    }
+}
+
+/// Hands the core's journal of durable writes to the store once per
+/// executor turn: everything journaled while the task waited goes in one
+/// batch.
+async fn run_journal(core: Rc<Core>) {
+    loop {
+        core.journal_ready.wait().await;
+        // Let the rest of this turn's work journal too.
+        futures_lite::future::yield_now().await;
+        flush_journal(&core);
+    }
+}
+
+fn flush_journal(core: &Core) {
+    let ops = core.take_journal();
+    if !ops.is_empty() {
+        core.node.store.write(ops);
+    }
+}
+
+/// Refreshes presence leases: once a second, the next of `lease_secs`
+/// parts of the slab, so every entry is refreshed once per lease, evenly.
+async fn run_presence(core: Rc<Core>) {
+    let parts = core.cfg.presence.lease_secs.max(1) as usize;
+    let mut part = core.id % parts;
+    loop {
+        glommio::timer::sleep(PRESENCE_SWEEP).await;
+        core.refresh_presence(part, parts);
+        part = (part + 1) % parts;
     }
 }
 

@@ -74,6 +74,7 @@ stats! {
     acl_deferred => "PUBLISH/SUBSCRIBE authorizations asked of the authorizer's slow path.",
     pending_refused => "CONNECTs refused with 0x89 because too many verdicts or claims were pending on the core.",
     store_errors => "Client-id claims the session store failed (CONNACK 0x88).",
+    user_limit_refused => "CONNECTs refused by the per-user connection limit (policy refuse: CONNACK 0x97, 3.1.1: 0x03).",
     outbound_sent => "Messages handed to the outbound bridge.",
     outbound_failed => "Messages the outbound bridge could not hand on (MQTT 5 publisher told 0x80, 3.1.1 publisher disconnected, API answered 502).",
 }

@@ -69,6 +69,29 @@ pub enum BridgeMsg {
         /// Where the answer goes.
         reply: tokio::sync::oneshot::Sender<Vec<ClientInfo>>,
     },
+    /// The session store refused a write of `client_id` at `epoch`: a
+    /// newer claim (on another node) owns the session. Its connection here
+    /// is closed with 0x8E and its session forgotten, without writing.
+    Fenced {
+        /// The client.
+        client_id: Arc<str>,
+        /// The stale epoch.
+        epoch: u64,
+    },
+    /// Close the connection `conn` of `client_id` with DISCONNECT `code`
+    /// (MQTT 5) and Reason String `why`: taken over on another node, over
+    /// its user's connection limit, or kicked by an administrator anywhere
+    /// in the cluster.
+    KickClient {
+        /// The client.
+        client_id: Arc<str>,
+        /// Only this connection (a newer one of the same client stays).
+        conn: Option<crate::id::ConnId>,
+        /// MQTT 5 reason code.
+        code: u8,
+        /// Reason String.
+        why: &'static str,
+    },
     /// This core's session gauges, for `/metrics`.
     Gauges {
         /// Where the answer goes.

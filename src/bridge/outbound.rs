@@ -66,6 +66,9 @@ pub enum OutboundError {
     Refused(String),
     /// The bridge dropped the request without answering (stopping).
     Abandoned,
+    /// The session store did not confirm the message (it could not be
+    /// written for every persistent session it reached).
+    NotStored,
 }
 
 impl std::fmt::Display for OutboundError {
@@ -74,6 +77,7 @@ impl std::fmt::Display for OutboundError {
             OutboundError::TimedOut => f.write_str("no delivery confirmation in time"),
             OutboundError::Refused(why) => write!(f, "refused: {why}"),
             OutboundError::Abandoned => f.write_str("the bridge stopped before answering"),
+            OutboundError::NotStored => f.write_str("not stored in the session store"),
         }
     }
 }

@@ -346,7 +346,9 @@ pub mod reason {
             SUCCESS => 0,
             UNSUPPORTED_PROTOCOL_VERSION => 1,
             CLIENT_ID_NOT_VALID => 2,
-            SERVER_UNAVAILABLE | SERVER_BUSY | SERVER_SHUTTING_DOWN => 3,
+            // A quota (the per-user connection limit) is the server's
+            // refusal to serve now, not the client's identity.
+            SERVER_UNAVAILABLE | SERVER_BUSY | SERVER_SHUTTING_DOWN | QUOTA_EXCEEDED => 3,
             BAD_USERNAME_OR_PASSWORD => 4,
             _ => 5,
         }

@@ -222,6 +222,7 @@ fn admit(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) {
         clean_start: c.clean_start,
         expiry_secs: expiry,
         connack: connack::accepted(m, v5, granted),
+        durable: None,
     };
     debug!(conn = %id, client_id, version = ?c.version, "CONNECT");
     if let Some((method, mut exchange)) = exchange {

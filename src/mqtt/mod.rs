@@ -130,7 +130,7 @@ fn handle(
         Packet::PubAck(a) => publish::puback(core, st, key, a).map(|()| Step::Done),
         Packet::PubRec(a) => publish::pubrec(core, st, key, a).map(|()| Step::Done),
         Packet::PubComp(a) => publish::pubcomp(core, st, key, a).map(|()| Step::Done),
-        Packet::PubRel(a) => publish::pubrel(st, key, a).map(|()| Step::Done),
+        Packet::PubRel(a) => publish::pubrel(core, st, key, a).map(|()| Step::Done),
         Packet::Subscribe(s) => subscribe::subscribe(core, st, key, s, Vec::new()),
         Packet::Unsubscribe(u) => subscribe::unsubscribe(core, st, key, u).map(|()| Step::Done),
         Packet::PingReq => {

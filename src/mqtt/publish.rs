@@ -20,6 +20,7 @@ use crate::codec::{reason, topic, Ack, Packet, Publish, QoS};
 use crate::id::ConnKey;
 use crate::session::{Message, Publication};
 use crate::shard::{ApiPublish, Core, CoreState, Parked, PendingKind, Waiting};
+use crate::store::StoreOp;
 use crate::stats::bump;
 
 /// PUBLISH from a client.
@@ -102,7 +103,9 @@ pub(super) fn publish(
         }
     }
     let policy = core.node.outbound.policy(&p.topic);
-    if policy != OutboundPolicy::Skip && !core.outbound_room(st) {
+    let waits = policy != OutboundPolicy::Skip
+        || (p.qos != QoS::AtMostOnce && core.waits_for_durability());
+    if waits && !core.outbound_room(st) {
         return Ok(Step::NoRoom);
     }
     authorize(core, st, key, p, None, policy)
@@ -192,13 +195,36 @@ fn route(core: &Core, st: &mut CoreState, key: ConnKey, p: &mut Publish, policy:
         return;
     };
     let (qos, pkid) = (p.qos, p.pkid);
-    if qos == QoS::ExactlyOnce {
-        e.session.incoming_qos2.push(pkid);
+    let topic: Arc<str> = std::mem::take(&mut p.topic).into();
+    // A retained message the full store refuses: MQTT 5 publishers get a
+    // clear refusal (0x97) and the message goes nowhere; 3.1.1 has no way to
+    // say no, so there it is delivered without being stored (and counted).
+    let weight = Message::weight_of(&topic, p.payload.len());
+    if p.retain && v5 && core.retained_would_refuse(st, &topic, weight, p.payload.is_empty()) {
+        bump(&core.stats().retained_refused, 1);
+        refuse_publish(core, st, key, qos, pkid, reason::QUOTA_EXCEEDED);
+        return;
     }
-    let msg = Arc::new(Message::new(
+    if qos == QoS::ExactlyOnce {
+        if let Some(e) = st.entry(key) {
+            e.session.incoming_qos2.push(pkid);
+        }
+        core.journal_for(st, key, |session| StoreOp::Incoming {
+            session,
+            pkid,
+            add: true,
+        });
+    }
+    // The ack waits for the outbound bridge's confirmation and for the
+    // message to be stored wherever it goes, as configured.
+    let durable = qos != QoS::AtMostOnce && core.waits_for_durability();
+    let out = qos != QoS::AtMostOnce && policy == OutboundPolicy::Confirm;
+    let waits = u8::from(durable) + u8::from(out);
+    let held = (waits > 0).then(|| core.hold_ack(st, key, qos, pkid, waits));
+    let mut msg = Message::new(
         core.message_id(),
         Publication {
-            topic: std::mem::take(&mut p.topic).into(),
+            topic,
             payload: std::mem::take(&mut p.payload),
             qos,
             retain: p.retain,
@@ -208,17 +234,29 @@ fn route(core: &Core, st: &mut CoreState, key: ConnKey, p: &mut Publish, policy:
             origin: Some(origin),
         },
         core.clock().instant(),
-    ));
-    // A retained message the full store refuses: MQTT 5 publishers get a
-    // clear refusal (0x97) and the message goes nowhere; 3.1.1 has no way to
-    // say no, so there it is delivered without being stored (and counted).
-    if msg.retain && !core.retain(st, &msg) && v5 {
-        refuse_publish(core, st, key, qos, pkid, reason::QUOTA_EXCEEDED);
-        return;
+    );
+    let confirm = held
+        .filter(|_| durable)
+        .map(|seq| core.confirm_for(st, Waiting::Produce { key, seq }));
+    if let Some(c) = &confirm {
+        msg = msg.with_confirm(c.clone());
+    }
+    let msg = Arc::new(msg);
+    if msg.retain {
+        // Room was checked above; a store filled by another core meanwhile
+        // keeps the message undelivered-as-retained (counted), delivered.
+        core.retain(st, &msg);
     }
     bump(&core.stats().publishes_in, 1);
     core.publish(st, msg.clone());
-    core.publish_out(st, key, &msg, policy, pkid);
+    core.publish_out(st, key, &msg, policy, held);
+    // The origin's own share: every write it started is counted by now.
+    if let Some(c) = confirm {
+        c.release(true);
+    }
+    if held.is_none() {
+        core.ack_publish(st, key, qos, pkid, reason::SUCCESS);
+    }
 }
 
 /// Acknowledges a refused PUBLISH: MQTT 5 gets `code`, 3.1.1 (which has no
@@ -235,6 +273,11 @@ fn refuse_publish(core: &Core, st: &mut CoreState, key: ConnKey, qos: QoS, pkid:
     };
     if qos == QoS::ExactlyOnce && code < 0x80 && !e.session.incoming_qos2.contains(&pkid) {
         e.session.incoming_qos2.push(pkid);
+        core.journal_for(st, key, |session| StoreOp::Incoming {
+            session,
+            pkid,
+            add: true,
+        });
     }
     core.ack_publish(st, key, qos, pkid, code);
 }
@@ -317,9 +360,13 @@ pub(super) fn puback(
     let Some(e) = st.entry(key) else {
         return Ok(());
     };
-    e.session
+    let done = e
+        .session
         .take_inflight(a.pkid, |f| f.d.qos == QoS::AtLeastOnce && !f.released);
     crate::shard::pump(e, core.stats(), now);
+    if let Some(f) = done {
+        core.forget(st, key, f.d.seq);
+    }
     Ok(())
 }
 
@@ -339,9 +386,13 @@ pub(super) fn pubrec(
     };
     if a.code >= 0x80 {
         // MQTT 5 4.3.3: an error PUBREC ends the exchange.
-        e.session
+        let done = e
+            .session
             .take_inflight(a.pkid, |f| f.d.qos == QoS::ExactlyOnce && !f.released);
         crate::shard::pump(e, core.stats(), now);
+        if let Some(f) = done {
+            core.forget(st, key, f.d.seq);
+        }
         return Ok(());
     }
     let found = e
@@ -350,12 +401,25 @@ pub(super) fn pubrec(
         .iter_mut()
         .find(|f| f.pkid == a.pkid && f.d.qos == QoS::ExactlyOnce);
     let mut rel = Ack::new(a.pkid);
+    let mut released = None;
     match found {
-        Some(f) => f.released = true,
+        Some(f) => {
+            f.released = true;
+            released = Some(f.d.seq);
+        }
         None if link.version.is_v5() => rel.code = reason::PACKET_ID_NOT_FOUND,
         None => {}
     }
     link.control(Packet::PubRel(rel));
+    if let Some(seq) = released.filter(|&s| s > 0) {
+        let pkid = a.pkid;
+        core.journal_for(st, key, |session| StoreOp::Sent {
+            session,
+            seq,
+            pkid,
+            released: true,
+        });
+    }
     Ok(())
 }
 
@@ -370,13 +434,16 @@ pub(super) fn pubcomp(
     let Some(e) = st.entry(key) else {
         return Ok(());
     };
-    e.session.take_inflight(a.pkid, |f| f.released);
+    let done = e.session.take_inflight(a.pkid, |f| f.released);
     crate::shard::pump(e, core.stats(), now);
+    if let Some(f) = done {
+        core.forget(st, key, f.d.seq);
+    }
     Ok(())
 }
 
 /// PUBREL from the client: its QoS 2 publish is released (PUBCOMP).
-pub(super) fn pubrel(st: &mut CoreState, key: ConnKey, a: Ack) -> Result<(), Violation> {
+pub(super) fn pubrel(core: &Core, st: &mut CoreState, key: ConnKey, a: Ack) -> Result<(), Violation> {
     let Some(e) = st.entry(key) else {
         return Ok(());
     };
@@ -385,14 +452,24 @@ pub(super) fn pubrel(st: &mut CoreState, key: ConnKey, a: Ack) -> Result<(), Vio
     };
     let ids = &mut e.session.incoming_qos2;
     let mut comp = Ack::new(a.pkid);
+    let mut removed = false;
     match ids.iter().position(|&id| id == a.pkid) {
         Some(i) => {
             ids.swap_remove(i);
+            removed = true;
         }
         None if link.version.is_v5() => comp.code = reason::PACKET_ID_NOT_FOUND,
         None => {}
     }
     link.control(Packet::PubComp(comp));
+    if removed {
+        let pkid = a.pkid;
+        core.journal_for(st, key, |session| StoreOp::Incoming {
+            session,
+            pkid,
+            add: false,
+        });
+    }
     Ok(())
 }
 
@@ -421,7 +498,9 @@ pub fn on_bridge_publish(core: &Core, req: PublishRequest, source: Source, done:
     let mut st = core.st.borrow_mut();
     let st = &mut *st;
     let policy = core.node.outbound.policy(&req.topic);
-    if policy != OutboundPolicy::Skip && !core.outbound_room(st) {
+    let waits =
+        policy != OutboundPolicy::Skip || (req.qos != QoS::AtMostOnce && core.waits_for_durability());
+    if waits && !core.outbound_room(st) {
         return refuse(done, Refusal::Busy);
     }
     let acl = AclRequest {
@@ -438,7 +517,7 @@ pub fn on_bridge_publish(core: &Core, req: PublishRequest, source: Source, done:
         return refuse(done, Refusal::Busy);
     }
     let owned = (permit == Permit::Ask).then(|| acl.to_owned());
-    let msg = Arc::new(Message::new(
+    let msg = Message::new(
         core.message_id(),
         Publication {
             topic: req.topic.into(),
@@ -449,7 +528,7 @@ pub fn on_bridge_publish(core: &Core, req: PublishRequest, source: Source, done:
             origin: None,
         },
         core.clock().instant(),
-    ));
+    );
     match (permit, owned) {
         (Permit::Allow, _) => finish_api(core, st, msg, policy, done),
         (Permit::Ask, Some(acl)) => {
@@ -471,17 +550,35 @@ pub fn on_bridge_publish(core: &Core, req: PublishRequest, source: Source, done:
 fn finish_api(
     core: &Core,
     st: &mut CoreState,
-    msg: Arc<Message>,
+    msg: Message,
     policy: OutboundPolicy,
     done: Option<Receipt>,
 ) {
-    if msg.retain && !core.retain(st, &msg) {
+    if msg.retain && core.retained_would_refuse(st, &msg.topic, msg.weight(), msg.payload.is_empty()) {
+        bump(&core.stats().retained_refused, 1);
         if let Some(done) = done {
             let _ = done.send(Err(Refusal::RetainedStoreFull));
         }
         return;
     }
+    // With durability, the receipt waits until the message is stored
+    // wherever it goes (the outbound bridge then goes unconfirmed).
+    let (msg, confirm, done) = match done {
+        Some(done) if msg.qos != QoS::AtMostOnce && core.waits_for_durability() => {
+            let id = msg.id;
+            let c = core.confirm_for(st, Waiting::ApiProduce { done, id });
+            (msg.with_confirm(c.clone()), Some(c), None)
+        }
+        done => (msg, None, done),
+    };
+    let msg = Arc::new(msg);
+    if msg.retain {
+        core.retain(st, &msg);
+    }
     bump(&core.stats().publishes_in, 1);
     core.publish(st, msg.clone());
     core.publish_out_api(st, &msg, policy, done);
+    if let Some(c) = confirm {
+        c.release(true);
+    }
 }

@@ -13,6 +13,7 @@ use crate::codec::{reason, topic, Packet, SubAck, Subscribe, UnsubAck, Unsubscri
 use crate::id::ConnKey;
 use crate::shard::{Core, CoreState, Parked, PendingKind, Waiting};
 use crate::stats::bump;
+use crate::store::StoreOp;
 
 /// What the first pass decided for one filter.
 enum Decision {
@@ -170,6 +171,13 @@ fn apply(
         };
         let is_shared = topic::parse_shared(&filter).is_some();
         core.index_sub(st, &filter, key, opts, id);
+        core.journal_for(st, key, |session| StoreOp::Subscribe {
+            session,
+            filter: filter.as_str().into(),
+            opts,
+            id,
+            confirm: None,
+        });
         codes.push(opts.qos as u8);
         // MQTT 5 3.8.3.1 Retain Handling: 0 always, 1 only for a new
         // subscription, 2 never (3.1.1 behaves as 0).
@@ -213,6 +221,10 @@ pub(super) fn unsubscribe(
             Some(i) => {
                 e.session.subs.remove(i);
                 core.unindex_sub(st, filter, key);
+                core.journal_for(st, key, |session| StoreOp::Unsubscribe {
+                    session,
+                    filter: filter.as_str().into(),
+                });
                 codes.push(reason::SUCCESS);
             }
             None => codes.push(reason::NO_SUBSCRIPTION_EXISTED),

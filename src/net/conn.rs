@@ -149,7 +149,7 @@ pub fn serve(
     if l.recv_buffer_bytes > 0 {
         let _ = sock.set_recv_buffer_size(l.recv_buffer_bytes);
     }
-    let (key, id) = core.register(peer, stream.as_raw_fd());
+    let (key, id) = core.register(peer, stream.as_raw_fd(), transport.index() as u8);
     core.visible().open_by_transport[transport.index()]
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     debug!(conn = %id, %peer, transport = transport.name(), "accepted");

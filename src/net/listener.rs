@@ -77,14 +77,9 @@ impl Transport {
         Transport::Wss,
     ];
 
-    /// Name in metrics and logs.
+    /// Name in metrics, logs and presence entries.
     pub fn name(self) -> &'static str {
-        match self {
-            Transport::Mqtt => "mqtt",
-            Transport::Ws => "ws",
-            Transport::Mqtts => "mqtts",
-            Transport::Wss => "wss",
-        }
+        crate::id::TRANSPORT_NAMES[self.index()]
     }
 
     /// Position in per-transport tables.

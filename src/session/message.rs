@@ -3,7 +3,8 @@
 //! the message plus what is specific to one subscriber.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,6 +40,9 @@ pub struct Message {
     /// When the gateway took the message in: the start of its fan-out
     /// latency (`tether_fanout_latency_seconds`).
     pub born: Instant,
+    /// Set when the publisher's acknowledgement waits for the message to be
+    /// durable wherever it goes (see [`Confirm`]).
+    pub confirm: Option<Arc<Confirm>>,
 }
 
 /// What a publisher (a client, a will, the HTTP API, `$SYS`) asks to
@@ -84,17 +88,85 @@ impl Message {
             origin: p.origin,
             expires_at,
             born: now,
+            confirm: None,
         }
+    }
+
+    /// The same message, whose publisher waits for `confirm`.
+    pub fn with_confirm(mut self, confirm: Arc<Confirm>) -> Message {
+        self.confirm = Some(confirm);
+        self
     }
 
     /// Approximate memory a queued copy pins, for byte limits.
     pub fn weight(&self) -> usize {
-        self.topic.len() + self.payload.len() + 64
+        Message::weight_of(&self.topic, self.payload.len())
+    }
+
+    /// [`Message::weight`] of a message not built yet.
+    pub fn weight_of(topic: &str, payload_len: usize) -> usize {
+        topic.len() + payload_len + 64
     }
 
     /// Whether its Message Expiry Interval ran out at `now`.
     pub fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+/// Counts what must happen before a publisher's acknowledgement may go
+/// out, wherever it happens (any core, a bridge thread), and runs the
+/// completion once the count reaches zero.
+///
+/// The publishing core starts it at one (its own share) and adds one for
+/// every core it routes the message to and for every onward hop (a shared
+/// subscription's member, a tombstone's forward). Each of those releases
+/// its share once it has processed the message, after holding one more for
+/// every durable write it started; the store releases those when the write
+/// is done. So the count cannot reach zero before every write has been
+/// counted, and the completion learns whether any of them failed.
+pub struct Confirm {
+    remaining: AtomicUsize,
+    failed: AtomicBool,
+    done: Mutex<Option<ConfirmDone>>,
+}
+
+/// What a [`Confirm`] runs once: `true` when every share succeeded.
+pub type ConfirmDone = Box<dyn FnOnce(bool) + Send>;
+
+impl Confirm {
+    /// A confirm with one share (the creator's), running `done` at zero.
+    pub fn new(done: ConfirmDone) -> Arc<Confirm> {
+        Arc::new(Confirm {
+            remaining: AtomicUsize::new(1),
+            failed: AtomicBool::new(false),
+            done: Mutex::new(Some(done)),
+        })
+    }
+
+    /// One more share to wait for.
+    pub fn hold(&self) {
+        self.remaining.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One share is done (`ok`: it succeeded).
+    pub fn release(&self, ok: bool) {
+        if !ok {
+            self.failed.store(true, Ordering::Release);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Taken once: whoever releases the last share runs it.
+            let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(done) = done {
+                done(!self.failed.load(Ordering::Acquire));
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Confirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Confirm({})", self.remaining.load(Ordering::Relaxed))
     }
 }
 
@@ -124,6 +196,9 @@ pub struct Delivery {
     /// Set when it came through a shared subscription: the group it goes
     /// back to if this member leaves before acknowledging it.
     pub share: Option<Box<GroupKey>>,
+    /// Its sequence number in a durable session (0: not stored). The store
+    /// identifies messages by it, never by packet id.
+    pub seq: u64,
 }
 
 impl Delivery {
@@ -135,6 +210,7 @@ impl Delivery {
             retain,
             sub_ids,
             share: None,
+            seq: 0,
         }
     }
 

@@ -12,11 +12,12 @@ mod message;
 mod move_window;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::codec::SubOptions;
 
 pub use frame::{AckKind, Frame};
-pub use message::{sub_ids, Delivery, Message, Publication, SubIds};
+pub use message::{sub_ids, Confirm, ConfirmDone, Delivery, Message, Publication, SubIds};
 pub use move_window::{MoveWindow, MAX_RECENT_IDS};
 
 /// A message sent to the client and not yet fully acknowledged.
@@ -52,10 +53,39 @@ pub struct Session {
     /// Set for a while after the session moved in from another core, while
     /// that core's tombstone still forwards (see [`MoveWindow`]).
     pub move_window: Option<Box<MoveWindow>>,
+    /// Set when the session is mirrored in a durable store (persistent
+    /// sessions with the Redis store).
+    pub durable: Option<Box<Durable>>,
     last_pkid: u16,
 }
 
+/// What a session mirrored in the durable store needs to address it there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durable {
+    /// The client id, as the store keys it.
+    pub client_id: Arc<str>,
+    /// The fencing epoch of the claim that owns the session: every write
+    /// carries it, and the store refuses writes of an older one.
+    pub epoch: u64,
+    /// Sequence number of the last message stored.
+    pub last_seq: u64,
+}
+
+impl Durable {
+    /// The next message's sequence number.
+    pub fn next_seq(&mut self) -> u64 {
+        self.last_seq += 1;
+        self.last_seq
+    }
+}
+
 impl Session {
+    /// Continues packet ids after `last`, for a session restored from the
+    /// store (so resent ids are not reused at once).
+    pub fn set_last_pkid(&mut self, last: u16) {
+        self.last_pkid = last;
+    }
+
     /// Allocates the next free packet id. The window bounds `inflight`, so
     /// the scan is short; ids cycle so a just-freed id is not reused at once.
     pub fn next_pkid(&mut self) -> u16 {

@@ -1,13 +1,14 @@
-//! Publish acknowledgements and the outbound bridge.
+//! Publish acknowledgements, the outbound bridge, and durability.
 //!
 //! A client's PUBACK/PUBREC normally goes out as soon as its message is
-//! routed. When the message also goes to the outbound bridge with
-//! [`OutboundPolicy::Confirm`], its ack is *held* until the bridge answers,
-//! and every later ack of the same connection queues behind it: MQTT
-//! 4.6 wants acks in publish order. A failed hand-off gives an MQTT 5
-//! client 0x80 in that ack; a 3.1.1 client, which has no negative ack, is
-//! disconnected without one (it resends). A message is never acknowledged
-//! and then dropped.
+//! routed. It is *held* while something must confirm the message first:
+//! the outbound bridge (with [`OutboundPolicy::Confirm`]) and the durable
+//! store (with `store.durability = "sync"`, once the message is stored for
+//! every persistent session it reached). Every later ack of the same
+//! connection queues behind a held one: MQTT 4.6 wants acks in publish
+//! order. A failure gives an MQTT 5 client 0x80 in that ack; a 3.1.1
+//! client, which has no negative ack, is disconnected without one (it
+//! resends). A message is never acknowledged and then dropped.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,11 +16,11 @@ use std::sync::Arc;
 use tracing::warn;
 
 use super::{Core, CoreState, Waiting};
-use crate::bridge::outbound::{OutboundPolicy, Outgoing, Produced};
+use crate::bridge::outbound::{OutboundError, OutboundPolicy, Outgoing, Produced};
 use crate::bridge::Refusal;
 use crate::codec::{reason, QoS};
 use crate::id::ConnKey;
-use crate::session::{AckKind, Frame, Message};
+use crate::session::{AckKind, Confirm, Frame, Message};
 use crate::stats::bump;
 
 /// A connection's acks waiting for the outbound bridge, oldest first.
@@ -34,22 +35,23 @@ pub struct HeldAcks {
 struct HeldAck {
     qos: QoS,
     pkid: u16,
-    state: AckState,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum AckState {
-    /// The bridge has not answered.
-    Waiting,
-    /// Ready to go out with this reason code.
-    Ready(u8),
-    /// The bridge failed to hand the message on.
-    Failed,
+    /// Confirmations still to come (0: ready).
+    waits: u8,
+    /// One of them failed.
+    failed: bool,
+    /// The reason code once ready (and not failed).
+    code: u8,
 }
 
 impl HeldAcks {
-    fn push(&mut self, qos: QoS, pkid: u16, state: AckState) -> u64 {
-        self.acks.push_back(HeldAck { qos, pkid, state });
+    fn push(&mut self, qos: QoS, pkid: u16, waits: u8, code: u8) -> u64 {
+        self.acks.push_back(HeldAck {
+            qos,
+            pkid,
+            waits,
+            failed: false,
+            code,
+        });
         self.first + self.acks.len() as u64 - 1
     }
 
@@ -91,10 +93,39 @@ impl Core {
             .filter(|h| !h.is_empty())
         {
             Some(held) => {
-                held.push(qos, pkid, AckState::Ready(code));
+                held.push(qos, pkid, 0, code);
             }
             None => send_ack(link, qos, pkid, code),
         }
+    }
+
+    /// Holds the acknowledgement of a client's QoS 1/2 PUBLISH until
+    /// `waits` confirmations arrive; returns its place, which each
+    /// confirmation names ([`Waiting::Produce`]).
+    pub fn hold_ack(&self, st: &mut CoreState, key: ConnKey, qos: QoS, pkid: u16, waits: u8) -> u64 {
+        match st.link(key) {
+            Some(link) => link.rare().held_acks.push(qos, pkid, waits, reason::SUCCESS),
+            None => 0,
+        }
+    }
+
+    /// A confirm whose completion answers `waiting` (a held ack, an API
+    /// receipt) through this core's reply queue.
+    pub fn confirm_for(&self, st: &mut CoreState, waiting: Waiting) -> Arc<Confirm> {
+        let token = st.pending.insert_past_bound(waiting);
+        let reply = self.returns.produced.reply_to(token);
+        Confirm::new(Box::new(move |ok| {
+            reply.send(if ok {
+                Produced::Done
+            } else {
+                Produced::Failed(OutboundError::NotStored)
+            })
+        }))
+    }
+
+    /// Whether a publisher's acknowledgement waits for durability.
+    pub fn waits_for_durability(&self) -> bool {
+        self.durability == Some(crate::config::Durability::Sync)
     }
 
     /// Whether the outbound bridge can take one more message from this
@@ -104,41 +135,33 @@ impl Core {
     }
 
     /// A client's PUBLISH, already delivered locally, leaves through the
-    /// outbound bridge per `policy`; its ack goes out now or, for
-    /// [`OutboundPolicy::Confirm`], once the bridge answers. The caller
-    /// checked [`Core::outbound_room`].
+    /// outbound bridge per `policy`. With [`OutboundPolicy::Confirm`] the
+    /// bridge's answer is one of the confirmations the ack held at `held`
+    /// waits for. The caller checked [`Core::outbound_room`].
     pub fn publish_out(
         &self,
         st: &mut CoreState,
         key: ConnKey,
         msg: &Arc<Message>,
         policy: OutboundPolicy,
-        pkid: u16,
+        held: Option<u64>,
     ) {
-        let qos = msg.qos;
         if policy == OutboundPolicy::Skip {
-            return self.ack_publish(st, key, qos, pkid, reason::SUCCESS);
+            return;
         }
         let Some(e) = st.entry(key) else { return };
         let client_id = e.client_id.clone();
-        let Some(link) = e.link.as_mut() else { return };
+        let Some(link) = e.link.as_ref() else { return };
         let out = Outgoing {
             msg: msg.clone(),
             client_id,
             username: link.username.clone(),
         };
-        let waiting = if policy == OutboundPolicy::Confirm && qos != QoS::AtMostOnce {
-            let held = &mut link.rare().held_acks;
-            let seq = held.push(qos, pkid, AckState::Waiting);
-            Waiting::Produce { key, seq }
-        } else {
-            Waiting::Forgotten
+        let waiting = match held {
+            Some(seq) if policy == OutboundPolicy::Confirm => Waiting::Produce { key, seq },
+            _ => Waiting::Forgotten,
         };
-        let forgotten = matches!(waiting, Waiting::Forgotten);
         self.send_out(st, out, waiting);
-        if forgotten {
-            self.ack_publish(st, key, qos, pkid, reason::SUCCESS);
-        }
     }
 
     /// An API publish leaves through the outbound bridge; with `done`, the
@@ -226,19 +249,16 @@ impl Core {
         let Some(a) = held.acks.get_mut(i) else {
             return;
         };
-        a.state = if ok {
-            AckState::Ready(reason::SUCCESS)
-        } else {
-            AckState::Failed
-        };
+        a.waits = a.waits.saturating_sub(1);
+        a.failed |= !ok;
         let mut ready = Vec::new();
         let mut close = false;
         while let Some(front) = held.acks.front() {
-            let code = match front.state {
-                AckState::Waiting => break,
-                AckState::Ready(code) => code,
-                AckState::Failed if v5 => reason::UNSPECIFIED_ERROR,
-                AckState::Failed => {
+            let code = match (front.waits, front.failed) {
+                (1.., _) => break,
+                (0, false) => front.code,
+                (0, true) if v5 => reason::UNSPECIFIED_ERROR,
+                (0, true) => {
                     // 3.1.1 has no negative ack: close without this ack
                     // (or any later one), so the client resends.
                     close = true;
@@ -270,11 +290,11 @@ mod tests {
     #[test]
     fn held_acks_number_in_order() {
         let mut h = HeldAcks::default();
-        assert_eq!(h.push(QoS::AtLeastOnce, 1, AckState::Waiting), 0);
-        assert_eq!(h.push(QoS::AtLeastOnce, 2, AckState::Ready(0)), 1);
+        assert_eq!(h.push(QoS::AtLeastOnce, 1, 1, 0), 0);
+        assert_eq!(h.push(QoS::AtLeastOnce, 2, 0, 0), 1);
         h.acks.pop_front();
         h.first += 1;
-        assert_eq!(h.push(QoS::AtLeastOnce, 3, AckState::Waiting), 2);
+        assert_eq!(h.push(QoS::AtLeastOnce, 3, 2, 0), 2);
         assert_eq!(h.len(), 2);
     }
 }

@@ -251,7 +251,7 @@ mod tests {
     }
 
     fn entry(window: usize, online: bool) -> Entry {
-        let mut link = Link::new("127.0.0.1:1".parse().unwrap(), -1, 0, window);
+        let mut link = Link::new("127.0.0.1:1".parse().unwrap(), -1, 0, window, 0);
         link.version = Version::V5;
         Entry {
             gen: 1,

@@ -25,7 +25,7 @@ use super::acks::HeldAcks;
 use crate::codec::{ConnAck, Connect, Packet, Publish, Subscribe, Version, Will};
 use crate::id::{ConnId, Location};
 use crate::session::alias::OutAliases;
-use crate::session::{Frame, Session};
+use crate::session::{Durable, Frame, Session};
 
 /// One slab entry: a connection and/or a session.
 pub struct Entry {
@@ -117,6 +117,9 @@ pub struct ConnectInfo {
     /// The CONNACK that will accept it, built by `mqtt::connack`;
     /// activation sets only its Session Present.
     pub connack: ConnAck,
+    /// The durable store's address for the session (set by the claim, for
+    /// a persistent session with a durable store).
+    pub durable: Option<Box<Durable>>,
 }
 
 /// An enhanced-authentication exchange waiting for the client's next AUTH.
@@ -194,6 +197,8 @@ pub struct Link {
     pub rare: Option<Box<Rare>>,
     /// The client sent DISCONNECT (without 0x04): no will.
     pub graceful: bool,
+    /// The listener it came in on ([`crate::id::TRANSPORT_NAMES`] index).
+    pub transport: u8,
 }
 
 /// Per-connection state most connections never need: one box, allocated on
@@ -213,7 +218,7 @@ pub struct Rare {
 
 impl Link {
     /// A link for a socket just accepted.
-    pub fn new(peer: SocketAddr, fd: RawFd, now_tick: u64, window: usize) -> Link {
+    pub fn new(peer: SocketAddr, fd: RawFd, now_tick: u64, window: usize, transport: u8) -> Link {
         Link {
             version: Version::V311,
             peer,
@@ -233,6 +238,7 @@ impl Link {
             username: None,
             rare: None,
             graceful: false,
+            transport,
         }
     }
 

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::delivery::deliver;
-use super::{count, offer, Core, CoreState, Phase};
+use super::{count, Core, CoreState, Phase};
 use crate::codec::{QoS, Will};
 use crate::id::{ConnId, ConnKey};
 use crate::session::{sub_ids, Delivery, Message, Publication};
@@ -21,6 +21,11 @@ impl Core {
     pub fn publish(&self, st: &mut CoreState, msg: Arc<Message>) {
         for (core, visible) in self.node.cores.iter().enumerate() {
             if core != self.id && visible.interest.might_match(&msg.topic) {
+                // The receiving core releases this share once it has
+                // offered the message to its sessions.
+                if let Some(c) = &msg.confirm {
+                    c.hold();
+                }
                 self.routes.publish(core, msg.clone());
             }
         }
@@ -55,6 +60,7 @@ impl Core {
             subs,
             conns,
             matches,
+            journal,
             ..
         } = st;
         matches.clear();
@@ -92,7 +98,7 @@ impl Core {
                 self.forward_out(to, d);
                 continue;
             }
-            count(offer(e, d, &self.cfg, stats, now), stats);
+            count(self.offer_mirrored(journal, e, d, now), stats);
         }
         self.deliver_shared(st, msg);
     }
@@ -102,8 +108,14 @@ impl Core {
     pub fn deliver_retained(&self, st: &mut CoreState, key: ConnKey, filter: &str, max_qos: QoS) {
         let msgs = st.retained.matching(filter);
         let stats = self.stats();
-        let now = self.clock().instant();
-        let Some(e) = st.entry(key) else { return };
+        let now = self.now();
+        let CoreState { conns, journal, .. } = st;
+        let Some(e) = conns
+            .get_mut(key.index as usize)
+            .filter(|e| e.gen == key.gen)
+        else {
+            return;
+        };
         let id = e
             .session
             .subscription(filter)
@@ -111,7 +123,9 @@ impl Core {
         for msg in msgs {
             let qos = msg.qos.min(max_qos);
             let d = Delivery::new(msg, qos, true, sub_ids([id]));
-            count(deliver(e, d, &self.cfg, stats, now), stats);
+            // A deliberate second copy: past any move window.
+            let deliver = |e: &mut super::Entry, d| deliver(e, d, &self.cfg, stats, now.at);
+            count(self.mirror(journal, e, d, deliver), stats);
         }
     }
 }

@@ -17,7 +17,7 @@ use ahash::AHashMap;
 use slab::Slab;
 
 use super::trie::{Sub, SubTree};
-use super::{count, offer, Core, CoreState, Phase};
+use super::{count, hop, Core, CoreState, Phase};
 use crate::codec::SubOptions;
 use crate::id::{ConnKey, GroupKey, Location};
 use crate::mesh::CoreMsg;
@@ -197,6 +197,7 @@ impl Core {
                 retain: msg.retain && m.opts.retain_as_published,
                 sub_ids: sub_ids([m.id]),
                 share: Some(Box::new(g.key.clone())),
+                seq: 0,
             };
             self.share_send(st, m.loc, d, 0);
         }
@@ -206,6 +207,7 @@ impl Core {
         if loc.core == self.id {
             self.share_deliver_in(st, loc.key, d, attempts);
         } else {
+            hop(&d);
             self.route(
                 loc.core,
                 CoreMsg::ShareDeliver {
@@ -228,11 +230,14 @@ impl Core {
     ) {
         let stats = self.stats();
         let now = self.now();
-        match st.entry(target) {
-            Some(e) if matches!(e.phase, Phase::Active) && e.link.is_some() => {
-                count(offer(e, d, &self.cfg, stats, now), stats)
-            }
-            _ => self.share_return(st, d, attempts + 1),
+        let CoreState { conns, journal, .. } = &mut *st;
+        let member = conns
+            .get_mut(target.index as usize)
+            .filter(|e| e.gen == target.gen)
+            .filter(|e| matches!(e.phase, Phase::Active) && e.link.is_some());
+        match member {
+            Some(e) => count(self.offer_mirrored(journal, e, d, now), stats),
+            None => self.share_return(st, d, attempts + 1),
         }
     }
 
@@ -242,7 +247,10 @@ impl Core {
         };
         match key.owner(self.node.cores.len()) {
             owner if owner == self.id => self.share_return_in(st, d, attempts),
-            owner => self.route(owner, CoreMsg::ShareReturn { d, attempts }),
+            owner => {
+                hop(&d);
+                self.route(owner, CoreMsg::ShareReturn { d, attempts })
+            }
         }
     }
 
@@ -296,7 +304,9 @@ impl Core {
         for g in groups {
             self.share_leave(st, g, loc);
         }
-        for d in back {
+        for mut d in back {
+            // Another member numbers it in its own session.
+            self.forget(st, key, std::mem::take(&mut d.seq));
             self.share_return(st, d, 0);
         }
     }

@@ -7,15 +7,17 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tracing::debug;
 
+use super::durable::session_ref;
 use super::{Core, CoreState, Entry, Link, PendingWill, Phase, Timer};
 use crate::codec::reason;
 use crate::id::{ConnId, ConnKey, Location};
 use crate::session::Session;
 use crate::stats::bump;
+use crate::store::StoreOp;
 
 impl Core {
     /// Adds an accepted socket; arms the CONNECT deadline.
-    pub fn register(&self, peer: SocketAddr, fd: RawFd) -> (ConnKey, ConnId) {
+    pub fn register(&self, peer: SocketAddr, fd: RawFd, transport: u8) -> (ConnKey, ConnId) {
         let mut st = self.st.borrow_mut();
         st.next_gen = st.next_gen.wrapping_add(1);
         st.next_seq += 1;
@@ -32,7 +34,7 @@ impl Core {
             client_id: None,
             phase: Phase::Connecting,
             session: Session::default(),
-            link: Some(Link::new(peer, fd, self.now_tick(), window)),
+            link: Some(Link::new(peer, fd, self.now_tick(), window, transport)),
         });
         st.links += 1;
         let key = ConnKey {
@@ -52,9 +54,18 @@ impl Core {
         let st = &mut *st;
         let Some(e) = st.entry(key) else { return };
         let Some(link) = e.link.take() else { return };
+        // Every claimed connection (the claim admitted its presence
+        // entry), whatever became of its session.
+        let left = e
+            .client_id
+            .as_ref()
+            .and_then(|cid| self.presence(&link, cid, e.id));
         st.links -= 1;
         if let Some(user) = &link.username {
             self.count_user(st, user, -1);
+        }
+        if let Some(presence) = left {
+            self.journal(st, StoreOp::Left { presence });
         }
         self.stats().connections.fetch_sub(1, Relaxed);
         let e = st.entry(key).expect("entry checked above");
@@ -109,6 +120,14 @@ impl Core {
             self.end_session(st, key);
             return;
         }
+        // The store keeps it as long as it waits here.
+        let release = e.session.durable.as_deref().map(|d| StoreOp::Release {
+            session: session_ref(d),
+            expiry_secs: secs,
+        });
+        if let Some(op) = release {
+            self.journal(st, op);
+        }
         self.arm(st, expires_at, key, Timer::SessionExpiry);
         if let Some(at) = will_at.filter(|&at| at < expires_at) {
             self.arm(st, at, key, Timer::WillDelay);
@@ -127,6 +146,21 @@ impl Core {
         let Some(e) = st.entry(key) else { return };
         let subs = std::mem::take(&mut e.session.subs);
         let client_id = e.client_id.clone();
+        // The store forgets it too: fenced by epoch for a mirrored session,
+        // by connection for a clean one (whose epoch nobody waited for).
+        let end = match (e.session.durable.take(), &client_id) {
+            (Some(d), _) => Some(StoreOp::End {
+                session: session_ref(&d),
+            }),
+            (None, Some(cid)) if self.mirrors() => Some(StoreOp::EndClean {
+                client_id: cid.clone(),
+                conn: e.id,
+            }),
+            _ => None,
+        };
+        if let Some(op) = end {
+            self.journal(st, op);
+        }
         for (filter, ..) in &subs {
             self.unindex_sub(st, filter, key);
         }

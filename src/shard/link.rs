@@ -10,6 +10,7 @@ use super::{CloseRequest, Core};
 use crate::id::ConnKey;
 use crate::session::Frame;
 use crate::stats::bump;
+use crate::store::StoreOp;
 
 /// What the connection task needs to know at the top of each poll.
 #[derive(Debug)]
@@ -68,7 +69,16 @@ impl Core {
     #[inline]
     pub fn write_frames(&self, key: ConnKey, out: &mut Vec<u8>, limit: usize) {
         let mut st = self.st.borrow_mut();
-        let Some(link) = st.link(key) else {
+        let st = &mut *st;
+        let Some(e) = st
+            .conns
+            .get_mut(key.index as usize)
+            .filter(|e| e.gen == key.gen)
+        else {
+            return;
+        };
+        let durable = e.session.durable.as_deref();
+        let Some(link) = e.link.as_mut() else {
             return;
         };
         let v = link.version;
@@ -84,8 +94,21 @@ impl Core {
             };
             link.outbox_bytes -= frame.weight();
             packets += 1;
-            if let Frame::Publish { d, dup, .. } = &frame {
+            if let Frame::Publish { d, dup, pkid } = &frame {
                 publishes += 1;
+                // A mirrored message goes in flight: its packet id is
+                // stored, so a resume elsewhere resends it with the same.
+                if let Some(dur) = durable.filter(|_| d.seq > 0 && !dup) {
+                    if st.journal.is_empty() {
+                        self.journal_ready.notify();
+                    }
+                    st.journal.push(StoreOp::Sent {
+                        session: super::durable::session_ref(dur),
+                        seq: d.seq,
+                        pkid: *pkid,
+                        released: false,
+                    });
+                }
                 // Live first sends only: a retained replay or a resend is
                 // old by design, not slow.
                 if !d.retain && !dup {

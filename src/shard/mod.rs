@@ -23,7 +23,8 @@
 //! | `retained.rs` | the retained replica and its write owner |
 //! | `presence.rs` | per-user connection counts (owner core per user) |
 //! | `pending.rs` | requests waiting on bridge threads, and their reply queues |
-//! | `acks.rs` | publish acknowledgements held for the outbound bridge |
+//! | `acks.rs` | publish acknowledgements held for the outbound bridge or durability |
+//! | `durable.rs` | mirroring sessions in a durable store; the store's notices |
 //! | `inspect.rs` | answers to the HTTP API's queries |
 //! | `sys.rs` | `$SYS` statistics |
 //! | `timers.rs` | what the wheel fires |
@@ -32,6 +33,7 @@
 mod acks;
 mod clock;
 mod delivery;
+mod durable;
 mod entry;
 mod fanout;
 mod groups;
@@ -66,7 +68,7 @@ use crate::notify::Notify;
 use crate::stats::Stats;
 
 pub use clock::{Clock, Now};
-pub use delivery::{count, offer, pump};
+pub use delivery::{count, pump};
 pub use entry::{
     AuthInProgress, CloseRequest, ConnectInfo, Entry, Link, Parked, PendingWill, Phase, Timer,
 };
@@ -88,6 +90,8 @@ pub struct CoreState {
     pub wheel: wheel::Wheel<(ConnKey, Timer)>,
     /// Requests waiting on bridge threads.
     pub pending: Pending,
+    /// Writes for the durable store, handed over once per executor turn.
+    pub journal: Vec<crate::store::StoreOp>,
     interest: interest::LocalInterest,
     next_gen: u32,
     next_seq: u64,
@@ -147,6 +151,10 @@ pub struct Core {
     next_msg: Cell<u64>,
     /// Where bridge threads answer this core's requests.
     pub returns: Returns,
+    /// The store's durability; `None`: nothing is mirrored (memory store).
+    durability: Option<crate::config::Durability>,
+    /// Signalled when the journal gets its first write.
+    pub journal_ready: Notify,
 }
 
 impl Core {
@@ -172,6 +180,7 @@ impl Core {
                 groups: Default::default(),
                 wheel: wheel::Wheel::new(clock.elapsed_ms() / r.tick_ms),
                 pending: Pending::new(&cfg.runtime),
+                journal: Vec::new(),
                 interest: Default::default(),
                 next_gen: 0,
                 next_seq: 0,
@@ -180,7 +189,6 @@ impl Core {
                 users: Default::default(),
             }),
             cfg,
-            node,
             clock,
             paused: RefCell::new(Vec::new()),
             shutting_down: Cell::new(false),
@@ -188,6 +196,9 @@ impl Core {
             wheel_armed: Notify::default(),
             next_msg: Cell::new(0),
             returns,
+            durability: node.store.durability(),
+            journal_ready: Notify::default(),
+            node,
         }
     }
 
@@ -295,6 +306,7 @@ impl Core {
             CoreMsg::Publish(batch) => {
                 for m in &batch {
                     self.deliver_local(st, m);
+                    landed(m.confirm.clone());
                 }
             }
             CoreMsg::Takeover {
@@ -316,12 +328,39 @@ impl Core {
                 target,
                 d,
                 attempts,
-            } => self.share_deliver_in(st, target, d, attempts),
-            CoreMsg::ShareReturn { d, attempts } => self.share_return_in(st, d, attempts),
-            CoreMsg::Forward { target, d } => self.forward_in(st, target, d),
+            } => {
+                let confirm = d.msg.confirm.clone();
+                self.share_deliver_in(st, target, d, attempts);
+                landed(confirm);
+            }
+            CoreMsg::ShareReturn { d, attempts } => {
+                let confirm = d.msg.confirm.clone();
+                self.share_return_in(st, d, attempts);
+                landed(confirm);
+            }
+            CoreMsg::Forward { target, d } => {
+                let confirm = d.msg.confirm.clone();
+                self.forward_in(st, target, d);
+                landed(confirm);
+            }
             CoreMsg::ForwardEnd { target } => self.forward_end(st, target),
             CoreMsg::UserCount { user, delta } => self.apply_user_count(st, user, delta),
         }
+    }
+}
+
+/// A message with a waiting publisher goes on to another core: one more
+/// share of its confirm, released by [`landed`] there.
+pub(crate) fn hop(d: &crate::session::Delivery) {
+    if let Some(c) = &d.msg.confirm {
+        c.hold();
+    }
+}
+
+/// A message that [`hop`]ped here has been processed.
+fn landed(confirm: Option<Arc<crate::session::Confirm>>) {
+    if let Some(c) = confirm {
+        c.release(true);
     }
 }
 

@@ -99,7 +99,7 @@ impl Waiting {
 /// An API publish waiting for the authorizer.
 pub struct ApiPublish {
     /// The message, built and validated.
-    pub msg: Arc<Message>,
+    pub msg: Message,
     /// Where the HTTP handler waits for the outcome.
     pub done: Option<Receipt>,
 }

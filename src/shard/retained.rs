@@ -93,15 +93,21 @@ pub fn account(totals: &Totals, (dc, db): (isize, isize)) {
 }
 
 impl Core {
+    /// Whether a retained message for `topic` (`weight`, an empty payload
+    /// deletes) would be refused because the store is full.
+    pub fn retained_would_refuse(&self, st: &CoreState, topic: &str, weight: usize, empty: bool) -> bool {
+        let cap = &self.cfg.retained;
+        let totals = &self.node.retained;
+        let is_new = !empty && !st.retained.contains(topic);
+        let full = totals.count.load(Ordering::Relaxed) >= cap.max_messages
+            || totals.bytes.load(Ordering::Relaxed) + weight > cap.max_bytes;
+        is_new && full
+    }
+
     /// Stores a retained message (or deletes one, for an empty payload).
     /// Returns false when a new topic is refused because the store is full.
     pub fn retain(&self, st: &mut CoreState, msg: &Arc<Message>) -> bool {
-        let cap = &self.cfg.retained;
-        let totals = &self.node.retained;
-        let is_new = !msg.payload.is_empty() && !st.retained.contains(&msg.topic);
-        let full = totals.count.load(Ordering::Relaxed) >= cap.max_messages
-            || totals.bytes.load(Ordering::Relaxed) + msg.weight() > cap.max_bytes;
-        if is_new && full {
+        if self.retained_would_refuse(st, &msg.topic, msg.weight(), msg.payload.is_empty()) {
             bump(&self.stats().retained_refused, 1);
             return false;
         }

@@ -21,7 +21,7 @@ use crate::id::{ConnKey, GroupKey, Location};
 use crate::mesh::CoreMsg;
 use crate::session::{Delivery, Frame, MoveWindow, Session};
 use crate::stats::bump;
-use crate::store::{Claim, ClaimResult, Claimed};
+use crate::store::{Claim, ClaimResult};
 
 /// How long a core keeps forwarding to a session that moved to another core
 /// (its *tombstone*), and how long the new core filters duplicates. Messages
@@ -55,10 +55,13 @@ impl Core {
         info: ConnectInfo,
     ) -> Result<(), ClaimRefused> {
         let clean_start = info.clean_start;
+        let persistent = info.expiry_secs > 0;
         let Some(e) = st.entry(key) else {
             return Ok(());
         };
         e.client_id = Some(client_id.clone());
+        let conn = e.id;
+        let presence = e.link.as_ref().and_then(|l| self.presence(l, &client_id, conn));
         e.phase = Phase::AwaitingHandover {
             info: Box::new(info),
             superseded: None,
@@ -67,6 +70,9 @@ impl Core {
             client_id,
             loc: Location { core: self.id, key },
             clean_start,
+            persistent,
+            conn,
+            presence,
         };
         if let Some(result) = self.node.store.claim(&claim) {
             return self.claimed(st, key, result);
@@ -104,17 +110,36 @@ impl Core {
         let Some(client_id) = e.client_id.clone() else {
             return Ok(());
         };
-        match result {
-            Ok(Claimed { previous: None }) => self.on_handover(st, key, None, false),
-            Ok(Claimed {
-                previous: Some(prev),
-            }) if prev.core == self.id => {
+        let claimed = match result {
+            Ok(c) if c.over_limit => {
+                bump(&self.stats().user_limit_refused, 1);
+                return Err(self.claim_failed(
+                    st,
+                    key,
+                    reason::QUOTA_EXCEEDED,
+                    "over the user's connection limit (limits.max_connections_per_user)",
+                ));
+            }
+            Ok(c) => c,
+            Err(e) => {
+                bump(&self.stats().store_errors, 1);
+                let why = e.to_string();
+                return Err(self.claim_failed(st, key, reason::SERVER_UNAVAILABLE, &why));
+            }
+        };
+        // Where the durable store keeps the session from now on, however
+        // it comes (restored, handed over, or new).
+        if let Some(Phase::AwaitingHandover { info, .. }) = st.entry(key).map(|e| &mut e.phase) {
+            info.durable = claimed.durable.map(Box::new);
+        }
+        match claimed.previous {
+            // Nothing on this node: what the store had, if anything.
+            None => self.on_handover(st, key, claimed.restored, false),
+            Some(prev) if prev.core == self.id => {
                 let reply = self.takeover(st, prev.key, &client_id, me);
                 self.dispatch_handover(st, reply, false);
             }
-            Ok(Claimed {
-                previous: Some(prev),
-            }) => self.route(
+            Some(prev) => self.route(
                 prev.core,
                 CoreMsg::Takeover {
                     target: prev.key,
@@ -122,11 +147,6 @@ impl Core {
                     requester: me,
                 },
             ),
-            Err(e) => {
-                bump(&self.stats().store_errors, 1);
-                let why = e.to_string();
-                return Err(self.claim_failed(st, key, reason::SERVER_UNAVAILABLE, &why));
-            }
         }
         Ok(())
     }
@@ -381,6 +401,15 @@ impl Core {
         let e = st.entry(key).expect("caller checked the key");
         e.session = restored.map(|s| *s).unwrap_or_default();
         e.session.expiry_secs = info.expiry_secs;
+        // The claim's epoch owns the session from now on (a session handed
+        // over in memory kept its sequence numbers).
+        e.session.durable = match (info.durable, e.session.durable.take()) {
+            (Some(mut new), Some(old)) => {
+                new.last_seq = new.last_seq.max(old.last_seq);
+                Some(new)
+            }
+            (new, _) => new,
+        };
         let subs = e.session.subs.clone();
         for (filter, opts, id) in &subs {
             self.index_sub(st, filter, key, *opts, *id);
@@ -421,6 +450,7 @@ impl Core {
     /// Sends a message that matched a tombstone on to the session's new core.
     pub(super) fn forward_out(&self, to: Location, d: Delivery) {
         bump(&self.stats().forwarded_after_move, 1);
+        super::hop(&d);
         self.route(to.core, CoreMsg::Forward { target: to.key, d });
     }
 
@@ -434,7 +464,10 @@ impl Core {
         match e.phase {
             // It moved on again (a chain of takeovers): follow it.
             Phase::Moved { to, .. } if to.core == self.id => self.forward_in(st, to.key, d),
-            Phase::Moved { to, .. } => self.route(to.core, CoreMsg::Forward { target: to.key, d }),
+            Phase::Moved { to, .. } => {
+                super::hop(&d);
+                self.route(to.core, CoreMsg::Forward { target: to.key, d })
+            }
             // Forwards travel behind the handover, so these cannot hold a
             // session being moved here; count rather than assume.
             Phase::AwaitingHandover { .. }
@@ -456,7 +489,10 @@ impl Core {
                     .any(|(f, ..)| topic::matches(f, &d.msg.topic));
                 if in_window && subscribed {
                     let now = self.clock().instant();
-                    count(offer_forwarded(e, d, &self.cfg, stats, now), stats);
+                    let CoreState { conns, journal, .. } = &mut *st;
+                    let e = &mut conns[target.index as usize];
+                    let deliver = |e: &mut super::Entry, d| offer_forwarded(e, d, &self.cfg, stats, now);
+                    count(self.mirror(journal, e, d, deliver), stats);
                 } else {
                     bump(&stats.forwards_discarded, 1);
                 }

@@ -129,7 +129,7 @@ impl Node {
     /// A new MQTT 5 connection on `core` claiming `client_id`.
     fn connect(&self, core: usize, client_id: &str, clean: bool) -> ConnKey {
         let c = &self.cores[core];
-        let (key, _) = c.register("127.0.0.1:1".parse().unwrap(), -1);
+        let (key, _) = c.register("127.0.0.1:1".parse().unwrap(), -1, 0);
         let mut st = c.st.borrow_mut();
         st.link(key).unwrap().version = Version::V5;
         let info = ConnectInfo {
@@ -140,6 +140,7 @@ impl Node {
                 code: reason::SUCCESS,
                 properties: Default::default(),
             },
+            durable: None,
         };
         c.claim(&mut st, key, client_id.into(), info)
             .expect("claimed");

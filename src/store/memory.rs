@@ -49,7 +49,10 @@ impl SessionStore for MemoryStore {
         let previous = self
             .shard(&claim.client_id)
             .insert((*claim.client_id).into(), claim.loc);
-        Some(Ok(Claimed { previous }))
+        Some(Ok(Claimed {
+            previous,
+            ..Default::default()
+        }))
     }
 
     fn release(&self, client_id: &str, loc: Location) {
@@ -81,6 +84,13 @@ mod tests {
             client_id: "c".into(),
             loc: l,
             clean_start: false,
+            persistent: true,
+            conn: crate::id::ConnId {
+                node: 1,
+                core: 0,
+                seq: 1,
+            },
+            presence: None,
         };
         s.claim(&c).expect("answers at once").unwrap().previous
     }

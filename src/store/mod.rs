@@ -14,14 +14,20 @@
 //! fire-and-forget.
 
 mod memory;
+mod op;
+pub mod redis;
 
 use std::sync::Arc;
 
-use crate::bridge::{ReplyTo, Unanswered};
+use crate::bridge::{Bridge, ReplyTo, Unanswered};
+use crate::config::Durability;
 use crate::error::{Classify, Origin};
-use crate::id::Location;
+use crate::id::{ConnId, Location};
+use crate::session::{Durable, Session};
+use crate::stats::Histogram;
 
 pub use memory::MemoryStore;
+pub use op::{Presence, SessionRef, StoreOp};
 
 /// A connection asks to own `client_id`'s session.
 #[derive(Debug, Clone)]
@@ -32,14 +38,32 @@ pub struct Claim {
     pub loc: Location,
     /// The CONNECT's Clean Start: the previous state is not wanted.
     pub clean_start: bool,
+    /// The session outlives its connection (expiry > 0): a durable store
+    /// mirrors it, and a claim loads what it had.
+    pub persistent: bool,
+    /// The claiming connection's id.
+    pub conn: ConnId,
+    /// Its presence entry, when it gave a user name.
+    pub presence: Option<Presence>,
 }
 
 /// A granted claim.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Claimed {
     /// The previous owner on this node, if any: its core hands the session
     /// over in memory (and closes the old connection).
     pub previous: Option<Location>,
+    /// The fencing epoch of this claim (0 for a store that does not fence).
+    pub epoch: u64,
+    /// The session as the durable store had it, for a persistent session
+    /// with no previous owner on this node (`None`: nothing stored; the
+    /// client is told Session Present 0).
+    pub restored: Option<Box<Session>>,
+    /// Where the durable store keeps the session from now on (a persistent
+    /// session with a durable store).
+    pub durable: Option<Durable>,
+    /// Refused by the per-user connection limit (policy `refuse`).
+    pub over_limit: bool,
 }
 
 /// Why a store could not answer.
@@ -49,6 +73,8 @@ pub enum StoreError {
     Unavailable(String),
     /// The store dropped the request without answering.
     Abandoned,
+    /// A newer claim owns the session: this one's writes are refused.
+    Stale,
 }
 
 impl std::fmt::Display for StoreError {
@@ -56,6 +82,7 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Unavailable(why) => write!(f, "session store unavailable: {why}"),
             StoreError::Abandoned => f.write_str("the session store dropped the request"),
+            StoreError::Stale => f.write_str("a newer connection owns the session"),
         }
     }
 }
@@ -104,4 +131,40 @@ pub trait SessionStore: Send + Sync + 'static {
     /// The owner of `client_id` on this node, if any (the HTTP API's
     /// client queries; never called on a core's message path).
     fn locate(&self, client_id: &str) -> Option<Location>;
+
+    /// Whether persistent sessions are mirrored in the store, and when a
+    /// publisher's acknowledgement may go out; `None` (the default): the
+    /// store keeps nothing beyond the node, and no [`StoreOp`] is written.
+    fn durability(&self) -> Option<Durability> {
+        None
+    }
+
+    /// Writes for mirrored sessions, applied in order per session. Must not
+    /// block: queue them for the store's own thread.
+    fn write(&self, ops: Vec<StoreOp>) {
+        drop(ops);
+    }
+
+    /// Starts the store's own thread, if it has one; `bridge` reaches the
+    /// cores (to close a connection whose session a newer claim took).
+    fn start(&self, bridge: Arc<Bridge>) {
+        drop(bridge);
+    }
+
+    /// Flushes what is queued and stops the store's thread.
+    fn stop(&self) {}
+
+    /// The store's own figures for `/metrics`.
+    fn figures(&self) -> Vec<Figure> {
+        Vec::new()
+    }
+
+    /// Latency of the store's requests, when it makes any.
+    fn latency(&self) -> Option<&Histogram> {
+        None
+    }
 }
+
+/// One figure for `/metrics`: name (without the `tether_` prefix), help,
+/// value, and whether it is a counter (otherwise a gauge).
+pub type Figure = (&'static str, &'static str, u64, bool);

@@ -1,0 +1,246 @@
+//! Mirroring sessions in a durable store (the Redis store), and the store's
+//! notices to the core.
+//!
+//! While it handles an event, a core *journals* what changed in its
+//! mirrored sessions ([`StoreOp`]): a message entering a session, a packet
+//! id it went out with, an acknowledgement, a subscription, the session
+//! going offline or ending. The journal is handed to the store once per
+//! executor turn by the core's journal task (`runtime.rs`), so writes
+//! batch without waiting. Nothing is journaled for clean sessions, nor at
+//! all with the memory store.
+//!
+//! A message that enters a session is numbered by the session (`seq`),
+//! never by packet id. When its publisher waits for durability, the
+//! message's `Confirm` is held for the write and released by the store.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use tracing::info;
+
+use super::delivery::{offer, Offer};
+use super::{Core, CoreState, Entry, Link, Now, Phase};
+use crate::codec::{reason, QoS};
+use crate::id::{ConnId, ConnKey, TRANSPORT_NAMES};
+use crate::session::{Delivery, Durable};
+use crate::stats::bump;
+use crate::store::{Presence, SessionRef, StoreOp};
+
+/// The store's address of a mirrored session.
+pub(super) fn session_ref(d: &Durable) -> SessionRef {
+    SessionRef {
+        client_id: d.client_id.clone(),
+        epoch: d.epoch,
+    }
+}
+
+impl Core {
+    /// Whether this core mirrors sessions at all (a durable store).
+    pub fn mirrors(&self) -> bool {
+        self.durability.is_some()
+    }
+
+    /// Queues a write for the store.
+    pub(crate) fn journal(&self, st: &mut CoreState, op: StoreOp) {
+        if st.journal.is_empty() {
+            self.journal_ready.notify();
+        }
+        // Consecutive acknowledgements of one session become one write.
+        if let (
+            Some(StoreOp::Forget { session, seqs }),
+            StoreOp::Forget {
+                session: s2,
+                seqs: more,
+            },
+        ) = (st.journal.last_mut(), &op)
+        {
+            if *session == *s2 {
+                seqs.extend_from_slice(more);
+                return;
+            }
+        }
+        st.journal.push(op);
+    }
+
+    /// The journal, for the store (the core's journal task).
+    pub fn take_journal(&self) -> Vec<StoreOp> {
+        std::mem::take(&mut self.st.borrow_mut().journal)
+    }
+
+    /// Offers `d` to the session of `e` through the delivery policy,
+    /// numbering and journaling it when the session is mirrored.
+    pub(super) fn offer_mirrored(
+        &self,
+        journal: &mut Vec<StoreOp>,
+        e: &mut Entry,
+        d: Delivery,
+        now: Now,
+    ) -> Offer {
+        self.mirror(journal, e, d, |e, d| offer(e, d, &self.cfg, self.stats(), now))
+    }
+
+    /// Hands `d` to `deliver` (a delivery-policy entry point); when the
+    /// session is mirrored and the message goes in (sent, queued or held),
+    /// numbers it and journals it, holding its publisher's confirm.
+    pub(super) fn mirror(
+        &self,
+        journal: &mut Vec<StoreOp>,
+        e: &mut Entry,
+        mut d: Delivery,
+        deliver: impl FnOnce(&mut Entry, Delivery) -> Offer,
+    ) -> Offer {
+        let mirrored = match e.session.durable.as_deref_mut() {
+            Some(dur) if d.qos != QoS::AtMostOnce => {
+                d.seq = dur.next_seq();
+                Some((session_ref(dur), d.clone()))
+            }
+            _ => None,
+        };
+        let outcome = deliver(e, d);
+        if let (Some((session, d)), Offer::Sent | Offer::Queued | Offer::Held) = (mirrored, &outcome) {
+            if let Some(c) = &d.msg.confirm {
+                c.hold();
+            }
+            if journal.is_empty() {
+                self.journal_ready.notify();
+            }
+            journal.push(StoreOp::Put { session, d });
+        }
+        outcome
+    }
+
+    /// The store forgets message `seq` of the session at `key` (it was
+    /// acknowledged, or given back).
+    pub(crate) fn forget(&self, st: &mut CoreState, key: ConnKey, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        let session = st
+            .entry(key)
+            .and_then(|e| e.session.durable.as_deref())
+            .map(session_ref);
+        if let Some(session) = session {
+            self.journal(
+                st,
+                StoreOp::Forget {
+                    session,
+                    seqs: vec![seq],
+                },
+            );
+        }
+    }
+
+    /// Journals `op` built from the mirrored session at `key`, if it is
+    /// mirrored.
+    pub(crate) fn journal_for(
+        &self,
+        st: &mut CoreState,
+        key: ConnKey,
+        op: impl FnOnce(SessionRef) -> StoreOp,
+    ) {
+        let session = st
+            .entry(key)
+            .and_then(|e| e.session.durable.as_deref())
+            .map(session_ref);
+        if let Some(session) = session {
+            self.journal(st, op(session));
+        }
+    }
+
+    /// The presence entry of a connection with a user name (durable store
+    /// only: the memory store counts users per node).
+    pub(super) fn presence(&self, link: &Link, client_id: &Arc<str>, conn: ConnId) -> Option<Presence> {
+        if !self.mirrors() {
+            return None;
+        }
+        let user = link.username.clone()?;
+        let since_ms = link
+            .since
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Some(Presence {
+            user,
+            client_id: client_id.clone(),
+            conn,
+            transport: TRANSPORT_NAMES[usize::from(link.transport) % TRANSPORT_NAMES.len()],
+            since_ms,
+        })
+    }
+
+    /// Refreshes the presence leases of this core's connections in slot
+    /// `part` of `parts` (slab index modulo `parts`): called once a second
+    /// with the next part, every entry is refreshed once per lease, spread
+    /// evenly instead of in one burst.
+    pub fn refresh_presence(&self, part: usize, parts: usize) {
+        if !self.mirrors() {
+            return;
+        }
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        let mut ops = Vec::new();
+        for (index, e) in st.conns.iter() {
+            if index % parts.max(1) != part || !matches!(e.phase, Phase::Active) {
+                continue;
+            }
+            let (Some(link), Some(cid)) = (e.link.as_ref(), e.client_id.as_ref()) else {
+                continue;
+            };
+            if let Some(presence) = self.presence(link, cid, e.id) {
+                ops.push(StoreOp::Refresh { presence });
+            }
+        }
+        for op in ops {
+            self.journal(st, op);
+        }
+    }
+
+    /// The store refused a write of `client_id` at `epoch`: a newer claim
+    /// owns the session. If it is here, its connection closes with 0x8E
+    /// and the session is forgotten here without writing.
+    pub fn on_fenced(&self, client_id: &str, epoch: u64) {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        let Some(loc) = self.node.store.locate(client_id).filter(|l| l.core == self.id) else {
+            return;
+        };
+        let Some(e) = st.entry(loc.key) else { return };
+        if e.session.durable.as_ref().is_none_or(|d| d.epoch != epoch) {
+            return;
+        }
+        info!(conn = %e.id, client_id, "session owned by a newer connection elsewhere; closing (0x8E)");
+        bump(&self.stats().takeovers, 1);
+        e.session.durable = None;
+        match e.link.as_mut() {
+            Some(link) => {
+                let code = link.version.is_v5().then_some(reason::SESSION_TAKEN_OVER);
+                link.request_close_why(code, false, Some("session taken over on another node"));
+                // Ends with the connection, not kept offline: it lives on
+                // elsewhere.
+                e.session.expiry_secs = 0;
+            }
+            None => self.end_session(st, loc.key),
+        }
+    }
+
+    /// Closes the connection `conn` of `client_id` (taken over on another
+    /// node, evicted by its user's limit, kicked by an administrator).
+    pub fn kick_client(&self, client_id: &str, conn: Option<ConnId>, code: u8, why: &'static str) -> bool {
+        let mut st = self.st.borrow_mut();
+        let Some(loc) = self.node.store.locate(client_id).filter(|l| l.core == self.id) else {
+            return false;
+        };
+        let Some(e) = st.entry(loc.key) else {
+            return false;
+        };
+        if conn.is_some_and(|c| c != e.id) || !matches!(e.phase, Phase::Active) {
+            return false;
+        }
+        let Some(link) = e.link.as_mut() else {
+            return false;
+        };
+        info!(conn = %e.id, client_id, reason = format_args!("{code:#04x}"), "closing: {why}");
+        let code = link.version.is_v5().then_some(code);
+        link.request_close_why(code, false, Some(why));
+        true
+    }
+}

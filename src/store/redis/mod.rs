@@ -1,0 +1,320 @@
+//! The Redis session store: sessions that survive their node.
+//!
+//! - **A fenced directory.** Every claim of a client id takes a new epoch
+//!   (never lower than any before it, even after the key expired or Redis
+//!   restarted: it is seeded from Redis's clock), and every later write to
+//!   the session is conditional on it, in one script. A stale node's writes
+//!   are refused, counted, and its connection closed with 0x8E.
+//! - **Durable state for persistent sessions**: subscriptions, the QoS 1/2
+//!   messages queued or in flight (by sequence number, never packet id),
+//!   the inbound QoS 2 state, and session expiry as key TTLs. A claim loads
+//!   it in the same round trip. Clean sessions never touch Redis on the
+//!   message path, and their CONNECT waits for no round trip.
+//! - **Presence and per-user limits**: each connection with a user name has
+//!   an entry in its user's sorted set, admitted atomically under the limit.
+//! - **Off the hot path**: every Redis call runs on the `tether-redis`
+//!   thread ([`worker`]); cores queue jobs and never wait.
+//!
+//! The node keeps its own in-memory directory too ([`MemoryStore`]): a
+//! takeover within the node still hands the session over in memory.
+
+mod blob;
+mod conn;
+mod keys;
+mod scripts;
+mod worker;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tracing::error;
+
+use super::{Claim, ClaimResult, Claimed, MemoryStore, SessionStore, StoreError, StoreOp};
+use crate::bridge::{Bridge, ReplyTo};
+use crate::config::{Config, Durability, PerUserPolicy};
+use crate::error::{Classify, Origin};
+use crate::id::Location;
+use crate::stats::Histogram;
+
+pub use worker::Entry as PresenceEntry;
+
+/// What the store needs from the configuration, read once.
+pub(crate) struct Settings {
+    /// This node's id (`node.id`).
+    pub node: u16,
+    /// This process's start, Unix ms: tells a restarted node's entries from
+    /// the old ones.
+    pub incarnation: u64,
+    /// `redis.key_prefix`.
+    pub prefix: String,
+    /// `store.durability`.
+    pub durability: Durability,
+    /// `store.request_timeout_ms`.
+    pub request_timeout: Duration,
+    /// `limits.max_connections_per_user` (0: none).
+    pub max_per_user: u32,
+    /// `limits.per_user_policy` is `evict_oldest`.
+    pub evict_oldest: bool,
+    /// `presence.lease_secs`, in ms.
+    pub presence_lease_ms: u64,
+    /// `presence.node_lease_secs`, in ms.
+    pub node_lease_ms: u64,
+    /// `redis.max_queued_writes`.
+    pub max_queued_writes: usize,
+}
+
+/// The store's own figures (written by the worker thread, read by
+/// `/metrics`).
+#[derive(Default)]
+pub(crate) struct Metrics {
+    /// Writes queued and not yet settled (gauge).
+    pub queued: AtomicUsize,
+    /// Failed Redis requests (connection, timeout, error reply).
+    pub errors: AtomicU64,
+    /// Writes refused because a newer claim owns the session.
+    pub stale: AtomicU64,
+    /// Connections evicted by the per-user limit.
+    pub evicted: AtomicU64,
+    /// Presence leases refreshed.
+    pub refreshed: AtomicUsize,
+    /// Script loads after NOSCRIPT.
+    pub script_reloads: AtomicU64,
+    /// Fire-and-forget writes dropped over `redis.max_queued_writes`.
+    pub dropped: AtomicU64,
+    /// Round trips of claims and write batches.
+    pub latency: Histogram,
+    /// Ids for restored messages (see [`Metrics::next_message_id`]).
+    next_id: AtomicU64,
+}
+
+impl Metrics {
+    fn observe(&self, started: Instant) {
+        self.latency.observe(started.elapsed().as_micros() as u64);
+    }
+
+    /// An id for a message restored from Redis: above every core's ids
+    /// (the top byte is the publishing core's, and no core is 255), so it
+    /// never meets another message's id in a move window.
+    fn next_message_id(&self) -> u64 {
+        (255 << 56) | (self.next_id.fetch_add(1, Ordering::Relaxed) & ((1 << 56) - 1))
+    }
+}
+
+/// A job for the worker thread.
+pub(crate) enum Job {
+    /// A claim the CONNECT waits for.
+    Claim {
+        claim: Claim,
+        /// The previous owner on this node, handing the session over in
+        /// memory.
+        previous: Option<Location>,
+        reply: ReplyTo<ClaimResult>,
+    },
+    /// A clean session's claim, which its CONNECT does not wait for.
+    Background { claim: Claim },
+    /// Writes, in journal order.
+    Write(Vec<StoreOp>),
+    /// Flush and stop.
+    Stop,
+}
+
+/// Why the Redis store could not be set up.
+#[derive(Debug)]
+pub struct RedisSetupError(redis::RedisError);
+
+impl std::fmt::Display for RedisSetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis.urls: {} (e.g. redis://127.0.0.1:6379/)", self.0)
+    }
+}
+
+impl std::error::Error for RedisSetupError {}
+
+impl Classify for RedisSetupError {
+    fn origin(&self) -> Origin {
+        Origin::Config
+    }
+}
+
+/// See the module documentation.
+pub struct RedisStore {
+    local: MemoryStore,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    jobs: UnboundedSender<Job>,
+    /// Taken by [`SessionStore::start`].
+    idle: Mutex<Option<(UnboundedReceiver<Job>, conn::Client)>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RedisStore {
+    /// Reads `[store]`, `[redis]`, `[presence]` and `[limits]`; connects
+    /// nothing yet (the worker does, and keeps trying).
+    pub fn new(cfg: &Config) -> Result<RedisStore, RedisSetupError> {
+        let client = conn::Client::new(&cfg.redis).map_err(RedisSetupError)?;
+        let settings = Settings {
+            node: cfg.node.id,
+            incarnation: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            prefix: cfg.redis.key_prefix.clone(),
+            durability: cfg.store.durability,
+            request_timeout: Duration::from_millis(cfg.store.request_timeout_ms),
+            max_per_user: cfg.limits.max_connections_per_user,
+            evict_oldest: cfg.limits.per_user_policy == PerUserPolicy::EvictOldest,
+            presence_lease_ms: 2 * cfg.presence.lease_secs * 1000,
+            node_lease_ms: cfg.presence.node_lease_secs * 1000,
+            max_queued_writes: cfg.redis.max_queued_writes,
+        };
+        let (jobs, rx) = unbounded_channel();
+        Ok(RedisStore {
+            local: MemoryStore::default(),
+            settings: Arc::new(settings),
+            metrics: Arc::default(),
+            jobs,
+            idle: Mutex::new(Some((rx, client))),
+            thread: Mutex::new(None),
+        })
+    }
+
+    fn send(&self, job: Job) {
+        // The worker only goes away at shutdown; a job then has nobody to
+        // run it, and its ReplyTo (dropped) answers "unanswered".
+        let _ = self.jobs.send(job);
+    }
+}
+
+impl SessionStore for RedisStore {
+    fn start(&self, bridge: Arc<Bridge>) {
+        let Some((rx, client)) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let ctx = worker::Ctx {
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+            bridge,
+            scripts: scripts::Scripts::default(),
+            client,
+        };
+        let spawned = std::thread::Builder::new()
+            .name("tether-redis".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        error!("the Redis worker cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, worker::run(std::rc::Rc::new(ctx), rx));
+            });
+        match spawned {
+            Ok(t) => *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t),
+            Err(e) => error!("cannot start the tether-redis thread: {e}"),
+        }
+    }
+
+    fn stop(&self) {
+        self.send(Job::Stop);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+
+    fn claim(&self, c: &Claim) -> Option<ClaimResult> {
+        let s = &self.settings;
+        let waits = c.persistent || (s.max_per_user > 0 && c.presence.is_some());
+        if waits {
+            return None;
+        }
+        let previous = self.local.claim(c)?.ok()?.previous;
+        self.send(Job::Background { claim: c.clone() });
+        Some(Ok(Claimed {
+            previous,
+            ..Default::default()
+        }))
+    }
+
+    fn claim_later(&self, claim: Claim, reply: ReplyTo<ClaimResult>) {
+        let previous = match self.local.claim(&claim) {
+            Some(Ok(c)) => c.previous,
+            _ => None,
+        };
+        self.send(Job::Claim {
+            claim,
+            previous,
+            reply,
+        });
+    }
+
+    fn release(&self, client_id: &str, loc: Location) {
+        self.local.release(client_id, loc);
+    }
+
+    fn locate(&self, client_id: &str) -> Option<Location> {
+        self.local.locate(client_id)
+    }
+
+    fn durability(&self) -> Option<Durability> {
+        Some(self.settings.durability)
+    }
+
+    fn write(&self, ops: Vec<StoreOp>) {
+        let m = &self.metrics;
+        let before = m.queued.fetch_add(ops.len(), Ordering::AcqRel);
+        let ops = if before + ops.len() > self.settings.max_queued_writes {
+            // Over the bound: keep what someone waits for (it fails
+            // visibly if Redis never takes it), drop the rest.
+            let (keep, drop): (Vec<_>, Vec<_>) = ops.into_iter().partition(|op| {
+                matches!(op, StoreOp::Put { .. } | StoreOp::Subscribe { .. })
+            });
+            m.queued.fetch_sub(drop.len(), Ordering::AcqRel);
+            m.dropped.fetch_add(drop.len() as u64, Ordering::Relaxed);
+            keep
+        } else {
+            ops
+        };
+        if !ops.is_empty() {
+            self.send(Job::Write(ops));
+        }
+    }
+
+    fn figures(&self) -> Vec<super::Figure> {
+        let m = &self.metrics;
+        let r = Ordering::Relaxed;
+        vec![
+            ("store_queued_writes", "Writes queued for Redis and not yet settled.", m.queued.load(r) as u64, false),
+            ("store_errors", "Failed Redis requests (connection, timeout, error reply).", m.errors.load(r), true),
+            ("store_stale_writes", "Writes refused because a newer claim owns the session (the stale connection is closed with 0x8E).", m.stale.load(r), true),
+            ("store_evicted", "Connections evicted by the per-user connection limit.", m.evicted.load(r), true),
+            ("store_presence_refreshes", "Presence leases refreshed.", m.refreshed.load(r) as u64, true),
+            ("store_script_reloads", "Script loads after NOSCRIPT (a restarted Redis).", m.script_reloads.load(r), true),
+            ("store_writes_dropped", "Fire-and-forget writes dropped over redis.max_queued_writes.", m.dropped.load(r), true),
+        ]
+    }
+
+    fn latency(&self) -> Option<&Histogram> {
+        Some(&self.metrics.latency)
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Answers a claim that could not be sent (kept for symmetry with the
+/// worker's own failures).
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}

@@ -1,0 +1,166 @@
+//! The Lua scripts. Each runs atomically on the Redis that holds its keys
+//! (one slot: see [`super::keys`]); `redis::Script` sends EVALSHA and loads
+//! the script again after NOSCRIPT (a restarted Redis has an empty script
+//! cache).
+
+use redis::Script;
+
+/// Claims a client id: a new fencing epoch, the previous owner, and (for a
+/// persistent session not starting clean) the stored state, in one round
+/// trip.
+///
+/// The epoch is at least Redis's clock in microseconds plus one, and always
+/// above the stored one: it keeps rising after the key expired or Redis
+/// lost it (a restart without persistence), where a bare counter would
+/// start again and hand a stale node a valid epoch.
+///
+/// A claim whose previous owner is on the same node (`keep` = 1) keeps the
+/// epoch: the session moves in memory, and the old connection's writes in
+/// flight describe the same session.
+///
+/// KEYS: s, sub, m, p, rx. ARGV: node, core, conn, clean (0/1), persistent
+/// (0/1), user, keep (0/1). Returns {epoch, prev node, prev core, prev conn, prev up}
+/// and, when it loads: {subs, messages, sent, incoming, last seq, present}.
+pub const CLAIM: &str = r"
+local s = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cur = tonumber(redis.call('HGET', s, 'epoch') or '0')
+local prev = redis.call('HMGET', s, 'node', 'core', 'conn', 'up')
+local e
+if ARGV[7] == '1' and prev[1] == ARGV[1] and cur > 0 then
+  e = string.format('%.0f', cur)
+else
+  e = string.format('%.0f', math.max(cur, now) + 1)
+end
+local present = redis.call('EXISTS', s) == 1 and redis.call('HEXISTS', s, 'seq') == 1
+local load = ARGV[4] == '0' and ARGV[5] == '1'
+if not load then
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+end
+redis.call('HSET', s, 'epoch', e, 'node', ARGV[1], 'core', ARGV[2], 'conn', ARGV[3],
+  'up', '1', 'user', ARGV[6])
+if not load or not present then
+  redis.call('HSET', s, 'seq', '0')
+end
+for i = 1, 5 do redis.call('PERSIST', KEYS[i]) end
+local out = {e, prev[1] or '', prev[2] or '', prev[3] or '', prev[4] or '0'}
+if load then
+  out[6] = redis.call('HGETALL', KEYS[2])
+  out[7] = redis.call('HGETALL', KEYS[3])
+  out[8] = redis.call('HGETALL', KEYS[4])
+  out[9] = redis.call('SMEMBERS', KEYS[5])
+  out[10] = redis.call('HGET', s, 'seq') or '0'
+  out[11] = present and '1' or '0'
+end
+return out
+";
+
+/// Every write to a session, fenced: it applies only if the caller's epoch
+/// is the session's current one, otherwise it answers STALE and changes
+/// nothing. So a node that lost a session to a newer claim (or a late
+/// disconnect) can never overwrite or delete the new owner's state.
+///
+/// KEYS: s, sub, m, p, rx. ARGV: epoch, op, then per op:
+/// - `put` seq blob pkid-or-empty;
+/// - `sent` seq state (`pkid` or `pkid:r`);
+/// - `forget` seq...;
+/// - `sub` filter options; `unsub` filter;
+/// - `rx+` pkid; `rx-` pkid;
+/// - `release` ttl-seconds (0: delete now); `end`;
+/// - `endc`, with the owning connection's id in place of the epoch: a
+///   clean session's end, fenced by its connection.
+pub const WRITE: &str = r"
+local s, sub, m, p, rx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local op = ARGV[2]
+if op == 'endc' then
+  if redis.call('HGET', s, 'conn') == ARGV[1] then redis.call('DEL', s, sub, m, p, rx) end
+  return 1
+end
+if redis.call('HGET', s, 'epoch') ~= ARGV[1] then
+  return redis.error_reply('STALE')
+end
+if op == 'put' then
+  redis.call('HSET', m, ARGV[3], ARGV[4])
+  if ARGV[5] ~= '' then redis.call('HSET', p, ARGV[3], ARGV[5]) end
+  if tonumber(ARGV[3]) > tonumber(redis.call('HGET', s, 'seq') or '0') then
+    redis.call('HSET', s, 'seq', ARGV[3])
+  end
+elseif op == 'sent' then
+  if redis.call('HEXISTS', m, ARGV[3]) == 1 then redis.call('HSET', p, ARGV[3], ARGV[4]) end
+elseif op == 'forget' then
+  for i = 3, #ARGV do
+    redis.call('HDEL', m, ARGV[i])
+    redis.call('HDEL', p, ARGV[i])
+  end
+elseif op == 'sub' then
+  redis.call('HSET', sub, ARGV[3], ARGV[4])
+elseif op == 'unsub' then
+  redis.call('HDEL', sub, ARGV[3])
+elseif op == 'rx+' then
+  redis.call('SADD', rx, ARGV[3])
+elseif op == 'rx-' then
+  redis.call('SREM', rx, ARGV[3])
+elseif op == 'release' then
+  redis.call('HSET', s, 'up', '0')
+  local ttl = tonumber(ARGV[3])
+  for i = 1, 5 do
+    if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) else redis.call('DEL', KEYS[i]) end
+  end
+elseif op == 'end' then
+  redis.call('DEL', s, sub, m, p, rx)
+else
+  return redis.error_reply('unknown op ' .. op)
+end
+return 1
+";
+
+/// Admits a connection into its user's presence set under the per-user
+/// limit, atomically: of N connections racing for k places, exactly k get
+/// one. Entries whose lease ran out are dropped first.
+///
+/// KEYS: the user's set. ARGV: member, now (ms), lease (ms), max (0: no
+/// limit), policy (`evict` or `refuse`). Returns {admitted (0/1), evicted
+/// member...}: with `evict`, the oldest entries (members sort by their
+/// connect time) make room.
+pub const ADMIT: &str = r"
+local k = KEYS[1]
+local now = tonumber(ARGV[2])
+local max = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+local out = {1}
+if max > 0 then
+  local all = redis.call('ZRANGE', k, 0, -1)
+  if #all >= max then
+    if ARGV[5] ~= 'evict' then return {0} end
+    table.sort(all)
+    for i = 1, #all - max + 1 do
+      redis.call('ZREM', k, all[i])
+      out[#out + 1] = all[i]
+    end
+  end
+end
+redis.call('ZADD', k, now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', k, ARGV[3])
+return out
+";
+
+/// The scripts, compiled once (their SHA1s).
+pub struct Scripts {
+    /// [`CLAIM`].
+    pub claim: Script,
+    /// [`WRITE`].
+    pub write: Script,
+    /// [`ADMIT`].
+    pub admit: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Scripts {
+            claim: Script::new(CLAIM),
+            write: Script::new(WRITE),
+            admit: Script::new(ADMIT),
+        }
+    }
+}
