@@ -192,7 +192,19 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         ),
         None => println!("  http api    off (http.enabled = false)"),
     }
-    println!("  sessions    in-memory store");
+    match cfg.store.kind {
+        tether::config::StoreKind::Memory => {
+            println!(
+                "  sessions    in memory (this node only; store.kind = \"redis\" for a cluster)"
+            )
+        }
+        tether::config::StoreKind::Redis => println!(
+            "  sessions    redis {} (durability {:?}, node {}); connecting in the background",
+            cfg.redis.urls.join(", "),
+            cfg.store.durability,
+            cfg.node.id
+        ),
+    }
     println!(
         "  limits      open files {} (~{} connections), memlock {}",
         limits::show(nofile),

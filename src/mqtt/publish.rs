@@ -20,8 +20,8 @@ use crate::codec::{reason, topic, Ack, Packet, Publish, QoS};
 use crate::id::ConnKey;
 use crate::session::{Message, Publication};
 use crate::shard::{ApiPublish, Core, CoreState, Parked, PendingKind, Waiting};
-use crate::store::StoreOp;
 use crate::stats::bump;
+use crate::store::StoreOp;
 
 /// PUBLISH from a client.
 pub(super) fn publish(
@@ -103,8 +103,8 @@ pub(super) fn publish(
         }
     }
     let policy = core.node.outbound.policy(&p.topic);
-    let waits = policy != OutboundPolicy::Skip
-        || (p.qos != QoS::AtMostOnce && core.waits_for_durability());
+    let waits =
+        policy != OutboundPolicy::Skip || (p.qos != QoS::AtMostOnce && core.waits_for_durability());
     if waits && !core.outbound_room(st) {
         return Ok(Step::NoRoom);
     }
@@ -443,7 +443,12 @@ pub(super) fn pubcomp(
 }
 
 /// PUBREL from the client: its QoS 2 publish is released (PUBCOMP).
-pub(super) fn pubrel(core: &Core, st: &mut CoreState, key: ConnKey, a: Ack) -> Result<(), Violation> {
+pub(super) fn pubrel(
+    core: &Core,
+    st: &mut CoreState,
+    key: ConnKey,
+    a: Ack,
+) -> Result<(), Violation> {
     let Some(e) = st.entry(key) else {
         return Ok(());
     };
@@ -498,8 +503,8 @@ pub fn on_bridge_publish(core: &Core, req: PublishRequest, source: Source, done:
     let mut st = core.st.borrow_mut();
     let st = &mut *st;
     let policy = core.node.outbound.policy(&req.topic);
-    let waits =
-        policy != OutboundPolicy::Skip || (req.qos != QoS::AtMostOnce && core.waits_for_durability());
+    let waits = policy != OutboundPolicy::Skip
+        || (req.qos != QoS::AtMostOnce && core.waits_for_durability());
     if waits && !core.outbound_room(st) {
         return refuse(done, Refusal::Busy);
     }
@@ -554,7 +559,9 @@ fn finish_api(
     policy: OutboundPolicy,
     done: Option<Receipt>,
 ) {
-    if msg.retain && core.retained_would_refuse(st, &msg.topic, msg.weight(), msg.payload.is_empty()) {
+    if msg.retain
+        && core.retained_would_refuse(st, &msg.topic, msg.weight(), msg.payload.is_empty())
+    {
         bump(&core.stats().retained_refused, 1);
         if let Some(done) = done {
             let _ = done.send(Err(Refusal::RetainedStoreFull));

@@ -102,9 +102,19 @@ impl Core {
     /// Holds the acknowledgement of a client's QoS 1/2 PUBLISH until
     /// `waits` confirmations arrive; returns its place, which each
     /// confirmation names ([`Waiting::Produce`]).
-    pub fn hold_ack(&self, st: &mut CoreState, key: ConnKey, qos: QoS, pkid: u16, waits: u8) -> u64 {
+    pub fn hold_ack(
+        &self,
+        st: &mut CoreState,
+        key: ConnKey,
+        qos: QoS,
+        pkid: u16,
+        waits: u8,
+    ) -> u64 {
         match st.link(key) {
-            Some(link) => link.rare().held_acks.push(qos, pkid, waits, reason::SUCCESS),
+            Some(link) => link
+                .rare()
+                .held_acks
+                .push(qos, pkid, waits, reason::SUCCESS),
             None => 0,
         }
     }

@@ -76,7 +76,9 @@ impl Core {
         d: Delivery,
         now: Now,
     ) -> Offer {
-        self.mirror(journal, e, d, |e, d| offer(e, d, &self.cfg, self.stats(), now))
+        self.mirror(journal, e, d, |e, d| {
+            offer(e, d, &self.cfg, self.stats(), now)
+        })
     }
 
     /// Hands `d` to `deliver` (a delivery-policy entry point); when the
@@ -97,7 +99,9 @@ impl Core {
             _ => None,
         };
         let outcome = deliver(e, d);
-        if let (Some((session, d)), Offer::Sent | Offer::Queued | Offer::Held) = (mirrored, &outcome) {
+        if let (Some((session, d)), Offer::Sent | Offer::Queued | Offer::Held) =
+            (mirrored, &outcome)
+        {
             if let Some(c) = &d.msg.confirm {
                 c.hold();
             }
@@ -149,7 +153,12 @@ impl Core {
 
     /// The presence entry of a connection with a user name (durable store
     /// only: the memory store counts users per node).
-    pub(super) fn presence(&self, link: &Link, client_id: &Arc<str>, conn: ConnId) -> Option<Presence> {
+    pub(super) fn presence(
+        &self,
+        link: &Link,
+        client_id: &Arc<str>,
+        conn: ConnId,
+    ) -> Option<Presence> {
         if !self.mirrors() {
             return None;
         }
@@ -200,7 +209,12 @@ impl Core {
     pub fn on_fenced(&self, client_id: &str, epoch: u64) {
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
-        let Some(loc) = self.node.store.locate(client_id).filter(|l| l.core == self.id) else {
+        let Some(loc) = self
+            .node
+            .store
+            .locate(client_id)
+            .filter(|l| l.core == self.id)
+        else {
             return;
         };
         let Some(e) = st.entry(loc.key) else { return };
@@ -224,9 +238,20 @@ impl Core {
 
     /// Closes the connection `conn` of `client_id` (taken over on another
     /// node, evicted by its user's limit, kicked by an administrator).
-    pub fn kick_client(&self, client_id: &str, conn: Option<ConnId>, code: u8, why: &'static str) -> bool {
+    pub fn kick_client(
+        &self,
+        client_id: &str,
+        conn: Option<ConnId>,
+        code: u8,
+        why: &'static str,
+    ) -> bool {
         let mut st = self.st.borrow_mut();
-        let Some(loc) = self.node.store.locate(client_id).filter(|l| l.core == self.id) else {
+        let Some(loc) = self
+            .node
+            .store
+            .locate(client_id)
+            .filter(|l| l.core == self.id)
+        else {
             return false;
         };
         let Some(e) = st.entry(loc.key) else {

@@ -95,7 +95,13 @@ pub fn account(totals: &Totals, (dc, db): (isize, isize)) {
 impl Core {
     /// Whether a retained message for `topic` (`weight`, an empty payload
     /// deletes) would be refused because the store is full.
-    pub fn retained_would_refuse(&self, st: &CoreState, topic: &str, weight: usize, empty: bool) -> bool {
+    pub fn retained_would_refuse(
+        &self,
+        st: &CoreState,
+        topic: &str,
+        weight: usize,
+        empty: bool,
+    ) -> bool {
         let cap = &self.cfg.retained;
         let totals = &self.node.retained;
         let is_new = !empty && !st.retained.contains(topic);

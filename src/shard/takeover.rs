@@ -61,7 +61,10 @@ impl Core {
         };
         e.client_id = Some(client_id.clone());
         let conn = e.id;
-        let presence = e.link.as_ref().and_then(|l| self.presence(l, &client_id, conn));
+        let presence = e
+            .link
+            .as_ref()
+            .and_then(|l| self.presence(l, &client_id, conn));
         e.phase = Phase::AwaitingHandover {
             info: Box::new(info),
             superseded: None,
@@ -491,7 +494,8 @@ impl Core {
                     let now = self.clock().instant();
                     let CoreState { conns, journal, .. } = &mut *st;
                     let e = &mut conns[target.index as usize];
-                    let deliver = |e: &mut super::Entry, d| offer_forwarded(e, d, &self.cfg, stats, now);
+                    let deliver =
+                        |e: &mut super::Entry, d| offer_forwarded(e, d, &self.cfg, stats, now);
                     count(self.mirror(journal, e, d, deliver), stats);
                 } else {
                     bump(&stats.forwards_discarded, 1);

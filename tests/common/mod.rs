@@ -342,4 +342,5 @@ pub fn until_blocking(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+pub mod cluster;
 pub mod pki;

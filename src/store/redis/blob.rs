@@ -158,6 +158,11 @@ mod tests {
             Err(BlobError::Packet(_))
         ));
         let plain = encode(&delivery(None));
-        assert!(decode_delivery(&plain, 1, 1).unwrap().unwrap().msg.expires_at.is_none());
+        assert!(decode_delivery(&plain, 1, 1)
+            .unwrap()
+            .unwrap()
+            .msg
+            .expires_at
+            .is_none());
     }
 }

@@ -23,15 +23,11 @@ pub enum Conn {
 
 /// The client side, from the configuration (no I/O yet).
 pub struct Client {
-    kind: Kind,
-    /// For the control channel's subscription: the first URL (Redis
-    /// Cluster forwards published messages to every node).
-    sub: redis::Client,
-}
-
-enum Kind {
-    Single(redis::Client),
-    Cluster(redis::cluster::ClusterClient),
+    /// The first URL: the Redis itself, or (with a cluster) the node the
+    /// control channel subscribes on (Redis Cluster forwards published
+    /// messages to every node).
+    single: redis::Client,
+    cluster: Option<redis::cluster::ClusterClient>,
 }
 
 impl Client {
@@ -64,42 +60,46 @@ impl Client {
             Ok(info.set_redis_settings(redis))
         };
         let first = with_auth(&cfg.urls[0])?;
-        let sub = match certs.clone() {
+        let single = match certs.clone() {
             Some(certs) => redis::Client::build_with_tls(first, certs)?,
             None => redis::Client::open(first)?,
         };
-        let kind = if cfg.cluster {
-            let nodes = cfg.urls.iter().map(with_auth).collect::<RedisResult<Vec<_>>>()?;
+        let cluster = if cfg.cluster {
+            let nodes = cfg
+                .urls
+                .iter()
+                .map(with_auth)
+                .collect::<RedisResult<Vec<_>>>()?;
             let mut b = ClusterClientBuilder::new(nodes);
             if let Some(certs) = certs {
                 b = b.certs(certs);
             }
-            Kind::Cluster(b.build()?)
+            Some(b.build()?)
         } else {
-            Kind::Single(sub.clone())
+            None
         };
-        Ok(Client { kind, sub })
+        Ok(Client { single, cluster })
     }
 
     /// Connects; `timeout` bounds each request and each (re)connection.
     pub async fn connect(&self, timeout: Duration) -> RedisResult<Conn> {
-        match &self.kind {
-            Kind::Single(c) => {
+        match &self.cluster {
+            None => {
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(timeout))
                     .set_connection_timeout(Some(timeout))
                     .set_number_of_retries(2);
                 Ok(Conn::Single(
-                    ConnectionManager::new_with_config(c.clone(), config).await?,
+                    ConnectionManager::new_with_config(self.single.clone(), config).await?,
                 ))
             }
-            Kind::Cluster(c) => Ok(Conn::Cluster(c.get_async_connection().await?)),
+            Some(c) => Ok(Conn::Cluster(c.get_async_connection().await?)),
         }
     }
 
     /// A separate connection for the control channel's subscription.
     pub async fn pubsub(&self) -> RedisResult<redis::aio::PubSub> {
-        self.sub.get_async_pubsub().await
+        self.single.get_async_pubsub().await
     }
 }
 

@@ -272,9 +272,9 @@ impl SessionStore for RedisStore {
         let ops = if before + ops.len() > self.settings.max_queued_writes {
             // Over the bound: keep what someone waits for (it fails
             // visibly if Redis never takes it), drop the rest.
-            let (keep, drop): (Vec<_>, Vec<_>) = ops.into_iter().partition(|op| {
-                matches!(op, StoreOp::Put { .. } | StoreOp::Subscribe { .. })
-            });
+            let (keep, drop): (Vec<_>, Vec<_>) = ops
+                .into_iter()
+                .partition(|op| matches!(op, StoreOp::Put { .. } | StoreOp::Subscribe { .. }));
             m.queued.fetch_sub(drop.len(), Ordering::AcqRel);
             m.dropped.fetch_add(drop.len() as u64, Ordering::Relaxed);
             keep

@@ -229,7 +229,11 @@ async fn claim_one(ctx: &Ctx, conn: &mut Conn, c: &Claim, handed_over: bool) -> 
     // (its writes are already refused: the epoch moved).
     if prev_up == "1" && !prev_node.is_empty() && prev_node != s.node.to_string() {
         if let Ok(node) = prev_node.parse::<u16>() {
-            let msg = format!("kick {prev_conn} {} {}", reason::SESSION_TAKEN_OVER, c.client_id);
+            let msg = format!(
+                "kick {prev_conn} {} {}",
+                reason::SESSION_TAKEN_OVER,
+                c.client_id
+            );
             publish(ctx, conn, node, msg).await;
         }
     }
@@ -321,12 +325,17 @@ fn restore(ctx: &Ctx, client_id: &Arc<str>, v: &[Value]) -> Session {
                 None => s.queued.push_back(d),
             },
             Ok(None) => {}
-            Err(e) => warn!(client_id = %client_id, seq, "a stored message is unreadable, skipped: {e:?}"),
+            Err(e) => {
+                warn!(client_id = %client_id, seq, "a stored message is unreadable, skipped: {e:?}")
+            }
         }
     }
     s.set_last_pkid(last_pkid);
     if let Some(Value::Array(rx)) = v.get(8) {
-        s.incoming_qos2 = rx.iter().filter_map(|p| text(Some(p)).parse().ok()).collect();
+        s.incoming_qos2 = rx
+            .iter()
+            .filter_map(|p| text(Some(p)).parse().ok())
+            .collect();
     }
     s
 }
@@ -405,7 +414,12 @@ async fn kick_member(ctx: &Ctx, conn: &mut Conn, member: &str) {
         return;
     };
     ctx.metrics.evicted.fetch_add(1, Relaxed);
-    let msg = format!("kick {} {} {}", e.conn, reason::ADMINISTRATIVE_ACTION, e.client_id);
+    let msg = format!(
+        "kick {} {} {}",
+        e.conn,
+        reason::ADMINISTRATIVE_ACTION,
+        e.client_id
+    );
     publish(ctx, conn, e.conn.node, msg).await;
 }
 
@@ -556,9 +570,9 @@ enum Outcome {
 async fn apply(ctx: &Ctx, conn: &mut Conn, ops: &[StoreOp]) -> Result<Vec<Outcome>, RedisError> {
     for attempt in 0..2 {
         let results = send(ctx, conn, ops).await?;
-        let noscript = results.iter().any(|r| {
-            matches!(r, Value::ServerError(e) if e.code() == "NOSCRIPT")
-        });
+        let noscript = results
+            .iter()
+            .any(|r| matches!(r, Value::ServerError(e) if e.code() == "NOSCRIPT"));
         if !noscript {
             return Ok(results.iter().map(outcome).collect());
         }
@@ -570,7 +584,10 @@ async fn apply(ctx: &Ctx, conn: &mut Conn, ops: &[StoreOp]) -> Result<Vec<Outcom
             }
         }
     }
-    Err(RedisError::from((redis::ErrorKind::Io, "scripts missing after reload")))
+    Err(RedisError::from((
+        redis::ErrorKind::Io,
+        "scripts missing after reload",
+    )))
 }
 
 fn outcome(v: &Value) -> Outcome {
