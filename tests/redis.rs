@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{Node, Redis};
+use common::web::http;
 use common::WAIT;
 use rumqttc::{Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
@@ -34,6 +35,14 @@ impl Drop for Client {
 }
 
 async fn connect(opts: MqttOptions) -> Client {
+    match try_connect(opts).await {
+        Ok(c) => c,
+        Err(e) => panic!("connect failed: {e}"),
+    }
+}
+
+/// Connects, or says why not (the CONNACK's code, or the error).
+async fn try_connect(opts: MqttOptions) -> Result<Client, String> {
     let (client, mut el) = rumqttc::AsyncClient::new(opts, 1000);
     let (tx, mut events) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
@@ -51,22 +60,36 @@ async fn connect(opts: MqttOptions) -> Client {
             .expect("CONNACK in time")
         {
             Some(Ok(Event::Incoming(Packet::ConnAck(a)))) => {
-                assert_eq!(a.code, rumqttc::ConnectReturnCode::Success, "connected");
+                if a.code != rumqttc::ConnectReturnCode::Success {
+                    return Err(format!("{:?}", a.code));
+                }
                 break a.session_present;
             }
             Some(Ok(_)) => {}
-            other => panic!("connect failed: {other:?}"),
+            Some(Err(e)) => return Err(e),
+            None => return Err("no event".into()),
         }
     };
-    Client {
+    Ok(Client {
         client,
         events,
         task,
         session_present,
-    }
+    })
 }
 
 impl Client {
+    /// Waits until the server closes the connection.
+    async fn closed(&mut self, what: &str) {
+        loop {
+            match tokio::time::timeout(WAIT, self.events.recv()).await {
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => return,
+                Err(_) => panic!("{what}: still connected after {WAIT:?}"),
+            }
+        }
+    }
+
     /// The next incoming packet matching `pred`.
     async fn next(&mut self, what: &str, pred: impl Fn(&Packet) -> bool) -> Packet {
         loop {
@@ -246,5 +269,409 @@ async fn a_takeover_on_another_node_closes_the_old_connection_and_fences_it() {
         owner,
         vec!["2".to_string(), "1".to_string()],
         "node 2 owns it, online"
+    );
+}
+
+fn api(node: &Node, method: &str, path: &str) -> common::web::Reply {
+    http(
+        std::net::SocketAddr::from(([127, 0, 0, 1], node.http)),
+        method,
+        path,
+        &[],
+        "",
+    )
+}
+
+/// `GET /v1/users/{user}` on `node`: how many connections it lists.
+fn online(node: &Node, user: &str) -> u64 {
+    let r = api(node, "GET", &format!("/v1/users/{user}"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["online"].as_u64().unwrap()
+}
+
+fn as_user(node: &Node, id: &str, user: &str, clean: bool) -> MqttOptions {
+    let mut o = options(node, id, clean);
+    o.set_credentials(user, "pw");
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_kicks_answer_for_the_whole_cluster() {
+    let redis = Redis::start();
+    let a = Node::start(1, &redis.url(), &[]);
+    let b = Node::start(2, &redis.url(), &[]);
+    let mut phone = connect(as_user(&a, "alice-phone", "alice", false)).await;
+    phone.subscribe("alice/#").await;
+    let _laptop = connect(as_user(&b, "alice-laptop", "alice", true)).await;
+
+    // Both nodes see both connections, each on its node.
+    for node in [&a, &b] {
+        let v = api(node, "GET", "/v1/users/alice").json();
+        assert_eq!(v["online"], 2, "{v}");
+        let mut seen: Vec<(String, u64, String)> = v["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["client_id"].as_str().unwrap().to_string(),
+                    c["node"].as_u64().unwrap(),
+                    c["transport"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                ("alice-laptop".to_string(), 2, "mqtt".to_string()),
+                ("alice-phone".to_string(), 1, "mqtt".to_string()),
+            ],
+            "as node {} sees it",
+            node.id
+        );
+    }
+    // Node 2 describes node 1's session from the store.
+    let v = api(&b, "GET", "/v1/clients/alice-phone").json();
+    assert_eq!(
+        (&v["online"], &v["node"], &v["subscriptions"][0]["filter"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(1),
+            &serde_json::json!("alice/#")
+        ),
+        "{v}"
+    );
+    assert_eq!(api(&b, "GET", "/v1/clients/nobody").status, 404);
+
+    // A kick sent to node 2 closes the connection on node 1.
+    let r = api(&b, "DELETE", "/v1/clients/alice-phone");
+    assert_eq!(r.status, 200, "{}", r.body);
+    phone.closed("the kicked connection").await;
+    common::until("presence forgets the kicked connection", || {
+        online(&b, "alice") == 1
+    })
+    .await;
+    let v = api(&b, "GET", "/v1/clients/alice-phone").json();
+    assert_eq!(v["online"], false, "its session stays, offline: {v}");
+    assert_eq!(api(&b, "DELETE", "/v1/clients/alice-phone").status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_storm_across_three_nodes_leaves_one_connection() {
+    let redis = Redis::start();
+    let nodes = [
+        Node::start(1, &redis.url(), &[]),
+        Node::start(2, &redis.url(), &[]),
+        Node::start(3, &redis.url(), &[]),
+    ];
+    let mut conn = redis.conn().unwrap();
+    let epoch = |conn: &mut redis::Connection, id: &str| -> u64 {
+        redis::cmd("HGET")
+            .arg(format!("tt:{{c:{id}}}:s"))
+            .arg("epoch")
+            .query(conn)
+            .unwrap()
+    };
+
+    // One after another, alternating nodes: every claim takes a higher
+    // epoch and finds the session; every older connection is closed.
+    const N: usize = 1000;
+    let mut clients = Vec::with_capacity(N);
+    let mut last = 0;
+    for i in 0..N {
+        let c = connect(as_user(&nodes[i % 3], "stormy", "storm", false)).await;
+        assert_eq!(c.session_present, i > 0, "claim {i}: session present");
+        let e = epoch(&mut conn, "stormy");
+        assert!(e > last, "claim {i}: epoch {e} after {last}");
+        last = e;
+        clients.push(c);
+    }
+    let mut survivor = clients.pop().unwrap();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        c.closed(&format!("connection {i}")).await;
+    }
+    survivor.subscribe("storm/#").await;
+    for node in &nodes {
+        common::until("presence shows one connection", || {
+            online(node, "storm") == 1
+        })
+        .await;
+    }
+
+    // All at once: whatever the order, one connection is left, and it is
+    // the one the store names.
+    const M: usize = 60;
+    let connecting: Vec<_> = (0..M)
+        .map(|i| tokio::spawn(try_connect(as_user(&nodes[i % 3], "swarm", "swarm", false))))
+        .collect();
+    let mut alive = Vec::new();
+    for c in connecting {
+        // Superseded before its CONNACK is an honest answer too.
+        if let Ok(c) = c.await.unwrap() {
+            alive.push(c);
+        }
+    }
+    assert!(!alive.is_empty(), "someone connected");
+    common::until("one connection left", || {
+        alive.iter().filter(|c| !c.task.is_finished()).count() == 1
+    })
+    .await;
+    let mut last = alive.into_iter().find(|c| !c.task.is_finished()).unwrap();
+    last.subscribe("swarm/#").await;
+    for node in &nodes {
+        common::until("presence shows one connection", || {
+            online(node, "swarm") == 1
+        })
+        .await;
+        let v = api(node, "GET", "/v1/clients/swarm").json();
+        assert_eq!(v["online"], true, "{v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_limit_holds_across_the_cluster() {
+    let redis = Redis::start();
+    let refuse = [
+        ("TETHER_LIMITS__MAX_CONNECTIONS_PER_USER", "4"),
+        ("TETHER_LIMITS__PER_USER_POLICY", "\"refuse\""),
+    ];
+    let nodes = [
+        Node::start(1, &redis.url(), &refuse),
+        Node::start(2, &redis.url(), &refuse),
+        Node::start(3, &redis.url(), &refuse),
+    ];
+    // 24 CONNECTs of one user at once, over three nodes: exactly 4 in.
+    let connecting: Vec<_> = (0..24)
+        .map(|i| {
+            let o = as_user(&nodes[i % 3], &format!("capped-{i}"), "capped", true);
+            tokio::spawn(try_connect(o))
+        })
+        .collect();
+    let (mut admitted, mut refused) = (Vec::new(), 0);
+    for c in connecting {
+        match c.await.unwrap() {
+            Ok(c) => admitted.push(c),
+            Err(code) => {
+                // 3.1.1 has no quota code: "server unavailable".
+                assert!(code.contains("ServiceUnavailable"), "{code}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((admitted.len(), refused), (4, 20));
+    for node in &nodes {
+        assert_eq!(online(node, "capped"), 4, "node {}", node.id);
+    }
+    // One leaves: one more fits, and no more than that.
+    drop(admitted.pop());
+    common::until("a place frees up", || online(&nodes[0], "capped") == 3).await;
+    let _next = connect(as_user(&nodes[1], "capped-next", "capped", true)).await;
+    let over = try_connect(as_user(&nodes[2], "capped-over", "capped", true)).await;
+    assert!(
+        over.as_ref()
+            .is_err_and(|e| e.contains("ServiceUnavailable")),
+        "the fifth is refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_per_user_limit_the_oldest_connection_is_evicted() {
+    let redis = Redis::start();
+    let evict = [("TETHER_LIMITS__MAX_CONNECTIONS_PER_USER", "2")];
+    let a = Node::start(1, &redis.url(), &evict);
+    let b = Node::start(2, &redis.url(), &evict);
+    let mut first = connect(as_user(&a, "dev-1", "eve", true)).await;
+    let mut second = connect(as_user(&b, "dev-2", "eve", true)).await;
+    let mut third = connect(as_user(&a, "dev-3", "eve", true)).await;
+    first.closed("the oldest connection").await;
+    let _fourth = connect(as_user(&b, "dev-4", "eve", true)).await;
+    second.closed("the next oldest").await;
+    third.subscribe("eve/#").await;
+    for node in [&a, &b] {
+        common::until("presence shows the two newest", || online(node, "eve") == 2).await;
+    }
+    let v = api(&a, "GET", "/v1/users/eve").json();
+    let mut ids: Vec<_> = v["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["dev-3", "dev-4"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_connections_leave_presence_within_one_node_lease() {
+    let redis = Redis::start();
+    let lease = [("TETHER_PRESENCE__NODE_LEASE_SECS", "3")];
+    let mut a = Node::start(1, &redis.url(), &lease);
+    let b = Node::start(2, &redis.url(), &lease);
+    let _x = connect(as_user(&a, "dn-1", "dana", false)).await;
+    let _y = connect(as_user(&b, "dn-2", "dana", false)).await;
+    assert_eq!(online(&b, "dana"), 2);
+    let killed = std::time::Instant::now();
+    a.proc.kill9();
+    common::until("the dead node's connection leaves presence", || {
+        online(&b, "dana") == 1
+    })
+    .await;
+    assert!(
+        killed.elapsed() <= Duration::from_millis(3000 + 500),
+        "gone within one node lease (+ half a second of slack): {:?}",
+        killed.elapsed()
+    );
+    let v = api(&b, "GET", "/v1/clients/dn-1").json();
+    assert_eq!(v["online"], false, "its session is offline: {v}");
+}
+
+/// A figure from a node's `/metrics` (the sum of its samples).
+fn metric(node: &Node, name: &str) -> f64 {
+    api(node, "GET", "/metrics")
+        .body
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// Connects a persistent session once the node reaches Redis again; until
+/// then every attempt is refused promptly with "server unavailable".
+async fn connect_when_store_is_back(opts: MqttOptions) -> Client {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let started = std::time::Instant::now();
+        match try_connect(opts.clone()).await {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(e.contains("ServiceUnavailable"), "{e}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "refused promptly"
+                );
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node reconnects to Redis"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_nothing_acknowledged() {
+    let mut redis = Redis::start_durable();
+    let timeout = [("TETHER_STORE__REQUEST_TIMEOUT_MS", "1000")];
+    let a = Node::start(1, &redis.url(), &timeout);
+    let mut sub = connect(options(&a, "keeper", false)).await;
+    sub.subscribe("keep/#").await;
+    drop(sub);
+    let mut publ = connect(options(&a, "keep-pub", true)).await;
+    for n in 0u8..50 {
+        publ.client
+            .publish("keep/x", QoS::AtLeastOnce, false, vec![n])
+            .await
+            .unwrap();
+    }
+    for _ in 0..50 {
+        publ.next("PUBACK", |p| matches!(p, Packet::PubAck(_)))
+            .await;
+    }
+
+    redis.stop();
+    // A CONNECT that needs the store is refused at once, not left hanging;
+    // a clean session still connects.
+    let started = std::time::Instant::now();
+    let refused = try_connect(options(&a, "newcomer", false)).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("ServiceUnavailable")),
+        "0x88 while Redis is down"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3), "promptly");
+    let _clean = connect(options(&a, "clean-one", true)).await;
+    // A message for the persistent session is not acknowledged: the
+    // publisher (3.1.1, no PUBACK reason codes) is disconnected instead.
+    publ.client
+        .publish("keep/x", QoS::AtLeastOnce, false, vec![50])
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, publ.events.recv())
+            .await
+            .expect("an answer in time")
+        {
+            Some(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                panic!("acknowledged while Redis is down")
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+    }
+
+    redis.restart();
+    let mut back = connect_when_store_is_back(options(&a, "keeper", false)).await;
+    assert!(back.session_present, "the session is in Redis's AOF");
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        let n = back.publish().await.payload[0];
+        if got.last() != Some(&n) && !got.contains(&n) {
+            got.push(n);
+        }
+    }
+    assert_eq!(got, (0u8..50).collect::<Vec<_>>(), "all 50, in order");
+    common::until("scripts reloaded into the new Redis", || {
+        metric(&a, "tether_store_script_reloads_total") >= 1.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_present_is_never_claimed_for_state_redis_lost() {
+    let mut redis = Redis::start(); // no persistence: a restart keeps nothing
+    let a = Node::start(1, &redis.url(), &[]);
+    let b = Node::start(2, &redis.url(), &[]);
+    let mut sub = connect(options(&a, "forgotten", false)).await;
+    sub.subscribe("gone/#").await;
+    drop(sub);
+    redis.restart();
+    let back = connect_when_store_is_back(options(&b, "forgotten", false)).await;
+    assert!(!back.session_present, "Redis lost the session: not present");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_paho_clients_move_between_nodes() {
+    let redis = Redis::start();
+    let a = Node::start(1, &redis.url(), &[]);
+    let b = Node::start(2, &redis.url(), &[]);
+    // Debian's python3-paho-mqtt (.ci/run installs it) lives with the
+    // system interpreter; a python3 earlier on PATH may lack it.
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| {
+            std::process::Command::new(p)
+                .args(["-c", "import paho.mqtt.client"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("python3 with paho-mqtt: apt-get install python3-paho-mqtt");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/paho/resume.py");
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .args([a.mqtt, b.mqtt, a.http].map(|p| p.to_string()))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WAIT * 3, out)
+        .await
+        .expect("the paho script finishes")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -138,8 +138,13 @@ pub struct ClientInfo {
     pub online: bool,
     /// `n{node}.c{core}.{seq}`, as in the logs.
     pub connection_id: String,
+    /// The node holding the session.
+    pub node: u16,
     /// The core holding the session.
     pub core: usize,
+    /// The listener it connected on: `mqtt`, `ws`, `mqtts` or `wss`
+    /// (absent offline).
+    pub transport: Option<String>,
     /// Unix time in milliseconds of the current connection (absent offline).
     pub connected_since_ms: Option<u64>,
     /// The client's address.

@@ -11,10 +11,15 @@
 //! | `POST /v1/push/users/{user}` | to `http.user_topic` (every device of the user) |
 //! | `POST /v1/push/clients/{client_id}` | to `http.client_topic` |
 //! | `POST /v1/broadcast` | to `http.broadcast_topic` |
-//! | `GET /v1/clients/{client_id}` | one session: online, connection, subscriptions, queue |
-//! | `DELETE /v1/clients/{client_id}` | disconnect it (MQTT 5: 0x98) |
-//! | `GET /v1/clients?user=&limit=&after=` | sessions by client id, paginated |
-//! | `GET /v1/users/{user}` | presence: the user's online connections |
+//! | `GET /v1/clients/{client_id}` | one session: online, connection, subscriptions, queue (cluster-wide) |
+//! | `DELETE /v1/clients/{client_id}` | disconnect it wherever it is connected (MQTT 5: 0x98) |
+//! | `GET /v1/clients?user=&limit=&after=` | this node's sessions by client id, paginated |
+//! | `GET /v1/users/{user}` | presence: the user's online connections on every node |
+//!
+//! With a cluster store (`store.kind = "redis"`), what this node does not
+//! hold is asked of the store: presence from the user's lease set, sessions
+//! from their keys, kicks through the holding node's control channel. A
+//! store that cannot answer makes these 503 `store_unavailable`.
 //!
 //! `/v1/*` needs `Authorization: Bearer <token>` when `http.tokens` is set
 //! (401 without, 403 with a wrong one). Health and metrics stay open for
@@ -33,8 +38,9 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::Api;
-use crate::bridge::{BridgeMsg, PublishRequest, Refusal};
+use crate::bridge::{BridgeMsg, ClientInfo, PublishRequest, Refusal, SubscriptionInfo};
 use crate::codec::{Properties, QoS};
+use crate::store::{Lookup, StoreError, StoredSession};
 
 /// Most messages in one `POST /v1/publish/batch`.
 pub const MAX_BATCH: usize = 1000;
@@ -420,20 +426,16 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The session of `client_id` in the directory: (core, slab key).
-fn locate(api: &Api, segment: &str) -> Result<(String, crate::id::Location), ApiError> {
-    let id = percent_decode(segment).ok_or_else(|| {
+/// The client id in a path segment.
+fn client_id(segment: &str) -> Result<String, ApiError> {
+    percent_decode(segment).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_field",
             "not valid percent-encoded UTF-8",
         )
         .field("client_id")
-    })?;
-    match api.node.store.locate(&id) {
-        Some(loc) => Ok((id, loc)),
-        None => Err(unknown_client(&id)),
-    }
+    })
 }
 
 fn unknown_client(id: &str) -> ApiError {
@@ -496,29 +498,84 @@ async fn reply<T>(
     }
 }
 
+/// The session of `client_id`: this node's copy when it holds one (the
+/// richest view), else the cluster's store.
 async fn inspect(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp, ApiError> {
     authorize(api, req)?;
-    let (id, loc) = locate(api, segment)?;
-    match ask(api, loc.core, |reply| BridgeMsg::Inspect {
-        key: loc.key,
+    let id = client_id(segment)?;
+    if let Some(loc) = api.node.store.locate(&id) {
+        let info = ask(api, loc.core, |reply| BridgeMsg::Inspect {
+            key: loc.key,
+            reply,
+        })
+        .await?;
+        // An offline copy here may be stale when the client came back on
+        // another node: the store knows.
+        if let Some(info) = info.filter(|i| i.online || !api.node.store.cluster()) {
+            return Ok(json(StatusCode::OK, &serde_json::json!(info)));
+        }
+    }
+    match ask_store(api, |reply| Lookup::Client {
+        client_id: id.clone(),
         reply,
     })
     .await?
+    .flatten()
+    .and_then(|s| stored_info(&id, s))
     {
         Some(info) => Ok(json(StatusCode::OK, &serde_json::json!(info))),
         None => Err(unknown_client(&id)),
     }
 }
 
+/// A session on another node, as the store describes it: what only its
+/// node knows (peer, protocol, window, connect time) is absent.
+fn stored_info(client_id: &str, s: StoredSession) -> Option<ClientInfo> {
+    let conn = s.conn?;
+    Some(ClientInfo {
+        client_id: client_id.to_string(),
+        username: s.user,
+        online: s.online,
+        connection_id: conn.to_string(),
+        node: conn.node,
+        core: usize::from(conn.core),
+        transport: None,
+        connected_since_ms: None,
+        peer: None,
+        protocol: None,
+        subscriptions: s
+            .subscriptions
+            .into_iter()
+            .map(|(filter, qos)| SubscriptionInfo { filter, qos })
+            .collect(),
+        queued: s.messages.saturating_sub(s.inflight),
+        inflight: s.inflight,
+        inflight_window: None,
+    })
+}
+
+/// Disconnects `client_id` wherever it is connected: on this node directly,
+/// elsewhere through its node's control channel.
 async fn kick(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp, ApiError> {
     authorize(api, req)?;
-    let (id, loc) = locate(api, segment)?;
-    if ask(api, loc.core, |reply| BridgeMsg::Kick {
-        key: loc.key,
-        reply,
-    })
-    .await?
-    {
+    let id = client_id(segment)?;
+    let mut kicked = false;
+    if let Some(loc) = api.node.store.locate(&id) {
+        kicked = ask(api, loc.core, |reply| BridgeMsg::Kick {
+            key: loc.key,
+            reply,
+        })
+        .await?;
+    }
+    if !kicked {
+        kicked = ask_store(api, |reply| Lookup::Kick {
+            client_id: id.clone(),
+            reply,
+        })
+        .await?
+        .unwrap_or(false);
+    }
+    if kicked {
         Ok(json(
             StatusCode::OK,
             &serde_json::json!({"client_id": id, "kicked": true}),
@@ -529,6 +586,26 @@ async fn kick(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp,
             "not_connected",
             format!("client id {id:?} has no connection"),
         ))
+    }
+}
+
+/// Asks the cluster's store; `None` when the store knows only this node.
+async fn ask_store<T>(
+    api: &Api,
+    q: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, StoreError>>) -> Lookup,
+) -> Result<Option<T>, ApiError> {
+    if !api.node.store.cluster() {
+        return Ok(None);
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    api.node.store.lookup(q(tx));
+    match reply(api, rx, "").await? {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the session store cannot answer: {e}"),
+        )),
     }
 }
 
@@ -588,6 +665,9 @@ async fn list_clients(api: &Api, req: &Request<Incoming>) -> Result<Resp, ApiErr
     ))
 }
 
+/// Presence: the user's live connections on every node. This node's are
+/// described by their cores; other nodes' come from the store's presence
+/// directory, with what the store keeps of their sessions.
 async fn user(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp, ApiError> {
     authorize(api, req)?;
     let user = percent_decode(segment).ok_or_else(|| {
@@ -598,11 +678,37 @@ async fn user(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp,
         )
         .field("user")
     })?;
-    let connections: Vec<_> = all_clients(api, Some(user.clone()))
+    let mut connections: Vec<_> = all_clients(api, Some(user.clone()))
         .await?
         .into_iter()
         .filter(|c| c.online)
         .collect();
+    let here = api.node.node_id;
+    let remote = ask_store(api, |reply| Lookup::User {
+        user: user.clone(),
+        reply,
+    })
+    .await?
+    .unwrap_or_default();
+    for c in remote.into_iter().filter(|c| c.conn.node != here) {
+        connections.push(ClientInfo {
+            client_id: c.client_id,
+            username: Some(user.clone()),
+            online: true,
+            connection_id: c.conn.to_string(),
+            node: c.conn.node,
+            core: usize::from(c.conn.core),
+            transport: Some(c.transport),
+            connected_since_ms: Some(c.since_ms),
+            peer: None,
+            protocol: None,
+            subscriptions: Vec::new(),
+            queued: 0,
+            inflight: 0,
+            inflight_window: None,
+        });
+    }
+    connections.sort_by(|a, b| a.client_id.cmp(&b.client_id));
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({"user": user, "online": connections.len(), "connections": connections}),

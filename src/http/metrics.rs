@@ -145,14 +145,33 @@ pub(crate) fn render(node: &NodeState, gauges: &[Option<SessionGauges>]) -> Stri
         &mut out,
         "fanout_latency_seconds",
         "From a message's arrival to its PUBLISH being written for a subscriber (live deliveries).",
-        cores.iter().map(|c| &c.fanout_latency),
+        per_core_label(cores.iter().map(|c| &c.fanout_latency)),
     );
     histogram(
         &mut out,
         "loop_lag_seconds",
         "How late the core's timer tick ran: time its executor was stalled by other work.",
-        cores.iter().map(|c| &c.loop_lag),
+        per_core_label(cores.iter().map(|c| &c.loop_lag)),
     );
+    // The session store's own figures (the Redis store's requests).
+    for (name, help, v, counter) in node.store.figures() {
+        let name = if counter {
+            format!("{name}_total")
+        } else {
+            name.to_string()
+        };
+        let kind = if counter { "counter" } else { "gauge" };
+        header(&mut out, &name, help, kind);
+        let _ = writeln!(out, "tether_{name} {v}");
+    }
+    if let Some(h) = node.store.latency() {
+        histogram(
+            &mut out,
+            "store_latency_seconds",
+            "Round trips of the session store's claims and write batches.",
+            std::iter::once((String::new(), h)),
+        );
+    }
     // Counters: one family per name, one sample per core.
     let mut families: Vec<(&'static str, &'static str, Vec<u64>)> = Vec::new();
     for c in cores {
@@ -200,31 +219,39 @@ fn per_core(out: &mut String, name: &str, help: &str, values: impl Iterator<Item
     }
 }
 
+/// `core="N"` labels for per-core histograms.
+fn per_core_label<'a>(
+    hs: impl Iterator<Item = &'a Histogram>,
+) -> impl Iterator<Item = (String, &'a Histogram)> {
+    hs.enumerate()
+        .map(|(core, h)| (format!("core=\"{core}\""), h))
+}
+
+/// Histograms, each with its labels (`core="0"`, or none).
 fn histogram<'a>(
     out: &mut String,
     name: &str,
     help: &str,
-    per_core: impl Iterator<Item = &'a Histogram>,
+    labelled: impl Iterator<Item = (String, &'a Histogram)>,
 ) {
     header(out, name, help, "histogram");
-    for (core, h) in per_core.enumerate() {
+    for (labels, h) in labelled {
+        let sep = if labels.is_empty() { "" } else { "," };
         let (cumulative, sum_us) = h.cumulative();
         for (i, n) in cumulative.iter().enumerate() {
             let le = match LATENCY_BUCKETS_US.get(i) {
                 Some(us) => format!("{}", *us as f64 / 1e6),
                 None => "+Inf".to_string(),
             };
-            let _ = writeln!(
-                out,
-                "tether_{name}_bucket{{core=\"{core}\",le=\"{le}\"}} {n}"
-            );
+            let _ = writeln!(out, "tether_{name}_bucket{{{labels}{sep}le=\"{le}\"}} {n}");
         }
         let total = cumulative[cumulative.len() - 1];
-        let _ = writeln!(
-            out,
-            "tether_{name}_sum{{core=\"{core}\"}} {}",
-            sum_us as f64 / 1e6
-        );
-        let _ = writeln!(out, "tether_{name}_count{{core=\"{core}\"}} {total}");
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "tether_{name}_sum{braces} {}", sum_us as f64 / 1e6);
+        let _ = writeln!(out, "tether_{name}_count{braces} {total}");
     }
 }

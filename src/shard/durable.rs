@@ -257,14 +257,34 @@ impl Core {
         let Some(e) = st.entry(loc.key) else {
             return false;
         };
-        if conn.is_some_and(|c| c != e.id) || !matches!(e.phase, Phase::Active) {
+        if conn.is_some_and(|c| c != e.id) {
             return false;
         }
+        let before_connack = match e.phase {
+            Phase::Offline { .. } if code == reason::SESSION_TAKEN_OVER => {
+                // Resumed on another node: this offline copy is stale.
+                // Forget it without writing (the store holds the live one).
+                info!(conn = %e.id, client_id, "session resumed on another node; forgetting the offline copy");
+                e.session.durable = None;
+                self.end_session(&mut st, loc.key);
+                return true;
+            }
+            Phase::Active => false,
+            // Kicked while its own claim is still on its way back (the
+            // newer claim's kick overtook it): no CONNACK went out, so the
+            // socket just closes; the claim's answer finds no link.
+            Phase::AwaitingVerdict { .. } | Phase::AwaitingHandover { .. } => true,
+            _ => return false,
+        };
         let Some(link) = e.link.as_mut() else {
             return false;
         };
         info!(conn = %e.id, client_id, reason = format_args!("{code:#04x}"), "closing: {why}");
-        let code = link.version.is_v5().then_some(code);
+        let code = link
+            .version
+            .is_v5()
+            .then_some(code)
+            .filter(|_| !before_connack);
         link.request_close_why(code, false, Some(why));
         true
     }

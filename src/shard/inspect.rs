@@ -4,7 +4,7 @@
 use super::{Core, Entry, PendingKind, Phase};
 use crate::bridge::{ClientInfo, SessionGauges, SubscriptionInfo};
 use crate::codec::{reason, Version};
-use crate::id::ConnKey;
+use crate::id::{ConnKey, TRANSPORT_NAMES};
 
 impl Core {
     /// The session at `key`, if it is one.
@@ -85,7 +85,11 @@ impl Core {
             username: link.and_then(|l| l.username.as_deref()).map(str::to_string),
             online,
             connection_id: e.id.to_string(),
+            node: self.node.node_id,
             core: self.id,
+            transport: link
+                .and_then(|l| TRANSPORT_NAMES.get(usize::from(l.transport)))
+                .map(|t| t.to_string()),
             connected_since_ms: since.map(|d| d.as_millis() as u64),
             peer: link.map(|l| l.peer.to_string()),
             protocol: link.map(|l| match l.version {

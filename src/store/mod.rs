@@ -163,8 +163,76 @@ pub trait SessionStore: Send + Sync + 'static {
     fn latency(&self) -> Option<&Histogram> {
         None
     }
+
+    /// Whether the store knows the whole cluster (presence, sessions on
+    /// other nodes); only then is [`SessionStore::lookup`] asked.
+    fn cluster(&self) -> bool {
+        false
+    }
+
+    /// Answers a question about the cluster through its reply. The default
+    /// drops it (the asker then answers from this node alone).
+    fn lookup(&self, q: Lookup) {
+        drop(q);
+    }
 }
 
 /// One figure for `/metrics`: name (without the `tether_` prefix), help,
 /// value, and whether it is a counter (otherwise a gauge).
 pub type Figure = (&'static str, &'static str, u64, bool);
+
+/// A connection in the cluster's presence directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// The client id.
+    pub client_id: String,
+    /// The connection (its id names node and core).
+    pub conn: ConnId,
+    /// `mqtt`, `ws`, `mqtts` or `wss`.
+    pub transport: String,
+    /// When it connected, Unix ms.
+    pub since_ms: u64,
+}
+
+/// A session as the cluster's store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// The owning connection (node, core).
+    pub conn: Option<ConnId>,
+    /// A connection is attached (and its node is alive).
+    pub online: bool,
+    /// Its user name.
+    pub user: Option<String>,
+    /// Subscriptions: filter and granted QoS.
+    pub subscriptions: Vec<(String, u8)>,
+    /// Messages stored for it, queued or in flight.
+    pub messages: usize,
+    /// Of those, sent and not yet acknowledged.
+    pub inflight: usize,
+}
+
+/// A question about the whole cluster, from the HTTP API.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A user's live connections on every live node.
+    User {
+        /// The user name.
+        user: String,
+        /// The answer.
+        reply: tokio::sync::oneshot::Sender<Result<Vec<Connection>, StoreError>>,
+    },
+    /// A client's session, wherever it is.
+    Client {
+        /// The client id.
+        client_id: String,
+        /// The answer (`None`: no such session).
+        reply: tokio::sync::oneshot::Sender<Result<Option<StoredSession>, StoreError>>,
+    },
+    /// Disconnect a client wherever it is connected (reason 0x98).
+    Kick {
+        /// The client id.
+        client_id: String,
+        /// Whether a live connection was told to close.
+        reply: tokio::sync::oneshot::Sender<Result<bool, StoreError>>,
+    },
+}

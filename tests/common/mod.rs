@@ -344,3 +344,4 @@ pub fn until_blocking(what: &str, mut cond: impl FnMut() -> bool) {
 }
 pub mod cluster;
 pub mod pki;
+pub mod web;

@@ -117,6 +117,8 @@ pub(crate) enum Job {
     Background { claim: Claim },
     /// Writes, in journal order.
     Write(Vec<StoreOp>),
+    /// A question from the HTTP API.
+    Lookup(super::Lookup),
     /// Flush and stop.
     Stop,
 }
@@ -302,6 +304,14 @@ impl SessionStore for RedisStore {
 
     fn latency(&self) -> Option<&Histogram> {
         Some(&self.metrics.latency)
+    }
+
+    fn cluster(&self) -> bool {
+        true
+    }
+
+    fn lookup(&self, q: super::Lookup) {
+        self.send(Job::Lookup(q));
     }
 }
 

@@ -34,7 +34,10 @@ use crate::bridge::{Bridge, BridgeMsg};
 use crate::codec::{reason, QoS, SubOptions};
 use crate::id::ConnId;
 use crate::session::{Durable, Inflight, Session};
-use crate::store::{Claim, ClaimResult, Claimed, Presence, SessionRef, StoreError, StoreOp};
+use crate::store::{
+    Claim, ClaimResult, Claimed, Connection, Lookup, Presence, SessionRef, StoreError, StoreOp,
+    StoredSession,
+};
 
 /// First pause after a failed connection attempt; doubles up to
 /// [`MAX_BACKOFF`].
@@ -105,6 +108,10 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut jobs: UnboundedReceiver<Job>) {
                     reply.send(result.map(|c| Claimed { previous, ..c }));
                 });
             }
+            Job::Lookup(q) => {
+                let (ctx, conn) = (ctx.clone(), conn.clone());
+                tokio::task::spawn_local(async move { lookup(&ctx, conn, q).await });
+            }
             Job::Background { claim } => {
                 let (ctx, mut conn) = (ctx.clone(), conn.clone());
                 tokio::task::spawn_local(async move {
@@ -131,6 +138,7 @@ fn fail(ctx: &Ctx, job: Job) {
             "Redis is not reachable".into(),
         ))),
         Job::Write(ops) => finish(ctx, ops, Err(())),
+        Job::Lookup(q) => answer_unavailable(q),
         Job::Background { .. } | Job::Stop => {}
     }
 }
@@ -212,7 +220,7 @@ async fn claim_one(ctx: &Ctx, conn: &mut Conn, c: &Claim, handed_over: bool) -> 
         return Err(StoreError::Unavailable("unexpected CLAIM reply".into()));
     };
     let epoch: u64 = text(v.first()).parse().unwrap_or(0);
-    let (prev_node, prev_conn, prev_up) = (text(v.get(1)), text(v.get(3)), text(v.get(4)));
+    let (prev_node, prev_conn) = (text(v.get(1)), text(v.get(3)));
     let mut out = Claimed {
         epoch,
         ..Default::default()
@@ -225,9 +233,10 @@ async fn claim_one(ctx: &Ctx, conn: &mut Conn, c: &Claim, handed_over: bool) -> 
             kick_member(ctx, conn, evicted).await;
         }
     }
-    // The previous owner is another node: it closes the old connection
-    // (its writes are already refused: the epoch moved).
-    if prev_up == "1" && !prev_node.is_empty() && prev_node != s.node.to_string() {
+    // The previous owner is another node: it closes the old connection, or
+    // forgets its offline copy (its writes are already refused: the epoch
+    // moved).
+    if !prev_node.is_empty() && prev_node != s.node.to_string() && !prev_conn.is_empty() {
         if let Ok(node) = prev_node.parse::<u16>() {
             let msg = format!(
                 "kick {prev_conn} {} {}",
@@ -520,6 +529,133 @@ async fn node_lease(ctx: Rc<Ctx>, mut conn: Conn) {
             debug!("node lease: {e}");
         }
         tokio::time::sleep(Duration::from_millis(s.node_lease_ms / 3)).await;
+    }
+}
+
+// ----- lookups ------------------------------------------------------------------
+
+fn answer_unavailable(q: Lookup) {
+    let e = || StoreError::Unavailable("Redis is not reachable".into());
+    match q {
+        Lookup::User { reply, .. } => {
+            let _ = reply.send(Err(e()));
+        }
+        Lookup::Client { reply, .. } => {
+            let _ = reply.send(Err(e()));
+        }
+        Lookup::Kick { reply, .. } => {
+            let _ = reply.send(Err(e()));
+        }
+    }
+}
+
+/// Node incarnations whose lease is current.
+async fn live_nodes(ctx: &Ctx, conn: &mut Conn) -> redis::RedisResult<Vec<String>> {
+    redis::cmd("ZRANGEBYSCORE")
+        .arg(keys::nodes(&ctx.settings.prefix))
+        .arg(now_ms())
+        .arg("+inf")
+        .query_async(conn)
+        .await
+}
+
+async fn lookup(ctx: &Ctx, mut conn: Conn, q: Lookup) {
+    let s = &ctx.settings;
+    match q {
+        Lookup::User { user, reply } => {
+            let r = async {
+                let live = live_nodes(ctx, &mut conn).await?;
+                let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                    .arg(keys::user(&s.prefix, &user))
+                    .arg(now_ms())
+                    .arg("+inf")
+                    .query_async(&mut conn)
+                    .await?;
+                Ok::<_, RedisError>(
+                    members
+                        .iter()
+                        .filter_map(|m| parse_member(m))
+                        .filter(|e| live.contains(&format!("{}:{}", e.conn.node, e.incarnation)))
+                        .map(|e| Connection {
+                            client_id: e.client_id,
+                            conn: e.conn,
+                            transport: e.transport,
+                            since_ms: e.since_ms,
+                        })
+                        .collect(),
+                )
+            }
+            .await;
+            let _ = reply.send(r.map_err(|e| unavailable(ctx, e)));
+        }
+        Lookup::Client { client_id, reply } => {
+            let k = keys::session(&s.prefix, &client_id);
+            let r = async {
+                let (own, subs, messages, inflight): (
+                    HashMap<String, String>,
+                    HashMap<String, Vec<u8>>,
+                    usize,
+                    usize,
+                ) = redis::pipe()
+                    .cmd("HGETALL")
+                    .arg(&k[0])
+                    .cmd("HGETALL")
+                    .arg(&k[1])
+                    .cmd("HLEN")
+                    .arg(&k[2])
+                    .cmd("HLEN")
+                    .arg(&k[3])
+                    .query_async(&mut conn)
+                    .await?;
+                if own.is_empty() {
+                    return Ok(None);
+                }
+                let live = live_nodes(ctx, &mut conn).await?;
+                let node_alive = own
+                    .get("node")
+                    .is_some_and(|n| live.iter().any(|l| l.split(':').next() == Some(n)));
+                let mut subscriptions: Vec<(String, u8)> = subs
+                    .into_iter()
+                    .filter_map(|(f, o)| Some((f, sub_from(&o)?.0.qos as u8)))
+                    .collect();
+                subscriptions.sort();
+                Ok::<_, RedisError>(Some(StoredSession {
+                    conn: own.get("conn").and_then(|c| ConnId::parse(c)),
+                    online: own.get("up").map(String::as_str) == Some("1") && node_alive,
+                    user: own.get("user").filter(|u| !u.is_empty()).cloned(),
+                    subscriptions,
+                    messages,
+                    inflight,
+                }))
+            }
+            .await;
+            let _ = reply.send(r.map_err(|e| unavailable(ctx, e)));
+        }
+        Lookup::Kick { client_id, reply } => {
+            let k = keys::session(&s.prefix, &client_id);
+            let r: redis::RedisResult<Vec<Option<String>>> = redis::cmd("HMGET")
+                .arg(&k[0])
+                .arg("conn")
+                .arg("up")
+                .query_async(&mut conn)
+                .await;
+            let r = match r {
+                Ok(v) => match (v.first().cloned().flatten(), v.get(1).cloned().flatten()) {
+                    (Some(c), Some(up)) if up == "1" => match ConnId::parse(&c) {
+                        Some(id) => {
+                            let msg =
+                                format!("kick {id} {} {client_id}", reason::ADMINISTRATIVE_ACTION);
+                            publish(ctx, &mut conn, id.node, msg).await;
+                            Ok(true)
+                        }
+                        None => Ok(false),
+                    },
+                    _ => Ok(false),
+                },
+                Err(e) => Err(unavailable(ctx, e)),
+            };
+            let _ = reply.send(r);
+        }
     }
 }
 
