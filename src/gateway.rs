@@ -201,7 +201,10 @@ impl GatewayBuilder {
         );
         let store: Arc<dyn SessionStore> = match (store, cfg.store.kind) {
             (Some(s), _) => s,
-            (None, StoreKind::Memory) => Arc::new(MemoryStore::default()),
+            (None, StoreKind::Memory) => Arc::new(MemoryStore::with_user_limit(
+                cfg.limits.max_connections_per_user,
+                cfg.limits.per_user_policy,
+            )),
             (None, StoreKind::Redis) => {
                 // rustls needs a process-wide crypto provider for rediss://
                 // (ring, like the listeners); already installed is fine.

@@ -675,3 +675,34 @@ async fn python_paho_clients_move_between_nodes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_of_one_lets_the_client_move_and_forgets_a_dead_nodes_connection() {
+    let redis = Redis::start();
+    let env = [
+        ("TETHER_LIMITS__MAX_CONNECTIONS_PER_USER", "1"),
+        ("TETHER_LIMITS__PER_USER_POLICY", "\"refuse\""),
+        ("TETHER_PRESENCE__NODE_LEASE_SECS", "3"),
+    ];
+    let a = Node::start(1, &redis.url(), &env);
+    let mut b = Node::start(2, &redis.url(), &env);
+    let _first = connect(as_user(&a, "solo", "one", false)).await;
+    // The same client on another node takes its own place over.
+    let _moved = connect(as_user(&b, "solo", "one", false)).await;
+    let other = try_connect(as_user(&a, "solo-tablet", "one", true)).await;
+    assert!(other.is_err(), "a second client of the user is refused");
+    // Its node dies: once its lease is gone, the place is free again,
+    // long before the connection's own presence lease (30 s) runs out.
+    b.proc.kill9();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match try_connect(as_user(&a, "solo-tablet", "one", true)).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(e.contains("ServiceUnavailable"), "{e}");
+                assert!(tokio::time::Instant::now() < deadline, "the place frees up");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

@@ -345,3 +345,48 @@ async fn hop_session(check_order: bool) {
         &order.reordered[..order.reordered.len().min(20)]
     );
 }
+
+/// A raw MQTT 5 CONNECT as `user`: the CONNACK's reason code, and the
+/// connection (open when admitted).
+fn connect_as(gw: &tether::Gateway, id: &str, user: &str) -> (u8, Raw) {
+    let mut r = Raw::open(gw.tcp_addr);
+    let mut c = connect_packet(id, Version::V5);
+    c.username = Some(user.into());
+    c.password = Some(bytes::Bytes::from_static(b"pw"));
+    r.send(&Packet::Connect(Box::new(c)));
+    match r.recv() {
+        Some(Packet::ConnAck(a)) => (a.code, r),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_memory_store_holds_each_user_to_its_limit_on_the_node() {
+    use tether::config::PerUserPolicy;
+    let gw = gateway(2, |c| {
+        c.limits.max_connections_per_user = 2;
+        c.limits.per_user_policy = PerUserPolicy::Refuse;
+    });
+    let (a, _ka) = connect_as(&gw, "lim-1", "lim");
+    let (b, kb) = connect_as(&gw, "lim-2", "lim");
+    assert_eq!((a, b), (0, 0));
+    let (c, mut refused) = connect_as(&gw, "lim-3", "lim");
+    assert_eq!(c, codec::reason::QUOTA_EXCEEDED, "the third is refused");
+    assert!(refused.until_closed().is_empty());
+    // The same client reconnecting takes its own place over.
+    let (again, _kb2) = connect_as(&gw, "lim-2", "lim");
+    assert_eq!(again, 0, "a takeover is not an extra connection");
+    drop(kb);
+    // Another user is not affected.
+    assert_eq!(connect_as(&gw, "other-1", "other").0, 0);
+
+    let gw = gateway(2, |c| c.limits.max_connections_per_user = 2);
+    let (_, mut oldest) = connect_as(&gw, "ev-1", "ev");
+    let (_, _second) = connect_as(&gw, "ev-2", "ev");
+    let (third, _t) = connect_as(&gw, "ev-3", "ev");
+    assert_eq!(third, 0, "evict_oldest admits the newest");
+    match oldest.until_closed().as_slice() {
+        [Packet::Disconnect(d)] => assert_eq!(d.code, codec::reason::ADMINISTRATIVE_ACTION),
+        other => panic!("the oldest gets DISCONNECT 0x98, got {other:?}"),
+    }
+}

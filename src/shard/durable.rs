@@ -159,7 +159,7 @@ impl Core {
         client_id: &Arc<str>,
         conn: ConnId,
     ) -> Option<Presence> {
-        if !self.mirrors() {
+        if !self.node.store.tracks_users() {
             return None;
         }
         let user = link.username.clone()?;

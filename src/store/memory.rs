@@ -1,13 +1,21 @@
 //! The in-memory session directory: a sharded hash map, answering every
 //! claim at once. The default store, and the node-local directory of a
 //! single node.
+//!
+//! With `limits.max_connections_per_user` it also admits connections per
+//! user, on this node: one lock over the users' connection lists, taken
+//! only by CONNECTs that give a user name and by their closes.
 
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ahash::AHashMap;
 
-use super::{Claim, ClaimResult, Claimed, SessionStore};
-use crate::id::Location;
+use super::{Claim, ClaimResult, Claimed, Presence, SessionStore, StoreOp};
+use crate::bridge::{Bridge, BridgeMsg};
+use crate::codec::reason;
+use crate::config::PerUserPolicy;
+use crate::id::{ConnId, Location};
 
 /// Number of lock shards; connect storms on many cores rarely contend.
 const SHARDS: usize = 64;
@@ -16,6 +24,22 @@ const SHARDS: usize = 64;
 pub struct MemoryStore {
     shards: Vec<Mutex<AHashMap<Box<str>, Location>>>,
     hasher: ahash::RandomState,
+    /// The per-user connection limit, when one is set.
+    users: Option<UserLimit>,
+}
+
+/// A user's admitted connections, oldest first: (connection, client id).
+type Admitted = VecDeque<(ConnId, Arc<str>)>;
+
+/// `limits.max_connections_per_user` on one node.
+struct UserLimit {
+    max: usize,
+    policy: PerUserPolicy,
+    /// Each user's admitted connections. An entry leaves when its
+    /// connection closes ([`StoreOp::Left`]).
+    admitted: Mutex<AHashMap<Arc<str>, Admitted>>,
+    /// Where evictions are sent (set when the gateway starts).
+    bridge: OnceLock<Arc<Bridge>>,
 }
 
 impl Default for MemoryStore {
@@ -31,11 +55,65 @@ impl Default for MemoryStore {
                 })
                 .collect(),
             hasher: ahash::RandomState::new(),
+            users: None,
         }
     }
 }
 
 impl MemoryStore {
+    /// A directory that also holds each user to `max` connections on this
+    /// node (0: no limit), by `policy`.
+    pub fn with_user_limit(max: u32, policy: PerUserPolicy) -> MemoryStore {
+        MemoryStore {
+            users: (max > 0).then(|| UserLimit {
+                max: max as usize,
+                policy,
+                admitted: Mutex::default(),
+                bridge: OnceLock::new(),
+            }),
+            ..MemoryStore::default()
+        }
+    }
+
+    /// Admits `p` under the limit: `false` when refused. Evicted
+    /// connections are told to close (DISCONNECT 0x98 on MQTT 5).
+    fn admit(&self, limit: &UserLimit, p: &Presence) -> bool {
+        let mut evicted = Vec::new();
+        {
+            let mut admitted = limit.admitted.lock().unwrap_or_else(|e| e.into_inner());
+            let list = admitted.entry(p.user.clone()).or_default();
+            // The client's own earlier connection is being taken over: it
+            // does not count.
+            let counted = list.iter().filter(|(_, c)| *c != p.client_id).count();
+            if counted >= limit.max {
+                if limit.policy == PerUserPolicy::Refuse {
+                    return false;
+                }
+                let mut over = counted + 1 - limit.max;
+                list.retain(|(conn, c)| {
+                    if over > 0 && *c != p.client_id {
+                        over -= 1;
+                        evicted.push((*conn, c.clone()));
+                        return false;
+                    }
+                    true
+                });
+            }
+            list.push_back((p.conn, p.client_id.clone()));
+        }
+        if let Some(bridge) = limit.bridge.get() {
+            for (conn, client_id) in evicted {
+                let msg = BridgeMsg::KickClient {
+                    client_id,
+                    conn: Some(conn),
+                    code: reason::ADMINISTRATIVE_ACTION,
+                    why: "over the user's connection limit",
+                };
+                let _ = bridge.send(usize::from(conn.core), msg);
+            }
+        }
+        true
+    }
     fn shard(&self, client_id: &str) -> std::sync::MutexGuard<'_, AHashMap<Box<str>, Location>> {
         let shard = &self.shards[self.hasher.hash_one(client_id) as usize % SHARDS];
         // A panic while holding the lock cannot leave the map half-updated
@@ -46,6 +124,14 @@ impl MemoryStore {
 
 impl SessionStore for MemoryStore {
     fn claim(&self, claim: &Claim) -> Option<ClaimResult> {
+        if let (Some(limit), Some(p)) = (&self.users, &claim.presence) {
+            if !self.admit(limit, p) {
+                return Some(Ok(Claimed {
+                    over_limit: true,
+                    ..Default::default()
+                }));
+            }
+        }
         let previous = self
             .shard(&claim.client_id)
             .insert((*claim.client_id).into(), claim.loc);
@@ -64,6 +150,31 @@ impl SessionStore for MemoryStore {
 
     fn locate(&self, client_id: &str) -> Option<Location> {
         self.shard(client_id).get(client_id).copied()
+    }
+
+    fn tracks_users(&self) -> bool {
+        self.users.is_some()
+    }
+
+    fn write(&self, ops: Vec<StoreOp>) {
+        let Some(limit) = &self.users else { return };
+        let mut admitted = limit.admitted.lock().unwrap_or_else(|e| e.into_inner());
+        for op in ops {
+            if let StoreOp::Left { presence: p } = op {
+                if let Some(list) = admitted.get_mut(&p.user) {
+                    list.retain(|(conn, _)| *conn != p.conn);
+                    if list.is_empty() {
+                        admitted.remove(&p.user);
+                    }
+                }
+            }
+        }
+    }
+
+    fn start(&self, bridge: Arc<Bridge>) {
+        if let Some(limit) = &self.users {
+            let _ = limit.bridge.set(bridge);
+        }
     }
 }
 

@@ -139,6 +139,13 @@ pub trait SessionStore: Send + Sync + 'static {
         None
     }
 
+    /// Whether the store keeps track of each user's connections (presence,
+    /// the per-user limit) even if it mirrors no session: then every claim
+    /// carries its [`Presence`] and every close writes [`StoreOp::Left`].
+    fn tracks_users(&self) -> bool {
+        self.durability().is_some()
+    }
+
     /// Writes for mirrored sessions, applied in order per session. Must not
     /// block: queue them for the store's own thread.
     fn write(&self, ops: Vec<StoreOp>) {

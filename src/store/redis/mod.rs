@@ -200,6 +200,7 @@ impl SessionStore for RedisStore {
             bridge,
             scripts: scripts::Scripts::default(),
             client,
+            live: Default::default(),
         };
         let spawned = std::thread::Builder::new()
             .name("tether-redis".into())

@@ -120,9 +120,17 @@ return 1
 /// one. Entries whose lease ran out are dropped first.
 ///
 /// KEYS: the user's set. ARGV: member, now (ms), lease (ms), max (0: no
-/// limit), policy (`evict` or `refuse`). Returns {admitted (0/1), evicted
-/// member...}: with `evict`, the oldest entries (members sort by their
-/// connect time) make room.
+/// limit), policy (`evict` or `refuse`), the claiming client id, a cutoff
+/// (ms), then the live node incarnations (`node:incarnation`).
+///
+/// What counts against the limit: not the client's own earlier connection
+/// (this claim takes it over), and not an entry of a node that is no longer
+/// live. The live list is the worker's cached view, so only entries older
+/// than the cutoff (when that view was read, less a margin for clock skew)
+/// are judged by it: a node that started after the view still counts.
+///
+/// Returns {admitted (0/1), evicted member...}: with `evict`, the oldest
+/// entries (members sort by their connect time) make room.
 pub const ADMIT: &str = r"
 local k = KEYS[1]
 local now = tonumber(ARGV[2])
@@ -130,13 +138,26 @@ local max = tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
 local out = {1}
 if max > 0 then
-  local all = redis.call('ZRANGE', k, 0, -1)
-  if #all >= max then
+  local cutoff = tonumber(ARGV[7])
+  local live = {}
+  for i = 8, #ARGV do live[ARGV[i]] = true end
+  local counted = {}
+  for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
+    local since, node, inc, cid = string.match(m, '^(%d+)|n(%d+)%.[^|]*|(%d+)|[^|]*|(.*)$')
+    if cid == ARGV[6] then
+      -- the same client: this claim takes that connection over
+    elseif since and tonumber(since) < cutoff and not live[node .. ':' .. inc] then
+      redis.call('ZREM', k, m)
+    else
+      counted[#counted + 1] = m
+    end
+  end
+  if #counted >= max then
     if ARGV[5] ~= 'evict' then return {0} end
-    table.sort(all)
-    for i = 1, #all - max + 1 do
-      redis.call('ZREM', k, all[i])
-      out[#out + 1] = all[i]
+    table.sort(counted)
+    for i = 1, #counted - max + 1 do
+      redis.call('ZREM', k, counted[i])
+      out[#out + 1] = counted[i]
     end
   end
 end

@@ -54,7 +54,14 @@ pub(super) struct Ctx {
     pub bridge: Arc<Bridge>,
     pub scripts: Scripts,
     pub client: Client,
+    /// The live node incarnations as last read with the node lease, and
+    /// when (Unix ms): ADMIT discounts older entries of nodes not in it.
+    pub live: std::cell::RefCell<(u64, Vec<String>)>,
 }
+
+/// How much older than the live-node view an entry must be before a
+/// missing node discounts it: room for clock skew between nodes.
+const SKEW_MARGIN_MS: u64 = 5_000;
 
 /// Runs the worker until `Job::Stop` or until every sender is gone.
 pub(super) async fn run(ctx: Rc<Ctx>, mut jobs: UnboundedReceiver<Job>) {
@@ -204,7 +211,13 @@ async fn claim_one(ctx: &Ctx, conn: &mut Conn, c: &Claim, handed_over: bool) -> 
             .arg(now_ms())
             .arg(s.presence_lease_ms)
             .arg(s.max_per_user)
-            .arg(if s.evict_oldest { "evict" } else { "refuse" });
+            .arg(if s.evict_oldest { "evict" } else { "refuse" })
+            .arg(&*c.client_id);
+        let live = ctx.live.borrow();
+        inv.arg(live.0.saturating_sub(SKEW_MARGIN_MS));
+        for node in &live.1 {
+            inv.arg(node);
+        }
         inv
     });
     let mut conn2 = conn.clone();
@@ -511,7 +524,8 @@ async fn node_lease(ctx: Rc<Ctx>, mut conn: Conn) {
     let key = keys::nodes(&s.prefix);
     let member = format!("{}:{}", s.node, s.incarnation);
     loop {
-        let r: redis::RedisResult<()> = redis::pipe()
+        let started = now_ms();
+        let r: redis::RedisResult<(Vec<String>,)> = redis::pipe()
             .cmd("ZADD")
             .arg(&key)
             .arg(now_ms() + s.node_lease_ms)
@@ -522,11 +536,18 @@ async fn node_lease(ctx: Rc<Ctx>, mut conn: Conn) {
             .arg("-inf")
             .arg(now_ms())
             .ignore()
+            .cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
             .query_async(&mut conn)
             .await;
-        if let Err(e) = r {
-            ctx.metrics.errors.fetch_add(1, Relaxed);
-            debug!("node lease: {e}");
+        match r {
+            Ok((live,)) => *ctx.live.borrow_mut() = (started, live),
+            Err(e) => {
+                ctx.metrics.errors.fetch_add(1, Relaxed);
+                debug!("node lease: {e}");
+            }
         }
         tokio::time::sleep(Duration::from_millis(s.node_lease_ms / 3)).await;
     }
