@@ -706,3 +706,29 @@ async fn a_limit_of_one_lets_the_client_move_and_forgets_a_dead_nodes_connection
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suback_means_the_subscription_survives_the_node() {
+    let redis = Redis::start();
+    let mut a = Node::start(1, &redis.url(), &[]);
+    let b = Node::start(2, &redis.url(), &[]);
+    for round in 0..20 {
+        let id = format!("subber-{round}");
+        let mut sub = connect(options(&a, &id, false)).await;
+        sub.subscribe(&format!("round/{round}/#")).await;
+        if round == 19 {
+            // The node dies right after the last SUBACK.
+            a.proc.kill9();
+        }
+        drop(sub);
+    }
+    for round in 0..20 {
+        let id = format!("subber-{round}");
+        let v = api(&b, "GET", &format!("/v1/clients/{id}")).json();
+        assert_eq!(
+            v["subscriptions"][0]["filter"],
+            format!("round/{round}/#"),
+            "{id}: {v}"
+        );
+    }
+}

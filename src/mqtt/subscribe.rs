@@ -147,6 +147,9 @@ fn apply(
         .unwrap_or(0);
     let mut codes = Vec::with_capacity(s.filters.len());
     let mut retained = Vec::new();
+    // A persistent session's SUBACK waits for its subscriptions to be
+    // stored (sync durability).
+    let held = core.hold_suback(st, key);
     for (i, (filter, mut opts)) in s.filters.into_iter().enumerate() {
         if let Decision::Fail(code) = decisions[i] {
             codes.push(code);
@@ -176,7 +179,11 @@ fn apply(
             filter: filter.as_str().into(),
             opts,
             id,
-            confirm: None,
+            // A share only for a write that is made.
+            confirm: held.as_ref().map(|(_, c)| {
+                c.hold();
+                c.clone()
+            }),
         });
         codes.push(opts.qos as u8);
         // MQTT 5 3.8.3.1 Retain Handling: 0 always, 1 only for a new
@@ -192,12 +199,18 @@ fn apply(
             retained.push((filter, opts.qos));
         }
     }
-    if let Some(link) = st.link(key) {
-        link.control(Packet::SubAck(SubAck {
-            pkid: s.pkid,
-            codes,
-            properties: Default::default(),
-        }));
+    let ack = SubAck {
+        pkid: s.pkid,
+        codes,
+        properties: Default::default(),
+    };
+    match held {
+        Some((seq, confirm)) => core.suback_ready(st, key, seq, &confirm, ack),
+        None => {
+            if let Some(link) = st.link(key) {
+                link.control(Packet::SubAck(ack));
+            }
+        }
     }
     // After the SUBACK, so clients see the subscription confirmed first.
     for (filter, qos) in retained {

@@ -9,6 +9,11 @@
 //! order. A failure gives an MQTT 5 client 0x80 in that ack; a 3.1.1
 //! client, which has no negative ack, is disconnected without one (it
 //! resends). A message is never acknowledged and then dropped.
+//!
+//! A SUBACK of a persistent session is held the same way, with sync
+//! durability, until its subscriptions are stored: a client told it is
+//! subscribed finds the subscription on any node it resumes on. If the
+//! store fails, each granted filter gets 0x80 (both versions have it).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,7 +23,7 @@ use tracing::warn;
 use super::{Core, CoreState, Waiting};
 use crate::bridge::outbound::{OutboundError, OutboundPolicy, Outgoing, Produced};
 use crate::bridge::Refusal;
-use crate::codec::{reason, QoS};
+use crate::codec::{reason, Packet, QoS, SubAck};
 use crate::id::ConnKey;
 use crate::session::{AckKind, Confirm, Frame, Message};
 use crate::stats::bump;
@@ -33,8 +38,7 @@ pub struct HeldAcks {
 
 #[derive(Debug)]
 struct HeldAck {
-    qos: QoS,
-    pkid: u16,
+    what: Held,
     /// Confirmations still to come (0: ready).
     waits: u8,
     /// One of them failed.
@@ -43,11 +47,19 @@ struct HeldAck {
     code: u8,
 }
 
+/// What a held entry sends once ready.
+#[derive(Debug)]
+enum Held {
+    /// A PUBACK (QoS 1) or PUBREC (QoS 2).
+    Publish { qos: QoS, pkid: u16 },
+    /// A SUBACK; `None` while its SUBSCRIBE is still being applied.
+    SubAck(Option<Box<SubAck>>),
+}
+
 impl HeldAcks {
-    fn push(&mut self, qos: QoS, pkid: u16, waits: u8, code: u8) -> u64 {
+    fn push(&mut self, what: Held, waits: u8, code: u8) -> u64 {
         self.acks.push_back(HeldAck {
-            qos,
-            pkid,
+            what,
             waits,
             failed: false,
             code,
@@ -93,7 +105,7 @@ impl Core {
             .filter(|h| !h.is_empty())
         {
             Some(held) => {
-                held.push(qos, pkid, 0, code);
+                held.push(Held::Publish { qos, pkid }, 0, code);
             }
             None => send_ack(link, qos, pkid, code),
         }
@@ -111,12 +123,55 @@ impl Core {
         waits: u8,
     ) -> u64 {
         match st.link(key) {
-            Some(link) => link
-                .rare()
-                .held_acks
-                .push(qos, pkid, waits, reason::SUCCESS),
+            Some(link) => {
+                link.rare()
+                    .held_acks
+                    .push(Held::Publish { qos, pkid }, waits, reason::SUCCESS)
+            }
             None => 0,
         }
+    }
+
+    /// Holds the SUBACK of the SUBSCRIBE being applied to `key` until its
+    /// subscriptions are stored: the returned confirm takes one share per
+    /// stored subscription, and the caller gives the SUBACK to
+    /// [`Core::suback_ready`] when it is built. `None`: nothing to wait for
+    /// (not a persistent session, or durability is async).
+    pub fn hold_suback(&self, st: &mut CoreState, key: ConnKey) -> Option<(u64, Arc<Confirm>)> {
+        if !self.waits_for_durability() {
+            return None;
+        }
+        let e = st.entry(key)?;
+        e.session.durable.as_ref()?;
+        let seq = e
+            .link
+            .as_mut()?
+            .rare()
+            .held_acks
+            .push(Held::SubAck(None), 1, reason::SUCCESS);
+        Some((seq, self.confirm_for(st, Waiting::Produce { key, seq })))
+    }
+
+    /// The SUBACK held at `seq` is built: it goes out once the confirm
+    /// (whose creator share this releases) completes.
+    pub fn suback_ready(
+        &self,
+        st: &mut CoreState,
+        key: ConnKey,
+        seq: u64,
+        confirm: &Confirm,
+        ack: SubAck,
+    ) {
+        if let Some(held) = st.link(key).and_then(|l| l.rare.as_mut()) {
+            let held = &mut held.held_acks;
+            if let Some(a) = seq
+                .checked_sub(held.first)
+                .and_then(|i| held.acks.get_mut(i as usize))
+            {
+                a.what = Held::SubAck(Some(Box::new(ack)));
+            }
+        }
+        confirm.release(true);
     }
 
     /// A confirm whose completion answers `waiting` (a held ack, an API
@@ -246,6 +301,7 @@ impl Core {
     /// front that is ready, in order.
     fn release_acks(&self, st: &mut CoreState, key: ConnKey, seq: u64, ok: bool) {
         let Some(e) = st.entry(key) else { return };
+        let link_id = e.id;
         let (session, Some(link)) = (&mut e.session, e.link.as_mut()) else {
             return;
         };
@@ -264,11 +320,12 @@ impl Core {
         let mut ready = Vec::new();
         let mut close = false;
         while let Some(front) = held.acks.front() {
-            let code = match (front.waits, front.failed) {
-                (1.., _) => break,
-                (0, false) => front.code,
-                (0, true) if v5 => reason::UNSPECIFIED_ERROR,
-                (0, true) => {
+            let code = match (front.waits, front.failed, &front.what) {
+                (1.., _, _) => break,
+                (0, false, _) => front.code,
+                (0, true, Held::SubAck(_)) => reason::UNSPECIFIED_ERROR,
+                (0, true, _) if v5 => reason::UNSPECIFIED_ERROR,
+                (0, true, _) => {
                     // 3.1.1 has no negative ack: close without this ack
                     // (or any later one), so the client resends.
                     close = true;
@@ -278,14 +335,28 @@ impl Core {
             };
             let a = held.acks.pop_front().expect("front exists");
             held.first += 1;
-            ready.push((a.qos, a.pkid, code));
+            ready.push((a.what, code));
         }
-        for (qos, pkid, code) in ready {
-            if qos == QoS::ExactlyOnce && code >= 0x80 {
-                // An error PUBREC ends the QoS 2 exchange.
-                session.incoming_qos2.retain(|&id| id != pkid);
+        for (what, code) in ready {
+            match what {
+                Held::Publish { qos, pkid } => {
+                    if qos == QoS::ExactlyOnce && code >= 0x80 {
+                        // An error PUBREC ends the QoS 2 exchange.
+                        session.incoming_qos2.retain(|&id| id != pkid);
+                    }
+                    send_ack(link, qos, pkid, code);
+                }
+                Held::SubAck(Some(mut ack)) => {
+                    if code >= 0x80 {
+                        warn!(conn = %link_id, "subscriptions not stored; SUBACK says 0x80");
+                        for c in ack.codes.iter_mut().filter(|c| **c < 0x80) {
+                            *c = reason::UNSPECIFIED_ERROR;
+                        }
+                    }
+                    link.control(Packet::SubAck(*ack));
+                }
+                Held::SubAck(None) => {}
             }
-            send_ack(link, qos, pkid, code);
         }
         if close {
             link.request_close_why(None, false, Some("a message could not be handed on"));
@@ -300,11 +371,15 @@ mod tests {
     #[test]
     fn held_acks_number_in_order() {
         let mut h = HeldAcks::default();
-        assert_eq!(h.push(QoS::AtLeastOnce, 1, 1, 0), 0);
-        assert_eq!(h.push(QoS::AtLeastOnce, 2, 0, 0), 1);
+        let ack = |pkid| Held::Publish {
+            qos: QoS::AtLeastOnce,
+            pkid,
+        };
+        assert_eq!(h.push(ack(1), 1, 0), 0);
+        assert_eq!(h.push(ack(2), 0, 0), 1);
         h.acks.pop_front();
         h.first += 1;
-        assert_eq!(h.push(QoS::AtLeastOnce, 3, 2, 0), 2);
+        assert_eq!(h.push(ack(3), 2, 0), 2);
         assert_eq!(h.len(), 2);
     }
 }
