@@ -732,3 +732,34 @@ async fn a_suback_means_the_subscription_survives_the_node() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_hang_up_during_connect_leave_no_presence_behind() {
+    use tether::codec::{Packet as RawPacket, Version};
+    let redis = Redis::start();
+    let a = Node::start(1, &redis.url(), &[]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], a.mqtt));
+    // Half persistent (the CONNACK waits for the claim), half clean (the
+    // claim runs in the background): each hangs up right after CONNECT.
+    for i in 0..200 {
+        let mut raw = common::Raw::open(addr);
+        let mut c = common::connect_packet(&format!("flash-{i}"), Version::V5);
+        c.username = Some("flash".into());
+        c.clean_start = i % 2 == 0;
+        c.properties.session_expiry_interval = (i % 2 == 1).then_some(60);
+        raw.send(&RawPacket::Connect(Box::new(c)));
+        drop(raw);
+    }
+    // One that stays, to know the others' writes were all applied.
+    let _stays = connect(as_user(&a, "flash-last", "flash", true)).await;
+    let mut conn = redis.conn().unwrap();
+    common::until("the presence set holds only the staying connection", || {
+        redis::cmd("ZCARD")
+            .arg("tt:{u:flash}:c")
+            .query::<usize>(&mut conn)
+            .unwrap()
+            == 1
+    })
+    .await;
+    assert_eq!(online(&a, "flash"), 1);
+}

@@ -201,6 +201,7 @@ impl SessionStore for RedisStore {
             scripts: scripts::Scripts::default(),
             client,
             live: Default::default(),
+            claiming: Default::default(),
         };
         let spawned = std::thread::Builder::new()
             .name("tether-redis".into())

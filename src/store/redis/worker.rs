@@ -4,7 +4,9 @@
 //! messages' `Confirm`s, or the cores' inboxes.
 //!
 //! - **Claims** run as soon as they arrive, concurrently (the multiplexed
-//!   connection pipelines them).
+//!   connection pipelines them). The writes that undo a claim (its
+//!   presence entry leaving, its clean session ending) wait until the claim
+//!   has landed, so they cannot overtake it.
 //! - **Writes** go through one writer task, batch after batch: everything
 //!   queued while the previous batch was in flight goes out together, in
 //!   journal order, as one pipeline (one pipeline per session on a Redis
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use redis::{RedisError, Value};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn};
 
 use super::conn::{Client, Conn};
@@ -57,6 +59,9 @@ pub(super) struct Ctx {
     /// The live node incarnations as last read with the node lease, and
     /// when (Unix ms): ADMIT discounts older entries of nodes not in it.
     pub live: std::cell::RefCell<(u64, Vec<String>)>,
+    /// Connections whose claim is in flight, with the writes held back
+    /// until it lands ([`defer_behind_claims`]).
+    pub claiming: std::cell::RefCell<HashMap<ConnId, Vec<StoreOp>>>,
 }
 
 /// How much older than the live-node view an entry must be before a
@@ -100,19 +105,24 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut jobs: UnboundedReceiver<Job>) {
         match job {
             Job::Stop => break,
             Job::Write(ops) => {
-                let _ = writes_tx.send(ops);
+                let ops = defer_behind_claims(&ctx, ops);
+                if !ops.is_empty() {
+                    let _ = writes_tx.send(ops);
+                }
             }
             Job::Claim {
                 claim,
                 previous,
                 reply,
             } => {
-                let (ctx, mut conn) = (ctx.clone(), conn.clone());
+                let (ctx, mut conn, writes) = (ctx.clone(), conn.clone(), writes_tx.clone());
+                ctx.claiming.borrow_mut().insert(claim.conn, Vec::new());
                 tokio::task::spawn_local(async move {
                     let started = Instant::now();
                     let result = claim_one(&ctx, &mut conn, &claim, previous.is_some()).await;
                     ctx.metrics.observe(started);
                     reply.send(result.map(|c| Claimed { previous, ..c }));
+                    claim_done(&ctx, &claim, &writes);
                 });
             }
             Job::Lookup(q) => {
@@ -120,11 +130,13 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut jobs: UnboundedReceiver<Job>) {
                 tokio::task::spawn_local(async move { lookup(&ctx, conn, q).await });
             }
             Job::Background { claim } => {
-                let (ctx, mut conn) = (ctx.clone(), conn.clone());
+                let (ctx, mut conn, writes) = (ctx.clone(), conn.clone(), writes_tx.clone());
+                ctx.claiming.borrow_mut().insert(claim.conn, Vec::new());
                 tokio::task::spawn_local(async move {
                     if let Err(e) = claim_one(&ctx, &mut conn, &claim, true).await {
                         debug!(client_id = %claim.client_id, "background claim failed: {e}");
                     }
+                    claim_done(&ctx, &claim, &writes);
                 });
             }
         }
@@ -134,6 +146,41 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut jobs: UnboundedReceiver<Job>) {
     let _ = tokio::time::timeout(timeout, writer).await;
     for t in others {
         t.abort();
+    }
+}
+
+/// Holds back the writes that undo a connection's claim (its presence
+/// entry leaving, its clean session ending) while that claim is still in
+/// flight: claims run beside the writer, and a `ZREM` that overtook its
+/// `ZADD` would leave the entry behind for a whole lease.
+fn defer_behind_claims(ctx: &Ctx, ops: Vec<StoreOp>) -> Vec<StoreOp> {
+    let mut claiming = ctx.claiming.borrow_mut();
+    if claiming.is_empty() {
+        return ops;
+    }
+    ops.into_iter()
+        .filter_map(|op| {
+            let conn = match &op {
+                StoreOp::Left { presence } => presence.conn,
+                StoreOp::EndClean { conn, .. } => *conn,
+                _ => return Some(op),
+            };
+            match claiming.get_mut(&conn) {
+                Some(held) => {
+                    held.push(op);
+                    None
+                }
+                None => Some(op),
+            }
+        })
+        .collect()
+}
+
+/// A claim finished: what was held back behind it goes to the writer.
+fn claim_done(ctx: &Ctx, claim: &Claim, writes: &UnboundedSender<Vec<StoreOp>>) {
+    let held = ctx.claiming.borrow_mut().remove(&claim.conn);
+    if let Some(held) = held.filter(|h| !h.is_empty()) {
+        let _ = writes.send(held);
     }
 }
 
