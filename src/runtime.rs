@@ -221,8 +221,9 @@ fn on_bridge(core: &Core, msg: BridgeMsg) {
             conn,
             code,
             why,
+            handoff_to,
         } => {
-            core.kick_client(&client_id, conn, code, why);
+            core.kick_client(&client_id, conn, code, why, handoff_to);
         }
     }
 }

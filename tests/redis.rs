@@ -270,6 +270,14 @@ async fn a_takeover_on_another_node_closes_the_old_connection_and_fences_it() {
         vec!["2".to_string(), "1".to_string()],
         "node 2 owns it, online"
     );
+    // Node 1 closed it and flushed its writes before node 2 loaded it.
+    assert_eq!(
+        (
+            metric(&b, "tether_store_handoffs_total"),
+            metric(&b, "tether_store_handoff_timeouts_total")
+        ),
+        (1.0, 0.0)
+    );
 }
 
 fn api(node: &Node, method: &str, path: &str) -> common::web::Reply {

@@ -91,6 +91,9 @@ pub enum BridgeMsg {
         code: u8,
         /// Reason String.
         why: &'static str,
+        /// A claim on this node waits for the session: once the connection
+        /// is closed and its writes are journaled, tell that node.
+        handoff_to: Option<u16>,
     },
     /// This core's session gauges, for `/metrics`.
     Gauges {

@@ -238,14 +238,43 @@ impl Core {
 
     /// Closes the connection `conn` of `client_id` (taken over on another
     /// node, evicted by its user's limit, kicked by an administrator).
+    /// With `handoff_to`, a claim on that node waits for the session: it is
+    /// told ([`StoreOp::Handed`]) once the close's writes are journaled, or
+    /// at once if there is nothing here to close.
     pub fn kick_client(
         &self,
         client_id: &str,
         conn: Option<ConnId>,
         code: u8,
         why: &'static str,
+        handoff_to: Option<u16>,
     ) -> bool {
         let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        let closing = self.close_kicked(st, client_id, conn, code, why, handoff_to);
+        if let (false, Some(to), Some(conn)) = (closing, handoff_to, conn) {
+            self.journal(
+                st,
+                StoreOp::Handed {
+                    client_id: client_id.into(),
+                    conn,
+                    to,
+                },
+            );
+        }
+        closing
+    }
+
+    /// [`Core::kick_client`]'s work: whether a connection is now closing.
+    fn close_kicked(
+        &self,
+        st: &mut CoreState,
+        client_id: &str,
+        conn: Option<ConnId>,
+        code: u8,
+        why: &'static str,
+        handoff_to: Option<u16>,
+    ) -> bool {
         let Some(loc) = self
             .node
             .store
@@ -261,13 +290,16 @@ impl Core {
             return false;
         }
         let before_connack = match e.phase {
+            // Asked to let go of a session that is offline already: its
+            // release is journaled; the claim that follows forgets it.
+            Phase::Offline { .. } if handoff_to.is_some() => return false,
             Phase::Offline { .. } if code == reason::SESSION_TAKEN_OVER => {
                 // Resumed on another node: this offline copy is stale.
                 // Forget it without writing (the store holds the live one).
                 info!(conn = %e.id, client_id, "session resumed on another node; forgetting the offline copy");
                 e.session.durable = None;
-                self.end_session(&mut st, loc.key);
-                return true;
+                self.end_session(st, loc.key);
+                return false;
             }
             Phase::Active => false,
             // Kicked while its own claim is still on its way back (the
@@ -285,6 +317,9 @@ impl Core {
             .is_v5()
             .then_some(code)
             .filter(|_| !before_connack);
+        if handoff_to.is_some() {
+            link.rare().handoff_to = handoff_to;
+        }
         link.request_close_why(code, false, Some(why));
         true
     }

@@ -214,6 +214,9 @@ pub struct Rare {
     pub parked: Option<Parked>,
     /// Publish acknowledgements held for the outbound bridge, in order.
     pub held_acks: HeldAcks,
+    /// Closing to hand the session to a claim on this node: told once the
+    /// close's writes are journaled.
+    pub handoff_to: Option<u16>,
 }
 
 impl Link {

@@ -54,6 +54,7 @@ impl Core {
         let st = &mut *st;
         let Some(e) = st.entry(key) else { return };
         let Some(link) = e.link.take() else { return };
+        let (claimed, conn) = (e.client_id.clone(), e.id);
         // Every claimed connection (the claim admitted its presence
         // entry), whatever became of its session.
         let left = e
@@ -102,6 +103,20 @@ impl Core {
                 self.share_member_gone(st, key);
                 self.park_or_end(st, key, pending);
             }
+        }
+        // After the close's own writes (release, end): the claim waiting
+        // on another node may now load the session.
+        if let (Some(to), Some(client_id)) =
+            (link.rare.as_ref().and_then(|r| r.handoff_to), claimed)
+        {
+            self.journal(
+                st,
+                StoreOp::Handed {
+                    client_id,
+                    conn,
+                    to,
+                },
+            );
         }
         if st.links == 0 && self.shutting_down.get() {
             self.drained.notify();

@@ -108,6 +108,7 @@ impl MemoryStore {
                     conn: Some(conn),
                     code: reason::ADMINISTRATIVE_ACTION,
                     why: "over the user's connection limit",
+                    handoff_to: None,
                 };
                 let _ = bridge.send(usize::from(conn.core), msg);
             }

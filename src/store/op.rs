@@ -133,4 +133,15 @@ pub enum StoreOp {
         /// The entry.
         presence: Presence,
     },
+    /// The connection `conn` of `client_id` was asked to hand its session
+    /// to a claim on node `to`, and everything it wrote is journaled ahead
+    /// of this: once this is applied, `to` is told it may claim.
+    Handed {
+        /// The client.
+        client_id: Arc<str>,
+        /// The connection that let go.
+        conn: ConnId,
+        /// The node waiting to claim.
+        to: u16,
+    },
 }

@@ -54,6 +54,9 @@ pub(crate) struct Settings {
     pub durability: Durability,
     /// `store.request_timeout_ms`.
     pub request_timeout: Duration,
+    /// `store.handoff_timeout_ms`: how long a claim waits for the node
+    /// holding the session to let go before fencing takes over.
+    pub handoff_timeout: Duration,
     /// `limits.max_connections_per_user` (0: none).
     pub max_per_user: u32,
     /// `limits.per_user_policy` is `evict_oldest`.
@@ -82,6 +85,11 @@ pub(crate) struct Metrics {
     pub refreshed: AtomicUsize,
     /// Script loads after NOSCRIPT.
     pub script_reloads: AtomicU64,
+    /// Sessions another node handed over before this one claimed them.
+    pub handoffs: AtomicU64,
+    /// Handovers not answered within `store.handoff_timeout_ms` (the claim
+    /// went ahead; fencing keeps the old node's writes out).
+    pub handoff_timeouts: AtomicU64,
     /// Fire-and-forget writes dropped over `redis.max_queued_writes`.
     pub dropped: AtomicU64,
     /// Round trips of claims and write batches.
@@ -165,6 +173,7 @@ impl RedisStore {
             prefix: cfg.redis.key_prefix.clone(),
             durability: cfg.store.durability,
             request_timeout: Duration::from_millis(cfg.store.request_timeout_ms),
+            handoff_timeout: Duration::from_millis(cfg.store.handoff_timeout_ms),
             max_per_user: cfg.limits.max_connections_per_user,
             evict_oldest: cfg.limits.per_user_policy == PerUserPolicy::EvictOldest,
             presence_lease_ms: 2 * cfg.presence.lease_secs * 1000,
@@ -202,6 +211,9 @@ impl SessionStore for RedisStore {
             client,
             live: Default::default(),
             claiming: Default::default(),
+            handoffs: Default::default(),
+            claim_lines: Default::default(),
+            next_claim: Default::default(),
         };
         let spawned = std::thread::Builder::new()
             .name("tether-redis".into())
@@ -300,6 +312,8 @@ impl SessionStore for RedisStore {
             ("store_evicted", "Connections evicted by the per-user connection limit.", m.evicted.load(r), true),
             ("store_presence_refreshes", "Presence leases refreshed.", m.refreshed.load(r) as u64, true),
             ("store_script_reloads", "Script loads after NOSCRIPT (a restarted Redis).", m.script_reloads.load(r), true),
+            ("store_handoffs", "Sessions handed over by the node that held them before this node claimed them.", m.handoffs.load(r), true),
+            ("store_handoff_timeouts", "Handovers not answered within store.handoff_timeout_ms (the claim went ahead, fenced).", m.handoff_timeouts.load(r), true),
             ("store_writes_dropped", "Fire-and-forget writes dropped over redis.max_queued_writes.", m.dropped.load(r), true),
         ]
     }

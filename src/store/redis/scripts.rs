@@ -18,15 +18,24 @@ use redis::Script;
 /// epoch: the session moves in memory, and the old connection's writes in
 /// flight describe the same session.
 ///
+/// With `wait` = 1, a session still attached on another node is left
+/// alone: the answer is `{'busy', prev node, prev core, prev conn, '1'}`,
+/// and the caller asks that node to hand it over before claiming again
+/// with `wait` = 0.
+///
 /// KEYS: s, sub, m, p, rx. ARGV: node, core, conn, clean (0/1), persistent
-/// (0/1), user, keep (0/1). Returns {epoch, prev node, prev core, prev conn, prev up}
-/// and, when it loads: {subs, messages, sent, incoming, last seq, present}.
+/// (0/1), user, keep (0/1), wait (0/1). Returns {epoch, prev node, prev
+/// core, prev conn, prev up} and, when it loads: {subs, messages, sent,
+/// incoming, last seq, present}.
 pub const CLAIM: &str = r"
 local s = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cur = tonumber(redis.call('HGET', s, 'epoch') or '0')
 local prev = redis.call('HMGET', s, 'node', 'core', 'conn', 'up')
+if ARGV[8] == '1' and prev[4] == '1' and prev[1] and prev[1] ~= ARGV[1] then
+  return {'busy', prev[1], prev[2] or '', prev[3] or '', '1'}
+end
 local e
 if ARGV[7] == '1' and prev[1] == ARGV[1] and cur > 0 then
   e = string.format('%.0f', cur)

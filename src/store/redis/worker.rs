@@ -4,9 +4,16 @@
 //! messages' `Confirm`s, or the cores' inboxes.
 //!
 //! - **Claims** run as soon as they arrive, concurrently (the multiplexed
-//!   connection pipelines them). The writes that undo a claim (its
-//!   presence entry leaving, its clean session ending) wait until the claim
-//!   has landed, so they cannot overtake it.
+//!   connection pipelines them), except that claims of one client id from
+//!   this node keep their order ([`ClaimTurn`]). A CONNECT costs one round
+//!   trip (CLAIM and ADMIT side by side), or two under a per-user limit
+//!   (ADMIT first, so a refused connection claims nothing). A session to
+//!   load that is attached on another live node is handed over first: that
+//!   node closes the connection, flushes its writes and answers `handed`;
+//!   after `store.handoff_timeout_ms` the claim goes ahead anyway, and
+//!   fencing keeps the old node's late writes out. The writes that undo a
+//!   claim (its presence entry leaving, its clean session ending) wait
+//!   until the claim has landed, so they cannot overtake it.
 //! - **Writes** go through one writer task, batch after batch: everything
 //!   queued while the previous batch was in flight goes out together, in
 //!   journal order, as one pipeline (one pipeline per session on a Redis
@@ -62,7 +69,17 @@ pub(super) struct Ctx {
     /// Connections whose claim is in flight, with the writes held back
     /// until it lands ([`defer_behind_claims`]).
     pub claiming: std::cell::RefCell<HashMap<ConnId, Vec<StoreOp>>>,
+    /// Claims waiting for another node to hand a session over, by the
+    /// connection that holds it there.
+    pub handoffs: std::cell::RefCell<HashMap<ConnId, tokio::sync::oneshot::Sender<()>>>,
+    /// Per client id, the last claim in line ([`ClaimTurn`]).
+    pub claim_lines: std::cell::RefCell<ClaimLines>,
+    /// Numbers the claims for [`ClaimTurn`].
+    pub next_claim: std::cell::Cell<u64>,
 }
+
+/// The last claim in line per client id, and what resolves when it is done.
+pub(super) type ClaimLines = HashMap<Arc<str>, (u64, tokio::sync::oneshot::Receiver<()>)>;
 
 /// How much older than the live-node view an entry must be before a
 /// missing node discounts it: room for clock skew between nodes.
@@ -117,12 +134,15 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut jobs: UnboundedReceiver<Job>) {
             } => {
                 let (ctx, mut conn, writes) = (ctx.clone(), conn.clone(), writes_tx.clone());
                 ctx.claiming.borrow_mut().insert(claim.conn, Vec::new());
+                let turn = ClaimTurn::take(&ctx, &claim.client_id);
                 tokio::task::spawn_local(async move {
+                    let turn = turn.wait().await;
                     let started = Instant::now();
                     let result = claim_one(&ctx, &mut conn, &claim, previous.is_some()).await;
                     ctx.metrics.observe(started);
                     reply.send(result.map(|c| Claimed { previous, ..c }));
                     claim_done(&ctx, &claim, &writes);
+                    turn.done(&ctx, &claim.client_id);
                 });
             }
             Job::Lookup(q) => {
@@ -132,11 +152,14 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut jobs: UnboundedReceiver<Job>) {
             Job::Background { claim } => {
                 let (ctx, mut conn, writes) = (ctx.clone(), conn.clone(), writes_tx.clone());
                 ctx.claiming.borrow_mut().insert(claim.conn, Vec::new());
+                let turn = ClaimTurn::take(&ctx, &claim.client_id);
                 tokio::task::spawn_local(async move {
+                    let turn = turn.wait().await;
                     if let Err(e) = claim_one(&ctx, &mut conn, &claim, true).await {
                         debug!(client_id = %claim.client_id, "background claim failed: {e}");
                     }
                     claim_done(&ctx, &claim, &writes);
+                    turn.done(&ctx, &claim.client_id);
                 });
             }
         }
@@ -176,6 +199,51 @@ fn defer_behind_claims(ctx: &Ctx, ops: Vec<StoreOp>) -> Vec<StoreOp> {
         .collect()
 }
 
+/// A claim's place in line behind this node's earlier claim of the same
+/// client id. Claims otherwise run concurrently, and one may wait for a
+/// handover: without the line, a later local claim could reach Redis first
+/// and the earlier one would then own the session it had already lost here.
+pub(super) struct ClaimTurn {
+    /// This claim's number (the line's entry is removed by its last claim).
+    seq: u64,
+    /// Resolves when the claim before it is done.
+    before: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Tells the claim after it.
+    after: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ClaimTurn {
+    /// Joins the line for `client_id`.
+    fn take(ctx: &Ctx, client_id: &Arc<str>) -> ClaimTurn {
+        let (after, rx) = tokio::sync::oneshot::channel();
+        let mut lines = ctx.claim_lines.borrow_mut();
+        let seq = ctx.next_claim.get();
+        ctx.next_claim.set(seq + 1);
+        let before = lines.insert(client_id.clone(), (seq, rx)).map(|(_, rx)| rx);
+        ClaimTurn { seq, before, after }
+    }
+
+    /// Waits for the claim before this one.
+    async fn wait(mut self) -> ClaimTurn {
+        if let Some(before) = self.before.take() {
+            let _ = before.await;
+        }
+        self
+    }
+
+    /// Lets the next claim go; the last one leaves no entry behind.
+    fn done(self, ctx: &Ctx, client_id: &Arc<str>) {
+        let _ = self.after.send(());
+        let mut lines = ctx.claim_lines.borrow_mut();
+        if lines
+            .get(client_id)
+            .is_some_and(|(seq, _)| *seq == self.seq)
+        {
+            lines.remove(client_id);
+        }
+    }
+}
+
 /// A claim finished: what was held back behind it goes to the writer.
 fn claim_done(ctx: &Ctx, claim: &Claim, writes: &UnboundedSender<Vec<StoreOp>>) {
     let held = ctx.claiming.borrow_mut().remove(&claim.conn);
@@ -194,6 +262,39 @@ fn fail(ctx: &Ctx, job: Job) {
         Job::Write(ops) => finish(ctx, ops, Err(())),
         Job::Lookup(q) => answer_unavailable(q),
         Job::Background { .. } | Job::Stop => {}
+    }
+}
+
+/// Asks node `node`, holding `client`'s session on connection `prev`, to
+/// close it and flush its writes, and waits (at most
+/// `store.handoff_timeout_ms`) until it says so. A node that is not live
+/// is not waited for: fencing covers whatever it might still write.
+async fn handoff(ctx: &Ctx, conn: &mut Conn, c: &Claim, node: &str, prev: &str) {
+    let (Ok(node), Some(prev)) = (node.parse::<u16>(), ConnId::parse(prev)) else {
+        return;
+    };
+    let live = ctx
+        .live
+        .borrow()
+        .1
+        .iter()
+        .any(|l| l.split(':').next() == Some(&*node.to_string()));
+    if !live {
+        return;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    ctx.handoffs.borrow_mut().insert(prev, tx);
+    let msg = format!("handoff {prev} {} {}", ctx.settings.node, c.client_id);
+    publish(ctx, conn, node, msg).await;
+    match tokio::time::timeout(ctx.settings.handoff_timeout, rx).await {
+        Ok(Ok(())) => {
+            ctx.metrics.handoffs.fetch_add(1, Relaxed);
+        }
+        _ => {
+            ctx.metrics.handoff_timeouts.fetch_add(1, Relaxed);
+            ctx.handoffs.borrow_mut().remove(&prev);
+            debug!(client_id = %c.client_id, "node {node} did not hand the session over in time; claiming (fenced)");
+        }
     }
 }
 
@@ -238,18 +339,24 @@ async fn claim_one(ctx: &Ctx, conn: &mut Conn, c: &Claim, handed_over: bool) -> 
     let s = &ctx.settings;
     let keys = keys::session(&s.prefix, &c.client_id);
     let user = c.presence.as_ref().map_or("", |p| &p.user);
-    let mut inv = ctx.scripts.claim.prepare_invoke();
-    for k in &keys {
-        inv.key(k);
-    }
     let load = !handed_over && c.persistent && !c.clean_start;
-    inv.arg(s.node)
-        .arg(c.loc.core)
-        .arg(c.conn.to_string())
-        .arg(if c.clean_start { "1" } else { "0" })
-        .arg(if c.persistent { "1" } else { "0" })
-        .arg(user)
-        .arg(if handed_over { "1" } else { "0" });
+    let claim = |wait: bool| {
+        let mut inv = ctx.scripts.claim.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        inv.arg(s.node)
+            .arg(c.loc.core)
+            .arg(c.conn.to_string())
+            .arg(if c.clean_start { "1" } else { "0" })
+            .arg(if c.persistent { "1" } else { "0" })
+            .arg(user)
+            .arg(if handed_over { "1" } else { "0" })
+            .arg(if wait { "1" } else { "0" });
+        inv
+    };
+    // A session to load that is attached elsewhere is first handed over.
+    let inv = claim(load);
     // ADMIT runs beside CLAIM (another slot on a Redis Cluster).
     let admit = c.presence.as_ref().map(|p| {
         let mut inv = ctx.scripts.admit.prepare_invoke();
@@ -267,15 +374,48 @@ async fn claim_one(ctx: &Ctx, conn: &mut Conn, c: &Claim, handed_over: bool) -> 
         }
         inv
     });
-    let mut conn2 = conn.clone();
-    let (claimed, admitted) = tokio::join!(inv.invoke_async::<Value>(conn), async {
-        match &admit {
-            Some(inv) => Some(inv.invoke_async::<Vec<String>>(&mut conn2).await),
-            None => None,
+    let (claimed, admitted) = match admit {
+        // Under a limit, admission comes first: a refused connection must
+        // not take the session (or hand it over) on its way out. Two round
+        // trips.
+        Some(admit) if s.max_per_user > 0 => {
+            let admitted: Vec<String> = admit
+                .invoke_async(conn)
+                .await
+                .map_err(|e| unavailable(ctx, e))?;
+            if admitted.first().map(String::as_str) == Some("0") {
+                return Ok(Claimed {
+                    over_limit: true,
+                    ..Default::default()
+                });
+            }
+            (inv.invoke_async::<Value>(conn).await, Some(admitted))
         }
-    });
-    let claimed = claimed.map_err(|e| unavailable(ctx, e))?;
-    let admitted = admitted.transpose().map_err(|e| unavailable(ctx, e))?;
+        // Without one, ADMIT cannot refuse: both in one round trip.
+        admit => {
+            let mut conn2 = conn.clone();
+            let (claimed, admitted) = tokio::join!(inv.invoke_async::<Value>(conn), async {
+                match &admit {
+                    Some(inv) => Some(inv.invoke_async::<Vec<String>>(&mut conn2).await),
+                    None => None,
+                }
+            });
+            (
+                claimed,
+                admitted.transpose().map_err(|e| unavailable(ctx, e))?,
+            )
+        }
+    };
+    let mut claimed = claimed.map_err(|e| unavailable(ctx, e))?;
+    if let Value::Array(v) = &claimed {
+        if text(v.first()) == "busy" {
+            handoff(ctx, conn, c, &text(v.get(1)), &text(v.get(3))).await;
+            claimed = claim(false)
+                .invoke_async::<Value>(conn)
+                .await
+                .map_err(|e| unavailable(ctx, e))?;
+        }
+    }
     let Value::Array(v) = claimed else {
         return Err(StoreError::Unavailable("unexpected CLAIM reply".into()));
     };
@@ -537,17 +677,34 @@ async fn control(ctx: Rc<Ctx>) {
     }
 }
 
-/// `kick <conn id> <reason code> <client id>`: close that connection.
+/// A control message for this node (the client id comes last: it may hold
+/// spaces):
+/// - `kick <conn> <reason code> <client>`: close that connection;
+/// - `handoff <conn> <node> <client>`: close it, flush its writes, and
+///   answer `handed` to `node`, whose claim waits;
+/// - `handed <conn> <client>`: the answer; the waiting claim goes ahead.
 fn on_control(ctx: &Ctx, text: &str) {
     let mut f = text.splitn(4, ' ');
-    let (Some("kick"), Some(conn), Some(code), Some(client_id)) =
-        (f.next(), f.next(), f.next(), f.next())
-    else {
+    let (Some(kind), Some(conn)) = (f.next(), f.next().and_then(ConnId::parse)) else {
         warn!("control channel: cannot read {text:?}");
         return;
     };
-    let (Some(conn), Ok(code)) = (ConnId::parse(conn), code.parse::<u8>()) else {
-        return;
+    let (code, handoff_to, client_id) = match (kind, f.next(), f.next()) {
+        ("kick", Some(code), Some(client_id)) => match code.parse::<u8>() {
+            Ok(code) => (code, None, client_id),
+            Err(_) => return warn!("control channel: cannot read {text:?}"),
+        },
+        ("handoff", Some(node), Some(client_id)) => match node.parse::<u16>() {
+            Ok(node) => (reason::SESSION_TAKEN_OVER, Some(node), client_id),
+            Err(_) => return warn!("control channel: cannot read {text:?}"),
+        },
+        ("handed", _, _) => {
+            if let Some(tx) = ctx.handoffs.borrow_mut().remove(&conn) {
+                let _ = tx.send(());
+            }
+            return;
+        }
+        _ => return warn!("control channel: cannot read {text:?}"),
     };
     let why = match code {
         reason::SESSION_TAKEN_OVER => "session taken over on another node",
@@ -559,6 +716,7 @@ fn on_control(ctx: &Ctx, text: &str) {
         conn: Some(conn),
         code,
         why,
+        handoff_to,
     };
     if ctx.bridge.send(core, msg).is_err() {
         warn!("control channel: core {core} is busy; kick of {conn} not delivered");
@@ -917,6 +1075,17 @@ fn command(ctx: &Ctx, op: &StoreOp) -> (String, redis::Cmd) {
                 .arg(member(&ctx.settings, presence));
             (format!("u:{}", presence.user), c)
         }
+        StoreOp::Handed {
+            client_id,
+            conn,
+            to,
+        } => {
+            // In the session's pipeline, after the old connection's writes.
+            let mut c = redis::cmd("PUBLISH");
+            c.arg(keys::control(prefix, *to))
+                .arg(format!("handed {conn} {client_id}"));
+            (format!("c:{client_id}"), c)
+        }
         StoreOp::Refresh { presence } => {
             // XX: an entry that was evicted (or expired) is not re-created.
             let mut c = redis::cmd("ZADD");
@@ -981,6 +1150,9 @@ fn session_of(op: &StoreOp) -> Option<&SessionRef> {
         | StoreOp::Incoming { session, .. }
         | StoreOp::Release { session, .. }
         | StoreOp::End { session } => Some(session),
-        StoreOp::EndClean { .. } | StoreOp::Left { .. } | StoreOp::Refresh { .. } => None,
+        StoreOp::EndClean { .. }
+        | StoreOp::Left { .. }
+        | StoreOp::Refresh { .. }
+        | StoreOp::Handed { .. } => None,
     }
 }
