@@ -178,6 +178,11 @@ pub struct Opts {
     /// Client id prefix (ids are <prefix>-<index>).
     #[arg(long)]
     pub client_prefix: Option<String>,
+    /// User name of every client, with `%i` replaced by the client's index
+    /// (`u%i`: a user per client; `team`: one user for all), and password
+    /// `bench`. Without it, clients connect with no user name.
+    #[arg(long)]
+    pub username: Option<String>,
     /// Seconds allowed for TCP connect plus CONNACK (and SUBACK).
     #[arg(long, default_value_t = 10.0)]
     pub connect_timeout: f64,

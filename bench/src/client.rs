@@ -258,8 +258,16 @@ impl Client {
             keep_alive: plan.opts.keep_alive,
             client_id: self.spec.client_id.clone(),
             will: None,
-            username: None,
-            password: None,
+            username: plan
+                .opts
+                .username
+                .as_ref()
+                .map(|u| u.replace("%i", &self.spec.index.to_string())),
+            password: plan
+                .opts
+                .username
+                .as_ref()
+                .map(|_| bytes::Bytes::from_static(b"bench")),
             properties,
         }));
         codec::encode(&connect, self.version, &mut self.wbuf);
