@@ -623,12 +623,7 @@ async fn kick_member(ctx: &Ctx, conn: &mut Conn, member: &str) {
         return;
     };
     ctx.metrics.evicted.fetch_add(1, Relaxed);
-    let msg = format!(
-        "kick {} {} {}",
-        e.conn,
-        reason::ADMINISTRATIVE_ACTION,
-        e.client_id
-    );
+    let msg = format!("evict {} {}", e.conn, e.client_id);
     publish(ctx, conn, e.conn.node, msg).await;
 }
 
@@ -679,7 +674,10 @@ async fn control(ctx: Rc<Ctx>) {
 
 /// A control message for this node (the client id comes last: it may hold
 /// spaces):
-/// - `kick <conn> <reason code> <client>`: close that connection;
+/// - `kick <conn> <reason code> <client>`: close that connection (taken
+///   over, 0x8E; or the administrator's, 0x98);
+/// - `evict <conn> <client>`: close it, over its user's connection limit
+///   (0x98);
 /// - `handoff <conn> <node> <client>`: close it, flush its writes, and
 ///   answer `handed` to `node`, whose claim waits;
 /// - `handed <conn> <client>`: the answer; the waiting claim goes ahead.
@@ -689,6 +687,18 @@ fn on_control(ctx: &Ctx, text: &str) {
         warn!("control channel: cannot read {text:?}");
         return;
     };
+    if kind == "evict" {
+        // The client id may hold spaces: it is the rest of the line.
+        let client_id = text.splitn(3, ' ').nth(2).unwrap_or_default();
+        return kick(
+            ctx,
+            conn,
+            client_id,
+            reason::ADMINISTRATIVE_ACTION,
+            "over the user's connection limit",
+            None,
+        );
+    }
     let (code, handoff_to, client_id) = match (kind, f.next(), f.next()) {
         ("kick", Some(code), Some(client_id)) => match code.parse::<u8>() {
             Ok(code) => (code, None, client_id),
@@ -708,8 +718,20 @@ fn on_control(ctx: &Ctx, text: &str) {
     };
     let why = match code {
         reason::SESSION_TAKEN_OVER => "session taken over on another node",
-        _ => "over the user's connection limit, or disconnected by the administrator",
+        _ => "disconnected by the administrator",
     };
+    kick(ctx, conn, client_id, code, why, handoff_to);
+}
+
+/// Tells the core holding `conn` to close it.
+fn kick(
+    ctx: &Ctx,
+    conn: ConnId,
+    client_id: &str,
+    code: u8,
+    why: &'static str,
+    handoff_to: Option<u16>,
+) {
     let core = usize::from(conn.core) % ctx.bridge.cores();
     let msg = BridgeMsg::KickClient {
         client_id: client_id.into(),
