@@ -10,8 +10,8 @@
 //! Layers, outermost first, each optional and boxed (a plain TCP connection
 //! pays a pointer for each): TLS ([`super::tls`]), WebSocket framing
 //! ([`super::ws`]), then the MQTT codec. Decoded packets go to
-//! [`crate::mqtt::receive`]; whether to read, what to write and when to
-//! close are asked of the core ([`Core::poll_link`] and its neighbours).
+//! `crate::mqtt::receive`; whether to read, what to write and when to
+//! close are asked of the core (`Core::poll_link` and its neighbours).
 
 use std::future::Future;
 use std::io;
@@ -86,7 +86,7 @@ struct Ws {
 ///
 /// A named future rather than an `async fn`: an `async fn` keeps its
 /// arguments (the stream) beside the state built from them, which made the
-/// task 616 bytes instead of the size of [`Conn`] (measured with
+/// task 616 bytes instead of the size of `Conn` (measured with
 /// `size_of`). Every idle connection pays for that.
 pub struct ConnTask {
     conn: Conn,

@@ -13,7 +13,7 @@
 //! - **Presence and per-user limits**: each connection with a user name has
 //!   an entry in its user's sorted set, admitted atomically under the limit.
 //! - **Off the hot path**: every Redis call runs on the `tether-redis`
-//!   thread ([`worker`]); cores queue jobs and never wait.
+//!   thread (`worker`); cores queue jobs and never wait.
 //!
 //! The node keeps its own in-memory directory too ([`MemoryStore`]): a
 //! takeover within the node still hands the session over in memory.

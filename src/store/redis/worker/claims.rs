@@ -1,0 +1,366 @@
+//! Claims: CLAIM beside ADMIT (or after it, under a per-user limit), the
+//! handover of a session still attached on another node, this node's
+//! order of claims per client id, and the session a claim loads.
+
+// The worker's files share its imports and helpers.
+use super::*;
+
+/// The last claim in line per client id, and what resolves when it is done.
+pub(super) type ClaimLines = HashMap<Arc<str>, (u64, tokio::sync::oneshot::Receiver<()>)>;
+
+/// How much older than the live-node view an entry must be before a
+/// missing node discounts it: room for clock skew between nodes.
+const SKEW_MARGIN_MS: u64 = 5_000;
+
+/// Holds back the writes that undo a connection's claim (its presence
+/// entry leaving, its clean session ending) while that claim is still in
+/// flight: claims run beside the writer, and a `ZREM` that overtook its
+/// `ZADD` would leave the entry behind for a whole lease.
+pub(super) fn defer_behind_claims(ctx: &Ctx, ops: Vec<StoreOp>) -> Vec<StoreOp> {
+    let mut claiming = ctx.claiming.borrow_mut();
+    if claiming.is_empty() {
+        return ops;
+    }
+    ops.into_iter()
+        .filter_map(|op| {
+            let conn = match &op {
+                StoreOp::Left { presence } => presence.conn,
+                StoreOp::EndClean { conn, .. } => *conn,
+                _ => return Some(op),
+            };
+            match claiming.get_mut(&conn) {
+                Some(held) => {
+                    held.push(op);
+                    None
+                }
+                None => Some(op),
+            }
+        })
+        .collect()
+}
+
+/// A claim's place in line behind this node's earlier claim of the same
+/// client id. Claims otherwise run concurrently, and one may wait for a
+/// handover: without the line, a later local claim could reach Redis first
+/// and the earlier one would then own the session it had already lost here.
+pub(super) struct ClaimTurn {
+    /// This claim's number (the line's entry is removed by its last claim).
+    seq: u64,
+    /// Resolves when the claim before it is done.
+    before: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Tells the claim after it.
+    after: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ClaimTurn {
+    /// Joins the line for `client_id`.
+    pub(super) fn take(ctx: &Ctx, client_id: &Arc<str>) -> ClaimTurn {
+        let (after, rx) = tokio::sync::oneshot::channel();
+        let mut lines = ctx.claim_lines.borrow_mut();
+        let seq = ctx.next_claim.get();
+        ctx.next_claim.set(seq + 1);
+        let before = lines.insert(client_id.clone(), (seq, rx)).map(|(_, rx)| rx);
+        ClaimTurn { seq, before, after }
+    }
+
+    /// Waits for the claim before this one.
+    pub(super) async fn wait(mut self) -> ClaimTurn {
+        if let Some(before) = self.before.take() {
+            let _ = before.await;
+        }
+        self
+    }
+
+    /// Lets the next claim go; the last one leaves no entry behind.
+    pub(super) fn done(self, ctx: &Ctx, client_id: &Arc<str>) {
+        let _ = self.after.send(());
+        let mut lines = ctx.claim_lines.borrow_mut();
+        if lines
+            .get(client_id)
+            .is_some_and(|(seq, _)| *seq == self.seq)
+        {
+            lines.remove(client_id);
+        }
+    }
+}
+
+/// A claim finished: what was held back behind it goes to the writer.
+pub(super) fn claim_done(ctx: &Ctx, claim: &Claim, writes: &UnboundedSender<Vec<StoreOp>>) {
+    let held = ctx.claiming.borrow_mut().remove(&claim.conn);
+    if let Some(held) = held.filter(|h| !h.is_empty()) {
+        let _ = writes.send(held);
+    }
+}
+
+/// Asks node `node`, holding `client`'s session on connection `prev`, to
+/// close it and flush its writes, and waits (at most
+/// `store.handoff_timeout_ms`) until it says so. A node that is not live
+/// is not waited for: fencing covers whatever it might still write.
+async fn handoff(ctx: &Ctx, conn: &mut Conn, c: &Claim, node: &str, prev: &str) {
+    let (Ok(node), Some(prev)) = (node.parse::<u16>(), ConnId::parse(prev)) else {
+        return;
+    };
+    let live = ctx
+        .live
+        .borrow()
+        .1
+        .iter()
+        .any(|l| l.split(':').next() == Some(&*node.to_string()));
+    if !live {
+        return;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    ctx.handoffs.borrow_mut().insert(prev, tx);
+    let msg = format!("handoff {prev} {} {}", ctx.settings.node, c.client_id);
+    publish(ctx, conn, node, msg).await;
+    match tokio::time::timeout(ctx.settings.handoff_timeout, rx).await {
+        Ok(Ok(())) => {
+            ctx.metrics.handoffs.fetch_add(1, Relaxed);
+        }
+        _ => {
+            ctx.metrics.handoff_timeouts.fetch_add(1, Relaxed);
+            ctx.handoffs.borrow_mut().remove(&prev);
+            debug!(client_id = %c.client_id, "node {node} did not hand the session over in time; claiming (fenced)");
+        }
+    }
+}
+
+/// CLAIM (and ADMIT into the user's presence), then tell the previous
+/// owner on another node to close its connection. `handed_over`: the
+/// previous owner is on this node and hands the session over in memory, so
+/// nothing is loaded and the epoch stays (the old connection's writes in
+/// flight describe the same session).
+pub(super) async fn claim_one(
+    ctx: &Ctx,
+    conn: &mut Conn,
+    c: &Claim,
+    handed_over: bool,
+) -> ClaimResult {
+    let s = &ctx.settings;
+    let keys = keys::session(&s.prefix, &c.client_id);
+    let user = c.presence.as_ref().map_or("", |p| &p.user);
+    let load = !handed_over && c.persistent && !c.clean_start;
+    let claim = |wait: bool| {
+        let mut inv = ctx.scripts.claim.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        inv.arg(s.node)
+            .arg(c.loc.core)
+            .arg(c.conn.to_string())
+            .arg(if c.clean_start { "1" } else { "0" })
+            .arg(if c.persistent { "1" } else { "0" })
+            .arg(user)
+            .arg(if handed_over { "1" } else { "0" })
+            .arg(if wait { "1" } else { "0" });
+        inv
+    };
+    // A session to load that is attached elsewhere is first handed over.
+    let inv = claim(load);
+    // ADMIT runs beside CLAIM (another slot on a Redis Cluster).
+    let admit = c.presence.as_ref().map(|p| {
+        let mut inv = ctx.scripts.admit.prepare_invoke();
+        inv.key(keys::user(&s.prefix, &p.user))
+            .arg(member(s, p))
+            .arg(now_ms())
+            .arg(s.presence_lease_ms)
+            .arg(s.max_per_user)
+            .arg(if s.evict_oldest { "evict" } else { "refuse" })
+            .arg(&*c.client_id);
+        let live = ctx.live.borrow();
+        inv.arg(live.0.saturating_sub(SKEW_MARGIN_MS));
+        for node in &live.1 {
+            inv.arg(node);
+        }
+        inv
+    });
+    let (claimed, admitted) = match admit {
+        // Under a limit, admission comes first: a refused connection must
+        // not take the session (or hand it over) on its way out. Two round
+        // trips.
+        Some(admit) if s.max_per_user > 0 => {
+            let admitted: Vec<String> = admit
+                .invoke_async(conn)
+                .await
+                .map_err(|e| unavailable(ctx, e))?;
+            if admitted.first().map(String::as_str) == Some("0") {
+                return Ok(Claimed {
+                    over_limit: true,
+                    ..Default::default()
+                });
+            }
+            (inv.invoke_async::<Value>(conn).await, Some(admitted))
+        }
+        // Without one, ADMIT cannot refuse: both in one round trip.
+        admit => {
+            let mut conn2 = conn.clone();
+            let (claimed, admitted) = tokio::join!(inv.invoke_async::<Value>(conn), async {
+                match &admit {
+                    Some(inv) => Some(inv.invoke_async::<Vec<String>>(&mut conn2).await),
+                    None => None,
+                }
+            });
+            (
+                claimed,
+                admitted.transpose().map_err(|e| unavailable(ctx, e))?,
+            )
+        }
+    };
+    let mut claimed = claimed.map_err(|e| unavailable(ctx, e))?;
+    if let Value::Array(v) = &claimed {
+        if text(v.first()) == "busy" {
+            handoff(ctx, conn, c, &text(v.get(1)), &text(v.get(3))).await;
+            claimed = claim(false)
+                .invoke_async::<Value>(conn)
+                .await
+                .map_err(|e| unavailable(ctx, e))?;
+        }
+    }
+    let Value::Array(v) = claimed else {
+        return Err(StoreError::Unavailable("unexpected CLAIM reply".into()));
+    };
+    let epoch: u64 = text(v.first()).parse().unwrap_or(0);
+    let (prev_node, prev_conn) = (text(v.get(1)), text(v.get(3)));
+    let mut out = Claimed {
+        epoch,
+        ..Default::default()
+    };
+    if let Some(a) = admitted {
+        if a.first().map(String::as_str) == Some("0") {
+            out.over_limit = true;
+        }
+        for evicted in a.iter().skip(1) {
+            kick_member(ctx, conn, evicted).await;
+        }
+    }
+    // The previous owner is another node: it closes the old connection, or
+    // forgets its offline copy (its writes are already refused: the epoch
+    // moved).
+    if !prev_node.is_empty() && prev_node != s.node.to_string() && !prev_conn.is_empty() {
+        if let Ok(node) = prev_node.parse::<u16>() {
+            let msg = format!(
+                "kick {prev_conn} {} {}",
+                reason::SESSION_TAKEN_OVER,
+                c.client_id
+            );
+            publish(ctx, conn, node, msg).await;
+        }
+    }
+    if c.persistent {
+        out.durable = Some(Durable {
+            client_id: c.client_id.clone(),
+            epoch,
+            last_seq: text(v.get(9)).parse().unwrap_or(0),
+        });
+    }
+    if load && text(v.get(10)) == "1" {
+        out.restored = Some(Box::new(restore(ctx, &c.client_id, &v)));
+    }
+    Ok(out)
+}
+
+fn pairs(v: Option<&Value>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let items: Vec<Vec<u8>> = match v {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| match x {
+                Value::BulkString(b) => b.clone(),
+                other => text(Some(other)).into_bytes(),
+            })
+            .collect(),
+        Some(Value::Map(m)) => m
+            .iter()
+            .flat_map(|(k, v)| [text(Some(k)).into_bytes(), text(Some(v)).into_bytes()])
+            .collect(),
+        _ => Vec::new(),
+    };
+    items
+        .chunks_exact(2)
+        .map(|kv| (kv[0].clone(), kv[1].clone()))
+        .collect()
+}
+
+/// Rebuilds a session from CLAIM's load: subscriptions, messages in seq
+/// order (those sent before go back in flight with their packet ids, to be
+/// resent with DUP), inbound QoS 2 state.
+fn restore(ctx: &Ctx, client_id: &Arc<str>, v: &[Value]) -> Session {
+    let mut s = Session::default();
+    for (filter, opts) in pairs(v.get(5)) {
+        let (Ok(filter), Some((opts, id))) = (String::from_utf8(filter), sub_from(&opts)) else {
+            continue;
+        };
+        s.subs.push((filter.into(), opts, id));
+    }
+    let sent: HashMap<u64, (u16, bool)> = pairs(v.get(7))
+        .into_iter()
+        .filter_map(|(seq, state)| {
+            let seq = std::str::from_utf8(&seq).ok()?.parse().ok()?;
+            let state = std::str::from_utf8(&state).ok()?;
+            let (pkid, released) = match state.strip_suffix(":r") {
+                Some(p) => (p, true),
+                None => (state, false),
+            };
+            Some((seq, (pkid.parse().ok()?, released)))
+        })
+        .collect();
+    let mut messages: Vec<(u64, Vec<u8>)> = pairs(v.get(6))
+        .into_iter()
+        .filter_map(|(seq, blob)| Some((std::str::from_utf8(&seq).ok()?.parse().ok()?, blob)))
+        .collect();
+    messages.sort_unstable_by_key(|(seq, _)| *seq);
+    let mut last_pkid = 0;
+    for (seq, bytes) in messages {
+        let id = ctx.metrics.next_message_id();
+        match blob::decode_delivery(&bytes, id, seq) {
+            Ok(Some(d)) => match sent.get(&seq) {
+                Some(&(pkid, released)) => {
+                    last_pkid = last_pkid.max(pkid);
+                    s.inflight.push_back(Inflight { pkid, d, released });
+                }
+                None => s.queued.push_back(d),
+            },
+            Ok(None) => {}
+            Err(e) => {
+                warn!(client_id = %client_id, seq, "a stored message is unreadable, skipped: {e:?}")
+            }
+        }
+    }
+    s.set_last_pkid(last_pkid);
+    if let Some(Value::Array(rx)) = v.get(8) {
+        s.incoming_qos2 = rx
+            .iter()
+            .filter_map(|p| text(Some(p)).parse().ok())
+            .collect();
+    }
+    s
+}
+
+/// Subscription options as stored: `qos,no_local,retain_as_published,retain_handling,id`.
+pub(super) fn sub_to(opts: &SubOptions, id: u32) -> String {
+    format!(
+        "{},{},{},{},{id}",
+        opts.qos as u8,
+        u8::from(opts.no_local),
+        u8::from(opts.retain_as_published),
+        opts.retain_handling
+    )
+}
+
+pub(super) fn sub_from(b: &[u8]) -> Option<(SubOptions, u32)> {
+    let s = std::str::from_utf8(b).ok()?;
+    let mut f = s.split(',');
+    let qos = QoS::from_u8(f.next()?.parse().ok()?)?;
+    let no_local = f.next()? == "1";
+    let retain_as_published = f.next()? == "1";
+    let retain_handling = f.next()?.parse().ok()?;
+    let id = f.next()?.parse().ok()?;
+    Some((
+        SubOptions {
+            qos,
+            no_local,
+            retain_as_published,
+            retain_handling,
+        },
+        id,
+    ))
+}
