@@ -1,0 +1,120 @@
+//! The edges' sections: `[websocket]`, `[tls]` and `[http]`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// MQTT over WebSocket (RFC 6455, subprotocol `mqtt`), served by the same
+/// cores and connection tasks as TCP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Serve MQTT over WebSocket.
+    pub enabled: bool,
+    /// Listen address; port 0 asks the OS for a free port.
+    pub listen: SocketAddr,
+    /// Request path of the upgrade.
+    pub path: String,
+    /// Largest WebSocket frame accepted (close 1009 beyond). MQTT packets
+    /// may span frames, so this bounds buffering, not packet size.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
+            path: "/mqtt".into(),
+            max_frame_bytes: 1 << 20,
+        }
+    }
+}
+
+/// MQTT over TLS (mqtts) and WebSocket over TLS (wss). Certificate and key
+/// are read at start and again on SIGHUP; established connections keep the
+/// session they negotiated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Serve mqtts (and wss, see `wss`); needs `cert_file` and `key_file`.
+    pub enabled: bool,
+    /// mqtts listen address; port 0 asks the OS for a free port.
+    pub listen: SocketAddr,
+    /// Also serve MQTT over WebSocket over TLS (path and frame limit from
+    /// `[websocket]`).
+    pub wss: bool,
+    /// wss listen address.
+    pub wss_listen: SocketAddr,
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
+    pub key_file: PathBuf,
+    /// PEM CA certificates that client certificates are verified against;
+    /// empty: client certificates are not asked for.
+    pub client_ca_file: PathBuf,
+    /// With `client_ca_file`: refuse clients that present no certificate
+    /// (otherwise a certificate is optional, but verified when presented).
+    pub require_client_cert: bool,
+    /// With a verified client certificate, its subject CN replaces the
+    /// CONNECT username: the auth layer, ACL templates (`%u`) and presence
+    /// see the certificate's identity, not a claimed one.
+    pub cn_as_username: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
+            wss: true,
+            wss_listen: SocketAddr::from(([127, 0, 0, 1], 8084)),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            client_ca_file: PathBuf::new(),
+            require_client_cert: false,
+            cn_as_username: true,
+        }
+    }
+}
+
+/// The HTTP control plane (push API, health, metrics), served on its own
+/// thread.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve the HTTP API at all.
+    pub enabled: bool,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Bearer tokens accepted in `Authorization`. Empty: no authentication,
+    /// which is only allowed on a loopback address.
+    pub tokens: Vec<String>,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Longest wait for a core's receipt of a publish (504 beyond).
+    pub publish_timeout_ms: u64,
+    /// Topic of `POST /v1/push/users/{user}`; `%u` is the user. Every
+    /// device of the user subscribes to it.
+    pub user_topic: String,
+    /// Topic of `POST /v1/push/clients/{client_id}`; `%c` is the client id.
+    pub client_topic: String,
+    /// Topic of `POST /v1/broadcast`.
+    pub broadcast_topic: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tokens: Vec::new(),
+            max_body_bytes: 1 << 20,
+            publish_timeout_ms: 5000,
+            user_topic: "user/%u/inbox".into(),
+            client_topic: "client/%c/inbox".into(),
+            broadcast_topic: "broadcast".into(),
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Configuration: a TOML file, overridable from the environment.
+//!
+//! Every key has a default (see `tether.example.toml`, which documents each
+//! one), so `tether` with no file runs the embedded single-node defaults.
+//! Environment variables `TETHER_<SECTION>__<KEY>` override file values, e.g.
+//! `TETHER_NODE__CORES=1` or `TETHER_LOG__LEVEL=debug`.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+mod cluster;
+mod edge;
+mod engine;
+
+pub use cluster::{
+    Durability, LimitsConfig, PerUserPolicy, PresenceConfig, RedisConfig, StoreConfig, StoreKind,
+};
+pub use edge::{HttpConfig, TlsConfig, WebSocketConfig};
+pub use engine::{
+    ListenerConfig, LogConfig, MqttConfig, NodeConfig, RetainedConfig, RuntimeConfig,
+    SessionConfig, SysConfig,
+};
+
+/// A configuration problem, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path (`mqtt.max_packet_size`), or empty for the whole file.
+    pub key: String,
+    /// What is wrong, and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl crate::error::Classify for ConfigError {
+    fn origin(&self) -> crate::error::Origin {
+        crate::error::Origin::Config
+    }
+}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration, one field per TOML section.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[node]`: identity and cores.
+    pub node: NodeConfig,
+    /// `[listeners]`: MQTT over TCP.
+    pub listeners: ListenerConfig,
+    /// `[mqtt]`: protocol limits and features.
+    pub mqtt: MqttConfig,
+    /// `[session]`: expiry and slow-consumer limits.
+    pub session: SessionConfig,
+    /// `[retained]`: the retained store's caps.
+    pub retained: RetainedConfig,
+    /// `[sys]`: `$SYS` statistics.
+    pub sys: SysConfig,
+    /// `[websocket]`: MQTT over WebSocket.
+    pub websocket: WebSocketConfig,
+    /// `[tls]`: mqtts and wss.
+    pub tls: TlsConfig,
+    /// `[http]`: the HTTP control plane.
+    pub http: HttpConfig,
+    /// `[runtime]`: executors, channels, bounds.
+    pub runtime: RuntimeConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+    /// `[store]`: where sessions live.
+    pub store: StoreConfig,
+    /// `[redis]`: the Redis behind the `redis` store.
+    pub redis: RedisConfig,
+    /// `[presence]`: who is online, cluster-wide.
+    pub presence: PresenceConfig,
+    /// `[limits]`: per-user limits.
+    pub limits: LimitsConfig,
+}
+
+const ENV_PREFIX: &str = "TETHER_";
+
+impl Config {
+    /// Loads `path` (or the defaults when `None`) and applies the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| err("", format!("cannot read {}: {e}", p.display())))?,
+            None => String::new(),
+        };
+        Config::from_toml(&text, std::env::vars())
+    }
+
+    /// Parses TOML text plus `TETHER_*` overrides from `env`, then validates.
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let at = e
+                .span()
+                .map(|s| line_of(text, s.start))
+                .map(|l| format!(" (line {l})"));
+            err(
+                "",
+                format!("not valid TOML{}: {}", at.unwrap_or_default(), e.message()),
+            )
+        })?;
+        for (name, raw) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            if keys.len() != 2 {
+                continue;
+            }
+            let section = value
+                .entry(keys[0].clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            let toml::Value::Table(section) = section else {
+                return Err(err(&keys[0], "must be a table"));
+            };
+            section.insert(keys[1].clone(), env_value(&raw));
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(value))
+            .map_err(|e| err(&e.path().to_string(), e.inner().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let w = &self.websocket;
+        if !w.path.starts_with('/') {
+            return Err(err("websocket.path", "must start with /"));
+        }
+        if w.max_frame_bytes < 2 {
+            return Err(err("websocket.max_frame_bytes", "must be at least 2"));
+        }
+        let t = &self.tls;
+        if t.enabled && (t.cert_file.as_os_str().is_empty() || t.key_file.as_os_str().is_empty()) {
+            return Err(err(
+                "tls.cert_file",
+                "TLS is enabled without a certificate: set tls.cert_file and tls.key_file \
+                 (PEM files), or tls.enabled = false",
+            ));
+        }
+        if t.require_client_cert && t.client_ca_file.as_os_str().is_empty() {
+            return Err(err(
+                "tls.require_client_cert",
+                "needs tls.client_ca_file, the CA that client certificates are verified against",
+            ));
+        }
+        let h = &self.http;
+        if h.enabled && h.tokens.is_empty() && !h.listen.ip().is_loopback() {
+            return Err(err(
+                "http.tokens",
+                "the HTTP API listens on a non-loopback address without tokens: \
+                 set http.tokens (bearer tokens), or http.listen to 127.0.0.1",
+            ));
+        }
+        if h.tokens.iter().any(|t| t.len() < 16) {
+            return Err(err(
+                "http.tokens",
+                "each token needs at least 16 characters",
+            ));
+        }
+        if !h.user_topic.contains("%u") {
+            return Err(err("http.user_topic", "must contain %u (the user)"));
+        }
+        if !h.client_topic.contains("%c") {
+            return Err(err("http.client_topic", "must contain %c (the client id)"));
+        }
+        for (key, t) in [
+            ("http.user_topic", &h.user_topic),
+            ("http.client_topic", &h.client_topic),
+            ("http.broadcast_topic", &h.broadcast_topic),
+        ] {
+            if t.is_empty() || crate::codec::topic::validate_name(t).is_err() {
+                return Err(err(key, "must be a topic name (no + or #)"));
+            }
+        }
+        if h.max_body_bytes == 0 || h.publish_timeout_ms == 0 {
+            return Err(err(
+                "http",
+                "max_body_bytes and publish_timeout_ms must be at least 1",
+            ));
+        }
+        let m = &self.mqtt;
+        if m.max_packet_size < 128
+            || m.max_packet_size as usize > crate::codec::MAX_REMAINING_LENGTH + 5
+        {
+            return Err(err(
+                "mqtt.max_packet_size",
+                "must be between 128 and 268435460 bytes",
+            ));
+        }
+        if m.receive_maximum == 0 {
+            return Err(err("mqtt.receive_maximum", "must be at least 1"));
+        }
+        if m.inflight_window == 0 || m.max_inflight == 0 {
+            return Err(err("mqtt.inflight_window", "windows must be at least 1"));
+        }
+        if m.max_qos > 2 {
+            return Err(err("mqtt.max_qos", "must be 0, 1 or 2"));
+        }
+        for (key, list) in [
+            ("mqtt.deny_subscribe", &m.deny_subscribe),
+            ("mqtt.deny_publish", &m.deny_publish),
+        ] {
+            for f in list {
+                if let Err(why) = crate::codec::topic::validate_filter(f) {
+                    return Err(err(
+                        key,
+                        format!("{f:?} is not a valid topic filter: {why}"),
+                    ));
+                }
+            }
+        }
+        if m.connect_timeout_ms == 0 {
+            return Err(err("mqtt.connect_timeout_ms", "must be at least 1"));
+        }
+        let r = &self.runtime;
+        if r.tick_ms == 0 || r.tick_ms > 1000 {
+            return Err(err("runtime.tick_ms", "must be between 1 and 1000"));
+        }
+        if r.read_buffer_bytes < 1024 {
+            return Err(err("runtime.read_buffer_bytes", "must be at least 1024"));
+        }
+        if !r.ring_depth.is_power_of_two() || r.ring_depth > 32_768 {
+            return Err(err(
+                "runtime.ring_depth",
+                "must be a power of two between 1 and 32768 (io_uring's limit)",
+            ));
+        }
+        if r.mesh_channel_capacity == 0
+            || r.route_batch_max == 0
+            || r.router_backlog_limit == 0
+            || r.bridge_capacity == 0
+            || r.max_pending_verdicts == 0
+            || r.max_pending_claims == 0
+            || r.max_pending_permits == 0
+            || r.max_outbound_inflight == 0
+        {
+            return Err(err(
+                "runtime",
+                "channel capacities and limits must be at least 1",
+            ));
+        }
+        if self.session.max_queued_messages == 0 {
+            return Err(err("session.max_queued_messages", "must be at least 1"));
+        }
+        let st = &self.store;
+        if st.request_timeout_ms == 0 || st.handoff_timeout_ms == 0 {
+            return Err(err(
+                "store",
+                "request_timeout_ms and handoff_timeout_ms must be at least 1",
+            ));
+        }
+        let rd = &self.redis;
+        if st.kind == StoreKind::Redis {
+            if rd.urls.is_empty() {
+                return Err(err("redis.urls", "the redis store needs at least one URL"));
+            }
+            for u in &rd.urls {
+                if !(u.starts_with("redis://")
+                    || u.starts_with("rediss://")
+                    || u.starts_with("redis+unix://")
+                    || u.starts_with("unix://"))
+                {
+                    return Err(err(
+                        "redis.urls",
+                        format!(
+                            "{u:?} is not a Redis URL (redis://host:port/, rediss:// for TLS, \
+                             redis+unix:///path)"
+                        ),
+                    ));
+                }
+            }
+        }
+        if rd.key_prefix.is_empty() || rd.key_prefix.contains(['{', '}']) {
+            return Err(err(
+                "redis.key_prefix",
+                "must be non-empty and without braces (they mark hash tags)",
+            ));
+        }
+        if rd.batch_ms == 0 || rd.max_queued_writes == 0 {
+            return Err(err(
+                "redis",
+                "batch_ms and max_queued_writes must be at least 1",
+            ));
+        }
+        let p = &self.presence;
+        if p.lease_secs < 3 || p.node_lease_secs < 3 {
+            return Err(err(
+                "presence",
+                "lease_secs and node_lease_secs must be at least 3 (refreshed every third)",
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(err("log.format", "must be \"text\" or \"json\""));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(err(
+                "log.level",
+                "not a valid filter (e.g. \"info\", \"tether=debug\")",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of executors to start.
+    pub fn cores(&self) -> usize {
+        if self.node.cores > 0 {
+            self.node.cores
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// Environment values are typed like TOML literals when they parse as one
+/// (`1`, `true`, `"x"`), otherwise taken as strings (`127.0.0.1:1883`).
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let c = parse("", &[]).unwrap();
+        assert_eq!(c.listeners.tcp.port(), 1883);
+        assert_eq!(c.mqtt.max_packet_size, 1024 * 1024);
+    }
+
+    #[test]
+    fn example_file_parses_and_matches_defaults() {
+        let text = include_str!("../../tether.example.toml");
+        let c = parse(text, &[]).unwrap();
+        let d = Config::default();
+        assert_eq!(
+            format!("{c:?}"),
+            format!("{d:?}"),
+            "example file documents the defaults"
+        );
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = parse(
+            "[node]\ncores = 2\n",
+            &[
+                ("TETHER_NODE__CORES", "1"),
+                ("TETHER_LISTENERS__TCP", "127.0.0.1:0"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.node.cores, 1);
+        assert_eq!(c.listeners.tcp.port(), 0);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse("[mqtt]\nmax_packet_size = \"big\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "mqtt.max_packet_size");
+        let e = parse("[mqtt]\nmax_pakcet_size = 1\n", &[]).unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = parse("[mqtt]\nmax_qos = 3\n", &[]).unwrap_err();
+        assert_eq!(e.key, "mqtt.max_qos");
+        let e = parse("[mqtt\n", &[]).unwrap_err();
+        assert!(e.message.contains("line 1"), "{e}");
+    }
+}
