@@ -43,17 +43,7 @@ async fn connect(opts: MqttOptions) -> Client {
 
 /// Connects, or says why not (the CONNACK's code, or the error).
 async fn try_connect(opts: MqttOptions) -> Result<Client, String> {
-    let (client, mut el) = rumqttc::AsyncClient::new(opts, 1000);
-    let (tx, mut events) = mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        loop {
-            let ev = el.poll().await;
-            let stop = ev.is_err();
-            if tx.send(ev.map_err(|e| e.to_string())).is_err() || stop {
-                return;
-            }
-        }
-    });
+    let (client, mut events, task) = common::pump(opts);
     let session_present = loop {
         match tokio::time::timeout(WAIT, events.recv())
             .await

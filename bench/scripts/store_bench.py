@@ -18,7 +18,7 @@ redis-server. The summary goes to stdout and into the generated section of
 bench/RESULTS.md; every round's JSON stays in bench/results/store/ (summary.json,
 with each round's figures, is kept in git).
 """
-import argparse, datetime, json, os, platform, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, datetime, json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(ROOT, "target/release/tether-bench")
@@ -27,25 +27,8 @@ OUT = os.path.join(ROOT, "bench/results/store")
 BEGIN, END = "<!-- store:begin -->", "<!-- store:end -->"
 CLK = os.sysconf("SC_CLK_TCK")
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port, proc, what):
-    for _ in range(400):
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.025)
-    raise SystemExit(f"{what}: nothing listening on {port}")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import free_port, wait_port  # noqa: E402  (the same port helpers as the matrix)
 
 
 def cpu_secs(pid):
@@ -64,7 +47,7 @@ class Redis:
             ["taskset", "-c", "1", "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", tmp],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, self.proc, "redis-server")
+        wait_port(self.port, self.proc)
 
     def info(self, section):
         out = subprocess.run(["redis-cli", "-p", str(self.port), "INFO", section],
@@ -108,7 +91,7 @@ class Tether:
         env.update(extra or {})
         self.proc = subprocess.Popen(["taskset", "-c", "0", TETHER], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, self.proc, "tether")
+        wait_port(self.port, self.proc)
 
     def stop(self):
         self.proc.terminate()

@@ -209,15 +209,10 @@ impl Core {
     pub fn on_fenced(&self, client_id: &str, epoch: u64) {
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
-        let Some(loc) = self
-            .node
-            .store
-            .locate(client_id)
-            .filter(|l| l.core == self.id)
-        else {
+        let Some(key) = self.local_session(client_id) else {
             return;
         };
-        let Some(e) = st.entry(loc.key) else { return };
+        let Some(e) = st.entry(key) else { return };
         if e.session.durable.as_ref().is_none_or(|d| d.epoch != epoch) {
             return;
         }
@@ -232,8 +227,17 @@ impl Core {
                 // elsewhere.
                 e.session.expiry_secs = 0;
             }
-            None => self.end_session(st, loc.key),
+            None => self.end_session(st, key),
         }
+    }
+
+    /// The slab key of `client_id`'s session if this core holds it.
+    fn local_session(&self, client_id: &str) -> Option<ConnKey> {
+        self.node
+            .store
+            .locate(client_id)
+            .filter(|l| l.core == self.id)
+            .map(|l| l.key)
     }
 
     /// Closes the connection `conn` of `client_id` (taken over on another
@@ -275,15 +279,10 @@ impl Core {
         why: &'static str,
         handoff_to: Option<u16>,
     ) -> bool {
-        let Some(loc) = self
-            .node
-            .store
-            .locate(client_id)
-            .filter(|l| l.core == self.id)
-        else {
+        let Some(key) = self.local_session(client_id) else {
             return false;
         };
-        let Some(e) = st.entry(loc.key) else {
+        let Some(e) = st.entry(key) else {
             return false;
         };
         if conn.is_some_and(|c| c != e.id) {
@@ -298,7 +297,7 @@ impl Core {
                 // Forget it without writing (the store holds the live one).
                 info!(conn = %e.id, client_id, "session resumed on another node; forgetting the offline copy");
                 e.session.durable = None;
-                self.end_session(st, loc.key);
+                self.end_session(st, key);
                 return false;
             }
             Phase::Active => false,

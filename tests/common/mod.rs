@@ -41,6 +41,29 @@ impl Drop for V4 {
     }
 }
 
+/// A rumqttc v3.1.1 client whose event loop runs in a task and feeds a
+/// channel: every event, then the error that ended it.
+pub fn pump(
+    opts: rumqttc::MqttOptions,
+) -> (
+    rumqttc::AsyncClient,
+    mpsc::UnboundedReceiver<Result<rumqttc::Event, String>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 1000);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let ev = el.poll().await;
+            let stop = ev.is_err();
+            if tx.send(ev.map_err(|e| e.to_string())).is_err() || stop {
+                return;
+            }
+        }
+    });
+    (client, rx, task)
+}
+
 pub fn v4_options(gw: &Gateway, id: &str, clean: bool) -> rumqttc::MqttOptions {
     let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", gw.tcp_addr.port());
     o.set_keep_alive(Duration::from_secs(30));
@@ -53,17 +76,7 @@ pub fn v4_options(gw: &Gateway, id: &str, clean: bool) -> rumqttc::MqttOptions {
 pub async fn v4(gw: &Gateway, opts: rumqttc::MqttOptions, core: Option<usize>) -> V4 {
     let id = opts.client_id();
     for _ in 0..64 {
-        let (client, mut el) = rumqttc::AsyncClient::new(opts.clone(), 1000);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                let ev = el.poll().await;
-                let stop = ev.is_err();
-                if tx.send(ev.map_err(|e| e.to_string())).is_err() || stop {
-                    return;
-                }
-            }
-        });
+        let (client, mut rx, task) = pump(opts.clone());
         let session_present = loop {
             match tokio::time::timeout(WAIT, rx.recv())
                 .await
