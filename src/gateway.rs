@@ -19,6 +19,7 @@ use crate::bridge::outbound::{NoOutbound, Outbound};
 use crate::bridge::Bridge;
 use crate::config::{Config, StoreKind};
 use crate::error::{Classify, Origin};
+use crate::kafka::KafkaOutbound;
 use crate::net::listener::ListenError;
 use crate::net::tls::{Acceptor, Loaded, TlsError};
 use crate::net::Transport;
@@ -51,6 +52,8 @@ pub enum StartError {
     NotReady(Duration),
     /// The session store could not be set up (`[redis]`).
     Store(crate::store::redis::RedisSetupError),
+    /// The Kafka bridge could not be set up (`[kafka]`).
+    Kafka(crate::kafka::KafkaSetupError),
     /// An OS resource the runtime needs (a socket pair for a doorbell).
     Resource {
         /// What it was for.
@@ -72,6 +75,7 @@ impl fmt::Display for StartError {
             StartError::Tls(e) => e.fmt(f),
             StartError::Http(e) => e.fmt(f),
             StartError::Store(e) => e.fmt(f),
+            StartError::Kafka(e) => e.fmt(f),
             StartError::Executor { core, source } => {
                 write!(
                     f,
@@ -95,6 +99,7 @@ impl Classify for StartError {
             | StartError::Store(_) => Origin::Config,
             // Locked-memory limits, mostly: the host's configuration.
             StartError::Executor { .. } | StartError::NotReady(_) => Origin::Config,
+            StartError::Kafka(e) => e.origin(),
             StartError::Resource { .. } => Origin::Internal,
         }
     }
@@ -144,7 +149,7 @@ pub struct GatewayBuilder {
     auth: Arc<dyn Authenticator>,
     authz: Option<Arc<dyn Authorizer>>,
     store: Option<Arc<dyn SessionStore>>,
-    outbound: Arc<dyn Outbound>,
+    outbound: Option<Arc<dyn Outbound>>,
 }
 
 impl GatewayBuilder {
@@ -169,7 +174,7 @@ impl GatewayBuilder {
 
     /// Where messages leave the gateway (default: [`NoOutbound`]).
     pub fn outbound(mut self, outbound: Arc<dyn Outbound>) -> Self {
-        self.outbound = outbound;
+        self.outbound = Some(outbound);
         self
     }
 
@@ -211,6 +216,13 @@ impl GatewayBuilder {
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 Arc::new(RedisStore::new(&cfg).map_err(StartError::Store)?)
             }
+        };
+        let outbound: Arc<dyn Outbound> = match outbound {
+            Some(o) => o,
+            None if !cfg.kafka.route.is_empty() => {
+                Arc::new(KafkaOutbound::new(&cfg).map_err(StartError::Kafka)?)
+            }
+            None => Arc::new(NoOutbound),
         };
         let node = Arc::new(NodeState {
             node_id: cfg.node.id,
@@ -310,7 +322,7 @@ impl Gateway {
             auth: Arc::new(AllowAll),
             authz: None,
             store: None,
-            outbound: Arc::new(NoOutbound),
+            outbound: None,
         }
     }
 
@@ -374,6 +386,7 @@ impl Gateway {
             http.stop();
         }
         self.node.store.stop();
+        self.node.outbound.stop();
     }
 
     /// Shuts down and waits.

@@ -15,7 +15,7 @@
 //! | [`config`], [`limits`], [`id`], [`stats`], [`error`] | configuration, rlimits, identities, counters, error origins |
 //! | [`session`] | what a client keeps and what travels to it: `Session`, `Message`, `Delivery`, `Frame` |
 //! | [`bridge`] | the boundary with threads that are not cores: inboxes, reply handles, the outbound seam |
-//! | [`auth`], [`store`] | the seams for authentication, authorization and the session directory |
+//! | [`auth`], [`store`], [`kafka`] | the seams for authentication, authorization and the session directory; the Kafka bridge behind the outbound seam |
 //! | `mesh` | messages between cores and the channel policy |
 //! | `shard` | everything one core owns, and the operations on it |
 //! | `mqtt` | the semantics of each client packet, applied to a core |
@@ -32,6 +32,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod id;
+pub mod kafka;
 pub mod limits;
 mod mesh;
 mod mqtt;

@@ -125,6 +125,10 @@ impl Histogram {
     }
 }
 
+/// One figure a bridge reports for `/metrics`: name (without the `tether_`
+/// prefix), help, value, and whether it is a counter (otherwise a gauge).
+pub type Figure = (&'static str, &'static str, u64, bool);
+
 #[cfg(test)]
 mod tests {
     use super::*;

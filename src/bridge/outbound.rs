@@ -25,6 +25,7 @@ use std::sync::Arc;
 use super::reply::{ReplyTo, Unanswered};
 use crate::error::{Classify, Origin};
 use crate::session::Message;
+use crate::stats::{Figure, Histogram};
 
 /// What to do with one message, decided on the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +107,20 @@ pub trait Outbound: Send + Sync + 'static {
     /// [`Produced::Failed`]). Must not block: queue the work for the
     /// bridge's own thread.
     fn send(&self, out: Outgoing, ack: ReplyTo<Produced>);
+
+    /// Flushes what is in flight and stops the bridge's thread (the
+    /// gateway calls it after its cores stopped).
+    fn stop(&self) {}
+
+    /// The bridge's own figures for `/metrics`.
+    fn figures(&self) -> Vec<Figure> {
+        Vec::new()
+    }
+
+    /// Latency from hand-over to the destination's confirmation.
+    fn latency(&self) -> Option<&Histogram> {
+        None
+    }
 }
 
 /// No outbound bridge: nothing leaves (the single-node default).

@@ -83,9 +83,6 @@ pub struct RedisConfig {
     pub password: String,
     /// PEM CA certificates for `rediss://`; empty: the system's roots.
     pub ca_file: PathBuf,
-    /// Write-behind batches (acknowledgement deletions, lease refreshes,
-    /// releases) are sent at least this often, in milliseconds.
-    pub batch_ms: u64,
     /// Fire-and-forget writes a node may have queued for Redis; beyond it
     /// they are dropped and counted (`store_writes_dropped`): they only
     /// cost duplicates or an early lease expiry, never a promised message.
@@ -101,7 +98,6 @@ impl Default for RedisConfig {
             username: String::new(),
             password: String::new(),
             ca_file: PathBuf::new(),
-            batch_ms: 5,
             max_queued_writes: 100_000,
         }
     }

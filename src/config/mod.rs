@@ -13,6 +13,7 @@ use serde::Deserialize;
 mod cluster;
 mod edge;
 mod engine;
+mod kafka;
 
 pub use cluster::{
     Durability, LimitsConfig, PerUserPolicy, PresenceConfig, RedisConfig, StoreConfig, StoreKind,
@@ -22,6 +23,7 @@ pub use engine::{
     ListenerConfig, LogConfig, MqttConfig, NodeConfig, RetainedConfig, RuntimeConfig,
     SessionConfig, SysConfig,
 };
+pub use kafka::{KafkaConfig, RouteAck, RouteConfig};
 
 /// A configuration problem, with the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +93,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// `[limits]`: per-user limits.
     pub limits: LimitsConfig,
+    /// `[kafka]`: the Kafka bridge and its routes.
+    pub kafka: KafkaConfig,
 }
 
 const ENV_PREFIX: &str = "TETHER_";
@@ -141,6 +145,51 @@ impl Config {
             .map_err(|e| err(&e.path().to_string(), e.inner().to_string()))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// `[kafka]`: routes need brokers, valid filters, topics and key
+    /// templates.
+    fn validate_kafka(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        if k.route.is_empty() {
+            return Ok(());
+        }
+        if k.brokers.trim().is_empty() {
+            return Err(err(
+                "kafka.brokers",
+                "routes need brokers: set kafka.brokers (host:port,...) or remove [[kafka.route]]",
+            ));
+        }
+        if k.delivery_timeout_ms == 0 {
+            return Err(err("kafka.delivery_timeout_ms", "must be at least 1"));
+        }
+        for (i, r) in k.route.iter().enumerate() {
+            let at = |field: &str| format!("kafka.route[{i}].{field}");
+            if let Err(why) = crate::codec::topic::validate_filter(&r.filter) {
+                return Err(err(&at("filter"), why));
+            }
+            if r.topic.is_empty()
+                || !r
+                    .topic
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                return Err(err(
+                    &at("topic"),
+                    "a Kafka topic name: letters, digits, '.', '_' and '-'",
+                ));
+            }
+            let mut chars = r.key.chars();
+            while let Some(c) = chars.next() {
+                if c == '%' && !matches!(chars.next(), Some('c' | 'u' | 't' | '%')) {
+                    return Err(err(
+                        &at("key"),
+                        "only %c (client id), %u (user name), %t (MQTT topic) and %% are replaced",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -298,12 +347,10 @@ impl Config {
                 "must be non-empty and without braces (they mark hash tags)",
             ));
         }
-        if rd.batch_ms == 0 || rd.max_queued_writes == 0 {
-            return Err(err(
-                "redis",
-                "batch_ms and max_queued_writes must be at least 1",
-            ));
+        if rd.max_queued_writes == 0 {
+            return Err(err("redis.max_queued_writes", "must be at least 1"));
         }
+        self.validate_kafka()?;
         let p = &self.presence;
         if p.lease_secs < 3 || p.node_lease_secs < 3 {
             return Err(err(

@@ -153,8 +153,14 @@ pub(crate) fn render(node: &NodeState, gauges: &[Option<SessionGauges>]) -> Stri
         "How late the core's timer tick ran: time its executor was stalled by other work.",
         per_core_label(cores.iter().map(|c| &c.loop_lag)),
     );
-    // The session store's own figures (the Redis store's requests).
-    for (name, help, v, counter) in node.store.figures() {
+    // The bridges' own figures: the session store (Redis requests) and the
+    // outbound bridge (Kafka).
+    for (name, help, v, counter) in node
+        .store
+        .figures()
+        .into_iter()
+        .chain(node.outbound.figures())
+    {
         let name = if counter {
             format!("{name}_total")
         } else {
@@ -169,6 +175,14 @@ pub(crate) fn render(node: &NodeState, gauges: &[Option<SessionGauges>]) -> Stri
             &mut out,
             "store_latency_seconds",
             "Round trips of the session store's claims and write batches.",
+            std::iter::once((String::new(), h)),
+        );
+    }
+    if let Some(h) = node.outbound.latency() {
+        histogram(
+            &mut out,
+            "outbound_latency_seconds",
+            "From hand-over to the outbound bridge to its destination's confirmation (Kafka's delivery report).",
             std::iter::once((String::new(), h)),
         );
     }

@@ -184,9 +184,7 @@ pub trait SessionStore: Send + Sync + 'static {
     }
 }
 
-/// One figure for `/metrics`: name (without the `tether_` prefix), help,
-/// value, and whether it is a counter (otherwise a gauge).
-pub type Figure = (&'static str, &'static str, u64, bool);
+pub use crate::stats::Figure;
 
 /// A connection in the cluster's presence directory.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -356,5 +356,6 @@ pub fn until_blocking(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 pub mod cluster;
+pub mod kafka;
 pub mod pki;
 pub mod web;

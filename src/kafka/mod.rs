@@ -1,0 +1,170 @@
+//! The Kafka bridge (`[kafka]`): client messages that match a route leave
+//! for Kafka through the outbound seam, and with `ack = "kafka"` their
+//! publishers are acknowledged only once Kafka's delivery report says the
+//! record is stored.
+//!
+//! | file | concern |
+//! | --- | --- |
+//! | `mod.rs` | [`KafkaOutbound`], the seam's implementation, and its setup |
+//! | `routes.rs` | the routes: matching, record keys, headers |
+//! | `producer.rs` | the `tether-kafka` thread and its figures |
+
+mod producer;
+mod routes;
+
+use std::sync::{Arc, Mutex};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::FutureProducer;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+
+use crate::bridge::outbound::{Outbound, OutboundPolicy, Outgoing, Produced};
+use crate::bridge::ReplyTo;
+use crate::config::Config;
+use crate::error::{Classify, Origin};
+use crate::stats::{Figure, Histogram};
+use producer::{Job, Metrics};
+pub use routes::Routes;
+
+/// librdkafka's own queue, in messages: above what every core may have in
+/// flight (`runtime.max_outbound_inflight` each), so it never refuses a
+/// message the cores' bound let through.
+const MIN_LIBRDKAFKA_QUEUE: usize = 100_000;
+
+/// The Kafka producer behind the outbound seam.
+pub struct KafkaOutbound {
+    routes: Routes,
+    jobs: UnboundedSender<Job>,
+    metrics: Arc<Metrics>,
+    /// The `tether-kafka` thread, joined by [`Outbound::stop`].
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Why the Kafka bridge could not start.
+#[derive(Debug)]
+pub enum KafkaSetupError {
+    /// librdkafka refused the producer's configuration.
+    Config(String),
+    /// The bridge's thread could not start.
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for KafkaSetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KafkaSetupError::Config(why) => write!(
+                f,
+                "the Kafka producer's configuration is refused: {why} (check kafka.brokers and kafka.producer)"
+            ),
+            KafkaSetupError::Thread(e) => write!(f, "the Kafka thread cannot start: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for KafkaSetupError {}
+
+impl Classify for KafkaSetupError {
+    fn origin(&self) -> Origin {
+        match self {
+            KafkaSetupError::Config(_) => Origin::Config,
+            KafkaSetupError::Thread(_) => Origin::Internal,
+        }
+    }
+}
+
+impl KafkaOutbound {
+    /// Builds the producer from `[kafka]` and starts its thread. Brokers
+    /// need not be reachable yet: librdkafka connects and reconnects on
+    /// its own, and messages wait (up to `kafka.delivery_timeout_ms`).
+    pub fn new(cfg: &Config) -> Result<KafkaOutbound, KafkaSetupError> {
+        let k = &cfg.kafka;
+        let queue = MIN_LIBRDKAFKA_QUEUE.max(cfg.cores() * cfg.runtime.max_outbound_inflight * 2);
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &k.brokers)
+            .set("client.id", format!("tether-n{}", cfg.node.id))
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", k.delivery_timeout_ms.to_string())
+            .set("queue.buffering.max.messages", queue.to_string());
+        for (key, value) in &k.producer {
+            cc.set(key, value);
+        }
+        let producer: FutureProducer = cc
+            .create()
+            .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
+        let metrics = Arc::new(Metrics::default());
+        let routes = Routes::new(&k.route);
+        let ctx = producer::Ctx {
+            producer,
+            routes: routes.clone(),
+            node: cfg.node.id,
+            delivery_timeout: std::time::Duration::from_millis(k.delivery_timeout_ms),
+            metrics: metrics.clone(),
+        };
+        let (jobs, rx) = unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("tether-kafka".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("the Kafka thread cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, producer::run(std::rc::Rc::new(ctx), rx));
+            })
+            .map_err(KafkaSetupError::Thread)?;
+        Ok(KafkaOutbound {
+            routes,
+            jobs,
+            metrics,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+}
+
+impl Outbound for KafkaOutbound {
+    fn policy(&self, topic: &str) -> OutboundPolicy {
+        self.routes.policy(topic)
+    }
+
+    fn send(&self, out: Outgoing, ack: ReplyTo<Produced>) {
+        // A stopped thread drops the job, and the dropped `ack` answers
+        // "abandoned".
+        let _ = self.jobs.send(Job::Send { out, ack });
+    }
+
+    fn stop(&self) {
+        let _ = self.jobs.send(Job::Stop);
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+
+    fn figures(&self) -> Vec<Figure> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.metrics;
+        vec![
+            ("kafka_inflight", "Messages handed to Kafka and not yet acknowledged.", m.inflight.load(Relaxed) as u64, false),
+            ("kafka_produced", "Messages Kafka acknowledged.", m.produced.load(Relaxed), true),
+            ("kafka_timed_out", "Messages not acknowledged within kafka.delivery_timeout_ms (their publishers were told).", m.timed_out.load(Relaxed), true),
+            ("kafka_refused", "Messages Kafka refused (too large, unknown topic, not authorized, ...).", m.refused.load(Relaxed), true),
+            ("kafka_queue_full", "Times a message met librdkafka's full queue and was offered again.", m.queue_full.load(Relaxed), true),
+        ]
+    }
+
+    fn latency(&self) -> Option<&Histogram> {
+        Some(&self.metrics.latency)
+    }
+}
+
+impl Drop for KafkaOutbound {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
