@@ -219,7 +219,7 @@ impl GatewayBuilder {
         };
         let outbound: Arc<dyn Outbound> = match outbound {
             Some(o) => o,
-            None if !cfg.kafka.route.is_empty() => {
+            None if !cfg.kafka.route.is_empty() || !cfg.kafka.source.is_empty() => {
                 Arc::new(KafkaOutbound::new(&cfg).map_err(StartError::Kafka)?)
             }
             None => Arc::new(NoOutbound),
@@ -242,6 +242,9 @@ impl GatewayBuilder {
                 }
             })?;
         node.store.start(bridge.clone());
+        node.outbound
+            .start(bridge.clone())
+            .map_err(|e| StartError::Kafka(crate::kafka::KafkaSetupError::Config(e)))?;
         let mut doorbells = Vec::with_capacity(ncores);
         let mut starts = Vec::with_capacity(ncores);
         let (ready_tx, ready_rx) = mpsc::channel::<usize>();

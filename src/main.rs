@@ -205,6 +205,16 @@ fn run(path: Option<PathBuf>) -> ExitCode {
             cfg.node.id
         ),
     }
+    let k = &cfg.kafka;
+    if !k.brokers.is_empty() {
+        println!(
+            "  kafka       {}: {} route(s) out, {} source(s) in (group {})",
+            k.brokers,
+            k.route.len(),
+            k.source.len(),
+            k.group_of(cfg.node.id)
+        );
+    }
     println!(
         "  limits      open files {} (~{} connections), memlock {}",
         limits::show(nofile),

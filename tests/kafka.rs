@@ -13,7 +13,7 @@ use common::web::http;
 use common::*;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use tether::config::{RouteAck, RouteConfig};
+use tether::config::{RouteAck, RouteConfig, SourceConfig, SourceTarget};
 
 /// How long the broker hangs (SIGSTOP) while publishers run.
 const HANG: Duration = Duration::from_secs(30);
@@ -255,4 +255,344 @@ async fn past_the_delivery_timeout_mqtt5_gets_0x80_and_3_1_1_is_disconnected() {
     kafka.pause(false);
     assert!(metric(&gw, "tether_kafka_timed_out_total") >= 2.0);
     gw.stop();
+}
+
+fn source(topic: &str, to: SourceTarget, from: Option<&str>) -> SourceConfig {
+    SourceConfig {
+        topic: topic.into(),
+        to,
+        from: from.map(str::to_string),
+        qos: 1,
+        skip_own: true,
+    }
+}
+
+/// Consumers start at the oldest record: a test produces before the
+/// node's group has joined.
+fn from_the_start(c: &mut tether::Config) {
+    c.kafka
+        .consumer
+        .insert("auto.offset.reset".into(), "earliest".into());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_pushes_through_kafka_to_a_user_a_client_a_topic_and_everyone() {
+    let kafka = Kafka::start();
+    let (users, clients, topics, all) = (
+        kafka.topic("push-users", 2).await,
+        kafka.topic("push-clients", 2).await,
+        kafka.topic("push-topics", 2).await,
+        kafka.topic("push-all", 1).await,
+    );
+    let brokers = kafka.brokers.clone();
+    let sources = vec![
+        source(&users, SourceTarget::User, None),
+        source(&clients, SourceTarget::Client, Some("${header.to}")),
+        source(&topics, SourceTarget::Topic, None),
+        source(&all, SourceTarget::Broadcast, None),
+    ];
+    let gw = gateway(2, move |c| {
+        c.kafka.brokers = brokers;
+        c.kafka.source = sources;
+        from_the_start(c);
+    });
+    let mut ann = v5(&gw, v5_options(&gw, "ann-phone"), None).await;
+    ann.subscribe("user/ann/inbox", QoS::AtLeastOnce).await;
+    ann.subscribe("broadcast", QoS::AtLeastOnce).await;
+    let mut dev = v5(&gw, v5_options(&gw, "dev-9"), None).await;
+    dev.subscribe("client/dev-9/inbox", QoS::AtLeastOnce).await;
+    dev.subscribe("quotes/#", QoS::AtLeastOnce).await;
+    dev.subscribe("broadcast", QoS::AtLeastOnce).await;
+
+    kafka
+        .produce(&users, "ann", b"to ann", &[("trace", "t-1")])
+        .await;
+    kafka
+        .produce(&clients, "ignored", b"to dev-9", &[("to", "dev-9")])
+        .await;
+    kafka
+        .produce(&topics, "k", b"42.1", &[("x-mqtt-topic", "quotes/ACME")])
+        .await;
+    kafka.produce(&all, "k", b"to all", &[]).await;
+
+    // Records of different topics may come in any order.
+    let (a, b) = (ann.publish().await, ann.publish().await);
+    let (user, all) = if &a.topic[..] == b"broadcast" {
+        (b, a)
+    } else {
+        (a, b)
+    };
+    assert_eq!(
+        (&user.topic[..], &user.payload[..]),
+        (&b"user/ann/inbox"[..], &b"to ann"[..])
+    );
+    let props = user
+        .properties
+        .expect("the record's headers as user properties");
+    assert!(props
+        .user_properties
+        .contains(&("trace".into(), "t-1".into())));
+    assert_eq!(
+        (&all.topic[..], &all.payload[..]),
+        (&b"broadcast"[..], &b"to all"[..])
+    );
+    let mut got: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for _ in 0..3 {
+        let p = dev.publish().await;
+        got.push((p.topic.to_vec(), p.payload.to_vec()));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (b"broadcast".to_vec(), b"to all".to_vec()),
+            (b"client/dev-9/inbox".to_vec(), b"to dev-9".to_vec()),
+            (b"quotes/ACME".to_vec(), b"42.1".to_vec()),
+        ]
+    );
+    common::until("the records are counted delivered", || {
+        metric(&gw, "tether_kafka_records_delivered_total") >= 4.0
+    })
+    .await;
+    gw.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_filters_between_two_topics() {
+    // Mode 4: clients' messages go to one topic, a backend reads it and
+    // writes what passes to another, which comes back to MQTT.
+    let kafka = Kafka::start();
+    let raw = kafka.topic("raw", 1).await;
+    let clean = kafka.topic("clean", 1).await;
+    let (brokers, r, c2) = (kafka.brokers.clone(), raw.clone(), clean.clone());
+    let gw = gateway(1, move |c| {
+        c.kafka.brokers = brokers;
+        c.kafka.route = vec![route("comments/raw/+", &r, "%t", RouteAck::Kafka)];
+        c.kafka.source = vec![source(&c2, SourceTarget::Topic, None)];
+        from_the_start(c);
+    });
+    let mut reader = v5(&gw, v5_options(&gw, "reader"), None).await;
+    reader.subscribe("comments/clean/#", QoS::AtLeastOnce).await;
+    let mut writer = v5(&gw, v5_options(&gw, "writer"), None).await;
+    for text in ["nice", "SPAM", "thanks"] {
+        writer
+            .client
+            .publish("comments/raw/live1", QoS::AtLeastOnce, false, text)
+            .await
+            .unwrap();
+        writer.incoming(|p| matches!(p, Packet::PubAck(_))).await;
+    }
+    // The backend: an independent consumer and producer.
+    for r in kafka.read(&raw, 3).await {
+        let text = String::from_utf8(r.payload.clone()).unwrap();
+        if text != "SPAM" {
+            let topic = r.headers["x-mqtt-topic"].replace("/raw/", "/clean/");
+            kafka
+                .produce(&clean, "k", text.as_bytes(), &[("x-mqtt-topic", &topic)])
+                .await;
+        }
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let p = reader.publish().await;
+        assert_eq!(&p.topic[..], b"comments/clean/live1");
+        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+    }
+    assert_eq!(got, ["nice", "thanks"]);
+    gw.stop();
+}
+
+/// `TETHER_*` settings that put a node on `kafka` with a route of `chat/#`
+/// to `bus` and `bus` as a source (mode 2: messaging across nodes).
+fn bus_env(kafka: &Kafka, bus: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("TETHER_KAFKA__BROKERS", format!("\"{}\"", kafka.brokers)),
+        (
+            "TETHER_KAFKA__ROUTE",
+            format!("[{{filter = \"chat/#\", topic = \"{bus}\", key = \"%c\"}}]"),
+        ),
+        ("TETHER_KAFKA__SOURCE", format!("[{{topic = \"{bus}\"}}]")),
+        (
+            "TETHER_KAFKA__CONSUMER",
+            "{\"auto.offset.reset\" = \"earliest\"}".into(),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_pub_sub_through_kafka_without_loss_or_reordering() {
+    use common::cluster::{Node, Redis};
+    let redis = Redis::start();
+    let kafka = Kafka::start();
+    let bus = kafka.topic("bus", 3).await;
+    let mut env = bus_env(&kafka, &bus);
+    // Records from Kafka arrive in bursts of up to a window of 256; a
+    // debug-built rumqttc subscriber may fall behind by more than the
+    // default queue of 1000 and be disconnected as a slow consumer, which
+    // is not what this test is about.
+    env.push(("TETHER_SESSION__MAX_QUEUED_MESSAGES", "20000".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let nodes: Vec<Node> = (1..=3)
+        .map(|id| Node::start(id, &redis.url(), &env))
+        .collect();
+    let opts = |node: &Node, id: &str| {
+        let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", node.mqtt);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_inflight(100);
+        o
+    };
+    // A subscriber on every node.
+    let mut subs = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let (client, mut events, task) = common::pump(opts(node, &format!("sub-{i}")));
+        client
+            .subscribe("chat/#", rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        loop {
+            match tokio::time::timeout(WAIT, events.recv())
+                .await
+                .expect("SUBACK")
+            {
+                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) => break,
+                Some(Ok(_)) => {}
+                other => panic!("subscriber {i}: {other:?}"),
+            }
+        }
+        subs.push((client, events, task));
+    }
+    // A publisher on every node: 10,000 QoS 1 messages in all.
+    const PER: u32 = 3334;
+    for (i, node) in nodes.iter().enumerate() {
+        let (client, mut events, _task) = common::pump(opts(node, &format!("pub-{i}")));
+        tokio::spawn(async move {
+            let _keep = _task;
+            for n in 0..PER {
+                client
+                    .publish(
+                        format!("chat/room-{i}"),
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        format!("{i}:{n}"),
+                    )
+                    .await
+                    .unwrap();
+            }
+            while events.recv().await.is_some() {}
+        });
+    }
+    // Every subscriber: every message, each publisher's in order.
+    for (s, (_client, events, _)) in subs.iter_mut().enumerate() {
+        let mut next = [0u32; 3];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while next.iter().any(|&n| n < PER) {
+            let ev = tokio::time::timeout_at(deadline, events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("subscriber {s} stalled at {next:?}"));
+            let p = match ev {
+                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => p,
+                Some(Ok(_)) => continue,
+                other => panic!("subscriber {s} at {next:?}: {other:?}"),
+            };
+            {
+                let text = String::from_utf8(p.payload.to_vec()).unwrap();
+                let (who, n) = text.split_once(':').unwrap();
+                let (who, n): (usize, u32) = (who.parse().unwrap(), n.parse().unwrap());
+                // A redelivery may repeat an earlier one; nothing is skipped.
+                assert!(
+                    n <= next[who],
+                    "subscriber {s}: {who}:{n} after {}",
+                    next[who]
+                );
+                if n == next[who] {
+                    next[who] += 1;
+                }
+            }
+        }
+    }
+}
+
+type Events = tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::Event, String>>;
+
+/// A client on `port` subscribed to `broadcast`.
+async fn listen(id: u16, port: u16) -> (rumqttc::AsyncClient, Events, tokio::task::JoinHandle<()>) {
+    let mut o = rumqttc::MqttOptions::new(format!("phone-{id}"), "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events, task) = common::pump(o);
+    client
+        .subscribe("broadcast", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("SUBACK")
+        {
+            Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) => break,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    (client, events, task)
+}
+
+/// The payloads of the next 20 messages.
+async fn twenty(events: &mut Events, who: &str) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        match tokio::time::timeout(WAIT, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{who}: records in time, {} so far", got.len()))
+        {
+            Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+                got.push(String::from_utf8(p.payload.to_vec()).unwrap())
+            }
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_a_killed_consumer_are_delivered_again() {
+    use common::cluster::{Node, Redis};
+    let redis = Redis::start();
+    let kafka = Kafka::start();
+    let push = kafka.topic("push", 1).await;
+    let env = [
+        ("TETHER_KAFKA__BROKERS", format!("\"{}\"", kafka.brokers)),
+        (
+            "TETHER_KAFKA__SOURCE",
+            format!("[{{topic = \"{push}\", to = \"broadcast\"}}]"),
+        ),
+        // One group for both nodes, and no commit before the kill.
+        ("TETHER_KAFKA__GROUP", "\"push-workers\"".into()),
+        (
+            "TETHER_KAFKA__CONSUMER",
+            concat!(
+                "{\"auto.offset.reset\" = \"earliest\", \"auto.commit.interval.ms\" = \"600000\", ",
+                // The dead member's partitions move once the broker
+                // notices it is gone: within a session timeout.
+                "\"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"1000\"}"
+            )
+            .into(),
+        ),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut first = Node::start(1, &redis.url(), &env);
+    let (_c1, mut ev1, _t1) = listen(first.id, first.mqtt).await;
+    for n in 0..20 {
+        kafka
+            .produce(&push, "k", format!("r{n}").as_bytes(), &[])
+            .await;
+    }
+    let want: Vec<String> = (0..20).map(|n| format!("r{n}")).collect();
+    assert_eq!(twenty(&mut ev1, "first node").await, want);
+    first.proc.kill9();
+    // The group's next member starts from the last committed offset:
+    // nothing was committed, so everything comes again.
+    let second = Node::start(2, &redis.url(), &env);
+    let (_c2, mut ev2, _t2) = listen(second.id, second.mqtt).await;
+    assert_eq!(twenty(&mut ev2, "second node").await, want);
 }

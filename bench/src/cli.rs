@@ -61,11 +61,16 @@ pub enum Scenario {
     /// p2p pairs on persistent sessions while --storm-pct % of clients per
     /// second drop their connection and reconnect.
     Storm(Opts),
+    /// A plain Kafka client (rdkafka): produce a record, tail a topic, or
+    /// flood a topic for the MQTT → Kafka comparison.
+    #[command(subcommand)]
+    Kafka(crate::kafka::KafkaCmd),
 }
 
 impl Scenario {
-    pub fn parts(&self) -> (&'static str, &Opts) {
-        match self {
+    /// The MQTT scenario's name and options; `None` for `kafka`.
+    pub fn parts(&self) -> Option<(&'static str, &Opts)> {
+        Some(match self {
             Scenario::Conn(o) => ("conn", o),
             Scenario::Pub(o) => ("pub", o),
             Scenario::Sub(o) => ("sub", o),
@@ -74,7 +79,8 @@ impl Scenario {
             Scenario::Fanin(o) => ("fanin", o),
             Scenario::Sharedsub(o) => ("sharedsub", o),
             Scenario::Storm(o) => ("storm", o),
-        }
+            Scenario::Kafka(_) => return None,
+        })
     }
 }
 

@@ -13,9 +13,11 @@
 //! - [`sample`]: `--target-pid` RSS and CPU sampling.
 //! - [`wsframe`]: `--transport ws|wss` (MQTT over WebSocket, client side).
 //! - [`tls`]: `--transport tls|wss` (client TLS) and the client [`tls::Stream`].
+//! - [`kafka`]: `tether-bench kafka produce|tail|flood`, a plain Kafka client.
 
 pub mod cli;
 pub mod client;
+pub mod kafka;
 pub mod payload;
 pub mod procs;
 pub mod report;

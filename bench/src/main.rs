@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tether_bench::cli::{Cli, Opts};
+use tether_bench::cli::{Cli, Opts, Scenario};
 use tether_bench::procs::{WorkerSpec, WORKER_ENV};
 use tether_bench::Plan;
 
@@ -18,7 +18,10 @@ fn main() -> ExitCode {
         },
         Err(_) => {
             let cli = Cli::parse();
-            let (name, opts) = cli.scenario.parts();
+            if let Scenario::Kafka(cmd) = cli.scenario {
+                return tether_bench::kafka::run(cmd);
+            }
+            let (name, opts) = cli.scenario.parts().expect("an MQTT scenario");
             (name.to_string(), opts.clone())
         }
     };

@@ -237,7 +237,7 @@ mod tests {
     fn plan(args: &[&str]) -> Plan {
         let cli = Cli::try_parse_from(std::iter::once("tether-bench").chain(args.iter().copied()))
             .expect("valid arguments");
-        let (name, o) = cli.scenario.parts();
+        let (name, o) = cli.scenario.parts().expect("an MQTT scenario");
         Plan::new(name, o).expect("valid plan")
     }
 
@@ -292,10 +292,10 @@ mod tests {
     #[test]
     fn small_payloads_and_bad_levels_are_refused_with_the_reason() {
         let cli = Cli::try_parse_from(["tether-bench", "pub", "-s", "8"]).unwrap();
-        let (name, o) = cli.scenario.parts();
+        let (name, o) = cli.scenario.parts().expect("an MQTT scenario");
         assert!(Plan::new(name, o).unwrap_err().contains("16-byte header"));
         let cli = Cli::try_parse_from(["tether-bench", "pub", "-V", "6"]).unwrap();
-        let (name, o) = cli.scenario.parts();
+        let (name, o) = cli.scenario.parts().expect("an MQTT scenario");
         assert!(Plan::new(name, o).unwrap_err().contains("--mqtt 6"));
     }
 

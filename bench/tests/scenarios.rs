@@ -35,7 +35,7 @@ fn bench_at(port: u16, args: &str) -> Report {
         .chain(args.split_whitespace())
         .chain(["-p", &port, "--quiet", "--cores", "2", "-R", "0"]);
     let cli = Cli::try_parse_from(argv).expect("valid arguments");
-    let (name, opts) = cli.scenario.parts();
+    let (name, opts) = cli.scenario.parts().expect("an MQTT scenario");
     let plan = Plan::new(name, opts).expect("valid plan");
     tether_bench::run(plan).expect("run completes")
 }

@@ -108,6 +108,13 @@ pub trait Outbound: Send + Sync + 'static {
     /// bridge's own thread.
     fn send(&self, out: Outgoing, ack: ReplyTo<Produced>);
 
+    /// Starts what the bridge brings in, now that the cores' inboxes exist
+    /// (the Kafka sources). The error says what to fix.
+    fn start(&self, bridge: Arc<super::Bridge>) -> Result<(), String> {
+        drop(bridge);
+        Ok(())
+    }
+
     /// Flushes what is in flight and stops the bridge's thread (the
     /// gateway calls it after its cores stopped).
     fn stop(&self) {}

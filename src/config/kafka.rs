@@ -25,6 +25,29 @@ pub struct KafkaConfig {
     /// Routes, tried in order; the first whose filter matches a message's
     /// topic takes it.
     pub route: Vec<RouteConfig>,
+    /// librdkafka properties for the consumer, passed through as they are.
+    /// Tether sets `bootstrap.servers`, `group.id` (`group`),
+    /// `enable.auto.offset.store = false` and `auto.offset.reset =
+    /// latest`; a key given here wins.
+    pub consumer: BTreeMap<String, String>,
+    /// The consumer group of this node's sources. Empty (the default):
+    /// `tether-<node id>`, a group per node, so every node consumes every
+    /// record (seed 002's broadcast to every gateway).
+    pub group: String,
+    /// Sources, Kafka topics whose records are pushed to MQTT.
+    pub source: Vec<SourceConfig>,
+}
+
+impl KafkaConfig {
+    /// The consumer group of node `node`'s sources: `group`, or
+    /// `tether-<node>` when it is empty.
+    pub fn group_of(&self, node: u16) -> String {
+        if self.group.is_empty() {
+            format!("tether-{node}")
+        } else {
+            self.group.clone()
+        }
+    }
 }
 
 impl Default for KafkaConfig {
@@ -34,6 +57,9 @@ impl Default for KafkaConfig {
             producer: BTreeMap::new(),
             delivery_timeout_ms: 30_000,
             route: Vec::new(),
+            consumer: BTreeMap::new(),
+            group: String::new(),
+            source: Vec::new(),
         }
     }
 }
@@ -63,6 +89,59 @@ fn default_key() -> String {
     "%c".into()
 }
 
+/// `[[kafka.source]]`: records of a Kafka topic become MQTT messages
+/// (seed 000's "consume and push": modes 2 to 4). An offset is committed
+/// only once its record was accepted by the cores (and, with sync
+/// durability, stored for every persistent session it reached).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The Kafka topic consumed.
+    pub topic: String,
+    /// Where a record goes: `topic` (the MQTT topic rendered from `from`),
+    /// `user` (every device of the user: `http.user_topic`), `client`
+    /// (`http.client_topic`) or `broadcast` (`http.broadcast_topic`).
+    #[serde(default)]
+    pub to: SourceTarget,
+    /// For `to = "topic"`: the MQTT topic; for `user` and `client`: the
+    /// user name or client id. A template: `${header.NAME}` is a record
+    /// header, `${key}` the record key. Default: `${header.x-mqtt-topic}`
+    /// for a topic (what a route wrote), `${key}` otherwise.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// QoS of the MQTT messages (0, 1 or 2).
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Skip records this node produced itself (header `x-node`): its own
+    /// subscribers had them when they were published. Leave it on when a
+    /// route and a source share a topic (mode 2, messaging across nodes).
+    #[serde(default = "default_true")]
+    pub skip_own: bool,
+}
+
+fn default_qos() -> u8 {
+    1
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Where a source's records go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceTarget {
+    /// An MQTT topic.
+    #[default]
+    Topic,
+    /// Every device of a user.
+    User,
+    /// One client.
+    Client,
+    /// Everyone.
+    Broadcast,
+}
+
 /// When a routed message's publisher is acknowledged.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -72,4 +151,80 @@ pub enum RouteAck {
     Kafka,
     /// At once: faster, and a message Kafka never takes is lost.
     AtOnce,
+}
+
+/// A source's `from` template: text with `${header.NAME}` and `${key}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(Vec<Part>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Header(String),
+    Key,
+}
+
+impl Template {
+    /// Parses a template; the error says what is wrong.
+    pub fn parse(s: &str) -> Result<Template, &'static str> {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(i) = rest.find("${") {
+            if i > 0 {
+                parts.push(Part::Text(rest[..i].to_string()));
+            }
+            let after = &rest[i + 2..];
+            let end = after
+                .find('}')
+                .ok_or("an unclosed ${: write ${header.NAME} or ${key}")?;
+            let name = &after[..end];
+            parts.push(match name.strip_prefix("header.") {
+                Some(h) if !h.is_empty() => Part::Header(h.to_string()),
+                _ if name == "key" => Part::Key,
+                _ => return Err("only ${header.NAME} and ${key} are replaced"),
+            });
+            rest = &after[end + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        if parts.is_empty() {
+            return Err("empty");
+        }
+        Ok(Template(parts))
+    }
+
+    /// The text for one record; `None` when a header or the key it names
+    /// is missing or not UTF-8.
+    pub fn render<'a>(
+        &self,
+        key: Option<&'a [u8]>,
+        header: impl Fn(&str) -> Option<&'a [u8]>,
+    ) -> Option<String> {
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::Header(h) => out.push_str(std::str::from_utf8(header(h)?).ok()?),
+                Part::Key => out.push_str(std::str::from_utf8(key?).ok()?),
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_take_headers_and_the_key() {
+        let t = Template::parse("push/${header.x-uid}/${key}").unwrap();
+        let h = |name: &str| (name == "x-uid").then_some(&b"ann"[..]);
+        assert_eq!(t.render(Some(b"k1"), h).as_deref(), Some("push/ann/k1"));
+        assert_eq!(t.render(None, h), None, "no key");
+        assert!(Template::parse("${nope}").is_err());
+        assert!(Template::parse("a/${key").is_err());
+        assert!(Template::parse("").is_err());
+    }
 }

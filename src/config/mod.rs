@@ -23,7 +23,7 @@ pub use engine::{
     ListenerConfig, LogConfig, MqttConfig, NodeConfig, RetainedConfig, RuntimeConfig,
     SessionConfig, SysConfig,
 };
-pub use kafka::{KafkaConfig, RouteAck, RouteConfig};
+pub use kafka::{KafkaConfig, RouteAck, RouteConfig, SourceConfig, SourceTarget, Template};
 
 /// A configuration problem, with the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,14 +151,31 @@ impl Config {
     /// templates.
     fn validate_kafka(&self) -> Result<(), ConfigError> {
         let k = &self.kafka;
-        if k.route.is_empty() {
+        if k.route.is_empty() && k.source.is_empty() {
             return Ok(());
         }
         if k.brokers.trim().is_empty() {
             return Err(err(
                 "kafka.brokers",
-                "routes need brokers: set kafka.brokers (host:port,...) or remove [[kafka.route]]",
+                "routes and sources need brokers: set kafka.brokers (host:port,...) or remove [[kafka.route]] and [[kafka.source]]",
             ));
+        }
+        for (i, s) in k.source.iter().enumerate() {
+            let at = |field: &str| format!("kafka.source[{i}].{field}");
+            if !kafka_topic_ok(&s.topic) {
+                return Err(err(
+                    &at("topic"),
+                    "a Kafka topic name: letters, digits, '.', '_' and '-'",
+                ));
+            }
+            if s.qos > 2 {
+                return Err(err(&at("qos"), "0, 1 or 2"));
+            }
+            if let Some(from) = &s.from {
+                if let Err(why) = Template::parse(from) {
+                    return Err(err(&at("from"), why));
+                }
+            }
         }
         if k.delivery_timeout_ms == 0 {
             return Err(err("kafka.delivery_timeout_ms", "must be at least 1"));
@@ -168,12 +185,7 @@ impl Config {
             if let Err(why) = crate::codec::topic::validate_filter(&r.filter) {
                 return Err(err(&at("filter"), why));
             }
-            if r.topic.is_empty()
-                || !r
-                    .topic
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-            {
+            if !kafka_topic_ok(&r.topic) {
                 return Err(err(
                     &at("topic"),
                     "a Kafka topic name: letters, digits, '.', '_' and '-'",
@@ -382,6 +394,13 @@ impl Config {
 
 /// Environment values are typed like TOML literals when they parse as one
 /// (`1`, `true`, `"x"`), otherwise taken as strings (`127.0.0.1:1883`).
+/// A Kafka topic name: letters, digits, `.`, `_` and `-`.
+fn kafka_topic_ok(t: &str) -> bool {
+    !t.is_empty()
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 fn env_value(raw: &str) -> toml::Value {
     format!("v = {raw}")
         .parse::<toml::Table>()

@@ -1,14 +1,17 @@
 //! The Kafka bridge (`[kafka]`): client messages that match a route leave
 //! for Kafka through the outbound seam, and with `ack = "kafka"` their
 //! publishers are acknowledged only once Kafka's delivery report says the
-//! record is stored.
+//! record is stored. Records of the sources' topics come back in as MQTT
+//! messages, committed only once the cores accepted them.
 //!
 //! | file | concern |
 //! | --- | --- |
 //! | `mod.rs` | [`KafkaOutbound`], the seam's implementation, and its setup |
 //! | `routes.rs` | the routes: matching, record keys, headers |
 //! | `producer.rs` | the `tether-kafka` thread and its figures |
+//! | `consumer.rs` | [`KafkaInbound`]: the `tether-kafka-in` thread, sources' records to MQTT, at least once |
 
+mod consumer;
 mod producer;
 mod routes;
 
@@ -23,6 +26,7 @@ use crate::bridge::ReplyTo;
 use crate::config::Config;
 use crate::error::{Classify, Origin};
 use crate::stats::{Figure, Histogram};
+pub use consumer::KafkaInbound;
 use producer::{Job, Metrics};
 pub use routes::Routes;
 
@@ -34,6 +38,8 @@ const MIN_LIBRDKAFKA_QUEUE: usize = 100_000;
 /// The Kafka producer behind the outbound seam.
 pub struct KafkaOutbound {
     routes: Routes,
+    /// The sources' consumer, when there are sources.
+    inbound: Option<KafkaInbound>,
     jobs: UnboundedSender<Job>,
     metrics: Arc<Metrics>,
     /// The `tether-kafka` thread, joined by [`Outbound::stop`].
@@ -119,6 +125,7 @@ impl KafkaOutbound {
             })
             .map_err(KafkaSetupError::Thread)?;
         Ok(KafkaOutbound {
+            inbound: KafkaInbound::new(cfg)?,
             routes,
             jobs,
             metrics,
@@ -138,7 +145,19 @@ impl Outbound for KafkaOutbound {
         let _ = self.jobs.send(Job::Send { out, ack });
     }
 
+    fn start(&self, bridge: Arc<crate::bridge::Bridge>) -> Result<(), String> {
+        match &self.inbound {
+            Some(i) => i.start(bridge).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
     fn stop(&self) {
+        // Records first (what the cores accepted is committed), then the
+        // producer (what is in flight gets its report).
+        if let Some(i) = &self.inbound {
+            i.stop();
+        }
         let _ = self.jobs.send(Job::Stop);
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = thread {
@@ -149,13 +168,20 @@ impl Outbound for KafkaOutbound {
     fn figures(&self) -> Vec<Figure> {
         use std::sync::atomic::Ordering::Relaxed;
         let m = &self.metrics;
-        vec![
+        let inbound = self
+            .inbound
+            .as_ref()
+            .map(|i| i.figures())
+            .unwrap_or_default();
+        let mut figures = vec![
             ("kafka_inflight", "Messages handed to Kafka and not yet acknowledged.", m.inflight.load(Relaxed) as u64, false),
             ("kafka_produced", "Messages Kafka acknowledged.", m.produced.load(Relaxed), true),
             ("kafka_timed_out", "Messages not acknowledged within kafka.delivery_timeout_ms (their publishers were told).", m.timed_out.load(Relaxed), true),
             ("kafka_refused", "Messages Kafka refused (too large, unknown topic, not authorized, ...).", m.refused.load(Relaxed), true),
             ("kafka_queue_full", "Times a message met librdkafka's full queue and was offered again.", m.queue_full.load(Relaxed), true),
-        ]
+        ];
+        figures.extend(inbound);
+        figures
     }
 
     fn latency(&self) -> Option<&Histogram> {

@@ -502,7 +502,11 @@ pub fn on_bridge_publish(core: &Core, req: PublishRequest, source: Source, done:
     }
     let mut st = core.st.borrow_mut();
     let st = &mut *st;
-    let policy = core.node.outbound.policy(&req.topic);
+    // What a bridge brings in (a Kafka record) never goes back out.
+    let policy = match source {
+        Source::Bridge => OutboundPolicy::Skip,
+        _ => core.node.outbound.policy(&req.topic),
+    };
     let waits = policy != OutboundPolicy::Skip
         || (req.qos != QoS::AtMostOnce && core.waits_for_durability());
     if waits && !core.outbound_room(st) {

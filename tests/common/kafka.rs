@@ -12,7 +12,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::cluster::Proc;
 use super::WAIT;
@@ -133,6 +134,24 @@ impl Kafka {
             });
         }
         out
+    }
+
+    /// Produces one record with a plain rdkafka producer (an independent
+    /// backend), waiting for its delivery report.
+    pub async fn produce(&self, topic: &str, key: &str, payload: &[u8], headers: &[(&str, &str)]) {
+        let p: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .unwrap();
+        let mut h = OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let record = FutureRecord::to(topic).key(key).payload(payload).headers(h);
+        p.send(record, WAIT).await.expect("produced");
     }
 
     /// SIGSTOP (`true`) or SIGCONT our broker: a hang, not a crash.

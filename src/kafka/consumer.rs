@@ -1,0 +1,409 @@
+//! The `tether-kafka-in` thread: consumes the sources' topics and turns
+//! each record into an MQTT message through the bridge inboxes, as a
+//! publish from [`Source::Bridge`] (the authorizer sees it; it never goes
+//! back out to Kafka).
+//!
+//! At least once: an offset is stored (and committed with librdkafka's
+//! auto-commit) only after the cores accepted its record, which with sync
+//! durability means it is stored for every persistent session it reached.
+//! Up to [`WINDOW`] records are in the cores' hands at once; their offsets
+//! are stored in consumption order, so a crash redelivers from the first
+//! record not yet accepted. A core that is busy is asked again after
+//! [`BUSY_RETRY`]; a record that can never be delivered (an invalid topic,
+//! a denied publish) is counted, logged and passed over.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use super::KafkaSetupError;
+use crate::bridge::{Bridge, PublishRequest, Refusal};
+use crate::codec::{Properties, QoS};
+use crate::config::{Config, SourceTarget, Template};
+use crate::id::Source;
+use crate::stats::Figure;
+
+/// Records handed to the cores and not yet accepted, at most.
+const WINDOW: usize = 256;
+/// Pause before offering a record again to a busy core.
+const BUSY_RETRY: Duration = Duration::from_millis(20);
+/// How long the thread waits, when it stops, for records in the cores'
+/// hands before it commits what was accepted.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Headers Tether writes itself: not copied into user properties.
+const OWN_HEADERS: [&str; 7] = [
+    "x-id",
+    "x-uid",
+    "x-client",
+    "x-event",
+    "x-node",
+    "x-mqtt-topic",
+    "x-qos",
+];
+
+/// One `[[kafka.source]]`, ready to map records.
+struct SourceRule {
+    target: SourceTarget,
+    from: Template,
+    qos: QoS,
+    skip_own: bool,
+}
+
+/// The consumer's figures.
+#[derive(Default)]
+pub(crate) struct InMetrics {
+    /// Records read from Kafka.
+    pub consumed: AtomicU64,
+    /// Records the cores accepted.
+    pub delivered: AtomicU64,
+    /// Records this node produced itself, passed over (`skip_own`).
+    pub skipped_own: AtomicU64,
+    /// Records that could not become a message (a header or key the
+    /// template needs is missing, an invalid topic, a denied publish).
+    pub undeliverable: AtomicU64,
+    /// Times a busy core was asked again.
+    pub busy_retries: AtomicU64,
+    /// Consumer errors (broker unreachable, rebalance failures, ...).
+    pub errors: AtomicU64,
+}
+
+/// What became of one record.
+enum Outcome {
+    Accepted,
+    Passed,
+    Stopping,
+}
+
+/// The sources' consumer: made with the gateway, started once the cores'
+/// inboxes exist, stopped after the cores.
+pub struct KafkaInbound {
+    /// The consumer's configuration, its topics and what its task needs,
+    /// until [`KafkaInbound::start`].
+    ready: Mutex<Option<(ClientConfig, Vec<String>, Ctx)>>,
+    /// Tells the running task to stop.
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    metrics: Arc<InMetrics>,
+}
+
+impl KafkaInbound {
+    /// Prepares the consumer of the configured sources (`None`: there are
+    /// none). It is made, and reads, once started.
+    pub fn new(cfg: &Config) -> Result<Option<KafkaInbound>, KafkaSetupError> {
+        let k = &cfg.kafka;
+        if k.source.is_empty() {
+            return Ok(None);
+        }
+        let group = k.group_of(cfg.node.id);
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &k.brokers)
+            .set("group.id", &group)
+            .set("client.id", format!("tether-n{}-in", cfg.node.id))
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "latest");
+        for (key, value) in &k.consumer {
+            cc.set(key, value);
+        }
+        let topics: Vec<String> = k.source.iter().map(|s| s.topic.clone()).collect();
+        let mut sources = HashMap::new();
+        for s in &k.source {
+            let default = match s.to {
+                SourceTarget::Topic => "${header.x-mqtt-topic}",
+                _ => "${key}",
+            };
+            let from = Template::parse(s.from.as_deref().unwrap_or(default))
+                .map_err(|why| KafkaSetupError::Config(format!("kafka.source.from: {why}")))?;
+            let qos = match s.qos {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            };
+            sources.insert(
+                s.topic.clone(),
+                SourceRule {
+                    target: s.to,
+                    from,
+                    qos,
+                    skip_own: s.skip_own,
+                },
+            );
+        }
+        let metrics = Arc::new(InMetrics::default());
+        let ctx = Ctx {
+            sources,
+            node: cfg.node.id.to_string(),
+            user_topic: cfg.http.user_topic.clone(),
+            client_topic: cfg.http.client_topic.clone(),
+            broadcast_topic: cfg.http.broadcast_topic.clone(),
+            bridge: None,
+            metrics: metrics.clone(),
+        };
+        info!(group, topics = ?topics, "Kafka sources: consuming");
+        Ok(Some(KafkaInbound {
+            ready: Mutex::new(Some((cc, topics, ctx))),
+            stop: Mutex::new(None),
+            thread: Mutex::new(None),
+            metrics,
+        }))
+    }
+
+    /// Starts the `tether-kafka-in` thread, delivering through `bridge`.
+    pub fn start(&self, bridge: Arc<Bridge>) -> Result<(), KafkaSetupError> {
+        let Some((cc, topics, mut ctx)) = lock(&self.ready).take() else {
+            return Ok(());
+        };
+        ctx.bridge = Some(bridge);
+        // rdkafka's stream consumer is made inside the runtime that will
+        // drive it; the runtime then moves to the thread.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(KafkaSetupError::Thread)?;
+        let consumer: StreamConsumer = {
+            let _inside = rt.enter();
+            cc.create()
+                .map_err(|e| KafkaSetupError::Config(e.to_string()))?
+        };
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
+        let (stop, stopped) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("tether-kafka-in".into())
+            .spawn(move || rt.block_on(run(ctx, consumer, stopped)))
+            .map_err(KafkaSetupError::Thread)?;
+        *lock(&self.stop) = Some(stop);
+        *lock(&self.thread) = Some(thread);
+        Ok(())
+    }
+
+    /// Stops consuming: what the cores accepted is committed.
+    pub fn stop(&self) {
+        if let Some(s) = lock(&self.stop).take() {
+            let _ = s.send(());
+        }
+        let thread = lock(&self.thread).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+
+    /// Figures for `/metrics`.
+    pub fn figures(&self) -> Vec<Figure> {
+        let m = &self.metrics;
+        vec![
+            ("kafka_records_consumed", "Records read from the sources' Kafka topics.", m.consumed.load(Relaxed), true),
+            ("kafka_records_delivered", "Records the cores accepted as MQTT messages (their offsets may be committed).", m.delivered.load(Relaxed), true),
+            ("kafka_records_skipped_own", "Records this node produced itself, passed over (skip_own).", m.skipped_own.load(Relaxed), true),
+            ("kafka_records_undeliverable", "Records that could not become an MQTT message (missing header or key, invalid topic, denied).", m.undeliverable.load(Relaxed), true),
+            ("kafka_busy_retries", "Times a busy core was offered a record again.", m.busy_retries.load(Relaxed), true),
+            ("kafka_consumer_errors", "Consumer errors (broker unreachable, rebalance failures, ...).", m.errors.load(Relaxed), true),
+        ]
+    }
+}
+
+impl Drop for KafkaInbound {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A lock that a panic elsewhere cannot poison for good (each holds plain
+/// handles).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the consuming task needs.
+struct Ctx {
+    sources: HashMap<String, SourceRule>,
+    node: String,
+    user_topic: String,
+    client_topic: String,
+    broadcast_topic: String,
+    /// Set by [`KafkaInbound::start`].
+    bridge: Option<Arc<Bridge>>,
+    metrics: Arc<InMetrics>,
+}
+
+/// Where a record's offset is stored once it is done.
+struct Place {
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+async fn run(ctx: Ctx, consumer: StreamConsumer, mut stopped: oneshot::Receiver<()>) {
+    let ctx = Arc::new(ctx);
+    let mut inflight = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            m = consumer.recv(), if inflight.len() < WINDOW => match m {
+                Ok(m) => {
+                    ctx.metrics.consumed.fetch_add(1, Relaxed);
+                    let place = Place {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    };
+                    let req = ctx.request(&m);
+                    let ctx = ctx.clone();
+                    inflight.push_back(async move { (place, deliver(&ctx, req).await) });
+                }
+                Err(e) => {
+                    ctx.metrics.errors.fetch_add(1, Relaxed);
+                    warn!("Kafka consumer: {e}");
+                }
+            },
+            Some((place, outcome)) = inflight.next(), if !inflight.is_empty() => {
+                if !done(&consumer, place, outcome) {
+                    break;
+                }
+            }
+        }
+    }
+    // What the cores already have: wait a little for their answers, then
+    // commit what was accepted.
+    let drain = async {
+        while let Some((place, outcome)) = inflight.next().await {
+            if !done(&consumer, place, outcome) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        debug!("Kafka consumer: final commit: {e}");
+    }
+}
+
+/// Stores a finished record's offset; `false` when the gateway is stopping
+/// (nothing after it is stored).
+fn done(consumer: &StreamConsumer, place: Place, outcome: Outcome) -> bool {
+    match outcome {
+        Outcome::Stopping => false,
+        Outcome::Accepted | Outcome::Passed => {
+            if let Err(e) = consumer.store_offset(&place.topic, place.partition, place.offset) {
+                warn!(
+                    "Kafka consumer: storing offset {} of {}/{}: {e}",
+                    place.offset, place.topic, place.partition
+                );
+            }
+            true
+        }
+    }
+}
+
+/// A record made into a publish, or why it is passed over.
+enum Request {
+    Publish(PublishRequest),
+    SkipOwn,
+    Undeliverable(&'static str),
+}
+
+impl Ctx {
+    fn request(&self, m: &BorrowedMessage<'_>) -> Request {
+        let Some(rule) = self.sources.get(m.topic()) else {
+            return Request::Undeliverable("no source for the topic");
+        };
+        let header = |name: &str| -> Option<&[u8]> {
+            let h = m.headers()?;
+            h.iter().find(|h| h.key == name).and_then(|h| h.value)
+        };
+        if rule.skip_own && header("x-node") == Some(self.node.as_bytes()) {
+            return Request::SkipOwn;
+        }
+        let Some(value) = rule.from.render(m.key(), header) else {
+            return Request::Undeliverable(
+                "the record lacks the header or key its source's template names",
+            );
+        };
+        let level_ok = !value.is_empty() && !value.contains(['/', '+', '#']);
+        let topic = match rule.target {
+            SourceTarget::Topic => value,
+            SourceTarget::User if level_ok => self.user_topic.replace("%u", &value),
+            SourceTarget::Client if level_ok => self.client_topic.replace("%c", &value),
+            SourceTarget::Broadcast => self.broadcast_topic.clone(),
+            SourceTarget::User | SourceTarget::Client => {
+                return Request::Undeliverable("a user name or client id must be one topic level")
+            }
+        };
+        // The record's own headers travel on as MQTT 5 user properties.
+        let mut props = Properties::default();
+        if let Some(h) = m.headers() {
+            for h in h.iter().filter(|h| !OWN_HEADERS.contains(&h.key)) {
+                if let Some(v) = h.value.and_then(|v| std::str::from_utf8(v).ok()) {
+                    props
+                        .user_properties
+                        .push((h.key.to_string(), v.to_string()));
+                }
+            }
+        }
+        Request::Publish(PublishRequest {
+            topic,
+            payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+            qos: rule.qos,
+            retain: false,
+            properties: (!props.user_properties.is_empty()).then(|| Box::new(props)),
+        })
+    }
+}
+
+/// Hands a record to the cores until they accept it (or it can never be).
+async fn deliver(ctx: &Ctx, req: Request) -> Outcome {
+    let m = &ctx.metrics;
+    let req = match req {
+        Request::Publish(r) => r,
+        Request::SkipOwn => {
+            m.skipped_own.fetch_add(1, Relaxed);
+            return Outcome::Passed;
+        }
+        Request::Undeliverable(why) => {
+            m.undeliverable.fetch_add(1, Relaxed);
+            warn!("Kafka record passed over: {why}");
+            return Outcome::Passed;
+        }
+    };
+    loop {
+        let Some(bridge) = &ctx.bridge else {
+            return Outcome::Stopping;
+        };
+        let answer = match bridge.publish_as(Source::Bridge, req.clone()) {
+            Ok(rx) => rx.await.unwrap_or(Err(Refusal::ShuttingDown)),
+            Err(r) => Err(r),
+        };
+        match answer {
+            Ok(_) => {
+                m.delivered.fetch_add(1, Relaxed);
+                return Outcome::Accepted;
+            }
+            Err(Refusal::Busy) => {
+                m.busy_retries.fetch_add(1, Relaxed);
+                tokio::time::sleep(BUSY_RETRY).await;
+            }
+            Err(Refusal::ShuttingDown) => return Outcome::Stopping,
+            Err(Refusal::Undelivered(why)) => {
+                // Not stored (durability): offer it again, it must not be lost.
+                debug!("Kafka record not stored yet ({why}); again");
+                m.busy_retries.fetch_add(1, Relaxed);
+                tokio::time::sleep(BUSY_RETRY).await;
+            }
+            Err(r) => {
+                m.undeliverable.fetch_add(1, Relaxed);
+                warn!(topic = %req.topic, "Kafka record passed over: {r}");
+                return Outcome::Passed;
+            }
+        }
+    }
+}
