@@ -13,7 +13,8 @@
 # nothing acknowledged. With --kafka the nodes get the README's four routes:
 # report/# -> iot.telemetry (mode 1), chat/# <-> tether.bus (mode 2, pub/sub
 # across nodes), push.user -> a user's devices (mode 3), raw/# -> iot.raw and
-# iot.clean -> MQTT (mode 4). Logs go to that directory too. Ctrl-C (or the
+# iot.clean -> MQTT (mode 4), and the HTTP API's pushes through tether.push
+# to every node. Logs go to that directory too. Ctrl-C (or the
 # end of the shell) stops what this script started, by PID, and nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ kafka=0
 kafka_port=9092
 build=1
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     -n|--nodes) nodes="$2"; shift 2 ;;
@@ -105,7 +106,7 @@ if [ "$kafka" = 1 ]; then
     sleep 0.05
   done
   taken "$kafka_port" || { echo "cluster.sh: tansu did not start (see $dir/tansu.log)" >&2; exit 1; }
-  for t in tether.bus iot.telemetry push.user iot.raw iot.clean; do
+  for t in tether.bus tether.push iot.telemetry push.user iot.raw iot.clean; do
     tansu topic create --broker "tcp://$brokers" --partitions 3 "$t" >>"$dir/tansu.log" 2>&1 \
       || { echo "cluster.sh: creating topic $t failed (see $dir/tansu.log)" >&2; exit 1; }
   done
@@ -113,6 +114,7 @@ if [ "$kafka" = 1 ]; then
     TETHER_KAFKA__BROKERS="\"$brokers\""
     TETHER_KAFKA__ROUTE='[{filter = "report/#", topic = "iot.telemetry", key = "%c"}, {filter = "chat/#", topic = "tether.bus", key = "%c"}, {filter = "raw/#", topic = "iot.raw", key = "%c"}]'
     TETHER_KAFKA__SOURCE='[{topic = "tether.bus"}, {topic = "push.user", to = "user"}, {topic = "iot.clean"}]'
+    TETHER_KAFKA__PUSH_TOPIC='"tether.push"'
   )
 fi
 
@@ -139,7 +141,7 @@ done
 
 echo
 echo "Tether cluster: $nodes nodes sharing redis://127.0.0.1:$redis_port"
-[ "$kafka" = 1 ] && echo "  and Kafka (tansu) at $brokers: topics tether.bus iot.telemetry push.user iot.raw iot.clean"
+[ "$kafka" = 1 ] && echo "  and Kafka (tansu) at $brokers: topics tether.bus tether.push iot.telemetry push.user iot.raw iot.clean"
 printf '  %-6s %-18s %-18s %-24s\n' node mqtt websocket http
 for i in $(seq 1 "$nodes"); do
   printf '  %-6s %-18s %-18s %-24s\n' "$i" "127.0.0.1:$((mqtt_base + i - 1))" \

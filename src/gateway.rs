@@ -219,7 +219,7 @@ impl GatewayBuilder {
         };
         let outbound: Arc<dyn Outbound> = match outbound {
             Some(o) => o,
-            None if !cfg.kafka.route.is_empty() || !cfg.kafka.source.is_empty() => {
+            None if cfg.kafka.enabled() => {
                 Arc::new(KafkaOutbound::new(&cfg).map_err(StartError::Kafka)?)
             }
             None => Arc::new(NoOutbound),

@@ -163,6 +163,15 @@ async fn a_hung_broker_withholds_acks_and_loses_nothing_acknowledged() {
     }
     assert!(metric(&gw, "tether_kafka_inflight") <= 64.0);
     assert!(metric(&gw, "tether_outbound_inflight") <= 64.0);
+    // The broker's connections are up, but nothing is acknowledged: the
+    // node says it is degraded, and why.
+    let ready = http(gw.http_addr.unwrap(), "GET", "/readyz", &[], "");
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(
+        ready.body.contains("\"degraded\"") && ready.body.contains("no acknowledgement"),
+        "{}",
+        ready.body
+    );
     assert!(
         metric(&gw, "tether_kafka_produced_total") <= 1.0,
         "only the warm-up went through"
@@ -186,6 +195,67 @@ async fn a_hung_broker_withholds_acks_and_loses_nothing_acknowledged() {
         payloads,
         (0..N).map(|n| format!("p{n}")).collect::<Vec<_>>()
     );
+    // Recovered without a restart.
+    let ready = http(gw.http_addr.unwrap(), "GET", "/readyz", &[], "");
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    gw.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_a_full_librdkafka_queue_turns_away_wait_their_turn() {
+    let kafka = Kafka::start();
+    if kafka.proc.is_none() {
+        return eprintln!("skipped: pausing needs our own tansu, not KAFKA_BROKERS");
+    }
+    let topic = kafka.topic("full", 1).await;
+    let (brokers, t) = (kafka.brokers.clone(), topic.clone());
+    let gw = gateway(1, move |c| {
+        c.kafka.brokers = brokers;
+        c.kafka.route = vec![route("up/#", &t, "%c", RouteAck::Kafka)];
+        // librdkafka's queue holds 5 messages: the rest meet "queue full"
+        // and wait on the bridge thread, in order.
+        c.kafka
+            .producer
+            .insert("queue.buffering.max.messages".into(), "5".into());
+    });
+    let mut dev = v5(&gw, v5_options(&gw, "filler"), None).await;
+    dev.client
+        .publish("up/warm", QoS::AtLeastOnce, false, "warm")
+        .await
+        .unwrap();
+    dev.incoming(|p| matches!(p, Packet::PubAck(_))).await;
+
+    kafka.pause(true);
+    const N: usize = 60;
+    for n in 0..N {
+        dev.client
+            .publish("up/x", QoS::AtLeastOnce, false, format!("q{n}"))
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while metric(&gw, "tether_kafka_queue_full_total") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "librdkafka's queue never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kafka.pause(false);
+    for _ in 0..N {
+        match dev.incoming(|p| matches!(p, Packet::PubAck(_))).await {
+            Packet::PubAck(a) => assert_eq!(a.reason as u8, 0, "acknowledged once Kafka has it"),
+            _ => unreachable!(),
+        }
+    }
+    let got: Vec<String> = kafka
+        .read(&topic, N + 1)
+        .await
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone()).unwrap())
+        .filter(|p| p != "warm")
+        .collect();
+    assert_eq!(got, (0..N).map(|n| format!("q{n}")).collect::<Vec<_>>());
     gw.stop();
 }
 
@@ -295,6 +365,9 @@ async fn a_backend_pushes_through_kafka_to_a_user_a_client_a_topic_and_everyone(
         c.kafka.brokers = brokers;
         c.kafka.source = sources;
         from_the_start(c);
+        c.kafka
+            .consumer
+            .insert("auto.commit.interval.ms".into(), "1000".into());
     });
     let mut ann = v5(&gw, v5_options(&gw, "ann-phone"), None).await;
     ann.subscribe("user/ann/inbox", QoS::AtLeastOnce).await;
@@ -352,6 +425,15 @@ async fn a_backend_pushes_through_kafka_to_a_user_a_client_a_topic_and_everyone(
     );
     common::until("the records are counted delivered", || {
         metric(&gw, "tether_kafka_records_delivered_total") >= 4.0
+    })
+    .await;
+    // Lag per partition of every source (a partition that never had a
+    // record has none), 0 once the offsets are committed (every second).
+    let lag = format!("tether_kafka_consumer_lag{{topic=\"{users}\",partition=");
+    common::until("the consumer's lag, caught up", || {
+        let body = http(gw.http_addr.unwrap(), "GET", "/metrics", &[], "").body;
+        let lines: Vec<&str> = body.lines().filter(|l| l.starts_with(&lag)).collect();
+        !lines.is_empty() && lines.iter().all(|l| l.ends_with(" 0"))
     })
     .await;
     gw.stop();
@@ -595,4 +677,145 @@ async fn records_of_a_killed_consumer_are_delivered_again() {
     let second = Node::start(2, &redis.url(), &env);
     let (_c2, mut ev2, _t2) = listen(second.id, second.mqtt).await;
     assert_eq!(twenty(&mut ev2, "second node").await, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_broker_up_the_node_is_degraded_not_ready() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = gateway(1, move |c| {
+        c.kafka.brokers = format!("127.0.0.1:{port}");
+        c.kafka.route = vec![route("up/#", "nowhere", "%c", RouteAck::Kafka)];
+    });
+    common::until("/readyz says no broker is up", || {
+        let r = http(gw.http_addr.unwrap(), "GET", "/readyz", &[], "");
+        r.status == 503 && r.body.contains("no broker is up")
+    })
+    .await;
+    // MQTT still serves what does not need Kafka.
+    let mut c = v5(&gw, v5_options(&gw, "local"), None).await;
+    c.subscribe("here/#", QoS::AtLeastOnce).await;
+    c.client
+        .publish("here/now", QoS::AtLeastOnce, false, "local")
+        .await
+        .unwrap();
+    assert_eq!(&c.publish().await.payload[..], b"local");
+    gw.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_pushes_reach_every_node_through_the_push_topic() {
+    use common::cluster::{Node, Redis};
+    let redis = Redis::start();
+    let kafka = Kafka::start();
+    let push = kafka.topic("api-push", 2).await;
+    let env = [
+        ("TETHER_KAFKA__BROKERS", format!("\"{}\"", kafka.brokers)),
+        ("TETHER_KAFKA__PUSH_TOPIC", format!("\"{push}\"")),
+        (
+            "TETHER_KAFKA__CONSUMER",
+            "{\"auto.offset.reset\" = \"earliest\"}".into(),
+        ),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let one = Node::start(1, &redis.url(), &env);
+    let two = Node::start(2, &redis.url(), &env);
+    let api = |node: &Node, path: &str, body: &str| {
+        http(
+            std::net::SocketAddr::from(([127, 0, 0, 1], node.http)),
+            "POST",
+            path,
+            &["Content-Type: application/json"],
+            body,
+        )
+    };
+    // Alice's phone is on node 2; the backend asks node 1.
+    let mut o = rumqttc::MqttOptions::new("alice-phone", "127.0.0.1", two.mqtt);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_credentials("alice", "pw");
+    let (phone, mut events, _task) = common::pump(o);
+    phone
+        .subscribe("user/alice/inbox", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    while !matches!(next_packet(&mut events).await, rumqttc::Packet::SubAck(_)) {}
+
+    for n in 0..5 {
+        let r = api(
+            &one,
+            "/v1/push/users/alice",
+            &format!("{{\"payload\": \"p{n}\", \"qos\": 1}}"),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("\"id\":\"ff"), "a push id: {}", r.body);
+    }
+    // In order: one user's pushes share a key, so a partition.
+    for n in 0..5 {
+        match next_packet(&mut events).await {
+            rumqttc::Packet::Publish(p) => {
+                assert_eq!(&p.topic[..], "user/alice/inbox");
+                assert_eq!(p.qos, rumqttc::QoS::AtLeastOnce);
+                assert_eq!(&p.payload[..], format!("p{n}").as_bytes());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // A retained publish on node 1 is retained on node 2 too.
+    let r = api(
+        &one,
+        "/v1/publish",
+        r#"{"topic": "status/fleet", "payload": "green", "qos": 1, "retain": true}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Wait until node 2 has it: its subscriber hears it live.
+    let mut w = rumqttc::MqttOptions::new("watcher", "127.0.0.1", two.mqtt);
+    w.set_keep_alive(Duration::from_secs(30));
+    let (watcher, mut wev, _wt) = common::pump(w);
+    watcher
+        .subscribe("status/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        if let rumqttc::Packet::Publish(p) = next_packet(&mut wev).await {
+            assert_eq!(&p.payload[..], b"green");
+            break;
+        }
+    }
+    let mut late = rumqttc::MqttOptions::new("late", "127.0.0.1", two.mqtt);
+    late.set_keep_alive(Duration::from_secs(30));
+    let (late_c, mut lev, _lt) = common::pump(late);
+    late_c
+        .subscribe("status/fleet", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        if let rumqttc::Packet::Publish(p) = next_packet(&mut lev).await {
+            assert!(p.retain, "a retained message for a new subscriber");
+            assert_eq!(&p.payload[..], b"green");
+            break;
+        }
+    }
+    // Not a topic name: refused at once, nothing produced.
+    let r = api(&one, "/v1/publish", r#"{"topic": "a/+/b", "payload": "x"}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+}
+
+/// The next packet from the broker (within `WAIT`).
+async fn next_packet(events: &mut Events) -> rumqttc::Packet {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("in time")
+        {
+            Some(Ok(rumqttc::Event::Incoming(p))) => return p,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }

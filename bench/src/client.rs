@@ -618,12 +618,14 @@ impl Client {
             },
             Packet::SubAck(a) => Event::SubAck { codes: a.codes },
             Packet::PubAck(a) | Packet::PubComp(a) => {
-                if let Some((seq, _)) = self.inflight.remove(&a.pkid) {
+                if let Some((seq, stamp)) = self.inflight.remove(&a.pkid) {
                     self.released.remove(&a.pkid);
                     if seq == END_MARKER {
                         // Not a benchmark message: not counted as acked.
                     } else if a.code < 0x80 {
                         self.ctx.counters.acked.fetch_add(1, RELAXED);
+                        let us = crate::payload::now_ns().saturating_sub(stamp) / 1000;
+                        self.ctx.record_ack_latency(us);
                     } else {
                         self.ctx.error(format!("publish refused 0x{:02x}", a.code));
                     }

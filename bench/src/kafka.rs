@@ -21,6 +21,8 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::payload;
+
 /// How long `produce` waits for the delivery report.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often `flood` prints its progress line.
@@ -94,6 +96,20 @@ pub struct FloodArgs {
     /// publishers × their --inflight).
     #[arg(long, default_value_t = 6400)]
     pub inflight: usize,
+    /// Records per second over all keys; 0: as fast as --inflight allows.
+    #[arg(short, long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Start every value with the harness's 16-byte header (the key's index
+    /// as publisher, a sequence per key, the send time) and end each key
+    /// with an end marker, so `tether-bench sub` behind a Kafka source
+    /// checks loss and order and times Kafka -> MQTT end to end.
+    #[arg(long)]
+    pub harness: bool,
+    /// Give every record the headers Tether writes for a client's message
+    /// (x-id, x-event, x-node, x-mqtt-topic, x-qos, x-client), so both
+    /// sides of the comparison write the same records.
+    #[arg(long)]
+    pub tether_headers: bool,
     /// librdkafka producer properties, `name=value` (e.g. linger.ms=5).
     #[arg(short = 'X', long = "property")]
     pub properties: Vec<String>,
@@ -235,8 +251,14 @@ async fn flood(a: FloodArgs) -> Result<(), String> {
         cfg.set(k, v);
     }
     let p: FutureProducer = cfg.create().map_err(|e| format!("producer: {e}"))?;
-    let keys: Vec<String> = (0..a.keys.max(1)).map(|i| format!("bench-{i}")).collect();
-    let payload = vec![b'x'; a.size];
+    let nkeys = u64::from(a.keys.max(1));
+    let keys: Vec<String> = (0..nkeys).map(|i| format!("bench-{i}")).collect();
+    let size = if a.harness {
+        a.size.max(payload::HEADER_LEN)
+    } else {
+        a.size
+    };
+    let mut value = vec![b'x'; size];
     let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let (mut sent, mut acked, mut failed) = (0u64, 0u64, 0u64);
     let mut pending = FuturesUnordered::new();
@@ -244,17 +266,54 @@ async fn flood(a: FloodArgs) -> Result<(), String> {
     let stop_at = start + Duration::from_secs_f64(a.duration);
     let mut progress = start + PROGRESS_EVERY;
     eprintln!(
-        "kafka flood: {} for {} s, {} B records, {} keys, {} in flight",
-        a.broker.topic, a.duration, a.size, a.keys, a.inflight
+        "kafka flood: {} for {} s, {size} B records, {nkeys} keys, {} in flight, {}",
+        a.broker.topic,
+        a.duration,
+        a.inflight,
+        if a.rate > 0.0 {
+            format!("{} records/s", a.rate)
+        } else {
+            "as fast as acknowledged".into()
+        }
     );
     loop {
         let now = Instant::now();
-        let open = now < stop_at;
-        if open && pending.len() < a.inflight {
-            let key = &keys[(sent % keys.len() as u64) as usize];
-            let record = FutureRecord::to(&a.broker.topic)
-                .key(key.as_bytes())
-                .payload(&payload[..]);
+        let open = now < stop_at && pending.len() < a.inflight;
+        // The next record is due now, or (paced) at `due`.
+        let due = (a.rate > 0.0).then(|| start + Duration::from_secs_f64(sent as f64 / a.rate));
+        if open && due.is_none_or(|d| d <= now) {
+            let k = sent % nkeys;
+            if a.harness {
+                let h = payload::Header {
+                    publisher: k as u32,
+                    seq: (sent / nkeys) as u32,
+                    stamp: payload::now_ns(),
+                };
+                payload::write(&mut value, h);
+            }
+            let mut record = FutureRecord::to(&a.broker.topic)
+                .key(keys[k as usize].as_bytes())
+                .payload(&value[..]);
+            if a.tether_headers {
+                let id = format!("{sent:016x}");
+                let topic = format!("bench/{k}");
+                let h = [
+                    ("x-id", id.as_bytes()),
+                    ("x-event", b"publish".as_slice()),
+                    ("x-node", b"1".as_slice()),
+                    ("x-mqtt-topic", topic.as_bytes()),
+                    ("x-qos", b"1".as_slice()),
+                    ("x-client", keys[k as usize].as_bytes()),
+                ];
+                let mut headers = OwnedHeaders::new_with_capacity(h.len());
+                for (key, v) in h {
+                    headers = headers.insert(Header {
+                        key,
+                        value: Some(v),
+                    });
+                }
+                record = record.headers(headers);
+            }
             let t0 = Instant::now();
             // send_result never blocks: a full local queue is an error to
             // wait out, not a thread to park.
@@ -264,24 +323,25 @@ async fn flood(a: FloodArgs) -> Result<(), String> {
                     pending.push(async move { (f.await, t0) });
                     continue;
                 }
-                Err((e, _)) => {
-                    if pending.is_empty() {
-                        return Err(format!("{}: {e}", a.broker.topic));
-                    }
+                Err((e, _)) if pending.is_empty() => {
+                    return Err(format!("{}: {e}", a.broker.topic));
                 }
+                Err(_) => {}
             }
         }
-        if pending.is_empty() {
+        if pending.is_empty() && now >= stop_at {
             break;
         }
-        if let Some((r, t0)) = pending.next().await {
-            match r {
+        let wake = due.filter(|_| open);
+        tokio::select! {
+            Some((r, t0)) = pending.next(), if !pending.is_empty() => match r {
                 Ok(Ok(_)) => {
                     acked += 1;
                     let _ = lat.record(t0.elapsed().as_micros() as u64);
                 }
                 _ => failed += 1,
-            }
+            },
+            _ = tokio::time::sleep_until(wake.unwrap_or(stop_at).into()), if wake.is_some() || pending.is_empty() => {}
         }
         if now >= progress {
             progress += PROGRESS_EVERY;
@@ -293,6 +353,24 @@ async fn flood(a: FloodArgs) -> Result<(), String> {
         }
     }
     let seconds = start.elapsed().as_secs_f64();
+    if a.harness {
+        // Each key's end marker carries how many records it sent.
+        for k in 0..nkeys {
+            let count = sent / nkeys + u64::from(k < sent % nkeys);
+            let h = payload::Header {
+                publisher: k as u32,
+                seq: payload::END_MARKER,
+                stamp: count,
+            };
+            payload::write(&mut value, h);
+            let record = FutureRecord::to(&a.broker.topic)
+                .key(keys[k as usize].as_bytes())
+                .payload(&value[..]);
+            p.send(record, PRODUCE_TIMEOUT)
+                .await
+                .map_err(|(e, _)| format!("end marker: {e}"))?;
+        }
+    }
     let ms = |v: u64| v as f64 / 1000.0;
     let report = FloodReport {
         records: acked,

@@ -3,6 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+
+/// The gateway's allocator, for the same reason: with `override`, it is
+/// librdkafka's malloc too, so `kafka flood` (the direct producer Tether
+/// is compared with) runs on the allocator Tether runs on.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tether_bench::cli::{Cli, Opts, Scenario};
 use tether_bench::procs::{WorkerSpec, WORKER_ENV};
 use tether_bench::Plan;

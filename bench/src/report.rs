@@ -145,6 +145,11 @@ pub struct Report {
     /// End-to-end latency (publisher send to subscriber receipt).
     pub latency_us: Percentiles,
     pub latency_hist: HistDump,
+    /// QoS 1/2 publish to its PUBACK/PUBCOMP, as the publisher sees it.
+    #[serde(default)]
+    pub ack_latency_us: Percentiles,
+    #[serde(default)]
+    pub ack_latency_hist: HistDump,
     pub reconnects: u64,
     /// Connections lost after they were established, by reason.
     pub errors: BTreeMap<String, u64>,
@@ -183,6 +188,7 @@ impl Report {
         self.acked_in_window += o.acked_in_window;
         self.integrity.add(&o.integrity);
         self.latency_hist.merge(&o.latency_hist);
+        self.ack_latency_hist.merge(&o.ack_latency_hist);
         self.reconnects += o.reconnects;
         for (k, v) in &o.errors {
             *self.errors.entry(k.clone()).or_default() += v;
@@ -201,6 +207,7 @@ impl Report {
             0.0
         };
         self.latency_us = Percentiles::of(&self.latency_hist.histogram());
+        self.ack_latency_us = Percentiles::of(&self.ack_latency_hist.histogram());
         if self.traffic_secs > 0.0 {
             self.published_per_sec = self.published_in_window as f64 / self.traffic_secs;
             self.received_per_sec = self.received_in_window as f64 / self.traffic_secs;
@@ -281,6 +288,9 @@ impl Report {
                 i.expected, i.distinct, i.lost, i.duplicates, i.reordered
             );
             let _ = writeln!(s, "latency      {}", fmt_pct(&self.latency_us));
+            if self.ack_latency_us.count > 0 {
+                let _ = writeln!(s, "ack latency  {}", fmt_pct(&self.ack_latency_us));
+            }
         }
         if self.reconnects > 0 || !self.errors.is_empty() {
             let _ = writeln!(s, "reconnects   {}", self.reconnects);

@@ -158,6 +158,8 @@ pub struct CoreCtx {
     pub phase_rx: watch::Receiver<Phase>,
     latency: RefCell<Histogram<u64>>,
     connect_latency: RefCell<Histogram<u64>>,
+    /// Publish to its PUBACK/PUBCOMP, QoS 1/2 publishers only.
+    ack_latency: RefCell<Histogram<u64>>,
     failures: RefCell<BTreeMap<String, u64>>,
     errors: RefCell<BTreeMap<String, u64>>,
     integrity: Cell<Integrity>,
@@ -209,6 +211,14 @@ impl CoreCtx {
             .record(us.clamp(1, crate::report::HIST_MAX_US));
     }
 
+    /// A QoS 1/2 publish's time to its PUBACK/PUBCOMP.
+    pub fn record_ack_latency(&self, us: u64) {
+        let _ = self
+            .ack_latency
+            .borrow_mut()
+            .record(us.clamp(1, crate::report::HIST_MAX_US));
+    }
+
     /// A subscriber's final view of what it received.
     pub fn deposit(&self, tracker: Tracker) {
         if self.plan.kind == Kind::Sharedsub {
@@ -229,6 +239,7 @@ impl CoreCtx {
 struct CoreResult {
     latency: HistDump,
     connect_latency: HistDump,
+    ack_latency: HistDump,
     failures: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
     integrity: Integrity,
@@ -397,9 +408,11 @@ pub fn run(plan: Arc<Plan>, mode: Mode) -> Result<Report, String> {
     let mut sent = AHashMap::new();
     let mut latency = new_hist();
     let mut connect_latency = new_hist();
+    let mut ack_latency = new_hist();
     for r in results {
         r.latency.add_to(&mut latency);
         r.connect_latency.add_to(&mut connect_latency);
+        r.ack_latency.add_to(&mut ack_latency);
         for (k, v) in r.failures {
             *report.connect.failures.entry(k).or_default() += v;
         }
@@ -427,6 +440,7 @@ pub fn run(plan: Arc<Plan>, mode: Mode) -> Result<Report, String> {
     }
     report.latency_hist = HistDump::of(&latency);
     report.connect.latency_hist = HistDump::of(&connect_latency);
+    report.ack_latency_hist = HistDump::of(&ack_latency);
     report.connect.attempted = end.ready + end.failed;
     report.connect.connected = end.ready;
     report.connect.failed = end.failed;
@@ -534,6 +548,7 @@ fn core_main(
         phase_rx,
         latency: RefCell::new(new_hist()),
         connect_latency: RefCell::new(new_hist()),
+        ack_latency: RefCell::new(new_hist()),
         failures: RefCell::default(),
         errors: RefCell::default(),
         integrity: Cell::default(),
@@ -581,9 +596,11 @@ fn core_main(
     });
     let latency = HistDump::of(&ctx.latency.borrow());
     let connect_latency = HistDump::of(&ctx.connect_latency.borrow());
+    let ack_latency = HistDump::of(&ctx.ack_latency.borrow());
     CoreResult {
         latency,
         connect_latency,
+        ack_latency,
         failures: ctx.failures.take(),
         errors: ctx.errors.take(),
         integrity: ctx.integrity.get(),

@@ -128,6 +128,50 @@ pub trait Outbound: Send + Sync + 'static {
     fn latency(&self) -> Option<&Histogram> {
         None
     }
+
+    /// Takes an HTTP API publish to every node (Kafka's `push_topic`): the
+    /// answer says whether it is durably on its way, with the message id.
+    /// `Err` hands the request back when this bridge does not carry pushes
+    /// (the API then publishes on this node), or with the reason it cannot
+    /// be sent.
+    fn push(&self, req: super::PublishRequest) -> Result<PushReceipt, PushRefused> {
+        Err(PushRefused::NotCarried(req))
+    }
+
+    /// Gauges with a value per label set (consumer lag per partition).
+    fn labelled(&self) -> Vec<LabelledGauge> {
+        Vec::new()
+    }
+
+    /// What does not work right now, one line each, for `/readyz` (which
+    /// answers 503 "degraded" while this is not empty).
+    fn degraded(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// A push on its way: its message id, and the bridge's answer to come.
+pub type PushReceipt = (u64, tokio::sync::oneshot::Receiver<Produced>);
+
+/// Why [`Outbound::push`] did not take a request.
+#[derive(Debug)]
+pub enum PushRefused {
+    /// This bridge does not carry pushes: publish it on this node.
+    NotCarried(super::PublishRequest),
+    /// Not a valid topic name.
+    TopicInvalid(&'static str),
+}
+
+/// A gauge with one value per label set, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelledGauge {
+    /// Metric name without the `tether_` prefix.
+    pub name: &'static str,
+    /// The `# HELP` text.
+    pub help: &'static str,
+    /// `(labels, value)`, the labels as Prometheus writes them inside the
+    /// braces (`topic="t",partition="0"`).
+    pub values: Vec<(String, i64)>,
 }
 
 /// No outbound bridge: nothing leaves (the single-node default).

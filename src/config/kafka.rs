@@ -27,8 +27,8 @@ pub struct KafkaConfig {
     pub route: Vec<RouteConfig>,
     /// librdkafka properties for the consumer, passed through as they are.
     /// Tether sets `bootstrap.servers`, `group.id` (`group`),
-    /// `enable.auto.offset.store = false` and `auto.offset.reset =
-    /// latest`; a key given here wins.
+    /// `enable.auto.offset.store = false`, `auto.offset.reset = latest`
+    /// and `fetch.wait.max.ms = 100`; a key given here wins.
     pub consumer: BTreeMap<String, String>,
     /// The consumer group of this node's sources. Empty (the default):
     /// `tether-<node id>`, a group per node, so every node consumes every
@@ -36,9 +36,21 @@ pub struct KafkaConfig {
     pub group: String,
     /// Sources, Kafka topics whose records are pushed to MQTT.
     pub source: Vec<SourceConfig>,
+    /// A Kafka topic that carries the HTTP API's publishes and pushes
+    /// (`/v1/publish`, `/v1/push/*`, `/v1/broadcast`) to every node, so
+    /// they reach a user's or client's connections on any node and a
+    /// retained message is stored on every node. The API answers once Kafka
+    /// has the record; every node, this one too, delivers it from the
+    /// topic. Empty (the default): the API publishes on this node only.
+    pub push_topic: String,
 }
 
 impl KafkaConfig {
+    /// Whether anything uses Kafka: routes, sources or the push topic.
+    pub fn enabled(&self) -> bool {
+        !self.route.is_empty() || !self.source.is_empty() || !self.push_topic.is_empty()
+    }
+
     /// The consumer group of node `node`'s sources: `group`, or
     /// `tether-<node>` when it is empty.
     pub fn group_of(&self, node: u16) -> String {
@@ -60,6 +72,7 @@ impl Default for KafkaConfig {
             consumer: BTreeMap::new(),
             group: String::new(),
             source: Vec::new(),
+            push_topic: String::new(),
         }
     }
 }

@@ -151,13 +151,19 @@ impl Config {
     /// templates.
     fn validate_kafka(&self) -> Result<(), ConfigError> {
         let k = &self.kafka;
-        if k.route.is_empty() && k.source.is_empty() {
+        if !k.enabled() {
             return Ok(());
         }
         if k.brokers.trim().is_empty() {
             return Err(err(
                 "kafka.brokers",
-                "routes and sources need brokers: set kafka.brokers (host:port,...) or remove [[kafka.route]] and [[kafka.source]]",
+                "routes, sources and the push topic need brokers: set kafka.brokers (host:port,...) or remove [[kafka.route]], [[kafka.source]] and kafka.push_topic",
+            ));
+        }
+        if !k.push_topic.is_empty() && !kafka_topic_ok(&k.push_topic) {
+            return Err(err(
+                "kafka.push_topic",
+                "a Kafka topic name: letters, digits, '.', '_' and '-'",
             ));
         }
         for (i, s) in k.source.iter().enumerate() {

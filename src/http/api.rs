@@ -3,7 +3,7 @@
 //! | route | |
 //! | --- | --- |
 //! | `GET /healthz` | the process answers |
-//! | `GET /readyz` | every core serves (503 while stopping) |
+//! | `GET /readyz` | every core serves and every bridge works (503 while stopping, or "degraded" with the reasons) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document (`openapi.json`) |
 //! | `POST /v1/publish` | one message; answers once a core accepted it |
@@ -38,6 +38,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::Api;
+use crate::bridge::outbound::{Produced, PushRefused};
 use crate::bridge::{BridgeMsg, ClientInfo, PublishRequest, Refusal, SubscriptionInfo};
 use crate::codec::{Properties, QoS};
 use crate::store::{Lookup, StoreError, StoredSession};
@@ -119,6 +120,15 @@ pub(crate) async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
 
 fn ready(api: &Api) -> Resp {
     if api.serving.load(Ordering::Relaxed) {
+        // A node whose bridge is down is not ready: a probe that sees 200
+        // over a dead data path is how silent loss stays silent.
+        let degraded = api.node.outbound.degraded();
+        if !degraded.is_empty() {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "degraded", "cores": api.node.cores.len(), "degraded": degraded}),
+            );
+        }
         json(
             StatusCode::OK,
             &serde_json::json!({"status": "ready", "cores": api.node.cores.len()}),
@@ -349,14 +359,14 @@ async fn publish_batch(api: &Api, req: Request<Incoming>) -> Result<Resp, ApiErr
     for (i, m) in batch.messages.into_iter().enumerate() {
         let at = format!("messages[{i}].");
         pending.push(match m.into_request(&at) {
-            Ok(r) => api.bridge.publish(r).map_err(|e| refusal(e, &at)),
+            Ok(r) => start(api, r, &at),
             Err(e) => Err(e),
         });
     }
     let mut results = Vec::with_capacity(pending.len());
     for (i, p) in pending.into_iter().enumerate() {
         let outcome = match p {
-            Ok(rx) => receipt(api, rx, &format!("messages[{i}].")).await,
+            Ok(started) => finish(api, started, &format!("messages[{i}].")).await,
             Err(e) => Err(e),
         };
         results.push(match outcome {
@@ -717,8 +727,39 @@ async fn user(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp,
 
 /// Hands one message to the bridge and waits for the core's receipt.
 async fn publish(api: &Api, msg: PublishRequest, at: &str) -> Result<u64, ApiError> {
+    let started = start(api, msg, at)?;
+    finish(api, started, at).await
+}
+
+/// A publish handed on: to a core of this node, or to the outbound bridge
+/// that carries it to every node (`kafka.push_topic`).
+enum Started {
+    Local(tokio::sync::oneshot::Receiver<Result<u64, Refusal>>),
+    Pushed(u64, tokio::sync::oneshot::Receiver<Produced>),
+}
+
+fn start(api: &Api, msg: PublishRequest, at: &str) -> Result<Started, ApiError> {
+    let msg = match api.node.outbound.push(msg) {
+        Ok((id, rx)) => return Ok(Started::Pushed(id, rx)),
+        Err(PushRefused::NotCarried(msg)) => msg,
+        Err(PushRefused::TopicInvalid(why)) => return Err(refusal(Refusal::TopicInvalid(why), at)),
+    };
     let rx = api.bridge.publish(msg).map_err(|e| refusal(e, at))?;
-    receipt(api, rx, at).await
+    Ok(Started::Local(rx))
+}
+
+async fn finish(api: &Api, started: Started, at: &str) -> Result<u64, ApiError> {
+    match started {
+        Started::Local(rx) => receipt(api, rx, at).await,
+        Started::Pushed(id, rx) => match reply(api, rx, at).await? {
+            Produced::Done => Ok(id),
+            Produced::Failed(e) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "undelivered",
+                format!("not taken by Kafka ({e}); nothing was delivered, send it again"),
+            )),
+        },
+    }
 }
 
 async fn receipt(

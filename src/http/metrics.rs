@@ -170,6 +170,12 @@ pub(crate) fn render(node: &NodeState, gauges: &[Option<SessionGauges>]) -> Stri
         header(&mut out, &name, help, kind);
         let _ = writeln!(out, "tether_{name} {v}");
     }
+    for g in node.outbound.labelled() {
+        header(&mut out, g.name, g.help, "gauge");
+        for (labels, v) in &g.values {
+            let _ = writeln!(out, "tether_{}{{{labels}}} {v}", g.name);
+        }
+    }
     if let Some(h) = node.store.latency() {
         histogram(
             &mut out,

@@ -18,16 +18,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::Statistics;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::KafkaSetupError;
+use crate::bridge::outbound::LabelledGauge;
 use crate::bridge::{Bridge, PublishRequest, Refusal};
 use crate::codec::{Properties, QoS};
-use crate::config::{Config, SourceTarget, Template};
+use crate::config::{Config, SourceConfig, SourceTarget, Template};
 use crate::id::Source;
 use crate::stats::Figure;
 
@@ -38,8 +41,14 @@ const BUSY_RETRY: Duration = Duration::from_millis(20);
 /// How long the thread waits, when it stops, for records in the cores'
 /// hands before it commits what was accepted.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// librdkafka's `fetch.wait.max.ms`: how long a fetch may wait at the
+/// broker for records. librdkafka's 500 ms is for throughput; a push waits
+/// for it whenever the broker holds fetches for the full wait (tansu
+/// does), so Tether asks for 100 ms: a fetch per 100 ms per broker when
+/// idle. `[kafka.consumer]` can set it.
+const FETCH_WAIT_MAX_MS: u32 = 100;
 /// Headers Tether writes itself: not copied into user properties.
-const OWN_HEADERS: [&str; 7] = [
+const OWN_HEADERS: [&str; 8] = [
     "x-id",
     "x-uid",
     "x-client",
@@ -47,6 +56,7 @@ const OWN_HEADERS: [&str; 7] = [
     "x-node",
     "x-mqtt-topic",
     "x-qos",
+    "x-retain",
 ];
 
 /// One `[[kafka.source]]`, ready to map records.
@@ -92,14 +102,67 @@ pub struct KafkaInbound {
     stop: Mutex<Option<oneshot::Sender<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     metrics: Arc<InMetrics>,
+    /// What the consumer's last statistics said.
+    seen: Seen,
 }
+
+/// The consumer, with [`Seen`] as its context.
+type SourceConsumer = StreamConsumer<Seen>;
+
+/// The consumer's context: keeps what its statistics report (every
+/// [`super::STATS_INTERVAL_MS`]) for `/metrics` and `/readyz`.
+#[derive(Clone, Default)]
+pub(crate) struct Seen(Arc<SeenInner>);
+
+#[derive(Default)]
+pub(crate) struct SeenInner {
+    /// The last report listed no broker up.
+    brokers_down: std::sync::atomic::AtomicBool,
+    /// `(topic, partition, lag)` of the partitions this node consumes
+    /// (librdkafka's `consumer_lag`: the high watermark less the committed
+    /// offset), from the last report.
+    lag: Mutex<Vec<(String, i32, i64)>>,
+}
+
+impl ClientContext for Seen {
+    fn stats(&self, s: Statistics) {
+        self.0
+            .brokers_down
+            .store(!super::producer::any_broker_up(&s), Relaxed);
+        let mut lag: Vec<(String, i32, i64)> = s
+            .topics
+            .values()
+            .flat_map(|t| {
+                t.partitions
+                    .values()
+                    // -1: not this consumer's partition, or not known yet.
+                    .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                    .map(|p| (t.topic.clone(), p.partition, p.consumer_lag))
+            })
+            .collect();
+        lag.sort();
+        *lock(&self.0.lag) = lag;
+    }
+}
+
+impl ConsumerContext for Seen {}
 
 impl KafkaInbound {
     /// Prepares the consumer of the configured sources (`None`: there are
     /// none). It is made, and reads, once started.
     pub fn new(cfg: &Config) -> Result<Option<KafkaInbound>, KafkaSetupError> {
         let k = &cfg.kafka;
-        if k.source.is_empty() {
+        // The push topic is one more source: the API's publishes, to
+        // their MQTT topic, at the QoS and retain flag they were made with.
+        let push = (!k.push_topic.is_empty()).then(|| SourceConfig {
+            topic: k.push_topic.clone(),
+            to: SourceTarget::Topic,
+            from: None,
+            qos: 2,
+            skip_own: false,
+        });
+        let all: Vec<&SourceConfig> = k.source.iter().chain(push.as_ref()).collect();
+        if all.is_empty() {
             return Ok(None);
         }
         let group = k.group_of(cfg.node.id);
@@ -109,13 +172,18 @@ impl KafkaInbound {
             .set("client.id", format!("tether-n{}-in", cfg.node.id))
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "latest");
+            .set("auto.offset.reset", "latest")
+            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
+            .set(
+                "statistics.interval.ms",
+                super::STATS_INTERVAL_MS.to_string(),
+            );
         for (key, value) in &k.consumer {
             cc.set(key, value);
         }
-        let topics: Vec<String> = k.source.iter().map(|s| s.topic.clone()).collect();
+        let topics: Vec<String> = all.iter().map(|s| s.topic.clone()).collect();
         let mut sources = HashMap::new();
-        for s in &k.source {
+        for s in all {
             let default = match s.to {
                 SourceTarget::Topic => "${header.x-mqtt-topic}",
                 _ => "${key}",
@@ -153,6 +221,7 @@ impl KafkaInbound {
             stop: Mutex::new(None),
             thread: Mutex::new(None),
             metrics,
+            seen: Seen::default(),
         }))
     }
 
@@ -168,9 +237,9 @@ impl KafkaInbound {
             .enable_time()
             .build()
             .map_err(KafkaSetupError::Thread)?;
-        let consumer: StreamConsumer = {
+        let consumer: SourceConsumer = {
             let _inside = rt.enter();
-            cc.create()
+            cc.create_with_context(self.seen.clone())
                 .map_err(|e| KafkaSetupError::Config(e.to_string()))?
         };
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -185,6 +254,27 @@ impl KafkaInbound {
         *lock(&self.stop) = Some(stop);
         *lock(&self.thread) = Some(thread);
         Ok(())
+    }
+
+    /// Consumer lag per partition, from the last statistics.
+    pub(crate) fn lag(&self) -> LabelledGauge {
+        LabelledGauge {
+            name: "kafka_consumer_lag",
+            help: "Records of a source's partition not yet consumed and committed by this node (librdkafka's consumer_lag).",
+            values: lock(&self.seen.0.lag)
+                .iter()
+                .map(|(t, p, lag)| (format!("topic=\"{t}\",partition=\"{p}\""), *lag))
+                .collect(),
+        }
+    }
+
+    /// What does not work, for `/readyz`.
+    pub(crate) fn degraded(&self) -> Vec<String> {
+        if self.seen.0.brokers_down.load(Relaxed) {
+            vec!["kafka consumer: no broker is up".into()]
+        } else {
+            Vec::new()
+        }
     }
 
     /// Stops consuming: what the cores accepted is committed.
@@ -243,7 +333,7 @@ struct Place {
     offset: i64,
 }
 
-async fn run(ctx: Ctx, consumer: StreamConsumer, mut stopped: oneshot::Receiver<()>) {
+async fn run(ctx: Ctx, consumer: SourceConsumer, mut stopped: oneshot::Receiver<()>) {
     let ctx = Arc::new(ctx);
     let mut inflight = FuturesOrdered::new();
     loop {
@@ -290,7 +380,7 @@ async fn run(ctx: Ctx, consumer: StreamConsumer, mut stopped: oneshot::Receiver<
 
 /// Stores a finished record's offset; `false` when the gateway is stopping
 /// (nothing after it is stored).
-fn done(consumer: &StreamConsumer, place: Place, outcome: Outcome) -> bool {
+fn done(consumer: &SourceConsumer, place: Place, outcome: Outcome) -> bool {
     match outcome {
         Outcome::Stopping => false,
         Outcome::Accepted | Outcome::Passed => {
@@ -350,11 +440,20 @@ impl Ctx {
                 }
             }
         }
+        // Records Tether wrote carry the message's QoS and retain flag: the
+        // QoS is kept up to the source's, and a retained message is stored
+        // on this node too.
+        let qos = match header("x-qos") {
+            Some(b"0") => QoS::AtMostOnce,
+            Some(b"1") => QoS::AtLeastOnce.min(rule.qos),
+            _ => rule.qos,
+        };
+        let retain = rule.target == SourceTarget::Topic && header("x-retain") == Some(b"1");
         Request::Publish(PublishRequest {
             topic,
             payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-            qos: rule.qos,
-            retain: false,
+            qos,
+            retain,
             properties: (!props.user_properties.is_empty()).then(|| Box::new(props)),
         })
     }

@@ -17,30 +17,54 @@ mod routes;
 
 use std::sync::{Arc, Mutex};
 
+use crossbeam_channel::{unbounded, Sender};
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::FutureProducer;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
-use crate::bridge::outbound::{Outbound, OutboundPolicy, Outgoing, Produced};
+use crate::bridge::outbound::{
+    LabelledGauge, Outbound, OutboundPolicy, Outgoing, Produced, PushReceipt, PushRefused,
+};
+use crate::bridge::PublishRequest;
 use crate::bridge::ReplyTo;
 use crate::config::Config;
 use crate::error::{Classify, Origin};
+use crate::session::{Message, Publication};
 use crate::stats::{Figure, Histogram};
 pub use consumer::KafkaInbound;
-use producer::{Job, Metrics};
+use producer::{Job, KafkaProducer, Metrics, Reports};
 pub use routes::Routes;
 
 /// librdkafka's own queue, in messages: above what every core may have in
 /// flight (`runtime.max_outbound_inflight` each), so it never refuses a
 /// message the cores' bound let through.
 const MIN_LIBRDKAFKA_QUEUE: usize = 100_000;
+/// librdkafka's `statistics.interval.ms`: how often the producer and the
+/// consumer report broker states and consumer lag (`/readyz`, `/metrics`).
+/// A report costs a JSON document per interval.
+pub(crate) const STATS_INTERVAL_MS: u32 = 1000;
+/// With messages in flight and no acknowledgement from Kafka for this
+/// long, `/readyz` reports the producer stuck (a hung broker keeps its
+/// connections up, so broker states alone do not show it).
+const STUCK_AFTER_MS: u64 = 5000;
+/// Message ids of the API's pushes: the top byte 0xff, which no core
+/// (whose index is the top byte of its ids) has, so `x-id` stays unique.
+const PUSH_IDS: u64 = 0xff << 56;
+const PUSH_SEQ_MASK: u64 = (1 << 56) - 1;
 
 /// The Kafka producer behind the outbound seam.
 pub struct KafkaOutbound {
     routes: Routes,
+    /// `kafka.brokers`, for `/readyz`.
+    brokers: String,
+    /// `kafka.push_topic` (empty: the API publishes locally).
+    push_topic: String,
+    /// Sequence of the API's pushes (their ids).
+    push_seq: std::sync::atomic::AtomicU64,
+    /// When the bridge started, ms since the Unix epoch (the producer is
+    /// not "stuck" before it had a chance).
+    started_ms: u64,
     /// The sources' consumer, when there are sources.
     inbound: Option<KafkaInbound>,
-    jobs: UnboundedSender<Job>,
+    jobs: Sender<Job>,
     metrics: Arc<Metrics>,
     /// The `tether-kafka` thread, joined by [`Outbound::stop`].
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -90,43 +114,38 @@ impl KafkaOutbound {
             .set("client.id", format!("tether-n{}", cfg.node.id))
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", k.delivery_timeout_ms.to_string())
-            .set("queue.buffering.max.messages", queue.to_string());
+            .set("queue.buffering.max.messages", queue.to_string())
+            .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string());
         for (key, value) in &k.producer {
             cc.set(key, value);
         }
-        let producer: FutureProducer = cc
-            .create()
-            .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
         let metrics = Arc::new(Metrics::default());
+        let producer: KafkaProducer = cc
+            .create_with_context(Reports {
+                metrics: metrics.clone(),
+            })
+            .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
         let routes = Routes::new(&k.route);
         let ctx = producer::Ctx {
             producer,
             routes: routes.clone(),
-            node: cfg.node.id,
+            push_topic: k.push_topic.clone(),
+            node: cfg.node.id.to_string(),
             delivery_timeout: std::time::Duration::from_millis(k.delivery_timeout_ms),
             metrics: metrics.clone(),
         };
-        let (jobs, rx) = unbounded_channel();
+        let (jobs, rx) = unbounded();
         let thread = std::thread::Builder::new()
             .name("tether-kafka".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!("the Kafka thread cannot start its runtime: {e}");
-                        return;
-                    }
-                };
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, producer::run(std::rc::Rc::new(ctx), rx));
-            })
+            .spawn(move || producer::run(ctx, rx))
             .map_err(KafkaSetupError::Thread)?;
         Ok(KafkaOutbound {
             inbound: KafkaInbound::new(cfg)?,
             routes,
+            brokers: k.brokers.clone(),
+            push_topic: k.push_topic.clone(),
+            push_seq: std::sync::atomic::AtomicU64::new(0),
+            started_ms: producer::now_ms(),
             jobs,
             metrics,
             thread: Mutex::new(Some(thread)),
@@ -182,6 +201,70 @@ impl Outbound for KafkaOutbound {
         ];
         figures.extend(inbound);
         figures
+    }
+
+    fn push(&self, req: PublishRequest) -> Result<PushReceipt, PushRefused> {
+        if self.push_topic.is_empty() {
+            return Err(PushRefused::NotCarried(req));
+        }
+        // Checked here, where the API can still say so; every node's
+        // authorizer still decides on delivery.
+        crate::codec::topic::validate_name(&req.topic).map_err(PushRefused::TopicInvalid)?;
+        let id = PUSH_IDS
+            | (self
+                .push_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                & PUSH_SEQ_MASK);
+        let msg = Message::new(
+            id,
+            Publication {
+                topic: req.topic.into(),
+                payload: req.payload,
+                qos: req.qos,
+                retain: req.retain,
+                properties: req.properties,
+                origin: None,
+            },
+            std::time::Instant::now(),
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let out = Outgoing {
+            msg: Arc::new(msg),
+            client_id: None,
+            username: None,
+        };
+        // A stopped thread drops the job, and the dropped sender answers.
+        let _ = self.jobs.send(Job::Push { out, ack: tx });
+        Ok((id, rx))
+    }
+
+    fn labelled(&self) -> Vec<LabelledGauge> {
+        self.inbound.as_ref().map(|i| i.lag()).into_iter().collect()
+    }
+
+    fn degraded(&self) -> Vec<String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.metrics;
+        let mut out = Vec::new();
+        if m.brokers_down.load(Relaxed) {
+            out.push(format!(
+                "kafka producer: no broker is up ({})",
+                self.brokers
+            ));
+        }
+        let inflight = m.inflight.load(Relaxed);
+        let last = m.last_ok_ms.load(Relaxed).max(self.started_ms);
+        let quiet = producer::now_ms().saturating_sub(last);
+        if inflight > 0 && quiet >= STUCK_AFTER_MS {
+            out.push(format!(
+                "kafka producer: {inflight} messages in flight and no acknowledgement for {} s",
+                quiet / 1000
+            ));
+        }
+        if let Some(i) = &self.inbound {
+            out.extend(i.degraded());
+        }
+        out
     }
 
     fn latency(&self) -> Option<&Histogram> {

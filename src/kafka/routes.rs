@@ -85,14 +85,22 @@ impl Route {
 /// payload): `x-id` (the message id, hex), `x-uid`, `x-client`, `x-event`,
 /// `x-node`, `x-mqtt-topic`, `x-qos`, then the MQTT 5 user properties as
 /// they came.
-pub fn headers(out: &Outgoing, event: &str, node: u16) -> OwnedHeaders {
-    let id = format!("{:016x}", out.msg.id);
-    let node = node.to_string();
-    let qos = (out.msg.qos as u8).to_string();
+pub fn headers(out: &Outgoing, event: &str, node: &str) -> OwnedHeaders {
+    // No allocation for the id and the QoS: this runs once per message.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = HEX[((out.msg.id >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    let qos: &[u8] = match out.msg.qos as u8 {
+        0 => b"0",
+        1 => b"1",
+        _ => b"2",
+    };
     let mut h = OwnedHeaders::new_with_capacity(8)
         .insert(Header {
             key: "x-id",
-            value: Some(id.as_bytes()),
+            value: Some(&id[..]),
         })
         .insert(Header {
             key: "x-event",
@@ -108,8 +116,14 @@ pub fn headers(out: &Outgoing, event: &str, node: u16) -> OwnedHeaders {
         })
         .insert(Header {
             key: "x-qos",
-            value: Some(qos.as_bytes()),
+            value: Some(qos),
         });
+    if out.msg.retain {
+        h = h.insert(Header {
+            key: "x-retain",
+            value: Some(b"1"),
+        });
+    }
     if let Some(u) = out.username.as_deref() {
         h = h.insert(Header {
             key: "x-uid",
@@ -185,5 +199,22 @@ mod tests {
         let r = Routes::new(&[route("#", "%u/%c:%t 100%%", RouteAck::Kafka)]);
         let o = out("a/b");
         assert_eq!(r.find("a/b").unwrap().key(&o), "ann/dev-1:a/b 100%");
+    }
+
+    #[test]
+    fn headers_carry_the_id_in_hex_and_the_publisher() {
+        use rdkafka::message::Headers;
+        let o = out("a/b");
+        let h = headers(&o, "publish", "3");
+        let got: std::collections::HashMap<&str, &[u8]> =
+            h.iter().map(|h| (h.key, h.value.unwrap())).collect();
+        let id = format!("{:016x}", o.msg.id);
+        assert_eq!(got["x-id"], id.as_bytes());
+        assert_eq!(got["x-event"], b"publish");
+        assert_eq!(got["x-node"], b"3");
+        assert_eq!(got["x-mqtt-topic"], b"a/b");
+        assert_eq!(got["x-qos"], b"1");
+        assert_eq!(got["x-uid"], b"ann");
+        assert_eq!(got["x-client"], b"dev-1");
     }
 }
