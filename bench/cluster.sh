@@ -13,8 +13,8 @@
 # nothing acknowledged. With --kafka the nodes get the README's four routes:
 # report/# -> iot.telemetry (mode 1), chat/# <-> tether.bus (mode 2, pub/sub
 # across nodes), push.user -> a user's devices (mode 3), raw/# -> iot.raw and
-# iot.clean -> MQTT (mode 4), and the HTTP API's pushes through tether.push
-# to every node. Logs go to that directory too. Ctrl-C (or the
+# iot.clean -> MQTT (mode 4), the HTTP API's pushes through tether.push to
+# every node, and connection events in tether.events. Logs go to that directory too. Ctrl-C (or the
 # end of the shell) stops what this script started, by PID, and nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -106,7 +106,7 @@ if [ "$kafka" = 1 ]; then
     sleep 0.05
   done
   taken "$kafka_port" || { echo "cluster.sh: tansu did not start (see $dir/tansu.log)" >&2; exit 1; }
-  for t in tether.bus tether.push iot.telemetry push.user iot.raw iot.clean; do
+  for t in tether.bus tether.push tether.events iot.telemetry push.user iot.raw iot.clean; do
     tansu topic create --broker "tcp://$brokers" --partitions 3 "$t" >>"$dir/tansu.log" 2>&1 \
       || { echo "cluster.sh: creating topic $t failed (see $dir/tansu.log)" >&2; exit 1; }
   done
@@ -115,6 +115,7 @@ if [ "$kafka" = 1 ]; then
     TETHER_KAFKA__ROUTE='[{filter = "report/#", topic = "iot.telemetry", key = "%c"}, {filter = "chat/#", topic = "tether.bus", key = "%c"}, {filter = "raw/#", topic = "iot.raw", key = "%c"}]'
     TETHER_KAFKA__SOURCE='[{topic = "tether.bus"}, {topic = "push.user", to = "user"}, {topic = "iot.clean"}]'
     TETHER_KAFKA__PUSH_TOPIC='"tether.push"'
+    TETHER_KAFKA__EVENTS_TOPIC='"tether.events"'
   )
 fi
 
@@ -141,7 +142,7 @@ done
 
 echo
 echo "Tether cluster: $nodes nodes sharing redis://127.0.0.1:$redis_port"
-[ "$kafka" = 1 ] && echo "  and Kafka (tansu) at $brokers: topics tether.bus tether.push iot.telemetry push.user iot.raw iot.clean"
+[ "$kafka" = 1 ] && echo "  and Kafka (tansu) at $brokers: topics tether.bus tether.push tether.events iot.telemetry push.user iot.raw iot.clean"
 printf '  %-6s %-18s %-18s %-24s\n' node mqtt websocket http
 for i in $(seq 1 "$nodes"); do
   printf '  %-6s %-18s %-18s %-24s\n' "$i" "127.0.0.1:$((mqtt_base + i - 1))" \

@@ -819,3 +819,34 @@ async fn next_packet(events: &mut Events) -> rumqttc::Packet {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_and_disconnects_become_records_of_the_events_topic() {
+    let kafka = Kafka::start();
+    let events = kafka.topic("events", 1).await;
+    let (brokers, t) = (kafka.brokers.clone(), events.clone());
+    let gw = gateway(1, move |c| {
+        c.kafka.brokers = brokers;
+        c.kafka.events_topic = t;
+    });
+    let mut opts = v5_options(&gw, "ev-1");
+    opts.set_credentials("eve", "pw");
+    let dev = v5(&gw, opts, None).await;
+    dev.client.disconnect().await.unwrap();
+    let got = kafka.read(&events, 2).await;
+    let kinds: Vec<&str> = got.iter().map(|r| r.headers["x-event"].as_str()).collect();
+    assert_eq!(kinds, ["connect", "disconnect"]);
+    for r in &got {
+        assert_eq!(r.key.as_deref(), Some("ev-1"));
+        assert_eq!(r.headers["x-client"], "ev-1");
+        assert_eq!(r.headers["x-uid"], "eve");
+        assert_eq!(r.headers["x-node"], "1");
+        let body: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(body["client_id"], "ev-1");
+        assert_eq!(body["username"], "eve");
+        assert_eq!(body["transport"], "mqtt", "plain MQTT over TCP");
+    }
+    let bye: serde_json::Value = serde_json::from_slice(&got[1].payload).unwrap();
+    assert_eq!(bye["graceful"], true, "the client sent DISCONNECT");
+    gw.stop();
+}

@@ -620,11 +620,11 @@ async fn a_redis_restart_loses_nothing_acknowledged() {
             got.push(n);
         }
     }
+    // The new Redis had no scripts: whichever came first, the claim
+    // (redis's Script loads on NOSCRIPT by itself) or the writer's batch
+    // (counted in tether_store_script_reloads_total), they were loaded, or
+    // the session could not have come back.
     assert_eq!(got, (0u8..50).collect::<Vec<_>>(), "all 50, in order");
-    common::until("scripts reloaded into the new Redis", || {
-        metric(&a, "tether_store_script_reloads_total") >= 1.0
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,6 +138,12 @@ pub trait Outbound: Send + Sync + 'static {
         Err(PushRefused::NotCarried(req))
     }
 
+    /// A client's session became active, or its connection ended. Called
+    /// on the core: it must not block. Nobody waits for it.
+    fn event(&self, ev: ConnEvent) {
+        drop(ev);
+    }
+
     /// Gauges with a value per label set (consumer lag per partition).
     fn labelled(&self) -> Vec<LabelledGauge> {
         Vec::new()
@@ -148,6 +154,32 @@ pub trait Outbound: Send + Sync + 'static {
     fn degraded(&self) -> Vec<String> {
         Vec::new()
     }
+}
+
+/// What happened to a client's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnEventKind {
+    /// Its session became active (after the CONNACK).
+    Connect,
+    /// Its connection ended.
+    Disconnect,
+}
+
+/// A connection event, for [`Outbound::event`].
+#[derive(Debug, Clone)]
+pub struct ConnEvent {
+    /// Connect or disconnect.
+    pub kind: ConnEventKind,
+    /// The client's id (assigned by the server when it sent none).
+    pub client_id: Arc<str>,
+    /// The user name it connected with.
+    pub username: Option<Arc<str>>,
+    /// `mqtt`, `mqtts`, `ws` or `wss` ([`crate::id::TRANSPORT_NAMES`]).
+    pub transport: &'static str,
+    /// For a disconnect: whether the client sent DISCONNECT itself.
+    pub graceful: bool,
+    /// When it happened, ms since the Unix epoch.
+    pub at_ms: u64,
 }
 
 /// A push on its way: its message id, and the bridge's answer to come.

@@ -43,12 +43,22 @@ pub struct KafkaConfig {
     /// has the record; every node, this one too, delivers it from the
     /// topic. Empty (the default): the API publishes on this node only.
     pub push_topic: String,
+    /// A Kafka topic that gets a record when a client's session becomes
+    /// active (`x-event: connect`) and when its connection ends
+    /// (`x-event: disconnect`), keyed by client id, with `x-client`,
+    /// `x-uid` and `x-node` and a JSON body. At most once: nobody waits for
+    /// them. Empty (the default): no connection events.
+    pub events_topic: String,
 }
 
 impl KafkaConfig {
-    /// Whether anything uses Kafka: routes, sources or the push topic.
+    /// Whether anything uses Kafka: routes, sources, the push or the
+    /// events topic.
     pub fn enabled(&self) -> bool {
-        !self.route.is_empty() || !self.source.is_empty() || !self.push_topic.is_empty()
+        !self.route.is_empty()
+            || !self.source.is_empty()
+            || !self.push_topic.is_empty()
+            || !self.events_topic.is_empty()
     }
 
     /// The consumer group of node `node`'s sources: `group`, or
@@ -73,6 +83,7 @@ impl Default for KafkaConfig {
             group: String::new(),
             source: Vec::new(),
             push_topic: String::new(),
+            events_topic: String::new(),
         }
     }
 }

@@ -157,14 +157,19 @@ impl Config {
         if k.brokers.trim().is_empty() {
             return Err(err(
                 "kafka.brokers",
-                "routes, sources and the push topic need brokers: set kafka.brokers (host:port,...) or remove [[kafka.route]], [[kafka.source]] and kafka.push_topic",
+                "routes, sources and the push and events topics need brokers: set kafka.brokers (host:port,...) or remove [[kafka.route]], [[kafka.source]], kafka.push_topic and kafka.events_topic",
             ));
         }
-        if !k.push_topic.is_empty() && !kafka_topic_ok(&k.push_topic) {
-            return Err(err(
-                "kafka.push_topic",
-                "a Kafka topic name: letters, digits, '.', '_' and '-'",
-            ));
+        for (key, topic) in [
+            ("kafka.push_topic", &k.push_topic),
+            ("kafka.events_topic", &k.events_topic),
+        ] {
+            if !topic.is_empty() && !kafka_topic_ok(topic) {
+                return Err(err(
+                    key,
+                    "a Kafka topic name: letters, digits, '.', '_' and '-'",
+                ));
+            }
         }
         for (i, s) in k.source.iter().enumerate() {
             let at = |field: &str| format!("kafka.source[{i}].{field}");

@@ -57,6 +57,8 @@ pub struct KafkaOutbound {
     brokers: String,
     /// `kafka.push_topic` (empty: the API publishes locally).
     push_topic: String,
+    /// Whether `kafka.events_topic` is set.
+    events: bool,
     /// Sequence of the API's pushes (their ids).
     push_seq: std::sync::atomic::AtomicU64,
     /// When the bridge started, ms since the Unix epoch (the producer is
@@ -130,6 +132,7 @@ impl KafkaOutbound {
             producer,
             routes: routes.clone(),
             push_topic: k.push_topic.clone(),
+            events_topic: k.events_topic.clone(),
             node: cfg.node.id.to_string(),
             delivery_timeout: std::time::Duration::from_millis(k.delivery_timeout_ms),
             metrics: metrics.clone(),
@@ -144,6 +147,7 @@ impl KafkaOutbound {
             routes,
             brokers: k.brokers.clone(),
             push_topic: k.push_topic.clone(),
+            events: !k.events_topic.is_empty(),
             push_seq: std::sync::atomic::AtomicU64::new(0),
             started_ms: producer::now_ms(),
             jobs,
@@ -236,6 +240,13 @@ impl Outbound for KafkaOutbound {
         // A stopped thread drops the job, and the dropped sender answers.
         let _ = self.jobs.send(Job::Push { out, ack: tx });
         Ok((id, rx))
+    }
+
+    fn event(&self, ev: crate::bridge::outbound::ConnEvent) {
+        if self.events {
+            // A stopped thread drops it: events are at most once.
+            let _ = self.jobs.send(Job::Event(ev));
+        }
     }
 
     fn labelled(&self) -> Vec<LabelledGauge> {

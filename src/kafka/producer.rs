@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::Statistics;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::routes::{headers, Routes};
-use crate::bridge::outbound::{OutboundError, Outgoing, Produced};
+use crate::bridge::outbound::{ConnEvent, ConnEventKind, OutboundError, Outgoing, Produced};
 use crate::bridge::ReplyTo;
 use crate::stats::Histogram;
 
@@ -46,6 +47,8 @@ pub(crate) enum Job {
         /// The waiting request handler.
         ack: oneshot::Sender<Produced>,
     },
+    /// Produce one connection event to `kafka.events_topic`.
+    Event(ConnEvent),
     /// Flush and stop.
     Stop,
 }
@@ -93,6 +96,8 @@ pub(crate) enum Answer {
     Core(ReplyTo<Produced>),
     /// The HTTP API, for a push.
     Api(oneshot::Sender<Produced>),
+    /// Nobody (a connection event): only the figures count it.
+    Nobody,
 }
 
 impl Answer {
@@ -101,6 +106,7 @@ impl Answer {
             Answer::Core(r) => r.send(p),
             // A handler that gave up does not need the answer.
             Answer::Api(tx) => drop(tx.send(p)),
+            Answer::Nobody => {}
         }
     }
 }
@@ -153,6 +159,8 @@ pub(crate) struct Ctx {
     pub routes: Routes,
     /// `kafka.push_topic` (empty: pushes are not produced).
     pub push_topic: String,
+    /// `kafka.events_topic` (empty: no connection events).
+    pub events_topic: String,
     /// This node's id, as the `x-node` header writes it.
     pub node: String,
     pub delivery_timeout: Duration,
@@ -178,6 +186,10 @@ pub(crate) fn run(ctx: Ctx, jobs: Receiver<Job>) {
         let job = match job {
             Ok(Job::Send { out, ack }) => Some((out, false, Answer::Core(ack))),
             Ok(Job::Push { out, ack }) => Some((out, true, Answer::Api(ack))),
+            Ok(Job::Event(ev)) => {
+                event(&ctx, ev);
+                None
+            }
             Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => None,
         };
@@ -254,6 +266,58 @@ fn produce(ctx: &Ctx, w: Waiting, waiting: &mut VecDeque<Waiting>) {
             m.inflight.fetch_sub(1, Relaxed);
             back.delivery_opaque.ack.send(failed(m, e));
         }
+    }
+}
+
+/// Produces one connection event; a full queue or a failure is counted
+/// (events are at most once, and never wait behind client messages).
+fn event(ctx: &Ctx, ev: ConnEvent) {
+    let m = &ctx.metrics;
+    let kind = match ev.kind {
+        ConnEventKind::Connect => "connect",
+        ConnEventKind::Disconnect => "disconnect",
+    };
+    let body = serde_json::json!({
+        "event": kind,
+        "client_id": &*ev.client_id,
+        "username": ev.username.as_deref(),
+        "node": ctx.node.parse::<u16>().unwrap_or_default(),
+        "transport": ev.transport,
+        "graceful": (ev.kind == ConnEventKind::Disconnect).then_some(ev.graceful),
+        "at_ms": ev.at_ms,
+    })
+    .to_string();
+    let mut h = OwnedHeaders::new_with_capacity(4)
+        .insert(Header {
+            key: "x-event",
+            value: Some(kind),
+        })
+        .insert(Header {
+            key: "x-client",
+            value: Some(&*ev.client_id),
+        })
+        .insert(Header {
+            key: "x-node",
+            value: Some(&ctx.node),
+        });
+    if let Some(u) = ev.username.as_deref() {
+        h = h.insert(Header {
+            key: "x-uid",
+            value: Some(u),
+        });
+    }
+    let pending = Box::new(Pending {
+        ack: Answer::Nobody,
+        started: Instant::now(),
+    });
+    let record = BaseRecord::with_opaque_to(&ctx.events_topic, pending)
+        .payload(&body)
+        .key(&*ev.client_id)
+        .headers(h);
+    m.inflight.fetch_add(1, Relaxed);
+    if let Err((e, _)) = ctx.producer.send(record) {
+        m.inflight.fetch_sub(1, Relaxed);
+        failed(m, e);
     }
 }
 

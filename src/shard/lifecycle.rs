@@ -9,6 +9,7 @@ use tracing::debug;
 
 use super::durable::session_ref;
 use super::{Core, CoreState, Entry, Link, PendingWill, Phase, Timer};
+use crate::bridge::outbound::ConnEventKind;
 use crate::codec::reason;
 use crate::id::{ConnId, ConnKey, Location};
 use crate::session::Session;
@@ -54,6 +55,13 @@ impl Core {
         let st = &mut *st;
         let Some(e) = st.entry(key) else { return };
         let Some(link) = e.link.take() else { return };
+        // A connection whose session became active had a connect event.
+        if matches!(
+            e.phase,
+            Phase::Active | Phase::TakenOver | Phase::Moved { .. }
+        ) {
+            self.announce(ConnEventKind::Disconnect, e, &link);
+        }
         let (claimed, conn) = (e.client_id.clone(), e.id);
         // Every claimed connection (the claim admitted its presence
         // entry), whatever became of its session.

@@ -25,6 +25,7 @@
 //! | `pending.rs` | requests waiting on bridge threads, and their reply queues |
 //! | `acks.rs` | publish acknowledgements held for the outbound bridge or durability |
 //! | `durable.rs` | mirroring sessions in a durable store; the store's notices |
+//! | `events.rs` | connection events for the outbound bridge |
 //! | `inspect.rs` | answers to the HTTP API's queries |
 //! | `sys.rs` | `$SYS` statistics |
 //! | `timers.rs` | what the wheel fires |
@@ -35,6 +36,7 @@ mod clock;
 mod delivery;
 mod durable;
 mod entry;
+mod events;
 mod fanout;
 mod groups;
 mod inspect;

@@ -16,6 +16,7 @@ use tracing::{debug, info};
 
 use super::delivery::{offer_forwarded, pump, release_window};
 use super::{count, ConnectInfo, Core, CoreState, Phase, Timer, Waiting};
+use crate::bridge::outbound::ConnEventKind;
 use crate::codec::{reason, topic, Packet};
 use crate::id::{ConnKey, GroupKey, Location};
 use crate::mesh::CoreMsg;
@@ -441,6 +442,9 @@ impl Core {
         }
         let keep_alive_ticks = link.keep_alive_ticks;
         link.last_seen = now.tick;
+        if let Some(link) = e.link.as_ref() {
+            self.announce(ConnEventKind::Connect, e, link);
+        }
         let id = e.id;
         pump(e, self.stats(), now.at);
         bump(&self.stats().connects, 1);
