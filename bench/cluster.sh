@@ -116,6 +116,8 @@ if [ "$kafka" = 1 ]; then
     TETHER_KAFKA__SOURCE='[{topic = "tether.bus"}, {topic = "push.user", to = "user"}, {topic = "iot.clean"}]'
     TETHER_KAFKA__PUSH_TOPIC='"tether.push"'
     TETHER_KAFKA__EVENTS_TOPIC='"tether.events"'
+    # tansu answers a fetch only when its wait is up (see README, Kafka).
+    TETHER_KAFKA__CONSUMER='{"fetch.wait.max.ms" = "10"}'
   )
 fi
 
