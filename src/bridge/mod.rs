@@ -194,6 +194,20 @@ pub struct PublishRequest {
     pub properties: Option<Box<Properties>>,
 }
 
+impl PublishRequest {
+    /// The message it asks for, from no client (a bridge's publish).
+    pub fn into_publication(self) -> crate::session::Publication {
+        crate::session::Publication {
+            topic: self.topic.into(),
+            payload: self.payload,
+            qos: self.qos,
+            retain: self.retain,
+            properties: self.properties,
+            origin: None,
+        }
+    }
+}
+
 /// Why a bridge publish was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {

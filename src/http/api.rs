@@ -6,7 +6,7 @@
 //! | `GET /readyz` | every core serves and every bridge works (503 while stopping, or "degraded" with the reasons) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document (`openapi.json`) |
-//! | `POST /v1/publish` | one message; answers once a core accepted it |
+//! | `POST /v1/publish` | one message; answers once a core accepted it (with `kafka.push_topic`: once Kafka has it); the publish handlers are in `publish.rs` |
 //! | `POST /v1/publish/batch` | up to [`MAX_BATCH`] messages, one result each |
 //! | `POST /v1/push/users/{user}` | to `http.user_topic` (every device of the user) |
 //! | `POST /v1/push/clients/{client_id}` | to `http.client_topic` |
@@ -28,8 +28,6 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use base64::Engine;
-use bytes::Bytes as PayloadBytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -37,16 +35,15 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
 use super::error::ApiError;
+use super::publish::{publish_batch, publish_one, push, push_topic, refusal};
 use super::Api;
-use crate::bridge::outbound::{Produced, PushRefused};
-use crate::bridge::{BridgeMsg, ClientInfo, PublishRequest, Refusal, SubscriptionInfo};
-use crate::codec::{Properties, QoS};
+use crate::bridge::{BridgeMsg, ClientInfo, Refusal, SubscriptionInfo};
 use crate::store::{Lookup, StoreError, StoredSession};
 
 /// Most messages in one `POST /v1/publish/batch`.
 pub const MAX_BATCH: usize = 1000;
 
-type Resp = Response<Full<Bytes>>;
+pub(super) type Resp = Response<Full<Bytes>>;
 
 const USERS: &str = "/v1/push/users/";
 const CLIENTS: &str = "/v1/push/clients/";
@@ -142,7 +139,7 @@ fn ready(api: &Api) -> Resp {
 }
 
 /// Checks the bearer token when tokens are configured.
-fn authorize(api: &Api, req: &Request<Incoming>) -> Result<(), ApiError> {
+pub(super) fn authorize(api: &Api, req: &Request<Incoming>) -> Result<(), ApiError> {
     if api.cfg.tokens.is_empty() {
         return Ok(());
     }
@@ -180,7 +177,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The request body, at most `http.max_body_bytes` (413 beyond).
-async fn body(api: &Api, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+pub(super) async fn body(api: &Api, req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let max = api.cfg.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -209,7 +206,7 @@ async fn body(api: &Api, req: Request<Incoming>) -> Result<Bytes, ApiError> {
 }
 
 /// Parses JSON into `T`, naming the field at fault on error.
-fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+pub(super) fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -226,200 +223,7 @@ fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     })
 }
 
-/// One message of `POST /v1/publish` (and of a batch).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishBody {
-    /// Required by `/v1/publish`; the push endpoints set it themselves.
-    #[serde(default)]
-    topic: Option<String>,
-    /// UTF-8 text payload.
-    #[serde(default)]
-    payload: Option<String>,
-    /// Binary payload, standard base64.
-    #[serde(default)]
-    payload_base64: Option<String>,
-    #[serde(default)]
-    qos: u8,
-    #[serde(default)]
-    retain: bool,
-    #[serde(default)]
-    properties: Option<PropertiesBody>,
-}
-
-/// MQTT 5 properties passed to subscribers.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PropertiesBody {
-    content_type: Option<String>,
-    response_topic: Option<String>,
-    correlation_data_base64: Option<String>,
-    message_expiry_interval: Option<u32>,
-    payload_format_indicator: Option<u8>,
-    /// `[["key", "value"], ...]` (keys may repeat, as in MQTT).
-    #[serde(default)]
-    user_properties: Vec<(String, String)>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBody {
-    messages: Vec<PublishBody>,
-}
-
-impl PublishBody {
-    /// Checks the fields serde cannot; `at` prefixes field names in a batch.
-    fn into_request(self, at: &str) -> Result<PublishRequest, ApiError> {
-        let bad = |field: &str, msg: &str| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", msg.to_string())
-                .field(format!("{at}{field}"))
-        };
-        let topic = self
-            .topic
-            .ok_or_else(|| bad("topic", "missing field `topic`"))?;
-        let qos = QoS::from_u8(self.qos).ok_or_else(|| bad("qos", "qos must be 0, 1 or 2"))?;
-        let payload = match (self.payload, self.payload_base64) {
-            (Some(_), Some(_)) => {
-                return Err(bad("payload", "give payload or payload_base64, not both"))
-            }
-            (Some(text), None) => PayloadBytes::from(text),
-            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
-                .decode(b64.as_bytes())
-                .map(PayloadBytes::from)
-                .map_err(|e| bad("payload_base64", &format!("not base64: {e}")))?,
-            (None, None) => PayloadBytes::new(),
-        };
-        let properties = match self.properties {
-            None => None,
-            Some(p) => {
-                let correlation_data = match p.correlation_data_base64 {
-                    None => None,
-                    Some(b64) => Some(
-                        base64::engine::general_purpose::STANDARD
-                            .decode(b64.as_bytes())
-                            .map(PayloadBytes::from)
-                            .map_err(|e| {
-                                bad(
-                                    "properties.correlation_data_base64",
-                                    &format!("not base64: {e}"),
-                                )
-                            })?,
-                    ),
-                };
-                if p.payload_format_indicator.is_some_and(|v| v > 1) {
-                    return Err(bad("properties.payload_format_indicator", "must be 0 or 1"));
-                }
-                Some(Box::new(Properties {
-                    content_type: p.content_type,
-                    response_topic: p.response_topic,
-                    correlation_data,
-                    message_expiry_interval: p.message_expiry_interval,
-                    payload_format_indicator: p.payload_format_indicator,
-                    user_properties: p.user_properties,
-                    ..Properties::default()
-                }))
-            }
-        };
-        Ok(PublishRequest {
-            topic,
-            payload,
-            qos,
-            retain: self.retain,
-            properties,
-        })
-    }
-}
-
-async fn publish_one(api: &Api, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    authorize(api, &req)?;
-    let bytes = body(api, req).await?;
-    let msg = parse::<PublishBody>(&bytes)?.into_request("")?;
-    let id = publish(api, msg, "").await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({"id": format!("{id:016x}")}),
-    ))
-}
-
-async fn publish_batch(api: &Api, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    authorize(api, &req)?;
-    let bytes = body(api, req).await?;
-    let batch = parse::<BatchBody>(&bytes)?;
-    if batch.messages.len() > MAX_BATCH {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            format!("at most {MAX_BATCH} messages per batch"),
-        )
-        .field("messages"));
-    }
-    // Every message is queued before any receipt is awaited: a batch costs
-    // one round of core wake-ups, not one per message.
-    let mut pending = Vec::with_capacity(batch.messages.len());
-    for (i, m) in batch.messages.into_iter().enumerate() {
-        let at = format!("messages[{i}].");
-        pending.push(match m.into_request(&at) {
-            Ok(r) => start(api, r, &at),
-            Err(e) => Err(e),
-        });
-    }
-    let mut results = Vec::with_capacity(pending.len());
-    for (i, p) in pending.into_iter().enumerate() {
-        let outcome = match p {
-            Ok(started) => finish(api, started, &format!("messages[{i}].")).await,
-            Err(e) => Err(e),
-        };
-        results.push(match outcome {
-            Ok(id) => serde_json::json!({"id": format!("{id:016x}")}),
-            Err(e) => serde_json::json!({"error": {"code": e.code, "message": e.message, "field": e.field}}),
-        });
-    }
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({"results": results}),
-    ))
-}
-
-/// `POST` to a push endpoint: the body is a publish without `topic`.
-async fn push(api: &Api, req: Request<Incoming>, topic: String) -> Result<Resp, ApiError> {
-    authorize(api, &req)?;
-    let bytes = body(api, req).await?;
-    let mut m = parse::<PublishBody>(&bytes)?;
-    if m.topic.is_some() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "push endpoints choose the topic (http.user_topic, client_topic, broadcast_topic)",
-        )
-        .field("topic"));
-    }
-    m.topic = Some(topic.clone());
-    let id = publish(api, m.into_request("")?, "").await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({"id": format!("{id:016x}"), "topic": topic}),
-    ))
-}
-
-/// The push topic for one user or client: the path segment, percent-decoded,
-/// in place of `marker`. It must stay one topic level.
-fn push_topic(
-    template: &str,
-    marker: &str,
-    segment: &str,
-    field: &str,
-) -> Result<String, ApiError> {
-    let bad = |msg: &str| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", msg.to_string()).field(field)
-    };
-    let value = percent_decode(segment).ok_or_else(|| bad("not valid percent-encoded UTF-8"))?;
-    if value.is_empty() || value.contains(['/', '+', '#']) {
-        return Err(bad("must be one non-empty topic level (no /, + or #)"));
-    }
-    Ok(template.replace(marker, &value))
-}
-
-fn percent_decode(s: &str) -> Option<String> {
+pub(super) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -490,7 +294,7 @@ async fn ask<T>(
 }
 
 /// A core's answer, within `http.publish_timeout_ms`.
-async fn reply<T>(
+pub(super) async fn reply<T>(
     api: &Api,
     rx: tokio::sync::oneshot::Receiver<T>,
     at: &str,
@@ -723,78 +527,6 @@ async fn user(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp,
         StatusCode::OK,
         &serde_json::json!({"user": user, "online": connections.len(), "connections": connections}),
     ))
-}
-
-/// Hands one message to the bridge and waits for the core's receipt.
-async fn publish(api: &Api, msg: PublishRequest, at: &str) -> Result<u64, ApiError> {
-    let started = start(api, msg, at)?;
-    finish(api, started, at).await
-}
-
-/// A publish handed on: to a core of this node, or to the outbound bridge
-/// that carries it to every node (`kafka.push_topic`).
-enum Started {
-    Local(tokio::sync::oneshot::Receiver<Result<u64, Refusal>>),
-    Pushed(u64, tokio::sync::oneshot::Receiver<Produced>),
-}
-
-fn start(api: &Api, msg: PublishRequest, at: &str) -> Result<Started, ApiError> {
-    let msg = match api.node.outbound.push(msg) {
-        Ok((id, rx)) => return Ok(Started::Pushed(id, rx)),
-        Err(PushRefused::NotCarried(msg)) => msg,
-        Err(PushRefused::TopicInvalid(why)) => return Err(refusal(Refusal::TopicInvalid(why), at)),
-    };
-    let rx = api.bridge.publish(msg).map_err(|e| refusal(e, at))?;
-    Ok(Started::Local(rx))
-}
-
-async fn finish(api: &Api, started: Started, at: &str) -> Result<u64, ApiError> {
-    match started {
-        Started::Local(rx) => receipt(api, rx, at).await,
-        Started::Pushed(id, rx) => match reply(api, rx, at).await? {
-            Produced::Done => Ok(id),
-            Produced::Failed(e) => Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "undelivered",
-                format!("not taken by Kafka ({e}); nothing was delivered, send it again"),
-            )),
-        },
-    }
-}
-
-async fn receipt(
-    api: &Api,
-    rx: tokio::sync::oneshot::Receiver<Result<u64, Refusal>>,
-    at: &str,
-) -> Result<u64, ApiError> {
-    reply(api, rx, at).await?.map_err(|e| refusal(e, at))
-}
-
-/// The HTTP form of a bridge refusal.
-fn refusal(r: Refusal, at: &str) -> ApiError {
-    let message = r.to_string();
-    match r {
-        Refusal::TopicInvalid(_) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message)
-                .field(format!("{at}topic"))
-        }
-        Refusal::QosNotSupported => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message)
-                .field(format!("{at}qos"))
-        }
-        Refusal::Denied => ApiError::new(StatusCode::FORBIDDEN, "topic_denied", message)
-            .field(format!("{at}topic")),
-        Refusal::RetainedStoreFull => ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "retained_store_full",
-            message,
-        ),
-        Refusal::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message),
-        Refusal::Undelivered(_) => ApiError::new(StatusCode::BAD_GATEWAY, "undelivered", message),
-        Refusal::ShuttingDown => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
-        }
-    }
 }
 
 /// The OpenAPI 3.1 document of this API (tests validate responses against

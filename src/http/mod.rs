@@ -4,13 +4,15 @@
 //! only through the bridge inboxes ([`crate::bridge`]) and reads the cores'
 //! counters (relaxed atomics).
 //!
-//! - `api.rs`: routes, request parsing and handlers;
+//! - `api.rs`: routes, request parsing and the query handlers;
+//! - `publish.rs`: the publish and push handlers (local, or through Kafka);
 //! - `error.rs`: JSON errors that name the field at fault;
 //! - `metrics.rs`: the Prometheus text format.
 
 mod api;
 mod error;
 mod metrics;
+mod publish;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;

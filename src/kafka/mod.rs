@@ -27,7 +27,7 @@ use crate::bridge::PublishRequest;
 use crate::bridge::ReplyTo;
 use crate::config::Config;
 use crate::error::{Classify, Origin};
-use crate::session::{Message, Publication};
+use crate::session::Message;
 use crate::stats::{Figure, Histogram};
 pub use consumer::KafkaInbound;
 use producer::{Job, KafkaProducer, Metrics, Reports};
@@ -219,18 +219,7 @@ impl Outbound for KafkaOutbound {
                 .push_seq
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 & PUSH_SEQ_MASK);
-        let msg = Message::new(
-            id,
-            Publication {
-                topic: req.topic.into(),
-                payload: req.payload,
-                qos: req.qos,
-                retain: req.retain,
-                properties: req.properties,
-                origin: None,
-            },
-            std::time::Instant::now(),
-        );
+        let msg = Message::new(id, req.into_publication(), std::time::Instant::now());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let out = Outgoing {
             msg: Arc::new(msg),

@@ -528,14 +528,7 @@ pub fn on_bridge_publish(core: &Core, req: PublishRequest, source: Source, done:
     let owned = (permit == Permit::Ask).then(|| acl.to_owned());
     let msg = Message::new(
         core.message_id(),
-        Publication {
-            topic: req.topic.into(),
-            payload: req.payload,
-            qos: req.qos,
-            retain: req.retain,
-            properties: req.properties,
-            origin: None,
-        },
+        req.into_publication(),
         core.clock().instant(),
     );
     match (permit, owned) {
