@@ -115,6 +115,27 @@ async fn routed_messages_land_in_kafka_with_key_and_headers_before_their_puback(
     gw.stop();
 }
 
+/// Warms a route of `up/#` (metadata, producer id) with one acknowledged
+/// message, `warm`, before a test pauses the broker.
+async fn warm(dev: &mut V5) {
+    dev.client
+        .publish("up/warm", QoS::AtLeastOnce, false, "warm")
+        .await
+        .unwrap();
+    dev.incoming(|p| matches!(p, Packet::PubAck(_))).await;
+}
+
+/// The payloads of `topic` after [`warm`]'s: `n` records besides it.
+async fn after_warm(kafka: &Kafka, topic: &str, n: usize) -> Vec<String> {
+    kafka
+        .read(topic, n + 1)
+        .await
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone()).unwrap())
+        .filter(|p| p != "warm")
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_broker_withholds_acks_and_loses_nothing_acknowledged() {
     let kafka = Kafka::start();
@@ -132,12 +153,7 @@ async fn a_hung_broker_withholds_acks_and_loses_nothing_acknowledged() {
         c.kafka.delivery_timeout_ms = 2 * HANG.as_millis() as u64;
     });
     let mut dev = v5(&gw, v5_options(&gw, "pauser"), None).await;
-    // Warm the route (metadata, producer id) before the hang.
-    dev.client
-        .publish("up/warm", QoS::AtLeastOnce, false, "warm")
-        .await
-        .unwrap();
-    dev.incoming(|p| matches!(p, Packet::PubAck(_))).await;
+    warm(&mut dev).await;
 
     kafka.pause(true);
     const N: usize = 200;
@@ -184,12 +200,7 @@ async fn a_hung_broker_withholds_acks_and_loses_nothing_acknowledged() {
             _ => unreachable!(),
         }
     }
-    let got = kafka.read(&topic, N + 1).await;
-    let payloads: Vec<String> = got
-        .iter()
-        .map(|r| String::from_utf8(r.payload.clone()).unwrap())
-        .filter(|p| p != "warm")
-        .collect();
+    let payloads = after_warm(&kafka, &topic, N).await;
     // In order, and once each: the producer is idempotent.
     assert_eq!(
         payloads,
@@ -219,11 +230,7 @@ async fn messages_a_full_librdkafka_queue_turns_away_wait_their_turn() {
             .insert("queue.buffering.max.messages".into(), "5".into());
     });
     let mut dev = v5(&gw, v5_options(&gw, "filler"), None).await;
-    dev.client
-        .publish("up/warm", QoS::AtLeastOnce, false, "warm")
-        .await
-        .unwrap();
-    dev.incoming(|p| matches!(p, Packet::PubAck(_))).await;
+    warm(&mut dev).await;
 
     kafka.pause(true);
     const N: usize = 60;
@@ -248,13 +255,7 @@ async fn messages_a_full_librdkafka_queue_turns_away_wait_their_turn() {
             _ => unreachable!(),
         }
     }
-    let got: Vec<String> = kafka
-        .read(&topic, N + 1)
-        .await
-        .iter()
-        .map(|r| String::from_utf8(r.payload.clone()).unwrap())
-        .filter(|p| p != "warm")
-        .collect();
+    let got = after_warm(&kafka, &topic, N).await;
     assert_eq!(got, (0..N).map(|n| format!("q{n}")).collect::<Vec<_>>());
     gw.stop();
 }
