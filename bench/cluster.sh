@@ -5,6 +5,7 @@
 #
 #   bench/cluster.sh                 # 2 nodes
 #   bench/cluster.sh -n 3 --kafka    # 3 nodes, Redis and Kafka (tansu on :9092)
+#   bench/cluster.sh -n 3 --kafka --bus   # pub/sub across nodes by interest
 #   bench/cluster.sh -n 2 --mqtt-base 11883 --http-base 18080 --redis-port 16379
 #
 # Node i (from 1) listens for MQTT on mqtt-base+i-1, WebSocket on
@@ -14,7 +15,10 @@
 # report/# -> iot.telemetry (mode 1), chat/# <-> tether.bus (mode 2, pub/sub
 # across nodes), push.user -> a user's devices (mode 3), raw/# -> iot.raw and
 # iot.clean -> MQTT (mode 4), the HTTP API's pushes through tether.push to
-# every node, and connection events in tether.events. Logs go to that directory too. Ctrl-C (or the
+# every node, and connection events in tether.events. With --bus, MQTT
+# pub/sub across nodes goes through [kafka.cluster] instead of mode 2: each
+# message only to the nodes whose clients subscribed (topics tether.node.N
+# and tether.interest). Logs go to that directory too. Ctrl-C (or the
 # end of the shell) stops what this script started, by PID, and nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +30,7 @@ http_base=8080
 redis_port=6379
 kafka=0
 kafka_port=9092
+bus=0
 build=1
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
@@ -37,6 +42,7 @@ while [ $# -gt 0 ]; do
     --http-base) http_base="$2"; shift 2 ;;
     --redis-port) redis_port="$2"; shift 2 ;;
     --kafka) kafka=1; shift ;;
+    --bus) bus=1; kafka=1; shift ;;
     --kafka-port) kafka_port="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
     -h|--help) usage 0 ;;
@@ -106,10 +112,17 @@ if [ "$kafka" = 1 ]; then
     sleep 0.05
   done
   taken "$kafka_port" || { echo "cluster.sh: tansu did not start (see $dir/tansu.log)" >&2; exit 1; }
-  for t in tether.bus tether.push tether.events iot.telemetry push.user iot.raw iot.clean; do
+  topics=(tether.bus tether.push tether.events iot.telemetry push.user iot.raw iot.clean)
+  [ "$bus" = 1 ] && for i in $(seq 1 "$nodes"); do topics+=("tether.node.$i"); done
+  for t in "${topics[@]}"; do
     tansu topic create --broker "tcp://$brokers" --partitions 3 "$t" >>"$dir/tansu.log" 2>&1 \
       || { echo "cluster.sh: creating topic $t failed (see $dir/tansu.log)" >&2; exit 1; }
   done
+  if [ "$bus" = 1 ]; then
+    # One partition: announcements keep their order.
+    tansu topic create --broker "tcp://$brokers" --partitions 1 tether.interest >>"$dir/tansu.log" 2>&1 \
+      || { echo "cluster.sh: creating topic tether.interest failed (see $dir/tansu.log)" >&2; exit 1; }
+  fi
   kafka_env=(
     TETHER_KAFKA__BROKERS="\"$brokers\""
     TETHER_KAFKA__ROUTE='[{filter = "report/#", topic = "iot.telemetry", key = "%c"}, {filter = "chat/#", topic = "tether.bus", key = "%c"}, {filter = "raw/#", topic = "iot.raw", key = "%c"}]'
@@ -119,6 +132,13 @@ if [ "$kafka" = 1 ]; then
     # tansu answers a fetch only when its wait is up (see README, Kafka).
     TETHER_KAFKA__CONSUMER='{"fetch.wait.max.ms" = "10"}'
   )
+  if [ "$bus" = 1 ]; then
+    # chat/# is no longer consumed back (mode 2): the bus carries it.
+    kafka_env+=(
+      TETHER_KAFKA__SOURCE='[{topic = "push.user", to = "user"}, {topic = "iot.clean"}]'
+      TETHER_KAFKA__CLUSTER='{node_topic = "tether.node.%n"}'
+    )
+  fi
 fi
 
 for i in $(seq 1 "$nodes"); do

@@ -7,6 +7,7 @@
 #
 #   bench/kafka.sh                       # everything, medians of 3 (~15 minutes)
 #   bench/kafka.sh --only produce --rounds 1
+#   bench/kafka.sh --only cross --bus    # pub/sub across nodes by interest ([kafka.cluster])
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v tansu >/dev/null 2>&1; then

@@ -61,6 +61,8 @@ pub enum CoreMsg {
         opts: SubOptions,
         /// Its subscription identifier (0: none).
         id: u32,
+        /// Its SUBACK waits for a new group to be announced to the cluster.
+        confirm: Option<Arc<crate::session::Confirm>>,
     },
     /// A member leaves a group owned by this core.
     ShareLeave {

@@ -200,9 +200,12 @@ async fn run_inbox(core: Rc<Core>, inbox: CoreInbox, replies: ReplyReceivers) {
 /// dropped its receiver; answering it is then a no-op.
 fn on_bridge(core: &Core, msg: BridgeMsg) {
     match msg {
-        BridgeMsg::Publish { req, source, done } => {
-            mqtt::on_bridge_publish(core, req, source, done)
-        }
+        BridgeMsg::Publish {
+            req,
+            source,
+            shares,
+            done,
+        } => mqtt::on_bridge_publish(core, req, source, shares, done),
         BridgeMsg::Inspect { key, reply } => {
             let _ = reply.send(core.inspect(key));
         }

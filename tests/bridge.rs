@@ -136,6 +136,16 @@ async fn refusals_name_the_reason_and_retained_messages_stay() {
     publish(&gw, request("status/door", "open", QoS::AtLeastOnce, true))
         .await
         .expect("retained accepted");
+    // The receipt means routed; every core's replica gets the message from
+    // the topic's owner core a moment later.
+    until("every core holds the retained message", || {
+        common::web::http(gw.http_addr.unwrap(), "GET", "/metrics", &[], "")
+            .body
+            .lines()
+            .filter(|l| l.starts_with("tether_retained_messages{"))
+            .all(|l| l.ends_with(" 1"))
+    })
+    .await;
     let mut late = v4(&gw, v4_options(&gw, "late", true), Some(1)).await;
     late.subscribe("status/#", RQoS::AtLeastOnce).await;
     let p = late.publish().await;

@@ -335,6 +335,7 @@ fn source(topic: &str, to: SourceTarget, from: Option<&str>) -> SourceConfig {
         from: from.map(str::to_string),
         qos: 1,
         skip_own: true,
+        fanout: Default::default(),
     }
 }
 

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::codec::{Properties, QoS};
-use crate::id::{ConnKey, Source};
+use crate::id::{ConnKey, GroupKey, Source};
 
 pub use reply::{Bell, ReplyQueue, ReplyTo, Unanswered};
 
@@ -43,6 +43,11 @@ pub enum BridgeMsg {
         req: PublishRequest,
         /// Who publishes, for the authorizer.
         source: Source,
+        /// Which shared-subscription groups this node serves the message
+        /// to: `None`, every matching group (the usual); `Some`, only those
+        /// named (a message another node forwarded, which picked this node
+        /// for those groups: `[kafka.cluster]`).
+        shares: Option<Arc<[GroupKey]>>,
         /// Where the outcome goes.
         done: Option<Receipt>,
     },
@@ -302,6 +307,17 @@ impl Bridge {
         source: Source,
         req: PublishRequest,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
+        self.publish_scoped(source, req, None)
+    }
+
+    /// [`Bridge::publish_as`], serving only the shared-subscription groups
+    /// in `shares` when it is `Some` (see [`BridgeMsg::Publish`]).
+    pub fn publish_scoped(
+        &self,
+        source: Source,
+        req: PublishRequest,
+        shares: Option<Arc<[GroupKey]>>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
         let core = self.hasher.hash_one(req.topic.as_str()) as usize % self.inboxes.len();
         let (done, outcome) = tokio::sync::oneshot::channel();
         self.send(
@@ -309,6 +325,7 @@ impl Bridge {
             BridgeMsg::Publish {
                 req,
                 source,
+                shares,
                 done: Some(done),
             },
         )?;

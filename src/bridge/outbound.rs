@@ -39,7 +39,7 @@ pub enum OutboundPolicy {
 }
 
 /// A message on its way to the bridge, with who published it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Outgoing {
     /// The message (shared with local subscribers).
     pub msg: Arc<Message>,
@@ -154,6 +154,39 @@ pub trait Outbound: Send + Sync + 'static {
     fn degraded(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Whether the bridge shares subscriptions across nodes: when true,
+    /// cores report every filter that gains its first subscriber or loses
+    /// its last one through [`Outbound::interest`], and hold SUBACKs until
+    /// the news is out.
+    fn wants_interest(&self) -> bool {
+        false
+    }
+
+    /// A core's interest changed. Called on the core: it must not block.
+    /// A `confirm` share, when given, is released once the change is
+    /// durably announced (failed if it cannot be).
+    fn interest(&self, change: InterestChange) {
+        if let Some(c) = change.confirm {
+            c.release(true);
+        }
+    }
+}
+
+/// A filter that gained its first subscription on a core, or lost its
+/// last one ([`Outbound::interest`]).
+#[derive(Debug)]
+pub struct InterestChange {
+    /// The core.
+    pub core: usize,
+    /// The filter; `$share/{group}/{filter}` for a shared subscription's
+    /// group (reported by the group's owner core: gained its first
+    /// connected member, lost its last).
+    pub filter: Arc<str>,
+    /// Gained (true) or lost (false).
+    pub on: bool,
+    /// A SUBACK waits for this share.
+    pub confirm: Option<Arc<crate::session::Confirm>>,
 }
 
 /// What happened to a client's connection.

@@ -49,6 +49,57 @@ pub struct KafkaConfig {
     /// `x-uid` and `x-node` and a JSON body. At most once: nobody waits for
     /// them. Empty (the default): no connection events.
     pub events_topic: String,
+    /// `[kafka.cluster]`: MQTT publish/subscribe across nodes, sent only to
+    /// the nodes whose clients subscribed.
+    pub cluster: ClusterConfig,
+    /// The consumer group shared by every node for sources with
+    /// `fanout = "owner"`: each of their records is read by one node, which
+    /// delivers it to its own clients and forwards it to the nodes with
+    /// interest (needs `[kafka.cluster]`).
+    pub shared_group: String,
+}
+
+/// `[kafka.cluster]`: how nodes share MQTT traffic through Kafka without
+/// every node reading everything.
+///
+/// Each node announces the filters its clients subscribed to (and the
+/// shared-subscription groups it has members of) on `interest_topic`, and
+/// reads everyone's announcements from the start of that topic. A client
+/// message is then produced once per other node with a matching
+/// subscription, to that node's own topic (`node_topic`, `%n` = node id),
+/// which only that node consumes. A retained message goes to every node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Each node's inbox topic, `%n` replaced by the node id. Empty (the
+    /// default): no cluster bus. Create one topic per node beforehand
+    /// (`bench/cluster.sh` does).
+    pub node_topic: String,
+    /// The topic of interest announcements: one partition, compacted in
+    /// production (records are keyed so that compaction keeps each node's
+    /// current state).
+    pub interest_topic: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_topic: String::new(),
+            interest_topic: "tether.interest".into(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether the cluster bus is on.
+    pub fn enabled(&self) -> bool {
+        !self.node_topic.is_empty()
+    }
+
+    /// Node `node`'s inbox topic.
+    pub fn topic_of(&self, node: u16) -> String {
+        self.node_topic.replace("%n", &node.to_string())
+    }
 }
 
 impl KafkaConfig {
@@ -59,6 +110,7 @@ impl KafkaConfig {
             || !self.source.is_empty()
             || !self.push_topic.is_empty()
             || !self.events_topic.is_empty()
+            || self.cluster.enabled()
     }
 
     /// The consumer group of node `node`'s sources: `group`, or
@@ -84,6 +136,8 @@ impl Default for KafkaConfig {
             source: Vec::new(),
             push_topic: String::new(),
             events_topic: String::new(),
+            cluster: ClusterConfig::default(),
+            shared_group: "tether-shared".into(),
         }
     }
 }
@@ -141,6 +195,24 @@ pub struct SourceConfig {
     /// route and a source share a topic (mode 2, messaging across nodes).
     #[serde(default = "default_true")]
     pub skip_own: bool,
+    /// Which nodes read the records: `broadcast` (the default), every node
+    /// (its own group), each delivering to its own clients; or `owner`, one
+    /// node per record (the group `kafka.shared_group`), which delivers to
+    /// its clients and forwards the record to the nodes with matching
+    /// subscriptions (needs `[kafka.cluster]`).
+    #[serde(default)]
+    pub fanout: SourceFanout,
+}
+
+/// Which nodes read a source's records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceFanout {
+    /// Every node reads every record.
+    #[default]
+    Broadcast,
+    /// One node reads each record and forwards it where it is wanted.
+    Owner,
 }
 
 fn default_qos() -> u8 {

@@ -23,7 +23,10 @@ pub use engine::{
     ListenerConfig, LogConfig, MqttConfig, NodeConfig, RetainedConfig, RuntimeConfig,
     SessionConfig, SysConfig,
 };
-pub use kafka::{KafkaConfig, RouteAck, RouteConfig, SourceConfig, SourceTarget, Template};
+pub use kafka::{
+    ClusterConfig, KafkaConfig, RouteAck, RouteConfig, SourceConfig, SourceFanout, SourceTarget,
+    Template,
+};
 
 /// A configuration problem, with the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +190,48 @@ impl Config {
                     return Err(err(&at("from"), why));
                 }
             }
+            if s.fanout == SourceFanout::Owner && !k.cluster.enabled() {
+                return Err(err(
+                    &at("fanout"),
+                    "\"owner\" forwards records to the nodes with interest: set kafka.cluster.node_topic, or use \"broadcast\"",
+                ));
+            }
+        }
+        let c = &k.cluster;
+        if c.enabled() {
+            // Mode 2 already carries these messages to every node.
+            let mode2 = k.route.iter().find(|r| {
+                k.source
+                    .iter()
+                    .any(|s| s.topic == r.topic && s.to == SourceTarget::Topic)
+            });
+            if let Some(r) = mode2 {
+                return Err(err(
+                    "kafka.cluster.node_topic",
+                    format!(
+                        "the route of {} to {} is consumed back (mode 2), which already reaches every node: with the cluster bus too, subscribers would get each message twice. Drop that source (the bus carries the filter), or the bus",
+                        r.filter, r.topic
+                    ),
+                ));
+            }
+            if !c.node_topic.contains("%n") || !kafka_topic_ok(&c.topic_of(self.node.id)) {
+                return Err(err(
+                    "kafka.cluster.node_topic",
+                    "a Kafka topic name with %n for the node id, such as tether.node.%n",
+                ));
+            }
+            if !kafka_topic_ok(&c.interest_topic) {
+                return Err(err(
+                    "kafka.cluster.interest_topic",
+                    "a Kafka topic name: letters, digits, '.', '_' and '-'",
+                ));
+            }
+        }
+        if k.source.iter().any(|s| s.fanout == SourceFanout::Owner) && k.shared_group.is_empty() {
+            return Err(err(
+                "kafka.shared_group",
+                "must not be empty with owner sources",
+            ));
         }
         if k.delivery_timeout_ms == 0 {
             return Err(err("kafka.delivery_timeout_ms", "must be at least 1"));

@@ -13,25 +13,28 @@
 //! a denied publish) is counted, logged and passed over.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crossbeam_channel::Sender;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::Statistics;
-use tokio::sync::oneshot;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
+use super::producer::Job;
 use super::KafkaSetupError;
-use crate::bridge::outbound::LabelledGauge;
+use crate::bridge::outbound::{LabelledGauge, Outgoing, Produced};
 use crate::bridge::{Bridge, PublishRequest, Refusal};
 use crate::codec::{Properties, QoS};
-use crate::config::{Config, SourceConfig, SourceTarget, Template};
-use crate::id::Source;
+use crate::config::{Config, SourceConfig, SourceFanout, SourceTarget, Template};
+use crate::id::{GroupKey, Source};
 use crate::stats::Figure;
 
 /// Records handed to the cores and not yet accepted, at most.
@@ -47,8 +50,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// does), so Tether asks for 100 ms: a fetch per 100 ms per broker when
 /// idle. `[kafka.consumer]` can set it.
 const FETCH_WAIT_MAX_MS: u32 = 100;
+/// Message ids of owner-mode forwards: the top byte 0xfe, which no core
+/// has (nor the API's pushes, 0xff), so `x-id` stays unique on the node.
+const FORWARD_IDS: u64 = 0xfe << 56;
 /// Headers Tether writes itself: not copied into user properties.
-const OWN_HEADERS: [&str; 8] = [
+const OWN_HEADERS: [&str; 9] = [
     "x-id",
     "x-uid",
     "x-client",
@@ -57,6 +63,7 @@ const OWN_HEADERS: [&str; 8] = [
     "x-mqtt-topic",
     "x-qos",
     "x-retain",
+    "x-share",
 ];
 
 /// One `[[kafka.source]]`, ready to map records.
@@ -65,6 +72,19 @@ struct SourceRule {
     from: Template,
     qos: QoS,
     skip_own: bool,
+    kind: RuleKind,
+}
+
+/// What else a source's records need besides local delivery.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RuleKind {
+    /// Nothing (broadcast sources and the push topic).
+    Local,
+    /// This node's inbox of the cluster bus: serve only the groups the
+    /// sending node named (`x-share`).
+    Inbox,
+    /// An owner-mode source: forward to the other nodes with interest too.
+    Owner,
 }
 
 /// The consumer's figures.
@@ -81,6 +101,8 @@ pub(crate) struct InMetrics {
     pub undeliverable: AtomicU64,
     /// Times a busy core was asked again.
     pub busy_retries: AtomicU64,
+    /// Cluster inbox records from before this process started, passed over.
+    pub stale: AtomicU64,
     /// Consumer errors (broker unreachable, rebalance failures, ...).
     pub errors: AtomicU64,
 }
@@ -95,15 +117,33 @@ enum Outcome {
 /// The sources' consumer: made with the gateway, started once the cores'
 /// inboxes exist, stopped after the cores.
 pub struct KafkaInbound {
-    /// The consumer's configuration, its topics and what its task needs,
-    /// until [`KafkaInbound::start`].
-    ready: Mutex<Option<(ClientConfig, Vec<String>, Ctx)>>,
-    /// Tells the running task to stop.
-    stop: Mutex<Option<oneshot::Sender<()>>>,
+    /// The consumers to make and what their tasks need, until
+    /// [`KafkaInbound::start`].
+    ready: Mutex<Option<(Vec<Plan>, Ctx)>>,
+    /// Tells the running tasks to stop.
+    stop: Mutex<Option<watch::Sender<bool>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     metrics: Arc<InMetrics>,
-    /// What the consumer's last statistics said.
+    /// What each consumer's last statistics said.
+    seen: Vec<Seen>,
+    /// The interest topic was read to its end once (`[kafka.cluster]`;
+    /// true without a cluster).
+    loaded: Arc<AtomicBool>,
+}
+
+/// One consumer to make.
+struct Plan {
+    cc: ClientConfig,
+    reads: Reads,
     seen: Seen,
+}
+
+/// What a consumer reads.
+enum Reads {
+    /// Sources' topics, in a consumer group.
+    Sources(Vec<String>),
+    /// The interest topic, from its beginning, outside any group.
+    Registry(String),
 }
 
 /// The consumer, with [`Seen`] as its context.
@@ -143,46 +183,51 @@ impl ClientContext for Seen {
         lag.sort();
         *lock(&self.0.lag) = lag;
     }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // The interest topic's reader asks for end-of-partition events to
+        // know it has read everything; they are news, not errors.
+        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            return;
+        }
+        warn!("librdkafka: {error}: {reason}");
+    }
 }
 
 impl ConsumerContext for Seen {}
 
 impl KafkaInbound {
-    /// Prepares the consumer of the configured sources (`None`: there are
-    /// none). It is made, and reads, once started.
-    pub fn new(cfg: &Config) -> Result<Option<KafkaInbound>, KafkaSetupError> {
+    /// Prepares the consumers of the configured sources, the cluster
+    /// bus's inbox and its interest topic (`None`: nothing to read). They
+    /// are made, and read, once started. `jobs` reaches the producer
+    /// thread (owner-mode forwards, the cluster view).
+    pub(crate) fn new(
+        cfg: &Config,
+        jobs: Sender<Job>,
+    ) -> Result<Option<KafkaInbound>, KafkaSetupError> {
         let k = &cfg.kafka;
+        let me = cfg.node.id;
         // The push topic is one more source: the API's publishes, to
         // their MQTT topic, at the QoS and retain flag they were made with.
-        let push = (!k.push_topic.is_empty()).then(|| SourceConfig {
-            topic: k.push_topic.clone(),
+        // So is this node's inbox of the cluster bus.
+        let internal = |topic: String| SourceConfig {
+            topic,
             to: SourceTarget::Topic,
             from: None,
             qos: 2,
             skip_own: false,
-        });
-        let all: Vec<&SourceConfig> = k.source.iter().chain(push.as_ref()).collect();
-        if all.is_empty() {
-            return Ok(None);
-        }
-        let group = k.group_of(cfg.node.id);
-        let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &k.brokers)
-            .set("group.id", &group)
-            .set("client.id", format!("tether-n{}-in", cfg.node.id))
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "latest")
-            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
-            .set(
-                "statistics.interval.ms",
-                super::STATS_INTERVAL_MS.to_string(),
-            );
-        for (key, value) in &k.consumer {
-            cc.set(key, value);
-        }
-        let topics: Vec<String> = all.iter().map(|s| s.topic.clone()).collect();
+            fanout: SourceFanout::Broadcast,
+        };
+        let push = (!k.push_topic.is_empty()).then(|| internal(k.push_topic.clone()));
+        let inbox = k
+            .cluster
+            .enabled()
+            .then(|| internal(k.cluster.topic_of(me)));
         let mut sources = HashMap::new();
+        let mut own_group = Vec::new();
+        let mut shared_group = Vec::new();
+        let mut inbox_group = Vec::new();
+        let all = k.source.iter().chain(push.as_ref()).chain(inbox.as_ref());
         for s in all {
             let default = match s.to {
                 SourceTarget::Topic => "${header.x-mqtt-topic}",
@@ -195,6 +240,18 @@ impl KafkaInbound {
                 1 => QoS::AtLeastOnce,
                 _ => QoS::ExactlyOnce,
             };
+            let kind = if inbox.as_ref().is_some_and(|i| std::ptr::eq(i, s)) {
+                RuleKind::Inbox
+            } else if s.fanout == SourceFanout::Owner {
+                RuleKind::Owner
+            } else {
+                RuleKind::Local
+            };
+            match kind {
+                RuleKind::Owner => shared_group.push(s.topic.clone()),
+                RuleKind::Inbox => inbox_group.push(s.topic.clone()),
+                RuleKind::Local => own_group.push(s.topic.clone()),
+            }
             sources.insert(
                 s.topic.clone(),
                 SourceRule {
@@ -202,54 +259,154 @@ impl KafkaInbound {
                     from,
                     qos,
                     skip_own: s.skip_own,
+                    kind,
                 },
             );
+        }
+        if sources.is_empty() {
+            return Ok(None);
+        }
+        let base = |group: &str, id: &str| {
+            let mut cc = ClientConfig::new();
+            cc.set("bootstrap.servers", &k.brokers)
+                .set("group.id", group)
+                .set("client.id", format!("tether-n{me}-{id}"))
+                .set("enable.auto.commit", "true")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "latest")
+                .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
+                .set(
+                    "statistics.interval.ms",
+                    super::STATS_INTERVAL_MS.to_string(),
+                );
+            for (key, value) in &k.consumer {
+                cc.set(key, value);
+            }
+            cc
+        };
+        let mut plans = Vec::new();
+        if !own_group.is_empty() {
+            let group = k.group_of(me);
+            info!(group, topics = ?own_group, "Kafka sources: consuming");
+            plans.push(Plan {
+                cc: base(&group, "in"),
+                reads: Reads::Sources(own_group),
+                seen: Seen::default(),
+            });
+        }
+        if !shared_group.is_empty() {
+            info!(group = %k.shared_group, topics = ?shared_group, "Kafka owner-mode sources: consuming");
+            plans.push(Plan {
+                cc: base(&k.shared_group, "owner"),
+                reads: Reads::Sources(shared_group),
+                seen: Seen::default(),
+            });
+        }
+        if !inbox_group.is_empty() {
+            // Its own group, read from the earliest record the first time:
+            // other nodes send here as soon as they read this node's
+            // interest, which can be before the group's first assignment,
+            // and "latest" would skip those records.
+            let mut cc = base(&format!("tether-{me}-inbox"), "inbox");
+            cc.set("auto.offset.reset", "earliest");
+            plans.push(Plan {
+                cc,
+                reads: Reads::Sources(inbox_group),
+                seen: Seen::default(),
+            });
+        }
+        let loaded = Arc::new(AtomicBool::new(!k.cluster.enabled()));
+        if k.cluster.enabled() {
+            // Read from the start every time, committing nothing: the view
+            // is rebuilt from the whole (compacted) topic at each start.
+            let mut cc = base(&format!("tether-{me}-interest"), "interest");
+            cc.set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("enable.partition.eof", "true");
+            plans.push(Plan {
+                cc,
+                reads: Reads::Registry(k.cluster.interest_topic.clone()),
+                seen: Seen::default(),
+            });
         }
         let metrics = Arc::new(InMetrics::default());
         let ctx = Ctx {
             sources,
-            node: cfg.node.id.to_string(),
+            node: me.to_string(),
             user_topic: cfg.http.user_topic.clone(),
             client_topic: cfg.http.client_topic.clone(),
             broadcast_topic: cfg.http.broadcast_topic.clone(),
             bridge: None,
             metrics: metrics.clone(),
+            jobs,
+            forward_seq: AtomicU64::new(0),
+            loaded: loaded.clone(),
+            started_ms: super::producer::now_ms() as i64,
         };
-        info!(group, topics = ?topics, "Kafka sources: consuming");
         Ok(Some(KafkaInbound {
-            ready: Mutex::new(Some((cc, topics, ctx))),
+            seen: plans.iter().map(|p| p.seen.clone()).collect(),
+            ready: Mutex::new(Some((plans, ctx))),
             stop: Mutex::new(None),
             thread: Mutex::new(None),
             metrics,
-            seen: Seen::default(),
+            loaded,
         }))
     }
 
     /// Starts the `tether-kafka-in` thread, delivering through `bridge`.
     pub fn start(&self, bridge: Arc<Bridge>) -> Result<(), KafkaSetupError> {
-        let Some((cc, topics, mut ctx)) = lock(&self.ready).take() else {
+        let Some((plans, mut ctx)) = lock(&self.ready).take() else {
             return Ok(());
         };
         ctx.bridge = Some(bridge);
-        // rdkafka's stream consumer is made inside the runtime that will
-        // drive it; the runtime then moves to the thread.
+        // rdkafka's stream consumers are made inside the runtime that will
+        // drive them; the runtime then moves to the thread.
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .map_err(KafkaSetupError::Thread)?;
-        let consumer: SourceConsumer = {
-            let _inside = rt.enter();
-            cc.create_with_context(self.seen.clone())
-                .map_err(|e| KafkaSetupError::Config(e.to_string()))?
-        };
-        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
-        let (stop, stopped) = oneshot::channel();
+        let ctx = Arc::new(ctx);
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
+            Vec::new();
+        for plan in plans {
+            let consumer: SourceConsumer = {
+                let _inside = rt.enter();
+                plan.cc
+                    .create_with_context(plan.seen)
+                    .map_err(|e| KafkaSetupError::Config(e.to_string()))?
+            };
+            match plan.reads {
+                Reads::Sources(topics) => {
+                    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+                    consumer
+                        .subscribe(&topics)
+                        .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
+                    tasks.push(Box::pin(run(ctx.clone(), consumer, stopped.clone())));
+                }
+                Reads::Registry(topic) => {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition_offset(&topic, 0, Offset::Beginning)
+                        .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
+                    consumer
+                        .assign(&tpl)
+                        .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
+                    let ctx = ctx.clone();
+                    let read = super::registry::run(
+                        consumer,
+                        ctx.jobs.clone(),
+                        ctx.loaded.clone(),
+                        stopped.clone(),
+                    );
+                    tasks.push(Box::pin(read));
+                }
+            }
+        }
         let thread = std::thread::Builder::new()
             .name("tether-kafka-in".into())
-            .spawn(move || rt.block_on(run(ctx, consumer, stopped)))
+            .spawn(move || {
+                rt.block_on(futures_util::future::join_all(tasks));
+            })
             .map_err(KafkaSetupError::Thread)?;
         *lock(&self.stop) = Some(stop);
         *lock(&self.thread) = Some(thread);
@@ -261,26 +418,35 @@ impl KafkaInbound {
         LabelledGauge {
             name: "kafka_consumer_lag",
             help: "Records of a source's partition not yet consumed and committed by this node (librdkafka's consumer_lag).",
-            values: lock(&self.seen.0.lag)
+            values: self
+                .seen
                 .iter()
-                .map(|(t, p, lag)| (format!("topic=\"{t}\",partition=\"{p}\""), *lag))
+                .flat_map(|seen| {
+                    lock(&seen.0.lag)
+                        .iter()
+                        .map(|(t, p, lag)| (format!("topic=\"{t}\",partition=\"{p}\""), *lag))
+                        .collect::<Vec<_>>()
+                })
                 .collect(),
         }
     }
 
     /// What does not work, for `/readyz`.
     pub(crate) fn degraded(&self) -> Vec<String> {
-        if self.seen.0.brokers_down.load(Relaxed) {
-            vec!["kafka consumer: no broker is up".into()]
-        } else {
-            Vec::new()
+        let mut out = Vec::new();
+        if self.seen.iter().any(|s| s.0.brokers_down.load(Relaxed)) {
+            out.push("kafka consumer: no broker is up".into());
         }
+        if !self.loaded.load(Relaxed) {
+            out.push("kafka cluster: the interest topic is not read to its end yet".into());
+        }
+        out
     }
 
     /// Stops consuming: what the cores accepted is committed.
     pub fn stop(&self) {
         if let Some(s) = lock(&self.stop).take() {
-            let _ = s.send(());
+            let _ = s.send(true);
         }
         let thread = lock(&self.thread).take();
         if let Some(t) = thread {
@@ -296,6 +462,7 @@ impl KafkaInbound {
             ("kafka_records_delivered", "Records the cores accepted as MQTT messages (their offsets may be committed).", m.delivered.load(Relaxed), true),
             ("kafka_records_skipped_own", "Records this node produced itself, passed over (skip_own).", m.skipped_own.load(Relaxed), true),
             ("kafka_records_undeliverable", "Records that could not become an MQTT message (missing header or key, invalid topic, denied).", m.undeliverable.load(Relaxed), true),
+            ("kafka_records_stale", "Cluster inbox records sent before this process started (for the node's earlier life), passed over.", m.stale.load(Relaxed), true),
             ("kafka_busy_retries", "Times a busy core was offered a record again.", m.busy_retries.load(Relaxed), true),
             ("kafka_consumer_errors", "Consumer errors (broker unreachable, rebalance failures, ...).", m.errors.load(Relaxed), true),
         ]
@@ -324,6 +491,14 @@ struct Ctx {
     /// Set by [`KafkaInbound::start`].
     bridge: Option<Arc<Bridge>>,
     metrics: Arc<InMetrics>,
+    /// The producer thread: owner-mode forwards.
+    jobs: Sender<Job>,
+    /// Sequence of the ids of forwarded records.
+    forward_seq: AtomicU64,
+    /// See [`KafkaInbound::loaded`].
+    loaded: Arc<AtomicBool>,
+    /// When this process started, ms since the Unix epoch.
+    started_ms: i64,
 }
 
 /// Where a record's offset is stored once it is done.
@@ -333,12 +508,11 @@ struct Place {
     offset: i64,
 }
 
-async fn run(ctx: Ctx, consumer: SourceConsumer, mut stopped: oneshot::Receiver<()>) {
-    let ctx = Arc::new(ctx);
+async fn run(ctx: Arc<Ctx>, consumer: SourceConsumer, mut stopped: watch::Receiver<bool>) {
     let mut inflight = FuturesOrdered::new();
     loop {
         tokio::select! {
-            _ = &mut stopped => break,
+            _ = stopped.changed() => break,
             m = consumer.recv(), if inflight.len() < WINDOW => match m {
                 Ok(m) => {
                     ctx.metrics.consumed.fetch_add(1, Relaxed);
@@ -397,8 +571,18 @@ fn done(consumer: &SourceConsumer, place: Place, outcome: Outcome) -> bool {
 
 /// A record made into a publish, or why it is passed over.
 enum Request {
-    Publish(PublishRequest),
+    Publish {
+        req: PublishRequest,
+        /// Only these shared-subscription groups (a cluster inbox record).
+        shares: Option<Arc<[GroupKey]>>,
+        /// Forward to the other nodes with interest too (owner mode).
+        forward: bool,
+    },
     SkipOwn,
+    /// A cluster inbox record sent before this process started: meant for
+    /// the node's earlier life (its clients then), not for whoever
+    /// subscribed since.
+    Stale,
     Undeliverable(&'static str),
 }
 
@@ -413,6 +597,11 @@ impl Ctx {
         };
         if rule.skip_own && header("x-node") == Some(self.node.as_bytes()) {
             return Request::SkipOwn;
+        }
+        if rule.kind == RuleKind::Inbox
+            && m.timestamp().to_millis().is_some_and(|t| t < self.started_ms)
+        {
+            return Request::Stale;
         }
         let Some(value) = rule.from.render(m.key(), header) else {
             return Request::Undeliverable(
@@ -449,21 +638,58 @@ impl Ctx {
             _ => rule.qos,
         };
         let retain = rule.target == SourceTarget::Topic && header("x-retain") == Some(b"1");
-        Request::Publish(PublishRequest {
-            topic,
-            payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-            qos,
-            retain,
-            properties: (!props.user_properties.is_empty()).then(|| Box::new(props)),
-        })
+        // The sending node picked this one for the groups it names.
+        let shares = (rule.kind == RuleKind::Inbox).then(|| {
+            m.headers()
+                .into_iter()
+                .flat_map(|h| h.iter())
+                .filter(|h| h.key == "x-share")
+                .filter_map(|h| GroupKey::parse(std::str::from_utf8(h.value?).ok()?))
+                .collect::<Vec<_>>()
+                .into()
+        });
+        Request::Publish {
+            req: PublishRequest {
+                topic,
+                payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                qos,
+                retain,
+                properties: (!props.user_properties.is_empty()).then(|| Box::new(props)),
+            },
+            shares,
+            forward: rule.kind == RuleKind::Owner,
+        }
+    }
+
+    /// An owner-mode record as a message for the other nodes.
+    fn outgoing(&self, req: &PublishRequest) -> Outgoing {
+        let id = FORWARD_IDS | (self.forward_seq.fetch_add(1, Relaxed) & super::PUSH_SEQ_MASK);
+        let msg = crate::session::Message::new(
+            id,
+            req.clone().into_publication(),
+            std::time::Instant::now(),
+        );
+        Outgoing {
+            msg: Arc::new(msg),
+            client_id: None,
+            username: None,
+        }
     }
 }
 
 /// Hands a record to the cores until they accept it (or it can never be).
 async fn deliver(ctx: &Ctx, req: Request) -> Outcome {
     let m = &ctx.metrics;
-    let req = match req {
-        Request::Publish(r) => r,
+    let (req, shares, forward) = match req {
+        Request::Publish {
+            req,
+            shares,
+            forward,
+        } => (req, shares, forward),
+        Request::Stale => {
+            m.stale.fetch_add(1, Relaxed);
+            return Outcome::Passed;
+        }
         Request::SkipOwn => {
             m.skipped_own.fetch_add(1, Relaxed);
             return Outcome::Passed;
@@ -474,11 +700,53 @@ async fn deliver(ctx: &Ctx, req: Request) -> Outcome {
             return Outcome::Passed;
         }
     };
+    if forward {
+        // Both halves must be done before the offset is stored; they run
+        // side by side.
+        let out = ctx.outgoing(&req);
+        let (here, there) = tokio::join!(deliver_here(ctx, req, shares), forward_out(ctx, out));
+        return match (here, there) {
+            (Outcome::Stopping, _) | (_, Outcome::Stopping) => Outcome::Stopping,
+            (Outcome::Accepted, _) => Outcome::Accepted,
+            _ => Outcome::Passed,
+        };
+    }
+    deliver_here(ctx, req, shares).await
+}
+
+/// Hands an owner-mode record to the producer for the other nodes until
+/// every copy is in Kafka (or the gateway stops).
+async fn forward_out(ctx: &Ctx, out: Outgoing) -> Outcome {
+    loop {
+        let (ack, answer) = oneshot::channel();
+        let job = Job::Forward {
+            out: out.clone(),
+            ack,
+        };
+        if ctx.jobs.send(job).is_err() {
+            return Outcome::Stopping;
+        }
+        match answer.await {
+            Ok(Produced::Done) => return Outcome::Accepted,
+            Ok(Produced::Failed(why)) => {
+                debug!("Kafka record not forwarded yet ({why}); again");
+                ctx.metrics.busy_retries.fetch_add(1, Relaxed);
+                tokio::time::sleep(BUSY_RETRY).await;
+            }
+            Err(_) => return Outcome::Stopping,
+        }
+    }
+}
+
+/// Hands a record to this node's cores until they accept it (or it can
+/// never be).
+async fn deliver_here(ctx: &Ctx, req: PublishRequest, shares: Option<Arc<[GroupKey]>>) -> Outcome {
+    let m = &ctx.metrics;
     loop {
         let Some(bridge) = &ctx.bridge else {
             return Outcome::Stopping;
         };
-        let answer = match bridge.publish_as(Source::Bridge, req.clone()) {
+        let answer = match bridge.publish_scoped(Source::Bridge, req.clone(), shares.clone()) {
             Ok(rx) => rx.await.unwrap_or(Err(Refusal::ShuttingDown)),
             Err(r) => Err(r),
         };

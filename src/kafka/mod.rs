@@ -10,9 +10,13 @@
 //! | `routes.rs` | the routes: matching, record keys, headers |
 //! | `producer.rs` | the `tether-kafka` thread and its figures |
 //! | `consumer.rs` | [`KafkaInbound`]: the `tether-kafka-in` thread, sources' records to MQTT, at least once |
+//! | `cluster.rs` | the cluster view: who subscribed to what, and where a message goes |
+//! | `registry.rs` | reading the interest topic into the view |
 
+mod cluster;
 mod consumer;
 mod producer;
+mod registry;
 mod routes;
 
 use std::sync::{Arc, Mutex};
@@ -48,7 +52,7 @@ const STUCK_AFTER_MS: u64 = 5000;
 /// Message ids of the API's pushes: the top byte 0xff, which no core
 /// (whose index is the top byte of its ids) has, so `x-id` stays unique.
 const PUSH_IDS: u64 = 0xff << 56;
-const PUSH_SEQ_MASK: u64 = (1 << 56) - 1;
+pub(crate) const PUSH_SEQ_MASK: u64 = (1 << 56) - 1;
 
 /// The Kafka producer behind the outbound seam.
 pub struct KafkaOutbound {
@@ -59,6 +63,10 @@ pub struct KafkaOutbound {
     push_topic: String,
     /// Whether `kafka.events_topic` is set.
     events: bool,
+    /// Whether the cluster bus (`[kafka.cluster]`) is on.
+    cluster: bool,
+    /// The cluster view's figures.
+    cluster_figures: Arc<producer::ClusterFigures>,
     /// Sequence of the API's pushes (their ids).
     push_seq: std::sync::atomic::AtomicU64,
     /// When the bridge started, ms since the Unix epoch (the producer is
@@ -128,11 +136,20 @@ impl KafkaOutbound {
             })
             .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
         let routes = Routes::new(&k.route);
+        let cluster_figures = Arc::new(producer::ClusterFigures::default());
+        let cluster = k.cluster.enabled().then(|| producer::Cluster {
+            config: k.cluster.clone(),
+            me: cfg.node.id,
+            incarnation: producer::now_ms(),
+            view: cluster::ClusterView::new(cfg.node.id),
+            figures: cluster_figures.clone(),
+        });
         let ctx = producer::Ctx {
             producer,
             routes: routes.clone(),
             push_topic: k.push_topic.clone(),
             events_topic: k.events_topic.clone(),
+            cluster,
             node: cfg.node.id.to_string(),
             delivery_timeout: std::time::Duration::from_millis(k.delivery_timeout_ms),
             metrics: metrics.clone(),
@@ -143,7 +160,9 @@ impl KafkaOutbound {
             .spawn(move || producer::run(ctx, rx))
             .map_err(KafkaSetupError::Thread)?;
         Ok(KafkaOutbound {
-            inbound: KafkaInbound::new(cfg)?,
+            inbound: KafkaInbound::new(cfg, jobs.clone())?,
+            cluster: k.cluster.enabled(),
+            cluster_figures,
             routes,
             brokers: k.brokers.clone(),
             push_topic: k.push_topic.clone(),
@@ -159,7 +178,22 @@ impl KafkaOutbound {
 
 impl Outbound for KafkaOutbound {
     fn policy(&self, topic: &str) -> OutboundPolicy {
+        if self.cluster && !topic.starts_with('$') {
+            // Other nodes may want it: the thread knows which, and answers
+            // at once when none does.
+            return OutboundPolicy::Confirm;
+        }
         self.routes.policy(topic)
+    }
+
+    fn wants_interest(&self) -> bool {
+        self.cluster
+    }
+
+    fn interest(&self, change: crate::bridge::outbound::InterestChange) {
+        // A stopped thread drops it (and a SUBACK's share with it: the
+        // gateway is stopping).
+        let _ = self.jobs.send(Job::Interest(change));
     }
 
     fn send(&self, out: Outgoing, ack: ReplyTo<Produced>) {
@@ -204,6 +238,35 @@ impl Outbound for KafkaOutbound {
             ("kafka_queue_full", "Times a message met librdkafka's full queue and was offered again.", m.queue_full.load(Relaxed), true),
         ];
         figures.extend(inbound);
+        if self.cluster {
+            let c = &self.cluster_figures;
+            figures.extend([
+                (
+                    "kafka_cluster_nodes",
+                    "Nodes up in the cluster, as their announcements say (this one included).",
+                    c.nodes.load(Relaxed) as u64,
+                    false,
+                ),
+                (
+                    "kafka_cluster_interest_entries",
+                    "Interest announcements (filter, node, core) held in the cluster view.",
+                    c.entries.load(Relaxed) as u64,
+                    false,
+                ),
+                (
+                    "kafka_cluster_forwarded",
+                    "Copies of messages produced to other nodes' topics.",
+                    c.forwarded.load(Relaxed),
+                    true,
+                ),
+                (
+                    "kafka_cluster_local_only",
+                    "Messages no other node had subscribers for (nothing produced).",
+                    c.local_only.load(Relaxed),
+                    true,
+                ),
+            ]);
+        }
         figures
     }
 

@@ -21,9 +21,13 @@ use rdkafka::Statistics;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
+use super::cluster::{self, ClusterView, Update};
 use super::routes::{headers, Routes};
-use crate::bridge::outbound::{ConnEvent, ConnEventKind, OutboundError, Outgoing, Produced};
+use crate::bridge::outbound::{
+    ConnEvent, ConnEventKind, InterestChange, OutboundError, Outgoing, Produced,
+};
 use crate::bridge::ReplyTo;
+use crate::session::Confirm;
 use crate::stats::Histogram;
 
 /// Pause before offering messages again to a full librdkafka queue.
@@ -47,8 +51,20 @@ pub(crate) enum Job {
         /// The waiting request handler.
         ack: oneshot::Sender<Produced>,
     },
+    /// Forward a record an owner-mode source took to the other nodes with
+    /// interest (`[kafka.cluster]`); answer `ack` once every copy is in.
+    Forward {
+        /// The message (its publisher is the source: no client, no user).
+        out: Outgoing,
+        /// The consuming task.
+        ack: oneshot::Sender<Produced>,
+    },
     /// Produce one connection event to `kafka.events_topic`.
     Event(ConnEvent),
+    /// Announce a core's interest change on the interest topic.
+    Interest(InterestChange),
+    /// An announcement read from the interest topic, for the view.
+    View(Update),
     /// Flush and stop.
     Stop,
 }
@@ -94,8 +110,12 @@ pub(crate) fn any_broker_up(s: &Statistics) -> bool {
 pub(crate) enum Answer {
     /// A core, for a publisher's acknowledgement.
     Core(ReplyTo<Produced>),
-    /// The HTTP API, for a push.
+    /// The HTTP API (a push) or the consumer (a forward).
     Api(oneshot::Sender<Produced>),
+    /// A SUBACK waiting for an interest announcement.
+    Confirm(Arc<Confirm>),
+    /// One of several records of one message.
+    Part(Arc<Gather>),
     /// Nobody (a connection event): only the figures count it.
     Nobody,
 }
@@ -106,9 +126,37 @@ impl Answer {
             Answer::Core(r) => r.send(p),
             // A handler that gave up does not need the answer.
             Answer::Api(tx) => drop(tx.send(p)),
+            Answer::Confirm(c) => c.release(p == Produced::Done),
+            Answer::Part(g) => g.part(p),
             Answer::Nobody => {}
         }
     }
+}
+
+/// The records of one message (a route's and one per node with interest):
+/// its answer goes out when the last report is in, a failure if any failed.
+pub(crate) struct Gather {
+    left: AtomicUsize,
+    failure: std::sync::Mutex<Option<Produced>>,
+    whole: std::sync::Mutex<Option<Answer>>,
+}
+
+impl Gather {
+    fn part(&self, p: Produced) {
+        if p != Produced::Done {
+            *lock(&self.failure) = Some(p);
+        }
+        if self.left.fetch_sub(1, Relaxed) == 1 {
+            let answer = lock(&self.failure).take().unwrap_or(Produced::Done);
+            if let Some(whole) = lock(&self.whole).take() {
+                whole.send(answer);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What travels with a record through librdkafka and comes back with its
@@ -161,49 +209,114 @@ pub(crate) struct Ctx {
     pub push_topic: String,
     /// `kafka.events_topic` (empty: no connection events).
     pub events_topic: String,
+    /// `[kafka.cluster]`, when on.
+    pub cluster: Option<Cluster>,
     /// This node's id, as the `x-node` header writes it.
     pub node: String,
     pub delivery_timeout: Duration,
     pub metrics: Arc<Metrics>,
 }
 
-/// A message librdkafka's full queue turned away, to offer again.
+/// The cluster bus as the thread sees it.
+pub(crate) struct Cluster {
+    /// `kafka.cluster.node_topic`, to render per node.
+    pub config: crate::config::ClusterConfig,
+    /// This node's id.
+    pub me: u16,
+    /// This process's incarnation (start time, ms): its hello.
+    pub incarnation: u64,
+    /// Who subscribed to what, cluster-wide.
+    pub view: ClusterView,
+    /// The view's size, for `/metrics` (written here only).
+    pub figures: Arc<ClusterFigures>,
+}
+
+/// The cluster view's size and what was routed by it.
+#[derive(Default)]
+pub(crate) struct ClusterFigures {
+    /// Nodes that are up (this one included).
+    pub nodes: AtomicUsize,
+    /// Interest announcements held.
+    pub entries: AtomicUsize,
+    /// Copies of client messages produced to other nodes.
+    pub forwarded: AtomicU64,
+    /// Client messages no other node wanted (not produced).
+    pub local_only: AtomicU64,
+}
+
+/// One record to produce.
+enum Rec {
+    /// A message to its route's topic.
+    Route(Outgoing),
+    /// An API publish to the push topic.
+    Push(Outgoing),
+    /// A message to another node's topic, with the groups it serves.
+    Node {
+        out: Outgoing,
+        node: u16,
+        shares: Vec<Arc<str>>,
+    },
+    /// An announcement on the interest topic (`None`: a tombstone).
+    Registry { key: String, value: Option<String> },
+}
+
+/// A record librdkafka's full queue turned away, to offer again.
 struct Waiting {
-    out: Outgoing,
-    push: bool,
+    rec: Rec,
     pending: Box<Pending>,
 }
 
 /// Runs until [`Job::Stop`] or until every sender is gone, then flushes.
-pub(crate) fn run(ctx: Ctx, jobs: Receiver<Job>) {
+pub(crate) fn run(mut ctx: Ctx, jobs: Receiver<Job>) {
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
+    if let Some(c) = &ctx.cluster {
+        let hello = Rec::Registry {
+            key: cluster::node_key(c.me),
+            value: Some(cluster::hello_value(c.incarnation)),
+        };
+        offer(&ctx, hello, Answer::Nobody, &mut waiting);
+    }
     loop {
         let job = if waiting.is_empty() {
             jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
         } else {
             jobs.recv_timeout(QUEUE_FULL_RETRY)
         };
-        let job = match job {
-            Ok(Job::Send { out, ack }) => Some((out, false, Answer::Core(ack))),
-            Ok(Job::Push { out, ack }) => Some((out, true, Answer::Api(ack))),
+        let (recs, ack) = match job {
+            Ok(Job::Send { out, ack }) => (plan(&mut ctx, out, true), Answer::Core(ack)),
+            Ok(Job::Push { out, ack }) => (vec![Rec::Push(out)], Answer::Api(ack)),
+            Ok(Job::Forward { out, ack }) => (plan(&mut ctx, out, false), Answer::Api(ack)),
+            Ok(Job::Interest(change)) => announce(&ctx, change),
+            Ok(Job::View(u)) => {
+                if let Some(c) = &mut ctx.cluster {
+                    c.view.apply(u);
+                    c.figures.nodes.store(c.view.nodes(), Relaxed);
+                    c.figures.entries.store(c.view.entries(), Relaxed);
+                }
+                continue;
+            }
             Ok(Job::Event(ev)) => {
                 event(&ctx, ev);
-                None
+                (Vec::new(), Answer::Nobody)
             }
             Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Timeout) => (Vec::new(), Answer::Nobody),
         };
-        if let Some((out, push, ack)) = job {
-            let pending = Box::new(Pending {
-                ack,
-                started: Instant::now(),
-            });
-            let w = Waiting { out, push, pending };
-            if waiting.is_empty() {
-                produce(&ctx, w, &mut waiting);
-            } else {
-                // Behind what waits, so a publisher's order holds.
-                waiting.push_back(w);
+        match recs.len() {
+            0 => ack.send(Produced::Done),
+            1 => {
+                let rec = recs.into_iter().next().expect("one record");
+                offer(&ctx, rec, ack, &mut waiting);
+            }
+            n => {
+                let gather = Arc::new(Gather {
+                    left: AtomicUsize::new(n),
+                    failure: Default::default(),
+                    whole: std::sync::Mutex::new(Some(ack)),
+                });
+                for rec in recs {
+                    offer(&ctx, rec, Answer::Part(gather.clone()), &mut waiting);
+                }
             }
         }
         // Offer again what waits, oldest first, until the queue is full.
@@ -222,6 +335,21 @@ pub(crate) fn run(ctx: Ctx, jobs: Receiver<Job>) {
     // already handed to librdkafka gets its report (and its publisher its
     // answer, if the core still listens) before the end.
     drop(waiting);
+    if let Some(c) = &ctx.cluster {
+        // Gone: the other nodes stop sending here.
+        let bye = Rec::Registry {
+            key: cluster::node_key(c.me),
+            value: None,
+        };
+        produce(
+            &ctx,
+            Waiting {
+                rec: bye,
+                pending: pending(Answer::Nobody),
+            },
+            &mut VecDeque::new(),
+        );
+    }
     if let Err(e) = ctx.producer.flush(FLUSH_TIMEOUT) {
         warn!(
             "Kafka: {} messages not flushed at shutdown: {e}",
@@ -230,27 +358,166 @@ pub(crate) fn run(ctx: Ctx, jobs: Receiver<Job>) {
     }
 }
 
-/// Hands one message to librdkafka; on a full queue it goes to the back
+fn pending(ack: Answer) -> Box<Pending> {
+    Box::new(Pending {
+        ack,
+        started: Instant::now(),
+    })
+}
+
+/// Hands a record to librdkafka, or queues it behind what already waits
+/// (so a publisher's order holds).
+fn offer(ctx: &Ctx, rec: Rec, ack: Answer, waiting: &mut VecDeque<Waiting>) {
+    let w = Waiting {
+        rec,
+        pending: pending(ack),
+    };
+    if waiting.is_empty() {
+        produce(ctx, w, waiting);
+    } else {
+        waiting.push_back(w);
+    }
+}
+
+/// The records of one message: its route's (`routed`: a client's message,
+/// when a route matches) and, with the cluster bus, one per other node
+/// with interest. None: nothing leaves, and the publisher is answered at
+/// once.
+fn plan(ctx: &mut Ctx, out: Outgoing, routed: bool) -> Vec<Rec> {
+    let mut recs = Vec::new();
+    if let Some(c) = &mut ctx.cluster {
+        if !out.msg.topic.starts_with('$') {
+            let targets = c.view.targets(&out.msg.topic, out.msg.retain);
+            if targets.is_empty() {
+                c.figures.local_only.fetch_add(1, Relaxed);
+            }
+            for (node, shares) in targets {
+                c.figures.forwarded.fetch_add(1, Relaxed);
+                recs.push(Rec::Node {
+                    out: out.clone(),
+                    node,
+                    shares,
+                });
+            }
+        }
+    }
+    if routed && ctx.routes.find(&out.msg.topic).is_some() {
+        recs.push(Rec::Route(out));
+    }
+    recs
+}
+
+/// A core's interest change, as a record of the interest topic.
+fn announce(ctx: &Ctx, change: InterestChange) -> (Vec<Rec>, Answer) {
+    let ack = match change.confirm {
+        Some(c) => Answer::Confirm(c),
+        None => Answer::Nobody,
+    };
+    let Some(c) = &ctx.cluster else {
+        return (Vec::new(), ack);
+    };
+    let rec = Rec::Registry {
+        key: cluster::interest_key(c.me, change.core, &change.filter),
+        value: change.on.then(|| "1".to_string()),
+    };
+    (vec![rec], ack)
+}
+
+/// What a record is made of.
+struct Parts<'a> {
+    topic: std::borrow::Cow<'a, str>,
+    key: String,
+    /// `None`: a tombstone.
+    payload: Option<&'a [u8]>,
+    headers: Option<OwnedHeaders>,
+    /// Set for announcements (one partition keeps their order).
+    partition: Option<i32>,
+}
+
+/// Hands one record to librdkafka; on a full queue it goes to the back
 /// of `waiting` (or fails, past its delivery timeout).
 fn produce(ctx: &Ctx, w: Waiting, waiting: &mut VecDeque<Waiting>) {
     let m = &ctx.metrics;
-    let Waiting { out, push, pending } = w;
-    // A push is keyed by its MQTT topic: one user's pushes keep their order.
-    let (topic, key, event) = if push {
-        (ctx.push_topic.as_str(), out.msg.topic.to_string(), "push")
-    } else {
-        let Some(route) = ctx.routes.find(&out.msg.topic) else {
-            pending.ack.send(Produced::Failed(OutboundError::Refused(
-                "no route matches the topic".into(),
-            )));
-            return;
-        };
-        (route.topic.as_str(), route.key(&out), "publish")
+    let Waiting { rec, pending } = w;
+    let Parts {
+        topic,
+        key,
+        payload,
+        headers,
+        partition,
+    } = match &rec {
+        Rec::Route(out) => {
+            let Some(route) = ctx.routes.find(&out.msg.topic) else {
+                pending.ack.send(Produced::Failed(OutboundError::Refused(
+                    "no route matches the topic".into(),
+                )));
+                return;
+            };
+            Parts {
+                topic: route.topic.as_str().into(),
+                key: route.key(out),
+                payload: Some(&out.msg.payload[..]),
+                headers: Some(headers(out, "publish", &ctx.node)),
+                partition: None,
+            }
+        }
+        // A push is keyed by its MQTT topic: one user's pushes keep their
+        // order.
+        Rec::Push(out) => Parts {
+            topic: ctx.push_topic.as_str().into(),
+            key: out.msg.topic.to_string(),
+            payload: Some(&out.msg.payload[..]),
+            headers: Some(headers(out, "push", &ctx.node)),
+            partition: None,
+        },
+        Rec::Node { out, node, shares } => {
+            let c = ctx.cluster.as_ref().expect("node records need the cluster");
+            let mut h = headers(out, "publish", &ctx.node);
+            for s in shares {
+                h = h.insert(Header {
+                    key: "x-share",
+                    value: Some(s.as_bytes()),
+                });
+            }
+            // Keyed by publisher: its messages keep their order on the
+            // receiving node's partition.
+            let key = match out.client_id.as_deref() {
+                Some(c) => c.to_string(),
+                None => out.msg.topic.to_string(),
+            };
+            Parts {
+                topic: c.config.topic_of(*node).into(),
+                key,
+                payload: Some(&out.msg.payload[..]),
+                headers: Some(h),
+                partition: None,
+            }
+        }
+        // One partition: announcements keep their order.
+        Rec::Registry { key, value } => {
+            let c = ctx
+                .cluster
+                .as_ref()
+                .expect("announcements need the cluster");
+            Parts {
+                topic: c.config.interest_topic.as_str().into(),
+                key: key.clone(),
+                payload: value.as_deref().map(str::as_bytes),
+                headers: None,
+                partition: Some(0),
+            }
+        }
     };
-    let record = BaseRecord::with_opaque_to(topic, pending)
-        .payload(&out.msg.payload[..])
-        .key(&key)
-        .headers(headers(&out, event, &ctx.node));
+    let mut record = BaseRecord::with_opaque_to(&topic, pending).key(&key);
+    if let Some(p) = payload {
+        record = record.payload(p);
+    }
+    if let Some(h) = headers {
+        record = record.headers(h);
+    }
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
     m.inflight.fetch_add(1, Relaxed);
     match ctx.producer.send(record) {
         Ok(()) => {}
@@ -260,7 +527,7 @@ fn produce(ctx: &Ctx, w: Waiting, waiting: &mut VecDeque<Waiting>) {
             m.inflight.fetch_sub(1, Relaxed);
             m.queue_full.fetch_add(1, Relaxed);
             let pending = back.delivery_opaque;
-            waiting.push_back(Waiting { out, push, pending });
+            waiting.push_back(Waiting { rec, pending });
         }
         Err((e, back)) => {
             m.inflight.fetch_sub(1, Relaxed);

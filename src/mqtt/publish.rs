@@ -17,7 +17,7 @@ use crate::auth::{AclRequest, Action, Permit, Source};
 use crate::bridge::outbound::OutboundPolicy;
 use crate::bridge::{PublishRequest, Receipt, Refusal};
 use crate::codec::{reason, topic, Ack, Packet, Publish, QoS};
-use crate::id::ConnKey;
+use crate::id::{ConnKey, GroupKey};
 use crate::session::{Message, Publication};
 use crate::shard::{ApiPublish, Core, CoreState, Parked, PendingKind, Waiting};
 use crate::stats::bump;
@@ -483,7 +483,13 @@ pub(super) fn pubrel(
 /// learns the message id once the message reached every local subscriber
 /// and every interested core's queue (and, when an outbound rule confirms
 /// it, the bridge), or why not.
-pub fn on_bridge_publish(core: &Core, req: PublishRequest, source: Source, done: Option<Receipt>) {
+pub fn on_bridge_publish(
+    core: &Core,
+    req: PublishRequest,
+    source: Source,
+    shares: Option<Arc<[GroupKey]>>,
+    done: Option<Receipt>,
+) {
     let refuse = |done: Option<Receipt>, r: Refusal| {
         if let Some(done) = done {
             // A caller that gave up waiting dropped its receiver; sending
@@ -526,11 +532,12 @@ pub fn on_bridge_publish(core: &Core, req: PublishRequest, source: Source, done:
         return refuse(done, Refusal::Busy);
     }
     let owned = (permit == Permit::Ask).then(|| acl.to_owned());
-    let msg = Message::new(
+    let mut msg = Message::new(
         core.message_id(),
         req.into_publication(),
         core.clock().instant(),
     );
+    msg.shares = shares;
     match (permit, owned) {
         (Permit::Allow, _) => finish_api(core, st, msg, policy, done),
         (Permit::Ask, Some(acl)) => {

@@ -173,7 +173,7 @@ fn apply(
             }
         };
         let is_shared = topic::parse_shared(&filter).is_some();
-        core.index_sub(st, &filter, key, opts, id);
+        core.index_sub(st, &filter, key, opts, id, held.as_ref().map(|(_, c)| c));
         core.journal_for(st, key, |session| StoreOp::Subscribe {
             session,
             filter: filter.as_str().into(),

@@ -43,6 +43,10 @@ pub struct Message {
     /// Set when the publisher's acknowledgement waits for the message to be
     /// durable wherever it goes (see [`Confirm`]).
     pub confirm: Option<Arc<Confirm>>,
+    /// The shared-subscription groups this node serves it to: `None`,
+    /// every matching group; `Some`, only those (another node forwarded
+    /// it and picked this node for them, `[kafka.cluster]`).
+    pub shares: Option<Arc<[GroupKey]>>,
 }
 
 /// What a publisher (a client, a will, the HTTP API, `$SYS`) asks to
@@ -89,6 +93,7 @@ impl Message {
             expires_at,
             born: now,
             confirm: None,
+            shares: None,
         }
     }
 

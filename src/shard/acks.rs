@@ -135,14 +135,20 @@ impl Core {
     /// Holds the SUBACK of the SUBSCRIBE being applied to `key` until its
     /// subscriptions are stored: the returned confirm takes one share per
     /// stored subscription, and the caller gives the SUBACK to
-    /// [`Core::suback_ready`] when it is built. `None`: nothing to wait for
-    /// (not a persistent session, or durability is async).
+    /// [`Core::suback_ready`] when it is built. With `[kafka.cluster]` it
+    /// also waits for a filter new to this core to be announced to the
+    /// other nodes, so a message published anywhere after the SUBACK finds
+    /// the subscription. `None`: nothing to wait for (not a persistent
+    /// session, or durability is async, and no cluster).
     pub fn hold_suback(&self, st: &mut CoreState, key: ConnKey) -> Option<(u64, Arc<Confirm>)> {
-        if !self.waits_for_durability() {
+        let cluster = st.cluster.on;
+        if !self.waits_for_durability() && !cluster {
             return None;
         }
         let e = st.entry(key)?;
-        e.session.durable.as_ref()?;
+        if !cluster {
+            e.session.durable.as_ref()?;
+        }
         let seq = e
             .link
             .as_mut()?

@@ -21,7 +21,7 @@ use super::{count, hop, Core, CoreState, Phase};
 use crate::codec::SubOptions;
 use crate::id::{ConnKey, GroupKey, Location};
 use crate::mesh::CoreMsg;
-use crate::session::{sub_ids, Delivery, Message};
+use crate::session::{sub_ids, Confirm, Delivery, Message};
 use crate::stats::bump;
 
 /// How many times a message may bounce between the owner and members that
@@ -125,6 +125,11 @@ impl Groups {
     }
 }
 
+/// `$share/{group}/{filter}`: how a group is named to the cluster.
+pub fn share_name(key: &GroupKey) -> String {
+    format!("$share/{}/{}", key.group, key.filter)
+}
+
 impl Core {
     pub(super) fn share_join(
         &self,
@@ -133,10 +138,26 @@ impl Core {
         loc: Location,
         opts: SubOptions,
         id: u32,
+        confirm: Option<&Arc<Confirm>>,
     ) {
         match key.owner(self.node.cores.len()) {
-            owner if owner == self.id => self.group_join(st, key, loc, opts, id),
-            owner => self.route(owner, CoreMsg::ShareJoin { key, loc, opts, id }),
+            owner if owner == self.id => self.group_join(st, key, loc, opts, id, confirm),
+            owner => {
+                // The owner releases the share once it has announced a new
+                // group (or at once).
+                let confirm = confirm.map(|c| {
+                    c.hold();
+                    c.clone()
+                });
+                let msg = CoreMsg::ShareJoin {
+                    key,
+                    loc,
+                    opts,
+                    id,
+                    confirm,
+                };
+                self.route(owner, msg)
+            }
         }
     }
 
@@ -148,7 +169,8 @@ impl Core {
     }
 
     /// Owner: a member joins. A new group's filter enters the interest
-    /// summary so publishes on other cores reach this core.
+    /// summary so publishes on other cores reach this core, and the cluster
+    /// hears of the group (before `confirm`'s SUBACK goes out).
     pub(super) fn group_join(
         &self,
         st: &mut CoreState,
@@ -156,10 +178,15 @@ impl Core {
         loc: Location,
         opts: SubOptions,
         id: u32,
+        confirm: Option<&Arc<Confirm>>,
     ) {
         let filter = key.filter.clone();
+        let full = share_name(&key);
         if st.groups.join(key, Member { loc, opts, id }) {
             st.interest.add(&self.visible().interest, &filter);
+            if st.cluster.add(&full) {
+                self.announce_interest(full.into(), true, confirm);
+            }
         }
         self.count_members(st);
     }
@@ -173,6 +200,7 @@ impl Core {
     pub(super) fn group_leave(&self, st: &mut CoreState, key: GroupKey, loc: Location) {
         if st.groups.leave(&key, loc) {
             st.interest.remove(&key.filter);
+            st.cluster.remove(&share_name(&key));
         }
         self.count_members(st);
     }
@@ -190,6 +218,12 @@ impl Core {
             let Some(g) = st.groups.slab.get_mut(i as usize) else {
                 continue;
             };
+            if let Some(only) = &msg.shares {
+                // Another node serves the groups it did not name.
+                if !only.contains(&g.key) {
+                    continue;
+                }
+            }
             let Some(m) = g.pick() else { continue };
             let d = Delivery {
                 msg: msg.clone(),

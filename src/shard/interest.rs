@@ -16,6 +16,7 @@
 //!   test before this rule).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Number of first-level buckets (a power of two).
 const BUCKETS: usize = 4096;
@@ -124,9 +125,100 @@ impl LocalInterest {
     }
 }
 
+/// What this core tells the rest of the cluster about its subscriptions
+/// (`[kafka.cluster]`): filters by number of subscriptions, so that the
+/// outbound bridge hears only of a filter's first subscription and of its
+/// last one going. Off (and empty) unless the bridge asks for interest.
+///
+/// A filter that loses its last subscription is announced gone only at the
+/// next sweep, and only if it is still unused, for the same reason as the
+/// interest bits: a session moving between entries unindexes and
+/// re-indexes in one go, and other nodes must not see a gap.
+#[derive(Default)]
+pub struct NodeInterest {
+    /// Whether the bridge wants to know.
+    pub on: bool,
+    /// Subscriptions per filter (for a shared group, `$share/{g}/{f}` with
+    /// a count of 1 while it has connected members).
+    counts: ahash::AHashMap<Arc<str>, u32>,
+    /// Filters whose count reached zero since the last sweep.
+    stale: Vec<Arc<str>>,
+}
+
+impl NodeInterest {
+    /// Tracking when `on`; otherwise every call is a no-op.
+    pub fn new(on: bool) -> NodeInterest {
+        NodeInterest {
+            on,
+            ..Default::default()
+        }
+    }
+
+    /// One more subscription to `filter`; true when it is the first.
+    pub fn add(&mut self, filter: &str) -> bool {
+        if !self.on {
+            return false;
+        }
+        match self.counts.get_mut(filter) {
+            Some(n) => {
+                // Also when it comes back from zero before the sweep: it was
+                // never announced gone, so the world still knows it is here.
+                *n += 1;
+                false
+            }
+            None => {
+                self.counts.insert(filter.into(), 1);
+                true
+            }
+        }
+    }
+
+    /// One subscription fewer.
+    pub fn remove(&mut self, filter: &str) {
+        if let Some(n) = self.counts.get_mut(filter) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.stale.push(filter.into());
+            }
+        }
+    }
+
+    /// Filters still unused since they lost their last subscription: they
+    /// are forgotten and returned, to be announced gone.
+    pub fn sweep(&mut self) -> Vec<Arc<str>> {
+        let mut gone = Vec::new();
+        for f in self.stale.drain(..) {
+            if self.counts.get(&f) == Some(&0) {
+                self.counts.remove(&f);
+                gone.push(f);
+            }
+        }
+        gone
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_interest_announces_first_and_last() {
+        let mut n = NodeInterest::new(true);
+        assert!(n.add("a/b"), "first subscription");
+        assert!(!n.add("a/b"));
+        n.remove("a/b");
+        n.remove("a/b");
+        assert!(
+            !n.add("a/b"),
+            "re-added before the sweep: never announced gone"
+        );
+        n.remove("a/b");
+        assert_eq!(n.sweep(), vec![Arc::<str>::from("a/b")]);
+        assert!(n.sweep().is_empty());
+        assert!(n.add("a/b"), "announced gone, so announced again");
+        let mut off = NodeInterest::default();
+        assert!(!off.add("x"), "off: nothing to announce");
+    }
 
     #[test]
     fn tracks_first_level_and_root_wildcards() {

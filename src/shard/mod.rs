@@ -95,6 +95,8 @@ pub struct CoreState {
     /// Writes for the durable store, handed over once per executor turn.
     pub journal: Vec<crate::store::StoreOp>,
     interest: interest::LocalInterest,
+    /// The filters this core announces to the cluster (`[kafka.cluster]`).
+    cluster: interest::NodeInterest,
     next_gen: u32,
     next_seq: u64,
     /// Reused per fan-out to collect matches without allocating.
@@ -184,6 +186,7 @@ impl Core {
                 pending: Pending::new(&cfg.runtime),
                 journal: Vec::new(),
                 interest: Default::default(),
+                cluster: interest::NodeInterest::new(node.outbound.wants_interest()),
                 next_gen: 0,
                 next_seq: 0,
                 matches: Vec::new(),
@@ -324,7 +327,19 @@ impl Core {
             CoreMsg::RetainApply(msg) => {
                 self.apply_retained(st, msg);
             }
-            CoreMsg::ShareJoin { key, loc, opts, id } => self.group_join(st, key, loc, opts, id),
+            CoreMsg::ShareJoin {
+                key,
+                loc,
+                opts,
+                id,
+                confirm,
+            } => {
+                self.group_join(st, key, loc, opts, id, confirm.as_ref());
+                // The joining core's share: announcing held its own.
+                if let Some(c) = confirm {
+                    c.release(true);
+                }
+            }
             CoreMsg::ShareLeave { key, loc } => self.group_leave(st, key, loc),
             CoreMsg::ShareDeliver {
                 target,

@@ -416,7 +416,7 @@ impl Core {
         };
         let subs = e.session.subs.clone();
         for (filter, opts, id) in &subs {
-            self.index_sub(st, filter, key, *opts, *id);
+            self.index_sub(st, filter, key, *opts, *id, None);
         }
         let now = self.now();
         let e = st.entry(key).expect("caller checked the key");

@@ -156,7 +156,7 @@ impl Node {
             .session
             .subs
             .push((filter.into(), opts, 0));
-        c.index_sub(&mut st, filter, key, opts, 0);
+        c.index_sub(&mut st, filter, key, opts, 0, None);
     }
 
     fn publish(&self, core: usize, topic: &str, payload: &'static [u8]) {

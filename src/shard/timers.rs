@@ -22,6 +22,7 @@ impl Core {
         }
         let st = &mut *st;
         st.interest.sweep(&self.visible().interest);
+        self.sweep_cluster_interest(st);
     }
 
     fn on_timer(&self, st: &mut CoreState, key: ConnKey, timer: Timer, now: u64) {

@@ -77,22 +77,32 @@ impl Kafka {
 
     /// A new topic with a unique name starting with `tag`.
     pub async fn topic(&self, tag: &str, partitions: i32) -> String {
-        let name = format!(
+        let name = Kafka::unique(tag);
+        self.create(&name, partitions).await;
+        name
+    }
+
+    /// A name no other test uses, starting with `tag`.
+    pub fn unique(tag: &str) -> String {
+        format!(
             "{tag}-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        )
+    }
+
+    /// Creates the topic `name`.
+    pub async fn create(&self, name: &str, partitions: i32) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .create()
             .unwrap();
-        let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
         let r = tokio::time::timeout(WAIT, admin.create_topics([&topic], &AdminOptions::new()))
             .await
             .expect("topic created in time")
             .expect("topic created");
         assert!(r.iter().all(|t| t.is_ok()), "create {name}: {r:?}");
-        name
     }
 
     /// Reads `topic` from the beginning until `n` records arrived (or

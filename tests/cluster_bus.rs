@@ -1,0 +1,323 @@
+//! The cluster bus (`[kafka.cluster]`) with three node processes, Redis and
+//! a real Kafka-protocol broker: a message goes only to the nodes whose
+//! clients subscribed, a shared subscription's group spans nodes (each
+//! message reaches one member cluster-wide), retained messages reach every
+//! node, and an owner-mode source is read once and forwarded where it is
+//! wanted.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::cluster::{Node, Redis};
+use common::kafka::Kafka;
+use common::web::http;
+use common::*;
+use rumqttc::QoS;
+
+/// How long a consumer group of three nodes may take to form.
+const GROUP_FORMS: Duration = Duration::from_secs(60);
+
+type Events = tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::Event, String>>;
+
+/// A metric of a node process (summed over its label sets).
+fn metric(node: &Node, name: &str) -> f64 {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], node.http));
+    http(addr, "GET", "/metrics", &[], "")
+        .body
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// Redis, Kafka with the bus's topics, and three nodes on them.
+struct Bus {
+    nodes: Vec<Node>,
+    kafka: Kafka,
+    _redis: Redis,
+}
+
+/// `extra` gives more settings, and topics to create first (a consumer
+/// subscribed to a topic that does not exist yet may not see it before its
+/// next metadata refresh, minutes later), from the bus's topic prefix.
+async fn bus(extra: impl FnOnce(&str) -> (Vec<(&'static str, String)>, Vec<String>)) -> Bus {
+    let redis = Redis::start();
+    let kafka = Kafka::start();
+    let prefix = Kafka::unique("bus");
+    let (more, topics) = extra(&prefix);
+    kafka.create(&format!("{prefix}.interest"), 1).await;
+    for n in 1..=3 {
+        kafka.create(&format!("{prefix}.node.{n}"), 2).await;
+    }
+    for t in &topics {
+        kafka.create(t, 2).await;
+    }
+    let mut env = vec![
+        ("TETHER_KAFKA__BROKERS", format!("\"{}\"", kafka.brokers)),
+        (
+            "TETHER_KAFKA__CLUSTER",
+            format!(
+                "{{node_topic = \"{prefix}.node.%n\", interest_topic = \"{prefix}.interest\"}}"
+            ),
+        ),
+    ];
+    env.extend(more);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let nodes = (1..=3)
+        .map(|id| Node::start(id, &redis.url(), &env))
+        .collect();
+    Bus {
+        nodes,
+        kafka,
+        _redis: redis,
+    }
+}
+
+/// A connected client on `node`; subscribed to `filters` (SUBACK awaited).
+async fn client(node: &Node, id: &str, filters: &[&str]) -> (rumqttc::AsyncClient, Events) {
+    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", node.mqtt);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_inflight(100);
+    let (c, mut events, task) = common::pump(o);
+    // A dropped handle detaches the pump; it ends with the client.
+    drop(task);
+    for f in filters {
+        c.subscribe(*f, QoS::AtLeastOnce).await.unwrap();
+        loop {
+            match tokio::time::timeout(WAIT, events.recv())
+                .await
+                .expect("SUBACK in time")
+            {
+                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) => break,
+                Some(Ok(_)) => {}
+                other => panic!("{id}: {other:?}"),
+            }
+        }
+    }
+    (c, events)
+}
+
+/// The next `n` publishes `events` gets, as (topic, payload).
+async fn take(events: &mut Events, n: usize, who: &str) -> Vec<(String, String)> {
+    take_within(events, n, who, WAIT).await
+}
+
+/// [`take`], waiting up to `each` for every one.
+async fn take_within(
+    events: &mut Events,
+    n: usize,
+    who: &str,
+    each: Duration,
+) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match tokio::time::timeout(each, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{who}: {} of {n} in time", got.len()))
+        {
+            Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => got.push((
+                p.topic.clone(),
+                String::from_utf8(p.payload.to_vec()).unwrap(),
+            )),
+            Some(Ok(_)) => {}
+            other => panic!("{who}: {other:?}"),
+        }
+    }
+    got
+}
+
+/// Publishes QoS 1 messages `{tag}:{i}` to `topic` and waits for every
+/// PUBACK.
+async fn publish(c: &rumqttc::AsyncClient, events: &mut Events, topic: &str, tag: &str, n: usize) {
+    for i in 0..n {
+        c.publish(topic, QoS::AtLeastOnce, false, format!("{tag}:{i}"))
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    while acked < n {
+        match tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("PUBACKs in time")
+        {
+            Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+            Some(Ok(_)) => {}
+            other => panic!("publisher: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_go_only_to_nodes_with_subscribers_and_groups_span_nodes() {
+    let bus = bus(|_| (Vec::new(), Vec::new())).await;
+    let [n1, n2, n3] = &bus.nodes[..] else {
+        unreachable!()
+    };
+    let (_s2, mut s2) = client(n2, "s2", &["room/a"]).await;
+    let (s3c, mut s3) = client(n3, "s3", &["room/b"]).await;
+    let (_w2, mut w2) = client(n2, "w2", &["$share/g/jobs/#"]).await;
+    let (_w3, mut w3) = client(n3, "w3", &["$share/g/jobs/#"]).await;
+    // Each SUBACK waited for its announcement to be in Kafka; node 1 has
+    // read them once its view holds all four.
+    until("node 1 sees the four announcements", || {
+        metric(n1, "tether_kafka_cluster_interest_entries") >= 4.0
+    })
+    .await;
+    assert_eq!(metric(n1, "tether_kafka_cluster_nodes"), 3.0);
+
+    let (p, mut pe) = client(n1, "p1", &[]).await;
+    publish(&p, &mut pe, "room/a", "a", 50).await;
+    publish(&p, &mut pe, "room/b", "b", 50).await;
+    publish(&p, &mut pe, "jobs/x", "j", 40).await;
+    let a = take(&mut s2, 50, "s2").await;
+    let want: Vec<String> = (0..50).map(|i| format!("a:{i}")).collect();
+    assert_eq!(
+        a.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(),
+        want,
+        "all, in order"
+    );
+    assert!(a.iter().all(|(t, _)| t == "room/a"), "s2 gets nothing else");
+    let b = take(&mut s3, 50, "s3").await;
+    assert!(b.iter().all(|(t, _)| t == "room/b"));
+
+    // The group: every job once, across both nodes' members.
+    let mut jobs: HashMap<String, u32> = HashMap::new();
+    let (mut on2, mut on3) = (0, 0);
+    while on2 + on3 < 40 {
+        tokio::select! {
+            got = take(&mut w2, 1, "w2") => { on2 += 1; *jobs.entry(got[0].1.clone()).or_default() += 1; }
+            got = take(&mut w3, 1, "w3") => { on3 += 1; *jobs.entry(got[0].1.clone()).or_default() += 1; }
+        }
+    }
+    assert_eq!(jobs.len(), 40, "each job once: {jobs:?}");
+    assert_eq!((on2, on3), (20, 20), "in turn between the two nodes");
+
+    // Node 1 produced one copy per node with interest: 50 + 20 to node 2,
+    // 50 + 20 to node 3, none to itself; nothing reached node 1's inbox.
+    assert_eq!(metric(n1, "tether_kafka_cluster_forwarded_total"), 140.0);
+    assert_eq!(metric(n1, "tether_kafka_records_consumed_total"), 0.0);
+
+    // Nobody subscribed: nothing is produced.
+    let before = metric(n1, "tether_kafka_cluster_local_only_total");
+    publish(&p, &mut pe, "nobody/here", "x", 3).await;
+    assert_eq!(
+        metric(n1, "tether_kafka_cluster_local_only_total") - before,
+        3.0
+    );
+    assert_eq!(metric(n1, "tether_kafka_cluster_forwarded_total"), 140.0);
+
+    // A retained message reaches every node: a later subscriber on node 3
+    // gets it from node 3's own store.
+    p.publish("news/today", QoS::AtLeastOnce, true, "headline")
+        .await
+        .unwrap();
+    until("node 3 stores the retained message", || {
+        metric(n3, "tether_retained_messages") >= 1.0
+    })
+    .await;
+    // (The retained copy may come before the SUBACK, which waits for the
+    // announcement: MQTT 5 3.8.4 allows it.)
+    let (r3c, mut r3) = client(n3, "r3", &[]).await;
+    r3c.subscribe("news/#", QoS::AtLeastOnce).await.unwrap();
+    let got = take(&mut r3, 1, "r3").await;
+    assert_eq!(got[0], ("news/today".into(), "headline".into()));
+
+    // s3 leaves room/b: once node 3 says so, node 1 keeps room/b to itself.
+    until("node 1 hears of news/#", || {
+        metric(n1, "tether_kafka_cluster_interest_entries") == 5.0
+    })
+    .await;
+    s3c.unsubscribe("room/b").await.unwrap();
+    until("node 1 hears room/b is gone", || {
+        metric(n1, "tether_kafka_cluster_interest_entries") == 4.0
+    })
+    .await;
+    let before = metric(n1, "tether_kafka_cluster_local_only_total");
+    publish(&p, &mut pe, "room/b", "late", 2).await;
+    assert_eq!(
+        metric(n1, "tether_kafka_cluster_local_only_total") - before,
+        2.0
+    );
+    drop(bus.kafka);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_mode_source_is_read_once_and_forwarded_to_the_users_node() {
+    let mut alerts = String::new();
+    let bus = bus(|prefix| {
+        alerts = format!("{prefix}.alerts");
+        let env = vec![
+            (
+                "TETHER_KAFKA__SOURCE",
+                format!("[{{topic = \"{alerts}\", to = \"user\", fanout = \"owner\"}}]"),
+            ),
+            ("TETHER_KAFKA__SHARED_GROUP", format!("\"{prefix}-owners\"")),
+            (
+                "TETHER_KAFKA__CONSUMER",
+                "{\"auto.offset.reset\" = \"earliest\"}".into(),
+            ),
+        ];
+        (env, vec![alerts.clone()])
+    })
+    .await;
+    let [n1, n2, n3] = &bus.nodes[..] else {
+        unreachable!()
+    };
+    // ann's phone is on node 3; nobody else anywhere wants her alerts.
+    let mut o = rumqttc::MqttOptions::new("ann-phone", "127.0.0.1", n3.mqtt);
+    o.set_credentials("ann", "");
+    o.set_keep_alive(Duration::from_secs(30));
+    let (phone, mut events, task) = common::pump(o);
+    drop(task);
+    phone
+        .subscribe("user/ann/inbox", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    take_suback(&mut events).await;
+    for n in [n1, n2] {
+        until("the other nodes see ann's inbox", || {
+            metric(n, "tether_kafka_cluster_interest_entries") >= 1.0
+        })
+        .await;
+    }
+    for i in 0..30 {
+        bus.kafka
+            .produce(&alerts, "ann", format!("alert {i}").as_bytes(), &[])
+            .await;
+    }
+    // The first waits for the owners' group to form (three members join
+    // one after another, each a rebalance).
+    let mut got = take_within(&mut events, 1, "ann", GROUP_FORMS).await;
+    got.extend(take(&mut events, 29, "ann").await);
+    let want: Vec<(String, String)> = (0..30)
+        .map(|i| ("user/ann/inbox".to_string(), format!("alert {i}")))
+        .collect();
+    assert_eq!(got, want, "each alert once, in order");
+    // Read once in all: the three nodes' owner consumers share the group.
+    let consumed: f64 = [n1, n2, n3]
+        .iter()
+        .map(|n| metric(n, "tether_kafka_records_consumed_total"))
+        .sum();
+    // 30 from the source, plus the copies forwarded to node 3's inbox
+    // (none when node 3 itself owned the partition).
+    let forwarded: f64 = [n1, n2]
+        .iter()
+        .map(|n| metric(n, "tether_kafka_cluster_forwarded_total"))
+        .sum();
+    assert_eq!(consumed, 30.0 + forwarded);
+}
+
+async fn take_suback(events: &mut Events) {
+    loop {
+        match tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("SUBACK in time")
+        {
+            Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) => return,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
