@@ -599,7 +599,9 @@ impl Ctx {
             return Request::SkipOwn;
         }
         if rule.kind == RuleKind::Inbox
-            && m.timestamp().to_millis().is_some_and(|t| t < self.started_ms)
+            && m.timestamp()
+                .to_millis()
+                .is_some_and(|t| t < self.started_ms)
         {
             return Request::Stale;
         }
