@@ -37,8 +37,9 @@ use crate::stats::bump;
 /// turn the accept loop into a busy loop.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Doorbell rings read at once: each sender rings once per message, and
-/// one drain serves them all.
+/// Doorbell bytes read at once: one drain serves every message queued
+/// before it, however many rang (a ring writes only when none is
+/// outstanding, so there is usually one byte).
 const RINGS_PER_READ: usize = 256;
 
 /// How often a core refreshes the next part of its presence leases (the
@@ -178,6 +179,8 @@ async fn run_inbox(core: Rc<Core>, inbox: CoreInbox, replies: ReplyReceivers) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+        // Before draining: what is queued from here on rings again.
+        inbox.bell.answer();
         while let Ok(msg) = inbox.rx.try_recv() {
             on_bridge(&core, msg);
         }

@@ -27,7 +27,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(ROOT, "target/release/tether-bench")
-TETHER = os.path.join(ROOT, "target/release/tether")
+# TETHER_BIN: another build to measure (an A/B against the working tree).
+TETHER = os.environ.get("TETHER_BIN", os.path.join(ROOT, "target/release/tether"))
 OUT = os.path.join(ROOT, "bench/results/kafka")
 BEGIN, END = "<!-- kafka:begin -->", "<!-- kafka:end -->"
 BUS_BEGIN, BUS_END = "<!-- kafka-bus:begin -->", "<!-- kafka-bus:end -->"

@@ -18,29 +18,53 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
 /// The write end of a core's doorbell: a non-blocking Unix socket whose
 /// read end the core's inbox task awaits.
+///
+/// A ring writes a byte only when no ring is outstanding: under load a
+/// bridge thread answers thousands of requests between two drains of the
+/// core, and a `write` per answer cost a system call each (per Kafka
+/// delivery report, per Redis reply) for wake-ups the core did not need.
 #[derive(Debug)]
 pub struct Bell {
     tx: StdUnixStream,
+    /// A byte was written and the core has not yet begun the drain that
+    /// serves it. Set by senders, cleared by the core ([`Bell::answer`]).
+    rung: AtomicBool,
 }
 
 impl Bell {
     /// Wraps the write end (made non-blocking here).
     pub fn new(tx: StdUnixStream) -> std::io::Result<Bell> {
         tx.set_nonblocking(true)?;
-        Ok(Bell { tx })
+        Ok(Bell {
+            tx,
+            rung: AtomicBool::new(false),
+        })
     }
 
-    /// Wakes the core's inbox task. A full socket (WouldBlock) means the
-    /// bell already holds unread bytes: the core will wake and drain
-    /// everything, this message included.
+    /// Wakes the core's inbox task, after the caller queued its message.
+    /// Nothing to write while a ring is outstanding: the core drains every
+    /// queue after [`Bell::answer`], so it will see this message. A full
+    /// socket (WouldBlock) means the bell already holds unread bytes.
     pub fn ring(&self) {
-        let _ = (&self.tx).write(&[1]);
+        // AcqRel: the core's `answer` swap reads this write (or a later
+        // one of the same release sequence), so the message queued before
+        // it is visible to the drain that follows.
+        if !self.rung.swap(true, Ordering::AcqRel) {
+            let _ = (&self.tx).write(&[1]);
+        }
+    }
+
+    /// The core woke on the bell and is about to drain its queues: rings
+    /// from now on write again.
+    pub fn answer(&self) {
+        self.rung.swap(false, Ordering::AcqRel);
     }
 }
 
