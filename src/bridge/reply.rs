@@ -166,4 +166,24 @@ mod tests {
         let mut rung = [0u8; 8];
         assert!(std::io::Read::read(&mut &bell_rx, &mut rung).unwrap() >= 1);
     }
+
+    #[test]
+    fn a_bell_writes_once_until_the_core_answers() {
+        let (bell_tx, bell_rx) = StdUnixStream::pair().unwrap();
+        bell_rx.set_nonblocking(true).unwrap();
+        let bell = Bell::new(bell_tx).unwrap();
+        let bytes = || {
+            let mut buf = [0u8; 64];
+            std::io::Read::read(&mut &bell_rx, &mut buf).unwrap_or(0)
+        };
+        for _ in 0..100 {
+            bell.ring();
+        }
+        assert_eq!(bytes(), 1, "one byte for a hundred rings");
+        bell.ring();
+        assert_eq!(bytes(), 0, "not answered yet: no new byte");
+        bell.answer();
+        bell.ring();
+        assert_eq!(bytes(), 1, "after the core's answer, a ring writes again");
+    }
 }
