@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::error;
 
-use crate::auth::{AllowAll, Authenticator, Authorizer, DenyLists};
+use crate::auth::{AuthFiles, AuthSetup, AuthSetupError, Authenticator, Authorizer};
 use crate::bridge::outbound::{NoOutbound, Outbound};
 use crate::bridge::Bridge;
 use crate::config::{Config, StoreKind};
@@ -54,6 +54,8 @@ pub enum StartError {
     Store(crate::store::redis::RedisSetupError),
     /// The Kafka bridge could not be set up (`[kafka]`).
     Kafka(crate::kafka::KafkaSetupError),
+    /// The users file or the ACL file could not be read (`[auth]`).
+    Auth(AuthSetupError),
     /// An OS resource the runtime needs (a socket pair for a doorbell).
     Resource {
         /// What it was for.
@@ -76,6 +78,10 @@ impl fmt::Display for StartError {
             StartError::Http(e) => e.fmt(f),
             StartError::Store(e) => e.fmt(f),
             StartError::Kafka(e) => e.fmt(f),
+            StartError::Auth(e) => write!(
+                f,
+                "[auth] {e}; fix the file (tether passwd FILE USER writes a users file) or unset the key"
+            ),
             StartError::Executor { core, source } => {
                 write!(
                     f,
@@ -96,7 +102,8 @@ impl Classify for StartError {
             StartError::Listen(_)
             | StartError::Tls(_)
             | StartError::Http(_)
-            | StartError::Store(_) => Origin::Config,
+            | StartError::Store(_)
+            | StartError::Auth(_) => Origin::Config,
             // Locked-memory limits, mostly: the host's configuration.
             StartError::Executor { .. } | StartError::NotReady(_) => Origin::Config,
             StartError::Kafka(e) => e.origin(),
@@ -141,26 +148,30 @@ pub struct Gateway {
     serving: Arc<AtomicBool>,
     http: Option<crate::http::HttpServer>,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// The `[auth]` files, for SIGHUP.
+    auth_files: Arc<AuthFiles>,
 }
 
 /// Starts a [`Gateway`] with seams other than the defaults.
 pub struct GatewayBuilder {
     cfg: Config,
-    auth: Arc<dyn Authenticator>,
+    auth: Option<Arc<dyn Authenticator>>,
     authz: Option<Arc<dyn Authorizer>>,
     store: Option<Arc<dyn SessionStore>>,
     outbound: Option<Arc<dyn Outbound>>,
 }
 
 impl GatewayBuilder {
-    /// Decides every CONNECT (default: [`AllowAll`]).
+    /// Decides every CONNECT (default: the `auth.users_file`
+    /// authenticator, or [`AllowAll`] without one).
     pub fn authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
-        self.auth = auth;
+        self.auth = Some(auth);
         self
     }
 
-    /// Decides every SUBSCRIBE filter and PUBLISH (default: [`DenyLists`]
-    /// from `mqtt.deny_subscribe` and `mqtt.deny_publish`).
+    /// Decides every SUBSCRIBE filter and PUBLISH (default: the
+    /// `auth.acl_file` rules with [`DenyLists`] from `mqtt.deny_subscribe`
+    /// and `mqtt.deny_publish`, or the deny lists alone).
     pub fn authorizer(mut self, authz: Arc<dyn Authorizer>) -> Self {
         self.authz = Some(authz);
         self
@@ -224,12 +235,24 @@ impl GatewayBuilder {
             }
             None => Arc::new(NoOutbound),
         };
+        // The configured seams, for what the builder was not given.
+        let (auth, authz, auth_files) = match (auth, authz) {
+            (Some(a), Some(z)) => (a, z, Arc::new(AuthFiles::default())),
+            (a, z) => {
+                let setup = AuthSetup::from_config(&cfg).map_err(StartError::Auth)?;
+                (
+                    a.unwrap_or(setup.authenticator),
+                    z.unwrap_or(setup.authorizer),
+                    setup.files,
+                )
+            }
+        };
         let node = Arc::new(NodeState {
             node_id: cfg.node.id,
             cores: (0..ncores).map(|_| CoreVisible::default()).collect(),
             store,
             auth,
-            authz: authz.unwrap_or_else(|| Arc::new(DenyLists::from_config(&cfg.mqtt))),
+            authz,
             outbound,
             started: Instant::now(),
             retained: Default::default(),
@@ -313,16 +336,22 @@ impl GatewayBuilder {
             doorbells,
             bridge,
             executors,
+            auth_files,
         })
     }
 }
 
 impl Gateway {
+    /// The `[auth]` files, to reload them (SIGHUP).
+    pub fn auth_files(&self) -> Arc<AuthFiles> {
+        self.auth_files.clone()
+    }
+
     /// A builder, to inject seams before starting.
     pub fn builder(cfg: Config) -> GatewayBuilder {
         GatewayBuilder {
             cfg,
-            auth: Arc::new(AllowAll),
+            auth: None,
             authz: None,
             store: None,
             outbound: None,

@@ -1,5 +1,6 @@
 //! The `tether` binary: `tether [--config FILE]` runs the gateway,
-//! `tether check-config FILE` validates a configuration file.
+//! `tether check-config FILE` validates a configuration file,
+//! `tether passwd FILE USER` adds or updates a user of a users file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +16,8 @@ tether: MQTT 3.1.1/5.0 long-connection gateway
 usage:
   tether [--config FILE]        run the gateway (no file: built-in defaults, 127.0.0.1:1883)
   tether check-config FILE      validate FILE and explain any error
+  tether passwd FILE USER       add USER to the users file FILE (auth.users_file), or change
+                                their password; the password is read from standard input
   tether --help | --version
 
 Every configuration key can be overridden as TETHER_<SECTION>__<KEY>=value;
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
         [] => run(None),
         ["--config" | "-c", file] => run(Some(PathBuf::from(file))),
         ["check-config", file] => check_config(file),
+        ["passwd", file, user] => passwd(file, user),
         ["--help" | "-h"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -42,6 +46,34 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Reads a password from standard input (one line; typed at a terminal it
+/// is asked for) and writes USER's argon2id hash into FILE.
+fn passwd(file: &str, user: &str) -> ExitCode {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprint!("password for {user} (shown as typed; pipe it in to avoid that): ");
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("tether passwd: cannot read the password: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        eprintln!("tether passwd: an empty password; give one on standard input");
+        return ExitCode::FAILURE;
+    }
+    match tether::auth::users::set_password(file.as_ref(), user, password.as_bytes()) {
+        Ok(()) => {
+            println!("{file}: {user} set (argon2id); send SIGHUP to a running tether to reload");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tether passwd: {file}: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -70,12 +102,13 @@ fn check_config(file: &str) -> ExitCode {
     }
 }
 
-/// SIGHUP (`systemctl reload`) reloads the TLS certificate and key on a
-/// thread of its own; a reload that fails keeps the previous certificate
-/// and says why. Without TLS it only says there is nothing to reload (the
-/// default action of SIGHUP would end the process).
+/// SIGHUP (`systemctl reload`) reloads, on a thread of its own, the TLS
+/// certificate and key and the `[auth]` users and ACL files; whatever fails
+/// to load keeps its previous version in force and says why. Connections
+/// stay up (existing subscriptions are not checked again).
 fn reload_on_sighup(
     acceptor: Option<std::sync::Arc<tether::net::tls::Acceptor>>,
+    auth: std::sync::Arc<tether::auth::AuthFiles>,
 ) -> std::io::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
     std::thread::Builder::new()
@@ -87,7 +120,18 @@ fn reload_on_sighup(
                     Some(Err(e)) => {
                         tracing::error!("TLS reload failed, the previous certificate stays: {e}")
                     }
-                    None => tracing::info!("SIGHUP: nothing to reload (tls.enabled = false)"),
+                    None => {}
+                }
+                for r in auth.reload() {
+                    match r {
+                        Ok(what) => tracing::info!("auth reloaded: {what}"),
+                        Err(e) => {
+                            tracing::error!("auth reload failed, the previous file stays: {e}")
+                        }
+                    }
+                }
+                if acceptor.is_none() && auth.is_empty() {
+                    tracing::info!("SIGHUP: nothing to reload (no TLS, no [auth] files)");
                 }
             }
         })?;
@@ -150,7 +194,7 @@ fn run(path: Option<PathBuf>) -> ExitCode {
             }
         }
     }
-    if let Err(e) = reload_on_sighup(gateway.tls_acceptor()) {
+    if let Err(e) = reload_on_sighup(gateway.tls_acceptor(), gateway.auth_files()) {
         eprintln!("tether: cannot install the SIGHUP handler: {e}");
         return ExitCode::FAILURE;
     }
@@ -191,6 +235,34 @@ fn run(path: Option<PathBuf>) -> ExitCode {
             cfg.http.tokens.len()
         ),
         None => println!("  http api    off (http.enabled = false)"),
+    }
+    let a = &cfg.auth;
+    match (a.users_file.is_empty(), a.acl_file.is_empty()) {
+        (true, true) => println!(
+            "  auth        none: every client is admitted (set auth.users_file and auth.acl_file)"
+        ),
+        _ => println!(
+            "  auth        users {}{}, acl {} (when no rule applies: {}); SIGHUP reloads",
+            if a.users_file.is_empty() {
+                "(everyone)"
+            } else {
+                &a.users_file
+            },
+            if a.allow_anonymous {
+                " + anonymous"
+            } else {
+                ""
+            },
+            if a.acl_file.is_empty() {
+                "(deny lists only)"
+            } else {
+                &a.acl_file
+            },
+            match a.acl_default {
+                tether::config::AclDefault::Deny => "deny",
+                tether::config::AclDefault::Allow => "allow",
+            },
+        ),
     }
     match cfg.store.kind {
         tether::config::StoreKind::Memory => {
@@ -241,7 +313,7 @@ fn run(path: Option<PathBuf>) -> ExitCode {
             cfg.runtime.io_memory_kib
         );
     }
-    println!("  ready       (SIGINT/SIGTERM to stop, SIGHUP to reload TLS files)");
+    println!("  ready       (SIGINT/SIGTERM to stop, SIGHUP to reload TLS and [auth] files)");
     tracing::info!(addr = %gateway.tcp_addr, cores, "tether started");
     gateway.join();
     tracing::info!("tether stopped");

@@ -11,11 +11,16 @@
 //!
 //! The defaults: [`AllowAll`] admits every client (the embedded
 //! single-node setup); [`DenyLists`] applies `mqtt.deny_subscribe` and
-//! `mqtt.deny_publish`. MQTT 5 enhanced authentication runs through
+//! `mqtt.deny_publish`. `[auth]` replaces them with the users file's
+//! [`users::FileAuthenticator`] and the ACL file's [`acl::AclAuthorizer`]
+//! ([`AuthSetup`]). MQTT 5 enhanced authentication runs through
 //! [`Authenticator::enhanced`] and [`AuthExchange`]; a method no
 //! authenticator supports gets CONNACK 0x8C.
 
+pub mod acl;
 mod authorizer;
+mod files;
+pub mod users;
 
 use std::net::SocketAddr;
 
@@ -26,6 +31,7 @@ use crate::codec::reason;
 
 pub use crate::id::Source;
 pub use authorizer::{AclRequest, Action, Authorizer, DenyLists, OwnedAclRequest, Permit};
+pub use files::{AuthFiles, AuthSetup, AuthSetupError};
 
 /// What an authenticator sees of a CONNECT.
 #[derive(Debug)]
@@ -111,6 +117,11 @@ pub trait Authenticator: Send + Sync + 'static {
     /// when the method is not supported (CONNACK 0x8C).
     fn enhanced(&self, _method: &str, _who: &Credentials<'_>) -> Option<Box<dyn AuthExchange>> {
         None
+    }
+
+    /// The authenticator's own figures for `/metrics` (outcomes, cache).
+    fn figures(&self) -> Vec<crate::stats::Figure> {
+        Vec::new()
     }
 }
 

@@ -10,11 +10,13 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+mod auth;
 mod cluster;
 mod edge;
 mod engine;
 mod kafka;
 
+pub use auth::{AclDefault, AuthConfig};
 pub use cluster::{
     Durability, LimitsConfig, PerUserPolicy, PresenceConfig, RedisConfig, StoreConfig, StoreKind,
 };
@@ -98,6 +100,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[kafka]`: the Kafka bridge and its routes.
     pub kafka: KafkaConfig,
+    /// `[auth]`: the users file and the ACL file.
+    pub auth: AuthConfig,
 }
 
 const ENV_PREFIX: &str = "TETHER_";

@@ -160,6 +160,7 @@ pub(crate) fn render(node: &NodeState, gauges: &[Option<SessionGauges>]) -> Stri
         .figures()
         .into_iter()
         .chain(node.outbound.figures())
+        .chain(node.auth.figures())
     {
         let name = if counter {
             format!("{name}_total")

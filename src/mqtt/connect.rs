@@ -168,6 +168,26 @@ fn admit(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) {
     } else {
         c.client_id
     };
+    // A will is a publish the client makes in advance: the authorizer
+    // decides it now, while the client can still be told (MQTT 5 0x87).
+    // An authorizer that would have to ask elsewhere is not waited for
+    // here; the will is then published as the client asked.
+    if let Some(w) = &c.will {
+        let req = crate::auth::AclRequest {
+            action: crate::auth::Action::Publish,
+            topic: &w.topic,
+            qos: w.qos,
+            retain: w.retain,
+            source: crate::auth::Source::Client,
+            client_id: Some(&client_id),
+            username: c.username.as_deref(),
+        };
+        if core.node.authz.check(&req) == crate::auth::Permit::Deny {
+            bump(&core.stats().denied_publishes, 1);
+            refuse(st, key, reason::NOT_AUTHORIZED);
+            return;
+        }
+    }
     let mut keep_alive = c.keep_alive;
     if v5 && (keep_alive > m.max_keep_alive || (keep_alive == 0 && m.max_keep_alive < u16::MAX)) {
         keep_alive = m.max_keep_alive;

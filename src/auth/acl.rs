@@ -1,0 +1,427 @@
+//! The ACL file (`auth.acl_file`): rules tried in order, the first that
+//! applies to a client's PUBLISH or SUBSCRIBE decides; `auth.acl_default`
+//! when none does.
+//!
+//! ```text
+//! # allow|deny  publish|subscribe|both  FILTER  [user NAME | client ID]
+//! allow both      user/%u/#          # every user their own tree
+//! allow subscribe broadcast
+//! allow subscribe $SYS/#   user ops  # $SYS for one operator
+//! deny  both      #
+//! ```
+//!
+//! `%u` is the client's user name and `%c` its client id. A rule with `%u`
+//! does not apply to a client without a user name, nor to one whose name
+//! (or id, for `%c`) contains `/`, `+` or `#`: a name must not widen the
+//! filter it is put into.
+//!
+//! A PUBLISH's topic is matched against each rule's filter. A SUBSCRIBE's
+//! filter is decided by the first rule whose filter **covers** it (every
+//! topic the subscription can receive is one the rule's filter matches),
+//! so allowing `user/%u/#` does not allow `user/+/inbox`: a wildcard
+//! subscription never receives another user's messages, and retained
+//! messages delivered on subscribe are covered by the same check. A deny
+//! rule that **overlaps** the filter without covering it refuses it too
+//! (some of what it would receive is denied), unless an allow rule before
+//! it already covered the filter.
+//!
+//! Only clients' requests are checked here; the HTTP API and bridges are
+//! trusted backends (the `mqtt.deny_*` lists still apply to everyone).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::authorizer::{AclRequest, Action, Authorizer, DenyLists, Permit};
+use crate::config::AclDefault;
+use crate::id::Source;
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    Allow,
+    Deny,
+}
+
+/// Which actions a rule is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Actions {
+    Publish,
+    Subscribe,
+    Both,
+}
+
+/// Whom a rule is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Who {
+    Anyone,
+    User(String),
+    Client(String),
+}
+
+/// One line of the file.
+#[derive(Debug, Clone)]
+struct Rule {
+    effect: Effect,
+    actions: Actions,
+    /// The filter, with `%u` and `%c` still in it.
+    filter: String,
+    who: Who,
+}
+
+/// The rules of one ACL file, parsed.
+#[derive(Debug, Clone)]
+pub struct AclRules {
+    rules: Vec<Rule>,
+    default: Permit,
+}
+
+/// A line the ACL file cannot have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub why: String,
+}
+
+impl std::fmt::Display for AclError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "line {}: {} (a rule is: allow|deny publish|subscribe|both FILTER [user NAME | client ID])",
+            self.line, self.why
+        )
+    }
+}
+
+impl std::error::Error for AclError {}
+
+impl AclRules {
+    /// Parses the text of an ACL file.
+    pub fn parse(text: &str, default: AclDefault) -> Result<AclRules, AclError> {
+        let mut rules = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let err = |why: &str| AclError {
+                line: i + 1,
+                why: why.to_string(),
+            };
+            // `#` starts a comment as the first word or after the filter
+            // (the third word, which may itself be `#`).
+            let mut words: Vec<&str> = raw.split_whitespace().collect();
+            if words.first().is_none_or(|w| w.starts_with('#')) {
+                continue;
+            }
+            if let Some(at) = words.iter().skip(3).position(|w| w.starts_with('#')) {
+                words.truncate(3 + at);
+            }
+            let effect = match words.first() {
+                Some(&"allow") => Effect::Allow,
+                Some(&"deny") => Effect::Deny,
+                _ => return Err(err("starts with neither allow nor deny")),
+            };
+            let actions = match words.get(1) {
+                Some(&"publish") => Actions::Publish,
+                Some(&"subscribe") => Actions::Subscribe,
+                Some(&"both") => Actions::Both,
+                _ => return Err(err("the action is publish, subscribe or both")),
+            };
+            let Some(filter) = words.get(2) else {
+                return Err(err("no topic filter"));
+            };
+            let plain = filter.replace("%u", "u").replace("%c", "c");
+            if let Err(why) = crate::codec::topic::validate_filter(&plain) {
+                return Err(err(&format!("topic filter {filter}: {why}")));
+            }
+            let who = match (words.get(3), words.get(4), words.len()) {
+                (None, _, _) => Who::Anyone,
+                (Some(&"user"), Some(name), 5) => Who::User(name.to_string()),
+                (Some(&"client"), Some(id), 5) => Who::Client(id.to_string()),
+                _ => return Err(err("after the filter: nothing, user NAME or client ID")),
+            };
+            rules.push(Rule {
+                effect,
+                actions,
+                filter: filter.to_string(),
+                who,
+            });
+        }
+        Ok(AclRules {
+            rules,
+            default: match default {
+                AclDefault::Allow => Permit::Allow,
+                AclDefault::Deny => Permit::Deny,
+            },
+        })
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The decision for a client's request.
+    pub fn decide(&self, req: &AclRequest<'_>) -> Permit {
+        for rule in &self.rules {
+            let applies = match rule.actions {
+                Actions::Both => true,
+                Actions::Publish => req.action == Action::Publish,
+                Actions::Subscribe => req.action == Action::Subscribe,
+            };
+            let ours = match &rule.who {
+                Who::Anyone => true,
+                Who::User(u) => req.username == Some(u.as_str()),
+                Who::Client(c) => req.client_id == Some(c.as_str()),
+            };
+            if !applies || !ours {
+                continue;
+            }
+            let Some(filter) = render(&rule.filter, req) else {
+                continue;
+            };
+            let permit = match rule.effect {
+                Effect::Allow => Permit::Allow,
+                Effect::Deny => Permit::Deny,
+            };
+            match req.action {
+                Action::Publish => {
+                    if crate::codec::topic::matches(&filter, req.topic) {
+                        return permit;
+                    }
+                }
+                Action::Subscribe => {
+                    if covers(&filter, req.topic) {
+                        return permit;
+                    }
+                    if rule.effect == Effect::Deny && overlaps(&filter, req.topic) {
+                        return Permit::Deny;
+                    }
+                }
+            }
+        }
+        self.default
+    }
+}
+
+/// The rule's filter for this client, or `None` when a template names
+/// what the client lacks (or would widen the filter).
+fn render(filter: &str, req: &AclRequest<'_>) -> Option<String> {
+    if !filter.contains('%') {
+        return Some(filter.to_string());
+    }
+    let safe = |s: &str| !s.is_empty() && !s.contains(['/', '+', '#']);
+    let mut out = filter.to_string();
+    if out.contains("%u") {
+        let u = req.username.filter(|u| safe(u))?;
+        out = out.replace("%u", u);
+    }
+    if out.contains("%c") {
+        let c = req.client_id.filter(|c| safe(c))?;
+        out = out.replace("%c", c);
+    }
+    Some(out)
+}
+
+/// Whether a topic name can start with `$` where `level` stands (wildcards
+/// in the first level never match `$` topics).
+fn dollar(level: &str) -> bool {
+    level.starts_with('$')
+}
+
+/// Whether every topic matching `sub` also matches `rule`.
+pub fn covers(rule: &str, sub: &str) -> bool {
+    let r: Vec<&str> = rule.split('/').collect();
+    let s: Vec<&str> = sub.split('/').collect();
+    if let (Some(r0), Some(s0)) = (r.first(), s.first()) {
+        if matches!(*r0, "+" | "#") && dollar(s0) {
+            return false;
+        }
+    }
+    let mut i = 0;
+    loop {
+        match (r.get(i), s.get(i)) {
+            (Some(&"#"), _) => return true,
+            (Some(&"+"), Some(&l)) if l != "#" => {}
+            (Some(&a), Some(&b)) if a == b && a != "+" && a != "#" => {}
+            (None, None) => return true,
+            // `a/#` also matches `a`, but `a` does not cover `a/#`.
+            _ => return false,
+        }
+        i += 1;
+    }
+}
+
+/// Whether some topic matches both `a` and `b`.
+pub fn overlaps(a: &str, b: &str) -> bool {
+    let x: Vec<&str> = a.split('/').collect();
+    let y: Vec<&str> = b.split('/').collect();
+    if let (Some(x0), Some(y0)) = (x.first(), y.first()) {
+        let wild = |l: &str| matches!(l, "+" | "#");
+        if (wild(x0) && dollar(y0)) || (wild(y0) && dollar(x0)) {
+            return false;
+        }
+    }
+    let mut i = 0;
+    loop {
+        match (x.get(i), y.get(i)) {
+            (Some(&"#"), _) | (_, Some(&"#")) => return true,
+            (None, None) => return true,
+            (Some(&"+"), Some(_)) | (Some(_), Some(&"+")) => {}
+            (Some(&p), Some(&q)) if p == q => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+}
+
+/// The ACL file and the `mqtt.deny_*` lists together, the rules
+/// replaceable while running (SIGHUP).
+pub struct AclAuthorizer {
+    rules: ArcSwap<AclRules>,
+    deny: DenyLists,
+}
+
+impl AclAuthorizer {
+    /// Checks the deny lists for everyone, then `rules` for clients.
+    pub fn new(rules: AclRules, deny: DenyLists) -> AclAuthorizer {
+        AclAuthorizer {
+            rules: ArcSwap::from_pointee(rules),
+            deny,
+        }
+    }
+
+    /// Puts new rules in place; requests decided from now on use them.
+    pub fn replace(&self, rules: AclRules) {
+        self.rules.store(Arc::new(rules));
+    }
+}
+
+impl Authorizer for AclAuthorizer {
+    fn check(&self, req: &AclRequest<'_>) -> Permit {
+        if self.deny.check(req) == Permit::Deny {
+            return Permit::Deny;
+        }
+        if req.source != Source::Client {
+            return Permit::Allow;
+        }
+        self.rules.load().decide(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::QoS;
+
+    const FILE: &str = "
+# every user their own tree
+allow both      user/%u/#
+allow subscribe broadcast
+allow publish   devices/%c/state
+allow subscribe $SYS/#    user ops
+deny  subscribe secret/#
+allow subscribe public/#  # a trailing comment
+deny  both      #
+";
+
+    fn req<'a>(action: Action, topic: &'a str, user: Option<&'a str>) -> AclRequest<'a> {
+        AclRequest {
+            action,
+            topic,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            source: Source::Client,
+            client_id: Some("dev-1"),
+            username: user,
+        }
+    }
+
+    #[test]
+    fn each_user_has_their_own_tree_and_nothing_leaks() {
+        let acl = AclRules::parse(FILE, AclDefault::Deny).unwrap();
+        assert_eq!(acl.len(), 7);
+        let d = |a, t, u| acl.decide(&req(a, t, u));
+        use Action::{Publish as P, Subscribe as S};
+        assert_eq!(d(P, "user/ann/x", Some("ann")), Permit::Allow);
+        assert_eq!(d(S, "user/ann/#", Some("ann")), Permit::Allow);
+        assert_eq!(d(S, "user/ann/+/inbox", Some("ann")), Permit::Allow);
+        assert_eq!(d(P, "user/bob/x", Some("ann")), Permit::Deny);
+        assert_eq!(d(S, "user/bob/#", Some("ann")), Permit::Deny);
+        assert_eq!(
+            d(S, "user/+/inbox", Some("ann")),
+            Permit::Deny,
+            "a wildcard over other users"
+        );
+        assert_eq!(d(S, "user/#", Some("ann")), Permit::Deny);
+        assert_eq!(d(S, "#", Some("ann")), Permit::Deny);
+        assert_eq!(
+            d(S, "user/ann/#", None),
+            Permit::Deny,
+            "no user name: %u never applies"
+        );
+        assert_eq!(
+            d(S, "user/a+b/#", Some("a+b")),
+            Permit::Deny,
+            "a name must not widen the filter"
+        );
+        assert_eq!(d(P, "devices/dev-1/state", None), Permit::Allow, "%c");
+        assert_eq!(d(P, "devices/dev-2/state", None), Permit::Deny);
+        assert_eq!(d(S, "$SYS/broker/uptime", Some("ops")), Permit::Allow);
+        assert_eq!(d(S, "$SYS/#", Some("ann")), Permit::Deny);
+        assert_eq!(d(S, "secret/x", Some("ann")), Permit::Deny);
+        assert_eq!(d(S, "public/news", Some("ann")), Permit::Allow);
+        assert_eq!(d(S, "broadcast", None), Permit::Allow);
+    }
+
+    #[test]
+    fn a_deny_rule_overlapping_a_wildcard_refuses_it() {
+        let acl = AclRules::parse(
+            "deny subscribe a/secret\nallow subscribe a/#",
+            AclDefault::Deny,
+        )
+        .unwrap();
+        assert_eq!(
+            acl.decide(&req(Action::Subscribe, "a/+", None)),
+            Permit::Deny
+        );
+        assert_eq!(
+            acl.decide(&req(Action::Subscribe, "a/public", None)),
+            Permit::Allow
+        );
+        let allow = AclRules::parse("", AclDefault::Allow).unwrap();
+        assert_eq!(
+            allow.decide(&req(Action::Subscribe, "x", None)),
+            Permit::Allow,
+            "the default"
+        );
+    }
+
+    #[test]
+    fn coverage_and_overlap_of_filters() {
+        assert!(covers("a/#", "a"));
+        assert!(covers("a/#", "a/b/#"));
+        assert!(covers("a/+", "a/+"));
+        assert!(!covers("a/+", "a/#"));
+        assert!(!covers("a", "a/#"));
+        assert!(!covers("#", "$SYS/x"), "wildcards never reach $ topics");
+        assert!(covers("$SYS/#", "$SYS/x"));
+        assert!(overlaps("a/+/c", "a/b/#"));
+        assert!(!overlaps("a/b", "a/c"));
+        assert!(overlaps("a/#", "a"));
+        assert!(!overlaps("#", "$SYS/x"));
+    }
+
+    #[test]
+    fn bad_lines_say_where_and_why() {
+        let e = AclRules::parse("allow both a/#\npermit both b", AclDefault::Deny).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(AclRules::parse("allow read a", AclDefault::Deny).is_err());
+        assert!(AclRules::parse("allow both a/#/b", AclDefault::Deny).is_err());
+        assert!(AclRules::parse("allow both a user", AclDefault::Deny).is_err());
+    }
+}
