@@ -349,3 +349,199 @@ fn mosquitto_clients_log_in_and_are_kept_to_their_topics() {
     let out = sub.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "from ann");
 }
+
+/// `openssl` with `args`, in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let ok = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl (apt-get install openssl)")
+        .success();
+    assert!(ok, "openssl {args:?}");
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token for `sub`, signed with `key` by `alg`, `exp`/`nbf` relative to
+/// now and an audience.
+fn token(
+    alg: jsonwebtoken::Algorithm,
+    key: &jsonwebtoken::EncodingKey,
+    kid: Option<&str>,
+    sub: &str,
+    exp: i64,
+    nbf: i64,
+    aud: &str,
+) -> String {
+    let mut h = jsonwebtoken::Header::new(alg);
+    h.kid = kid.map(str::to_string);
+    let t = now() as i64;
+    let claims = serde_json::json!({
+        "sub": sub, "iss": "tether-tests", "aud": aud, "exp": t + exp, "nbf": t + nbf,
+    });
+    jsonwebtoken::encode(&h, &claims, key).unwrap()
+}
+
+/// CONNECT with `password` (and `user`); the CONNACK code.
+fn with_token(gw: &tether::Gateway, user: Option<&str>, password: &str) -> u8 {
+    let mut r = Raw::open(gw.tcp_addr);
+    let mut c = connect_packet("jwt-client", Version::V5);
+    c.username = user.map(str::to_string);
+    c.password = Some(Bytes::copy_from_slice(password.as_bytes()));
+    r.send(&Packet::Connect(Box::new(c)));
+    match r.recv() {
+        Some(Packet::ConnAck(a)) => a.code,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+#[test]
+fn jwts_of_each_algorithm_admit_and_bad_ones_are_refused() {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    let files = Files::new("jwt");
+    let d = files.dir.clone();
+    openssl(
+        &d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "rsa.pem",
+        ],
+    );
+    openssl(
+        &d,
+        &["pkey", "-in", "rsa.pem", "-pubout", "-out", "rsa.pub"],
+    );
+    openssl(
+        &d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "ec.pem",
+        ],
+    );
+    openssl(&d, &["pkey", "-in", "ec.pem", "-pubout", "-out", "ec.pub"]);
+    let rsa = EncodingKey::from_rsa_pem(&std::fs::read(d.join("rsa.pem")).unwrap()).unwrap();
+    let ec = EncodingKey::from_ec_pem(&std::fs::read(d.join("ec.pem")).unwrap()).unwrap();
+    let hs = EncodingKey::from_secret(b"shared-secret");
+    // One gateway per public key, both with the shared secret and the
+    // users file behind them (a non-JWT password still goes there).
+    let start = |public: &str| {
+        let (users, public) = (files.users(), d.join(public).display().to_string());
+        gateway(1, move |c| {
+            c.auth.users_file = users;
+            c.auth.jwt.secret = "shared-secret".into();
+            c.auth.jwt.public_key_file = public;
+            c.auth.jwt.issuer = "tether-tests".into();
+            c.auth.jwt.audience = "mqtt".into();
+        })
+    };
+    let (gw_rsa, gw_ec) = (start("rsa.pub"), start("ec.pub"));
+    let ok = |alg, key| token(alg, key, None, "ann", 600, -10, "mqtt");
+    assert_eq!(
+        with_token(&gw_rsa, Some("ann"), &ok(Algorithm::HS256, &hs)),
+        0,
+        "HS256"
+    );
+    assert_eq!(
+        with_token(&gw_rsa, None, &ok(Algorithm::RS256, &rsa)),
+        0,
+        "RS256, no user name"
+    );
+    assert_eq!(
+        with_token(&gw_ec, Some("ann"), &ok(Algorithm::ES256, &ec)),
+        0,
+        "ES256"
+    );
+    assert_eq!(
+        with_token(&gw_rsa, Some("ann"), "pw-ann"),
+        0,
+        "not a JWT: the users file"
+    );
+    let refused = |gw: &tether::Gateway, user, t: &str, why: &str| {
+        assert_eq!(with_token(gw, user, t), 0x86, "{why}");
+    };
+    refused(
+        &gw_rsa,
+        None,
+        &token(Algorithm::HS256, &hs, None, "ann", -120, -600, "mqtt"),
+        "expired",
+    );
+    refused(
+        &gw_rsa,
+        None,
+        &token(Algorithm::HS256, &hs, None, "ann", 600, 300, "mqtt"),
+        "not yet valid",
+    );
+    refused(
+        &gw_rsa,
+        None,
+        &token(Algorithm::HS256, &hs, None, "ann", 600, -10, "other"),
+        "wrong audience",
+    );
+    let forged = EncodingKey::from_secret(b"guessed");
+    refused(
+        &gw_rsa,
+        None,
+        &token(Algorithm::HS256, &forged, None, "ann", 600, -10, "mqtt"),
+        "bad signature",
+    );
+    refused(
+        &gw_rsa,
+        Some("bob"),
+        &ok(Algorithm::HS256, &hs),
+        "a user name other than the token's",
+    );
+    refused(
+        &gw_rsa,
+        None,
+        &ok(Algorithm::ES256, &ec),
+        "an ES256 token with only an RSA key",
+    );
+
+    // A JWKS: the RSA key by its kid, read from the modulus openssl prints.
+    let out = Command::new("openssl")
+        .args(["rsa", "-pubin", "-in", "rsa.pub", "-modulus", "-noout"])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    let hex = String::from_utf8(out.stdout).unwrap();
+    let hex = hex.trim().trim_start_matches("Modulus=");
+    let n: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks = serde_json::json!({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig",
+        "n": b64(&n), "e": b64(&[1, 0, 1])}]});
+    std::fs::write(d.join("jwks.json"), jwks.to_string()).unwrap();
+    let jwks_path = d.join("jwks.json").display().to_string();
+    let gw_jwks = gateway(1, move |c| {
+        c.auth.jwt.jwks_file = jwks_path;
+        c.auth.jwt.audience = "mqtt".into();
+    });
+    let t = token(Algorithm::RS256, &rsa, Some("k1"), "ann", 600, -10, "mqtt");
+    assert_eq!(with_token(&gw_jwks, None, &t), 0, "RS256 through the JWKS");
+    assert_eq!(
+        with_token(&gw_jwks, Some("ann"), "pw-ann"),
+        0x86,
+        "no users file: a password is refused"
+    );
+    assert!(metric(&gw_rsa, "tether_auth_jwt_denied_total") >= 6.0);
+}

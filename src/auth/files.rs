@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::acl::{AclAuthorizer, AclRules};
+use super::jwt::JwtAuthenticator;
 use super::users::{FileAuthenticator, Users};
-use super::{AllowAll, Authenticator, Authorizer, DenyLists};
+use super::{AllowAll, Authenticator, Authorizer, Credentials, DenyLists, Verdict};
+use crate::codec::reason;
 use crate::config::{AclDefault, Config};
 use crate::error::{Classify, Origin};
 
@@ -37,6 +39,7 @@ impl Classify for AuthSetupError {
 #[derive(Default)]
 pub struct AuthFiles {
     users: Option<(PathBuf, Arc<FileAuthenticator>)>,
+    jwt: Option<Arc<JwtAuthenticator>>,
     acl: Option<(PathBuf, AclDefault, Arc<AclAuthorizer>)>,
 }
 
@@ -77,7 +80,12 @@ impl AuthSetup {
     pub fn from_config(cfg: &Config) -> Result<AuthSetup, AuthSetupError> {
         let a = &cfg.auth;
         let mut files = AuthFiles::default();
-        let authenticator: Arc<dyn Authenticator> = if a.users_file.is_empty() {
+        let authenticator: Arc<dyn Authenticator> = if a.users_file.is_empty() && a.jwt.enabled() {
+            // Tokens only: a client without one is anonymous, or refused.
+            Arc::new(NoUsers {
+                allow_anonymous: a.allow_anonymous,
+            })
+        } else if a.users_file.is_empty() {
             Arc::new(AllowAll)
         } else {
             let path = PathBuf::from(&a.users_file);
@@ -88,6 +96,17 @@ impl AuthSetup {
             let auth = Arc::new(auth);
             files.users = Some((path, auth.clone()));
             auth
+        };
+        let authenticator: Arc<dyn Authenticator> = if a.jwt.enabled() {
+            let jwt = JwtAuthenticator::new(&a.jwt, authenticator).map_err(|e| AuthSetupError {
+                file: PathBuf::from("[auth.jwt]"),
+                why: e.to_string(),
+            })?;
+            let jwt = Arc::new(jwt);
+            files.jwt = Some(jwt.clone());
+            jwt
+        } else {
+            authenticator
         };
         let deny = DenyLists::from_config(&cfg.mqtt);
         let authorizer: Arc<dyn Authorizer> = if a.acl_file.is_empty() {
@@ -120,6 +139,12 @@ impl AuthFiles {
                 format!("{}: {n} users", path.display())
             }));
         }
+        if let Some(jwt) = &self.jwt {
+            out.push(jwt.reload().map_err(|e| AuthSetupError {
+                file: PathBuf::from("[auth.jwt]"),
+                why: e.to_string(),
+            }));
+        }
         if let Some((path, default, authz)) = &self.acl {
             out.push(rules(path, *default).map(|r| {
                 let n = r.len();
@@ -132,6 +157,21 @@ impl AuthFiles {
 
     /// Whether any file is configured.
     pub fn is_empty(&self) -> bool {
-        self.users.is_none() && self.acl.is_none()
+        self.users.is_none() && self.acl.is_none() && self.jwt.is_none()
+    }
+}
+
+/// With JWTs and no users file: what a client without a token gets.
+struct NoUsers {
+    allow_anonymous: bool,
+}
+
+impl Authenticator for NoUsers {
+    fn authenticate(&self, who: &Credentials<'_>) -> Verdict {
+        match (who.username, who.password) {
+            (None, None) if self.allow_anonymous => Verdict::Allow,
+            (None, None) => Verdict::Deny(reason::NOT_AUTHORIZED),
+            _ => Verdict::Deny(reason::BAD_USERNAME_OR_PASSWORD),
+        }
     }
 }

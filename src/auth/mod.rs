@@ -20,6 +20,7 @@
 pub mod acl;
 mod authorizer;
 mod files;
+pub mod jwt;
 pub mod users;
 
 use std::net::SocketAddr;

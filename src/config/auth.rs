@@ -26,6 +26,55 @@ pub struct AuthConfig {
     /// How long a refused password is remembered: a reconnect storm with
     /// the same bad password costs one verification per this interval.
     pub deny_cache_secs: u64,
+    /// `[auth.jwt]`: a password that is a JWT is decided by its signature
+    /// and claims instead of the users file.
+    pub jwt: JwtConfig,
+}
+
+/// `[auth.jwt]`: clients that send a JWT as their password. Off unless a
+/// key is given (`secret`, `public_key_file` or `jwks_file`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// HS256's shared secret.
+    pub secret: String,
+    /// A PEM public key (RSA for RS256, P-256 for ES256). SIGHUP reloads it.
+    pub public_key_file: String,
+    /// A JWKS file: the key is picked by the token's `kid`. SIGHUP reloads it.
+    pub jwks_file: String,
+    /// Algorithms accepted (of HS256, RS256, ES256).
+    pub algorithms: Vec<String>,
+    /// Required `iss`, when set.
+    pub issuer: String,
+    /// Required `aud` (one of the token's), when set.
+    pub audience: String,
+    /// The claim that names the user. A client that sends a user name must
+    /// send this one; its ACL rules see it as `%u`.
+    pub username_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            secret: String::new(),
+            public_key_file: String::new(),
+            jwks_file: String::new(),
+            algorithms: vec!["HS256".into(), "RS256".into(), "ES256".into()],
+            issuer: String::new(),
+            audience: String::new(),
+            username_claim: "sub".into(),
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl JwtConfig {
+    /// Whether a key is configured.
+    pub fn enabled(&self) -> bool {
+        !self.secret.is_empty() || !self.public_key_file.is_empty() || !self.jwks_file.is_empty()
+    }
 }
 
 impl Default for AuthConfig {
@@ -37,6 +86,7 @@ impl Default for AuthConfig {
             acl_default: AclDefault::Deny,
             cache_secs: 300,
             deny_cache_secs: 30,
+            jwt: JwtConfig::default(),
         }
     }
 }
