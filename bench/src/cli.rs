@@ -186,9 +186,13 @@ pub struct Opts {
     pub client_prefix: Option<String>,
     /// User name of every client, with `%i` replaced by the client's index
     /// (`u%i`: a user per client; `team`: one user for all), and password
-    /// `bench`. Without it, clients connect with no user name.
+    /// `--password`. Without it, clients connect with no user name.
     #[arg(long)]
     pub username: Option<String>,
+    /// Password sent with `--username` (a JWT, for a broker that takes
+    /// tokens).
+    #[arg(long, default_value = "bench")]
+    pub password: String,
     /// Seconds allowed for TCP connect plus CONNACK (and SUBACK).
     #[arg(long, default_value_t = 10.0)]
     pub connect_timeout: f64,

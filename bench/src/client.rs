@@ -267,7 +267,7 @@ impl Client {
                 .opts
                 .username
                 .as_ref()
-                .map(|_| bytes::Bytes::from_static(b"bench")),
+                .map(|_| bytes::Bytes::copy_from_slice(plan.opts.password.as_bytes())),
             properties,
         }));
         codec::encode(&connect, self.version, &mut self.wbuf);

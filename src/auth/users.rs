@@ -195,10 +195,34 @@ impl Shared {
         hmac::sign(&self.key, password)
     }
 
-    /// Verifies on the auth thread and remembers the outcome.
+    /// What the cache says of `name` with `password`, if it is fresh.
+    fn remembered(
+        cache: &HashMap<String, Remembered>,
+        key: &hmac::Key,
+        name: &str,
+        password: &[u8],
+    ) -> Option<bool> {
+        let r = cache.get(name)?;
+        let same = hmac::verify(key, password, r.digest.as_ref()).is_ok();
+        (same && Instant::now() < r.until).then_some(r.allowed)
+    }
+
+    /// Verifies on the auth thread and remembers the outcome. A request
+    /// that queued behind one for the same user and password (a burst of
+    /// reconnects: every core missed the cache at once) is answered from
+    /// what that one found: one verification per burst, not one each.
     fn verify(&self, who: &Identity) -> Verdict {
         let name = who.username.as_deref().unwrap_or_default();
         let password = who.password.as_deref().unwrap_or_default();
+        let known = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| Shared::remembered(&c, &self.key, name, password));
+        if let Some(allowed) = known {
+            self.counts.cache_hits.fetch_add(1, Relaxed);
+            return self.outcome(allowed);
+        }
         self.counts.verifications.fetch_add(1, Relaxed);
         let allowed = self.users.load().verify(name, password);
         let ttl = if allowed {
@@ -293,12 +317,9 @@ impl Authenticator for FileAuthenticator {
         let password = who.password.unwrap_or_default();
         // `try_lock`: the auth thread may be writing; that is a miss.
         if let Ok(cache) = s.cache.try_lock() {
-            if let Some(r) = cache.get(name) {
-                let same = hmac::verify(&s.key, password, r.digest.as_ref()).is_ok();
-                if same && Instant::now() < r.until {
-                    s.counts.cache_hits.fetch_add(1, Relaxed);
-                    return s.outcome(r.allowed);
-                }
+            if let Some(allowed) = Shared::remembered(&cache, &s.key, name, password) {
+                s.counts.cache_hits.fetch_add(1, Relaxed);
+                return s.outcome(allowed);
             }
         }
         s.counts.cache_misses.fetch_add(1, Relaxed);
