@@ -234,6 +234,34 @@ fn on_bridge(core: &Core, msg: BridgeMsg) {
     }
 }
 
+/// `listeners.max_accepts_per_sec` for one listener on one core: a token
+/// bucket holding one second's worth.
+struct Pacer {
+    rate: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Pacer {
+    /// `None` when unlimited.
+    fn new(per_sec: u32) -> Option<Pacer> {
+        (per_sec > 0).then(|| Pacer {
+            rate: f64::from(per_sec),
+            tokens: f64::from(per_sec),
+            at: std::time::Instant::now(),
+        })
+    }
+
+    /// Takes a token for one accept; how long to wait first, if any.
+    fn take(&mut self, now: std::time::Instant) -> Option<Duration> {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.rate);
+        self.at = now;
+        self.tokens -= 1.0;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+}
+
 /// Accepts on one listener.
 async fn accept_loop(
     core: Rc<Core>,
@@ -241,7 +269,15 @@ async fn accept_loop(
     transport: Transport,
     tls: Option<Arc<Acceptor>>,
 ) {
+    let mut pacer = Pacer::new(core.cfg.listeners.max_accepts_per_sec);
     loop {
+        if let Some(wait) = pacer
+            .as_mut()
+            .and_then(|p| p.take(std::time::Instant::now()))
+        {
+            bump(&core.stats().accepts_paced, 1);
+            glommio::timer::sleep(wait).await;
+        }
         match listener.accept().await {
             Ok(stream) => {
                 let task = crate::net::conn::serve(core.clone(), stream, transport, tls.as_deref());
@@ -340,5 +376,29 @@ async fn route_to(core: Rc<Core>, peer: usize, senders: Rc<Senders<CoreMsg>>) {
 async fn receive_from(core: Rc<Core>, peer: usize, receivers: Rc<Receivers<CoreMsg>>) {
     while let Ok(Some(msg)) = receivers.recv_from(peer).await {
         core.on_core_msg(msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_allows_a_seconds_burst_then_the_rate() {
+        let t0 = std::time::Instant::now();
+        let mut p = Pacer::new(10).unwrap();
+        for _ in 0..10 {
+            assert_eq!(p.take(t0), None, "the burst");
+        }
+        let wait = p.take(t0).expect("the 11th waits");
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+        // Half a second later five more tokens were earned (less the one
+        // owed).
+        let later = t0 + Duration::from_millis(600);
+        for _ in 0..5 {
+            assert_eq!(p.take(later), None);
+        }
+        assert!(p.take(later).is_some());
+        assert!(Pacer::new(0).is_none(), "0: unlimited");
     }
 }

@@ -230,7 +230,13 @@ fn users_connect_with_their_password_and_stay_in_their_own_tree() {
 #[test]
 fn a_storm_of_bad_passwords_costs_one_verification() {
     let files = Files::new("storm");
-    let gw = secured(&files);
+    let (users, acl) = (files.users(), files.acl());
+    // No bans here: this is about what the checks cost.
+    let gw = gateway(2, move |c| {
+        c.auth.users_file = users;
+        c.auth.acl_file = acl;
+        c.auth.ban_after_failures = 0;
+    });
     for _ in 0..300 {
         assert_eq!(connack(&gw, Version::V311, Some("ann"), "guess").1, 4);
     }
@@ -544,4 +550,31 @@ fn jwts_of_each_algorithm_admit_and_bad_ones_are_refused() {
         "no users file: a password is refused"
     );
     assert!(metric(&gw_rsa, "tether_auth_jwt_denied_total") >= 6.0);
+}
+
+#[test]
+fn an_address_with_repeated_failed_logins_is_banned_before_any_check() {
+    let files = Files::new("ban");
+    let users = files.users();
+    let gw = gateway(1, move |c| {
+        c.auth.users_file = users;
+        c.auth.ban_after_failures = 3;
+        c.auth.ban_window_secs = 60;
+        c.auth.ban_secs = 600;
+    });
+    for _ in 0..3 {
+        assert_eq!(connack(&gw, Version::V5, Some("ann"), "guess").1, 0x86);
+    }
+    let checked = metric(&gw, "tether_auth_denied_total");
+    // Banned now, even with the right password, and the users file is not
+    // asked (a storm costs the checks nothing).
+    assert_eq!(connack(&gw, Version::V5, Some("ann"), "pw-ann").1, 0x8A);
+    assert_eq!(
+        connack(&gw, Version::V311, Some("ann"), "pw-ann").1,
+        5,
+        "3.1.1: not authorized"
+    );
+    assert_eq!(metric(&gw, "tether_auth_denied_total"), checked);
+    assert_eq!(metric(&gw, "tether_bans_total"), 1.0);
+    assert_eq!(metric(&gw, "tether_banned_connects_total"), 2.0);
 }

@@ -324,3 +324,21 @@ fn publish_above_maximum_qos_is_refused_with_0x9b() {
         "a Reason String says what was wrong: {why:?}"
     );
 }
+
+#[test]
+fn a_connect_storm_is_paced_by_max_accepts_per_sec_and_still_served() {
+    let gw = gateway(1, |c| c.listeners.max_accepts_per_sec = 20);
+    // 40 at once: the first 20 are the burst, the rest wait their turn in
+    // the backlog, and every one is served.
+    let clients: Vec<Raw> = (0..40)
+        .map(|i| Raw::connected(gw.tcp_addr, &format!("storm-{i}"), Version::V311))
+        .collect();
+    assert_eq!(clients.len(), 40);
+    let paced: f64 = common::web::http(gw.http_addr.unwrap(), "GET", "/metrics", &[], "")
+        .body
+        .lines()
+        .filter(|l| l.starts_with("tether_accepts_paced_total"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(paced >= 19.0, "{paced} accepts waited");
+}

@@ -26,6 +26,14 @@ pub struct AuthConfig {
     /// How long a refused password is remembered: a reconnect storm with
     /// the same bad password costs one verification per this interval.
     pub deny_cache_secs: u64,
+    /// Refusals of bad credentials from one source address, within
+    /// `ban_window_secs`, after which that address is banned (CONNACK
+    /// 0x8A) for `ban_secs`. Counted per core. 0: never banned.
+    pub ban_after_failures: u32,
+    /// The window the failures are counted in.
+    pub ban_window_secs: u64,
+    /// How long a ban lasts.
+    pub ban_secs: u64,
     /// `[auth.jwt]`: a password that is a JWT is decided by its signature
     /// and claims instead of the users file.
     pub jwt: JwtConfig,
@@ -86,6 +94,9 @@ impl Default for AuthConfig {
             acl_default: AclDefault::Deny,
             cache_secs: 300,
             deny_cache_secs: 30,
+            ban_after_failures: 20,
+            ban_window_secs: 60,
+            ban_secs: 300,
             jwt: JwtConfig::default(),
         }
     }

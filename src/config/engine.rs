@@ -33,6 +33,12 @@ pub struct ListenerConfig {
     pub send_buffer_bytes: usize,
     /// SO_RCVBUF of each connection; 0 keeps the kernel's autotuning.
     pub recv_buffer_bytes: usize,
+    /// New connections each core accepts per second on each listener, at
+    /// most (a burst of one second's worth first); beyond, they wait in the
+    /// kernel's backlog, and a full backlog makes clients retry their SYN.
+    /// Keeps a reconnect storm from starving the connections already up.
+    /// 0 (the default): no limit.
+    pub max_accepts_per_sec: u32,
 }
 
 impl Default for ListenerConfig {
@@ -42,6 +48,7 @@ impl Default for ListenerConfig {
             backlog: 1024,
             send_buffer_bytes: 0,
             recv_buffer_bytes: 0,
+            max_accepts_per_sec: 0,
         }
     }
 }

@@ -45,6 +45,13 @@ pub(super) fn connect(
     };
     link.version = c.version;
     let peer = link.peer;
+    let now_ms = core.clock().elapsed_ms();
+    if st.bans.banned(peer.ip(), now_ms) {
+        info!(conn = %id, %peer, "CONNECT refused: the address is banned after failed logins (auth.ban_secs)");
+        bump(&core.stats().banned_connects, 1);
+        refuse(st, key, reason::BANNED);
+        return Ok(());
+    }
     let who = Credentials {
         client_id: &c.client_id,
         username: c.username.as_deref(),
@@ -58,6 +65,7 @@ pub(super) fn connect(
         }
         Verdict::Deny(code) => {
             info!(conn = %id, %peer, reason = format_args!("{code:#04x}"), "CONNECT refused by the authenticator");
+            strike(core, st, peer.ip(), code);
             refuse(st, key, code);
             Ok(())
         }
@@ -108,7 +116,22 @@ pub fn on_verdict(core: &Core, token: u32, verdict: Verdict) {
         Verdict::Ask => reason::UNSPECIFIED_ERROR,
     };
     info!(conn = %id, reason = format_args!("{code:#04x}"), "CONNECT refused by the authenticator");
+    let ip = link.peer.ip();
+    strike(core, st, ip, code);
     refuse(st, key, code);
+}
+
+/// Counts a refusal of bad credentials against the source address (other
+/// refusals, such as an unavailable service, are not the client's doing).
+fn strike(core: &Core, st: &mut CoreState, ip: std::net::IpAddr, code: u8) {
+    if matches!(
+        code,
+        reason::BAD_USERNAME_OR_PASSWORD | reason::NOT_AUTHORIZED
+    ) && st.bans.failed(ip, core.clock().elapsed_ms())
+    {
+        info!(%ip, "address banned after repeated failed logins (auth.ban_after_failures)");
+        bump(&core.stats().bans, 1);
+    }
 }
 
 /// The rest of a CONNECT once authenticated: enhanced authentication,

@@ -32,6 +32,7 @@
 //! | `trie.rs`, `wheel.rs`, `interest.rs` | subscription trie, timer wheel, cross-core interest bits |
 
 mod acks;
+mod bans;
 mod clock;
 mod delivery;
 mod durable;
@@ -97,6 +98,8 @@ pub struct CoreState {
     interest: interest::LocalInterest,
     /// The filters this core announces to the cluster (`[kafka.cluster]`).
     cluster: interest::NodeInterest,
+    /// Failed logins per source address (`auth.ban_after_failures`).
+    pub bans: bans::Bans,
     next_gen: u32,
     next_seq: u64,
     /// Reused per fan-out to collect matches without allocating.
@@ -187,6 +190,11 @@ impl Core {
                 journal: Vec::new(),
                 interest: Default::default(),
                 cluster: interest::NodeInterest::new(node.outbound.wants_interest()),
+                bans: bans::Bans::new(
+                    cfg.auth.ban_after_failures,
+                    cfg.auth.ban_window_secs,
+                    cfg.auth.ban_secs,
+                ),
                 next_gen: 0,
                 next_seq: 0,
                 matches: Vec::new(),
