@@ -80,7 +80,20 @@ impl AuthSetup {
     pub fn from_config(cfg: &Config) -> Result<AuthSetup, AuthSetupError> {
         let a = &cfg.auth;
         let mut files = AuthFiles::default();
-        let authenticator: Arc<dyn Authenticator> = if a.users_file.is_empty() && a.jwt.enabled() {
+        if !a.http.url.is_empty() && !a.users_file.is_empty() {
+            return Err(AuthSetupError {
+                file: PathBuf::from(&a.users_file),
+                why: "auth.users_file and auth.http.url both decide who connects: set one".into(),
+            });
+        }
+        let authenticator: Arc<dyn Authenticator> = if !a.http.url.is_empty() {
+            let http =
+                super::http::HttpAuthenticator::new(&a.http).map_err(|e| AuthSetupError {
+                    file: PathBuf::from("[auth.http]"),
+                    why: format!("cannot start the tether-auth-http thread: {e}"),
+                })?;
+            Arc::new(http)
+        } else if a.users_file.is_empty() && a.jwt.enabled() {
             // Tokens only: a client without one is anonymous, or refused.
             Arc::new(NoUsers {
                 allow_anonymous: a.allow_anonymous,

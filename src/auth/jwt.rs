@@ -212,6 +212,10 @@ impl Authenticator for JwtAuthenticator {
         self.next.ask(who, reply)
     }
 
+    fn latency(&self) -> Option<&crate::stats::Histogram> {
+        self.next.latency()
+    }
+
     fn figures(&self) -> Vec<Figure> {
         use std::sync::atomic::Ordering::Relaxed;
         let mut f = vec![

@@ -20,6 +20,7 @@
 pub mod acl;
 mod authorizer;
 mod files;
+pub mod http;
 pub mod jwt;
 pub mod users;
 
@@ -123,6 +124,11 @@ pub trait Authenticator: Send + Sync + 'static {
     /// The authenticator's own figures for `/metrics` (outcomes, cache).
     fn figures(&self) -> Vec<crate::stats::Figure> {
         Vec::new()
+    }
+
+    /// Round trip of calls to a service behind the authenticator.
+    fn latency(&self) -> Option<&crate::stats::Histogram> {
+        None
     }
 }
 

@@ -37,6 +37,52 @@ pub struct AuthConfig {
     /// `[auth.jwt]`: a password that is a JWT is decided by its signature
     /// and claims instead of the users file.
     pub jwt: JwtConfig,
+    /// `[auth.http]`: the business decides, over HTTP (instead of a users
+    /// file).
+    pub http: HttpAuthConfig,
+}
+
+/// `[auth.http]`: an HTTP service decides who connects. Off unless `url`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpAuthConfig {
+    /// Where CONNECTs are POSTed (`http://host:port/path`). Empty: off.
+    pub url: String,
+    /// How long a call may take; past it the fail policy decides.
+    pub timeout_ms: u64,
+    /// How long an "allow" is remembered.
+    pub allow_cache_secs: u64,
+    /// How long a "deny" is remembered.
+    pub deny_cache_secs: u64,
+    /// Calls out at once, at most; more wait their turn.
+    pub max_concurrent: usize,
+    /// While the service is down, slow or answering nonsense: `closed`
+    /// (refuse, CONNACK 0x88) or `open` (admit).
+    pub fail: FailPolicy,
+}
+
+impl Default for HttpAuthConfig {
+    fn default() -> Self {
+        HttpAuthConfig {
+            url: String::new(),
+            timeout_ms: 2000,
+            allow_cache_secs: 300,
+            deny_cache_secs: 30,
+            max_concurrent: 64,
+            fail: FailPolicy::Closed,
+        }
+    }
+}
+
+/// What a failed call to an auth service means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailPolicy {
+    /// Refuse.
+    #[default]
+    Closed,
+    /// Admit.
+    Open,
 }
 
 /// `[auth.jwt]`: clients that send a JWT as their password. Off unless a
@@ -98,6 +144,7 @@ impl Default for AuthConfig {
             ban_window_secs: 60,
             ban_secs: 300,
             jwt: JwtConfig::default(),
+            http: HttpAuthConfig::default(),
         }
     }
 }

@@ -16,7 +16,7 @@ mod edge;
 mod engine;
 mod kafka;
 
-pub use auth::{AclDefault, AuthConfig, JwtConfig};
+pub use auth::{AclDefault, AuthConfig, FailPolicy, HttpAuthConfig, JwtConfig};
 pub use cluster::{
     Durability, LimitsConfig, PerUserPolicy, PresenceConfig, RedisConfig, StoreConfig, StoreKind,
 };

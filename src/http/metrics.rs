@@ -185,6 +185,14 @@ pub(crate) fn render(node: &NodeState, gauges: &[Option<SessionGauges>]) -> Stri
             std::iter::once((String::new(), h)),
         );
     }
+    if let Some(h) = node.auth.latency() {
+        histogram(
+            &mut out,
+            "auth_callback_latency_seconds",
+            "Round trip of the authenticator's calls to its service (auth.http).",
+            std::iter::once((String::new(), h)),
+        );
+    }
     if let Some(h) = node.outbound.latency() {
         histogram(
             &mut out,
