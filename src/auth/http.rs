@@ -25,23 +25,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use ring::hmac;
 use tokio::sync::{mpsc, Semaphore};
 
+use super::cache::{Key, VerdictCache};
 use super::{Authenticator, Credentials, Identity, Verdict};
 use crate::bridge::ReplyTo;
 use crate::codec::reason;
 use crate::config::{FailPolicy, HttpAuthConfig};
 use crate::stats::{Figure, Histogram};
-
-/// The cache key of one set of credentials.
-type Key = Vec<u8>;
-
-/// One remembered answer.
-struct Remembered {
-    allowed: bool,
-    until: Instant,
-}
 
 /// The authenticator's figures.
 #[derive(Default)]
@@ -60,29 +51,17 @@ struct Counts {
 
 struct Shared {
     cfg: HttpAuthConfig,
-    key: hmac::Key,
-    cache: Mutex<HashMap<Key, Remembered>>,
+    cache: VerdictCache,
     counts: Counts,
     /// Round trip of each call.
     latency: Histogram,
 }
 
 impl Shared {
+    /// The cache key: the service may decide on any of these.
     fn key_of(&self, username: Option<&str>, password: Option<&[u8]>, client_id: &str) -> Key {
-        let mut ctx = hmac::Context::with_key(&self.key);
-        ctx.update(username.unwrap_or_default().as_bytes());
-        ctx.update(b"\0");
-        ctx.update(password.unwrap_or_default());
-        ctx.update(b"\0");
-        ctx.update(client_id.as_bytes());
-        ctx.sign().as_ref().to_vec()
-    }
-
-    fn remembered(&self, cache: &HashMap<Key, Remembered>, key: &Key) -> Option<bool> {
-        cache
-            .get(key)
-            .filter(|r| Instant::now() < r.until)
-            .map(|r| r.allowed)
+        let (u, p) = (username.unwrap_or_default(), password.unwrap_or_default());
+        self.cache.key_of(&[u.as_bytes(), p, client_id.as_bytes()])
     }
 
     fn verdict(&self, allowed: bool) -> Verdict {
@@ -120,13 +99,12 @@ pub struct HttpAuthenticator {
 impl HttpAuthenticator {
     /// Starts the `tether-auth-http` thread.
     pub fn new(cfg: &HttpAuthConfig) -> std::io::Result<HttpAuthenticator> {
-        let mut secret = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
-            .map_err(|_| std::io::Error::other("the system's random source failed"))?;
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
-            key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
-            cache: Mutex::new(HashMap::new()),
+            cache: VerdictCache::new(
+                Duration::from_secs(cfg.allow_cache_secs),
+                Duration::from_secs(cfg.deny_cache_secs),
+            )?,
             counts: Counts::default(),
             latency: Histogram::default(),
         });
@@ -146,12 +124,9 @@ impl Authenticator for HttpAuthenticator {
     fn authenticate(&self, who: &Credentials<'_>) -> Verdict {
         let s = &self.shared;
         let key = s.key_of(who.username, who.password, who.client_id);
-        // `try_lock`: the thread may be writing; that is a miss, not a wait.
-        if let Ok(cache) = s.cache.try_lock() {
-            if let Some(allowed) = s.remembered(&cache, &key) {
-                s.counts.cache_hits.fetch_add(1, Relaxed);
-                return s.verdict(allowed);
-            }
+        if let Some(allowed) = s.cache.peek(&key) {
+            s.counts.cache_hits.fetch_add(1, Relaxed);
+            return s.verdict(allowed);
         }
         s.counts.cache_misses.fetch_add(1, Relaxed);
         Verdict::Ask
@@ -199,8 +174,7 @@ async fn run(s: Arc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>) {
             who.password.as_deref(),
             &who.client_id,
         );
-        let known = s.cache.lock().ok().and_then(|c| s.remembered(&c, &key));
-        if let Some(allowed) = known {
+        if let Some(allowed) = s.cache.get(&key) {
             s.counts.cache_hits.fetch_add(1, Relaxed);
             reply.send(s.verdict(allowed));
             continue;
@@ -269,19 +243,6 @@ async fn call(s: &Shared, client: &Client, who: &Identity, key: &Key) -> Verdict
     let Ok(Some(allowed)) = answer else {
         return s.failed();
     };
-    let ttl = if allowed {
-        s.cfg.allow_cache_secs
-    } else {
-        s.cfg.deny_cache_secs
-    };
-    if let Ok(mut cache) = s.cache.lock() {
-        cache.insert(
-            key.clone(),
-            Remembered {
-                allowed,
-                until: Instant::now() + Duration::from_secs(ttl),
-            },
-        );
-    }
+    s.cache.put(key.clone(), allowed);
     s.verdict(allowed)
 }

@@ -19,6 +19,7 @@
 
 pub mod acl;
 mod authorizer;
+mod cache;
 mod files;
 pub mod http;
 pub mod jwt;

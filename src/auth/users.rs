@@ -9,22 +9,20 @@
 //! no user name, or a user name and password verified (or refused) within
 //! `auth.cache_secs` (`auth.deny_cache_secs`). Everything else goes to the
 //! `tether-auth` thread, which verifies and answers through the verdict's
-//! `ReplyTo`. The cache keeps, per user, a keyed digest of the last
-//! password seen (HMAC-SHA256 with a key made at start), never the
-//! password. The core only ever `try_lock`s it: a cache the auth thread is
-//! writing is a miss, not a wait.
+//! `ReplyTo`. The cache ([`super::cache::VerdictCache`]) is keyed by a
+//! digest of user name and password, never the password itself.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use crossbeam_channel::{unbounded, Sender};
-use ring::hmac;
 
+use super::cache::VerdictCache;
 use super::{Authenticator, Credentials, Identity, Verdict};
 use crate::bridge::ReplyTo;
 use crate::codec::reason;
@@ -151,14 +149,6 @@ pub fn set_password(path: &std::path::Path, name: &str, password: &[u8]) -> std:
     std::fs::rename(&tmp, path)
 }
 
-/// What the cache remembers of one user.
-struct Remembered {
-    /// HMAC of the password last verified or refused.
-    digest: hmac::Tag,
-    allowed: bool,
-    until: Instant,
-}
-
 /// What the `tether-auth` thread is asked.
 struct Job {
     who: Identity,
@@ -183,30 +173,11 @@ struct Counts {
 /// State shared by the cores' fast path and the auth thread.
 struct Shared {
     users: ArcSwap<Users>,
-    cache: Mutex<HashMap<String, Remembered>>,
-    key: hmac::Key,
-    allow_ttl: Duration,
-    deny_ttl: Duration,
+    cache: VerdictCache,
     counts: Counts,
 }
 
 impl Shared {
-    fn digest(&self, password: &[u8]) -> hmac::Tag {
-        hmac::sign(&self.key, password)
-    }
-
-    /// What the cache says of `name` with `password`, if it is fresh.
-    fn remembered(
-        cache: &HashMap<String, Remembered>,
-        key: &hmac::Key,
-        name: &str,
-        password: &[u8],
-    ) -> Option<bool> {
-        let r = cache.get(name)?;
-        let same = hmac::verify(key, password, r.digest.as_ref()).is_ok();
-        (same && Instant::now() < r.until).then_some(r.allowed)
-    }
-
     /// Verifies on the auth thread and remembers the outcome. A request
     /// that queued behind one for the same user and password (a burst of
     /// reconnects: every core missed the cache at once) is answered from
@@ -214,30 +185,14 @@ impl Shared {
     fn verify(&self, who: &Identity) -> Verdict {
         let name = who.username.as_deref().unwrap_or_default();
         let password = who.password.as_deref().unwrap_or_default();
-        let known = self
-            .cache
-            .lock()
-            .ok()
-            .and_then(|c| Shared::remembered(&c, &self.key, name, password));
-        if let Some(allowed) = known {
+        let key = self.cache.key_of(&[name.as_bytes(), password]);
+        if let Some(allowed) = self.cache.get(&key) {
             self.counts.cache_hits.fetch_add(1, Relaxed);
             return self.outcome(allowed);
         }
         self.counts.verifications.fetch_add(1, Relaxed);
         let allowed = self.users.load().verify(name, password);
-        let ttl = if allowed {
-            self.allow_ttl
-        } else {
-            self.deny_ttl
-        };
-        let entry = Remembered {
-            digest: self.digest(password),
-            allowed,
-            until: Instant::now() + ttl,
-        };
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(name.to_string(), entry);
-        }
+        self.cache.put(key, allowed);
         self.outcome(allowed)
     }
 
@@ -263,15 +218,12 @@ pub struct FileAuthenticator {
 impl FileAuthenticator {
     /// Starts the `tether-auth` thread for `users`.
     pub fn new(users: Users, cfg: &AuthConfig) -> std::io::Result<FileAuthenticator> {
-        let mut key = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-            .map_err(|_| std::io::Error::other("the system's random source failed"))?;
         let shared = Arc::new(Shared {
             users: ArcSwap::from_pointee(users),
-            cache: Mutex::new(HashMap::new()),
-            key: hmac::Key::new(hmac::HMAC_SHA256, &key),
-            allow_ttl: Duration::from_secs(cfg.cache_secs),
-            deny_ttl: Duration::from_secs(cfg.deny_cache_secs),
+            cache: VerdictCache::new(
+                Duration::from_secs(cfg.cache_secs),
+                Duration::from_secs(cfg.deny_cache_secs),
+            )?,
             counts: Counts::default(),
         });
         let (jobs, rx) = unbounded::<Job>();
@@ -294,9 +246,7 @@ impl FileAuthenticator {
     /// changed or removed password must not stay valid).
     pub fn replace(&self, users: Users) {
         self.shared.users.store(Arc::new(users));
-        if let Ok(mut cache) = self.shared.cache.lock() {
-            cache.clear();
-        }
+        self.shared.cache.clear();
     }
 }
 
@@ -315,12 +265,9 @@ impl Authenticator for FileAuthenticator {
             return s.outcome(false);
         }
         let password = who.password.unwrap_or_default();
-        // `try_lock`: the auth thread may be writing; that is a miss.
-        if let Ok(cache) = s.cache.try_lock() {
-            if let Some(allowed) = Shared::remembered(&cache, &s.key, name, password) {
-                s.counts.cache_hits.fetch_add(1, Relaxed);
-                return s.outcome(allowed);
-            }
+        if let Some(allowed) = s.cache.peek(&s.cache.key_of(&[name.as_bytes(), password])) {
+            s.counts.cache_hits.fetch_add(1, Relaxed);
+            return s.outcome(allowed);
         }
         s.counts.cache_misses.fetch_add(1, Relaxed);
         Verdict::Ask

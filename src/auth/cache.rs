@@ -1,0 +1,139 @@
+//! The verdict cache shared by the authenticators whose checks are too
+//! slow for a core (the users file's argon2id, the HTTP service).
+//!
+//! Keys are HMAC-SHA256 digests of the credentials under a key made at
+//! start, so the cache never holds a password. The core reads it with
+//! [`VerdictCache::peek`], which only `try_lock`s: a cache the auth thread
+//! is writing is a miss, never a wait. The auth thread reads it again with
+//! [`VerdictCache::get`] before it does the slow work, so requests that
+//! queued behind a check of the same credentials are answered by it.
+//!
+//! Bounded: past [`MAX_VERDICTS`] entries, expired ones are swept, and if
+//! none expired the oldest half of the map goes (a flood of distinct
+//! credentials cannot grow it without bound).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ring::hmac;
+
+/// Verdicts remembered at most.
+pub const MAX_VERDICTS: usize = 100_000;
+
+/// A cache key: the digest of one set of credentials.
+pub type Key = Vec<u8>;
+
+/// One remembered verdict.
+struct Remembered {
+    allowed: bool,
+    until: Instant,
+}
+
+/// Allow and deny verdicts with their own lifetimes.
+pub struct VerdictCache {
+    key: hmac::Key,
+    map: Mutex<HashMap<Key, Remembered>>,
+    allow_ttl: Duration,
+    deny_ttl: Duration,
+}
+
+impl VerdictCache {
+    /// An empty cache with a fresh digest key.
+    pub fn new(allow_ttl: Duration, deny_ttl: Duration) -> std::io::Result<VerdictCache> {
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| std::io::Error::other("the system's random source failed"))?;
+        Ok(VerdictCache {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            map: Mutex::new(HashMap::new()),
+            allow_ttl,
+            deny_ttl,
+        })
+    }
+
+    /// The key of credentials given in `parts` (separated, so no two
+    /// different sets run together into one).
+    pub fn key_of(&self, parts: &[&[u8]]) -> Key {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        for p in parts {
+            ctx.update(&(p.len() as u64).to_le_bytes());
+            ctx.update(p);
+        }
+        ctx.sign().as_ref().to_vec()
+    }
+
+    fn fresh(map: &HashMap<Key, Remembered>, key: &Key) -> Option<bool> {
+        map.get(key)
+            .filter(|r| Instant::now() < r.until)
+            .map(|r| r.allowed)
+    }
+
+    /// On a core: the verdict if it is remembered and the lock is free.
+    pub fn peek(&self, key: &Key) -> Option<bool> {
+        Self::fresh(&*self.map.try_lock().ok()?, key)
+    }
+
+    /// On the auth thread: the verdict if it is remembered.
+    pub fn get(&self, key: &Key) -> Option<bool> {
+        Self::fresh(&*self.map.lock().ok()?, key)
+    }
+
+    /// Remembers a verdict for its lifetime.
+    pub fn put(&self, key: Key, allowed: bool) {
+        let ttl = if allowed {
+            self.allow_ttl
+        } else {
+            self.deny_ttl
+        };
+        let Ok(mut map) = self.map.lock() else {
+            return;
+        };
+        if map.len() >= MAX_VERDICTS {
+            let now = Instant::now();
+            map.retain(|_, r| now < r.until);
+            if map.len() >= MAX_VERDICTS {
+                let mut by_age: Vec<(Instant, Key)> =
+                    map.iter().map(|(k, r)| (r.until, k.clone())).collect();
+                by_age.sort_unstable();
+                for (_, k) in by_age.into_iter().take(MAX_VERDICTS / 2) {
+                    map.remove(&k);
+                }
+            }
+        }
+        map.insert(
+            key,
+            Remembered {
+                allowed,
+                until: Instant::now() + ttl,
+            },
+        );
+    }
+
+    /// Forgets everything (the credentials behind it changed).
+    pub fn clear(&self) {
+        if let Ok(mut map) = self.map.lock() {
+            map.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_live_for_their_own_ttl_and_keys_do_not_run_together() {
+        let c = VerdictCache::new(Duration::from_secs(60), Duration::ZERO).unwrap();
+        let ann = c.key_of(&[b"ann", b"pw"]);
+        assert_ne!(ann, c.key_of(&[b"annp", b"w"]), "parts are separated");
+        assert_eq!(c.peek(&ann), None);
+        c.put(ann.clone(), true);
+        assert_eq!(c.peek(&ann), Some(true));
+        let bad = c.key_of(&[b"ann", b"guess"]);
+        c.put(bad.clone(), false);
+        assert_eq!(c.get(&bad), None, "a deny TTL of 0 remembers nothing");
+        c.clear();
+        assert_eq!(c.get(&ann), None);
+    }
+}
