@@ -16,6 +16,8 @@ const ACL: &str = "\
 allow both      user/%u/#
 allow subscribe broadcast
 allow publish   devices/%c/state
+allow subscribe lan/#  peer 127.0.0.0/8
+allow subscribe wan/#  peer 192.0.2.0/24
 deny  both      #
 ";
 
@@ -177,6 +179,8 @@ fn users_connect_with_their_password_and_stay_in_their_own_tree() {
     );
     assert_eq!(suback(&mut ann, 4, "#"), 0x87);
     assert_eq!(suback(&mut ann, 5, "broadcast"), 1);
+    assert_eq!(suback(&mut ann, 50, "lan/printers"), 1, "from 127.0.0.1");
+    assert_eq!(suback(&mut ann, 51, "wan/x"), 0x87, "not from 192.0.2.0/24");
     assert_eq!(puback(&mut ann, 6, "user/bob/inbox"), 0x87);
     let mut early = Vec::new();
     assert_eq!(puback_seeing(&mut ann, 7, "user/ann/notes", &mut early), 0);

@@ -3,8 +3,9 @@
 //! when none does.
 //!
 //! ```text
-//! # allow|deny  publish|subscribe|both  FILTER  [user NAME | client ID]
+//! # allow|deny  publish|subscribe|both  FILTER  [user NAME | client ID | peer CIDR]
 //! allow both      user/%u/#          # every user their own tree
+//! allow publish   sensors/#  peer 10.1.0.0/16  # only from the plant's network
 //! allow subscribe broadcast
 //! allow subscribe $SYS/#   user ops  # $SYS for one operator
 //! deny  both      #
@@ -57,6 +58,55 @@ enum Who {
     Anyone,
     User(String),
     Client(String),
+    Peer(Cidr),
+}
+
+/// An address block, `10.0.0.0/8` or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDRESS[/PREFIX]`.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (s.parse().ok()?, None),
+        };
+        let max = match addr {
+            std::net::IpAddr::V4(_) => 32,
+            std::net::IpAddr::V6(_) => 128,
+        };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is in the block (an IPv4 client seen as IPv6-mapped
+    /// counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map_or(ip, V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (V4(net), V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (V6(net), V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// One line of the file.
@@ -89,7 +139,7 @@ impl std::fmt::Display for AclError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "line {}: {} (a rule is: allow|deny publish|subscribe|both FILTER [user NAME | client ID])",
+            "line {}: {} (a rule is: allow|deny publish|subscribe|both FILTER [user NAME | client ID | peer ADDRESS/PREFIX])",
             self.line, self.why
         )
     }
@@ -133,12 +183,19 @@ impl AclRules {
             if let Err(why) = crate::codec::topic::validate_filter(&plain) {
                 return Err(err(&format!("topic filter {filter}: {why}")));
             }
-            let who = match (words.get(3), words.get(4), words.len()) {
-                (None, _, _) => Who::Anyone,
-                (Some(&"user"), Some(name), 5) => Who::User(name.to_string()),
-                (Some(&"client"), Some(id), 5) => Who::Client(id.to_string()),
-                _ => return Err(err("after the filter: nothing, user NAME or client ID")),
-            };
+            let who =
+                match (words.get(3), words.get(4), words.len()) {
+                    (None, _, _) => Who::Anyone,
+                    (Some(&"user"), Some(name), 5) => Who::User(name.to_string()),
+                    (Some(&"client"), Some(id), 5) => Who::Client(id.to_string()),
+                    (Some(&"peer"), Some(net), 5) => match Cidr::parse(net) {
+                        Some(c) => Who::Peer(c),
+                        None => return Err(err("peer takes an address or ADDRESS/PREFIX")),
+                    },
+                    _ => return Err(err(
+                        "after the filter: nothing, user NAME, client ID or peer ADDRESS/PREFIX",
+                    )),
+                };
             rules.push(Rule {
                 effect,
                 actions,
@@ -177,6 +234,7 @@ impl AclRules {
                 Who::Anyone => true,
                 Who::User(u) => req.username == Some(u.as_str()),
                 Who::Client(c) => req.client_id == Some(c.as_str()),
+                Who::Peer(net) => req.peer.is_some_and(|ip| net.contains(ip)),
             };
             if !applies || !ours {
                 continue;
@@ -338,6 +396,7 @@ deny  both      #
             source: Source::Client,
             client_id: Some("dev-1"),
             username: user,
+            peer: Some("10.1.2.3".parse().unwrap()),
         }
     }
 
@@ -399,6 +458,32 @@ deny  both      #
             Permit::Allow,
             "the default"
         );
+    }
+
+    #[test]
+    fn peer_rules_match_address_blocks() {
+        let acl = AclRules::parse(
+            "allow publish sensors/# peer 10.1.0.0/16\ndeny both #",
+            AclDefault::Deny,
+        )
+        .unwrap();
+        let mut r = req(Action::Publish, "sensors/t", None);
+        assert_eq!(acl.decide(&r), Permit::Allow, "10.1.2.3 is in 10.1.0.0/16");
+        r.peer = Some("10.2.0.1".parse().unwrap());
+        assert_eq!(acl.decide(&r), Permit::Deny);
+        r.peer = Some("::ffff:10.1.9.9".parse().unwrap());
+        assert_eq!(acl.decide(&r), Permit::Allow, "IPv4-mapped IPv6");
+        let one = Cidr::parse("192.168.0.7").unwrap();
+        assert!(one.contains("192.168.0.7".parse().unwrap()));
+        assert!(!one.contains("192.168.0.8".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("fd00::/8")
+            .unwrap()
+            .contains("fd12::1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_none());
+        assert!(AclRules::parse("allow both a peer nonsense", AclDefault::Deny).is_err());
     }
 
     #[test]

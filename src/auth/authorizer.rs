@@ -39,6 +39,8 @@ pub struct AclRequest<'a> {
     pub client_id: Option<&'a str>,
     /// The client's user name, when it gave one.
     pub username: Option<&'a str>,
+    /// The client's address (clients only).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// [`AclRequest`] that can travel to another thread, for [`Authorizer::ask`].
@@ -58,6 +60,8 @@ pub struct OwnedAclRequest {
     pub client_id: Option<String>,
     /// The client's user name.
     pub username: Option<String>,
+    /// The client's address.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl AclRequest<'_> {
@@ -71,6 +75,7 @@ impl AclRequest<'_> {
             source: self.source,
             client_id: self.client_id.map(str::to_owned),
             username: self.username.map(str::to_owned),
+            peer: self.peer,
         }
     }
 }
@@ -158,6 +163,7 @@ mod tests {
             source: Source::Client,
             client_id: Some("c"),
             username: None,
+            peer: None,
         }
     }
 

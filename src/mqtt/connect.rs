@@ -147,6 +147,7 @@ fn admit(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) {
     let Some(link) = e.link.as_mut() else {
         return;
     };
+    let peer = link.peer;
     // MQTT 5 4.12: an Authentication Method starts an enhanced exchange.
     let exchange = match &c.properties.authentication_method {
         Some(method) => {
@@ -204,6 +205,7 @@ fn admit(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) {
             source: crate::auth::Source::Client,
             client_id: Some(&client_id),
             username: c.username.as_deref(),
+            peer: Some(peer.ip()),
         };
         if core.node.authz.check(&req) == crate::auth::Permit::Deny {
             bump(&core.stats().denied_publishes, 1);

@@ -138,6 +138,7 @@ fn authorize(
             source: Source::Client,
             client_id: e.client_id.as_deref(),
             username: link.username.as_deref(),
+            peer: Some(link.peer.ip()),
         })
     });
     match permit {
@@ -157,6 +158,7 @@ fn authorize(
                 source: Source::Client,
                 client_id: e.client_id.as_deref(),
                 username: link.username.as_deref(),
+                peer: Some(link.peer.ip()),
             }
             .to_owned();
             let parked = Publish {
@@ -526,6 +528,7 @@ pub fn on_bridge_publish(
         source,
         client_id: None,
         username: None,
+        peer: None,
     };
     let permit = core.node.authz.check(&acl);
     if permit == Permit::Ask && !st.pending.has_room(PendingKind::Permit) {

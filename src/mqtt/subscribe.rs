@@ -92,6 +92,7 @@ pub(super) fn subscribe(
             source: Source::Client,
             client_id: e.client_id.as_deref(),
             username: link.username.as_deref(),
+            peer: Some(link.peer.ip()),
         };
         match core.node.authz.check(&req) {
             Permit::Allow => permits[i] = Some(true),
