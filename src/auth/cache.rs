@@ -13,6 +13,7 @@
 //! credentials cannot grow it without bound).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,10 @@ pub struct VerdictCache {
     map: Mutex<HashMap<Key, Remembered>>,
     allow_ttl: Duration,
     deny_ttl: Duration,
+    /// Verdicts found, by the core or the auth thread's second look.
+    hits: AtomicU64,
+    /// Cores' lookups that found nothing (the request went to the thread).
+    misses: AtomicU64,
 }
 
 impl VerdictCache {
@@ -49,7 +54,21 @@ impl VerdictCache {
             map: Mutex::new(HashMap::new()),
             allow_ttl,
             deny_ttl,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         })
+    }
+
+    /// Hits and misses so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
+    }
+
+    fn counted(&self, found: Option<bool>) -> Option<bool> {
+        if found.is_some() {
+            self.hits.fetch_add(1, Relaxed);
+        }
+        found
     }
 
     /// The key of credentials given in `parts` (separated, so no two
@@ -69,14 +88,20 @@ impl VerdictCache {
             .map(|r| r.allowed)
     }
 
-    /// On a core: the verdict if it is remembered and the lock is free.
+    /// On a core: the verdict if it is remembered and the lock is free
+    /// (a miss is counted: the request goes to the auth thread).
     pub fn peek(&self, key: &Key) -> Option<bool> {
-        Self::fresh(&*self.map.try_lock().ok()?, key)
+        let found = self.map.try_lock().ok().and_then(|m| Self::fresh(&m, key));
+        if found.is_none() {
+            self.misses.fetch_add(1, Relaxed);
+        }
+        self.counted(found)
     }
 
     /// On the auth thread: the verdict if it is remembered.
     pub fn get(&self, key: &Key) -> Option<bool> {
-        Self::fresh(&*self.map.lock().ok()?, key)
+        let found = self.map.lock().ok().and_then(|m| Self::fresh(&m, key));
+        self.counted(found)
     }
 
     /// Remembers a verdict for its lifetime.
@@ -135,5 +160,10 @@ mod tests {
         assert_eq!(c.get(&bad), None, "a deny TTL of 0 remembers nothing");
         c.clear();
         assert_eq!(c.get(&ann), None);
+        assert_eq!(
+            c.counts(),
+            (1, 1),
+            "one hit (peek), one miss (the first peek)"
+        );
     }
 }

@@ -37,8 +37,6 @@ use crate::stats::{Figure, Histogram};
 /// The authenticator's figures.
 #[derive(Default)]
 struct Counts {
-    cache_hits: AtomicU64,
-    cache_misses: AtomicU64,
     /// Requests made to the service.
     calls: AtomicU64,
     /// Requests that joined one already in flight.
@@ -124,12 +122,10 @@ impl Authenticator for HttpAuthenticator {
     fn authenticate(&self, who: &Credentials<'_>) -> Verdict {
         let s = &self.shared;
         let key = s.key_of(who.username, who.password, who.client_id);
-        if let Some(allowed) = s.cache.peek(&key) {
-            s.counts.cache_hits.fetch_add(1, Relaxed);
-            return s.verdict(allowed);
+        match s.cache.peek(&key) {
+            Some(allowed) => s.verdict(allowed),
+            None => Verdict::Ask,
         }
-        s.counts.cache_misses.fetch_add(1, Relaxed);
-        Verdict::Ask
     }
 
     fn ask(&self, who: Identity, reply: ReplyTo<Verdict>) {
@@ -139,12 +135,13 @@ impl Authenticator for HttpAuthenticator {
 
     fn figures(&self) -> Vec<Figure> {
         let c = &self.shared.counts;
+        let (hits, misses) = self.shared.cache.counts();
         vec![
             ("auth_http_calls", "Requests made to the auth.http service.", c.calls.load(Relaxed), true),
             ("auth_http_joined", "CONNECTs that waited for a request already in flight for the same credentials (single flight).", c.joined.load(Relaxed), true),
             ("auth_http_failures", "auth.http requests that failed (unreachable, timeout, bad answer): the fail policy decided.", c.failures.load(Relaxed), true),
-            ("auth_http_cache_hits", "auth.http verdicts answered from the cache, on the core.", c.cache_hits.load(Relaxed), true),
-            ("auth_http_cache_misses", "auth.http verdicts sent to the tether-auth-http thread.", c.cache_misses.load(Relaxed), true),
+            ("auth_http_cache_hits", "auth.http verdicts answered from the cache (on the core, or by the thread's second look).", hits, true),
+            ("auth_http_cache_misses", "auth.http verdicts sent to the tether-auth-http thread.", misses, true),
             ("auth_http_allowed", "CONNECTs the auth.http service (or its cache) admitted.", c.allowed.load(Relaxed), true),
             ("auth_http_denied", "CONNECTs the auth.http service (or its cache) refused.", c.denied.load(Relaxed), true),
         ]
@@ -175,7 +172,6 @@ async fn run(s: Arc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>) {
             &who.client_id,
         );
         if let Some(allowed) = s.cache.get(&key) {
-            s.counts.cache_hits.fetch_add(1, Relaxed);
             reply.send(s.verdict(allowed));
             continue;
         }
