@@ -100,15 +100,7 @@ fn suback(r: &mut Raw, pkid: u16, filter: &str) -> u8 {
 /// arrive first (the client's own, delivered before its ack) are kept in
 /// `early`.
 fn puback_seeing(r: &mut Raw, pkid: u16, topic: &str, early: &mut Vec<codec::Publish>) -> u8 {
-    r.send(&Packet::Publish(codec::Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic: topic.into(),
-        pkid,
-        properties: Default::default(),
-        payload: Bytes::from_static(b"x"),
-    }));
+    r.send(&publish_packet(pkid, topic, b"x"));
     loop {
         match r.recv() {
             Some(Packet::PubAck(a)) => return a.code,

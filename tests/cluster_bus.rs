@@ -85,16 +85,7 @@ async fn client(node: &Node, id: &str, filters: &[&str]) -> (rumqttc::AsyncClien
     drop(task);
     for f in filters {
         c.subscribe(*f, QoS::AtLeastOnce).await.unwrap();
-        loop {
-            match tokio::time::timeout(WAIT, events.recv())
-                .await
-                .expect("SUBACK in time")
-            {
-                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) => break,
-                Some(Ok(_)) => {}
-                other => panic!("{id}: {other:?}"),
-            }
-        }
+        take_suback(&mut events).await;
     }
     (c, events)
 }

@@ -136,22 +136,42 @@ async fn after_warm(kafka: &Kafka, topic: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_broker_withholds_acks_and_loses_nothing_acknowledged() {
+/// For the tests that pause the broker: our own tansu (`None`, and the
+/// test is skipped, with `KAFKA_BROKERS`), a one-partition topic named
+/// after `tag`, and a one-core gateway routing `up/#` there under `key`
+/// (PUBACK after Kafka's report), with `tweak` on top.
+async fn paused_setup(
+    tag: &str,
+    key: &'static str,
+    tweak: impl FnOnce(&mut tether::Config) + Send + 'static,
+) -> Option<(Kafka, String, tether::Gateway)> {
     let kafka = Kafka::start();
     if kafka.proc.is_none() {
-        return eprintln!("skipped: pausing needs our own tansu, not KAFKA_BROKERS");
+        eprintln!("skipped: pausing needs our own tansu, not KAFKA_BROKERS");
+        return None;
     }
-    let topic = kafka.topic("hang", 1).await;
+    let topic = kafka.topic(tag, 1).await;
     let (brokers, t) = (kafka.brokers.clone(), topic.clone());
     let gw = gateway(1, move |c| {
         c.kafka.brokers = brokers;
-        c.kafka.route = vec![route("up/#", &t, "%t", RouteAck::Kafka)];
+        c.kafka.route = vec![route("up/#", &t, key, RouteAck::Kafka)];
+        tweak(c);
+    });
+    Some((kafka, topic, gw))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_broker_withholds_acks_and_loses_nothing_acknowledged() {
+    let Some((kafka, topic, gw)) = paused_setup("hang", "%t", |c| {
         // A small bound, to see the publisher held back by it; a delivery
         // timeout longer than the hang, so every message gets through.
         c.runtime.max_outbound_inflight = 64;
         c.kafka.delivery_timeout_ms = 2 * HANG.as_millis() as u64;
-    });
+    })
+    .await
+    else {
+        return;
+    };
     let mut dev = v5(&gw, v5_options(&gw, "pauser"), None).await;
     warm(&mut dev).await;
 
@@ -214,21 +234,17 @@ async fn a_hung_broker_withholds_acks_and_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_a_full_librdkafka_queue_turns_away_wait_their_turn() {
-    let kafka = Kafka::start();
-    if kafka.proc.is_none() {
-        return eprintln!("skipped: pausing needs our own tansu, not KAFKA_BROKERS");
-    }
-    let topic = kafka.topic("full", 1).await;
-    let (brokers, t) = (kafka.brokers.clone(), topic.clone());
-    let gw = gateway(1, move |c| {
-        c.kafka.brokers = brokers;
-        c.kafka.route = vec![route("up/#", &t, "%c", RouteAck::Kafka)];
+    let Some((kafka, topic, gw)) = paused_setup("full", "%c", |c| {
         // librdkafka's queue holds 5 messages: the rest meet "queue full"
         // and wait on the bridge thread, in order.
         c.kafka
             .producer
             .insert("queue.buffering.max.messages".into(), "5".into());
-    });
+    })
+    .await
+    else {
+        return;
+    };
     let mut dev = v5(&gw, v5_options(&gw, "filler"), None).await;
     warm(&mut dev).await;
 
@@ -262,17 +278,13 @@ async fn messages_a_full_librdkafka_queue_turns_away_wait_their_turn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_delivery_timeout_mqtt5_gets_0x80_and_3_1_1_is_disconnected() {
-    let kafka = Kafka::start();
-    if kafka.proc.is_none() {
-        return eprintln!("skipped: pausing needs our own tansu, not KAFKA_BROKERS");
-    }
-    let topic = kafka.topic("timeout", 1).await;
-    let (brokers, t) = (kafka.brokers.clone(), topic.clone());
-    let gw = gateway(1, move |c| {
-        c.kafka.brokers = brokers;
+    let Some((kafka, _topic, gw)) = paused_setup("timeout", "%c", |c| {
         c.kafka.delivery_timeout_ms = 1500;
-        c.kafka.route = vec![route("up/#", &t, "%c", RouteAck::Kafka)];
-    });
+    })
+    .await
+    else {
+        return;
+    };
     let mut v5c = v5(&gw, v5_options(&gw, "five"), None).await;
     let mut v4c = v4(&gw, v4_options(&gw, "four", true), None).await;
     v5c.client

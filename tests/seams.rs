@@ -113,18 +113,6 @@ fn subscribe_packet(pkid: u16, filter: &str) -> Packet {
     })
 }
 
-fn publish_packet(pkid: u16, topic: &str, payload: &'static [u8]) -> Packet {
-    Packet::Publish(codec::Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic: topic.into(),
-        pkid,
-        properties: Default::default(),
-        payload: bytes::Bytes::from_static(payload),
-    })
-}
-
 /// A publish/subscribe round trip between two fresh clients: the core is
 /// serving.
 fn round_trip(gw: &Gateway, tag: &str) {

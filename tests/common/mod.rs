@@ -252,6 +252,19 @@ pub fn connect_packet(id: &str, version: Version) -> codec::Connect {
     }
 }
 
+/// A QoS 1 PUBLISH, for [`Raw`] clients.
+pub fn publish_packet(pkid: u16, topic: &str, payload: &'static [u8]) -> Packet {
+    Packet::Publish(codec::Publish {
+        dup: false,
+        qos: codec::QoS::AtLeastOnce,
+        retain: false,
+        topic: topic.into(),
+        pkid,
+        properties: Default::default(),
+        payload: bytes::Bytes::from_static(payload),
+    })
+}
+
 /// A bare TCP client speaking through Tether's own codec, for byte-exact and
 /// hostile input. Every read is bounded by [`WAIT`].
 pub struct Raw {
