@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::error;
 
-use crate::auth::{AuthFiles, AuthSetup, AuthSetupError, Authenticator, Authorizer};
+use crate::auth::{AuthChain, AuthFiles, AuthSetup, AuthSetupError, Authenticator, Authorizer};
 use crate::bridge::outbound::{NoOutbound, Outbound};
 use crate::bridge::Bridge;
 use crate::config::{Config, StoreKind};
@@ -162,8 +162,8 @@ pub struct GatewayBuilder {
 }
 
 impl GatewayBuilder {
-    /// Decides every CONNECT (default: the `auth.users_file`
-    /// authenticator, or [`AllowAll`] without one).
+    /// Decides every CONNECT on every listener, instead of the chains
+    /// `[auth]` builds (a pass leaves the client to `auth.allow_anonymous`).
     pub fn authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
         self.auth = Some(auth);
         self
@@ -236,12 +236,17 @@ impl GatewayBuilder {
             None => Arc::new(NoOutbound),
         };
         // The configured seams, for what the builder was not given.
+        let anonymous = cfg.auth.allow_anonymous;
         let (auth, authz, auth_files) = match (auth, authz) {
-            (Some(a), Some(z)) => (a, z, Arc::new(AuthFiles::default())),
+            (Some(a), Some(z)) => (
+                AuthChain::single(a, anonymous),
+                z,
+                Arc::new(AuthFiles::default()),
+            ),
             (a, z) => {
                 let setup = AuthSetup::from_config(&cfg).map_err(StartError::Auth)?;
                 (
-                    a.unwrap_or(setup.authenticator),
+                    a.map_or(setup.chain, |a| AuthChain::single(a, anonymous)),
                     z.unwrap_or(setup.authorizer),
                     setup.files,
                 )
@@ -251,11 +256,16 @@ impl GatewayBuilder {
             node_id: cfg.node.id,
             cores: (0..ncores).map(|_| CoreVisible::default()).collect(),
             store,
-            auth,
+            auth: Arc::new(auth),
             authz,
             outbound,
             started: Instant::now(),
             retained: Default::default(),
+            bans: crate::shard::bans::Bans::new(
+                cfg.auth.ban_after_failures,
+                cfg.auth.ban_window_secs,
+                cfg.auth.ban_secs,
+            ),
         });
         let (bridge, inboxes) =
             Bridge::new(ncores, cfg.runtime.bridge_capacity).map_err(|source| {

@@ -236,34 +236,10 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         ),
         None => println!("  http api    off (http.enabled = false)"),
     }
-    let a = &cfg.auth;
-    match (a.users_file.is_empty(), a.acl_file.is_empty()) {
-        (true, true) => println!(
-            "  auth        none: every client is admitted (set auth.users_file and auth.acl_file)"
-        ),
-        _ => println!(
-            "  auth        users {}{}, acl {} (when no rule applies: {}); SIGHUP reloads",
-            if a.users_file.is_empty() {
-                "(everyone)"
-            } else {
-                &a.users_file
-            },
-            if a.allow_anonymous {
-                " + anonymous"
-            } else {
-                ""
-            },
-            if a.acl_file.is_empty() {
-                "(deny lists only)"
-            } else {
-                &a.acl_file
-            },
-            match a.acl_default {
-                tether::config::AclDefault::Deny => "deny",
-                tether::config::AclDefault::Allow => "allow",
-            },
-        ),
-    }
+    println!(
+        "  auth        {}; SIGHUP reloads the files",
+        tether::auth::describe(&cfg)
+    );
     match cfg.store.kind {
         tether::config::StoreKind::Memory => {
             println!(

@@ -78,7 +78,7 @@ stats! {
     outbound_sent => "Messages handed to the outbound bridge.",
     accepts_paced => "Accepts that waited for listeners.max_accepts_per_sec.",
     banned_connects => "CONNECTs refused with 0x8A because their source address is banned after failed logins.",
-    bans => "Source addresses banned after auth.ban_after_failures failed logins (per core).",
+    bans => "Source addresses banned after auth.ban_after_failures failed logins.",
     outbound_failed => "Messages the outbound bridge could not hand on (MQTT 5 publisher told 0x80, 3.1.1 publisher disconnected, API answered 502).",
 }
 

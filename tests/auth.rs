@@ -9,8 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::web::metric;
 use common::*;
-use tether::codec::{self, Packet, QoS, SubOptions, Subscribe, Version, Will};
+use tether::codec::{self, Packet, QoS, Version, Will};
 
 const ACL: &str = "\
 allow both      user/%u/#
@@ -78,64 +79,6 @@ fn connack(
         Some(Packet::ConnAck(a)) => (r, a.code),
         other => panic!("expected CONNACK, got {other:?}"),
     }
-}
-
-/// SUBSCRIBE one filter; the SUBACK's code.
-fn suback(r: &mut Raw, pkid: u16, filter: &str) -> u8 {
-    r.send(&Packet::Subscribe(Subscribe {
-        pkid,
-        filters: vec![(filter.into(), SubOptions::qos(QoS::AtLeastOnce))],
-        properties: Default::default(),
-    }));
-    match r.recv() {
-        Some(Packet::SubAck(a)) => {
-            assert_eq!(a.pkid, pkid);
-            a.codes[0]
-        }
-        other => panic!("expected SUBACK, got {other:?}"),
-    }
-}
-
-/// QoS 1 PUBLISH; the PUBACK's reason code (MQTT 5). PUBLISHes that
-/// arrive first (the client's own, delivered before its ack) are kept in
-/// `early`.
-fn puback_seeing(r: &mut Raw, pkid: u16, topic: &str, early: &mut Vec<codec::Publish>) -> u8 {
-    r.send(&publish_packet(pkid, topic, b"x"));
-    loop {
-        match r.recv() {
-            Some(Packet::PubAck(a)) => return a.code,
-            Some(Packet::Publish(p)) => early.push(p),
-            other => panic!("expected PUBACK, got {other:?}"),
-        }
-    }
-}
-
-/// [`puback_seeing`] where no PUBLISH may come first.
-fn puback(r: &mut Raw, pkid: u16, topic: &str) -> u8 {
-    let mut early = Vec::new();
-    let code = puback_seeing(r, pkid, topic, &mut early);
-    assert!(early.is_empty(), "unexpected {early:?}");
-    code
-}
-
-/// The next PUBLISH: one seen early, or the next from the server.
-fn next_publish(r: &mut Raw, early: &mut Vec<codec::Publish>) -> codec::Publish {
-    if !early.is_empty() {
-        return early.remove(0);
-    }
-    match r.recv() {
-        Some(Packet::Publish(p)) => p,
-        other => panic!("expected PUBLISH, got {other:?}"),
-    }
-}
-
-fn metric(gw: &tether::Gateway, name: &str) -> f64 {
-    common::web::http(gw.http_addr.unwrap(), "GET", "/metrics", &[], "")
-        .body
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
 }
 
 #[test]
@@ -573,4 +516,48 @@ fn an_address_with_repeated_failed_logins_is_banned_before_any_check() {
     assert_eq!(metric(&gw, "tether_auth_denied_total"), checked);
     assert_eq!(metric(&gw, "tether_bans_total"), 1.0);
     assert_eq!(metric(&gw, "tether_banned_connects_total"), 2.0);
+}
+
+#[test]
+fn a_jwt_acl_claim_binds_its_connection() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let gw = gateway(1, |c| {
+        c.auth.jwt.secret = "shared-secret".into();
+    });
+    let key = EncodingKey::from_secret(b"shared-secret");
+    let mint =
+        |claims: serde_json::Value| encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+    let exp = now() + 600;
+    let confined = mint(serde_json::json!({
+        "sub": "ann", "exp": exp, "acl": ["allow both room/%u/#", "deny both #"],
+    }));
+    let free = mint(serde_json::json!({"sub": "bob", "exp": exp}));
+    let login = |token: &str| {
+        let mut r = Raw::open(gw.tcp_addr);
+        r.version = Version::V5;
+        let mut c = connect_packet("", Version::V5);
+        c.password = Some(Bytes::copy_from_slice(token.as_bytes()));
+        r.send(&Packet::Connect(Box::new(c)));
+        match r.recv() {
+            Some(Packet::ConnAck(a)) => assert_eq!(a.code, 0),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        r
+    };
+    let mut ann = login(&confined);
+    assert_eq!(suback(&mut ann, 1, "room/ann/#"), 1);
+    assert_eq!(
+        suback(&mut ann, 2, "room/+/chat"),
+        0x87,
+        "a wildcard over others"
+    );
+    assert_eq!(puback(&mut ann, 3, "lobby"), 0x87);
+    // Without rules in the token (and no ACL file) nothing confines bob.
+    let mut bob = login(&free);
+    assert_eq!(suback(&mut bob, 1, "room/+/chat"), 1);
+    // A claim that is not rules refuses the token.
+    let garbled = mint(serde_json::json!({"sub": "eve", "exp": exp, "acl": "allow both #"}));
+    assert_eq!(with_token(&gw, None, &garbled), 0x86);
+    let bad_rule = mint(serde_json::json!({"sub": "eve", "exp": exp, "acl": ["permit #"]}));
+    assert_eq!(with_token(&gw, None, &bad_rule), 0x86);
 }

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::kafka::Kafka;
-use common::web::http;
+use common::web::{http, metric};
 use common::*;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
@@ -25,16 +25,6 @@ fn route(filter: &str, topic: &str, key: &str, ack: RouteAck) -> RouteConfig {
         key: key.into(),
         ack,
     }
-}
-
-/// A figure from the gateway's `/metrics`.
-fn metric(gw: &tether::Gateway, name: &str) -> f64 {
-    http(gw.http_addr.unwrap(), "GET", "/metrics", &[], "")
-        .body
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name} ")))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,10 +13,18 @@ mode starts a fresh broker on a free port:
   verification on the tether-auth thread, which shares CPU 0: the cold
   case; fewer clients, it is slow by design);
 - tether, JWT (HS256, one token for every client, verified on the core);
+- tether, `[auth.http]` with a warm cache (the cache key includes the
+  client id, so only a reconnecting client is a hit);
+- tether, `[auth.http]` cold, the service answering after 5 ms: every
+  CONNECT is a call (`auth.http.max_concurrent` 64 at once). The service
+  (bench/scripts/auth_service.py, asyncio with keep-alive) shares CPU 1
+  with the harness;
 - mosquitto with a password file (mosquitto_passwd: PBKDF2-SHA512), one
   user for every client: the reference.
 
-Medians of --rounds; figures in bench/RESULTS.md (section "CONNECT rate
+Every mode but the two cold ones is measured as the fleet reconnecting:
+the same client ids connect twice and the second pass is measured (the
+first fills the caches). Medians of --rounds; figures in bench/RESULTS.md (section "CONNECT rate
 with authentication").
 """
 import argparse, base64, datetime, hashlib, hmac, json, os, platform, subprocess, sys, tempfile, time
@@ -80,10 +88,38 @@ def start(mode, tmp, count):
             env["TETHER_AUTH__USERS_FILE"] = f'"{path}"'
         if mode == "jwt":
             env["TETHER_AUTH__JWT"] = f'{{secret = "{JWT_SECRET}"}}'
+        if mode.startswith("http"):
+            env["TETHER_AUTH__HTTP"] = f'{{url = "http://127.0.0.1:{service_port(mode)}/auth"}}'
         cmd = ["taskset", "-c", "0", TETHER]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc)
     return proc, port
+
+
+SERVICES = {}
+# Measured on the first pass: every CONNECT is a verification or a call.
+COLD = ("file-cold", "http-cold")
+
+
+def service_port(mode):
+    """Starts the auth service of an http mode (on CPU 1, with the
+    harness) and returns its port."""
+    latency = "5" if mode == "http-cold" else "0"
+    proc = subprocess.Popen(["taskset", "-c", "1", sys.executable,
+                             os.path.join(os.path.dirname(os.path.abspath(__file__)), "auth_service.py"),
+                             "--latency-ms", latency], stdout=subprocess.PIPE, text=True)
+    SERVICES[mode] = proc
+    return int(proc.stdout.readline())
+
+
+def stop_service(mode):
+    """Stops the mode's auth service (by its PID): how many calls it took."""
+    proc = SERVICES.pop(mode, None)
+    if proc is None:
+        return None
+    proc.terminate()
+    out, _ = proc.communicate(timeout=10)
+    return int(out.split()[-1]) if out.strip() else None
 
 
 def run(mode, count, rnd):
@@ -91,22 +127,29 @@ def run(mode, count, rnd):
         proc, port = start(mode, tmp, count)
         path = os.path.join(OUT, f"{mode}.{rnd}.json")
         args = [BENCH, "conn", "-p", str(port), "-c", str(count), "-R", "0", "-d", "0",
-                "--json", path, "--quiet", "--cores", "1", "--cpus", "1"]
-        if mode in ("file-warm", "mosquitto"):
+                "--json", path, "--quiet", "--cores", "1", "--cpus", "1",
+                "--client-prefix", f"auth-{mode}-{rnd}"]
+        if mode in ("file-warm", "mosquitto") or mode.startswith("http"):
             args += ["--username", "team", "--password", PASSWORD]
         elif mode == "file-cold":
             args += ["--username", "u%i", "--password", PASSWORD]
         elif mode == "jwt":
             args += ["--username", "team", "--password", jwt("team")]
+        calls = None
         try:
+            if mode not in COLD:
+                # Every warm mode is measured as the fleet reconnecting: a
+                # first pass fills the caches (and warms the broker alike).
+                subprocess.run(args, check=False)
             subprocess.run(args, check=False)
         finally:
             proc.terminate()
             proc.wait()
+            calls = stop_service(mode)
         with open(path) as f:
             c = json.load(f)["connect"]
         return {"rate": c["rate_per_sec"], "connected": c["connected"], "failed": c["failed"],
-                "p99_ms": c["latency_us"]["p99"] / 1000}
+                "p99_ms": c["latency_us"]["p99"] / 1000, "calls": calls}
 
 
 def median(xs):
@@ -118,6 +161,8 @@ LABELS = {
     "none": "Tether, no authentication",
     "file-warm": "Tether, users file, warm cache (one user)",
     "jwt": "Tether, JWT (HS256)",
+    "http-warm": "Tether, auth.http, warm cache (the fleet reconnects)",
+    "http-cold": "Tether, auth.http, cold, 5 ms service latency",
     "file-cold": "Tether, users file, cold (a user per client: argon2id each)",
     "mosquitto": "Mosquitto, password file (one user)",
 }
@@ -138,15 +183,18 @@ def main():
             n = a.cold_count if mode == "file-cold" else a.count
             r = run(mode, n, rnd)
             rows[mode].append(r)
+            calls = "" if r["calls"] is None else f", {r['calls']} service calls"
             print(f"[{mode} round {rnd + 1}/{a.rounds}] {r['rate']:.0f} CONNECTs/s, "
-                  f"{r['connected']}/{n} connected, p99 {r['p99_ms']:.1f} ms", flush=True)
+                  f"{r['connected']}/{n} connected, p99 {r['p99_ms']:.1f} ms{calls}", flush=True)
     base = median([r["rate"] for r in rows["none"]])
     lines = [
         f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {platform.node()}, "
         f"Linux {platform.release()}, {os.cpu_count()} CPUs; took {(time.time() - started) / 60:.1f} min.",
         f"Command: `bench/auth.sh --rounds {a.rounds}`. One broker core (CPU 0), the harness on CPU 1, "
-        f"`tether-bench conn -R 0` ({a.count:,} clients; {a.cold_count} for the cold users file). "
-        "argon2id at the argon2 crate's defaults (19 MiB, 2 passes, 1 lane). Medians of rounds.",
+        f"`tether-bench conn -R 0` ({a.count:,} clients; {a.cold_count} for the cold users file), "
+        "the second of two passes (the fleet reconnects) except in the cold modes. "
+        "argon2id at the argon2 crate's defaults (19 MiB, 2 passes, 1 lane). The auth.http service "
+        "(bench/scripts/auth_service.py) shares CPU 1 with the harness. Medians of rounds.",
         "",
         "| mode | CONNECTs/s | of no auth | connected | CONNACK p99 |",
         "| --- | ---: | ---: | ---: | ---: |",

@@ -26,16 +26,13 @@
 //! (some of what it would receive is denied), unless an allow rule before
 //! it already covered the filter.
 //!
-//! Only clients' requests are checked here; the HTTP API and bridges are
-//! trusted backends (the `mqtt.deny_*` lists still apply to everyone).
+//! The same rules, one per string, may come with a connection's
+//! [`super::Grants`] (a JWT claim, an HTTP answer): they are tried before
+//! the file's. Only clients' requests are checked against rules; the HTTP
+//! API and bridges are trusted backends (see [`super::Policy`]).
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
-
-use super::authorizer::{AclRequest, Action, Authorizer, DenyLists, Permit};
+use super::authorizer::{AclRequest, Action, Permit};
 use crate::config::AclDefault;
-use crate::id::Source;
 
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +107,7 @@ impl Cidr {
 }
 
 /// One line of the file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     effect: Effect,
     actions: Actions,
@@ -119,8 +116,8 @@ struct Rule {
     who: Who,
 }
 
-/// The rules of one ACL file, parsed.
-#[derive(Debug, Clone)]
+/// The rules of one ACL file (or one connection's grants), parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AclRules {
     rules: Vec<Rule>,
     default: Permit,
@@ -150,8 +147,17 @@ impl std::error::Error for AclError {}
 impl AclRules {
     /// Parses the text of an ACL file.
     pub fn parse(text: &str, default: AclDefault) -> Result<AclRules, AclError> {
+        AclRules::parse_lines(text.lines(), default)
+    }
+
+    /// Parses rules given one per string (a JWT claim's or an HTTP
+    /// answer's list), in the file's syntax.
+    pub fn parse_lines<'a>(
+        lines: impl IntoIterator<Item = &'a str>,
+        default: AclDefault,
+    ) -> Result<AclRules, AclError> {
         let mut rules = Vec::new();
-        for (i, raw) in text.lines().enumerate() {
+        for (i, raw) in lines.into_iter().enumerate() {
             let err = |why: &str| AclError {
                 line: i + 1,
                 why: why.to_string(),
@@ -222,8 +228,14 @@ impl AclRules {
         self.rules.is_empty()
     }
 
-    /// The decision for a client's request.
+    /// The decision for a client's request: the first rule that applies,
+    /// or the default.
     pub fn decide(&self, req: &AclRequest<'_>) -> Permit {
+        self.first_match(req).unwrap_or(self.default)
+    }
+
+    /// What the first rule that applies decides, if one does.
+    pub fn first_match(&self, req: &AclRequest<'_>) -> Option<Permit> {
         for rule in &self.rules {
             let applies = match rule.actions {
                 Actions::Both => true,
@@ -249,20 +261,20 @@ impl AclRules {
             match req.action {
                 Action::Publish => {
                     if crate::codec::topic::matches(&filter, req.topic) {
-                        return permit;
+                        return Some(permit);
                     }
                 }
                 Action::Subscribe => {
                     if covers(&filter, req.topic) {
-                        return permit;
+                        return Some(permit);
                     }
                     if rule.effect == Effect::Deny && overlaps(&filter, req.topic) {
-                        return Permit::Deny;
+                        return Some(Permit::Deny);
                     }
                 }
             }
         }
-        self.default
+        None
     }
 }
 
@@ -337,44 +349,11 @@ pub fn overlaps(a: &str, b: &str) -> bool {
     }
 }
 
-/// The ACL file and the `mqtt.deny_*` lists together, the rules
-/// replaceable while running (SIGHUP).
-pub struct AclAuthorizer {
-    rules: ArcSwap<AclRules>,
-    deny: DenyLists,
-}
-
-impl AclAuthorizer {
-    /// Checks the deny lists for everyone, then `rules` for clients.
-    pub fn new(rules: AclRules, deny: DenyLists) -> AclAuthorizer {
-        AclAuthorizer {
-            rules: ArcSwap::from_pointee(rules),
-            deny,
-        }
-    }
-
-    /// Puts new rules in place; requests decided from now on use them.
-    pub fn replace(&self, rules: AclRules) {
-        self.rules.store(Arc::new(rules));
-    }
-}
-
-impl Authorizer for AclAuthorizer {
-    fn check(&self, req: &AclRequest<'_>) -> Permit {
-        if self.deny.check(req) == Permit::Deny {
-            return Permit::Deny;
-        }
-        if req.source != Source::Client {
-            return Permit::Allow;
-        }
-        self.rules.load().decide(req)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::QoS;
+    use crate::id::Source;
 
     const FILE: &str = "
 # every user their own tree
@@ -397,6 +376,7 @@ deny  both      #
             client_id: Some("dev-1"),
             username: user,
             peer: Some("10.1.2.3".parse().unwrap()),
+            grants: None,
         }
     }
 

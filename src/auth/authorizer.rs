@@ -41,9 +41,12 @@ pub struct AclRequest<'a> {
     pub username: Option<&'a str>,
     /// The client's address (clients only).
     pub peer: Option<std::net::IpAddr>,
+    /// What the client's authenticator granted its connection.
+    pub grants: Option<&'a super::Grants>,
 }
 
-/// [`AclRequest`] that can travel to another thread, for [`Authorizer::ask`].
+/// [`AclRequest`] that can travel to another thread, for [`Authorizer::ask`]
+/// (without the grants: they are applied before anything is asked).
 #[derive(Debug, Clone)]
 pub struct OwnedAclRequest {
     /// Publish or subscribe.
@@ -114,6 +117,11 @@ pub trait Authorizer: Send + Sync + 'static {
         let _ = req;
         reply.send(Permit::Deny);
     }
+
+    /// The authorizer's own figures for `/metrics` (calls, cache).
+    fn figures(&self) -> Vec<crate::stats::Figure> {
+        Vec::new()
+    }
 }
 
 /// The static deny lists `mqtt.deny_subscribe` and `mqtt.deny_publish`:
@@ -164,6 +172,7 @@ mod tests {
             client_id: Some("c"),
             username: None,
             peer: None,
+            grants: None,
         }
     }
 

@@ -8,8 +8,11 @@
 //! [`VerdictCache::get`] before it does the slow work, so requests that
 //! queued behind a check of the same credentials are answered by it.
 //!
+//! The map is split in [`SHARDS`] locks by key, so the cores' lookups (one
+//! per PUBLISH with the HTTP authorizer) rarely meet on one lock.
+//!
 //! Bounded: past [`MAX_VERDICTS`] entries, expired ones are swept, and if
-//! none expired the oldest half of the map goes (a flood of distinct
+//! none expired the oldest half of the shard goes (a flood of distinct
 //! credentials cannot grow it without bound).
 
 use std::collections::HashMap;
@@ -22,19 +25,36 @@ use ring::hmac;
 /// Verdicts remembered at most.
 pub const MAX_VERDICTS: usize = 100_000;
 
+/// Locks the map is split in: a power of two well above the core count,
+/// so two cores looking up different keys seldom try the same lock.
+pub const SHARDS: usize = 16;
+
 /// A cache key: the digest of one set of credentials.
 pub type Key = Vec<u8>;
 
+/// What can be remembered: an answer that is an allow or a deny (which
+/// picks its lifetime).
+pub trait Outcome: Clone {
+    /// Whether it admits.
+    fn allowed(&self) -> bool;
+}
+
+impl Outcome for bool {
+    fn allowed(&self) -> bool {
+        *self
+    }
+}
+
 /// One remembered verdict.
-struct Remembered {
-    allowed: bool,
+struct Remembered<V> {
+    outcome: V,
     until: Instant,
 }
 
 /// Allow and deny verdicts with their own lifetimes.
-pub struct VerdictCache {
+pub struct VerdictCache<V = bool> {
     key: hmac::Key,
-    map: Mutex<HashMap<Key, Remembered>>,
+    shards: [Mutex<HashMap<Key, Remembered<V>>>; SHARDS],
     allow_ttl: Duration,
     deny_ttl: Duration,
     /// Verdicts found, by the core or the auth thread's second look.
@@ -43,15 +63,15 @@ pub struct VerdictCache {
     misses: AtomicU64,
 }
 
-impl VerdictCache {
+impl<V: Outcome> VerdictCache<V> {
     /// An empty cache with a fresh digest key.
-    pub fn new(allow_ttl: Duration, deny_ttl: Duration) -> std::io::Result<VerdictCache> {
+    pub fn new(allow_ttl: Duration, deny_ttl: Duration) -> std::io::Result<VerdictCache<V>> {
         let mut secret = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
             .map_err(|_| std::io::Error::other("the system's random source failed"))?;
         Ok(VerdictCache {
             key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
-            map: Mutex::new(HashMap::new()),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             allow_ttl,
             deny_ttl,
             hits: AtomicU64::new(0),
@@ -64,7 +84,7 @@ impl VerdictCache {
         (self.hits.load(Relaxed), self.misses.load(Relaxed))
     }
 
-    fn counted(&self, found: Option<bool>) -> Option<bool> {
+    fn counted(&self, found: Option<V>) -> Option<V> {
         if found.is_some() {
             self.hits.fetch_add(1, Relaxed);
         }
@@ -82,16 +102,25 @@ impl VerdictCache {
         ctx.sign().as_ref().to_vec()
     }
 
-    fn fresh(map: &HashMap<Key, Remembered>, key: &Key) -> Option<bool> {
+    /// The shard of `key` (a digest: its first byte is uniform).
+    fn shard(&self, key: &Key) -> &Mutex<HashMap<Key, Remembered<V>>> {
+        &self.shards[usize::from(key.first().copied().unwrap_or(0)) % SHARDS]
+    }
+
+    fn fresh(map: &HashMap<Key, Remembered<V>>, key: &Key) -> Option<V> {
         map.get(key)
             .filter(|r| Instant::now() < r.until)
-            .map(|r| r.allowed)
+            .map(|r| r.outcome.clone())
     }
 
     /// On a core: the verdict if it is remembered and the lock is free
     /// (a miss is counted: the request goes to the auth thread).
-    pub fn peek(&self, key: &Key) -> Option<bool> {
-        let found = self.map.try_lock().ok().and_then(|m| Self::fresh(&m, key));
+    pub fn peek(&self, key: &Key) -> Option<V> {
+        let found = self
+            .shard(key)
+            .try_lock()
+            .ok()
+            .and_then(|m| Self::fresh(&m, key));
         if found.is_none() {
             self.misses.fetch_add(1, Relaxed);
         }
@@ -99,29 +128,33 @@ impl VerdictCache {
     }
 
     /// On the auth thread: the verdict if it is remembered.
-    pub fn get(&self, key: &Key) -> Option<bool> {
-        let found = self.map.lock().ok().and_then(|m| Self::fresh(&m, key));
+    pub fn get(&self, key: &Key) -> Option<V> {
+        let found = self
+            .shard(key)
+            .lock()
+            .ok()
+            .and_then(|m| Self::fresh(&m, key));
         self.counted(found)
     }
 
     /// Remembers a verdict for its lifetime.
-    pub fn put(&self, key: Key, allowed: bool) {
-        let ttl = if allowed {
+    pub fn put(&self, key: Key, outcome: V) {
+        let ttl = if outcome.allowed() {
             self.allow_ttl
         } else {
             self.deny_ttl
         };
-        let Ok(mut map) = self.map.lock() else {
+        let Ok(mut map) = self.shard(&key).lock() else {
             return;
         };
-        if map.len() >= MAX_VERDICTS {
+        if map.len() >= MAX_VERDICTS / SHARDS {
             let now = Instant::now();
             map.retain(|_, r| now < r.until);
-            if map.len() >= MAX_VERDICTS {
+            if map.len() >= MAX_VERDICTS / SHARDS {
                 let mut by_age: Vec<(Instant, Key)> =
                     map.iter().map(|(k, r)| (r.until, k.clone())).collect();
                 by_age.sort_unstable();
-                for (_, k) in by_age.into_iter().take(MAX_VERDICTS / 2) {
+                for (_, k) in by_age.into_iter().take(MAX_VERDICTS / SHARDS / 2) {
                     map.remove(&k);
                 }
             }
@@ -129,7 +162,7 @@ impl VerdictCache {
         map.insert(
             key,
             Remembered {
-                allowed,
+                outcome,
                 until: Instant::now() + ttl,
             },
         );
@@ -137,8 +170,10 @@ impl VerdictCache {
 
     /// Forgets everything (the credentials behind it changed).
     pub fn clear(&self) {
-        if let Ok(mut map) = self.map.lock() {
-            map.clear();
+        for shard in &self.shards {
+            if let Ok(mut map) = shard.lock() {
+                map.clear();
+            }
         }
     }
 }
@@ -149,7 +184,7 @@ mod tests {
 
     #[test]
     fn verdicts_live_for_their_own_ttl_and_keys_do_not_run_together() {
-        let c = VerdictCache::new(Duration::from_secs(60), Duration::ZERO).unwrap();
+        let c: VerdictCache = VerdictCache::new(Duration::from_secs(60), Duration::ZERO).unwrap();
         let ann = c.key_of(&[b"ann", b"pw"]);
         assert_ne!(ann, c.key_of(&[b"annp", b"w"]), "parts are separated");
         assert_eq!(c.peek(&ann), None);

@@ -1,7 +1,8 @@
 //! `[auth.jwt]`: a client whose password is a JWT is admitted on the
 //! token's signature (HS256, RS256 or ES256) and claims (`exp`, `nbf`,
-//! `iss`, `aud`); every other client goes on to the next authenticator
-//! (the users file, or the anonymous policy).
+//! `iss`, `aud`); every other client passes to the next authenticator of
+//! the listener's chain. A list of ACL rules in `acl_claim` applies to the
+//! connection (see [`super::Grants`]).
 //!
 //! Verification runs on the core: a signature check costs microseconds
 //! (HS256) to some tens of microseconds (RS256, ES256), like a TLS
@@ -14,10 +15,10 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
-use super::{Authenticator, Credentials, Identity, Verdict};
-use crate::bridge::ReplyTo;
+use super::acl::AclRules;
+use super::{Authenticator, Credentials, Grants, Verdict};
 use crate::codec::reason;
-use crate::config::JwtConfig;
+use crate::config::{AclDefault, JwtConfig};
 use crate::stats::Figure;
 
 /// The keys a token may be signed with.
@@ -84,12 +85,11 @@ fn looks_like_jwt(password: &[u8]) -> bool {
     password.starts_with(b"eyJ") && password.iter().filter(|&&b| b == b'.').count() == 2
 }
 
-/// Admits clients by JWT, and hands the others to `next`.
+/// Admits clients by JWT; others pass.
 pub struct JwtAuthenticator {
     cfg: JwtConfig,
     algorithms: Vec<Algorithm>,
     keys: ArcSwap<Keys>,
-    next: Arc<dyn Authenticator>,
     counts: Counts,
 }
 
@@ -100,8 +100,8 @@ struct Counts {
 }
 
 impl JwtAuthenticator {
-    /// Loads the keys; clients without a JWT go to `next`.
-    pub fn new(cfg: &JwtConfig, next: Arc<dyn Authenticator>) -> Result<Self, JwtSetupError> {
+    /// Loads the keys.
+    pub fn new(cfg: &JwtConfig) -> Result<Self, JwtSetupError> {
         let algorithms = cfg
             .algorithms
             .iter()
@@ -118,7 +118,6 @@ impl JwtAuthenticator {
             cfg: cfg.clone(),
             algorithms,
             keys: ArcSwap::from_pointee(load(cfg)?),
-            next,
             counts: Counts::default(),
         })
     }
@@ -131,8 +130,9 @@ impl JwtAuthenticator {
         Ok(format!("JWT keys reloaded ({n} in the JWKS)"))
     }
 
-    /// The verdict on one token for a client that gave `username`.
-    fn decide(&self, token: &str, username: Option<&str>) -> Result<(), &'static str> {
+    /// The verdict on one token for a client that gave `username`: what
+    /// its claims grant.
+    fn decide(&self, token: &str, username: Option<&str>) -> Result<Grants, &'static str> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| "a malformed token")?;
         if !self.algorithms.contains(&header.alg) {
             return Err("an algorithm not accepted");
@@ -178,10 +178,26 @@ impl JwtAuthenticator {
             .get(&self.cfg.username_claim)
             .and_then(|c| c.as_str())
             .ok_or("no user name claim")?;
-        match username {
-            Some(u) if u != claimed => Err("a user name other than the token's"),
-            _ => Ok(()),
+        if username.is_some_and(|u| u != claimed) {
+            return Err("a user name other than the token's");
         }
+        let rules = match data.claims.get(&self.cfg.acl_claim) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Array(lines)) => {
+                let lines: Option<Vec<&str>> = lines.iter().map(|l| l.as_str()).collect();
+                let lines = lines.ok_or("an ACL claim that is not a list of strings")?;
+                Some(
+                    AclRules::parse_lines(lines, AclDefault::Deny)
+                        .map_err(|_| "an ACL claim with a rule that does not parse")?,
+                )
+            }
+            Some(_) => return Err("an ACL claim that is not a list of strings"),
+        };
+        Ok(Grants {
+            rules,
+            username: username.is_none().then(|| claimed.to_string()),
+            ..Grants::default()
+        })
     }
 }
 
@@ -189,15 +205,15 @@ impl Authenticator for JwtAuthenticator {
     fn authenticate(&self, who: &Credentials<'_>) -> Verdict {
         use std::sync::atomic::Ordering::Relaxed;
         let Some(token) = who.password.filter(|p| looks_like_jwt(p)) else {
-            return self.next.authenticate(who);
+            return Verdict::Pass;
         };
         let Ok(token) = std::str::from_utf8(token) else {
-            return self.next.authenticate(who);
+            return Verdict::Pass;
         };
         match self.decide(token, who.username) {
-            Ok(()) => {
+            Ok(grants) => {
                 self.counts.allowed.fetch_add(1, Relaxed);
-                Verdict::Allow
+                grants.into_verdict()
             }
             Err(why) => {
                 self.counts.denied.fetch_add(1, Relaxed);
@@ -207,18 +223,9 @@ impl Authenticator for JwtAuthenticator {
         }
     }
 
-    fn ask(&self, who: Identity, reply: ReplyTo<Verdict>) {
-        // Only `next` answers Ask.
-        self.next.ask(who, reply)
-    }
-
-    fn latency(&self) -> Option<&crate::stats::Histogram> {
-        self.next.latency()
-    }
-
     fn figures(&self) -> Vec<Figure> {
         use std::sync::atomic::Ordering::Relaxed;
-        let mut f = vec![
+        vec![
             (
                 "auth_jwt_allowed",
                 "CONNECTs admitted by their JWT.",
@@ -227,13 +234,11 @@ impl Authenticator for JwtAuthenticator {
             ),
             (
                 "auth_jwt_denied",
-                "CONNECTs whose JWT was refused (signature, exp, nbf, iss, aud, user name).",
+                "CONNECTs whose JWT was refused (signature, exp, nbf, iss, aud, user name, ACL claim).",
                 self.counts.denied.load(Relaxed),
                 true,
             ),
-        ];
-        f.extend(self.next.figures());
-        f
+        ]
     }
 }
 

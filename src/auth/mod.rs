@@ -9,23 +9,33 @@
 //! bridge thread answers later. The core keeps serving everyone else
 //! meanwhile; pending requests per core are bounded (`runtime.max_pending_*`).
 //!
-//! The defaults: [`AllowAll`] admits every client (the embedded
+//! Authenticators form a chain per listener ([`AuthChain`]): each answers
+//! allow, deny or "not mine" ([`Verdict::Pass`]), and the next one is asked
+//! after a pass. An allow may carry [`Grants`] for that connection alone
+//! (ACL rules, superuser, a connection limit) from a JWT claim or an HTTP
+//! answer; the authorizer ([`Policy`]) applies them before the node's rules.
+//!
+//! The defaults: an empty chain admits every client (the embedded
 //! single-node setup); [`DenyLists`] applies `mqtt.deny_subscribe` and
-//! `mqtt.deny_publish`. `[auth]` replaces them with the users file's
-//! [`users::FileAuthenticator`] and the ACL file's [`acl::AclAuthorizer`]
-//! ([`AuthSetup`]). MQTT 5 enhanced authentication runs through
-//! [`Authenticator::enhanced`] and [`AuthExchange`]; a method no
+//! `mqtt.deny_publish`. `[auth]` builds the chain from the users file's
+//! [`users::FileAuthenticator`], [`jwt::JwtAuthenticator`] and
+//! [`http::HttpAuthenticator`], and the [`Policy`] from the ACL file and
+//! the HTTP authorizer ([`AuthSetup`]). MQTT 5 enhanced authentication runs
+//! through [`Authenticator::enhanced`] and [`AuthExchange`]; a method no
 //! authenticator supports gets CONNACK 0x8C.
 
 pub mod acl;
 mod authorizer;
 mod cache;
+mod chain;
 mod files;
 pub mod http;
 pub mod jwt;
+mod policy;
 pub mod users;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -34,7 +44,9 @@ use crate::codec::reason;
 
 pub use crate::id::Source;
 pub use authorizer::{AclRequest, Action, Authorizer, DenyLists, OwnedAclRequest, Permit};
-pub use files::{AuthFiles, AuthSetup, AuthSetupError};
+pub use chain::{AuthChain, Step};
+pub use files::{describe, AuthFiles, AuthSetup, AuthSetupError};
+pub use policy::Policy;
 
 /// What an authenticator sees of a CONNECT.
 #[derive(Debug)]
@@ -48,6 +60,12 @@ pub struct Credentials<'a> {
     pub password: Option<&'a [u8]>,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The listener it came in on: `mqtt`, `ws`, `mqtts` or `wss`.
+    pub listener: &'static str,
+    /// The CONNECT's protocol level: 3 (3.1), 4 (3.1.1) or 5.
+    pub protocol: u8,
+    /// The subject CN of the client's verified TLS certificate.
+    pub certificate_cn: Option<&'a str>,
 }
 
 /// [`Credentials`] that can travel to another thread, for
@@ -62,6 +80,12 @@ pub struct Identity {
     pub password: Option<Bytes>,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The listener it came in on.
+    pub listener: &'static str,
+    /// The protocol level.
+    pub protocol: u8,
+    /// The verified certificate's CN.
+    pub certificate_cn: Option<String>,
 }
 
 impl Credentials<'_> {
@@ -72,6 +96,41 @@ impl Credentials<'_> {
             username: self.username.map(str::to_owned),
             password: self.password.map(Bytes::copy_from_slice),
             peer: self.peer,
+            listener: self.listener,
+            protocol: self.protocol,
+            certificate_cn: self.certificate_cn.map(str::to_owned),
+        }
+    }
+}
+
+/// What an authenticator grants one connection beyond admission, from a
+/// JWT claim or an HTTP answer. Kept on the connection (behind its rarely
+/// used state) for as long as it lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Rules for this connection, tried before the ACL file: the first that
+    /// applies decides, and when none does the node's rules do.
+    pub rules: Option<acl::AclRules>,
+    /// Allowed everything the ACL file and HTTP authorizer would decide
+    /// (the `mqtt.deny_*` lists still apply).
+    pub superuser: bool,
+    /// This user's connection limit, instead of
+    /// `limits.max_connections_per_user`.
+    pub max_connections: Option<u32>,
+    /// The user name the authenticator established for a client that sent
+    /// none (a JWT's user name claim): ACL templates, presence and limits
+    /// see it as the connection's user.
+    pub username: Option<String>,
+}
+
+impl Grants {
+    /// The allow verdict carrying these grants: a plain [`Verdict::Allow`]
+    /// when nothing is granted (the common case costs no allocation).
+    pub fn into_verdict(self) -> Verdict {
+        if self == Grants::default() {
+            Verdict::Allow
+        } else {
+            Verdict::AllowWith(Arc::new(self))
         }
     }
 }
@@ -81,10 +140,16 @@ impl Credentials<'_> {
 pub enum Verdict {
     /// Admit the client.
     Allow,
+    /// Admit the client, with [`Grants`] for this connection.
+    AllowWith(Arc<Grants>),
     /// Refuse with this MQTT 5 CONNACK reason code (mapped to the closest
     /// 3.1.1 return code for 3.1.1 clients), e.g. 0x86 bad credentials,
     /// 0x87 not authorized, 0x8A banned.
     Deny(u8),
+    /// Not this authenticator's client (no user it knows, no token): the
+    /// next one in the chain decides, and after the last the anonymous
+    /// policy.
+    Pass,
     /// From [`Authenticator::authenticate`] only: the answer needs work off
     /// the core; call [`Authenticator::ask`]. As an answer sent through
     /// [`ReplyTo`] it is not a decision and refuses the client (0x80).
@@ -139,6 +204,16 @@ pub struct AllowAll;
 impl Authenticator for AllowAll {
     fn authenticate(&self, _: &Credentials<'_>) -> Verdict {
         Verdict::Allow
+    }
+}
+
+impl Verdict {
+    /// The grants of an allow, if any.
+    pub fn grants(&self) -> Option<&Arc<Grants>> {
+        match self {
+            Verdict::AllowWith(g) => Some(g),
+            _ => None,
+        }
     }
 }
 

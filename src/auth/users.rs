@@ -1,7 +1,9 @@
 //! The users file (`auth.users_file`) and [`FileAuthenticator`].
 //!
 //! One user per line, `name:PHC-hash` (argon2id, as `tether passwd FILE
-//! USER` writes it); `#` starts a comment line.
+//! USER` writes it); `#` starts a comment line. A client without a user
+//! name, or with one the file does not know, is not this authenticator's:
+//! it passes to the next in the listener's chain.
 //!
 //! Verifying an argon2id hash costs milliseconds of CPU by design, far too
 //! long for a core (every connection on it would wait). So the fast path
@@ -202,11 +204,10 @@ impl Shared {
     }
 }
 
-/// Admits the users of a users file (and, if allowed, clients without a
-/// user name). Cheap on the core; verification on its own thread.
+/// Admits the users of a users file. Cheap on the core; verification on
+/// its own thread.
 pub struct FileAuthenticator {
     shared: Arc<Shared>,
-    allow_anonymous: bool,
     jobs: Sender<Job>,
 }
 
@@ -230,11 +231,7 @@ impl FileAuthenticator {
                     reply.send(worker.verify(&who));
                 }
             })?;
-        Ok(FileAuthenticator {
-            shared,
-            allow_anonymous: cfg.allow_anonymous,
-            jobs,
-        })
+        Ok(FileAuthenticator { shared, jobs })
     }
 
     /// Puts a new users file in place and forgets what was cached (a
@@ -248,17 +245,9 @@ impl FileAuthenticator {
 impl Authenticator for FileAuthenticator {
     fn authenticate(&self, who: &Credentials<'_>) -> Verdict {
         let s = &self.shared;
-        let Some(name) = who.username else {
-            return if self.allow_anonymous {
-                s.outcome(true)
-            } else {
-                s.counts.denied.fetch_add(1, Relaxed);
-                Verdict::Deny(reason::NOT_AUTHORIZED)
-            };
+        let Some(name) = who.username.filter(|n| s.users.load().knows(n)) else {
+            return Verdict::Pass;
         };
-        if !s.users.load().knows(name) {
-            return s.outcome(false);
-        }
         let password = who.password.unwrap_or_default();
         match s.cache.peek(&s.cache.key_of(&[name.as_bytes(), password])) {
             Some(allowed) => s.outcome(allowed),
@@ -283,7 +272,7 @@ impl Authenticator for FileAuthenticator {
             ),
             (
                 "auth_denied",
-                "CONNECTs the users file refused (unknown user, wrong password, no user name).",
+                "CONNECTs the users file refused (a known user with a wrong password).",
                 c.denied.load(Relaxed),
                 true,
             ),

@@ -10,8 +10,9 @@ pub struct AuthConfig {
     /// A users file: `name:$argon2id$...` lines (`tether passwd FILE USER`
     /// adds or updates one). Empty (the default): every client is admitted.
     pub users_file: String,
-    /// With a users file: whether a client that gives no user name is
-    /// admitted (it then matches only ACL rules without `%u`).
+    /// Whether a client that gives neither user name nor password, and so
+    /// is taken by no authenticator of its listener's chain, is admitted (it
+    /// then matches only ACL rules without `%u`).
     pub allow_anonymous: bool,
     /// An ACL file: rules tried in order, the first that applies decides
     /// (see `tether.example.toml`). Empty (the default): only the
@@ -28,7 +29,7 @@ pub struct AuthConfig {
     pub deny_cache_secs: u64,
     /// Refusals of bad credentials from one source address, within
     /// `ban_window_secs`, after which that address is banned (CONNACK
-    /// 0x8A) for `ban_secs`. Counted per core. 0: never banned.
+    /// 0x8A) for `ban_secs`. Counted for the node. 0: never banned.
     pub ban_after_failures: u32,
     /// The window the failures are counted in.
     pub ban_window_secs: u64,
@@ -37,9 +38,24 @@ pub struct AuthConfig {
     /// `[auth.jwt]`: a password that is a JWT is decided by its signature
     /// and claims instead of the users file.
     pub jwt: JwtConfig,
-    /// `[auth.http]`: the business decides, over HTTP (instead of a users
-    /// file).
+    /// `[auth.http]`: the business decides, over HTTP, who connects and
+    /// what they may publish and subscribe to.
     pub http: HttpAuthConfig,
+    /// The authenticators every listener asks, in order, of `jwt`, `file`
+    /// (the users file) and `http`; a client one passes on ("not mine":
+    /// not a token, an unknown user, an `ignore` answer) goes to the next.
+    /// Empty (the default): every configured one, in the order jwt, file,
+    /// http.
+    pub chain: Vec<String>,
+    /// Per listener (`mqtt`, `ws`, `mqtts`, `wss`), a chain that replaces
+    /// `chain`, e.g. `ws = ["jwt"]` for browsers with tokens only, or
+    /// `mqtts = []` to admit whoever holds a client certificate.
+    pub listener_chains: std::collections::BTreeMap<String, Vec<String>>,
+    /// User names that may subscribe to `$SYS/...` (with superusers); every
+    /// other client is refused them before any rule is tried. Empty (the
+    /// default): `$SYS` is decided like any topic (wildcard rules never
+    /// cover it, so only a rule that names `$SYS` allows it).
+    pub sys_readers: Vec<String>,
 }
 
 /// `[auth.http]`: an HTTP service decides who connects. Off unless `url`.
@@ -48,6 +64,9 @@ pub struct AuthConfig {
 pub struct HttpAuthConfig {
     /// Where CONNECTs are POSTed (`http://host:port/path`). Empty: off.
     pub url: String,
+    /// Where publish and subscribe questions are POSTed, for what no
+    /// connection grant or ACL file rule decides. Empty: off.
+    pub acl_url: String,
     /// How long a call may take; past it the fail policy decides.
     pub timeout_ms: u64,
     /// How long an "allow" is remembered.
@@ -65,6 +84,7 @@ impl Default for HttpAuthConfig {
     fn default() -> Self {
         HttpAuthConfig {
             url: String::new(),
+            acl_url: String::new(),
             timeout_ms: 2000,
             allow_cache_secs: 300,
             deny_cache_secs: 30,
@@ -107,6 +127,9 @@ pub struct JwtConfig {
     pub username_claim: String,
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+    /// The claim that may carry ACL rules for the connection: a list of
+    /// strings in the ACL file's syntax, tried before the ACL file.
+    pub acl_claim: String,
 }
 
 impl Default for JwtConfig {
@@ -120,6 +143,7 @@ impl Default for JwtConfig {
             audience: String::new(),
             username_claim: "sub".into(),
             leeway_secs: 30,
+            acl_claim: "acl".into(),
         }
     }
 }
@@ -145,6 +169,9 @@ impl Default for AuthConfig {
             ban_secs: 300,
             jwt: JwtConfig::default(),
             http: HttpAuthConfig::default(),
+            chain: Vec::new(),
+            listener_chains: Default::default(),
+            sys_readers: Vec::new(),
         }
     }
 }

@@ -161,6 +161,7 @@ pub(crate) fn render(node: &NodeState, gauges: &[Option<SessionGauges>]) -> Stri
         .into_iter()
         .chain(node.outbound.figures())
         .chain(node.auth.figures())
+        .chain(node.authz.figures())
     {
         let name = if counter {
             format!("{name}_total")

@@ -8,10 +8,10 @@ use tracing::{debug, info};
 
 use super::connack::{self, Granted};
 use super::{violation, Violation};
-use crate::auth::{AuthStep, Credentials, Verdict};
+use crate::auth::{AuthStep, Credentials, Identity, Step, Verdict};
 use crate::codec::{reason, Connect, Packet, ReasonOnly, Version};
-use crate::id::ConnKey;
-use crate::shard::{AuthInProgress, ConnectInfo, Core, CoreState, Phase, Waiting};
+use crate::id::{ConnKey, TRANSPORT_NAMES};
+use crate::shard::{AuthInProgress, ConnectInfo, Core, CoreState, Link, Phase, Waiting};
 use crate::stats::bump;
 use crate::store::ClaimResult;
 
@@ -25,6 +25,23 @@ fn refuse_why(st: &mut CoreState, key: ConnKey, code: u8, why: Option<&str>) {
         let v5 = link.version.is_v5();
         link.control(connack::refused(code, v5, why));
         link.request_close(None, false);
+    }
+}
+
+/// What the authenticators see of a CONNECT on `link`.
+fn credentials<'a>(c: &'a Connect, link: &'a Link) -> Credentials<'a> {
+    Credentials {
+        client_id: &c.client_id,
+        username: c.username.as_deref(),
+        password: c.password.as_deref(),
+        peer: link.peer,
+        listener: TRANSPORT_NAMES[usize::from(link.transport) % TRANSPORT_NAMES.len()],
+        protocol: match c.version {
+            Version::V31 => 3,
+            Version::V311 => 4,
+            Version::V5 => 5,
+        },
+        certificate_cn: link.rare.as_ref().and_then(|r| r.certificate_cn.as_deref()),
     }
 }
 
@@ -45,47 +62,78 @@ pub(super) fn connect(
     };
     link.version = c.version;
     let peer = link.peer;
-    let now_ms = core.clock().elapsed_ms();
-    if st.bans.banned(peer.ip(), now_ms) {
+    if core.node.bans.banned(peer.ip(), core.node.elapsed_ms()) {
         info!(conn = %id, %peer, "CONNECT refused: the address is banned after failed logins (auth.ban_secs)");
         bump(&core.stats().banned_connects, 1);
         refuse(st, key, reason::BANNED);
         return Ok(());
     }
-    let who = Credentials {
-        client_id: &c.client_id,
-        username: c.username.as_deref(),
-        password: c.password.as_deref(),
-        peer,
-    };
-    match core.node.auth.authenticate(&who) {
-        Verdict::Allow => {
-            admit(core, st, key, c);
-            Ok(())
+    walk(core, st, key, c, 0);
+    Ok(())
+}
+
+/// Asks the listener's chain from `from` and acts on its verdict.
+fn walk(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect, from: Step) {
+    let Some(link) = st.link(key) else { return };
+    let listener = link.transport;
+    let who = credentials(&c, link);
+    let (step, verdict) = core.node.auth.authenticate(listener, from, &who);
+    let identity = (verdict == Verdict::Ask).then(|| who.to_identity());
+    decided(core, st, key, c, (listener, step), verdict, identity);
+}
+
+/// Acts on the verdict of step `at` (listener, step) of the chain:
+/// admit, refuse, or park the CONNECT while the step asks elsewhere.
+fn decided(
+    core: &Core,
+    st: &mut CoreState,
+    key: ConnKey,
+    c: Connect,
+    at: (u8, Step),
+    verdict: Verdict,
+    identity: Option<Identity>,
+) {
+    let Some(e) = st.entry(key) else { return };
+    let id = e.id;
+    let Some(link) = e.link.as_mut() else { return };
+    let peer = link.peer;
+    match verdict {
+        Verdict::Allow => admit(core, st, key, c),
+        Verdict::AllowWith(grants) => {
+            let mut c = c;
+            if c.username.is_none() {
+                c.username.clone_from(&grants.username);
+            }
+            link.rare().grants = Some(grants);
+            admit(core, st, key, c)
         }
         Verdict::Deny(code) => {
             info!(conn = %id, %peer, reason = format_args!("{code:#04x}"), "CONNECT refused by the authenticator");
-            strike(core, st, peer.ip(), code);
+            strike(core, peer.ip(), code);
             refuse(st, key, code);
-            Ok(())
         }
+        // The step after it decides (only a slow path answers this).
+        Verdict::Pass => walk(core, st, key, c, at.1.saturating_add(1)),
         Verdict::Ask => {
-            let identity = who.to_identity();
+            let Some(identity) = identity else {
+                // An answer from the slow path cannot ask again.
+                return refuse(st, key, reason::UNSPECIFIED_ERROR);
+            };
             let Some(token) = st.pending.insert(Waiting::Verdict { key }) else {
                 info!(conn = %id, %peer, "CONNECT refused: too many verdicts pending (runtime.max_pending_verdicts)");
                 bump(&core.stats().pending_refused, 1);
                 refuse_why(st, key, reason::SERVER_BUSY, Some("server busy, try again"));
-                return Ok(());
+                return;
             };
             if let Some(e) = st.entry(key) {
                 e.phase = Phase::AwaitingVerdict {
                     connect: Box::new(c),
+                    step: at.1,
                 };
             }
             bump(&core.stats().auth_deferred, 1);
             let reply = core.returns.verdicts.reply_to(token);
-            core.node.auth.ask(identity, reply);
-            Ok(())
+            core.node.auth.ask(at.0, at.1, identity, reply);
         }
     }
 }
@@ -102,32 +150,23 @@ pub fn on_verdict(core: &Core, token: u32, verdict: Verdict) {
     // the verdict was being decided.
     let Some(e) = st.entry(key) else { return };
     let phase = std::mem::replace(&mut e.phase, Phase::Connecting);
-    let Phase::AwaitingVerdict { connect } = phase else {
+    let Phase::AwaitingVerdict { connect, step } = phase else {
         e.phase = phase;
         return;
     };
-    let id = e.id;
     let Some(link) = e.link.as_mut() else { return };
     link.wake();
-    let code = match verdict {
-        Verdict::Allow => return admit(core, st, key, *connect),
-        Verdict::Deny(code) => code,
-        // Ask is not an answer.
-        Verdict::Ask => reason::UNSPECIFIED_ERROR,
-    };
-    info!(conn = %id, reason = format_args!("{code:#04x}"), "CONNECT refused by the authenticator");
-    let ip = link.peer.ip();
-    strike(core, st, ip, code);
-    refuse(st, key, code);
+    let listener = link.transport;
+    decided(core, st, key, *connect, (listener, step), verdict, None);
 }
 
 /// Counts a refusal of bad credentials against the source address (other
 /// refusals, such as an unavailable service, are not the client's doing).
-fn strike(core: &Core, st: &mut CoreState, ip: std::net::IpAddr, code: u8) {
+fn strike(core: &Core, ip: std::net::IpAddr, code: u8) {
     if matches!(
         code,
         reason::BAD_USERNAME_OR_PASSWORD | reason::NOT_AUTHORIZED
-    ) && st.bans.failed(ip, core.clock().elapsed_ms())
+    ) && core.node.bans.failed(ip, core.node.elapsed_ms())
     {
         info!(%ip, "address banned after repeated failed logins (auth.ban_after_failures)");
         bump(&core.stats().bans, 1);
@@ -147,17 +186,11 @@ fn admit(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) {
     let Some(link) = e.link.as_mut() else {
         return;
     };
-    let peer = link.peer;
     // MQTT 5 4.12: an Authentication Method starts an enhanced exchange.
     let exchange = match &c.properties.authentication_method {
         Some(method) => {
-            let who = Credentials {
-                client_id: &c.client_id,
-                username: c.username.as_deref(),
-                password: c.password.as_deref(),
-                peer: link.peer,
-            };
-            match core.node.auth.enhanced(method, &who) {
+            let who = credentials(&c, link);
+            match core.node.auth.enhanced(link.transport, method, &who) {
                 Some(ex) => Some((method.clone(), ex)),
                 None => {
                     refuse(st, key, reason::BAD_AUTHENTICATION_METHOD);
@@ -197,16 +230,15 @@ fn admit(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) {
     // An authorizer that would have to ask elsewhere is not waited for
     // here; the will is then published as the client asked.
     if let Some(w) = &c.will {
-        let req = crate::auth::AclRequest {
-            action: crate::auth::Action::Publish,
-            topic: &w.topic,
-            qos: w.qos,
-            retain: w.retain,
-            source: crate::auth::Source::Client,
-            client_id: Some(&client_id),
-            username: c.username.as_deref(),
-            peer: Some(peer.ip()),
-        };
+        let mut req = link.acl_request(
+            Some(&client_id),
+            crate::auth::Action::Publish,
+            &w.topic,
+            w.qos,
+            w.retain,
+        );
+        // Set below, with the rest of the CONNECT.
+        req.username = c.username.as_deref();
         if core.node.authz.check(&req) == crate::auth::Permit::Deny {
             bump(&core.stats().denied_publishes, 1);
             refuse(st, key, reason::NOT_AUTHORIZED);
@@ -382,8 +414,11 @@ pub(super) fn auth(
                 username: None,
                 password: None,
                 peer: link.peer,
+                listener: TRANSPORT_NAMES[usize::from(link.transport) % TRANSPORT_NAMES.len()],
+                protocol: 5,
+                certificate_cn: None,
             };
-            let Some(exchange) = core.node.auth.enhanced(&method, &who) else {
+            let Some(exchange) = core.node.auth.enhanced(link.transport, &method, &who) else {
                 return Err(violation(
                     reason::BAD_AUTHENTICATION_METHOD,
                     "authentication method no longer supported",

@@ -130,16 +130,13 @@ fn authorize(
         return Ok(Step::Done);
     };
     let permit = answer.unwrap_or_else(|| {
-        core.node.authz.check(&AclRequest {
-            action: Action::Publish,
-            topic: &p.topic,
-            qos: p.qos,
-            retain: p.retain,
-            source: Source::Client,
-            client_id: e.client_id.as_deref(),
-            username: link.username.as_deref(),
-            peer: Some(link.peer.ip()),
-        })
+        core.node.authz.check(&link.acl_request(
+            e.client_id.as_deref(),
+            Action::Publish,
+            &p.topic,
+            p.qos,
+            p.retain,
+        ))
     });
     match permit {
         Permit::Allow => {
@@ -150,17 +147,15 @@ fn authorize(
             if !room {
                 return Ok(Step::NoRoom);
             }
-            let req = AclRequest {
-                action: Action::Publish,
-                topic: &p.topic,
-                qos: p.qos,
-                retain: p.retain,
-                source: Source::Client,
-                client_id: e.client_id.as_deref(),
-                username: link.username.as_deref(),
-                peer: Some(link.peer.ip()),
-            }
-            .to_owned();
+            let req = link
+                .acl_request(
+                    e.client_id.as_deref(),
+                    Action::Publish,
+                    &p.topic,
+                    p.qos,
+                    p.retain,
+                )
+                .to_owned();
             let parked = Publish {
                 topic: std::mem::take(&mut p.topic),
                 properties: std::mem::take(&mut p.properties),
@@ -529,6 +524,7 @@ pub fn on_bridge_publish(
         client_id: None,
         username: None,
         peer: None,
+        grants: None,
     };
     let permit = core.node.authz.check(&acl);
     if permit == Permit::Ask && !st.pending.has_room(PendingKind::Permit) {

@@ -8,7 +8,7 @@
 //! subscriptions, sends the SUBACK, and then the retained messages.
 
 use super::{max_qos, violation, Step, Violation};
-use crate::auth::{AclRequest, Action, Permit, Source};
+use crate::auth::{Action, Permit};
 use crate::codec::{reason, topic, Packet, SubAck, Subscribe, UnsubAck, Unsubscribe};
 use crate::id::ConnKey;
 use crate::shard::{Core, CoreState, Parked, PendingKind, Waiting};
@@ -84,16 +84,13 @@ pub(super) fn subscribe(
             Some(Ok((_, inner))) => inner,
             _ => filter.as_str(),
         };
-        let req = AclRequest {
-            action: Action::Subscribe,
-            topic: inner,
-            qos: opts.qos,
-            retain: false,
-            source: Source::Client,
-            client_id: e.client_id.as_deref(),
-            username: link.username.as_deref(),
-            peer: Some(link.peer.ip()),
-        };
+        let req = link.acl_request(
+            e.client_id.as_deref(),
+            Action::Subscribe,
+            inner,
+            opts.qos,
+            false,
+        );
         match core.node.authz.check(&req) {
             Permit::Allow => permits[i] = Some(true),
             Permit::Deny => permits[i] = Some(false),

@@ -407,9 +407,15 @@ impl Conn {
             };
             if let Packet::Connect(c) = &mut packet {
                 self.version = Some(c.version);
-                if let Some(user) = self.tls.as_ref().and_then(|t| t.certificate_username()) {
-                    // The verified identity, not the claimed one.
-                    c.username = Some(user);
+                if let Some((cn, as_username)) = self.tls.as_ref().and_then(|t| t.certificate_cn())
+                {
+                    if let Some(link) = core.st.borrow_mut().link(self.key) {
+                        link.rare().certificate_cn = Some(cn.as_str().into());
+                    }
+                    if as_username {
+                        // The verified identity, not the claimed one.
+                        c.username = Some(cn);
+                    }
                 }
             }
             match mqtt::receive(&core, self.key, packet) {

@@ -472,14 +472,16 @@ impl Session {
         self.conn.is_handshaking()
     }
 
-    /// The username a verified client certificate gives its connection
-    /// (its subject CN), when `tls.cn_as_username` is on.
-    pub fn certificate_username(&self) -> Option<String> {
-        if !self.cn_as_username {
-            return None;
-        }
+    /// The subject CN of the client's verified certificate, and whether
+    /// it replaces the CONNECT username (`tls.cn_as_username`).
+    pub fn certificate_cn(&self) -> Option<(String, bool)> {
         // Only certificates the verifier accepted are recorded by rustls.
-        self.conn.peer_certificates()?.first().and_then(common_name)
+        let cn = self
+            .conn
+            .peer_certificates()?
+            .first()
+            .and_then(common_name)?;
+        Some((cn, self.cn_as_username))
     }
 }
 

@@ -151,15 +151,17 @@ impl Core {
         }
     }
 
-    /// The presence entry of a connection with a user name (durable store
-    /// only: the memory store counts users per node).
+    /// The presence entry of a connection with a user name, when the
+    /// store tracks users (a durable store, or a per-user limit) or the
+    /// connection's grants set its user's limit.
     pub(super) fn presence(
         &self,
         link: &Link,
         client_id: &Arc<str>,
         conn: ConnId,
     ) -> Option<Presence> {
-        if !self.node.store.tracks_users() {
+        let limit = link.grants().and_then(|g| g.max_connections);
+        if !self.node.store.tracks_users() && limit.is_none() {
             return None;
         }
         let user = link.username.clone()?;
@@ -173,6 +175,7 @@ impl Core {
             conn,
             transport: TRANSPORT_NAMES[usize::from(link.transport) % TRANSPORT_NAMES.len()],
             since_ms,
+            limit,
         })
     }
 

@@ -52,6 +52,9 @@ pub enum Phase {
     AwaitingVerdict {
         /// The CONNECT, resumed when the verdict arrives.
         connect: Box<Connect>,
+        /// The step of the listener's chain that was asked: a "not mine"
+        /// answer continues from the next.
+        step: crate::auth::Step,
     },
     /// CONNECT accepted; the client id is being claimed and the previous
     /// owner's session fetched. `superseded` is set if an even newer
@@ -217,6 +220,12 @@ pub struct Rare {
     /// Closing to hand the session to a claim on this node: told once the
     /// close's writes are journaled.
     pub handoff_to: Option<u16>,
+    /// What the authenticator granted this connection (its own ACL rules,
+    /// superuser, a connection limit), for as long as it lives.
+    pub grants: Option<Arc<crate::auth::Grants>>,
+    /// The subject CN of the client's verified TLS certificate, set before
+    /// CONNECT is handled (authenticators may see it).
+    pub certificate_cn: Option<Box<str>>,
 }
 
 impl Link {
@@ -248,6 +257,34 @@ impl Link {
     /// The rarely used state, allocated on first use.
     pub fn rare(&mut self) -> &mut Rare {
         self.rare.get_or_insert_with(Default::default)
+    }
+
+    /// What the authenticator granted this connection.
+    pub fn grants(&self) -> Option<&crate::auth::Grants> {
+        self.rare.as_ref()?.grants.as_deref()
+    }
+
+    /// The authorization question of this connection's client for
+    /// `action` on `topic`.
+    pub fn acl_request<'a>(
+        &'a self,
+        client_id: Option<&'a str>,
+        action: crate::auth::Action,
+        topic: &'a str,
+        qos: crate::codec::QoS,
+        retain: bool,
+    ) -> crate::auth::AclRequest<'a> {
+        crate::auth::AclRequest {
+            action,
+            topic,
+            qos,
+            retain,
+            source: crate::auth::Source::Client,
+            client_id,
+            username: self.username.as_deref(),
+            peer: Some(self.peer.ip()),
+            grants: self.grants(),
+        }
     }
 
     /// Whether a packet waits for the authorizer.

@@ -32,7 +32,7 @@
 //! | `trie.rs`, `wheel.rs`, `interest.rs` | subscription trie, timer wheel, cross-core interest bits |
 
 mod acks;
-mod bans;
+pub mod bans;
 mod clock;
 mod delivery;
 mod durable;
@@ -98,8 +98,6 @@ pub struct CoreState {
     interest: interest::LocalInterest,
     /// The filters this core announces to the cluster (`[kafka.cluster]`).
     cluster: interest::NodeInterest,
-    /// Failed logins per source address (`auth.ban_after_failures`).
-    pub bans: bans::Bans,
     next_gen: u32,
     next_seq: u64,
     /// Reused per fan-out to collect matches without allocating.
@@ -190,11 +188,6 @@ impl Core {
                 journal: Vec::new(),
                 interest: Default::default(),
                 cluster: interest::NodeInterest::new(node.outbound.wants_interest()),
-                bans: bans::Bans::new(
-                    cfg.auth.ban_after_failures,
-                    cfg.auth.ban_window_secs,
-                    cfg.auth.ban_secs,
-                ),
                 next_gen: 0,
                 next_seq: 0,
                 matches: Vec::new(),

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::interest::Interest;
 use super::retained::Totals;
-use crate::auth::{Authenticator, Authorizer};
+use crate::auth::{AuthChain, Authorizer};
 use crate::bridge::outbound::Outbound;
 use crate::stats::{Histogram, Stats};
 use crate::store::SessionStore;
@@ -21,8 +21,8 @@ pub struct NodeState {
     pub cores: Vec<CoreVisible>,
     /// The session directory.
     pub store: Arc<dyn SessionStore>,
-    /// Decides every CONNECT.
-    pub auth: Arc<dyn Authenticator>,
+    /// Decides every CONNECT: each listener's chain of authenticators.
+    pub auth: Arc<AuthChain>,
     /// Decides every SUBSCRIBE filter and PUBLISH.
     pub authz: Arc<dyn Authorizer>,
     /// Where messages leave the gateway (the Kafka producer).
@@ -31,6 +31,15 @@ pub struct NodeState {
     pub started: Instant,
     /// Node-wide retained totals (updated by owner cores only).
     pub retained: Totals,
+    /// Failed logins per source address, and bans (`auth.ban_*`).
+    pub bans: super::bans::Bans,
+}
+
+impl NodeState {
+    /// Milliseconds since the node started (the bans' clock).
+    pub fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
 }
 
 /// The cross-core visible part of one core: written by that core only,

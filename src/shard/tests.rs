@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::*;
-use crate::auth::{AllowAll, DenyLists};
+use crate::auth::{AllowAll, AuthChain, DenyLists};
 use crate::bridge::outbound::NoOutbound;
 use crate::bridge::{Bell, ReplyTo};
 use crate::codec::{reason, ConnAck, Packet, QoS, SubOptions, Version};
@@ -61,11 +61,12 @@ fn node(cores: usize, store: Arc<dyn SessionStore>) -> Node {
         node_id: 1,
         cores: (0..cores).map(|_| CoreVisible::default()).collect(),
         store,
-        auth: Arc::new(AllowAll),
+        auth: Arc::new(AuthChain::single(Arc::new(AllowAll), false)),
         authz: Arc::new(DenyLists::default()),
         outbound: Arc::new(NoOutbound),
         started: Instant::now(),
         retained: Default::default(),
+        bans: crate::shard::bans::Bans::new(0, 60, 300),
     });
     let mut node = Node {
         cores: Vec::new(),

@@ -2,9 +2,10 @@
 //! claim at once. The default store, and the node-local directory of a
 //! single node.
 //!
-//! With `limits.max_connections_per_user` it also admits connections per
-//! user, on this node: one lock over the users' connection lists, taken
-//! only by CONNECTs that give a user name and by their closes.
+//! With `limits.max_connections_per_user` (or a limit an authenticator
+//! granted the user) it also admits connections per user, on this node:
+//! one lock over the users' connection lists, taken only by CONNECTs under
+//! a limit and by their closes.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -24,8 +25,8 @@ const SHARDS: usize = 64;
 pub struct MemoryStore {
     shards: Vec<Mutex<AHashMap<Box<str>, Location>>>,
     hasher: ahash::RandomState,
-    /// The per-user connection limit, when one is set.
-    users: Option<UserLimit>,
+    /// The per-user connection limits.
+    users: UserLimit,
 }
 
 /// A user's admitted connections, oldest first: (connection, client id).
@@ -33,6 +34,7 @@ type Admitted = VecDeque<(ConnId, Arc<str>)>;
 
 /// `limits.max_connections_per_user` on one node.
 struct UserLimit {
+    /// The configured limit (0: none; a granted limit may still apply).
     max: usize,
     policy: PerUserPolicy,
     /// Each user's admitted connections. An entry leaves when its
@@ -55,7 +57,12 @@ impl Default for MemoryStore {
                 })
                 .collect(),
             hasher: ahash::RandomState::new(),
-            users: None,
+            users: UserLimit {
+                max: 0,
+                policy: PerUserPolicy::EvictOldest,
+                admitted: Mutex::default(),
+                bridge: OnceLock::new(),
+            },
         }
     }
 }
@@ -65,19 +72,20 @@ impl MemoryStore {
     /// node (0: no limit), by `policy`.
     pub fn with_user_limit(max: u32, policy: PerUserPolicy) -> MemoryStore {
         MemoryStore {
-            users: (max > 0).then(|| UserLimit {
+            users: UserLimit {
                 max: max as usize,
                 policy,
                 admitted: Mutex::default(),
                 bridge: OnceLock::new(),
-            }),
+            },
             ..MemoryStore::default()
         }
     }
 
-    /// Admits `p` under the limit: `false` when refused. Evicted
+    /// Admits `p` under `max` connections: `false` when refused. Evicted
     /// connections are told to close (DISCONNECT 0x98 on MQTT 5).
-    fn admit(&self, limit: &UserLimit, p: &Presence) -> bool {
+    fn admit(&self, max: usize, p: &Presence) -> bool {
+        let limit = &self.users;
         let mut evicted = Vec::new();
         {
             let mut admitted = limit.admitted.lock().unwrap_or_else(|e| e.into_inner());
@@ -85,11 +93,11 @@ impl MemoryStore {
             // The client's own earlier connection is being taken over: it
             // does not count.
             let counted = list.iter().filter(|(_, c)| *c != p.client_id).count();
-            if counted >= limit.max {
+            if counted >= max {
                 if limit.policy == PerUserPolicy::Refuse {
                     return false;
                 }
-                let mut over = counted + 1 - limit.max;
+                let mut over = counted + 1 - max;
                 list.retain(|(conn, c)| {
                     if over > 0 && *c != p.client_id {
                         over -= 1;
@@ -115,6 +123,13 @@ impl MemoryStore {
         }
         true
     }
+    /// Records that `client_id` lives at `loc` now: where it lived before.
+    /// No limit applies (a cluster store decides limits cluster-wide and
+    /// keeps its node-local directory here).
+    pub fn place(&self, client_id: &str, loc: Location) -> Option<Location> {
+        self.shard(client_id).insert(client_id.into(), loc)
+    }
+
     fn shard(&self, client_id: &str) -> std::sync::MutexGuard<'_, AHashMap<Box<str>, Location>> {
         let shard = &self.shards[self.hasher.hash_one(client_id) as usize % SHARDS];
         // A panic while holding the lock cannot leave the map half-updated
@@ -125,19 +140,17 @@ impl MemoryStore {
 
 impl SessionStore for MemoryStore {
     fn claim(&self, claim: &Claim) -> Option<ClaimResult> {
-        if let (Some(limit), Some(p)) = (&self.users, &claim.presence) {
-            if !self.admit(limit, p) {
+        if let Some(p) = &claim.presence {
+            let max = p.limit.map_or(self.users.max, |l| l as usize);
+            if max > 0 && !self.admit(max, p) {
                 return Some(Ok(Claimed {
                     over_limit: true,
                     ..Default::default()
                 }));
             }
         }
-        let previous = self
-            .shard(&claim.client_id)
-            .insert((*claim.client_id).into(), claim.loc);
         Some(Ok(Claimed {
-            previous,
+            previous: self.place(&claim.client_id, claim.loc),
             ..Default::default()
         }))
     }
@@ -154,12 +167,18 @@ impl SessionStore for MemoryStore {
     }
 
     fn tracks_users(&self) -> bool {
-        self.users.is_some()
+        self.users.max > 0
     }
 
     fn write(&self, ops: Vec<StoreOp>) {
-        let Some(limit) = &self.users else { return };
-        let mut admitted = limit.admitted.lock().unwrap_or_else(|e| e.into_inner());
+        if !ops.iter().any(|op| matches!(op, StoreOp::Left { .. })) {
+            return;
+        }
+        let mut admitted = self
+            .users
+            .admitted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for op in ops {
             if let StoreOp::Left { presence: p } = op {
                 if let Some(list) = admitted.get_mut(&p.user) {
@@ -173,9 +192,7 @@ impl SessionStore for MemoryStore {
     }
 
     fn start(&self, bridge: Arc<Bridge>) {
-        if let Some(limit) = &self.users {
-            let _ = limit.bridge.set(bridge);
-        }
+        let _ = self.users.bridge.set(bridge);
     }
 }
 

@@ -36,6 +36,9 @@ pub struct Presence {
     pub transport: &'static str,
     /// When it connected, Unix milliseconds.
     pub since_ms: u64,
+    /// The user's connection limit its authenticator granted, instead of
+    /// `limits.max_connections_per_user`.
+    pub limit: Option<u32>,
 }
 
 /// One write for a mirrored session.

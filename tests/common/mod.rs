@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use tether::codec::{self, Packet, Version};
+use tether::codec::{self, Packet, QoS, SubOptions, Subscribe, Version};
 use tether::{Config, Gateway};
 use tokio::sync::mpsc;
 
@@ -368,6 +368,56 @@ pub fn until_blocking(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// SUBSCRIBE one filter; the SUBACK's code.
+pub fn suback(r: &mut Raw, pkid: u16, filter: &str) -> u8 {
+    r.send(&Packet::Subscribe(Subscribe {
+        pkid,
+        filters: vec![(filter.into(), SubOptions::qos(QoS::AtLeastOnce))],
+        properties: Default::default(),
+    }));
+    match r.recv() {
+        Some(Packet::SubAck(a)) => {
+            assert_eq!(a.pkid, pkid);
+            a.codes[0]
+        }
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
+
+/// QoS 1 PUBLISH; the PUBACK's reason code (MQTT 5). PUBLISHes that
+/// arrive first (the client's own, delivered before its ack) are kept in
+/// `early`.
+pub fn puback_seeing(r: &mut Raw, pkid: u16, topic: &str, early: &mut Vec<codec::Publish>) -> u8 {
+    r.send(&publish_packet(pkid, topic, b"x"));
+    loop {
+        match r.recv() {
+            Some(Packet::PubAck(a)) => return a.code,
+            Some(Packet::Publish(p)) => early.push(p),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+}
+
+/// [`puback_seeing`] where no PUBLISH may come first.
+pub fn puback(r: &mut Raw, pkid: u16, topic: &str) -> u8 {
+    let mut early = Vec::new();
+    let code = puback_seeing(r, pkid, topic, &mut early);
+    assert!(early.is_empty(), "unexpected {early:?}");
+    code
+}
+
+/// The next PUBLISH: one seen early, or the next from the server.
+pub fn next_publish(r: &mut Raw, early: &mut Vec<codec::Publish>) -> codec::Publish {
+    if !early.is_empty() {
+        return early.remove(0);
+    }
+    match r.recv() {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
 pub mod cluster;
 pub mod kafka;
 pub mod pki;

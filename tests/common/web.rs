@@ -41,3 +41,13 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[&str], body: 
         body: body.to_string(),
     }
 }
+
+/// A figure from the gateway's `/metrics`, summed over its labels (cores).
+pub fn metric(gw: &tether::Gateway, name: &str) -> f64 {
+    http(gw.http_addr.unwrap(), "GET", "/metrics", &[], "")
+        .body
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}

@@ -246,11 +246,14 @@ impl SessionStore for RedisStore {
 
     fn claim(&self, c: &Claim) -> Option<ClaimResult> {
         let s = &self.settings;
-        let waits = c.persistent || (s.max_per_user > 0 && c.presence.is_some());
-        if waits {
+        let limited = c
+            .presence
+            .as_ref()
+            .is_some_and(|p| p.limit.unwrap_or(s.max_per_user) > 0);
+        if c.persistent || limited {
             return None;
         }
-        let previous = self.local.claim(c)?.ok()?.previous;
+        let previous = self.local.place(&c.client_id, c.loc);
         self.send(Job::Background { claim: c.clone() });
         Some(Ok(Claimed {
             previous,
@@ -259,10 +262,7 @@ impl SessionStore for RedisStore {
     }
 
     fn claim_later(&self, claim: Claim, reply: ReplyTo<ClaimResult>) {
-        let previous = match self.local.claim(&claim) {
-            Some(Ok(c)) => c.previous,
-            _ => None,
-        };
+        let previous = self.local.place(&claim.client_id, claim.loc);
         self.send(Job::Claim {
             claim,
             previous,

@@ -164,7 +164,7 @@ pub(super) async fn claim_one(
             .arg(member(s, p))
             .arg(now_ms())
             .arg(s.presence_lease_ms)
-            .arg(s.max_per_user)
+            .arg(p.limit.unwrap_or(s.max_per_user))
             .arg(if s.evict_oldest { "evict" } else { "refuse" })
             .arg(&*c.client_id);
         let live = ctx.live.borrow();
@@ -174,11 +174,16 @@ pub(super) async fn claim_one(
         }
         inv
     });
+    let limit = c
+        .presence
+        .as_ref()
+        .and_then(|p| p.limit)
+        .unwrap_or(s.max_per_user);
     let (claimed, admitted) = match admit {
         // Under a limit, admission comes first: a refused connection must
         // not take the session (or hand it over) on its way out. Two round
         // trips.
-        Some(admit) if s.max_per_user > 0 => {
+        Some(admit) if limit > 0 => {
             let admitted: Vec<String> = admit
                 .invoke_async(conn)
                 .await
