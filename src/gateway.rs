@@ -16,7 +16,7 @@ use tracing::error;
 
 use crate::auth::{AuthChain, AuthFiles, AuthSetup, AuthSetupError, Authenticator, Authorizer};
 use crate::bridge::outbound::{NoOutbound, Outbound};
-use crate::bridge::Bridge;
+use crate::bridge::{Bridge, BridgeMsg};
 use crate::config::{Config, StoreKind};
 use crate::error::{Classify, Origin};
 use crate::kafka::KafkaOutbound;
@@ -456,6 +456,15 @@ impl Gateway {
         s
     }
 
+    /// A handle for watching the node from another thread (the systemd
+    /// watchdog), valid while the gateway runs.
+    pub fn monitor(&self) -> Monitor {
+        Monitor {
+            node: self.node.clone(),
+            bridge: self.bridge.clone(),
+        }
+    }
+
     /// Retained messages in each core's replica.
     pub fn retained_per_core(&self) -> Vec<usize> {
         self.node
@@ -486,5 +495,42 @@ impl Drop for Gateway {
         if !self.executors.is_empty() {
             self.shutdown();
         }
+    }
+}
+
+/// Watches a running node from another thread: a cheap clone of what the
+/// cores share (see [`Gateway::monitor`]).
+#[derive(Clone)]
+pub struct Monitor {
+    node: Arc<NodeState>,
+    bridge: Arc<Bridge>,
+}
+
+impl Monitor {
+    /// Asks every core for a proof of life (`BridgeMsg::Heartbeat`) and
+    /// returns how long ago each last gave one, in ms: a core whose loop is
+    /// stuck falls behind by the time since it stopped.
+    pub fn heartbeat(&self) -> Vec<u64> {
+        let now = self.node.elapsed_ms();
+        let ages = self
+            .node
+            .cores
+            .iter()
+            .map(|c| now.saturating_sub(c.alive_ms.load(Relaxed)))
+            .collect();
+        for core in 0..self.node.cores.len() {
+            let _ = self.bridge.send(core, BridgeMsg::Heartbeat);
+        }
+        ages
+    }
+
+    /// Open connections on the node, over every listener.
+    pub fn connections(&self) -> i64 {
+        self.node
+            .cores
+            .iter()
+            .flat_map(|c| c.open_by_transport.iter())
+            .map(|n| n.load(Relaxed))
+            .sum()
     }
 }

@@ -43,6 +43,7 @@ pub mod session;
 mod shard;
 pub mod stats;
 pub mod store;
+pub mod systemd;
 
 pub use config::Config;
-pub use gateway::{Gateway, GatewayBuilder, StartError};
+pub use gateway::{Gateway, GatewayBuilder, Monitor, StartError};

@@ -109,12 +109,16 @@ fn check_config(file: &str) -> ExitCode {
 fn reload_on_sighup(
     acceptor: Option<std::sync::Arc<tether::net::tls::Acceptor>>,
     auth: std::sync::Arc<tether::auth::AuthFiles>,
+    systemd: Option<std::sync::Arc<tether::systemd::Notifier>>,
 ) -> std::io::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
     std::thread::Builder::new()
         .name("tether-signals".into())
         .spawn(move || {
             for _ in signals.forever() {
+                if let Some(n) = &systemd {
+                    let _ = n.reloading();
+                }
                 match acceptor.as_ref().map(|a| a.reload()) {
                     Some(Ok(loaded)) => tracing::info!("TLS reloaded: {loaded}"),
                     Some(Err(e)) => {
@@ -132,6 +136,9 @@ fn reload_on_sighup(
                 }
                 if acceptor.is_none() && auth.is_empty() {
                     tracing::info!("SIGHUP: nothing to reload (no TLS, no [auth] files)");
+                }
+                if let Some(n) = &systemd {
+                    let _ = n.send("READY=1");
                 }
             }
         })?;
@@ -194,7 +201,12 @@ fn run(path: Option<PathBuf>) -> ExitCode {
             }
         }
     }
-    if let Err(e) = reload_on_sighup(gateway.tls_acceptor(), gateway.auth_files()) {
+    let systemd = tether::systemd::Notifier::from_env().map(std::sync::Arc::new);
+    if let Err(e) = reload_on_sighup(
+        gateway.tls_acceptor(),
+        gateway.auth_files(),
+        systemd.clone(),
+    ) {
         eprintln!("tether: cannot install the SIGHUP handler: {e}");
         return ExitCode::FAILURE;
     }
@@ -290,6 +302,12 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         );
     }
     println!("  ready       (SIGINT/SIGTERM to stop, SIGHUP to reload TLS and [auth] files)");
+    if let Some(n) = systemd {
+        if let Err(e) = tether::systemd::serve(n, gateway.monitor()) {
+            eprintln!("tether: cannot notify systemd (NOTIFY_SOCKET): {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     tracing::info!(addr = %gateway.tcp_addr, cores, "tether started");
     gateway.join();
     tracing::info!("tether stopped");

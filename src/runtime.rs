@@ -221,6 +221,10 @@ fn on_bridge(core: &Core, msg: BridgeMsg) {
         BridgeMsg::Gauges { reply } => {
             let _ = reply.send(core.gauges());
         }
+        BridgeMsg::Heartbeat => core
+            .visible()
+            .alive_ms
+            .store(core.node.elapsed_ms(), std::sync::atomic::Ordering::Relaxed),
         BridgeMsg::Fenced { client_id, epoch } => core.on_fenced(&client_id, epoch),
         BridgeMsg::KickClient {
             client_id,

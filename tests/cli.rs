@@ -352,3 +352,111 @@ fn tls_with_mosquitto_clients_and_sighup_reload() {
         "the subscriber from before the reload is still connected"
     );
 }
+
+/// Two processes on one address would split its clients between them
+/// (SO_REUSEPORT): the second refuses to start and names the address and
+/// the key to change.
+#[test]
+fn a_second_process_on_the_same_address_refuses_to_start() {
+    let (_first, port, _lines) = start_tether("1");
+    // Reaped (by its PID) if it wrongly starts and keeps running.
+    let mut second = Reap(
+        Command::new(env!("CARGO_BIN_EXE_tether"))
+            .env("TETHER_LISTENERS__TCP", format!("127.0.0.1:{port}"))
+            .env("TETHER_HTTP__LISTEN", "127.0.0.1:0")
+            .env("TETHER_WEBSOCKET__LISTEN", "127.0.0.1:0")
+            .env("TETHER_NODE__CORES", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let status = wait_exit(&mut second.0);
+    assert!(!status.success(), "the second process started");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.0.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("listeners.tcp"),
+        "{err}"
+    );
+}
+
+/// systemd's notify protocol against a fake `NOTIFY_SOCKET`: READY=1 with a
+/// STATUS once serving, watchdog pings at half WATCHDOG_USEC while the cores
+/// answer, RELOADING=1 then READY=1 around SIGHUP, STOPPING=1 on SIGTERM.
+#[test]
+fn systemd_hears_ready_watchdog_reload_and_stopping() {
+    let dir = std::env::temp_dir().join(format!("tether-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let (mut tether, _port, _lines) = start_tether_with(
+        "2",
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification in time");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // Every message until one containing `what` (watchdog pings and status
+    // updates may come in between).
+    let until = |what: &str| loop {
+        let m = next();
+        if m.contains(what) {
+            return m;
+        }
+    };
+    let ready = until("READY=1");
+    assert!(ready.contains("STATUS=0 connections"), "{ready}");
+    until("WATCHDOG=1");
+    until("WATCHDOG=1");
+    let pid = tether.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(until("RELOADING=1").contains("MONOTONIC_USEC="));
+    until("READY=1");
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    until("STOPPING=1");
+    assert!(wait_exit(&mut tether.0).success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The unit in systemd/ passes `systemd-analyze verify` (with ExecStart
+/// pointed at the binary just built).
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/tether.service"
+    ))
+    .unwrap()
+    .replace("/usr/local/bin/tether", env!("CARGO_BIN_EXE_tether"));
+    let dir = std::env::temp_dir().join(format!("tether-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tether.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian's systemd; tests/run.sh installs it)");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

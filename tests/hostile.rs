@@ -5,6 +5,9 @@
 
 mod common;
 
+use std::io::Write;
+use std::time::Duration;
+
 use common::*;
 use tether::codec::{self, reason, Packet, Version};
 
@@ -341,4 +344,36 @@ fn a_connect_storm_is_paced_by_max_accepts_per_sec_and_still_served() {
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
     assert!(paced >= 19.0, "{paced} accepts waited");
+}
+
+/// A client that keeps writing after the server's DISCONNECT (it
+/// pipelines) still reads that DISCONNECT and its reason code: the gateway
+/// shuts its write side and reads on for a moment instead of closing with
+/// unread data, which would send a reset (the client's writes would fail
+/// and its kernel would drop the DISCONNECT).
+#[test]
+fn a_pipelining_client_still_reads_why_it_was_disconnected() {
+    let gw = gateway(1, |c| c.mqtt.receive_maximum = 8);
+    let mut c = Raw::connected(gw.tcp_addr, "pipeliner", Version::V5);
+    let mut flood = Vec::new();
+    for id in 1u16..=9 {
+        flood.extend_from_slice(&[0x34, 0x06, 0, 1, b'q']);
+        flood.extend_from_slice(&id.to_be_bytes());
+        flood.push(0);
+    }
+    c.stream.write_all(&flood).unwrap();
+    // The client goes on pipelining PINGREQs for 200 ms, as a client that
+    // has not read anything yet would.
+    let until = std::time::Instant::now() + Duration::from_millis(200);
+    while std::time::Instant::now() < until {
+        c.stream
+            .write_all(&[0xC0, 0x00])
+            .expect("the gateway reads on after its DISCONNECT");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let got = c.until_closed();
+    assert!(
+        matches!(got.last(), Some(Packet::Disconnect(d)) if d.code == reason::RECEIVE_MAXIMUM_EXCEEDED),
+        "{got:?}"
+    );
 }

@@ -105,6 +105,10 @@ pub enum BridgeMsg {
         /// Where the answer goes.
         reply: tokio::sync::oneshot::Sender<SessionGauges>,
     },
+    /// Proof of life for the systemd watchdog: the core stamps
+    /// `CoreVisible::alive_ms` with the node clock when it handles this, so
+    /// a core whose loop is stuck stops advancing it.
+    Heartbeat,
 }
 
 /// Session-state gauges of one core, summed over its sessions when asked

@@ -45,6 +45,15 @@ const KEEP_BUFFER: usize = 4 * 1024;
 const READ_BUDGET: usize = 16;
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+/// After the write side is shut, how long a closing connection keeps
+/// reading (and discarding) what the client still sends. Closing a socket
+/// with unread data makes the kernel send a reset, and a reset makes the
+/// client's kernel drop what it had not yet read: the final DISCONNECT and
+/// its reason code. One second lets a client that was pipelining read it
+/// and close first.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
+/// At most this much is read and discarded while lingering.
+const LINGER_BYTES: u32 = 64 * 1024;
 
 struct Conn {
     core: Rc<Core>,
@@ -58,8 +67,12 @@ struct Conn {
     inbuf: Vec<u8>,
     wbuf: Vec<u8>,
     wpos: usize,
-    /// Set once the close sequence started; bounds the final flush.
+    /// Set once the close sequence started; bounds the final flush, then
+    /// the linger.
     closing: Option<Timer>,
+    /// Bytes read and discarded since the write side was shut; `None`
+    /// until then.
+    lingered: Option<u32>,
     /// The listener the connection came in on.
     transport: Transport,
     /// TLS, for connections from the mqtts and wss listeners.
@@ -97,17 +110,24 @@ impl Future for ConnTask {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let conn = &mut self.conn;
-        if conn.poll(cx).is_pending() {
+        if conn.lingered.is_none() {
+            if conn.poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // Half-close first so the peer reads our final frames before
+            // the FIN. shutdown(2) on a socket does not block.
+            // SAFETY: the fd belongs to `conn.stream`, alive for this borrow.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(conn.stream.as_raw_fd()) };
+            let _ = socket2::SockRef::from(&fd).shutdown(Shutdown::Write);
+            conn.core.unregister(conn.key);
+            conn.core.visible().open_by_transport[conn.transport.index()]
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            conn.lingered = Some(0);
+            conn.closing = Some(Timer::new(LINGER_TIMEOUT));
+        }
+        if conn.poll_linger(cx).is_pending() {
             return Poll::Pending;
         }
-        // Half-close first so the peer reads our final frames before the
-        // FIN. shutdown(2) on a socket does not block.
-        // SAFETY: the fd belongs to `conn.stream`, alive for this borrow.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(conn.stream.as_raw_fd()) };
-        let _ = socket2::SockRef::from(&fd).shutdown(Shutdown::Write);
-        conn.core.unregister(conn.key);
-        conn.core.visible().open_by_transport[conn.transport.index()]
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         debug!(conn = %conn.id, peer = %conn.peer, "closed");
         Poll::Ready(())
     }
@@ -165,6 +185,7 @@ pub fn serve(
             wbuf: Vec::new(),
             wpos: 0,
             closing: None,
+            lingered: None,
             transport,
             tls,
             ws: transport.websocket().then(Box::default),
@@ -525,6 +546,33 @@ impl Conn {
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Reads and discards what the client still sends after the write side
+    /// was shut, until it closes too, [`LINGER_BYTES`] were read, or
+    /// [`LINGER_TIMEOUT`] passed: then the socket may close without a
+    /// reset. A client that already closed ends it on the first read.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let core = self.core.clone();
+        let mut scratch = core.scratch.borrow_mut();
+        loop {
+            let read = self.lingered.unwrap_or(LINGER_BYTES);
+            if read >= LINGER_BYTES {
+                return Poll::Ready(());
+            }
+            match Pin::new(&mut self.stream).poll_read(cx, &mut scratch) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(n)) => {
+                    self.lingered = Some(read.saturating_add(n as u32));
+                }
+                Poll::Pending => {
+                    return match self.closing.as_mut() {
+                        Some(timer) => Pin::new(timer).poll(cx).map(|_| ()),
+                        None => Poll::Ready(()),
+                    };
+                }
             }
         }
     }

@@ -155,6 +155,19 @@ pub fn bind_all(cfg: &Config, n: usize) -> Result<Vec<Bound>, ListenError> {
     Ok(out)
 }
 
+/// Fails with `AddrInUse` when another socket already listens on `addr`.
+/// SO_REUSEPORT would otherwise let a second process (a second tether
+/// started by mistake) bind it too, and the kernel would silently split new
+/// clients between the two. A probe bound without SO_REUSEPORT cannot share
+/// the address with any listener, so its bind tells; it is closed before
+/// the real sockets are bound. (A port that only has connections in
+/// TIME_WAIT is free: SO_REUSEADDR.)
+fn ensure_unclaimed(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())
+}
+
 /// One SO_REUSEPORT listener per core on the same address, so the kernel
 /// spreads incoming connections across cores without a shared accept queue.
 fn bind(
@@ -163,6 +176,13 @@ fn bind(
     n: usize,
     backlog: u32,
 ) -> Result<Vec<Socket>, ListenError> {
+    if addr.port() != 0 {
+        ensure_unclaimed(addr).map_err(|source| ListenError {
+            key: t.key(),
+            addr,
+            source,
+        })?;
+    }
     let mut out: Vec<Socket> = Vec::with_capacity(n);
     let mut addr = addr;
     for _ in 0..n {

@@ -2,7 +2,7 @@
 //! its seams and its cores' visible parts), and one core's [`CoreVisible`]
 //! part (atomics written by that core only).
 
-use std::sync::atomic::{AtomicI64, AtomicUsize};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -68,4 +68,7 @@ pub struct CoreVisible {
     /// How late the core's timer-wheel tick fired: time the executor was
     /// busy with other work when it should have run (a loop stall).
     pub loop_lag: Histogram,
+    /// When the core last answered a `BridgeMsg::Heartbeat` (node clock,
+    /// ms): the systemd watchdog pings only while every core keeps up.
+    pub alive_ms: AtomicU64,
 }

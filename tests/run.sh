@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# README's test command: installs what the tests need on a fresh Debian
+# machine (Debian packages, tansu, the examples' npm modules), then runs
+# `cargo test --workspace` with any arguments given. Installing needs root
+# (or sudo); everything already present is skipped, so later runs go
+# straight to the tests. About 8 minutes on a 2-core machine, plus about 13
+# the first time to build tansu.
+#
+#   tests/run.sh                 # everything
+#   tests/run.sh --test auth     # one test file (arguments go to cargo test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@";
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@";
+  else echo "tests/run.sh: run as root (or install sudo) to install: ${missing[*]}" >&2; exit 1; fi
+}
+
+step "test dependencies"
+missing=()
+command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+command -v stdbuf >/dev/null 2>&1 || missing+=(coreutils)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+/usr/bin/python3 -c 'import paho.mqtt' >/dev/null 2>&1 || missing+=(python3-paho-mqtt)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+else
+  echo "all present"
+fi
+
+# A Kafka-protocol broker for tests/kafka.rs and tests/cluster_bus.rs,
+# unless KAFKA_BROKERS names one.
+if [ -z "${KAFKA_BROKERS:-}" ] && ! command -v tansu >/dev/null 2>&1; then
+  step "tansu 0.6 (Kafka-protocol broker for the tests; about 13 minutes to build, once)"
+  cargo install tansu --version 0.6.0 --features dynostore --locked
+fi
+command -v tansu >/dev/null 2>&1 && tansu --version 2>&1 | head -1 || true
+
+if [ ! -d examples/node_modules ]; then
+  step "examples/: MQTT.js and playwright-core (npm ci)"
+  (cd examples && npm ci --no-audit --no-fund)
+fi
+
+step "cargo test --workspace $*"
+exec cargo test --workspace "$@"
