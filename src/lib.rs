@@ -28,6 +28,7 @@ pub mod auth;
 pub mod bridge;
 pub mod codec;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod gateway;
 pub mod http;

@@ -1,6 +1,7 @@
 //! The `tether` binary: `tether [--config FILE]` runs the gateway,
 //! `tether check-config FILE` validates a configuration file,
-//! `tether passwd FILE USER` adds or updates a user of a users file.
+//! `tether passwd FILE USER` adds or updates a user of a users file,
+//! `tether doctor` checks the host's limits before launch.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,9 @@ usage:
   tether check-config FILE      validate FILE and explain any error
   tether passwd FILE USER       add USER to the users file FILE (auth.users_file), or change
                                 their password; the password is read from standard input
+  tether doctor [--config FILE] [--json]
+                                check every host limit that caps connections, and estimate
+                                how many fit; exit status 1 on a blocker
   tether --help | --version
 
 Every configuration key can be overridden as TETHER_<SECTION>__<KEY>=value;
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
         ["--config" | "-c", file] => run(Some(PathBuf::from(file))),
         ["check-config", file] => check_config(file),
         ["passwd", file, user] => passwd(file, user),
+        ["doctor", rest @ ..] => doctor(rest),
         ["--help" | "-h"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -47,6 +52,53 @@ fn main() -> ExitCode {
             eprintln!("{USAGE}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `tether doctor [--config FILE] [--json]`.
+fn doctor(args: &[&str]) -> ExitCode {
+    let mut config = None;
+    let mut json = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--json" => json = true,
+            "--config" | "-c" => match it.next() {
+                Some(f) => config = Some(PathBuf::from(f)),
+                None => {
+                    eprintln!("{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
+            _ => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let cfg = match Config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tether doctor: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = tether::doctor::judge(&tether::doctor::Host::read(), &cfg);
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("tether doctor: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", tether::doctor::render(&report));
+    }
+    if report.blocked() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

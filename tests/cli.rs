@@ -460,3 +460,50 @@ fn the_systemd_unit_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `tether doctor --json` reads this host: every check is there, the
+/// open-file cap is this process's limit, and the exit status follows the
+/// blockers.
+#[test]
+fn doctor_reports_the_host_limits_as_json() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = report["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for want in [
+        "nofile",
+        "memlock",
+        "nr_open",
+        "file_max",
+        "somaxconn",
+        "tcp_rmem",
+        "tcp_wmem",
+        "tcp_mem",
+        "port_range",
+        "io_uring",
+        "thp",
+        "cores",
+        "cgroup_memory",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    // The child inherits this process's hard limit.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `lim`.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    assert_eq!(
+        report["connections_by_files"].as_u64().unwrap(),
+        lim.rlim_max - 100
+    );
+    let blocked = checks.iter().any(|c| c["verdict"] == "blocker");
+    assert_eq!(out.status.success(), !blocked);
+    // The gateway runs here, so io_uring works.
+    let io_uring = checks.iter().find(|c| c["name"] == "io_uring").unwrap();
+    assert_eq!(io_uring["verdict"], "ok");
+}
