@@ -35,6 +35,7 @@ pub mod http;
 pub mod id;
 pub mod kafka;
 pub mod limits;
+pub mod logging;
 mod mesh;
 mod mqtt;
 pub mod net;

@@ -154,42 +154,82 @@ fn check_config(file: &str) -> ExitCode {
     }
 }
 
-/// SIGHUP (`systemctl reload`) reloads, on a thread of its own, the TLS
-/// certificate and key and the `[auth]` users and ACL files; whatever fails
-/// to load keeps its previous version in force and says why. Connections
-/// stay up (existing subscriptions are not checked again).
-fn reload_on_sighup(
+/// What SIGHUP reloads.
+struct Reloadable {
+    /// The configuration file and what was read from it last.
+    config: (Option<PathBuf>, Config),
     acceptor: Option<std::sync::Arc<tether::net::tls::Acceptor>>,
     auth: std::sync::Arc<tether::auth::AuthFiles>,
     systemd: Option<std::sync::Arc<tether::systemd::Notifier>>,
-) -> std::io::Result<()> {
+}
+
+impl Reloadable {
+    /// Reads the configuration again: `log.level` takes effect at once;
+    /// any other section that changed is named as needing a restart.
+    fn config(&mut self) {
+        let (path, old) = &mut self.config;
+        let new = match Config::load(path.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("configuration not reloaded, the running one stays: {e}");
+                return;
+            }
+        };
+        let mut changed = old.changed_sections(&new);
+        if new.log.level != old.log.level {
+            match tether::logging::set(&new.log.level) {
+                Ok(previous) => {
+                    tracing::info!(level = new.log.level, previous, "log.level reloaded");
+                    old.log.level.clone_from(&new.log.level);
+                }
+                Err(e) => tracing::error!("log.level not reloaded: {e}"),
+            }
+        }
+        // log.level applied; every other key is read at start only.
+        if old.log.format == new.log.format && old.log.level == new.log.level {
+            changed.retain(|s| *s != "log");
+        }
+        if !changed.is_empty() {
+            let sections: Vec<String> = changed.iter().map(|s| format!("[{s}]")).collect();
+            tracing::warn!(
+                "configuration changed in {}: takes effect at the next restart (SIGHUP applies log.level, the TLS files and the [auth] files)",
+                sections.join(", ")
+            );
+        }
+    }
+}
+
+/// SIGHUP (`systemctl reload`) reloads, on a thread of its own, the
+/// configuration's `log.level`, the TLS certificate and key and the
+/// `[auth]` users, ACL and key files; whatever fails to load keeps its
+/// previous version in force and says why. Connections stay up (existing
+/// subscriptions are not checked again).
+fn reload_on_sighup(mut r: Reloadable) -> std::io::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
     std::thread::Builder::new()
         .name("tether-signals".into())
         .spawn(move || {
             for _ in signals.forever() {
-                if let Some(n) = &systemd {
+                if let Some(n) = &r.systemd {
                     let _ = n.reloading();
                 }
-                match acceptor.as_ref().map(|a| a.reload()) {
+                r.config();
+                match r.acceptor.as_ref().map(|a| a.reload()) {
                     Some(Ok(loaded)) => tracing::info!("TLS reloaded: {loaded}"),
                     Some(Err(e)) => {
                         tracing::error!("TLS reload failed, the previous certificate stays: {e}")
                     }
                     None => {}
                 }
-                for r in auth.reload() {
-                    match r {
+                for outcome in r.auth.reload() {
+                    match outcome {
                         Ok(what) => tracing::info!("auth reloaded: {what}"),
                         Err(e) => {
                             tracing::error!("auth reload failed, the previous file stays: {e}")
                         }
                     }
                 }
-                if acceptor.is_none() && auth.is_empty() {
-                    tracing::info!("SIGHUP: nothing to reload (no TLS, no [auth] files)");
-                }
-                if let Some(n) = &systemd {
+                if let Some(n) = &r.systemd {
                     let _ = n.send("READY=1");
                 }
             }
@@ -198,18 +238,8 @@ fn reload_on_sighup(
 }
 
 fn init_logging(c: &Config) {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| c.log.level.clone());
-    let filter = tracing_subscriber::EnvFilter::new(filter);
     // Colours only for a terminal: journald and log files get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_thread_names(true);
-    if c.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    tether::logging::init(&c.log.level, c.log.format == "json");
 }
 
 fn run(path: Option<PathBuf>) -> ExitCode {
@@ -254,11 +284,13 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         }
     }
     let systemd = tether::systemd::Notifier::from_env().map(std::sync::Arc::new);
-    if let Err(e) = reload_on_sighup(
-        gateway.tls_acceptor(),
-        gateway.auth_files(),
-        systemd.clone(),
-    ) {
+    let reloadable = Reloadable {
+        config: (path.clone(), cfg.clone()),
+        acceptor: gateway.tls_acceptor(),
+        auth: gateway.auth_files(),
+        systemd: systemd.clone(),
+    };
+    if let Err(e) = reload_on_sighup(reloadable) {
         eprintln!("tether: cannot install the SIGHUP handler: {e}");
         return ExitCode::FAILURE;
     }

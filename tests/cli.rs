@@ -20,8 +20,18 @@ fn start_tether(cores: &str) -> (Reap, u16, mpsc::Receiver<String>) {
 
 /// [`start_tether`] with more `TETHER_*` settings.
 fn start_tether_with(cores: &str, env: &[(&str, &str)]) -> (Reap, u16, mpsc::Receiver<String>) {
+    start_tether_args(cores, env, &[])
+}
+
+/// [`start_tether_with`] with command-line arguments.
+fn start_tether_args(
+    cores: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (Reap, u16, mpsc::Receiver<String>) {
     let mut child = Reap(
         Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(args)
             .env("TETHER_LISTENERS__TCP", "127.0.0.1:0")
             .env("TETHER_HTTP__LISTEN", "127.0.0.1:0")
             .env("TETHER_WEBSOCKET__LISTEN", "127.0.0.1:0")
@@ -506,4 +516,85 @@ fn doctor_reports_the_host_limits_as_json() {
     // The gateway runs here, so io_uring works.
     let io_uring = checks.iter().find(|c| c["name"] == "io_uring").unwrap();
     assert_eq!(io_uring["verdict"], "ok");
+}
+
+/// `PUT /v1/admin/log-level` (with curl) changes the filter of the running
+/// process: debug lines appear from then on, and nonsense is refused.
+#[test]
+fn the_log_level_changes_while_running() {
+    let (_tether, port, lines) = start_tether("1");
+    let mut seen = Vec::new();
+    let api = loop {
+        let line = lines
+            .recv_timeout(WAIT)
+            .expect("the banner's http api line");
+        if let Some(rest) = line.split("http api    http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let curl = |method: &str, body: Option<&str>| {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-w", "\n%{http_code}", "-X", method]);
+        if let Some(b) = body {
+            c.args(["--data-binary", b]);
+        }
+        let out = c
+            .arg(format!("http://{api}/v1/admin/log-level"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_string(), body.to_string())
+    };
+    let (code, body) = curl("GET", None);
+    assert_eq!(code, "200");
+    assert!(body.contains(r#""level":"info""#), "{body}");
+    let (code, body) = curl("PUT", Some("tether=nonsense=x"));
+    assert_eq!(code, "400", "{body}");
+    // Until the change (at info) no debug line was printed.
+    while let Ok(line) = lines.try_recv() {
+        seen.push(line);
+    }
+    assert!(
+        !seen.iter().any(|l| l.contains(" DEBUG ")),
+        "debug lines before the change: {seen:?}"
+    );
+    let (code, body) = curl("PUT", Some("debug"));
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains(r#""previous":"info""#), "{body}");
+    // A connection that comes and goes is logged at debug level now.
+    drop(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+    loop {
+        let line = lines.recv_timeout(WAIT).expect("a debug line in time");
+        if line.contains(" DEBUG ") {
+            break;
+        }
+    }
+}
+
+/// SIGHUP re-reads the configuration file: `log.level` takes effect, and
+/// other changed sections are named as waiting for a restart.
+#[test]
+fn sighup_applies_the_log_level_and_names_what_needs_a_restart() {
+    let dir = std::env::temp_dir().join(format!("tether-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tether.toml");
+    std::fs::write(&file, "[log]\nlevel = \"info\"\n").unwrap();
+    let (tether, _port, lines) = start_tether_args("1", &[], &["--config", file.to_str().unwrap()]);
+    std::fs::write(&file, "[log]\nlevel = \"debug\"\n[mqtt]\nmax_qos = 1\n").unwrap();
+    let pid = tether.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (mut level, mut restart) = (false, false);
+    while !(level && restart) {
+        let line = lines
+            .recv_timeout(WAIT)
+            .expect("the reload's log lines in time");
+        level |= line.contains("log.level reloaded") && line.contains("level=\"debug\"");
+        restart |= line.contains("configuration changed in [mqtt]");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -107,6 +107,37 @@ pub struct Config {
 const ENV_PREFIX: &str = "TETHER_";
 
 impl Config {
+    /// The sections (`[mqtt]`, ...) whose values differ in `newer`: what a
+    /// reload found changed.
+    pub fn changed_sections(&self, newer: &Config) -> Vec<&'static str> {
+        let d =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let pairs: [(&'static str, bool); 17] = [
+            ("node", d(&self.node, &newer.node)),
+            ("listeners", d(&self.listeners, &newer.listeners)),
+            ("mqtt", d(&self.mqtt, &newer.mqtt)),
+            ("session", d(&self.session, &newer.session)),
+            ("retained", d(&self.retained, &newer.retained)),
+            ("sys", d(&self.sys, &newer.sys)),
+            ("websocket", d(&self.websocket, &newer.websocket)),
+            ("tls", d(&self.tls, &newer.tls)),
+            ("http", d(&self.http, &newer.http)),
+            ("runtime", d(&self.runtime, &newer.runtime)),
+            ("log", d(&self.log, &newer.log)),
+            ("store", d(&self.store, &newer.store)),
+            ("redis", d(&self.redis, &newer.redis)),
+            ("presence", d(&self.presence, &newer.presence)),
+            ("limits", d(&self.limits, &newer.limits)),
+            ("kafka", d(&self.kafka, &newer.kafka)),
+            ("auth", d(&self.auth, &newer.auth)),
+        ];
+        pairs
+            .into_iter()
+            .filter(|(_, c)| *c)
+            .map(|(n, _)| n)
+            .collect()
+    }
+
     /// Loads `path` (or the defaults when `None`) and applies the environment.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let text = match path {

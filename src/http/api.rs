@@ -15,6 +15,7 @@
 //! | `DELETE /v1/clients/{client_id}` | disconnect it wherever it is connected (MQTT 5: 0x98) |
 //! | `GET /v1/clients?user=&limit=&after=` | this node's sessions by client id, paginated |
 //! | `GET /v1/users/{user}` | presence: the user's online connections on every node |
+//! | `GET`/`PUT /v1/admin/log-level` | the log filter in force; a new one, at once (the body is the filter) |
 //!
 //! With a cluster store (`store.kind = "redis"`), what this node does not
 //! hold is asked of the store: presence from the user's lease set, sessions
@@ -86,12 +87,20 @@ pub(crate) async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
             }
         }
         ("/v1/clients", Method::GET) => list_clients(api, &req).await,
+        ("/v1/admin/log-level", Method::GET) => log_level(api, &req),
+        ("/v1/admin/log-level", Method::PUT) => set_log_level(api, req).await,
         (p, Method::GET) if p.starts_with(CLIENT) => inspect(api, &req, &p[CLIENT.len()..]).await,
         (p, Method::DELETE) if p.starts_with(CLIENT) => kick(api, &req, &p[CLIENT.len()..]).await,
         (p, Method::GET) if p.starts_with(USER) => user(api, &req, &p[USER.len()..]).await,
         (
-            "/healthz" | "/readyz" | "/metrics" | "/v1/publish" | "/v1/publish/batch"
-            | "/v1/broadcast" | "/v1/clients",
+            "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/v1/publish"
+            | "/v1/publish/batch"
+            | "/v1/broadcast"
+            | "/v1/clients"
+            | "/v1/admin/log-level",
             m,
         ) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -168,6 +177,50 @@ pub(super) fn authorize(api: &Api, req: &Request<Incoming>) -> Result<(), ApiErr
             "forbidden",
             "unknown token",
         ))
+    }
+}
+
+/// `GET /v1/admin/log-level`: the filter in force.
+fn log_level(api: &Api, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    authorize(api, req)?;
+    match crate::logging::current() {
+        Some(level) => Ok(json(StatusCode::OK, &serde_json::json!({ "level": level }))),
+        None => Err(not_managed()),
+    }
+}
+
+fn not_managed() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "logging_not_managed",
+        crate::logging::SetError::NotManaged.to_string(),
+    )
+}
+
+/// `PUT /v1/admin/log-level` with a filter as the body (`debug`,
+/// `tether=debug,warn`): in force at once, logged with the one it replaced.
+async fn set_log_level(api: &Api, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    authorize(api, &req)?;
+    let raw = body(api, req).await?;
+    let spec = std::str::from_utf8(&raw).unwrap_or_default().trim();
+    match crate::logging::set(spec) {
+        Ok(previous) => {
+            tracing::warn!(
+                level = spec,
+                previous,
+                "log filter changed over the HTTP API"
+            );
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "level": spec, "previous": previous }),
+            ))
+        }
+        Err(crate::logging::SetError::NotManaged) => Err(not_managed()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_log_level",
+            e.to_string(),
+        )),
     }
 }
 
