@@ -266,6 +266,7 @@ impl GatewayBuilder {
                 cfg.auth.ban_window_secs,
                 cfg.auth.ban_secs,
             ),
+            draining: Default::default(),
         });
         let (bridge, inboxes) =
             Bridge::new(ncores, cfg.runtime.bridge_capacity).map_err(|source| {
@@ -326,6 +327,7 @@ impl GatewayBuilder {
                 bridge: bridge.clone(),
                 node: node.clone(),
                 serving: serving.clone(),
+                drain: cfg.drain.clone(),
             };
             Some(crate::http::HttpServer::start(api).map_err(StartError::Http)?)
         } else {
@@ -522,6 +524,11 @@ impl Monitor {
             let _ = self.bridge.send(core, BridgeMsg::Heartbeat);
         }
         ages
+    }
+
+    /// Whether a drain started.
+    pub fn draining(&self) -> bool {
+        self.node.draining.load(Relaxed)
     }
 
     /// Open connections on the node, over every listener.

@@ -19,6 +19,8 @@ usage:
   tether check-config FILE      validate FILE and explain any error
   tether passwd FILE USER       add USER to the users file FILE (auth.users_file), or change
                                 their password; the password is read from standard input
+  tether drain [--config FILE]  take the running node out of service: POST /v1/admin/drain
+                                to its http.listen (with its first http.tokens entry)
   tether doctor [--config FILE] [--json]
                                 check every host limit that caps connections, and estimate
                                 how many fit; exit status 1 on a blocker
@@ -40,6 +42,8 @@ fn main() -> ExitCode {
         ["check-config", file] => check_config(file),
         ["passwd", file, user] => passwd(file, user),
         ["doctor", rest @ ..] => doctor(rest),
+        ["drain"] => drain(None),
+        ["drain", "--config" | "-c", file] => drain(Some(PathBuf::from(file))),
         ["--help" | "-h"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -51,6 +55,54 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `tether drain [--config FILE]`: asks the node running with that
+/// configuration to drain, through its HTTP API, and prints the answer.
+fn drain(path: Option<PathBuf>) -> ExitCode {
+    use std::io::{Read, Write};
+    let cfg = match Config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tether drain: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let addr = cfg.http.listen;
+    let auth = cfg
+        .http
+        .tokens
+        .first()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let answer = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+        .and_then(|mut s| {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            write!(
+                s,
+                "POST /v1/admin/drain HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        });
+    match answer {
+        Ok(text) if text.starts_with("HTTP/1.1 202") => {
+            println!("{}", text.split("\r\n\r\n").nth(1).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(text) => {
+            eprintln!(
+                "tether drain: the node at {addr} refused: {}",
+                text.lines().next().unwrap_or_default()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tether drain: cannot reach the HTTP API at {addr} (http.listen): {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -386,14 +438,17 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         );
     }
     println!("  ready       (SIGINT/SIGTERM to stop, SIGHUP to reload TLS and [auth] files)");
-    if let Some(n) = systemd {
-        if let Err(e) = tether::systemd::serve(n, gateway.monitor()) {
+    if let Some(n) = &systemd {
+        if let Err(e) = tether::systemd::serve(n.clone(), gateway.monitor()) {
             eprintln!("tether: cannot notify systemd (NOTIFY_SOCKET): {e}");
             return ExitCode::FAILURE;
         }
     }
     tracing::info!(addr = %gateway.tcp_addr, cores, "tether started");
     gateway.join();
+    if let Some(n) = &systemd {
+        n.stopping("stopped");
+    }
     tracing::info!("tether stopped");
     ExitCode::SUCCESS
 }

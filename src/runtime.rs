@@ -148,9 +148,26 @@ async fn run_core(start: CoreStart) {
         .map(|(t, l)| glommio::spawn_local(accept_loop(core.clone(), l, t, tls.clone())))
         .collect();
     let mut b = [0u8; 1];
-    let _ = shutdown.read(&mut b).await;
+    let drain = futures_lite::future::or(
+        async {
+            let _ = shutdown.read(&mut b).await;
+            false
+        },
+        async {
+            core.drain_requested.wait().await;
+            true
+        },
+    )
+    .await;
     // Stop accepting at once; the grace below is for established clients.
     drop(accepts);
+    if drain {
+        // SIGTERM keeps its quick path: it cuts a drain short.
+        futures_lite::future::or(drain_clients(&core), async {
+            let _ = shutdown.read(&mut b).await;
+        })
+        .await;
+    }
 
     core.begin_shutdown();
     let grace = Duration::from_millis(cfg.runtime.shutdown_grace_ms);
@@ -165,6 +182,45 @@ async fn run_core(start: CoreStart) {
     drop(sys);
     drop(mesh_tasks);
     debug!(core = id, "core stopped");
+}
+
+/// How often a draining core closes its next batch of clients: ten
+/// batches a second keep the rate smooth without a timer per client.
+const DRAIN_STEP: Duration = Duration::from_millis(100);
+
+/// A drain on this core: closes its clients at its share of
+/// `drain.rate_per_sec` (MQTT 5: DISCONNECT 0x9C with
+/// `drain.server_reference`, or 0x8B without one), until none is left or
+/// `drain.deadline_secs` passed. Persistent sessions stay in the store for
+/// the node the client reconnects to.
+async fn drain_clients(core: &Rc<Core>) {
+    let d = &core.cfg.drain;
+    let cores = core.routes.len().max(1) as f64;
+    let per_step = (f64::from(d.rate_per_sec.max(1)) / cores * DRAIN_STEP.as_secs_f64()).max(1.0);
+    core.shutting_down.set(true);
+    let deadline = Instant::now() + Duration::from_secs(d.deadline_secs);
+    // Fractions carry over, so a rate below ten a second per core holds.
+    let mut budget = 0.0;
+    tracing::info!(
+        core = core.id,
+        per_sec = per_step / DRAIN_STEP.as_secs_f64(),
+        "draining"
+    );
+    loop {
+        budget += per_step;
+        match core.drain_step(budget as usize) {
+            None => return,
+            Some(closed) => budget -= closed as f64,
+        }
+        if Instant::now() >= deadline {
+            warn!(
+                core = core.id,
+                "drain.deadline_secs passed: closing the rest at once"
+            );
+            return;
+        }
+        futures_lite::future::or(core.drained.wait(), glommio::timer::sleep(DRAIN_STEP)).await;
+    }
 }
 
 /// Drains the core's inbox and its reply queues whenever its doorbell
@@ -221,6 +277,7 @@ fn on_bridge(core: &Core, msg: BridgeMsg) {
         BridgeMsg::Gauges { reply } => {
             let _ = reply.send(core.gauges());
         }
+        BridgeMsg::Drain => core.drain_requested.notify(),
         BridgeMsg::Heartbeat => core
             .visible()
             .alive_ms

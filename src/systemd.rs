@@ -10,7 +10,8 @@
 //!   is behind;
 //! - `RELOADING=1` (with `MONOTONIC_USEC`) and `READY=1` around a SIGHUP
 //!   reload;
-//! - `STOPPING=1` when SIGTERM or SIGINT starts the shutdown;
+//! - `STOPPING=1` when SIGTERM or SIGINT starts the shutdown, or a drain
+//!   starts (then `STATUS=` counts the connections left);
 //! - `WATCHDOG=1` every half `WatchdogSec=` (`WATCHDOG_USEC`), but only
 //!   while every core answered its last heartbeat within
 //!   [`STALL_AFTER`]: a core whose loop is stuck stops the pings, and
@@ -38,6 +39,8 @@ const POLL: Duration = Duration::from_millis(250);
 pub struct Notifier {
     sock: UnixDatagram,
     addr: SocketAddr,
+    /// `STOPPING=1` went out (it is sent once).
+    stopping: AtomicBool,
 }
 
 impl Notifier {
@@ -53,7 +56,11 @@ impl Notifier {
             None => SocketAddr::from_pathname(name).ok()?,
         };
         let sock = UnixDatagram::unbound().ok()?;
-        Some(Notifier { sock, addr })
+        Some(Notifier {
+            sock,
+            addr,
+            stopping: AtomicBool::new(false),
+        })
     }
 
     /// Sends one message (`KEY=value` lines).
@@ -61,6 +68,15 @@ impl Notifier {
         self.sock
             .send_to_addr(msg.as_bytes(), &self.addr)
             .map(|_| ())
+    }
+
+    /// `STOPPING=1` (with a `STATUS=`), once: at the signal, or at the
+    /// latest when the gateway has stopped (a process that exits fast
+    /// must not leave before saying it).
+    pub fn stopping(&self, status: &str) {
+        if !self.stopping.swap(true, Relaxed) {
+            let _ = self.send(&format!("STOPPING=1\nSTATUS={status}"));
+        }
     }
 
     /// `RELOADING=1` with the monotonic time systemd asks for.
@@ -111,11 +127,15 @@ pub fn serve(notifier: Arc<Notifier>, gateway: crate::Monitor) -> io::Result<()>
         .spawn(move || {
             if signals.forever().next().is_some() {
                 flag.store(true, Relaxed);
-                let _ = n.send("STOPPING=1\nSTATUS=stopping");
+                n.stopping("stopping");
             }
         })?;
     let status = |gw: &crate::Monitor, stuck: &[usize]| {
-        let mut s = format!("STATUS={} connections", gw.connections());
+        let mut s = if gw.draining() {
+            format!("STATUS=draining: {} connections left", gw.connections())
+        } else {
+            format!("STATUS={} connections", gw.connections())
+        };
         if !stuck.is_empty() {
             s.push_str(&format!(", cores not answering: {stuck:?}"));
         }
@@ -132,10 +152,15 @@ pub fn serve(notifier: Arc<Notifier>, gateway: crate::Monitor) -> io::Result<()>
             let mut last_ping = Instant::now();
             let mut last_status = Instant::now();
             let mut warned = false;
+            let mut drain_told = false;
             loop {
                 std::thread::sleep(POLL);
                 if stopping.load(Relaxed) {
                     return;
+                }
+                if gateway.draining() && !drain_told {
+                    notifier.stopping(&format!("draining: {} connections left", gateway.connections()));
+                    drain_told = true;
                 }
                 let stuck = stalled(&gateway.heartbeat());
                 if watchdog.is_some_and(|w| last_ping.elapsed() >= w) {

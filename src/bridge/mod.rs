@@ -105,6 +105,9 @@ pub enum BridgeMsg {
         /// Where the answer goes.
         reply: tokio::sync::oneshot::Sender<SessionGauges>,
     },
+    /// Start draining (`POST /v1/admin/drain`): stop accepting, close the
+    /// clients at this core's share of `drain.rate_per_sec`, then stop.
+    Drain,
     /// Proof of life for the systemd watchdog: the core stamps
     /// `CoreVisible::alive_ms` with the node clock when it handles this, so
     /// a core whose loop is stuck stops advancing it.

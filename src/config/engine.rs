@@ -21,6 +21,33 @@ impl Default for NodeConfig {
     }
 }
 
+/// `[drain]`: taking the node out of service (`POST /v1/admin/drain`,
+/// `tether drain`) without a reconnect storm on the rest of the fleet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// Clients disconnected per second, node-wide (spread over the cores):
+    /// the rate the rest of the fleet sees them reconnect at.
+    pub rate_per_sec: u32,
+    /// Past this, the clients still connected are closed at once and the
+    /// node stops.
+    pub deadline_secs: u64,
+    /// The MQTT 5 Server Reference sent with DISCONNECT 0x9C (Use another
+    /// server), e.g. a load balancer's name. Empty: DISCONNECT 0x8B (Server
+    /// shutting down).
+    pub server_reference: String,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            rate_per_sec: 1000,
+            deadline_secs: 300,
+            server_reference: String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 /// `[listeners]`.

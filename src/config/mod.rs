@@ -22,7 +22,7 @@ pub use cluster::{
 };
 pub use edge::{HttpConfig, TlsConfig, WebSocketConfig};
 pub use engine::{
-    ListenerConfig, LogConfig, MqttConfig, NodeConfig, RetainedConfig, RuntimeConfig,
+    DrainConfig, ListenerConfig, LogConfig, MqttConfig, NodeConfig, RetainedConfig, RuntimeConfig,
     SessionConfig, SysConfig,
 };
 pub use kafka::{
@@ -102,6 +102,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// `[auth]`: the users file and the ACL file.
     pub auth: AuthConfig,
+    /// `[drain]`: taking the node out of service.
+    pub drain: DrainConfig,
 }
 
 const ENV_PREFIX: &str = "TETHER_";
@@ -112,7 +114,7 @@ impl Config {
     pub fn changed_sections(&self, newer: &Config) -> Vec<&'static str> {
         let d =
             |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-        let pairs: [(&'static str, bool); 17] = [
+        let pairs: [(&'static str, bool); 18] = [
             ("node", d(&self.node, &newer.node)),
             ("listeners", d(&self.listeners, &newer.listeners)),
             ("mqtt", d(&self.mqtt, &newer.mqtt)),
@@ -130,6 +132,7 @@ impl Config {
             ("limits", d(&self.limits, &newer.limits)),
             ("kafka", d(&self.kafka, &newer.kafka)),
             ("auth", d(&self.auth, &newer.auth)),
+            ("drain", d(&self.drain, &newer.drain)),
         ];
         pairs
             .into_iter()

@@ -15,6 +15,7 @@
 //! | `DELETE /v1/clients/{client_id}` | disconnect it wherever it is connected (MQTT 5: 0x98) |
 //! | `GET /v1/clients?user=&limit=&after=` | this node's sessions by client id, paginated |
 //! | `GET /v1/users/{user}` | presence: the user's online connections on every node |
+//! | `POST /v1/admin/drain` | take the node out of service (`[drain]`): readiness fails, clients leave at a rate, the process exits |
 //! | `GET`/`PUT /v1/admin/log-level` | the log filter in force; a new one, at once (the body is the filter) |
 //!
 //! With a cluster store (`store.kind = "redis"`), what this node does not
@@ -87,6 +88,7 @@ pub(crate) async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
             }
         }
         ("/v1/clients", Method::GET) => list_clients(api, &req).await,
+        ("/v1/admin/drain", Method::POST) => drain(api, &req),
         ("/v1/admin/log-level", Method::GET) => log_level(api, &req),
         ("/v1/admin/log-level", Method::PUT) => set_log_level(api, req).await,
         (p, Method::GET) if p.starts_with(CLIENT) => inspect(api, &req, &p[CLIENT.len()..]).await,
@@ -100,7 +102,8 @@ pub(crate) async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
             | "/v1/publish/batch"
             | "/v1/broadcast"
             | "/v1/clients"
-            | "/v1/admin/log-level",
+            | "/v1/admin/log-level"
+            | "/v1/admin/drain",
             m,
         ) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -125,6 +128,12 @@ pub(crate) async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
 }
 
 fn ready(api: &Api) -> Resp {
+    if api.node.draining.load(Ordering::Relaxed) {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "draining"}),
+        );
+    }
     if api.serving.load(Ordering::Relaxed) {
         // A node whose bridge is down is not ready: a probe that sees 200
         // over a dead data path is how silent loss stays silent.
@@ -178,6 +187,43 @@ pub(super) fn authorize(api: &Api, req: &Request<Incoming>) -> Result<(), ApiErr
             "unknown token",
         ))
     }
+}
+
+/// `POST /v1/admin/drain`: takes the node out of service. `/readyz` fails
+/// from now on, the cores stop accepting and close their clients at
+/// `drain.rate_per_sec`, and the process exits once they are gone (or at
+/// `drain.deadline_secs`). Asking again changes nothing.
+fn drain(api: &Api, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    authorize(api, req)?;
+    let first = !api.node.draining.swap(true, Ordering::Relaxed);
+    if first {
+        tracing::warn!(
+            rate_per_sec = api.drain.rate_per_sec,
+            deadline_secs = api.drain.deadline_secs,
+            "drain started over the HTTP API"
+        );
+        for core in 0..api.node.cores.len() {
+            api.bridge
+                .send(core, BridgeMsg::Drain)
+                .map_err(|e| refusal(e, ""))?;
+        }
+    }
+    let connections: i64 = api
+        .node
+        .cores
+        .iter()
+        .flat_map(|c| c.open_by_transport.iter())
+        .map(|n| n.load(Ordering::Relaxed))
+        .sum();
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({
+            "status": "draining",
+            "connections": connections,
+            "rate_per_sec": api.drain.rate_per_sec,
+            "deadline_secs": api.drain.deadline_secs,
+        }),
+    ))
 }
 
 /// `GET /v1/admin/log-level`: the filter in force.

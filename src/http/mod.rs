@@ -33,6 +33,8 @@ pub(crate) struct Api {
     pub node: Arc<NodeState>,
     /// False once shutdown began (readiness).
     pub serving: Arc<AtomicBool>,
+    /// `[drain]`, for `POST /v1/admin/drain`.
+    pub drain: crate::config::DrainConfig,
 }
 
 /// A running HTTP server.

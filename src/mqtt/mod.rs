@@ -201,8 +201,11 @@ pub fn closing(core: &Core, key: ConnKey, req: CloseRequest) {
         link.outbox_bytes = 0;
     }
     if let (Some(code), true) = (req.reason, link.version.is_v5()) {
+        let server_reference =
+            (code == reason::USE_ANOTHER_SERVER).then(|| core.cfg.drain.server_reference.clone());
         let properties = codec::Properties {
             reason_string: req.why.map(String::from),
+            server_reference,
             ..Default::default()
         };
         link.control(Packet::Disconnect(codec::ReasonOnly { code, properties }));

@@ -196,6 +196,34 @@ impl Core {
         debug!(core = self.id, "session ended");
     }
 
+    /// One step of a drain: asks up to `n` connections not yet closing to
+    /// close (MQTT 5: DISCONNECT 0x9C with `drain.server_reference`, or 0x8B
+    /// without one) and returns how many; `None` once no link is left.
+    pub fn drain_step(&self, n: usize) -> Option<usize> {
+        let mut st = self.st.borrow_mut();
+        if st.links == 0 {
+            return None;
+        }
+        let code = if self.cfg.drain.server_reference.is_empty() {
+            reason::SERVER_SHUTTING_DOWN
+        } else {
+            reason::USE_ANOTHER_SERVER
+        };
+        let mut closed = 0;
+        for (_, e) in st.conns.iter_mut() {
+            if closed == n {
+                break;
+            }
+            let Some(link) = e.link.as_mut().filter(|l| l.close.is_none()) else {
+                continue;
+            };
+            link.request_close(link.version.is_v5().then_some(code), false);
+            closed += 1;
+        }
+        bump(&self.stats().drained, closed as u64);
+        Some(closed)
+    }
+
     /// Starts shutdown: every connection gets DISCONNECT 0x8B (v5).
     pub fn begin_shutdown(&self) {
         self.shutting_down.set(true);

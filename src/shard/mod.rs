@@ -150,6 +150,9 @@ pub struct Core {
     pub shutting_down: Cell<bool>,
     /// Signalled when the last link of a shutting-down core is gone.
     pub drained: Notify,
+    /// Rung by `BridgeMsg::Drain`: the core's main task stops accepting and
+    /// drains (see `runtime::drain`).
+    pub drain_requested: Notify,
     /// Signalled when the wheel gets its first timer.
     pub wheel_armed: Notify,
     /// Sequence for message ids published on this core.
@@ -199,6 +202,7 @@ impl Core {
             paused: RefCell::new(Vec::new()),
             shutting_down: Cell::new(false),
             drained: Notify::default(),
+            drain_requested: Notify::default(),
             wheel_armed: Notify::default(),
             next_msg: Cell::new(0),
             returns,

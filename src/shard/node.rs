@@ -33,6 +33,9 @@ pub struct NodeState {
     pub retained: Totals,
     /// Failed logins per source address, and bans (`auth.ban_*`).
     pub bans: super::bans::Bans,
+    /// Set once a drain started (`POST /v1/admin/drain`): `/readyz` fails,
+    /// the cores stop accepting and close their clients at `drain.rate_per_sec`.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl NodeState {

@@ -67,6 +67,7 @@ fn node(cores: usize, store: Arc<dyn SessionStore>) -> Node {
         started: Instant::now(),
         retained: Default::default(),
         bans: crate::shard::bans::Bans::new(0, 60, 300),
+        draining: Default::default(),
     });
     let mut node = Node {
         cores: Vec::new(),
