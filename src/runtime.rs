@@ -414,6 +414,7 @@ async fn run_wheel(core: Rc<Core>) {
         // Lateness of the wake-up: how long other work held the executor.
         let lag = asleep.elapsed().saturating_sub(tick);
         core.visible().loop_lag.observe(lag.as_micros() as u64);
+        core.lag_ms.set(lag.as_millis() as u64);
         core.on_tick(&mut fired);
     }
 }

@@ -77,6 +77,7 @@ stats! {
     user_limit_refused => "CONNECTs refused by the per-user connection limit (policy refuse: CONNACK 0x97, 3.1.1: 0x03).",
     outbound_sent => "Messages handed to the outbound bridge.",
     accepts_paced => "Accepts that waited for listeners.max_accepts_per_sec.",
+    overload_refused => "CONNECTs refused with 0x89 because their core's loop lag was over listeners.overload_lag_ms.",
     drained => "Clients disconnected by a drain (MQTT 5: DISCONNECT 0x9C with drain.server_reference, or 0x8B).",
     banned_connects => "CONNECTs refused with 0x8A because their source address is banned after failed logins.",
     bans => "Source addresses banned after auth.ban_after_failures failed logins.",

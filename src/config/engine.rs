@@ -66,6 +66,12 @@ pub struct ListenerConfig {
     /// Keeps a reconnect storm from starving the connections already up.
     /// 0 (the default): no limit.
     pub max_accepts_per_sec: u32,
+    /// A core whose last timer tick ran this many ms late is overloaded: it
+    /// refuses new CONNECTs with CONNACK 0x89 (server busy; 3.1.1: 3) until
+    /// it catches up, so a reconnect storm cannot push the clients already
+    /// connected further behind. 1000 by default (a healthy core is a few
+    /// ms late, bench/RESULTS.md); 0: never refuse.
+    pub overload_lag_ms: u64,
 }
 
 impl Default for ListenerConfig {
@@ -76,6 +82,7 @@ impl Default for ListenerConfig {
             send_buffer_bytes: 0,
             recv_buffer_bytes: 0,
             max_accepts_per_sec: 0,
+            overload_lag_ms: 1000,
         }
     }
 }

@@ -155,6 +155,9 @@ pub struct Core {
     pub drain_requested: Notify,
     /// Signalled when the wheel gets its first timer.
     pub wheel_armed: Notify,
+    /// How late the last timer tick ran, ms (`listeners.overload_lag_ms`
+    /// refuses CONNECTs past it).
+    pub lag_ms: Cell<u64>,
     /// Sequence for message ids published on this core.
     next_msg: Cell<u64>,
     /// Where bridge threads answer this core's requests.
@@ -203,6 +206,7 @@ impl Core {
             shutting_down: Cell::new(false),
             drained: Notify::default(),
             drain_requested: Notify::default(),
+            lag_ms: Cell::new(0),
             wheel_armed: Notify::default(),
             next_msg: Cell::new(0),
             returns,

@@ -369,3 +369,80 @@ fn a_failed_claim_refuses_its_connect_and_hands_over_to_the_one_that_superseded_
     );
     assert_eq!(n.cores[0].st.borrow().pending.count(PendingKind::Claim), 0);
 }
+
+/// The CONNACK code among `frames`.
+fn connack_code(frames: &[Frame]) -> Option<u8> {
+    frames.iter().find_map(|f| match f {
+        Frame::Control(p) => match &**p {
+            Packet::ConnAck(a) => Some(a.code),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// A CONNECT on a fresh MQTT 5 link of `core`, through the protocol
+/// handler; the link's key.
+fn connect_packet_on(n: &Node, core: usize, client_id: &str) -> ConnKey {
+    let c = &n.cores[core];
+    let (key, _) = c.register("127.0.0.1:2".parse().unwrap(), -1, 0);
+    let connect = crate::codec::Connect {
+        version: Version::V5,
+        clean_start: true,
+        keep_alive: 30,
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Default::default(),
+    };
+    let _ = crate::mqtt::receive(c, key, Packet::Connect(Box::new(connect)));
+    key
+}
+
+#[test]
+fn an_overloaded_core_refuses_connects_until_it_catches_up() {
+    let n = node(1, Arc::new(MemoryStore::default()));
+    n.cores[0].lag_ms.set(5_000);
+    let refused = connect_packet_on(&n, 0, "late");
+    assert_eq!(
+        connack_code(&n.frames(0, refused)),
+        Some(reason::SERVER_BUSY)
+    );
+    assert_eq!(
+        n.cores[0]
+            .stats()
+            .overload_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    n.cores[0].lag_ms.set(3);
+    let admitted = connect_packet_on(&n, 0, "on-time");
+    assert_eq!(connack_code(&n.frames(0, admitted)), Some(reason::SUCCESS));
+}
+
+#[test]
+fn a_drain_step_closes_at_most_its_share_and_then_reports_none_left() {
+    let n = node(1, Arc::new(MemoryStore::default()));
+    let keys: Vec<ConnKey> = (0..5)
+        .map(|i| n.connect(0, &format!("d{i}"), true))
+        .collect();
+    assert_eq!(n.cores[0].drain_step(2), Some(2));
+    let closing = keys
+        .iter()
+        .filter(|k| n.close_reason(0, **k).is_some())
+        .count();
+    assert_eq!(closing, 2, "two asked to close");
+    assert_eq!(
+        n.cores[0].drain_step(10),
+        Some(3),
+        "the rest, not the two again"
+    );
+    assert!(keys
+        .iter()
+        .all(|k| n.close_reason(0, *k) == Some(Some(reason::SERVER_SHUTTING_DOWN))));
+    for k in keys {
+        n.cores[0].unregister(k);
+    }
+    assert_eq!(n.cores[0].drain_step(10), None);
+}
