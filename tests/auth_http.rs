@@ -24,6 +24,12 @@ use tether::codec::{Packet, Version};
 /// topics under `acl/{username}/`.
 struct Service {
     addr: SocketAddr,
+    knobs: Knobs,
+}
+
+/// What the test turns and reads, shared with the service's threads.
+#[derive(Clone, Default)]
+struct Knobs {
     /// Calls to `/auth`.
     calls: Arc<AtomicUsize>,
     /// Calls to `/acl`.
@@ -36,46 +42,28 @@ struct Service {
     last: Arc<Mutex<Option<serde_json::Value>>>,
 }
 
-/// What the service's threads share.
-#[derive(Clone)]
-struct Knobs {
-    calls: Arc<AtomicUsize>,
-    acl_calls: Arc<AtomicUsize>,
-    latency_ms: Arc<AtomicU64>,
-    down: Arc<AtomicBool>,
-    grants: Arc<Mutex<HashMap<String, serde_json::Value>>>,
-    last: Arc<Mutex<Option<serde_json::Value>>>,
+impl std::ops::Deref for Service {
+    type Target = Knobs;
+
+    fn deref(&self) -> &Knobs {
+        &self.knobs
+    }
 }
 
 impl Service {
     fn start() -> Service {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let k = Knobs {
-            calls: Arc::default(),
-            acl_calls: Arc::default(),
-            latency_ms: Arc::default(),
-            down: Arc::default(),
-            grants: Arc::default(),
-            last: Arc::default(),
-        };
-        let knobs = k.clone();
+        let knobs = Knobs::default();
+        let k = knobs.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
-                let k = knobs.clone();
+                let k = k.clone();
                 std::thread::spawn(move || answer(stream, &k));
             }
         });
-        Service {
-            addr,
-            calls: k.calls,
-            acl_calls: k.acl_calls,
-            latency_ms: k.latency_ms,
-            down: k.down,
-            grants: k.grants,
-            last: k.last,
-        }
+        Service { addr, knobs }
     }
 
     fn url(&self) -> String {

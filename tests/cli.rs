@@ -105,6 +105,12 @@ impl Drop for Reap {
     }
 }
 
+/// Sends `sig` to a process this test spawned.
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) with the pid of a child we spawned and still hold.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
@@ -150,8 +156,7 @@ fn readme_tour_with_mosquitto_clients_then_sigterm() {
     assert!(wait_exit(&mut sub.0).success());
 
     // SIGTERM: clean shutdown, exit code 0.
-    // SAFETY: kill(2) with a pid we spawned.
-    unsafe { libc::kill(tether.id() as i32, libc::SIGTERM) };
+    signal(tether, libc::SIGTERM);
     assert!(wait_exit(tether).success());
 }
 
@@ -160,8 +165,7 @@ fn sigterm_sends_v5_clients_disconnect_0x8b() {
     let (mut tether, port, _banner) = start_tether("1");
     let tether = &mut tether.0;
     let (_sub, out) = subscribed(&["-p", &port.to_string(), "-t", "x", "-V", "mqttv5"]);
-    // SAFETY: kill(2) with a pid we spawned.
-    unsafe { libc::kill(tether.id() as i32, libc::SIGTERM) };
+    signal(tether, libc::SIGTERM);
     let disconnect = loop {
         let line = out.recv_timeout(WAIT).expect("DISCONNECT in time");
         if line.contains("DISCONNECT") {
@@ -335,8 +339,7 @@ fn tls_with_mosquitto_clients_and_sighup_reload() {
     let second = ca2.server();
     pki::write(&dir, "server.pem", &second.cert);
     pki::write(&dir, "server.key", &second.key);
-    // SAFETY: kill(2) with a pid we spawned.
-    unsafe { libc::kill(tether.0.id() as i32, libc::SIGHUP) };
+    signal(&tether.0, libc::SIGHUP);
     while !lines
         .recv_timeout(WAIT)
         .expect("the reload log line")
@@ -426,19 +429,10 @@ fn systemd_hears_ready_watchdog_reload_and_stopping() {
     assert!(ready.contains("STATUS=0 connections"), "{ready}");
     until("WATCHDOG=1");
     until("WATCHDOG=1");
-    let pid = tether.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&tether.0, libc::SIGHUP);
     assert!(until("RELOADING=1").contains("MONOTONIC_USEC="));
     until("READY=1");
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&tether.0, libc::SIGTERM);
     until("STOPPING=1");
     assert!(wait_exit(&mut tether.0).success());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -582,12 +576,7 @@ fn sighup_applies_the_log_level_and_names_what_needs_a_restart() {
     std::fs::write(&file, "[log]\nlevel = \"info\"\n").unwrap();
     let (tether, _port, lines) = start_tether_args("1", &[], &["--config", file.to_str().unwrap()]);
     std::fs::write(&file, "[log]\nlevel = \"debug\"\n[mqtt]\nmax_qos = 1\n").unwrap();
-    let pid = tether.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&tether.0, libc::SIGHUP);
     let (mut level, mut restart) = (false, false);
     while !(level && restart) {
         let line = lines
