@@ -4,7 +4,7 @@
 //! dozen lines; a crate would add a dependency for nothing.
 //!
 //! What `tether` tells systemd (`Type=notify` in `systemd/tether.service`):
-//! - `READY=1` once [`crate::Gateway::start`] returned: every core serves
+//! - `READY=1` once [`crate::gateway::Gateway::start`] returned: every core serves
 //!   and every listener is bound;
 //! - `STATUS=` every [`STATUS_INTERVAL`]: connections, and any core that
 //!   is behind;
@@ -115,7 +115,7 @@ pub fn stalled(ages_ms: &[u64]) -> Vec<usize> {
 /// watchdog going on the `tether-systemd` thread until the shutdown starts,
 /// which SIGTERM or SIGINT report at once with `STOPPING=1` (they also reach
 /// the cores, through their doorbells).
-pub fn serve(notifier: Arc<Notifier>, gateway: crate::Monitor) -> io::Result<()> {
+pub fn serve(notifier: Arc<Notifier>, gateway: crate::gateway::Monitor) -> io::Result<()> {
     let stopping = Arc::new(AtomicBool::new(false));
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -130,7 +130,7 @@ pub fn serve(notifier: Arc<Notifier>, gateway: crate::Monitor) -> io::Result<()>
                 n.stopping("stopping");
             }
         })?;
-    let status = |gw: &crate::Monitor, stuck: &[usize]| {
+    let status = |gw: &crate::gateway::Monitor, stuck: &[usize]| {
         let mut s = if gw.draining() {
             format!("STATUS=draining: {} connections left", gw.connections())
         } else {

@@ -62,8 +62,7 @@ pub(super) fn connect(
     };
     link.version = c.version;
     let peer = link.peer;
-    let overload = core.cfg.listeners.overload_lag_ms;
-    if overload > 0 && core.lag_ms.get() > overload {
+    if core.overloaded() {
         info!(conn = %id, %peer, lag_ms = core.lag_ms.get(), "CONNECT refused: the core is overloaded (listeners.overload_lag_ms)");
         bump(&core.stats().overload_refused, 1);
         refuse_why(st, key, reason::SERVER_BUSY, Some("server busy, try again"));

@@ -196,6 +196,14 @@ impl Core {
         debug!(core = self.id, "session ended");
     }
 
+    /// Whether the last timer tick ran later than
+    /// `listeners.overload_lag_ms` (0: never overloaded): new CONNECTs are
+    /// then refused with 0x89.
+    pub fn overloaded(&self) -> bool {
+        let limit = self.cfg.listeners.overload_lag_ms;
+        limit > 0 && self.lag_ms.get() > limit
+    }
+
     /// One step of a drain: asks up to `n` connections not yet closing to
     /// close (MQTT 5: DISCONNECT 0x9C with `drain.server_reference`, or 0x8B
     /// without one) and returns how many; `None` once no link is left.
