@@ -195,6 +195,14 @@ pub(super) fn authorize(api: &Api, req: &Request<Incoming>) -> Result<(), ApiErr
 /// `drain.deadline_secs`). Asking again changes nothing.
 fn drain(api: &Api, req: &Request<Incoming>) -> Result<Resp, ApiError> {
     authorize(api, req)?;
+    // Counted before the cores hear of it: their first batch closes at once.
+    let connections: i64 = api
+        .node
+        .cores
+        .iter()
+        .flat_map(|c| c.open_by_transport.iter())
+        .map(|n| n.load(Ordering::Relaxed))
+        .sum();
     let first = !api.node.draining.swap(true, Ordering::Relaxed);
     if first {
         tracing::warn!(
@@ -208,13 +216,6 @@ fn drain(api: &Api, req: &Request<Incoming>) -> Result<Resp, ApiError> {
                 .map_err(|e| refusal(e, ""))?;
         }
     }
-    let connections: i64 = api
-        .node
-        .cores
-        .iter()
-        .flat_map(|c| c.open_by_transport.iter())
-        .map(|n| n.load(Ordering::Relaxed))
-        .sum();
     Ok(json(
         StatusCode::ACCEPTED,
         &serde_json::json!({
