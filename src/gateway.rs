@@ -533,11 +533,6 @@ impl Monitor {
 
     /// Open connections on the node, over every listener.
     pub fn connections(&self) -> i64 {
-        self.node
-            .cores
-            .iter()
-            .flat_map(|c| c.open_by_transport.iter())
-            .map(|n| n.load(Relaxed))
-            .sum()
+        self.node.connections()
     }
 }

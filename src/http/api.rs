@@ -196,13 +196,7 @@ pub(super) fn authorize(api: &Api, req: &Request<Incoming>) -> Result<(), ApiErr
 fn drain(api: &Api, req: &Request<Incoming>) -> Result<Resp, ApiError> {
     authorize(api, req)?;
     // Counted before the cores hear of it: their first batch closes at once.
-    let connections: i64 = api
-        .node
-        .cores
-        .iter()
-        .flat_map(|c| c.open_by_transport.iter())
-        .map(|n| n.load(Ordering::Relaxed))
-        .sum();
+    let connections = api.node.connections();
     let first = !api.node.draining.swap(true, Ordering::Relaxed);
     if first {
         tracing::warn!(

@@ -39,6 +39,15 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// Open connections on the node, over every listener.
+    pub fn connections(&self) -> i64 {
+        self.cores
+            .iter()
+            .flat_map(|c| c.open_by_transport.iter())
+            .map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
     /// Milliseconds since the node started (the bans' clock).
     pub fn elapsed_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
