@@ -267,6 +267,7 @@ impl GatewayBuilder {
                 cfg.auth.ban_secs,
             ),
             draining: Default::default(),
+            admission: crate::shard::Admission::new(&cfg.listeners),
         });
         let (bridge, inboxes) =
             Bridge::new(ncores, cfg.runtime.bridge_capacity).map_err(|source| {
@@ -357,6 +358,11 @@ impl Gateway {
     /// The `[auth]` files, to reload them (SIGHUP).
     pub fn auth_files(&self) -> Arc<AuthFiles> {
         self.auth_files.clone()
+    }
+
+    /// The settings a reload may change while the node runs (SIGHUP).
+    pub fn live(&self) -> crate::reload::Live {
+        crate::reload::Live::new(self.node.clone(), self.auth_files.clone())
     }
 
     /// A builder, to inject seams before starting.

@@ -21,6 +21,7 @@
 //! | `mqtt` | the semantics of each client packet, applied to a core |
 //! | [`net`] | listeners, the connection task, TLS, WebSocket |
 //! | `runtime` | executors and each core's service tasks |
+//! | [`reload`] | what SIGHUP changes in a running node (below the gateway, which hands it out) |
 //! | [`gateway`] | the embedding API |
 //! | [`http`] | the HTTP control plane, on its own thread |
 
@@ -40,6 +41,7 @@ mod mesh;
 mod mqtt;
 pub mod net;
 mod notify;
+pub mod reload;
 mod runtime;
 pub mod session;
 mod shard;

@@ -212,12 +212,14 @@ struct Reloadable {
     config: (Option<PathBuf>, Config),
     acceptor: Option<std::sync::Arc<tether::net::tls::Acceptor>>,
     auth: std::sync::Arc<tether::auth::AuthFiles>,
+    live: tether::reload::Live,
     systemd: Option<std::sync::Arc<tether::systemd::Notifier>>,
 }
 
 impl Reloadable {
-    /// Reads the configuration again: `log.level` takes effect at once;
-    /// any other section that changed is named as needing a restart.
+    /// Reads the configuration again: `log.level` and the keys of
+    /// `tether::reload` take effect at once; any other section that changed
+    /// is named as needing a restart.
     fn config(&mut self) {
         let (path, old) = &mut self.config;
         let new = match Config::load(path.as_deref()) {
@@ -227,6 +229,12 @@ impl Reloadable {
                 return;
             }
         };
+        for outcome in self.live.apply(old, &new) {
+            match outcome {
+                Ok(what) => tracing::info!("reloaded: {what}"),
+                Err(why) => tracing::warn!("not reloaded: {why}"),
+            }
+        }
         let mut changed = old.changed_sections(&new);
         if new.log.level != old.log.level {
             match tether::logging::set(&new.log.level) {
@@ -244,7 +252,9 @@ impl Reloadable {
         if !changed.is_empty() {
             let sections: Vec<String> = changed.iter().map(|s| format!("[{s}]")).collect();
             tracing::warn!(
-                "configuration changed in {}: takes effect at the next restart (SIGHUP applies log.level, the TLS files and the [auth] files)",
+                "configuration changed in {}: takes effect at the next restart (SIGHUP applies log.level, \
+                 mqtt.deny_*, [limits], listeners.max_accepts_per_sec and overload_lag_ms, auth.ban_*, \
+                 the TLS files and the [auth] files)",
                 sections.join(", ")
             );
         }
@@ -252,8 +262,9 @@ impl Reloadable {
 }
 
 /// SIGHUP (`systemctl reload`) reloads, on a thread of its own, the
-/// configuration's `log.level`, the TLS certificate and key and the
-/// `[auth]` users, ACL and key files; whatever fails to load keeps its
+/// configuration's `log.level` and safe limits (`tether::reload`), the TLS
+/// certificate, key and ticket keys and the `[auth]` users, ACL and key
+/// files; whatever fails to load keeps its
 /// previous version in force and says why. Connections stay up (existing
 /// subscriptions are not checked again).
 fn reload_on_sighup(mut r: Reloadable) -> std::io::Result<()> {
@@ -340,6 +351,7 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         config: (path.clone(), cfg.clone()),
         acceptor: gateway.tls_acceptor(),
         auth: gateway.auth_files(),
+        live: gateway.live(),
         systemd: systemd.clone(),
     };
     if let Err(e) = reload_on_sighup(reloadable) {

@@ -296,30 +296,41 @@ fn on_bridge(core: &Core, msg: BridgeMsg) {
 }
 
 /// `listeners.max_accepts_per_sec` for one listener on one core: a token
-/// bucket holding one second's worth.
+/// bucket holding one second's worth. The rate is read on every accept, so
+/// a reload changes it for a running listener.
 struct Pacer {
-    rate: f64,
+    rate: u32,
     tokens: f64,
     at: std::time::Instant,
 }
 
 impl Pacer {
-    /// `None` when unlimited.
-    fn new(per_sec: u32) -> Option<Pacer> {
-        (per_sec > 0).then(|| Pacer {
-            rate: f64::from(per_sec),
-            tokens: f64::from(per_sec),
+    fn new() -> Pacer {
+        Pacer {
+            rate: 0,
+            tokens: 0.0,
             at: std::time::Instant::now(),
-        })
+        }
     }
 
-    /// Takes a token for one accept; how long to wait first, if any.
-    fn take(&mut self, now: std::time::Instant) -> Option<Duration> {
-        let earned = now.saturating_duration_since(self.at).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + earned).min(self.rate);
+    /// Takes a token for one accept at `per_sec` (0: unlimited); how long
+    /// to wait first, if any. A new rate starts with a full bucket.
+    fn take(&mut self, per_sec: u32, now: std::time::Instant) -> Option<Duration> {
+        if per_sec == 0 {
+            self.rate = 0;
+            return None;
+        }
+        let rate = f64::from(per_sec);
+        if per_sec != self.rate {
+            self.rate = per_sec;
+            self.tokens = rate;
+        } else {
+            let earned = now.saturating_duration_since(self.at).as_secs_f64() * rate;
+            self.tokens = (self.tokens + earned).min(rate);
+        }
         self.at = now;
         self.tokens -= 1.0;
-        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / rate))
     }
 }
 
@@ -330,14 +341,22 @@ async fn accept_loop(
     transport: Transport,
     tls: Option<Arc<Acceptor>>,
 ) {
-    let mut pacer = Pacer::new(core.cfg.listeners.max_accepts_per_sec);
+    let mut pacer = Pacer::new();
     loop {
-        if let Some(wait) = pacer
-            .as_mut()
-            .and_then(|p| p.take(std::time::Instant::now()))
-        {
+        let rate = core
+            .node
+            .admission
+            .max_accepts_per_sec
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(wait) = pacer.take(rate, std::time::Instant::now()) {
             bump(&core.stats().accepts_paced, 1);
             glommio::timer::sleep(wait).await;
+        }
+        if core.handshakes_full() {
+            bump(&core.stats().accepts_held, 1);
+            while core.handshakes_full() {
+                core.handshake_room[transport.index()].wait().await;
+            }
         }
         match listener.accept().await {
             Ok(stream) => {
@@ -448,19 +467,27 @@ mod tests {
     #[test]
     fn the_pacer_allows_a_seconds_burst_then_the_rate() {
         let t0 = std::time::Instant::now();
-        let mut p = Pacer::new(10).unwrap();
+        let mut p = Pacer::new();
         for _ in 0..10 {
-            assert_eq!(p.take(t0), None, "the burst");
+            assert_eq!(p.take(10, t0), None, "the burst");
         }
-        let wait = p.take(t0).expect("the 11th waits");
+        let wait = p.take(10, t0).expect("the 11th waits");
         assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
         // Half a second later five more tokens were earned (less the one
         // owed).
         let later = t0 + Duration::from_millis(600);
         for _ in 0..5 {
-            assert_eq!(p.take(later), None);
+            assert_eq!(p.take(10, later), None);
         }
-        assert!(p.take(later).is_some());
-        assert!(Pacer::new(0).is_none(), "0: unlimited");
+        assert!(p.take(10, later).is_some());
+        assert_eq!(p.take(0, later), None, "0: unlimited (a reload lifted it)");
+        for _ in 0..100 {
+            assert_eq!(
+                p.take(100, later),
+                None,
+                "a new rate starts with its full burst"
+            );
+        }
+        assert!(p.take(100, later).is_some());
     }
 }

@@ -1,6 +1,7 @@
 //! The `tether` binary with independent clients: the README tour with
 //! `mosquitto_sub`/`mosquitto_pub`, `check-config`, SIGTERM shutdown, and
-//! TLS with `mosquitto_sub --cafile` across a SIGHUP certificate reload.
+//! TLS with `mosquitto_sub --cafile` across a SIGHUP certificate reload,
+//! and TLS session resumption across nodes with shared ticket keys.
 
 #[path = "common/pki.rs"]
 #[allow(dead_code)] // the CLI tests use the server side only
@@ -585,5 +586,242 @@ fn sighup_applies_the_log_level_and_names_what_needs_a_restart() {
         level |= line.contains("log.level reloaded") && line.contains("level=\"debug\"");
         restart |= line.contains("configuration changed in [mqtt]");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A raw rustls client's handshake with one node: what it negotiated.
+struct Handshake {
+    resumed: bool,
+    alpn: Option<Vec<u8>>,
+}
+
+/// TLS to `localhost:port` with `client` (whose resumption store carries
+/// tickets from one call to the next), then an MQTT 3.1.1 CONNECT and its
+/// CONNACK, so the tickets the node sends after the handshake are read.
+/// `Err`: the handshake failed.
+fn mqtts_connect(
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    port: u16,
+    id: &str,
+) -> Result<Handshake, std::io::Error> {
+    use std::io::Read;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(client.clone(), name).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    tcp.set_read_timeout(Some(WAIT))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut connect = vec![0x10, (12 + id.len()) as u8, 0, 4];
+    connect.extend_from_slice(b"MQTT\x04\x02\x00\x3c");
+    connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    connect.extend_from_slice(id.as_bytes());
+    tls.write_all(&connect)?;
+    let mut connack = [0; 4];
+    tls.read_exact(&mut connack)?;
+    assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK accepted");
+    let kind = tls.conn.handshake_kind();
+    Ok(Handshake {
+        resumed: kind == Some(rustls::HandshakeKind::Resumed),
+        alpn: tls.conn.alpn_protocol().map(<[u8]>::to_vec),
+    })
+}
+
+/// A node with mqtts on, sealing tickets with `keys`; returns it and its
+/// mqtts port.
+fn tls_node(cert: &std::path::Path, key: &std::path::Path, keys: &std::path::Path) -> (Reap, u16) {
+    let (node, _port, lines) = start_tether_with(
+        "1",
+        &[
+            ("TETHER_TLS__ENABLED", "true"),
+            ("TETHER_TLS__LISTEN", "127.0.0.1:0"),
+            ("TETHER_TLS__WSS", "false"),
+            ("TETHER_TLS__CERT_FILE", cert.to_str().unwrap()),
+            ("TETHER_TLS__KEY_FILE", key.to_str().unwrap()),
+            ("TETHER_TLS__TICKET_KEY_FILE", keys.to_str().unwrap()),
+        ],
+    );
+    let port = loop {
+        let line = lines.recv_timeout(WAIT).expect("the mqtt/tls banner line");
+        if line.contains("mqtt/tls") {
+            break line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        }
+    };
+    (node, port)
+}
+
+/// A client that resumes on another node after the first stopped (the
+/// drain case), through a key rotation, and not on a node with other keys;
+/// ALPN answers `mqtt`, serves a client that offers none, and refuses one
+/// that offers only other names.
+#[test]
+fn tls_sessions_resume_on_any_node_that_shares_the_ticket_keys() {
+    const A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const B: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    use rustls::pki_types::pem::PemObject;
+    let dir = pki::dir("tickets");
+    let ca = pki::Ca::new("fleet CA");
+    let server = ca.server();
+    let cert = pki::write(&dir, "server.pem", &server.cert);
+    let key = pki::write(&dir, "server.key", &server.key);
+    let shared = pki::write(&dir, "shared.keys", &format!("{A}\n"));
+    let rotated = pki::write(&dir, "rotated.keys", &format!("# B seals now\n{B}\n{A}\n"));
+    let foreign = pki::write(&dir, "foreign.keys", &format!("{B}\n"));
+
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = ca.pem();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client_with = |alpn: &[&str]| {
+        let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        c.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        std::sync::Arc::new(c)
+    };
+    let client = client_with(&["mqtt"]);
+
+    let (mut one, port) = tls_node(&cert, &key, &shared);
+    let first = mqtts_connect(&client, port, "dev-1").expect("full handshake");
+    assert!(!first.resumed, "the first handshake is full");
+    assert_eq!(first.alpn.as_deref(), Some(b"mqtt".as_slice()));
+    one.0.kill().unwrap();
+    one.0.wait().unwrap();
+
+    let (_two, port) = tls_node(&cert, &key, &shared);
+    let again = mqtts_connect(&client, port, "dev-1").expect("resumed handshake");
+    assert!(again.resumed, "a node with the same key opens the ticket");
+
+    // The ticket node two issued (sealed with A) opens after the rotation
+    // that puts B first, and the ticket issued then (B) on a node with B only.
+    let (_three, port) = tls_node(&cert, &key, &rotated);
+    assert!(
+        mqtts_connect(&client, port, "dev-1").unwrap().resumed,
+        "A still opens"
+    );
+    let (_four, port) = tls_node(&cert, &key, &foreign);
+    assert!(
+        mqtts_connect(&client, port, "dev-1").unwrap().resumed,
+        "B sealed the last one"
+    );
+    let stranger = client_with(&["mqtt"]);
+    let (_five, port) = tls_node(&cert, &key, &shared);
+    assert!(!mqtts_connect(&stranger, port, "dev-2").unwrap().resumed);
+    assert!(
+        !mqtts_connect(&client, port, "dev-1").unwrap().resumed,
+        "a ticket sealed with B is not opened by a node with A only: full handshake"
+    );
+
+    let plain = mqtts_connect(&client_with(&[]), port, "no-alpn").expect("no ALPN is served");
+    assert_eq!(plain.alpn, None);
+    let other = mqtts_connect(&client_with(&["x-other"]), port, "other");
+    assert!(
+        other.is_err(),
+        "only foreign ALPN names: no_application_protocol"
+    );
+}
+
+/// A hand-written MQTT 3.1.1 client: CONNECT with a user name; the socket
+/// and the CONNACK return code.
+fn raw_connect(port: u16, id: &str, user: &str) -> (std::net::TcpStream, u8) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut body = b"\x00\x04MQTT\x04\x82\x00\x3c".to_vec();
+    for field in [id, user] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    s.write_all(&packet).unwrap();
+    let mut connack = [0; 4];
+    s.read_exact(&mut connack).unwrap();
+    assert_eq!(connack[0], 0x20, "a CONNACK");
+    (s, connack[3])
+}
+
+/// SUBSCRIBE to `filter` at QoS 0 on a raw connection: the SUBACK's code.
+fn raw_subscribe(s: &mut std::net::TcpStream, filter: &str) -> u8 {
+    use std::io::Read;
+    let mut body = vec![0, 1];
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter.as_bytes());
+    body.push(0);
+    let mut packet = vec![0x82, body.len() as u8];
+    packet.extend_from_slice(&body);
+    s.write_all(&packet).unwrap();
+    let mut suback = [0; 5];
+    s.read_exact(&mut suback).unwrap();
+    assert_eq!(&suback[..4], &[0x90, 3, 0, 1], "the SUBACK of packet 1");
+    suback[4]
+}
+
+/// Waits for a log line containing each of `wanted`.
+fn expect_lines(lines: &mpsc::Receiver<String>, wanted: &[&str]) {
+    let mut missing: Vec<&str> = wanted.to_vec();
+    while !missing.is_empty() {
+        let line = lines
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("no log line with {missing:?}"));
+        missing.retain(|w| !line.contains(w));
+    }
+}
+
+/// SIGHUP puts new deny lists, per-user limits and admission limits in
+/// force for a running node; what it cannot change live is named.
+#[test]
+fn sighup_applies_deny_lists_and_limits_to_a_running_node() {
+    let dir = std::env::temp_dir().join(format!("tether-hup-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tether.toml");
+    let write = |deny: &str, max: u32, extra: &str| {
+        let text = format!(
+            "[mqtt]\ndeny_subscribe = [{deny}]\n{extra}\n[limits]\nmax_connections_per_user = {max}\n\
+             per_user_policy = \"refuse\"\n[listeners]\noverload_lag_ms = 5000\n"
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    write("", 2, "");
+    let (tether, port, lines) = start_tether_args("1", &[], &["--config", file.to_str().unwrap()]);
+    let (mut ann1, code) = raw_connect(port, "ann-1", "ann");
+    assert_eq!(code, 0);
+    let (_ann2, code) = raw_connect(port, "ann-2", "ann");
+    assert_eq!(code, 0);
+    assert_ne!(raw_connect(port, "ann-3", "ann").1, 0, "the third of two");
+    assert_eq!(raw_subscribe(&mut ann1, "secret/a"), 0, "no deny list yet");
+
+    write("\"secret/#\"", 3, "max_qos = 1");
+    signal(&tether.0, libc::SIGHUP);
+    expect_lines(
+        &lines,
+        &[
+            "reloaded: mqtt.deny_subscribe (1 filters)",
+            "reloaded: limits.max_connections_per_user = 3",
+            "configuration changed in [mqtt]",
+        ],
+    );
+    assert_eq!(
+        raw_subscribe(&mut ann1, "secret/b"),
+        0x80,
+        "denied after the reload"
+    );
+    let (_ann3, code) = raw_connect(port, "ann-3", "ann");
+    assert_eq!(code, 0, "the limit is three now");
+    assert_ne!(
+        raw_connect(port, "ann-4", "ann").1,
+        0,
+        "the fourth of three"
+    );
+
+    write("\"secret/#\"", 0, "max_qos = 1");
+    signal(&tether.0, libc::SIGHUP);
+    expect_lines(
+        &lines,
+        &["not reloaded: limits.max_connections_per_user: with the memory store, turning the limit on or off needs a restart"],
+    );
+    assert_ne!(raw_connect(port, "ann-4", "ann").1, 0, "still three");
     std::fs::remove_dir_all(&dir).unwrap();
 }

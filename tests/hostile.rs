@@ -377,3 +377,49 @@ fn a_pipelining_client_still_reads_why_it_was_disconnected() {
         "{got:?}"
     );
 }
+
+/// `listeners.max_handshakes_per_core`: sockets that never finish their
+/// CONNECT hold the core's handshake slots; the next client waits in the
+/// kernel's backlog (accepted by nobody) until one of them closes, and
+/// connected clients are not affected.
+#[test]
+fn half_open_clients_cannot_hold_more_than_the_handshake_cap() {
+    let gw = gateway(1, |c| {
+        c.listeners.max_handshakes_per_core = 3;
+        c.mqtt.connect_timeout_ms = 60_000;
+    });
+    let mut settled = Raw::connected(gw.tcp_addr, "settled", Version::V5);
+    let mut idle: Vec<Raw> = (0..3).map(|_| Raw::open(gw.tcp_addr)).collect();
+    until_blocking("three sockets accepted", || gw.stats().accepted >= 4);
+    let mut waiting = Raw::open(gw.tcp_addr);
+    waiting.version = Version::V5;
+    waiting.send(&Packet::Connect(Box::new(connect_packet(
+        "waiting",
+        Version::V5,
+    ))));
+    until_blocking("the accept loop stopped at the cap", || {
+        gw.stats().accepts_held >= 1
+    });
+    waiting
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = std::io::Read::read(&mut waiting.stream, &mut byte);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
+        "no CONNACK while three handshakes are in progress: {early:?}"
+    );
+    assert_eq!(gw.stats().accepted, 4, "the fifth socket is not accepted");
+    // A connected client is served meanwhile.
+    settled.send(&Packet::PingReq);
+    assert!(matches!(settled.recv(), Some(Packet::PingResp)));
+
+    drop(idle.pop());
+    waiting.stream.set_read_timeout(Some(WAIT)).unwrap();
+    match waiting.recv() {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.code, 0),
+        other => panic!("expected CONNACK once a slot was free, got {other:?}"),
+    }
+    assert_eq!(gw.stats().accepted, 5);
+}

@@ -761,3 +761,74 @@ async fn clients_that_hang_up_during_connect_leave_no_presence_behind() {
     .await;
     assert_eq!(online(&a, "flash"), 1);
 }
+
+/// A drain hands persistent sessions to the store: the subscriber the
+/// drained node closes, and one that was already offline with a message
+/// queued, both resume on another node with their subscriptions and queue;
+/// the drained node exits by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_nodes_sessions_resume_on_another_node() {
+    let redis = Redis::start();
+    let b = Node::start(2, &redis.url(), &[]);
+    let reference = format!("127.0.0.1:{}", b.mqtt);
+    let mut a = Node::start(
+        1,
+        &redis.url(),
+        &[
+            ("TETHER_DRAIN__RATE_PER_SEC", "100"),
+            ("TETHER_DRAIN__SERVER_REFERENCE", &reference),
+        ],
+    );
+    let mut parked = connect(options(&a, "parked", false)).await;
+    parked.subscribe("moves/#").await;
+    drop(parked);
+    let mut mover = connect(options(&a, "mover", false)).await;
+    mover.subscribe("moves/#").await;
+    let mut publ = connect(options(&a, "mover-pub", true)).await;
+    publ.client
+        .publish("moves/1", QoS::AtLeastOnce, false, "before")
+        .await
+        .unwrap();
+    // The PUBACK means the message is in Redis for the offline session.
+    publ.next("PUBACK", |p| matches!(p, Packet::PubAck(_)))
+        .await;
+    assert_eq!(&mover.publish().await.payload[..], b"before");
+
+    let r = api(&a, "POST", "/v1/admin/drain");
+    assert_eq!(r.status, 202, "{}", r.body);
+    mover.closed("the drained subscriber").await;
+    publ.closed("the drained publisher").await;
+    let exited = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = a.proc.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the drained node exits by itself: {exited:?}"
+    );
+
+    let mut mover = connect(options(&b, "mover", false)).await;
+    assert!(mover.session_present, "the connected session moved");
+    let mut parked = connect(options(&b, "parked", false)).await;
+    assert!(parked.session_present, "the offline session moved");
+    assert_eq!(
+        &parked.publish().await.payload[..],
+        b"before",
+        "with its queue"
+    );
+    let publ = connect(options(&b, "mover-pub-2", true)).await;
+    publ.client
+        .publish("moves/2", QoS::AtLeastOnce, false, "after")
+        .await
+        .unwrap();
+    assert_eq!(&mover.publish().await.payload[..], b"after");
+    assert_eq!(&parked.publish().await.payload[..], b"after");
+}

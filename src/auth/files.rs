@@ -183,6 +183,9 @@ pub struct AuthFiles {
     users: Option<(PathBuf, Arc<FileAuthenticator>)>,
     jwt: Option<Arc<JwtAuthenticator>>,
     acl: Option<(AclDefault, Arc<Policy>)>,
+    /// The policy `[auth]` built (absent when a custom authorizer was
+    /// injected): its deny lists follow `mqtt.deny_*` on SIGHUP.
+    policy: Option<Arc<Policy>>,
 }
 
 /// The seams `[auth]` asks for.
@@ -296,6 +299,7 @@ impl AuthSetup {
         if policy.file().is_some() {
             files.acl = Some((a.acl_default, policy.clone()));
         }
+        files.policy = Some(policy.clone());
         Ok(AuthSetup {
             chain,
             authorizer: policy,
@@ -334,6 +338,18 @@ impl AuthFiles {
             }
         }
         out
+    }
+
+    /// Puts `mqtt.deny_*` from `mqtt` in force; `false` when the node
+    /// runs a custom authorizer, which has no such lists.
+    pub fn replace_deny_lists(&self, mqtt: &crate::config::MqttConfig) -> bool {
+        match &self.policy {
+            Some(p) => {
+                p.replace_deny_lists(DenyLists::from_config(mqtt));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether any file is configured.

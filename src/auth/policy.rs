@@ -29,7 +29,8 @@ use crate::stats::Figure;
 
 /// The deny lists, grants, ACL file and HTTP authorizer, in that order.
 pub struct Policy {
-    deny: DenyLists,
+    /// `mqtt.deny_*`, replaceable on SIGHUP.
+    deny: ArcSwap<DenyLists>,
     /// The ACL file (replaceable on SIGHUP) and where it is.
     file: Option<(PathBuf, ArcSwap<AclRules>)>,
     http: Option<HttpAuthorizer>,
@@ -43,7 +44,7 @@ impl Policy {
     /// The policy of the deny lists alone (plus any grants).
     pub fn new(deny: DenyLists) -> Policy {
         Policy {
-            deny,
+            deny: ArcSwap::from_pointee(deny),
             file: None,
             http: None,
             sys_readers: Vec::new(),
@@ -76,6 +77,12 @@ impl Policy {
         self.file.as_ref().map(|(p, _)| p)
     }
 
+    /// Puts new deny lists in place (SIGHUP with changed `mqtt.deny_*`);
+    /// requests decided from now on use them.
+    pub fn replace_deny_lists(&self, deny: DenyLists) {
+        self.deny.store(Arc::new(deny));
+    }
+
     /// Puts new ACL file rules in place; requests decided from now on use
     /// them.
     pub fn replace_rules(&self, rules: AclRules) {
@@ -87,7 +94,7 @@ impl Policy {
 
 impl Authorizer for Policy {
     fn check(&self, req: &AclRequest<'_>) -> Permit {
-        if self.deny.check(req) == Permit::Deny {
+        if self.deny.load().check(req) == Permit::Deny {
             return Permit::Deny;
         }
         if req.source != Source::Client {

@@ -61,6 +61,25 @@ pub struct TlsConfig {
     /// CONNECT username: the auth layer, ACL templates (`%u`) and presence
     /// see the certificate's identity, not a claimed one.
     pub cn_as_username: bool,
+    /// Keys that seal TLS session tickets, shared by every node so a client
+    /// resumes on any of them: one per line, 64 hex digits (`openssl rand
+    /// -hex 32`); the first seals, all open. Empty: a random key of this
+    /// process (resumption back to the same process only). Re-read on
+    /// SIGHUP; see `net::tickets` for rotation.
+    pub ticket_key_file: PathBuf,
+    /// Lifetime hint sent with each ticket, seconds (default 7,200: a client
+    /// back within two hours skips the full handshake). Forward secrecy is
+    /// bounded by key rotation, not by this.
+    pub ticket_lifetime_secs: u32,
+    /// ALPN protocols of the mqtts listener, preferred first (default
+    /// `["mqtt"]`). A client that offers none is served; one that offers
+    /// only other names gets the `no_application_protocol` alert (RFC 7301),
+    /// so add the names such clients send (e.g. `x-amzn-mqtt-ca`). Empty:
+    /// ALPN off, every client served.
+    pub alpn: Vec<String>,
+    /// ALPN protocols of the wss listener (default `["http/1.1"]`: browsers
+    /// offer `h2` and `http/1.1`, and the upgrade is HTTP/1.1).
+    pub wss_alpn: Vec<String>,
 }
 
 impl Default for TlsConfig {
@@ -75,6 +94,10 @@ impl Default for TlsConfig {
             client_ca_file: PathBuf::new(),
             require_client_cert: false,
             cn_as_username: true,
+            ticket_key_file: PathBuf::new(),
+            ticket_lifetime_secs: 7200,
+            alpn: vec!["mqtt".into()],
+            wss_alpn: vec!["http/1.1".into()],
         }
     }
 }

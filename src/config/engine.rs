@@ -72,6 +72,15 @@ pub struct ListenerConfig {
     /// connected further behind. 1000 by default (a healthy core is a few
     /// ms late, bench/RESULTS.md); 0: never refuse.
     pub overload_lag_ms: u64,
+    /// Connections each core lets be between accept and an active session
+    /// (TLS handshake, WebSocket upgrade, CONNECT, authentication, session
+    /// claim) at once. At the cap the core stops accepting until one
+    /// finishes; new clients wait in the kernel's backlog. Bounds the work
+    /// a storm of (TLS) handshakes can put in front of the clients already
+    /// connected, and the memory of half-open clients. 2,048 by default
+    /// (a core finishes about 2,000 TLS handshakes a second, bench/RESULTS.md:
+    /// a second's worth); 0: no cap.
+    pub max_handshakes_per_core: u32,
 }
 
 impl Default for ListenerConfig {
@@ -83,6 +92,7 @@ impl Default for ListenerConfig {
             recv_buffer_bytes: 0,
             max_accepts_per_sec: 0,
             overload_lag_ms: 1000,
+            max_handshakes_per_core: 2048,
         }
     }
 }

@@ -320,6 +320,11 @@ impl Config {
                 "needs tls.client_ca_file, the CA that client certificates are verified against",
             ));
         }
+        for (key, names) in [("tls.alpn", &t.alpn), ("tls.wss_alpn", &t.wss_alpn)] {
+            if names.iter().any(|n| n.is_empty() || n.len() > 255) {
+                return Err(err(key, "each protocol name needs 1 to 255 bytes"));
+            }
+        }
         let h = &self.http;
         if h.enabled && h.tokens.is_empty() && !h.listen.ip().is_loopback() {
             return Err(err(

@@ -147,7 +147,7 @@ pub fn serve(
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let tls = match (transport.tls(), acceptor) {
         (false, _) => None,
-        (true, Some(acceptor)) => match acceptor.session() {
+        (true, Some(acceptor)) => match acceptor.session(transport.websocket()) {
             Ok(session) => Some(Box::new(session)),
             Err(e) => {
                 warn!(%peer, "cannot start a TLS session: {e}");
@@ -304,8 +304,18 @@ impl Conn {
         let tls = self.tls.as_mut().expect("TLS connection");
         let handshaking = tls.is_handshaking();
         let result = tls.decrypt(cipher, &mut plain);
-        if handshaking && !tls.is_handshaking() {
-            debug!(conn = %self.id, "TLS handshake complete");
+        if handshaking && !tls.is_handshaking() && result.is_ok() {
+            let resumed = tls.resumed();
+            debug!(conn = %self.id, resumed, "TLS handshake complete");
+            let stats = core.stats();
+            bump(
+                if resumed {
+                    &stats.tls_resumed
+                } else {
+                    &stats.tls_full_handshakes
+                },
+                1,
+            );
         }
         let inbound = match result {
             Ok(inbound) => inbound,

@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod listener;
+pub mod tickets;
 pub mod tls;
 pub mod ws;
 

@@ -15,6 +15,11 @@
 //! [`Acceptor::reload`] (SIGHUP) reads certificate and key again and swaps
 //! the configuration that new handshakes use; established sessions keep
 //! theirs. A reload that fails leaves the old configuration in place.
+//!
+//! Two configurations share the certificate and the ticket keys
+//! ([`super::tickets`]) and differ only in ALPN: mqtts answers `tls.alpn`
+//! (`mqtt`), wss answers `tls.wss_alpn` (`http/1.1`), since a browser offers
+//! HTTP names and an MQTT client the MQTT one.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -28,6 +33,7 @@ use rustls::unbuffered::{
 };
 use rustls::RootCertStore;
 
+use super::tickets::{TicketKeyError, TicketKeys};
 use crate::config::TlsConfig;
 use crate::error::{Classify, Origin};
 
@@ -71,6 +77,8 @@ pub enum TlsError {
     KeyMismatch(rustls::Error),
     /// The protocol versions could not be set up.
     Setup(rustls::Error),
+    /// `tls.ticket_key_file` is unusable.
+    Tickets(TicketKeyError),
     /// Reload asked while TLS is off.
     Disabled,
 }
@@ -103,6 +111,7 @@ impl fmt::Display for TlsError {
                 "tls.cert_file / tls.key_file: the key does not fit the certificate ({e})"
             ),
             TlsError::Setup(e) => write!(f, "TLS setup: {e}"),
+            TlsError::Tickets(e) => e.fmt(f),
             TlsError::Disabled => f.write_str("TLS is not enabled (tls.enabled = false)"),
         }
     }
@@ -116,11 +125,23 @@ impl Classify for TlsError {
     }
 }
 
+/// TLS 1.3 tickets sent after each handshake. A device holds one
+/// connection and resumes once per reconnect, and a resumption brings it a
+/// fresh ticket, so one is enough; rustls's default (2) would seal and send
+/// a second that is never used.
+const TLS13_TICKETS: usize = 1;
+
+/// The server configurations of the two TLS listeners.
+struct Configs {
+    mqtts: Arc<ServerConfig>,
+    wss: Arc<ServerConfig>,
+}
+
 /// The server side of TLS for every core: the current configuration.
 pub struct Acceptor {
     settings: TlsConfig,
-    /// Replaced whole on reload; each handshake clones the `Arc` once.
-    current: RwLock<Arc<ServerConfig>>,
+    /// Replaced whole on reload; each handshake clones one `Arc` once.
+    current: RwLock<Configs>,
 }
 
 /// What was loaded: the served certificate, for the banner and the log.
@@ -132,6 +153,8 @@ pub struct Loaded {
     pub not_after: String,
     /// Whether client certificates are asked for.
     pub client_auth: ClientAuth,
+    /// Where the ticket keys came from.
+    pub tickets: String,
 }
 
 /// Whether client certificates are asked for.
@@ -154,8 +177,8 @@ impl fmt::Display for Loaded {
         };
         write!(
             f,
-            "certificate \"{}\", valid until {}; {auth}",
-            self.subject, self.not_after
+            "certificate \"{}\", valid until {}; {auth}; {}",
+            self.subject, self.not_after, self.tickets
         )
     }
 }
@@ -167,7 +190,7 @@ impl Acceptor {
         let (config, loaded) = load(settings)?;
         let acceptor = Acceptor {
             settings: settings.clone(),
-            current: RwLock::new(Arc::new(config)),
+            current: RwLock::new(config),
         };
         Ok((acceptor, loaded))
     }
@@ -175,23 +198,29 @@ impl Acceptor {
     /// Reads the files again; new handshakes use them from now on.
     pub fn reload(&self) -> Result<Loaded, TlsError> {
         let (config, loaded) = load(&self.settings)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
         Ok(loaded)
     }
 
-    /// A server session for one accepted connection.
-    pub fn session(&self) -> Result<Session, rustls::Error> {
-        let config = self
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+    /// A server session for one accepted connection of the mqtts
+    /// (`websocket` false) or the wss listener.
+    pub fn session(&self, websocket: bool) -> Result<Session, rustls::Error> {
+        let config = {
+            let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+            if websocket {
+                current.wss.clone()
+            } else {
+                current.mqtts.clone()
+            }
+        };
         let conn = UnbufferedServerConnection::new(config)?;
         Ok(Session::new(conn, self.settings.cn_as_username))
     }
 }
 
-fn load(s: &TlsConfig) -> Result<(ServerConfig, Loaded), TlsError> {
+fn load(s: &TlsConfig) -> Result<(Configs, Loaded), TlsError> {
+    let tickets =
+        TicketKeys::load(&s.ticket_key_file, s.ticket_lifetime_secs).map_err(TlsError::Tickets)?;
     let certs = read_certs(&s.cert_file, "tls.cert_file")?;
     let key = PrivateKeyDer::from_pem_file(&s.key_file).map_err(|source| TlsError::Key {
         path: s.key_file.clone(),
@@ -221,15 +250,25 @@ fn load(s: &TlsConfig) -> Result<(ServerConfig, Loaded), TlsError> {
         (builder.with_client_cert_verifier(verifier), auth)
     };
     let (subject, not_after) = describe(&certs[0]);
-    let config = builder
+    let mut mqtts = builder
         .with_single_cert(certs, key)
         .map_err(TlsError::KeyMismatch)?;
+    let described = tickets.describe();
+    mqtts.ticketer = Arc::new(tickets);
+    mqtts.send_tls13_tickets = TLS13_TICKETS;
+    let mut wss = mqtts.clone();
+    mqtts.alpn_protocols = s.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    wss.alpn_protocols = s.wss_alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok((
-        config,
+        Configs {
+            mqtts: Arc::new(mqtts),
+            wss: Arc::new(wss),
+        },
         Loaded {
             subject,
             not_after,
             client_auth,
+            tickets: described,
         },
     ))
 }
@@ -465,6 +504,12 @@ impl Session {
     /// [`Session::encrypt`] calls (once).
     pub fn close(&mut self) {
         self.closing = true;
+    }
+
+    /// Whether the completed handshake resumed an earlier session (a
+    /// ticket opened) rather than running in full.
+    pub fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
     }
 
     /// Whether the handshake is still running.

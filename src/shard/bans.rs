@@ -11,6 +11,7 @@
 //! (`NodeState::started`), in ms.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use ahash::AHashMap;
@@ -39,10 +40,11 @@ struct Strikes {
 pub struct Bans {
     shards: [Mutex<AHashMap<IpAddr, Strikes>>; SHARDS],
     hasher: ahash::RandomState,
-    /// Failures that start a ban; 0: off.
-    after: u32,
-    window_ms: u64,
-    ban_ms: u64,
+    /// Failures that start a ban; 0: off. The three limits change on
+    /// SIGHUP ([`Bans::set`]), hence atomics.
+    after: AtomicU32,
+    window_ms: AtomicU64,
+    ban_ms: AtomicU64,
 }
 
 impl Bans {
@@ -51,10 +53,18 @@ impl Bans {
         Bans {
             shards: Default::default(),
             hasher: ahash::RandomState::new(),
-            after,
-            window_ms: window_secs * 1000,
-            ban_ms: ban_secs * 1000,
+            after: AtomicU32::new(after),
+            window_ms: AtomicU64::new(window_secs * 1000),
+            ban_ms: AtomicU64::new(ban_secs * 1000),
         }
+    }
+
+    /// New limits (SIGHUP): they apply to the next failure; bans already
+    /// running keep their end.
+    pub fn set(&self, after: u32, window_secs: u64, ban_secs: u64) {
+        self.after.store(after, Relaxed);
+        self.window_ms.store(window_secs * 1000, Relaxed);
+        self.ban_ms.store(ban_secs * 1000, Relaxed);
     }
 
     /// `ip`'s shard (a panic while holding it cannot leave a record half
@@ -66,7 +76,7 @@ impl Bans {
 
     /// Whether `ip` is banned at `now_ms`.
     pub fn banned(&self, ip: IpAddr, now_ms: u64) -> bool {
-        self.after > 0
+        self.after.load(Relaxed) > 0
             && self
                 .shard(&ip)
                 .get(&ip)
@@ -76,14 +86,14 @@ impl Bans {
     /// One more refusal of bad credentials from `ip`; true when it starts
     /// a ban.
     pub fn failed(&self, ip: IpAddr, now_ms: u64) -> bool {
-        if self.after == 0 {
+        let (after, window_ms) = (self.after.load(Relaxed), self.window_ms.load(Relaxed));
+        if after == 0 {
             return false;
         }
         let mut table = self.shard(&ip);
         let full = MAX_TRACKED_ADDRESSES / SHARDS;
         if table.len() >= full && !table.contains_key(&ip) {
-            let window = self.window_ms;
-            table.retain(|_, s| now_ms < s.until_ms || now_ms < s.since_ms + window);
+            table.retain(|_, s| now_ms < s.until_ms || now_ms < s.since_ms + window_ms);
             if table.len() >= full {
                 return false;
             }
@@ -93,13 +103,13 @@ impl Bans {
             since_ms: now_ms,
             until_ms: 0,
         });
-        if now_ms >= s.since_ms + self.window_ms {
+        if now_ms >= s.since_ms + window_ms {
             s.failures = 0;
             s.since_ms = now_ms;
         }
         s.failures += 1;
-        if s.failures >= self.after && now_ms >= s.until_ms {
-            s.until_ms = now_ms + self.ban_ms;
+        if s.failures >= after && now_ms >= s.until_ms {
+            s.until_ms = now_ms + self.ban_ms.load(Relaxed);
             s.failures = 0;
             s.since_ms = now_ms;
             return true;

@@ -202,6 +202,9 @@ pub struct Link {
     pub graceful: bool,
     /// The listener it came in on ([`crate::id::TRANSPORT_NAMES`] index).
     pub transport: u8,
+    /// Counted among the core's handshakes in progress: from accept until
+    /// the session is active or the socket closes (`Core::handshake_over`).
+    pub handshaking: bool,
 }
 
 /// Per-connection state most connections never need: one box, allocated on
@@ -251,6 +254,7 @@ impl Link {
             rare: None,
             graceful: false,
             transport,
+            handshaking: true,
         }
     }
 

@@ -38,6 +38,7 @@ impl Core {
             link: Some(Link::new(peer, fd, self.now_tick(), window, transport)),
         });
         st.links += 1;
+        self.handshaking.set(self.handshaking.get() + 1);
         let key = ConnKey {
             index: index as u32,
             gen,
@@ -54,7 +55,10 @@ impl Core {
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
         let Some(e) = st.entry(key) else { return };
-        let Some(link) = e.link.take() else { return };
+        let Some(mut link) = e.link.take() else {
+            return;
+        };
+        self.handshake_over(&mut link);
         // A connection whose session became active had a connect event.
         if matches!(
             e.phase,
@@ -196,11 +200,50 @@ impl Core {
         debug!(core = self.id, "session ended");
     }
 
+    /// `link` is past its handshake (its session is active, or it closed):
+    /// one fewer in progress; accept loops stopped at the cap resume.
+    pub(super) fn handshake_over(&self, link: &mut Link) {
+        if !std::mem::take(&mut link.handshaking) {
+            return;
+        }
+        let n = self.handshaking.get() - 1;
+        self.handshaking.set(n);
+        // Below the cap (which a reload may have raised or lowered while a
+        // loop waited): ring every listener's loop. A loop that is not
+        // waiting only finds its flag set, re-checks and goes on.
+        if n < self.handshake_cap() {
+            for room in &self.handshake_room {
+                room.notify();
+            }
+        }
+    }
+
+    /// `listeners.max_handshakes_per_core`, or `u32::MAX` when it is 0.
+    fn handshake_cap(&self) -> u32 {
+        match self.node.admission.max_handshakes_per_core.load(Relaxed) {
+            0 => u32::MAX,
+            n => n,
+        }
+    }
+
+    /// Whether the core has as many handshakes in progress as
+    /// `listeners.max_handshakes_per_core` allows: its accept loops wait
+    /// (on [`Core::handshake_room`]) and new clients queue in the kernel's
+    /// backlog, so a storm of TLS handshakes cannot starve the clients
+    /// already connected.
+    pub fn handshakes_full(&self) -> bool {
+        self.handshaking.get() >= self.handshake_cap()
+    }
+
     /// Whether the last timer tick ran later than
     /// `listeners.overload_lag_ms` (0: never overloaded): new CONNECTs are
     /// then refused with 0x89.
     pub fn overloaded(&self) -> bool {
-        let limit = self.cfg.listeners.overload_lag_ms;
+        let limit = self
+            .node
+            .admission
+            .overload_lag_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
         limit > 0 && self.lag_ms.get() > limit
     }
 

@@ -75,7 +75,7 @@ pub use delivery::{count, pump};
 pub use entry::{
     AuthInProgress, CloseRequest, ConnectInfo, Entry, Link, Parked, PendingWill, Phase, Timer,
 };
-pub use node::{CoreVisible, NodeState};
+pub use node::{Admission, CoreVisible, NodeState};
 pub use pending::{ApiPublish, Pending, PendingKind, ReplyReceivers, Returns, Waiting};
 pub use trie::Sub;
 
@@ -166,6 +166,14 @@ pub struct Core {
     durability: Option<crate::config::Durability>,
     /// Signalled when the journal gets its first write.
     pub journal_ready: Notify,
+    /// Connections accepted whose session is not yet active (TLS,
+    /// WebSocket upgrade, CONNECT, authentication, claim): what
+    /// `listeners.max_handshakes_per_core` caps.
+    handshaking: Cell<u32>,
+    /// One per listener ([`crate::id::TRANSPORT_NAMES`] index): rung when
+    /// the core drops below the handshake cap, for an accept loop that
+    /// stopped at it.
+    pub handshake_room: [Notify; crate::id::TRANSPORT_NAMES.len()],
 }
 
 impl Core {
@@ -212,6 +220,8 @@ impl Core {
             returns,
             durability: node.store.durability(),
             journal_ready: Notify::default(),
+            handshaking: Cell::new(0),
+            handshake_room: Default::default(),
             node,
         }
     }

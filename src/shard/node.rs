@@ -2,7 +2,7 @@
 //! its seams and its cores' visible parts), and one core's [`CoreVisible`]
 //! part (atomics written by that core only).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,6 +10,7 @@ use super::interest::Interest;
 use super::retained::Totals;
 use crate::auth::{AuthChain, Authorizer};
 use crate::bridge::outbound::Outbound;
+use crate::config::ListenerConfig;
 use crate::stats::{Histogram, Stats};
 use crate::store::SessionStore;
 
@@ -36,6 +37,40 @@ pub struct NodeState {
     /// Set once a drain started (`POST /v1/admin/drain`): `/readyz` fails,
     /// the cores stop accepting and close their clients at `drain.rate_per_sec`.
     pub draining: std::sync::atomic::AtomicBool,
+    /// How fast the cores take new clients; SIGHUP changes it.
+    pub admission: Admission,
+}
+
+/// `listeners.max_accepts_per_sec` and `listeners.overload_lag_ms`, read on
+/// each accept and CONNECT (not from the start-time `Config`) so a reload
+/// applies them to a running node: the knobs an operator turns during a
+/// reconnect storm.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// `listeners.max_accepts_per_sec` (0: no limit).
+    pub max_accepts_per_sec: AtomicU32,
+    /// `listeners.overload_lag_ms` (0: never refuse).
+    pub overload_lag_ms: AtomicU64,
+    /// `listeners.max_handshakes_per_core` (0: no cap).
+    pub max_handshakes_per_core: AtomicU32,
+}
+
+impl Admission {
+    /// The values of `[listeners]`.
+    pub fn new(l: &ListenerConfig) -> Admission {
+        let a = Admission::default();
+        a.set(l);
+        a
+    }
+
+    /// Puts the values of `[listeners]` in force.
+    pub fn set(&self, l: &ListenerConfig) {
+        self.max_accepts_per_sec
+            .store(l.max_accepts_per_sec, Relaxed);
+        self.overload_lag_ms.store(l.overload_lag_ms, Relaxed);
+        self.max_handshakes_per_core
+            .store(l.max_handshakes_per_core, Relaxed);
+    }
 }
 
 impl NodeState {

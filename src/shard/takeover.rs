@@ -425,6 +425,7 @@ impl Core {
             self.park_or_end(st, key, None);
             return;
         };
+        self.handshake_over(link);
         let mut connack = info.connack;
         connack.session_present = session_present;
         link.control(Packet::ConnAck(connack));

@@ -68,6 +68,7 @@ fn node(cores: usize, store: Arc<dyn SessionStore>) -> Node {
         retained: Default::default(),
         bans: crate::shard::bans::Bans::new(0, 60, 300),
         draining: Default::default(),
+        admission: crate::shard::Admission::new(&cfg.listeners),
     });
     let mut node = Node {
         cores: Vec::new(),
@@ -380,6 +381,46 @@ fn a_core_is_overloaded_while_its_last_tick_ran_over_the_limit() {
     assert!(c.overloaded());
     c.lag_ms.set(limit);
     assert!(!c.overloaded(), "at the limit is not over it");
+    let mut reloaded = c.cfg.listeners.clone();
+    reloaded.overload_lag_ms = limit * 2;
+    c.node.admission.set(&reloaded);
+    c.lag_ms.set(limit + 1);
+    assert!(!c.overloaded(), "a reload raised the limit");
+    reloaded.overload_lag_ms = 0;
+    c.node.admission.set(&reloaded);
+    c.lag_ms.set(u64::MAX);
+    assert!(!c.overloaded(), "0: never");
+}
+
+#[test]
+fn the_handshake_cap_counts_from_accept_to_an_active_session_or_a_close() {
+    let n = node(1, Arc::new(MemoryStore::default()));
+    let c = &n.cores[0];
+    let mut l = c.cfg.listeners.clone();
+    l.max_handshakes_per_core = 2;
+    c.node.admission.set(&l);
+    let (first, _) = c.register("127.0.0.1:1".parse().unwrap(), -1, 0);
+    assert!(!c.handshakes_full());
+    let active = n.connect(0, "a", true);
+    assert!(
+        !c.handshakes_full(),
+        "an active session is past its handshake"
+    );
+    let (_second, _) = c.register("127.0.0.1:2".parse().unwrap(), -1, 0);
+    assert!(c.handshakes_full(), "two in progress");
+    c.unregister(first);
+    assert!(!c.handshakes_full(), "a close ends a handshake");
+    c.unregister(active);
+    c.unregister(first);
+    assert!(
+        !c.handshakes_full(),
+        "closing an active one, or twice, counts nothing"
+    );
+    let (_third, _) = c.register("127.0.0.1:3".parse().unwrap(), -1, 0);
+    assert!(c.handshakes_full());
+    l.max_handshakes_per_core = 0;
+    c.node.admission.set(&l);
+    assert!(!c.handshakes_full(), "0: no cap");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ahash::AHashMap;
 
-use super::{Claim, ClaimResult, Claimed, Presence, SessionStore, StoreOp};
+use super::{Claim, ClaimResult, Claimed, Presence, SessionStore, StoreOp, UserLimit};
 use crate::bridge::{Bridge, BridgeMsg};
 use crate::codec::reason;
 use crate::config::PerUserPolicy;
@@ -26,17 +26,17 @@ pub struct MemoryStore {
     shards: Vec<Mutex<AHashMap<Box<str>, Location>>>,
     hasher: ahash::RandomState,
     /// The per-user connection limits.
-    users: UserLimit,
+    users: Users,
 }
 
 /// A user's admitted connections, oldest first: (connection, client id).
 type Admitted = VecDeque<(ConnId, Arc<str>)>;
 
 /// `limits.max_connections_per_user` on one node.
-struct UserLimit {
-    /// The configured limit (0: none; a granted limit may still apply).
-    max: usize,
-    policy: PerUserPolicy,
+struct Users {
+    /// The configured limit (0: none; a granted limit may still apply) and
+    /// policy.
+    limit: UserLimit,
     /// Each user's admitted connections. An entry leaves when its
     /// connection closes ([`StoreOp::Left`]).
     admitted: Mutex<AHashMap<Arc<str>, Admitted>>,
@@ -57,9 +57,8 @@ impl Default for MemoryStore {
                 })
                 .collect(),
             hasher: ahash::RandomState::new(),
-            users: UserLimit {
-                max: 0,
-                policy: PerUserPolicy::EvictOldest,
+            users: Users {
+                limit: UserLimit::default(),
                 admitted: Mutex::default(),
                 bridge: OnceLock::new(),
             },
@@ -72,9 +71,8 @@ impl MemoryStore {
     /// node (0: no limit), by `policy`.
     pub fn with_user_limit(max: u32, policy: PerUserPolicy) -> MemoryStore {
         MemoryStore {
-            users: UserLimit {
-                max: max as usize,
-                policy,
+            users: Users {
+                limit: UserLimit::new(max, policy),
                 admitted: Mutex::default(),
                 bridge: OnceLock::new(),
             },
@@ -94,7 +92,7 @@ impl MemoryStore {
             // does not count.
             let counted = list.iter().filter(|(_, c)| *c != p.client_id).count();
             if counted >= max {
-                if limit.policy == PerUserPolicy::Refuse {
+                if limit.limit.policy() == PerUserPolicy::Refuse {
                     return false;
                 }
                 let mut over = counted + 1 - max;
@@ -141,7 +139,7 @@ impl MemoryStore {
 impl SessionStore for MemoryStore {
     fn claim(&self, claim: &Claim) -> Option<ClaimResult> {
         if let Some(p) = &claim.presence {
-            let max = p.limit.map_or(self.users.max, |l| l as usize);
+            let max = p.limit.unwrap_or(self.users.limit.max()) as usize;
             if max > 0 && !self.admit(max, p) {
                 return Some(Ok(Claimed {
                     over_limit: true,
@@ -167,7 +165,19 @@ impl SessionStore for MemoryStore {
     }
 
     fn tracks_users(&self) -> bool {
-        self.users.max > 0
+        self.users.limit.max() > 0
+    }
+
+    /// Between limits only: connections are tracked only while a limit is
+    /// set (that is what keeps an unlimited node from paying for it), so
+    /// turning the limit on would not count the users' connections already
+    /// up, and turning it off would leave their entries behind.
+    fn set_user_limit(&self, max: u32, policy: PerUserPolicy) -> Result<(), &'static str> {
+        if (max == 0) != (self.users.limit.max() == 0) {
+            return Err("with the memory store, turning the limit on or off needs a restart");
+        }
+        self.users.limit.set(max, policy);
+        Ok(())
     }
 
     fn write(&self, ops: Vec<StoreOp>) {

@@ -20,7 +20,7 @@ pub mod redis;
 use std::sync::Arc;
 
 use crate::bridge::{Bridge, ReplyTo, Unanswered};
-use crate::config::Durability;
+use crate::config::{Durability, PerUserPolicy};
 use crate::error::{Classify, Origin};
 use crate::id::{ConnId, Location};
 use crate::session::{Durable, Session};
@@ -104,6 +104,45 @@ impl Unanswered for ClaimResult {
     }
 }
 
+/// `limits.max_connections_per_user` and `limits.per_user_policy`, read on
+/// every claim (not kept from the start-time `Config`) so SIGHUP can change
+/// them for a running node.
+#[derive(Debug, Default)]
+pub struct UserLimit {
+    max: std::sync::atomic::AtomicU32,
+    refuse: std::sync::atomic::AtomicBool,
+}
+
+impl UserLimit {
+    /// The configured values.
+    pub fn new(max: u32, policy: PerUserPolicy) -> UserLimit {
+        let l = UserLimit::default();
+        l.set(max, policy);
+        l
+    }
+
+    /// Puts new values in force for the next claim.
+    pub fn set(&self, max: u32, policy: PerUserPolicy) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.max.store(max, Relaxed);
+        self.refuse.store(policy == PerUserPolicy::Refuse, Relaxed);
+    }
+
+    /// Connections a user may hold (0: no limit).
+    pub fn max(&self) -> u32 {
+        self.max.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What happens to the connection over the limit.
+    pub fn policy(&self) -> PerUserPolicy {
+        if self.refuse.load(std::sync::atomic::Ordering::Relaxed) {
+            PerUserPolicy::Refuse
+        } else {
+            PerUserPolicy::EvictOldest
+        }
+    }
+}
+
 /// Directory of client sessions.
 pub trait SessionStore: Send + Sync + 'static {
     /// Records that `claim.client_id` is now owned by `claim.loc`, and
@@ -144,6 +183,14 @@ pub trait SessionStore: Send + Sync + 'static {
     /// carries its [`Presence`] and every close writes [`StoreOp::Left`].
     fn tracks_users(&self) -> bool {
         self.durability().is_some()
+    }
+
+    /// Puts new `[limits]` per-user values in force for the claims that
+    /// follow (SIGHUP). `Err` says why this store cannot change them while
+    /// running.
+    fn set_user_limit(&self, max: u32, policy: PerUserPolicy) -> Result<(), &'static str> {
+        let _ = (max, policy);
+        Err("this session store keeps no per-user limit")
     }
 
     /// Writes for mirrored sessions, applied in order per session. Must not

@@ -38,6 +38,7 @@ use crate::config::{Config, Durability, PerUserPolicy};
 use crate::error::{Classify, Origin};
 use crate::id::Location;
 use crate::stats::Histogram;
+use crate::store::UserLimit;
 
 pub use worker::Entry as PresenceEntry;
 
@@ -57,10 +58,10 @@ pub(crate) struct Settings {
     /// `store.handoff_timeout_ms`: how long a claim waits for the node
     /// holding the session to let go before fencing takes over.
     pub handoff_timeout: Duration,
-    /// `limits.max_connections_per_user` (0: none).
-    pub max_per_user: u32,
-    /// `limits.per_user_policy` is `evict_oldest`.
-    pub evict_oldest: bool,
+    /// `limits.max_connections_per_user` (0: none) and
+    /// `limits.per_user_policy`, shared with the store so SIGHUP reaches
+    /// the worker.
+    pub user_limit: Arc<UserLimit>,
     /// `presence.lease_secs`, in ms.
     pub presence_lease_ms: u64,
     /// `presence.node_lease_secs`, in ms.
@@ -174,8 +175,10 @@ impl RedisStore {
             durability: cfg.store.durability,
             request_timeout: Duration::from_millis(cfg.store.request_timeout_ms),
             handoff_timeout: Duration::from_millis(cfg.store.handoff_timeout_ms),
-            max_per_user: cfg.limits.max_connections_per_user,
-            evict_oldest: cfg.limits.per_user_policy == PerUserPolicy::EvictOldest,
+            user_limit: Arc::new(UserLimit::new(
+                cfg.limits.max_connections_per_user,
+                cfg.limits.per_user_policy,
+            )),
             presence_lease_ms: 2 * cfg.presence.lease_secs * 1000,
             node_lease_ms: cfg.presence.node_lease_secs * 1000,
             max_queued_writes: cfg.redis.max_queued_writes,
@@ -249,7 +252,7 @@ impl SessionStore for RedisStore {
         let limited = c
             .presence
             .as_ref()
-            .is_some_and(|p| p.limit.unwrap_or(s.max_per_user) > 0);
+            .is_some_and(|p| p.limit.unwrap_or(s.user_limit.max()) > 0);
         if c.persistent || limited {
             return None;
         }
@@ -280,6 +283,13 @@ impl SessionStore for RedisStore {
 
     fn durability(&self) -> Option<Durability> {
         Some(self.settings.durability)
+    }
+
+    /// Any change: every claim carries its presence to Redis whatever the
+    /// limit, and the ADMIT script takes the limit as an argument.
+    fn set_user_limit(&self, max: u32, policy: PerUserPolicy) -> Result<(), &'static str> {
+        self.settings.user_limit.set(max, policy);
+        Ok(())
     }
 
     fn write(&self, ops: Vec<StoreOp>) {

@@ -164,8 +164,11 @@ pub(super) async fn claim_one(
             .arg(member(s, p))
             .arg(now_ms())
             .arg(s.presence_lease_ms)
-            .arg(p.limit.unwrap_or(s.max_per_user))
-            .arg(if s.evict_oldest { "evict" } else { "refuse" })
+            .arg(p.limit.unwrap_or(s.user_limit.max()))
+            .arg(match s.user_limit.policy() {
+                crate::config::PerUserPolicy::EvictOldest => "evict",
+                crate::config::PerUserPolicy::Refuse => "refuse",
+            })
             .arg(&*c.client_id);
         let live = ctx.live.borrow();
         inv.arg(live.0.saturating_sub(SKEW_MARGIN_MS));
@@ -178,7 +181,7 @@ pub(super) async fn claim_one(
         .presence
         .as_ref()
         .and_then(|p| p.limit)
-        .unwrap_or(s.max_per_user);
+        .unwrap_or(s.user_limit.max());
     let (claimed, admitted) = match admit {
         // Under a limit, admission comes first: a refused connection must
         // not take the session (or hand it over) on its way out. Two round
