@@ -4,6 +4,7 @@
 #
 #   bench/ab.sh /path/to/tether-before            # against target/release/tether
 #   bench/ab.sh BEFORE AFTER --only idle,lowload
+#   bench/ab.sh mosquitto --only lowload,lowfan     # Tether against the reference
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --quiet

@@ -120,6 +120,15 @@ impl CoreMsg {
             _ => 0,
         }
     }
+
+    /// Bytes of the messages it carries (`Message::weight`), for the
+    /// router backlog's byte bound.
+    pub fn bytes(&self) -> usize {
+        match self {
+            CoreMsg::Publish(v) => v.iter().map(|m| m.weight()).sum(),
+            _ => 0,
+        }
+    }
 }
 
 /// Outgoing queue towards one peer core, drained by its router task.
@@ -135,6 +144,8 @@ pub struct Routes {
     routes: Vec<Route>,
     /// Messages queued and not yet accepted by a channel.
     backlog: Cell<usize>,
+    /// Their bytes (`Message::weight`).
+    backlog_bytes: Cell<usize>,
     batch_max: usize,
     backlog_limit: usize,
 }
@@ -146,6 +157,7 @@ impl Routes {
         Routes {
             routes: (0..cores).map(|_| Route::default()).collect(),
             backlog: Cell::new(0),
+            backlog_bytes: Cell::new(0),
             batch_max,
             backlog_limit,
         }
@@ -165,6 +177,7 @@ impl Routes {
     /// of the queue when there is one with room.
     pub fn publish(&self, core: usize, msg: Arc<Message>) {
         let route = &self.routes[core];
+        let msg_weight = msg.weight();
         {
             let mut q = route.queue.borrow_mut();
             match q.back_mut() {
@@ -173,6 +186,8 @@ impl Routes {
             }
         }
         self.backlog.set(self.backlog.get() + 1);
+        self.backlog_bytes
+            .set(self.backlog_bytes.get() + msg_weight);
         route.notify.notify();
     }
 
@@ -192,12 +207,19 @@ impl Routes {
         self.routes[core].notify.wait().await
     }
 
-    /// A channel accepted `messages`; true when the backlog is now below
-    /// the limit (paused readers may go on).
-    pub fn accepted(&self, messages: usize) -> bool {
+    /// A channel accepted `messages` of `bytes`; true when the backlog is
+    /// now below the limit (paused readers may go on).
+    pub fn accepted(&self, messages: usize, bytes: usize) -> bool {
         let left = self.backlog.get() - messages;
         self.backlog.set(left);
+        self.backlog_bytes
+            .set(self.backlog_bytes.get().saturating_sub(bytes));
         left < self.backlog_limit
+    }
+
+    /// Bytes queued and not yet accepted by a channel.
+    pub fn queued_bytes(&self) -> usize {
+        self.backlog_bytes.get()
     }
 
     /// Whether readers must pause for the routers to drain.
@@ -244,7 +266,10 @@ mod tests {
         };
         let first = r.next(1).unwrap();
         assert_eq!(ids(&first), vec![1, 2], "a batch holds at most 2");
-        assert!(r.accepted(first.messages()), "2 left: below the limit of 3");
+        assert!(
+            r.accepted(first.messages(), first.bytes()),
+            "2 left: below the limit of 3"
+        );
         assert!(!r.over_limit());
         assert_eq!(ids(&r.next(1).unwrap()), vec![3]);
         assert!(matches!(r.next(1), Some(CoreMsg::ForwardEnd { .. })));

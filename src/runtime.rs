@@ -28,6 +28,7 @@ use crate::bridge::{BridgeMsg, CoreInbox};
 use crate::config::Config;
 use crate::mesh::CoreMsg;
 use crate::mqtt;
+use crate::net::driver::Driver;
 use crate::net::tls::Acceptor;
 use crate::net::Transport;
 use crate::shard::{Clock, Core, NodeState, ReplyReceivers, Returns};
@@ -132,6 +133,17 @@ async fn run_core(start: CoreStart) {
             }
         }
     }
+    let driver = match Driver::new() {
+        Ok(d) => d,
+        Err(e) => {
+            error!(
+                core = id,
+                "cannot set up the connection driver's io_uring: {e}"
+            );
+            return;
+        }
+    };
+    let driver_task = glommio::spawn_local(driver.clone().run());
     let ticker = glommio::spawn_local(run_wheel(core.clone()));
     let journal = glommio::spawn_local(run_journal(core.clone()));
     let presence = core
@@ -145,7 +157,9 @@ async fn run_core(start: CoreStart) {
 
     let accepts: Vec<_> = listeners
         .into_iter()
-        .map(|(t, l)| glommio::spawn_local(accept_loop(core.clone(), l, t, tls.clone())))
+        .map(|(t, l)| {
+            glommio::spawn_local(accept_loop(core.clone(), driver.clone(), l, t, tls.clone()))
+        })
         .collect();
     let mut b = [0u8; 1];
     let drain = futures_lite::future::or(
@@ -174,6 +188,7 @@ async fn run_core(start: CoreStart) {
     let drained = core.drained.wait();
     futures_lite::future::or(drained, glommio::timer::sleep(grace)).await;
     drop(ticker);
+    drop(driver_task);
     // What the closing connections journaled goes out before the core ends.
     flush_journal(&core);
     drop(journal);
@@ -337,6 +352,7 @@ impl Pacer {
 /// Accepts on one listener.
 async fn accept_loop(
     core: Rc<Core>,
+    driver: Rc<Driver>,
     listener: TcpListener,
     transport: Transport,
     tls: Option<Arc<Acceptor>>,
@@ -358,11 +374,14 @@ async fn accept_loop(
                 core.handshake_room[transport.index()].wait().await;
             }
         }
-        match listener.accept().await {
-            Ok(stream) => {
+        match listener.shared_accept().await {
+            Ok(accepted) => {
+                // SAFETY: the accepted socket is handed over whole; the
+                // connection task owns it from here.
+                let stream = unsafe { std::net::TcpStream::from_raw_fd(accepted.into_raw_fd()) };
                 let task = crate::net::conn::serve(core.clone(), stream, transport, tls.as_deref());
                 if let Some(task) = task {
-                    glommio::spawn_local(task).detach();
+                    driver.add(task);
                 }
             }
             Err(e) => {
@@ -445,18 +464,24 @@ async fn route_to(core: Rc<Core>, peer: usize, senders: Rc<Senders<CoreMsg>>) {
     loop {
         core.routes.queued(peer).await;
         while let Some(msg) = core.routes.next(peer) {
-            let n = msg.messages();
+            let (n, bytes) = (msg.messages(), msg.bytes());
             if senders.send_to(peer, msg).await.is_err() {
                 return;
             }
-            core.routed(n);
+            core.routed(n, bytes);
         }
     }
 }
 
 async fn receive_from(core: Rc<Core>, peer: usize, receivers: Rc<Receivers<CoreMsg>>) {
     while let Ok(Some(msg)) = receivers.recv_from(peer).await {
+        let bytes = msg.bytes();
         core.on_core_msg(msg);
+        if bytes > 0 {
+            core.node.cores[peer]
+                .mesh_bytes
+                .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 

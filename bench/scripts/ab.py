@@ -2,6 +2,7 @@
 """A/B of two Tether builds on the measures a refactor must not regress.
 
     bench/ab.sh BEFORE_BINARY [AFTER_BINARY]     (AFTER defaults to target/release/tether)
+    bench/ab.sh mosquitto --only lowload,lowfan  (Mosquitto as "before": the reference)
 
 Each test runs ROUNDS times per build, the builds alternating (A, B, A, B,
 ...), each run against a fresh broker on a free port pinned to CPU 0 with
@@ -14,6 +15,8 @@ median per build, their ratio, and every round. The measures:
   (50,000 deliveries/s, well below both builds' capacity, so every run is
   lossless): broker CPU, and deliveries/s as a check;
 - low load: 2,000 pairs at 2 messages/s each (4,000 round trips/s): broker
+  CPU and p99;
+- low fan-out: 1 publisher -> 1,000 subscribers at 10 messages/s: broker
   CPU and p99.
 
 Every run must be clean (no loss, no failed connection); a dirty run is
@@ -40,10 +43,24 @@ TESTS = [
     ("lowload", "p2p 2,000 pairs at 2 msg/s each (4,000/s): broker CPU and p99",
      "p2p -c 2000 -q 1 --inflight 64 -r 2 -d 10",
      [("CPU %", ("target", "cpu_percent"), "%"), ("p99 ms", ("latency_us", "p99"), "ms")]),
+    ("lowfan", "fan-out 1 -> 1,000 QoS 1 at 10 msg/s (10,000 deliveries/s): broker CPU and p99",
+     "fanout -P 1 -c 1000 -q 1 -s 16 -r 10 -d 10 --inflight 64",
+     [("CPU %", ("target", "cpu_percent"), "%"), ("p99 ms", ("latency_us", "p99"), "ms")]),
 ]
 
 
 def start(binary, port):
+    """Tether from `binary`, or Mosquitto when `binary` is "mosquitto" (the
+    reference broker, configured as in compare.sh)."""
+    if binary == "mosquitto":
+        conf = os.path.join(tempfile.gettempdir(), f"ab-mosquitto-{port}.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "max_connections -1\nmax_queued_messages 1000\nsys_interval 0\nlog_dest none\n")
+        proc = subprocess.Popen(["taskset", "-c", "0", "mosquitto", "-c", conf],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port, proc)
+        return proc
     env = dict(os.environ)
     env.update(
         TETHER_NODE__CORES="1",

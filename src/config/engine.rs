@@ -242,6 +242,12 @@ pub struct RuntimeConfig {
     /// Messages a core may have waiting for other cores before it stops
     /// reading from its publishers (backpressure instead of loss).
     pub router_backlog_limit: usize,
+    /// Payload bytes a core may have on their way to other cores (queued,
+    /// or in the channels and not yet taken by the receiving core) before
+    /// it stops reading from its publishers. The message count above does
+    /// not bound memory when messages are large: a flood of 16 KiB QoS 0
+    /// messages to a slow core filled the channels with 40–80 MiB.
+    pub router_backlog_bytes: usize,
     /// Timer wheel tick; keep-alive precision.
     pub tick_ms: u64,
     /// Per-core socket read buffer, shared by all of the core's connections.
@@ -281,6 +287,7 @@ impl Default for RuntimeConfig {
             mesh_channel_capacity: 1024,
             route_batch_max: 256,
             router_backlog_limit: 16_384,
+            router_backlog_bytes: 8 << 20,
             tick_ms: 100,
             read_buffer_bytes: 64 * 1024,
             io_memory_kib: 512,

@@ -410,6 +410,7 @@ impl Config {
         if r.mesh_channel_capacity == 0
             || r.route_batch_max == 0
             || r.router_backlog_limit == 0
+            || r.router_backlog_bytes == 0
             || r.bridge_capacity == 0
             || r.max_pending_verdicts == 0
             || r.max_pending_claims == 0

@@ -1,6 +1,7 @@
-//! The connection task: socket I/O for one client, as a single hand-written
-//! state machine (one `poll_fn`), so an idle connection costs one small task
-//! and its slab entry: no read or write buffer is held while idle.
+//! The connection's state machine: socket I/O for one client, hand-written
+//! (one `poll`), polled by the core's connection driver ([`super::driver`])
+//! when its socket is ready or the core wakes it. An idle connection holds
+//! its slot there and its slab entry: no task, no read or write buffer.
 //!
 //! Each poll: flush the outbox, honour a close request, then read what the
 //! socket has into the core's shared scratch buffer and handle every
@@ -22,8 +23,9 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
 use glommio::timer::Timer;
 use tracing::{debug, info, warn};
 
@@ -57,6 +59,8 @@ const LINGER_BYTES: u32 = 64 * 1024;
 
 struct Conn {
     core: Rc<Core>,
+    /// Non-blocking; readiness comes from the core's driver (see
+    /// [`read_now`] and [`write_now`]).
     stream: TcpStream,
     key: ConnKey,
     id: ConnId,
@@ -95,7 +99,8 @@ struct Ws {
     close: Option<u16>,
 }
 
-/// The task serving one accepted socket until it closes.
+/// The state machine serving one accepted socket until it closes, polled by
+/// the core's [`super::driver::Driver`].
 ///
 /// A named future rather than an `async fn`: an `async fn` keeps its
 /// arguments (the stream) beside the state built from them, which made the
@@ -103,6 +108,13 @@ struct Ws {
 /// `size_of`). Every idle connection pays for that.
 pub struct ConnTask {
     conn: Conn,
+}
+
+impl ConnTask {
+    /// The socket, for the driver's readiness polls.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.conn.stream.as_raw_fd()
+    }
 }
 
 impl Future for ConnTask {
@@ -133,7 +145,35 @@ impl Future for ConnTask {
     }
 }
 
-/// Sets up one accepted socket; the returned task serves it. TLS
+/// A read that does not block: `Pending` when the socket has nothing, after
+/// asking the driver to arm a readable poll for this connection (it is
+/// queued again when data arrives). Only valid inside the driver's poll.
+fn read_now(stream: &mut TcpStream, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    match stream.read(buf) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            super::driver::arm_readable();
+            Poll::Pending
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => read_now(stream, buf),
+        other => Poll::Ready(other),
+    }
+}
+
+/// A write that does not block: `Pending` when the socket buffer is full,
+/// after asking the driver to arm a writable poll for this connection.
+fn write_now(stream: &mut TcpStream, buf: &[u8]) -> Poll<io::Result<usize>> {
+    match stream.write(buf) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            super::driver::arm_writable();
+            Poll::Pending
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => write_now(stream, buf),
+        other => Poll::Ready(other),
+    }
+}
+
+/// Sets up one accepted socket; the returned state machine serves it once
+/// handed to the core's driver. TLS
 /// connections start with the handshake, WebSocket connections with the
 /// HTTP upgrade. `None`: the socket was closed at once (TLS could not start).
 pub fn serve(
@@ -159,6 +199,10 @@ pub fn serve(
     };
     // Interactive protocol: small packets must not wait for Nagle.
     let _ = stream.set_nodelay(true);
+    if let Err(e) = stream.set_nonblocking(true) {
+        warn!(%peer, "cannot make the socket non-blocking: {e}");
+        return None;
+    }
     let l = &core.cfg.listeners;
     // SAFETY: the fd belongs to `stream`, which outlives this borrow.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
@@ -203,7 +247,7 @@ impl Conn {
             if let Some(req) = status.close {
                 return self.poll_close(cx, req);
             }
-            let flushed = match self.poll_flush(cx) {
+            let flushed = match self.poll_flush() {
                 Poll::Ready(Err(e)) => {
                     debug!(conn = %self.id, "write failed: {e}");
                     return Poll::Ready(());
@@ -230,7 +274,7 @@ impl Conn {
             }
             let core = self.core.clone();
             let mut scratch = core.scratch.borrow_mut();
-            match Pin::new(&mut self.stream).poll_read(cx, &mut scratch) {
+            match read_now(&mut self.stream, &mut scratch) {
                 Poll::Ready(Ok(0)) => {
                     debug!(conn = %self.id, "peer closed the connection");
                     return Poll::Ready(());
@@ -535,7 +579,7 @@ impl Conn {
     }
 
     /// Writes until the outbox is empty (Ready) or the socket is full (Pending).
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(&mut self) -> Poll<io::Result<()>> {
         loop {
             if self.wpos == self.wbuf.len() {
                 self.wbuf.clear();
@@ -548,7 +592,7 @@ impl Conn {
                     return Poll::Ready(Ok(()));
                 }
             }
-            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf[self.wpos..]) {
+            match write_now(&mut self.stream, &self.wbuf[self.wpos..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
                     self.wpos += n;
@@ -572,7 +616,7 @@ impl Conn {
             if read >= LINGER_BYTES {
                 return Poll::Ready(());
             }
-            match Pin::new(&mut self.stream).poll_read(cx, &mut scratch) {
+            match read_now(&mut self.stream, &mut scratch) {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(n)) => {
                     self.lingered = Some(read.saturating_add(n as u32));
@@ -596,7 +640,7 @@ impl Conn {
             }
             mqtt::closing(&self.core, self.key, req);
         }
-        match self.poll_flush(cx) {
+        match self.poll_flush() {
             Poll::Ready(_) => Poll::Ready(()),
             Poll::Pending => {
                 let timer = self.closing.as_mut().expect("set above");

@@ -5,6 +5,7 @@
 //! `crate::shard`.
 
 pub mod conn;
+pub mod driver;
 pub mod listener;
 pub mod tickets;
 pub mod tls;

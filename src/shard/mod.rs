@@ -288,8 +288,34 @@ impl Core {
 
     /// A router task's channel accepted `messages`: paused readers may go
     /// on when the backlog is below its limit.
-    pub fn routed(&self, messages: usize) {
-        if self.routes.accepted(messages) {
+    pub fn routed(&self, messages: usize, bytes: usize) {
+        self.visible()
+            .mesh_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        if self.routes.accepted(messages, bytes) && !self.mesh_over_bytes() {
+            self.resume_paused();
+        }
+    }
+
+    /// Whether the bytes on their way to other cores (queued here, or in the
+    /// channels and not yet taken) reached `runtime.router_backlog_bytes`.
+    fn mesh_over_bytes(&self) -> bool {
+        self.routes.queued_bytes()
+            + self
+                .visible()
+                .mesh_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+            >= self.cfg.runtime.router_backlog_bytes
+    }
+
+    /// Called every tick: paused readers go on once the receiving cores took
+    /// enough (they cannot tell this core; the tick looks).
+    pub fn resume_if_drained(&self) {
+        if !self.paused.borrow().is_empty()
+            && !self.routes.over_limit()
+            && !self.mesh_over_bytes()
+            && !self.st.borrow().pending.saturated()
+        {
             self.resume_paused();
         }
     }
@@ -300,7 +326,9 @@ impl Core {
     /// bound. Backpressure instead of unbounded queues.
     #[inline]
     pub fn must_pause(&self, waker: &Waker) -> bool {
-        let busy = self.routes.over_limit() || self.st.borrow().pending.saturated();
+        let busy = self.routes.over_limit()
+            || self.mesh_over_bytes()
+            || self.st.borrow().pending.saturated();
         if busy {
             self.paused.borrow_mut().push(waker.clone());
         }

@@ -118,4 +118,8 @@ pub struct CoreVisible {
     /// When the core last answered a `BridgeMsg::Heartbeat` (node clock,
     /// ms): the systemd watchdog pings only while every core keeps up.
     pub alive_ms: AtomicU64,
+    /// Bytes of messages this core handed to the channels towards other
+    /// cores that the receiving cores have not taken yet: added by this
+    /// core's routers, subtracted by the receivers (`runtime::receive_from`).
+    pub mesh_bytes: AtomicUsize,
 }

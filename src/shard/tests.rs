@@ -101,8 +101,12 @@ impl Node {
             for from in 0..self.cores.len() {
                 for to in (0..self.cores.len()).filter(|&t| t != from) {
                     while let Some(msg) = self.cores[from].routes.next(to) {
-                        self.cores[from].routed(msg.messages());
+                        let bytes = msg.bytes();
+                        self.cores[from].routed(msg.messages(), bytes);
                         self.cores[to].on_core_msg(msg);
+                        self.cores[from].node.cores[from]
+                            .mesh_bytes
+                            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
                         moved = true;
                     }
                 }

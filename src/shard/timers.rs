@@ -15,14 +15,17 @@ impl Core {
     /// Advances the wheel to the current tick and handles what fired.
     pub fn on_tick(&self, fired: &mut Vec<(ConnKey, Timer)>) {
         let now = self.now_tick();
-        let mut st = self.st.borrow_mut();
-        st.wheel.advance(now, fired);
-        for (key, timer) in fired.drain(..) {
-            self.on_timer(&mut st, key, timer, now);
+        {
+            let mut st = self.st.borrow_mut();
+            st.wheel.advance(now, fired);
+            for (key, timer) in fired.drain(..) {
+                self.on_timer(&mut st, key, timer, now);
+            }
+            let st = &mut *st;
+            st.interest.sweep(&self.visible().interest);
+            self.sweep_cluster_interest(st);
         }
-        let st = &mut *st;
-        st.interest.sweep(&self.visible().interest);
-        self.sweep_cluster_interest(st);
+        self.resume_if_drained();
     }
 
     fn on_timer(&self, st: &mut CoreState, key: ConnKey, timer: Timer, now: u64) {

@@ -1,0 +1,525 @@
+//! The core's connection driver: one task per core that runs every
+//! connection's state machine ([`super::conn::ConnTask`]), instead of one
+//! glommio task per connection.
+//!
+//! Why: an idle connection used to cost a glommio task (~320 B) and a
+//! pending readiness `Source` in glommio's reactor (~450 B), more than its
+//! session state. Here an idle connection costs its slot in [`Driver`]'s
+//! slab and one poll request in the core's *readiness ring*, a second
+//! io_uring that holds no userspace memory per socket:
+//!
+//! - **Readable:** a socket whose read would block arms a one-shot
+//!   `POLL_ADD(POLLIN | POLLRDHUP)` tagged with its slot
+//!   ([`arm_readable`]); the completion queues the connection. One-shot,
+//!   not multishot: a multishot poll would post a completion (task work on
+//!   the core, from the sender's CPU) for every segment that arrives at a
+//!   busy connection, which cost 30 % of the flat-out p2p rate when tried.
+//! - **Writable:** a socket whose send would block arms a one-shot
+//!   `POLL_ADD(POLLOUT)` ([`arm_writable`]).
+//! - **Woken by the core** (outbox, close, verdict), by a timer or by a
+//!   paused flow: the connection's `Waker` is a [`RawWaker`] carrying its
+//!   slot id (no allocation), whose `wake` queues the slot on this core's
+//!   driver.
+//!
+//! The driver task waits until the readiness ring has completions (the ring
+//! fd is readable: `glommio::net::poll_readable`, a patch in
+//! `vendor/glommio`) or a waker queued a slot, then polls every ready
+//! connection in one pass: the executor's wake-up, timer and syscall costs
+//! are paid per batch, not per connection. Reads and writes are plain
+//! non-blocking `recv`/`send` (what glommio did too, after its poll).
+//!
+//! Invariant: a connection's waker is woken only on its core's thread (the
+//! core, its timers and its flows all live there); the driver is found
+//! through a thread-local.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, RawWaker, RawWakerVTable, Waker};
+
+use io_uring::{opcode, squeue, types, IoUring};
+use slab::Slab;
+use tracing::warn;
+
+use super::conn::ConnTask;
+use crate::notify::Notify;
+
+/// Submission queue entries of the readiness ring: arming polls for new
+/// sockets and writes, and removing them; a full queue is submitted and
+/// reused, so this bounds a batch, not the connections.
+pub const SQ_ENTRIES: u32 = 1024;
+/// Completion queue entries: readiness events waiting to be reaped (one
+/// per armed poll at most, so a burst beyond it means more than this many
+/// sockets became ready in one pass; the kernel keeps the excess,
+/// IORING_FEAT_NODROP). 16,384 × 16 B = 256 KiB per core.
+pub const CQ_ENTRIES: u32 = 16_384;
+/// Connections polled per pass before the driver yields to the core's
+/// other tasks (timers, mesh, inbox), so a busy core stays responsive.
+const POLL_BUDGET: usize = 512;
+
+/// What a readiness-ring request was for, in the low bits of its user data.
+const KIND_BITS: u32 = 2;
+const KIND_READ: u64 = 0;
+const KIND_WRITE: u64 = 1;
+/// Completions of removals: nothing to do.
+const KIND_IGNORE: u64 = 2;
+
+/// A connection's identity in the driver: slab index and generation, so a
+/// stale completion or wake for a reused slot is ignored.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct SlotId {
+    index: u32,
+    gen: u32,
+}
+
+impl SlotId {
+    fn pack(self) -> u64 {
+        (u64::from(self.gen) << 32) | u64::from(self.index)
+    }
+
+    fn unpack(v: u64) -> SlotId {
+        SlotId {
+            index: v as u32,
+            gen: (v >> 32) as u32,
+        }
+    }
+
+    /// Request user data: the id shifted over the kind bits. Generations
+    /// are kept below 2^30 so nothing is lost in the shift.
+    fn user_data(self, kind: u64) -> u64 {
+        (self.pack() << KIND_BITS) | kind
+    }
+
+    fn from_user_data(ud: u64) -> (SlotId, u64) {
+        (SlotId::unpack(ud >> KIND_BITS), ud & ((1 << KIND_BITS) - 1))
+    }
+}
+
+/// One connection in the driver.
+struct Slot {
+    gen: u32,
+    /// Taken out while it is polled (a poll may queue other slots).
+    task: Option<ConnTask>,
+    fd: RawFd,
+    /// A POLLIN request is pending.
+    read_armed: bool,
+    /// A POLLOUT request is pending.
+    write_armed: bool,
+}
+
+/// The part wakers reach (through the thread-local): slots to poll.
+struct Shared {
+    ready: RefCell<VecDeque<SlotId>>,
+    /// Per slot index: generation + 1 of the id waiting in `ready`, 0 for
+    /// none. Dedupes wakes (a subscriber is woken once per message, and
+    /// must be polled once per pass); an entry whose generation does not
+    /// match is a stale duplicate and is skipped.
+    queued: RefCell<Vec<u32>>,
+    /// Per slot index: generation + 1 of the connection living there, 0
+    /// for none. A wake for any other generation comes from a waker that
+    /// outlived its connection (a tombstone's, a paused flow's) and is
+    /// dropped, so it cannot displace a live entry in `queued`.
+    live: RefCell<Vec<u32>>,
+    /// Wakes the driver task when a slot is queued while it sleeps.
+    bell: Notify,
+    /// Sockets whose read or write would block during the pass: a
+    /// one-shot poll is armed for each (kind) at the end of the pass.
+    want: RefCell<Vec<(SlotId, u64)>>,
+    /// The slot being polled right now (for [`arm_writable`]).
+    current: Cell<Option<SlotId>>,
+}
+
+impl Shared {
+    /// Marks slot `id` live (or, with `None`, gone).
+    fn set_live(&self, index: u32, gen: Option<u32>) {
+        let mut live = self.live.borrow_mut();
+        let i = index as usize;
+        if live.len() <= i {
+            live.resize(i + 1, 0);
+        }
+        live[i] = gen.map_or(0, |g| g + 1);
+    }
+
+    /// Queues `id` unless it is queued already or no longer lives.
+    fn enqueue(&self, id: SlotId) {
+        let i = id.index as usize;
+        if self.live.borrow().get(i).copied() != Some(id.gen + 1) {
+            return;
+        }
+        let mut queued = self.queued.borrow_mut();
+        if queued.len() <= i {
+            queued.resize(i + 1, 0);
+        }
+        if queued[i] != id.gen + 1 {
+            queued[i] = id.gen + 1;
+            self.ready.borrow_mut().push_back(id);
+        }
+    }
+
+    /// Whether a popped `id` is the live queue entry (then it is cleared).
+    fn dequeue(&self, id: SlotId) -> bool {
+        let mut queued = self.queued.borrow_mut();
+        match queued.get_mut(id.index as usize) {
+            Some(q) if *q == id.gen + 1 => {
+                *q = 0;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+thread_local! {
+    /// This core's driver (one executor per thread).
+    static SHARED: RefCell<Option<Rc<Shared>>> = const { RefCell::new(None) };
+}
+
+/// The driver of one core.
+pub struct Driver {
+    ring: RefCell<IoUring>,
+    slots: RefCell<Slab<Slot>>,
+    shared: Rc<Shared>,
+    /// Bumped per slot insert, so reused indices get new generations.
+    next_gen: Cell<u32>,
+}
+
+/// Counters of one driver, for tests and the run loop.
+impl Driver {
+    /// A driver for the calling thread's core; its readiness ring.
+    pub fn new() -> io::Result<Rc<Driver>> {
+        // No COOP_TASKRUN: with it the kernel only flags the completion work
+        // for the core's next system call instead of waking it, and a core
+        // asleep in glommio's wait would not hear of a ready socket.
+        let ring = IoUring::builder()
+            .setup_cqsize(CQ_ENTRIES)
+            .build(SQ_ENTRIES)?;
+        let shared = Rc::new(Shared {
+            ready: RefCell::new(VecDeque::new()),
+            queued: RefCell::new(Vec::new()),
+            live: RefCell::new(Vec::new()),
+            bell: Notify::default(),
+            want: RefCell::new(Vec::new()),
+            current: Cell::new(None),
+        });
+        SHARED.with(|s| *s.borrow_mut() = Some(shared.clone()));
+        Ok(Rc::new(Driver {
+            ring: RefCell::new(ring),
+            slots: RefCell::new(Slab::new()),
+            shared,
+            next_gen: Cell::new(0),
+        }))
+    }
+
+    /// Connections the driver holds.
+    pub fn len(&self) -> usize {
+        self.slots.borrow().len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes over a connection and polls it once: it reads what the client
+    /// sent already, and arms its readable poll when there is nothing.
+    pub fn add(&self, task: ConnTask) {
+        let fd = task.fd();
+        let gen = (self.next_gen.get() + 1) & ((1 << 30) - 1);
+        self.next_gen.set(gen);
+        let index = self.slots.borrow_mut().insert(Slot {
+            gen,
+            task: Some(task),
+            fd,
+            read_armed: false,
+            write_armed: false,
+        });
+        let id = SlotId {
+            index: index as u32,
+            gen,
+        };
+        self.shared.set_live(id.index, Some(gen));
+        self.queue(id);
+    }
+
+    /// Queues a new connection's first poll and wakes the driver task.
+    fn queue(&self, id: SlotId) {
+        self.wake_id(id);
+        self.shared.bell.notify();
+    }
+
+    /// Queues a submission, submitting first if the queue is full.
+    fn push(&self, sqe: squeue::Entry) {
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: the entries reference no memory (polls and removals by
+        // fd and user data), so nothing must outlive the submission.
+        while unsafe { ring.submission().push(&sqe) }.is_err() {
+            if let Err(e) = ring.submit() {
+                warn!("readiness ring: submit failed: {e}");
+                return;
+            }
+        }
+    }
+
+    /// Moves completions into the ready queue.
+    fn reap(&self) {
+        let mut ring = self.ring.borrow_mut();
+        for cqe in ring.completion() {
+            let (id, kind) = SlotId::from_user_data(cqe.user_data());
+            if kind == KIND_IGNORE {
+                continue;
+            }
+            if let Some(s) = self
+                .slots
+                .borrow_mut()
+                .get_mut(id.index as usize)
+                .filter(|s| s.gen == id.gen)
+            {
+                match kind {
+                    KIND_READ => s.read_armed = false,
+                    _ => s.write_armed = false,
+                }
+            }
+            self.wake_id(id);
+        }
+    }
+
+    fn wake_id(&self, id: SlotId) {
+        self.shared.enqueue(id);
+    }
+
+    /// Polls up to [`POLL_BUDGET`] ready connections.
+    fn poll_ready(&self) {
+        for _ in 0..POLL_BUDGET {
+            let Some(id) = self.shared.ready.borrow_mut().pop_front() else {
+                return;
+            };
+            if !self.shared.dequeue(id) {
+                continue;
+            }
+            let task = self
+                .slots
+                .borrow_mut()
+                .get_mut(id.index as usize)
+                .filter(|s| s.gen == id.gen)
+                .and_then(|s| s.task.take());
+            let Some(mut task) = task else { continue };
+            let waker = waker(id);
+            let mut cx = Context::from_waker(&waker);
+            self.shared.current.set(Some(id));
+            let done = Pin::new(&mut task).poll(&mut cx).is_ready();
+            self.shared.current.set(None);
+            if done {
+                self.remove(id);
+                drop(task);
+            } else if let Some(slot) = self.slots.borrow_mut().get_mut(id.index as usize) {
+                slot.task = Some(task);
+            }
+        }
+    }
+
+    /// A connection ended: its polls are removed (before the socket closes
+    /// with the task, so no completion names a reused slot: the generation
+    /// check covers the rest).
+    fn remove(&self, id: SlotId) {
+        let slot = self.slots.borrow_mut().remove(id.index as usize);
+        self.shared.set_live(id.index, None);
+        if slot.read_armed {
+            self.push(
+                opcode::PollRemove::new(id.user_data(KIND_READ))
+                    .build()
+                    .user_data(KIND_IGNORE),
+            );
+        }
+        if slot.write_armed {
+            self.push(
+                opcode::PollRemove::new(id.user_data(KIND_WRITE))
+                    .build()
+                    .user_data(KIND_IGNORE),
+            );
+        }
+    }
+
+    /// Arms a one-shot poll for each socket that would block during the
+    /// pass (unless one is pending already).
+    fn arm_wanted(&self) {
+        let wanted = std::mem::take(&mut *self.shared.want.borrow_mut());
+        for (id, kind) in wanted {
+            let fd = {
+                let mut slots = self.slots.borrow_mut();
+                let Some(s) = slots.get_mut(id.index as usize).filter(|s| s.gen == id.gen) else {
+                    continue;
+                };
+                let armed = match kind {
+                    KIND_READ => &mut s.read_armed,
+                    _ => &mut s.write_armed,
+                };
+                if std::mem::replace(armed, true) {
+                    continue;
+                }
+                s.fd
+            };
+            let events = match kind {
+                KIND_READ => libc::POLLIN | libc::POLLRDHUP,
+                _ => libc::POLLOUT,
+            };
+            self.push(
+                opcode::PollAdd::new(types::Fd(fd), events as u32)
+                    .build()
+                    .user_data(id.user_data(kind)),
+            );
+        }
+    }
+
+    /// Submits what the pass queued (no wait).
+    fn submit(&self) {
+        let mut ring = self.ring.borrow_mut();
+        if !ring.submission().is_empty() {
+            if let Err(e) = ring.submit() {
+                warn!("readiness ring: submit failed: {e}");
+            }
+        }
+    }
+
+    /// The driver task: runs for the life of the core.
+    pub async fn run(self: Rc<Driver>) {
+        let ring_fd = self.ring.borrow().as_raw_fd();
+        let mut readable: Option<Pin<Box<dyn Future<Output = io::Result<()>>>>> = None;
+        loop {
+            self.reap();
+            self.poll_ready();
+            self.arm_wanted();
+            self.submit();
+            if !self.shared.ready.borrow().is_empty() {
+                futures_lite::future::yield_now().await;
+                continue;
+            }
+            // Sleep until the ring has completions or a waker queued a
+            // slot. The readiness wait is kept across wake-ups by wakers,
+            // so it is one poll request, not one per pass.
+            let wait =
+                readable.get_or_insert_with(|| Box::pin(glommio::net::poll_readable(ring_fd)));
+            let ring_ready = futures_lite::future::or(async { wait.await.map(|_| true) }, async {
+                self.shared.bell.wait().await;
+                Ok(false)
+            })
+            .await;
+            match ring_ready {
+                Ok(true) => readable = None,
+                Ok(false) => {}
+                Err(e) => {
+                    warn!("readiness ring: poll failed: {e}");
+                    readable = None;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        SHARED.with(|s| s.borrow_mut().take());
+    }
+}
+
+/// Called by a connection whose read would block (during its poll): the
+/// driver arms a readable poll for it at the end of the pass.
+pub fn arm_readable() {
+    want(KIND_READ);
+}
+
+/// Called by a connection whose send would block (during its poll): the
+/// driver arms a writable poll for it at the end of the pass.
+pub fn arm_writable() {
+    want(KIND_WRITE);
+}
+
+fn want(kind: u64) {
+    SHARED.with(|s| {
+        if let Some(shared) = s.borrow().as_ref() {
+            if let Some(id) = shared.current.get() {
+                shared.want.borrow_mut().push((id, kind));
+            }
+        }
+    });
+}
+
+fn waker(id: SlotId) -> Waker {
+    // SAFETY: the vtable's functions treat the data pointer as a plain
+    // integer (the slot id) and never dereference it.
+    unsafe { Waker::from_raw(RawWaker::new(id.pack() as usize as *const (), &VTABLE)) }
+}
+
+static VTABLE: RawWakerVTable = RawWakerVTable::new(clone_raw, wake_raw, wake_raw, drop_raw);
+
+fn clone_raw(data: *const ()) -> RawWaker {
+    RawWaker::new(data, &VTABLE)
+}
+
+fn wake_raw(data: *const ()) {
+    let id = SlotId::unpack(data as usize as u64);
+    SHARED.with(|s| match s.borrow().as_ref() {
+        Some(shared) => {
+            shared.enqueue(id);
+            shared.bell.notify();
+        }
+        None => debug_assert!(false, "a connection woken off its core's thread"),
+    });
+}
+
+fn drop_raw(_: *const ()) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared {
+            ready: RefCell::new(VecDeque::new()),
+            queued: RefCell::new(Vec::new()),
+            live: RefCell::new(Vec::new()),
+            bell: Notify::default(),
+            want: RefCell::new(Vec::new()),
+            current: Cell::new(None),
+        }
+    }
+
+    #[test]
+    fn a_slot_is_queued_once_and_stale_wakes_cannot_displace_it() {
+        let s = shared();
+        let old = SlotId { index: 3, gen: 7 };
+        let new = SlotId { index: 3, gen: 8 };
+        s.set_live(3, Some(7));
+        s.enqueue(old);
+        s.enqueue(old);
+        assert_eq!(s.ready.borrow().len(), 1, "one entry per pass");
+        let first = s.ready.borrow_mut().pop_front().unwrap();
+        assert!(s.dequeue(first));
+        // The connection ends while a wake of its own is queued; the slot
+        // is reused.
+        s.enqueue(old);
+        s.set_live(3, None);
+        s.set_live(3, Some(8));
+        s.enqueue(new);
+        s.enqueue(old);
+        let popped: Vec<SlotId> = s.ready.borrow_mut().drain(..).collect();
+        assert_eq!(popped, vec![old, new]);
+        assert!(!s.dequeue(old), "the stale entry is skipped");
+        assert!(s.dequeue(new), "the live one is polled");
+    }
+
+    #[test]
+    fn user_data_keeps_the_slot_and_the_kind() {
+        let id = SlotId {
+            index: u32::MAX,
+            gen: (1 << 30) - 1,
+        };
+        for kind in [KIND_READ, KIND_WRITE] {
+            assert_eq!(SlotId::from_user_data(id.user_data(kind)), (id, kind));
+        }
+        assert_eq!(SlotId::unpack(id.pack()), id);
+    }
+}
