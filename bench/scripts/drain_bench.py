@@ -23,7 +23,7 @@ import argparse, asyncio, datetime, json, os, platform, signal, struct, subproce
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import free_port, wait_port, splice_results  # noqa: E402
-from storm_bench import lag_buckets, p99  # noqa: E402
+from storm_bench import lag_buckets, median, p99  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TETHER = os.path.join(ROOT, "target/release/tether")
@@ -227,11 +227,6 @@ async def scenario(mode, count, rate):
         "connack_p99_ms": connack[int(len(connack) * 0.99) - 1] * 1000 if connack else None,
         "with_reference": stats["with_reference"], "a_exit": a_exit,
     }
-
-
-def median(xs):
-    xs = sorted(x for x in xs if x is not None)
-    return xs[len(xs) // 2] if xs else None
 
 
 def main():

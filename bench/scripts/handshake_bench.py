@@ -22,6 +22,8 @@ import argparse, datetime, multiprocessing, os, platform, socket, ssl, subproces
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import free_port, wait_port, splice_results  # noqa: E402
+from storm_bench import median  # noqa: E402
+from transports import make_pki  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TETHER = os.path.join(ROOT, "target/release/tether")
@@ -29,26 +31,6 @@ BEGIN, END = "<!-- handshake:begin -->", "<!-- handshake:end -->"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONNECT = bytes([0x10, 14, 0, 4]) + b"MQTT\x04\x02\x00\x3c" + b"\x00\x02hs"
 DISCONNECT = bytes([0xE0, 0])
-
-
-def make_pki(tmp, kind):
-    """A CA and a localhost server certificate with an EC P-256 or RSA 2048
-    key, PEM files in `tmp`."""
-    def run(*args):
-        subprocess.run(args, check=True, cwd=tmp, capture_output=True)
-    alg = (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if kind == "ec"
-           else ["-newkey", "rsa:2048"]) + ["-nodes"]
-    run("openssl", "req", "-x509", *alg, "-days", "2", "-keyout", "ca.key", "-out", "ca.pem",
-        "-subj", "/CN=bench-ca")
-    run("openssl", "req", *alg, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
-    with open(os.path.join(tmp, "san.ext"), "w") as f:
-        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-out", "server.pem", "-extfile", "san.ext")
-    # Mosquitto started as root reads its files as the `mosquitto` user.
-    os.chmod(tmp, 0o755)
-    for f in ("ca.pem", "server.pem", "server.key"):
-        os.chmod(os.path.join(tmp, f), 0o644)
 
 
 def cpu_secs(pid):
@@ -133,11 +115,6 @@ def run(broker, mode, a, tmp):
         "reused": sum(o[1] for o in out) / done if done else 0.0,
         "failed": sum(o[2] for o in out),
     }
-
-
-def median(xs):
-    xs = sorted(x for x in xs if x is not None)
-    return xs[len(xs) // 2] if xs else None
 
 
 def main():

@@ -27,14 +27,16 @@ MOSQUITTO_TRANSPORTS = ["tcp", "tls"]
 ROUNDS = 3
 
 
-def make_pki(tmp):
-    """A CA and a localhost server certificate, PEM files in `tmp`."""
+def make_pki(tmp, kind="ec"):
+    """A CA and a localhost server certificate with an EC P-256 (`ec`) or
+    RSA 2048 (`rsa`) key, PEM files in `tmp`."""
     def run(*args):
         subprocess.run(args, check=True, cwd=tmp, capture_output=True)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    run("openssl", "req", "-x509", *ec, "-days", "2", "-keyout", "ca.key", "-out", "ca.pem",
+    alg = (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if kind == "ec"
+           else ["-newkey", "rsa:2048"]) + ["-nodes"]
+    run("openssl", "req", "-x509", *alg, "-days", "2", "-keyout", "ca.key", "-out", "ca.pem",
         "-subj", "/CN=bench-ca")
-    run("openssl", "req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    run("openssl", "req", *alg, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
     with open(os.path.join(tmp, "san.ext"), "w") as f:
         f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",

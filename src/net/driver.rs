@@ -112,6 +112,7 @@ struct Slot {
 }
 
 /// The part wakers reach (through the thread-local): slots to poll.
+#[derive(Default)]
 struct Shared {
     ready: RefCell<VecDeque<SlotId>>,
     /// Per slot index: generation + 1 of the id waiting in `ready`, 0 for
@@ -197,14 +198,7 @@ impl Driver {
         let ring = IoUring::builder()
             .setup_cqsize(CQ_ENTRIES)
             .build(SQ_ENTRIES)?;
-        let shared = Rc::new(Shared {
-            ready: RefCell::new(VecDeque::new()),
-            queued: RefCell::new(Vec::new()),
-            live: RefCell::new(Vec::new()),
-            bell: Notify::default(),
-            want: RefCell::new(Vec::new()),
-            current: Cell::new(None),
-        });
+        let shared = Rc::new(Shared::default());
         SHARED.with(|s| *s.borrow_mut() = Some(shared.clone()));
         Ok(Rc::new(Driver {
             ring: RefCell::new(ring),
@@ -476,20 +470,9 @@ fn drop_raw(_: *const ()) {}
 mod tests {
     use super::*;
 
-    fn shared() -> Shared {
-        Shared {
-            ready: RefCell::new(VecDeque::new()),
-            queued: RefCell::new(Vec::new()),
-            live: RefCell::new(Vec::new()),
-            bell: Notify::default(),
-            want: RefCell::new(Vec::new()),
-            current: Cell::new(None),
-        }
-    }
-
     #[test]
     fn a_slot_is_queued_once_and_stale_wakes_cannot_displace_it() {
-        let s = shared();
+        let s = Shared::default();
         let old = SlotId { index: 3, gen: 7 };
         let new = SlotId { index: 3, gen: 8 };
         s.set_live(3, Some(7));
