@@ -148,8 +148,17 @@ impl Future for ConnTask {
 /// A read that does not block: `Pending` when the socket has nothing, after
 /// asking the driver to arm a readable poll for this connection (it is
 /// queued again when data arrives). Only valid inside the driver's poll.
+/// No system call when the driver knows the socket is empty; a short read
+/// (the socket drained) arms the poll at once.
 fn read_now(stream: &mut TcpStream, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    if super::driver::drained() {
+        return Poll::Pending;
+    }
     match stream.read(buf) {
+        Ok(n) if n > 0 && n < buf.len() => {
+            super::driver::read_drained();
+            Poll::Ready(Ok(n))
+        }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             super::driver::arm_readable();
             Poll::Pending

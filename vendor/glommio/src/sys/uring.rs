@@ -1222,6 +1222,9 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// Tether patch: when the pending latency timer fires, so a wait can
+    /// keep it instead of cancelling and re-arming it.
+    latency_preemption_deadline: Cell<Option<std::time::Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1353,6 +1356,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1814,22 +1818,29 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
+        // Tether patch: a latency timer that is still pending is kept, not
+        // cancelled, when it fires no later than the timer this wait would
+        // arm (below, `keep_latency_timer`): it only ever fires early, which
+        // ends a task queue's run (or a sleep) early, and the loop goes on.
+        // Upstream cancels it and arms a new one on every wait, two SQEs
+        // and a cancellation per executor loop, most of a core's io_uring
+        // work at low message rates.
         //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
-
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // The throughput-based timeout is kept the same way while it is
+        // pending: it then counts completions since it was armed rather
+        // than since this wait, so it may fire (preempt) earlier.
+        let throughput = self.throughput_preemption_timeout_src.take();
+        if throughput.as_ref().is_some_and(|s| s.result().is_none()) {
+            self.throughput_preemption_timeout_src.set(throughput);
+        } else {
+            drop(throughput);
+            self.throughput_preemption_timeout_src.replace(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1850,10 +1861,15 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+            // Tether patch: a pending timer that fires before it is kept
+            // (see above); one without a user timer is kept too, costing at
+            // most one early wake-up.
+            match user_timer {
+                Some(dur) if !self.keep_latency_timer(dur) => {
+                    self.arm_latency_timer(&mut lat_ring, dur);
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
+                _ => {}
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -1880,8 +1896,9 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            if !self.keep_latency_timer(preempt) {
+                self.arm_latency_timer(&mut lat_ring, preempt);
+            }
             flush_rings!(lat_ring, main_ring)?;
         }
 
@@ -1893,6 +1910,35 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// Tether patch: whether the pending latency timer (if any) is kept
+    /// for a wait that wants one firing within `within`: it is still
+    /// pending and fires no later than that. Otherwise it is dropped
+    /// (cancelled) here.
+    fn keep_latency_timer(&self, within: Duration) -> bool {
+        let pending = self.latency_preemption_timeout_src.take();
+        let deadline = self.latency_preemption_deadline.get();
+        let now = std::time::Instant::now();
+        // A deadline already passed is not kept even without a result: the
+        // timer has fired or is about to, and a fired one must be re-armed.
+        let keep = pending.as_ref().is_some_and(|s| s.result().is_none())
+            && deadline.is_some_and(|d| d > now && d <= now + within);
+        if keep {
+            self.latency_preemption_timeout_src.set(pending);
+        } else {
+            drop(pending);
+            self.latency_preemption_deadline.set(None);
+        }
+        keep
+    }
+
+    /// Tether patch: arms the latency timer for `dur` and notes its deadline.
+    fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, dur: Duration) {
+        self.latency_preemption_deadline
+            .set(Some(std::time::Instant::now() + dur));
+        self.latency_preemption_timeout_src
+            .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
