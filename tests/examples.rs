@@ -36,3 +36,8 @@ fn mqtt_js_over_websocket() {
 fn examples_page_in_headless_chromium() {
     node("test/browser.mjs");
 }
+
+#[test]
+fn operator_console_in_headless_chromium() {
+    node("test/console.mjs");
+}

@@ -373,6 +373,23 @@ fn tokens_guard_the_api_but_not_the_probes() {
     let r = http(addr, "POST", "/v1/publish", &[&auth], body);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(http(addr, "GET", "/healthz", &[], "").status, 200);
+    // The console page is open (it holds no data; its calls carry the
+    // token), HTML, and may talk to nothing but this node.
+    let r = http(addr, "GET", "/console", &[], "");
+    assert_eq!(r.status, 200);
+    let head = r.head.to_ascii_lowercase();
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
+    assert!(head.contains("connect-src 'self'"), "{head}");
+    assert!(r.body.contains("<title>Tether console</title>"));
+    assert!(
+        !r.body.contains("http://") && !r.body.contains("https://"),
+        "no foreign asset"
+    );
+    assert_eq!(http(addr, "POST", "/console", &[], "").status, 405);
 }
 
 #[test]

@@ -854,3 +854,89 @@ async fn connects_and_disconnects_become_records_of_the_events_topic() {
     assert_eq!(bye["graceful"], true, "the client sent DISCONNECT");
     gw.stop();
 }
+
+/// `tuning/grafana/tether.json` (the shipped dashboard) asks only for
+/// metrics a node serves: every `tether_*` name in every panel's
+/// expression is in the `/metrics` of a node with every bridge on (Redis
+/// sessions, a Kafka route and source). A renamed metric fails here, not on
+/// an operator's empty panel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_names_only_metrics_a_node_serves() {
+    use common::cluster::{Node, Redis};
+    let redis = Redis::start();
+    let kafka = Kafka::start();
+    let out = kafka.topic("dash-out", 1).await;
+    let inbound = kafka.topic("dash-in", 1).await;
+    let route = format!("[{{filter = \"tel/#\", topic = \"{out}\"}}]");
+    let source = format!("[{{topic = \"{inbound}\", to = \"user\", from = \"${{key}}\"}}]");
+    let brokers = kafka.brokers.clone();
+    let env = [
+        ("TETHER_KAFKA__BROKERS", brokers.as_str()),
+        ("TETHER_KAFKA__ROUTE", route.as_str()),
+        ("TETHER_KAFKA__SOURCE", source.as_str()),
+    ];
+    let node = Node::start(1, &redis.url(), &env);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], node.http));
+    let scrape = tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics", &[], ""))
+        .await
+        .unwrap();
+    assert_eq!(scrape.status, 200);
+    let served: std::collections::BTreeSet<String> = scrape
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect();
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/grafana/tether.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .expect("the dashboard is JSON");
+    let panels = dash["panels"].as_array().expect("panels");
+    let mut ids = std::collections::BTreeSet::new();
+    let mut names = std::collections::BTreeSet::new();
+    let mut exprs = 0;
+    for p in panels {
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "panel ids are unique"
+        );
+        assert!(
+            p["gridPos"]["w"].as_u64().unwrap() <= 24,
+            "{} fits the grid",
+            p["title"]
+        );
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let e = t["expr"].as_str().expect("a PromQL expression");
+            exprs += 1;
+            assert!(
+                e.contains("$instance"),
+                "{e}: filtered by the node variable"
+            );
+            let mut rest = e;
+            while let Some(i) = rest.find("tether_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                names.insert(name);
+            }
+        }
+    }
+    assert!(
+        exprs >= 40,
+        "the dashboard has its panels ({exprs} expressions)"
+    );
+    let missing: Vec<_> = names.iter().filter(|n| !served.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard asks for metrics the node does not serve: {missing:?}"
+    );
+    for family in [
+        "tether_store_latency_seconds_bucket",
+        "tether_kafka_produced_total",
+        "tether_loop_lag_seconds_bucket",
+    ] {
+        assert!(names.contains(family), "the dashboard shows {family}");
+    }
+}

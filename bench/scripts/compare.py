@@ -6,7 +6,9 @@ Tether with all cores), each broker started fresh on a free port for that
 test and stopped after it. With one broker core, the broker is pinned to CPU 0
 and the harness to CPU 1, so Tether's per-core efficiency meets single-threaded
 Mosquitto on equal terms. Figures land in bench/results/<test>.<broker>.json
-and in the generated section of bench/RESULTS.md.
+and in the generated section of bench/RESULTS.md; the pictures in
+bench/results/reports/ (<test>.<broker>.html, and <test>.compare.html with
+the brokers' curves on one chart).
 """
 import argparse, datetime, json, os, platform, socket, subprocess, sys, tempfile, time
 
@@ -14,6 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BENCH = os.path.join(ROOT, "target/release/tether-bench")
 TETHER = os.path.join(ROOT, "target/release/tether")
 RESULTS = os.path.join(ROOT, "bench/results")
+# One HTML report per test and broker (the last round's), and one page per
+# test with every broker's median run on the same charts.
+REPORTS = os.path.join(RESULTS, "reports")
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 
 
@@ -204,12 +209,25 @@ def fmt(kind, v):
     return f"{v:,.0f}/s"
 
 
+def committed(report):
+    """The copy of a report kept in bench/results/: without the raw
+    histograms (the percentiles, the timeline and the HTML report stay)."""
+    r = dict(report)
+    r.pop("latency_hist", None)
+    r.pop("ack_latency_hist", None)
+    r.pop("latency_by_sec", None)
+    r["connect"] = dict(r["connect"])
+    r["connect"].pop("latency_hist", None)
+    return r
+
+
 def run_one(test, broker, args, tmp):
     port = free_port()
     proc = broker.start(port, tmp)
     full = os.path.join(tmp, f"{test}.{broker.name}.json")
+    html = os.path.join(REPORTS, f"{test}.{broker.name}.html")
     cmd = [BENCH] + args.split() + ["-p", str(port), "--target-pid", str(proc.pid),
-                                    "--json", full, "--quiet"] + broker.harness_args()
+                                    "--json", full, "--report", html, "--quiet"] + broker.harness_args()
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     finally:
@@ -223,14 +241,26 @@ def run_one(test, broker, args, tmp):
         raise SystemExit(f"{test} against {broker.name} produced no report")
     with open(full) as f:
         report = json.load(f)
-    # The committed copy drops the raw histograms (percentiles stay).
-    report.pop("latency_hist", None)
-    report["connect"].pop("latency_hist", None)
-    report["command"] = "tether-bench " + " ".join(cmd[1:]).replace(full, f"bench/results/{test}.{broker.name}.json")
+    report["command"] = ("tether-bench " + " ".join(cmd[1:])
+                         .replace(full, f"bench/results/{test}.{broker.name}.json")
+                         .replace(html, f"bench/results/reports/{test}.{broker.name}.html"))
     report["exit_status"] = out.returncode
     with open(os.path.join(RESULTS, f"{test}.{broker.name}.json"), "w") as f:
-        json.dump(report, f, indent=1)
+        json.dump(committed(report), f, indent=1)
     return report
+
+
+def compare_page(test, what, figs, tmp):
+    """One HTML page with every broker's median run of `test` on the same
+    charts (`tether-bench render`)."""
+    args = []
+    for name, (_, r, _) in figs.items():
+        path = os.path.join(tmp, f"{test}.{name}.median.json")
+        with open(path, "w") as f:
+            json.dump(r, f)
+        args.append(f"{name}={path}")
+    out = os.path.join(REPORTS, f"{test}.compare.html")
+    subprocess.run([BENCH, "render", "--title", f"{test}: {what}", "-o", out] + args, check=True)
 
 
 def main():
@@ -241,6 +271,7 @@ def main():
     a = ap.parse_args()
     d = a.duration or (2 if a.quick else 5)
     os.makedirs(RESULTS, exist_ok=True)
+    os.makedirs(REPORTS, exist_ok=True)
     tests = matrix(a.quick, d)
     if a.only:
         keep = set(a.only.split(","))
@@ -282,8 +313,9 @@ def main():
                     # The committed JSON is the median round's (run_one
                     # wrote the last round's).
                     with open(os.path.join(RESULTS, f"{test}.{name}.json"), "w") as f:
-                        json.dump(r, f, indent=1)
+                        json.dump(committed(r), f, indent=1)
                 figs[name] = (v, r, trail)
+            compare_page(test, what, figs, tmp)
             rows.append((test, what, args, kind, better, figs))
     write_results(rows, a, time.time() - started)
 

@@ -65,10 +65,29 @@ pub enum Scenario {
     /// flood a topic for the MQTT → Kafka comparison.
     #[command(subcommand)]
     Kafka(crate::kafka::KafkaCmd),
+    /// Draws `--json` reports as one HTML page: one run, or several on the
+    /// same charts (e.g. Tether and Mosquitto on one test).
+    Render(RenderOpts),
+}
+
+/// `tether-bench render`.
+#[derive(Args, Debug, Clone)]
+pub struct RenderOpts {
+    /// Reports written by `--json`, each as LABEL=FILE (or FILE, labelled
+    /// by its name).
+    #[arg(required = true)]
+    pub reports: Vec<String>,
+    /// The HTML file to write.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// The page title.
+    #[arg(long, default_value = "tether-bench")]
+    pub title: String,
 }
 
 impl Scenario {
-    /// The MQTT scenario's name and options; `None` for `kafka`.
+    /// The MQTT scenario's name and options; `None` for `kafka` and
+    /// `render`.
     pub fn parts(&self) -> Option<(&'static str, &Opts)> {
         Some(match self {
             Scenario::Conn(o) => ("conn", o),
@@ -79,7 +98,7 @@ impl Scenario {
             Scenario::Fanin(o) => ("fanin", o),
             Scenario::Sharedsub(o) => ("sharedsub", o),
             Scenario::Storm(o) => ("storm", o),
-            Scenario::Kafka(_) => return None,
+            Scenario::Kafka(_) | Scenario::Render(_) => return None,
         })
     }
 }
@@ -178,6 +197,11 @@ pub struct Opts {
     /// Write every figure as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report to this file: rates, connections
+    /// and latency percentiles second by second, the latency distribution,
+    /// the broker's RSS and CPU (with --target-pid), settings and verdict.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,

@@ -17,6 +17,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod html;
 pub mod kafka;
 pub mod payload;
 pub mod procs;

@@ -9,8 +9,9 @@ use clap::Parser;
 /// is compared with) runs on the allocator Tether runs on.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use tether_bench::cli::{Cli, Opts, Scenario};
+use tether_bench::cli::{Cli, Opts, RenderOpts, Scenario};
 use tether_bench::procs::{WorkerSpec, WORKER_ENV};
+use tether_bench::report::Report;
 use tether_bench::Plan;
 
 fn main() -> ExitCode {
@@ -24,8 +25,10 @@ fn main() -> ExitCode {
         },
         Err(_) => {
             let cli = Cli::parse();
-            if let Scenario::Kafka(cmd) = cli.scenario {
-                return tether_bench::kafka::run(cmd);
+            match cli.scenario {
+                Scenario::Kafka(cmd) => return tether_bench::kafka::run(cmd),
+                Scenario::Render(r) => return render(&r),
+                _ => {}
             }
             let (name, opts) = cli.scenario.parts().expect("an MQTT scenario");
             (name.to_string(), opts.clone())
@@ -70,6 +73,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    if let Some(path) = &opts.report {
+        let title = format!("tether-bench {name} against {}", report.broker);
+        if let Err(e) = std::fs::write(path, tether_bench::html::render_run(&title, &report)) {
+            eprintln!("tether-bench: writing {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+        eprintln!("report: {}", path.display());
+    }
     if !report.violations.is_empty() {
         ExitCode::from(2)
     } else if report.connect.failed > 0 {
@@ -77,6 +88,43 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `tether-bench render`: `--json` reports to one HTML page.
+fn render(r: &RenderOpts) -> ExitCode {
+    let mut runs = Vec::with_capacity(r.reports.len());
+    for arg in &r.reports {
+        let (label, path) = match arg.split_once('=') {
+            Some((l, p)) => (l.to_string(), p.to_string()),
+            None => (
+                std::path::Path::new(arg)
+                    .file_stem()
+                    .map_or(arg.clone(), |s| s.to_string_lossy().into_owned()),
+                arg.clone(),
+            ),
+        };
+        let report = match std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|s| serde_json::from_str::<Report>(&s).map_err(|e| e.to_string()))
+        {
+            Ok(rep) => rep,
+            Err(e) => {
+                eprintln!("tether-bench render: {path}: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        runs.push((label, report));
+    }
+    let page = if runs.len() == 1 {
+        tether_bench::html::render_run(&r.title, &runs[0].1)
+    } else {
+        tether_bench::html::render_compare(&r.title, &runs)
+    };
+    if let Err(e) = std::fs::write(&r.out, page) {
+        eprintln!("tether-bench render: writing {}: {e}", r.out.display());
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
 }
 
 /// Warns, with the fix, when one process cannot hold its share of sockets.

@@ -18,7 +18,7 @@ use crate::cli::Opts;
 use crate::report::Report;
 use crate::sample::Sampler;
 use crate::scenario::Plan;
-use crate::worker::{apply_expected, ChildMsg, Snapshot};
+use crate::worker::{apply_expected, ChildMsg, Snapshot, Timeline};
 
 /// Environment variable carrying a worker's [`WorkerSpec`].
 pub const WORKER_ENV: &str = "TETHER_BENCH_WORKER";
@@ -48,6 +48,7 @@ pub fn run_parent(plan: &Plan) -> Result<Report, String> {
         opts.cores = Some(plan.opts.cores.unwrap_or((cpus / procs).max(1)));
         opts.target_pid = None;
         opts.json = None;
+        opts.report = None;
         let spec = WorkerSpec {
             scenario: plan.name.to_string(),
             opts,
@@ -87,6 +88,7 @@ pub fn run_parent(plan: &Plan) -> Result<Report, String> {
     drop(tx);
 
     let started = Instant::now();
+    let mut timeline = Timeline::new(started);
     let mut latest = vec![Snapshot::default(); procs];
     let mut ready = vec![false; procs];
     let mut reports: Vec<Option<Report>> = (0..procs).map(|_| None).collect();
@@ -125,16 +127,17 @@ pub fn run_parent(plan: &Plan) -> Result<Report, String> {
         if let Some(s) = sampler.as_mut() {
             s.sample();
         }
+        let mut all = Snapshot::default();
+        for s in &latest {
+            all.add(s);
+        }
+        let phase = match (go, ended) {
+            (None, _) => "connecting",
+            (Some(_), false) => "running",
+            (Some(_), true) => "draining",
+        };
+        timeline.record(&all, phase, sampler.as_mut(), false);
         if last_line.elapsed() >= Duration::from_secs(1) && !plan.opts.quiet {
-            let mut all = Snapshot::default();
-            for s in &latest {
-                all.add(s);
-            }
-            let phase = match (go, ended) {
-                (None, _) => "connecting",
-                (Some(_), false) => "running",
-                (Some(_), true) => "draining",
-            };
             eprintln!(
                 "{}",
                 all.line(
@@ -163,6 +166,13 @@ pub fn run_parent(plan: &Plan) -> Result<Report, String> {
         }
     }
     let mut report = merged.ok_or("no workers")?;
+    let mut all = Snapshot::default();
+    for s in &latest {
+        all.add(s);
+    }
+    timeline.record(&all, "draining", sampler.as_mut(), true);
+    report.timeline = timeline.points;
+    report.offered_per_sec = plan.offered_per_sec();
     report.settings = serde_json::to_value(&plan.opts).unwrap_or_default();
     apply_expected(&mut report, plan);
     report.target = sampler.map(|s| s.report(report.connect.connected));

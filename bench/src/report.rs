@@ -115,6 +115,25 @@ pub struct TargetReport {
     pub cpu_percent: f64,
 }
 
+/// One second of a run, for the timeline of `--report`: the counters are
+/// cumulative (rates are the differences between points), the broker
+/// figures come from `--target-pid`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TimePoint {
+    /// Seconds since the run started (connect phase included).
+    pub t: f64,
+    /// "connecting", "running" or "draining".
+    pub phase: String,
+    pub connected: u64,
+    pub published: u64,
+    pub acked: u64,
+    pub received: u64,
+    /// The broker's RSS at this point.
+    pub rss_bytes: Option<u64>,
+    /// The broker's CPU since the previous point, in percent of one core.
+    pub cpu_percent: Option<f64>,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
@@ -159,6 +178,18 @@ pub struct Report {
     /// Notes on figures that are not violations (QoS 0 loss, allowed
     /// QoS 1 duplicates).
     pub notes: Vec<String>,
+    /// Messages/s the publishers were asked to send (rate x publishers;
+    /// 0 when they send flat out).
+    #[serde(default)]
+    pub offered_per_sec: f64,
+    /// One point a second, taken by the process that prints the progress
+    /// (the parent of `--procs`).
+    #[serde(default)]
+    pub timeline: Vec<TimePoint>,
+    /// End-to-end latency by second since the run started (workers of
+    /// `--procs` start within milliseconds of each other; merged by key).
+    #[serde(default)]
+    pub latency_by_sec: BTreeMap<u32, HistDump>,
 }
 
 impl Report {
@@ -189,6 +220,9 @@ impl Report {
         self.integrity.add(&o.integrity);
         self.latency_hist.merge(&o.latency_hist);
         self.ack_latency_hist.merge(&o.ack_latency_hist);
+        for (sec, h) in &o.latency_by_sec {
+            self.latency_by_sec.entry(*sec).or_default().merge(h);
+        }
         self.reconnects += o.reconnects;
         for (k, v) in &o.errors {
             *self.errors.entry(k.clone()).or_default() += v;

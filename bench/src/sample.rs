@@ -17,6 +17,8 @@ pub struct Sampler {
     go: Option<(u64, Instant)>,
     cpu_percent_connect: f64,
     cpu_percent: f64,
+    /// CPU ticks and time at the previous [`Sampler::point`].
+    last_point: Option<(u64, Instant)>,
 }
 
 impl Sampler {
@@ -42,6 +44,7 @@ impl Sampler {
             go: None,
             cpu_percent_connect: 0.0,
             cpu_percent: 0.0,
+            last_point: ticks(pid).map(|t| (t, Instant::now())),
         })
     }
 
@@ -75,6 +78,15 @@ impl Sampler {
             self.held = r;
         }
         self.cpu_percent = self.cpu_since(self.go);
+    }
+
+    /// For the timeline: RSS now, and CPU (percent of one core) since the
+    /// previous point (or since sampling started).
+    pub fn point(&mut self) -> (Option<u64>, Option<f64>) {
+        self.sample();
+        let cpu = self.last_point.map(|from| self.cpu_since(Some(from)));
+        self.last_point = ticks(self.pid).map(|t| (t, Instant::now()));
+        (rss(self.pid, self.page), cpu)
     }
 
     pub fn report(&self, connected: u64) -> TargetReport {

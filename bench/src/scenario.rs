@@ -145,6 +145,18 @@ impl Plan {
 
     /// Deliveries each published message should cause, when this run holds
     /// both sides; `None` for one-sided fleets.
+    /// Messages/s the publishers are asked to send in all (0: flat out, or
+    /// no publishers).
+    pub fn offered_per_sec(&self) -> f64 {
+        let o = &self.opts;
+        let publishers = match self.kind {
+            Kind::Conn | Kind::Sub => 0,
+            Kind::Fanout | Kind::Sharedsub => o.publishers,
+            Kind::Pub | Kind::P2p | Kind::Storm | Kind::Fanin => o.count,
+        };
+        o.rate * f64::from(publishers)
+    }
+
     pub fn multiplicity(&self) -> Option<u64> {
         match self.kind {
             Kind::Conn | Kind::Pub | Kind::Sub => None,

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Semaphore};
 
 use crate::client;
-use crate::report::{new_hist, HistDump, Report};
+use crate::report::{new_hist, HistDump, Report, TimePoint};
 use crate::sample::Sampler;
 use crate::scenario::{Kind, Plan, Role};
 use crate::track::{Integrity, Tracker};
@@ -52,6 +52,10 @@ pub enum Phase {
     /// Everyone disconnects.
     Stop,
 }
+
+/// When this process's run started: the origin of the per-second latency
+/// histograms (set once, by [`run`]).
+static RUN_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 /// Per-core counters, written by that core only, read by the controller.
 #[derive(Debug, Default)]
@@ -157,6 +161,10 @@ pub struct CoreCtx {
     pub counters: Arc<Counters>,
     pub phase_rx: watch::Receiver<Phase>,
     latency: RefCell<Histogram<u64>>,
+    /// The same latencies by second since the run started, for the
+    /// report's timeline (2 significant digits: ~1 % error, small enough
+    /// to keep one a second).
+    latency_by_sec: RefCell<BTreeMap<u32, Histogram<u64>>>,
     connect_latency: RefCell<Histogram<u64>>,
     /// Publish to its PUBACK/PUBCOMP, QoS 1/2 publishers only.
     ack_latency: RefCell<Histogram<u64>>,
@@ -205,10 +213,18 @@ impl CoreCtx {
     }
 
     pub fn record_latency(&self, us: u64) {
+        let us = us.clamp(1, crate::report::HIST_MAX_US);
+        let _ = self.latency.borrow_mut().record(us);
+        let sec = RUN_START.get().map_or(0, |s| s.elapsed().as_secs() as u32);
         let _ = self
-            .latency
+            .latency_by_sec
             .borrow_mut()
-            .record(us.clamp(1, crate::report::HIST_MAX_US));
+            .entry(sec)
+            .or_insert_with(|| {
+                Histogram::new_with_bounds(1, crate::report::HIST_MAX_US, 2)
+                    .expect("valid histogram bounds")
+            })
+            .record(us);
     }
 
     /// A QoS 1/2 publish's time to its PUBACK/PUBCOMP.
@@ -238,6 +254,7 @@ impl CoreCtx {
 /// What one core hands back when its clients are done.
 struct CoreResult {
     latency: HistDump,
+    latency_by_sec: BTreeMap<u32, HistDump>,
     connect_latency: HistDump,
     ack_latency: HistDump,
     failures: BTreeMap<String, u64>,
@@ -315,7 +332,9 @@ pub fn run(plan: Arc<Plan>, mode: Mode) -> Result<Report, String> {
         _ => None,
     };
     let started = Instant::now();
+    let _ = RUN_START.set(started);
     let mut progress = Progress::new(mode, plan.opts.quiet, started);
+    let mut timeline = Timeline::new(started);
     let snap = |c: &[Arc<Counters>]| Snapshot::of(c, total);
 
     // Connect phase: until every client is in (or failed), or time is up.
@@ -328,6 +347,7 @@ pub fn run(plan: Arc<Plan>, mode: Mode) -> Result<Report, String> {
     loop {
         let s = snap(&counters);
         progress.tick(&s, "connecting");
+        timeline.record(&s, "connecting", sampler.as_mut(), false);
         if s.ready + s.failed >= total || started.elapsed() > connect_budget {
             break;
         }
@@ -351,7 +371,9 @@ pub fn run(plan: Arc<Plan>, mode: Mode) -> Result<Report, String> {
     let go = Instant::now();
     let duration = Duration::from_secs_f64(plan.opts.duration);
     while go.elapsed() < duration {
-        progress.tick(&snap(&counters), "running");
+        let s = snap(&counters);
+        progress.tick(&s, "running");
+        timeline.record(&s, "running", sampler.as_mut(), false);
         sample(&mut sampler);
         std::thread::sleep(POLL.min(duration.saturating_sub(go.elapsed())));
     }
@@ -368,6 +390,7 @@ pub fn run(plan: Arc<Plan>, mode: Mode) -> Result<Report, String> {
     loop {
         let s = snap(&counters);
         progress.tick(&s, "draining");
+        timeline.record(&s, "draining", sampler.as_mut(), false);
         if s.received != last_received.0 {
             last_received = (s.received, Instant::now());
         }
@@ -395,6 +418,7 @@ pub fn run(plan: Arc<Plan>, mode: Mode) -> Result<Report, String> {
     }
     let end = snap(&counters);
     progress.tick_final(&end);
+    timeline.record(&end, "draining", sampler.as_mut(), true);
 
     let mut report = Report {
         scenario: plan.name.to_string(),
@@ -407,10 +431,14 @@ pub fn run(plan: Arc<Plan>, mode: Mode) -> Result<Report, String> {
     let mut group: Option<Tracker> = None;
     let mut sent = AHashMap::new();
     let mut latency = new_hist();
+    let mut latency_by_sec: BTreeMap<u32, HistDump> = BTreeMap::new();
     let mut connect_latency = new_hist();
     let mut ack_latency = new_hist();
     for r in results {
         r.latency.add_to(&mut latency);
+        for (sec, h) in r.latency_by_sec {
+            latency_by_sec.entry(sec).or_default().merge(&h);
+        }
         r.connect_latency.add_to(&mut connect_latency);
         r.ack_latency.add_to(&mut ack_latency);
         for (k, v) in r.failures {
@@ -439,6 +467,11 @@ pub fn run(plan: Arc<Plan>, mode: Mode) -> Result<Report, String> {
         report.integrity.add(&g.totals());
     }
     report.latency_hist = HistDump::of(&latency);
+    report.latency_by_sec = latency_by_sec;
+    report.offered_per_sec = plan.offered_per_sec();
+    if mode == Mode::Standalone {
+        report.timeline = timeline.points;
+    }
     report.connect.latency_hist = HistDump::of(&connect_latency);
     report.ack_latency_hist = HistDump::of(&ack_latency);
     report.connect.attempted = end.ready + end.failed;
@@ -478,6 +511,54 @@ pub fn apply_expected(report: &mut Report, plan: &Plan) {
 fn sample(s: &mut Option<Sampler>) {
     if let Some(s) = s.as_mut() {
         s.sample();
+    }
+}
+
+/// Takes a [`TimePoint`] a second for `--report` (the process that prints
+/// progress keeps it: a standalone run or the parent of `--procs`).
+pub struct Timeline {
+    started: Instant,
+    last: Option<Instant>,
+    pub points: Vec<TimePoint>,
+}
+
+impl Timeline {
+    pub fn new(started: Instant) -> Timeline {
+        Timeline {
+            started,
+            last: None,
+            points: Vec::new(),
+        }
+    }
+
+    /// Records a point when a second passed since the last one (or when
+    /// `force`, for the final one).
+    pub fn record(
+        &mut self,
+        s: &Snapshot,
+        phase: &str,
+        sampler: Option<&mut Sampler>,
+        force: bool,
+    ) {
+        if !force
+            && self
+                .last
+                .is_some_and(|l| l.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        let (rss_bytes, cpu_percent) = sampler.map_or((None, None), |s| s.point());
+        self.points.push(TimePoint {
+            t: self.started.elapsed().as_secs_f64(),
+            phase: phase.to_string(),
+            connected: s.connected,
+            published: s.published,
+            acked: s.acked,
+            received: s.received,
+            rss_bytes,
+            cpu_percent,
+        });
+        self.last = Some(Instant::now());
     }
 }
 
@@ -547,6 +628,7 @@ fn core_main(
         counters,
         phase_rx,
         latency: RefCell::new(new_hist()),
+        latency_by_sec: RefCell::default(),
         connect_latency: RefCell::new(new_hist()),
         ack_latency: RefCell::new(new_hist()),
         failures: RefCell::default(),
@@ -597,8 +679,15 @@ fn core_main(
     let latency = HistDump::of(&ctx.latency.borrow());
     let connect_latency = HistDump::of(&ctx.connect_latency.borrow());
     let ack_latency = HistDump::of(&ctx.ack_latency.borrow());
+    let latency_by_sec = ctx
+        .latency_by_sec
+        .borrow()
+        .iter()
+        .map(|(sec, h)| (*sec, HistDump::of(h)))
+        .collect();
     CoreResult {
         latency,
+        latency_by_sec,
         connect_latency,
         ack_latency,
         failures: ctx.failures.take(),

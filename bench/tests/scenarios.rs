@@ -246,3 +246,146 @@ fn worker_processes_merge_and_refused_connections_are_reported() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("5 x tcp: connection refused"), "{text}");
 }
+
+/// `--report` over worker processes: one self-contained page carrying every
+/// series (counts from the parent's timeline, latency merged from the
+/// workers' per-second histograms, the broker's RSS and CPU), which
+/// headless Chromium draws (`examples/test/report.mjs`); `render` puts two
+/// runs on the same charts.
+#[test]
+fn html_reports_carry_every_series_and_draw() {
+    let gw = gateway();
+    let dir = std::env::temp_dir().join(format!("tether-bench-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (html, json) = (dir.join("p2p.html"), dir.join("p2p.json"));
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-bench"))
+        .args([
+            "p2p", "-c", "20", "-q", "1", "-r", "20", "-d", "2.5", "--procs", "2",
+        ])
+        .args(["--quiet", "-R", "0", "-p", &gw.tcp_addr.port().to_string()])
+        .args(["--target-pid", &std::process::id().to_string()])
+        .arg("--report")
+        .arg(&html)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("tether-bench runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_clean(&r);
+    assert!(
+        r.timeline.len() >= 3,
+        "a point a second: {:?}",
+        r.timeline.len()
+    );
+    assert!(r
+        .timeline
+        .iter()
+        .any(|p| p.phase == "running" && p.rss_bytes.is_some()));
+    let per_sec: u64 = r.latency_by_sec.values().map(|h| h.histogram().len()).sum();
+    assert_eq!(
+        per_sec, r.latency_us.count,
+        "every latency sample is in a second"
+    );
+    assert_eq!(r.offered_per_sec, 400.0, "20 publishers at 20 msg/s");
+
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>") && page.trim_end().ends_with("</html>"));
+    for tag in ["svg", "figure", "section", "table", "script"] {
+        assert_eq!(
+            page.matches(&format!("<{tag}")).count(),
+            page.matches(&format!("</{tag}>")).count(),
+            "<{tag}> is balanced"
+        );
+    }
+    let series = [
+        "offered",
+        "sent",
+        "delivered",
+        "acked",
+        "connections",
+        "p50",
+        "p99",
+        "p99.9",
+        "latency",
+        "ack latency",
+        "broker RSS",
+        "broker CPU",
+    ];
+    for s in series {
+        let tag = format!("data-series=\"{s}\" data-points=\"");
+        let at = page
+            .find(&tag)
+            .unwrap_or_else(|| panic!("series {s} is on the page"));
+        let n: usize = page[at + tag.len()..]
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(n >= 2, "series {s} has points ({n})");
+    }
+    let data = page
+        .split("<script id=\"series\" type=\"application/json\">")
+        .nth(1)
+        .and_then(|s| s.split("</script>").next())
+        .expect("the embedded data");
+    let data: serde_json::Value = serde_json::from_str(data).expect("the embedded data is JSON");
+    assert!(data["messages"]["delivered"].as_array().unwrap().len() >= 2);
+
+    let cmp = dir.join("compare.html");
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-bench"))
+        .arg("render")
+        .arg(format!("one={}", json.display()))
+        .arg(format!("two={}", json.display()))
+        .arg("-o")
+        .arg(&cmp)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(&cmp).unwrap();
+    for s in [
+        "delivered:one",
+        "delivered:two",
+        "p99:two",
+        "broker CPU:one",
+    ] {
+        assert!(
+            page.contains(&format!("data-series=\"{s}\"")),
+            "{s} on the comparison"
+        );
+    }
+
+    // Drawn by a browser engine: every series a path with a box, the
+    // screenshot not blank.
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    assert!(
+        std::path::Path::new(examples)
+            .join("node_modules/playwright-core")
+            .is_dir(),
+        "examples/node_modules is missing: run `npm ci` in examples/ (tests/run.sh does)"
+    );
+    let out = Command::new("node")
+        .arg("test/report.mjs")
+        .arg(&html)
+        .arg(series.join(","))
+        .arg(dir.join("p2p.png"))
+        .current_dir(examples)
+        .output()
+        .expect("node is missing: install Node.js 18+ (tests/run.sh does)");
+    assert!(
+        out.status.success(),
+        "report.mjs failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -9,7 +9,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 
 export const WAIT_MS = 10_000;
 
-export async function startGateway() {
+export async function startGateway(env = {}) {
   const bin = process.env.TETHER_BIN || path.join(root, "target/debug/tether");
   const child = spawn(bin, [], {
     env: {
@@ -18,6 +18,7 @@ export async function startGateway() {
       TETHER_WEBSOCKET__LISTEN: "127.0.0.1:0",
       TETHER_HTTP__LISTEN: "127.0.0.1:0",
       TETHER_NODE__CORES: "2",
+      ...env,
     },
     stdio: ["ignore", "pipe", "inherit"],
   });

@@ -6,6 +6,7 @@
 //! | `GET /readyz` | every core serves and every bridge works (503 while stopping, or "degraded" with the reasons) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document (`openapi.json`) |
+//! | `GET /console` | the operator console: a static page (`console.html`) driving the routes here |
 //! | `POST /v1/publish` | one message; answers once a core accepted it (with `kafka.push_topic`: once Kafka has it); the publish handlers are in `publish.rs` |
 //! | `POST /v1/publish/batch` | up to [`MAX_BATCH`] messages, one result each |
 //! | `POST /v1/push/users/{user}` | to `http.user_topic` (every device of the user) |
@@ -24,8 +25,9 @@
 //! store that cannot answer makes these 503 `store_unavailable`.
 //!
 //! `/v1/*` needs `Authorization: Bearer <token>` when `http.tokens` is set
-//! (401 without, 403 with a wrong one). Health and metrics stay open for
-//! probes and scrapers; bind the API to a private address to hide them.
+//! (401 without, 403 with a wrong one). Health, metrics and the console
+//! page stay open for probes, scrapers and browsers (the page carries no
+//! data: its calls to `/v1` send the token typed into it); bind the API to a private address to hide them.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -64,6 +66,7 @@ pub(crate) async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
         ("/readyz", Method::GET) => Ok(ready(api)),
         ("/metrics", Method::GET) => Ok(text(metrics(api).await)),
         ("/v1/openapi.json", Method::GET) => Ok(openapi()),
+        ("/console", Method::GET) => Ok(console()),
         ("/v1/publish", Method::POST) => publish_one(api, req).await,
         ("/v1/publish/batch", Method::POST) => publish_batch(api, req).await,
         ("/v1/broadcast", Method::POST) => {
@@ -98,6 +101,7 @@ pub(crate) async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
             "/healthz"
             | "/readyz"
             | "/metrics"
+            | "/console"
             | "/v1/publish"
             | "/v1/publish/batch"
             | "/v1/broadcast"
@@ -626,6 +630,28 @@ async fn user(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp,
 /// The OpenAPI 3.1 document of this API (tests validate responses against
 /// it).
 pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The operator console: one static page (`console.html`) that calls only
+/// the routes above. Open like `/healthz`: it holds no data, and each of
+/// its `/v1` calls carries the token the operator types into it.
+const CONSOLE: &str = include_str!("console.html");
+
+fn console() -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from_static(CONSOLE.as_bytes())));
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // The page runs only its own inline script and talks only to this node.
+    h.insert(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    r
+}
 
 fn openapi() -> Resp {
     let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
