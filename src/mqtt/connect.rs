@@ -270,7 +270,7 @@ fn admit(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) {
         .maximum_packet_size
         .map_or(usize::MAX, |v| v as usize);
     if v5 {
-        link.aliases = vec![None; m.topic_alias_maximum as usize];
+        link.aliases = vec![None; m.topic_alias_maximum as usize].into_boxed_slice();
         let out = c
             .properties
             .topic_alias_maximum

@@ -40,9 +40,10 @@ use crate::stats::bump;
 
 /// Bytes encoded into the write buffer before it is handed to the socket.
 const WRITE_CHUNK: usize = 64 * 1024;
-/// Buffers larger than this are released once empty, so a burst does not
-/// leave an idle connection holding memory.
-const KEEP_BUFFER: usize = 4 * 1024;
+/// The core's shared write buffer is kept up to this size when handed
+/// back (a fill adds up to [`WRITE_CHUNK`] past what was there); a larger
+/// one, grown by a burst, is freed.
+const KEEP_WRITE_SCRATCH: usize = 2 * WRITE_CHUNK;
 /// Reads per poll before yielding, so one busy client cannot starve others.
 const READ_BUDGET: usize = 16;
 /// How long a closing connection may take to flush its last frames.
@@ -64,11 +65,13 @@ struct Conn {
     stream: TcpStream,
     key: ConnKey,
     id: ConnId,
-    peer: SocketAddr,
     /// Protocol version, known once CONNECT was decoded.
     version: Option<Version>,
-    /// Partial packet carried over between reads (empty most of the time).
+    /// Partial packet carried over between reads (empty, and unallocated,
+    /// most of the time).
     inbuf: Vec<u8>,
+    /// Bytes being written: the core's `write_scratch` while this
+    /// connection writes, unallocated once everything was written.
     wbuf: Vec<u8>,
     wpos: usize,
     /// Set once the close sequence started; bounds the final flush, then
@@ -140,7 +143,7 @@ impl Future for ConnTask {
         if conn.poll_linger(cx).is_pending() {
             return Poll::Pending;
         }
-        debug!(conn = %conn.id, peer = %conn.peer, "closed");
+        debug!(conn = %conn.id, peer = %conn.peer(), "closed");
         Poll::Ready(())
     }
 }
@@ -232,7 +235,6 @@ pub fn serve(
             stream,
             key,
             id,
-            peer,
             version: None,
             inbuf: Vec::new(),
             wbuf: Vec::new(),
@@ -334,7 +336,7 @@ impl Conn {
             self.inbuf = buf;
             self.inbuf.drain(..used);
         }
-        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_BUFFER {
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
             self.inbuf = Vec::new();
         }
     }
@@ -373,7 +375,7 @@ impl Conn {
         let inbound = match result {
             Ok(inbound) => inbound,
             Err(e) => {
-                info!(conn = %self.id, peer = %self.peer, "closing: {e}");
+                info!(conn = %self.id, peer = %self.peer(), "closing: {e}");
                 let stats = core.stats();
                 bump(
                     if handshaking {
@@ -408,7 +410,7 @@ impl Conn {
             match super::ws::handshake(&ws.raw, &cfg.path) {
                 super::ws::Handshake::Incomplete => {}
                 super::ws::Handshake::Refused { response, why } => {
-                    info!(conn = %self.id, peer = %self.peer, "WebSocket upgrade refused: {why}");
+                    info!(conn = %self.id, peer = %self.peer(), "WebSocket upgrade refused: {why}");
                     bump(&self.core.stats().ws_upgrade_errors, 1);
                     ws.control.extend_from_slice(&response);
                     ws.raw = Vec::new();
@@ -442,7 +444,7 @@ impl Conn {
                             break;
                         }
                         Opcode::Text => {
-                            info!(conn = %self.id, peer = %self.peer, "closing: text frame (MQTT needs binary frames)");
+                            info!(conn = %self.id, peer = %self.peer(), "closing: text frame (MQTT needs binary frames)");
                             bump(&self.core.stats().protocol_errors, 1);
                             ws.close = Some(super::ws::close::UNSUPPORTED_DATA);
                             self.close_link();
@@ -451,7 +453,7 @@ impl Conn {
                     }
                 }
                 Err(e) => {
-                    info!(conn = %self.id, peer = %self.peer, "closing: {e}");
+                    info!(conn = %self.id, peer = %self.peer(), "closing: {e}");
                     bump(&self.core.stats().protocol_errors, 1);
                     ws.close = Some(e.close_code());
                     self.close_link();
@@ -587,17 +589,37 @@ impl Conn {
             .write_frames(self.key, &mut self.wbuf, WRITE_CHUNK);
     }
 
+    /// Hands the (empty) write buffer back to the core, unless the core
+    /// has one already (then it is freed; one that grew past
+    /// [`KEEP_WRITE_SCRATCH`] is freed either way).
+    fn give_back_wbuf(&mut self) {
+        let buf = std::mem::take(&mut self.wbuf);
+        let mut shared = self.core.write_scratch.borrow_mut();
+        if shared.capacity() == 0 && buf.capacity() <= KEEP_WRITE_SCRATCH {
+            *shared = buf;
+        }
+    }
+
+    /// The client's address, for log lines (asked of the socket: rare, and
+    /// the link keeps it for everything else).
+    fn peer(&self) -> String {
+        self.stream
+            .peer_addr()
+            .map_or_else(|_| "-".to_string(), |a| a.to_string())
+    }
+
     /// Writes until the outbox is empty (Ready) or the socket is full (Pending).
     fn poll_flush(&mut self) -> Poll<io::Result<()>> {
         loop {
             if self.wpos == self.wbuf.len() {
                 self.wbuf.clear();
                 self.wpos = 0;
+                if self.wbuf.capacity() == 0 {
+                    self.wbuf = std::mem::take(&mut *self.core.write_scratch.borrow_mut());
+                }
                 self.fill_wbuf();
                 if self.wbuf.is_empty() {
-                    if self.wbuf.capacity() > KEEP_BUFFER {
-                        self.wbuf = Vec::new();
-                    }
+                    self.give_back_wbuf();
                     return Poll::Ready(Ok(()));
                 }
             }

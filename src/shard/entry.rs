@@ -72,8 +72,8 @@ pub enum Phase {
     Offline {
         /// Tick at which the session ends.
         expires_at: u64,
-        /// A will waiting out its delay.
-        will: Option<PendingWill>,
+        /// A will waiting out its delay (boxed: the phase is in every entry).
+        will: Option<Box<PendingWill>>,
     },
     /// The session moved to a newer connection on this core; this socket is
     /// closing.
@@ -189,7 +189,7 @@ pub struct Link {
     /// Client's Maximum Packet Size.
     pub max_packet: usize,
     /// Inbound topic aliases (index = alias - 1).
-    pub aliases: Vec<Option<Arc<str>>>,
+    pub aliases: Box<[Option<Arc<str>>]>,
     /// Outbound topic aliases, when the client accepts them (MQTT 5).
     pub out_aliases: Option<Box<OutAliases>>,
     /// Boxed: most clients set no will, and this struct is per connection.
@@ -247,7 +247,7 @@ impl Link {
             close: None,
             window,
             max_packet: usize::MAX,
-            aliases: Vec::new(),
+            aliases: Box::default(),
             out_aliases: None,
             will: None,
             username: None,

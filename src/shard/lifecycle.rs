@@ -104,7 +104,7 @@ impl Core {
                 let pending = match will {
                     Some(will) if delay > 0 => {
                         let at = self.now_tick() + self.ticks(u64::from(delay) * 1000);
-                        Some(PendingWill { will, at, origin })
+                        Some(Box::new(PendingWill { will, at, origin }))
                     }
                     Some(will) => {
                         self.publish_will(st, *will, Some(origin));
@@ -136,7 +136,12 @@ impl Core {
     }
 
     /// A session lost its connection: keep it offline or end it.
-    pub(super) fn park_or_end(&self, st: &mut CoreState, key: ConnKey, will: Option<PendingWill>) {
+    pub(super) fn park_or_end(
+        &self,
+        st: &mut CoreState,
+        key: ConnKey,
+        will: Option<Box<PendingWill>>,
+    ) {
         let Some(e) = st.entry(key) else { return };
         let secs = e.session.expiry_secs;
         let expires_at = self.now_tick() + self.ticks(u64::from(secs) * 1000);

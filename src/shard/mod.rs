@@ -140,6 +140,11 @@ pub struct Core {
     /// WebSocket/MQTT layers (decrypted reads, and writes before
     /// encryption); shared for the same reason as `scratch`.
     pub plaintext: RefCell<Vec<u8>>,
+    /// The write buffer a connection borrows while it writes: one that
+    /// wrote everything hands it back, so idle connections hold none. A
+    /// connection whose socket is full keeps it (and the next writer
+    /// starts an empty one, handed back in turn).
+    pub write_scratch: RefCell<Vec<u8>>,
     clock: Clock,
     /// Outgoing queues towards the other cores.
     pub routes: Routes,
@@ -191,6 +196,7 @@ impl Core {
             id,
             scratch: RefCell::new(vec![0; r.read_buffer_bytes]),
             plaintext: RefCell::new(Vec::new()),
+            write_scratch: RefCell::new(Vec::new()),
             routes: Routes::new(ncores, r.route_batch_max, r.router_backlog_limit),
             st: RefCell::new(CoreState {
                 conns: Slab::with_capacity(crate::limits::connection_slots() / ncores.max(1)),
