@@ -33,6 +33,23 @@ pub fn raise_nofile() -> u64 {
     soft
 }
 
+/// Whether this process's heap may use transparent huge pages
+/// (`runtime.huge_pages` explains why not by default): pages faulted from
+/// now on follow it, whatever the allocator advised. `main` opts out first
+/// thing, before the allocator touches much, and opts back in when the
+/// configuration asks. Best effort: a kernel without the call keeps THP.
+pub fn set_huge_pages(allowed: bool) {
+    // SAFETY: PR_SET_THP_DISABLE takes integers only and affects only this
+    // process's future page faults.
+    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, u64::from(!allowed), 0, 0, 0) };
+    if r != 0 {
+        tracing::debug!(
+            "cannot set transparent huge pages: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Most connection slots reserved up front, over all cores.
 ///
 /// Per-connection tables (the core's slab, the client-id directory) are

@@ -30,6 +30,9 @@ Every configuration key can be overridden as TETHER_<SECTION>__<KEY>=value;
 see tether.example.toml for all keys and their defaults.";
 
 fn main() -> ExitCode {
+    // Before the heap grows: `runtime.huge_pages` (off by default) turns
+    // them back on once the configuration is read.
+    limits::set_huge_pages(false);
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()
@@ -315,6 +318,9 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         }
     };
     init_logging(&cfg);
+    if cfg.runtime.huge_pages {
+        limits::set_huge_pages(true);
+    }
     let nofile = limits::raise_nofile();
     let (memlock, _) = limits::get(libc::RLIMIT_MEMLOCK);
     let cores = cfg.cores();

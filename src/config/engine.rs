@@ -252,6 +252,15 @@ pub struct RuntimeConfig {
     pub tick_ms: u64,
     /// Per-core socket read buffer, shared by all of the core's connections.
     pub read_buffer_bytes: usize,
+    /// Let the heap use transparent huge pages (default false: the
+    /// process opts out with `PR_SET_THP_DISABLE`). mimalloc asks for them
+    /// on its arenas (`MADV_HUGEPAGE`), so on a host in THP's `madvise`
+    /// mode (Debian's default) each 2 MiB of heap the process touches
+    /// becomes resident whole: a one-core node held 22–35 MiB at start
+    /// instead of 2 MiB of heap (bench/RESULTS.md). Turn it on for fewer
+    /// TLB misses on a host whose cores run hot and whose memory is
+    /// plentiful.
+    pub huge_pages: bool,
     /// io_uring buffer memory glommio reserves per core, in KiB.
     pub io_memory_kib: usize,
     /// Submission queue depth of each of a core's io_uring rings. Besides
@@ -290,6 +299,7 @@ impl Default for RuntimeConfig {
             router_backlog_bytes: 8 << 20,
             tick_ms: 100,
             read_buffer_bytes: 64 * 1024,
+            huge_pages: false,
             io_memory_kib: 512,
             ring_depth: 4096,
             bridge_capacity: 4096,
