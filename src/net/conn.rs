@@ -163,7 +163,7 @@ fn read_now(stream: &mut TcpStream, buf: &mut [u8]) -> Poll<io::Result<usize>> {
             Poll::Ready(Ok(n))
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            super::driver::arm_readable();
+            super::driver::read_drained();
             Poll::Pending
         }
         Err(e) if e.kind() == io::ErrorKind::Interrupted => read_now(stream, buf),

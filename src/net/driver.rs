@@ -10,7 +10,7 @@
 //!
 //! - **Readable:** a socket whose read would block, or came back short
 //!   (it drained the socket), arms a `POLL_ADD(POLLIN | POLLRDHUP)` tagged
-//!   with its slot ([`arm_readable`], [`read_drained`]); its completion
+//!   with its slot ([`read_drained`]); its completion
 //!   marks the slot readable and queues it. The poll is *multishot* (armed
 //!   once, it stays) on a ring with deferred task work, and one-shot on the
 //!   fallback ring: without deferral every completion on a busy socket was
@@ -547,30 +547,24 @@ impl Drop for Driver {
     }
 }
 
-/// Called by a connection whose read would block (during its poll): the
-/// driver arms a readable poll for it at the end of the pass.
-pub fn arm_readable() {
-    read_drained();
-}
-
 /// Whether the connection being polled has nothing to read for sure (see
 /// `Shared::drained`): the caller skips the `recv`.
 pub fn drained() -> bool {
     SHARED.with(|s| s.borrow().as_ref().is_some_and(|s| s.drained.get()))
 }
 
-/// Called by a connection whose read came back shorter than its buffer: it
-/// drained the socket, so the readable poll is armed now (it completes at
-/// once if more arrived since) instead of after a `recv` that fails.
+/// Called by a connection (during its poll) whose read would block, or
+/// came back shorter than its buffer (it drained the socket): it is not
+/// read again until its readable poll completes, which the driver arms at
+/// the end of the pass unless one is pending (it completes at once if
+/// more arrived since). A short read so spares the `recv` that would fail.
 pub fn read_drained() {
     SHARED.with(|s| {
         if let Some(shared) = s.borrow().as_ref() {
-            if let Some(id) = shared.current.get() {
-                shared.drained.set(true);
-                shared.want.borrow_mut().push((id, KIND_READ));
-            }
+            shared.drained.set(true);
         }
     });
+    want(KIND_READ);
 }
 
 /// Called by a connection whose send would block (during its poll): the
