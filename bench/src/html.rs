@@ -438,32 +438,30 @@ fn svg_chart(h: &mut String, c: &Chart) {
         );
         y += ystep;
     }
-    // X labels.
+    // X labels: whole nines on a distribution, round steps elsewhere.
+    let mut xticks = Vec::new();
     if c.nines {
         let mut k = x0.ceil();
         while k <= x1 {
-            let _ = write!(
-                h,
-                "<text class=\"tick\" x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-                sx(k),
-                mt + ph + 16.0,
-                nines_label(k)
-            );
+            xticks.push((k, nines_label(k)));
             k += 1.0;
         }
     } else {
         let xstep = nice_step(x1 - x0);
         let mut x = (x0 / xstep).ceil() * xstep;
         while x <= x1 {
-            let _ = write!(
-                h,
-                "<text class=\"tick\" x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-                sx(x),
-                mt + ph + 16.0,
-                fmt_tick(x)
-            );
+            xticks.push((x, fmt_tick(x)));
             x += xstep;
         }
+    }
+    for (x, label) in xticks {
+        let _ = write!(
+            h,
+            "<text class=\"tick\" x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            sx(x),
+            mt + ph + 16.0,
+            label
+        );
     }
     let _ = write!(
         h,

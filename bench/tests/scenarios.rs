@@ -40,6 +40,24 @@ fn bench_at(port: u16, args: &str) -> Report {
     tether_bench::run(plan).expect("run completes")
 }
 
+/// Runs the `tether-bench` binary with `args` and asserts it succeeded.
+fn bench_bin<I, S>(args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-bench"))
+        .args(args)
+        .output()
+        .expect("tether-bench runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Waits (bounded) for a condition the gateway reaches asynchronously.
 fn until(cond: impl Fn() -> bool, what: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -215,19 +233,15 @@ fn worker_processes_merge_and_refused_connections_are_reported() {
     let dir = std::env::temp_dir().join(format!("tether-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("p2p.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_tether-bench"))
-        .args([
+    let port = gw.tcp_addr.port().to_string();
+    bench_bin(
+        [
             "p2p", "-c", "40", "-q", "1", "-r", "50", "-d", "0.5", "--procs", "2",
-        ])
-        .args(["--quiet", "-R", "0", "-p", &gw.tcp_addr.port().to_string()])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("tether-bench runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]
+        .into_iter()
+        .chain(["--quiet", "-R", "0", "-p", &port, "--json"])
+        .map(std::ffi::OsStr::new)
+        .chain([json.as_os_str()]),
     );
     let r: Report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(r.connect.connected, 80);
@@ -258,22 +272,23 @@ fn html_reports_carry_every_series_and_draw() {
     let dir = std::env::temp_dir().join(format!("tether-bench-report-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (html, json) = (dir.join("p2p.html"), dir.join("p2p.json"));
-    let out = Command::new(env!("CARGO_BIN_EXE_tether-bench"))
-        .args([
+    let (port, pid) = (
+        gw.tcp_addr.port().to_string(),
+        std::process::id().to_string(),
+    );
+    bench_bin(
+        [
             "p2p", "-c", "20", "-q", "1", "-r", "20", "-d", "2.5", "--procs", "2",
-        ])
-        .args(["--quiet", "-R", "0", "-p", &gw.tcp_addr.port().to_string()])
-        .args(["--target-pid", &std::process::id().to_string()])
-        .arg("--report")
-        .arg(&html)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("tether-bench runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]
+        .into_iter()
+        .chain(["--quiet", "-R", "0", "-p", &port, "--target-pid", &pid])
+        .map(std::ffi::OsStr::new)
+        .chain([
+            std::ffi::OsStr::new("--report"),
+            html.as_os_str(),
+            std::ffi::OsStr::new("--json"),
+            json.as_os_str(),
+        ]),
     );
     let r: Report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_clean(&r);
@@ -338,19 +353,13 @@ fn html_reports_carry_every_series_and_draw() {
     assert!(data["messages"]["delivered"].as_array().unwrap().len() >= 2);
 
     let cmp = dir.join("compare.html");
-    let out = Command::new(env!("CARGO_BIN_EXE_tether-bench"))
-        .arg("render")
-        .arg(format!("one={}", json.display()))
-        .arg(format!("two={}", json.display()))
-        .arg("-o")
-        .arg(&cmp)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bench_bin([
+        "render".to_string(),
+        format!("one={}", json.display()),
+        format!("two={}", json.display()),
+        "-o".to_string(),
+        cmp.display().to_string(),
+    ]);
     let page = std::fs::read_to_string(&cmp).unwrap();
     for s in [
         "delivered:one",
