@@ -48,7 +48,9 @@ impl fmt::Display for ConnId {
 
 /// Names of the transports, by `net::Transport::index` (also the
 /// `transport` of presence entries and the `listener` label of metrics).
-pub const TRANSPORT_NAMES: [&str; 4] = ["mqtt", "ws", "mqtts", "wss"];
+/// `http` is the HTTP fallback's sessions (SSE and long-polling, served on
+/// the WebSocket listener).
+pub const TRANSPORT_NAMES: [&str; 5] = ["mqtt", "ws", "mqtts", "wss", "http"];
 
 /// Where a publish or subscription request comes from (the authorizer
 /// sees it).

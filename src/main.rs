@@ -380,6 +380,13 @@ fn run(path: Option<PathBuf>) -> ExitCode {
             "  mqtt/ws     ws://{addr}{} (subprotocol mqtt)",
             cfg.websocket.path
         );
+        let f = &cfg.websocket.fallback;
+        if f.enabled {
+            println!(
+                "  sse/poll    {addr}{p}/sse and {p}/poll (HTTP fallback, same sessions)",
+                p = f.path
+            );
+        }
     }
     if let (Some(addr), Some(loaded)) = (gateway.tls_addr, &gateway.tls_loaded) {
         println!("  mqtt/tls    listening on {addr}");

@@ -102,6 +102,15 @@ pub enum CoreMsg {
         /// The session's entry here.
         target: ConnKey,
     },
+    /// An HTTP fallback connection whose request belongs to a session of
+    /// this core (`net::fallback`): the socket, and the bytes read from it
+    /// so far (the request, and whatever followed).
+    Adopt {
+        /// The client's socket (non-blocking).
+        stream: std::net::TcpStream,
+        /// Read and not yet handled.
+        bytes: Vec<u8>,
+    },
     /// A connection of `user` opened (+1) or closed (-1) on the sending
     /// core; this core owns the user's count.
     UserCount {

@@ -144,6 +144,7 @@ async fn run_core(start: CoreStart) {
         }
     };
     let driver_task = glommio::spawn_local(driver.clone().run());
+    let adopt = glommio::spawn_local(run_adopt(core.clone(), driver.clone()));
     let ticker = glommio::spawn_local(run_wheel(core.clone()));
     let journal = glommio::spawn_local(run_journal(core.clone()));
     let presence = core
@@ -188,6 +189,7 @@ async fn run_core(start: CoreStart) {
     let drained = core.drained.wait();
     futures_lite::future::or(drained, glommio::timer::sleep(grace)).await;
     drop(ticker);
+    drop(adopt);
     drop(driver_task);
     // What the closing connections journaled goes out before the core ends.
     flush_journal(&core);
@@ -346,6 +348,22 @@ impl Pacer {
         self.at = now;
         self.tokens -= 1.0;
         (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / rate))
+    }
+}
+
+/// Serves the HTTP fallback sockets other cores hand to this one (their
+/// request belongs to a session here): each joins this core's driver.
+async fn run_adopt(core: Rc<Core>, driver: Rc<Driver>) {
+    loop {
+        core.adopt_ready.wait().await;
+        let adopted = std::mem::take(&mut *core.adopted.borrow_mut());
+        for (stream, bytes) in adopted {
+            driver.add(crate::net::conn::ConnTask::adopt(
+                core.clone(),
+                stream,
+                bytes,
+            ));
+        }
     }
 }
 

@@ -85,6 +85,13 @@ stats! {
     banned_connects => "CONNECTs refused with 0x8A because their source address is banned after failed logins.",
     bans => "Source addresses banned after auth.ban_after_failures failed logins.",
     outbound_failed => "Messages the outbound bridge could not hand on (MQTT 5 publisher told 0x80, 3.1.1 publisher disconnected, API answered 502).",
+    fallback_sessions => "HTTP fallback sessions started (an SSE stream or poll for a session not open on its core: a CONNECT with the session id as client id).",
+    fallback_streams => "SSE streams opened on HTTP fallback sessions.",
+    fallback_polls => "Long-polls answered.",
+    fallback_actions => "HTTP fallback POST actions handled (subscribe, unsubscribe, publish, ack).",
+    fallback_resends => "Events sent again on an HTTP fallback session because its client had not acknowledged them when its next stream or poll came.",
+    fallback_handoffs => "HTTP fallback requests handed to the core that owns their session (the kernel accepted them on another).",
+    fallback_refused => "HTTP fallback requests answered with an error (bad request, unknown session, limits, authentication).",
 }
 
 /// Adds `n` to a counter owned by the calling core.

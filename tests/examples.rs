@@ -1,6 +1,7 @@
 //! The browser side, run from `cargo test`: MQTT.js under Node against the
 //! built binary, and the `examples/` page in headless Chromium receiving a
-//! message pushed over HTTP (`examples/test/*.mjs`). They need Node, the
+//! message pushed over HTTP, over WebSocket or its fallbacks
+//! (`examples/test/*.mjs`). They need Node, the
 //! page's npm packages (`npm ci` in `examples/`) and Debian's `chromium`;
 //! `.ci/run` installs all three.
 
@@ -40,4 +41,9 @@ fn examples_page_in_headless_chromium() {
 #[test]
 fn operator_console_in_headless_chromium() {
     node("test/console.mjs");
+}
+
+#[test]
+fn fallback_page_in_headless_chromium_behind_a_proxy_that_refuses_upgrades() {
+    node("test/fallback.mjs");
 }

@@ -194,7 +194,7 @@ mod tests {
             Arc::new(AllowAll),
         ];
         // mqtt: ann's, then bob's; ws: everyone; mqtts: nothing.
-        let chains = [vec![0, 1], vec![2], vec![], vec![1]];
+        let chains = [vec![0, 1], vec![2], vec![], vec![1], vec![]];
         let chain = AuthChain::new(all, chains, true);
         assert_eq!(
             chain.authenticate(0, 0, &who(Some("ann"))),

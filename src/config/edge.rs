@@ -19,6 +19,58 @@ pub struct WebSocketConfig {
     /// Largest WebSocket frame accepted (close 1009 beyond). MQTT packets
     /// may span frames, so this bounds buffering, not packet size.
     pub max_frame_bytes: usize,
+    /// `[websocket.fallback]`: Server-Sent Events and long-polling on this
+    /// listener, for clients whose WebSocket upgrade does not get through.
+    pub fallback: FallbackConfig,
+}
+
+/// The HTTP fallback transports (`net::fallback`): SSE and long-polling,
+/// served by the cores on the WebSocket listener, under `path`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FallbackConfig {
+    /// Serve `path/sse`, `path/poll` and the POST actions.
+    pub enabled: bool,
+    /// Prefix of the fallback endpoints (default `/push`).
+    pub path: String,
+    /// How long a long-poll is held when nothing is waiting, ms (default
+    /// 25,000: under the 30 s many proxies allow an idle response).
+    pub poll_timeout_ms: u64,
+    /// Keep-alive of an HTTP session's MQTT connection, seconds (default
+    /// 60): a session no request touched for 1.5 times this is closed, and
+    /// kept offline for `session_expiry_secs`. An SSE stream touches it
+    /// with every heartbeat; a client polls well inside it.
+    pub keep_alive_secs: u16,
+    /// How long a closed HTTP session is kept for the client to come back,
+    /// seconds (default 300). 0: sessions end with their connection.
+    pub session_expiry_secs: u32,
+    /// Interval of SSE heartbeat comments, ms (default 15,000): proxies
+    /// close responses that stay silent, and each one touches the session.
+    pub heartbeat_ms: u64,
+    /// Largest POST body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// HTTP sessions per core (503 beyond; default 10,000).
+    pub max_sessions_per_core: usize,
+    /// Rendered events an HTTP session holds for a client that is between
+    /// polls, bytes (default 256 KiB); beyond it the session's MQTT outbox
+    /// takes the backlog, with its slow-consumer rules and counted drops.
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        FallbackConfig {
+            enabled: true,
+            path: "/push".into(),
+            poll_timeout_ms: 25_000,
+            keep_alive_secs: 60,
+            session_expiry_secs: 300,
+            heartbeat_ms: 15_000,
+            max_body_bytes: 64 * 1024,
+            max_sessions_per_core: 10_000,
+            max_buffered_bytes: 256 * 1024,
+        }
+    }
 }
 
 impl Default for WebSocketConfig {
@@ -28,6 +80,7 @@ impl Default for WebSocketConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
             path: "/mqtt".into(),
             max_frame_bytes: 1 << 20,
+            fallback: FallbackConfig::default(),
         }
     }
 }

@@ -20,7 +20,7 @@ pub use auth::{AclDefault, AuthConfig, FailPolicy, HttpAuthConfig, JwtConfig};
 pub use cluster::{
     Durability, LimitsConfig, PerUserPolicy, PresenceConfig, RedisConfig, StoreConfig, StoreKind,
 };
-pub use edge::{HttpConfig, TlsConfig, WebSocketConfig};
+pub use edge::{FallbackConfig, HttpConfig, TlsConfig, WebSocketConfig};
 pub use engine::{
     DrainConfig, ListenerConfig, LogConfig, MqttConfig, NodeConfig, RetainedConfig, RuntimeConfig,
     SessionConfig, SysConfig,
@@ -305,6 +305,39 @@ impl Config {
         }
         if w.max_frame_bytes < 2 {
             return Err(err("websocket.max_frame_bytes", "must be at least 2"));
+        }
+        let f = &w.fallback;
+        if f.enabled {
+            if !f.path.starts_with('/') || f.path.len() < 2 || f.path.ends_with('/') {
+                return Err(err(
+                    "websocket.fallback.path",
+                    "must start with / and not end with one (e.g. /push)",
+                ));
+            }
+            if f.path == w.path {
+                return Err(err(
+                    "websocket.fallback.path",
+                    "must differ from websocket.path",
+                ));
+            }
+            if f.keep_alive_secs == 0 {
+                return Err(err(
+                    "websocket.fallback.keep_alive_secs",
+                    "must be at least 1",
+                ));
+            }
+            if f.poll_timeout_ms == 0 || f.poll_timeout_ms >= u64::from(f.keep_alive_secs) * 1000 {
+                return Err(err(
+                    "websocket.fallback.poll_timeout_ms",
+                    "must be above 0 and below keep_alive_secs (a held poll keeps the session alive only while it is shorter)",
+                ));
+            }
+            if f.heartbeat_ms == 0 || f.heartbeat_ms >= u64::from(f.keep_alive_secs) * 1000 {
+                return Err(err(
+                    "websocket.fallback.heartbeat_ms",
+                    "must be above 0 and below keep_alive_secs",
+                ));
+            }
         }
         let t = &self.tls;
         if t.enabled && (t.cert_file.as_os_str().is_empty() || t.key_file.as_os_str().is_empty()) {

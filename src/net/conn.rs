@@ -29,6 +29,7 @@ use std::net::TcpStream;
 use glommio::timer::Timer;
 use tracing::{debug, info, warn};
 
+use super::fallback::{Exchange, Outcome, Pipe};
 use super::listener::Transport;
 use super::tls::Acceptor;
 use super::ws::Opcode;
@@ -60,9 +61,8 @@ const LINGER_BYTES: u32 = 64 * 1024;
 
 struct Conn {
     core: Rc<Core>,
-    /// Non-blocking; readiness comes from the core's driver (see
-    /// [`read_now`] and [`write_now`]).
-    stream: TcpStream,
+    /// The socket, or an HTTP session's pipe.
+    io: Io,
     key: ConnKey,
     id: ConnId,
     /// Protocol version, known once CONNECT was decoded.
@@ -73,7 +73,9 @@ struct Conn {
     /// Bytes being written: the core's `write_scratch` while this
     /// connection writes, unallocated once everything was written.
     wbuf: Vec<u8>,
-    wpos: usize,
+    /// Written so far of `wbuf` (u32: a fill stops at [`WRITE_CHUNK`]
+    /// past what was there, and every byte here is a byte per connection).
+    wpos: u32,
     /// Set once the close sequence started; bounds the final flush, then
     /// the linger.
     closing: Option<Timer>,
@@ -88,6 +90,18 @@ struct Conn {
     ws: Option<Box<Ws>>,
 }
 
+/// What a connection reads and writes.
+enum Io {
+    /// A client socket. Non-blocking; readiness comes from the core's
+    /// driver (see [`read_now`] and [`write_now`]).
+    Tcp(TcpStream),
+    /// An HTTP fallback session: its requests write MQTT packets into the
+    /// pipe, and what the connection writes becomes their events
+    /// ([`super::fallback`]). The pipe's id in the core's table rather
+    /// than an `Rc`: 8 bytes here instead of 16, in every connection.
+    Pipe(u32),
+}
+
 /// The WebSocket layer of one connection (see [`super::ws`]).
 #[derive(Default)]
 struct Ws {
@@ -100,6 +114,9 @@ struct Ws {
     control: Vec<u8>,
     /// Close code of the close frame that follows the last MQTT data.
     close: Option<u16>,
+    /// The request is the HTTP fallback's, not an upgrade: the connection
+    /// becomes an [`Exchange`].
+    fallback: bool,
 }
 
 /// The state machine serving one accepted socket until it closes, polled by
@@ -110,13 +127,40 @@ struct Ws {
 /// task 616 bytes instead of the size of `Conn` (measured with
 /// `size_of`). Every idle connection pays for that.
 pub struct ConnTask {
-    conn: Conn,
+    inner: Task,
+}
+
+/// What a [`ConnTask`] runs.
+enum Task {
+    /// An MQTT connection (over a socket, or an HTTP session's pipe).
+    Mqtt(Conn),
+    /// An HTTP connection of the fallback (boxed: rare next to MQTT ones,
+    /// and every slot pays for the largest variant).
+    Http(Box<Exchange>),
+    /// Ended (its socket went to another core).
+    Gone,
 }
 
 impl ConnTask {
-    /// The socket, for the driver's readiness polls.
-    pub fn fd(&self) -> std::os::fd::RawFd {
-        self.conn.stream.as_raw_fd()
+    /// The socket, for the driver's readiness polls (`None`: a pipe, which
+    /// wakes the connection itself).
+    pub fn fd(&self) -> Option<std::os::fd::RawFd> {
+        match &self.inner {
+            Task::Mqtt(c) => match &c.io {
+                Io::Tcp(s) => Some(s.as_raw_fd()),
+                Io::Pipe(_) => None,
+            },
+            Task::Http(x) => Some(x.fd()),
+            Task::Gone => None,
+        }
+    }
+
+    /// An HTTP connection of the fallback handed over by another core with
+    /// the bytes it read (`CoreMsg::Adopt`).
+    pub fn adopt(core: Rc<Core>, stream: TcpStream, bytes: Vec<u8>) -> ConnTask {
+        ConnTask {
+            inner: Task::Http(Box::new(Exchange::new(core, stream, bytes))),
+        }
     }
 }
 
@@ -124,27 +168,51 @@ impl Future for ConnTask {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let conn = &mut self.conn;
-        if conn.lingered.is_none() {
-            if conn.poll(cx).is_pending() {
-                return Poll::Pending;
+        let task = &mut self.inner;
+        loop {
+            match task {
+                Task::Mqtt(conn) => {
+                    if conn.poll_task(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if !conn.ws.as_ref().is_some_and(|w| w.fallback) {
+                        return Poll::Ready(());
+                    }
+                    // An HTTP fallback request on the WebSocket listener:
+                    // the socket becomes an exchange with what was read.
+                    let Task::Mqtt(mut conn) = std::mem::replace(task, Task::Gone) else {
+                        unreachable!("matched above")
+                    };
+                    conn.core.unregister(conn.key);
+                    conn.core.visible().open_by_transport[conn.transport.index()]
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    let raw = conn.ws.take().map(|w| w.raw).unwrap_or_default();
+                    let Io::Tcp(stream) = conn.io else {
+                        unreachable!("a pipe has no WebSocket layer")
+                    };
+                    *task = Task::Http(Box::new(Exchange::new(conn.core, stream, raw)));
+                }
+                Task::Http(x) => match x.poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Outcome::Close) => return Poll::Ready(()),
+                    Poll::Ready(Outcome::Handoff { core, bytes }) => {
+                        let Task::Http(x) = std::mem::replace(task, Task::Gone) else {
+                            unreachable!("matched above")
+                        };
+                        let from = x.core().clone();
+                        from.route(
+                            core,
+                            crate::mesh::CoreMsg::Adopt {
+                                stream: x.into_stream(),
+                                bytes,
+                            },
+                        );
+                        return Poll::Ready(());
+                    }
+                },
+                Task::Gone => return Poll::Ready(()),
             }
-            // Half-close first so the peer reads our final frames before
-            // the FIN. shutdown(2) on a socket does not block.
-            // SAFETY: the fd belongs to `conn.stream`, alive for this borrow.
-            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(conn.stream.as_raw_fd()) };
-            let _ = socket2::SockRef::from(&fd).shutdown(Shutdown::Write);
-            conn.core.unregister(conn.key);
-            conn.core.visible().open_by_transport[conn.transport.index()]
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            conn.lingered = Some(0);
-            conn.closing = Some(Timer::new(LINGER_TIMEOUT));
         }
-        if conn.poll_linger(cx).is_pending() {
-            return Poll::Pending;
-        }
-        debug!(conn = %conn.id, peer = %conn.peer(), "closed");
-        Poll::Ready(())
     }
 }
 
@@ -153,7 +221,7 @@ impl Future for ConnTask {
 /// queued again when data arrives). Only valid inside the driver's poll.
 /// No system call when the driver knows the socket is empty; a short read
 /// (the socket drained) arms the poll at once.
-fn read_now(stream: &mut TcpStream, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+pub(crate) fn read_now(stream: &mut TcpStream, buf: &mut [u8]) -> Poll<io::Result<usize>> {
     if super::driver::drained() {
         return Poll::Pending;
     }
@@ -173,7 +241,7 @@ fn read_now(stream: &mut TcpStream, buf: &mut [u8]) -> Poll<io::Result<usize>> {
 
 /// A write that does not block: `Pending` when the socket buffer is full,
 /// after asking the driver to arm a writable poll for this connection.
-fn write_now(stream: &mut TcpStream, buf: &[u8]) -> Poll<io::Result<usize>> {
+pub(crate) fn write_now(stream: &mut TcpStream, buf: &[u8]) -> Poll<io::Result<usize>> {
     match stream.write(buf) {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             super::driver::arm_writable();
@@ -230,9 +298,9 @@ pub fn serve(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     debug!(conn = %id, %peer, transport = transport.name(), "accepted");
     Some(ConnTask {
-        conn: Conn {
+        inner: Task::Mqtt(Conn {
             core,
-            stream,
+            io: Io::Tcp(stream),
             key,
             id,
             version: None,
@@ -244,11 +312,90 @@ pub fn serve(
             transport,
             tls,
             ws: transport.websocket().then(Box::default),
-        },
+        }),
     })
 }
 
+/// The MQTT connection of an HTTP fallback session: it reads the packets
+/// its requests write into `pipe` (the CONNECT first) and writes into it
+/// what they turn into events ([`super::fallback`]).
+pub fn serve_pipe(core: Rc<Core>, pipe: &Pipe, peer: SocketAddr) -> ConnTask {
+    let transport = Transport::Http;
+    let (key, id) = core.register(peer, -1, transport.index() as u8);
+    pipe.key.set(Some(key));
+    core.visible().open_by_transport[transport.index()]
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    debug!(conn = %id, %peer, sid = %pipe.sid, "HTTP session opening");
+    ConnTask {
+        inner: Task::Mqtt(Conn {
+            core,
+            io: Io::Pipe(pipe.id),
+            key,
+            id,
+            version: None,
+            inbuf: Vec::new(),
+            wbuf: Vec::new(),
+            wpos: 0,
+            closing: None,
+            lingered: None,
+            transport,
+            tls: None,
+            ws: None,
+        }),
+    }
+}
+
 impl Conn {
+    /// The connection's whole life: its state machine, then (for a socket)
+    /// the half-close and linger; `Ready` once it is over.
+    fn poll_task(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.lingered.is_none() {
+            if self.poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.ws.as_ref().is_some_and(|w| w.fallback) {
+                // Not over: it becomes an exchange (see `ConnTask::poll`).
+                return Poll::Ready(());
+            }
+            self.core.unregister(self.key);
+            self.core.visible().open_by_transport[self.transport.index()]
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            let stream = match &self.io {
+                Io::Tcp(s) => s,
+                Io::Pipe(id) => {
+                    // No socket to close: the requests hear of the end.
+                    if let Some(pipe) = super::fallback::release(*id) {
+                        debug!(conn = %self.id, sid = %pipe.sid, "HTTP session's connection closed");
+                    }
+                    return Poll::Ready(());
+                }
+            };
+            // Half-close first so the peer reads our final frames before
+            // the FIN. shutdown(2) on a socket does not block.
+            // SAFETY: the fd belongs to `stream`, alive for this borrow.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+            let _ = socket2::SockRef::from(&fd).shutdown(Shutdown::Write);
+            self.lingered = Some(0);
+            self.closing = Some(Timer::new(LINGER_TIMEOUT));
+        }
+        if self.poll_linger(cx).is_pending() {
+            return Poll::Pending;
+        }
+        debug!(conn = %self.id, peer = %self.peer(), "closed");
+        Poll::Ready(())
+    }
+
+    /// Reads what the socket (or pipe) has into `buf`.
+    fn read_io(&mut self, buf: &mut [u8], cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            Io::Tcp(s) => read_now(s, buf),
+            Io::Pipe(id) => match super::fallback::pipe(*id) {
+                Some(p) => p.read(buf, cx.waker()).map(Ok),
+                None => Poll::Ready(Ok(0)),
+            },
+        }
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..READ_BUDGET {
             let Some(status) = self.core.poll_link(self.key, cx.waker()) else {
@@ -258,7 +405,7 @@ impl Conn {
             if let Some(req) = status.close {
                 return self.poll_close(cx, req);
             }
-            let flushed = match self.poll_flush() {
+            let flushed = match self.poll_flush(cx) {
                 Poll::Ready(Err(e)) => {
                     debug!(conn = %self.id, "write failed: {e}");
                     return Poll::Ready(());
@@ -285,7 +432,7 @@ impl Conn {
             }
             let core = self.core.clone();
             let mut scratch = core.scratch.borrow_mut();
-            match read_now(&mut self.stream, &mut scratch) {
+            match self.read_io(&mut scratch, cx) {
                 Poll::Ready(Ok(0)) => {
                     debug!(conn = %self.id, "peer closed the connection");
                     return Poll::Ready(());
@@ -300,6 +447,9 @@ impl Conn {
                         }
                     } else {
                         self.layer_ingest(&scratch[..n]);
+                        if self.ws.as_ref().is_some_and(|w| w.fallback) {
+                            return Poll::Ready(());
+                        }
                     }
                 }
                 Poll::Ready(Err(e)) => {
@@ -406,6 +556,13 @@ impl Conn {
         };
         ws.raw.extend_from_slice(data);
         let cfg = &self.core.cfg.websocket;
+        if !ws.open && cfg.fallback.enabled && self.tls.is_none() {
+            if let Some(true) = super::fallback::request::is_fallback(&ws.raw, &cfg.fallback.path) {
+                ws.fallback = true;
+                self.ws = Some(ws);
+                return;
+            }
+        }
         if !ws.open {
             match super::ws::handshake(&ws.raw, &cfg.path) {
                 super::ws::Handshake::Incomplete => {}
@@ -603,15 +760,21 @@ impl Conn {
     /// The client's address, for log lines (asked of the socket: rare, and
     /// the link keeps it for everything else).
     fn peer(&self) -> String {
-        self.stream
-            .peer_addr()
-            .map_or_else(|_| "-".to_string(), |a| a.to_string())
+        match &self.io {
+            Io::Tcp(s) => s
+                .peer_addr()
+                .map_or_else(|_| "-".to_string(), |a| a.to_string()),
+            Io::Pipe(id) => {
+                super::fallback::pipe(*id).map_or_else(|| "-".into(), |p| p.peer.clone())
+            }
+        }
     }
 
     /// Writes until the outbox is empty (Ready) or the socket is full (Pending).
-    fn poll_flush(&mut self) -> Poll<io::Result<()>> {
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            if self.wpos == self.wbuf.len() {
+            let wpos = self.wpos as usize;
+            if wpos == self.wbuf.len() {
                 self.wbuf.clear();
                 self.wpos = 0;
                 if self.wbuf.capacity() == 0 {
@@ -623,10 +786,17 @@ impl Conn {
                     return Poll::Ready(Ok(()));
                 }
             }
-            match write_now(&mut self.stream, &self.wbuf[self.wpos..]) {
+            let written = match &mut self.io {
+                Io::Tcp(s) => write_now(s, &self.wbuf[self.wpos as usize..]),
+                Io::Pipe(id) => match super::fallback::pipe(*id) {
+                    Some(p) => p.write(&self.wbuf[self.wpos as usize..], cx.waker()),
+                    None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+                },
+            };
+            match written {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
-                    self.wpos += n;
+                    self.wpos += n as u32;
                     bump(&self.core.stats().bytes_out, n as u64);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -647,7 +817,10 @@ impl Conn {
             if read >= LINGER_BYTES {
                 return Poll::Ready(());
             }
-            match read_now(&mut self.stream, &mut scratch) {
+            let Io::Tcp(stream) = &mut self.io else {
+                return Poll::Ready(());
+            };
+            match read_now(stream, &mut scratch) {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(n)) => {
                     self.lingered = Some(read.saturating_add(n as u32));
@@ -671,7 +844,7 @@ impl Conn {
             }
             mqtt::closing(&self.core, self.key, req);
         }
-        match self.poll_flush() {
+        match self.poll_flush(cx) {
             Poll::Ready(_) => Poll::Ready(()),
             Poll::Pending => {
                 let timer = self.closing.as_mut().expect("set above");

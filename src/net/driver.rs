@@ -143,6 +143,9 @@ struct Shared {
     /// Sockets whose read or write would block during the pass: a
     /// one-shot poll is armed for each (kind) at the end of the pass.
     want: RefCell<Vec<(SlotId, u64)>>,
+    /// Connections started during a pass (an HTTP session's, opened by a
+    /// request being polled): added once the pass is over.
+    spawned: RefCell<Vec<ConnTask>>,
     /// The slot being polled right now (for [`arm_writable`]).
     current: Cell<Option<SlotId>>,
     /// Whether the slot being polled is known to have nothing to read: its
@@ -299,6 +302,14 @@ impl Driver {
         self.queue(id);
     }
 
+    /// Adds the connections [`spawn`] queued during the pass.
+    fn add_spawned(&self) {
+        let spawned = std::mem::take(&mut *self.shared.spawned.borrow_mut());
+        for task in spawned {
+            self.add(task);
+        }
+    }
+
     /// Queues a new connection's first poll and wakes the driver task.
     fn queue(&self, id: SlotId) {
         self.wake_id(id);
@@ -421,7 +432,7 @@ impl Driver {
                 };
                 // Arms are collected during the pass and applied after it,
                 // when every task is back in its slot.
-                let Some(fd) = s.task.as_ref().map(ConnTask::fd) else {
+                let Some(fd) = s.task.as_ref().and_then(ConnTask::fd) else {
                     continue;
                 };
                 let armed = match kind {
@@ -476,6 +487,7 @@ impl Driver {
             self.submit();
             self.reap();
             self.poll_ready();
+            self.add_spawned();
             self.arm_wanted();
             self.submit();
             if self.shared.ready.borrow().is_empty() && !self.ring_busy() {
@@ -545,6 +557,17 @@ impl Drop for Driver {
     fn drop(&mut self) {
         SHARED.with(|s| s.borrow_mut().take());
     }
+}
+
+/// Hands a connection started on this core's thread (an HTTP session's) to
+/// its driver: added after the current pass, or at the next one.
+pub fn spawn(task: ConnTask) {
+    SHARED.with(|s| {
+        if let Some(s) = s.borrow().as_ref() {
+            s.spawned.borrow_mut().push(task);
+            s.bell.notify();
+        }
+    });
 }
 
 /// Whether the connection being polled has nothing to read for sure (see
@@ -652,8 +675,9 @@ mod tests {
             size_of::<crate::shard::Link>(),
         );
         eprintln!(
-            "Slot, Entry, Link: {sizes:?} bytes; Phase {} B, Session {} B",
+            "Slot, Entry, Link: {sizes:?} bytes; Phase {} B, task {} B, Session {} B",
             size_of::<crate::shard::Phase>(),
+            size_of::<ConnTask>(),
             size_of::<crate::session::Session>()
         );
         assert!(sizes.0 <= SLOT_BYTES, "driver slot {} B", sizes.0);

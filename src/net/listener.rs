@@ -66,15 +66,19 @@ pub enum Transport {
     Mqtts,
     /// MQTT over WebSocket over TLS.
     Wss,
+    /// An HTTP fallback session (SSE or long-polling): no listener of its
+    /// own; its requests come in on the WebSocket listener.
+    Http,
 }
 
 impl Transport {
     /// Every transport, in [`Transport::index`] order.
-    pub const ALL: [Transport; 4] = [
+    pub const ALL: [Transport; 5] = [
         Transport::Mqtt,
         Transport::Ws,
         Transport::Mqtts,
         Transport::Wss,
+        Transport::Http,
     ];
 
     /// Name in metrics, logs and presence entries.
@@ -104,6 +108,7 @@ impl Transport {
             Transport::Ws => cfg.websocket.enabled.then_some(cfg.websocket.listen),
             Transport::Mqtts => cfg.tls.enabled.then_some(cfg.tls.listen),
             Transport::Wss => (cfg.tls.enabled && cfg.tls.wss).then_some(cfg.tls.wss_listen),
+            Transport::Http => None,
         }
     }
 
@@ -114,6 +119,7 @@ impl Transport {
             Transport::Ws => "websocket.listen",
             Transport::Mqtts => "tls.listen",
             Transport::Wss => "tls.wss_listen",
+            Transport::Http => "websocket.fallback",
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod driver;
+pub mod fallback;
 pub mod listener;
 pub mod tickets;
 pub mod tls;

@@ -151,6 +151,11 @@ pub struct Core {
     /// Connections that stopped reading (mesh backlog, pending budgets,
     /// outbound bridge), woken when the cause clears.
     paused: RefCell<Vec<Waker>>,
+    /// HTTP fallback sockets other cores handed to this one
+    /// (`CoreMsg::Adopt`), for the runtime's adopt task to serve.
+    pub adopted: RefCell<Vec<(std::net::TcpStream, Vec<u8>)>>,
+    /// Rung when `adopted` gets one.
+    pub adopt_ready: Notify,
     /// Set once shutdown began.
     pub shutting_down: Cell<bool>,
     /// Signalled when the last link of a shutting-down core is gone.
@@ -217,6 +222,8 @@ impl Core {
             cfg,
             clock,
             paused: RefCell::new(Vec::new()),
+            adopted: RefCell::new(Vec::new()),
+            adopt_ready: Notify::default(),
             shutting_down: Cell::new(false),
             drained: Notify::default(),
             drain_requested: Notify::default(),
@@ -415,6 +422,10 @@ impl Core {
             }
             CoreMsg::ForwardEnd { target } => self.forward_end(st, target),
             CoreMsg::UserCount { user, delta } => self.apply_user_count(st, user, delta),
+            CoreMsg::Adopt { stream, bytes } => {
+                self.adopted.borrow_mut().push((stream, bytes));
+                self.adopt_ready.notify();
+            }
         }
     }
 }

@@ -105,7 +105,7 @@ pub struct CoreVisible {
     pub shared_members: AtomicUsize,
     /// Open connections by the listener they came in on (gauges, indexed by
     /// `net::Transport::index`).
-    pub open_by_transport: [AtomicI64; 4],
+    pub open_by_transport: [AtomicI64; crate::id::TRANSPORT_NAMES.len()],
     /// Users with at least one connection, among those this core owns.
     pub users: AtomicI64,
     /// From a message's arrival to its PUBLISH being written for a

@@ -1,0 +1,779 @@
+//! One HTTP connection of the fallback: its requests, one after another
+//! (keep-alive), each served on the core that owns its session.
+//!
+//! A state machine polled by the core's connection driver like an MQTT
+//! connection (it is a [`crate::net::conn::ConnTask`] variant), holding no
+//! slab entry of its own: it acts on the session's pipe ([`Pipe`]). States:
+//! reading the next request; waiting for the session's CONNACK; a held
+//! long-poll; an SSE stream; a POST waiting for the session's answer.
+//! While it waits it keeps reading the socket, so a client that goes away
+//! is noticed at once.
+
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use glommio::timer::Timer;
+use tracing::{debug, info};
+
+use super::json::{self, AckBody, PublishBody, SubscribeBody, UnsubscribeBody};
+use super::pipe::{Phase, Pipe};
+use super::request::{self, Parsed, Request};
+use crate::codec::{
+    reason, Packet, Properties, Publish, QoS, ReasonOnly, SubOptions, Subscribe, Unsubscribe,
+};
+use crate::net::conn::{read_now, write_now};
+use crate::shard::Core;
+use crate::stats::bump;
+
+/// Largest request head accepted (431 beyond), as for the upgrade.
+const MAX_HEAD: usize = crate::net::ws::MAX_HANDSHAKE_BYTES;
+/// How long a keep-alive connection may sit between requests before it is
+/// closed (a polling client sends its next poll at once; one that stopped
+/// should not pin a socket).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long a POST waits for the session's acknowledgement (SUBACK,
+/// UNSUBACK, PUBACK) before it is answered 504; a held acknowledgement
+/// (sync durability, a Kafka route) waits at most its own timeout, below
+/// this by default.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Events written per poll response or SSE round, bytes (at least one
+/// event): bounds a response, not the session's backlog.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// What an SSE client is told to wait before it reconnects, ms.
+const SSE_RETRY_MS: u64 = 1000;
+/// Session ids are at most this long (they are MQTT client ids, and go in
+/// URLs).
+const MAX_SID_LEN: usize = 128;
+
+/// How an exchange ends.
+pub enum Outcome {
+    /// Close the socket.
+    Close,
+    /// The request in `bytes` belongs to a session of core `core`: the
+    /// socket goes there with them.
+    Handoff {
+        /// The session's core.
+        core: usize,
+        /// Bytes read and not handled (the request, and whatever followed).
+        bytes: Vec<u8>,
+    },
+}
+
+/// What a request waits for.
+enum State {
+    /// Reading the next request.
+    Idle,
+    /// A stream or poll that opened its session, waiting for the CONNACK.
+    Opening {
+        pipe: Rc<Pipe>,
+        sse: bool,
+        /// An acknowledgement cursor the request carried.
+        cursor: Option<String>,
+    },
+    /// A held long-poll, attachment `gen` of the session.
+    Poll { pipe: Rc<Pipe>, gen: u64 },
+    /// An SSE stream, attachment `gen`.
+    Sse { pipe: Rc<Pipe>, gen: u64 },
+    /// A POST waiting for the acknowledgement of its packet.
+    Reply {
+        pipe: Rc<Pipe>,
+        pkid: u16,
+        action: Action,
+    },
+}
+
+/// The POST actions that wait for an acknowledgement.
+#[derive(Clone, Copy)]
+enum Action {
+    Subscribe,
+    Unsubscribe,
+    Publish,
+}
+
+/// One step of the state machine.
+enum Step {
+    /// Something changed: go round again.
+    Again,
+    /// Waiting (wakers and timers set): watch the socket meanwhile.
+    Wait,
+    /// Hand the connection to another core.
+    Handoff(usize),
+}
+
+/// One HTTP connection of the fallback (see the module doc).
+pub struct Exchange {
+    core: Rc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Bytes read and not yet handled.
+    raw: Vec<u8>,
+    /// Response bytes not yet written.
+    out: Vec<u8>,
+    opos: usize,
+    state: State,
+    /// The current wait's deadline: idle keep-alive, a poll's hold, the
+    /// next SSE heartbeat, a POST's reply.
+    timer: Option<Timer>,
+    /// Close once `out` is written.
+    close_after: bool,
+    /// The request being served asked to close after its response.
+    close_requested: bool,
+    /// `100 Continue` was sent for the request being read.
+    continued: bool,
+}
+
+impl Exchange {
+    /// Serves `stream`, whose first bytes (read already) are `raw`.
+    pub fn new(core: Rc<Core>, stream: TcpStream, raw: Vec<u8>) -> Exchange {
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Exchange {
+            core,
+            stream,
+            peer,
+            raw,
+            out: Vec::new(),
+            opos: 0,
+            state: State::Idle,
+            timer: None,
+            close_after: false,
+            close_requested: false,
+            continued: false,
+        }
+    }
+
+    /// The socket, for the driver's readiness polls.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.stream)
+    }
+
+    /// The core it runs on.
+    pub fn core(&self) -> &Rc<Core> {
+        &self.core
+    }
+
+    /// Gives up the socket (for a handoff).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
+    /// Runs the exchange until it must wait, ends, or moves.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        loop {
+            match self.flush() {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    debug!(peer = %self.peer, "fallback write failed: {e}");
+                    return Poll::Ready(Outcome::Close);
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            if self.close_after {
+                return Poll::Ready(Outcome::Close);
+            }
+            let step = match self.state {
+                State::Idle => self.next_request(cx),
+                _ => self.progress(cx),
+            };
+            match step {
+                Step::Again => continue,
+                Step::Handoff(core) => {
+                    return Poll::Ready(Outcome::Handoff {
+                        core,
+                        bytes: std::mem::take(&mut self.raw),
+                    })
+                }
+                Step::Wait => match self.read_more() {
+                    Poll::Ready(true) => continue,
+                    Poll::Ready(false) => return Poll::Ready(Outcome::Close),
+                    Poll::Pending => return Poll::Pending,
+                },
+            }
+        }
+    }
+
+    /// Writes `out` until it is written (Ready) or the socket is full.
+    fn flush(&mut self) -> Poll<io::Result<()>> {
+        while self.opos < self.out.len() {
+            match write_now(&mut self.stream, &self.out[self.opos..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.opos += n;
+                    bump(&self.core.stats().bytes_out, n as u64);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.out = Vec::new();
+        self.opos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads what the client sent into `raw`: `Ready(true)` when bytes
+    /// came, `Ready(false)` when the client closed (or sent more than a
+    /// request head while it should wait), `Pending` when there is nothing.
+    fn read_more(&mut self) -> Poll<bool> {
+        let core = self.core.clone();
+        let mut scratch = core.scratch.borrow_mut();
+        match read_now(&mut self.stream, &mut scratch) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(false),
+            Poll::Ready(Ok(n)) => {
+                bump(&core.stats().bytes_in, n as u64);
+                let max = MAX_HEAD + core.cfg.websocket.fallback.max_body_bytes;
+                if self.raw.len() + n > max {
+                    return Poll::Ready(false);
+                }
+                self.raw.extend_from_slice(&scratch[..n]);
+                Poll::Ready(true)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Parses and starts the next request, or reads on.
+    fn next_request(&mut self, cx: &mut Context<'_>) -> Step {
+        let f = &self.core.cfg.websocket.fallback;
+        match request::parse(&self.raw, MAX_HEAD, f.max_body_bytes) {
+            Parsed::Complete(req, used) => {
+                self.timer = None;
+                self.continued = false;
+                let step = self.handle(*req, cx);
+                if !matches!(step, Step::Handoff(_)) {
+                    self.raw.drain(..used);
+                    if self.raw.is_empty() {
+                        // A stream or a held poll holds no request buffer.
+                        self.raw = Vec::new();
+                    }
+                }
+                step
+            }
+            Parsed::Bad { status, why } => {
+                info!(peer = %self.peer, "fallback request refused: {why}");
+                self.refuse(status, &why);
+                self.close_after = true;
+                Step::Again
+            }
+            Parsed::Incomplete { expects_continue } => {
+                if expects_continue && !self.continued {
+                    // curl and others wait for this before they send a
+                    // body over 1 KiB.
+                    self.continued = true;
+                    self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    return Step::Again;
+                }
+                if self.timer.is_none() {
+                    // A partial request gets the CONNECT deadline, an idle
+                    // keep-alive connection the idle timeout.
+                    let wait = if self.raw.is_empty() {
+                        IDLE_TIMEOUT
+                    } else {
+                        Duration::from_millis(self.core.cfg.mqtt.connect_timeout_ms)
+                    };
+                    self.timer = Some(Timer::new(wait));
+                }
+                if self.timer_fired(cx) {
+                    debug!(peer = %self.peer, "fallback connection idle: closed");
+                    self.close_after = true;
+                    return Step::Again;
+                }
+                Step::Wait
+            }
+        }
+    }
+
+    /// Whether the current timer fired (polling it registers the waker).
+    fn timer_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.timer
+            .as_mut()
+            .is_some_and(|t| Pin::new(t).poll(cx).is_ready())
+    }
+
+    fn refuse(&mut self, status: u16, why: &str) {
+        bump(&self.core.stats().fallback_refused, 1);
+        request::json(
+            &mut self.out,
+            status,
+            &json::error(why),
+            self.close_requested,
+        );
+    }
+
+    fn ok(&mut self, status: u16, body: &str) {
+        request::json(&mut self.out, status, body, self.close_requested);
+        if self.close_requested {
+            self.close_after = true;
+        }
+    }
+
+    /// Starts serving a request.
+    fn handle(&mut self, req: Request, cx: &mut Context<'_>) -> Step {
+        self.close_requested = req.close;
+        let core = self.core.clone();
+        let prefix = core.cfg.websocket.fallback.path.as_str();
+        let action = req.path.strip_prefix(prefix).unwrap_or("").to_string();
+        let action = action.as_str();
+        if req.method == "OPTIONS" {
+            request::preflight(&mut self.out);
+            return Step::Again;
+        }
+        let known = [
+            "/sse",
+            "/poll",
+            "/subscribe",
+            "/unsubscribe",
+            "/publish",
+            "/ack",
+            "/session",
+        ];
+        if !known.contains(&action) {
+            self.refuse(404, &format!("no fallback endpoint at {:?}", req.path));
+            return Step::Again;
+        }
+        let stream = matches!(action, "/sse" | "/poll");
+        let allowed = match action {
+            "/sse" | "/poll" => "GET",
+            "/session" => "DELETE",
+            _ => "POST",
+        };
+        if req.method != allowed {
+            self.refuse(405, &format!("{} takes {allowed}", req.path));
+            return Step::Again;
+        }
+        let sid = match req.param("sid") {
+            Some(s) if valid_sid(s) => s.to_string(),
+            Some(_) => {
+                self.refuse(
+                    400,
+                    &format!("sid must be 1 to {MAX_SID_LEN} printable ASCII characters"),
+                );
+                return Step::Again;
+            }
+            // A new session: an id this core owns, so it stays here.
+            None if stream => super::new_sid(core.id, core.node.cores.len()),
+            None => {
+                self.refuse(400, "sid is missing");
+                return Step::Again;
+            }
+        };
+        let home = crate::id::owner_core(&sid, core.node.cores.len());
+        if home != core.id {
+            bump(&core.stats().fallback_handoffs, 1);
+            return Step::Handoff(home);
+        }
+        if stream {
+            return self.open_stream(req, sid, action == "/sse", cx);
+        }
+        let Some(pipe) = super::session(&sid) else {
+            self.refuse(
+                404,
+                &format!("no open session {sid:?} on this node: open {prefix}/sse or {prefix}/poll first"),
+            );
+            return Step::Again;
+        };
+        if pipe.credentials != req.credentials {
+            self.refuse(401, "credentials differ from the session's");
+            return Step::Again;
+        }
+        if !matches!(pipe.phase(), Phase::Open { .. }) {
+            self.refuse(409, "the session is not open yet");
+            return Step::Again;
+        }
+        if let Some(key) = pipe.key.get() {
+            core.touch(key);
+        }
+        bump(&core.stats().fallback_actions, 1);
+        match action {
+            "/ack" => self.ack(&pipe, &req),
+            "/session" => {
+                // Ends the session (expiry 0), not just this connection.
+                pipe.send(&Packet::Disconnect(ReasonOnly {
+                    code: reason::SUCCESS,
+                    properties: Properties {
+                        session_expiry_interval: Some(0),
+                        ..Default::default()
+                    },
+                }));
+                request::respond(&mut self.out, 204, "application/json", b"", req.close);
+                self.close_after = req.close;
+                Step::Again
+            }
+            "/subscribe" => self.subscribe(pipe, &req.body),
+            "/unsubscribe" => self.unsubscribe(pipe, &req.body),
+            _ => self.publish(pipe, &req.body),
+        }
+    }
+
+    /// `GET …/sse` and `GET …/poll`: attach to the session, opening it
+    /// (a CONNECT) unless it is open here with the same credentials.
+    fn open_stream(&mut self, req: Request, sid: String, sse: bool, cx: &mut Context<'_>) -> Step {
+        let core = self.core.clone();
+        let cursor = req
+            .param("ack")
+            .map(str::to_string)
+            .or(req.last_event_id.clone());
+        let pipe = match super::session(&sid) {
+            Some(p) if p.credentials == req.credentials => p,
+            // None open, or opened with other credentials (a refreshed
+            // token): a new CONNECT, which is authenticated and takes the
+            // session over.
+            _ => {
+                if super::sessions_open() >= core.cfg.websocket.fallback.max_sessions_per_core {
+                    self.refuse(
+                        503,
+                        "too many HTTP sessions on this core (websocket.fallback.max_sessions_per_core)",
+                    );
+                    return Step::Again;
+                }
+                let clean = req.param("clean").is_some_and(|v| v == "1" || v == "true");
+                super::open(&core, &sid, req.credentials, self.peer, clean)
+            }
+        };
+        if let Some(key) = pipe.key.get() {
+            core.touch(key);
+        }
+        self.state = State::Opening { pipe, sse, cursor };
+        self.progress(cx)
+    }
+
+    /// `POST …/ack`: `{"id":..}`, or `?id=`.
+    fn ack(&mut self, pipe: &Pipe, req: &Request) -> Step {
+        let id = match req.param("id") {
+            Some(id) => id.to_string(),
+            None => match serde_json::from_slice::<AckBody>(&req.body) {
+                Ok(b) => b.id,
+                Err(e) => {
+                    self.refuse(400, &format!("ack body: {e}"));
+                    return Step::Again;
+                }
+            },
+        };
+        let n = pipe.ack(&id);
+        self.ok(200, &format!("{{\"acked\":{n}}}"));
+        Step::Again
+    }
+
+    fn subscribe(&mut self, pipe: Rc<Pipe>, body: &[u8]) -> Step {
+        let filters = match serde_json::from_slice::<SubscribeBody>(body) {
+            Ok(b) => b.into_filters(),
+            Err(e) => {
+                self.refuse(400, &format!("subscribe body: {e}"));
+                return Step::Again;
+            }
+        };
+        if filters.is_empty() || filters.iter().any(|f| !valid_topic(&f.topic, true)) {
+            self.refuse(
+                400,
+                "give at least one topic filter, non-empty, without NUL",
+            );
+            return Step::Again;
+        }
+        let pkid = pipe.next_pkid();
+        let filters = filters
+            .into_iter()
+            .map(|f| {
+                let qos = if f.qos == 0 {
+                    QoS::AtMostOnce
+                } else {
+                    QoS::AtLeastOnce
+                };
+                (f.topic, SubOptions::qos(qos))
+            })
+            .collect();
+        pipe.expect(pkid);
+        pipe.send(&Packet::Subscribe(Subscribe {
+            pkid,
+            filters,
+            properties: Properties::default(),
+        }));
+        self.wait_reply(pipe, pkid, Action::Subscribe)
+    }
+
+    fn unsubscribe(&mut self, pipe: Rc<Pipe>, body: &[u8]) -> Step {
+        let filters = match serde_json::from_slice::<UnsubscribeBody>(body) {
+            Ok(b) => b.into_filters(),
+            Err(e) => {
+                self.refuse(400, &format!("unsubscribe body: {e}"));
+                return Step::Again;
+            }
+        };
+        if filters.is_empty() || filters.iter().any(|f| !valid_topic(f, true)) {
+            self.refuse(
+                400,
+                "give at least one topic filter, non-empty, without NUL",
+            );
+            return Step::Again;
+        }
+        let pkid = pipe.next_pkid();
+        pipe.expect(pkid);
+        pipe.send(&Packet::Unsubscribe(Unsubscribe {
+            pkid,
+            filters,
+            properties: Properties::default(),
+        }));
+        self.wait_reply(pipe, pkid, Action::Unsubscribe)
+    }
+
+    fn publish(&mut self, pipe: Rc<Pipe>, body: &[u8]) -> Step {
+        let p = match serde_json::from_slice::<PublishBody>(body) {
+            Ok(p) => p,
+            Err(e) => {
+                self.refuse(400, &format!("publish body: {e}"));
+                return Step::Again;
+            }
+        };
+        let payload = match p.payload() {
+            Ok(b) => b,
+            Err(e) => {
+                self.refuse(400, &e);
+                return Step::Again;
+            }
+        };
+        if !valid_topic(&p.topic, false) {
+            self.refuse(400, "topic must be non-empty, without wildcards or NUL");
+            return Step::Again;
+        }
+        if p.qos > 1 {
+            self.refuse(400, "qos must be 0 or 1");
+            return Step::Again;
+        }
+        let pkid = if p.qos == 1 { pipe.next_pkid() } else { 0 };
+        if pkid != 0 {
+            pipe.expect(pkid);
+        }
+        pipe.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: if p.qos == 1 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            },
+            retain: p.retain,
+            topic: p.topic,
+            pkid,
+            properties: Properties::default(),
+            payload: payload.into(),
+        }));
+        if pkid == 0 {
+            // At most once: handed to the session, nothing comes back.
+            self.ok(202, "{\"qos\":0}");
+            return Step::Again;
+        }
+        self.wait_reply(pipe, pkid, Action::Publish)
+    }
+
+    fn wait_reply(&mut self, pipe: Rc<Pipe>, pkid: u16, action: Action) -> Step {
+        self.timer = Some(Timer::new(REPLY_TIMEOUT));
+        self.state = State::Reply { pipe, pkid, action };
+        Step::Again
+    }
+
+    /// Moves a waiting request on.
+    fn progress(&mut self, cx: &mut Context<'_>) -> Step {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Idle => Step::Again,
+            State::Opening { pipe, sse, cursor } => match pipe.phase() {
+                Phase::Opening => {
+                    pipe.wait_open(cx.waker());
+                    self.state = State::Opening { pipe, sse, cursor };
+                    Step::Wait
+                }
+                Phase::Closed { code } => {
+                    super::forget(&pipe);
+                    let (status, why) = refusal(code);
+                    info!(peer = %self.peer, sid = %pipe.sid, code, "fallback session refused: {why}");
+                    self.refuse(status, why);
+                    Step::Again
+                }
+                Phase::Open { .. } => {
+                    if let Some(c) = cursor {
+                        pipe.ack(&c);
+                    }
+                    let (gen, resent) = pipe.attach();
+                    let stats = self.core.stats();
+                    bump(&stats.fallback_resends, resent as u64);
+                    let f = &self.core.cfg.websocket.fallback;
+                    if sse {
+                        bump(&stats.fallback_streams, 1);
+                        request::sse_head(&mut self.out, &pipe.sid, SSE_RETRY_MS);
+                        self.timer = Some(Timer::new(Duration::from_millis(f.heartbeat_ms)));
+                        self.state = State::Sse { pipe, gen };
+                    } else {
+                        self.timer = Some(Timer::new(Duration::from_millis(f.poll_timeout_ms)));
+                        self.state = State::Poll { pipe, gen };
+                    }
+                    Step::Again
+                }
+            },
+            State::Poll { pipe, gen } => self.poll_events(cx, pipe, gen),
+            State::Sse { pipe, gen } => self.stream_events(cx, pipe, gen),
+            State::Reply { pipe, pkid, action } => match pipe.reply(pkid, cx.waker()) {
+                Poll::Ready(Some(codes)) => {
+                    self.timer = None;
+                    self.answer(action, &codes);
+                    Step::Again
+                }
+                Poll::Ready(None) => {
+                    self.timer = None;
+                    self.refuse(410, "the session closed before it answered");
+                    Step::Again
+                }
+                Poll::Pending if self.timer_fired(cx) => {
+                    pipe.forget(pkid);
+                    self.timer = None;
+                    self.refuse(504, "the session did not answer in time");
+                    Step::Again
+                }
+                Poll::Pending => {
+                    self.state = State::Reply { pipe, pkid, action };
+                    Step::Wait
+                }
+            },
+        }
+    }
+
+    /// The session's answer to a POST.
+    fn answer(&mut self, action: Action, codes: &[u8]) {
+        let list = codes
+            .iter()
+            .map(u8::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        match action {
+            Action::Subscribe | Action::Unsubscribe => {
+                let any_ok = codes.iter().any(|&c| c < 0x80);
+                let status = if any_ok { 200 } else { 403 };
+                self.ok(status, &format!("{{\"reason_codes\":[{list}]}}"));
+            }
+            Action::Publish => {
+                let code = codes.first().copied().unwrap_or(0);
+                let status = match code {
+                    0x00 | 0x10 => 200,
+                    reason::NOT_AUTHORIZED => 403,
+                    reason::QUOTA_EXCEEDED => 429,
+                    _ => 502,
+                };
+                self.ok(status, &format!("{{\"reason_code\":{code}}}"));
+            }
+        }
+    }
+
+    /// A held long-poll: answers with the events as soon as there are any,
+    /// or empty when its time is up.
+    fn poll_events(&mut self, cx: &mut Context<'_>, pipe: Rc<Pipe>, gen: u64) -> Step {
+        let mut body = format!("{{\"sid\":{},\"events\":[", json::string(&pipe.sid));
+        let superseded = !pipe.is_attached(gen);
+        let events = if superseded {
+            Poll::Ready(Vec::new())
+        } else {
+            pipe.take(MAX_BATCH_BYTES, cx.waker())
+        };
+        let closed = matches!(pipe.phase(), Phase::Closed { .. });
+        match events {
+            Poll::Pending if !closed && !self.timer_fired(cx) => {
+                self.state = State::Poll { pipe, gen };
+                return Step::Wait;
+            }
+            Poll::Ready(events) => {
+                for (i, e) in events.iter().enumerate() {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(&e.json);
+                }
+            }
+            Poll::Pending => {}
+        }
+        let tail = if superseded {
+            Some(json::closed(
+                0,
+                "replaced by a newer request of this session",
+            ))
+        } else if let Phase::Closed { code } = pipe.phase() {
+            Some(json::closed(code, "the session's connection ended"))
+        } else {
+            None
+        };
+        if let Some(t) = tail {
+            if !body.ends_with('[') {
+                body.push(',');
+            }
+            body.push_str(&t);
+        }
+        body.push_str("]}");
+        self.timer = None;
+        bump(&self.core.stats().fallback_polls, 1);
+        self.ok(200, &body);
+        Step::Again
+    }
+
+    /// An SSE stream: writes events as they come, a heartbeat comment
+    /// when the stream was quiet, and a `closed` event last.
+    fn stream_events(&mut self, cx: &mut Context<'_>, pipe: Rc<Pipe>, gen: u64) -> Step {
+        if !pipe.is_attached(gen) {
+            let ev = json::closed(0, "replaced by a newer request of this session");
+            request::sse_event(&mut self.out, None, &ev);
+            self.close_after = true;
+            return Step::Again;
+        }
+        if let Poll::Ready(events) = pipe.take(MAX_BATCH_BYTES, cx.waker()) {
+            for e in &events {
+                let id = format!("{:x}.{}", pipe.epoch, e.seq);
+                request::sse_event(&mut self.out, Some(&id), &e.json);
+            }
+            self.state = State::Sse { pipe, gen };
+            return Step::Again;
+        }
+        if let Phase::Closed { code } = pipe.phase() {
+            let ev = json::closed(code, "the session's connection ended");
+            request::sse_event(&mut self.out, None, &ev);
+            self.close_after = true;
+            return Step::Again;
+        }
+        if self.timer_fired(cx) {
+            self.out.extend_from_slice(b": heartbeat\n\n");
+            if let Some(key) = pipe.key.get() {
+                self.core.touch(key);
+            }
+            let every = self.core.cfg.websocket.fallback.heartbeat_ms;
+            self.timer = Some(Timer::new(Duration::from_millis(every)));
+            self.state = State::Sse { pipe, gen };
+            return Step::Again;
+        }
+        self.state = State::Sse { pipe, gen };
+        Step::Wait
+    }
+}
+
+/// HTTP status and text for a CONNACK refusal.
+fn refusal(code: u8) -> (u16, &'static str) {
+    match code {
+        reason::BAD_USERNAME_OR_PASSWORD => (401, "bad user name or password"),
+        reason::NOT_AUTHORIZED | reason::BANNED => (403, "not authorized"),
+        reason::CLIENT_ID_NOT_VALID => (400, "session id not accepted as a client id"),
+        reason::QUOTA_EXCEEDED => (429, "connection limit reached"),
+        reason::SERVER_BUSY | reason::SERVER_UNAVAILABLE => (503, "server busy or unavailable"),
+        reason::SESSION_TAKEN_OVER => (409, "the session was taken over while it opened"),
+        _ => (502, "the session could not open"),
+    }
+}
+
+/// Session ids: printable ASCII without spaces, at most [`MAX_SID_LEN`].
+fn valid_sid(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_SID_LEN && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A topic (or, with `filter`, a topic filter) the session would not
+/// refuse as malformed: it would close the connection on one.
+fn valid_topic(t: &str, filter: bool) -> bool {
+    !t.is_empty()
+        && t.len() <= usize::from(u16::MAX)
+        && !t.contains('\0')
+        && (filter || !t.contains(['+', '#']))
+}
