@@ -133,7 +133,11 @@ async fn run_core(start: CoreStart) {
             }
         }
     }
-    let driver = match Driver::new() {
+    // As many slots as the core's share of the open-file limit, like its
+    // slab of entries (an HTTP session's connection holds a slot and no
+    // descriptor, so a node full of them may grow past it).
+    let driver = match Driver::new(crate::limits::connection_slots() / core.node.cores.len().max(1))
+    {
         Ok(d) => d,
         Err(e) => {
             error!(

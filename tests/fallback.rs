@@ -645,3 +645,80 @@ fn an_idle_session_is_reaped_by_keep_alive_and_resumes_with_what_came_meanwhile(
         }
     }
 }
+
+/// The README's tour, with `curl` itself: an SSE stream read by `curl -N`,
+/// a subscription and an acknowledgement posted with `curl -d`, a poll.
+#[test]
+fn curl_drives_sse_and_long_polling_as_in_the_readme() {
+    use std::process::{Command, Stdio};
+    let gw = gw_with(1, |_| {});
+    let base = format!("http://{}/push", ws(&gw));
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(args)
+            .output()
+            .expect("curl is installed (tests/run.sh installs it)");
+        assert!(
+            out.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut stream = Command::new("curl")
+        .args(["-sSN", "--max-time", "20", &format!("{base}/sse?sid=tour")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut lines = BufReader::new(stream.stdout.take().unwrap()).lines();
+    let mut next_data = || loop {
+        let line = lines.next().expect("the stream goes on").unwrap();
+        if let Some(d) = line.strip_prefix("data: ") {
+            return serde_json::from_str::<Value>(d).unwrap();
+        }
+    };
+    assert_eq!(next_data()["type"], "session");
+    let sub = curl(&[
+        "-X",
+        "POST",
+        &format!("{base}/subscribe?sid=tour"),
+        "-d",
+        r#"{"topic":"user/alice/inbox","qos":1}"#,
+    ]);
+    assert_eq!(sub, r#"{"reason_codes":[1]}"#);
+    push(&gw, "user/alice/inbox", "hello, SSE");
+    let m = next_data();
+    assert_eq!(m["payload"], "hello, SSE");
+    let acked = curl(&[
+        "-X",
+        "POST",
+        &format!("{base}/ack?sid=tour"),
+        "-d",
+        &format!(r#"{{"id":"{}"}}"#, m["id"].as_str().unwrap()),
+    ]);
+    assert_eq!(acked, r#"{"acked":1}"#);
+    // The stream stops (only the curl this test started), and a poll of
+    // the same session gets what comes next.
+    stream.kill().unwrap();
+    stream.wait().unwrap();
+    push(&gw, "user/alice/inbox", "while away");
+    let polled: Value = serde_json::from_str(&curl(&[&format!("{base}/poll?sid=tour")])).unwrap();
+    let events = polled["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{polled}");
+    assert_eq!(events[0]["payload"], "while away");
+    let gone = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "DELETE",
+            &format!("{base}/session?sid=tour"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&gone.stdout), "204");
+}

@@ -765,7 +765,7 @@ impl Conn {
                 .peer_addr()
                 .map_or_else(|_| "-".to_string(), |a| a.to_string()),
             Io::Pipe(id) => {
-                super::fallback::pipe(*id).map_or_else(|| "-".into(), |p| p.peer.clone())
+                super::fallback::pipe(*id).map_or_else(|| "-".into(), |p| p.peer.to_string())
             }
         }
     }

@@ -228,7 +228,12 @@ impl Driver {
     /// signals when the ring's work list goes from empty to not empty:
     /// once per batch. Kernels before 6.1 lack the flag: the ring is then
     /// a plain one, awaited through its own fd.
-    pub fn new() -> io::Result<Rc<Driver>> {
+    ///
+    /// `slots` connections are reserved up front (address space; RSS only
+    /// as slots fill), so the slab and its per-slot tables do not grow by
+    /// doubling, which would copy them and leave up to half of the last
+    /// size resident and unused.
+    pub fn new(slots: usize) -> io::Result<Rc<Driver>> {
         // Not COOP_TASKRUN alone: with it the kernel only flags the
         // completion work for the core's next system call instead of waking
         // it, and a core asleep in glommio's wait would never hear of a
@@ -262,11 +267,13 @@ impl Driver {
             }
         };
         let shared = Rc::new(Shared::default());
+        shared.queued.borrow_mut().reserve_exact(slots);
+        shared.live.borrow_mut().reserve_exact(slots);
         SHARED.with(|s| *s.borrow_mut() = Some(shared.clone()));
         Ok(Rc::new(Driver {
             ring: RefCell::new(ring),
             eventfd,
-            slots: RefCell::new(Slab::new()),
+            slots: RefCell::new(Slab::with_capacity(slots)),
             shared,
             next_gen: Cell::new(0),
         }))
@@ -679,6 +686,11 @@ mod tests {
             size_of::<crate::shard::Phase>(),
             size_of::<ConnTask>(),
             size_of::<crate::session::Session>()
+        );
+        eprintln!(
+            "HTTP fallback: Exchange {} B (boxed), Pipe {} B",
+            size_of::<crate::net::fallback::Exchange>(),
+            size_of::<crate::net::fallback::Pipe>()
         );
         assert!(sizes.0 <= SLOT_BYTES, "driver slot {} B", sizes.0);
         assert!(sizes.1 <= ENTRY_BYTES, "slab entry {} B", sizes.1);

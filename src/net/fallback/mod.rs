@@ -171,7 +171,7 @@ pub fn open(
             sid.clone(),
             epoch,
             credentials,
-            peer.to_string(),
+            peer,
             &connect,
             f.max_buffered_bytes,
         );

@@ -22,8 +22,6 @@ use std::io;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use ahash::AHashMap;
-
 use super::json;
 use crate::codec::{decode, encode, Ack, Packet, Properties, Version};
 use crate::id::ConnKey;
@@ -103,10 +101,12 @@ pub struct Pipe {
     /// acknowledges nothing here. Packet ids are no cursor: the session
     /// reuses one as soon as it is acknowledged.
     pub epoch: u32,
+    /// `epoch` in hex, the start of every event id (formatted once).
+    epoch_hex: Box<str>,
     /// What the session was opened with.
     pub credentials: Credentials,
     /// The client's address when the session was opened, for log lines.
-    pub peer: String,
+    pub peer: std::net::SocketAddr,
     /// The session's connection on this core, once registered.
     pub key: Cell<Option<ConnKey>>,
     phase: Cell<Phase>,
@@ -125,7 +125,9 @@ pub struct Pipe {
     openers: RefCell<Vec<Waker>>,
     /// Packet ids of the session's own packets (SUBSCRIBE, UNSUBSCRIBE,
     /// PUBLISH at QoS 1) waiting for their acknowledgement.
-    replies: RefCell<AHashMap<u16, Reply>>,
+    /// A list, not a map: a session has a few POSTs waiting at most, and
+    /// a map's hasher state alone would be 32 bytes in every session.
+    replies: RefCell<Vec<(u16, Reply)>>,
     next_pkid: Cell<u16>,
 }
 
@@ -136,7 +138,7 @@ impl Pipe {
         sid: Rc<str>,
         epoch: u32,
         credentials: Credentials,
-        peer: String,
+        peer: std::net::SocketAddr,
         connect: &crate::codec::Connect,
         max_log_bytes: usize,
     ) -> Rc<Pipe> {
@@ -150,6 +152,7 @@ impl Pipe {
             id,
             sid,
             epoch,
+            epoch_hex: format!("{epoch:x}").into(),
             credentials,
             peer,
             key: Cell::new(None),
@@ -161,11 +164,20 @@ impl Pipe {
             attached: Cell::new(0),
             stream_waker: RefCell::new(None),
             openers: RefCell::new(Vec::new()),
-            replies: RefCell::new(AHashMap::new()),
+            replies: RefCell::new(Vec::new()),
             next_pkid: Cell::new(0),
         });
         pipe.log.borrow_mut().next_seq = 1;
         pipe
+    }
+
+    /// The id of event `seq`: `<epoch in hex>.<seq>`.
+    pub fn event_id(&self, seq: u64) -> String {
+        let mut id = String::with_capacity(self.epoch_hex.len() + 12);
+        id.push_str(&self.epoch_hex);
+        id.push('.');
+        id.push_str(&seq.to_string());
+        id
     }
 
     /// Where the session's connection is.
@@ -250,7 +262,7 @@ impl Pipe {
         let mut log = self.log.borrow_mut();
         let seq = log.next_seq;
         log.next_seq += 1;
-        let json = render(&format!("{:x}.{seq}", self.epoch));
+        let json = render(&self.event_id(seq));
         log.bytes += json.len();
         log.events.push_back(Event {
             seq,
@@ -286,7 +298,7 @@ impl Pipe {
         loop {
             let id = self.next_pkid.get().wrapping_add(1).max(1);
             self.next_pkid.set(id);
-            if !replies.contains_key(&id) {
+            if !replies.iter().any(|(k, _)| *k == id) {
                 return id;
             }
         }
@@ -294,35 +306,40 @@ impl Pipe {
 
     /// Registers interest in the answer to `pkid`.
     pub fn expect(&self, pkid: u16) {
-        self.replies.borrow_mut().insert(pkid, Reply::default());
+        self.replies.borrow_mut().push((pkid, Reply::default()));
     }
 
     /// The answer (reason codes) to `pkid` once it came; `Pending` with the
     /// waker kept until then.
     pub fn reply(&self, pkid: u16, waker: &Waker) -> Poll<Option<Vec<u8>>> {
         let mut replies = self.replies.borrow_mut();
-        let Some(r) = replies.get_mut(&pkid) else {
+        let Some(i) = replies.iter().position(|(k, _)| *k == pkid) else {
             return Poll::Ready(None);
         };
-        if let Some(answer) = r.answer.take() {
-            replies.remove(&pkid);
+        if let Some(answer) = replies[i].1.answer.take() {
+            replies.swap_remove(i);
             return Poll::Ready(Some(answer));
         }
         if matches!(self.phase.get(), Phase::Closed { .. }) {
-            replies.remove(&pkid);
+            replies.swap_remove(i);
             return Poll::Ready(None);
         }
-        r.waker = Some(waker.clone());
+        replies[i].1.waker = Some(waker.clone());
         Poll::Pending
     }
 
     /// Stops waiting for `pkid` (the request gave up).
     pub fn forget(&self, pkid: u16) {
-        self.replies.borrow_mut().remove(&pkid);
+        self.replies.borrow_mut().retain(|(k, _)| *k != pkid);
     }
 
     fn answer(&self, pkid: u16, codes: Vec<u8>) {
-        if let Some(r) = self.replies.borrow_mut().get_mut(&pkid) {
+        if let Some((_, r)) = self
+            .replies
+            .borrow_mut()
+            .iter_mut()
+            .find(|(k, _)| *k == pkid)
+        {
             r.answer = Some(codes);
             if let Some(w) = r.waker.take() {
                 w.wake();
@@ -334,7 +351,7 @@ impl Pipe {
         for w in self.openers.borrow_mut().drain(..) {
             w.wake();
         }
-        for r in self.replies.borrow_mut().values_mut() {
+        for (_, r) in self.replies.borrow_mut().iter_mut() {
             if let Some(w) = r.waker.take() {
                 w.wake();
             }
