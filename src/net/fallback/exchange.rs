@@ -296,16 +296,14 @@ impl Exchange {
         self.timer.as_mut().is_some_and(|t| t.passed(cx))
     }
 
+    /// Answers the request with an error (counted).
     fn refuse(&mut self, status: u16, why: &str) {
         bump(&self.core.stats().fallback_refused, 1);
-        request::json(
-            &mut self.out,
-            status,
-            &json::error(why),
-            self.close_requested,
-        );
+        self.ok(status, &json::error(why));
     }
 
+    /// Answers the request; the connection closes after it if the request
+    /// asked.
     fn ok(&mut self, status: u16, body: &str) {
         request::json(&mut self.out, status, body, self.close_requested);
         if self.close_requested {
@@ -378,7 +376,7 @@ impl Exchange {
             );
             return Step::Again;
         };
-        if pipe.credentials != req.credentials {
+        if pipe.credentials != req.credentials.fingerprint() {
             self.refuse(401, "credentials differ from the session's");
             return Step::Again;
         }
@@ -420,7 +418,7 @@ impl Exchange {
             .map(str::to_string)
             .or(req.last_event_id.clone());
         let pipe = match super::session(&sid) {
-            Some(p) if p.credentials == req.credentials => p,
+            Some(p) if p.credentials == req.credentials.fingerprint() => p,
             // None open, or opened with other credentials (a refreshed
             // token): a new CONNECT, which is authenticated and takes the
             // session over.

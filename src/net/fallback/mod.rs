@@ -170,7 +170,7 @@ pub fn open(
             id,
             sid.clone(),
             epoch,
-            credentials,
+            credentials.fingerprint(),
             peer,
             &connect,
             f.max_buffered_bytes,

@@ -55,6 +55,59 @@ pub struct Credentials {
     pub password: Option<Vec<u8>>,
 }
 
+thread_local! {
+    /// This core's key for credential fingerprints (random per process
+    /// and core: a fingerprint never leaves the core that made it).
+    static FINGERPRINT_KEY: ring::hmac::Key = {
+        let rng = ring::rand::SystemRandom::new();
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+            .expect("the system's random generator")
+    };
+}
+
+/// An HMAC of credentials, which is what a session keeps of them: no
+/// password or token is kept on a core (the verdict cache keeps digests
+/// too), and comparing two is constant-time.
+#[derive(Clone, Copy)]
+pub struct Fingerprint([u8; 32]);
+
+impl Credentials {
+    /// Their fingerprint under this core's key.
+    pub fn fingerprint(&self) -> Fingerprint {
+        FINGERPRINT_KEY.with(|key| {
+            let mut ctx = ring::hmac::Context::with_key(key);
+            // Lengths first, so ("ab", "c") and ("a", "bc") differ.
+            for part in [
+                self.username.as_deref().map(str::as_bytes),
+                self.password.as_deref(),
+            ] {
+                match part {
+                    Some(p) => {
+                        ctx.update(&[1]);
+                        ctx.update(&(p.len() as u64).to_le_bytes());
+                        ctx.update(p);
+                    }
+                    None => ctx.update(&[0]),
+                }
+            }
+            let mut out = [0u8; 32];
+            out.copy_from_slice(ctx.sign().as_ref());
+            Fingerprint(out)
+        })
+    }
+}
+
+impl PartialEq for Fingerprint {
+    /// Constant-time: how much of a fingerprint matches does not show.
+    fn eq(&self, other: &Fingerprint) -> bool {
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
 /// An event for the client: rendered once, written to every stream or poll
 /// that needs it.
 #[derive(Debug, Clone)]
@@ -103,8 +156,9 @@ pub struct Pipe {
     pub epoch: u32,
     /// `epoch` in hex, the start of every event id (formatted once).
     epoch_hex: Box<str>,
-    /// What the session was opened with.
-    pub credentials: Credentials,
+    /// What the session was opened with (a fingerprint, not the
+    /// credentials).
+    pub credentials: Fingerprint,
     /// The client's address when the session was opened, for log lines.
     pub peer: std::net::SocketAddr,
     /// The session's connection on this core, once registered.
@@ -137,7 +191,7 @@ impl Pipe {
         id: u32,
         sid: Rc<str>,
         epoch: u32,
-        credentials: Credentials,
+        credentials: Fingerprint,
         peer: std::net::SocketAddr,
         connect: &crate::codec::Connect,
         max_log_bytes: usize,
