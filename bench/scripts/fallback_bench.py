@@ -21,6 +21,7 @@ import argparse, asyncio, base64, json, os, resource, statistics, subprocess, sy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402  (free ports, the binary's path)
+from idle_probe import rss  # noqa: E402  (the broker's RSS from /proc)
 
 # Sessions opened at once; the rest wait.
 CONCURRENT = 400
@@ -31,14 +32,6 @@ SETTLE = 2.0
 # One client in this many records latencies.
 SAMPLE_EVERY = 100
 TOPIC = "fb/all"
-
-
-def rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 def cpu_seconds(pid):

@@ -10,9 +10,15 @@
 //!
 //! Layers, outermost first, each optional and boxed (a plain TCP connection
 //! pays a pointer for each): TLS ([`super::tls`]), WebSocket framing
-//! ([`super::ws`]), then the MQTT codec. Decoded packets go to
-//! `crate::mqtt::receive`; whether to read, what to write and when to
-//! close are asked of the core (`Core::poll_link` and its neighbours).
+//! ([`super::ws`]), then the MQTT codec; `layers.rs` runs the first two.
+//! Decoded packets go to `crate::mqtt::receive`; whether to read, what to
+//! write and when to close are asked of the core (`Core::poll_link` and its
+//! neighbours).
+//!
+//! What the driver polls is a [`ConnTask`]: an MQTT connection (over a
+//! socket, or over an HTTP fallback session's pipe: [`Io`]), or an HTTP
+//! fallback exchange, which a WebSocket-listener connection becomes when
+//! its first request is one.
 
 use std::future::Future;
 use std::io;
@@ -27,12 +33,15 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use glommio::timer::Timer;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
+
+mod layers;
+
+use layers::Ws;
 
 use super::fallback::{Exchange, Outcome, Pipe};
 use super::listener::Transport;
 use super::tls::Acceptor;
-use super::ws::Opcode;
 use crate::codec::{self, decode, DecodeError, Packet, Version};
 use crate::id::{ConnId, ConnKey};
 use crate::mqtt::{self, Flow};
@@ -100,23 +109,6 @@ enum Io {
     /// ([`super::fallback`]). The pipe's id in the core's table rather
     /// than an `Rc`: 8 bytes here instead of 16, in every connection.
     Pipe(u32),
-}
-
-/// The WebSocket layer of one connection (see [`super::ws`]).
-#[derive(Default)]
-struct Ws {
-    /// The upgrade was accepted.
-    open: bool,
-    /// Bytes read and not yet decoded: a partial request or frame.
-    raw: Vec<u8>,
-    /// Bytes to write before the next MQTT data: the upgrade response,
-    /// pongs.
-    control: Vec<u8>,
-    /// Close code of the close frame that follows the last MQTT data.
-    close: Option<u16>,
-    /// The request is the HTTP fallback's, not an upgrade: the connection
-    /// becomes an [`Exchange`].
-    fallback: bool,
 }
 
 /// The state machine serving one accepted socket until it closes, polled by
@@ -297,23 +289,16 @@ pub fn serve(
     core.visible().open_by_transport[transport.index()]
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     debug!(conn = %id, %peer, transport = transport.name(), "accepted");
-    Some(ConnTask {
-        inner: Task::Mqtt(Conn {
-            core,
-            io: Io::Tcp(stream),
-            key,
-            id,
-            version: None,
-            inbuf: Vec::new(),
-            wbuf: Vec::new(),
-            wpos: 0,
-            closing: None,
-            lingered: None,
-            transport,
-            tls,
-            ws: transport.websocket().then(Box::default),
-        }),
-    })
+    let ws = transport.websocket().then(Box::default);
+    Some(Conn::task(
+        core,
+        Io::Tcp(stream),
+        key,
+        id,
+        transport,
+        tls,
+        ws,
+    ))
 }
 
 /// The MQTT connection of an HTTP fallback session: it reads the packets
@@ -326,26 +311,39 @@ pub fn serve_pipe(core: Rc<Core>, pipe: &Pipe, peer: SocketAddr) -> ConnTask {
     core.visible().open_by_transport[transport.index()]
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     debug!(conn = %id, %peer, sid = %pipe.sid, "HTTP session opening");
-    ConnTask {
-        inner: Task::Mqtt(Conn {
-            core,
-            io: Io::Pipe(pipe.id),
-            key,
-            id,
-            version: None,
-            inbuf: Vec::new(),
-            wbuf: Vec::new(),
-            wpos: 0,
-            closing: None,
-            lingered: None,
-            transport,
-            tls: None,
-            ws: None,
-        }),
-    }
+    Conn::task(core, Io::Pipe(pipe.id), key, id, transport, None, None)
 }
 
 impl Conn {
+    /// A registered connection's state machine, before its first read.
+    fn task(
+        core: Rc<Core>,
+        io: Io,
+        key: ConnKey,
+        id: ConnId,
+        transport: Transport,
+        tls: Option<Box<super::tls::Session>>,
+        ws: Option<Box<Ws>>,
+    ) -> ConnTask {
+        ConnTask {
+            inner: Task::Mqtt(Conn {
+                core,
+                io,
+                key,
+                id,
+                version: None,
+                inbuf: Vec::new(),
+                wbuf: Vec::new(),
+                wpos: 0,
+                closing: None,
+                lingered: None,
+                transport,
+                tls,
+                ws,
+            }),
+        }
+    }
+
     /// The connection's whole life: its state machine, then (for a socket)
     /// the half-close and linger; `Ready` once it is over.
     fn poll_task(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -491,142 +489,6 @@ impl Conn {
         }
     }
 
-    /// Plaintext (after TLS, if any) to the WebSocket layer or the codec.
-    fn layer_ingest(&mut self, data: &[u8]) {
-        if self.ws.is_some() {
-            self.ws_ingest(data);
-        } else {
-            self.ingest(data);
-        }
-    }
-
-    /// TLS connections: decrypts what was read and hands the plaintext on.
-    /// A failed session is closed after its alert is flushed.
-    fn tls_ingest(&mut self, cipher: &mut [u8]) -> super::tls::Inbound {
-        let core = self.core.clone();
-        let mut plain = core.plaintext.borrow_mut();
-        plain.clear();
-        let tls = self.tls.as_mut().expect("TLS connection");
-        let handshaking = tls.is_handshaking();
-        let result = tls.decrypt(cipher, &mut plain);
-        if handshaking && !tls.is_handshaking() && result.is_ok() {
-            let resumed = tls.resumed();
-            debug!(conn = %self.id, resumed, "TLS handshake complete");
-            let stats = core.stats();
-            bump(
-                if resumed {
-                    &stats.tls_resumed
-                } else {
-                    &stats.tls_full_handshakes
-                },
-                1,
-            );
-        }
-        let inbound = match result {
-            Ok(inbound) => inbound,
-            Err(e) => {
-                info!(conn = %self.id, peer = %self.peer(), "closing: {e}");
-                let stats = core.stats();
-                bump(
-                    if handshaking {
-                        &stats.tls_handshake_errors
-                    } else {
-                        &stats.protocol_errors
-                    },
-                    1,
-                );
-                self.close_link();
-                super::tls::Inbound::Open
-            }
-        };
-        if !plain.is_empty() {
-            self.layer_ingest(&plain);
-        }
-        if plain.capacity() > WRITE_CHUNK * 2 {
-            *plain = Vec::new();
-        }
-        inbound
-    }
-
-    /// WebSocket connections: the upgrade, then frames, whose payloads are
-    /// the MQTT byte stream.
-    fn ws_ingest(&mut self, data: &[u8]) {
-        let Some(mut ws) = self.ws.take() else {
-            return;
-        };
-        ws.raw.extend_from_slice(data);
-        let cfg = &self.core.cfg.websocket;
-        if !ws.open && cfg.fallback.enabled && self.tls.is_none() {
-            if let Some(true) = super::fallback::request::is_fallback(&ws.raw, &cfg.fallback.path) {
-                ws.fallback = true;
-                self.ws = Some(ws);
-                return;
-            }
-        }
-        if !ws.open {
-            match super::ws::handshake(&ws.raw, &cfg.path) {
-                super::ws::Handshake::Incomplete => {}
-                super::ws::Handshake::Refused { response, why } => {
-                    info!(conn = %self.id, peer = %self.peer(), "WebSocket upgrade refused: {why}");
-                    bump(&self.core.stats().ws_upgrade_errors, 1);
-                    ws.control.extend_from_slice(&response);
-                    ws.raw = Vec::new();
-                    self.close_link();
-                }
-                super::ws::Handshake::Accepted { response, used } => {
-                    ws.control.extend_from_slice(&response);
-                    ws.raw.drain(..used);
-                    ws.open = true;
-                }
-            }
-        }
-        let max = cfg.max_frame_bytes;
-        let mut used = 0;
-        while ws.open {
-            match super::ws::decode_frame(&mut ws.raw[used..], max) {
-                Ok(None) => break,
-                Ok(Some(f)) => {
-                    let payload = used + f.payload.start..used + f.payload.end;
-                    used += f.used;
-                    match f.opcode {
-                        Opcode::Binary | Opcode::Continuation => self.ingest(&ws.raw[payload]),
-                        Opcode::Ping => {
-                            super::ws::encode_frame(Opcode::Pong, &ws.raw[payload], &mut ws.control)
-                        }
-                        Opcode::Pong => {}
-                        Opcode::Close => {
-                            debug!(conn = %self.id, "WebSocket closed by the client");
-                            ws.close.get_or_insert(super::ws::close::NORMAL);
-                            self.close_link();
-                            break;
-                        }
-                        Opcode::Text => {
-                            info!(conn = %self.id, peer = %self.peer(), "closing: text frame (MQTT needs binary frames)");
-                            bump(&self.core.stats().protocol_errors, 1);
-                            ws.close = Some(super::ws::close::UNSUPPORTED_DATA);
-                            self.close_link();
-                            break;
-                        }
-                    }
-                }
-                Err(e) => {
-                    info!(conn = %self.id, peer = %self.peer(), "closing: {e}");
-                    bump(&self.core.stats().protocol_errors, 1);
-                    ws.close = Some(e.close_code());
-                    self.close_link();
-                    used = ws.raw.len();
-                    break;
-                }
-            }
-        }
-        ws.raw.drain(..used.min(ws.raw.len()));
-        if ws.raw.is_empty() {
-            // Idle WebSocket connections hold no buffer either.
-            ws.raw = Vec::new();
-        }
-        self.ws = Some(ws);
-    }
-
     /// Asks the connection to close after flushing what is queued.
     fn close_link(&self) {
         self.core.close_link(self.key);
@@ -690,55 +552,6 @@ impl Conn {
             e.reason_code(),
             &e.to_string(),
         );
-    }
-
-    /// Encodes what is due into the write buffer; for TLS connections,
-    /// encrypted (with any handshake records, and close_notify once the
-    /// closing connection has nothing more to say).
-    fn fill_wbuf(&mut self) {
-        if self.tls.is_none() {
-            return self.fill_plain();
-        }
-        let core = self.core.clone();
-        let mut plain = core.plaintext.borrow_mut();
-        // Encode into the shared plaintext buffer, then encrypt into wbuf.
-        plain.clear();
-        std::mem::swap(&mut self.wbuf, &mut *plain);
-        self.fill_plain();
-        std::mem::swap(&mut self.wbuf, &mut *plain);
-        let tls = self.tls.as_mut().expect("TLS connection");
-        if plain.is_empty() && self.closing.is_some() {
-            tls.close();
-        }
-        tls.encrypt(&plain, &mut self.wbuf);
-        plain.clear();
-    }
-
-    /// Encodes outbox frames into the write buffer (for WebSocket
-    /// connections: after pending control frames, as one binary frame, and
-    /// followed by the close frame once the connection is closing).
-    fn fill_plain(&mut self) {
-        let start = match self.ws.as_mut() {
-            Some(ws) => {
-                if !ws.control.is_empty() {
-                    self.wbuf
-                        .extend_from_slice(&std::mem::take(&mut ws.control));
-                }
-                Some(self.wbuf.len())
-            }
-            None => None,
-        };
-        self.fill_mqtt();
-        if let (Some(start), Some(ws)) = (start, self.ws.as_mut()) {
-            if self.wbuf.len() > start {
-                let mqtt = self.wbuf.split_off(start);
-                super::ws::encode_frame(Opcode::Binary, &mqtt, &mut self.wbuf);
-            } else if self.closing.is_some() {
-                if let Some(code) = ws.close.take() {
-                    super::ws::encode_close(code, &mut self.wbuf);
-                }
-            }
-        }
     }
 
     fn fill_mqtt(&mut self) {

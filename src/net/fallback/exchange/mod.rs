@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 use glommio::timer::Timer;
 use tracing::{debug, info};
 
-use super::json::{self, AckBody, PublishBody, SubscribeBody, UnsubscribeBody};
+mod actions;
+
+use super::json;
 use super::pipe::{Phase, Pipe};
 use super::request::{self, Parsed, Request};
-use crate::codec::{
-    reason, Packet, Properties, Publish, QoS, ReasonOnly, SubOptions, Subscribe, Unsubscribe,
-};
+use crate::codec::{reason, Packet, Properties, ReasonOnly};
 use crate::net::conn::{read_now, write_now};
 use crate::shard::Core;
 use crate::stats::bump;
@@ -441,138 +441,6 @@ impl Exchange {
         self.progress(cx)
     }
 
-    /// `POST …/ack`: `{"id":..}`, or `?id=`.
-    fn ack(&mut self, pipe: &Pipe, req: &Request) -> Step {
-        let id = match req.param("id") {
-            Some(id) => id.to_string(),
-            None => match serde_json::from_slice::<AckBody>(&req.body) {
-                Ok(b) => b.id,
-                Err(e) => {
-                    self.refuse(400, &format!("ack body: {e}"));
-                    return Step::Again;
-                }
-            },
-        };
-        let n = pipe.ack(&id);
-        self.ok(200, &format!("{{\"acked\":{n}}}"));
-        Step::Again
-    }
-
-    fn subscribe(&mut self, pipe: Rc<Pipe>, body: &[u8]) -> Step {
-        let filters = match serde_json::from_slice::<SubscribeBody>(body) {
-            Ok(b) => b.into_filters(),
-            Err(e) => {
-                self.refuse(400, &format!("subscribe body: {e}"));
-                return Step::Again;
-            }
-        };
-        if filters.is_empty() || filters.iter().any(|f| !valid_topic(&f.topic, true)) {
-            self.refuse(
-                400,
-                "give at least one topic filter, non-empty, without NUL",
-            );
-            return Step::Again;
-        }
-        let pkid = pipe.next_pkid();
-        let filters = filters
-            .into_iter()
-            .map(|f| {
-                let qos = if f.qos == 0 {
-                    QoS::AtMostOnce
-                } else {
-                    QoS::AtLeastOnce
-                };
-                (f.topic, SubOptions::qos(qos))
-            })
-            .collect();
-        pipe.expect(pkid);
-        pipe.send(&Packet::Subscribe(Subscribe {
-            pkid,
-            filters,
-            properties: Properties::default(),
-        }));
-        self.wait_reply(pipe, pkid, Action::Subscribe)
-    }
-
-    fn unsubscribe(&mut self, pipe: Rc<Pipe>, body: &[u8]) -> Step {
-        let filters = match serde_json::from_slice::<UnsubscribeBody>(body) {
-            Ok(b) => b.into_filters(),
-            Err(e) => {
-                self.refuse(400, &format!("unsubscribe body: {e}"));
-                return Step::Again;
-            }
-        };
-        if filters.is_empty() || filters.iter().any(|f| !valid_topic(f, true)) {
-            self.refuse(
-                400,
-                "give at least one topic filter, non-empty, without NUL",
-            );
-            return Step::Again;
-        }
-        let pkid = pipe.next_pkid();
-        pipe.expect(pkid);
-        pipe.send(&Packet::Unsubscribe(Unsubscribe {
-            pkid,
-            filters,
-            properties: Properties::default(),
-        }));
-        self.wait_reply(pipe, pkid, Action::Unsubscribe)
-    }
-
-    fn publish(&mut self, pipe: Rc<Pipe>, body: &[u8]) -> Step {
-        let p = match serde_json::from_slice::<PublishBody>(body) {
-            Ok(p) => p,
-            Err(e) => {
-                self.refuse(400, &format!("publish body: {e}"));
-                return Step::Again;
-            }
-        };
-        let payload = match p.payload() {
-            Ok(b) => b,
-            Err(e) => {
-                self.refuse(400, &e);
-                return Step::Again;
-            }
-        };
-        if !valid_topic(&p.topic, false) {
-            self.refuse(400, "topic must be non-empty, without wildcards or NUL");
-            return Step::Again;
-        }
-        if p.qos > 1 {
-            self.refuse(400, "qos must be 0 or 1");
-            return Step::Again;
-        }
-        let pkid = if p.qos == 1 { pipe.next_pkid() } else { 0 };
-        if pkid != 0 {
-            pipe.expect(pkid);
-        }
-        pipe.send(&Packet::Publish(Publish {
-            dup: false,
-            qos: if p.qos == 1 {
-                QoS::AtLeastOnce
-            } else {
-                QoS::AtMostOnce
-            },
-            retain: p.retain,
-            topic: p.topic,
-            pkid,
-            properties: Properties::default(),
-            payload: payload.into(),
-        }));
-        if pkid == 0 {
-            // At most once: handed to the session, nothing comes back.
-            self.ok(202, "{\"qos\":0}");
-            return Step::Again;
-        }
-        self.wait_reply(pipe, pkid, Action::Publish)
-    }
-
-    fn wait_reply(&mut self, pipe: Rc<Pipe>, pkid: u16, action: Action) -> Step {
-        self.timer = Some(Deadline::new(REPLY_TIMEOUT));
-        self.state = State::Reply { pipe, pkid, action };
-        Step::Again
-    }
-
     /// Moves a waiting request on.
     fn progress(&mut self, cx: &mut Context<'_>) -> Step {
         match std::mem::replace(&mut self.state, State::Idle) {
@@ -634,32 +502,6 @@ impl Exchange {
                     Step::Wait
                 }
             },
-        }
-    }
-
-    /// The session's answer to a POST.
-    fn answer(&mut self, action: Action, codes: &[u8]) {
-        let list = codes
-            .iter()
-            .map(u8::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        match action {
-            Action::Subscribe | Action::Unsubscribe => {
-                let any_ok = codes.iter().any(|&c| c < 0x80);
-                let status = if any_ok { 200 } else { 403 };
-                self.ok(status, &format!("{{\"reason_codes\":[{list}]}}"));
-            }
-            Action::Publish => {
-                let code = codes.first().copied().unwrap_or(0);
-                let status = match code {
-                    0x00 | 0x10 => 200,
-                    reason::NOT_AUTHORIZED => 403,
-                    reason::QUOTA_EXCEEDED => 429,
-                    _ => 502,
-                };
-                self.ok(status, &format!("{{\"reason_code\":{code}}}"));
-            }
         }
     }
 
@@ -800,13 +642,4 @@ fn refusal(code: u8) -> (u16, &'static str) {
 /// Session ids: printable ASCII without spaces, at most [`MAX_SID_LEN`].
 fn valid_sid(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_SID_LEN && s.bytes().all(|b| b.is_ascii_graphic())
-}
-
-/// A topic (or, with `filter`, a topic filter) the session would not
-/// refuse as malformed: it would close the connection on one.
-fn valid_topic(t: &str, filter: bool) -> bool {
-    !t.is_empty()
-        && t.len() <= usize::from(u16::MAX)
-        && !t.contains('\0')
-        && (filter || !t.contains(['+', '#']))
 }
