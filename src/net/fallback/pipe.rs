@@ -346,21 +346,18 @@ impl Pipe {
     }
 
     /// A packet id for one of the session's own packets, not in use by
-    /// another waiting one; its answer is awaited with [`Pipe::reply`].
-    pub fn next_pkid(&self) -> u16 {
-        let replies = self.replies.borrow();
+    /// another waiting one, registered to wait for its answer (awaited
+    /// with [`Pipe::reply`]).
+    pub fn reserve_pkid(&self) -> u16 {
+        let mut replies = self.replies.borrow_mut();
         loop {
             let id = self.next_pkid.get().wrapping_add(1).max(1);
             self.next_pkid.set(id);
             if !replies.iter().any(|(k, _)| *k == id) {
+                replies.push((id, Reply::default()));
                 return id;
             }
         }
-    }
-
-    /// Registers interest in the answer to `pkid`.
-    pub fn expect(&self, pkid: u16) {
-        self.replies.borrow_mut().push((pkid, Reply::default()));
     }
 
     /// The answer (reason codes) to `pkid` once it came; `Pending` with the

@@ -16,12 +16,9 @@ impl Exchange {
     pub(super) fn ack(&mut self, pipe: &Pipe, req: &Request) -> Step {
         let id = match req.param("id") {
             Some(id) => id.to_string(),
-            None => match serde_json::from_slice::<AckBody>(&req.body) {
-                Ok(b) => b.id,
-                Err(e) => {
-                    self.refuse(400, &format!("ack body: {e}"));
-                    return Step::Again;
-                }
+            None => match self.parse_body::<AckBody>("ack", &req.body) {
+                Some(b) => b.id,
+                None => return Step::Again,
             },
         };
         let n = pipe.ack(&id);
@@ -30,13 +27,10 @@ impl Exchange {
     }
 
     pub(super) fn subscribe(&mut self, pipe: Rc<Pipe>, body: &[u8]) -> Step {
-        let filters = match serde_json::from_slice::<SubscribeBody>(body) {
-            Ok(b) => b.into_filters(),
-            Err(e) => {
-                self.refuse(400, &format!("subscribe body: {e}"));
-                return Step::Again;
-            }
+        let Some(filters) = self.parse_body::<SubscribeBody>("subscribe", body) else {
+            return Step::Again;
         };
+        let filters = filters.into_filters();
         if filters.is_empty() || filters.iter().any(|f| !valid_topic(&f.topic, true)) {
             self.refuse(
                 400,
@@ -44,7 +38,7 @@ impl Exchange {
             );
             return Step::Again;
         }
-        let pkid = pipe.next_pkid();
+        let pkid = pipe.reserve_pkid();
         let filters = filters
             .into_iter()
             .map(|f| {
@@ -56,7 +50,6 @@ impl Exchange {
                 (f.topic, SubOptions::qos(qos))
             })
             .collect();
-        pipe.expect(pkid);
         pipe.send(&Packet::Subscribe(Subscribe {
             pkid,
             filters,
@@ -66,13 +59,10 @@ impl Exchange {
     }
 
     pub(super) fn unsubscribe(&mut self, pipe: Rc<Pipe>, body: &[u8]) -> Step {
-        let filters = match serde_json::from_slice::<UnsubscribeBody>(body) {
-            Ok(b) => b.into_filters(),
-            Err(e) => {
-                self.refuse(400, &format!("unsubscribe body: {e}"));
-                return Step::Again;
-            }
+        let Some(filters) = self.parse_body::<UnsubscribeBody>("unsubscribe", body) else {
+            return Step::Again;
         };
+        let filters = filters.into_filters();
         if filters.is_empty() || filters.iter().any(|f| !valid_topic(f, true)) {
             self.refuse(
                 400,
@@ -80,8 +70,7 @@ impl Exchange {
             );
             return Step::Again;
         }
-        let pkid = pipe.next_pkid();
-        pipe.expect(pkid);
+        let pkid = pipe.reserve_pkid();
         pipe.send(&Packet::Unsubscribe(Unsubscribe {
             pkid,
             filters,
@@ -91,12 +80,8 @@ impl Exchange {
     }
 
     pub(super) fn publish(&mut self, pipe: Rc<Pipe>, body: &[u8]) -> Step {
-        let p = match serde_json::from_slice::<PublishBody>(body) {
-            Ok(p) => p,
-            Err(e) => {
-                self.refuse(400, &format!("publish body: {e}"));
-                return Step::Again;
-            }
+        let Some(p) = self.parse_body::<PublishBody>("publish", body) else {
+            return Step::Again;
         };
         let payload = match p.payload() {
             Ok(b) => b,
@@ -113,10 +98,7 @@ impl Exchange {
             self.refuse(400, "qos must be 0 or 1");
             return Step::Again;
         }
-        let pkid = if p.qos == 1 { pipe.next_pkid() } else { 0 };
-        if pkid != 0 {
-            pipe.expect(pkid);
-        }
+        let pkid = if p.qos == 1 { pipe.reserve_pkid() } else { 0 };
         pipe.send(&Packet::Publish(Publish {
             dup: false,
             qos: if p.qos == 1 {
@@ -136,6 +118,17 @@ impl Exchange {
             return Step::Again;
         }
         self.wait_reply(pipe, pkid, Action::Publish)
+    }
+
+    /// The JSON body of a `what` action, or `None` after answering 400.
+    fn parse_body<T: serde::de::DeserializeOwned>(&mut self, what: &str, body: &[u8]) -> Option<T> {
+        match serde_json::from_slice(body) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.refuse(400, &format!("{what} body: {e}"));
+                None
+            }
+        }
     }
 
     fn wait_reply(&mut self, pipe: Rc<Pipe>, pkid: u16, action: Action) -> Step {
