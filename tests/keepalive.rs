@@ -75,3 +75,29 @@ fn socket_without_connect_is_closed_at_the_deadline() {
     assert!(start.elapsed() >= Duration::from_millis(250));
     assert_eq!(gw.stats().timeouts, 1);
 }
+
+/// A keep-alive at least as long as the CONNECT timeout gets no wheel
+/// timer of its own: the CONNECT deadline's timer, firing on the active
+/// connection, is its first check (one timer per idle connection). A silent
+/// client is still reaped at 1.5x, and a client that pings is not.
+#[test]
+fn the_connect_deadline_carries_the_first_keep_alive_check() {
+    let gw = gateway(1, |c| c.mqtt.connect_timeout_ms = 500);
+    let start = Instant::now();
+    let mut silent = connect_with_keep_alive(gw.tcp_addr, "ka-silent", 1, Version::V5);
+    let mut pinging = connect_with_keep_alive(gw.tcp_addr, "ka-pinging", 1, Version::V5);
+    // Pacing the client (not synchronisation): ping at 2/3 of the keep-alive,
+    // past the CONNECT deadline and the first 1.5x.
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(600));
+        pinging.send(&Packet::PingReq);
+        assert_eq!(pinging.recv(), Some(Packet::PingResp));
+    }
+    let got = silent.until_closed();
+    assert!(
+        matches!(got.as_slice(), [Packet::Disconnect(d)] if d.code == codec::reason::KEEP_ALIVE_TIMEOUT),
+        "expected DISCONNECT 0x8D, got {got:?}"
+    );
+    assert!(start.elapsed() >= Duration::from_millis(1400));
+    assert_eq!(gw.stats().timeouts, 1, "only the silent client timed out");
+}

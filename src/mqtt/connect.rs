@@ -34,7 +34,7 @@ fn credentials<'a>(c: &'a Connect, link: &'a Link) -> Credentials<'a> {
         client_id: &c.client_id,
         username: c.username.as_deref(),
         password: c.password.as_deref(),
-        peer: link.peer,
+        peer: link.peer.addr(),
         listener: TRANSPORT_NAMES[usize::from(link.transport) % TRANSPORT_NAMES.len()],
         protocol: match c.version {
             Version::V31 => 3,
@@ -61,7 +61,7 @@ pub(super) fn connect(
         return Ok(());
     };
     link.version = c.version;
-    let peer = link.peer;
+    let peer = link.peer.addr();
     if core.overloaded() {
         info!(conn = %id, %peer, lag_ms = core.lag_ms.get(), "CONNECT refused: the core is overloaded (listeners.overload_lag_ms)");
         bump(&core.stats().overload_refused, 1);
@@ -102,7 +102,7 @@ fn decided(
     let Some(e) = st.entry(key) else { return };
     let id = e.id;
     let Some(link) = e.link.as_mut() else { return };
-    let peer = link.peer;
+    let peer = link.peer.addr();
     match verdict {
         Verdict::Allow => admit(core, st, key, c),
         Verdict::AllowWith(grants) => {
@@ -256,21 +256,17 @@ fn admit(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) {
         keep_alive = m.max_keep_alive;
         granted.server_keep_alive = Some(keep_alive);
     }
-    link.keep_alive_ticks = (u64::from(keep_alive) * 1500).div_ceil(tick_ms);
+    link.keep_alive_ticks = (u64::from(keep_alive) * 1500).div_ceil(tick_ms) as u32;
     link.window = if v5 {
         c.properties
             .receive_maximum
             .unwrap_or(u16::MAX)
-            .min(m.max_inflight) as usize
+            .min(m.max_inflight)
     } else {
-        m.inflight_window.min(m.max_inflight) as usize
+        m.inflight_window.min(m.max_inflight)
     };
-    link.max_packet = c
-        .properties
-        .maximum_packet_size
-        .map_or(usize::MAX, |v| v as usize);
+    link.max_packet = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
     if v5 {
-        link.aliases = vec![None; m.topic_alias_maximum as usize].into_boxed_slice();
         let out = c
             .properties
             .topic_alias_maximum
@@ -419,7 +415,7 @@ pub(super) fn auth(
                 client_id: &client_id,
                 username: None,
                 password: None,
-                peer: link.peer,
+                peer: link.peer.addr(),
                 listener: TRANSPORT_NAMES[usize::from(link.transport) % TRANSPORT_NAMES.len()],
                 protocol: 5,
                 certificate_cn: None,

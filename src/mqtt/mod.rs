@@ -159,7 +159,7 @@ pub fn reject(core: &Core, key: ConnKey, version: Option<Version>, code: u8, why
     let Some(e) = st.entry(key) else {
         return;
     };
-    let peer = e.link.as_ref().map(|l| l.peer);
+    let peer = e.link.as_ref().map(|l| l.peer.addr());
     info!(conn = %e.id, peer = ?peer, reason = format_args!("{code:#04x}"), "closing: {why}");
     bump(&core.stats().protocol_errors, 1);
     let before_connack = matches!(e.phase, Phase::Connecting);

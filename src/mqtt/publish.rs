@@ -62,9 +62,11 @@ pub(super) fn publish(
     // Resolve the topic alias once: a parked packet keeps its topic.
     match p.properties.topic_alias.take() {
         Some(alias) => {
+            // The table the CONNACK granted, allocated on first use.
+            let granted = if v5 { m.topic_alias_maximum } else { 0 };
             let slot = (alias as usize)
                 .checked_sub(1)
-                .filter(|&i| i < link.aliases.len());
+                .filter(|&i| i < usize::from(granted));
             let Some(slot) = slot else {
                 return Err(violation(
                     reason::TOPIC_ALIAS_INVALID,
@@ -72,11 +74,14 @@ pub(super) fn publish(
                 ));
             };
             if p.topic.is_empty() {
-                let Some(t) = link.aliases[slot].clone() else {
+                let Some(t) = link.aliases.get(slot).cloned().flatten() else {
                     return Err(violation(reason::PROTOCOL_ERROR, "unknown topic alias"));
                 };
                 p.topic = t.to_string();
             } else {
+                if link.aliases.is_empty() {
+                    link.aliases.resize(usize::from(granted), None);
+                }
                 link.aliases[slot] = Some(p.topic.as_str().into());
             }
         }

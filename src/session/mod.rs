@@ -10,6 +10,7 @@ pub mod alias;
 mod frame;
 mod message;
 mod move_window;
+mod thin;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::codec::SubOptions;
 pub use frame::{AckKind, Frame};
 pub use message::{sub_ids, Confirm, ConfirmDone, Delivery, Message, Publication, SubIds};
 pub use move_window::{MoveWindow, MAX_RECENT_IDS};
+pub use thin::Thin;
 
 /// A message sent to the client and not yet fully acknowledged.
 #[derive(Debug)]
@@ -39,15 +41,18 @@ pub type Subscription = (Box<str>, SubOptions, u32);
 /// cores on takeover, so it holds only `Send` data.
 #[derive(Debug, Default)]
 pub struct Session {
-    /// Subscriptions by filter, in subscribe order.
-    pub subs: Vec<Subscription>,
+    /// Subscriptions by filter, in subscribe order (a [`Thin`]: many
+    /// clients subscribe to nothing).
+    pub subs: Thin<Vec<Subscription>>,
     /// Sent, unacknowledged; oldest first (so acks usually hit the front).
-    pub inflight: VecDeque<Inflight>,
+    /// [`Thin`], like the next two: empty in an idle session, and then
+    /// unallocated (see [`Session::settle`]).
+    pub inflight: Thin<VecDeque<Inflight>>,
     /// QoS 1/2 messages not yet sent; bounded by `session.max_queued_messages`.
-    pub queued: VecDeque<Delivery>,
+    pub queued: Thin<VecDeque<Delivery>>,
     /// Packet ids of QoS 2 publishes received and awaiting PUBREL: a DUP
     /// retransmission with one of these ids is acknowledged, not re-routed.
-    pub incoming_qos2: Vec<u16>,
+    pub incoming_qos2: Thin<Vec<u16>>,
     /// Seconds the session outlives its connection (0: ends with it).
     pub expiry_secs: u32,
     /// Set for a while after the session moved in from another core, while
@@ -86,6 +91,15 @@ impl Session {
         self.last_pkid = last;
     }
 
+    /// Frees whichever of the session's queues is empty: called where they
+    /// drain (an acknowledgement, a written outbox), so an idle session
+    /// holds no queue memory.
+    pub fn settle(&mut self) {
+        self.inflight.release();
+        self.queued.release();
+        self.incoming_qos2.release();
+    }
+
     /// Allocates the next free packet id. The window bounds `inflight`, so
     /// the scan is short; ids cycle so a just-freed id is not reused at once.
     pub fn next_pkid(&mut self) -> u16 {
@@ -113,6 +127,8 @@ impl Session {
             .inflight
             .iter()
             .position(|e| e.pkid == pkid && pred(e))?;
-        self.inflight.remove(i)
+        let taken = self.inflight.remove(i);
+        self.inflight.release();
+        taken
     }
 }

@@ -155,7 +155,7 @@ pub fn deliver(e: &mut Entry, d: Delivery, cfg: &Config, stats: &Stats, now: Ins
         let Some(link) = link else {
             return Offer::DroppedOffline;
         };
-        if link.outbox_bytes >= cfg.session.max_outbox_bytes {
+        if link.outbox_bytes as usize >= cfg.session.max_outbox_bytes {
             return Offer::DroppedSlow;
         }
         if !fits(link, &d) {
@@ -170,7 +170,7 @@ pub fn deliver(e: &mut Entry, d: Delivery, cfg: &Config, stats: &Stats, now: Ins
     }
     let s = &mut e.session;
     if let Some(link) = link {
-        if s.queued.is_empty() && s.inflight.len() < link.window {
+        if s.queued.is_empty() && s.inflight.len() < usize::from(link.window) {
             send_new(s, link, d, stats);
             return Offer::Sent;
         }
@@ -196,7 +196,7 @@ fn fits(link: &Link, d: &Delivery) -> bool {
     // A topic alias property (bound at write time) can add 3 bytes, and grow
     // the property length prefix by one.
     let alias_room = if link.out_aliases.is_some() { 4 } else { 0 };
-    d.encoded_len(link.version) + alias_room <= link.max_packet
+    d.encoded_len(link.version) + alias_room <= link.max_packet as usize
 }
 
 fn send_new(s: &mut Session, link: &mut Link, d: Delivery, stats: &Stats) {
@@ -222,7 +222,7 @@ fn send_new(s: &mut Session, link: &mut Link, d: Delivery, stats: &Stats) {
 pub fn pump(e: &mut Entry, stats: &Stats, now: Instant) {
     let Some(link) = e.link.as_mut() else { return };
     let s = &mut e.session;
-    while s.inflight.len() < link.window {
+    while s.inflight.len() < usize::from(link.window) {
         let Some(d) = s.queued.pop_front() else { break };
         if d.msg.expired(now) {
             bump(&stats.dropped_expired, 1);
@@ -250,8 +250,8 @@ mod tests {
         c
     }
 
-    fn entry(window: usize, online: bool) -> Entry {
-        let mut link = Link::new("127.0.0.1:1".parse().unwrap(), -1, 0, window, 0);
+    fn entry(window: u16, online: bool) -> Entry {
+        let mut link = Link::new("127.0.0.1:1".parse().unwrap(), 0, window, 0);
         link.version = Version::V5;
         Entry {
             gen: 1,

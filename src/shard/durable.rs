@@ -14,7 +14,6 @@
 //! message's `Confirm` is held for the write and released by the store.
 
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
 
 use tracing::info;
 
@@ -165,10 +164,7 @@ impl Core {
             return None;
         }
         let user = link.username.clone()?;
-        let since_ms = link
-            .since
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let since_ms = link.since_ms;
         Some(Presence {
             user,
             client_id: client_id.clone(),

@@ -17,7 +17,6 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -25,7 +24,7 @@ use super::acks::HeldAcks;
 use crate::codec::{ConnAck, Connect, Packet, Publish, Subscribe, Version, Will};
 use crate::id::{ConnId, Location};
 use crate::session::alias::OutAliases;
-use crate::session::{Durable, Frame, Session};
+use crate::session::{Durable, Frame, Session, Thin};
 
 /// One slab entry: a connection and/or a session.
 pub struct Entry {
@@ -62,8 +61,9 @@ pub enum Phase {
     AwaitingHandover {
         /// What the CONNECT asked for.
         info: Box<ConnectInfo>,
-        /// The newer claimant, which gets the session instead.
-        superseded: Option<Location>,
+        /// The newer claimant, which gets the session instead (boxed, like
+        /// `Moved`'s place: rare, and the phase is in every entry).
+        superseded: Option<Box<Location>>,
     },
     /// CONNACK sent; the session is live.
     Active,
@@ -83,7 +83,7 @@ pub enum Phase {
     /// already on their way here are not lost; its socket (if any) is closing.
     Moved {
         /// The session's new place.
-        to: Location,
+        to: Box<Location>,
         /// Tick at which the tombstone ends.
         until: u64,
     },
@@ -167,29 +167,34 @@ pub struct Link {
     /// Protocol version (3.1.1 until the CONNECT says otherwise).
     pub version: Version,
     /// The client's address.
-    pub peer: SocketAddr,
-    /// The socket (for logs and diagnostics; the task owns it).
-    pub fd: RawFd,
-    /// When the socket was accepted.
-    pub since: std::time::SystemTime,
-    /// 1.5 x keep-alive in ticks; 0 disables the check.
-    pub keep_alive_ticks: u64,
+    pub peer: super::Peer,
+    /// When the socket was accepted, in milliseconds since the Unix epoch
+    /// (not a `SystemTime`: 8 bytes instead of 16, in every connection).
+    pub since_ms: u64,
+    /// 1.5 x keep-alive in ticks; 0 disables the check (at most 65,535 s
+    /// x 1.5 at 1 ms ticks: 32 bits hold it).
+    pub keep_alive_ticks: u32,
     /// Tick of the last packet received.
     pub last_seen: u64,
-    /// Frames waiting to be written.
-    pub outbox: VecDeque<Frame>,
-    /// Weight of `outbox` (see [`Frame::weight`]).
-    pub outbox_bytes: usize,
+    /// Frames waiting to be written (unallocated while empty: see
+    /// [`Thin`]).
+    pub outbox: Thin<VecDeque<Frame>>,
+    /// Weight of `outbox` (see [`Frame::weight`]); `session.max_outbox_bytes`
+    /// bounds it far below 4 GiB.
+    pub outbox_bytes: u32,
     /// The connection task, woken when the outbox or phase changes.
     pub waker: Option<Waker>,
-    /// Set when the core wants the connection closed.
-    pub close: Option<CloseRequest>,
+    /// Set when the core wants the connection closed (boxed: rare, and
+    /// this struct is per connection).
+    pub close: Option<Box<CloseRequest>>,
     /// Outbound in-flight window (client's Receive Maximum, capped).
-    pub window: usize,
-    /// Client's Maximum Packet Size.
-    pub max_packet: usize,
-    /// Inbound topic aliases (index = alias - 1).
-    pub aliases: Box<[Option<Arc<str>>]>,
+    pub window: u16,
+    /// Client's Maximum Packet Size (the protocol's limit fits 32 bits).
+    pub max_packet: u32,
+    /// Inbound topic aliases (index = alias - 1). Empty and unallocated
+    /// until the client's first alias; then `mqtt.topic_alias_maximum`
+    /// long (MQTT 5 only).
+    pub aliases: Thin<Vec<Option<Arc<str>>>>,
     /// Outbound topic aliases, when the client accepts them (MQTT 5).
     pub out_aliases: Option<Box<OutAliases>>,
     /// Boxed: most clients set no will, and this struct is per connection.
@@ -233,21 +238,22 @@ pub struct Rare {
 
 impl Link {
     /// A link for a socket just accepted.
-    pub fn new(peer: SocketAddr, fd: RawFd, now_tick: u64, window: usize, transport: u8) -> Link {
+    pub fn new(peer: SocketAddr, now_tick: u64, window: u16, transport: u8) -> Link {
         Link {
             version: Version::V311,
-            peer,
-            fd,
-            since: std::time::SystemTime::now(),
+            peer: peer.into(),
+            since_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             keep_alive_ticks: 0,
             last_seen: now_tick,
-            outbox: VecDeque::new(),
+            outbox: Thin::new(),
             outbox_bytes: 0,
             waker: None,
             close: None,
             window,
-            max_packet: usize::MAX,
-            aliases: Box::default(),
+            max_packet: u32::MAX,
+            aliases: Thin::new(),
             out_aliases: None,
             will: None,
             username: None,
@@ -298,7 +304,7 @@ impl Link {
 
     /// Queues a frame and wakes the connection task.
     pub fn push(&mut self, frame: Frame) {
-        self.outbox_bytes += frame.weight();
+        self.outbox_bytes += frame.weight() as u32;
         self.outbox.push_back(frame);
         self.wake();
     }
@@ -328,11 +334,11 @@ impl Link {
         why: Option<&str>,
     ) {
         if self.close.is_none() {
-            self.close = Some(CloseRequest {
+            self.close = Some(Box::new(CloseRequest {
                 reason,
                 discard_outbox,
                 why: why.map(Into::into),
-            });
+            }));
         }
         self.wake();
     }

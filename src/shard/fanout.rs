@@ -94,8 +94,8 @@ impl Core {
                 .unwrap_or(QoS::AtMostOnce);
             let retain = msg.retain && same.iter().any(|s| s.opts.retain_as_published);
             let d = Delivery::new(msg.clone(), qos, retain, sub_ids(same.iter().map(|s| s.id)));
-            if let Phase::Moved { to, .. } = e.phase {
-                self.forward_out(to, d);
+            if let Phase::Moved { ref to, .. } = e.phase {
+                self.forward_out(**to, d);
                 continue;
             }
             count(self.offer_mirrored(journal, e, d, now), stats);

@@ -79,7 +79,6 @@ impl Core {
             _ => return None,
         };
         let link = e.link.as_ref().filter(|_| online);
-        let since = link.and_then(|l| l.since.duration_since(std::time::UNIX_EPOCH).ok());
         Some(ClientInfo {
             client_id: e.client_id.as_deref()?.to_string(),
             username: link.and_then(|l| l.username.as_deref()).map(str::to_string),
@@ -90,7 +89,7 @@ impl Core {
             transport: link
                 .and_then(|l| TRANSPORT_NAMES.get(usize::from(l.transport)))
                 .map(|t| t.to_string()),
-            connected_since_ms: since.map(|d| d.as_millis() as u64),
+            connected_since_ms: link.map(|l| l.since_ms),
             peer: link.map(|l| l.peer.to_string()),
             protocol: link.map(|l| match l.version {
                 Version::V31 => "3.1",
@@ -108,7 +107,7 @@ impl Core {
                 .collect(),
             queued: e.session.queued.len(),
             inflight: e.session.inflight.len(),
-            inflight_window: link.map(|l| l.window),
+            inflight_window: link.map(|l| usize::from(l.window)),
         })
     }
 }

@@ -2,7 +2,6 @@
 //! when its socket is gone; a session parked offline or ended; shutdown.
 
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 
 use tracing::debug;
@@ -18,7 +17,7 @@ use crate::store::StoreOp;
 
 impl Core {
     /// Adds an accepted socket; arms the CONNECT deadline.
-    pub fn register(&self, peer: SocketAddr, fd: RawFd, transport: u8) -> (ConnKey, ConnId) {
+    pub fn register(&self, peer: SocketAddr, transport: u8) -> (ConnKey, ConnId) {
         let mut st = self.st.borrow_mut();
         st.next_gen = st.next_gen.wrapping_add(1);
         st.next_seq += 1;
@@ -28,14 +27,14 @@ impl Core {
             core: self.id as u16,
             seq: st.next_seq,
         };
-        let window = self.cfg.mqtt.inflight_window as usize;
+        let window = self.cfg.mqtt.inflight_window;
         let index = st.conns.insert(Entry {
             gen,
             id,
             client_id: None,
             phase: Phase::Connecting,
             session: Session::default(),
-            link: Some(Link::new(peer, fd, self.now_tick(), window, transport)),
+            link: Some(Link::new(peer, self.now_tick(), window, transport)),
         });
         st.links += 1;
         self.handshaking.set(self.handshaking.get() + 1);

@@ -34,7 +34,7 @@ impl Core {
         link.waker = Some(waker.clone());
         Some(LinkPoll {
             parked: phase_parks || link.is_parked(),
-            close: link.close.clone(),
+            close: link.close.as_deref().cloned(),
         })
     }
 
@@ -44,7 +44,8 @@ impl Core {
     pub fn outbox_full(&self, key: ConnKey) -> bool {
         let limit = self.cfg.session.max_outbox_bytes;
         let mut st = self.st.borrow_mut();
-        st.link(key).is_some_and(|l| l.outbox_bytes >= limit)
+        st.link(key)
+            .is_some_and(|l| l.outbox_bytes as usize >= limit)
     }
 
     /// Bytes arrived on the connection: it is alive (keep-alive).
@@ -92,7 +93,7 @@ impl Core {
             let Some(frame) = link.outbox.pop_front() else {
                 break;
             };
-            link.outbox_bytes -= frame.weight();
+            link.outbox_bytes -= frame.weight() as u32;
             packets += 1;
             if let Frame::Publish { d, dup, pkid } = &frame {
                 publishes += 1;
@@ -118,6 +119,13 @@ impl Core {
             }
             frame.encode(v, out, link.out_aliases.as_deref_mut());
         }
+        // A drained outbox gives its buffer back (four frames, 224 B), and
+        // so do the session's drained queues: a connection spends most of
+        // its life idle, and the buffer its CONNACK left behind was the
+        // largest part of an idle connection (bench/RESULTS.md). A busy
+        // connection pays one allocation per batch for it.
+        link.outbox.release();
+        e.session.settle();
         bump(&stats.packets_out, packets);
         bump(&stats.publishes_out, publishes);
     }

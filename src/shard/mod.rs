@@ -45,6 +45,7 @@ mod interest;
 mod lifecycle;
 mod link;
 mod node;
+mod peer;
 mod pending;
 mod presence;
 mod retained;
@@ -76,6 +77,7 @@ pub use entry::{
     AuthInProgress, CloseRequest, ConnectInfo, Entry, Link, Parked, PendingWill, Phase, Timer,
 };
 pub use node::{Admission, CoreVisible, NodeState};
+pub use peer::Peer;
 pub use pending::{ApiPublish, Pending, PendingKind, ReplyReceivers, Returns, Waiting};
 pub use trie::Sub;
 
@@ -144,7 +146,7 @@ pub struct Core {
     /// wrote everything hands it back, so idle connections hold none. A
     /// connection whose socket is full keeps it (and the next writer
     /// starts an empty one, handed back in turn).
-    pub write_scratch: RefCell<Vec<u8>>,
+    pub write_scratch: RefCell<crate::session::Thin<Vec<u8>>>,
     clock: Clock,
     /// Outgoing queues towards the other cores.
     pub routes: Routes,
@@ -201,7 +203,7 @@ impl Core {
             id,
             scratch: RefCell::new(vec![0; r.read_buffer_bytes]),
             plaintext: RefCell::new(Vec::new()),
-            write_scratch: RefCell::new(Vec::new()),
+            write_scratch: RefCell::default(),
             routes: Routes::new(ncores, r.route_batch_max, r.router_backlog_limit),
             st: RefCell::new(CoreState {
                 conns: Slab::with_capacity(crate::limits::connection_slots() / ncores.max(1)),

@@ -176,7 +176,7 @@ impl Core {
             ..
         } = phase
         {
-            self.dispatch_handover(st, Some((next, None)), false);
+            self.dispatch_handover(st, Some((*next, None)), false);
         }
         refused
     }
@@ -199,7 +199,7 @@ impl Core {
         };
         match &mut e.phase {
             Phase::AwaitingHandover { superseded, .. } => {
-                *superseded = Some(requester);
+                *superseded = Some(Box::new(requester));
                 None
             }
             Phase::Connecting
@@ -260,7 +260,7 @@ impl Core {
         match window {
             Some(until) => {
                 e.phase = Phase::Moved {
-                    to: requester,
+                    to: Box::new(requester),
                     until,
                 };
                 self.arm(st, until, target, Timer::Tombstone);
@@ -290,9 +290,9 @@ impl Core {
             .cloned()
             .partition(|(f, ..)| GroupKey::parse(f).is_some());
         let session = std::mem::take(&mut e.session);
-        e.session.subs = plain;
+        e.session.subs = plain.into();
         e.phase = Phase::Moved {
-            to: requester,
+            to: Box::new(requester),
             until,
         };
         self.arm(st, until, target, Timer::Tombstone);
@@ -357,7 +357,10 @@ impl Core {
             // An even newer connection claimed the id while we waited. Stay
             // a tombstone for a while if forwards may still arrive here.
             if remote {
-                e.phase = Phase::Moved { to: next, until };
+                e.phase = Phase::Moved {
+                    to: next.clone(),
+                    until,
+                };
                 self.arm(st, until, target, Timer::Tombstone);
             } else {
                 e.phase = Phase::TakenOver;
@@ -370,7 +373,7 @@ impl Core {
                 }
                 None => {}
             }
-            self.dispatch_handover(st, Some((next, session)), remote);
+            self.dispatch_handover(st, Some((*next, session)), remote);
             return;
         }
         let mut session = session;
@@ -430,7 +433,7 @@ impl Core {
         connack.session_present = session_present;
         link.control(Packet::ConnAck(connack));
         // MQTT 4.4: resend unacknowledged PUBLISH (DUP) and PUBREL first.
-        for f in &e.session.inflight {
+        for f in e.session.inflight.iter() {
             if f.released {
                 link.control(Packet::PubRel(crate::codec::Ack::new(f.pkid)));
             } else {
@@ -450,7 +453,13 @@ impl Core {
         pump(e, self.stats(), now.at);
         bump(&self.stats().connects, 1);
         debug!(conn = %id, session_present, "session active");
-        if keep_alive_ticks > 0 {
+        // One wheel timer per connection: the CONNECT deadline armed at
+        // accept is still pending (timers are never cancelled), and when it
+        // fires on an active connection it checks the keep-alive instead
+        // (`timers.rs`). Only a keep-alive shorter than the CONNECT timeout
+        // needs a timer of its own, to be checked on time.
+        let keep_alive_ticks = u64::from(keep_alive_ticks);
+        if keep_alive_ticks > 0 && keep_alive_ticks < self.ticks(self.cfg.mqtt.connect_timeout_ms) {
             self.arm(st, now.tick + keep_alive_ticks, key, Timer::KeepAlive);
         }
     }
@@ -471,8 +480,12 @@ impl Core {
         };
         match e.phase {
             // It moved on again (a chain of takeovers): follow it.
-            Phase::Moved { to, .. } if to.core == self.id => self.forward_in(st, to.key, d),
-            Phase::Moved { to, .. } => {
+            Phase::Moved { ref to, .. } if to.core == self.id => {
+                let to = **to;
+                self.forward_in(st, to.key, d)
+            }
+            Phase::Moved { ref to, .. } => {
+                let to = **to;
                 super::hop(&d);
                 self.route(to.core, CoreMsg::Forward { target: to.key, d })
             }
@@ -514,7 +527,10 @@ impl Core {
         let Some(e) = st.entry(target) else { return };
         match e.phase {
             // Moved on within this core: the window travelled with it.
-            Phase::Moved { to, .. } if to.core == self.id => self.forward_end(st, to.key),
+            Phase::Moved { ref to, .. } if to.core == self.id => {
+                let to = **to;
+                self.forward_end(st, to.key)
+            }
             // Moved on to another core: this core's own tombstone sends
             // that core its end marker when it expires.
             Phase::Moved { .. }

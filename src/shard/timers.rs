@@ -41,9 +41,13 @@ impl Core {
                     bump(&self.stats().timeouts, 1);
                 }
             }
-            (Timer::KeepAlive, Phase::Active) => {
-                let Some(link) = e.link.as_mut() else { return };
-                let deadline = link.last_seen + link.keep_alive_ticks;
+            // The CONNECT deadline of a connection that became active in
+            // time is its first keep-alive check (see `activate`).
+            (Timer::KeepAlive | Timer::ConnectDeadline, Phase::Active) => {
+                let Some(link) = e.link.as_mut().filter(|l| l.keep_alive_ticks > 0) else {
+                    return;
+                };
+                let deadline = link.last_seen + u64::from(link.keep_alive_ticks);
                 if now >= deadline {
                     info!(conn = %e.id, peer = %link.peer, "keep-alive expired; closing");
                     let reason = link.version.is_v5().then_some(reason::KEEP_ALIVE_TIMEOUT);
@@ -54,7 +58,7 @@ impl Core {
                 }
             }
             (Timer::Tombstone, Phase::Moved { to, until }) if now >= *until => {
-                let to = *to;
+                let to = **to;
                 let subs = std::mem::take(&mut e.session.subs);
                 let online = e.link.is_some();
                 if online {

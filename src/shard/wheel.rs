@@ -18,7 +18,9 @@ const HORIZON_BITS: u32 = BITS * LEVELS as u32;
 
 pub struct Wheel<T> {
     now: u64,
-    slots: Vec<Vec<(u64, T)>>,
+    /// Timers by level and slot, each with the low 32 bits of its deadline
+    /// (see [`Wheel::place`]).
+    slots: Vec<Vec<(u32, T)>>,
     len: usize,
 }
 
@@ -63,7 +65,16 @@ impl<T> Wheel<T> {
             level += 1;
         }
         let slot = ((deadline >> (BITS * level as u32)) & MASK) as usize;
-        self.slots[level * SLOTS + slot].push((deadline, item));
+        // A deadline is never more than the horizon (2^24 ticks) ahead of
+        // `now`, and a slot is cascaded no later than its deadline, so 32
+        // bits recover it (`full_deadline`). An idle connection's timer is
+        // 16 bytes instead of 24.
+        self.slots[level * SLOTS + slot].push((deadline as u32, item));
+    }
+
+    /// The deadline whose low 32 bits are `low`, at or after `now`.
+    fn full_deadline(&self, low: u32) -> u64 {
+        self.now + u64::from(low.wrapping_sub(self.now as u32))
     }
 
     /// Moves time forward to `to`, appending every timer that fired.
@@ -75,7 +86,8 @@ impl<T> Wheel<T> {
                 if self.now & ((1u64 << shift) - 1) == 0 {
                     let slot = ((self.now >> shift) & MASK) as usize;
                     let items = std::mem::take(&mut self.slots[level * SLOTS + slot]);
-                    for (deadline, item) in items {
+                    for (low, item) in items {
+                        let deadline = self.full_deadline(low);
                         if deadline <= self.now {
                             self.len -= 1;
                             fired.push(item);
@@ -140,6 +152,47 @@ mod tests {
         let mut fired = Vec::new();
         w.advance(1 << HORIZON_BITS, &mut fired);
         assert_eq!(fired, vec![1]);
+    }
+
+    /// Timers keep 32 bits of their deadline: deadlines across a 2^32
+    /// boundary of the tick count still fire on time.
+    #[test]
+    fn deadlines_past_a_32_bit_boundary_fire_on_time() {
+        let start = (5u64 << 32) - 70_000;
+        let mut w = Wheel::new(start);
+        let offsets = [
+            1,
+            63,
+            4_096,
+            69_999,
+            70_000,
+            70_001,
+            200_000,
+            (1 << HORIZON_BITS) - 1,
+        ];
+        for o in offsets {
+            w.insert(start + o, start + o);
+        }
+        // Deadlines past the current top-level block fire at its end (the
+        // owner re-arms them: `beyond_horizon_fires_early_not_never`).
+        let block_end = start | ((1 << HORIZON_BITS) - 1);
+        let fired = run_until(&mut w, block_end + 1);
+        assert_eq!(fired.len(), offsets.len());
+        assert!(
+            fired.iter().all(|&(at, d)| at == d.min(block_end)),
+            "{fired:?}"
+        );
+        // Re-armed past the boundary, they fire on time.
+        for &(_, d) in fired.iter().filter(|&&(at, d)| at < d) {
+            w.insert(d, d);
+        }
+        let again = run_until(&mut w, start + (1 << HORIZON_BITS));
+        assert_eq!(again.len(), 4);
+        // (One was due at the tick the first run ended on: the next tick.)
+        assert!(
+            again.iter().all(|&(at, d)| at == d.max(block_end + 2)),
+            "{again:?}"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The in-memory session directory: a sharded hash map, answering every
-//! claim at once. The default store, and the node-local directory of a
+//! The in-memory session directory: a sharded hash table (each shard a
+//! [`Directory`]), answering every claim at once. The default store, and the node-local directory of a
 //! single node.
 //!
 //! With `limits.max_connections_per_user` (or a limit an authenticator
@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ahash::AHashMap;
 
+use super::directory::Directory;
+
 use super::{Claim, ClaimResult, Claimed, Presence, SessionStore, StoreOp, UserLimit};
 use crate::bridge::{Bridge, BridgeMsg};
 use crate::codec::reason;
@@ -23,7 +25,9 @@ const SHARDS: usize = 64;
 
 /// In-memory directory: a sharded hash map.
 pub struct MemoryStore {
-    shards: Vec<Mutex<AHashMap<Box<str>, Location>>>,
+    /// Keyed by the client id the session's entry holds (an `Arc` clone,
+    /// not a copy of the string).
+    shards: Vec<Mutex<Directory>>,
     hasher: ahash::RandomState,
     /// The per-user connection limits.
     users: Users,
@@ -51,7 +55,7 @@ impl Default for MemoryStore {
             // touches one control byte per bucket, not the buckets.
             shards: (0..SHARDS)
                 .map(|_| {
-                    Mutex::new(AHashMap::with_capacity(
+                    Mutex::new(Directory::with_capacity(
                         crate::limits::connection_slots() / SHARDS,
                     ))
                 })
@@ -124,15 +128,21 @@ impl MemoryStore {
     /// Records that `client_id` lives at `loc` now: where it lived before.
     /// No limit applies (a cluster store decides limits cluster-wide and
     /// keeps its node-local directory here).
-    pub fn place(&self, client_id: &str, loc: Location) -> Option<Location> {
-        self.shard(client_id).insert(client_id.into(), loc)
+    pub fn place(&self, client_id: &Arc<str>, loc: Location) -> Option<Location> {
+        let (hash, mut shard) = self.shard(client_id);
+        shard.insert(hash, client_id, loc, |id| self.hasher.hash_one(id))
     }
 
-    fn shard(&self, client_id: &str) -> std::sync::MutexGuard<'_, AHashMap<Box<str>, Location>> {
-        let shard = &self.shards[self.hasher.hash_one(client_id) as usize % SHARDS];
+    /// The client id's hash and its shard, locked. The shard is picked by
+    /// bits 32 and up, because the shard's table indexes by the low bits:
+    /// picking by those would leave every shard's entries in 1 of 64
+    /// buckets.
+    fn shard(&self, client_id: &str) -> (u64, std::sync::MutexGuard<'_, Directory>) {
+        let hash = self.hasher.hash_one(client_id);
+        let shard = &self.shards[(hash >> 32) as usize % SHARDS];
         // A panic while holding the lock cannot leave the map half-updated
         // (each operation is a single insert/remove), so poison is ignored.
-        shard.lock().unwrap_or_else(|p| p.into_inner())
+        (hash, shard.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -154,14 +164,13 @@ impl SessionStore for MemoryStore {
     }
 
     fn release(&self, client_id: &str, loc: Location) {
-        let mut map = self.shard(client_id);
-        if map.get(client_id) == Some(&loc) {
-            map.remove(client_id);
-        }
+        let (hash, mut shard) = self.shard(client_id);
+        shard.remove_if_at(hash, client_id, loc);
     }
 
     fn locate(&self, client_id: &str) -> Option<Location> {
-        self.shard(client_id).get(client_id).copied()
+        let (hash, shard) = self.shard(client_id);
+        shard.get(hash, client_id)
     }
 
     fn tracks_users(&self) -> bool {

@@ -13,6 +13,7 @@
 //! reading nothing, and the core serves everyone else. Release is
 //! fire-and-forget.
 
+mod directory;
 mod memory;
 mod op;
 pub mod redis;

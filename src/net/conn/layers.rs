@@ -49,7 +49,7 @@ impl Conn {
         let result = tls.decrypt(cipher, &mut plain);
         if handshaking && !tls.is_handshaking() && result.is_ok() {
             let resumed = tls.resumed();
-            debug!(conn = %self.id, resumed, "TLS handshake complete");
+            debug!(conn = %self.id(), resumed, "TLS handshake complete");
             let stats = core.stats();
             bump(
                 if resumed {
@@ -63,7 +63,7 @@ impl Conn {
         let inbound = match result {
             Ok(inbound) => inbound,
             Err(e) => {
-                info!(conn = %self.id, peer = %self.peer(), "closing: {e}");
+                info!(conn = %self.id(), peer = %self.peer(), "closing: {e}");
                 let stats = core.stats();
                 bump(
                     if handshaking {
@@ -107,7 +107,7 @@ impl Conn {
             match crate::net::ws::handshake(&ws.raw, &cfg.path) {
                 crate::net::ws::Handshake::Incomplete => {}
                 crate::net::ws::Handshake::Refused { response, why } => {
-                    info!(conn = %self.id, peer = %self.peer(), "WebSocket upgrade refused: {why}");
+                    info!(conn = %self.id(), peer = %self.peer(), "WebSocket upgrade refused: {why}");
                     bump(&self.core.stats().ws_upgrade_errors, 1);
                     ws.control.extend_from_slice(&response);
                     ws.raw = Vec::new();
@@ -137,13 +137,13 @@ impl Conn {
                         ),
                         Opcode::Pong => {}
                         Opcode::Close => {
-                            debug!(conn = %self.id, "WebSocket closed by the client");
+                            debug!(conn = %self.id(), "WebSocket closed by the client");
                             ws.close.get_or_insert(crate::net::ws::close::NORMAL);
                             self.close_link();
                             break;
                         }
                         Opcode::Text => {
-                            info!(conn = %self.id, peer = %self.peer(), "closing: text frame (MQTT needs binary frames)");
+                            info!(conn = %self.id(), peer = %self.peer(), "closing: text frame (MQTT needs binary frames)");
                             bump(&self.core.stats().protocol_errors, 1);
                             ws.close = Some(crate::net::ws::close::UNSUPPORTED_DATA);
                             self.close_link();
@@ -152,7 +152,7 @@ impl Conn {
                     }
                 }
                 Err(e) => {
-                    info!(conn = %self.id, peer = %self.peer(), "closing: {e}");
+                    info!(conn = %self.id(), peer = %self.peer(), "closing: {e}");
                     bump(&self.core.stats().protocol_errors, 1);
                     ws.close = Some(e.close_code());
                     self.close_link();
@@ -180,9 +180,9 @@ impl Conn {
         let mut plain = core.plaintext.borrow_mut();
         // Encode into the shared plaintext buffer, then encrypt into wbuf.
         plain.clear();
-        std::mem::swap(&mut self.wbuf, &mut *plain);
+        std::mem::swap(&mut *self.wbuf, &mut *plain);
         self.fill_plain();
-        std::mem::swap(&mut self.wbuf, &mut *plain);
+        std::mem::swap(&mut *self.wbuf, &mut *plain);
         let tls = self.tls.as_mut().expect("TLS connection");
         if plain.is_empty() && self.closing.is_some() {
             tls.close();

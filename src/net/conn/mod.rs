@@ -45,6 +45,7 @@ use super::tls::Acceptor;
 use crate::codec::{self, decode, DecodeError, Packet, Version};
 use crate::id::{ConnId, ConnKey};
 use crate::mqtt::{self, Flow};
+use crate::session::Thin;
 use crate::shard::{CloseRequest, Core};
 use crate::stats::bump;
 
@@ -73,15 +74,17 @@ struct Conn {
     /// The socket, or an HTTP session's pipe.
     io: Io,
     key: ConnKey,
-    id: ConnId,
+    /// The sequence part of the connection's [`ConnId`] (node and core are
+    /// the core's: 8 bytes here instead of 16, in every connection).
+    seq: u64,
     /// Protocol version, known once CONNECT was decoded.
     version: Option<Version>,
     /// Partial packet carried over between reads (empty, and unallocated,
-    /// most of the time).
-    inbuf: Vec<u8>,
+    /// most of the time: a [`Thin`] is one pointer then).
+    inbuf: Thin<Vec<u8>>,
     /// Bytes being written: the core's `write_scratch` while this
     /// connection writes, unallocated once everything was written.
-    wbuf: Vec<u8>,
+    wbuf: Thin<Vec<u8>>,
     /// Written so far of `wbuf` (u32: a fill stops at [`WRITE_CHUNK`]
     /// past what was there, and every byte here is a byte per connection).
     wpos: u32,
@@ -285,7 +288,7 @@ pub fn serve(
     if l.recv_buffer_bytes > 0 {
         let _ = sock.set_recv_buffer_size(l.recv_buffer_bytes);
     }
-    let (key, id) = core.register(peer, stream.as_raw_fd(), transport.index() as u8);
+    let (key, id) = core.register(peer, transport.index() as u8);
     core.visible().open_by_transport[transport.index()]
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     debug!(conn = %id, %peer, transport = transport.name(), "accepted");
@@ -306,7 +309,7 @@ pub fn serve(
 /// what they turn into events ([`super::fallback`]).
 pub fn serve_pipe(core: Rc<Core>, pipe: &Pipe, peer: SocketAddr) -> ConnTask {
     let transport = Transport::Http;
-    let (key, id) = core.register(peer, -1, transport.index() as u8);
+    let (key, id) = core.register(peer, transport.index() as u8);
     pipe.key.set(Some(key));
     core.visible().open_by_transport[transport.index()]
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -315,6 +318,15 @@ pub fn serve_pipe(core: Rc<Core>, pipe: &Pipe, peer: SocketAddr) -> ConnTask {
 }
 
 impl Conn {
+    /// The connection's id, for logs.
+    fn id(&self) -> ConnId {
+        ConnId {
+            node: self.core.node.node_id,
+            core: self.core.id as u16,
+            seq: self.seq,
+        }
+    }
+
     /// A registered connection's state machine, before its first read.
     fn task(
         core: Rc<Core>,
@@ -330,10 +342,10 @@ impl Conn {
                 core,
                 io,
                 key,
-                id,
+                seq: id.seq,
                 version: None,
-                inbuf: Vec::new(),
-                wbuf: Vec::new(),
+                inbuf: Thin::new(),
+                wbuf: Thin::new(),
                 wpos: 0,
                 closing: None,
                 lingered: None,
@@ -363,7 +375,7 @@ impl Conn {
                 Io::Pipe(id) => {
                     // No socket to close: the requests hear of the end.
                     if let Some(pipe) = super::fallback::release(*id) {
-                        debug!(conn = %self.id, sid = %pipe.sid, "HTTP session's connection closed");
+                        debug!(conn = %self.id(), sid = %pipe.sid, "HTTP session's connection closed");
                     }
                     return Poll::Ready(());
                 }
@@ -379,7 +391,7 @@ impl Conn {
         if self.poll_linger(cx).is_pending() {
             return Poll::Pending;
         }
-        debug!(conn = %self.id, peer = %self.peer(), "closed");
+        debug!(conn = %self.id(), peer = %self.peer(), "closed");
         Poll::Ready(())
     }
 
@@ -405,7 +417,7 @@ impl Conn {
             }
             let flushed = match self.poll_flush(cx) {
                 Poll::Ready(Err(e)) => {
-                    debug!(conn = %self.id, "write failed: {e}");
+                    debug!(conn = %self.id(), "write failed: {e}");
                     return Poll::Ready(());
                 }
                 Poll::Ready(Ok(())) => true,
@@ -432,7 +444,7 @@ impl Conn {
             let mut scratch = core.scratch.borrow_mut();
             match self.read_io(&mut scratch, cx) {
                 Poll::Ready(Ok(0)) => {
-                    debug!(conn = %self.id, "peer closed the connection");
+                    debug!(conn = %self.id(), "peer closed the connection");
                     return Poll::Ready(());
                 }
                 Poll::Ready(Ok(n)) => {
@@ -440,7 +452,7 @@ impl Conn {
                     bump(&stats.bytes_in, n as u64);
                     if self.tls.is_some() {
                         if self.tls_ingest(&mut scratch[..n]) == super::tls::Inbound::Closed {
-                            debug!(conn = %self.id, "peer closed the TLS session");
+                            debug!(conn = %self.id(), "peer closed the TLS session");
                             return Poll::Ready(());
                         }
                     } else {
@@ -451,7 +463,7 @@ impl Conn {
                     }
                 }
                 Poll::Ready(Err(e)) => {
-                    debug!(conn = %self.id, "read failed: {e}");
+                    debug!(conn = %self.id(), "read failed: {e}");
                     return Poll::Ready(());
                 }
                 Poll::Pending => return Poll::Pending,
@@ -484,9 +496,7 @@ impl Conn {
             self.inbuf = buf;
             self.inbuf.drain(..used);
         }
-        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
-            self.inbuf = Vec::new();
-        }
+        self.inbuf.release();
     }
 
     /// Asks the connection to close after flushing what is queued.
@@ -565,7 +575,7 @@ impl Conn {
     fn give_back_wbuf(&mut self) {
         let buf = std::mem::take(&mut self.wbuf);
         let mut shared = self.core.write_scratch.borrow_mut();
-        if shared.capacity() == 0 && buf.capacity() <= KEEP_WRITE_SCRATCH {
+        if !shared.is_allocated() && buf.capacity() <= KEEP_WRITE_SCRATCH {
             *shared = buf;
         }
     }
@@ -588,9 +598,10 @@ impl Conn {
         loop {
             let wpos = self.wpos as usize;
             if wpos == self.wbuf.len() {
-                self.wbuf.clear();
                 self.wpos = 0;
-                if self.wbuf.capacity() == 0 {
+                if self.wbuf.is_allocated() {
+                    self.wbuf.clear();
+                } else {
                     self.wbuf = std::mem::take(&mut *self.core.write_scratch.borrow_mut());
                 }
                 self.fill_wbuf();

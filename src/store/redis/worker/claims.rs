@@ -338,7 +338,8 @@ fn restore(ctx: &Ctx, client_id: &Arc<str>, v: &[Value]) -> Session {
         s.incoming_qos2 = rx
             .iter()
             .filter_map(|p| text(Some(p)).parse().ok())
-            .collect();
+            .collect::<Vec<u16>>()
+            .into();
     }
     s
 }
