@@ -58,7 +58,7 @@ impl<C: Collection> Thin<C> {
         }
     }
 
-    /// Whether memory is held (for tests of who releases what).
+    /// Whether memory is held.
     pub fn is_allocated(&self) -> bool {
         self.0.is_some()
     }

@@ -50,16 +50,14 @@ impl Directory {
         loc: Location,
         rehash: impl Fn(&str) -> u64,
     ) -> Option<Location> {
-        let entries = &mut self.entries;
-        if let Some(&i) = self
-            .index
-            .find(hash, |&i| *entries[i as usize].0 == **client_id)
-        {
+        if let Some(&i) = self.index.find(hash, |&i| self.is(i, client_id)) {
             // The new claimant's `Arc` replaces the old one's, so the old
             // entry's string is freed with it.
-            let (_, was) = std::mem::replace(&mut entries[i as usize], (client_id.clone(), loc));
+            let entry = (client_id.clone(), loc);
+            let (_, was) = std::mem::replace(&mut self.entries[i as usize], entry);
             return Some(was);
         }
+        let entries = &mut self.entries;
         let i = entries.insert((client_id.clone(), loc)) as u32;
         self.index
             .insert_unique(hash, i, |&j| rehash(&entries[j as usize].0));
@@ -87,14 +85,7 @@ impl Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::ConnKey;
-
-    fn loc(core: usize, index: u32) -> Location {
-        Location {
-            core,
-            key: ConnKey { index, gen: 1 },
-        }
-    }
+    use crate::store::test_location as loc;
 
     #[test]
     fn insert_replaces_and_remove_is_compare_and_remove() {

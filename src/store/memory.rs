@@ -218,14 +218,7 @@ impl SessionStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::ConnKey;
-
-    fn loc(core: usize, index: u32) -> Location {
-        Location {
-            core,
-            key: ConnKey { index, gen: 1 },
-        }
-    }
+    use crate::store::test_location as loc;
 
     fn claim(s: &MemoryStore, l: Location) -> Option<Location> {
         let c = Claim {

@@ -28,6 +28,16 @@ use crate::session::{Durable, Session};
 use crate::stats::Histogram;
 
 pub use memory::MemoryStore;
+
+/// A place in the directory, for the directory's and the memory store's
+/// tests.
+#[cfg(test)]
+pub(crate) fn test_location(core: usize, index: u32) -> Location {
+    Location {
+        core,
+        key: crate::id::ConnKey { index, gen: 1 },
+    }
+}
 pub use op::{Presence, SessionRef, StoreOp};
 
 /// A connection asks to own `client_id`'s session.
