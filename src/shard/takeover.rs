@@ -354,13 +354,11 @@ impl Core {
             return;
         };
         if let Some(next) = superseded {
+            let to = *next;
             // An even newer connection claimed the id while we waited. Stay
             // a tombstone for a while if forwards may still arrive here.
             if remote {
-                e.phase = Phase::Moved {
-                    to: next.clone(),
-                    until,
-                };
+                e.phase = Phase::Moved { to: next, until };
                 self.arm(st, until, target, Timer::Tombstone);
             } else {
                 e.phase = Phase::TakenOver;
@@ -373,7 +371,7 @@ impl Core {
                 }
                 None => {}
             }
-            self.dispatch_handover(st, Some((*next, session)), remote);
+            self.dispatch_handover(st, Some((to, session)), remote);
             return;
         }
         let mut session = session;
