@@ -48,6 +48,7 @@ mod shard;
 pub mod stats;
 pub mod store;
 pub mod systemd;
+pub mod wallclock;
 
 pub use config::Config;
 pub use gateway::{Gateway, GatewayBuilder, Monitor, StartError};

@@ -341,7 +341,7 @@ impl KafkaInbound {
             jobs,
             forward_seq: AtomicU64::new(0),
             loaded: loaded.clone(),
-            started_ms: super::producer::now_ms() as i64,
+            started_ms: crate::wallclock::now_ms() as i64,
         };
         Ok(Some(KafkaInbound {
             seen: plans.iter().map(|p| p.seen.clone()).collect(),

@@ -140,7 +140,7 @@ impl KafkaOutbound {
         let cluster = k.cluster.enabled().then(|| producer::Cluster {
             config: k.cluster.clone(),
             me: cfg.node.id,
-            incarnation: producer::now_ms(),
+            incarnation: crate::wallclock::now_ms(),
             view: cluster::ClusterView::new(cfg.node.id),
             figures: cluster_figures.clone(),
         });
@@ -168,7 +168,7 @@ impl KafkaOutbound {
             push_topic: k.push_topic.clone(),
             events: !k.events_topic.is_empty(),
             push_seq: std::sync::atomic::AtomicU64::new(0),
-            started_ms: producer::now_ms(),
+            started_ms: crate::wallclock::now_ms(),
             jobs,
             metrics,
             thread: Mutex::new(Some(thread)),
@@ -317,7 +317,7 @@ impl Outbound for KafkaOutbound {
         }
         let inflight = m.inflight.load(Relaxed);
         let last = m.last_ok_ms.load(Relaxed).max(self.started_ms);
-        let quiet = producer::now_ms().saturating_sub(last);
+        let quiet = crate::wallclock::now_ms().saturating_sub(last);
         if inflight > 0 && quiet >= STUCK_AFTER_MS {
             out.push(format!(
                 "kafka producer: {inflight} messages in flight and no acknowledgement for {} s",

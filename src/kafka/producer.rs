@@ -93,13 +93,6 @@ pub(crate) struct Metrics {
     pub last_ok_ms: AtomicU64,
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Whether a statistics report lists a broker that is up. Bootstrap
 /// entries (node id -1) count too: before metadata they are all there is.
 pub(crate) fn any_broker_up(s: &Statistics) -> bool {
@@ -187,7 +180,7 @@ impl ProducerContext for Reports {
         let answer = match result {
             Ok(_) => {
                 m.produced.fetch_add(1, Relaxed);
-                m.last_ok_ms.store(now_ms(), Relaxed);
+                m.last_ok_ms.store(crate::wallclock::now_ms(), Relaxed);
                 m.latency
                     .observe(pending.started.elapsed().as_micros() as u64);
                 Produced::Done

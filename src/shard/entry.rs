@@ -242,9 +242,7 @@ impl Link {
         Link {
             version: Version::V311,
             peer: peer.into(),
-            since_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            since_ms: crate::wallclock::now_ms(),
             keep_alive_ticks: 0,
             last_seen: now_tick,
             outbox: Thin::new(),

@@ -2,8 +2,6 @@
 //! session became active, or its connection ended. Fire and forget: the
 //! bridge queues them for its own thread, and nobody waits for them.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::{Core, Entry, Link};
 use crate::bridge::outbound::{ConnEvent, ConnEventKind};
 use crate::id::TRANSPORT_NAMES;
@@ -15,9 +13,7 @@ impl Core {
         let Some(client_id) = e.client_id.clone() else {
             return;
         };
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let at_ms = crate::wallclock::now_ms();
         self.node.outbound.event(ConnEvent {
             kind,
             client_id,

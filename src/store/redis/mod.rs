@@ -27,7 +27,7 @@ mod worker;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::error;
@@ -168,9 +168,7 @@ impl RedisStore {
         let client = conn::Client::new(&cfg.redis).map_err(RedisSetupError)?;
         let settings = Settings {
             node: cfg.node.id,
-            incarnation: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            incarnation: crate::wallclock::now_ms(),
             prefix: cfg.redis.key_prefix.clone(),
             durability: cfg.store.durability,
             request_timeout: Duration::from_millis(cfg.store.request_timeout_ms),

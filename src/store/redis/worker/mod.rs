@@ -37,7 +37,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use redis::{RedisError, Value};
@@ -195,11 +195,7 @@ fn fail(ctx: &Ctx, job: Job) {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::wallclock::now_ms;
 
 fn unavailable(ctx: &Ctx, e: RedisError) -> StoreError {
     ctx.metrics.errors.fetch_add(1, Relaxed);
