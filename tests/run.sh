@@ -51,5 +51,18 @@ if [ ! -d examples/node_modules ]; then
   (cd examples && npm ci --no-audit --no-fund)
 fi
 
+# A clean debug build of the tests writes about TEST_BUILD_GB; a linker that
+# runs out of disk dies with a bus error that names neither the disk nor the
+# fix, so say it here first.
+TEST_BUILD_GB=4
+target_dir="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target_dir"
+free_gb=$(df -P -BG "$target_dir" | awk 'NR==2 { sub("G", "", $4); print $4 }')
+if [ "${free_gb:-0}" -lt "$TEST_BUILD_GB" ]; then
+  echo "tests/run.sh: only ${free_gb} GB free under $target_dir; a clean test build needs about ${TEST_BUILD_GB} GB." >&2
+  echo "  Free some space (for example \`cargo clean\`, or remove old target directories) and run again." >&2
+  exit 1
+fi
+
 step "cargo test --workspace $*"
 exec cargo test --workspace "$@"
