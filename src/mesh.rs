@@ -103,14 +103,9 @@ pub enum CoreMsg {
         target: ConnKey,
     },
     /// An HTTP fallback connection whose request belongs to a session of
-    /// this core (`net::fallback`): the socket, and the bytes read from it
-    /// so far (the request, and whatever followed).
-    Adopt {
-        /// The client's socket (non-blocking).
-        stream: std::net::TcpStream,
-        /// Read and not yet handled.
-        bytes: Vec<u8>,
-    },
+    /// this core (`net::fallback`): its socket, what was read from it so
+    /// far, and its TLS session on the wss listener.
+    Adopt(Box<Handoff>),
     /// A connection of `user` opened (+1) or closed (-1) on the sending
     /// core; this core owns the user's count.
     UserCount {
@@ -119,6 +114,44 @@ pub enum CoreMsg {
         /// +1 or -1.
         delta: i32,
     },
+}
+
+/// An HTTP fallback connection on its way to the core that owns its
+/// session ([`CoreMsg::Adopt`]).
+pub struct Handoff {
+    /// The client's socket (non-blocking).
+    pub stream: std::net::TcpStream,
+    /// Plaintext read and not yet handled: the request, and whatever
+    /// followed it.
+    pub bytes: Vec<u8>,
+    /// A connection on the wss listener keeps its TLS session: it moves
+    /// with the socket.
+    pub tls: Option<CarriedTls>,
+}
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handoff")
+            .field("stream", &self.stream)
+            .field("bytes", &self.bytes.len())
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// A TLS session between cores: rustls's state and what the connection's
+/// TLS layer (`net::tls::Session`) held besides. Plain data here because
+/// this layer sits below `net/`, which converts it back.
+pub struct CarriedTls {
+    /// rustls's connection (keys, sequence numbers).
+    pub conn: rustls::server::UnbufferedServerConnection,
+    /// A record that arrived in part.
+    pub partial: Vec<u8>,
+    /// Records rustls produced that are not written yet (e.g. session
+    /// tickets sent after the handshake).
+    pub pending: Vec<u8>,
+    /// `tls.cn_as_username` as the listener had it.
+    pub cn_as_username: bool,
 }
 
 impl CoreMsg {

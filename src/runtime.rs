@@ -361,12 +361,8 @@ async fn run_adopt(core: Rc<Core>, driver: Rc<Driver>) {
     loop {
         core.adopt_ready.wait().await;
         let adopted = std::mem::take(&mut *core.adopted.borrow_mut());
-        for (stream, bytes) in adopted {
-            driver.add(crate::net::conn::ConnTask::adopt(
-                core.clone(),
-                stream,
-                bytes,
-            ));
+        for handoff in adopted {
+            driver.add(crate::net::conn::ConnTask::adopt(core.clone(), handoff));
         }
     }
 }

@@ -2,8 +2,9 @@
 //! client written here (independent of the server's parser), rumqttc over
 //! WebSocket and TCP, and the HTTP API: QoS 1 pushes, acknowledgement
 //! cursors, a poll lost in transit, requests accepted on the wrong core, a
-//! session switching transports while messages flow, authentication, and
-//! bad input.
+//! session switching transports while messages flow, authentication, bad
+//! input, and the fallback over TLS on the wss listener (curl and a rustls
+//! client).
 
 mod common;
 
@@ -721,4 +722,157 @@ fn curl_drives_sse_and_long_polling_as_in_the_readme() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&gone.stdout), "204");
+}
+
+/// The fallback on the wss listener, driven by `curl` over TLS against a
+/// CA made here: an SSE stream, POSTs on fresh TLS connections (the kernel
+/// spreads them over both cores, so the TLS session moves with its socket
+/// to the session's core), two requests on one kept-alive TLS connection,
+/// and a `Connection: close` that ends with close_notify (a rustls client
+/// here, which tells a clean TLS close from a cut).
+#[test]
+fn the_fallback_runs_over_tls_and_its_session_moves_with_the_socket() {
+    use common::pki::{self, Ca};
+    use std::process::{Command, Stdio};
+    let ca = Ca::new("fallback test CA");
+    let server = ca.server();
+    let dir = pki::dir("fallback-tls");
+    let ca_file = pki::write(&dir, "ca.pem", &ca.pem());
+    let cert = pki::write(&dir, "server.pem", &server.cert);
+    let key = pki::write(&dir, "server.key", &server.key);
+    let gw = gw_with(2, |cfg| {
+        cfg.tls.enabled = true;
+        cfg.tls.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.tls.wss_listen = "127.0.0.1:0".parse().unwrap();
+        cfg.tls.cert_file = cert;
+        cfg.tls.key_file = key;
+    });
+    let port = gw.wss_addr.expect("wss enabled").port();
+    let base = format!("https://localhost:{port}/push");
+    let tls_args = [
+        "--cacert".to_string(),
+        ca_file.display().to_string(),
+        "--resolve".to_string(),
+        format!("localhost:{port}:127.0.0.1"),
+    ];
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(&tls_args)
+            .args(args)
+            .output()
+            .expect("curl is installed (tests/run.sh installs it)");
+        assert!(
+            out.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut stream = Command::new("curl")
+        .args(["-sSN", "--max-time", "30"])
+        .args(&tls_args)
+        .arg(format!("{base}/sse?sid=secure"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut lines = BufReader::new(stream.stdout.take().unwrap()).lines();
+    let mut next_data = || loop {
+        let line = lines.next().expect("the stream goes on").unwrap();
+        if let Some(d) = line.strip_prefix("data: ") {
+            return serde_json::from_str::<Value>(d).unwrap();
+        }
+    };
+    assert_eq!(next_data()["type"], "session");
+    let sub = curl(&[
+        "-X",
+        "POST",
+        &format!("{base}/subscribe?sid=secure"),
+        "-d",
+        r#"{"topic":"s/#","qos":1}"#,
+    ]);
+    assert_eq!(sub, r#"{"reason_codes":[1]}"#);
+    for i in 0..20 {
+        let body =
+            serde_json::json!({"topic": format!("s/{i}"), "payload": i.to_string(), "qos": 1});
+        let r = curl(&[
+            "-X",
+            "POST",
+            &format!("{base}/publish?sid=secure"),
+            "-d",
+            &body.to_string(),
+        ]);
+        assert_eq!(r, r#"{"reason_code":0}"#);
+    }
+    for i in 0..20 {
+        assert_eq!(next_data()["payload"], i.to_string(), "in publish order");
+    }
+    // Two POSTs in one curl: the second reuses the TLS connection (no new
+    // connect), the third asks to close it.
+    let url = format!("{base}/publish?sid=secure");
+    let body = r#"{"topic":"s/kept","payload":"kept","qos":1}"#;
+    let kept = curl(&[
+        "-X",
+        "POST",
+        "-d",
+        body,
+        "-w",
+        "|%{num_connects}\n",
+        &url,
+        &url,
+    ]);
+    assert_eq!(
+        kept, "{\"reason_code\":0}|1\n{\"reason_code\":0}|0\n",
+        "the second request rode the first one's connection"
+    );
+    assert_eq!(
+        close_over_tls(&ca, port, "/push/publish?sid=secure", body),
+        r#"{"reason_code":0}"#
+    );
+    for _ in 0..3 {
+        assert_eq!(next_data()["payload"], "kept");
+    }
+    assert!(
+        metric(&gw, "tether_fallback_handoffs_total") >= 1.0,
+        "some TLS connections were handed to the session's core"
+    );
+    assert_eq!(metric(&gw, "tether_fallback_sessions_total"), 1.0);
+    // The curl this test started, by its handle.
+    stream.kill().unwrap();
+    stream.wait().unwrap();
+}
+
+/// One POST of `body` to `path` over TLS to `localhost:port` (a rustls
+/// client trusting `ca`) with `Connection: close`; the response's body.
+/// Panics unless the server ends the TLS session with close_notify:
+/// rustls reports a stream that ends without it as `UnexpectedEof`.
+fn close_over_tls(ca: &common::pki::Ca, port: u16, path: &str, body: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    tls.read_to_string(&mut response)
+        .expect("the response, then close_notify");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let (_, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    body.to_string()
 }

@@ -25,7 +25,8 @@ pub struct WebSocketConfig {
 }
 
 /// The HTTP fallback transports (`net::fallback`): SSE and long-polling,
-/// served by the cores on the WebSocket listener, under `path`.
+/// served by the cores on the WebSocket listeners (ws, and wss as
+/// HTTPS), under `path`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FallbackConfig {

@@ -16,6 +16,10 @@
 //! the configuration that new handshakes use; established sessions keep
 //! theirs. A reload that fails leaves the old configuration in place.
 //!
+//! A session can move to another core with its socket
+//! ([`Session::carry`], [`Session::resume`]): an HTTP fallback request on
+//! the wss listener goes to the core of its session like a plain one.
+//!
 //! Two configurations share the certificate and the ticket keys
 //! ([`super::tickets`]) and differ only in ALPN: mqtts answers `tls.alpn`
 //! (`mqtt`), wss answers `tls.wss_alpn` (`http/1.1`), since a browser offers
@@ -36,6 +40,7 @@ use rustls::RootCertStore;
 use super::tickets::{TicketKeyError, TicketKeys};
 use crate::config::TlsConfig;
 use crate::error::{Classify, Origin};
+use crate::mesh::CarriedTls;
 
 /// Why TLS could not be set up from the configured files. Each names the
 /// configuration key to fix.
@@ -366,6 +371,28 @@ impl Session {
             pending: Vec::new(),
             closing: false,
             close_sent: false,
+        }
+    }
+
+    /// The session as plain data, to move with its socket to another core
+    /// (an HTTP fallback request on the wss listener). Only an open
+    /// session moves: nothing asked it to close.
+    pub fn carry(self) -> CarriedTls {
+        debug_assert!(!self.closing, "a closing session stays where it is");
+        CarriedTls {
+            conn: self.conn,
+            partial: self.partial,
+            pending: self.pending,
+            cn_as_username: self.cn_as_username,
+        }
+    }
+
+    /// A session carried from another core ([`Session::carry`]).
+    pub fn resume(carried: CarriedTls) -> Session {
+        Session {
+            partial: carried.partial,
+            pending: carried.pending,
+            ..Session::new(carried.conn, carried.cn_as_username)
         }
     }
 

@@ -155,7 +155,7 @@ pub struct Core {
     paused: RefCell<Vec<Waker>>,
     /// HTTP fallback sockets other cores handed to this one
     /// (`CoreMsg::Adopt`), for the runtime's adopt task to serve.
-    pub adopted: RefCell<Vec<(std::net::TcpStream, Vec<u8>)>>,
+    pub adopted: RefCell<Vec<crate::mesh::Handoff>>,
     /// Rung when `adopted` gets one.
     pub adopt_ready: Notify,
     /// Set once shutdown began.
@@ -424,8 +424,8 @@ impl Core {
             }
             CoreMsg::ForwardEnd { target } => self.forward_end(st, target),
             CoreMsg::UserCount { user, delta } => self.apply_user_count(st, user, delta),
-            CoreMsg::Adopt { stream, bytes } => {
-                self.adopted.borrow_mut().push((stream, bytes));
+            CoreMsg::Adopt(handoff) => {
+                self.adopted.borrow_mut().push(*handoff);
                 self.adopt_ready.notify();
             }
         }

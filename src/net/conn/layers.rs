@@ -94,7 +94,7 @@ impl Conn {
         };
         ws.raw.extend_from_slice(data);
         let cfg = &self.core.cfg.websocket;
-        if !ws.open && cfg.fallback.enabled && self.tls.is_none() {
+        if !ws.open && cfg.fallback.enabled {
             if let Some(true) =
                 crate::net::fallback::request::is_fallback(&ws.raw, &cfg.fallback.path)
             {

@@ -151,10 +151,10 @@ impl ConnTask {
     }
 
     /// An HTTP connection of the fallback handed over by another core with
-    /// the bytes it read (`CoreMsg::Adopt`).
-    pub fn adopt(core: Rc<Core>, stream: TcpStream, bytes: Vec<u8>) -> ConnTask {
+    /// the bytes it read and its TLS session (`CoreMsg::Adopt`).
+    pub fn adopt(core: Rc<Core>, handoff: crate::mesh::Handoff) -> ConnTask {
         ConnTask {
-            inner: Task::Http(Box::new(Exchange::new(core, stream, bytes))),
+            inner: Task::Http(Box::new(Exchange::adopt(core, handoff))),
         }
     }
 }
@@ -185,7 +185,16 @@ impl Future for ConnTask {
                     let Io::Tcp(stream) = conn.io else {
                         unreachable!("a pipe has no WebSocket layer")
                     };
-                    *task = Task::Http(Box::new(Exchange::new(conn.core, stream, raw)));
+                    let x = match conn.tls {
+                        None => Exchange::new(conn.core, stream, raw),
+                        // Records the connection sealed and did not write
+                        // (the handshake's last ones) go out first.
+                        Some(session) => {
+                            let unwritten = conn.wbuf[conn.wpos as usize..].to_vec();
+                            Exchange::over_tls(conn.core, stream, raw, session, unwritten)
+                        }
+                    };
+                    *task = Task::Http(Box::new(x));
                 }
                 Task::Http(x) => match x.poll(cx) {
                     Poll::Pending => return Poll::Pending,
@@ -197,10 +206,7 @@ impl Future for ConnTask {
                         let from = x.core().clone();
                         from.route(
                             core,
-                            crate::mesh::CoreMsg::Adopt {
-                                stream: x.into_stream(),
-                                bytes,
-                            },
+                            crate::mesh::CoreMsg::Adopt(Box::new(x.into_handoff(bytes))),
                         );
                         return Poll::Ready(());
                     }
@@ -457,9 +463,9 @@ impl Conn {
                         }
                     } else {
                         self.layer_ingest(&scratch[..n]);
-                        if self.ws.as_ref().is_some_and(|w| w.fallback) {
-                            return Poll::Ready(());
-                        }
+                    }
+                    if self.ws.as_ref().is_some_and(|w| w.fallback) {
+                        return Poll::Ready(());
                     }
                 }
                 Poll::Ready(Err(e)) => {

@@ -1,7 +1,8 @@
 //! When WebSocket does not get through: Server-Sent Events and
-//! long-polling, served by the cores on the WebSocket listener, with the
-//! same sessions as MQTT. The protocol (JSON events, POST actions, cursors)
-//! is specified in README.md, "HTTP fallback".
+//! long-polling, served by the cores on the WebSocket listeners (ws, and
+//! wss as HTTPS), with the same sessions as MQTT. The protocol (JSON
+//! events, POST actions, cursors) is specified in README.md, "HTTP
+//! fallback".
 //!
 //! **An HTTP session is an MQTT session.** Its id is the MQTT client id.
 //! The first `GET …/sse` or `GET …/poll` of a session on its core opens an

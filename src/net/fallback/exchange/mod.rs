@@ -7,7 +7,8 @@
 //! reading the next request; waiting for the session's CONNACK; a held
 //! long-poll; an SSE stream; a POST waiting for the session's answer.
 //! While it waits it keeps reading the socket, so a client that goes away
-//! is noticed at once.
+//! is noticed at once. On the wss listener it runs over the connection's
+//! TLS session ([`secure`]), which moves with the socket on a handoff.
 
 use std::future::Future;
 use std::io;
@@ -21,14 +22,18 @@ use glommio::timer::Timer;
 use tracing::{debug, info};
 
 mod actions;
+mod secure;
 
 use super::json;
 use super::pipe::{Phase, Pipe};
 use super::request::{self, Parsed, Request};
 use crate::codec::{reason, Packet, Properties, ReasonOnly};
+use crate::mesh::Handoff;
 use crate::net::conn::{read_now, write_now};
+use crate::net::tls::{self, Inbound};
 use crate::shard::Core;
 use crate::stats::bump;
+use secure::Secure;
 
 /// Largest request head accepted (431 beyond), as for the upgrade.
 const MAX_HEAD: usize = crate::net::ws::MAX_HANDSHAKE_BYTES;
@@ -55,7 +60,7 @@ pub enum Outcome {
     /// Close the socket.
     Close,
     /// The request in `bytes` belongs to a session of core `core`: the
-    /// socket goes there with them.
+    /// socket (and its TLS session) goes there with them.
     Handoff {
         /// The session's core.
         core: usize,
@@ -109,9 +114,11 @@ enum Step {
 pub struct Exchange {
     core: Rc<Core>,
     stream: TcpStream,
-    /// Bytes read and not yet handled.
+    /// The TLS layer, on the wss listener.
+    tls: Option<Box<Secure>>,
+    /// Bytes read (plaintext) and not yet handled.
     raw: Vec<u8>,
-    /// Response bytes not yet written.
+    /// Response bytes not yet written (plaintext: sealed when flushed).
     out: Vec<u8>,
     opos: usize,
     state: State,
@@ -129,9 +136,38 @@ pub struct Exchange {
 impl Exchange {
     /// Serves `stream`, whose first bytes (read already) are `raw`.
     pub fn new(core: Rc<Core>, stream: TcpStream, raw: Vec<u8>) -> Exchange {
+        Exchange::with_tls(core, stream, raw, None)
+    }
+
+    /// Serves `stream` on the wss listener: its TLS `session`, the records
+    /// the connection had not written yet, and the plaintext it read.
+    pub fn over_tls(
+        core: Rc<Core>,
+        stream: TcpStream,
+        raw: Vec<u8>,
+        session: Box<tls::Session>,
+        unwritten: Vec<u8>,
+    ) -> Exchange {
+        let tls = Box::new(Secure::new(session, unwritten));
+        Exchange::with_tls(core, stream, raw, Some(tls))
+    }
+
+    /// Serves a connection another core handed over.
+    pub fn adopt(core: Rc<Core>, handoff: Handoff) -> Exchange {
+        let tls = handoff.tls.map(|c| Box::new(Secure::resume(c)));
+        Exchange::with_tls(core, handoff.stream, handoff.bytes, tls)
+    }
+
+    fn with_tls(
+        core: Rc<Core>,
+        stream: TcpStream,
+        raw: Vec<u8>,
+        tls: Option<Box<Secure>>,
+    ) -> Exchange {
         Exchange {
             core,
             stream,
+            tls,
             raw,
             out: Vec::new(),
             opos: 0,
@@ -161,9 +197,14 @@ impl Exchange {
         &self.core
     }
 
-    /// Gives up the socket (for a handoff).
-    pub fn into_stream(self) -> TcpStream {
-        self.stream
+    /// Gives up the socket and its TLS session, with the plaintext read
+    /// and not handled (`bytes`), for another core.
+    pub fn into_handoff(self, bytes: Vec<u8>) -> Handoff {
+        Handoff {
+            stream: self.stream,
+            bytes,
+            tls: self.tls.map(|t| t.carry()),
+        }
     }
 
     /// Runs the exchange until it must wait, ends, or moves.
@@ -178,6 +219,10 @@ impl Exchange {
                 Poll::Ready(Ok(())) => {}
             }
             if self.close_after {
+                if self.tls.as_mut().is_some_and(|t| t.close()) {
+                    // close_notify was sealed: write it first.
+                    continue;
+                }
                 return Poll::Ready(Outcome::Close);
             }
             let step = match self.state {
@@ -201,21 +246,33 @@ impl Exchange {
         }
     }
 
-    /// Writes `out` until it is written (Ready) or the socket is full.
+    /// Writes `out` (sealed first, over TLS) until it is written (Ready)
+    /// or the socket is full.
     fn flush(&mut self) -> Poll<io::Result<()>> {
-        while self.opos < self.out.len() {
-            match write_now(&mut self.stream, &self.out[self.opos..]) {
+        let (buf, pos) = match &mut self.tls {
+            None => (&mut self.out, &mut self.opos),
+            Some(tls) => {
+                if self.opos < self.out.len() {
+                    tls.seal(&self.out[self.opos..]);
+                    self.out = Vec::new();
+                    self.opos = 0;
+                }
+                tls.unwritten()
+            }
+        };
+        while *pos < buf.len() {
+            match write_now(&mut self.stream, &buf[*pos..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
-                    self.opos += n;
+                    *pos += n;
                     bump(&self.core.stats().bytes_out, n as u64);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
         }
-        self.out = Vec::new();
-        self.opos = 0;
+        *buf = Vec::new();
+        *pos = 0;
         Poll::Ready(Ok(()))
     }
 
@@ -225,19 +282,34 @@ impl Exchange {
     fn read_more(&mut self) -> Poll<bool> {
         let core = self.core.clone();
         let mut scratch = core.scratch.borrow_mut();
-        match read_now(&mut self.stream, &mut scratch) {
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(false),
-            Poll::Ready(Ok(n)) => {
-                bump(&core.stats().bytes_in, n as u64);
-                let max = MAX_HEAD + core.cfg.websocket.fallback.max_body_bytes;
-                if self.raw.len() + n > max {
-                    return Poll::Ready(false);
+        let n = match read_now(&mut self.stream, &mut scratch) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
+            Poll::Ready(Ok(n)) => n,
+            Poll::Pending => return Poll::Pending,
+        };
+        bump(&core.stats().bytes_in, n as u64);
+        let mut plain = core.plaintext.borrow_mut();
+        let data = match &mut self.tls {
+            None => &scratch[..n],
+            Some(tls) => {
+                plain.clear();
+                match tls.open(&mut scratch[..n], &mut plain) {
+                    Ok(Inbound::Open) => &plain[..],
+                    Ok(Inbound::Closed) => return Poll::Ready(false),
+                    Err(e) => {
+                        info!(peer = %self.peer(), "fallback connection closed: {e}");
+                        bump(&core.stats().protocol_errors, 1);
+                        return Poll::Ready(false);
+                    }
                 }
-                self.raw.extend_from_slice(&scratch[..n]);
-                Poll::Ready(true)
             }
-            Poll::Pending => Poll::Pending,
+        };
+        let max = MAX_HEAD + core.cfg.websocket.fallback.max_body_bytes;
+        if self.raw.len() + data.len() > max {
+            return Poll::Ready(false);
         }
+        self.raw.extend_from_slice(data);
+        Poll::Ready(true)
     }
 
     /// Parses and starts the next request, or reads on.
