@@ -7,6 +7,7 @@ acknowledgement traffic); and the memory each idle session costs.
 
     python3 bench/scripts/fallback_bench.py                   # 10,000 clients, 1 and 2 msg/s
     python3 bench/scripts/fallback_bench.py -n 2000 --rates 5,10 --transports sse,ws
+    python3 bench/scripts/fallback_bench.py --tls            # HTTPS and wss (the wss listener)
 
 Tether runs with one core, pinned to CPU 0; this client on CPU 1. Its own
 HTTP, SSE and MQTT code (asyncio protocols), shared with nothing in the
@@ -15,13 +16,17 @@ against offered, the gateway's CPU, and the latency of every 100th
 client's deliveries (publish to receipt). Memory: the gateway's RSS growth
 per session with its stream open (SSE), with its poll held (long-poll),
 between polls (long-poll sessions with no request: the session and its
-pipe only), and per WebSocket connection.
+pipe only), and per WebSocket connection. With --tls every client talks
+to the wss listener through Python's ssl (a throwaway CA and an EC P-256
+localhost certificate made with openssl): SSE and long-polling over
+HTTPS against MQTT over wss.
 """
-import argparse, asyncio, base64, json, os, resource, statistics, subprocess, sys, time
+import argparse, asyncio, base64, json, os, resource, shutil, ssl, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402  (free ports, the binary's path)
 from idle_probe import rss  # noqa: E402  (the broker's RSS from /proc)
+from transports import make_pki  # noqa: E402  (a CA and a localhost certificate)
 
 # Sessions opened at once; the rest wait.
 CONCURRENT = 400
@@ -32,6 +37,18 @@ SETTLE = 2.0
 # One client in this many records latencies.
 SAMPLE_EVERY = 100
 TOPIC = "fb/all"
+# With --tls: the directory of the PEM files, and the clients' context.
+PKI = None
+TLS = None
+
+
+def dial(port, factory=None):
+    """A connection to the gateway's (w)s listener, over TLS with --tls."""
+    loop = asyncio.get_running_loop()
+    extra = dict(ssl=TLS, server_hostname="localhost") if TLS else {}
+    if factory is None:
+        return asyncio.open_connection("127.0.0.1", port, **extra)
+    return loop.create_connection(factory, "127.0.0.1", port, **extra)
 
 
 def cpu_seconds(pid):
@@ -68,7 +85,7 @@ def last_stamp(data, key):
 
 async def http(port, method, path, body=b""):
     """One request on its own connection; (status, body)."""
-    r, w = await asyncio.open_connection("127.0.0.1", port)
+    r, w = await dial(port)
     w.write(f"{method} {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n"
             f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     data = await r.read()
@@ -259,8 +276,7 @@ async def open_sessions(kind, n, port, stats, tag):
             sid = f"{tag}-{i}"
             opened = loop.create_future()
             cls = {"sse": Sse, "poll": Poll, "ws": Ws}[kind]
-            t, p = await loop.create_connection(
-                lambda: cls(sid, stats, i % SAMPLE_EVERY == 0, opened), "127.0.0.1", port)
+            t, p = await dial(port, lambda: cls(sid, stats, i % SAMPLE_EVERY == 0, opened))
             await asyncio.wait_for(opened, 20)
             if kind != "ws":
                 body = json.dumps({"topic": TOPIC, "qos": 0}).encode()
@@ -337,12 +353,19 @@ def start_gateway():
                TETHER_SYS__INTERVAL_SECS="0",
                TETHER_WEBSOCKET__FALLBACK__MAX_SESSIONS_PER_CORE="100000",
                RUST_LOG="warn")
+    if PKI:
+        env.update(TETHER_TLS__ENABLED="true",
+                   TETHER_TLS__LISTEN=f"127.0.0.1:{compare.free_port()}",
+                   TETHER_TLS__WSS_LISTEN=f"127.0.0.1:{compare.free_port()}",
+                   TETHER_TLS__CERT_FILE=os.path.join(PKI, "server.pem"),
+                   TETHER_TLS__KEY_FILE=os.path.join(PKI, "server.key"))
     proc = subprocess.Popen(["taskset", "-c", "0", compare.TETHER], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     ws_port = None
     for line in proc.stdout:
-        if "mqtt/ws" in line:
-            ws_port = int(line.split("ws://")[1].split("/")[0].rsplit(":", 1)[1])
+        scheme = "wss://" if PKI else "ws://"
+        if ("mqtt/wss" if PKI else "mqtt/ws ") in line:
+            ws_port = int(line.split(scheme)[1].split("/")[0].rsplit(":", 1)[1])
         if "ready" in line:
             break
     if ws_port is None:
@@ -382,7 +405,8 @@ async def main_async(a):
         finally:
             proc.terminate()
             proc.wait(10)
-    print(f"\n{a.clients:,} clients per transport, QoS 0 broadcast, gateway on one core "
+    print(f"\n{a.clients:,} clients per transport{' over TLS' if a.tls else ''}, QoS 0 broadcast, "
+          f"gateway on one core "
           f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}):")
     print("| transport | rate | offered/s | delivered/s | gateway CPU | CPU µs per delivery | p50 | p99 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -404,13 +428,24 @@ def main():
     ap.add_argument("--rates", default="1,2", help="broadcast messages/s, comma-separated")
     ap.add_argument("-d", "--duration", type=float, default=8.0)
     ap.add_argument("--transports", default="ws,sse,poll")
+    ap.add_argument("--tls", action="store_true",
+                    help="HTTPS and wss on the wss listener instead of HTTP and ws")
     a = ap.parse_args()
+    if a.tls:
+        global PKI, TLS
+        PKI = tempfile.mkdtemp(prefix="fallback-bench-pki-")
+        make_pki(PKI)
+        TLS = ssl.create_default_context(cafile=os.path.join(PKI, "ca.pem"))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = a.clients + CONCURRENT + 100
     if hard < need:
         raise SystemExit(f"open-file limit {hard} < {need}: lower -n")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    asyncio.run(main_async(a))
+    try:
+        asyncio.run(main_async(a))
+    finally:
+        if PKI:
+            shutil.rmtree(PKI)
 
 
 if __name__ == "__main__":
