@@ -651,35 +651,12 @@ fn an_idle_session_is_reaped_by_keep_alive_and_resumes_with_what_came_meanwhile(
 /// a subscription and an acknowledgement posted with `curl -d`, a poll.
 #[test]
 fn curl_drives_sse_and_long_polling_as_in_the_readme() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let gw = gw_with(1, |_| {});
     let base = format!("http://{}/push", ws(&gw));
-    let curl = |args: &[&str]| {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "10"])
-            .args(args)
-            .output()
-            .expect("curl is installed (tests/run.sh installs it)");
-        assert!(
-            out.status.success(),
-            "curl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let mut stream = Command::new("curl")
-        .args(["-sSN", "--max-time", "20", &format!("{base}/sse?sid=tour")])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl");
-    let mut lines = BufReader::new(stream.stdout.take().unwrap()).lines();
-    let mut next_data = || loop {
-        let line = lines.next().expect("the stream goes on").unwrap();
-        if let Some(d) = line.strip_prefix("data: ") {
-            return serde_json::from_str::<Value>(d).unwrap();
-        }
-    };
-    assert_eq!(next_data()["type"], "session");
+    let curl = |args: &[&str]| curl(&[], args);
+    let mut stream = CurlSse::start(&[], &format!("{base}/sse?sid=tour"));
+    assert_eq!(stream.next_data()["type"], "session");
     let sub = curl(&[
         "-X",
         "POST",
@@ -689,7 +666,7 @@ fn curl_drives_sse_and_long_polling_as_in_the_readme() {
     ]);
     assert_eq!(sub, r#"{"reason_codes":[1]}"#);
     push(&gw, "user/alice/inbox", "hello, SSE");
-    let m = next_data();
+    let m = stream.next_data();
     assert_eq!(m["payload"], "hello, SSE");
     let acked = curl(&[
         "-X",
@@ -701,8 +678,7 @@ fn curl_drives_sse_and_long_polling_as_in_the_readme() {
     assert_eq!(acked, r#"{"acked":1}"#);
     // The stream stops (only the curl this test started), and a poll of
     // the same session gets what comes next.
-    stream.kill().unwrap();
-    stream.wait().unwrap();
+    stream.stop();
     push(&gw, "user/alice/inbox", "while away");
     let polled: Value = serde_json::from_str(&curl(&[&format!("{base}/poll?sid=tour")])).unwrap();
     let events = polled["events"].as_array().unwrap();
@@ -733,7 +709,6 @@ fn curl_drives_sse_and_long_polling_as_in_the_readme() {
 #[test]
 fn the_fallback_runs_over_tls_and_its_session_moves_with_the_socket() {
     use common::pki::{self, Ca};
-    use std::process::{Command, Stdio};
     let ca = Ca::new("fallback test CA");
     let server = ca.server();
     let dir = pki::dir("fallback-tls");
@@ -755,35 +730,9 @@ fn the_fallback_runs_over_tls_and_its_session_moves_with_the_socket() {
         "--resolve".to_string(),
         format!("localhost:{port}:127.0.0.1"),
     ];
-    let curl = |args: &[&str]| {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "10"])
-            .args(&tls_args)
-            .args(args)
-            .output()
-            .expect("curl is installed (tests/run.sh installs it)");
-        assert!(
-            out.status.success(),
-            "curl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let mut stream = Command::new("curl")
-        .args(["-sSN", "--max-time", "30"])
-        .args(&tls_args)
-        .arg(format!("{base}/sse?sid=secure"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl");
-    let mut lines = BufReader::new(stream.stdout.take().unwrap()).lines();
-    let mut next_data = || loop {
-        let line = lines.next().expect("the stream goes on").unwrap();
-        if let Some(d) = line.strip_prefix("data: ") {
-            return serde_json::from_str::<Value>(d).unwrap();
-        }
-    };
-    assert_eq!(next_data()["type"], "session");
+    let curl = |args: &[&str]| curl(&tls_args, args);
+    let mut stream = CurlSse::start(&tls_args, &format!("{base}/sse?sid=secure"));
+    assert_eq!(stream.next_data()["type"], "session");
     let sub = curl(&[
         "-X",
         "POST",
@@ -805,7 +754,11 @@ fn the_fallback_runs_over_tls_and_its_session_moves_with_the_socket() {
         assert_eq!(r, r#"{"reason_code":0}"#);
     }
     for i in 0..20 {
-        assert_eq!(next_data()["payload"], i.to_string(), "in publish order");
+        assert_eq!(
+            stream.next_data()["payload"],
+            i.to_string(),
+            "in publish order"
+        );
     }
     // Two POSTs in one curl: the second reuses the TLS connection (no new
     // connect), the third asks to close it.
@@ -830,7 +783,7 @@ fn the_fallback_runs_over_tls_and_its_session_moves_with_the_socket() {
         r#"{"reason_code":0}"#
     );
     for _ in 0..3 {
-        assert_eq!(next_data()["payload"], "kept");
+        assert_eq!(stream.next_data()["payload"], "kept");
     }
     assert!(
         metric(&gw, "tether_fallback_handoffs_total") >= 1.0,
@@ -838,8 +791,61 @@ fn the_fallback_runs_over_tls_and_its_session_moves_with_the_socket() {
     );
     assert_eq!(metric(&gw, "tether_fallback_sessions_total"), 1.0);
     // The curl this test started, by its handle.
-    stream.kill().unwrap();
-    stream.wait().unwrap();
+    stream.stop();
+}
+
+/// `curl -sS` with `common` arguments (TLS trust, name resolution) before
+/// `args`: its output. Panics when curl fails.
+fn curl(common: &[String], args: &[&str]) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(common)
+        .args(args)
+        .output()
+        .expect("curl is installed (tests/run.sh installs it)");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An SSE stream read by `curl -N`.
+struct CurlSse {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl CurlSse {
+    /// Starts curl on `url` (at most 30 s) with `common` arguments.
+    fn start(common: &[String], url: &str) -> CurlSse {
+        let mut child = std::process::Command::new("curl")
+            .args(["-sSN", "--max-time", "30"])
+            .args(common)
+            .arg(url)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl is installed (tests/run.sh installs it)");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        CurlSse { child, lines }
+    }
+
+    /// The next event's `data:` JSON.
+    fn next_data(&mut self) -> Value {
+        loop {
+            let line = self.lines.next().expect("the stream goes on").unwrap();
+            if let Some(d) = line.strip_prefix("data: ") {
+                return serde_json::from_str(d).unwrap();
+            }
+        }
+    }
+
+    /// Stops the curl this test started (by its handle).
+    fn stop(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
 }
 
 /// One POST of `body` to `path` over TLS to `localhost:port` (a rustls
