@@ -115,7 +115,7 @@ pub struct Exchange {
     core: Rc<Core>,
     stream: TcpStream,
     /// The TLS layer, on the wss listener.
-    tls: Option<Box<Secure>>,
+    tls: Option<Secure>,
     /// Bytes read (plaintext) and not yet handled.
     raw: Vec<u8>,
     /// Response bytes not yet written (plaintext: sealed when flushed).
@@ -148,22 +148,17 @@ impl Exchange {
         session: Box<tls::Session>,
         unwritten: Vec<u8>,
     ) -> Exchange {
-        let tls = Box::new(Secure::new(session, unwritten));
+        let tls = Secure::new(session, unwritten);
         Exchange::with_tls(core, stream, raw, Some(tls))
     }
 
     /// Serves a connection another core handed over.
     pub fn adopt(core: Rc<Core>, handoff: Handoff) -> Exchange {
-        let tls = handoff.tls.map(|c| Box::new(Secure::resume(c)));
+        let tls = handoff.tls.map(Secure::resume);
         Exchange::with_tls(core, handoff.stream, handoff.bytes, tls)
     }
 
-    fn with_tls(
-        core: Rc<Core>,
-        stream: TcpStream,
-        raw: Vec<u8>,
-        tls: Option<Box<Secure>>,
-    ) -> Exchange {
+    fn with_tls(core: Rc<Core>, stream: TcpStream, raw: Vec<u8>, tls: Option<Secure>) -> Exchange {
         Exchange {
             core,
             stream,

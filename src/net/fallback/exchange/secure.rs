@@ -9,6 +9,8 @@ use crate::net::tls::{Failure, Inbound, Session};
 
 /// One exchange's TLS state (see the module doc).
 pub(super) struct Secure {
+    /// The session, in the box the connection kept it in (rustls's state
+    /// is large; it is not moved).
     session: Box<Session>,
     /// Records to write, from `spos` on; unallocated once written.
     sealed: Vec<u8>,
