@@ -383,7 +383,7 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         let f = &cfg.websocket.fallback;
         if f.enabled {
             println!(
-                "  sse/poll    {addr}{p}/sse and {p}/poll (HTTP fallback, same sessions)",
+                "  sse/poll    http://{addr}{p}/sse and {p}/poll (HTTP fallback, same sessions)",
                 p = f.path
             );
         }
@@ -395,6 +395,12 @@ fn run(path: Option<PathBuf>) -> ExitCode {
                 "  mqtt/wss    wss://{wss}{} (subprotocol mqtt)",
                 cfg.websocket.path
             );
+            if cfg.websocket.fallback.enabled {
+                println!(
+                    "  sse/poll    https://{wss}{p}/sse and {p}/poll (HTTP fallback over TLS)",
+                    p = cfg.websocket.fallback.path
+                );
+            }
         }
         println!("  tls         {loaded}; SIGHUP reloads");
     }
