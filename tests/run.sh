@@ -53,10 +53,11 @@ fi
 
 # A clean debug build of the tests writes about 2.7 GB (a fresh clone under
 # .ci/run). A linker that runs out of disk dies with a bus error that names
-# neither the disk nor the fix, so a clean build checks the space first.
+# neither the disk nor the fix, so a build that has not linked the tests
+# yet (none, or only `cargo clippy`'s metadata) checks the space first.
 TEST_BUILD_GB=3
 target_dir="${CARGO_TARGET_DIR:-target}"
-if [ ! -d "$target_dir/debug/deps" ]; then
+if ! compgen -G "$target_dir/debug/deps/fallback-*" >/dev/null; then
   mkdir -p "$target_dir"
   free_gb=$(df -P -BG "$target_dir" | awk 'NR==2 { sub("G", "", $4); print $4 }')
   if [ "${free_gb:-0}" -lt "$TEST_BUILD_GB" ]; then
