@@ -222,8 +222,8 @@ fn http_push_with_curl_reaches_mosquitto_sub() {
     let http = loop {
         let line = banner
             .recv_timeout(WAIT)
-            .expect("the HTTP line of the banner");
-        if let Some(rest) = line.split("http://").nth(1) {
+            .expect("the banner's http api line");
+        if let Some(rest) = line.split("http api    http://").nth(1) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
     };

@@ -28,7 +28,7 @@ export async function startGateway(env = {}) {
     child.on("exit", (code) => reject(new Error(`tether exited with ${code} (build it: cargo build)`)));
     lines.on("line", (line) => {
       const ws = line.match(/(ws:\/\/\S+)/);
-      const http = line.match(/http:\/\/(\S+)/);
+      const http = line.match(/http api\s+http:\/\/(\S+)/);
       if (ws) addrs.ws = ws[1];
       if (http) addrs.http = http[1];
       if (line.includes("ready")) resolve();
