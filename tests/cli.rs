@@ -656,7 +656,6 @@ fn tls_node(cert: &std::path::Path, key: &std::path::Path, keys: &std::path::Pat
 fn tls_sessions_resume_on_any_node_that_shares_the_ticket_keys() {
     const A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const B: &str = "2222222222222222222222222222222222222222222222222222222222222222";
-    use rustls::pki_types::pem::PemObject;
     let dir = pki::dir("tickets");
     let ca = pki::Ca::new("fleet CA");
     let server = ca.server();
@@ -666,11 +665,7 @@ fn tls_sessions_resume_on_any_node_that_shares_the_ticket_keys() {
     let rotated = pki::write(&dir, "rotated.keys", &format!("# B seals now\n{B}\n{A}\n"));
     let foreign = pki::write(&dir, "foreign.keys", &format!("{B}\n"));
 
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = ca.pem();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
+    let roots = ca.roots();
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let client_with = |alpn: &[&str]| {
         let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())

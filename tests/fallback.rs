@@ -853,16 +853,11 @@ impl CurlSse {
 /// Panics unless the server ends the TLS session with close_notify:
 /// rustls reports a stream that ends without it as `UnexpectedEof`.
 fn close_over_tls(ca: &common::pki::Ca, port: u16, path: &str, body: &str) -> String {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
+        .with_root_certificates(ca.roots())
         .with_no_client_auth();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();

@@ -36,6 +36,13 @@ impl Ca {
         self.cert.pem()
     }
 
+    /// A trust store holding this CA, for a rustls client.
+    pub fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        roots
+    }
+
     /// A server certificate for `localhost` and 127.0.0.1.
     pub fn server(&self) -> Leaf {
         self.leaf(
