@@ -20,12 +20,16 @@ use tether::codec::{Packet, Version};
 
 /// The business's auth service. At `/auth` it admits `user` with password
 /// `pw-user` (with the extra answer fields set in `grants` for that user),
-/// and answers `ignore` for users named `local-*`; at `/acl` it allows
-/// topics under `acl/{username}/`.
+/// and `bin` with the binary password [`BINARY_PASSWORD`] (which is not
+/// UTF-8), and answers `ignore` for users named `local-*`; at `/acl` it
+/// allows topics under `acl/{username}/`.
 struct Service {
     addr: SocketAddr,
     knobs: Knobs,
 }
+
+/// The password of user `bin`: not UTF-8, base64 `/wCA`.
+const BINARY_PASSWORD: &[u8] = &[0xff, 0x00, 0x80];
 
 /// What the test turns and reads, shared with the service's threads.
 #[derive(Clone, Default)]
@@ -115,7 +119,11 @@ fn answer(stream: std::net::TcpStream, k: &Knobs) {
         serde_json::json!({"result": if allowed { "allow" } else { "deny" }})
     } else {
         *k.last.lock().unwrap() = Some(req.clone());
-        let allowed = !user.is_empty() && req["password"].as_str() == Some(&format!("pw-{user}"));
+        let allowed = if user == "bin" {
+            req["password_base64"].as_str() == Some("/wCA")
+        } else {
+            !user.is_empty() && req["password"].as_str() == Some(&format!("pw-{user}"))
+        };
         let mut out = serde_json::json!({"result": if allowed { "allow" } else { "deny" }});
         if user.starts_with("local-") {
             out["result"] = "ignore".into();
@@ -148,7 +156,7 @@ fn gateway_for(
 
 /// CONNECT as `user` with `password`; the CONNACK code.
 fn connack(addr: SocketAddr, version: Version, id: &str, user: &str, password: &str) -> u8 {
-    connack_or_closed(addr, version, id, user, password).expect("a CONNACK")
+    connack_or_closed(addr, version, id, user, password.as_bytes()).expect("a CONNACK")
 }
 
 /// [`connack`], or `None` when the server closed without one (a newer
@@ -158,13 +166,13 @@ fn connack_or_closed(
     version: Version,
     id: &str,
     user: &str,
-    password: &str,
+    password: &[u8],
 ) -> Option<u8> {
     let mut r = Raw::open(addr);
     r.version = version;
     let mut c = connect_packet(id, version);
     c.username = Some(user.into());
-    c.password = Some(Bytes::copy_from_slice(password.as_bytes()));
+    c.password = Some(Bytes::copy_from_slice(password));
     r.send(&Packet::Connect(Box::new(c)));
     match r.recv() {
         Some(Packet::ConnAck(a)) => Some(a.code),
@@ -208,7 +216,7 @@ fn a_bad_password_storm_costs_the_service_almost_nothing() {
     let threads: Vec<_> = (0..40)
         .map(|_| {
             std::thread::spawn(move || {
-                connack_or_closed(addr, Version::V5, "dev-c", "carl", "pw-carl")
+                connack_or_closed(addr, Version::V5, "dev-c", "carl", b"pw-carl")
             })
         })
         .collect();
@@ -220,6 +228,32 @@ fn a_bad_password_storm_costs_the_service_almost_nothing() {
     assert!(codes.contains(&Some(0)));
     assert_eq!(service.calls.load(SeqCst), before + 1);
     assert!(metric(&gw, "tether_auth_http_joined_total") >= 1.0);
+}
+
+/// A password that is not UTF-8 reaches the service byte-exact, as
+/// `password_base64` (with `password` null): the right bytes are admitted,
+/// bytes that differ where a lossy conversion would blur them are not.
+#[test]
+fn a_binary_password_reaches_the_service_byte_exact() {
+    let service = Service::start();
+    let gw = gateway_for(&service, |_| {});
+    let addr = gw.tcp_addr;
+    let code = |pw: &[u8]| connack_or_closed(addr, Version::V5, "dev-b", "bin", pw).unwrap();
+    assert_eq!(code(BINARY_PASSWORD), 0, "the right bytes");
+    let last = service.last.lock().unwrap().clone().unwrap();
+    assert_eq!(last["password"], serde_json::Value::Null);
+    assert_eq!(last["password_base64"], "/wCA");
+    // 0xfe instead of 0xff: as lossy UTF-8 both read U+FFFD.
+    assert_eq!(code(&[0xfe, 0x00, 0x80]), 0x86, "other bytes are refused");
+    assert_eq!(
+        service.last.lock().unwrap().as_ref().unwrap()["password_base64"],
+        "/gCA"
+    );
+    // A UTF-8 password still goes as text, without the base64 field.
+    assert_eq!(connack(addr, Version::V5, "dev-a", "ann", "pw-ann"), 0);
+    let last = service.last.lock().unwrap().clone().unwrap();
+    assert_eq!(last["password"], "pw-ann");
+    assert!(last.get("password_base64").is_none());
 }
 
 #[test]

@@ -18,6 +18,10 @@
 //! 200             {"result": "allow" | "deny" | "ignore"}
 //! ```
 //!
+//! A password that is not UTF-8 (MQTT allows any bytes) goes as
+//! `"password": null, "password_base64": "..."`: never as a lossy string,
+//! under which two different passwords could read the same to the service.
+//!
 //! `ignore` on a CONNECT passes it to the next authenticator of the
 //! listener's chain; on a publish or subscribe it leaves the decision to
 //! `auth.acl_default`. `acl` rules (the ACL file's syntax) and `superuser`
@@ -465,16 +469,26 @@ fn grants_of(v: &serde_json::Value) -> Result<Grants, String> {
 /// One CONNECT call to the service, its answer cached.
 async fn connect(s: &Shared, client: &Client, who: &Identity, key: &Key) -> Verdict {
     s.connect_counts.calls.fetch_add(1, Relaxed);
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "client_id": who.client_id,
         "username": who.username,
-        "password": who.password.as_deref().map(String::from_utf8_lossy),
+        "password": null,
         "peer": who.peer.to_string(),
         "listener": who.listener,
         "protocol": who.protocol,
         "certificate_cn": who.certificate_cn,
-    })
-    .to_string();
+    });
+    if let Some(pw) = who.password.as_deref() {
+        match std::str::from_utf8(pw) {
+            Ok(text) => body["password"] = text.into(),
+            Err(_) => {
+                use base64::Engine;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(pw);
+                body["password_base64"] = b64.into();
+            }
+        }
+    }
+    let body = body.to_string();
     let Some(answer) = post(s, client, &s.cfg.url, body).await else {
         return connect_failed(s);
     };
