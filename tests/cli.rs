@@ -7,12 +7,27 @@
 #[allow(dead_code)] // the CLI tests use the server side only
 mod pki;
 
+#[path = "common/curl.rs"]
+mod curl;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
+
+/// The HTTP API's address, from the banner's `http api` line.
+fn http_api(banner: &mpsc::Receiver<String>) -> String {
+    loop {
+        let line = banner
+            .recv_timeout(WAIT)
+            .expect("the banner's http api line");
+        if let Some(rest) = line.split("http api    http://").nth(1) {
+            return rest.split_whitespace().next().unwrap().to_string();
+        }
+    }
+}
 
 /// The gateway binary on a free port; returns the process and its port.
 fn start_tether(cores: &str) -> (Reap, u16, mpsc::Receiver<String>) {
@@ -219,14 +234,7 @@ fn check_config_explains_errors_with_the_key() {
 #[test]
 fn http_push_with_curl_reaches_mosquitto_sub() {
     let (_tether, port, banner) = start_tether("2");
-    let http = loop {
-        let line = banner
-            .recv_timeout(WAIT)
-            .expect("the banner's http api line");
-        if let Some(rest) = line.split("http api    http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let http = http_api(&banner);
     let (_sub, out) = subscribed(&[
         "-p",
         &port.to_string(),
@@ -240,15 +248,7 @@ fn http_push_with_curl_reaches_mosquitto_sub() {
         "-W",
         "10",
     ]);
-    let curl = |args: &[&str]| {
-        let o = Command::new("curl")
-            .args(["-sS", "--max-time", "10"])
-            .args(args)
-            .output();
-        let o = o.expect("curl is missing: install Debian's curl (.ci/run does)");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8(o.stdout).unwrap()
-    };
+    let curl = |args: &[&str]| curl::curl(&[], args);
     let reply = curl(&[
         "-X",
         "POST",
@@ -519,14 +519,7 @@ fn doctor_reports_the_host_limits_as_json() {
 fn the_log_level_changes_while_running() {
     let (_tether, port, lines) = start_tether("1");
     let mut seen = Vec::new();
-    let api = loop {
-        let line = lines
-            .recv_timeout(WAIT)
-            .expect("the banner's http api line");
-        if let Some(rest) = line.split("http api    http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let api = http_api(&lines);
     let curl = |method: &str, body: Option<&str>| {
         let mut c = Command::new("curl");
         c.args(["-s", "-w", "\n%{http_code}", "-X", method]);

@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::curl::curl;
 use common::web::{http, metric};
 use common::*;
 use serde_json::Value;
@@ -792,23 +793,6 @@ fn the_fallback_runs_over_tls_and_its_session_moves_with_the_socket() {
     assert_eq!(metric(&gw, "tether_fallback_sessions_total"), 1.0);
     // The curl this test started, by its handle.
     stream.stop();
-}
-
-/// `curl -sS` with `common` arguments (TLS trust, name resolution) before
-/// `args`: its output. Panics when curl fails.
-fn curl(common: &[String], args: &[&str]) -> String {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(common)
-        .args(args)
-        .output()
-        .expect("curl is installed (tests/run.sh installs it)");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// An SSE stream read by `curl -N`.

@@ -419,6 +419,7 @@ pub fn next_publish(r: &mut Raw, early: &mut Vec<codec::Publish>) -> codec::Publ
 }
 
 pub mod cluster;
+pub mod curl;
 pub mod kafka;
 pub mod pki;
 pub mod web;
