@@ -43,6 +43,7 @@ macro_rules! stats {
 stats! {
     accepted => "TCP connections accepted.",
     accept_errors => "accept(2) failures (e.g. EMFILE: the open-file limit is reached).",
+    readiness_refused => "Connections closed at once because the core's readiness set (epoll) refused their socket (ENOSPC: raise fs.epoll.max_user_watches; tether doctor checks it).",
     tls_handshake_errors => "TLS handshakes that failed (bad client hello, unknown CA, no client certificate where one is required, ...).",
     tls_full_handshakes => "TLS handshakes completed in full (certificate and signature).",
     tls_resumed => "TLS handshakes that resumed a session from a ticket (tls.ticket_key_file lets any node open it).",

@@ -5,34 +5,46 @@
 //! Why: an idle connection used to cost a glommio task (~320 B) and a
 //! pending readiness `Source` in glommio's reactor (~450 B), more than its
 //! session state. Here an idle connection costs its slot in [`Driver`]'s
-//! slab and one poll request in the core's *readiness ring*, a second
-//! io_uring that holds no userspace memory per socket:
+//! slab and one entry in the core's *readiness set*, an edge-triggered
+//! epoll instance: kernel memory, none in userspace.
 //!
-//! - **Readable:** a socket whose read would block, or came back short
-//!   (it drained the socket), arms a `POLL_ADD(POLLIN | POLLRDHUP)` tagged
-//!   with its slot ([`read_drained`]); its completion
-//!   marks the slot readable and queues it. The poll is *multishot* (armed
-//!   once, it stays) on a ring with deferred task work, and one-shot on the
-//!   fallback ring: without deferral every completion on a busy socket was
-//!   task work run on the core at the sender's interrupt, which cost 30 %
-//!   of the flat-out p2p rate when tried; with it, wake-ups of one socket
-//!   coalesce into one completion per pass. A slot that is not readable is
-//!   not read: no `recv` that fails with EAGAIN (it was two of every three
-//!   `recv`s at low load).
-//! - **Writable:** a socket whose send would block arms a one-shot
-//!   `POLL_ADD(POLLOUT)` ([`arm_writable`]).
+//! - **Registered once:** a socket joins the set when its connection is
+//!   added, for `EPOLLIN | EPOLLRDHUP | EPOLLOUT`, edge-triggered, tagged
+//!   with its slot. Nothing is armed again per message: no `epoll_ctl`, no
+//!   submission. It leaves the set when its file closes (the kernel drops
+//!   the entry), or explicitly when its socket went to another core.
+//! - **Readable:** an edge marks the slot readable and queues it. A slot
+//!   that is not readable is not read: no `recv` that fails with EAGAIN.
+//!   A read that would block, or came back short (it drained the socket),
+//!   clears the mark ([`read_drained`]); data that arrives after it raises
+//!   a new edge.
+//! - **Writable:** a send that would block marks the slot write-blocked
+//!   ([`arm_writable`]); the `EPOLLOUT` edge that comes when the kernel
+//!   frees room (it only comes after a send hit a full buffer) queues it.
 //! - **Woken by the core** (outbox, close, verdict), by a timer or by a
 //!   paused flow: the connection's `Waker` is a [`RawWaker`] carrying its
 //!   slot id (no allocation), whose `wake` queues the slot on this core's
 //!   driver.
 //!
-//! The driver task waits until the readiness ring has work (its eventfd,
-//! or without deferral the ring fd, is readable: awaited through
-//! `glommio::net::poll_readable`, a patch in `vendor/glommio`) or a waker
-//! queued a slot, then runs passes, each polling every ready connection,
-//! until none is left: the executor's wake-up, timer and syscall costs are
-//! paid per batch, not per connection. Reads and writes are plain
-//! non-blocking `recv`/`send` (what glommio did too, after its poll).
+//! The driver task sleeps until the readiness set is readable (awaited
+//! through glommio's own ring, `glommio::net::poll_readable`, a patch in
+//! `vendor/glommio`: a one-shot poll) or a waker queued a slot, then runs
+//! passes, each harvesting the set (`epoll_wait` without a timeout) and
+//! polling every ready connection, until none is left. While it runs, the
+//! one-shot poll has fired and is not armed again: sockets that become
+//! ready meanwhile wait in the set's ready list and never interrupt the
+//! core. So the executor's wake-up, timer and syscall costs are paid per
+//! batch, not per connection, and the core is told at once when it sleeps.
+//!
+//! Why not a second io_uring (which this driver was until issue 27): the
+//! only wake-up a ring with deferred task work gives a thread asleep in
+//! another ring is its registered eventfd, and on Linux 6.18 the kernel
+//! signals that eventfd from a socket's wake-up through an RCU callback,
+//! one grace period later: 4-20 ms of every message at low load
+//! (bench/RESULTS.md "Late wake-ups"). A plain ring wakes promptly but
+//! interrupts a busy core for every ready socket. epoll's wake-up is a
+//! direct wait-queue wake on every kernel, and the one-shot poll keeps
+//! the batching. Reads and writes are plain non-blocking `recv`/`send`.
 //!
 //! Invariant: a connection's waker is woken only on its core's thread (the
 //! core, its timers and its flows all live there); the driver is found
@@ -42,27 +54,23 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, RawWaker, RawWakerVTable, Waker};
 
-use io_uring::{opcode, squeue, types, IoUring};
 use slab::Slab;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::conn::ConnTask;
 use crate::notify::Notify;
+use crate::shard::Core;
+use crate::stats::bump;
 
-/// Submission queue entries of the readiness ring: arming polls for new
-/// sockets and writes, and removing them; a full queue is submitted and
-/// reused, so this bounds a batch, not the connections.
-pub const SQ_ENTRIES: u32 = 1024;
-/// Completion queue entries: readiness events waiting to be reaped (one
-/// per armed poll at most, so a burst beyond it means more than this many
-/// sockets became ready in one pass; the kernel keeps the excess,
-/// IORING_FEAT_NODROP). 16,384 × 16 B = 256 KiB per core.
-pub const CQ_ENTRIES: u32 = 16_384;
+/// Readiness events taken per `epoll_wait`: a pass harvests at most this
+/// many sockets (a full harvest runs another pass at once, so this bounds a
+/// batch, not the connections). 1,024 × 12 B = 12 KiB per core.
+pub const EVENTS_PER_WAIT: usize = 1024;
 /// Connections polled per pass before the driver yields to the core's
 /// other tasks (timers, mesh, inbox), so a busy core stays responsive.
 const POLL_BUDGET: usize = 512;
@@ -71,15 +79,19 @@ const POLL_BUDGET: usize = 512;
 /// `POLL_BUDGET × PASSES_PER_RUN` connection polls.
 const PASSES_PER_RUN: usize = 4;
 
-/// What a readiness-ring request was for, in the low bits of its user data.
-const KIND_BITS: u32 = 2;
-const KIND_READ: u64 = 0;
-const KIND_WRITE: u64 = 1;
-/// Completions of removals: nothing to do.
-const KIND_IGNORE: u64 = 2;
+/// What a socket is registered for: readable (and the peer's half-close),
+/// writable, edge-triggered. `EPOLLOUT` edges only come after a send found
+/// the buffer full, so keeping it registered costs nothing otherwise.
+const INTEREST: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT | libc::EPOLLET) as u32;
+/// Events that mean "read it": data, the peer's half-close, a hang-up or
+/// an error (the read reports which).
+const READ_EVENTS: u32 =
+    (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+/// Events that end a write wait: room, a hang-up or an error.
+const WRITE_EVENTS: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 
 /// A connection's identity in the driver: slab index and generation, so a
-/// stale completion or wake for a reused slot is ignored.
+/// stale event or wake for a reused slot is ignored.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct SlotId {
     index: u32,
@@ -87,6 +99,7 @@ struct SlotId {
 }
 
 impl SlotId {
+    /// The id as one word: an epoll event's data, a waker's data pointer.
     fn pack(self) -> u64 {
         (u64::from(self.gen) << 32) | u64::from(self.index)
     }
@@ -97,31 +110,45 @@ impl SlotId {
             gen: (v >> 32) as u32,
         }
     }
-
-    /// Request user data: the id shifted over the kind bits. Generations
-    /// are kept below 2^30 so nothing is lost in the shift.
-    fn user_data(self, kind: u64) -> u64 {
-        (self.pack() << KIND_BITS) | kind
-    }
-
-    fn from_user_data(ud: u64) -> (SlotId, u64) {
-        (SlotId::unpack(ud >> KIND_BITS), ud & ((1 << KIND_BITS) - 1))
-    }
 }
 
-/// One connection in the driver.
+/// One connection in the driver. 96 bytes, most of them the task: the two
+/// flags ride in the generation word's top bits (generations stay below
+/// 2^30), so the slot is no larger for holding its socket.
 struct Slot {
-    gen: u32,
+    /// The generation, and [`READABLE`] and [`WRITE_BLOCKED`].
+    gen_flags: u32,
+    /// The socket registered in the readiness set under this slot, or -1
+    /// (an HTTP session's pipe has none).
+    fd: RawFd,
     /// Taken out while it is polled (a poll may queue other slots).
     task: Option<ConnTask>,
-    /// A POLLIN request is pending (a multishot one stays pending across
-    /// its completions).
-    read_armed: bool,
-    /// Data may be waiting: a readable completion came since the last read
-    /// that drained the socket (or the connection is new).
-    readable: bool,
-    /// A POLLOUT request is pending.
-    write_armed: bool,
+}
+
+/// Data may be waiting: a readable edge came since the last read that
+/// drained the socket (or the connection is new).
+const READABLE: u32 = 1 << 31;
+/// A send would block: the next writable edge queues the slot.
+const WRITE_BLOCKED: u32 = 1 << 30;
+/// The generation's bits in [`Slot::gen_flags`].
+const GEN_MASK: u32 = WRITE_BLOCKED - 1;
+
+impl Slot {
+    fn gen(&self) -> u32 {
+        self.gen_flags & GEN_MASK
+    }
+
+    fn is(&self, flag: u32) -> bool {
+        self.gen_flags & flag != 0
+    }
+
+    fn set(&mut self, flag: u32, on: bool) {
+        if on {
+            self.gen_flags |= flag;
+        } else {
+            self.gen_flags &= !flag;
+        }
+    }
 }
 
 /// The part wakers reach (through the thread-local): slots to poll.
@@ -140,21 +167,18 @@ struct Shared {
     live: RefCell<Vec<u32>>,
     /// Wakes the driver task when a slot is queued while it sleeps.
     bell: Notify,
-    /// Sockets whose read or write would block during the pass: a
-    /// one-shot poll is armed for each (kind) at the end of the pass.
-    want: RefCell<Vec<(SlotId, u64)>>,
     /// Connections started during a pass (an HTTP session's, opened by a
     /// request being polled): added once the pass is over.
     spawned: RefCell<Vec<ConnTask>>,
-    /// The slot being polled right now (for [`arm_writable`]).
-    current: Cell<Option<SlotId>>,
-    /// Whether the slot being polled is known to have nothing to read: its
-    /// readable poll is pending, or a read this pass came back short (it
-    /// drained the socket) and the poll will be armed. A read then returns
-    /// `Pending` without a system call: a connection woken to write, or
-    /// looping after a short read, would otherwise pay a `recv` that fails
-    /// with EAGAIN (two of every three `recv`s at low load, counted).
+    /// Whether the slot being polled is known to have nothing to read: no
+    /// readable edge came since its socket was drained, or a read this
+    /// poll came back short. A read then returns `Pending` without a
+    /// system call: a connection woken to write, or looping after a short
+    /// read, would otherwise pay a `recv` that fails with EAGAIN (two of
+    /// every three `recv`s at low load, counted).
     drained: Cell<bool>,
+    /// Whether the slot being polled found its send buffer full.
+    write_blocked: Cell<bool>,
 }
 
 impl Shared {
@@ -204,78 +228,46 @@ thread_local! {
 
 /// The driver of one core.
 pub struct Driver {
-    ring: RefCell<IoUring>,
-    /// Signalled by the kernel when the ring's deferred work list becomes
-    /// non-empty; `None` on a kernel without deferred task work (the ring
-    /// fd itself is awaited then).
-    eventfd: Option<OwnedFd>,
+    /// The readiness set: every socket of the core, edge-triggered.
+    epoll: OwnedFd,
+    /// `epoll_wait`'s output, reused by every pass.
+    events: RefCell<Vec<libc::epoll_event>>,
     slots: RefCell<Slab<Slot>>,
     shared: Rc<Shared>,
     /// Bumped per slot insert, so reused indices get new generations.
     next_gen: Cell<u32>,
+    /// The core, for its counters (`readiness_refused`); `None` in unit
+    /// tests.
+    core: Option<Rc<Core>>,
 }
 
-/// Counters of one driver, for tests and the run loop.
 impl Driver {
-    /// A driver for the calling thread's core; its readiness ring.
-    ///
-    /// The ring defers its completion work to the core
-    /// (`IORING_SETUP_DEFER_TASKRUN`): a socket that becomes ready queues
-    /// work on the ring instead of interrupting the core (a reschedule IPI
-    /// per readiness event when the core is busy, 9 % of its time at low
-    /// load in a profile), and the core runs it in one batch at its next
-    /// enter. The core hears of new work through an eventfd the kernel
-    /// signals when the ring's work list goes from empty to not empty:
-    /// once per batch. Kernels before 6.1 lack the flag: the ring is then
-    /// a plain one, awaited through its own fd.
+    /// A driver for the calling thread's core, with its readiness set.
     ///
     /// `slots` connections are reserved up front (address space; RSS only
     /// as slots fill), so the slab and its per-slot tables do not grow by
     /// doubling, which would copy them and leave up to half of the last
     /// size resident and unused.
-    pub fn new(slots: usize) -> io::Result<Rc<Driver>> {
-        // Not COOP_TASKRUN alone: with it the kernel only flags the
-        // completion work for the core's next system call instead of waking
-        // it, and a core asleep in glommio's wait would never hear of a
-        // ready socket. DEFER_TASKRUN has the eventfd for that.
-        let deferred = IoUring::builder()
-            .setup_cqsize(CQ_ENTRIES)
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_taskrun_flag()
-            .build(SQ_ENTRIES)
-            .and_then(|ring| {
-                // SAFETY: eventfd(2) takes no pointers; a non-negative
-                // return is a new descriptor owned by nothing else.
-                let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // SAFETY: `fd` was just created and is owned here alone.
-                let bell = unsafe { OwnedFd::from_raw_fd(fd) };
-                ring.submitter().register_eventfd(bell.as_raw_fd())?;
-                Ok((ring, bell))
-            });
-        let (ring, eventfd) = match deferred {
-            Ok((ring, bell)) => (ring, Some(bell)),
-            Err(e) => {
-                debug!("readiness ring without deferred task work ({e}): a plain ring");
-                let ring = IoUring::builder()
-                    .setup_cqsize(CQ_ENTRIES)
-                    .build(SQ_ENTRIES)?;
-                (ring, None)
-            }
-        };
+    pub fn new(slots: usize, core: Option<Rc<Core>>) -> io::Result<Rc<Driver>> {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative return
+        // is a new descriptor owned by nothing else.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned here alone.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
         let shared = Rc::new(Shared::default());
         shared.queued.borrow_mut().reserve_exact(slots);
         shared.live.borrow_mut().reserve_exact(slots);
         SHARED.with(|s| *s.borrow_mut() = Some(shared.clone()));
         Ok(Rc::new(Driver {
-            ring: RefCell::new(ring),
-            eventfd,
+            epoll,
+            events: RefCell::new(Vec::with_capacity(EVENTS_PER_WAIT)),
             slots: RefCell::new(Slab::with_capacity(slots)),
             shared,
             next_gen: Cell::new(0),
+            core,
         }))
     }
 
@@ -289,24 +281,55 @@ impl Driver {
         self.len() == 0
     }
 
-    /// Takes over a connection and polls it once: it reads what the client
-    /// sent already, and arms its readable poll when there is nothing.
+    /// Takes over a connection, registers its socket and polls it once: it
+    /// reads what the client sent already.
     pub fn add(&self, task: ConnTask) {
-        let gen = (self.next_gen.get() + 1) & ((1 << 30) - 1);
+        let gen = (self.next_gen.get() + 1) & GEN_MASK;
         self.next_gen.set(gen);
-        let index = self.slots.borrow_mut().insert(Slot {
-            gen,
-            task: Some(task),
-            read_armed: false,
-            write_armed: false,
-            readable: true,
-        });
+        let fd = task.fd().unwrap_or(-1);
+        let index = self.slots.borrow().vacant_key();
         let id = SlotId {
             index: index as u32,
             gen,
         };
+        if fd >= 0 {
+            if let Err(e) = self.ctl(libc::EPOLL_CTL_ADD, fd, id) {
+                // The task is dropped: its socket closes, the client sees
+                // the connection end. ENOSPC is fs.epoll.max_user_watches.
+                warn!(
+                    "cannot watch a new connection's socket ({e}); it is closed. \
+                     If this says 'No space left on device', raise \
+                     fs.epoll.max_user_watches (tether doctor checks it)"
+                );
+                if let Some(core) = &self.core {
+                    bump(&core.stats().readiness_refused, 1);
+                }
+                return;
+            }
+        }
+        self.slots.borrow_mut().insert(Slot {
+            gen_flags: gen | READABLE,
+            fd,
+            task: Some(task),
+        });
         self.shared.set_live(id.index, Some(gen));
         self.queue(id);
+    }
+
+    /// `epoll_ctl` for slot `id`'s socket.
+    fn ctl(&self, op: libc::c_int, fd: RawFd, id: SlotId) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: INTEREST,
+            u64: id.pack(),
+        };
+        // SAFETY: `ev` is a valid epoll_event for the call (ignored by
+        // EPOLL_CTL_DEL); both descriptors are plain integers to the kernel.
+        let r = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut ev) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     /// Adds the connections [`spawn`] queued during the pass.
@@ -319,53 +342,58 @@ impl Driver {
 
     /// Queues a new connection's first poll and wakes the driver task.
     fn queue(&self, id: SlotId) {
-        self.wake_id(id);
+        self.shared.enqueue(id);
         self.shared.bell.notify();
     }
 
-    /// Queues a submission, submitting first if the queue is full.
-    fn push(&self, sqe: squeue::Entry) {
-        let mut ring = self.ring.borrow_mut();
-        // SAFETY: the entries reference no memory (polls and removals by
-        // fd and user data), so nothing must outlive the submission.
-        while unsafe { ring.submission().push(&sqe) }.is_err() {
-            if let Err(e) = ring.submit() {
-                warn!("readiness ring: submit failed: {e}");
-                return;
+    /// Takes what the readiness set has (no wait) into the ready queue;
+    /// returns how many events came.
+    fn harvest(&self) -> usize {
+        let mut events = self.events.borrow_mut();
+        // SAFETY: the kernel writes at most EVENTS_PER_WAIT events into the
+        // vector's spare capacity, which holds that many; the length is
+        // set to what it reports written.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                EVENTS_PER_WAIT as libc::c_int,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                warn!("readiness set: epoll_wait failed: {e}");
             }
+            return 0;
         }
-    }
-
-    /// Moves completions into the ready queue.
-    fn reap(&self) {
-        let mut ring = self.ring.borrow_mut();
-        for cqe in ring.completion() {
-            let (id, kind) = SlotId::from_user_data(cqe.user_data());
-            if kind == KIND_IGNORE {
-                continue;
-            }
-            if let Some(s) = self
-                .slots
-                .borrow_mut()
+        // SAFETY: the kernel initialised the first `n` entries.
+        unsafe { events.set_len(n as usize) };
+        let mut slots = self.slots.borrow_mut();
+        for ev in events.iter() {
+            let (flags, data) = (ev.events, ev.u64);
+            let id = SlotId::unpack(data);
+            let Some(s) = slots
                 .get_mut(id.index as usize)
-                .filter(|s| s.gen == id.gen)
-            {
-                match kind {
-                    KIND_READ => {
-                        s.readable = true;
-                        // A multishot poll ends (no MORE flag) on an error
-                        // or cancellation; it is armed again when drained.
-                        s.read_armed &= io_uring::cqueue::more(cqe.flags());
-                    }
-                    _ => s.write_armed = false,
-                }
+                .filter(|s| s.gen() == id.gen)
+            else {
+                continue;
+            };
+            let mut wake = false;
+            if flags & READ_EVENTS != 0 {
+                s.set(READABLE, true);
+                wake = true;
             }
-            self.wake_id(id);
+            if flags & WRITE_EVENTS != 0 && s.is(WRITE_BLOCKED) {
+                s.set(WRITE_BLOCKED, false);
+                wake = true;
+            }
+            if wake {
+                self.shared.enqueue(id);
+            }
         }
-    }
-
-    fn wake_id(&self, id: SlotId) {
-        self.shared.enqueue(id);
+        n as usize
     }
 
     /// Polls up to [`POLL_BUDGET`] ready connections.
@@ -377,127 +405,60 @@ impl Driver {
             if !self.shared.dequeue(id) {
                 continue;
             }
-            let task = self
-                .slots
-                .borrow_mut()
-                .get_mut(id.index as usize)
-                .filter(|s| s.gen == id.gen)
-                .and_then(|s| s.task.take());
+            let (task, readable) = {
+                let mut slots = self.slots.borrow_mut();
+                match slots
+                    .get_mut(id.index as usize)
+                    .filter(|s| s.gen() == id.gen)
+                {
+                    Some(s) => (s.task.take(), s.is(READABLE)),
+                    None => (None, false),
+                }
+            };
             let Some(mut task) = task else { continue };
             let waker = waker(id);
             let mut cx = Context::from_waker(&waker);
-            let readable = self
-                .slots
-                .borrow()
-                .get(id.index as usize)
-                .is_some_and(|s| s.readable);
-            self.shared.current.set(Some(id));
             self.shared.drained.set(!readable);
+            self.shared.write_blocked.set(false);
             let done = Pin::new(&mut task).poll(&mut cx).is_ready();
-            self.shared.current.set(None);
             if done {
-                self.remove(id);
+                self.remove(id, &task);
                 drop(task);
             } else if let Some(slot) = self.slots.borrow_mut().get_mut(id.index as usize) {
                 slot.task = Some(task);
-                slot.readable = !self.shared.drained.get();
+                slot.set(READABLE, !self.shared.drained.get());
+                if self.shared.write_blocked.get() {
+                    slot.set(WRITE_BLOCKED, true);
+                }
             }
         }
     }
 
-    /// A connection ended: its polls are removed (before the socket closes
-    /// with the task, so no completion names a reused slot: the generation
-    /// check covers the rest).
-    fn remove(&self, id: SlotId) {
+    /// A connection ended. Its socket leaves the readiness set by itself
+    /// when the task closes it (the kernel drops a file's entries at its
+    /// last close); a socket the task handed to another core is still
+    /// open, so it is removed here, or its events would keep waking this
+    /// core.
+    fn remove(&self, id: SlotId, task: &ConnTask) {
         let slot = self.slots.borrow_mut().remove(id.index as usize);
         self.shared.set_live(id.index, None);
-        if slot.read_armed {
-            self.push(
-                opcode::PollRemove::new(id.user_data(KIND_READ))
-                    .build()
-                    .user_data(KIND_IGNORE),
-            );
+        if slot.fd >= 0 && task.fd() != Some(slot.fd) {
+            // ENOENT: the socket was closed already (by the core it went
+            // to), which removed it.
+            let _ = self.ctl(libc::EPOLL_CTL_DEL, slot.fd, id);
         }
-        if slot.write_armed {
-            self.push(
-                opcode::PollRemove::new(id.user_data(KIND_WRITE))
-                    .build()
-                    .user_data(KIND_IGNORE),
-            );
-        }
-    }
-
-    /// Arms a one-shot poll for each socket that would block during the
-    /// pass (unless one is pending already).
-    fn arm_wanted(&self) {
-        let wanted = std::mem::take(&mut *self.shared.want.borrow_mut());
-        for (id, kind) in wanted {
-            let fd = {
-                let mut slots = self.slots.borrow_mut();
-                let Some(s) = slots.get_mut(id.index as usize).filter(|s| s.gen == id.gen) else {
-                    continue;
-                };
-                // Arms are collected during the pass and applied after it,
-                // when every task is back in its slot.
-                let Some(fd) = s.task.as_ref().and_then(ConnTask::fd) else {
-                    continue;
-                };
-                let armed = match kind {
-                    KIND_READ => &mut s.read_armed,
-                    _ => &mut s.write_armed,
-                };
-                if std::mem::replace(armed, true) {
-                    continue;
-                }
-                fd
-            };
-            let events = match kind {
-                KIND_READ => libc::POLLIN | libc::POLLRDHUP,
-                _ => libc::POLLOUT,
-            };
-            self.push(
-                opcode::PollAdd::new(types::Fd(fd), events as u32)
-                    .multi(kind == KIND_READ && self.eventfd.is_some())
-                    .build()
-                    .user_data(id.user_data(kind)),
-            );
-        }
-    }
-
-    /// Submits what the pass queued and runs the ring's deferred work (no
-    /// wait): completions land in the queue for the next [`Self::reap`].
-    fn submit(&self) {
-        let mut ring = self.ring.borrow_mut();
-        let work = ring.submission().taskrun();
-        if work || !ring.submission().is_empty() {
-            if let Err(e) = ring.submit() {
-                warn!("readiness ring: submit failed: {e}");
-            }
-        }
-    }
-
-    /// Whether the ring has something for the next pass: completions, or
-    /// deferred work (which the next [`Self::submit`] runs).
-    fn ring_busy(&self) -> bool {
-        let mut ring = self.ring.borrow_mut();
-        ring.submission().taskrun() || !ring.completion().is_empty()
     }
 
     /// Runs passes until nothing is left (true) or [`PASSES_PER_RUN`] were
     /// run and something is (false: the caller yields to the core's other
-    /// tasks first). A pass's own submission often posts completions (a
-    /// poll armed on a socket that has data, deferred work run); running
-    /// the next pass at once, not after a yield, spares the executor a
-    /// round of its scheduler and its preemption timer per wake-up.
+    /// tasks first). A pass that harvested a full buffer, or whose polls
+    /// queued more slots, is followed by another at once.
     fn passes(&self) -> bool {
         for _ in 0..PASSES_PER_RUN {
-            self.submit();
-            self.reap();
+            let harvested = self.harvest();
             self.poll_ready();
             self.add_spawned();
-            self.arm_wanted();
-            self.submit();
-            if self.shared.ready.borrow().is_empty() && !self.ring_busy() {
+            if self.shared.ready.borrow().is_empty() && harvested < EVENTS_PER_WAIT {
                 return true;
             }
         }
@@ -506,56 +467,31 @@ impl Driver {
 
     /// The driver task: runs for the life of the core.
     pub async fn run(self: Rc<Driver>) {
-        // Deferred mode waits on the eventfd, else on the ring fd.
-        let wait_fd = match &self.eventfd {
-            Some(bell) => bell.as_raw_fd(),
-            None => self.ring.borrow().as_raw_fd(),
-        };
+        let epoll = self.epoll.as_raw_fd();
         let mut readable: Option<Pin<Box<dyn Future<Output = io::Result<()>>>>> = None;
         loop {
             if !self.passes() {
                 futures_lite::future::yield_now().await;
                 continue;
             }
-            // Sleep until the ring has work or a waker queued a slot. The
-            // readiness wait is kept across wake-ups by wakers, so it is
-            // one poll request, not one per pass.
-            let wait =
-                readable.get_or_insert_with(|| Box::pin(glommio::net::poll_readable(wait_fd)));
-            let ring_ready = futures_lite::future::or(async { wait.await.map(|_| true) }, async {
+            // Sleep until the set has events or a waker queued a slot. The
+            // poll is kept across wake-ups by wakers, so it is one request,
+            // not one per pass; armed on a set with events, it completes
+            // at once.
+            let wait = readable.get_or_insert_with(|| Box::pin(glommio::net::poll_readable(epoll)));
+            let set_ready = futures_lite::future::or(async { wait.await.map(|_| true) }, async {
                 self.shared.bell.wait().await;
                 Ok(false)
             })
             .await;
-            match ring_ready {
-                Ok(true) => {
-                    readable = None;
-                    self.drain_eventfd();
-                }
+            match set_ready {
+                Ok(true) => readable = None,
                 Ok(false) => {}
                 Err(e) => {
-                    warn!("readiness ring: poll failed: {e}");
+                    warn!("readiness set: poll failed: {e}");
                     readable = None;
                 }
             }
-        }
-    }
-
-    /// Resets the eventfd before the work it announced is run (the next
-    /// pass's [`Self::submit`]), so work queued after that run signals it
-    /// again: reset, then run, never the other way round.
-    fn drain_eventfd(&self) {
-        if let Some(bell) = &self.eventfd {
-            let mut count = 0u64;
-            // SAFETY: reads 8 bytes into a local u64 from a descriptor we
-            // own; a failed read (EAGAIN: already reset) leaves it alone.
-            unsafe {
-                libc::read(
-                    bell.as_raw_fd(),
-                    (&mut count as *mut u64).cast(),
-                    std::mem::size_of::<u64>(),
-                )
-            };
         }
     }
 }
@@ -585,32 +521,42 @@ pub fn drained() -> bool {
 
 /// Called by a connection (during its poll) whose read would block, or
 /// came back shorter than its buffer (it drained the socket): it is not
-/// read again until its readable poll completes, which the driver arms at
-/// the end of the pass unless one is pending (it completes at once if
-/// more arrived since). A short read so spares the `recv` that would fail.
+/// read again until a readable edge comes (data that arrived since the
+/// read raises one). A short read so spares the `recv` that would fail.
 pub fn read_drained() {
     SHARED.with(|s| {
         if let Some(shared) = s.borrow().as_ref() {
             shared.drained.set(true);
         }
     });
-    want(KIND_READ);
 }
 
 /// Called by a connection whose send would block (during its poll): the
-/// driver arms a writable poll for it at the end of the pass.
+/// writable edge that comes when the kernel frees room queues it again.
 pub fn arm_writable() {
-    want(KIND_WRITE);
-}
-
-fn want(kind: u64) {
     SHARED.with(|s| {
         if let Some(shared) = s.borrow().as_ref() {
-            if let Some(id) = shared.current.get() {
-                shared.want.borrow_mut().push((id, kind));
-            }
+            shared.write_blocked.set(true);
         }
     });
+}
+
+/// Whether the connection `waker` belongs to is queued in this core's
+/// driver: it has input the core has not read (a readable edge came), or
+/// the core woke it to write, and the driver has not polled it yet. The
+/// core paces publishers by it (`shard::Core::set_queued_probe`): a copy
+/// that waits behind such a connection's window waits on the core, not on
+/// the client. False for any other waker.
+pub fn is_queued(waker: &Waker) -> bool {
+    if !std::ptr::eq(waker.vtable(), &VTABLE) {
+        return false;
+    }
+    let id = SlotId::unpack(waker.data() as usize as u64);
+    SHARED.with(|s| {
+        s.borrow()
+            .as_ref()
+            .is_some_and(|s| s.queued.borrow().get(id.index as usize).copied() == Some(id.gen + 1))
+    })
 }
 
 fn waker(id: SlotId) -> Waker {
@@ -697,14 +643,11 @@ mod tests {
     }
 
     #[test]
-    fn user_data_keeps_the_slot_and_the_kind() {
+    fn a_packed_id_keeps_the_slot_and_the_generation() {
         let id = SlotId {
             index: u32::MAX,
             gen: (1 << 30) - 1,
         };
-        for kind in [KIND_READ, KIND_WRITE] {
-            assert_eq!(SlotId::from_user_data(id.user_data(kind)), (id, kind));
-        }
         assert_eq!(SlotId::unpack(id.pack()), id);
     }
 }
