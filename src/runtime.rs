@@ -136,17 +136,18 @@ async fn run_core(start: CoreStart) {
     // As many slots as the core's share of the open-file limit, like its
     // slab of entries (an HTTP session's connection holds a slot and no
     // descriptor, so a node full of them may grow past it).
-    let driver = match Driver::new(crate::limits::connection_slots() / core.node.cores.len().max(1))
-    {
+    let slots = crate::limits::connection_slots() / core.node.cores.len().max(1);
+    let driver = match Driver::new(slots, Some(core.clone())) {
         Ok(d) => d,
         Err(e) => {
             error!(
                 core = id,
-                "cannot set up the connection driver's io_uring: {e}"
+                "cannot set up the connection driver's readiness set (epoll_create1): {e}"
             );
             return;
         }
     };
+    core.set_queued_probe(crate::net::driver::is_queued);
     let driver_task = glommio::spawn_local(driver.clone().run());
     let adopt = glommio::spawn_local(run_adopt(core.clone(), driver.clone()));
     let ticker = glommio::spawn_local(run_wheel(core.clone()));
@@ -260,6 +261,10 @@ async fn run_inbox(core: Rc<Core>, inbox: CoreInbox, replies: ReplyReceivers) {
         inbox.bell.answer();
         while let Ok(msg) = inbox.rx.try_recv() {
             on_bridge(&core, msg);
+            if core.take_lagging() {
+                // As for the mesh: the connections go first.
+                futures_lite::future::yield_now().await;
+            }
         }
         while let Ok((token, verdict)) = replies.verdicts.try_recv() {
             mqtt::on_verdict(&core, token, verdict);
@@ -495,10 +500,17 @@ async fn receive_from(core: Rc<Core>, peer: usize, receivers: Rc<Receivers<CoreM
     while let Ok(Some(msg)) = receivers.recv_from(peer).await {
         let bytes = msg.bytes();
         core.on_core_msg(msg);
+        let lagged = core.take_lagging();
         if bytes > 0 {
             core.node.cores[peer]
                 .mesh_bytes
                 .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+        if lagged {
+            // The batch's copies wait on the core behind this core's
+            // connections: they go first (the driver task is queued ahead),
+            // and the channel, bounded, holds the sender back meanwhile.
+            futures_lite::future::yield_now().await;
         }
     }
 }

@@ -163,6 +163,21 @@ pub fn frame_len(buf: &[u8], max_packet_size: usize) -> Result<Option<usize>, De
     Ok(header(buf, max_packet_size)?.map(|(_, total)| total))
 }
 
+/// The packet id of a plain PUBACK at the front of `buf`: fixed header
+/// 0x40, remaining length 2, a non-zero id (3.1.1, and 5.0's success
+/// without properties). Anything else, including an incomplete packet,
+/// is `None` and goes through [`decode`], which reports what is wrong.
+#[inline]
+pub fn plain_puback(buf: &[u8]) -> Option<u16> {
+    match buf {
+        [0x40, 2, hi, lo, ..] => match u16::from_be_bytes([*hi, *lo]) {
+            0 => None,
+            id => Some(id),
+        },
+        _ => None,
+    }
+}
+
 /// `(body offset, total length)` of the packet at the front of `buf`.
 fn header(buf: &[u8], max_packet_size: usize) -> Result<Option<(usize, usize)>, DecodeError> {
     if buf.len() < 2 {

@@ -16,7 +16,7 @@ mod packet;
 mod properties;
 pub mod topic;
 
-pub use decode::{decode, frame_len, DecodeError};
+pub use decode::{decode, frame_len, plain_puback, DecodeError};
 pub use encode::{encode, encode_publish, encoded_len_publish};
 pub use packet::*;
 pub use properties::Properties;

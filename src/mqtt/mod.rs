@@ -73,6 +73,10 @@ pub enum Flow {
     /// packet (and what follows) unparsed; the connection is paused until
     /// there is room.
     Retry,
+    /// Handled, and its copies wait on the core behind connections it
+    /// woke: read nothing more in this pass, so those go first (publishers
+    /// are read in proportion to delivery progress).
+    Yield,
 }
 
 /// What a handler did with its packet.
@@ -87,9 +91,35 @@ enum Step {
 pub fn receive(core: &Core, key: ConnKey, packet: Packet) -> Result<Flow, Violation> {
     bump(&core.stats().packets_in, 1);
     let mut st = core.st.borrow_mut();
+    st.lagging = false;
     if handle(core, &mut st, key, packet)? == Step::NoRoom {
         return Ok(Flow::Retry);
     }
+    let lagging = std::mem::take(&mut st.lagging);
+    after(&mut st, key, lagging)
+}
+
+/// Applies a plain PUBACK (no reason code, no properties) received on
+/// `key`'s connection, as [`receive`] would, without building a
+/// [`Packet`]: the commonest packet of a QoS 1 fan-out (one per delivery),
+/// and building, moving and dropping a 400-byte `Packet` for its two bytes
+/// of packet id was 8 % of a core in the flat-out fan-out profile.
+pub fn receive_puback(core: &Core, key: ConnKey, pkid: u16) -> Result<Flow, Violation> {
+    bump(&core.stats().packets_in, 1);
+    let mut st = core.st.borrow_mut();
+    st.lagging = false;
+    if st
+        .entry(key)
+        .is_some_and(|e| matches!(e.phase, Phase::Connecting))
+    {
+        return Err(violation(reason::PROTOCOL_ERROR, "packet before CONNACK"));
+    }
+    publish::puback(core, &mut st, key, pkid)?;
+    after(&mut st, key, false)
+}
+
+/// What the connection does after a packet was handled.
+fn after(st: &mut CoreState, key: ConnKey, lagging: bool) -> Result<Flow, Violation> {
     let Some(e) = st.entry(key) else {
         return Ok(Flow::Stop);
     };
@@ -100,7 +130,7 @@ pub fn receive(core: &Core, key: ConnKey, packet: Packet) -> Result<Flow, Violat
         // Keep pipelined packets until the answer is in.
         return Ok(Flow::Park);
     }
-    Ok(Flow::Continue)
+    Ok(if lagging { Flow::Yield } else { Flow::Continue })
 }
 
 // Inlined into `receive`: a `Packet` is 400 bytes, and a call boundary
@@ -127,7 +157,7 @@ fn handle(
     match packet {
         Packet::Connect(c) => connect::connect(core, st, key, *c).map(|()| Step::Done),
         Packet::Publish(mut p) => publish::publish(core, st, key, &mut p),
-        Packet::PubAck(a) => publish::puback(core, st, key, a).map(|()| Step::Done),
+        Packet::PubAck(a) => publish::puback(core, st, key, a.pkid).map(|()| Step::Done),
         Packet::PubRec(a) => publish::pubrec(core, st, key, a).map(|()| Step::Done),
         Packet::PubComp(a) => publish::pubcomp(core, st, key, a).map(|()| Step::Done),
         Packet::PubRel(a) => publish::pubrel(core, st, key, a).map(|()| Step::Done),

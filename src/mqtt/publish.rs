@@ -356,16 +356,15 @@ pub(super) fn puback(
     core: &Core,
     st: &mut CoreState,
     key: ConnKey,
-    a: Ack,
+    pkid: u16,
 ) -> Result<(), Violation> {
-    let now = core.clock().instant();
     let Some(e) = st.entry(key) else {
         return Ok(());
     };
     let done = e
         .session
-        .take_inflight(a.pkid, |f| f.d.qos == QoS::AtLeastOnce && !f.released);
-    crate::shard::pump(e, core.stats(), now);
+        .take_inflight(pkid, |f| f.d.qos == QoS::AtLeastOnce && !f.released);
+    crate::shard::pump(e, core.stats(), || core.clock().instant());
     if let Some(f) = done {
         core.forget(st, key, f.d.seq);
     }
@@ -379,7 +378,6 @@ pub(super) fn pubrec(
     key: ConnKey,
     a: Ack,
 ) -> Result<(), Violation> {
-    let now = core.clock().instant();
     let Some(e) = st.entry(key) else {
         return Ok(());
     };
@@ -391,7 +389,7 @@ pub(super) fn pubrec(
         let done = e
             .session
             .take_inflight(a.pkid, |f| f.d.qos == QoS::ExactlyOnce && !f.released);
-        crate::shard::pump(e, core.stats(), now);
+        crate::shard::pump(e, core.stats(), || core.clock().instant());
         if let Some(f) = done {
             core.forget(st, key, f.d.seq);
         }
@@ -432,12 +430,11 @@ pub(super) fn pubcomp(
     key: ConnKey,
     a: Ack,
 ) -> Result<(), Violation> {
-    let now = core.clock().instant();
     let Some(e) = st.entry(key) else {
         return Ok(());
     };
     let done = e.session.take_inflight(a.pkid, |f| f.released);
-    crate::shard::pump(e, core.stats(), now);
+    crate::shard::pump(e, core.stats(), || core.clock().instant());
     if let Some(f) = done {
         core.forget(st, key, f.d.seq);
     }

@@ -205,7 +205,7 @@ fn send_new(s: &mut Session, link: &mut Link, d: Delivery, stats: &Stats) {
         return;
     }
     let pkid = s.next_pkid();
-    s.inflight.push_back(Inflight {
+    s.push_inflight(Inflight {
         pkid,
         d: d.clone(),
         released: false,
@@ -218,13 +218,15 @@ fn send_new(s: &mut Session, link: &mut Link, d: Delivery, stats: &Stats) {
 }
 
 /// Moves queued messages into the window while it has room, skipping those
-/// that expired while they waited.
-pub fn pump(e: &mut Entry, stats: &Stats, now: Instant) {
+/// that expired while they waited. `now` is asked only for a message that
+/// can expire: an acknowledgement that moves plain messages reads no clock
+/// (it was 3 % of a core in the flat-out fan-out profile).
+pub fn pump(e: &mut Entry, stats: &Stats, now: impl Fn() -> Instant) {
     let Some(link) = e.link.as_mut() else { return };
     let s = &mut e.session;
     while s.inflight.len() < usize::from(link.window) {
         let Some(d) = s.queued.pop_front() else { break };
-        if d.msg.expired(now) {
+        if d.msg.expires_at.is_some() && d.msg.expired(now()) {
             bump(&stats.dropped_expired, 1);
             continue;
         }
@@ -318,7 +320,7 @@ mod tests {
         assert_eq!(sent_ids(&e), vec![1, 2]);
         let pkid = e.session.inflight[0].pkid;
         e.session.take_inflight(pkid, |_| true);
-        pump(&mut e, &s, t);
+        pump(&mut e, &s, || t);
         assert_eq!(sent_ids(&e), vec![1, 2, 3], "one ack, one more in flight");
         assert_eq!(e.session.queued.len(), 1);
     }
@@ -438,7 +440,7 @@ mod tests {
         offer(&mut e, msg(4, QoS::AtLeastOnce, None, t), &c, &s, now(t));
         let pkid = e.session.inflight[0].pkid;
         e.session.take_inflight(pkid, |_| true);
-        pump(&mut e, &s, later);
+        pump(&mut e, &s, || later);
         assert_eq!(sent_ids(&e), vec![2, 4], "3 expired while queued");
         assert_eq!(s.dropped_expired.load(Relaxed), 1);
     }

@@ -160,6 +160,11 @@ pub struct CloseRequest {
     pub discard_outbox: bool,
     /// Human-readable cause, sent as the DISCONNECT's Reason String.
     pub why: Option<Box<str>>,
+    /// Before the final flush, read what the client already sent and
+    /// apply its acknowledgements (a drain, a shutdown: the session goes
+    /// on elsewhere, and must not resend what the client acknowledged
+    /// here).
+    pub settle: bool,
 }
 
 /// The live half of a session: present while a socket is attached.
@@ -336,9 +341,20 @@ impl Link {
                 reason,
                 discard_outbox,
                 why: why.map(Into::into),
+                settle: false,
             }));
         }
         self.wake();
+    }
+
+    /// Asks the connection to close for a drain or a shutdown: its queued
+    /// frames go out, and the acknowledgements the client already sent are
+    /// applied first ([`CloseRequest::settle`]).
+    pub fn request_settled_close(&mut self, reason: Option<u8>) {
+        self.request_close(reason, false);
+        if let Some(req) = self.close.as_mut() {
+            req.settle = true;
+        }
     }
 }
 

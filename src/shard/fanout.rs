@@ -9,13 +9,41 @@
 
 use std::sync::Arc;
 
-use super::delivery::deliver;
-use super::{count, Core, CoreState, Phase};
+use super::delivery::{deliver, Offer};
+use super::{count, Core, CoreState, Entry, Phase};
 use crate::codec::{QoS, Will};
 use crate::id::{ConnId, ConnKey};
 use crate::session::{sub_ids, Delivery, Message, Publication};
 
+/// A QoS 0 copy added to an outbox already holding this much is behind:
+/// one socket write's worth (`net::conn`'s write chunk), which the
+/// connection's next poll writes at once.
+const LAG_OUTBOX_BYTES: usize = 64 * 1024;
+
 impl Core {
+    /// Whether the copy just offered to `e` waits on the core: it was
+    /// queued behind the client's full window (QoS 0: added to an outbox
+    /// already [`LAG_OUTBOX_BYTES`] long) while the connection is itself
+    /// queued in the core's driver, with acknowledgements unread or frames
+    /// unwritten. Then the publisher must not bring more until the core
+    /// caught up: it yields (`CoreState::lagging`). A client that is slow
+    /// or stalled on its own is not queued in the driver, so it never slows
+    /// a publisher: its queue grows to `session.max_queued_messages` and it
+    /// is disconnected (0x97), as before.
+    fn lags(&self, e: &Entry, offer: &Offer, qos0: bool) -> bool {
+        let (Some(probe), Some(link)) = (self.queued_probe.get(), e.link.as_ref()) else {
+            return false;
+        };
+        let behind = match offer {
+            Offer::Queued => true,
+            Offer::Sent => qos0 && link.outbox_bytes as usize >= LAG_OUTBOX_BYTES,
+            _ => false,
+        };
+        // No waker: the core woke the connection and the driver has not
+        // polled it since, so it is queued.
+        behind && link.waker.as_ref().is_none_or(probe)
+    }
+
     /// Routes a message published on this core to every matching session of
     /// the node.
     pub fn publish(&self, st: &mut CoreState, msg: Arc<Message>) {
@@ -61,6 +89,7 @@ impl Core {
             conns,
             matches,
             journal,
+            lagging,
             ..
         } = st;
         matches.clear();
@@ -98,7 +127,12 @@ impl Core {
                 self.forward_out(**to, d);
                 continue;
             }
-            count(self.offer_mirrored(journal, e, d, now), stats);
+            let qos0 = d.qos == QoS::AtMostOnce;
+            let offer = self.offer_mirrored(journal, e, d, now);
+            if !*lagging && self.lags(e, &offer, qos0) {
+                *lagging = true;
+            }
+            count(offer, stats);
         }
         self.deliver_shared(st, msg);
     }

@@ -272,7 +272,7 @@ impl Core {
             let Some(link) = e.link.as_mut().filter(|l| l.close.is_none()) else {
                 continue;
             };
-            link.request_close(link.version.is_v5().then_some(code), false);
+            link.request_settled_close(link.version.is_v5().then_some(code));
             closed += 1;
         }
         bump(&self.stats().drained, closed as u64);
@@ -286,7 +286,7 @@ impl Core {
         for (_, e) in st.conns.iter_mut() {
             if let Some(link) = e.link.as_mut() {
                 let reason = link.version.is_v5().then_some(reason::SERVER_SHUTTING_DOWN);
-                link.request_close(reason, false);
+                link.request_settled_close(reason);
             }
         }
         if st.links == 0 {

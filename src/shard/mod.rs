@@ -81,6 +81,10 @@ pub use peer::Peer;
 pub use pending::{ApiPublish, Pending, PendingKind, ReplyReceivers, Returns, Waiting};
 pub use trie::Sub;
 
+/// The driver's answer to "is the connection this waker wakes queued,
+/// waiting on the core?" (`net::driver::is_queued`).
+pub type QueuedProbe = fn(&Waker) -> bool;
+
 /// The mutable state of a core, behind one `RefCell` (single-threaded).
 pub struct CoreState {
     /// Connections and sessions of this core.
@@ -104,6 +108,11 @@ pub struct CoreState {
     next_seq: u64,
     /// Reused per fan-out to collect matches without allocating.
     matches: Vec<Sub>,
+    /// Set by a fan-out that queued a copy behind a connection waiting on
+    /// the core (see `Core::lags`): whoever asked for the fan-out (a
+    /// publishing connection, the mesh, the inbox) lets the core's other
+    /// connections go first before it brings more. Taken by the asker.
+    pub lagging: bool,
     links: usize,
     /// Open connections per user, for the users this core owns
     /// ([`crate::id::owner_core`]): the node's distinct users are the sum
@@ -153,6 +162,17 @@ pub struct Core {
     /// Connections that stopped reading (mesh backlog, pending budgets,
     /// outbound bridge), woken when the cause clears.
     paused: RefCell<Vec<Waker>>,
+    /// Whether a connection (by its waker) is queued in the core's driver,
+    /// waiting on the core; set by the runtime (`net::driver::is_queued`).
+    /// `None` (unit tests without a driver): publishers are never paced.
+    queued_probe: Cell<Option<QueuedProbe>>,
+    /// Set while a connection handles a PUBLISH whose fan-out lagged: it
+    /// stops reading for this pass (`Core::take_yield`).
+    yield_reading: Cell<bool>,
+    /// Set while a closing connection reads what its client already sent
+    /// ([`crate::shard::CloseRequest::settle`]): only acknowledgements are
+    /// applied.
+    pub settling: Cell<bool>,
     /// HTTP fallback sockets other cores handed to this one
     /// (`CoreMsg::Adopt`), for the runtime's adopt task to serve.
     pub adopted: RefCell<Vec<crate::mesh::Handoff>>,
@@ -218,12 +238,16 @@ impl Core {
                 next_gen: 0,
                 next_seq: 0,
                 matches: Vec::new(),
+                lagging: false,
                 links: 0,
                 users: Default::default(),
             }),
             cfg,
             clock,
             paused: RefCell::new(Vec::new()),
+            queued_probe: Cell::new(None),
+            yield_reading: Cell::new(false),
+            settling: Cell::new(false),
             adopted: RefCell::new(Vec::new()),
             adopt_ready: Notify::default(),
             shutting_down: Cell::new(false),
@@ -356,6 +380,31 @@ impl Core {
         if was_saturated && !st.pending.saturated() {
             self.resume_paused();
         }
+    }
+
+    /// Installs the driver's answer to "is this connection queued, waiting
+    /// on the core?", which paces publishers (see `Core::lags`).
+    pub fn set_queued_probe(&self, probe: QueuedProbe) {
+        self.queued_probe.set(Some(probe));
+    }
+
+    /// Whether the connection handling a packet must stop reading for this
+    /// pass: its PUBLISH's copies wait on the core behind other
+    /// connections, which go first. Cleared by the call.
+    pub fn take_yield(&self) -> bool {
+        self.yield_reading.replace(false)
+    }
+
+    /// Asks the connection handling a packet to stop reading for this pass.
+    pub(crate) fn yield_reading(&self) {
+        self.yield_reading.set(true);
+    }
+
+    /// Whether the last fan-out lagged (see [`CoreState::lagging`]);
+    /// cleared by the call. The mesh and the inbox yield to the core's
+    /// connections before their next message when it did.
+    pub fn take_lagging(&self) -> bool {
+        std::mem::take(&mut self.st.borrow_mut().lagging)
     }
 
     /// Wakes every paused connection (each checks again).

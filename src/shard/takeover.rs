@@ -448,7 +448,7 @@ impl Core {
             self.announce(ConnEventKind::Connect, e, link);
         }
         let id = e.id;
-        pump(e, self.stats(), now.at);
+        pump(e, self.stats(), || now.at);
         bump(&self.stats().connects, 1);
         debug!(conn = %id, session_present, "session active");
         // One wheel timer per connection: the CONNECT deadline armed at

@@ -102,6 +102,17 @@ struct Conn {
     ws: Option<Box<Ws>>,
 }
 
+/// What one read step did.
+enum ReadStep {
+    /// Handled a packet, or what one read brought.
+    Handled,
+    /// Nothing more to read now.
+    Drained,
+    /// The connection is over (the peer closed, an error, or it turned
+    /// into an HTTP fallback exchange).
+    Over,
+}
+
 /// What a connection reads and writes.
 enum Io {
     /// A client socket. Non-blocking; readiness comes from the core's
@@ -412,6 +423,11 @@ impl Conn {
         }
     }
 
+    /// One poll: read and handle what the client sent (within
+    /// [`READ_BUDGET`]), then write everything that produced, or the core
+    /// queued, in one go. Reading first means the frames that acks release
+    /// (a subscriber's next messages) leave in the same write as the rest:
+    /// one `send` per poll, not one before the reads and one after.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..READ_BUDGET {
             let Some(status) = self.core.poll_link(self.key, cx.waker()) else {
@@ -421,62 +437,105 @@ impl Conn {
             if let Some(req) = status.close {
                 return self.poll_close(cx, req);
             }
-            let flushed = match self.poll_flush(cx) {
-                Poll::Ready(Err(e)) => {
-                    debug!(conn = %self.id(), "write failed: {e}");
-                    return Poll::Ready(());
-                }
-                Poll::Ready(Ok(())) => true,
-                Poll::Pending => false,
-            };
-            if !flushed && self.core.outbox_full(self.key) {
+            if status.parked || self.core.must_pause(cx.waker()) {
+                // Waiting for a verdict, a handover or a permit, or for the
+                // core's bounds: the core wakes us.
+                return self.flush_then_wait(cx);
+            }
+            if self.core.outbox_full(self.key) {
                 // A client that does not read stops being read: its acks
                 // (and anything else) cannot pile up. Writable wakes us.
-                return Poll::Pending;
-            }
-            if status.parked {
-                // Waiting for a verdict, a handover or a permit; the core
-                // wakes us when it arrives.
-                return Poll::Pending;
-            }
-            if self.core.must_pause(cx.waker()) {
-                return Poll::Pending;
-            }
-            if self.version.is_some() && !self.inbuf.is_empty() && self.has_complete_packet() {
-                self.ingest(&[]);
-                continue;
-            }
-            let core = self.core.clone();
-            let mut scratch = core.scratch.borrow_mut();
-            match self.read_io(&mut scratch, cx) {
-                Poll::Ready(Ok(0)) => {
-                    debug!(conn = %self.id(), "peer closed the connection");
-                    return Poll::Ready(());
-                }
-                Poll::Ready(Ok(n)) => {
-                    let stats = core.stats();
-                    bump(&stats.bytes_in, n as u64);
-                    if self.tls.is_some() {
-                        if self.tls_ingest(&mut scratch[..n]) == super::tls::Inbound::Closed {
-                            debug!(conn = %self.id(), "peer closed the TLS session");
-                            return Poll::Ready(());
-                        }
-                    } else {
-                        self.layer_ingest(&scratch[..n]);
-                    }
-                    if self.ws.as_ref().is_some_and(|w| w.fallback) {
+                match self.poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => {
+                        debug!(conn = %self.id(), "write failed: {e}");
                         return Poll::Ready(());
                     }
+                    Poll::Pending => return Poll::Pending,
                 }
-                Poll::Ready(Err(e)) => {
-                    debug!(conn = %self.id(), "read failed: {e}");
-                    return Poll::Ready(());
-                }
-                Poll::Pending => return Poll::Pending,
+            }
+            match self.read_once(cx) {
+                ReadStep::Handled => {}
+                // Drained: write what the reads produced.
+                ReadStep::Drained => return self.flush_then_wait(cx),
+                ReadStep::Over => return Poll::Ready(()),
+            }
+            if self.core.take_yield() {
+                // Its last PUBLISH's copies wait on the core behind the
+                // connections it woke: they go first, then this one reads
+                // on (the driver polls it again after them).
+                cx.waker().wake_by_ref();
+                return self.flush_then_wait(cx);
             }
         }
+        // One busy client cannot starve the others: it goes on after them.
         cx.waker().wake_by_ref();
-        Poll::Pending
+        self.flush_then_wait(cx)
+    }
+
+    /// Handles one complete packet already buffered, or reads the socket
+    /// once and handles what came.
+    fn read_once(&mut self, cx: &mut Context<'_>) -> ReadStep {
+        if self.version.is_some() && !self.inbuf.is_empty() && self.has_complete_packet() {
+            self.ingest(&[]);
+            return ReadStep::Handled;
+        }
+        let core = self.core.clone();
+        let mut scratch = core.scratch.borrow_mut();
+        match self.read_io(&mut scratch, cx) {
+            Poll::Ready(Ok(0)) => {
+                debug!(conn = %self.id(), "peer closed the connection");
+                ReadStep::Over
+            }
+            Poll::Ready(Ok(n)) => {
+                bump(&core.stats().bytes_in, n as u64);
+                if self.tls.is_some() {
+                    if self.tls_ingest(&mut scratch[..n]) == super::tls::Inbound::Closed {
+                        debug!(conn = %self.id(), "peer closed the TLS session");
+                        return ReadStep::Over;
+                    }
+                } else {
+                    self.layer_ingest(&scratch[..n]);
+                }
+                if self.ws.as_ref().is_some_and(|w| w.fallback) {
+                    return ReadStep::Over;
+                }
+                ReadStep::Handled
+            }
+            Poll::Ready(Err(e)) => {
+                debug!(conn = %self.id(), "read failed: {e}");
+                ReadStep::Over
+            }
+            Poll::Pending => ReadStep::Drained,
+        }
+    }
+
+    /// Before a drain's or a shutdown's final flush: reads what the client
+    /// already sent (without waiting for more) and applies its
+    /// acknowledgements, so the node that takes the session over does not
+    /// send again a message the client acknowledged here. Nothing else is
+    /// handled: what the client sent and was not acknowledged, it sends
+    /// again there.
+    fn settle(&mut self, cx: &mut Context<'_>) {
+        self.core.settling.set(true);
+        for _ in 0..READ_BUDGET {
+            if !matches!(self.read_once(cx), ReadStep::Handled) {
+                break;
+            }
+        }
+        self.core.settling.set(false);
+    }
+
+    /// Writes what is queued, then waits for whatever woke the poll to
+    /// happen again (`Pending`), unless the write failed (`Ready`: over).
+    fn flush_then_wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.poll_flush(cx) {
+            Poll::Ready(Err(e)) => {
+                debug!(conn = %self.id(), "write failed: {e}");
+                Poll::Ready(())
+            }
+            _ => Poll::Pending,
+        }
     }
 
     fn has_complete_packet(&self) -> bool {
@@ -517,7 +576,30 @@ impl Conn {
         let max = self.core.cfg.mqtt.max_packet_size as usize;
         let mut used = 0;
         let core = self.core.clone();
+        let settling = core.settling.get();
         loop {
+            if self.version.is_some() {
+                if let Some(pkid) = codec::plain_puback(&buf[used..]) {
+                    if settling {
+                        // The connection is closing: the ack counts, the
+                        // flow does not.
+                        let _ = mqtt::receive_puback(&core, self.key, pkid);
+                        used += 4;
+                        continue;
+                    }
+                    match mqtt::receive_puback(&core, self.key, pkid) {
+                        Ok(Flow::Continue) => used += 4,
+                        Ok(Flow::Park | Flow::Yield) => return used + 4,
+                        Ok(Flow::Retry) => return used,
+                        Ok(Flow::Stop) => return buf.len(),
+                        Err(v) => {
+                            mqtt::reject(&core, self.key, self.version, v.code, v.why);
+                            return buf.len();
+                        }
+                    }
+                    continue;
+                }
+            }
             let (mut packet, n) = match decode(&buf[used..], self.version, max) {
                 Ok(Some(decoded)) => decoded,
                 Ok(None) => return used,
@@ -526,6 +608,16 @@ impl Conn {
                     return buf.len();
                 }
             };
+            if settling {
+                if matches!(
+                    packet,
+                    Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_)
+                ) {
+                    let _ = mqtt::receive(&core, self.key, packet);
+                }
+                used += n;
+                continue;
+            }
             if let Packet::Connect(c) = &mut packet {
                 self.version = Some(c.version);
                 if let Some((cn, as_username)) = self.tls.as_ref().and_then(|t| t.certificate_cn())
@@ -544,6 +636,10 @@ impl Conn {
                 Ok(Flow::Park) => return used + n,
                 // Not taken: decoded again once the core has room.
                 Ok(Flow::Retry) => return used,
+                Ok(Flow::Yield) => {
+                    core.yield_reading();
+                    return used + n;
+                }
                 Ok(Flow::Stop) => return buf.len(),
                 Err(v) => {
                     mqtt::reject(&core, self.key, self.version, v.code, v.why);
@@ -668,6 +764,9 @@ impl Conn {
     /// Sends the final DISCONNECT (if any) and finishes within the timeout.
     fn poll_close(&mut self, cx: &mut Context<'_>, req: CloseRequest) -> Poll<()> {
         if self.closing.is_none() {
+            if req.settle {
+                self.settle(cx);
+            }
             self.closing = Some(Timer::new(CLOSE_FLUSH_TIMEOUT));
             if let Some(ws) = self.ws.as_mut().filter(|w| w.open) {
                 ws.close.get_or_insert(super::ws::close::NORMAL);
