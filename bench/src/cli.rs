@@ -68,6 +68,9 @@ pub enum Scenario {
     /// Draws `--json` reports as one HTML page: one run, or several on the
     /// same charts (e.g. Tether and Mosquitto on one test).
     Render(RenderOpts),
+    /// How soon a SUBSCRIBE takes effect for a publisher on another core:
+    /// the share of messages published GAP µs after it that arrive.
+    Visibility(crate::visibility::VisibilityOpts),
 }
 
 /// `tether-bench render`.
@@ -98,7 +101,7 @@ impl Scenario {
             Scenario::Fanin(o) => ("fanin", o),
             Scenario::Sharedsub(o) => ("sharedsub", o),
             Scenario::Storm(o) => ("storm", o),
-            Scenario::Kafka(_) | Scenario::Render(_) => return None,
+            Scenario::Kafka(_) | Scenario::Render(_) | Scenario::Visibility(_) => return None,
         })
     }
 }

@@ -14,6 +14,8 @@
 //! - [`wsframe`]: `--transport ws|wss` (MQTT over WebSocket, client side).
 //! - [`tls`]: `--transport tls|wss` (client TLS) and the client [`tls::Stream`].
 //! - [`kafka`]: `tether-bench kafka produce|tail|flood`, a plain Kafka client.
+//! - [`visibility`]: `tether-bench visibility`, how soon a SUBSCRIBE takes
+//!   effect for a publisher on another core.
 
 pub mod cli;
 pub mod client;
@@ -26,6 +28,7 @@ pub mod sample;
 pub mod scenario;
 pub mod tls;
 pub mod track;
+pub mod visibility;
 pub mod worker;
 pub mod wsframe;
 

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
             match cli.scenario {
                 Scenario::Kafka(cmd) => return tether_bench::kafka::run(cmd),
                 Scenario::Render(r) => return render(&r),
+                Scenario::Visibility(v) => return tether_bench::visibility::run(v),
                 _ => {}
             }
             let (name, opts) = cli.scenario.parts().expect("an MQTT scenario");
