@@ -50,6 +50,9 @@ pub struct Host {
     pub tcp_wmem: Option<[u64; 3]>,
     /// `net.ipv4.ip_local_port_range`.
     pub port_range: Option<[u64; 2]>,
+    /// `fs.epoll.max_user_watches`: sockets one user may have in epoll
+    /// sets (each connection is one, in its core's readiness set).
+    pub epoll_watches: Option<u64>,
     /// `kernel.io_uring_disabled` (0 allowed, 1 privileged only, 2 off).
     pub io_uring_disabled: Option<u64>,
     /// Whether an io_uring could be set up by this process.
@@ -111,6 +114,7 @@ impl Host {
             tcp_rmem: read_u64s("/proc/sys/net/ipv4/tcp_rmem"),
             tcp_wmem: read_u64s("/proc/sys/net/ipv4/tcp_wmem"),
             port_range: read_u64s("/proc/sys/net/ipv4/ip_local_port_range"),
+            epoll_watches: read_u64("/proc/sys/fs/epoll/max_user_watches"),
             io_uring_disabled: read_u64("/proc/sys/kernel/io_uring_disabled"),
             io_uring_works: io_uring_works(),
             thp,
@@ -187,7 +191,8 @@ impl Report {
 /// What `tuning/60-tether.conf` sets (kept in step with that file by a
 /// test).
 pub mod tuned {
-    /// `fs.nr_open` and `fs.file-max`.
+    /// `fs.nr_open` and `fs.file-max`, and `fs.epoll.max_user_watches`
+    /// (one watch per connection).
     pub const FILES: u64 = 4_194_304;
     /// `net.core.somaxconn`.
     pub const SOMAXCONN: u64 = 65_535;
@@ -332,6 +337,17 @@ pub fn judge(host: &Host, cfg: &Config) -> Report {
         None => check("port_range", Warn, "unreadable".into(), "cannot read net.ipv4.ip_local_port_range"),
     });
 
+    // Each connection's socket is one watch in its core's epoll set; the
+    // kernel refuses the watch past the limit (the connection is closed
+    // at once and counted in readiness_refused).
+    let by_files = files.saturating_sub(RESERVED);
+    checks.push(match host.epoll_watches {
+        Some(w) if w < by_files => check("epoll_watches", Warn, show(w),
+            &format!("fs.epoll.max_user_watches caps this user's connections at ~{}: sysctl -p tuning/60-tether.conf (sets {})", show(w), show(tuned::FILES))),
+        Some(w) => check("epoll_watches", Ok, show(w), "room for a watch per connection"),
+        None => check("epoll_watches", Warn, "unreadable".into(), "cannot read fs.epoll.max_user_watches"),
+    });
+
     checks.push(match (host.io_uring_works, host.io_uring_disabled) {
         (true, _) => check("io_uring", Ok, "available".into(), "the cores run on io_uring (glommio)"),
         (false, Some(d)) if d > 0 => check("io_uring", Blocker, format!("kernel.io_uring_disabled = {d}"),
@@ -370,7 +386,7 @@ pub fn judge(host: &Host, cfg: &Config) -> Report {
         (None, _) => check("cgroup_memory", Ok, "no limit".into(), "no cgroup memory limit"),
     });
 
-    let by_files = files.saturating_sub(RESERVED);
+    let by_files = host.epoll_watches.map_or(by_files, |w| by_files.min(w));
     let connections = by_memory.map_or(by_files, |m| m.min(by_files));
     Report {
         checks,
@@ -423,8 +439,9 @@ pub fn tuning_matches(path: &Path) -> Result<(), String> {
             })
             .ok_or(format!("{key} is not in the file"))
     };
-    let want: [(&str, Vec<u64>); 7] = [
+    let want: [(&str, Vec<u64>); 8] = [
         ("fs.file-max", vec![tuned::FILES]),
+        ("fs.epoll.max_user_watches", vec![tuned::FILES]),
         ("fs.nr_open", vec![tuned::FILES]),
         ("net.core.somaxconn", vec![tuned::SOMAXCONN]),
         ("net.ipv4.tcp_rmem", tuned::TCP_BUF.to_vec()),
@@ -459,6 +476,7 @@ mod tests {
             tcp_rmem: Some(tuned::TCP_BUF),
             tcp_wmem: Some(tuned::TCP_BUF),
             port_range: Some(tuned::PORTS),
+            epoll_watches: Some(tuned::FILES),
             io_uring_disabled: Some(0),
             io_uring_works: true,
             thp: Some("madvise".into()),
@@ -511,6 +529,12 @@ mod tests {
 
         h.memlock = 64 * 1024;
         assert_eq!(verdict(&judge(&h, &cfg), "memlock"), Verdict::Blocker);
+
+        let mut h = tuned_host();
+        h.epoll_watches = Some(100_000);
+        let r = judge(&h, &cfg);
+        assert_eq!(verdict(&r, "epoll_watches"), Verdict::Warn);
+        assert_eq!(r.connections, 100_000, "the epoll watches cap it");
     }
 
     #[test]

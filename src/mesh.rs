@@ -106,6 +106,10 @@ pub enum CoreMsg {
     /// this core (`net::fallback`): its socket, what was read from it so
     /// far, and its TLS session on the wss listener.
     Adopt(Box<Handoff>),
+    /// The sending core caught up with the fan-out of messages this core
+    /// routed to it (it had paused taking them, see
+    /// `CoreVisible::lagging`): publishers that paused for it read on.
+    CaughtUp,
     /// A connection of `user` opened (+1) or closed (-1) on the sending
     /// core; this core owns the user's count.
     UserCount {

@@ -209,6 +209,10 @@ async fn run_core(start: CoreStart) {
 /// How often a draining core closes its next batch of clients: ten
 /// batches a second keep the rate smooth without a timer per client.
 const DRAIN_STEP: Duration = Duration::from_millis(100);
+/// Longest a mesh receiver or the inbox waits for the driver to serve the
+/// connections its last message's copies queued behind: a safety net, as
+/// the driver runs whenever a connection is queued; one tick's worth.
+const PACE_WAIT_LIMIT: Duration = Duration::from_millis(100);
 
 /// A drain on this core: closes its clients at its share of
 /// `drain.rate_per_sec` (MQTT 5: DISCONNECT 0x9C with
@@ -263,7 +267,7 @@ async fn run_inbox(core: Rc<Core>, inbox: CoreInbox, replies: ReplyReceivers) {
             on_bridge(&core, msg);
             if core.take_lagging() {
                 // As for the mesh: the connections go first.
-                futures_lite::future::yield_now().await;
+                until_served(&core).await;
             }
         }
         while let Ok((token, verdict)) = replies.verdicts.try_recv() {
@@ -499,20 +503,37 @@ async fn route_to(core: Rc<Core>, peer: usize, senders: Rc<Senders<CoreMsg>>) {
 async fn receive_from(core: Rc<Core>, peer: usize, receivers: Rc<Receivers<CoreMsg>>) {
     while let Ok(Some(msg)) = receivers.recv_from(peer).await {
         let bytes = msg.bytes();
-        core.on_core_msg(msg);
-        let lagged = core.take_lagging();
+        match msg {
+            CoreMsg::Publish(batch) => {
+                for m in &batch {
+                    core.deliver_routed(m);
+                    if core.take_lagging() {
+                        // Its copies wait behind this core's connections:
+                        // take nothing more from `peer` until they were
+                        // served, and tell it so its publishers wait too.
+                        let lagging = &core.visible().lagging;
+                        lagging.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        until_served(&core).await;
+                        lagging.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        core.route(peer, CoreMsg::CaughtUp);
+                    }
+                }
+            }
+            other => core.on_core_msg(other),
+        }
         if bytes > 0 {
             core.node.cores[peer]
                 .mesh_bytes
                 .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
         }
-        if lagged {
-            // The batch's copies wait on the core behind this core's
-            // connections: they go first (the driver task is queued ahead),
-            // and the channel, bounded, holds the sender back meanwhile.
-            futures_lite::future::yield_now().await;
-        }
     }
+}
+
+/// Waits until the core's driver served its connections once, or at most
+/// [`PACE_WAIT_LIMIT`]: the mesh receivers and the inbox pace what they
+/// bring to the core by it.
+async fn until_served(core: &Core) {
+    futures_lite::future::or(core.until_served(), glommio::timer::sleep(PACE_WAIT_LIMIT)).await;
 }
 
 #[cfg(test)]

@@ -83,6 +83,19 @@ async fn stalled_qos0_reader_costs_bounded_memory_and_drops_are_counted() {
 fn qos1_reader_over_the_hard_limit_is_disconnected_with_0x97() {
     let gw = gateway(2, |c| c.session.max_queued_messages = 50);
     let mut slow = stalled_subscriber(&gw, "slow1", codec::QoS::AtLeastOnce, Some(5));
+    // A healthy subscriber on the same topic: the stalled one must not slow
+    // the topic for it (publishers are paced by what waits on the core,
+    // never by a client that does not read).
+    let mut healthy = Raw::connected(gw.tcp_addr, "healthy1", Version::V311);
+    healthy.send(&Packet::Subscribe(codec::Subscribe {
+        pkid: 1,
+        filters: vec![(
+            "flood".into(),
+            codec::SubOptions::qos(codec::QoS::AtLeastOnce),
+        )],
+        properties: Default::default(),
+    }));
+    assert!(matches!(healthy.recv(), Some(Packet::SubAck(_))));
     let mut publ = Raw::connected(gw.tcp_addr, "pub1", Version::V311);
     for id in 1u16..=100 {
         publ.send(&Packet::Publish(codec::Publish {
@@ -117,6 +130,15 @@ fn qos1_reader_over_the_hard_limit_is_disconnected_with_0x97() {
     let s = gw.stats();
     assert_eq!(s.disconnected_slow, 1);
     assert!(s.dropped_queue_full >= 1, "{s:?}");
+    for id in 1u16..=100 {
+        match healthy.recv() {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(p.topic, "flood", "message {id}");
+                healthy.send(&Packet::PubAck(codec::Ack::new(p.pkid)));
+            }
+            other => panic!("the healthy subscriber's message {id}: {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
     bench/ab.sh BEFORE_BINARY [AFTER_BINARY]     (AFTER defaults to target/release/tether)
     bench/ab.sh mosquitto --only lowload,lowfan  (Mosquitto as "before": the reference)
+    bench/ab.sh flashmq --only fanout-max        (FlashMQ, when FLASHMQ names it; or rumqttd)
 
 Each test runs ROUNDS times per build, the builds alternating (A, B, A, B,
 ...), each run against a fresh broker on a free port pinned to CPU 0 with
@@ -17,7 +18,11 @@ median per build, their ratio, and every round. The measures:
 - low load: 2,000 pairs at 2 messages/s each (4,000 round trips/s): broker
   CPU and p99;
 - low fan-out: 1 publisher -> 1,000 subscribers at 10 messages/s: broker
-  CPU and p99.
+  CPU and p99;
+- lowlat: 10 pairs at 10 messages/s each (100 round trips/s): p50, p99 and
+  CPU (a core that notices its sockets late shows here first);
+- fanout-max: 1 publisher -> 1,000 subscribers, QoS 1, 16 B, flat out:
+  deliveries/s, and the messages lost (the harness checks every copy).
 
 Every run must be clean (no loss, no failed connection); a dirty run is
 reported as such and still counted.
@@ -25,7 +30,8 @@ reported as such and still counted.
 import argparse, datetime, json, os, platform, statistics, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import BENCH, clean, free_port, wait_port  # noqa: E402
+import brokers  # noqa: E402
+from compare import BENCH, clean  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Runs per build and test (medians are reported); --rounds overrides.
@@ -46,50 +52,26 @@ TESTS = [
     ("lowfan", "fan-out 1 -> 1,000 QoS 1 at 10 msg/s (10,000 deliveries/s): broker CPU and p99",
      "fanout -P 1 -c 1000 -q 1 -s 16 -r 10 -d 10 --inflight 64",
      [("CPU %", ("target", "cpu_percent"), "%"), ("p99 ms", ("latency_us", "p99"), "ms")]),
+    ("lowlat", "p2p 10 pairs at 10 msg/s each (100/s): p50, p99 and broker CPU",
+     "p2p -c 10 -q 1 --inflight 64 -r 10 -d 10",
+     [("p50 ms", ("latency_us", "p50"), "ms"), ("p99 ms", ("latency_us", "p99"), "ms"),
+      ("CPU %", ("target", "cpu_percent"), "%")]),
+    ("fanout-max", "fan-out 1 -> 1,000 QoS 1, 16 B, flat out: deliveries/s and messages lost",
+     "fanout -P 1 -c 1000 -q 1 -s 16 -r 0 -d 6 --inflight 64",
+     [("deliveries/s", ("received_per_sec",), "/s"), ("lost", ("integrity", "lost"), "n")]),
 ]
 
 
-def start(binary, port):
-    """Tether from `binary`, or Mosquitto when `binary` is "mosquitto" (the
-    reference broker, configured as in compare.sh)."""
-    if binary == "mosquitto":
-        conf = os.path.join(tempfile.gettempdir(), f"ab-mosquitto-{port}.conf")
-        with open(conf, "w") as f:
-            f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_connections -1\nmax_queued_messages 1000\nsys_interval 0\nlog_dest none\n")
-        proc = subprocess.Popen(["taskset", "-c", "0", "mosquitto", "-c", conf],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(port, proc)
-        return proc
-    env = dict(os.environ)
-    env.update(
-        TETHER_NODE__CORES="1",
-        TETHER_LISTENERS__TCP=f"127.0.0.1:{port}",
-        TETHER_SYS__INTERVAL_SECS="0",
-        TETHER_HTTP__ENABLED="false",
-        TETHER_WEBSOCKET__ENABLED="false",
-        TETHER_LOG__LEVEL="warn",
-    )
-    proc = subprocess.Popen(["taskset", "-c", "0", binary], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, proc)
-    return proc
-
-
 def run(binary, args, tmp):
-    port = free_port()
-    proc = start(binary, port)
+    port = brokers.free_port()
+    proc = brokers.start(binary, port, tmp)
     out_json = os.path.join(tmp, "r.json")
     cmd = [BENCH] + args.split() + ["-p", str(port), "--target-pid", str(proc.pid), "--json", out_json,
                                     "--quiet", "--cores", "1", "--cpus", "1"]
     try:
         subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        brokers.stop(proc)
     with open(out_json) as f:
         return json.load(f)
 

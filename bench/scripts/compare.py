@@ -2,15 +2,21 @@
 """The standard comparison matrix, run by bench/compare.sh.
 
 Every test runs against each broker in turn (Tether with one core, Mosquitto,
-Tether with all cores), each broker started fresh on a free port for that
-test and stopped after it. With one broker core, the broker is pinned to CPU 0
+FlashMQ and rumqttd with one thread when installed, Tether with all cores),
+each broker started fresh on a free port for that test and stopped after
+it. FlashMQ runs when FLASHMQ names its binary, rumqttd when it is on PATH
+(bench/scripts/brokers.py). With one broker core, the broker is pinned to CPU 0
 and the harness to CPU 1, so Tether's per-core efficiency meets single-threaded
 Mosquitto on equal terms. Figures land in bench/results/<test>.<broker>.json
 and in the generated section of bench/RESULTS.md; the pictures in
 bench/results/reports/ (<test>.<broker>.html, and <test>.compare.html with
 the brokers' curves on one chart).
 """
-import argparse, datetime, json, os, platform, socket, subprocess, sys, tempfile, time
+import argparse, datetime, json, os, platform, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import brokers  # noqa: E402
+from brokers import free_port, wait_port  # noqa: E402,F401  (ab.py imports them from here)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(ROOT, "target/release/tether-bench")
@@ -20,26 +26,6 @@ RESULTS = os.path.join(ROOT, "bench/results")
 # test with every broker's median run on the same charts.
 REPORTS = os.path.join(RESULTS, "reports")
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port, proc):
-    for _ in range(400):
-        if proc.poll() is not None:
-            raise SystemExit(f"broker exited with {proc.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.025)
-    raise SystemExit(f"nothing listening on {port}")
 
 
 class Broker:
@@ -54,36 +40,17 @@ class Broker:
         return ["--cores", "1", "--cpus", "1"] if self.pinned else ["--cores", "2"]
 
     def start(self, port, tmp):
-        if self.name == "mosquitto":
-            conf = os.path.join(tmp, "mosquitto.conf")
-            with open(conf, "w") as f:
-                f.write(
-                    f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_connections -1\nmax_queued_messages 1000\nsys_interval 0\n"
-                    "log_dest none\n"
-                )
-            cmd = ["taskset", "-c", "0", "mosquitto", "-c", conf]
-        else:
-            cmd = [TETHER]
-        env = dict(os.environ)
-        env.update(
-            TETHER_NODE__CORES="1" if self.pinned else "0",
-            TETHER_LISTENERS__TCP=f"127.0.0.1:{port}",
-            TETHER_SYS__INTERVAL_SECS="0",
-            TETHER_HTTP__ENABLED="false",
-            TETHER_WEBSOCKET__ENABLED="false",
-            TETHER_LOG__LEVEL="warn",
-        )
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(port, proc)
-        return proc
+        binary = TETHER if self.name.startswith("tether") else self.name
+        return brokers.start(binary, port, tmp, pinned=self.pinned)
 
 
-BROKERS = [
+BROKERS = [b for b in [
     Broker("tether-1", "Tether, 1 core", True),
     Broker("mosquitto", "Mosquitto 2.0", True),
+    Broker("flashmq", "FlashMQ, 1 thread", True),
+    Broker("rumqttd", "rumqttd, 1 CPU", True),
     Broker("tether-all", "Tether, all cores", False),
-]
+] if b.name.startswith("tether") or brokers.available(b.name)]
 
 
 def matrix(quick, d):
@@ -106,6 +73,12 @@ def matrix(quick, d):
                     f"fan-out {p} -> {subs:,} QoS {q}, {size} B: deliveries/s",
                     f"fanout -P {p} -c {subs} -q {q} -s {size} -r 0 -d {d} --inflight 64",
                     "deliveries", "higher"))
+    # Flat out, QoS 1, every copy checked: a broker that acknowledges faster
+    # than it delivers shows its losses in the integrity column.
+    tests.append((f"flatout-1x{subs}-q1-16B", f"fan-out 1 -> {subs:,} QoS 1, 16 B, flat out: deliveries/s",
+                  f"fanout -P 1 -c {subs} -q 1 -s 16 -r 0 -d {d} --inflight 64", "deliveries", "higher"))
+    tests.append(("lowlat-10x10-q1", "p2p 10 pairs at 10 msg/s each QoS 1: p99",
+                  "p2p -c 10 -q 1 -r 10 --inflight 64 -d 10", "p99", "lower"))
     tests.append((f"p2p-{pairs}-q1", f"p2p {pairs:,} pairs QoS 1: round trips/s",
                   f"p2p -c {pairs} -q 1 -r 0 --inflight 4 -d {d}", "round_trips", "higher"))
     tests.append((f"latency-p2p-{pairs}-q1", f"p2p {pairs:,} pairs QoS 1 at 50 % broker CPU: p99",
@@ -345,29 +318,36 @@ def write_results(rows, a, took):
            f"### Generated by `{cmd}` on {now} ({took / 60:.1f} min)", "",
            f"- Machine: {os.cpu_count()} CPUs ({cpu}), kernel {kernel}, commit {commit}.",
            f"- Reference: {mosq[0] if mosq else 'mosquitto'} (anonymous, no persistence, no connection cap, "
-           "max_queued_messages 1000, pinned to CPU 0).",
+           "max_queued_messages 1000, pinned to CPU 0)"
+           + ("; FlashMQ (`thread_count 1`, pinned)" if any(b.name == "flashmq" for b in BROKERS) else "")
+           + ("; rumqttd 0.20 (its sample configuration, pinned)" if any(b.name == "rumqttd" for b in BROKERS) else "")
+           + ".",
            "- Tether: release build, `$SYS` off; `1 core` is pinned to CPU 0 with the harness on CPU 1; "
            "`all cores` shares both CPUs with the harness.",
-           "- Every run is a fresh broker; JSON per run in `bench/results/` (with the exact command).", "",
-           "| test | Tether, 1 core | Mosquitto | Tether, all cores | 1 core / Mosquitto | all / Mosquitto | integrity |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+           "- Every run is a fresh broker; JSON per run in `bench/results/` (with the exact command).", ""]
+    refs = [b for b in BROKERS if not b.name.startswith("tether")]
+    out.append("| test | " + " | ".join(b.label for b in BROKERS) + " | "
+               + " | ".join(f"1 core / {b.label.split(',')[0].split(' ')[0]}" for b in refs)
+               + " | integrity |")
+    out.append("| --- " * (1 + len(BROKERS) + len(refs) + 1) + "|")
     for test, what, args, kind, better, figs in rows:
         t1 = figs.get("tether-1", (0, None, []))[0]
-        m = figs.get("mosquitto", (0, None, []))[0]
-        ta = figs.get("tether-all", (0, None, []))[0]
         issues = []
         for name, (_, r, _) in figs.items():
             i = r["integrity"]
             if r["violations"]:
                 issues.append(f"{name}: " + "; ".join(r["violations"]))
             elif i["lost"]:
-                issues.append(f"{name}: {i['lost']:,} of {i['expected']:,} lost (QoS 0)")
+                qos0 = " -q 0 " in f" {args} "
+                issues.append(f"{name}: {i['lost']:,} of {i['expected']:,} lost" + (" (QoS 0)" if qos0 else ""))
             if r["connect"]["failed"]:
                 issues.append(f"{name}: {r['connect']['failed']} connects failed")
-        cells = [fmt(kind, v) if v else "n/a" for v in (t1, m, ta)]
-        out.append(f"| {what} | {cells[0]} | {cells[1]} | {cells[2]} | {ratio(kind, t1, m)} | "
-                   f"{ratio(kind, ta, m)} | {'; '.join(issues) or 'clean'} |")
-    out += ["", "Ratios are Tether / Mosquitto: above 1 is better for rates, below 1 is better for "
+        values = [figs.get(b.name, (0, None, []))[0] for b in BROKERS]
+        cells = [fmt(kind, v) if v else "n/a" for v in values]
+        ratios = [ratio(kind, t1, figs.get(b.name, (0, None, []))[0]) for b in refs]
+        out.append(f"| {what} | " + " | ".join(cells) + " | " + " | ".join(ratios)
+                   + f" | {'; '.join(issues) or 'clean'} |")
+    out += ["", "Ratios are Tether (1 core) / that broker: above 1 is better for rates, below 1 is better for "
             "memory and latency. Fan-out figures are the highest lossless delivery rate found by "
             "stepping the offered rate down from a flat-out run; latency is p99 at the rate that "
             "costs the broker 50 % of one core (trails below); idle memory and connect rate are "

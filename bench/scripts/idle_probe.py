@@ -2,8 +2,9 @@
 """Idle-connection memory, measured by a client that shares nothing with
 tether-bench: Python asyncio opens N MQTT 3.1.1 connections (over TCP, TLS
 or WebSocket), waits for every CONNACK, holds them, and reads the broker's
-RSS from /proc before and after. Tether (one core) and Mosquitto, side by
-side in one run, ROUNDS rounds each, brokers alternating.
+RSS from /proc before and after. Tether (one core) and Mosquitto (and
+FlashMQ, rumqttd over TCP when asked), side by side in one run, ROUNDS
+rounds each, brokers alternating.
 
     python3 bench/scripts/idle_probe.py                       # TCP, 15,000 connections
     python3 bench/scripts/idle_probe.py --transport ws --brokers tether-1
@@ -112,7 +113,8 @@ def main():
     ap.add_argument("-n", "--connections", type=int, default=15_000)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--transport", choices=["tcp", "tls", "ws"], default="tcp")
-    ap.add_argument("--brokers", default="tether-1,mosquitto", help="tether-1 and/or mosquitto")
+    ap.add_argument("--brokers", default="tether-1,mosquitto",
+                    help="comma-separated: tether-1, mosquitto, flashmq (FLASHMQ names it), rumqttd (TCP only)")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < a.connections + 100:
@@ -122,8 +124,8 @@ def main():
     got = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         make_pki(tmp)
-        brokers = {name: TransportBroker("mosquitto" if name == "mosquitto" else "tether", name,
-                                         a.transport, tmp) for name in names}
+        brokers = {name: TransportBroker(name if name in ("mosquitto", "flashmq", "rumqttd") else "tether",
+                                         name, a.transport, tmp) for name in names}
         for rnd in range(1, a.rounds + 1):
             for name in names:
                 per, ok, failed, took, before = asyncio.run(probe(brokers[name], a.connections, a.transport, tmp))

@@ -57,6 +57,15 @@ TESTS = [
 ]
 
 
+def label(name, tether, before):
+    """A row's name: the Tether under test, the older build, or a reference."""
+    if name == tether:
+        return "Tether"
+    if name == before:
+        return f"Tether before ({os.path.basename(name)})"
+    return brokers.label(name)
+
+
 def take(report, path, unit):
     v = report
     for k in path:
@@ -114,6 +123,7 @@ def run(name, args, tmp, syscalls):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tether", default=os.path.join(ROOT, "target/release/tether"))
+    ap.add_argument("--before", help="an older Tether binary, run as one more broker (before/after)")
     ap.add_argument("--only", default="", help="comma-separated test ids")
     ap.add_argument("--rounds", type=int, default=ROUNDS)
     ap.add_argument("--brokers", default="", help="comma-separated subset: tether,mosquitto,flashmq,rumqttd")
@@ -123,6 +133,8 @@ def main():
     wanted = set(filter(None, a.brokers.split(",")))
     names = [n for n in [a.tether, *brokers.REFERENCES]
              if (not wanted or ("tether" if n == a.tether else n) in wanted) and brokers.available(n)]
+    if a.before:
+        names.insert(1, a.before)
     skipped = [n for n in brokers.REFERENCES if n not in names and (not wanted or n in wanted)]
     only = set(filter(None, a.only.split(",")))
     tests = [t for t in TESTS if not only or t[0] in only]
@@ -150,7 +162,7 @@ def main():
                     got.setdefault(test, {}).setdefault(name, []).append(row)
                     shown = ", ".join(f"{k} {fmt(v, 'x') if k not in ('p50 ms', 'p99 ms', 'CPU %') else fmt(v, 'ms' if 'ms' in k else '%')}"
                                       for k, v in row.items())
-                    print(f"[{done}/{total}] {test} round {rnd + 1} {brokers.label(name)}: {shown}", flush=True)
+                    print(f"[{done}/{total}] {test} round {rnd + 1} {label(name, a.tether, a.before)}: {shown}", flush=True)
     took = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds() / 60
     kernel = platform.release()
     print()
@@ -180,14 +192,15 @@ def main():
                         cell += f" ({t / med[f]:.2f}x)"
                 cells.append(cell)
             trail = "; ".join(", ".join(f"{v:,.2f}" if v < 100 else f"{v:,.0f}" for v in r.values()) for r in runs)
-            print(f"| {brokers.label(name)} | " + " | ".join(cells) + f" | {trail} |")
+            print(f"| {label(name, a.tether, a.before)} | " + " | ".join(cells) + f" | {trail} |")
         print()
     if tether:
         print("Ratios in brackets: Tether's median over that broker's (for latency and CPU, below 1 is better).")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"started": started.isoformat(), "kernel": kernel, "rounds": a.rounds,
-                       "results": {t: {brokers.label(n): v for n, v in r.items()} for t, r in got.items()}},
+                       "results": {t: {label(n, a.tether, a.before): v for n, v in r.items()}
+                                   for t, r in got.items()}},
                       f, indent=1)
 
 

@@ -14,6 +14,7 @@ same broker (the issue's "WebSocket within 80 % of TCP") and to Mosquitto.
 import argparse, datetime, json, os, platform, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import brokers  # noqa: E402
 import compare  # noqa: E402  (shares the broker runner and the lossless search)
 
 BEGIN, END = "<!-- transports:begin -->", "<!-- transports:end -->"
@@ -61,6 +62,12 @@ class TransportBroker(compare.Broker):
         return args
 
     def start(self, port, tmp):
+        if self.base in ("flashmq", "rumqttd"):
+            # Plain TCP only: the reference brokers' TLS and WebSocket
+            # listeners are not configured here.
+            if self.transport != "tcp":
+                raise SystemExit(f"{self.base}: only --transport tcp is set up")
+            return brokers.start(self.base, port, tmp)
         pki = {k: os.path.join(self.tmp, f) for k, f in
                (("ca", "ca.pem"), ("cert", "server.pem"), ("key", "server.key"))}
         if self.base == "mosquitto":

@@ -77,6 +77,9 @@ pub enum Flow {
     /// woke: read nothing more in this pass, so those go first (publishers
     /// are read in proportion to delivery progress).
     Yield,
+    /// Handled, and its copies went to another core that is behind: read
+    /// nothing more until that core caught up.
+    Wait,
 }
 
 /// What a handler did with its packet.
@@ -92,11 +95,16 @@ pub fn receive(core: &Core, key: ConnKey, packet: Packet) -> Result<Flow, Violat
     bump(&core.stats().packets_in, 1);
     let mut st = core.st.borrow_mut();
     st.lagging = false;
+    st.peer_lagging = false;
     if handle(core, &mut st, key, packet)? == Step::NoRoom {
         return Ok(Flow::Retry);
     }
-    let lagging = std::mem::take(&mut st.lagging);
-    after(&mut st, key, lagging)
+    let pace = if std::mem::take(&mut st.peer_lagging) {
+        Some(crate::shard::Pace::UntilResumed)
+    } else {
+        std::mem::take(&mut st.lagging).then_some(crate::shard::Pace::Yield)
+    };
+    after(&mut st, key, pace)
 }
 
 /// Applies a plain PUBACK (no reason code, no properties) received on
@@ -115,11 +123,15 @@ pub fn receive_puback(core: &Core, key: ConnKey, pkid: u16) -> Result<Flow, Viol
         return Err(violation(reason::PROTOCOL_ERROR, "packet before CONNACK"));
     }
     publish::puback(core, &mut st, key, pkid)?;
-    after(&mut st, key, false)
+    after(&mut st, key, None)
 }
 
 /// What the connection does after a packet was handled.
-fn after(st: &mut CoreState, key: ConnKey, lagging: bool) -> Result<Flow, Violation> {
+fn after(
+    st: &mut CoreState,
+    key: ConnKey,
+    pace: Option<crate::shard::Pace>,
+) -> Result<Flow, Violation> {
     let Some(e) = st.entry(key) else {
         return Ok(Flow::Stop);
     };
@@ -130,7 +142,11 @@ fn after(st: &mut CoreState, key: ConnKey, lagging: bool) -> Result<Flow, Violat
         // Keep pipelined packets until the answer is in.
         return Ok(Flow::Park);
     }
-    Ok(if lagging { Flow::Yield } else { Flow::Continue })
+    Ok(match pace {
+        None => Flow::Continue,
+        Some(crate::shard::Pace::Yield) => Flow::Yield,
+        Some(crate::shard::Pace::UntilResumed) => Flow::Wait,
+    })
 }
 
 // Inlined into `receive`: a `Packet` is 400 bytes, and a call boundary

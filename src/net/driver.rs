@@ -470,7 +470,11 @@ impl Driver {
         let epoll = self.epoll.as_raw_fd();
         let mut readable: Option<Pin<Box<dyn Future<Output = io::Result<()>>>>> = None;
         loop {
-            if !self.passes() {
+            let all = self.passes();
+            if let Some(core) = &self.core {
+                core.served();
+            }
+            if !all {
                 futures_lite::future::yield_now().await;
                 continue;
             }

@@ -49,6 +49,11 @@ impl Core {
     pub fn publish(&self, st: &mut CoreState, msg: Arc<Message>) {
         for (core, visible) in self.node.cores.iter().enumerate() {
             if core != self.id && visible.interest.might_match(&msg.topic) {
+                // That core is behind on what it was sent: the publisher
+                // waits for it (`Pace::UntilResumed`).
+                if visible.lagging.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                    st.peer_lagging = true;
+                }
                 // The receiving core releases this share once it has
                 // offered the message to its sessions.
                 if let Some(c) = &msg.confirm {

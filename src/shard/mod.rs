@@ -81,6 +81,17 @@ pub use peer::Peer;
 pub use pending::{ApiPublish, Pending, PendingKind, ReplyReceivers, Returns, Waiting};
 pub use trie::Sub;
 
+/// How a connection whose PUBLISH lagged stops reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Its copies wait behind this core's connections: it reads on after
+    /// them (the driver polls it again at the back of its queue).
+    Yield,
+    /// Its copies went to a core that is behind: it reads on once that core
+    /// caught up ([`crate::mesh::CoreMsg::CaughtUp`]) or at the next tick.
+    UntilResumed,
+}
+
 /// The driver's answer to "is the connection this waker wakes queued,
 /// waiting on the core?" (`net::driver::is_queued`).
 pub type QueuedProbe = fn(&Waker) -> bool;
@@ -113,6 +124,10 @@ pub struct CoreState {
     /// publishing connection, the mesh, the inbox) lets the core's other
     /// connections go first before it brings more. Taken by the asker.
     pub lagging: bool,
+    /// Set by a publish routed to a core that is lagging (its mesh
+    /// receiver waits for it to serve what it was sent): the publishing
+    /// connection stops reading until that core catches up.
+    pub peer_lagging: bool,
     links: usize,
     /// Open connections per user, for the users this core owns
     /// ([`crate::id::owner_core`]): the node's distinct users are the sum
@@ -167,8 +182,13 @@ pub struct Core {
     /// `None` (unit tests without a driver): publishers are never paced.
     queued_probe: Cell<Option<QueuedProbe>>,
     /// Set while a connection handles a PUBLISH whose fan-out lagged: it
-    /// stops reading for this pass (`Core::take_yield`).
-    yield_reading: Cell<bool>,
+    /// stops reading for this pass, or until paused readers resume
+    /// (`Core::take_pace`).
+    pace: Cell<Option<Pace>>,
+    /// Runs of the driver's passes so far (`Core::served`).
+    served_runs: Cell<u64>,
+    /// Tasks waiting for the driver's next run ([`Core::until_served`]).
+    served_waiters: RefCell<Vec<Waker>>,
     /// Set while a closing connection reads what its client already sent
     /// ([`crate::shard::CloseRequest::settle`]): only acknowledgements are
     /// applied.
@@ -239,6 +259,7 @@ impl Core {
                 next_seq: 0,
                 matches: Vec::new(),
                 lagging: false,
+                peer_lagging: false,
                 links: 0,
                 users: Default::default(),
             }),
@@ -246,7 +267,9 @@ impl Core {
             clock,
             paused: RefCell::new(Vec::new()),
             queued_probe: Cell::new(None),
-            yield_reading: Cell::new(false),
+            pace: Cell::new(None),
+            served_runs: Cell::new(0),
+            served_waiters: RefCell::new(Vec::new()),
             settling: Cell::new(false),
             adopted: RefCell::new(Vec::new()),
             adopt_ready: Notify::default(),
@@ -388,23 +411,58 @@ impl Core {
         self.queued_probe.set(Some(probe));
     }
 
-    /// Whether the connection handling a packet must stop reading for this
-    /// pass: its PUBLISH's copies wait on the core behind other
-    /// connections, which go first. Cleared by the call.
-    pub fn take_yield(&self) -> bool {
-        self.yield_reading.replace(false)
+    /// Whether (and how) the connection handling a packet must stop
+    /// reading: its PUBLISH's copies wait behind other connections. Cleared
+    /// by the call.
+    pub fn take_pace(&self) -> Option<Pace> {
+        self.pace.take()
     }
 
-    /// Asks the connection handling a packet to stop reading for this pass.
-    pub(crate) fn yield_reading(&self) {
-        self.yield_reading.set(true);
+    /// Asks the connection handling a packet to stop reading (see [`Pace`]).
+    pub(crate) fn pace_reading(&self, pace: Pace) {
+        self.pace.set(Some(pace));
     }
 
-    /// Whether the last fan-out lagged (see [`CoreState::lagging`]);
-    /// cleared by the call. The mesh and the inbox yield to the core's
-    /// connections before their next message when it did.
+    /// Parks a connection that stopped reading ([`Pace::UntilResumed`])
+    /// with the paused readers: woken when a peer core caught up, or at
+    /// the next tick.
+    pub fn park_reading(&self, waker: &Waker) {
+        self.paused.borrow_mut().push(waker.clone());
+    }
+
+    /// Whether the last fan-out lagged here or was routed to a lagging core
+    /// (see [`CoreState::lagging`]); cleared by the call. The mesh and the
+    /// inbox wait for the core to serve its connections before their next
+    /// message when it did.
     pub fn take_lagging(&self) -> bool {
-        std::mem::take(&mut self.st.borrow_mut().lagging)
+        let mut st = self.st.borrow_mut();
+        std::mem::take(&mut st.lagging) | std::mem::take(&mut st.peer_lagging)
+    }
+
+    /// Called by the driver after each run of passes: every connection
+    /// that was queued, waiting on the core, was served once.
+    pub fn served(&self) {
+        self.served_runs.set(self.served_runs.get() + 1);
+        if !self.served_waiters.borrow().is_empty() {
+            for w in self.served_waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Resolves once the driver has run its passes again after this call:
+    /// what was queued behind the core got its turn.
+    pub async fn until_served(&self) {
+        let seen = self.served_runs.get();
+        std::future::poll_fn(|cx| {
+            if self.served_runs.get() != seen {
+                std::task::Poll::Ready(())
+            } else {
+                self.served_waiters.borrow_mut().push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Wakes every paused connection (each checks again).
@@ -412,6 +470,14 @@ impl Core {
         for w in self.paused.borrow_mut().drain(..) {
             w.wake();
         }
+    }
+
+    /// Offers one message routed here by another core to this core's
+    /// sessions (what [`Core::on_core_msg`] does for each message of a
+    /// batch; the mesh receiver goes one message at a time, to pace).
+    pub fn deliver_routed(&self, m: &Arc<crate::session::Message>) {
+        self.deliver_local(&mut self.st.borrow_mut(), m);
+        landed(m.confirm.clone());
     }
 
     /// Handles a message from another core.
@@ -473,6 +539,7 @@ impl Core {
             }
             CoreMsg::ForwardEnd { target } => self.forward_end(st, target),
             CoreMsg::UserCount { user, delta } => self.apply_user_count(st, user, delta),
+            CoreMsg::CaughtUp => self.resume_paused(),
             CoreMsg::Adopt(handoff) => {
                 self.adopted.borrow_mut().push(*handoff);
                 self.adopt_ready.notify();

@@ -122,4 +122,10 @@ pub struct CoreVisible {
     /// cores that the receiving cores have not taken yet: added by this
     /// core's routers, subtracted by the receivers (`runtime::receive_from`).
     pub mesh_bytes: AtomicUsize,
+    /// How many of this core's mesh receivers are waiting for the core to
+    /// serve the copies a routed message queued behind its connections
+    /// (`runtime::receive_from`). While it is not zero, other cores'
+    /// publishers whose messages come here stop reading until this core
+    /// tells them it caught up ([`crate::mesh::CoreMsg::CaughtUp`]).
+    pub lagging: AtomicU32,
 }

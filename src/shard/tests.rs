@@ -493,3 +493,64 @@ fn an_idle_connection_holds_no_queue_memory() {
         "acknowledged: the window is freed"
     );
 }
+
+#[test]
+fn a_publisher_lags_only_behind_subscribers_that_wait_on_the_core() {
+    use std::task::Waker;
+    let n = node(1, Arc::new(MemoryStore::default()));
+    let c = &n.cores[0];
+    let sub = n.connect(0, "sub", true);
+    n.subscribe(0, sub, "t");
+    let window = usize::from(c.st.borrow_mut().link(sub).unwrap().window);
+    // The driver's answer, as the runtime wires it: here "not queued".
+    c.set_queued_probe(|_| false);
+    for _ in 0..window {
+        n.publish(0, "t", b"in the window");
+    }
+    assert!(!c.take_lagging(), "copies that went into the window: sent");
+    // The connection was polled since (its waker is back) and the driver
+    // has nothing for it: the client has not acknowledged. Its copies
+    // queue at its own pace, and the publisher goes on.
+    let idle = |c: &Core| c.st.borrow_mut().link(sub).unwrap().waker = Some(Waker::noop().clone());
+    idle(c);
+    n.publish(0, "t", b"queued behind a slow client");
+    assert!(
+        !c.take_lagging(),
+        "a slow or stalled client never slows a publisher"
+    );
+    // Now its acknowledgements wait, unread, in the driver: the copy waits
+    // on the core, and the publisher yields until the core caught up.
+    c.set_queued_probe(|_| true);
+    idle(c);
+    n.publish(0, "t", b"queued behind the core");
+    assert!(c.take_lagging(), "the publisher must yield");
+    assert!(!c.take_lagging(), "taken once");
+    // A connection the core woke and the driver has not polled since (its
+    // waker taken) is queued too.
+    c.set_queued_probe(|_| false);
+    c.st.borrow_mut().link(sub).unwrap().waker = None;
+    n.publish(0, "t", b"woken, not polled");
+    assert!(c.take_lagging(), "no waker: the driver has it queued");
+}
+
+#[test]
+fn a_publish_routed_to_a_lagging_core_makes_its_publisher_wait() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let n = node(2, Arc::new(MemoryStore::default()));
+    let far = n.connect(1, "far", true);
+    n.subscribe(1, far, "t");
+    n.publish(0, "t", b"one");
+    assert!(!n.cores[0].take_lagging(), "core 1 keeps up: no wait");
+    // Core 1's mesh receiver waits for it to serve what it was sent.
+    n.cores[1].visible().lagging.fetch_add(1, Relaxed);
+    n.publish(0, "t", b"two");
+    assert!(n.cores[0].take_lagging(), "routed to a lagging core: wait");
+    n.publish(0, "other", b"not for core 1");
+    assert!(!n.cores[0].take_lagging(), "a topic core 1 does not want");
+    n.cores[1].visible().lagging.fetch_sub(1, Relaxed);
+    n.pump();
+    assert_eq!(
+        payloads(&n.frames(1, far)),
+        vec![b"one".to_vec(), b"two".to_vec()]
+    );
+}

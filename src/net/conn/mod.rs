@@ -46,7 +46,7 @@ use crate::codec::{self, decode, DecodeError, Packet, Version};
 use crate::id::{ConnId, ConnKey};
 use crate::mqtt::{self, Flow};
 use crate::session::Thin;
-use crate::shard::{CloseRequest, Core};
+use crate::shard::{CloseRequest, Core, Pace};
 use crate::stats::bump;
 
 /// Bytes encoded into the write buffer before it is handed to the socket.
@@ -460,12 +460,21 @@ impl Conn {
                 ReadStep::Drained => return self.flush_then_wait(cx),
                 ReadStep::Over => return Poll::Ready(()),
             }
-            if self.core.take_yield() {
-                // Its last PUBLISH's copies wait on the core behind the
-                // connections it woke: they go first, then this one reads
-                // on (the driver polls it again after them).
-                cx.waker().wake_by_ref();
-                return self.flush_then_wait(cx);
+            match self.core.take_pace() {
+                None => {}
+                Some(Pace::Yield) => {
+                    // Its last PUBLISH's copies wait on the core behind the
+                    // connections it woke: they go first, then this one
+                    // reads on (the driver polls it again after them).
+                    cx.waker().wake_by_ref();
+                    return self.flush_then_wait(cx);
+                }
+                Some(Pace::UntilResumed) => {
+                    // Its copies went to a core that is behind: read on
+                    // once it caught up.
+                    self.core.park_reading(cx.waker());
+                    return self.flush_then_wait(cx);
+                }
             }
         }
         // One busy client cannot starve the others: it goes on after them.
@@ -589,7 +598,7 @@ impl Conn {
                     }
                     match mqtt::receive_puback(&core, self.key, pkid) {
                         Ok(Flow::Continue) => used += 4,
-                        Ok(Flow::Park | Flow::Yield) => return used + 4,
+                        Ok(Flow::Park | Flow::Yield | Flow::Wait) => return used + 4,
                         Ok(Flow::Retry) => return used,
                         Ok(Flow::Stop) => return buf.len(),
                         Err(v) => {
@@ -637,7 +646,11 @@ impl Conn {
                 // Not taken: decoded again once the core has room.
                 Ok(Flow::Retry) => return used,
                 Ok(Flow::Yield) => {
-                    core.yield_reading();
+                    core.pace_reading(Pace::Yield);
+                    return used + n;
+                }
+                Ok(Flow::Wait) => {
+                    core.pace_reading(Pace::UntilResumed);
                     return used + n;
                 }
                 Ok(Flow::Stop) => return buf.len(),

@@ -10,8 +10,8 @@ use std::{io, os::unix::io::RawFd};
 
 /// Tether patch: waits until `fd` is readable (POLLIN), through this
 /// executor's ring: one poll request, no buffer. Lets a readiness
-/// multiplexer (another io_uring, whose fd is readable while it has
-/// completions) be awaited like a socket.
+/// multiplexer (an epoll set, whose fd is readable while it has events)
+/// be awaited like a socket.
 pub async fn poll_readable(fd: RawFd) -> io::Result<()> {
     let source = crate::executor().reactor().poll_read_ready(fd);
     source.collect_rw().await.map(|_| ())
