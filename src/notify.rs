@@ -24,6 +24,12 @@ impl Notify {
         }
     }
 
+    /// Forgets a notification nobody waited for (its cause was dealt with
+    /// already).
+    pub fn clear(&self) {
+        self.flag.set(false);
+    }
+
     /// Resolves once the flag is set, and clears it.
     pub async fn wait(&self) {
         poll_fn(|cx| {

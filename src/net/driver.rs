@@ -179,6 +179,8 @@ struct Shared {
     drained: Cell<bool>,
     /// Whether the slot being polled found its send buffer full.
     write_blocked: Cell<bool>,
+    /// Slots queued so far (a running count, see [`wakes`]).
+    wakes: Cell<u64>,
 }
 
 impl Shared {
@@ -205,6 +207,7 @@ impl Shared {
         if queued[i] != id.gen + 1 {
             queued[i] = id.gen + 1;
             self.ready.borrow_mut().push_back(id);
+            self.wakes.set(self.wakes.get() + 1);
         }
     }
 
@@ -478,6 +481,12 @@ impl Driver {
                 futures_lite::future::yield_now().await;
                 continue;
             }
+            // The run served every slot queued before it ended, the ones
+            // whose wakes rang the bell during it too: that ring is spent
+            // (otherwise every wake-up would cost one more pass and one more
+            // `epoll_wait` that finds nothing). Wakes from other tasks come
+            // only after the await below.
+            self.shared.bell.clear();
             // Sleep until the set has events or a waker queued a slot. The
             // poll is kept across wake-ups by wakers, so it is one request,
             // not one per pass; armed on a set with events, it completes
@@ -521,6 +530,13 @@ pub fn spawn(task: ConnTask) {
 /// `Shared::drained`): the caller skips the `recv`.
 pub fn drained() -> bool {
     SHARED.with(|s| s.borrow().as_ref().is_some_and(|s| s.drained.get()))
+}
+
+/// How many times this core's driver queued a connection so far: a
+/// connection compares it before and after handling what it read, to tell
+/// whether that woke others (it delivered to them).
+pub fn wakes() -> u64 {
+    SHARED.with(|s| s.borrow().as_ref().map_or(0, |s| s.wakes.get()))
 }
 
 /// Called by a connection (during its poll) whose read would block, or
