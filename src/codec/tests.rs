@@ -355,3 +355,38 @@ fn all_properties_round_trip() {
     });
     assert_eq!(dec(&enc(&connack, Version::V5), Some(Version::V5)), connack);
 }
+
+#[test]
+fn the_puback_fast_path_agrees_with_the_decoder_on_every_packet_id() {
+    for pkid in 0..=u16::MAX {
+        let [hi, lo] = pkid.to_be_bytes();
+        let bytes = [0x40, 2, hi, lo];
+        for v in [Version::V311, Version::V5] {
+            let decoded = decode(&bytes, Some(v), usize::MAX);
+            match plain_puback(&bytes) {
+                Some(id) => {
+                    assert_eq!(id, pkid);
+                    assert!(
+                        matches!(decoded, Ok(Some((Packet::PubAck(ref a), 4))) if a.pkid == pkid),
+                        "{decoded:?}"
+                    );
+                }
+                None => {
+                    assert_eq!(pkid, 0, "only packet id 0 is left to the decoder");
+                    assert!(decoded.is_err(), "packet identifier 0 is malformed");
+                }
+            }
+        }
+    }
+    // Anything else goes through the decoder: reserved flags, a reason code
+    // or properties (MQTT 5), another packet type, an incomplete packet.
+    for other in [
+        &[0x41, 2, 0, 1][..],
+        &[0x40, 3, 0, 1, 0x10],
+        &[0x50, 2, 0, 1],
+        &[0x40, 2, 0],
+        &[0x40],
+    ] {
+        assert_eq!(plain_puback(other), None, "{other:?}");
+    }
+}
