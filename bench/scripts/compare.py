@@ -98,6 +98,11 @@ SEARCH_STEPS = 6
 SEARCH_START = 0.8
 SEARCH_UP = 1.5
 SEARCH_MIN_SHARE = 0.95
+# A run that delivers nothing gives no estimate (FlashMQ, flat out at QoS 0,
+# reads its publisher and queues every copy, 1 GB of them, without writing
+# one in the window): the next offer is then this share of what was offered,
+# starting from what the publishers sent times the subscribers.
+SEARCH_BLIND = 0.25
 
 # Idle memory and connect rate are cheap and noisy on a shared machine (a
 # single idle run can be off by a third): they run ROUNDS times, brokers
@@ -129,6 +134,8 @@ def fanout_search(test, b, args, tmp):
         return r["received_per_sec"], r, trail
     best, best_r, best_offer, lossy = 0.0, r, 0.0, None
     offered = SEARCH_START * r["received_per_sec"]
+    if not offered:
+        offered = SEARCH_BLIND * r["published_per_sec"] * subs
     for _ in range(SEARCH_STEPS):
         per_pub = offered / (pubs * subs)
         r = run_one(test, b, args.replace("-r 0", f"-r {per_pub:.3f}"), tmp)
@@ -141,7 +148,10 @@ def fanout_search(test, b, args, tmp):
             offered = offered * SEARCH_UP if lossy is None else (offered + lossy) / 2
         else:
             lossy = offered if lossy is None else min(lossy, offered)
-            offered = (best_offer + offered) / 2 if best_offer else SEARCH_START * min(offered, got)
+            if best_offer:
+                offered = (best_offer + offered) / 2
+            else:
+                offered = SEARCH_START * min(offered, got) if got else SEARCH_BLIND * offered
     return best, best_r, trail
 
 
