@@ -82,3 +82,64 @@ pub fn current() -> Option<String> {
     let spec = live.spec.lock().unwrap_or_else(|p| p.into_inner());
     Some(spec.clone())
 }
+
+/// How often a repeating warning is written at most: the first at once,
+/// then at most one line per interval, which counts those held back.
+pub const REPEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One warning site that can fire many times a second (a Kafka broker that
+/// is down reports every reconnect attempt): the log gets its first line,
+/// then one per [`REPEAT_EVERY`] with `held_back`, instead of a line per
+/// event. Each site has its own (a `static`).
+pub struct Throttle {
+    state: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    /// A site that has not warned yet.
+    pub const fn new() -> Throttle {
+        Throttle {
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Whether to write the warning now: `Some(n)` with the number held
+    /// back since the last line written, or `None` (counted, held back).
+    pub fn admit(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match s.0 {
+            Some(last) if now.duration_since(last) < REPEAT_EVERY => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                s.0 = Some(now);
+                Some(std::mem::take(&mut s.1))
+            }
+        }
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeating_warning_is_written_once_per_interval_with_a_count() {
+        let t = Throttle::new();
+        assert_eq!(t.admit(), Some(0), "the first at once");
+        for _ in 0..99 {
+            assert_eq!(t.admit(), None);
+        }
+        *t.state.lock().unwrap() = (Some(std::time::Instant::now() - REPEAT_EVERY), 99);
+        assert_eq!(t.admit(), Some(99), "then one line with the count");
+        assert_eq!(t.admit(), None);
+    }
+}

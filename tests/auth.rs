@@ -205,6 +205,8 @@ fn a_reload_changes_rules_and_passwords_without_dropping_anyone() {
         format!("allow subscribe news/#\n{ACL}"),
     )
     .unwrap();
+    // Verified once: remembered for auth.cache_secs, until the reload.
+    assert_eq!(connack(&gw, Version::V5, Some("bob"), "pw-bob").1, 0);
     tether::auth::users::set_password(files.dir.join("users").as_ref(), "bob", b"new-bob").unwrap();
     for r in gw.auth_files().reload() {
         r.expect("both files reload");

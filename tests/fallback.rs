@@ -248,6 +248,28 @@ fn a_poll_lost_in_transit_is_answered_again_on_the_next_poll() {
     assert!(metric(&gw, "tether_fallback_polls_total") >= 3.0);
 }
 
+/// README: "a stream or poll without one gets a fresh id, in its first
+/// event and in the X-Tether-Session header"; polls once lacked the header.
+#[test]
+fn a_poll_names_its_session_in_the_x_tether_session_header() {
+    let gw = gw_with(1, |c| c.websocket.fallback.poll_timeout_ms = 200);
+    let mut c = Client::open(ws(&gw));
+    let fresh = c.call("GET", "/push/poll", &[], "");
+    let sid = fresh.json()["sid"].as_str().unwrap().to_string();
+    assert_eq!(fresh.events()[0]["sid"], sid.as_str());
+    assert!(
+        fresh.head.contains(&format!("X-Tether-Session: {sid}\r\n")),
+        "{}",
+        fresh.head
+    );
+    let again = c.call("GET", &format!("/push/poll?sid={sid}"), &[], "");
+    assert!(
+        again.events().is_empty(),
+        "the same session: no new session event"
+    );
+    assert!(again.head.contains(&format!("X-Tether-Session: {sid}\r\n")));
+}
+
 #[test]
 fn a_held_poll_is_answered_by_a_push_or_empty_at_its_timeout() {
     let gw = gw_with(1, |c| c.websocket.fallback.poll_timeout_ms = 400);

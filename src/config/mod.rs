@@ -166,6 +166,9 @@ impl Config {
                 format!("not valid TOML{}: {}", at.unwrap_or_default(), e.message()),
             )
         })?;
+        // Plain strings from the environment, by "section.key": a list key
+        // may be given as one (below).
+        let mut plain: Vec<(String, String)> = Vec::new();
         for (name, raw) in env {
             let Some(path) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -180,12 +183,37 @@ impl Config {
             let toml::Value::Table(section) = section else {
                 return Err(err(&keys[0], "must be a table"));
             };
-            section.insert(keys[1].clone(), env_value(&raw));
+            let parsed = env_value(&raw);
+            if parsed.is_str() {
+                plain.push((format!("{}.{}", keys[0], keys[1]), raw.clone()));
+            }
+            section.insert(keys[1].clone(), parsed);
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(value))
-            .map_err(|e| err(&e.path().to_string(), e.inner().to_string()))?;
-        config.validate()?;
-        Ok(config)
+        loop {
+            match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(value.clone())) {
+                Ok(config) => {
+                    config.validate()?;
+                    return Ok(config);
+                }
+                Err(e) => {
+                    let at = e.path().to_string();
+                    // `TETHER_REDIS__URLS=redis://a:6379/,redis://b:6379/`:
+                    // a list key set to a plain string (systemd's
+                    // EnvironmentFile= writes no TOML) is split at commas.
+                    let wants_list = e.inner().to_string().contains("expected a sequence");
+                    match plain.iter().position(|(key, _)| *key == at) {
+                        Some(i) if wants_list => {
+                            let (key, raw) = plain.swap_remove(i);
+                            let (section, name) = key.split_once('.').expect("section.key");
+                            if let Some(toml::Value::Table(t)) = value.get_mut(section) {
+                                t.insert(name.to_string(), env_list(&raw));
+                            }
+                        }
+                        _ => return Err(err(&at, e.inner().to_string())),
+                    }
+                }
+            }
+        }
     }
 
     /// `[kafka]`: routes need brokers, valid filters, topics and key
@@ -542,6 +570,18 @@ fn env_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
+/// A list from a comma-separated environment value: each item as
+/// [`env_value`] reads it (`1,2` are numbers, `a,b` strings).
+fn env_list(raw: &str) -> toml::Value {
+    toml::Value::Array(
+        raw.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(env_value)
+            .collect(),
+    )
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -588,6 +628,24 @@ mod tests {
         .unwrap();
         assert_eq!(c.node.cores, 1);
         assert_eq!(c.listeners.tcp.port(), 0);
+    }
+
+    #[test]
+    fn a_list_key_takes_a_comma_separated_string_from_the_environment() {
+        let c = parse(
+            "",
+            &[("TETHER_REDIS__URLS", "redis://a:6379/, redis://b:6379/")],
+        )
+        .unwrap();
+        assert_eq!(c.redis.urls, ["redis://a:6379/", "redis://b:6379/"]);
+        let one = parse("", &[("TETHER_REDIS__URLS", "redis://a:6379/")]).unwrap();
+        assert_eq!(one.redis.urls, ["redis://a:6379/"]);
+        // The TOML form still works, and a plain string for a key that is
+        // not a list is still refused by name.
+        let toml = parse("", &[("TETHER_REDIS__URLS", "[\"redis://c:6379/\"]")]).unwrap();
+        assert_eq!(toml.redis.urls, ["redis://c:6379/"]);
+        let e = parse("", &[("TETHER_NODE__CORES", "many")]).unwrap_err();
+        assert_eq!(e.key, "node.cores");
     }
 
     #[test]

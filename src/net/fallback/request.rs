@@ -244,6 +244,11 @@ fn common(out: &mut Vec<u8>, status: u16) {
 /// Appends a complete response with a body.
 pub fn respond(out: &mut Vec<u8>, status: u16, content_type: &str, body: &[u8], close: bool) {
     common(out, status);
+    body_part(out, content_type, body, close);
+}
+
+/// The end of a response's head, and its body.
+fn body_part(out: &mut Vec<u8>, content_type: &str, body: &[u8], close: bool) {
     out.extend_from_slice(
         format!(
             "Content-Type: {content_type}\r\nContent-Length: {}\r\n{}\r\n",
@@ -258,6 +263,14 @@ pub fn respond(out: &mut Vec<u8>, status: u16, content_type: &str, body: &[u8], 
 /// Appends a JSON response.
 pub fn json(out: &mut Vec<u8>, status: u16, body: &str, close: bool) {
     respond(out, status, "application/json", body.as_bytes(), close);
+}
+
+/// Appends a poll's answer: JSON, with the session id in
+/// `X-Tether-Session` (as a stream's head has it).
+pub fn poll_answer(out: &mut Vec<u8>, sid: &str, body: &str, close: bool) {
+    common(out, 200);
+    out.extend_from_slice(format!("X-Tether-Session: {sid}\r\n").as_bytes());
+    body_part(out, "application/json", body.as_bytes(), close);
 }
 
 /// Appends the answer to a CORS preflight.

@@ -617,7 +617,10 @@ impl Exchange {
         body.push_str("]}");
         self.timer = None;
         bump(&self.core.stats().fallback_polls, 1);
-        self.ok(200, &body);
+        request::poll_answer(&mut self.out, &pipe.sid, &body, self.close_requested);
+        if self.close_requested {
+            self.close_after = true;
+        }
         Step::Again
     }
 
