@@ -77,6 +77,7 @@ stats! {
     acl_deferred => "PUBLISH/SUBSCRIBE authorizations asked of the authorizer's slow path.",
     pending_refused => "CONNECTs refused with 0x89 because too many verdicts or claims were pending on the core.",
     store_errors => "Client-id claims the session store failed (CONNACK 0x88).",
+    lease_closes => "Connections of persistent sessions closed (0x88) because the node's Redis lease lapsed: another node may own their sessions.",
     user_limit_refused => "CONNECTs refused by the per-user connection limit (policy refuse: CONNACK 0x97, 3.1.1: 0x03).",
     outbound_sent => "Messages handed to the outbound bridge.",
     accepts_paced => "Accepts that waited for listeners.max_accepts_per_sec.",

@@ -2,7 +2,8 @@
 //! by the tests, or `KAFKA_BROKERS`), read back with a plain rdkafka
 //! consumer: routed messages land in their topic with their key and
 //! headers, publishers are acknowledged only after Kafka's delivery report,
-//! and a hung broker withholds acknowledgements instead of losing messages.
+//! a hung broker withholds acknowledgements instead of losing messages,
+//! and a producer a broker fenced after a long hang is made again.
 
 mod common;
 
@@ -330,6 +331,100 @@ async fn past_the_delivery_timeout_mqtt5_gets_0x80_and_3_1_1_is_disconnected() {
     gw.stop();
 }
 
+/// How long a producer may take to take messages again after a broker
+/// that hung past the delivery timeout is back (one new producer, its
+/// producer id, metadata).
+const RECOVERS_WITHIN: Duration = Duration::from_secs(20);
+
+/// One MQTT 5 QoS 1 publish on a connection of its own: whether it was
+/// acknowledged (`false`: PUBACK 0x80).
+async fn publish_once(gw: &tether::Gateway, id: &str) -> bool {
+    let mut c = v5(gw, v5_options(gw, id), None).await;
+    c.client
+        .publish("up/probe", QoS::AtLeastOnce, false, id.to_string())
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, c.events.recv())
+            .await
+            .expect("a PUBACK in time")
+        {
+            Some(Ok(rumqttc::v5::Event::Incoming(Packet::PubAck(a)))) => {
+                return a.reason as u8 == 0
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) if e.contains("PubAckFail") => return false,
+            other => panic!("the probe's connection ended: {other:?}"),
+        }
+    }
+}
+
+/// The broker hangs past `kafka.delivery_timeout_ms`; when it is back, the
+/// idempotent producer's id may be fenced, and librdkafka then refuses
+/// every message for good. The node makes a new producer, and `/readyz`
+/// tells the truth meanwhile: not ready while messages fail, ready once
+/// they go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_hang_past_the_delivery_timeout_publishes_are_acknowledged_again() {
+    let Some((kafka, _topic, gw)) = paused_setup("fenced", "%c", |c| {
+        c.kafka.delivery_timeout_ms = 1500;
+    })
+    .await
+    else {
+        return;
+    };
+    let readyz = || http(gw.http_addr.unwrap(), "GET", "/readyz", &[], "");
+    assert!(publish_once(&gw, "before").await, "Kafka takes messages");
+    kafka.pause(true);
+    assert!(!publish_once(&gw, "during").await, "0x80 past the timeout");
+    // Nothing in flight any more, the broker's connections still up: the
+    // failure alone says Kafka is not taking messages.
+    let r = readyz();
+    assert_eq!(r.status, 503, "not ready while Kafka hangs: {}", r.body);
+    kafka.pause(false);
+
+    let deadline = tokio::time::Instant::now() + RECOVERS_WITHIN;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if publish_once(&gw, &format!("after-{attempt}")).await {
+            break;
+        }
+        let r = readyz();
+        assert_eq!(
+            r.status, 503,
+            "a message just failed, yet ready: {}",
+            r.body
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no message acknowledged within {RECOVERS_WITHIN:?} after the broker came back \
+             ({attempt} tries; {} new producers)",
+            metric(&gw, "tether_kafka_producer_rebuilds_total")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = readyz();
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz not ready again after a message went through: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(publish_once(&gw, "later").await, "and it stays so");
+    eprintln!(
+        "acknowledged again after {attempt} tries; {} new producers",
+        metric(&gw, "tether_kafka_producer_rebuilds_total")
+    );
+    gw.stop();
+}
+
 fn source(topic: &str, to: SourceTarget, from: Option<&str>) -> SourceConfig {
     SourceConfig {
         topic: topic.into(),
@@ -390,7 +485,8 @@ async fn a_backend_pushes_through_kafka_to_a_user_a_client_a_topic_and_everyone(
     kafka
         .produce(&topics, "k", b"42.1", &[("x-mqtt-topic", "quotes/ACME")])
         .await;
-    kafka.produce(&all, "k", b"to all", &[]).await;
+    // A broadcast needs no key.
+    kafka.produce_without_key(&all, b"to all").await;
 
     // Records of different topics may come in any order.
     let (a, b) = (ann.publish().await, ann.publish().await);

@@ -1,7 +1,8 @@
 //! Sessions in Redis, with a real `redis-server` and `tether` nodes as
 //! separate processes: persistent sessions survive their node, a client
-//! resumes on any node, fencing keeps stale nodes out, presence and the
-//! per-user limit hold across the cluster.
+//! resumes on any node, fencing keeps stale nodes out, a paused node that
+//! lost its lease serves nothing, presence and the per-user limit hold
+//! across the cluster.
 
 mod common;
 
@@ -45,7 +46,7 @@ async fn connect(opts: MqttOptions) -> Client {
 async fn try_connect(opts: MqttOptions) -> Result<Client, String> {
     let (client, mut events, task) = common::pump(opts);
     let session_present = loop {
-        match tokio::time::timeout(WAIT, events.recv())
+        match tokio::time::timeout(common::CONNACK_TIMEOUT, events.recv())
             .await
             .expect("CONNACK in time")
         {
@@ -831,4 +832,59 @@ async fn a_drained_nodes_sessions_resume_on_another_node() {
         .unwrap();
     assert_eq!(&mover.publish().await.payload[..], b"after");
     assert_eq!(&parked.publish().await.payload[..], b"after");
+}
+
+/// A node lease short enough for a test (the least allowed).
+const SHORT_LEASE: (&str, &str) = ("TETHER_PRESENCE__NODE_LEASE_SECS", "3");
+
+/// The pause of issue 28: node 1 is stopped past its lease while `dev2`
+/// moves to node 2. When node 1 wakes, a publisher already connected there
+/// publishes at once; the old `dev2` connection on node 1 must not get
+/// that message (nor anything else): node 1's lease lapsed, so it serves
+/// none of the sessions it claimed before, and closes their connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_that_wakes_serves_no_session_it_lost() {
+    let redis = Redis::start();
+    let a = Node::start(1, &redis.url(), &[SHORT_LEASE]);
+    let b = Node::start(2, &redis.url(), &[SHORT_LEASE]);
+    let mut old = connect(options(&a, "dev2", false)).await;
+    old.subscribe("dev2/#").await;
+    let publ = connect(options(&a, "dev2-pub", true)).await;
+
+    a.proc.signal(libc::SIGSTOP);
+    let paused = std::time::Instant::now();
+    let new = connect(options(&b, "dev2", false)).await;
+    let took = paused.elapsed();
+    assert!(
+        new.session_present,
+        "the session came over from the paused node"
+    );
+    // Not before node 1's lease (3 s) ran out: until then it may serve.
+    assert!(took >= Duration::from_secs(3), "taken over after {took:?}");
+    assert_eq!(metric(&b, "tether_store_lease_waits_total"), 1.0);
+    eprintln!("takeover from a paused node took {took:?}");
+
+    a.proc.signal(libc::SIGCONT);
+    publ.client
+        .publish("dev2/x", QoS::AtLeastOnce, false, "after the pause")
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, old.events.recv())
+            .await
+            .expect("the old connection closes in time")
+        {
+            Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                panic!("the paused node served a session it lost: {p:?}")
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+    }
+    // Closed for its lapsed lease, or by the kick node 2 sent, whichever
+    // node 1 read first on waking: either way before any delivery.
+    eprintln!(
+        "closed; lease closes on node 1: {}",
+        metric(&a, "tether_lease_closes_total")
+    );
 }

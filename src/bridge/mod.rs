@@ -314,18 +314,26 @@ impl Bridge {
         source: Source,
         req: PublishRequest,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
-        self.publish_scoped(source, req, None)
+        let core = self.core_of(req.topic.as_bytes());
+        self.publish_on(core, source, req, None)
     }
 
-    /// [`Bridge::publish_as`], serving only the shared-subscription groups
-    /// in `shares` when it is `Some` (see [`BridgeMsg::Publish`]).
-    pub fn publish_scoped(
+    /// The core whose inbox serves `lane`: publishes queued in one lane's
+    /// inbox, one after another, reach subscribers in that order.
+    pub fn core_of(&self, lane: &[u8]) -> usize {
+        self.hasher.hash_one(lane) as usize % self.inboxes.len()
+    }
+
+    /// [`Bridge::publish_as`] through `core`'s inbox (see
+    /// [`Bridge::core_of`]), serving only the shared-subscription groups in
+    /// `shares` when it is `Some` (see [`BridgeMsg::Publish`]).
+    pub fn publish_on(
         &self,
+        core: usize,
         source: Source,
         req: PublishRequest,
         shares: Option<Arc<[GroupKey]>>,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
-        let core = self.hasher.hash_one(req.topic.as_str()) as usize % self.inboxes.len();
         let (done, outcome) = tokio::sync::oneshot::channel();
         self.send(
             core,

@@ -8,9 +8,15 @@
 //! durability means it is stored for every persistent session it reached.
 //! Up to [`WINDOW`] records are in the cores' hands at once; their offsets
 //! are stored in consumption order, so a crash redelivers from the first
-//! record not yet accepted. A core that is busy is asked again after
+//! record not yet accepted. A core whose inbox is full is asked again after
 //! [`BUSY_RETRY`]; a record that can never be delivered (an invalid topic,
 //! a denied publish) is counted, logged and passed over.
+//!
+//! In order: records go into the inboxes one after another, in consumption
+//! order, each through the core its key names (its lane), and a core never
+//! refuses one it has. So one key's records (one publisher's, on the
+//! cluster bus) reach subscribers in their Kafka order, however many cores
+//! the node has.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -35,6 +41,7 @@ use crate::bridge::{Bridge, PublishRequest, Refusal};
 use crate::codec::{Properties, QoS};
 use crate::config::{Config, SourceConfig, SourceFanout, SourceTarget, Template};
 use crate::id::{GroupKey, Source};
+use crate::logging::Throttle;
 use crate::stats::Figure;
 
 /// Records handed to the cores and not yet accepted, at most.
@@ -190,7 +197,12 @@ impl ClientContext for Seen {
         if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
             return;
         }
-        warn!("librdkafka: {error}: {reason}");
+        // A broker that is down reports every reconnect attempt; /readyz
+        // and the statistics say it all along.
+        static REPEATS: Throttle = Throttle::new();
+        if let Some(held_back) = REPEATS.admit() {
+            warn!(held_back, "librdkafka consumer: {error}: {reason}");
+        }
     }
 }
 
@@ -522,12 +534,18 @@ async fn run(ctx: Arc<Ctx>, consumer: SourceConsumer, mut stopped: watch::Receiv
                         offset: m.offset(),
                     };
                     let req = ctx.request(&m);
+                    // Its turn at the inbox comes before the next record's,
+                    // whatever the answers do after.
+                    let offered = offer(&ctx, req, m.key()).await;
                     let ctx = ctx.clone();
-                    inflight.push_back(async move { (place, deliver(&ctx, req).await) });
+                    inflight.push_back(async move { (place, settle(&ctx, offered).await) });
                 }
                 Err(e) => {
                     ctx.metrics.errors.fetch_add(1, Relaxed);
-                    warn!("Kafka consumer: {e}");
+                    static REPEATS: Throttle = Throttle::new();
+                    if let Some(held_back) = REPEATS.admit() {
+                        warn!(held_back, "Kafka consumer: {e} (tether_kafka_consumer_errors_total counts them)");
+                    }
                 }
             },
             Some((place, outcome)) = inflight.next(), if !inflight.is_empty() => {
@@ -605,7 +623,12 @@ impl Ctx {
         {
             return Request::Stale;
         }
-        let Some(value) = rule.from.render(m.key(), header) else {
+        // A broadcast goes to one fixed topic: it needs no key.
+        let value = if rule.target == SourceTarget::Broadcast {
+            String::new()
+        } else if let Some(value) = rule.from.render(m.key(), header) {
+            value
+        } else {
             return Request::Undeliverable(
                 "the record lacks the header or key its source's template names",
             );
@@ -679,8 +702,33 @@ impl Ctx {
     }
 }
 
-/// Hands a record to the cores until they accept it (or it can never be).
-async fn deliver(ctx: &Ctx, req: Request) -> Outcome {
+/// A record after its turn at the inbox.
+enum Offered {
+    /// Nothing more to do for it.
+    Settled(Outcome),
+    /// In its core's inbox.
+    Queued {
+        answer: Answer,
+        /// Kept for another offer (the payload is shared, not copied).
+        req: PublishRequest,
+        shares: Option<Arc<[GroupKey]>>,
+        core: usize,
+        /// The copy for the other nodes (owner mode).
+        forward: Option<Outgoing>,
+    },
+}
+
+/// A core's answer to one publish.
+type Answer = oneshot::Receiver<Result<u64, Refusal>>;
+
+/// Queues a record in its lane's inbox, waiting while the inbox is full.
+///
+/// Records are offered one after another in consumption order, and a core
+/// never refuses a Kafka record once it has it (`on_bridge_publish`), so
+/// records of one lane reach subscribers in their Kafka order. The lane is
+/// the record's key (Kafka keeps one key's records in order, and the
+/// cluster bus keys by publisher), or its MQTT topic when it has none.
+async fn offer(ctx: &Ctx, req: Request, key: Option<&[u8]>) -> Offered {
     let m = &ctx.metrics;
     let (req, shares, forward) = match req {
         Request::Publish {
@@ -690,30 +738,67 @@ async fn deliver(ctx: &Ctx, req: Request) -> Outcome {
         } => (req, shares, forward),
         Request::Stale => {
             m.stale.fetch_add(1, Relaxed);
-            return Outcome::Passed;
+            return Offered::Settled(Outcome::Passed);
         }
         Request::SkipOwn => {
             m.skipped_own.fetch_add(1, Relaxed);
-            return Outcome::Passed;
+            return Offered::Settled(Outcome::Passed);
         }
         Request::Undeliverable(why) => {
             m.undeliverable.fetch_add(1, Relaxed);
             warn!("Kafka record passed over: {why}");
-            return Outcome::Passed;
+            return Offered::Settled(Outcome::Passed);
         }
     };
-    if forward {
-        // Both halves must be done before the offset is stored; they run
-        // side by side.
-        let out = ctx.outgoing(&req);
-        let (here, there) = tokio::join!(deliver_here(ctx, req, shares), forward_out(ctx, out));
-        return match (here, there) {
-            (Outcome::Stopping, _) | (_, Outcome::Stopping) => Outcome::Stopping,
-            (Outcome::Accepted, _) => Outcome::Accepted,
-            _ => Outcome::Passed,
-        };
+    let Some(bridge) = &ctx.bridge else {
+        return Offered::Settled(Outcome::Stopping);
+    };
+    let core = bridge.core_of(key.unwrap_or(req.topic.as_bytes()));
+    let forward = forward.then(|| ctx.outgoing(&req));
+    loop {
+        match bridge.publish_on(core, Source::Bridge, req.clone(), shares.clone()) {
+            Ok(answer) => {
+                return Offered::Queued {
+                    answer,
+                    req,
+                    shares,
+                    core,
+                    forward,
+                }
+            }
+            Err(Refusal::Busy) => {
+                m.busy_retries.fetch_add(1, Relaxed);
+                tokio::time::sleep(BUSY_RETRY).await;
+            }
+            Err(_) => return Offered::Settled(Outcome::Stopping),
+        }
     }
-    deliver_here(ctx, req, shares).await
+}
+
+/// Waits for a queued record's answer, offering it again while it is not
+/// stored, and for its forward to the other nodes (owner mode): both must
+/// be done before its offset is stored.
+async fn settle(ctx: &Ctx, offered: Offered) -> Outcome {
+    let (answer, req, shares, core, forward) = match offered {
+        Offered::Settled(outcome) => return outcome,
+        Offered::Queued {
+            answer,
+            req,
+            shares,
+            core,
+            forward,
+        } => (answer, req, shares, core, forward),
+    };
+    let here = deliver_here(ctx, answer, req, shares, core);
+    let Some(out) = forward else {
+        return here.await;
+    };
+    let (here, there) = tokio::join!(here, forward_out(ctx, out));
+    match (here, there) {
+        (Outcome::Stopping, _) | (_, Outcome::Stopping) => Outcome::Stopping,
+        (Outcome::Accepted, _) => Outcome::Accepted,
+        _ => Outcome::Passed,
+    }
 }
 
 /// Hands an owner-mode record to the producer for the other nodes until
@@ -740,39 +825,52 @@ async fn forward_out(ctx: &Ctx, out: Outgoing) -> Outcome {
     }
 }
 
-/// Hands a record to this node's cores until they accept it (or it can
-/// never be).
-async fn deliver_here(ctx: &Ctx, req: PublishRequest, shares: Option<Arc<[GroupKey]>>) -> Outcome {
+/// Awaits a record's answer from `core`, offering it again until it is
+/// stored (or can never be).
+///
+/// A record that comes back [`Refusal::Undelivered`] reached the online
+/// subscribers but was not stored; its next offer goes behind records
+/// queued since, which are duplicates' order, not first copies'.
+async fn deliver_here(
+    ctx: &Ctx,
+    mut answer: Answer,
+    req: PublishRequest,
+    shares: Option<Arc<[GroupKey]>>,
+    core: usize,
+) -> Outcome {
     let m = &ctx.metrics;
     loop {
-        let Some(bridge) = &ctx.bridge else {
-            return Outcome::Stopping;
-        };
-        let answer = match bridge.publish_scoped(Source::Bridge, req.clone(), shares.clone()) {
-            Ok(rx) => rx.await.unwrap_or(Err(Refusal::ShuttingDown)),
-            Err(r) => Err(r),
-        };
-        match answer {
+        match answer.await.unwrap_or(Err(Refusal::ShuttingDown)) {
             Ok(_) => {
                 m.delivered.fetch_add(1, Relaxed);
                 return Outcome::Accepted;
-            }
-            Err(Refusal::Busy) => {
-                m.busy_retries.fetch_add(1, Relaxed);
-                tokio::time::sleep(BUSY_RETRY).await;
             }
             Err(Refusal::ShuttingDown) => return Outcome::Stopping,
             Err(Refusal::Undelivered(why)) => {
                 // Not stored (durability): offer it again, it must not be lost.
                 debug!("Kafka record not stored yet ({why}); again");
-                m.busy_retries.fetch_add(1, Relaxed);
-                tokio::time::sleep(BUSY_RETRY).await;
             }
+            // The core does not refuse a Kafka record for room; a full
+            // inbox is the only busy answer left.
+            Err(Refusal::Busy) => {}
             Err(r) => {
                 m.undeliverable.fetch_add(1, Relaxed);
                 warn!(topic = %req.topic, "Kafka record passed over: {r}");
                 return Outcome::Passed;
             }
         }
+        m.busy_retries.fetch_add(1, Relaxed);
+        let again = loop {
+            tokio::time::sleep(BUSY_RETRY).await;
+            let Some(bridge) = &ctx.bridge else {
+                return Outcome::Stopping;
+            };
+            match bridge.publish_on(core, Source::Bridge, req.clone(), shares.clone()) {
+                Ok(rx) => break rx,
+                Err(Refusal::Busy) => m.busy_retries.fetch_add(1, Relaxed),
+                Err(_) => return Outcome::Stopping,
+            };
+        };
+        answer = again;
     }
 }

@@ -34,7 +34,7 @@ use crate::error::{Classify, Origin};
 use crate::session::Message;
 use crate::stats::{Figure, Histogram};
 pub use consumer::KafkaInbound;
-use producer::{Job, KafkaProducer, Metrics, Reports};
+use producer::{Job, Metrics};
 pub use routes::Routes;
 
 /// librdkafka's own queue, in messages: above what every core may have in
@@ -49,6 +49,11 @@ pub(crate) const STATS_INTERVAL_MS: u32 = 1000;
 /// long, `/readyz` reports the producer stuck (a hung broker keeps its
 /// connections up, so broker states alone do not show it).
 const STUCK_AFTER_MS: u64 = 5000;
+/// How long a message that timed out (or met a fatal error), with none
+/// acknowledged since, keeps `/readyz` degraded: long enough for a
+/// balancer's health checks to see it, short enough that a node without
+/// traffic to prove Kafka works again does not stay out for long.
+const FAILED_RECENTLY_MS: u64 = 60_000;
 /// Message ids of the API's pushes: the top byte 0xff, which no core
 /// (whose index is the top byte of its ids) has, so `x-id` stays unique.
 const PUSH_IDS: u64 = 0xff << 56;
@@ -130,11 +135,8 @@ impl KafkaOutbound {
             cc.set(key, value);
         }
         let metrics = Arc::new(Metrics::default());
-        let producer: KafkaProducer = cc
-            .create_with_context(Reports {
-                metrics: metrics.clone(),
-            })
-            .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
+        let producer =
+            producer::make(&cc, &metrics).map_err(|e| KafkaSetupError::Config(e.to_string()))?;
         let routes = Routes::new(&k.route);
         let cluster_figures = Arc::new(producer::ClusterFigures::default());
         let cluster = k.cluster.enabled().then(|| producer::Cluster {
@@ -153,6 +155,8 @@ impl KafkaOutbound {
             node: cfg.node.id.to_string(),
             delivery_timeout: std::time::Duration::from_millis(k.delivery_timeout_ms),
             metrics: metrics.clone(),
+            config: cc,
+            rebuilt: None,
         };
         let (jobs, rx) = unbounded();
         let thread = std::thread::Builder::new()
@@ -236,6 +240,7 @@ impl Outbound for KafkaOutbound {
             ("kafka_timed_out", "Messages not acknowledged within kafka.delivery_timeout_ms (their publishers were told).", m.timed_out.load(Relaxed), true),
             ("kafka_refused", "Messages Kafka refused (too large, unknown topic, not authorized, ...).", m.refused.load(Relaxed), true),
             ("kafka_queue_full", "Times a message met librdkafka's full queue and was offered again.", m.queue_full.load(Relaxed), true),
+            ("kafka_producer_rebuilds", "New producers made after a fatal error (a broker fenced the producer id, e.g. after a hang past kafka.delivery_timeout_ms).", m.rebuilds.load(Relaxed), true),
         ];
         figures.extend(inbound);
         if self.cluster {
@@ -317,12 +322,26 @@ impl Outbound for KafkaOutbound {
         }
         let inflight = m.inflight.load(Relaxed);
         let last = m.last_ok_ms.load(Relaxed).max(self.started_ms);
-        let quiet = crate::wallclock::now_ms().saturating_sub(last);
+        let now = crate::wallclock::now_ms();
+        let quiet = now.saturating_sub(last);
         if inflight > 0 && quiet >= STUCK_AFTER_MS {
             out.push(format!(
                 "kafka producer: {inflight} messages in flight and no acknowledgement for {} s",
                 quiet / 1000
             ));
+        }
+        // Nothing in flight, but the last message failed and none went
+        // through since: Kafka is not taking messages (a broker that hangs
+        // keeps its connections up, so the statistics still say "up").
+        let failed = m.last_failed_ms.load(Relaxed);
+        if failed > last && now.saturating_sub(failed) < FAILED_RECENTLY_MS {
+            out.push(format!(
+                "kafka producer: a message failed {} s ago (timed out or refused for good) and none was acknowledged since",
+                now.saturating_sub(failed) / 1000
+            ));
+        }
+        if m.fatal_now() {
+            out.push("kafka producer: fatal error, making a new producer".into());
         }
         if let Some(i) = &self.inbound {
             out.extend(i.degraded());

@@ -6,6 +6,12 @@
 //! producer's poll thread: no task, future or wake-up per message here (a
 //! `FutureProducer` cost a spawned task, a oneshot and a cross-thread wake
 //! per message, 40 % of this thread's time; bench/RESULTS.md).
+//!
+//! A fatal error ends an idempotent producer for good: librdkafka then
+//! refuses every message (a broker that fenced its producer id after a
+//! hang longer than `kafka.delivery_timeout_ms` does this). The thread
+//! notices, drops that producer (what it held is answered as failed) and
+//! makes a new one from the same configuration, whoever the broker is.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -14,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rdkafka::client::ClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::Statistics;
@@ -27,6 +34,7 @@ use crate::bridge::outbound::{
     ConnEvent, ConnEventKind, InterestChange, OutboundError, Outgoing, Produced,
 };
 use crate::bridge::ReplyTo;
+use crate::logging::Throttle;
 use crate::session::Confirm;
 use crate::stats::Histogram;
 
@@ -34,6 +42,10 @@ use crate::stats::Histogram;
 const QUEUE_FULL_RETRY: Duration = Duration::from_millis(10);
 /// How long the thread waits, when it stops, for what is in flight.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Least time between two rebuilds of a producer that failed fatally: a
+/// broker that fences every new producer id at once gets one new producer
+/// per second, not one per message.
+const REBUILD_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 
 /// A job for the thread.
 pub(crate) enum Job {
@@ -91,6 +103,19 @@ pub(crate) struct Metrics {
     /// When Kafka last acknowledged a message, ms since the Unix epoch (0:
     /// never); with messages in flight and this old, the route is stuck.
     pub last_ok_ms: AtomicU64,
+    /// When a message last timed out or met a fatal error, ms since the
+    /// Unix epoch (0: never); later than `last_ok_ms`, Kafka is not taking
+    /// messages.
+    pub last_failed_ms: AtomicU64,
+    /// The producer in use: 0 for the first, then one more per rebuild.
+    pub generation: AtomicU64,
+    /// One more than the generation of the last producer that met a fatal
+    /// error (0: none). Equal to `generation + 1`, the producer in use is
+    /// done for and the thread makes a new one; a dropped producer's late
+    /// reports cannot raise it for its successor.
+    pub fatal_in: AtomicU64,
+    /// New producers made after a fatal error.
+    pub rebuilds: AtomicU64,
 }
 
 /// Whether a statistics report lists a broker that is up. Bootstrap
@@ -159,15 +184,41 @@ pub(crate) struct Pending {
     started: Instant,
 }
 
+impl Metrics {
+    /// Producer `generation` met a fatal error.
+    fn fatal(&self, generation: u64) {
+        self.fatal_in.fetch_max(generation + 1, Relaxed);
+    }
+
+    /// Whether the producer in use met a fatal error (it is being made
+    /// again).
+    pub fn fatal_now(&self) -> bool {
+        self.fatal_in.load(Relaxed) == self.generation.load(Relaxed) + 1
+    }
+}
+
 /// The producer's context: answers delivery reports on librdkafka's poll
 /// thread.
 pub(crate) struct Reports {
     pub metrics: Arc<Metrics>,
+    /// Which producer this is ([`Metrics::generation`]).
+    pub generation: u64,
 }
 
 impl ClientContext for Reports {
     fn stats(&self, s: Statistics) {
         self.metrics.brokers_down.store(!any_broker_up(&s), Relaxed);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.metrics.fatal(self.generation);
+            warn!("Kafka producer: fatal error: {reason}; making a new producer");
+        } else {
+            // Brokers going and coming are news for /readyz (the
+            // statistics), not a log line per reconnect attempt.
+            debug!("librdkafka: {error}: {reason}");
+        }
     }
 }
 
@@ -185,7 +236,7 @@ impl ProducerContext for Reports {
                     .observe(pending.started.elapsed().as_micros() as u64);
                 Produced::Done
             }
-            Err((e, _)) => failed(m, e.clone()),
+            Err((e, _)) => failed(m, self.generation, e.clone()),
         };
         pending.ack.send(answer);
     }
@@ -208,6 +259,51 @@ pub(crate) struct Ctx {
     pub node: String,
     pub delivery_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    /// What the producer was made from, to make another after a fatal
+    /// error.
+    pub config: ClientConfig,
+    /// When the producer was last made again.
+    pub rebuilt: Option<Instant>,
+}
+
+/// A producer from `config`, reporting to `metrics`.
+pub(crate) fn make(config: &ClientConfig, metrics: &Arc<Metrics>) -> KafkaResult<KafkaProducer> {
+    config.create_with_context(Reports {
+        metrics: metrics.clone(),
+        generation: metrics.generation.load(Relaxed),
+    })
+}
+
+impl Ctx {
+    /// After a fatal error: drops the producer (what it still held is
+    /// purged and answered as failed, within half a second) and makes a
+    /// new one. Keeps the old one, to try again later, if that fails.
+    fn rebuild(&mut self) {
+        if self
+            .rebuilt
+            .is_some_and(|t| t.elapsed() < REBUILD_AT_MOST_EVERY)
+        {
+            // Still fatal: the thread asks again within the second.
+            return;
+        }
+        self.rebuilt = Some(Instant::now());
+        let m = &self.metrics;
+        let generation = m.generation.load(Relaxed);
+        // The new producer reports as the next generation.
+        m.generation.store(generation + 1, Relaxed);
+        match make(&self.config, m) {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut self.producer, fresh);
+                drop(old);
+                m.rebuilds.fetch_add(1, Relaxed);
+                warn!("Kafka producer: made a new producer after a fatal error");
+            }
+            Err(e) => {
+                m.generation.store(generation, Relaxed);
+                warn!("Kafka producer: a new producer could not be made ({e}); trying again");
+            }
+        }
+    }
 }
 
 /// The cluster bus as the thread sees it.
@@ -270,10 +366,18 @@ pub(crate) fn run(mut ctx: Ctx, jobs: Receiver<Job>) {
         offer(&ctx, hello, Answer::Nobody, &mut waiting);
     }
     loop {
-        let job = if waiting.is_empty() {
-            jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        } else {
+        let fatal = ctx.metrics.fatal_now();
+        if fatal {
+            ctx.rebuild();
+        }
+        let job = if !waiting.is_empty() {
             jobs.recv_timeout(QUEUE_FULL_RETRY)
+        } else if fatal {
+            // A rebuild put off (at most one a second) is not left waiting
+            // for a job.
+            jobs.recv_timeout(REBUILD_AT_MOST_EVERY)
+        } else {
+            jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
         };
         let (recs, ack) = match job {
             Ok(Job::Send { out, ack }) => (plan(&mut ctx, out, true), Answer::Core(ack)),
@@ -524,7 +628,9 @@ fn produce(ctx: &Ctx, w: Waiting, waiting: &mut VecDeque<Waiting>) {
         }
         Err((e, back)) => {
             m.inflight.fetch_sub(1, Relaxed);
-            back.delivery_opaque.ack.send(failed(m, e));
+            back.delivery_opaque
+                .ack
+                .send(failed(m, m.generation.load(Relaxed), e));
         }
     }
 }
@@ -577,25 +683,59 @@ fn event(ctx: &Ctx, ev: ConnEvent) {
     m.inflight.fetch_add(1, Relaxed);
     if let Err((e, _)) = ctx.producer.send(record) {
         m.inflight.fetch_sub(1, Relaxed);
-        failed(m, e);
+        failed(m, m.generation.load(Relaxed), e);
     }
 }
 
-/// A delivery failure, counted by kind.
-fn failed(m: &Metrics, e: KafkaError) -> Produced {
+/// A delivery failure of producer `generation`, counted by kind.
+fn failed(m: &Metrics, generation: u64, e: KafkaError) -> Produced {
     let timed_out = matches!(
         e,
         KafkaError::MessageProduction(
             RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::QueueFull
         )
     );
+    let code = e.rdkafka_error_code();
+    let fatal = code.is_some_and(ends_the_producer);
+    // Purged: a producer dropped after a fatal error took it along.
+    let purged = matches!(
+        code,
+        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+    );
+    if timed_out || fatal || purged {
+        m.last_failed_ms.store(crate::wallclock::now_ms(), Relaxed);
+    }
+    if fatal {
+        m.fatal(generation);
+    }
     if timed_out {
         m.timed_out.fetch_add(1, Relaxed);
         debug!("Kafka: a message timed out: {e}");
         Produced::Failed(OutboundError::TimedOut)
     } else {
         m.refused.fetch_add(1, Relaxed);
-        warn!("Kafka refused a message: {e}");
+        static REPEATS: Throttle = Throttle::new();
+        if let Some(held_back) = REPEATS.admit() {
+            warn!(
+                held_back,
+                "Kafka refused a message: {e} (tether_kafka_refused_total counts them)"
+            );
+        }
         Produced::Failed(OutboundError::Refused(e.to_string()))
     }
+}
+
+/// Errors after which an idempotent producer refuses every message: its
+/// producer id or epoch is no longer the broker's. Only a new producer
+/// gets past them.
+fn ends_the_producer(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Fatal
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::UnknownProducerId
+            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            | RDKafkaErrorCode::InvalidProducerIdMapping
+    )
 }

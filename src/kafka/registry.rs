@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use super::cluster;
 use super::consumer::Seen;
 use super::producer::Job;
+use crate::logging::Throttle;
 
 /// Reads announcements until told to stop. `loaded` turns true when the
 /// end of the topic is first reached: the view is whole from then on.
@@ -45,7 +46,12 @@ pub(crate) async fn run(
                         info!(announcements = read, "Kafka cluster: interest topic read");
                     }
                 }
-                Err(e) => warn!("Kafka cluster: reading the interest topic: {e}"),
+                Err(e) => {
+                    static REPEATS: Throttle = Throttle::new();
+                    if let Some(held_back) = REPEATS.admit() {
+                        warn!(held_back, "Kafka cluster: reading the interest topic: {e}");
+                    }
+                }
             },
         }
     }

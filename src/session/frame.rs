@@ -48,6 +48,12 @@ pub enum AckKind {
 }
 
 impl Frame {
+    /// Whether this is a DISCONNECT (the last frame a closing connection
+    /// writes).
+    pub fn is_disconnect(&self) -> bool {
+        matches!(self, Frame::Control(p) if matches!(**p, Packet::Disconnect(_)))
+    }
+
     /// The outbox form of a control packet.
     pub fn control(packet: Packet) -> Frame {
         let ack = |kind, a: &Ack| {

@@ -85,6 +85,9 @@ pub struct Durable {
     pub epoch: u64,
     /// Sequence number of the last message stored.
     pub last_seq: u64,
+    /// The node's lease term the claim was made in: the session is served
+    /// only while the lease holds in it (`store::Lease`).
+    pub lease_term: u64,
 }
 
 impl Durable {

@@ -221,7 +221,9 @@ impl Core {
         match e.link.as_mut() {
             Some(link) => {
                 let code = link.version.is_v5().then_some(reason::SESSION_TAKEN_OVER);
-                link.request_close_why(code, false, Some("session taken over on another node"));
+                // What is queued goes nowhere: the session belongs to the
+                // newer connection, which loaded what the store holds.
+                link.request_close_why(code, true, Some("session taken over on another node"));
                 // Ends with the connection, not kept offline: it lives on
                 // elsewhere.
                 e.session.expiry_secs = 0;
@@ -310,6 +312,10 @@ impl Core {
             return false;
         };
         info!(conn = %e.id, client_id, reason = format_args!("{code:#04x}"), "closing: {why}");
+        // A handover flushes first (the claim waits for it). A session
+        // taken over already belongs to the newer connection: nothing
+        // queued here is written any more.
+        let taken = handoff_to.is_none() && code == reason::SESSION_TAKEN_OVER;
         let code = link
             .version
             .is_v5()
@@ -318,7 +324,7 @@ impl Core {
         if handoff_to.is_some() {
             link.rare().handoff_to = handoff_to;
         }
-        link.request_close_why(code, false, Some(why));
+        link.request_close_why(code, taken, Some(why));
         true
     }
 }

@@ -11,6 +11,7 @@ use crate::id::ConnKey;
 use crate::session::Frame;
 use crate::stats::bump;
 use crate::store::StoreOp;
+use tracing::warn;
 
 /// What the connection task needs to know at the top of each poll.
 #[derive(Debug)]
@@ -79,11 +80,38 @@ impl Core {
             return;
         };
         let durable = e.session.durable.as_deref();
+        let stats = self.stats();
         let Some(link) = e.link.as_mut() else {
             return;
         };
+        // A durable session is served only while the node's lease holds in
+        // the term it was claimed in: once it lapsed, another node may own
+        // it. Nothing more is written but a DISCONNECT (no delivery, no
+        // acknowledgement); the connection closes, and its client claims
+        // the session again.
+        let lapsed = match (durable, self.node.store.lease()) {
+            (Some(d), Some(lease)) => !lease.holds(d.lease_term),
+            _ => false,
+        };
+        if lapsed {
+            match link.close.as_mut() {
+                Some(close) => close.discard_outbox = true,
+                None => {
+                    bump(&stats.lease_closes, 1);
+                    warn!(
+                        core = self.id,
+                        client_id = %durable.map_or("", |d| &d.client_id),
+                        "the node's Redis lease lapsed: closing the connection of a persistent session, which another node may own by now"
+                    );
+                    link.request_close_why(
+                        Some(crate::codec::reason::SERVER_UNAVAILABLE),
+                        true,
+                        Some("this node lost its lease on the session store; connect again"),
+                    );
+                }
+            }
+        }
         let v = link.version;
-        let stats = self.stats();
         let latency = &self.visible().fanout_latency;
         // One clock read per batch, not per message.
         let mut now = None;
@@ -94,6 +122,9 @@ impl Core {
                 break;
             };
             link.outbox_bytes -= frame.weight() as u32;
+            if lapsed && !frame.is_disconnect() {
+                continue;
+            }
             packets += 1;
             if let Frame::Publish { d, dup, pkid } = &frame {
                 publishes += 1;

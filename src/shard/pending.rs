@@ -141,10 +141,12 @@ impl Pending {
         Some(self.table.insert(w) as u32)
     }
 
-    /// Records `w` even past its kind's bound. For the outbound bridge
-    /// only, whose callers check [`Pending::has_room`] before taking a
-    /// packet: a publish resumed after a deferred permit was taken before,
-    /// so the bound is exceeded by at most `runtime.max_pending_permits`.
+    /// Records `w` even past its kind's bound. For the outbound bridge,
+    /// whose callers check [`Pending::has_room`] before taking a packet (a
+    /// publish resumed after a deferred permit was taken before, so the
+    /// bound is exceeded by at most `runtime.max_pending_permits`), and
+    /// for Kafka records, which are never refused for room (the consumer's
+    /// window bounds them instead).
     pub fn insert_past_bound(&mut self, w: Waiting) -> u32 {
         self.counts[w.kind().index()] += 1;
         self.table.insert(w) as u32

@@ -14,6 +14,7 @@
 //! fire-and-forget.
 
 mod directory;
+mod lease;
 mod memory;
 mod op;
 pub mod redis;
@@ -27,6 +28,7 @@ use crate::id::{ConnId, Location};
 use crate::session::{Durable, Session};
 use crate::stats::Histogram;
 
+pub use lease::Lease;
 pub use memory::MemoryStore;
 
 /// A place in the directory, for the directory's and the memory store's
@@ -226,6 +228,13 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Latency of the store's requests, when it makes any.
     fn latency(&self) -> Option<&Histogram> {
+        None
+    }
+
+    /// The node's lease on the durable sessions it owns (see [`Lease`]);
+    /// `None` (the default): a store that keeps nothing beyond the node
+    /// needs none.
+    fn lease(&self) -> Option<&Lease> {
         None
     }
 

@@ -164,6 +164,16 @@ impl Kafka {
         p.send(record, WAIT).await.expect("produced");
     }
 
+    /// [`Kafka::produce`] of a record without a key.
+    pub async fn produce_without_key(&self, topic: &str, payload: &[u8]) {
+        let p: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .unwrap();
+        let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic).payload(payload);
+        p.send(record, WAIT).await.expect("produced");
+    }
+
     /// SIGSTOP (`true`) or SIGCONT our broker: a hang, not a crash.
     pub fn pause(&self, paused: bool) {
         let p = self.proc.as_ref().expect("pausing needs our own tansu");

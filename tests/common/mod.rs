@@ -12,6 +12,10 @@ use tokio::sync::mpsc;
 
 /// Upper bound for any single wait in the tests.
 pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a rumqttc client waits for its CONNACK (rumqttc's own default
+/// is 5 s): a takeover from a node that died or hangs waits for that
+/// node's Redis lease, up to `presence.node_lease_secs` plus 5 s.
+pub const CONNACK_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A gateway on a free port with `cores` executors. `$SYS` statistics are
 /// off (they are retained messages and would disturb retained counts);
@@ -51,6 +55,8 @@ pub fn pump(
     tokio::task::JoinHandle<()>,
 ) {
     let (client, mut el) = rumqttc::AsyncClient::new(opts, 1000);
+    el.network_options
+        .set_connection_timeout(CONNACK_TIMEOUT.as_secs());
     let (tx, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         loop {

@@ -68,6 +68,8 @@ pub(crate) struct Settings {
     pub node_lease_ms: u64,
     /// `redis.max_queued_writes`.
     pub max_queued_writes: usize,
+    /// The node's lease, renewed by the worker, read by the cores.
+    pub lease: crate::store::Lease,
 }
 
 /// The store's own figures (written by the worker thread, read by
@@ -91,6 +93,8 @@ pub(crate) struct Metrics {
     /// Handovers not answered within `store.handoff_timeout_ms` (the claim
     /// went ahead; fencing keeps the old node's writes out).
     pub handoff_timeouts: AtomicU64,
+    /// Takeovers that waited for the old owner's lease to run out.
+    pub lease_waits: AtomicU64,
     /// Fire-and-forget writes dropped over `redis.max_queued_writes`.
     pub dropped: AtomicU64,
     /// Round trips of claims and write batches.
@@ -180,6 +184,7 @@ impl RedisStore {
             presence_lease_ms: 2 * cfg.presence.lease_secs * 1000,
             node_lease_ms: cfg.presence.node_lease_secs * 1000,
             max_queued_writes: cfg.redis.max_queued_writes,
+            lease: Default::default(),
         };
         let (jobs, rx) = unbounded_channel();
         Ok(RedisStore {
@@ -200,6 +205,10 @@ impl RedisStore {
 }
 
 impl SessionStore for RedisStore {
+    fn lease(&self) -> Option<&crate::store::Lease> {
+        Some(&self.settings.lease)
+    }
+
     fn start(&self, bridge: Arc<Bridge>) {
         let Some((rx, client)) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
@@ -321,7 +330,8 @@ impl SessionStore for RedisStore {
             ("store_presence_refreshes", "Presence leases refreshed.", m.refreshed.load(r) as u64, true),
             ("store_script_reloads", "Script loads after NOSCRIPT (a restarted Redis).", m.script_reloads.load(r), true),
             ("store_handoffs", "Sessions handed over by the node that held them before this node claimed them.", m.handoffs.load(r), true),
-            ("store_handoff_timeouts", "Handovers not answered within store.handoff_timeout_ms (the claim went ahead, fenced).", m.handoff_timeouts.load(r), true),
+            ("store_handoff_timeouts", "Handovers not answered within store.handoff_timeout_ms (the claim then waited for the old owner's lease, or went ahead fenced).", m.handoff_timeouts.load(r), true),
+            ("store_lease_waits", "Takeovers that waited for the old owner's node lease to run out (it answered no handover: partitioned or paused).", m.lease_waits.load(r), true),
             ("store_writes_dropped", "Fire-and-forget writes dropped over redis.max_queued_writes.", m.dropped.load(r), true),
         ]
     }

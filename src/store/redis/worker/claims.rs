@@ -94,8 +94,10 @@ pub(super) fn claim_done(ctx: &Ctx, claim: &Claim, writes: &UnboundedSender<Vec<
 
 /// Asks node `node`, holding `client`'s session on connection `prev`, to
 /// close it and flush its writes, and waits (at most
-/// `store.handoff_timeout_ms`) until it says so. A node that is not live
-/// is not waited for: fencing covers whatever it might still write.
+/// `store.handoff_timeout_ms`) until it says so; if it does not, until its
+/// lease has run out ([`until_lease_out`]). A node that is not live is not
+/// waited for: its lease ran out, so it serves the session no more, and
+/// fencing covers whatever it might still write.
 async fn handoff(ctx: &Ctx, conn: &mut Conn, c: &Claim, node: &str, prev: &str) {
     let (Ok(node), Some(prev)) = (node.parse::<u16>(), ConnId::parse(prev)) else {
         return;
@@ -120,8 +122,56 @@ async fn handoff(ctx: &Ctx, conn: &mut Conn, c: &Claim, node: &str, prev: &str) 
         _ => {
             ctx.metrics.handoff_timeouts.fetch_add(1, Relaxed);
             ctx.handoffs.borrow_mut().remove(&prev);
-            debug!(client_id = %c.client_id, "node {node} did not hand the session over in time; claiming (fenced)");
+            debug!(client_id = %c.client_id, "node {node} did not hand the session over in time; waiting for its lease to run out");
+            until_lease_out(ctx, conn, node).await;
         }
+    }
+}
+
+/// Waits until `node`'s lease has run out in Redis, by this node's clock,
+/// plus [`SKEW_MARGIN_MS`]: by then that node, by its own clock, has
+/// stopped serving the durable sessions it claimed (`store::Lease`), so
+/// taking one over cannot leave two connections serving it. Returns at
+/// once when the node renews meanwhile (it reaches Redis, and the kick
+/// that follows the claim reaches it too) or has no lease left.
+async fn until_lease_out(ctx: &Ctx, conn: &mut Conn, node: u16) {
+    let s = &ctx.settings;
+    let key = keys::nodes(&s.prefix);
+    let name = node.to_string();
+    let mut first_seen = None;
+    let mut waited = false;
+    loop {
+        let scored: redis::RedisResult<Vec<(String, f64)>> = redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(conn)
+            .await;
+        // Redis unreachable: the claim that follows fails too.
+        let Ok(scored) = scored else { return };
+        let Some(until) = scored
+            .iter()
+            .filter(|(member, _)| member.split(':').next() == Some(name.as_str()))
+            .map(|(_, score)| *score as u64)
+            .max()
+        else {
+            return;
+        };
+        if *first_seen.get_or_insert(until) < until {
+            return;
+        }
+        let out_at = until + SKEW_MARGIN_MS;
+        let now = now_ms();
+        if now >= out_at {
+            return;
+        }
+        if first_seen == Some(until) && !std::mem::replace(&mut waited, true) {
+            ctx.metrics.lease_waits.fetch_add(1, Relaxed);
+        }
+        // Looked at again every third of a lease: a renewal ends the wait.
+        let step = (out_at - now).min(s.node_lease_ms / 3).max(1);
+        tokio::time::sleep(Duration::from_millis(step)).await;
     }
 }
 
@@ -137,6 +187,13 @@ pub(super) async fn claim_one(
     handed_over: bool,
 ) -> ClaimResult {
     let s = &ctx.settings;
+    // A lease that lapsed (Redis was out of reach) is renewed first: a
+    // renewal after the claim would start a new term and void it.
+    if !s.lease.holds(s.lease.term()) {
+        renew_lease(ctx, conn).await;
+    }
+    // Read before the claim: a lapse after it makes the claim void.
+    let lease_term = s.lease.term();
     let keys = keys::session(&s.prefix, &c.client_id);
     let user = c.presence.as_ref().map_or("", |p| &p.user);
     let load = !handed_over && c.persistent && !c.clean_start;
@@ -259,6 +316,7 @@ pub(super) async fn claim_one(
             client_id: c.client_id.clone(),
             epoch,
             last_seq: text(v.get(9)).parse().unwrap_or(0),
+            lease_term,
         });
     }
     if load && text(v.get(10)) == "1" {

@@ -168,37 +168,52 @@ fn kick(
     }
 }
 
-/// Refreshes this node's lease every third of it.
+/// Refreshes this node's lease every third of it (the worker renewed it
+/// once before taking jobs: [`renew_lease`]).
 pub(super) async fn node_lease(ctx: Rc<Ctx>, mut conn: Conn) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(ctx.settings.node_lease_ms / 3)).await;
+        renew_lease(&ctx, &mut conn).await;
+    }
+}
+
+/// Renews this node's lease in Redis, drops the nodes whose lease ran
+/// out, and learns who is live. On success the cores' [`Lease`] holds for
+/// one more lease from when the renewal was sent.
+///
+/// [`Lease`]: crate::store::Lease
+pub(super) async fn renew_lease(ctx: &Ctx, conn: &mut Conn) {
     let s = &ctx.settings;
     let key = keys::nodes(&s.prefix);
     let member = format!("{}:{}", s.node, s.incarnation);
-    loop {
-        let started = now_ms();
-        let r: redis::RedisResult<(Vec<String>,)> = redis::pipe()
-            .cmd("ZADD")
-            .arg(&key)
-            .arg(now_ms() + s.node_lease_ms)
-            .arg(&member)
-            .ignore()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&key)
-            .arg("-inf")
-            .arg(now_ms())
-            .ignore()
-            .cmd("ZRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await;
-        match r {
-            Ok((live,)) => *ctx.live.borrow_mut() = (started, live),
-            Err(e) => {
-                ctx.metrics.errors.fetch_add(1, Relaxed);
-                debug!("node lease: {e}");
-            }
+    let started = now_ms();
+    let sent = Instant::now();
+    let r: redis::RedisResult<(Vec<String>,)> = redis::pipe()
+        .cmd("ZADD")
+        .arg(&key)
+        .arg(now_ms() + s.node_lease_ms)
+        .arg(&member)
+        .ignore()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(&key)
+        .arg("-inf")
+        .arg(now_ms())
+        .ignore()
+        .cmd("ZRANGE")
+        .arg(&key)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await;
+    match r {
+        Ok((live,)) => {
+            s.lease
+                .renewed(sent, Duration::from_millis(s.node_lease_ms));
+            *ctx.live.borrow_mut() = (started, live);
         }
-        tokio::time::sleep(Duration::from_millis(s.node_lease_ms / 3)).await;
+        Err(e) => {
+            ctx.metrics.errors.fetch_add(1, Relaxed);
+            debug!("node lease: {e}");
+        }
     }
 }

@@ -51,7 +51,7 @@ mod writer;
 
 use claims::{claim_done, claim_one, defer_behind_claims, sub_from, sub_to, ClaimLines, ClaimTurn};
 pub use control::Entry;
-use control::{control, kick_member, member, node_lease, parse_member, publish};
+use control::{control, kick_member, member, node_lease, parse_member, publish, renew_lease};
 use lookup::{answer_unavailable, lookup};
 use writer::{finish, writer};
 
@@ -122,6 +122,9 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut jobs: UnboundedReceiver<Job>) {
         }
     };
     info!("Redis session store connected");
+    // The lease holds before the first claim is made: a durable session
+    // is served only while it does.
+    renew_lease(&ctx, &mut conn.clone()).await;
     let (writes_tx, writes_rx) = unbounded_channel();
     let writer = tokio::task::spawn_local(writer(ctx.clone(), conn.clone(), writes_rx));
     let others = [

@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""A fleet under faults: three Tether nodes, Redis and a Kafka-protocol
+broker (tansu), each in a network namespace of its own on one bridge, with
+the clients in another; faults on a schedule, alone and two at a time; a
+paho-mqtt workload that logs what the clients saw (`faults_workload.py`);
+and a checker that reads only that log (`faults_check.py`).
+
+  sudo python3 bench/scripts/faults.py --schedule short            # about a minute
+  sudo python3 bench/scripts/faults.py --schedule soak --minutes 30
+
+Faults: a node cut off from Redis, from Kafka, from its clients or from the
+other nodes (nftables drops in the node's namespace: silent, like a dead
+link); random loss on a node's link (nftables `numgen`); a slow link (`tbf`
+rate limit); SIGSTOP of a node past its lease; kill -9 and restart of a
+node; a Redis restart (AOF, fsync always); a Kafka pause (SIGSTOP of
+tansu). This kernel has no `netem` (CONFIG_NET_SCH_NETEM unset), so delay
+and jitter are not among them.
+
+Writes a table, fault by invariant, with counts (a violation counts
+against every fault active within `BLAME_S` before it), and exits 1 if any
+invariant broke. Needs root, nftables and tansu; everything it creates
+(namespaces, processes) it removes, by name and PID.
+"""
+import argparse, json, os, random, shutil, signal, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import faults_check  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# A node's lease (the least allowed): partitions and pauses must outlast it.
+NODE_LEASE_S = 3
+# The per-user cap the workload's capped user meets.
+CAP = 2
+# A violation is blamed on every fault active up to this long before it
+# (takeovers wait a lease plus the 5 s skew margin).
+BLAME_S = 15.0
+# After the last fault heals: for the cluster to settle before the
+# workload's traffic ends.
+SETTLE_S = 15.0
+# How long faults last in the soak.
+SOAK_FAULT_S = (4.0, 12.0)
+SOAK_GAP_S = (20.0, 60.0)
+
+
+def sh(*cmd, check=True):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise SystemExit(f"faults.py: {' '.join(cmd)} failed: {r.stderr.strip()}")
+    return r.stdout
+
+
+class Net:
+    """Namespaces on one bridge; addresses 10.213.N.x/24 with N from the PID,
+    so concurrent runs do not meet."""
+
+    MEMBERS = {"redis": 2, "kafka": 3, "n1": 11, "n2": 12, "n3": 13, "clients": 100}
+
+    def __init__(self):
+        self.tag = f"tf{os.getpid()}"
+        self.net = f"10.213.{os.getpid() % 200 + 20}"
+        self.hub = f"{self.tag}-hub"
+        self.made = []
+
+    def ns(self, member):
+        return f"{self.tag}-{member}"
+
+    def ip(self, member):
+        return f"{self.net}.{self.MEMBERS[member]}"
+
+    def up(self):
+        sh("ip", "netns", "add", self.hub)
+        self.made.append(self.hub)
+        sh("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.hub, "link", "set", "br0", "up")
+        for m in self.MEMBERS:
+            ns = self.ns(m)
+            sh("ip", "netns", "add", ns)
+            self.made.append(ns)
+            sh("ip", "-n", self.hub, "link", "add", f"h-{m}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+            sh("ip", "-n", self.hub, "link", "set", f"h-{m}", "master", "br0", "up")
+            sh("ip", "-n", ns, "addr", "add", f"{self.ip(m)}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        self.rules = {m: {"drop": set(), "loss": 0} for m in self.MEMBERS}
+
+    def apply(self, member):
+        """Rewrites `member`'s nftables table from its fault state."""
+        ns, r = self.ns(member), self.rules[member]
+        lines = ["table inet faults", "delete table inet faults", "table inet faults {",
+                 " chain in { type filter hook input priority 0; policy accept;"]
+        lines += [f"  ip saddr {self.ip(o)} drop" for o in sorted(r["drop"])]
+        if r["loss"]:
+            lines.append(f"  numgen random mod 100 < {r['loss']} drop")
+        lines += [" }", " chain out { type filter hook output priority 0; policy accept;"]
+        lines += [f"  ip daddr {self.ip(o)} drop" for o in sorted(r["drop"])]
+        if r["loss"]:
+            lines.append(f"  numgen random mod 100 < {r['loss']} drop")
+        lines += [" }", "}"]
+        p = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input="\n".join(lines),
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"faults.py: nft in {ns}: {p.stderr.strip()}")
+
+    def cut(self, member, others, on):
+        for o in others:
+            (self.rules[member]["drop"].add if on else self.rules[member]["drop"].discard)(o)
+        self.apply(member)
+
+    def loss(self, member, percent):
+        self.rules[member]["loss"] = percent
+        self.apply(member)
+
+    def rate(self, member, kbit):
+        ns = self.ns(member)
+        sh("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
+        if kbit:
+            sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf",
+               "rate", f"{kbit}kbit", "burst", "16kb", "latency", "400ms")
+
+    def down(self):
+        for ns in reversed(self.made):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+class Fleet:
+    def __init__(self, net, tether, workdir):
+        self.net, self.tether, self.dir = net, tether, workdir
+        self.procs = {}
+
+    def spawn(self, name, member, cmd, env=None):
+        log = open(os.path.join(self.dir, f"{name}.log"), "ab")
+        full = ["ip", "netns", "exec", self.net.ns(member)] + cmd
+        # `ip netns exec` execs the command: the PID is the process's own.
+        p = subprocess.Popen(full, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        self.procs[name] = p
+        return p
+
+    def wait_port(self, member, port, what, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r = subprocess.run(["ip", "netns", "exec", self.net.ns("clients"), "bash", "-c",
+                                f"exec 3<>/dev/tcp/{self.net.ip(member)}/{port}"], capture_output=True)
+            if r.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise SystemExit(f"faults.py: {what} did not listen on {self.net.ip(member)}:{port} (see {self.dir})")
+
+    def redis(self):
+        self.spawn("redis", "redis", ["redis-server", "--bind", self.net.ip("redis"), "--port", "6379",
+                                      "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+                                      "--dir", self.dir, "--protected-mode", "no"])
+        self.wait_port("redis", 6379, "redis-server")
+
+    def kafka(self):
+        url = f"tcp://{self.net.ip('kafka')}:9092"
+        self.spawn("kafka", "kafka", ["tansu", "broker", "--listener-url", url, "--advertised-listener-url", url,
+                                      "--storage-engine", "memory://tansu/"])
+        self.wait_port("kafka", 9092, "tansu")
+        for topic, parts in [("tf.interest", 1)] + [(f"tf.node.{i}", 2) for i in (1, 2, 3)]:
+            sh("ip", "netns", "exec", self.net.ns("kafka"), "tansu", "topic", "create", "--broker", url,
+               "--partitions", str(parts), topic)
+
+    def node(self, i):
+        env = {
+            "TETHER_NODE__ID": str(i), "TETHER_NODE__CORES": "1",
+            "TETHER_LISTENERS__TCP": "0.0.0.0:1883", "TETHER_HTTP__LISTEN": "0.0.0.0:8080",
+            "TETHER_WEBSOCKET__ENABLED": "false", "TETHER_SYS__INTERVAL_SECS": "0",
+            "TETHER_STORE__KIND": '"redis"', "TETHER_REDIS__URLS": f"redis://{self.net.ip('redis')}:6379/",
+            "TETHER_PRESENCE__NODE_LEASE_SECS": str(NODE_LEASE_S), "TETHER_PRESENCE__LEASE_SECS": "3",
+            "TETHER_LIMITS__MAX_CONNECTIONS_PER_USER": str(CAP),
+            "TETHER_KAFKA__BROKERS": f'"{self.net.ip("kafka")}:9092"',
+            "TETHER_KAFKA__CLUSTER": '{node_topic = "tf.node.%n", interest_topic = "tf.interest"}',
+            "TETHER_KAFKA__CONSUMER": '{"fetch.wait.max.ms" = "10"}',
+            "TETHER_LOG__LEVEL": "warn",
+        }
+        self.spawn(f"n{i}", f"n{i}", [self.tether], env)
+        self.wait_port(f"n{i}", 1883, f"node {i}")
+
+    def signal(self, name, sig):
+        p = self.procs.get(name)
+        if p and p.poll() is None:
+            os.kill(p.pid, sig)
+
+    def stop(self):
+        for name, p in self.procs.items():
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+class Faults:
+    """Each fault is (name, start, heal): `start` breaks, `heal` undoes."""
+
+    def __init__(self, net, fleet):
+        self.net, self.fleet = net, fleet
+
+    def make(self, kind, node):
+        n, net, fl = f"n{node}", self.net, self.fleet
+        others = [f"n{i}" for i in (1, 2, 3) if i != node]
+        table = {
+            "partition-redis": (lambda: net.cut(n, ["redis"], True), lambda: net.cut(n, ["redis"], False)),
+            "partition-kafka": (lambda: net.cut(n, ["kafka"], True), lambda: net.cut(n, ["kafka"], False)),
+            "partition-clients": (lambda: net.cut(n, ["clients"], True), lambda: net.cut(n, ["clients"], False)),
+            "partition-nodes": (lambda: net.cut(n, others, True), lambda: net.cut(n, others, False)),
+            "loss": (lambda: net.loss(n, 20), lambda: net.loss(n, 0)),
+            "slow-link": (lambda: net.rate(n, 256), lambda: net.rate(n, 0)),
+            "pause": (lambda: fl.signal(n, signal.SIGSTOP), lambda: fl.signal(n, signal.SIGCONT)),
+            "kill-restart": (lambda: (fl.signal(n, signal.SIGKILL), fl.procs[n].wait()), lambda: fl.node(node)),
+            "redis-restart": (lambda: (fl.signal("redis", signal.SIGTERM), fl.procs["redis"].wait()), fl.redis),
+            "kafka-pause": (lambda: fl.signal("kafka", signal.SIGSTOP), lambda: fl.signal("kafka", signal.SIGCONT)),
+        }
+        start, heal = table[kind]
+        label = kind if kind in ("redis-restart", "kafka-pause") else f"{kind} n{node}"
+        return label, start, heal
+
+
+KINDS = ["partition-redis", "partition-kafka", "partition-clients", "partition-nodes", "loss",
+         "slow-link", "pause", "kill-restart", "redis-restart", "kafka-pause"]
+
+
+def schedule(kind, minutes, rng):
+    """[(at_s, [(kind, node)], lasts_s)]: one fault or two at once."""
+    if kind == "short":
+        return [
+            (8, [("partition-redis", 1)], 8),
+            (22, [("pause", 2)], 7),
+            (36, [("kill-restart", 3), ("kafka-pause", 0)], 5),
+            (48, [("partition-clients", 1), ("loss", 2)], 6),
+        ]
+    plan, t = [], 10.0
+    while t < minutes * 60 - SETTLE_S:
+        kinds = rng.sample(KINDS, rng.choice([1, 2]))
+        nodes = rng.sample([1, 2, 3], len(kinds))
+        lasts = rng.uniform(*SOAK_FAULT_S)
+        plan.append((t, list(zip(kinds, nodes)), lasts))
+        t += lasts + rng.uniform(*SOAK_GAP_S)
+    return plan
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--schedule", choices=["short", "soak"], default="short")
+    ap.add_argument("--minutes", type=float, default=30)
+    ap.add_argument("--tether", default=os.path.join(ROOT, "target/release/tether"))
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--report", help="append the table (markdown) to this file")
+    ap.add_argument("--keep", action="store_true", help="keep the logs' directory")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("faults.py: needs root (network namespaces, nftables)")
+    for tool in ("nft", "tansu", "redis-server", "tc"):
+        if not shutil.which(tool):
+            raise SystemExit(f"faults.py: needs {tool} (apt-get install -y nftables redis-server iproute2; "
+                             "tansu: cargo install tansu --version 0.6.0 --features dynostore --locked)")
+    rng = random.Random(a.seed)
+    plan = schedule(a.schedule, a.minutes, rng)
+    duration = (plan[-1][0] + plan[-1][2] + SETTLE_S) if plan else 60
+    workdir = tempfile.mkdtemp(prefix="tether-faults-")
+    net = Net()
+    fleet = Fleet(net, a.tether, workdir)
+    faults = Faults(net, fleet)
+    active, timeline = [], []
+    try:
+        net.up()
+        fleet.redis()
+        fleet.kafka()
+        for i in (1, 2, 3):
+            fleet.node(i)
+        log = os.path.join(workdir, "events.jsonl")
+        nodes = ",".join(f"{net.ip(f'n{i}')}:1883" for i in (1, 2, 3))
+        http = ",".join(f"{net.ip(f'n{i}')}:8080" for i in (1, 2, 3))
+        work = fleet.spawn("workload", "clients", [sys.executable, os.path.join(ROOT, "bench/scripts/faults_workload.py"),
+                                                   "--nodes", nodes, "--http", http, "--log", log,
+                                                   "--duration", str(duration), "--seed", str(a.seed)])
+        t0 = time.monotonic()
+        print(f"faults.py: {len(plan)} fault steps over {duration:.0f} s; logs in {workdir}", file=sys.stderr)
+        for at, kinds, lasts in plan:
+            time.sleep(max(0.0, at - (time.monotonic() - t0)))
+            made = [faults.make(k, n) for k, n in kinds]
+            for label, start, _ in made:
+                start()
+            began = time.monotonic() - t0
+            print(f"[{began:6.1f}s] {' + '.join(m[0] for m in made)} for {lasts:.0f} s", file=sys.stderr)
+            time.sleep(lasts)
+            for label, _, heal in made:
+                heal()
+                timeline.append((label, began, time.monotonic() - t0))
+        work.wait(timeout=duration + 120)
+    finally:
+        fleet.stop()
+        net.down()
+    events = faults_check.load(log)
+    subs = sorted({e["c"] for e in events if e["c"].startswith("sub-")} if events else [])
+    found = faults_check.check(events, subs, cap_user="capped", cap=CAP)
+    table = report(found, timeline, events, a, duration)
+    print(table)
+    if a.report:
+        with open(a.report, "a") as f:
+            f.write(table + "\n")
+    if not a.keep and not any(found.values()):
+        shutil.rmtree(workdir, ignore_errors=True)
+    sys.exit(1 if any(found.values()) else 0)
+
+
+def report(found, timeline, events, a, duration):
+    acked = sum(1 for e in events if e["e"] == "puback")
+    delivered = sum(1 for e in events if e["e"] == "deliver")
+    takeovers = sum(1 for e in events if e["e"] == "connack" and e["c"].startswith("sub-") and e.get("present"))
+    labels = sorted({label.split(" ")[0] for label, _, _ in timeline})
+    rows = ["| fault | times | " + " | ".join(faults_check.INVARIANTS) + " |",
+            "| --- | ---: | " + " | ".join("---:" for _ in faults_check.INVARIANTS) + " |"]
+    for kind in labels:
+        spans = [(s, e) for label, s, e in timeline if label.split(" ")[0] == kind]
+        counts = []
+        for inv in faults_check.INVARIANTS:
+            n = 0
+            for t, _ in found[inv]:
+                if any(s <= t <= e + BLAME_S for s, e in spans):
+                    n += 1
+            counts.append(str(n))
+        rows.append(f"| {kind} | {len(spans)} | " + " | ".join(counts) + " |")
+    rows.append("| **all (whole run)** | | " + " | ".join(str(len(found[i])) for i in faults_check.INVARIANTS) + " |")
+    head = (f"Fault run: schedule {a.schedule}, seed {a.seed}, {duration:.0f} s; "
+            f"{acked} messages acknowledged, {delivered} deliveries, {takeovers} resumed sessions.\n")
+    detail = "".join(f"\n- {inv}: {v}" for inv in faults_check.INVARIANTS for _, v in found[inv][:5])
+    return head + "\n" + "\n".join(rows) + ("\n\nFirst violations:" + detail if detail else "") + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The fault checker's own tests: each invariant on a made-up log, broken
+and kept. `python3 -m unittest bench/scripts/test_faults_check.py`
+(tests/faults_checker.rs runs it in `cargo test`)."""
+import os, sys, unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from faults_check import check  # noqa: E402
+
+
+def conn(c, k, t, present=False):
+    return {"e": "connack", "c": c, "k": k, "node": 1, "t": t, "present": present}
+
+
+def sent(pub, seq, t, acked=True):
+    out = [{"e": "send", "c": pub, "seq": seq, "t": t}]
+    if acked:
+        out.append({"e": "puback", "c": pub, "seq": seq, "t": t + 0.01})
+    return out
+
+
+def got(c, k, pub, seq, t):
+    return {"e": "deliver", "c": c, "k": k, "pub": pub, "seq": seq, "t": t}
+
+
+SUBSCRIBED = [conn("s", 1, 0.0), {"e": "suback", "c": "s", "k": 1, "t": 0.1}]
+
+
+def broken(events, **kw):
+    return {k: v for k, v in check(events, ["s"], **kw).items() if v}
+
+
+class Checker(unittest.TestCase):
+    def test_a_clean_run_breaks_nothing(self):
+        ev = SUBSCRIBED + sent("p", 1, 1) + sent("p", 2, 2) + [got("s", 1, "p", 1, 1.1), got("s", 1, "p", 2, 2.1)]
+        self.assertEqual(broken(ev), {})
+
+    def test_an_acknowledged_message_that_never_arrives_is_lost(self):
+        ev = SUBSCRIBED + sent("p", 1, 1) + sent("p", 2, 2) + [got("s", 1, "p", 2, 2.1)]
+        self.assertEqual(len(broken(ev)["acked_lost"]), 1)
+
+    def test_unacknowledged_or_earlier_messages_may_be_missing(self):
+        ev = sent("p", 1, 0.0) + SUBSCRIBED + sent("p", 2, 1, acked=False)
+        self.assertEqual(broken(ev), {})
+
+    def test_first_copies_out_of_order_break_order_and_duplicates_do_not(self):
+        ev = SUBSCRIBED + sent("p", 1, 1) + sent("p", 2, 2)
+        self.assertIn("order", broken(ev + [got("s", 1, "p", 2, 2.1), got("s", 1, "p", 1, 2.2)]))
+        again = ev + [got("s", 1, "p", 1, 1.1), got("s", 1, "p", 2, 2.1), got("s", 1, "p", 1, 2.2)]
+        self.assertEqual(broken(again), {})
+
+    def test_an_old_connection_that_delivers_after_a_takeover_is_a_second_owner(self):
+        ev = SUBSCRIBED + sent("p", 1, 1) + [conn("s", 2, 2.0, present=True), got("s", 2, "p", 1, 2.1)]
+        self.assertEqual(broken(ev + [got("s", 1, "p", 1, 2.1)]), {}, "in flight when it took over")
+        self.assertIn("two_owners", broken(ev + [got("s", 1, "p", 1, 3.0)]))
+
+    def test_more_connections_of_a_user_than_its_cap_for_long(self):
+        ev = [conn("cap-0", 1, 0.0), conn("cap-1", 1, 1.0), conn("cap-2", 1, 2.0)]
+        self.assertIn("over_cap", broken(ev + [{"e": "end", "t": 5}], cap_user="cap", cap=2))
+        evicted = ev + [{"e": "down", "c": "cap-0", "k": 1, "t": 2.1}, {"e": "end", "t": 5}]
+        self.assertEqual(broken(evicted, cap_user="cap", cap=2), {})
+
+    def test_presence_must_list_what_the_clients_hold(self):
+        ev = [conn("cap-0", 1, 0.0), {"e": "presence", "user": "cap", "node": 1, "t": 9, "clients": ["cap-0"]}]
+        self.assertEqual(broken(ev, cap_user="cap", cap=2), {})
+        stale = ev + [{"e": "presence", "user": "cap", "node": 2, "t": 9, "clients": ["cap-0", "cap-9"]}]
+        self.assertIn("presence", broken(stale, cap_user="cap", cap=2))
+
+
+if __name__ == "__main__":
+    unittest.main()
