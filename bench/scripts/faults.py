@@ -31,6 +31,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 NODE_LEASE_S = 3
 # The per-user cap the workload's capped user meets.
 CAP = 2
+# Debian's interpreter, which has python3-paho-mqtt (one earlier on PATH
+# may not).
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+# The nodes' HTTP API listens beyond loopback, so it wants a token.
+API_TOKEN = "fault-harness-token"
 # A violation is blamed on every fault active up to this long before it
 # (takeovers wait a lease plus the 5 s skew margin).
 BLAME_S = 15.0
@@ -164,6 +169,7 @@ class Fleet:
         env = {
             "TETHER_NODE__ID": str(i), "TETHER_NODE__CORES": "1",
             "TETHER_LISTENERS__TCP": "0.0.0.0:1883", "TETHER_HTTP__LISTEN": "0.0.0.0:8080",
+            "TETHER_HTTP__TOKENS": f'["{API_TOKEN}"]',
             "TETHER_WEBSOCKET__ENABLED": "false", "TETHER_SYS__INTERVAL_SECS": "0",
             "TETHER_STORE__KIND": '"redis"', "TETHER_REDIS__URLS": f"redis://{self.net.ip('redis')}:6379/",
             "TETHER_PRESENCE__NODE_LEASE_SECS": str(NODE_LEASE_S), "TETHER_PRESENCE__LEASE_SECS": "3",
@@ -270,8 +276,8 @@ def main():
         log = os.path.join(workdir, "events.jsonl")
         nodes = ",".join(f"{net.ip(f'n{i}')}:1883" for i in (1, 2, 3))
         http = ",".join(f"{net.ip(f'n{i}')}:8080" for i in (1, 2, 3))
-        work = fleet.spawn("workload", "clients", [sys.executable, os.path.join(ROOT, "bench/scripts/faults_workload.py"),
-                                                   "--nodes", nodes, "--http", http, "--log", log,
+        work = fleet.spawn("workload", "clients", [PYTHON, os.path.join(ROOT, "bench/scripts/faults_workload.py"),
+                                                   "--nodes", nodes, "--http", http, "--token", API_TOKEN, "--log", log,
                                                    "--duration", str(duration), "--seed", str(a.seed)])
         t0 = time.monotonic()
         print(f"faults.py: {len(plan)} fault steps over {duration:.0f} s; logs in {workdir}", file=sys.stderr)
@@ -287,11 +293,18 @@ def main():
                 heal()
                 timeline.append((label, began, time.monotonic() - t0))
         work.wait(timeout=duration + 120)
+        # Each node's figures at the end, beside its log, for whoever reads
+        # a violation (the checker never does).
+        for i in (1, 2, 3):
+            with open(os.path.join(workdir, f"n{i}.metrics"), "w") as f:
+                subprocess.run(["ip", "netns", "exec", net.ns("clients"), "curl", "-s", "-m", "5",
+                                "-H", f"Authorization: Bearer {API_TOKEN}",
+                                f"http://{net.ip(f'n{i}')}:8080/metrics"], stdout=f, check=False)
     finally:
         fleet.stop()
         net.down()
     events = faults_check.load(log)
-    subs = sorted({e["c"] for e in events if e["c"].startswith("sub-")} if events else [])
+    subs = sorted({e["c"] for e in events if e.get("c", "").startswith("sub-")})
     found = faults_check.check(events, subs, cap_user="capped", cap=CAP)
     table = report(found, timeline, events, a, duration)
     print(table)

@@ -9,6 +9,8 @@ Events (`t` is seconds on the workload's monotonic clock):
 - `{"e":"send","c":publisher,"seq":n,"t":..}` (first send of a message)
 - `{"e":"puback","c":publisher,"seq":n,"t":..}`
 - `{"e":"deliver","c":client,"k":conn,"pub":publisher,"seq":n,"t":..}`
+- `{"e":"alive","c":client,"k":conn,"sent":s,"t":..}` (a heartbeat sent at
+  `s` reached a capped user's connection: the server served it then)
 - `{"e":"down","c":client,"k":conn,"t":..}` (the client saw its connection end)
 - `{"e":"presence","user":u,"node":n,"t":..,"clients":[...]}` (a backend's
   `GET /v1/users/{u}`, after the faults healed)
@@ -20,12 +22,13 @@ Invariants:
    first sent.
 2. `order`: each subscriber's first copies of one publisher's acknowledged
    messages come in publish order.
-3. `two_owners`: after a connection of a client id got its CONNACK, no
-   older connection of that id delivers anything (beyond `SETTLE_S`, the
-   frames already on their way when the takeover completed).
-4. `over_cap`: no more than the cap of one user's connections are open at
-   once for longer than `SETTLE_S` (a client learns of its eviction a
-   moment after the server acted).
+3. `two_owners`: once a connection of a client id got its CONNACK, no
+   older connection of that id delivers a message first sent after that
+   (plus `SETTLE_S`). Judged by send time, not arrival: frames written
+   before the takeover may arrive late on a lossy link.
+4. `over_cap`: never are more than the cap of one user's connections all
+   served after one moment (each heard a heartbeat sent later than
+   `SETTLE_S` after the newest of them connected).
 5. `presence`: once the faults healed and a presence lease passed, every
    node lists exactly the capped user's connections the clients hold.
 """
@@ -56,6 +59,7 @@ def check(events, persistent, cap_user=None, cap=0):
     connacks = defaultdict(list)        # client -> [(t, conn)]
     delivers = defaultdict(list)        # client -> [(t, conn)]
     life = {}                           # (client, conn) -> [start, end]
+    alive = {}                          # (client, conn) -> latest heartbeat send time heard
     for ev in events:
         e = ev["e"]
         if e == "send":
@@ -67,12 +71,15 @@ def check(events, persistent, cap_user=None, cap=0):
         elif e == "connack":
             connacks[ev["c"]].append((ev["t"], ev["k"]))
             life[(ev["c"], ev["k"])] = [ev["t"], None]
+        elif e == "alive":
+            key = (ev["c"], ev["k"])
+            alive[key] = max(alive.get(key, 0.0), ev["sent"])
         elif e == "down":
             if (ev["c"], ev["k"]) in life:
                 life[(ev["c"], ev["k"])][1] = ev["t"]
         elif e == "deliver":
             key = (ev["pub"], ev["seq"])
-            delivers[ev["c"]].append((ev["t"], ev["k"]))
+            delivers[ev["c"]].append((ev["t"], ev["k"], key))
             if key not in seen[ev["c"]]:
                 seen[ev["c"]].add(key)
                 firsts[(ev["c"], ev["pub"])].append((ev["seq"], ev["t"]))
@@ -100,27 +107,25 @@ def check(events, persistent, cap_user=None, cap=0):
         for t_new, k_new in sorted(acks, key=lambda a: -a[1]):
             taken[k_new] = earliest
             earliest = min(earliest, t_new)
-        for t, k in delivers.get(client, []):
-            if t > taken.get(k, float("inf")) + SETTLE_S:
+        for t, k, key in delivers.get(client, []):
+            first_sent = sent.get(key)
+            if first_sent is not None and first_sent > taken.get(k, float("inf")) + SETTLE_S:
                 out["two_owners"].append((t,
-                    f"{client}: connection {k} delivered at {t:.2f} s, after a newer one took over at {taken[k]:.2f} s"))
+                    f"{client}: connection {k} delivered {key[0]}#{key[1]} (sent at {first_sent:.2f} s) "
+                    f"after a newer one took over at {taken[k]:.2f} s"))
 
     if cap_user and cap:
-        spans = sorted((s, e if e is not None else end) for (c, _), (s, e) in life.items() if c.startswith(cap_user))
-        # Ends before starts at one instant: a client that saw its eviction
-        # as the newcomer connected was not over the cap.
-        points = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-        n, over_since, most = 0, None, 0
-        for t, d in points:
-            n += d
-            if n > cap and over_since is None:
-                over_since, most = t, n
-            most = max(most, n)
-            if n <= cap and over_since is not None:
-                if t - over_since > SETTLE_S:
-                    out["over_cap"].append((over_since,
-                        f"{most} connections of {cap_user} open from {over_since:.2f} s to {t:.2f} s (cap {cap})"))
-                over_since = None
+        # Each capped connection was served from its CONNACK until the send
+        # time of the last heartbeat it heard.
+        spans = {key: (life[key][0], last) for key, last in alive.items()
+                 if key[0].startswith(cap_user) and key in life}
+        for key, (start, _) in spans.items():
+            moment = start + SETTLE_S
+            served = sorted(c for c, (s0, last) in spans.items() if s0 <= moment <= last)
+            if len(served) > cap:
+                out["over_cap"].append((moment,
+                    f"{len(served)} connections of {cap_user} all served after {moment:.2f} s (cap {cap}): "
+                    + ", ".join(f"{c}/{k}" for c, k in served)))
 
     held = {c for (c, _), (s, e) in life.items() if cap_user and c.startswith(cap_user) and e is None}
     for ev in events:

@@ -8,7 +8,9 @@ as JSON lines for the checker (`faults_check.py` documents the events).
 - publishers (clean sessions) sending QoS 1 `pub:seq` to `fleet/<pub>` at
   a steady rate, each message on the connection it was first sent on (no
   resend by a new connection, so a PUBACK names that send);
-- clients of one capped user connecting and leaving at random;
+- clients of one capped user connecting and leaving at random, each
+  hearing a heartbeat (QoS 0, stamped with its send time) as proof that the
+  server still serves it;
 - at the end, a backend's presence query of the capped user on every node.
 
 A client waits up to `CONNACK_WAIT_S` for its CONNACK: a takeover from a
@@ -23,6 +25,8 @@ CONNACK_WAIT_S = 30.0
 MOVE_EVERY_S = 15.0
 # A capped user's client holds its connection this long, on average.
 CAP_HOLD_S = 4.0
+# Heartbeats to the capped user's connections: their proof of life.
+HEARTBEAT_S = 0.2
 KEEPALIVE_S = 10
 
 
@@ -118,7 +122,12 @@ class Run:
 
     def subscriber(self, cid):
         k, node, conn, olds = 0, None, None, []
-        while not self.stop.is_set():
+        # Moves until the traffic stops; then stays (connecting again if
+        # its connection ends) until the end, to receive what is queued.
+        while not self.done.is_set():
+            if self.stop.is_set() and conn is not None and not conn.ended.is_set():
+                time.sleep(0.1)
+                continue
             k += 1
             node = self.node(other_than=node)
             new = Conn(self, cid, k, node, clean=False, on_message=self.delivered)
@@ -136,7 +145,7 @@ class Run:
                 olds.append(conn)
             conn = new
             deadline = time.monotonic() + self.rng.expovariate(1 / MOVE_EVERY_S)
-            while not self.stop.is_set() and time.monotonic() < deadline and not conn.ended.is_set():
+            while not self.done.is_set() and time.monotonic() < deadline and not conn.ended.is_set():
                 time.sleep(0.1)
             for o in [o for o in olds if o.ended.is_set()]:
                 o.close()
@@ -151,6 +160,31 @@ class Run:
         except ValueError:
             return
         self.log.write("deliver", c=conn.cid, k=conn.k, pub=pub, seq=int(seq))
+
+    def heard(self, conn, m):
+        """A heartbeat reached a capped connection: proof that the server
+        still served it after the heartbeat was sent (its payload)."""
+        try:
+            sent = float(m.payload.decode())
+        except ValueError:
+            return
+        self.log.write("alive", c=conn.cid, k=conn.k, sent=sent)
+
+    def heartbeat(self):
+        """QoS 0 heartbeats to `hb/all` every HEARTBEAT_S, stamped with
+        the send time, for the capped user's connections."""
+        k = 0
+        while not self.done.is_set():
+            k += 1
+            conn = Conn(self, "heartbeat", k, self.node(), clean=True)
+            if not conn.open():
+                conn.close()
+                time.sleep(0.5)
+                continue
+            while not self.done.is_set() and not conn.ended.is_set():
+                conn.client.publish("hb/all", f"{self.log.now():.4f}", qos=0)
+                time.sleep(HEARTBEAT_S)
+            conn.close()
 
     def publisher(self, cid):
         k, seq = 0, 0
@@ -179,7 +213,7 @@ class Run:
             conn.client.on_publish = acked
             while not self.stop.is_set() and not conn.ended.is_set():
                 seq += 1
-                self.log.write("send", c=cid, seq=seq)
+                self.log.write("send", c=cid, seq=seq, k=k)
                 info = conn.client.publish(f"fleet/{cid}", f"{cid}:{seq}", qos=1)
                 with lock:
                     now_acked = info.mid in early
@@ -196,8 +230,10 @@ class Run:
         k = 0
         while not self.stop.is_set():
             k += 1
-            conn = Conn(self, cid, k, self.node(), clean=True, username=self.a.cap_user)
+            conn = Conn(self, cid, k, self.node(), clean=True, username=self.a.cap_user,
+                        on_message=self.heard)
             if conn.open():
+                conn.client.subscribe("hb/all", qos=0)
                 hold = self.rng.expovariate(1 / CAP_HOLD_S)
                 conn.ended.wait(hold)
                 if self.stop.is_set():
@@ -210,7 +246,9 @@ class Run:
     def presence(self):
         for n, addr in self.http.items():
             try:
-                with urllib.request.urlopen(f"http://{addr}/v1/users/{self.a.cap_user}", timeout=5) as r:
+                req = urllib.request.Request(f"http://{addr}/v1/users/{self.a.cap_user}",
+                                             headers={"Authorization": f"Bearer {self.a.token}"})
+                with urllib.request.urlopen(req, timeout=5) as r:
                     v = json.load(r)
                 clients = [c["client_id"] for c in v.get("connections", [])]
             except OSError as e:
@@ -219,9 +257,11 @@ class Run:
 
     def main(self):
         self.final = []
+        self.done = threading.Event()
         threads = [threading.Thread(target=self.subscriber, args=(f"sub-{i}",)) for i in range(self.a.subs)]
         threads += [threading.Thread(target=self.publisher, args=(f"pub-{i}",)) for i in range(self.a.pubs)]
         threads += [threading.Thread(target=self.capped, args=(f"{self.a.cap_user}-{i}",)) for i in range(self.a.cap_clients)]
+        threads.append(threading.Thread(target=self.heartbeat))
         for t in threads:
             t.daemon = True
             t.start()
@@ -232,12 +272,14 @@ class Run:
         time.sleep(self.a.drain)
         self.presence()
         self.log.write("end")
+        self.done.set()
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--nodes", required=True, help="host:port,... of the nodes' MQTT listeners")
     ap.add_argument("--http", required=True, help="host:port,... of their HTTP APIs")
+    ap.add_argument("--token", default="", help="bearer token of the nodes' HTTP API")
     ap.add_argument("--log", required=True)
     ap.add_argument("--duration", type=float, default=60)
     ap.add_argument("--drain", type=float, default=10, help="seconds after the traffic for deliveries and presence")

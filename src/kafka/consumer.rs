@@ -194,7 +194,9 @@ impl ClientContext for Seen {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         // The interest topic's reader asks for end-of-partition events to
         // know it has read everything; they are news, not errors.
-        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        {
             return;
         }
         // A broker that is down reports every reconnect attempt; /readyz

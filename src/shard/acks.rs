@@ -285,7 +285,14 @@ impl Core {
         };
         if let Produced::Failed(e) = &produced {
             bump(&self.stats().outbound_failed, 1);
-            warn!(core = self.id, "outbound bridge: {e}");
+            // One per message while Redis or Kafka is away: throttled.
+            static REPEATS: crate::logging::Throttle = crate::logging::Throttle::new();
+            if let Some(held_back) = REPEATS.admit() {
+                warn!(
+                    core = self.id,
+                    held_back, "outbound bridge: {e} (tether_outbound_failed_total counts them)"
+                );
+            }
         }
         let ok = produced == Produced::Done;
         match waiting {

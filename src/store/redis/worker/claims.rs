@@ -191,6 +191,13 @@ pub(super) async fn claim_one(
     // renewal after the claim would start a new term and void it.
     if !s.lease.holds(s.lease.term()) {
         renew_lease(ctx, conn).await;
+        if !s.lease.holds(s.lease.term()) {
+            // A session claimed now could not be served (its first write
+            // would close it): CONNACK 0x88 says so instead.
+            return Err(StoreError::Unavailable(
+                "this node's lease on the session store has lapsed".into(),
+            ));
+        }
     }
     // Read before the claim: a lapse after it makes the claim void.
     let lease_term = s.lease.term();
