@@ -36,7 +36,19 @@ fn metric(node: &Node, name: &str) -> f64 {
 struct Bus {
     nodes: Vec<Node>,
     kafka: Kafka,
-    _redis: Redis,
+    redis: Redis,
+    /// The nodes' settings, to start one again.
+    env: Vec<(&'static str, String)>,
+}
+
+impl Bus {
+    /// Node `id` killed (-9) and started again with the same settings.
+    fn restart(&mut self, id: u16) {
+        let i = usize::from(id - 1);
+        self.nodes[i].proc.kill9();
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.nodes[i] = Node::start(id, &self.redis.url(), &env);
+    }
 }
 
 /// `extra` gives more settings, and topics to create first (a consumer
@@ -64,14 +76,15 @@ async fn bus(extra: impl FnOnce(&str) -> (Vec<(&'static str, String)>, Vec<Strin
         ),
     ];
     env.extend(more);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let nodes = (1..=3)
-        .map(|id| Node::start(id, &redis.url(), &env))
+        .map(|id| Node::start(id, &redis.url(), &pairs))
         .collect();
     Bus {
         nodes,
         kafka,
-        _redis: redis,
+        redis,
+        env,
     }
 }
 
@@ -376,6 +389,38 @@ async fn a_publishers_order_holds_across_nodes_whatever_its_topics() {
         .collect();
     let want: Vec<String> = (0..MESSAGES).map(|i| format!("m{i}")).collect();
     assert_eq!(got, want, "one publisher's messages, in publish order");
+    drop(bus.kafka);
+}
+
+/// A node killed and started again reads its inbox at once: its group
+/// gives up on its earlier self within the inbox's session timeout (6 s),
+/// not librdkafka's 45 s, so copies other nodes send for its subscribers
+/// arrive (the fault harness found a restarted node reading nothing for
+/// the rest of a run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_reads_its_inbox_again_within_seconds() {
+    let mut bus = bus(|_| (Vec::new(), Vec::new())).await;
+    let (_s, mut first) = client(&bus.nodes[2], "reader-before", &["news/#"]).await;
+    let (p, mut pe) = client(&bus.nodes[0], "writer", &[]).await;
+    until("node 1 sees news/#", || {
+        metric(&bus.nodes[0], "tether_kafka_cluster_interest_entries") >= 1.0
+    })
+    .await;
+    publish(&p, &mut pe, "news/a", "before", 1).await;
+    assert_eq!(take(&mut first, 1, "reader-before").await[0].1, "before:0");
+
+    bus.restart(3);
+    let (_s, mut again) = client(&bus.nodes[2], "reader-after", &["news/#"]).await;
+    until("node 1 sees node 3's new interest", || {
+        metric(&bus.nodes[0], "tether_kafka_cluster_interest_entries") >= 1.0
+    })
+    .await;
+    publish(&p, &mut pe, "news/a", "after", 1).await;
+    let got = take_within(&mut again, 1, "reader-after", Duration::from_secs(20)).await;
+    assert_eq!(
+        got[0].1, "after:0",
+        "through node 3's inbox, soon after its restart"
+    );
     drop(bus.kafka);
 }
 

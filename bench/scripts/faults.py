@@ -177,7 +177,7 @@ class Fleet:
             "TETHER_KAFKA__BROKERS": f'"{self.net.ip("kafka")}:9092"',
             "TETHER_KAFKA__CLUSTER": '{node_topic = "tf.node.%n", interest_topic = "tf.interest"}',
             "TETHER_KAFKA__CONSUMER": '{"fetch.wait.max.ms" = "10"}',
-            "TETHER_LOG__LEVEL": "warn",
+            "TETHER_LOG__LEVEL": "info",
         }
         self.spawn(f"n{i}", f"n{i}", [self.tether], env)
         self.wait_port(f"n{i}", 1883, f"node {i}")

@@ -57,6 +57,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// does), so Tether asks for 100 ms: a fetch per 100 ms per broker when
 /// idle. `[kafka.consumer]` can set it.
 const FETCH_WAIT_MAX_MS: u32 = 100;
+/// The inbox group's session timeout. Its only member is this node, so a
+/// node killed and started again waits, before reading its inbox, until
+/// the group gives up on its earlier self: librdkafka's 45 s would leave
+/// the copies other nodes acknowledged for its subscribers waiting that
+/// long. 6 s is the least a Kafka broker accepts by default
+/// (`group.min.session.timeout.ms`).
+const INBOX_SESSION_TIMEOUT_MS: u32 = 6000;
 /// Message ids of owner-mode forwards: the top byte 0xfe, which no core
 /// has (nor the API's pushes, 0xff), so `x-id` stays unique on the node.
 const FORWARD_IDS: u64 = 0xfe << 56;
@@ -322,7 +329,12 @@ impl KafkaInbound {
             // interest, which can be before the group's first assignment,
             // and "latest" would skip those records.
             let mut cc = base(&format!("tether-{me}-inbox"), "inbox");
-            cc.set("auto.offset.reset", "earliest");
+            cc.set("auto.offset.reset", "earliest")
+                .set("session.timeout.ms", INBOX_SESSION_TIMEOUT_MS.to_string())
+                .set(
+                    "heartbeat.interval.ms",
+                    (INBOX_SESSION_TIMEOUT_MS / 3).to_string(),
+                );
             plans.push(Plan {
                 cc,
                 reads: Reads::Sources(inbox_group),
