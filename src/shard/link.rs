@@ -6,12 +6,13 @@
 use std::task::Waker;
 use std::time::Instant;
 
+use tracing::warn;
+
 use super::{CloseRequest, Core};
 use crate::id::ConnKey;
 use crate::session::Frame;
 use crate::stats::bump;
 use crate::store::StoreOp;
-use tracing::warn;
 
 /// What the connection task needs to know at the top of each poll.
 #[derive(Debug)]
