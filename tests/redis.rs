@@ -888,3 +888,54 @@ async fn a_paused_node_that_wakes_serves_no_session_it_lost() {
         metric(&a, "tether_lease_closes_total")
     );
 }
+
+/// The pause again, for presence: node 1 is stopped past its lease, and a
+/// CONNECT of the same user on node 2 clears node 1's entries meanwhile
+/// (node 1 is not live). Once node 1 wakes, its connection, still open,
+/// is listed again within a presence lease: it used to stay missing for
+/// good (a refresh only updated entries that still existed), and the
+/// per-user limit then did not count it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_nodes_connections_come_back_into_presence() {
+    let redis = Redis::start();
+    let env = [
+        SHORT_LEASE,
+        ("TETHER_PRESENCE__LEASE_SECS", "3"),
+        ("TETHER_LIMITS__MAX_CONNECTIONS_PER_USER", "5"),
+    ];
+    let a = Node::start(1, &redis.url(), &env);
+    let b = Node::start(2, &redis.url(), &env);
+    let _kept = connect(as_user(&a, "kept", "pat", true)).await;
+    common::until("node 2 lists pat's connection", || online(&b, "pat") == 1).await;
+
+    a.proc.signal(libc::SIGSTOP);
+    common::until("node 1 drops out of presence", || online(&b, "pat") == 0).await;
+    // Its entry's presence lease (2 x 3 s) runs out in Redis while it
+    // sleeps; the next CONNECT of the user removes it.
+    let mut conn = redis.conn().unwrap();
+    common::until("node 1's presence entry expires", || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let current: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg("tt:{u:pat}:c")
+            .arg(now)
+            .arg("+inf")
+            .query(&mut conn)
+            .unwrap();
+        current.is_empty()
+    })
+    .await;
+    let _other = connect(as_user(&b, "other", "pat", true)).await;
+    common::until("node 2 lists pat's new connection", || {
+        online(&b, "pat") == 1
+    })
+    .await;
+
+    a.proc.signal(libc::SIGCONT);
+    common::until("node 1's connection is listed again", || {
+        online(&b, "pat") == 2
+    })
+    .await;
+}

@@ -32,6 +32,8 @@ pub struct Lease {
     until_ms: AtomicU64,
     /// Bumped by a renewal that found the lease lapsed.
     term: AtomicU64,
+    /// When the current term began (ms since `origin`).
+    term_began_ms: AtomicU64,
 }
 
 impl Default for Lease {
@@ -40,6 +42,7 @@ impl Default for Lease {
             origin: Instant::now(),
             until_ms: AtomicU64::new(NEVER_HELD),
             term: AtomicU64::new(0),
+            term_began_ms: AtomicU64::new(0),
         }
     }
 }
@@ -60,6 +63,7 @@ impl Lease {
             // It lapsed in between: what was claimed before is lost. The
             // term moves before the lease is extended, so a reader that
             // sees the new end also sees the new term.
+            self.term_began_ms.store(sent_ms, SeqCst);
             self.term.fetch_add(1, SeqCst);
         }
         let new_until = sent_ms + length.as_millis() as u64;
@@ -72,6 +76,15 @@ impl Lease {
         let until = self.until_ms.load(SeqCst);
         let now = self.ms(Instant::now());
         now < until && self.term.load(SeqCst) == term
+    }
+
+    /// Whether the lease lapsed once and its current term began less than
+    /// `window` ago: what other nodes removed meanwhile (this node's
+    /// presence entries, expired while it could not refresh them) is put
+    /// back during that window.
+    pub fn new_term_within(&self, window: Duration) -> bool {
+        self.term.load(SeqCst) > 0
+            && self.ms(Instant::now()) < self.term_began_ms.load(SeqCst) + window.as_millis() as u64
     }
 
     fn ms(&self, at: Instant) -> u64 {
@@ -108,8 +121,10 @@ mod tests {
         let t0 = Instant::now() - Duration::from_secs(20);
         l.renewed(t0, LEN);
         assert!(!l.holds(0), "ran out 14 s ago");
+        assert!(!l.new_term_within(LEN), "no lapse yet");
         l.renewed(Instant::now(), LEN);
         assert_eq!(l.term(), 1);
+        assert!(l.new_term_within(LEN), "a term that just began");
         assert!(!l.holds(0), "what was claimed before the lapse stays lost");
         assert!(l.holds(1));
     }

@@ -232,10 +232,22 @@ fn command(ctx: &Ctx, op: &StoreOp) -> (String, redis::Cmd) {
         }
         StoreOp::Refresh { presence } => {
             // XX: an entry that was evicted (or expired) is not re-created.
+            // Except for a presence lease after this node's own lease came
+            // back from a lapse (partitioned, paused): its entries expired
+            // while it could not refresh them, and other nodes removed
+            // them, though the connections are still here. Without them
+            // presence and the per-user limit would miss those
+            // connections for good.
+            let recreate = ctx
+                .settings
+                .lease
+                .new_term_within(Duration::from_millis(ctx.settings.presence_lease_ms));
             let mut c = redis::cmd("ZADD");
-            c.arg(keys::user(prefix, &presence.user))
-                .arg("XX")
-                .arg("GT")
+            c.arg(keys::user(prefix, &presence.user));
+            if !recreate {
+                c.arg("XX");
+            }
+            c.arg("GT")
                 .arg(now_ms() + ctx.settings.presence_lease_ms)
                 .arg(member(&ctx.settings, presence));
             (format!("u:{}", presence.user), c)
