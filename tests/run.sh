@@ -30,6 +30,10 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# tests/deb.rs: packages the binary (strip, objdump) and checks who runs it.
+command -v objdump >/dev/null 2>&1 || missing+=(binutils)
+command -v ps >/dev/null 2>&1 || missing+=(procps)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
