@@ -11,13 +11,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::cluster::Proc;
-use common::WAIT;
+use common::cluster::{banner_ports, lines_of, Proc};
 
 const CONFIG: &str = "/etc/tether/tether.toml";
 
@@ -193,21 +191,8 @@ fn round_trip_as_the_tether_user() {
         .expect("setpriv (util-linux)");
     // setpriv execs: the PID is tether's.
     let mut node = Proc(child);
-    let lines = BufReader::new(node.0.stdout.take().unwrap()).lines();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let port = loop {
-        let line = rx.recv_timeout(WAIT).expect("the installed node's banner");
-        if let Some(a) = line.split("mqtt/tcp    listening on ").nth(1) {
-            break a.trim().rsplit(':').next().unwrap().to_string();
-        }
-    };
+    let lines = lines_of(node.0.stdout.take().unwrap());
+    let port = banner_ports(&lines).0.to_string();
     let user = run(Command::new("ps").args(["-o", "user=", "-p", &node.0.id().to_string()]));
     assert_eq!(user.trim(), "tether", "runs as the package's user");
 

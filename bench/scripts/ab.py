@@ -31,6 +31,7 @@ import argparse, datetime, json, os, platform, statistics, subprocess, sys, temp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import brokers  # noqa: E402
+from figures import fmt, take  # noqa: E402
 from compare import BENCH, clean  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -74,22 +75,6 @@ def run(binary, args, tmp):
         brokers.stop(proc)
     with open(out_json) as f:
         return json.load(f)
-
-
-def take(report, path, unit):
-    v = report
-    for k in path:
-        v = (v or {}).get(k)
-    v = v or 0.0
-    return v / 1000 if unit == "ms" else v
-
-
-def fmt(v, unit):
-    if unit == "ms":
-        return f"{v:.2f}"
-    if unit == "%":
-        return f"{v:.1f}"
-    return f"{v:,.0f}"
 
 
 def main():

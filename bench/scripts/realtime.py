@@ -26,6 +26,7 @@ import argparse, datetime, json, os, platform, statistics, subprocess, sys, temp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import brokers  # noqa: E402
+from figures import fmt, take  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(ROOT, "target/release/tether-bench")
@@ -64,22 +65,6 @@ def label(name, tether, before):
     if name == before:
         return f"Tether before ({os.path.basename(name)})"
     return brokers.label(name)
-
-
-def take(report, path, unit):
-    v = report
-    for k in path:
-        v = (v or {}).get(k)
-    v = v or 0.0
-    return v / 1000 if unit == "ms" else v
-
-
-def fmt(v, unit):
-    if unit == "ms":
-        return f"{v:.2f}"
-    if unit == "%":
-        return f"{v:.1f}"
-    return f"{v:,.0f}"
 
 
 def perf_counts(pid):

@@ -190,17 +190,7 @@ impl Node {
             .expect("tether starts");
         let mut proc = Proc(child);
         let lines = lines_of(proc.0.stdout.take().unwrap());
-        let (mut mqtt, mut http) = (0, 0);
-        while mqtt == 0 || http == 0 {
-            let line = lines.recv_timeout(WAIT).expect("node banner in time");
-            let port = |s: &str| s.trim().rsplit(':').next().unwrap().parse().unwrap();
-            if let Some(a) = line.split("mqtt/tcp    listening on ").nth(1) {
-                mqtt = port(a);
-            }
-            if let Some(a) = line.split("http api    http://").nth(1) {
-                http = port(a.split_whitespace().next().unwrap());
-            }
-        }
+        let (mqtt, http) = banner_ports(&lines);
         Node {
             proc,
             id,
@@ -211,7 +201,25 @@ impl Node {
     }
 }
 
-fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+/// The MQTT and HTTP ports a `tether` process's banner names (both
+/// listeners on port 0), read from its `lines`.
+pub fn banner_ports(lines: &mpsc::Receiver<String>) -> (u16, u16) {
+    let (mut mqtt, mut http) = (0, 0);
+    while mqtt == 0 || http == 0 {
+        let line = lines.recv_timeout(WAIT).expect("node banner in time");
+        let port = |s: &str| s.trim().rsplit(':').next().unwrap().parse().unwrap();
+        if let Some(a) = line.split("mqtt/tcp    listening on ").nth(1) {
+            mqtt = port(a);
+        }
+        if let Some(a) = line.split("http api    http://").nth(1) {
+            http = port(a.split_whitespace().next().unwrap());
+        }
+    }
+    (mqtt, http)
+}
+
+/// A process's output, line by line, read on a thread of its own.
+pub fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines().map_while(Result::ok) {
