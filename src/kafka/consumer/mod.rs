@@ -1,56 +1,40 @@
 //! The `tether-kafka-in` thread: consumes the sources' topics and turns
 //! each record into an MQTT message through the bridge inboxes, as a
-//! publish from [`Source::Bridge`] (the authorizer sees it; it never goes
+//! publish from [`Source::Bridge`](crate::id::Source::Bridge) (the authorizer sees it; it never goes
 //! back out to Kafka).
 //!
-//! At least once: an offset is stored (and committed with librdkafka's
-//! auto-commit) only after the cores accepted its record, which with sync
-//! durability means it is stored for every persistent session it reached.
-//! Up to [`WINDOW`] records are in the cores' hands at once; their offsets
-//! are stored in consumption order, so a crash redelivers from the first
-//! record not yet accepted. A core whose inbox is full is asked again after
-//! [`BUSY_RETRY`]; a record that can never be delivered (an invalid topic,
-//! a denied publish) is counted, logged and passed over.
-//!
-//! In order: records go into the inboxes one after another, in consumption
-//! order, each through the core its key names (its lane), and a core never
-//! refuses one it has. So one key's records (one publisher's, on the
-//! cluster bus) reach subscribers in their Kafka order, however many cores
-//! the node has.
+//! Here: the consumers a node runs (sources, the cluster inbox, the
+//! interest topic), their context and figures. `records.rs`: what a record
+//! becomes. `offers.rs`: how records reach the cores, in order and at
+//! least once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use futures_util::stream::{FuturesOrdered, StreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{oneshot, watch};
-use tracing::{debug, info, warn};
+use tokio::sync::watch;
+use tracing::{info, warn};
 
 use super::producer::Job;
 use super::KafkaSetupError;
-use crate::bridge::outbound::{LabelledGauge, Outgoing, Produced};
-use crate::bridge::{Bridge, PublishRequest, Refusal};
-use crate::codec::{Properties, QoS};
+use crate::bridge::outbound::LabelledGauge;
+use crate::bridge::Bridge;
+use crate::codec::QoS;
 use crate::config::{Config, SourceConfig, SourceFanout, SourceTarget, Template};
-use crate::id::{GroupKey, Source};
 use crate::logging::Throttle;
 use crate::stats::Figure;
 
-/// Records handed to the cores and not yet accepted, at most.
-const WINDOW: usize = 256;
-/// Pause before offering a record again to a busy core.
-const BUSY_RETRY: Duration = Duration::from_millis(20);
-/// How long the thread waits, when it stops, for records in the cores'
-/// hands before it commits what was accepted.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+mod offers;
+mod records;
+
+use offers::run;
+
 /// librdkafka's `fetch.wait.max.ms`: how long a fetch may wait at the
 /// broker for records. librdkafka's 500 ms is for throughput; a push waits
 /// for it whenever the broker holds fetches for the full wait (tansu
@@ -64,22 +48,6 @@ const FETCH_WAIT_MAX_MS: u32 = 100;
 /// long. 6 s is the least a Kafka broker accepts by default
 /// (`group.min.session.timeout.ms`).
 const INBOX_SESSION_TIMEOUT_MS: u32 = 6000;
-/// Message ids of owner-mode forwards: the top byte 0xfe, which no core
-/// has (nor the API's pushes, 0xff), so `x-id` stays unique on the node.
-const FORWARD_IDS: u64 = 0xfe << 56;
-/// Headers Tether writes itself: not copied into user properties.
-const OWN_HEADERS: [&str; 9] = [
-    "x-id",
-    "x-uid",
-    "x-client",
-    "x-event",
-    "x-node",
-    "x-mqtt-topic",
-    "x-qos",
-    "x-retain",
-    "x-share",
-];
-
 /// One `[[kafka.source]]`, ready to map records.
 struct SourceRule {
     target: SourceTarget,
@@ -119,13 +87,6 @@ pub(crate) struct InMetrics {
     pub stale: AtomicU64,
     /// Consumer errors (broker unreachable, rebalance failures, ...).
     pub errors: AtomicU64,
-}
-
-/// What became of one record.
-enum Outcome {
-    Accepted,
-    Passed,
-    Stopping,
 }
 
 /// The sources' consumer: made with the gateway, started once the cores'
@@ -525,366 +486,4 @@ struct Ctx {
     loaded: Arc<AtomicBool>,
     /// When this process started, ms since the Unix epoch.
     started_ms: i64,
-}
-
-/// Where a record's offset is stored once it is done.
-struct Place {
-    topic: String,
-    partition: i32,
-    offset: i64,
-}
-
-async fn run(ctx: Arc<Ctx>, consumer: SourceConsumer, mut stopped: watch::Receiver<bool>) {
-    let mut inflight = FuturesOrdered::new();
-    loop {
-        tokio::select! {
-            _ = stopped.changed() => break,
-            m = consumer.recv(), if inflight.len() < WINDOW => match m {
-                Ok(m) => {
-                    ctx.metrics.consumed.fetch_add(1, Relaxed);
-                    let place = Place {
-                        topic: m.topic().to_string(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                    };
-                    let req = ctx.request(&m);
-                    // Its turn at the inbox comes before the next record's,
-                    // whatever the answers do after.
-                    let offered = offer(&ctx, req, m.key()).await;
-                    let ctx = ctx.clone();
-                    inflight.push_back(async move { (place, settle(&ctx, offered).await) });
-                }
-                Err(e) => {
-                    ctx.metrics.errors.fetch_add(1, Relaxed);
-                    static REPEATS: Throttle = Throttle::new();
-                    if let Some(held_back) = REPEATS.admit() {
-                        warn!(held_back, "Kafka consumer: {e} (tether_kafka_consumer_errors_total counts them)");
-                    }
-                }
-            },
-            Some((place, outcome)) = inflight.next(), if !inflight.is_empty() => {
-                if !done(&consumer, place, outcome) {
-                    break;
-                }
-            }
-        }
-    }
-    // What the cores already have: wait a little for their answers, then
-    // commit what was accepted.
-    let drain = async {
-        while let Some((place, outcome)) = inflight.next().await {
-            if !done(&consumer, place, outcome) {
-                return;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        debug!("Kafka consumer: final commit: {e}");
-    }
-}
-
-/// Stores a finished record's offset; `false` when the gateway is stopping
-/// (nothing after it is stored).
-fn done(consumer: &SourceConsumer, place: Place, outcome: Outcome) -> bool {
-    match outcome {
-        Outcome::Stopping => false,
-        Outcome::Accepted | Outcome::Passed => {
-            if let Err(e) = consumer.store_offset(&place.topic, place.partition, place.offset) {
-                warn!(
-                    "Kafka consumer: storing offset {} of {}/{}: {e}",
-                    place.offset, place.topic, place.partition
-                );
-            }
-            true
-        }
-    }
-}
-
-/// A record made into a publish, or why it is passed over.
-enum Request {
-    Publish {
-        req: PublishRequest,
-        /// Only these shared-subscription groups (a cluster inbox record).
-        shares: Option<Arc<[GroupKey]>>,
-        /// Forward to the other nodes with interest too (owner mode).
-        forward: bool,
-    },
-    SkipOwn,
-    /// A cluster inbox record sent before this process started: meant for
-    /// the node's earlier life (its clients then), not for whoever
-    /// subscribed since.
-    Stale,
-    Undeliverable(&'static str),
-}
-
-impl Ctx {
-    fn request(&self, m: &BorrowedMessage<'_>) -> Request {
-        let Some(rule) = self.sources.get(m.topic()) else {
-            return Request::Undeliverable("no source for the topic");
-        };
-        let header = |name: &str| -> Option<&[u8]> {
-            let h = m.headers()?;
-            h.iter().find(|h| h.key == name).and_then(|h| h.value)
-        };
-        if rule.skip_own && header("x-node") == Some(self.node.as_bytes()) {
-            return Request::SkipOwn;
-        }
-        if rule.kind == RuleKind::Inbox
-            && m.timestamp()
-                .to_millis()
-                .is_some_and(|t| t < self.started_ms)
-        {
-            return Request::Stale;
-        }
-        // A broadcast goes to one fixed topic: it needs no key.
-        let value = if rule.target == SourceTarget::Broadcast {
-            String::new()
-        } else if let Some(value) = rule.from.render(m.key(), header) {
-            value
-        } else {
-            return Request::Undeliverable(
-                "the record lacks the header or key its source's template names",
-            );
-        };
-        let level_ok = !value.is_empty() && !value.contains(['/', '+', '#']);
-        let topic = match rule.target {
-            SourceTarget::Topic => value,
-            SourceTarget::User if level_ok => self.user_topic.replace("%u", &value),
-            SourceTarget::Client if level_ok => self.client_topic.replace("%c", &value),
-            SourceTarget::Broadcast => self.broadcast_topic.clone(),
-            SourceTarget::User | SourceTarget::Client => {
-                return Request::Undeliverable("a user name or client id must be one topic level")
-            }
-        };
-        // The record's own headers travel on as MQTT 5 user properties.
-        let mut props = Properties::default();
-        if let Some(h) = m.headers() {
-            for h in h.iter().filter(|h| !OWN_HEADERS.contains(&h.key)) {
-                if let Some(v) = h.value.and_then(|v| std::str::from_utf8(v).ok()) {
-                    props
-                        .user_properties
-                        .push((h.key.to_string(), v.to_string()));
-                }
-            }
-        }
-        // Records Tether wrote carry the message's QoS and retain flag: the
-        // QoS is kept up to the source's, and a retained message is stored
-        // on this node too.
-        let qos = match header("x-qos") {
-            Some(b"0") => QoS::AtMostOnce,
-            Some(b"1") => QoS::AtLeastOnce.min(rule.qos),
-            _ => rule.qos,
-        };
-        let retain = rule.target == SourceTarget::Topic && header("x-retain") == Some(b"1");
-        // The sending node picked this one for the groups it names.
-        let shares = (rule.kind == RuleKind::Inbox).then(|| {
-            m.headers()
-                .into_iter()
-                .flat_map(|h| h.iter())
-                .filter(|h| h.key == "x-share")
-                .filter_map(|h| GroupKey::parse(std::str::from_utf8(h.value?).ok()?))
-                .collect::<Vec<_>>()
-                .into()
-        });
-        Request::Publish {
-            req: PublishRequest {
-                topic,
-                payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-                qos,
-                retain,
-                properties: (!props.user_properties.is_empty()).then(|| Box::new(props)),
-            },
-            shares,
-            forward: rule.kind == RuleKind::Owner,
-        }
-    }
-
-    /// An owner-mode record as a message for the other nodes.
-    fn outgoing(&self, req: &PublishRequest) -> Outgoing {
-        let id = FORWARD_IDS | (self.forward_seq.fetch_add(1, Relaxed) & super::PUSH_SEQ_MASK);
-        let msg = crate::session::Message::new(
-            id,
-            req.clone().into_publication(),
-            std::time::Instant::now(),
-        );
-        Outgoing {
-            msg: Arc::new(msg),
-            client_id: None,
-            username: None,
-        }
-    }
-}
-
-/// A record after its turn at the inbox.
-enum Offered {
-    /// Nothing more to do for it.
-    Settled(Outcome),
-    /// In its core's inbox.
-    Queued {
-        answer: Answer,
-        /// Kept for another offer (the payload is shared, not copied).
-        req: PublishRequest,
-        shares: Option<Arc<[GroupKey]>>,
-        core: usize,
-        /// The copy for the other nodes (owner mode).
-        forward: Option<Outgoing>,
-    },
-}
-
-/// A core's answer to one publish.
-type Answer = oneshot::Receiver<Result<u64, Refusal>>;
-
-/// Queues a record in its lane's inbox, waiting while the inbox is full.
-///
-/// Records are offered one after another in consumption order, and a core
-/// never refuses a Kafka record once it has it (`on_bridge_publish`), so
-/// records of one lane reach subscribers in their Kafka order. The lane is
-/// the record's key (Kafka keeps one key's records in order, and the
-/// cluster bus keys by publisher), or its MQTT topic when it has none.
-async fn offer(ctx: &Ctx, req: Request, key: Option<&[u8]>) -> Offered {
-    let m = &ctx.metrics;
-    let (req, shares, forward) = match req {
-        Request::Publish {
-            req,
-            shares,
-            forward,
-        } => (req, shares, forward),
-        Request::Stale => {
-            m.stale.fetch_add(1, Relaxed);
-            return Offered::Settled(Outcome::Passed);
-        }
-        Request::SkipOwn => {
-            m.skipped_own.fetch_add(1, Relaxed);
-            return Offered::Settled(Outcome::Passed);
-        }
-        Request::Undeliverable(why) => {
-            m.undeliverable.fetch_add(1, Relaxed);
-            warn!("Kafka record passed over: {why}");
-            return Offered::Settled(Outcome::Passed);
-        }
-    };
-    let Some(bridge) = &ctx.bridge else {
-        return Offered::Settled(Outcome::Stopping);
-    };
-    let core = bridge.core_of(key.unwrap_or(req.topic.as_bytes()));
-    let forward = forward.then(|| ctx.outgoing(&req));
-    loop {
-        match bridge.publish_on(core, Source::Bridge, req.clone(), shares.clone()) {
-            Ok(answer) => {
-                return Offered::Queued {
-                    answer,
-                    req,
-                    shares,
-                    core,
-                    forward,
-                }
-            }
-            Err(Refusal::Busy) => {
-                m.busy_retries.fetch_add(1, Relaxed);
-                tokio::time::sleep(BUSY_RETRY).await;
-            }
-            Err(_) => return Offered::Settled(Outcome::Stopping),
-        }
-    }
-}
-
-/// Waits for a queued record's answer, offering it again while it is not
-/// stored, and for its forward to the other nodes (owner mode): both must
-/// be done before its offset is stored.
-async fn settle(ctx: &Ctx, offered: Offered) -> Outcome {
-    let (answer, req, shares, core, forward) = match offered {
-        Offered::Settled(outcome) => return outcome,
-        Offered::Queued {
-            answer,
-            req,
-            shares,
-            core,
-            forward,
-        } => (answer, req, shares, core, forward),
-    };
-    let here = deliver_here(ctx, answer, req, shares, core);
-    let Some(out) = forward else {
-        return here.await;
-    };
-    let (here, there) = tokio::join!(here, forward_out(ctx, out));
-    match (here, there) {
-        (Outcome::Stopping, _) | (_, Outcome::Stopping) => Outcome::Stopping,
-        (Outcome::Accepted, _) => Outcome::Accepted,
-        _ => Outcome::Passed,
-    }
-}
-
-/// Hands an owner-mode record to the producer for the other nodes until
-/// every copy is in Kafka (or the gateway stops).
-async fn forward_out(ctx: &Ctx, out: Outgoing) -> Outcome {
-    loop {
-        let (ack, answer) = oneshot::channel();
-        let job = Job::Forward {
-            out: out.clone(),
-            ack,
-        };
-        if ctx.jobs.send(job).is_err() {
-            return Outcome::Stopping;
-        }
-        match answer.await {
-            Ok(Produced::Done) => return Outcome::Accepted,
-            Ok(Produced::Failed(why)) => {
-                debug!("Kafka record not forwarded yet ({why}); again");
-                ctx.metrics.busy_retries.fetch_add(1, Relaxed);
-                tokio::time::sleep(BUSY_RETRY).await;
-            }
-            Err(_) => return Outcome::Stopping,
-        }
-    }
-}
-
-/// Awaits a record's answer from `core`, offering it again until it is
-/// stored (or can never be).
-///
-/// A record that comes back [`Refusal::Undelivered`] reached the online
-/// subscribers but was not stored; its next offer goes behind records
-/// queued since, which are duplicates' order, not first copies'.
-async fn deliver_here(
-    ctx: &Ctx,
-    mut answer: Answer,
-    req: PublishRequest,
-    shares: Option<Arc<[GroupKey]>>,
-    core: usize,
-) -> Outcome {
-    let m = &ctx.metrics;
-    loop {
-        match answer.await.unwrap_or(Err(Refusal::ShuttingDown)) {
-            Ok(_) => {
-                m.delivered.fetch_add(1, Relaxed);
-                return Outcome::Accepted;
-            }
-            Err(Refusal::ShuttingDown) => return Outcome::Stopping,
-            Err(Refusal::Undelivered(why)) => {
-                // Not stored (durability): offer it again, it must not be lost.
-                debug!("Kafka record not stored yet ({why}); again");
-            }
-            // The core does not refuse a Kafka record for room; a full
-            // inbox is the only busy answer left.
-            Err(Refusal::Busy) => {}
-            Err(r) => {
-                m.undeliverable.fetch_add(1, Relaxed);
-                warn!(topic = %req.topic, "Kafka record passed over: {r}");
-                return Outcome::Passed;
-            }
-        }
-        m.busy_retries.fetch_add(1, Relaxed);
-        let again = loop {
-            tokio::time::sleep(BUSY_RETRY).await;
-            let Some(bridge) = &ctx.bridge else {
-                return Outcome::Stopping;
-            };
-            match bridge.publish_on(core, Source::Bridge, req.clone(), shares.clone()) {
-                Ok(rx) => break rx,
-                Err(Refusal::Busy) => m.busy_retries.fetch_add(1, Relaxed),
-                Err(_) => return Outcome::Stopping,
-            };
-        };
-        answer = again;
-    }
 }

@@ -10,7 +10,8 @@
 //!
 //! Layers, outermost first, each optional and boxed (a plain TCP connection
 //! pays a pointer for each): TLS ([`super::tls`]), WebSocket framing
-//! ([`super::ws`]), then the MQTT codec; `layers.rs` runs the first two.
+//! ([`super::ws`]), then the MQTT codec; `layers.rs` runs the first two,
+//! `close.rs` how a connection ends (settle, final DISCONNECT, linger).
 //! Decoded packets go to `crate::mqtt::receive`; whether to read, what to
 //! write and when to close are asked of the core (`Core::poll_link` and its
 //! neighbours).
@@ -27,7 +28,6 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -35,8 +35,10 @@ use std::net::TcpStream;
 use glommio::timer::Timer;
 use tracing::{debug, warn};
 
+mod close;
 mod layers;
 
+use close::LINGER_TIMEOUT;
 use layers::Ws;
 
 use super::fallback::{Exchange, Outcome, Pipe};
@@ -46,7 +48,7 @@ use crate::codec::{self, decode, DecodeError, Packet, Version};
 use crate::id::{ConnId, ConnKey};
 use crate::mqtt::{self, Flow};
 use crate::session::Thin;
-use crate::shard::{CloseRequest, Core, Pace};
+use crate::shard::{Core, Pace};
 use crate::stats::bump;
 
 /// Bytes encoded into the write buffer before it is handed to the socket.
@@ -57,17 +59,6 @@ const WRITE_CHUNK: usize = 64 * 1024;
 const KEEP_WRITE_SCRATCH: usize = 2 * WRITE_CHUNK;
 /// Reads per poll before yielding, so one busy client cannot starve others.
 const READ_BUDGET: usize = 16;
-/// How long a closing connection may take to flush its last frames.
-const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
-/// After the write side is shut, how long a closing connection keeps
-/// reading (and discarding) what the client still sends. Closing a socket
-/// with unread data makes the kernel send a reset, and a reset makes the
-/// client's kernel drop what it had not yet read: the final DISCONNECT and
-/// its reason code. One second lets a client that was pipelining read it
-/// and close first.
-const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
-/// At most this much is read and discarded while lingering.
-const LINGER_BYTES: u32 = 64 * 1024;
 
 struct Conn {
     core: Rc<Core>,
@@ -529,22 +520,6 @@ impl Conn {
         }
     }
 
-    /// Before a drain's or a shutdown's final flush: reads what the client
-    /// already sent (without waiting for more) and applies its
-    /// acknowledgements, so the node that takes the session over does not
-    /// send again a message the client acknowledged here. Nothing else is
-    /// handled: what the client sent and was not acknowledged, it sends
-    /// again there.
-    fn settle(&mut self, cx: &mut Context<'_>) {
-        self.core.settling.set(true);
-        for _ in 0..READ_BUDGET {
-            if !matches!(self.read_once(cx), ReadStep::Handled) {
-                break;
-            }
-        }
-        self.core.settling.set(false);
-    }
-
     /// Writes what is queued, then waits for whatever woke the poll to
     /// happen again (`Pending`), unless the write failed (`Ready`: over).
     fn flush_then_wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -750,57 +725,6 @@ impl Conn {
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-
-    /// Reads and discards what the client still sends after the write side
-    /// was shut, until it closes too, [`LINGER_BYTES`] were read, or
-    /// [`LINGER_TIMEOUT`] passed: then the socket may close without a
-    /// reset. A client that already closed ends it on the first read.
-    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let core = self.core.clone();
-        let mut scratch = core.scratch.borrow_mut();
-        loop {
-            let read = self.lingered.unwrap_or(LINGER_BYTES);
-            if read >= LINGER_BYTES {
-                return Poll::Ready(());
-            }
-            let Io::Tcp(stream) = &mut self.io else {
-                return Poll::Ready(());
-            };
-            match read_now(stream, &mut scratch) {
-                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
-                Poll::Ready(Ok(n)) => {
-                    self.lingered = Some(read.saturating_add(n as u32));
-                }
-                Poll::Pending => {
-                    return match self.closing.as_mut() {
-                        Some(timer) => Pin::new(timer).poll(cx).map(|_| ()),
-                        None => Poll::Ready(()),
-                    };
-                }
-            }
-        }
-    }
-
-    /// Sends the final DISCONNECT (if any) and finishes within the timeout.
-    fn poll_close(&mut self, cx: &mut Context<'_>, req: CloseRequest) -> Poll<()> {
-        if self.closing.is_none() {
-            if req.settle {
-                self.settle(cx);
-            }
-            self.closing = Some(Timer::new(CLOSE_FLUSH_TIMEOUT));
-            if let Some(ws) = self.ws.as_mut().filter(|w| w.open) {
-                ws.close.get_or_insert(super::ws::close::NORMAL);
-            }
-            mqtt::closing(&self.core, self.key, req);
-        }
-        match self.poll_flush(cx) {
-            Poll::Ready(_) => Poll::Ready(()),
-            Poll::Pending => {
-                let timer = self.closing.as_mut().expect("set above");
-                Pin::new(timer).poll(cx).map(|_| ())
             }
         }
     }

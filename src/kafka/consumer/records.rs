@@ -1,0 +1,147 @@
+//! What a consumed record becomes: the MQTT publish its source's rule
+//! makes of it (topic, QoS, retain flag, user properties from its
+//! headers), or why it is passed over.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+
+use super::{Ctx, RuleKind};
+use crate::bridge::outbound::Outgoing;
+use crate::bridge::PublishRequest;
+use crate::codec::{Properties, QoS};
+use crate::config::SourceTarget;
+use crate::id::GroupKey;
+
+/// Message ids of owner-mode forwards: the top byte 0xfe, which no core
+/// has (nor the API's pushes, 0xff), so `x-id` stays unique on the node.
+const FORWARD_IDS: u64 = 0xfe << 56;
+/// Headers Tether writes itself: not copied into user properties.
+const OWN_HEADERS: [&str; 9] = [
+    "x-id",
+    "x-uid",
+    "x-client",
+    "x-event",
+    "x-node",
+    "x-mqtt-topic",
+    "x-qos",
+    "x-retain",
+    "x-share",
+];
+
+/// A record made into a publish, or why it is passed over.
+pub(super) enum Request {
+    Publish {
+        req: PublishRequest,
+        /// Only these shared-subscription groups (a cluster inbox record).
+        shares: Option<Arc<[GroupKey]>>,
+        /// Forward to the other nodes with interest too (owner mode).
+        forward: bool,
+    },
+    SkipOwn,
+    /// A cluster inbox record sent before this process started: meant for
+    /// the node's earlier life (its clients then), not for whoever
+    /// subscribed since.
+    Stale,
+    Undeliverable(&'static str),
+}
+
+impl Ctx {
+    pub(super) fn request(&self, m: &BorrowedMessage<'_>) -> Request {
+        let Some(rule) = self.sources.get(m.topic()) else {
+            return Request::Undeliverable("no source for the topic");
+        };
+        let header = |name: &str| -> Option<&[u8]> {
+            let h = m.headers()?;
+            h.iter().find(|h| h.key == name).and_then(|h| h.value)
+        };
+        if rule.skip_own && header("x-node") == Some(self.node.as_bytes()) {
+            return Request::SkipOwn;
+        }
+        if rule.kind == RuleKind::Inbox
+            && m.timestamp()
+                .to_millis()
+                .is_some_and(|t| t < self.started_ms)
+        {
+            return Request::Stale;
+        }
+        // A broadcast goes to one fixed topic: it needs no key.
+        let value = if rule.target == SourceTarget::Broadcast {
+            String::new()
+        } else if let Some(value) = rule.from.render(m.key(), header) {
+            value
+        } else {
+            return Request::Undeliverable(
+                "the record lacks the header or key its source's template names",
+            );
+        };
+        let level_ok = !value.is_empty() && !value.contains(['/', '+', '#']);
+        let topic = match rule.target {
+            SourceTarget::Topic => value,
+            SourceTarget::User if level_ok => self.user_topic.replace("%u", &value),
+            SourceTarget::Client if level_ok => self.client_topic.replace("%c", &value),
+            SourceTarget::Broadcast => self.broadcast_topic.clone(),
+            SourceTarget::User | SourceTarget::Client => {
+                return Request::Undeliverable("a user name or client id must be one topic level")
+            }
+        };
+        // The record's own headers travel on as MQTT 5 user properties.
+        let mut props = Properties::default();
+        if let Some(h) = m.headers() {
+            for h in h.iter().filter(|h| !OWN_HEADERS.contains(&h.key)) {
+                if let Some(v) = h.value.and_then(|v| std::str::from_utf8(v).ok()) {
+                    props
+                        .user_properties
+                        .push((h.key.to_string(), v.to_string()));
+                }
+            }
+        }
+        // Records Tether wrote carry the message's QoS and retain flag: the
+        // QoS is kept up to the source's, and a retained message is stored
+        // on this node too.
+        let qos = match header("x-qos") {
+            Some(b"0") => QoS::AtMostOnce,
+            Some(b"1") => QoS::AtLeastOnce.min(rule.qos),
+            _ => rule.qos,
+        };
+        let retain = rule.target == SourceTarget::Topic && header("x-retain") == Some(b"1");
+        // The sending node picked this one for the groups it names.
+        let shares = (rule.kind == RuleKind::Inbox).then(|| {
+            m.headers()
+                .into_iter()
+                .flat_map(|h| h.iter())
+                .filter(|h| h.key == "x-share")
+                .filter_map(|h| GroupKey::parse(std::str::from_utf8(h.value?).ok()?))
+                .collect::<Vec<_>>()
+                .into()
+        });
+        Request::Publish {
+            req: PublishRequest {
+                topic,
+                payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                qos,
+                retain,
+                properties: (!props.user_properties.is_empty()).then(|| Box::new(props)),
+            },
+            shares,
+            forward: rule.kind == RuleKind::Owner,
+        }
+    }
+
+    /// An owner-mode record as a message for the other nodes.
+    pub(super) fn outgoing(&self, req: &PublishRequest) -> Outgoing {
+        let id =
+            FORWARD_IDS | (self.forward_seq.fetch_add(1, Relaxed) & crate::kafka::PUSH_SEQ_MASK);
+        let msg = crate::session::Message::new(
+            id,
+            req.clone().into_publication(),
+            std::time::Instant::now(),
+        );
+        Outgoing {
+            msg: Arc::new(msg),
+            client_id: None,
+            username: None,
+        }
+    }
+}
