@@ -178,22 +178,35 @@ async fn offer(ctx: &Ctx, req: Request, key: Option<&[u8]>) -> Offered {
     };
     let core = bridge.core_of(key.unwrap_or(req.topic.as_bytes()));
     let forward = forward.then(|| ctx.outgoing(&req));
+    let Some(answer) = queue(ctx, core, &req, &shares).await else {
+        return Offered::Settled(Outcome::Stopping);
+    };
+    Offered::Queued {
+        answer,
+        req,
+        shares,
+        core,
+        forward,
+    }
+}
+
+/// Puts a publish in `core`'s inbox, asking again after [`BUSY_RETRY`]
+/// while the inbox is full; `None` once the gateway is stopping.
+async fn queue(
+    ctx: &Ctx,
+    core: usize,
+    req: &PublishRequest,
+    shares: &Option<Arc<[GroupKey]>>,
+) -> Option<Answer> {
     loop {
+        let bridge = ctx.bridge.as_ref()?;
         match bridge.publish_on(core, Source::Bridge, req.clone(), shares.clone()) {
-            Ok(answer) => {
-                return Offered::Queued {
-                    answer,
-                    req,
-                    shares,
-                    core,
-                    forward,
-                }
-            }
+            Ok(answer) => return Some(answer),
             Err(Refusal::Busy) => {
-                m.busy_retries.fetch_add(1, Relaxed);
+                ctx.metrics.busy_retries.fetch_add(1, Relaxed);
                 tokio::time::sleep(BUSY_RETRY).await;
             }
-            Err(_) => return Offered::Settled(Outcome::Stopping),
+            Err(_) => return None,
         }
     }
 }
@@ -283,16 +296,9 @@ async fn deliver_here(
             }
         }
         m.busy_retries.fetch_add(1, Relaxed);
-        let again = loop {
-            tokio::time::sleep(BUSY_RETRY).await;
-            let Some(bridge) = &ctx.bridge else {
-                return Outcome::Stopping;
-            };
-            match bridge.publish_on(core, Source::Bridge, req.clone(), shares.clone()) {
-                Ok(rx) => break rx,
-                Err(Refusal::Busy) => m.busy_retries.fetch_add(1, Relaxed),
-                Err(_) => return Outcome::Stopping,
-            };
+        tokio::time::sleep(BUSY_RETRY).await;
+        let Some(again) = queue(ctx, core, &req, &shares).await else {
+            return Outcome::Stopping;
         };
         answer = again;
     }
