@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tracing::error;
 
 use crate::auth::{AuthChain, AuthFiles, AuthSetup, AuthSetupError, Authenticator, Authorizer};
+use crate::bridge::departures::Departures;
 use crate::bridge::outbound::{NoOutbound, Outbound};
 use crate::bridge::{Bridge, BridgeMsg};
 use crate::config::{Config, StoreKind};
@@ -252,6 +253,11 @@ impl GatewayBuilder {
                 )
             }
         };
+        // Only a session that lives on elsewhere (a durable store) can
+        // leave the node with copies on their way to it (the cluster bus).
+        let departures = Arc::new(Departures::new(
+            cfg.kafka.cluster.enabled() && store.durability().is_some(),
+        ));
         let node = Arc::new(NodeState {
             node_id: cfg.node.id,
             cores: (0..ncores).map(|_| CoreVisible::default()).collect(),
@@ -268,13 +274,12 @@ impl GatewayBuilder {
             ),
             draining: Default::default(),
             admission: crate::shard::Admission::new(&cfg.listeners),
+            departures: departures.clone(),
         });
-        let (bridge, inboxes) =
-            Bridge::new(ncores, cfg.runtime.bridge_capacity).map_err(|source| {
-                StartError::Resource {
-                    what: "the bridge inboxes",
-                    source,
-                }
+        let (bridge, inboxes) = Bridge::new(ncores, cfg.runtime.bridge_capacity, departures)
+            .map_err(|source| StartError::Resource {
+                what: "the bridge inboxes",
+                source,
             })?;
         node.store.start(bridge.clone());
         node.outbound

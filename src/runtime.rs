@@ -292,9 +292,9 @@ fn on_bridge(core: &Core, msg: BridgeMsg) {
         BridgeMsg::Publish {
             req,
             source,
-            shares,
+            scope,
             done,
-        } => mqtt::on_bridge_publish(core, req, source, shares, done),
+        } => mqtt::on_bridge_publish(core, req, source, scope, done),
         BridgeMsg::Inspect { key, reply } => {
             let _ = reply.send(core.inspect(key));
         }

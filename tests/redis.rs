@@ -939,3 +939,41 @@ async fn a_paused_nodes_connections_come_back_into_presence() {
     })
     .await;
 }
+
+/// A node cut off from Redis past its lease keeps its offline copy of a
+/// session that another node took over meanwhile, and the kick that said
+/// so is lost with the connection it was queued on (pub/sub keeps
+/// nothing). When the client comes back to that node, the claim must load
+/// what Redis holds, not hand the stale copy over in memory: the fault
+/// harness saw such a session come back without what was queued for it
+/// elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_resumes_no_session_from_its_stale_copy() {
+    let redis = Redis::start();
+    let relay = common::relay::Relay::to_unix(redis.socket());
+    let a = Node::start(1, &relay.url(), &[SHORT_LEASE]);
+    let b = Node::start(2, &redis.url(), &[SHORT_LEASE]);
+    let mut old = connect(options(&a, "dev3", false)).await;
+    old.subscribe("dev3/#").await;
+
+    relay.cut();
+    // Offline on node 1, which cannot tell Redis.
+    drop(old);
+    let new = connect(options(&b, "dev3", false)).await;
+    assert!(new.session_present, "taken over from the silent node");
+    drop(new);
+    let mut publ = connect(options(&b, "dev3-pub", true)).await;
+    publ.client
+        .publish("dev3/x", QoS::AtLeastOnce, false, "queued on node 2")
+        .await
+        .unwrap();
+    publ.next("PUBACK", |p| matches!(p, Packet::PubAck(_)))
+        .await;
+
+    relay.heal();
+    let mut back = connect_when_store_is_back(options(&a, "dev3", false)).await;
+    assert!(back.session_present, "the session, as Redis holds it");
+    let p = back.publish().await;
+    assert_eq!(&p.payload[..], b"queued on node 2");
+    assert_eq!(metric(&a, "tether_store_stale_copies_total"), 1.0);
+}

@@ -18,6 +18,7 @@
 //! Publishes pick their core by a hash of the topic, so messages of one
 //! topic sent through the bridge keep their order (as one client's would).
 
+pub mod departures;
 pub mod outbound;
 pub mod reply;
 
@@ -28,7 +29,9 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::codec::{Properties, QoS};
-use crate::id::{ConnKey, GroupKey, Source};
+use crate::id::{ConnKey, Source};
+use crate::session::Scope;
+use departures::Departures;
 
 pub use reply::{Bell, ReplyQueue, ReplyTo, Unanswered};
 
@@ -43,11 +46,9 @@ pub enum BridgeMsg {
         req: PublishRequest,
         /// Who publishes, for the authorizer.
         source: Source,
-        /// Which shared-subscription groups this node serves the message
-        /// to: `None`, every matching group (the usual); `Some`, only those
-        /// named (a message another node forwarded, which picked this node
-        /// for those groups: `[kafka.cluster]`).
-        shares: Option<Arc<[GroupKey]>>,
+        /// Whom on this node it is for: everyone (the usual), or a
+        /// narrower [`Scope`] for a copy another node forwarded.
+        scope: Scope,
         /// Where the outcome goes.
         done: Option<Receipt>,
     },
@@ -264,6 +265,9 @@ struct Inbox {
 pub struct Bridge {
     inboxes: Vec<Inbox>,
     hasher: ahash::RandomState,
+    /// Persistent sessions that left the node, for the cluster bus's
+    /// inbox consumer (the cores record them through `NodeState`).
+    pub departures: Arc<Departures>,
 }
 
 /// The core side of one inbox, handed to that core at start.
@@ -278,7 +282,11 @@ pub struct CoreInbox {
 
 impl Bridge {
     /// Creates `cores` inboxes of `capacity` messages each.
-    pub fn new(cores: usize, capacity: usize) -> std::io::Result<(Arc<Bridge>, Vec<CoreInbox>)> {
+    pub fn new(
+        cores: usize,
+        capacity: usize,
+        departures: Arc<Departures>,
+    ) -> std::io::Result<(Arc<Bridge>, Vec<CoreInbox>)> {
         let mut inboxes = Vec::with_capacity(cores);
         let mut core_side = Vec::with_capacity(cores);
         for _ in 0..cores {
@@ -294,6 +302,7 @@ impl Bridge {
         let bridge = Bridge {
             inboxes,
             hasher: ahash::RandomState::new(),
+            departures,
         };
         Ok((Arc::new(bridge), core_side))
     }
@@ -315,7 +324,7 @@ impl Bridge {
         req: PublishRequest,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
         let core = self.core_of(req.topic.as_bytes());
-        self.publish_on(core, source, req, None)
+        self.publish_on(core, source, req, Scope::All)
     }
 
     /// The core whose inbox serves `lane`: publishes queued in one lane's
@@ -325,14 +334,14 @@ impl Bridge {
     }
 
     /// [`Bridge::publish_as`] through `core`'s inbox (see
-    /// [`Bridge::core_of`]), serving only the shared-subscription groups in
-    /// `shares` when it is `Some` (see [`BridgeMsg::Publish`]).
+    /// [`Bridge::core_of`]), for whom `scope` names (see
+    /// [`BridgeMsg::Publish`]).
     pub fn publish_on(
         &self,
         core: usize,
         source: Source,
         req: PublishRequest,
-        shares: Option<Arc<[GroupKey]>>,
+        scope: Scope,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
         let (done, outcome) = tokio::sync::oneshot::channel();
         self.send(
@@ -340,7 +349,7 @@ impl Bridge {
             BridgeMsg::Publish {
                 req,
                 source,
-                shares,
+                scope,
                 done: Some(done),
             },
         )?;

@@ -141,6 +141,26 @@ pub(crate) fn render(node: &NodeState, gauges: &[Option<SessionGauges>]) -> Stri
         "Cores that did not report session gauges for this scrape.",
         gauges.iter().filter(|g| g.is_none()).count() as u64,
     );
+    if node.departures.is_on() {
+        single(
+            &mut out,
+            "cluster_departures",
+            "Persistent sessions that left this node for another, kept so the cluster bus hands on copies still on their way here.",
+            node.departures.len() as u64,
+        );
+        let name = "cluster_departures_overflowed_total";
+        header(
+            &mut out,
+            name,
+            "Departures forgotten early because too many were kept: copies for them are no longer handed on.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "tether_{name} {}",
+            node.departures.overflowed.load(Relaxed)
+        );
+    }
     histogram(
         &mut out,
         "fanout_latency_seconds",

@@ -205,6 +205,11 @@ impl ClusterView {
         self.nodes.len()
     }
 
+    /// The nodes known to be up, this one included.
+    pub fn all_nodes(&self) -> impl Iterator<Item = u16> + '_ {
+        self.nodes.keys().copied()
+    }
+
     /// Announcements held.
     pub fn entries(&self) -> usize {
         self.announced.len()

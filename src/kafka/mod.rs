@@ -54,6 +54,9 @@ const STUCK_AFTER_MS: u64 = 5000;
 /// balancer's health checks to see it, short enough that a node without
 /// traffic to prove Kafka works again does not stay out for long.
 const FAILED_RECENTLY_MS: u64 = 60_000;
+/// The header of a copy handed on for one persistent session (the
+/// client id): the receiving node delivers it to that session only.
+pub(crate) const TO_SESSION: &str = "x-to-session";
 /// Message ids of the API's pushes: the top byte 0xff, which no core
 /// (whose index is the top byte of its ids) has, so `x-id` stays unique.
 const PUSH_IDS: u64 = 0xff << 56;

@@ -30,6 +30,7 @@ use tracing::{debug, warn};
 
 use super::cluster::{self, ClusterView, Update};
 use super::routes::{headers, Routes};
+use super::TO_SESSION;
 use crate::bridge::outbound::{
     ConnEvent, ConnEventKind, InterestChange, OutboundError, Outgoing, Produced,
 };
@@ -68,6 +69,19 @@ pub(crate) enum Job {
     Forward {
         /// The message (its publisher is the source: no client, no user).
         out: Outgoing,
+        /// The consuming task.
+        ack: oneshot::Sender<Produced>,
+    },
+    /// Hand on a cluster-bus copy this node received for a persistent
+    /// session that had left it (`bridge::departures`): one copy to every
+    /// node up, this one included, scoped to `session` (`x-to-session`), so
+    /// that whichever node holds it now delivers it; answer `ack` once
+    /// every copy is in.
+    HandOn {
+        /// The message and its publisher.
+        out: Outgoing,
+        /// The session's client id.
+        session: Arc<str>,
         /// The consuming task.
         ack: oneshot::Sender<Produced>,
     },
@@ -339,11 +353,13 @@ enum Rec {
     Route(Outgoing),
     /// An API publish to the push topic.
     Push(Outgoing),
-    /// A message to another node's topic, with the groups it serves.
+    /// A message to another node's topic, with the groups it serves, or
+    /// for one session only (a copy handed on).
     Node {
         out: Outgoing,
         node: u16,
         shares: Vec<Arc<str>>,
+        to_session: Option<Arc<str>>,
     },
     /// An announcement on the interest topic (`None`: a tombstone).
     Registry { key: String, value: Option<String> },
@@ -383,6 +399,9 @@ pub(crate) fn run(mut ctx: Ctx, jobs: Receiver<Job>) {
             Ok(Job::Send { out, ack }) => (plan(&mut ctx, out, true), Answer::Core(ack)),
             Ok(Job::Push { out, ack }) => (vec![Rec::Push(out)], Answer::Api(ack)),
             Ok(Job::Forward { out, ack }) => (plan(&mut ctx, out, false), Answer::Api(ack)),
+            Ok(Job::HandOn { out, session, ack }) => {
+                (hand_on(&ctx, out, session), Answer::Api(ack))
+            }
             Ok(Job::Interest(change)) => announce(&ctx, change),
             Ok(Job::View(u)) => {
                 if let Some(c) = &mut ctx.cluster {
@@ -494,6 +513,7 @@ fn plan(ctx: &mut Ctx, out: Outgoing, routed: bool) -> Vec<Rec> {
                     out: out.clone(),
                     node,
                     shares,
+                    to_session: None,
                 });
             }
         }
@@ -502,6 +522,22 @@ fn plan(ctx: &mut Ctx, out: Outgoing, routed: bool) -> Vec<Rec> {
         recs.push(Rec::Route(out));
     }
     recs
+}
+
+/// The records of a copy handed on for `session`: one per node up.
+fn hand_on(ctx: &Ctx, out: Outgoing, session: Arc<str>) -> Vec<Rec> {
+    let Some(c) = &ctx.cluster else {
+        return Vec::new();
+    };
+    c.view
+        .all_nodes()
+        .map(|node| Rec::Node {
+            out: out.clone(),
+            node,
+            shares: Vec::new(),
+            to_session: Some(session.clone()),
+        })
+        .collect()
 }
 
 /// A core's interest change, as a record of the interest topic.
@@ -567,12 +603,23 @@ fn produce(ctx: &Ctx, w: Waiting, waiting: &mut VecDeque<Waiting>) {
             headers: Some(headers(out, "push", &ctx.node)),
             partition: None,
         },
-        Rec::Node { out, node, shares } => {
+        Rec::Node {
+            out,
+            node,
+            shares,
+            to_session,
+        } => {
             let c = ctx.cluster.as_ref().expect("node records need the cluster");
             let mut h = headers(out, "publish", &ctx.node);
             for s in shares {
                 h = h.insert(Header {
                     key: "x-share",
+                    value: Some(s.as_bytes()),
+                });
+            }
+            if let Some(s) = to_session {
+                h = h.insert(Header {
+                    key: TO_SESSION,
                     value: Some(s.as_bytes()),
                 });
             }

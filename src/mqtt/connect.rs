@@ -302,6 +302,8 @@ fn admit(core: &Core, st: &mut CoreState, key: ConnKey, c: Connect) {
         expiry_secs: expiry,
         connack: connack::accepted(m, v5, granted),
         durable: None,
+        stale_handover: false,
+        from_store: None,
     };
     debug!(conn = %id, client_id, version = ?c.version, "CONNECT");
     if let Some((method, mut exchange)) = exchange {

@@ -17,8 +17,8 @@ use crate::auth::{AclRequest, Action, Permit, Source};
 use crate::bridge::outbound::OutboundPolicy;
 use crate::bridge::{PublishRequest, Receipt, Refusal};
 use crate::codec::{reason, topic, Ack, Packet, Publish, QoS};
-use crate::id::{ConnKey, GroupKey};
-use crate::session::{Message, Publication};
+use crate::id::ConnKey;
+use crate::session::{Message, Publication, Scope};
 use crate::shard::{ApiPublish, Core, CoreState, Parked, PendingKind, Waiting};
 use crate::stats::bump;
 use crate::store::StoreOp;
@@ -486,7 +486,7 @@ pub fn on_bridge_publish(
     core: &Core,
     req: PublishRequest,
     source: Source,
-    shares: Option<Arc<[GroupKey]>>,
+    scope: Scope,
     done: Option<Receipt>,
 ) {
     let refuse = |done: Option<Receipt>, r: Refusal| {
@@ -544,7 +544,7 @@ pub fn on_bridge_publish(
         req.into_publication(),
         core.clock().instant(),
     );
-    msg.shares = shares;
+    msg.scope = scope;
     match (permit, owned) {
         (Permit::Allow, _) => finish_api(core, st, msg, policy, done),
         (Permit::Ask, Some(acl)) => {

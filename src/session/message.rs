@@ -43,10 +43,35 @@ pub struct Message {
     /// Set when the publisher's acknowledgement waits for the message to be
     /// durable wherever it goes (see [`Confirm`]).
     pub confirm: Option<Arc<Confirm>>,
-    /// The shared-subscription groups this node serves it to: `None`,
-    /// every matching group; `Some`, only those (another node forwarded
-    /// it and picked this node for them, `[kafka.cluster]`).
-    pub shares: Option<Arc<[GroupKey]>>,
+    /// Whom on this node it is for (see [`Scope`]).
+    pub scope: Scope,
+}
+
+/// Whom on this node a message is for.
+#[derive(Debug, Clone, Default)]
+pub enum Scope {
+    /// Every matching subscription: the usual.
+    #[default]
+    All,
+    /// Every plain subscription, and of the shared-subscription groups
+    /// only those named: another node forwarded it and picked this node
+    /// for them (`[kafka.cluster]`).
+    Groups(Arc<[GroupKey]>),
+    /// Only the persistent session of this client id, through its plain
+    /// subscriptions: a copy handed on for a session that had left the
+    /// node it was sent to (`bridge::departures`).
+    Session(Arc<str>),
+}
+
+impl Scope {
+    /// Whether the shared group `g` is served here.
+    pub fn serves_group(&self, g: &GroupKey) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Groups(only) => only.contains(g),
+            Scope::Session(_) => false,
+        }
+    }
 }
 
 /// What a publisher (a client, a will, the HTTP API, `$SYS`) asks to
@@ -93,7 +118,7 @@ impl Message {
             expires_at,
             born: now,
             confirm: None,
-            shares: None,
+            scope: Scope::All,
         }
     }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::codec::SubOptions;
 
 pub use frame::{AckKind, Frame};
-pub use message::{sub_ids, Confirm, ConfirmDone, Delivery, Message, Publication, SubIds};
+pub use message::{sub_ids, Confirm, ConfirmDone, Delivery, Message, Publication, Scope, SubIds};
 pub use move_window::{MoveWindow, MAX_RECENT_IDS};
 pub use thin::Thin;
 

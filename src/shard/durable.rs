@@ -20,7 +20,7 @@ use tracing::info;
 use super::delivery::{offer, Offer};
 use super::{Core, CoreState, Entry, Link, Now, Phase};
 use crate::codec::{reason, QoS};
-use crate::id::{ConnId, ConnKey, TRANSPORT_NAMES};
+use crate::id::{ConnId, ConnKey, GroupKey, TRANSPORT_NAMES};
 use crate::session::{Delivery, Durable};
 use crate::stats::bump;
 use crate::store::{Presence, SessionRef, StoreOp};
@@ -110,6 +110,15 @@ impl Core {
             journal.push(StoreOp::Put { session, d });
         }
         outcome
+    }
+
+    /// Whether the node's lease still holds the durable session `d` (in
+    /// the term it was claimed in).
+    pub(super) fn holds(&self, d: &Durable) -> bool {
+        self.node
+            .store
+            .lease()
+            .is_none_or(|lease| lease.holds(d.lease_term))
     }
 
     /// The store forgets message `seq` of the session at `key` (it was
@@ -202,6 +211,30 @@ impl Core {
         }
     }
 
+    /// The durable session of `e` leaves this node for another (taken over
+    /// there, or fenced): copies of the cluster bus on their way here for
+    /// it are handed on ([`crate::bridge::departures`]). Its plain QoS 1
+    /// and 2 subscriptions are what it was sent copies for; a shared group
+    /// is served by any member, and QoS 0 promises nothing.
+    fn depart(&self, e: &Entry) {
+        let departures = &self.node.departures;
+        let (true, Some(client_id), Some(_)) = (
+            departures.is_on(),
+            e.client_id.as_ref(),
+            e.session.durable.as_ref(),
+        ) else {
+            return;
+        };
+        let filters = e
+            .session
+            .subs
+            .iter()
+            .filter(|(f, opts, _)| opts.qos != QoS::AtMostOnce && GroupKey::parse(f).is_none())
+            .map(|(f, ..)| Arc::from(&**f))
+            .collect();
+        departures.record(client_id, filters, crate::wallclock::now_ms());
+    }
+
     /// The store refused a write of `client_id` at `epoch`: a newer claim
     /// owns the session. If it is here, its connection closes with 0x8E
     /// and the session is forgotten here without writing.
@@ -217,6 +250,7 @@ impl Core {
         }
         info!(conn = %e.id, client_id, "session owned by a newer connection elsewhere; closing (0x8E)");
         bump(&self.stats().takeovers, 1);
+        self.depart(e);
         e.session.durable = None;
         match e.link.as_mut() {
             Some(link) => {
@@ -297,6 +331,7 @@ impl Core {
                 // Resumed on another node: this offline copy is stale.
                 // Forget it without writing (the store holds the live one).
                 info!(conn = %e.id, client_id, "session resumed on another node; forgetting the offline copy");
+                self.depart(e);
                 e.session.durable = None;
                 self.end_session(st, key);
                 return false;
@@ -308,14 +343,20 @@ impl Core {
             Phase::AwaitingVerdict { .. } | Phase::AwaitingHandover { .. } => true,
             _ => return false,
         };
-        let Some(link) = e.link.as_mut() else {
+        if e.link.is_none() {
             return false;
-        };
+        }
         info!(conn = %e.id, client_id, reason = format_args!("{code:#04x}"), "closing: {why}");
         // A handover flushes first (the claim waits for it). A session
         // taken over already belongs to the newer connection: nothing
         // queued here is written any more.
         let taken = handoff_to.is_none() && code == reason::SESSION_TAKEN_OVER;
+        if taken {
+            self.depart(e);
+        }
+        let Some(link) = e.link.as_mut() else {
+            return false;
+        };
         let code = link
             .version
             .is_v5()

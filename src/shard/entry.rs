@@ -111,7 +111,7 @@ pub struct PendingWill {
 }
 
 /// What a CONNECT asked for, kept while the session is being located.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnectInfo {
     /// Clean Start (3.1.1: clean session).
     pub clean_start: bool,
@@ -123,6 +123,12 @@ pub struct ConnectInfo {
     /// The durable store's address for the session (set by the claim, for
     /// a persistent session with a durable store).
     pub durable: Option<Box<Durable>>,
+    /// The session handed over on this node turned out stale
+    /// (`Claimed::stale_previous`): it is dropped, and [`Self::from_store`]
+    /// installed instead.
+    pub stale_handover: bool,
+    /// What the store holds of the session, when `stale_handover`.
+    pub from_store: Option<Box<crate::session::Session>>,
 }
 
 /// An enhanced-authentication exchange waiting for the client's next AUTH.

@@ -13,7 +13,7 @@ use super::delivery::{deliver, Offer};
 use super::{count, Core, CoreState, Entry, Phase};
 use crate::codec::{QoS, Will};
 use crate::id::{ConnId, ConnKey};
-use crate::session::{sub_ids, Delivery, Message, Publication};
+use crate::session::{sub_ids, Delivery, Message, Publication, Scope};
 
 /// A QoS 0 copy added to an outbox already holding this much is behind:
 /// one socket write's worth (`net::conn`'s write chunk), which the
@@ -118,6 +118,12 @@ impl Core {
             };
             if same.iter().all(|s| s.opts.no_local) && msg.origin == Some(e.id) {
                 continue;
+            }
+            if let Scope::Session(only) = &msg.scope {
+                // A copy handed on for one persistent session: nobody else.
+                if e.client_id.as_deref() != Some(&**only) || e.session.durable.is_none() {
+                    continue;
+                }
             }
             // One copy per session, at the best QoS and retain option of
             // its matching subscriptions, carrying all their identifiers.

@@ -218,11 +218,9 @@ impl Core {
             let Some(g) = st.groups.slab.get_mut(i as usize) else {
                 continue;
             };
-            if let Some(only) = &msg.shares {
-                // Another node serves the groups it did not name.
-                if !only.contains(&g.key) {
-                    continue;
-                }
+            // Another node serves the groups it did not name.
+            if !msg.scope.serves_group(&g.key) {
+                continue;
             }
             let Some(m) = g.pick() else { continue };
             let d = Delivery {

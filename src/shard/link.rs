@@ -90,10 +90,7 @@ impl Core {
         // it. Nothing more is written but a DISCONNECT (no delivery, no
         // acknowledgement); the connection closes, and its client claims
         // the session again.
-        let lapsed = match (durable, self.node.store.lease()) {
-            (Some(d), Some(lease)) => !lease.holds(d.lease_term),
-            _ => false,
-        };
+        let lapsed = durable.is_some_and(|d| !self.holds(d));
         if lapsed {
             match link.close.as_mut() {
                 Some(close) => close.discard_outbox = true,

@@ -9,6 +9,7 @@ use std::time::Instant;
 use super::interest::Interest;
 use super::retained::Totals;
 use crate::auth::{AuthChain, Authorizer};
+use crate::bridge::departures::Departures;
 use crate::bridge::outbound::Outbound;
 use crate::config::ListenerConfig;
 use crate::stats::{Histogram, Stats};
@@ -39,6 +40,9 @@ pub struct NodeState {
     pub draining: std::sync::atomic::AtomicBool,
     /// How fast the cores take new clients; SIGHUP changes it.
     pub admission: Admission,
+    /// Persistent sessions that left for another node (the cluster bus
+    /// hands on copies that were on their way to them here).
+    pub departures: Arc<Departures>,
 }
 
 /// `listeners.max_accepts_per_sec` and `listeners.overload_lag_ms`, read on

@@ -133,12 +133,20 @@ impl Core {
         };
         // Where the durable store keeps the session from now on, however
         // it comes (restored, handed over, or new).
+        let mut restored = claimed.restored;
         if let Some(Phase::AwaitingHandover { info, .. }) = st.entry(key).map(|e| &mut e.phase) {
             info.durable = claimed.durable.map(Box::new);
+            if claimed.stale_previous {
+                // The old local entry is still taken over (its connection
+                // closed, its subscriptions unindexed), but what it held is
+                // older than what the store has.
+                info.stale_handover = true;
+                info.from_store = restored.take();
+            }
         }
         match claimed.previous {
             // Nothing on this node: what the store had, if anything.
-            None => self.on_handover(st, key, claimed.restored, false),
+            None => self.on_handover(st, key, restored, false),
             Some(prev) if prev.core == self.id => {
                 let reply = self.takeover(st, prev.key, &client_id, me);
                 self.dispatch_handover(st, reply, false);
@@ -375,6 +383,17 @@ impl Core {
             return;
         }
         let mut session = session;
+        let mut info = info;
+        if info.stale_handover {
+            // Forget the stale copy without writing: the store holds the
+            // session as its last owner left it.
+            if let Some(stale) = session.as_mut() {
+                if let Some(d) = stale.durable.take() {
+                    info!(client_id = %d.client_id, "dropping this node's stale copy of the session for the store's");
+                }
+            }
+            session = info.from_store.take();
+        }
         if remote {
             if let Some(s) = session.as_mut() {
                 // The old core's end marker normally closes the window after
@@ -415,6 +434,11 @@ impl Core {
             }
             (new, _) => new,
         };
+        if let (Some(_), Some(client_id)) = (&e.session.durable, &e.client_id) {
+            // Back here: what reaches this node for it from now on is
+            // delivered here, not handed on.
+            self.node.departures.forget(client_id);
+        }
         let subs = e.session.subs.clone();
         for (filter, opts, id) in &subs {
             self.index_sub(st, filter, key, *opts, *id, None);

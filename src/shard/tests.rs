@@ -69,6 +69,7 @@ fn node(cores: usize, store: Arc<dyn SessionStore>) -> Node {
         bans: crate::shard::bans::Bans::new(0, 60, 300),
         draining: Default::default(),
         admission: crate::shard::Admission::new(&cfg.listeners),
+        departures: Default::default(),
     });
     let mut node = Node {
         cores: Vec::new(),
@@ -148,6 +149,8 @@ impl Node {
                 properties: Default::default(),
             },
             durable: None,
+            stale_handover: false,
+            from_store: None,
         };
         c.claim(&mut st, key, client_id.into(), info)
             .expect("claimed");

@@ -133,6 +133,22 @@ impl MemoryStore {
         shard.insert(hash, client_id, loc, |id| self.hasher.hash_one(id))
     }
 
+    /// Undoes [`MemoryStore::place`] of a claim that was refused: if the
+    /// directory still places `client_id` at `refused`, it goes back to
+    /// `previous` (the session there stays where it was), or out.
+    pub fn put_back(&self, client_id: &Arc<str>, refused: Location, previous: Option<Location>) {
+        let (hash, mut shard) = self.shard(client_id);
+        if shard.get(hash, client_id) != Some(refused) {
+            return;
+        }
+        match previous {
+            Some(loc) => {
+                shard.insert(hash, client_id, loc, |id| self.hasher.hash_one(id));
+            }
+            None => shard.remove_if_at(hash, client_id, refused),
+        }
+    }
+
     /// The client id's hash and its shard, locked. The shard is picked by
     /// bits 32 and up, because the shard's table indexes by the low bits:
     /// picking by those would leave every shard's entries in 1 of 64

@@ -77,6 +77,11 @@ pub struct Claimed {
     pub durable: Option<Durable>,
     /// Refused by the per-user connection limit (policy `refuse`).
     pub over_limit: bool,
+    /// The session `previous` holds on this node is stale: another node
+    /// claimed it since (this node's lease lapsed meanwhile, and the kick
+    /// that said so was lost). Its old connection is taken over as usual,
+    /// but its session is dropped and `restored` used instead.
+    pub stale_previous: bool,
 }
 
 /// Why a store could not answer.

@@ -108,7 +108,7 @@ impl Redis {
         r
     }
 
-    fn socket(&self) -> PathBuf {
+    pub fn socket(&self) -> PathBuf {
         self.dir.0.join("redis.sock")
     }
 

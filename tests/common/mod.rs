@@ -428,4 +428,5 @@ pub mod cluster;
 pub mod curl;
 pub mod kafka;
 pub mod pki;
+pub mod relay;
 pub mod web;

@@ -25,13 +25,15 @@ use rdkafka::message::Message;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
 
-use super::records::Request;
+use super::records::{HandOn, Request};
 use super::{Ctx, SourceConsumer};
 use crate::bridge::outbound::{Outgoing, Produced};
 use crate::bridge::{PublishRequest, Refusal};
-use crate::id::{GroupKey, Source};
+use crate::codec::QoS;
+use crate::id::Source;
 use crate::kafka::producer::Job;
 use crate::logging::Throttle;
+use crate::session::Scope;
 
 /// Records handed to the cores and not yet accepted, at most.
 const WINDOW: usize = 256;
@@ -134,10 +136,12 @@ enum Offered {
         answer: Answer,
         /// Kept for another offer (the payload is shared, not copied).
         req: PublishRequest,
-        shares: Option<Arc<[GroupKey]>>,
+        scope: Scope,
         core: usize,
         /// The copy for the other nodes (owner mode).
         forward: Option<Outgoing>,
+        /// A cluster inbox record's sender and publisher.
+        hand_on: Option<HandOn>,
     },
 }
 
@@ -153,12 +157,13 @@ type Answer = oneshot::Receiver<Result<u64, Refusal>>;
 /// cluster bus keys by publisher), or its MQTT topic when it has none.
 async fn offer(ctx: &Ctx, req: Request, key: Option<&[u8]>) -> Offered {
     let m = &ctx.metrics;
-    let (req, shares, forward) = match req {
+    let (req, scope, forward, hand_on) = match req {
         Request::Publish {
             req,
-            shares,
+            scope,
             forward,
-        } => (req, shares, forward),
+            hand_on,
+        } => (req, scope, forward, hand_on),
         Request::Stale => {
             m.stale.fetch_add(1, Relaxed);
             return Offered::Settled(Outcome::Passed);
@@ -177,30 +182,26 @@ async fn offer(ctx: &Ctx, req: Request, key: Option<&[u8]>) -> Offered {
         return Offered::Settled(Outcome::Stopping);
     };
     let core = bridge.core_of(key.unwrap_or(req.topic.as_bytes()));
-    let forward = forward.then(|| ctx.outgoing(&req));
-    let Some(answer) = queue(ctx, core, &req, &shares).await else {
+    let forward = forward.then(|| ctx.outgoing(&req, None, None));
+    let Some(answer) = queue(ctx, core, &req, &scope).await else {
         return Offered::Settled(Outcome::Stopping);
     };
     Offered::Queued {
         answer,
         req,
-        shares,
+        scope,
         core,
         forward,
+        hand_on,
     }
 }
 
 /// Puts a publish in `core`'s inbox, asking again after [`BUSY_RETRY`]
 /// while the inbox is full; `None` once the gateway is stopping.
-async fn queue(
-    ctx: &Ctx,
-    core: usize,
-    req: &PublishRequest,
-    shares: &Option<Arc<[GroupKey]>>,
-) -> Option<Answer> {
+async fn queue(ctx: &Ctx, core: usize, req: &PublishRequest, scope: &Scope) -> Option<Answer> {
     loop {
         let bridge = ctx.bridge.as_ref()?;
-        match bridge.publish_on(core, Source::Bridge, req.clone(), shares.clone()) {
+        match bridge.publish_on(core, Source::Bridge, req.clone(), scope.clone()) {
             Ok(answer) => return Some(answer),
             Err(Refusal::Busy) => {
                 ctx.metrics.busy_retries.fetch_add(1, Relaxed);
@@ -215,17 +216,18 @@ async fn queue(
 /// stored, and for its forward to the other nodes (owner mode): both must
 /// be done before its offset is stored.
 async fn settle(ctx: &Ctx, offered: Offered) -> Outcome {
-    let (answer, req, shares, core, forward) = match offered {
+    let (answer, req, scope, core, forward, hand_on) = match offered {
         Offered::Settled(outcome) => return outcome,
         Offered::Queued {
             answer,
             req,
-            shares,
+            scope,
             core,
             forward,
-        } => (answer, req, shares, core, forward),
+            hand_on,
+        } => (answer, req, scope, core, forward, hand_on),
     };
-    let here = deliver_here(ctx, answer, req, shares, core);
+    let here = deliver_here(ctx, answer, req, scope, core, hand_on);
     let Some(out) = forward else {
         return here.await;
     };
@@ -262,7 +264,8 @@ async fn forward_out(ctx: &Ctx, out: Outgoing) -> Outcome {
 }
 
 /// Awaits a record's answer from `core`, offering it again until it is
-/// stored (or can never be).
+/// stored (or can never be), then hands it on for the persistent sessions
+/// it was meant for that left the node meanwhile ([`hand_on`]).
 ///
 /// A record that comes back [`Refusal::Undelivered`] reached the online
 /// subscribers but was not stored; its next offer goes behind records
@@ -271,15 +274,19 @@ async fn deliver_here(
     ctx: &Ctx,
     mut answer: Answer,
     req: PublishRequest,
-    shares: Option<Arc<[GroupKey]>>,
+    scope: Scope,
     core: usize,
+    hand_on: Option<HandOn>,
 ) -> Outcome {
     let m = &ctx.metrics;
     loop {
         match answer.await.unwrap_or(Err(Refusal::ShuttingDown)) {
             Ok(_) => {
                 m.delivered.fetch_add(1, Relaxed);
-                return Outcome::Accepted;
+                return match hand_on {
+                    Some(h) => self::hand_on(ctx, &req, &scope, &h).await,
+                    None => Outcome::Accepted,
+                };
             }
             Err(Refusal::ShuttingDown) => return Outcome::Stopping,
             Err(Refusal::Undelivered(why)) => {
@@ -297,9 +304,56 @@ async fn deliver_here(
         }
         m.busy_retries.fetch_add(1, Relaxed);
         tokio::time::sleep(BUSY_RETRY).await;
-        let Some(again) = queue(ctx, core, &req, &shares).await else {
+        let Some(again) = queue(ctx, core, &req, &scope).await else {
             return Outcome::Stopping;
         };
         answer = again;
     }
+}
+
+/// Hands a cluster inbox record the cores accepted on to every node, once
+/// for each persistent session it was meant for that left this node since
+/// it was sent (`bridge::departures`): the cores delivered it to nobody
+/// there, and its publisher was acknowledged. Its offset is stored only
+/// once every copy is in Kafka.
+async fn hand_on(ctx: &Ctx, req: &PublishRequest, scope: &Scope, h: &HandOn) -> Outcome {
+    let Some(bridge) = &ctx.bridge else {
+        return Outcome::Stopping;
+    };
+    if req.qos == QoS::AtMostOnce {
+        return Outcome::Accepted;
+    }
+    let only = match scope {
+        Scope::Session(s) => Some(&**s),
+        _ => None,
+    };
+    for session in bridge.departures.claimants(&req.topic, h.sent_ms, only) {
+        ctx.metrics.handed_on.fetch_add(1, Relaxed);
+        debug!(client_id = %session, topic = %req.topic, "handing a copy on: its session left this node");
+        let out = ctx.outgoing(req, h.client.clone(), h.user.clone());
+        loop {
+            let (ack, answer) = oneshot::channel();
+            let job = Job::HandOn {
+                out: out.clone(),
+                session: session.clone(),
+                ack,
+            };
+            if ctx.jobs.send(job).is_err() {
+                return Outcome::Stopping;
+            }
+            match answer.await {
+                Ok(Produced::Done) => break,
+                Ok(Produced::Failed(why)) => {
+                    static REPEATS: Throttle = Throttle::new();
+                    if let Some(held_back) = REPEATS.admit() {
+                        warn!(held_back, client_id = %session, "a copy for a session that left this node is not handed on yet ({why}); trying again");
+                    }
+                    ctx.metrics.busy_retries.fetch_add(1, Relaxed);
+                    tokio::time::sleep(BUSY_RETRY).await;
+                }
+                Err(_) => return Outcome::Stopping,
+            }
+        }
+    }
+    Outcome::Accepted
 }

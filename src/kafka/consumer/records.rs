@@ -13,12 +13,13 @@ use crate::bridge::PublishRequest;
 use crate::codec::{Properties, QoS};
 use crate::config::SourceTarget;
 use crate::id::GroupKey;
+use crate::session::Scope;
 
 /// Message ids of owner-mode forwards: the top byte 0xfe, which no core
 /// has (nor the API's pushes, 0xff), so `x-id` stays unique on the node.
 const FORWARD_IDS: u64 = 0xfe << 56;
 /// Headers Tether writes itself: not copied into user properties.
-const OWN_HEADERS: [&str; 9] = [
+const OWN_HEADERS: [&str; 10] = [
     "x-id",
     "x-uid",
     "x-client",
@@ -28,16 +29,21 @@ const OWN_HEADERS: [&str; 9] = [
     "x-qos",
     "x-retain",
     "x-share",
+    crate::kafka::TO_SESSION,
 ];
 
 /// A record made into a publish, or why it is passed over.
 pub(super) enum Request {
     Publish {
         req: PublishRequest,
-        /// Only these shared-subscription groups (a cluster inbox record).
-        shares: Option<Arc<[GroupKey]>>,
+        /// Whom on this node: a cluster inbox record serves only the
+        /// shared-subscription groups it names, or only one session.
+        scope: Scope,
         /// Forward to the other nodes with interest too (owner mode).
         forward: bool,
+        /// A cluster inbox record: handed on for persistent sessions that
+        /// left this node meanwhile.
+        hand_on: Option<HandOn>,
     },
     SkipOwn,
     /// A cluster inbox record sent before this process started: meant for
@@ -45,6 +51,17 @@ pub(super) enum Request {
     /// subscribed since.
     Stale,
     Undeliverable(&'static str),
+}
+
+/// What a cluster inbox record needs to be handed on
+/// (`bridge::departures`).
+pub(super) struct HandOn {
+    /// When its sender produced it, ms since the Unix epoch.
+    pub sent_ms: u64,
+    /// Its publisher (`x-client`, `x-uid`): the copies handed on are keyed
+    /// by it, as the first copy was.
+    pub client: Option<Arc<str>>,
+    pub user: Option<Arc<str>>,
 }
 
 impl Ctx {
@@ -106,15 +123,30 @@ impl Ctx {
             _ => rule.qos,
         };
         let retain = rule.target == SourceTarget::Topic && header("x-retain") == Some(b"1");
-        // The sending node picked this one for the groups it names.
-        let shares = (rule.kind == RuleKind::Inbox).then(|| {
-            m.headers()
-                .into_iter()
-                .flat_map(|h| h.iter())
-                .filter(|h| h.key == "x-share")
-                .filter_map(|h| GroupKey::parse(std::str::from_utf8(h.value?).ok()?))
-                .collect::<Vec<_>>()
-                .into()
+        let text = |name: &str| header(name).and_then(|v| std::str::from_utf8(v).ok());
+        let inbox = rule.kind == RuleKind::Inbox;
+        let scope = match text(crate::kafka::TO_SESSION) {
+            // A copy handed on for one session that left its first node.
+            Some(session) if inbox => Scope::Session(session.into()),
+            // The sending node picked this one for the groups it names.
+            _ if inbox => Scope::Groups(
+                m.headers()
+                    .into_iter()
+                    .flat_map(|h| h.iter())
+                    .filter(|h| h.key == "x-share")
+                    .filter_map(|h| GroupKey::parse(std::str::from_utf8(h.value?).ok()?))
+                    .collect::<Vec<_>>()
+                    .into(),
+            ),
+            _ => Scope::All,
+        };
+        let hand_on = inbox.then(|| HandOn {
+            sent_ms: m
+                .timestamp()
+                .to_millis()
+                .map_or_else(crate::wallclock::now_ms, |t| t.max(0) as u64),
+            client: text("x-client").map(Arc::from),
+            user: text("x-uid").map(Arc::from),
         });
         Request::Publish {
             req: PublishRequest {
@@ -124,13 +156,21 @@ impl Ctx {
                 retain,
                 properties: (!props.user_properties.is_empty()).then(|| Box::new(props)),
             },
-            shares,
+            scope,
             forward: rule.kind == RuleKind::Owner,
+            hand_on,
         }
     }
 
-    /// An owner-mode record as a message for the other nodes.
-    pub(super) fn outgoing(&self, req: &PublishRequest) -> Outgoing {
+    /// A record as a message this node produces again: an owner-mode
+    /// record for the other nodes (no publisher), or a copy handed on
+    /// (its first copy's publisher, which keys it).
+    pub(super) fn outgoing(
+        &self,
+        req: &PublishRequest,
+        client_id: Option<Arc<str>>,
+        username: Option<Arc<str>>,
+    ) -> Outgoing {
         let id =
             FORWARD_IDS | (self.forward_seq.fetch_add(1, Relaxed) & crate::kafka::PUSH_SEQ_MASK);
         let msg = crate::session::Message::new(
@@ -140,8 +180,8 @@ impl Ctx {
         );
         Outgoing {
             msg: Arc::new(msg),
-            client_id: None,
-            username: None,
+            client_id,
+            username,
         }
     }
 }

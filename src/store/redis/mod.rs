@@ -95,6 +95,9 @@ pub(crate) struct Metrics {
     pub handoff_timeouts: AtomicU64,
     /// Takeovers that waited for the old owner's lease to run out.
     pub lease_waits: AtomicU64,
+    /// Claims that found this node's copy of the session stale (another
+    /// node owned it since) and loaded it from Redis instead.
+    pub stale_copies: AtomicU64,
     /// Fire-and-forget writes dropped over `redis.max_queued_writes`.
     pub dropped: AtomicU64,
     /// Round trips of claims and write batches.
@@ -156,7 +159,9 @@ impl Classify for RedisSetupError {
 
 /// See the module documentation.
 pub struct RedisStore {
-    local: MemoryStore,
+    /// The node's directory (shared with the worker, which puts back what
+    /// a refused claim placed).
+    local: Arc<MemoryStore>,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
     jobs: UnboundedSender<Job>,
@@ -188,7 +193,7 @@ impl RedisStore {
         };
         let (jobs, rx) = unbounded_channel();
         Ok(RedisStore {
-            local: MemoryStore::default(),
+            local: Arc::default(),
             settings: Arc::new(settings),
             metrics: Arc::default(),
             jobs,
@@ -217,6 +222,7 @@ impl SessionStore for RedisStore {
             settings: self.settings.clone(),
             metrics: self.metrics.clone(),
             bridge,
+            local: self.local.clone(),
             scripts: scripts::Scripts::default(),
             client,
             live: Default::default(),
@@ -331,6 +337,7 @@ impl SessionStore for RedisStore {
             ("store_script_reloads", "Script loads after NOSCRIPT (a restarted Redis).", m.script_reloads.load(r), true),
             ("store_handoffs", "Sessions handed over by the node that held them before this node claimed them.", m.handoffs.load(r), true),
             ("store_handoff_timeouts", "Handovers not answered within store.handoff_timeout_ms (the claim then waited for the old owner's lease, or went ahead fenced).", m.handoff_timeouts.load(r), true),
+            ("store_stale_copies", "Claims that found this node's copy of a session stale (another node owned it while this one was cut off) and loaded the session from Redis instead.", m.stale_copies.load(r), true),
             ("store_lease_waits", "Takeovers that waited for the old owner's node lease to run out (it answered no handover: partitioned or paused).", m.lease_waits.load(r), true),
             ("store_writes_dropped", "Fire-and-forget writes dropped over redis.max_queued_writes.", m.dropped.load(r), true),
         ]

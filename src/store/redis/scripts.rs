@@ -16,7 +16,9 @@ use redis::Script;
 ///
 /// A claim whose previous owner is on the same node (`keep` = 1) keeps the
 /// epoch: the session moves in memory, and the old connection's writes in
-/// flight describe the same session.
+/// flight describe the same session. If Redis names another node as the
+/// owner, that node claimed it since and the caller's copy is stale: a new
+/// epoch, as for any claim.
 ///
 /// With `wait` = 1, a session still attached on another node is left
 /// alone: the answer is `{'busy', prev node, prev core, prev conn, '1'}`,

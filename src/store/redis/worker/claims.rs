@@ -102,12 +102,17 @@ async fn handoff(ctx: &Ctx, conn: &mut Conn, c: &Claim, node: &str, prev: &str) 
     let (Ok(node), Some(prev)) = (node.parse::<u16>(), ConnId::parse(prev)) else {
         return;
     };
-    let live = ctx
+    let listed = ctx
         .live
         .borrow()
         .1
         .iter()
         .any(|l| l.split(':').next() == Some(&*node.to_string()));
+    // The view is refreshed every third of a lease: a node that started
+    // since is not in it yet, and Redis has the last word.
+    let live = listed
+        || matches!(lease_of(conn, &ctx.settings.prefix, node).await,
+            Ok(Some(until)) if until + SKEW_MARGIN_MS > now_ms());
     if !live {
         return;
     }
@@ -128,6 +133,24 @@ async fn handoff(ctx: &Ctx, conn: &mut Conn, c: &Claim, node: &str, prev: &str) 
     }
 }
 
+/// When `node`'s lease in Redis runs out (ms since the Unix epoch, by the
+/// clocks of the nodes that wrote it); `None` when it holds none.
+async fn lease_of(conn: &mut Conn, prefix: &str, node: u16) -> redis::RedisResult<Option<u64>> {
+    let name = node.to_string();
+    let scored: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(keys::nodes(prefix))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(conn)
+        .await?;
+    Ok(scored
+        .iter()
+        .filter(|(member, _)| member.split(':').next() == Some(name.as_str()))
+        .map(|(_, score)| *score as u64)
+        .max())
+}
+
 /// Waits until `node`'s lease has run out in Redis, by this node's clock,
 /// plus [`SKEW_MARGIN_MS`]: by then that node, by its own clock, has
 /// stopped serving the durable sessions it claimed (`store::Lease`), so
@@ -136,26 +159,11 @@ async fn handoff(ctx: &Ctx, conn: &mut Conn, c: &Claim, node: &str, prev: &str) 
 /// that follows the claim reaches it too) or has no lease left.
 async fn until_lease_out(ctx: &Ctx, conn: &mut Conn, node: u16) {
     let s = &ctx.settings;
-    let key = keys::nodes(&s.prefix);
-    let name = node.to_string();
     let mut first_seen = None;
     let mut waited = false;
     loop {
-        let scored: redis::RedisResult<Vec<(String, f64)>> = redis::cmd("ZRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(conn)
-            .await;
         // Redis unreachable: the claim that follows fails too.
-        let Ok(scored) = scored else { return };
-        let Some(until) = scored
-            .iter()
-            .filter(|(member, _)| member.split(':').next() == Some(name.as_str()))
-            .map(|(_, score)| *score as u64)
-            .max()
-        else {
+        let Ok(Some(until)) = lease_of(conn, &s.prefix, node).await else {
             return;
         };
         if *first_seen.get_or_insert(until) < until {
@@ -203,7 +211,10 @@ pub(super) async fn claim_one(
     let lease_term = s.lease.term();
     let keys = keys::session(&s.prefix, &c.client_id);
     let user = c.presence.as_ref().map_or("", |p| &p.user);
-    let load = !handed_over && c.persistent && !c.clean_start;
+    // A session handed over in memory is loaded too when another node
+    // turns out to have claimed it since (`stale_previous`, below); the
+    // claim waits for that node's handover like any other.
+    let load = c.persistent && !c.clean_start;
     let claim = |wait: bool| {
         let mut inv = ctx.scripts.claim.prepare_invoke();
         for k in &keys {
@@ -326,7 +337,14 @@ pub(super) async fn claim_one(
             lease_term,
         });
     }
-    if load && text(v.get(10)) == "1" {
+    // This node's copy is stale when another node owned the session since
+    // (CLAIM took a new epoch): Redis holds the session as it is now.
+    out.stale_previous = handed_over && !prev_node.is_empty() && prev_node != s.node.to_string();
+    if out.stale_previous {
+        ctx.metrics.stale_copies.fetch_add(1, Relaxed);
+        info!(client_id = %c.client_id, "this node's copy of the session is stale (node {prev_node} owned it since); loading the session from Redis");
+    }
+    if load && (!handed_over || out.stale_previous) && text(v.get(10)) == "1" {
         out.restored = Some(Box::new(restore(ctx, &c.client_id, &v)));
     }
     Ok(out)

@@ -78,6 +78,8 @@ pub(super) struct Ctx {
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     pub bridge: Arc<Bridge>,
+    /// The node's directory.
+    pub local: Arc<crate::store::MemoryStore>,
     pub scripts: Scripts,
     pub client: Client,
     /// The live node incarnations as last read with the node lease, and
@@ -153,6 +155,18 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut jobs: UnboundedReceiver<Job>) {
                     let started = Instant::now();
                     let result = claim_one(&ctx, &mut conn, &claim, previous.is_some()).await;
                     ctx.metrics.observe(started);
+                    if matches!(
+                        &result,
+                        Err(_)
+                            | Ok(Claimed {
+                                over_limit: true,
+                                ..
+                            })
+                    ) {
+                        // Refused: the session stays where it was, and the
+                        // next claim hands it over from there.
+                        ctx.local.put_back(&claim.client_id, claim.loc, previous);
+                    }
                     reply.send(result.map(|c| Claimed { previous, ..c }));
                     claim_done(&ctx, &claim, &writes);
                     turn.done(&ctx, &claim.client_id);
