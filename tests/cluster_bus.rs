@@ -398,11 +398,11 @@ async fn a_publishers_order_holds_across_nodes_whatever_its_topics() {
     drop(bus.kafka);
 }
 
-/// A node killed and started again reads its inbox at once: its group
-/// gives up on its earlier self within the inbox's session timeout (6 s),
-/// not librdkafka's 45 s, so copies other nodes send for its subscribers
-/// arrive (the fault harness found a restarted node reading nothing for
-/// the rest of a run).
+/// A node killed and started again reads its inbox at once: it is
+/// assigned its partitions, with no group coordinator to wait for until
+/// it gives up on the node's earlier self, so copies other nodes send for
+/// its subscribers arrive (the fault harness found a restarted node
+/// reading nothing for the rest of a run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_reads_its_inbox_again_within_seconds() {
     let mut bus = bus(|_| (Vec::new(), Vec::new())).await;

@@ -946,7 +946,9 @@ async fn a_paused_nodes_connections_come_back_into_presence() {
 /// nothing). When the client comes back to that node, the claim must load
 /// what Redis holds, not hand the stale copy over in memory: the fault
 /// harness saw such a session come back without what was queued for it
-/// elsewhere.
+/// elsewhere. (The first CONNECTs after the heal are refused with 0x88
+/// while the node renews its lease; each refused claim must leave the
+/// node's directory as it found it, or the next one finds no session.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_redis_resumes_no_session_from_its_stale_copy() {
     let redis = Redis::start();

@@ -30,6 +30,7 @@ use crate::config::{Config, SourceConfig, SourceFanout, SourceTarget, Template};
 use crate::logging::Throttle;
 use crate::stats::Figure;
 
+mod inbox;
 mod offers;
 mod records;
 
@@ -41,13 +42,6 @@ use offers::run;
 /// does), so Tether asks for 100 ms: a fetch per 100 ms per broker when
 /// idle. `[kafka.consumer]` can set it.
 const FETCH_WAIT_MAX_MS: u32 = 100;
-/// The inbox group's session timeout. Its only member is this node, so a
-/// node killed and started again waits, before reading its inbox, until
-/// the group gives up on its earlier self: librdkafka's 45 s would leave
-/// the copies other nodes acknowledged for its subscribers waiting that
-/// long. 6 s is the least a Kafka broker accepts by default
-/// (`group.min.session.timeout.ms`).
-const INBOX_SESSION_TIMEOUT_MS: u32 = 6000;
 /// One `[[kafka.source]]`, ready to map records.
 struct SourceRule {
     target: SourceTarget,
@@ -122,6 +116,8 @@ enum Reads {
     Sources(Vec<String>),
     /// The interest topic, from its beginning, outside any group.
     Registry(String),
+    /// The cluster inbox: every partition assigned (`inbox.rs`).
+    Inbox(String),
 }
 
 /// The consumer, with [`Seen`] as its context.
@@ -288,22 +284,19 @@ impl KafkaInbound {
             });
         }
         if !inbox_group.is_empty() {
-            // Its own group, read from the earliest record the first time:
-            // other nodes send here as soon as they read this node's
-            // interest, which can be before the group's first assignment,
-            // and "latest" would skip those records.
+            // Its own group (for its offsets only), read from the earliest
+            // record the first time: other nodes send here as soon as they
+            // read this node's interest, which can be before the inbox is
+            // read, and "latest" would skip those records.
             let mut cc = base(&format!("tether-{me}-inbox"), "inbox");
-            cc.set("auto.offset.reset", "earliest")
-                .set("session.timeout.ms", INBOX_SESSION_TIMEOUT_MS.to_string())
-                .set(
-                    "heartbeat.interval.ms",
-                    (INBOX_SESSION_TIMEOUT_MS / 3).to_string(),
-                );
-            plans.push(Plan {
-                cc,
-                reads: Reads::Sources(inbox_group),
-                seen: Seen::default(),
-            });
+            cc.set("auto.offset.reset", "earliest");
+            for topic in inbox_group {
+                plans.push(Plan {
+                    cc: cc.clone(),
+                    reads: Reads::Inbox(topic),
+                    seen: Seen::default(),
+                });
+            }
         }
         let loaded = Arc::new(AtomicBool::new(!k.cluster.enabled()));
         if k.cluster.enabled() {
@@ -373,6 +366,10 @@ impl KafkaInbound {
                         .subscribe(&topics)
                         .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
                     tasks.push(Box::pin(run(ctx.clone(), consumer, stopped.clone())));
+                }
+                Reads::Inbox(topic) => {
+                    let read = inbox::read(ctx.clone(), consumer, plan.cc, topic, stopped.clone());
+                    tasks.push(Box::pin(read));
                 }
                 Reads::Registry(topic) => {
                     let mut tpl = TopicPartitionList::new();

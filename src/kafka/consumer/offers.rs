@@ -265,7 +265,7 @@ async fn forward_out(ctx: &Ctx, out: Outgoing) -> Outcome {
 
 /// Awaits a record's answer from `core`, offering it again until it is
 /// stored (or can never be), then hands it on for the persistent sessions
-/// it was meant for that left the node meanwhile ([`hand_on`]).
+/// it was meant for that left the node meanwhile ([`hand_on_departed`]).
 ///
 /// A record that comes back [`Refusal::Undelivered`] reached the online
 /// subscribers but was not stored; its next offer goes behind records
@@ -284,7 +284,7 @@ async fn deliver_here(
             Ok(_) => {
                 m.delivered.fetch_add(1, Relaxed);
                 return match hand_on {
-                    Some(h) => self::hand_on(ctx, &req, &scope, &h).await,
+                    Some(h) => hand_on_departed(ctx, &req, &scope, &h).await,
                     None => Outcome::Accepted,
                 };
             }
@@ -316,7 +316,7 @@ async fn deliver_here(
 /// it was sent (`bridge::departures`): the cores delivered it to nobody
 /// there, and its publisher was acknowledged. Its offset is stored only
 /// once every copy is in Kafka.
-async fn hand_on(ctx: &Ctx, req: &PublishRequest, scope: &Scope, h: &HandOn) -> Outcome {
+async fn hand_on_departed(ctx: &Ctx, req: &PublishRequest, scope: &Scope, h: &HandOn) -> Outcome {
     let Some(bridge) = &ctx.bridge else {
         return Outcome::Stopping;
     };

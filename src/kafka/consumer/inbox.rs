@@ -1,0 +1,91 @@
+//! The cluster bus's inbox (`[kafka.cluster]` `node_topic`): this node is
+//! its only reader, so it is assigned every partition of its topic instead
+//! of joining a consumer group, and the group (`tether-<node>-inbox`) only
+//! keeps its committed offsets.
+//!
+//! A group's coordinator hands the partitions over only once it gave up on
+//! the members it knew: after a kill -9 and restart, the node's earlier
+//! self; after a broker pause longer than the session timeout, every
+//! member. The fault harness saw tansu keep a restarted node, and after a
+//! 6 s pause every node, waiting for the rest of the run, reading nothing
+//! while other nodes' publishers were acknowledged. An assignment needs no
+//! coordinator: the node reads as soon as the broker answers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::offers::run;
+use super::{Ctx, SourceConsumer};
+use crate::logging::Throttle;
+
+/// How long one metadata request for the topic's partitions may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before asking again when the broker did not answer, or the topic
+/// does not exist yet (its partitions are read once, at start).
+const METADATA_RETRY: Duration = Duration::from_secs(1);
+
+/// Assigns every partition of `topic` (from the offsets the group
+/// committed; the earliest the first time), then reads as any source.
+pub(super) async fn read(
+    ctx: Arc<Ctx>,
+    consumer: SourceConsumer,
+    cc: ClientConfig,
+    topic: String,
+    stopped: watch::Receiver<bool>,
+) {
+    let partitions = loop {
+        if *stopped.borrow() {
+            return;
+        }
+        let (cc, t) = (cc.clone(), topic.clone());
+        match tokio::task::spawn_blocking(move || partitions(&cc, &t)).await {
+            Ok(Ok(n)) if n > 0 => break n,
+            outcome => {
+                static REPEATS: Throttle = Throttle::new();
+                if let Some(held_back) = REPEATS.admit() {
+                    let why = match outcome {
+                        Ok(Ok(_)) => "the topic does not exist (create it)".to_string(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    warn!(
+                        held_back,
+                        topic, "Kafka cluster inbox: cannot read its partitions yet: {why}"
+                    );
+                }
+                tokio::time::sleep(METADATA_RETRY).await;
+            }
+        }
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        if let Err(e) = tpl.add_partition_offset(&topic, p, Offset::Stored) {
+            warn!(topic, "Kafka cluster inbox: partition {p}: {e}");
+        }
+    }
+    if let Err(e) = consumer.assign(&tpl) {
+        warn!(topic, "Kafka cluster inbox: cannot read it: {e}");
+        return;
+    }
+    info!(topic, partitions, "Kafka cluster inbox: reading");
+    run(ctx, consumer, stopped).await;
+}
+
+/// The number of partitions of `topic`, asked with a consumer of its own
+/// (blocking: run off the consuming thread's runtime).
+fn partitions(cc: &ClientConfig, topic: &str) -> KafkaResult<i32> {
+    let c: BaseConsumer = cc.create()?;
+    let md = c.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len() as i32))
+}
