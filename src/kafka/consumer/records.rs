@@ -58,9 +58,10 @@ pub(super) enum Request {
 pub(super) struct HandOn {
     /// When its sender produced it, ms since the Unix epoch.
     pub sent_ms: u64,
-    /// Its publisher (`x-client`, `x-uid`): the copies handed on are keyed
-    /// by it, as the first copy was.
+    /// Its publisher's client id (`x-client`): the copies handed on are
+    /// keyed by it, as the first copy was.
     pub client: Option<Arc<str>>,
+    /// Its publisher's user name (`x-uid`), carried on.
     pub user: Option<Arc<str>>,
 }
 
