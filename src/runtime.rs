@@ -293,8 +293,9 @@ fn on_bridge(core: &Core, msg: BridgeMsg) {
             req,
             source,
             scope,
+            numbered,
             done,
-        } => mqtt::on_bridge_publish(core, req, source, scope, done),
+        } => mqtt::on_bridge_publish(core, req, source, scope, numbered, done),
         BridgeMsg::Inspect { key, reply } => {
             let _ = reply.send(core.inspect(key));
         }

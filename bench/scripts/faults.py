@@ -7,6 +7,7 @@ and a checker that reads only that log (`faults_check.py`).
 
   sudo python3 bench/scripts/faults.py --schedule short            # about a minute
   sudo python3 bench/scripts/faults.py --schedule soak --minutes 30
+  sudo python3 bench/scripts/faults.py --schedule one --fault redis-restart
 
 Faults: a node cut off from Redis, from Kafka, from its clients or from the
 other nodes (nftables drops in the node's namespace: silent, like a dead
@@ -225,8 +226,11 @@ KINDS = ["partition-redis", "partition-kafka", "partition-clients", "partition-n
          "slow-link", "pause", "kill-restart", "redis-restart", "kafka-pause"]
 
 
-def schedule(kind, minutes, rng):
+def schedule(kind, minutes, rng, fault=None, node=1):
     """[(at_s, [(kind, node)], lasts_s)]: one fault or two at once."""
+    if kind == "one":
+        # One fault alone, to look at it closely.
+        return [(10, [(fault, node)], 10)]
     if kind == "short":
         return [
             (8, [("partition-redis", 1)], 8),
@@ -246,7 +250,9 @@ def schedule(kind, minutes, rng):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--schedule", choices=["short", "soak"], default="short")
+    ap.add_argument("--schedule", choices=["short", "soak", "one"], default="short")
+    ap.add_argument("--fault", choices=KINDS, help="with --schedule one: the fault")
+    ap.add_argument("--node", type=int, default=1, help="with --schedule one: the node it strikes")
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--tether", default=os.path.join(ROOT, "target/release/tether"))
     ap.add_argument("--seed", type=int, default=1)
@@ -260,7 +266,9 @@ def main():
             raise SystemExit(f"faults.py: needs {tool} (apt-get install -y nftables redis-server iproute2; "
                              "tansu: cargo install tansu --version 0.6.0 --features dynostore --locked)")
     rng = random.Random(a.seed)
-    plan = schedule(a.schedule, a.minutes, rng)
+    if a.schedule == "one" and not a.fault:
+        raise SystemExit("faults.py: --schedule one needs --fault KIND")
+    plan = schedule(a.schedule, a.minutes, rng, a.fault, a.node)
     duration = (plan[-1][0] + plan[-1][2] + SETTLE_S) if plan else 60
     workdir = tempfile.mkdtemp(prefix="tether-faults-")
     net = Net()

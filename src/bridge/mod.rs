@@ -49,6 +49,8 @@ pub enum BridgeMsg {
         /// Whom on this node it is for: everyone (the usual), or a
         /// narrower [`Scope`] for a copy another node forwarded.
         scope: Scope,
+        /// The message's id when its sender numbers it (see [`Numbered`]).
+        numbered: Option<Numbered>,
         /// Where the outcome goes.
         done: Option<Receipt>,
     },
@@ -221,6 +223,20 @@ impl PublishRequest {
     }
 }
 
+/// The identity of a bridge publish whose sender numbers it (a Kafka
+/// record): offered again after it was not stored, it keeps its id, and a
+/// session that queued it the first time stores that copy instead of
+/// taking a second. Without it, every offer of a record while Redis was
+/// away queued one more copy, until the session's queue was full and
+/// dropped what came next (the fault harness, a Redis restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numbered {
+    /// The message id (unique on the node; not a core's).
+    pub id: u64,
+    /// Offered before: sessions look for their copy.
+    pub again: bool,
+}
+
 /// Why a bridge publish was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -324,7 +340,7 @@ impl Bridge {
         req: PublishRequest,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
         let core = self.core_of(req.topic.as_bytes());
-        self.publish_on(core, source, req, Scope::All)
+        self.publish_on(core, source, req, Scope::All, None)
     }
 
     /// The core whose inbox serves `lane`: publishes queued in one lane's
@@ -342,6 +358,7 @@ impl Bridge {
         source: Source,
         req: PublishRequest,
         scope: Scope,
+        numbered: Option<Numbered>,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
         let (done, outcome) = tokio::sync::oneshot::channel();
         self.send(
@@ -350,6 +367,7 @@ impl Bridge {
                 req,
                 source,
                 scope,
+                numbered,
                 done: Some(done),
             },
         )?;

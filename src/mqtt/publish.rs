@@ -15,7 +15,7 @@ use tracing::debug;
 use super::{max_qos, violation, Step, Violation};
 use crate::auth::{AclRequest, Action, Permit, Source};
 use crate::bridge::outbound::OutboundPolicy;
-use crate::bridge::{PublishRequest, Receipt, Refusal};
+use crate::bridge::{Numbered, PublishRequest, Receipt, Refusal};
 use crate::codec::{reason, topic, Ack, Packet, Publish, QoS};
 use crate::id::ConnKey;
 use crate::session::{Message, Publication, Scope};
@@ -487,6 +487,7 @@ pub fn on_bridge_publish(
     req: PublishRequest,
     source: Source,
     scope: Scope,
+    numbered: Option<Numbered>,
     done: Option<Receipt>,
 ) {
     let refuse = |done: Option<Receipt>, r: Refusal| {
@@ -539,12 +540,10 @@ pub fn on_bridge_publish(
         return refuse(done, Refusal::Busy);
     }
     let owned = (permit == Permit::Ask).then(|| acl.to_owned());
-    let mut msg = Message::new(
-        core.message_id(),
-        req.into_publication(),
-        core.clock().instant(),
-    );
+    let id = numbered.map_or_else(|| core.message_id(), |n| n.id);
+    let mut msg = Message::new(id, req.into_publication(), core.clock().instant());
     msg.scope = scope;
+    msg.again = numbered.is_some_and(|n| n.again);
     match (permit, owned) {
         (Permit::Allow, _) => finish_api(core, st, msg, policy, done),
         (Permit::Ask, Some(acl)) => {

@@ -45,6 +45,9 @@ pub struct Message {
     pub confirm: Option<Arc<Confirm>>,
     /// Whom on this node it is for (see [`Scope`]).
     pub scope: Scope,
+    /// Offered again with the same id (`bridge::Numbered`): a session
+    /// that holds it already stores that copy instead of taking another.
+    pub again: bool,
 }
 
 /// Whom on this node a message is for.
@@ -119,6 +122,7 @@ impl Message {
             born: now,
             confirm: None,
             scope: Scope::All,
+            again: false,
         }
     }
 

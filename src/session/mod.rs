@@ -99,6 +99,17 @@ impl Durable {
 }
 
 impl Session {
+    /// The sequence number of the copy of message `id` this session holds
+    /// (queued or in flight), if it holds one. A scan: asked only for a
+    /// message offered again (`Message::again`).
+    pub fn seq_of(&self, id: u64) -> Option<u64> {
+        self.queued
+            .iter()
+            .chain(self.inflight.iter().map(|f| &f.d))
+            .find(|d| d.msg.id == id)
+            .map(|d| d.seq)
+    }
+
     /// Continues packet ids after `last`, for a session restored from the
     /// store (so resent ids are not reused at once).
     pub fn set_last_pkid(&mut self, last: u16) {

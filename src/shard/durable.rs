@@ -90,6 +90,27 @@ impl Core {
         mut d: Delivery,
         deliver: impl FnOnce(&mut Entry, Delivery) -> Offer,
     ) -> Offer {
+        if d.msg.again {
+            if let Some(seq) = e.session.seq_of(d.msg.id) {
+                // Queued here already when it was first offered, but not
+                // stored: store that copy (its place in the queue kept),
+                // not a second one.
+                if let (Some(dur), true) = (e.session.durable.as_deref(), seq > 0) {
+                    d.seq = seq;
+                    if let Some(c) = &d.msg.confirm {
+                        c.hold();
+                    }
+                    if journal.is_empty() {
+                        self.journal_ready.notify();
+                    }
+                    journal.push(StoreOp::Put {
+                        session: session_ref(dur),
+                        d,
+                    });
+                }
+                return Offer::Duplicate;
+            }
+        }
         let mirrored = match e.session.durable.as_deref_mut() {
             Some(dur) if d.qos != QoS::AtMostOnce => {
                 d.seq = dur.next_seq();

@@ -28,7 +28,7 @@ use tracing::{debug, warn};
 use super::records::{HandOn, Request};
 use super::{Ctx, SourceConsumer};
 use crate::bridge::outbound::{Outgoing, Produced};
-use crate::bridge::{PublishRequest, Refusal};
+use crate::bridge::{Numbered, PublishRequest, Refusal};
 use crate::codec::QoS;
 use crate::id::Source;
 use crate::kafka::producer::Job;
@@ -39,6 +39,12 @@ use crate::session::Scope;
 const WINDOW: usize = 256;
 /// Pause before offering a record again to a busy core.
 const BUSY_RETRY: Duration = Duration::from_millis(20);
+/// Longest pause before offering again a record that was not stored: the
+/// pause doubles from [`BUSY_RETRY`] up to this. While the session store
+/// is away every record in the window is refused; offered again at the
+/// busy pace, their writes outran the store once it was back (a Redis
+/// restart in the fault harness), and every write kept failing.
+const NOT_STORED_RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long the thread waits, when it stops, for records in the cores'
 /// hands before it commits what was accepted.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -131,18 +137,23 @@ fn done(consumer: &SourceConsumer, place: Place, outcome: Outcome) -> bool {
 enum Offered {
     /// Nothing more to do for it.
     Settled(Outcome),
-    /// In its core's inbox.
-    Queued {
-        answer: Answer,
-        /// Kept for another offer (the payload is shared, not copied).
-        req: PublishRequest,
-        scope: Scope,
-        core: usize,
-        /// The copy for the other nodes (owner mode).
-        forward: Option<Outgoing>,
-        /// A cluster inbox record's sender and publisher.
-        hand_on: Option<HandOn>,
-    },
+    /// In its core's inbox (boxed: one per record, on this thread).
+    Queued(Box<Queued>),
+}
+
+/// A record in its core's inbox, and what settling it needs.
+struct Queued {
+    answer: Answer,
+    /// Kept for another offer (the payload is shared, not copied).
+    req: PublishRequest,
+    /// Its message id, the same at every offer.
+    id: u64,
+    scope: Scope,
+    core: usize,
+    /// The copy for the other nodes (owner mode).
+    forward: Option<Outgoing>,
+    /// A cluster inbox record's sender and publisher.
+    hand_on: Option<HandOn>,
 }
 
 /// A core's answer to one publish.
@@ -183,25 +194,40 @@ async fn offer(ctx: &Ctx, req: Request, key: Option<&[u8]>) -> Offered {
     };
     let core = bridge.core_of(key.unwrap_or(req.topic.as_bytes()));
     let forward = forward.then(|| ctx.outgoing(&req, None, None));
-    let Some(answer) = queue(ctx, core, &req, &scope).await else {
+    let id = ctx.next_id();
+    let first = Numbered { id, again: false };
+    let Some(answer) = queue(ctx, core, &req, &scope, first).await else {
         return Offered::Settled(Outcome::Stopping);
     };
-    Offered::Queued {
+    Offered::Queued(Box::new(Queued {
         answer,
         req,
+        id,
         scope,
         core,
         forward,
         hand_on,
-    }
+    }))
 }
 
 /// Puts a publish in `core`'s inbox, asking again after [`BUSY_RETRY`]
 /// while the inbox is full; `None` once the gateway is stopping.
-async fn queue(ctx: &Ctx, core: usize, req: &PublishRequest, scope: &Scope) -> Option<Answer> {
+async fn queue(
+    ctx: &Ctx,
+    core: usize,
+    req: &PublishRequest,
+    scope: &Scope,
+    numbered: Numbered,
+) -> Option<Answer> {
     loop {
         let bridge = ctx.bridge.as_ref()?;
-        match bridge.publish_on(core, Source::Bridge, req.clone(), scope.clone()) {
+        match bridge.publish_on(
+            core,
+            Source::Bridge,
+            req.clone(),
+            scope.clone(),
+            Some(numbered),
+        ) {
             Ok(answer) => return Some(answer),
             Err(Refusal::Busy) => {
                 ctx.metrics.busy_retries.fetch_add(1, Relaxed);
@@ -216,18 +242,19 @@ async fn queue(ctx: &Ctx, core: usize, req: &PublishRequest, scope: &Scope) -> O
 /// stored, and for its forward to the other nodes (owner mode): both must
 /// be done before its offset is stored.
 async fn settle(ctx: &Ctx, offered: Offered) -> Outcome {
-    let (answer, req, scope, core, forward, hand_on) = match offered {
+    let Queued {
+        answer,
+        req,
+        id,
+        scope,
+        core,
+        forward,
+        hand_on,
+    } = match offered {
         Offered::Settled(outcome) => return outcome,
-        Offered::Queued {
-            answer,
-            req,
-            scope,
-            core,
-            forward,
-            hand_on,
-        } => (answer, req, scope, core, forward, hand_on),
+        Offered::Queued(q) => *q,
     };
-    let here = deliver_here(ctx, answer, req, scope, core, hand_on);
+    let here = deliver_here(ctx, answer, req, id, scope, core, hand_on);
     let Some(out) = forward else {
         return here.await;
     };
@@ -269,18 +296,22 @@ async fn forward_out(ctx: &Ctx, out: Outgoing) -> Outcome {
 ///
 /// A record that comes back [`Refusal::Undelivered`] reached the online
 /// subscribers but was not stored; its next offer goes behind records
-/// queued since, which are duplicates' order, not first copies'.
+/// queued since, which are duplicates' order, not first copies'. It keeps
+/// its message id (`id`), so a session that queued it the first time
+/// stores that copy instead of taking another.
 async fn deliver_here(
     ctx: &Ctx,
     mut answer: Answer,
     req: PublishRequest,
+    id: u64,
     scope: Scope,
     core: usize,
     hand_on: Option<HandOn>,
 ) -> Outcome {
     let m = &ctx.metrics;
+    let mut not_stored = BUSY_RETRY;
     loop {
-        match answer.await.unwrap_or(Err(Refusal::ShuttingDown)) {
+        let pause = match answer.await.unwrap_or(Err(Refusal::ShuttingDown)) {
             Ok(_) => {
                 m.delivered.fetch_add(1, Relaxed);
                 return match hand_on {
@@ -292,19 +323,23 @@ async fn deliver_here(
             Err(Refusal::Undelivered(why)) => {
                 // Not stored (durability): offer it again, it must not be lost.
                 debug!("Kafka record not stored yet ({why}); again");
+                let pause = not_stored;
+                not_stored = (not_stored * 2).min(NOT_STORED_RETRY_MAX);
+                pause
             }
             // The core does not refuse a Kafka record for room; a full
             // inbox is the only busy answer left.
-            Err(Refusal::Busy) => {}
+            Err(Refusal::Busy) => BUSY_RETRY,
             Err(r) => {
                 m.undeliverable.fetch_add(1, Relaxed);
                 warn!(topic = %req.topic, "Kafka record passed over: {r}");
                 return Outcome::Passed;
             }
-        }
+        };
         m.busy_retries.fetch_add(1, Relaxed);
-        tokio::time::sleep(BUSY_RETRY).await;
-        let Some(again) = queue(ctx, core, &req, &scope).await else {
+        tokio::time::sleep(pause).await;
+        let numbered = Numbered { id, again: true };
+        let Some(again) = queue(ctx, core, &req, &scope, numbered).await else {
             return Outcome::Stopping;
         };
         answer = again;

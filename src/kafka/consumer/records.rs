@@ -15,8 +15,9 @@ use crate::config::SourceTarget;
 use crate::id::GroupKey;
 use crate::session::Scope;
 
-/// Message ids of owner-mode forwards: the top byte 0xfe, which no core
-/// has (nor the API's pushes, 0xff), so `x-id` stays unique on the node.
+/// Message ids of records (as offered to the cores) and of owner-mode
+/// forwards: the top byte 0xfe, which no core has (nor the API's pushes,
+/// 0xff), so ids and `x-id` stay unique on the node.
 const FORWARD_IDS: u64 = 0xfe << 56;
 /// Headers Tether writes itself: not copied into user properties.
 const OWN_HEADERS: [&str; 10] = [
@@ -163,6 +164,12 @@ impl Ctx {
         }
     }
 
+    /// A node-unique id for a record's message, kept while the record is
+    /// offered again (`bridge::Numbered`).
+    pub(super) fn next_id(&self) -> u64 {
+        FORWARD_IDS | (self.forward_seq.fetch_add(1, Relaxed) & crate::kafka::PUSH_SEQ_MASK)
+    }
+
     /// A record as a message this node produces again: an owner-mode
     /// record for the other nodes (no publisher), or a copy handed on
     /// (its first copy's publisher, which keys it).
@@ -172,8 +179,7 @@ impl Ctx {
         client_id: Option<Arc<str>>,
         username: Option<Arc<str>>,
     ) -> Outgoing {
-        let id =
-            FORWARD_IDS | (self.forward_seq.fetch_add(1, Relaxed) & crate::kafka::PUSH_SEQ_MASK);
+        let id = self.next_id();
         let msg = crate::session::Message::new(
             id,
             req.clone().into_publication(),
