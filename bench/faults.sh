@@ -5,6 +5,7 @@
 #
 #   bench/faults.sh                          # the short schedule (about a minute)
 #   bench/faults.sh --schedule soak --minutes 30 --report bench/results/faults.md
+#   bench/faults.sh --schedule one --fault redis-restart --keep   # one fault alone, to trace it
 #
 # Needs root; installs nftables and python3-paho-mqtt when missing.
 set -euo pipefail
