@@ -49,6 +49,7 @@ const NOT_STORED_RETRY_MAX: Duration = Duration::from_secs(2);
 /// hands before it commits what was accepted.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// What became of one record.
+#[derive(PartialEq, Eq)]
 enum Outcome {
     Accepted,
     Passed,
@@ -242,19 +243,12 @@ async fn queue(
 /// stored, and for its forward to the other nodes (owner mode): both must
 /// be done before its offset is stored.
 async fn settle(ctx: &Ctx, offered: Offered) -> Outcome {
-    let Queued {
-        answer,
-        req,
-        id,
-        scope,
-        core,
-        forward,
-        hand_on,
-    } = match offered {
+    let mut q = match offered {
         Offered::Settled(outcome) => return outcome,
-        Offered::Queued(q) => *q,
+        Offered::Queued(q) => q,
     };
-    let here = deliver_here(ctx, answer, req, id, scope, core, hand_on);
+    let forward = q.forward.take();
+    let here = deliver_here(ctx, *q);
     let Some(out) = forward else {
         return here.await;
     };
@@ -269,19 +263,33 @@ async fn settle(ctx: &Ctx, offered: Offered) -> Outcome {
 /// Hands an owner-mode record to the producer for the other nodes until
 /// every copy is in Kafka (or the gateway stops).
 async fn forward_out(ctx: &Ctx, out: Outgoing) -> Outcome {
+    let job = |ack| Job::Forward {
+        out: out.clone(),
+        ack,
+    };
+    until_in_kafka(ctx, "an owner-mode record is not forwarded", job).await
+}
+
+/// Hands the producer the job `job` makes, again after [`BUSY_RETRY`]
+/// while it fails, until its records are in Kafka ([`Outcome::Accepted`])
+/// or the gateway stops. `what` names the records for the warning.
+async fn until_in_kafka(
+    ctx: &Ctx,
+    what: &str,
+    job: impl Fn(oneshot::Sender<Produced>) -> Job,
+) -> Outcome {
     loop {
         let (ack, answer) = oneshot::channel();
-        let job = Job::Forward {
-            out: out.clone(),
-            ack,
-        };
-        if ctx.jobs.send(job).is_err() {
+        if ctx.jobs.send(job(ack)).is_err() {
             return Outcome::Stopping;
         }
         match answer.await {
             Ok(Produced::Done) => return Outcome::Accepted,
             Ok(Produced::Failed(why)) => {
-                debug!("Kafka record not forwarded yet ({why}); again");
+                static REPEATS: Throttle = Throttle::new();
+                if let Some(held_back) = REPEATS.admit() {
+                    warn!(held_back, "{what} yet ({why}); trying again");
+                }
                 ctx.metrics.busy_retries.fetch_add(1, Relaxed);
                 tokio::time::sleep(BUSY_RETRY).await;
             }
@@ -299,15 +307,16 @@ async fn forward_out(ctx: &Ctx, out: Outgoing) -> Outcome {
 /// queued since, which are duplicates' order, not first copies'. It keeps
 /// its message id (`id`), so a session that queued it the first time
 /// stores that copy instead of taking another.
-async fn deliver_here(
-    ctx: &Ctx,
-    mut answer: Answer,
-    req: PublishRequest,
-    id: u64,
-    scope: Scope,
-    core: usize,
-    hand_on: Option<HandOn>,
-) -> Outcome {
+async fn deliver_here(ctx: &Ctx, q: Queued) -> Outcome {
+    let Queued {
+        mut answer,
+        req,
+        id,
+        scope,
+        core,
+        hand_on,
+        ..
+    } = q;
     let m = &ctx.metrics;
     let mut not_stored = BUSY_RETRY;
     loop {
@@ -366,28 +375,14 @@ async fn hand_on_departed(ctx: &Ctx, req: &PublishRequest, scope: &Scope, h: &Ha
         ctx.metrics.handed_on.fetch_add(1, Relaxed);
         debug!(client_id = %session, topic = %req.topic, "handing a copy on: its session left this node");
         let out = ctx.outgoing(req, h.client.clone(), h.user.clone());
-        loop {
-            let (ack, answer) = oneshot::channel();
-            let job = Job::HandOn {
-                out: out.clone(),
-                session: session.clone(),
-                ack,
-            };
-            if ctx.jobs.send(job).is_err() {
-                return Outcome::Stopping;
-            }
-            match answer.await {
-                Ok(Produced::Done) => break,
-                Ok(Produced::Failed(why)) => {
-                    static REPEATS: Throttle = Throttle::new();
-                    if let Some(held_back) = REPEATS.admit() {
-                        warn!(held_back, client_id = %session, "a copy for a session that left this node is not handed on yet ({why}); trying again");
-                    }
-                    ctx.metrics.busy_retries.fetch_add(1, Relaxed);
-                    tokio::time::sleep(BUSY_RETRY).await;
-                }
-                Err(_) => return Outcome::Stopping,
-            }
+        let job = |ack| Job::HandOn {
+            out: out.clone(),
+            session: session.clone(),
+            ack,
+        };
+        let what = "a copy for a session that left this node is not handed on";
+        if until_in_kafka(ctx, what, job).await == Outcome::Stopping {
+            return Outcome::Stopping;
         }
     }
     Outcome::Accepted
