@@ -146,16 +146,16 @@ async fn publish(c: &rumqttc::AsyncClient, events: &mut Events, topic: &str, tag
             .await
             .unwrap();
     }
-    let mut acked = 0;
-    while acked < n {
-        match tokio::time::timeout(WAIT, events.recv())
-            .await
-            .expect("PUBACKs in time")
-        {
-            Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
-            Some(Ok(_)) => {}
-            other => panic!("publisher: {other:?}"),
-        }
+    take_pubacks(events, n).await;
+}
+
+/// Waits for `n` PUBACKs.
+async fn take_pubacks(events: &mut Events, n: usize) {
+    for _ in 0..n {
+        next_packet(events, "publisher's PUBACKs", WAIT, |p| {
+            matches!(p, rumqttc::Packet::PubAck(_))
+        })
+        .await;
     }
 }
 
@@ -377,17 +377,7 @@ async fn a_publishers_order_holds_across_nodes_whatever_its_topics() {
         .await
         .unwrap();
     }
-    let mut acked = 0;
-    while acked < MESSAGES {
-        match tokio::time::timeout(WAIT, pe.recv())
-            .await
-            .expect("PUBACKs in time")
-        {
-            Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
-            Some(Ok(_)) => {}
-            other => panic!("publisher: {other:?}"),
-        }
-    }
+    take_pubacks(&mut pe, MESSAGES).await;
     let got: Vec<String> = take(&mut sub, MESSAGES, "feed-reader")
         .await
         .into_iter()
@@ -483,19 +473,17 @@ async fn a_copy_for_a_subscriber_that_moved_is_handed_on_to_its_new_node() {
     let (_new, mut new_events, new_task) = common::pump(persistent(n2));
     drop(new_task);
     // Taken over once node 3's lease ran out, while it still sleeps.
-    loop {
-        match tokio::time::timeout(common::CONNACK_TIMEOUT, new_events.recv())
-            .await
-            .expect("CONNACK on node 2 in time")
-        {
-            Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)))) => {
-                assert!(a.session_present, "the session came over from node 3");
-                break;
-            }
-            Some(Ok(_)) => {}
-            other => panic!("mover on node 2: {other:?}"),
-        }
-    }
+    let connack = next_packet(
+        &mut new_events,
+        "CONNACK on node 2",
+        common::CONNACK_TIMEOUT,
+        |p| matches!(p, rumqttc::Packet::ConnAck(_)),
+    )
+    .await;
+    let rumqttc::Packet::ConnAck(a) = connack else {
+        unreachable!()
+    };
+    assert!(a.session_present, "the session came over from node 3");
     eprintln!("taken over after {:?}", paused.elapsed());
     n3.proc.signal(libc::SIGCONT);
     // "before:0" may come again first: its PUBACK may not have been stored
@@ -518,14 +506,29 @@ async fn a_copy_for_a_subscriber_that_moved_is_handed_on_to_its_new_node() {
 }
 
 async fn take_suback(events: &mut Events) {
+    next_packet(events, "SUBACK", WAIT, |p| {
+        matches!(p, rumqttc::Packet::SubAck(_))
+    })
+    .await;
+}
+
+/// The next incoming packet `pick` takes, each event awaited for at most
+/// `wait`; other events are passed over, and the connection's end fails
+/// the test.
+async fn next_packet(
+    events: &mut Events,
+    what: &str,
+    wait: Duration,
+    pick: impl Fn(&rumqttc::Packet) -> bool,
+) -> rumqttc::Packet {
     loop {
-        match tokio::time::timeout(WAIT, events.recv())
+        match tokio::time::timeout(wait, events.recv())
             .await
-            .expect("SUBACK in time")
+            .unwrap_or_else(|_| panic!("{what} in time"))
         {
-            Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) => return,
+            Some(Ok(rumqttc::Event::Incoming(p))) if pick(&p) => return p,
             Some(Ok(_)) => {}
-            other => panic!("{other:?}"),
+            other => panic!("{what}: {other:?}"),
         }
     }
 }

@@ -72,8 +72,20 @@ async fn try_connect(opts: MqttOptions) -> Result<Client, String> {
 impl Client {
     /// Waits until the server closes the connection.
     async fn closed(&mut self, what: &str) {
+        self.closed_without(what, "", |_| false).await;
+    }
+
+    /// Waits until the server closes the connection, failing with `never`
+    /// if a packet `forbidden` picks arrives first.
+    async fn closed_without(
+        &mut self,
+        what: &str,
+        never: &str,
+        forbidden: impl Fn(&Packet) -> bool,
+    ) {
         loop {
             match tokio::time::timeout(WAIT, self.events.recv()).await {
+                Ok(Some(Ok(Event::Incoming(p)))) if forbidden(&p) => panic!("{never}: {p:?}"),
                 Ok(Some(Ok(_))) => {}
                 Ok(Some(Err(_)) | None) => return,
                 Err(_) => panic!("{what}: still connected after {WAIT:?}"),
@@ -242,14 +254,7 @@ async fn a_takeover_on_another_node_closes_the_old_connection_and_fences_it() {
     assert!(second.session_present, "the session came over from node 1");
     assert!(epoch(&mut conn) > e1, "the claim took a newer epoch");
     // Node 1 was told over its control channel: the old connection closes.
-    loop {
-        let ev = tokio::time::timeout(WAIT, first.events.recv())
-            .await
-            .expect("the old connection closes in time");
-        if matches!(ev, Some(Err(_)) | None) {
-            break;
-        }
-    }
+    first.closed("the old connection").await;
     let owner: Vec<String> = redis::cmd("HMGET")
         .arg("tt:{c:roamer}:s")
         .arg("node")
@@ -598,18 +603,10 @@ async fn a_redis_restart_loses_nothing_acknowledged() {
         .publish("keep/x", QoS::AtLeastOnce, false, vec![50])
         .await
         .unwrap();
-    loop {
-        match tokio::time::timeout(WAIT, publ.events.recv())
-            .await
-            .expect("an answer in time")
-        {
-            Some(Ok(Event::Incoming(Packet::PubAck(_)))) => {
-                panic!("acknowledged while Redis is down")
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => break,
-        }
-    }
+    publ.closed_without("the publisher", "acknowledged while Redis is down", |p| {
+        matches!(p, Packet::PubAck(_))
+    })
+    .await;
 
     redis.restart();
     let mut back = connect_when_store_is_back(options(&a, "keeper", false)).await;
@@ -869,18 +866,12 @@ async fn a_paused_node_that_wakes_serves_no_session_it_lost() {
         .publish("dev2/x", QoS::AtLeastOnce, false, "after the pause")
         .await
         .unwrap();
-    loop {
-        match tokio::time::timeout(WAIT, old.events.recv())
-            .await
-            .expect("the old connection closes in time")
-        {
-            Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                panic!("the paused node served a session it lost: {p:?}")
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => break,
-        }
-    }
+    old.closed_without(
+        "the old connection",
+        "the paused node served a session it lost",
+        |p| matches!(p, Packet::Publish(_)),
+    )
+    .await;
     // Closed for its lapsed lease, or by the kick node 2 sent, whichever
     // node 1 read first on waking: either way before any delivery.
     eprintln!(
