@@ -97,16 +97,7 @@ impl Core {
                 // not a second one.
                 if let (Some(dur), true) = (e.session.durable.as_deref(), seq > 0) {
                     d.seq = seq;
-                    if let Some(c) = &d.msg.confirm {
-                        c.hold();
-                    }
-                    if journal.is_empty() {
-                        self.journal_ready.notify();
-                    }
-                    journal.push(StoreOp::Put {
-                        session: session_ref(dur),
-                        d,
-                    });
+                    self.journal_put(journal, session_ref(dur), d);
                 }
                 return Offer::Duplicate;
             }
@@ -122,15 +113,21 @@ impl Core {
         if let (Some((session, d)), Offer::Sent | Offer::Queued | Offer::Held) =
             (mirrored, &outcome)
         {
-            if let Some(c) = &d.msg.confirm {
-                c.hold();
-            }
-            if journal.is_empty() {
-                self.journal_ready.notify();
-            }
-            journal.push(StoreOp::Put { session, d });
+            self.journal_put(journal, session, d);
         }
         outcome
+    }
+
+    /// Journals message `d` entering `session`, holding its publisher's
+    /// confirm until the write lands.
+    fn journal_put(&self, journal: &mut Vec<StoreOp>, session: SessionRef, d: Delivery) {
+        if let Some(c) = &d.msg.confirm {
+            c.hold();
+        }
+        if journal.is_empty() {
+            self.journal_ready.notify();
+        }
+        journal.push(StoreOp::Put { session, d });
     }
 
     /// Whether the node's lease still holds the durable session `d` (in
