@@ -479,6 +479,43 @@ async fn the_per_user_limit_holds_across_the_cluster() {
     );
 }
 
+/// A connection that stays up longer than its presence lease stays in
+/// presence and under the per-user limit: every refresh renews the user's
+/// set in Redis, not only its own entry (the set used to expire one lease
+/// after its last new member, and a user whose devices just stayed
+/// connected vanished from other nodes' presence and from the limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_held_past_its_presence_lease_still_counts() {
+    let redis = Redis::start();
+    let env = [
+        ("TETHER_PRESENCE__LEASE_SECS", "3"),
+        ("TETHER_LIMITS__MAX_CONNECTIONS_PER_USER", "1"),
+        ("TETHER_LIMITS__PER_USER_POLICY", "\"refuse\""),
+    ];
+    let a = Node::start(1, &redis.url(), &env);
+    let b = Node::start(2, &redis.url(), &env);
+    let _held = connect(as_user(&a, "held", "hana", true)).await;
+    assert_eq!(online(&b, "hana"), 1);
+    // Past two presence leases (2 x 3 s, the set's expiry in Redis), with
+    // node 2 asked all along.
+    let since = std::time::Instant::now();
+    while since.elapsed() < Duration::from_secs(2 * 2 * 3) {
+        assert_eq!(
+            online(&b, "hana"),
+            1,
+            "node 2 lost the held connection after {:?}",
+            since.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let over = try_connect(as_user(&b, "second", "hana", true)).await;
+    assert!(
+        over.as_ref()
+            .is_err_and(|e| e.contains("ServiceUnavailable")),
+        "a second connection is over the limit of one"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_per_user_limit_the_oldest_connection_is_evicted() {
     let redis = Redis::start();

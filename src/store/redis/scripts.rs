@@ -177,6 +177,33 @@ redis.call('PEXPIRE', k, ARGV[3])
 return out
 ";
 
+/// Renews one presence entry's lease, and the set's expiry with it.
+///
+/// The set expires one lease after its last write: without renewing that
+/// too, a user whose connections all stayed up longer than a lease lost
+/// the whole set (presence showed none of them on other nodes, and the
+/// per-user limit counted none), though every entry was being refreshed.
+///
+/// `GT`: a renewal never shortens a lease another write set. With
+/// `recreate` = 0 (`XX`), an entry that was evicted or expired stays gone;
+/// 1 re-creates it (see the writer's `Refresh`).
+///
+/// KEYS: the user's set. ARGV: expiry (Unix ms), member, lease (ms),
+/// recreate (0/1). Returns 1.
+pub const REFRESH: &str = r"
+local k = KEYS[1]
+if ARGV[4] == '1' then
+  redis.call('ZADD', k, 'GT', ARGV[1], ARGV[2])
+else
+  redis.call('ZADD', k, 'XX', 'GT', ARGV[1], ARGV[2])
+end
+local lease = tonumber(ARGV[3])
+if redis.call('EXISTS', k) == 1 and redis.call('PTTL', k) < lease then
+  redis.call('PEXPIRE', k, lease)
+end
+return 1
+";
+
 /// The scripts, compiled once (their SHA1s).
 pub struct Scripts {
     /// [`CLAIM`].
@@ -185,6 +212,15 @@ pub struct Scripts {
     pub write: Script,
     /// [`ADMIT`].
     pub admit: Script,
+    /// [`REFRESH`].
+    pub refresh: Script,
+}
+
+impl Scripts {
+    /// Every script, to load them again into a Redis that lost them.
+    pub fn all(&self) -> [&Script; 4] {
+        [&self.claim, &self.write, &self.admit, &self.refresh]
+    }
 }
 
 impl Default for Scripts {
@@ -193,6 +229,7 @@ impl Default for Scripts {
             claim: Script::new(CLAIM),
             write: Script::new(WRITE),
             admit: Script::new(ADMIT),
+            refresh: Script::new(REFRESH),
         }
     }
 }

@@ -85,7 +85,7 @@ async fn apply(ctx: &Ctx, conn: &mut Conn, ops: &[StoreOp]) -> Result<Vec<Outcom
         if attempt == 0 {
             debug!("Redis lost its scripts (restarted?): loading them again");
             ctx.metrics.script_reloads.fetch_add(1, Relaxed);
-            for s in [&ctx.scripts.claim, &ctx.scripts.write, &ctx.scripts.admit] {
+            for s in ctx.scripts.all() {
                 s.prepare_invoke().load_async(conn).await?;
             }
         }
@@ -238,18 +238,19 @@ fn command(ctx: &Ctx, op: &StoreOp) -> (String, redis::Cmd) {
             // them, though the connections are still here. Without them
             // presence and the per-user limit would miss those
             // connections for good.
+            let lease = ctx.settings.presence_lease_ms;
             let recreate = ctx
                 .settings
                 .lease
-                .new_term_within(Duration::from_millis(ctx.settings.presence_lease_ms));
-            let mut c = redis::cmd("ZADD");
-            c.arg(keys::user(prefix, &presence.user));
-            if !recreate {
-                c.arg("XX");
-            }
-            c.arg("GT")
-                .arg(now_ms() + ctx.settings.presence_lease_ms)
-                .arg(member(&ctx.settings, presence));
+                .new_term_within(Duration::from_millis(lease));
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(ctx.scripts.refresh.get_hash())
+                .arg(1)
+                .arg(keys::user(prefix, &presence.user))
+                .arg(now_ms() + lease)
+                .arg(member(&ctx.settings, presence))
+                .arg(lease)
+                .arg(u8::from(recreate));
             (format!("u:{}", presence.user), c)
         }
     }
