@@ -4,7 +4,8 @@
 //! message reaches one member cluster-wide), retained messages reach every
 //! node, an owner-mode source is read once and forwarded where it is
 //! wanted, a publisher's order holds on a node with several cores, and a
-//! copy for a persistent subscriber that moved on is handed on to it.
+//! copy for a persistent subscriber that moved on, or whose node died, is
+//! handed on to it.
 
 mod common;
 
@@ -45,10 +46,14 @@ struct Bus {
 impl Bus {
     /// Node `id` killed (-9) and started again with the same settings.
     fn restart(&mut self, id: u16) {
-        let i = usize::from(id - 1);
-        self.nodes[i].proc.kill9();
+        self.nodes[usize::from(id - 1)].proc.kill9();
+        self.start(id);
+    }
+
+    /// Node `id` (killed) started again with the same settings.
+    fn start(&mut self, id: u16) {
         let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.nodes[i] = Node::start(id, &self.redis.url(), &env);
+        self.nodes[usize::from(id - 1)] = Node::start(id, &self.redis.url(), &env);
     }
 }
 
@@ -503,6 +508,87 @@ async fn a_copy_for_a_subscriber_that_moved_is_handed_on_to_its_new_node() {
         }
     }
     assert!(metric(n3, "tether_kafka_cluster_handed_on_total") >= 1.0);
+}
+
+/// A copy sent to a node that died, for a persistent subscriber of that
+/// node, reaches the subscriber on its new node once the dead node starts
+/// again: node 3 is killed, a message published on node 1 goes to node
+/// 3's inbox only (the cluster still knows `orphan`'s subscription
+/// there), `orphan` resumes its session on node 2, and node 3, back,
+/// hands the copy its earlier life was sent on to the sessions that came
+/// from there (`Scope::Orphan`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_sent_to_a_node_that_died_reaches_its_subscriber_when_the_node_is_back() {
+    let mut bus = bus(|_| {
+        (
+            vec![("TETHER_PRESENCE__NODE_LEASE_SECS", "3".to_string())],
+            Vec::new(),
+        )
+    })
+    .await;
+    let persistent = |node: &Node| {
+        let mut o = rumqttc::MqttOptions::new("orphan", "127.0.0.1", node.mqtt);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_clean_session(false);
+        o
+    };
+    let (old, mut old_events, old_task) = common::pump(persistent(&bus.nodes[2]));
+    old.subscribe("lost/#", QoS::AtLeastOnce).await.unwrap();
+    take_suback(&mut old_events).await;
+    let (p, mut pe) = client(&bus.nodes[0], "orphan-pub", &[]).await;
+    until("node 1 sees lost/#", || {
+        metric(&bus.nodes[0], "tether_kafka_cluster_interest_entries") >= 1.0
+    })
+    .await;
+    publish(&p, &mut pe, "lost/a", "before", 1).await;
+    assert_eq!(
+        take_within(&mut old_events, 1, "orphan on node 3", GROUP_FORMS).await[0].1,
+        "before:0"
+    );
+
+    bus.nodes[2].proc.kill9();
+    old_task.abort();
+    drop((old, old_events));
+    // Acknowledged once its copy is in node 3's inbox, which nobody reads.
+    publish(&p, &mut pe, "lost/a", "during", 1).await;
+    let (_new, mut new_events, new_task) = common::pump(persistent(&bus.nodes[1]));
+    drop(new_task);
+    // Taken over once node 3's lease ran out.
+    let connack = next_packet(
+        &mut new_events,
+        "CONNACK on node 2",
+        common::CONNACK_TIMEOUT,
+        |p| matches!(p, rumqttc::Packet::ConnAck(_)),
+    )
+    .await;
+    let rumqttc::Packet::ConnAck(a) = connack else {
+        unreachable!()
+    };
+    assert!(a.session_present, "the session came over from node 3");
+
+    bus.start(3);
+    // "before:0" may come again first: its PUBACK may not have been stored
+    // before the kill (at least once).
+    loop {
+        let got = take_within(
+            &mut new_events,
+            1,
+            "orphan on node 2",
+            Duration::from_secs(30),
+        )
+        .await;
+        match got[0].1.as_str() {
+            "during:0" => break,
+            "before:0" => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        metric(
+            &bus.nodes[2],
+            "tether_kafka_cluster_orphans_handed_on_total"
+        ) >= 1.0
+    );
 }
 
 async fn take_suback(events: &mut Events) {

@@ -38,12 +38,7 @@ use ahash::{AHashMap, AHashSet};
 
 use crate::codec::topic;
 
-/// How long after a session left a copy sent to this node is still handed
-/// on: the time other nodes may go on routing its copies here, until they
-/// read the announcement of its new node (a fetch of the interest topic:
-/// milliseconds, seconds while Kafka is slow), with room for clock skew
-/// between the nodes (record timestamps are the sender's clock).
-pub const HAND_ON_MARGIN_MS: u64 = 10_000;
+use crate::session::HAND_ON_MARGIN_MS;
 
 /// How long a departure is kept: copies for the session consumed later
 /// than this (the node's inbox consumer was stopped that long) are not

@@ -57,6 +57,22 @@ const FAILED_RECENTLY_MS: u64 = 60_000;
 /// The header of a copy handed on for one persistent session (the
 /// client id): the receiving node delivers it to that session only.
 pub(crate) const TO_SESSION: &str = "x-to-session";
+/// The header of a copy handed on by a node that restarted, for the
+/// sessions that came from its earlier life (its node id; with
+/// [`FIRST_SENT`]): `session::Scope::Orphan`.
+pub(crate) const ORPHAN_OF: &str = "x-orphan-of";
+/// When an orphan's first copy was sent, ms since the Unix epoch.
+pub(crate) const FIRST_SENT: &str = "x-first-sent";
+
+/// Whom a copy handed on to every node is for (`producer::Job::HandOn`).
+#[derive(Clone, Debug)]
+pub(crate) enum HandTo {
+    /// One persistent session that left this node (`x-to-session`).
+    Session(Arc<str>),
+    /// The persistent sessions that this node's earlier life held: a copy
+    /// sent to it at `sent_ms`, before it restarted (`x-orphan-of`).
+    Orphans { sent_ms: u64 },
+}
 /// Message ids of the API's pushes: the top byte 0xff, which no core
 /// (whose index is the top byte of its ids) has, so `x-id` stays unique.
 const PUSH_IDS: u64 = 0xff << 56;

@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 
 use super::cluster::{self, ClusterView, Update};
 use super::routes::{headers, Routes};
-use super::TO_SESSION;
+use super::{HandTo, FIRST_SENT, ORPHAN_OF, TO_SESSION};
 use crate::bridge::outbound::{
     ConnEvent, ConnEventKind, InterestChange, OutboundError, Outgoing, Produced,
 };
@@ -73,15 +73,15 @@ pub(crate) enum Job {
         ack: oneshot::Sender<Produced>,
     },
     /// Hand on a cluster-bus copy this node received for a persistent
-    /// session that had left it (`bridge::departures`): one copy to every
-    /// node up, this one included, scoped to `session` (`x-to-session`), so
-    /// that whichever node holds it now delivers it; answer `ack` once
-    /// every copy is in.
+    /// session that had left it (`bridge::departures`), or that reached
+    /// its earlier life (before it restarted): one copy to every node up,
+    /// this one included, scoped by `to`, so that whichever node holds the
+    /// session now delivers it; answer `ack` once every copy is in.
     HandOn {
         /// The message and its publisher.
         out: Outgoing,
-        /// The session's client id.
-        session: Arc<str>,
+        /// Whom it is for.
+        to: HandTo,
         /// The consuming task.
         ack: oneshot::Sender<Produced>,
     },
@@ -359,7 +359,7 @@ enum Rec {
         out: Outgoing,
         node: u16,
         shares: Vec<Arc<str>>,
-        to_session: Option<Arc<str>>,
+        to: Option<HandTo>,
     },
     /// An announcement on the interest topic (`None`: a tombstone).
     Registry { key: String, value: Option<String> },
@@ -399,9 +399,7 @@ pub(crate) fn run(mut ctx: Ctx, jobs: Receiver<Job>) {
             Ok(Job::Send { out, ack }) => (plan(&mut ctx, out, true), Answer::Core(ack)),
             Ok(Job::Push { out, ack }) => (vec![Rec::Push(out)], Answer::Api(ack)),
             Ok(Job::Forward { out, ack }) => (plan(&mut ctx, out, false), Answer::Api(ack)),
-            Ok(Job::HandOn { out, session, ack }) => {
-                (hand_on(&ctx, out, session), Answer::Api(ack))
-            }
+            Ok(Job::HandOn { out, to, ack }) => (hand_on(&ctx, out, to), Answer::Api(ack)),
             Ok(Job::Interest(change)) => announce(&ctx, change),
             Ok(Job::View(u)) => {
                 if let Some(c) = &mut ctx.cluster {
@@ -513,7 +511,7 @@ fn plan(ctx: &mut Ctx, out: Outgoing, routed: bool) -> Vec<Rec> {
                     out: out.clone(),
                     node,
                     shares,
-                    to_session: None,
+                    to: None,
                 });
             }
         }
@@ -524,8 +522,8 @@ fn plan(ctx: &mut Ctx, out: Outgoing, routed: bool) -> Vec<Rec> {
     recs
 }
 
-/// The records of a copy handed on for `session`: one per node up.
-fn hand_on(ctx: &Ctx, out: Outgoing, session: Arc<str>) -> Vec<Rec> {
+/// The records of a copy handed on (`Job::HandOn`): one per node up.
+fn hand_on(ctx: &Ctx, out: Outgoing, to: HandTo) -> Vec<Rec> {
     let Some(c) = &ctx.cluster else {
         return Vec::new();
     };
@@ -535,7 +533,7 @@ fn hand_on(ctx: &Ctx, out: Outgoing, session: Arc<str>) -> Vec<Rec> {
             out: out.clone(),
             node,
             shares: Vec::new(),
-            to_session: Some(session.clone()),
+            to: Some(to.clone()),
         })
         .collect()
 }
@@ -607,7 +605,7 @@ fn produce(ctx: &Ctx, w: Waiting, waiting: &mut VecDeque<Waiting>) {
             out,
             node,
             shares,
-            to_session,
+            to,
         } => {
             let c = ctx.cluster.as_ref().expect("node records need the cluster");
             let mut h = headers(out, "publish", &ctx.node);
@@ -617,11 +615,27 @@ fn produce(ctx: &Ctx, w: Waiting, waiting: &mut VecDeque<Waiting>) {
                     value: Some(s.as_bytes()),
                 });
             }
-            if let Some(s) = to_session {
-                h = h.insert(Header {
-                    key: TO_SESSION,
-                    value: Some(s.as_bytes()),
-                });
+            let (me, sent);
+            match to {
+                Some(HandTo::Session(s)) => {
+                    h = h.insert(Header {
+                        key: TO_SESSION,
+                        value: Some(s.as_bytes()),
+                    });
+                }
+                Some(HandTo::Orphans { sent_ms }) => {
+                    (me, sent) = (c.me.to_string(), sent_ms.to_string());
+                    h = h
+                        .insert(Header {
+                            key: ORPHAN_OF,
+                            value: Some(me.as_bytes()),
+                        })
+                        .insert(Header {
+                            key: FIRST_SENT,
+                            value: Some(sent.as_bytes()),
+                        });
+                }
+                None => {}
             }
             // Keyed by publisher: its messages keep their order on the
             // receiving node's partition.

@@ -64,6 +64,17 @@ pub enum Scope {
     /// subscriptions: a copy handed on for a session that had left the
     /// node it was sent to (`bridge::departures`).
     Session(Arc<str>),
+    /// Only persistent sessions that came from node `of` (its earlier
+    /// life, before it restarted), through their plain subscriptions, if
+    /// the copy was sent to that node before they left it
+    /// (`session::Arrival::missed`): a copy that reached `of` after it
+    /// died with its sessions, handed on by it once it was back.
+    Orphan {
+        /// The node the copy was first sent to.
+        of: u16,
+        /// When it was first sent, ms since the Unix epoch.
+        sent_ms: u64,
+    },
 }
 
 impl Scope {
@@ -72,7 +83,7 @@ impl Scope {
         match self {
             Scope::All => true,
             Scope::Groups(only) => only.contains(g),
-            Scope::Session(_) => false,
+            Scope::Session(_) | Scope::Orphan { .. } => false,
         }
     }
 }

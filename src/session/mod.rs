@@ -88,7 +88,37 @@ pub struct Durable {
     /// The node's lease term the claim was made in: the session is served
     /// only while the lease holds in it (`store::Lease`).
     pub lease_term: u64,
+    /// The node that owned the session before this claim, and when it was
+    /// claimed: copies sent to that node before then are this session's
+    /// too ([`Scope::Orphan`]).
+    pub came_from: Option<Arrival>,
 }
+
+/// Where a persistent session was before a claim brought it here, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// The previous owner's node id (this node's own, for a session its
+    /// earlier life owned).
+    pub node: u16,
+    /// When the claim took it, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl Arrival {
+    /// Whether a copy sent to `node` at `sent_ms` was meant for this
+    /// session: it came from that node, and the copy was sent before it
+    /// left (or so soon after that the sender still routed it there).
+    pub fn missed(&self, node: u16, sent_ms: u64) -> bool {
+        self.node == node && sent_ms <= self.at_ms + HAND_ON_MARGIN_MS
+    }
+}
+
+/// How long after a session left a node a copy sent there is still its
+/// own: the time other nodes may go on routing its copies there, until
+/// they read the announcement of its new node (a fetch of the interest
+/// topic: milliseconds, seconds while Kafka is slow), with room for clock
+/// skew between the nodes (record timestamps are the sender's clock).
+pub const HAND_ON_MARGIN_MS: u64 = 10_000;
 
 impl Durable {
     /// The next message's sequence number.

@@ -119,11 +119,27 @@ impl Core {
             if same.iter().all(|s| s.opts.no_local) && msg.origin == Some(e.id) {
                 continue;
             }
-            if let Scope::Session(only) = &msg.scope {
+            match msg.scope {
                 // A copy handed on for one persistent session: nobody else.
-                if e.client_id.as_deref() != Some(&**only) || e.session.durable.is_none() {
-                    continue;
+                Scope::Session(ref only)
+                    if e.client_id.as_deref() != Some(&**only) || e.session.durable.is_none() =>
+                {
+                    continue
                 }
+                // A copy a restarted node's earlier life got: only the
+                // persistent sessions that came from there before it was
+                // sent.
+                Scope::Orphan { of, sent_ms }
+                    if !e
+                        .session
+                        .durable
+                        .as_ref()
+                        .and_then(|d| d.came_from)
+                        .is_some_and(|a| a.missed(of, sent_ms)) =>
+                {
+                    continue
+                }
+                _ => {}
             }
             // One copy per session, at the best QoS and retain option of
             // its matching subscriptions, carrying all their identifiers.

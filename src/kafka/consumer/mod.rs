@@ -79,6 +79,10 @@ pub(crate) struct InMetrics {
     pub busy_retries: AtomicU64,
     /// Cluster inbox records from before this process started, passed over.
     pub stale: AtomicU64,
+    /// Cluster inbox records from before this process started, handed on
+    /// to every node for the persistent sessions of the node's earlier
+    /// life.
+    pub orphans: AtomicU64,
     /// Copies handed on for persistent sessions that left the node
     /// (`bridge::departures`), one per session.
     pub handed_on: AtomicU64,
@@ -449,7 +453,8 @@ impl KafkaInbound {
             ("kafka_records_delivered", "Records the cores accepted as MQTT messages (their offsets may be committed).", m.delivered.load(Relaxed), true),
             ("kafka_records_skipped_own", "Records this node produced itself, passed over (skip_own).", m.skipped_own.load(Relaxed), true),
             ("kafka_records_undeliverable", "Records that could not become an MQTT message (missing header or key, invalid topic, denied).", m.undeliverable.load(Relaxed), true),
-            ("kafka_records_stale", "Cluster inbox records sent before this process started (for the node's earlier life), passed over.", m.stale.load(Relaxed), true),
+            ("kafka_records_stale", "Cluster inbox records sent before this process started (for the node's earlier life) that no session is owed (QoS 0, copies handed on), passed over.", m.stale.load(Relaxed), true),
+            ("kafka_cluster_orphans_handed_on", "Cluster inbox records sent before this process started, handed on to every node for the persistent sessions of the node's earlier life.", m.orphans.load(Relaxed), true),
             ("kafka_cluster_handed_on", "Cluster inbox records handed on to every node for a persistent session that had left this node (one per session).", m.handed_on.load(Relaxed), true),
             ("kafka_busy_retries", "Times a busy core was offered a record again.", m.busy_retries.load(Relaxed), true),
             ("kafka_consumer_errors", "Consumer errors (broker unreachable, rebalance failures, ...).", m.errors.load(Relaxed), true),

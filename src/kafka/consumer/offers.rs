@@ -32,6 +32,7 @@ use crate::bridge::{Numbered, PublishRequest, Refusal};
 use crate::codec::QoS;
 use crate::id::Source;
 use crate::kafka::producer::Job;
+use crate::kafka::HandTo;
 use crate::logging::Throttle;
 use crate::session::Scope;
 
@@ -140,6 +141,9 @@ enum Offered {
     Settled(Outcome),
     /// In its core's inbox (boxed: one per record, on this thread).
     Queued(Box<Queued>),
+    /// Sent to this node's earlier life: to hand on to every node
+    /// ([`hand_on_orphan`]).
+    Orphan(Box<(PublishRequest, HandOn)>),
 }
 
 /// A record in its core's inbox, and what settling it needs.
@@ -176,6 +180,7 @@ async fn offer(ctx: &Ctx, req: Request, key: Option<&[u8]>) -> Offered {
             forward,
             hand_on,
         } => (req, scope, forward, hand_on),
+        Request::Orphan { req, hand_on } => return Offered::Orphan(Box::new((req, hand_on))),
         Request::Stale => {
             m.stale.fetch_add(1, Relaxed);
             return Offered::Settled(Outcome::Passed);
@@ -245,6 +250,7 @@ async fn queue(
 async fn settle(ctx: &Ctx, offered: Offered) -> Outcome {
     let mut q = match offered {
         Offered::Settled(outcome) => return outcome,
+        Offered::Orphan(o) => return hand_on_orphan(ctx, &o.0, &o.1).await,
         Offered::Queued(q) => q,
     };
     let forward = q.forward.take();
@@ -369,6 +375,8 @@ async fn hand_on_departed(ctx: &Ctx, req: &PublishRequest, scope: &Scope, h: &Ha
     }
     let only = match scope {
         Scope::Session(s) => Some(&**s),
+        // Handed on already, by a node that restarted.
+        Scope::Orphan { .. } => return Outcome::Accepted,
         _ => None,
     };
     for session in bridge.departures.claimants(&req.topic, h.sent_ms, only) {
@@ -377,7 +385,7 @@ async fn hand_on_departed(ctx: &Ctx, req: &PublishRequest, scope: &Scope, h: &Ha
         let out = ctx.outgoing(req, h.client.clone(), h.user.clone());
         let job = |ack| Job::HandOn {
             out: out.clone(),
-            session: session.clone(),
+            to: HandTo::Session(session.clone()),
             ack,
         };
         let what = "a copy for a session that left this node is not handed on";
@@ -386,4 +394,29 @@ async fn hand_on_departed(ctx: &Ctx, req: &PublishRequest, scope: &Scope, h: &Ha
         }
     }
     Outcome::Accepted
+}
+
+/// Hands a record sent to this node's earlier life (before it restarted)
+/// on to every node, for the persistent sessions that life held: they
+/// are elsewhere now, or back here, and the record was sent while the
+/// cluster still routed their copies to this node (`Scope::Orphan`).
+/// Handed on once the interest topic was read, so that the cluster view
+/// knows every node; its offset is stored once every copy is in Kafka.
+async fn hand_on_orphan(ctx: &Ctx, req: &PublishRequest, h: &HandOn) -> Outcome {
+    while !ctx.loaded.load(Relaxed) {
+        tokio::time::sleep(BUSY_RETRY).await;
+    }
+    ctx.metrics.orphans.fetch_add(1, Relaxed);
+    let out = ctx.outgoing(req, h.client.clone(), h.user.clone());
+    let job = |ack| Job::HandOn {
+        out: out.clone(),
+        to: HandTo::Orphans { sent_ms: h.sent_ms },
+        ack,
+    };
+    until_in_kafka(
+        ctx,
+        "a copy sent to this node before it restarted is not handed on",
+        job,
+    )
+    .await
 }

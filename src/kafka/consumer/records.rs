@@ -47,9 +47,17 @@ pub(super) enum Request {
         hand_on: Option<HandOn>,
     },
     SkipOwn,
-    /// A cluster inbox record sent before this process started: meant for
-    /// the node's earlier life (its clients then), not for whoever
-    /// subscribed since.
+    /// A cluster inbox record sent before this process started, for the
+    /// node's earlier life: not for whoever subscribed here since, but for
+    /// the persistent sessions that life held, wherever they are now.
+    /// Handed on to every node (`HandTo::Orphans`).
+    Orphan {
+        req: PublishRequest,
+        hand_on: HandOn,
+    },
+    /// A cluster inbox record sent before this process started that no
+    /// session is owed: QoS 0, or itself a copy handed on (the nodes that
+    /// were up deliver those).
     Stale,
     Undeliverable(&'static str),
 }
@@ -78,13 +86,10 @@ impl Ctx {
         if rule.skip_own && header("x-node") == Some(self.node.as_bytes()) {
             return Request::SkipOwn;
         }
-        if rule.kind == RuleKind::Inbox
+        let before_start = rule.kind == RuleKind::Inbox
             && m.timestamp()
                 .to_millis()
-                .is_some_and(|t| t < self.started_ms)
-        {
-            return Request::Stale;
-        }
+                .is_some_and(|t| t < self.started_ms);
         // A broadcast goes to one fixed topic: it needs no key.
         let value = if rule.target == SourceTarget::Broadcast {
             String::new()
@@ -127,9 +132,18 @@ impl Ctx {
         let retain = rule.target == SourceTarget::Topic && header("x-retain") == Some(b"1");
         let text = |name: &str| header(name).and_then(|v| std::str::from_utf8(v).ok());
         let inbox = rule.kind == RuleKind::Inbox;
-        let scope = match text(crate::kafka::TO_SESSION) {
+        let orphan_of = text(crate::kafka::ORPHAN_OF).and_then(|n| n.parse().ok());
+        let scope = match (text(crate::kafka::TO_SESSION), orphan_of) {
             // A copy handed on for one session that left its first node.
-            Some(session) if inbox => Scope::Session(session.into()),
+            (Some(session), _) if inbox => Scope::Session(session.into()),
+            // A copy handed on by a restarted node, for the sessions that
+            // came from its earlier life.
+            (None, Some(of)) if inbox => Scope::Orphan {
+                of,
+                sent_ms: text(crate::kafka::FIRST_SENT)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0),
+            },
             // The sending node picked this one for the groups it names.
             _ if inbox => Scope::Groups(
                 m.headers()
@@ -150,17 +164,27 @@ impl Ctx {
             client: text("x-client").map(Arc::from),
             user: text("x-uid").map(Arc::from),
         });
-        Request::Publish {
-            req: PublishRequest {
-                topic,
-                payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-                qos,
-                retain,
-                properties: (!props.user_properties.is_empty()).then(|| Box::new(props)),
+        let req = PublishRequest {
+            topic,
+            payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+            qos,
+            retain,
+            properties: (!props.user_properties.is_empty()).then(|| Box::new(props)),
+        };
+        match (before_start, hand_on) {
+            (false, hand_on) => Request::Publish {
+                req,
+                scope,
+                forward: rule.kind == RuleKind::Owner,
+                hand_on,
             },
-            scope,
-            forward: rule.kind == RuleKind::Owner,
-            hand_on,
+            // A first copy, which a persistent session may be owed.
+            (true, Some(hand_on))
+                if qos != QoS::AtMostOnce && matches!(scope, Scope::Groups(_)) =>
+            {
+                Request::Orphan { req, hand_on }
+            }
+            (true, _) => Request::Stale,
         }
     }
 

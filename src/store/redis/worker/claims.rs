@@ -335,6 +335,10 @@ pub(super) async fn claim_one(
             epoch,
             last_seq: text(v.get(9)).parse().unwrap_or(0),
             lease_term,
+            came_from: prev_node.parse().ok().map(|node| Arrival {
+                node,
+                at_ms: now_ms(),
+            }),
         });
     }
     // This node's copy is stale when another node owned the session since

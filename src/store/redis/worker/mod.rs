@@ -61,7 +61,7 @@ use super::{blob, keys, Job, Metrics, Settings};
 use crate::bridge::{Bridge, BridgeMsg};
 use crate::codec::{reason, QoS, SubOptions};
 use crate::id::ConnId;
-use crate::session::{Durable, Inflight, Session};
+use crate::session::{Arrival, Durable, Inflight, Session};
 use crate::store::{
     Claim, ClaimResult, Claimed, Connection, Lookup, Presence, SessionRef, StoreError, StoreOp,
     StoredSession,
