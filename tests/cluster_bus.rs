@@ -52,7 +52,13 @@ impl Bus {
 
     /// Node `id` (killed) started again with the same settings.
     fn start(&mut self, id: u16) {
-        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.start_with(id, &[]);
+    }
+
+    /// Node `id` (killed) started again with the same settings and `more`.
+    fn start_with(&mut self, id: u16, more: &[(&str, &str)]) {
+        let mut env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.extend_from_slice(more);
         self.nodes[usize::from(id - 1)] = Node::start(id, &self.redis.url(), &env);
     }
 }
@@ -587,6 +593,78 @@ async fn a_copy_sent_to_a_node_that_died_reaches_its_subscriber_when_the_node_is
         metric(
             &bus.nodes[2],
             "tether_kafka_cluster_orphans_handed_on_total"
+        ) >= 1.0
+    );
+}
+
+/// A message published on the node a persistent subscriber just left
+/// reaches it on its new node, though the publishing node's view does not
+/// know that node's interest yet: node 3 reads announcements only every
+/// few seconds here, `watcher` is taken over from node 3 to node 2, and a
+/// message published on node 3 at once is handed on for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_where_a_subscriber_just_left_is_handed_on_to_it() {
+    let mut bus = bus(|_| (Vec::new(), Vec::new())).await;
+    bus.nodes[2].proc.kill9();
+    // Each fetch is held up to 5 s: node 3's view learns late.
+    let slow = "{\"fetch.wait.max.ms\" = \"5000\"}";
+    bus.start_with(3, &[("TETHER_KAFKA__CONSUMER", slow)]);
+    until_within("node 3's view knows the three nodes", GROUP_FORMS, || {
+        metric(&bus.nodes[2], "tether_kafka_cluster_nodes") >= 3.0
+    })
+    .await;
+    let persistent = |node: &Node| {
+        let mut o = rumqttc::MqttOptions::new("watcher", "127.0.0.1", node.mqtt);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_clean_session(false);
+        o
+    };
+    let (old, mut old_events, old_task) = common::pump(persistent(&bus.nodes[2]));
+    old.subscribe("left/#", QoS::AtLeastOnce).await.unwrap();
+    take_suback(&mut old_events).await;
+    let (p, mut pe) = client(&bus.nodes[2], "watcher-pub", &[]).await;
+    publish(&p, &mut pe, "left/a", "before", 1).await;
+    assert_eq!(
+        take(&mut old_events, 1, "watcher on node 3").await[0].1,
+        "before:0"
+    );
+
+    let (_new, mut new_events, new_task) = common::pump(persistent(&bus.nodes[1]));
+    drop(new_task);
+    let connack = next_packet(&mut new_events, "CONNACK on node 2", WAIT, |p| {
+        matches!(p, rumqttc::Packet::ConnAck(_))
+    })
+    .await;
+    let rumqttc::Packet::ConnAck(a) = connack else {
+        unreachable!()
+    };
+    assert!(a.session_present, "the session came over from node 3");
+    // Node 3 let the session go (it closes the old connection) before the
+    // next message is published there.
+    tokio::time::timeout(WAIT, old_task)
+        .await
+        .expect("node 3 closes the old connection")
+        .ok();
+    drop((old, old_events));
+    publish(&p, &mut pe, "left/a", "after", 1).await;
+    loop {
+        let got = take_within(
+            &mut new_events,
+            1,
+            "watcher on node 2",
+            Duration::from_secs(30),
+        )
+        .await;
+        match got[0].1.as_str() {
+            "after:0" => break,
+            "before:0" => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        metric(
+            &bus.nodes[2],
+            "tether_kafka_cluster_published_handed_on_total"
         ) >= 1.0
     );
 }

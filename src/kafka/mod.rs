@@ -176,6 +176,7 @@ impl KafkaOutbound {
             metrics: metrics.clone(),
             config: cc,
             rebuilt: None,
+            departures: None,
         };
         let (jobs, rx) = unbounded();
         let thread = std::thread::Builder::new()
@@ -226,6 +227,10 @@ impl Outbound for KafkaOutbound {
     }
 
     fn start(&self, bridge: Arc<crate::bridge::Bridge>) -> Result<(), String> {
+        if self.cluster {
+            // Before any core runs: the cores start after the bridge.
+            let _ = self.jobs.send(Job::Departures(bridge.departures.clone()));
+        }
         match &self.inbound {
             Some(i) => i.start(bridge).map_err(|e| e.to_string()),
             None => Ok(()),
@@ -287,6 +292,12 @@ impl Outbound for KafkaOutbound {
                     "kafka_cluster_local_only",
                     "Messages no other node had subscribers for (nothing produced).",
                     c.local_only.load(Relaxed),
+                    true,
+                ),
+                (
+                    "kafka_cluster_published_handed_on",
+                    "Messages published here handed on to every node for a persistent session that had just left this node (one per session).",
+                    c.handed_on.load(Relaxed),
                     true,
                 ),
             ]);

@@ -31,10 +31,12 @@ use tracing::{debug, warn};
 use super::cluster::{self, ClusterView, Update};
 use super::routes::{headers, Routes};
 use super::{HandTo, FIRST_SENT, ORPHAN_OF, TO_SESSION};
+use crate::bridge::departures::Departures;
 use crate::bridge::outbound::{
     ConnEvent, ConnEventKind, InterestChange, OutboundError, Outgoing, Produced,
 };
 use crate::bridge::ReplyTo;
+use crate::codec::QoS;
 use crate::logging::Throttle;
 use crate::session::Confirm;
 use crate::stats::Histogram;
@@ -91,6 +93,10 @@ pub(crate) enum Job {
     Interest(InterestChange),
     /// An announcement read from the interest topic, for the view.
     View(Update),
+    /// The node's departed sessions (`bridge::departures`), once the
+    /// bridge exists: messages published here for a session that just
+    /// left are handed on.
+    Departures(Arc<Departures>),
     /// Flush and stop.
     Stop,
 }
@@ -278,6 +284,8 @@ pub(crate) struct Ctx {
     pub config: ClientConfig,
     /// When the producer was last made again.
     pub rebuilt: Option<Instant>,
+    /// See [`Job::Departures`].
+    pub departures: Option<Arc<Departures>>,
 }
 
 /// A producer from `config`, reporting to `metrics`.
@@ -345,6 +353,9 @@ pub(crate) struct ClusterFigures {
     pub forwarded: AtomicU64,
     /// Client messages no other node wanted (not produced).
     pub local_only: AtomicU64,
+    /// Client messages handed on for a persistent session that had just
+    /// left this node, one per session.
+    pub handed_on: AtomicU64,
 }
 
 /// One record to produce.
@@ -407,6 +418,10 @@ pub(crate) fn run(mut ctx: Ctx, jobs: Receiver<Job>) {
                     c.figures.nodes.store(c.view.nodes(), Relaxed);
                     c.figures.entries.store(c.view.entries(), Relaxed);
                 }
+                continue;
+            }
+            Ok(Job::Departures(d)) => {
+                ctx.departures = Some(d);
                 continue;
             }
             Ok(Job::Event(ev)) => {
@@ -495,8 +510,9 @@ fn offer(ctx: &Ctx, rec: Rec, ack: Answer, waiting: &mut VecDeque<Waiting>) {
 
 /// The records of one message: its route's (`routed`: a client's message,
 /// when a route matches) and, with the cluster bus, one per other node
-/// with interest. None: nothing leaves, and the publisher is answered at
-/// once.
+/// with interest, and the copies handed on for persistent sessions that
+/// just left this node ([`departed`]). None: nothing leaves, and the
+/// publisher is answered at once.
 fn plan(ctx: &mut Ctx, out: Outgoing, routed: bool) -> Vec<Rec> {
     let mut recs = Vec::new();
     if let Some(c) = &mut ctx.cluster {
@@ -516,10 +532,35 @@ fn plan(ctx: &mut Ctx, out: Outgoing, routed: bool) -> Vec<Rec> {
             }
         }
     }
+    if routed {
+        departed(ctx, &out, &mut recs);
+    }
     if routed && ctx.routes.find(&out.msg.topic).is_some() {
         recs.push(Rec::Route(out));
     }
     recs
+}
+
+/// A client message published here after a persistent session it
+/// matches left this node (a takeover elsewhere, a fenced write): the
+/// cores delivered it to nobody for that session, and the other nodes
+/// route by a view that may not know the session's new node yet (until
+/// they read its announcement). So it is handed on for that session, as
+/// a copy consumed from the inbox would be (`Job::HandOn`), within
+/// [`crate::bridge::departures::HAND_ON_MARGIN_MS`] of the departure. A
+/// view that already knew the new node makes this a duplicate (at least
+/// once).
+fn departed(ctx: &Ctx, out: &Outgoing, recs: &mut Vec<Rec>) {
+    let (Some(c), Some(d)) = (&ctx.cluster, &ctx.departures) else {
+        return;
+    };
+    if out.msg.qos == QoS::AtMostOnce || out.msg.topic.starts_with('$') {
+        return;
+    }
+    for session in d.claimants(&out.msg.topic, crate::wallclock::now_ms(), None) {
+        c.figures.handed_on.fetch_add(1, Relaxed);
+        recs.extend(hand_on(ctx, out.clone(), HandTo::Session(session)));
+    }
 }
 
 /// The records of a copy handed on (`Job::HandOn`): one per node up.

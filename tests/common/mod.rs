@@ -352,8 +352,13 @@ impl Raw {
 
 /// Waits (polling, bounded by [`WAIT`]) until `cond` holds: for state the
 /// gateway exposes only through counters, such as "the connection is gone".
-pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+pub async fn until(what: &str, cond: impl FnMut() -> bool) {
+    until_within(what, WAIT, cond).await;
+}
+
+/// [`until`], bounded by `wait`.
+pub async fn until_within(what: &str, wait: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + wait;
     while !cond() {
         assert!(
             tokio::time::Instant::now() < deadline,
