@@ -1007,3 +1007,61 @@ async fn a_node_cut_off_from_redis_resumes_no_session_from_its_stale_copy() {
     assert_eq!(&p.payload[..], b"queued on node 2");
     assert_eq!(metric(&a, "tether_store_stale_copies_total"), 1.0);
 }
+
+/// A node cut off from Redis cannot count a user's connections, and the
+/// other nodes admit the user's next ones once its entries expired: so a
+/// connection counted against the user's limit is served only while the
+/// node's lease holds, like a persistent session. Past the lease, node 1
+/// delivers nothing more to `cap-1` and closes it, and node 2 admits
+/// `cap-2` under a limit of one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_stops_serving_connections_counted_against_a_limit() {
+    let redis = Redis::start();
+    let relay = common::relay::Relay::to_unix(redis.socket());
+    let env = [
+        SHORT_LEASE,
+        ("TETHER_PRESENCE__LEASE_SECS", "3"),
+        ("TETHER_LIMITS__MAX_CONNECTIONS_PER_USER", "1"),
+        ("TETHER_LIMITS__PER_USER_POLICY", "\"refuse\""),
+    ];
+    let a = Node::start(1, &relay.url(), &env);
+    let b = Node::start(2, &redis.url(), &env);
+    let mut first = connect(as_user(&a, "cap-1", "lim", true)).await;
+    first.subscribe("lim/#").await;
+    let publ = connect(options(&a, "lim-pub", true)).await;
+
+    relay.cut();
+    // Node 1 still reaches both its clients; each message it has for
+    // `cap-1` asks whether its lease still holds.
+    let cut = std::time::Instant::now();
+    let ticking = tokio::spawn(async move {
+        loop {
+            let _ = publ
+                .client
+                .publish("lim/x", QoS::AtMostOnce, false, "tick")
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // The ticks keep the connection busy: one deadline for the close.
+    tokio::time::timeout(
+        Duration::from_secs(3 + 2),
+        first.closed("cap-1 once node 1's lease lapsed"),
+    )
+    .await
+    .expect("closed within the node lease (3 s) and a little");
+    assert!(metric(&a, "tether_lease_closes_total") >= 1.0);
+    ticking.abort();
+    // Node 2 admits the next one once node 1 is out of the live view.
+    let second = loop {
+        match try_connect(as_user(&b, "cap-2", "lim", true)).await {
+            Ok(c) => break c,
+            Err(e) if e.contains("ServiceUnavailable") => {
+                assert!(cut.elapsed() < WAIT * 2, "cap-2 still refused: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    drop(second);
+}

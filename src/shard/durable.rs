@@ -133,10 +133,15 @@ impl Core {
     /// Whether the node's lease still holds the durable session `d` (in
     /// the term it was claimed in).
     pub(super) fn holds(&self, d: &Durable) -> bool {
+        self.holds_term(d.lease_term)
+    }
+
+    /// Whether the node's lease still holds in `term`.
+    pub(super) fn holds_term(&self, term: u64) -> bool {
         self.node
             .store
             .lease()
-            .is_none_or(|lease| lease.holds(d.lease_term))
+            .is_none_or(|lease| lease.holds(term))
     }
 
     /// The store forgets message `seq` of the session at `key` (it was

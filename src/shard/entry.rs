@@ -242,6 +242,12 @@ pub struct Rare {
     /// What the authenticator granted this connection (its own ACL rules,
     /// superuser, a connection limit), for as long as it lives.
     pub grants: Option<Arc<crate::auth::Grants>>,
+    /// The lease term this connection was admitted under its user's
+    /// connection limit in (`store::Claimed::counted_in`): it is served
+    /// only while the node's lease holds in that term, as a persistent
+    /// session is, for a node cut off from Redis cannot count it (other
+    /// nodes admit the user's next connections once its entry expired).
+    pub counted_in: Option<u64>,
     /// The subject CN of the client's verified TLS certificate, set before
     /// CONNECT is handled (authenticators may see it).
     pub certificate_cn: Option<Box<str>>,
@@ -281,6 +287,11 @@ impl Link {
     /// What the authenticator granted this connection.
     pub fn grants(&self) -> Option<&crate::auth::Grants> {
         self.rare.as_ref()?.grants.as_deref()
+    }
+
+    /// See [`Rare::counted_in`].
+    pub fn counted_in(&self) -> Option<u64> {
+        self.rare.as_ref()?.counted_in
     }
 
     /// The authorization question of this connection's client for

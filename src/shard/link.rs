@@ -87,19 +87,28 @@ impl Core {
         };
         // A durable session is served only while the node's lease holds in
         // the term it was claimed in: once it lapsed, another node may own
-        // it. Nothing more is written but a DISCONNECT (no delivery, no
-        // acknowledgement); the connection closes, and its client claims
-        // the session again.
-        let lapsed = durable.is_some_and(|d| !self.holds(d));
+        // it. So is a connection counted against its user's limit: other
+        // nodes may admit the user's next connections in its place. Nothing
+        // more is written but a DISCONNECT (no delivery, no
+        // acknowledgement); the connection closes, and its client connects
+        // again.
+        let session_lapsed = durable.is_some_and(|d| !self.holds(d));
+        let count_lapsed = link.counted_in().is_some_and(|t| !self.holds_term(t));
+        let lapsed = session_lapsed || count_lapsed;
         if lapsed {
             match link.close.as_mut() {
                 Some(close) => close.discard_outbox = true,
                 None => {
                     bump(&stats.lease_closes, 1);
+                    let what = if session_lapsed {
+                        "a persistent session, which another node may own by now"
+                    } else {
+                        "a connection counted against its user's limit, which other nodes may fill by now"
+                    };
                     warn!(
                         core = self.id,
-                        client_id = %durable.map_or("", |d| &d.client_id),
-                        "the node's Redis lease lapsed: closing the connection of a persistent session, which another node may own by now"
+                        client_id = %e.client_id.as_deref().unwrap_or(""),
+                        "the node's Redis lease lapsed: closing the connection of {what}"
                     );
                     link.request_close_why(
                         Some(crate::codec::reason::SERVER_UNAVAILABLE),

@@ -131,6 +131,9 @@ impl Core {
                 return Err(self.claim_failed(st, key, reason::SERVER_UNAVAILABLE, &why));
             }
         };
+        if let (Some(term), Some(link)) = (claimed.counted_in, e.link.as_mut()) {
+            link.rare().counted_in = Some(term);
+        }
         // Where the durable store keeps the session from now on, however
         // it comes (restored, handed over, or new).
         let mut restored = claimed.restored;

@@ -82,6 +82,10 @@ pub struct Claimed {
     /// that said so was lost). Its old connection is taken over as usual,
     /// but its session is dropped and `restored` used instead.
     pub stale_previous: bool,
+    /// The connection was admitted under its user's connection limit in
+    /// this lease term of the node (`store::Lease`): it is served only
+    /// while the lease holds in it.
+    pub counted_in: Option<u64>,
 }
 
 /// Why a store could not answer.

@@ -312,6 +312,9 @@ pub(super) async fn claim_one(
         if a.first().map(String::as_str) == Some("0") {
             out.over_limit = true;
         }
+        if limit > 0 {
+            out.counted_in = Some(lease_term);
+        }
         for evicted in a.iter().skip(1) {
             kick_member(ctx, conn, evicted).await;
         }
