@@ -1065,3 +1065,52 @@ async fn a_node_cut_off_from_redis_stops_serving_connections_counted_against_a_l
     };
     drop(second);
 }
+
+/// An eviction by the per-user limit that its node cannot hear (cut off
+/// from Redis) holds the new connection back until that node stopped
+/// serving the old one: the claim on node 2 waits for node 1's answer, and
+/// without one for its lease, so `ev-1` (on node 1) has closed before
+/// `ev-2` (on node 2) gets its CONNACK, and the user never holds two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_a_cut_off_node_cannot_hear_waits_for_its_lease() {
+    let redis = Redis::start();
+    let relay = common::relay::Relay::to_unix(redis.socket());
+    let env = [
+        SHORT_LEASE,
+        ("TETHER_PRESENCE__LEASE_SECS", "3"),
+        ("TETHER_LIMITS__MAX_CONNECTIONS_PER_USER", "1"),
+    ];
+    let a = Node::start(1, &relay.url(), &env);
+    let b = Node::start(2, &redis.url(), &env);
+    let mut first = connect(as_user(&a, "ev-1", "eve", true)).await;
+    first.subscribe("eve/#").await;
+    let publ = connect(options(&a, "eve-pub", true)).await;
+
+    relay.cut();
+    let ticking = tokio::spawn(async move {
+        loop {
+            let _ = publ
+                .client
+                .publish("eve/x", QoS::AtMostOnce, false, "tick")
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let closed = tokio::spawn(async move {
+        first.closed("ev-1 once node 1's lease lapsed").await;
+        std::time::Instant::now()
+    });
+    let second = connect(as_user(&b, "ev-2", "eve", true)).await;
+    let admitted = std::time::Instant::now();
+    let closed = tokio::time::timeout(WAIT, closed)
+        .await
+        .expect("ev-1 closes")
+        .unwrap();
+    assert!(
+        closed < admitted,
+        "ev-1 closed {:?} after ev-2 was admitted",
+        closed.duration_since(admitted)
+    );
+    ticking.abort();
+    drop(second);
+}

@@ -6,7 +6,8 @@ as JSON lines for the checker (`faults_check.py` documents the events).
   random node, moving to another now and then without closing the old
   connection (a takeover), and again whenever their connection ends;
 - publishers (clean sessions) sending QoS 1 `pub:seq` to `fleet/<pub>` at
-  a steady rate, each message on the connection it was first sent on (no
+  a steady rate, from `ANNOUNCE_SETTLE_S` after every subscriber's first
+  SUBACK, each message on the connection it was first sent on (no
   resend by a new connection, so a PUBACK names that send);
 - clients of one capped user connecting and leaving at random, each
   hearing a heartbeat (QoS 0, stamped with its send time) as proof that the
@@ -28,6 +29,11 @@ CAP_HOLD_S = 4.0
 # Heartbeats to the capped user's connections: their proof of life.
 HEARTBEAT_S = 0.2
 KEEPALIVE_S = 10
+# Publishers start this long after every subscriber's first SUBACK: a
+# subscription reaches the other nodes once they read its announcement
+# (README: a message published on another node before then is missed
+# there), a fetch of the interest topic away.
+ANNOUNCE_SETTLE_S = 1.0
 
 
 class Log:
@@ -61,7 +67,7 @@ class Conn:
             c.username_pw_set(username, "x")
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
-        c.on_subscribe = lambda *_: run.log.write("suback", c=cid, k=k)
+        c.on_subscribe = lambda *_: run.subacked(cid, k)
         if on_message:
             c.on_message = lambda _c, _u, m: on_message(self, m)
         self.client = c
@@ -115,6 +121,15 @@ class Run:
         self.http = {i + 1: x for i, x in enumerate(a.http.split(","))}
         self.stop = threading.Event()
         self.rng = random.Random(a.seed)
+        self.subscribed, self.subscribed_lock = set(), threading.Lock()
+        self.all_subscribed = threading.Event()
+
+    def subacked(self, cid, k):
+        self.log.write("suback", c=cid, k=k)
+        with self.subscribed_lock:
+            self.subscribed.add(cid)
+            if len(self.subscribed) >= self.a.subs:
+                self.all_subscribed.set()
 
     def node(self, other_than=None):
         choices = [n for n in self.nodes if n != other_than] or list(self.nodes)
@@ -189,6 +204,8 @@ class Run:
     def publisher(self, cid):
         k, seq = 0, 0
         gap = 1.0 / self.a.rate
+        self.all_subscribed.wait(CONNACK_WAIT_S)
+        time.sleep(ANNOUNCE_SETTLE_S)
         while not self.stop.is_set():
             k += 1
             conn = Conn(self, cid, k, self.node(), clean=True)

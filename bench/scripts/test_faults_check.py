@@ -48,6 +48,17 @@ class Checker(unittest.TestCase):
         again = ev + [got("s", 1, "p", 1, 1.1), got("s", 1, "p", 2, 2.1), got("s", 1, "p", 1, 2.2)]
         self.assertEqual(broken(again), {})
 
+    def test_a_late_copy_after_a_move_is_admitted_not_an_order_violation(self):
+        ev = SUBSCRIBED + sent("p", 1, 1) + sent("p", 2, 2)
+        late = [got("s", 2, "p", 2, 2.1), got("s", 2, "p", 1, 2.2)]
+        moved = broken(ev + [conn("s", 2, 1.5, present=True)] + late)
+        self.assertNotIn("order", moved)
+        self.assertEqual(len(moved["order_after_move"]), 1)
+        # Long after the move, the same is a broken promise.
+        stale = ev[:2] + [conn("s", 2, 0.2, present=True)] + ev[2:]
+        self.assertIn("order", broken(stale + sent("p", 3, 30) + sent("p", 4, 31)
+                                      + [got("s", 2, "p", 4, 31.1), got("s", 2, "p", 3, 31.2)]))
+
     def test_an_old_connection_that_delivers_after_a_takeover_is_a_second_owner(self):
         ev = SUBSCRIBED + sent("p", 1, 1) + [conn("s", 2, 2.0, present=True), got("s", 2, "p", 1, 2.1)]
         late = ev + [got("s", 1, "p", 1, 3.0)]

@@ -93,15 +93,36 @@ pub(super) fn claim_done(ctx: &Ctx, claim: &Claim, writes: &UnboundedSender<Vec<
 }
 
 /// Asks node `node`, holding `client`'s session on connection `prev`, to
-/// close it and flush its writes, and waits (at most
-/// `store.handoff_timeout_ms`) until it says so; if it does not, until its
-/// lease has run out ([`until_lease_out`]). A node that is not live is not
-/// waited for: its lease ran out, so it serves the session no more, and
-/// fencing covers whatever it might still write.
+/// close it and flush its writes, and waits until it says so
+/// ([`until_let_go`]).
 async fn handoff(ctx: &Ctx, conn: &mut Conn, c: &Claim, node: &str, prev: &str) {
     let (Ok(node), Some(prev)) = (node.parse::<u16>(), ConnId::parse(prev)) else {
         return;
     };
+    let msg = format!("handoff {prev} {} {}", ctx.settings.node, c.client_id);
+    if until_let_go(ctx, conn, node, prev, msg).await {
+        ctx.metrics.handoffs.fetch_add(1, Relaxed);
+    } else {
+        ctx.metrics.handoff_timeouts.fetch_add(1, Relaxed);
+        debug!(client_id = %c.client_id, "node {node} did not hand the session over in time; its lease ran out");
+    }
+}
+
+/// Sends `msg` (a `handoff` or an `evict-answer` naming this node) to
+/// `node` about its connection `prev`, and waits (at most
+/// `store.handoff_timeout_ms`) for its `handed` answer, sent once the
+/// connection is closed and its writes are flushed; without one, until
+/// `node`'s lease has run out ([`until_lease_out`]), after which it serves
+/// nothing that needs Redis. A node that is not live is not waited for:
+/// its lease ran out already, and fencing covers whatever it might still
+/// write. Whether the answer came.
+pub(super) async fn until_let_go(
+    ctx: &Ctx,
+    conn: &mut Conn,
+    node: u16,
+    prev: ConnId,
+    msg: String,
+) -> bool {
     let listed = ctx
         .live
         .borrow()
@@ -114,21 +135,17 @@ async fn handoff(ctx: &Ctx, conn: &mut Conn, c: &Claim, node: &str, prev: &str) 
         || matches!(lease_of(conn, &ctx.settings.prefix, node).await,
             Ok(Some(until)) if until + SKEW_MARGIN_MS > now_ms());
     if !live {
-        return;
+        return true;
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
     ctx.handoffs.borrow_mut().insert(prev, tx);
-    let msg = format!("handoff {prev} {} {}", ctx.settings.node, c.client_id);
     publish(ctx, conn, node, msg).await;
     match tokio::time::timeout(ctx.settings.handoff_timeout, rx).await {
-        Ok(Ok(())) => {
-            ctx.metrics.handoffs.fetch_add(1, Relaxed);
-        }
+        Ok(Ok(())) => true,
         _ => {
-            ctx.metrics.handoff_timeouts.fetch_add(1, Relaxed);
             ctx.handoffs.borrow_mut().remove(&prev);
-            debug!(client_id = %c.client_id, "node {node} did not hand the session over in time; waiting for its lease to run out");
             until_lease_out(ctx, conn, node).await;
+            false
         }
     }
 }

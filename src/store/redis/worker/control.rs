@@ -40,14 +40,22 @@ pub(super) fn parse_member(m: &str) -> Option<Entry> {
     })
 }
 
-/// Evicted by the per-user limit: its node closes it.
+/// Evicted by the per-user limit: its node closes it, and the claim that
+/// evicted it waits until it did (or until that node's lease ran out, if
+/// it does not answer: cut off from Redis, it never heard), so the user
+/// never holds more connections than the limit.
 pub(super) async fn kick_member(ctx: &Ctx, conn: &mut Conn, member: &str) {
     let Some(e) = parse_member(member) else {
         return;
     };
     ctx.metrics.evicted.fetch_add(1, Relaxed);
-    let msg = format!("evict {} {}", e.conn, e.client_id);
-    publish(ctx, conn, e.conn.node, msg).await;
+    let msg = format!(
+        "evict-answer {} {} {}",
+        e.conn, ctx.settings.node, e.client_id
+    );
+    if !until_let_go(ctx, conn, e.conn.node, e.conn, msg).await {
+        debug!(client_id = %e.client_id, "node {} did not answer an eviction in time; its lease ran out", e.conn.node);
+    }
 }
 
 /// Sends a control message to `node` (delivered locally without Redis
@@ -101,6 +109,9 @@ pub(super) async fn control(ctx: Rc<Ctx>) {
 ///   over, 0x8E; or the administrator's, 0x98);
 /// - `evict <conn> <client>`: close it, over its user's connection limit
 ///   (0x98);
+/// - `evict-answer <conn> <node> <client>`: the same, then answer
+///   `handed` to `node`, whose claim waits (a node that does not know it
+///   ignores it, and the claim waits for its lease instead);
 /// - `handoff <conn> <node> <client>`: close it, flush its writes, and
 ///   answer `handed` to `node`, whose claim waits;
 /// - `handed <conn> <client>`: the answer; the waiting claim goes ahead.
@@ -123,6 +134,10 @@ fn on_control(ctx: &Ctx, text: &str) {
         );
     }
     let (code, handoff_to, client_id) = match (kind, f.next(), f.next()) {
+        ("evict-answer", Some(node), Some(client_id)) => match node.parse::<u16>() {
+            Ok(node) => (reason::ADMINISTRATIVE_ACTION, Some(node), client_id),
+            Err(_) => return warn!("control channel: cannot read {text:?}"),
+        },
         ("kick", Some(code), Some(client_id)) => match code.parse::<u8>() {
             Ok(code) => (code, None, client_id),
             Err(_) => return warn!("control channel: cannot read {text:?}"),
@@ -139,8 +154,9 @@ fn on_control(ctx: &Ctx, text: &str) {
         }
         _ => return warn!("control channel: cannot read {text:?}"),
     };
-    let why = match code {
-        reason::SESSION_TAKEN_OVER => "session taken over on another node",
+    let why = match (kind, code) {
+        (_, reason::SESSION_TAKEN_OVER) => "session taken over on another node",
+        ("evict-answer", _) => "over the user's connection limit",
         _ => "disconnected by the administrator",
     };
     kick(ctx, conn, client_id, code, why, handoff_to);

@@ -49,7 +49,10 @@ mod control;
 mod lookup;
 mod writer;
 
-use claims::{claim_done, claim_one, defer_behind_claims, sub_from, sub_to, ClaimLines, ClaimTurn};
+use claims::{
+    claim_done, claim_one, defer_behind_claims, sub_from, sub_to, until_let_go, ClaimLines,
+    ClaimTurn,
+};
 pub use control::Entry;
 use control::{control, kick_member, member, node_lease, parse_member, publish, renew_lease};
 use lookup::{answer_unavailable, lookup};
