@@ -326,6 +326,7 @@ pub(super) async fn claim_one(
         ..Default::default()
     };
     if let Some(a) = admitted {
+        debug!(client_id = %c.client_id, answer = ?a, "admitted into the user's presence");
         if a.first().map(String::as_str) == Some("0") {
             out.over_limit = true;
         }
