@@ -669,6 +669,34 @@ async fn a_message_published_where_a_subscriber_just_left_is_handed_on_to_it() {
     );
 }
 
+/// A node that just started acknowledges no client message before it has
+/// read the cluster's interest: node 3 is started again with a consumer
+/// that reads it only every few seconds, and a message published there at
+/// once, for a subscriber on node 1, is held until the view is whole, not
+/// acknowledged as wanted by nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_just_started_acknowledges_nothing_before_its_view_is_whole() {
+    let mut bus = bus(|_| (Vec::new(), Vec::new())).await;
+    let (_s, mut sub) = client(&bus.nodes[0], "early-sub", &["early/#"]).await;
+    until("node 3 sees early/#", || {
+        metric(&bus.nodes[2], "tether_kafka_cluster_interest_entries") >= 1.0
+    })
+    .await;
+    bus.nodes[2].proc.kill9();
+    let slow = "{\"fetch.wait.max.ms\" = \"5000\"}";
+    bus.start_with(3, &[("TETHER_KAFKA__CONSUMER", slow)]);
+    let (p, mut pe) = client(&bus.nodes[2], "early-pub", &[]).await;
+    p.publish("early/a", QoS::AtLeastOnce, false, "first:0")
+        .await
+        .unwrap();
+    next_packet(&mut pe, "PUBACK", Duration::from_secs(30), |p| {
+        matches!(p, rumqttc::Packet::PubAck(_))
+    })
+    .await;
+    let got = take_within(&mut sub, 1, "early-sub on node 1", Duration::from_secs(30)).await;
+    assert_eq!(got[0].1, "first:0");
+}
+
 async fn take_suback(events: &mut Events) {
     next_packet(events, "SUBACK", WAIT, |p| {
         matches!(p, rumqttc::Packet::SubAck(_))

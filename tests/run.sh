@@ -34,6 +34,9 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v objdump >/dev/null 2>&1 || missing+=(binutils)
 command -v ps >/dev/null 2>&1 || missing+=(procps)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+# tests/faults.rs: network namespaces, partitions (nftables) and slow links (tc).
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v tc >/dev/null 2>&1 || missing+=(iproute2)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

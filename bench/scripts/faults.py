@@ -129,15 +129,19 @@ class Net:
 
 
 class Fleet:
-    def __init__(self, net, tether, workdir):
+    def __init__(self, net, tether, workdir, node_log="info"):
         self.net, self.tether, self.dir = net, tether, workdir
+        self.node_log = node_log
         self.procs = {}
 
     def spawn(self, name, member, cmd, env=None):
         log = open(os.path.join(self.dir, f"{name}.log"), "ab")
         full = ["ip", "netns", "exec", self.net.ns(member)] + cmd
         # `ip netns exec` execs the command: the PID is the process's own.
-        p = subprocess.Popen(full, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        # The nodes' log level is `--node-log`'s: a RUST_LOG of the caller's
+        # would reach tansu too (gigabytes of it in a minute).
+        base = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+        p = subprocess.Popen(full, stdout=log, stderr=subprocess.STDOUT, env={**base, **(env or {})})
         self.procs[name] = p
         return p
 
@@ -178,7 +182,7 @@ class Fleet:
             "TETHER_KAFKA__BROKERS": f'"{self.net.ip("kafka")}:9092"',
             "TETHER_KAFKA__CLUSTER": '{node_topic = "tf.node.%n", interest_topic = "tf.interest"}',
             "TETHER_KAFKA__CONSUMER": '{"fetch.wait.max.ms" = "10"}',
-            "TETHER_LOG__LEVEL": "info",
+            "TETHER_LOG__LEVEL": self.node_log,
         }
         self.spawn(f"n{i}", f"n{i}", [self.tether], env)
         self.wait_port(f"n{i}", 1883, f"node {i}")
@@ -258,6 +262,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--report", help="append the table (markdown) to this file")
     ap.add_argument("--keep", action="store_true", help="keep the logs' directory")
+    ap.add_argument("--node-log", default="info",
+                    help="the nodes' log filter, e.g. 'info,tether::store::redis=debug'")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("faults.py: needs root (network namespaces, nftables)")
@@ -272,7 +278,7 @@ def main():
     duration = (plan[-1][0] + plan[-1][2] + SETTLE_S) if plan else 60
     workdir = tempfile.mkdtemp(prefix="tether-faults-")
     net = Net()
-    fleet = Fleet(net, a.tether, workdir)
+    fleet = Fleet(net, a.tether, workdir, a.node_log)
     faults = Faults(net, fleet)
     active, timeline = [], []
     try:
@@ -348,7 +354,14 @@ def report(found, timeline, events, a, duration):
     head = (f"Fault run: schedule {a.schedule}, seed {a.seed}, {duration:.0f} s; "
             f"{acked} messages acknowledged, {delivered} deliveries, {takeovers} resumed sessions.\n")
     detail = "".join(f"\n- {inv}: {v}" for inv in faults_check.INVARIANTS for _, v in found[inv][:5])
-    return head + "\n" + "\n".join(rows) + ("\n\nFirst violations:" + detail if detail else "") + "\n"
+    rec = faults_check.recovery(events, timeline)
+    fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+    times = ["| fault step | at (s) | longest takeover (s) | node back after heal (s) |",
+             "| --- | ---: | ---: | ---: |"]
+    times += [f"| {label} | {start:.0f} | {fmt(rec[label]['takeover_s'])} | {fmt(rec[label]['back_s'])} |"
+              for label, start, _ in timeline]
+    return (head + "\n" + "\n".join(rows) + ("\n\nFirst violations:" + detail if detail else "")
+            + "\n\nRecovery, from the clients' side (`faults_check.recovery`):\n\n" + "\n".join(times) + "\n")
 
 
 if __name__ == "__main__":

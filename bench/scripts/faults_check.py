@@ -3,6 +3,7 @@ workload's event log, JSON lines) and the schedule of faults, never the
 gateway's internals, and says which promise broke, when.
 
 Events (`t` is seconds on the workload's monotonic clock):
+- `{"e":"connect","c":client,"k":conn,"node":n,"t":..}` (a CONNECT sent)
 - `{"e":"connack","c":client,"k":conn,"node":n,"t":..,"present":bool}`
 - `{"e":"refused","c":client,"k":conn,"node":n,"t":..,"rc":code}`
 - `{"e":"suback","c":client,"k":conn,"t":..}`
@@ -157,3 +158,37 @@ def check(events, persistent, cap_user=None, cap=0):
                 out["presence"].append((ev["t"],
                     f"node {ev['node']} lists {sorted(listed)} for {ev['user']}, the clients hold {sorted(held)}"))
     return out
+
+
+def recovery(events, timeline):
+    """What the faults cost in time, from the clients' side, per fault
+    label (`timeline`: [(label, start, healed)]):
+    - `takeover_s`: the longest wait from CONNECT to CONNACK of a session
+      resumed on another node, of the CONNECTs sent while the fault lasted
+      (a takeover from a paused or cut-off node waits for its lease);
+    - `back_s`: for a fault on one node (`kind nN`), from the heal to that
+      node's first CONNACK of a client connecting after it (a node that
+      lost Redis refuses CONNECTs until its lease is renewed)."""
+    sent_at = {}
+    waits = []                                   # (CONNECT sent t, wait s)
+    firsts = defaultdict(list)                   # node -> [connack t]
+    for ev in events:
+        key = (ev.get("c"), ev.get("k"))
+        if ev["e"] == "connect":
+            sent_at[key] = ev["t"]
+        elif ev["e"] == "connack":
+            firsts[ev["node"]].append((ev["t"], sent_at.get(key, ev["t"])))
+            if ev.get("present") and key in sent_at:
+                waits.append((sent_at[key], ev["t"] - sent_at[key]))
+    out = {}
+    for label, start, healed in timeline:
+        takeover = max((w for t, w in waits if start <= t <= healed), default=None)
+        back = None
+        parts = label.split(" ")
+        if len(parts) == 2 and parts[1].startswith("n"):
+            node = int(parts[1][1:])
+            after = [t for t, began in firsts.get(node, []) if began >= healed]
+            back = min(after) - healed if after else None
+        out[label] = {"takeover_s": takeover, "back_s": back}
+    return out
+

@@ -93,6 +93,7 @@ class Conn:
 
     def open(self):
         host, port = self.run.nodes[self.node]
+        self.run.log.write("connect", c=self.cid, k=self.k, node=self.node)
         try:
             self.client.connect_async(host, port, keepalive=KEEPALIVE_S)
             self.client.loop_start()

@@ -1,10 +1,10 @@
 """The fault checker's own tests: each invariant on a made-up log, broken
 and kept. `python3 -m unittest bench/scripts/test_faults_check.py`
-(tests/faults_checker.rs runs it in `cargo test`)."""
+(tests/faults.rs runs it in `cargo test`)."""
 import os, sys, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from faults_check import check  # noqa: E402
+from faults_check import check, recovery  # noqa: E402
 
 
 def conn(c, k, t, present=False):
@@ -78,6 +78,17 @@ class Checker(unittest.TestCase):
         self.assertEqual(broken(ev, cap_user="cap", cap=2), {})
         stale = ev + [{"e": "presence", "user": "cap", "node": 2, "t": 9, "clients": ["cap-0", "cap-9"]}]
         self.assertIn("presence", broken(stale, cap_user="cap", cap=2))
+
+    def test_recovery_measures_takeovers_and_a_nodes_return(self):
+        ev = [{"e": "connect", "c": "s", "k": 2, "node": 2, "t": 10.0},
+              {"e": "connack", "c": "s", "k": 2, "node": 2, "t": 13.5, "present": True},
+              {"e": "connect", "c": "x", "k": 1, "node": 1, "t": 14.5},
+              {"e": "connack", "c": "x", "k": 1, "node": 1, "t": 15.0, "present": False},
+              {"e": "connect", "c": "y", "k": 1, "node": 1, "t": 16.2},
+              {"e": "connack", "c": "y", "k": 1, "node": 1, "t": 16.5, "present": False}]
+        r = recovery(ev, [("pause n1", 9.0, 16.0)])["pause n1"]
+        self.assertAlmostEqual(r["takeover_s"], 3.5)
+        self.assertAlmostEqual(r["back_s"], 0.5, msg="the first CONNECT sent after the heal")
 
 
 if __name__ == "__main__":

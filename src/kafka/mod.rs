@@ -164,6 +164,8 @@ impl KafkaOutbound {
             incarnation: crate::wallclock::now_ms(),
             view: cluster::ClusterView::new(cfg.node.id),
             figures: cluster_figures.clone(),
+            loaded: false,
+            held: Default::default(),
         });
         let ctx = producer::Ctx {
             producer,

@@ -45,6 +45,10 @@ use crate::stats::Histogram;
 const QUEUE_FULL_RETRY: Duration = Duration::from_millis(10);
 /// How long the thread waits, when it stops, for what is in flight.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often client messages held for the cluster view
+/// ([`Cluster::loaded`]) are looked at, to fail those held past
+/// `kafka.delivery_timeout_ms`.
+const HELD_CHECK: Duration = Duration::from_millis(100);
 /// Least time between two rebuilds of a producer that failed fatally: a
 /// broker that fences every new producer id at once gets one new producer
 /// per second, not one per message.
@@ -97,6 +101,8 @@ pub(crate) enum Job {
     /// bridge exists: messages published here for a session that just
     /// left are handed on.
     Departures(Arc<Departures>),
+    /// The interest topic was read to its end: the view is whole.
+    Loaded,
     /// Flush and stop.
     Stop,
 }
@@ -338,6 +344,15 @@ pub(crate) struct Cluster {
     pub incarnation: u64,
     /// Who subscribed to what, cluster-wide.
     pub view: ClusterView,
+    /// The interest topic was read to its end once (`Job::Loaded`): the
+    /// view is whole. Until then a client message is held, not routed:
+    /// routed by a partial view, it would reach none of the nodes not
+    /// read yet, and its publisher would be acknowledged all the same (a
+    /// node that just started).
+    pub loaded: bool,
+    /// Client messages that came before the view was whole, in order,
+    /// with when they came.
+    pub held: VecDeque<(Outgoing, ReplyTo<Produced>, Instant)>,
     /// The view's size, for `/metrics` (written here only).
     pub figures: Arc<ClusterFigures>,
 }
@@ -397,8 +412,16 @@ pub(crate) fn run(mut ctx: Ctx, jobs: Receiver<Job>) {
         if fatal {
             ctx.rebuild();
         }
-        let job = if !waiting.is_empty() {
+        let holding = ctx.cluster.as_ref().is_some_and(|c| !c.held.is_empty());
+        if holding {
+            expire_held(&mut ctx);
+        }
+        let job = if let Some(job) = release_held(&mut ctx) {
+            Ok(job)
+        } else if !waiting.is_empty() {
             jobs.recv_timeout(QUEUE_FULL_RETRY)
+        } else if holding {
+            jobs.recv_timeout(HELD_CHECK)
         } else if fatal {
             // A rebuild put off (at most one a second) is not left waiting
             // for a job.
@@ -407,7 +430,19 @@ pub(crate) fn run(mut ctx: Ctx, jobs: Receiver<Job>) {
             jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
         };
         let (recs, ack) = match job {
-            Ok(Job::Send { out, ack }) => (plan(&mut ctx, out, true), Answer::Core(ack)),
+            Ok(Job::Send { out, ack }) => match &mut ctx.cluster {
+                Some(c) if !c.loaded => {
+                    c.held.push_back((out, ack, Instant::now()));
+                    continue;
+                }
+                _ => (plan(&mut ctx, out, true), Answer::Core(ack)),
+            },
+            Ok(Job::Loaded) => {
+                if let Some(c) = &mut ctx.cluster {
+                    c.loaded = true;
+                }
+                continue;
+            }
             Ok(Job::Push { out, ack }) => (vec![Rec::Push(out)], Answer::Api(ack)),
             Ok(Job::Forward { out, ack }) => (plan(&mut ctx, out, false), Answer::Api(ack)),
             Ok(Job::HandOn { out, to, ack }) => (hand_on(&ctx, out, to), Answer::Api(ack)),
@@ -560,6 +595,36 @@ fn departed(ctx: &Ctx, out: &Outgoing, recs: &mut Vec<Rec>) {
     for session in d.claimants(&out.msg.topic, crate::wallclock::now_ms(), None) {
         c.figures.handed_on.fetch_add(1, Relaxed);
         recs.extend(hand_on(ctx, out.clone(), HandTo::Session(session)));
+    }
+}
+
+/// The next client message held for the view, once the view is whole.
+fn release_held(ctx: &mut Ctx) -> Option<Job> {
+    let c = ctx.cluster.as_mut()?;
+    if !c.loaded {
+        return None;
+    }
+    let (out, ack, _) = c.held.pop_front()?;
+    Some(Job::Send { out, ack })
+}
+
+/// Fails the client messages held for the view longer than the delivery
+/// timeout (the interest topic cannot be read): their publishers are told,
+/// as for a message Kafka did not take in time.
+fn expire_held(ctx: &mut Ctx) {
+    let timeout = ctx.delivery_timeout;
+    let Some(c) = ctx.cluster.as_mut() else {
+        return;
+    };
+    while c
+        .held
+        .front()
+        .is_some_and(|(_, _, at)| at.elapsed() >= timeout)
+    {
+        if let Some((_, ack, _)) = c.held.pop_front() {
+            ctx.metrics.timed_out.fetch_add(1, Relaxed);
+            ack.send(Produced::Failed(OutboundError::TimedOut));
+        }
     }
 }
 

@@ -44,6 +44,11 @@ pub(crate) async fn run(
                 Err(KafkaError::PartitionEOF(_)) => {
                     if !loaded.swap(true, Relaxed) {
                         info!(announcements = read, "Kafka cluster: interest topic read");
+                        // After every announcement read: the producer
+                        // routes what it held by the whole view.
+                        if jobs.send(Job::Loaded).is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(e) => {
