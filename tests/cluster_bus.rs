@@ -520,9 +520,10 @@ async fn a_copy_for_a_subscriber_that_moved_is_handed_on_to_its_new_node() {
 /// node, reaches the subscriber on its new node once the dead node starts
 /// again: node 3 is killed, a message published on node 1 goes to node
 /// 3's inbox only (the cluster still knows `orphan`'s subscription
-/// there), `orphan` resumes its session on node 2, and node 3, back,
-/// hands the copy its earlier life was sent on to the sessions that came
-/// from there (`Scope::Orphan`).
+/// there), `orphan` resumes its session on node 2 and moves on to node 1,
+/// and node 3, back, hands the copy its earlier life was sent on to the
+/// sessions that came from there (`Scope::Orphan`, by the moves Redis
+/// keeps).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_sent_to_a_node_that_died_reaches_its_subscriber_when_the_node_is_back() {
     let mut bus = bus(|_| {
@@ -571,15 +572,27 @@ async fn a_copy_sent_to_a_node_that_died_reaches_its_subscriber_when_the_node_is
         unreachable!()
     };
     assert!(a.session_present, "the session came over from node 3");
+    // And on to node 1 (the copy must follow more than one move).
+    let (_last, mut last_events, last_task) = common::pump(persistent(&bus.nodes[0]));
+    drop(last_task);
+    let connack = next_packet(&mut last_events, "CONNACK on node 1", WAIT, |p| {
+        matches!(p, rumqttc::Packet::ConnAck(_))
+    })
+    .await;
+    let rumqttc::Packet::ConnAck(a) = connack else {
+        unreachable!()
+    };
+    assert!(a.session_present, "the session came over from node 2");
+    drop((_new, new_events));
 
     bus.start(3);
     // "before:0" may come again first: its PUBACK may not have been stored
     // before the kill (at least once).
     loop {
         let got = take_within(
-            &mut new_events,
+            &mut last_events,
             1,
-            "orphan on node 2",
+            "orphan on node 1",
             Duration::from_secs(30),
         )
         .await;

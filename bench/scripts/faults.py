@@ -6,6 +6,7 @@ paho-mqtt workload that logs what the clients saw (`faults_workload.py`);
 and a checker that reads only that log (`faults_check.py`).
 
   sudo python3 bench/scripts/faults.py --schedule short            # about a minute
+  sudo python3 bench/scripts/faults.py --schedule ci               # each kind alone (cargo test)
   sudo python3 bench/scripts/faults.py --schedule soak --minutes 30
   sudo python3 bench/scripts/faults.py --schedule one --fault redis-restart
 
@@ -235,6 +236,16 @@ def schedule(kind, minutes, rng, fault=None, node=1):
     if kind == "one":
         # One fault alone, to look at it closely.
         return [(10, [(fault, node)], 10)]
+    if kind == "ci":
+        # `cargo test`'s (tests/faults.rs): every kind of the short schedule,
+        # the kill and the Kafka pause each alone; the soak pairs them.
+        return [
+            (8, [("partition-redis", 1)], 8),
+            (22, [("pause", 2)], 7),
+            (36, [("kill-restart", 3)], 5),
+            (48, [("partition-clients", 1), ("loss", 2)], 6),
+            (60, [("kafka-pause", 0)], 5),
+        ]
     if kind == "short":
         return [
             (8, [("partition-redis", 1)], 8),
@@ -254,7 +265,7 @@ def schedule(kind, minutes, rng, fault=None, node=1):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--schedule", choices=["short", "soak", "one"], default="short")
+    ap.add_argument("--schedule", choices=["short", "ci", "soak", "one"], default="short")
     ap.add_argument("--fault", choices=KINDS, help="with --schedule one: the fault")
     ap.add_argument("--node", type=int, default=1, help="with --schedule one: the node it strikes")
     ap.add_argument("--minutes", type=float, default=30)

@@ -88,10 +88,11 @@ pub struct Durable {
     /// The node's lease term the claim was made in: the session is served
     /// only while the lease holds in it (`store::Lease`).
     pub lease_term: u64,
-    /// The node that owned the session before this claim, and when it was
-    /// claimed: copies sent to that node before then are this session's
-    /// too ([`Scope::Orphan`]).
-    pub came_from: Option<Arrival>,
+    /// The nodes that owned the session before this claim (its last few
+    /// moves, oldest first), and when it left each: copies sent to one of
+    /// them before then are this session's too ([`Scope::Orphan`]). Empty
+    /// for most sessions (no allocation).
+    pub came_from: Vec<Arrival>,
 }
 
 /// Where a persistent session was before a claim brought it here, and when.

@@ -134,8 +134,7 @@ impl Core {
                         .session
                         .durable
                         .as_ref()
-                        .and_then(|d| d.came_from)
-                        .is_some_and(|a| a.missed(of, sent_ms)) =>
+                        .is_some_and(|d| d.came_from.iter().any(|a| a.missed(of, sent_ms))) =>
                 {
                     continue
                 }

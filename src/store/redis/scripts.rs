@@ -25,10 +25,15 @@ use redis::Script;
 /// and the caller asks that node to hand it over before claiming again
 /// with `wait` = 0.
 ///
+/// The session's last four moves (`moves`: `node:ms` of each previous
+/// owner and when the session left it, by Redis's clock, oldest first)
+/// are kept and returned: copies sent to any of those nodes before the
+/// session left are its own (`session::Arrival`).
+///
 /// KEYS: s, sub, m, p, rx. ARGV: node, core, conn, clean (0/1), persistent
 /// (0/1), user, keep (0/1), wait (0/1). Returns {epoch, prev node, prev
 /// core, prev conn, prev up} and, when it loads: {subs, messages, sent,
-/// incoming, last seq, present}.
+/// incoming, last seq, present, moves}.
 pub const CLAIM: &str = r"
 local s = KEYS[1]
 local t = redis.call('TIME')
@@ -46,11 +51,19 @@ else
 end
 local present = redis.call('EXISTS', s) == 1 and redis.call('HEXISTS', s, 'seq') == 1
 local load = ARGV[4] == '0' and ARGV[5] == '1'
+local moves = redis.call('HGET', s, 'moves') or ''
+if prev[1] then
+  local kept = {}
+  for m in string.gmatch(moves, '[^,]+') do kept[#kept + 1] = m end
+  kept[#kept + 1] = prev[1] .. ':' .. string.format('%.0f', now / 1000)
+  while #kept > 4 do table.remove(kept, 1) end
+  moves = table.concat(kept, ',')
+end
 if not load then
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 end
 redis.call('HSET', s, 'epoch', e, 'node', ARGV[1], 'core', ARGV[2], 'conn', ARGV[3],
-  'up', '1', 'user', ARGV[6])
+  'up', '1', 'user', ARGV[6], 'moves', moves)
 if not load or not present then
   redis.call('HSET', s, 'seq', '0')
 end
@@ -63,6 +76,7 @@ if load then
   out[9] = redis.call('SMEMBERS', KEYS[5])
   out[10] = redis.call('HGET', s, 'seq') or '0'
   out[11] = present and '1' or '0'
+  out[12] = moves
 end
 return out
 ";

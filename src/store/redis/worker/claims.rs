@@ -356,10 +356,19 @@ pub(super) async fn claim_one(
             epoch,
             last_seq: text(v.get(9)).parse().unwrap_or(0),
             lease_term,
-            came_from: prev_node.parse().ok().map(|node| Arrival {
-                node,
-                at_ms: now_ms(),
-            }),
+            came_from: if load {
+                moves(&text(v.get(11)))
+            } else {
+                prev_node
+                    .parse()
+                    .ok()
+                    .map(|node| Arrival {
+                        node,
+                        at_ms: now_ms(),
+                    })
+                    .into_iter()
+                    .collect()
+            },
         });
     }
     // This node's copy is stale when another node owned the session since
@@ -373,6 +382,19 @@ pub(super) async fn claim_one(
         out.restored = Some(Box::new(restore(ctx, &c.client_id, &v)));
     }
     Ok(out)
+}
+
+/// CLAIM's `moves`: `node:ms,...`, oldest first.
+fn moves(text: &str) -> Vec<Arrival> {
+    text.split(',')
+        .filter_map(|m| {
+            let (node, at) = m.split_once(':')?;
+            Some(Arrival {
+                node: node.parse().ok()?,
+                at_ms: at.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 fn pairs(v: Option<&Value>) -> Vec<(Vec<u8>, Vec<u8>)> {
