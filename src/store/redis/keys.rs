@@ -4,7 +4,7 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `P:{c:ID}:s` | hash | `epoch`, `node`, `core`, `conn`, `up`, `user`, `seq` (last message) |
+//! | `P:{c:ID}:s` | hash | `epoch`, `node`, `core`, `conn`, `up`, `user`, `seq` (last message), `moves` (the last four owners before, `node:ms`) |
 //! | `P:{c:ID}:sub` | hash | filter → options |
 //! | `P:{c:ID}:m` | hash | message seq → stored message ([`super::blob`]) |
 //! | `P:{c:ID}:p` | hash | message seq → packet id it was sent with (`pkid` or `pkid:r`, released) |
