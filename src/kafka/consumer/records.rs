@@ -129,9 +129,16 @@ impl Ctx {
             Some(b"1") => QoS::AtLeastOnce.min(rule.qos),
             _ => rule.qos,
         };
-        let retain = rule.target == SourceTarget::Topic && header("x-retain") == Some(b"1");
         let text = |name: &str| header(name).and_then(|v| std::str::from_utf8(v).ok());
         let inbox = rule.kind == RuleKind::Inbox;
+        // A copy handed on (for one session, or a restarted node's
+        // sessions) is never retained here: it comes late, and must not
+        // replace a newer retained message.
+        let handed_on = inbox
+            && (header(crate::kafka::TO_SESSION).is_some()
+                || header(crate::kafka::ORPHAN_OF).is_some());
+        let retain =
+            rule.target == SourceTarget::Topic && header("x-retain") == Some(b"1") && !handed_on;
         let orphan_of = text(crate::kafka::ORPHAN_OF).and_then(|n| n.parse().ok());
         let scope = match (text(crate::kafka::TO_SESSION), orphan_of) {
             // A copy handed on for one session that left its first node.
