@@ -12,23 +12,35 @@
 //! hang longer than `kafka.delivery_timeout_ms` does this). The thread
 //! notices, drops that producer (what it held is answered as failed) and
 //! makes a new one from the same configuration, whoever the broker is.
+//!
+//! | file | concern |
+//! | --- | --- |
+//! | `mod.rs` | the thread: jobs, the loop, records handed to librdkafka, connection events |
+//! | `routing.rs` | where a message's records go (route, nodes by the cluster view, copies handed on, messages held until the view is whole) |
+//! | `reports.rs` | delivery reports and who waits for them, errors that end a producer, the figures |
+
+mod reports;
+mod routing;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::Statistics;
+use rdkafka::producer::{BaseRecord, Producer};
 use tokio::sync::oneshot;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use super::cluster::{self, ClusterView, Update};
+pub(crate) use reports::{any_broker_up, KafkaProducer, Metrics};
+use reports::{failed, Answer, Gather, Pending, Reports};
+use routing::{announce, expire_held, hand_on, plan, release_held};
+pub(crate) use routing::{Cluster, ClusterFigures};
+
+use super::cluster::{self, Update};
 use super::routes::{headers, Routes};
 use super::{HandTo, FIRST_SENT, ORPHAN_OF, TO_SESSION};
 use crate::bridge::departures::Departures;
@@ -36,10 +48,6 @@ use crate::bridge::outbound::{
     ConnEvent, ConnEventKind, InterestChange, OutboundError, Outgoing, Produced,
 };
 use crate::bridge::ReplyTo;
-use crate::codec::QoS;
-use crate::logging::Throttle;
-use crate::session::Confirm;
-use crate::stats::Histogram;
 
 /// Pause before offering messages again to a full librdkafka queue.
 const QUEUE_FULL_RETRY: Duration = Duration::from_millis(10);
@@ -107,170 +115,6 @@ pub(crate) enum Job {
     Stop,
 }
 
-/// The bridge's figures (written by its threads, read by `/metrics`).
-#[derive(Default)]
-pub(crate) struct Metrics {
-    /// Messages handed to librdkafka and not yet reported (gauge).
-    pub inflight: AtomicUsize,
-    /// Messages Kafka acknowledged.
-    pub produced: AtomicU64,
-    /// Messages not acknowledged within `kafka.delivery_timeout_ms`.
-    pub timed_out: AtomicU64,
-    /// Messages Kafka or librdkafka refused (too large, unknown topic,
-    /// not authorized, ...).
-    pub refused: AtomicU64,
-    /// Times a message met librdkafka's full queue and was offered again.
-    pub queue_full: AtomicU64,
-    /// From hand-over to delivery report.
-    pub latency: Histogram,
-    /// The last statistics listed no broker up (written every
-    /// [`super::STATS_INTERVAL_MS`]).
-    pub brokers_down: AtomicBool,
-    /// When Kafka last acknowledged a message, ms since the Unix epoch (0:
-    /// never); with messages in flight and this old, the route is stuck.
-    pub last_ok_ms: AtomicU64,
-    /// When a message last timed out or met a fatal error, ms since the
-    /// Unix epoch (0: never); later than `last_ok_ms`, Kafka is not taking
-    /// messages.
-    pub last_failed_ms: AtomicU64,
-    /// The producer in use: 0 for the first, then one more per rebuild.
-    pub generation: AtomicU64,
-    /// One more than the generation of the last producer that met a fatal
-    /// error (0: none). Equal to `generation + 1`, the producer in use is
-    /// done for and the thread makes a new one; a dropped producer's late
-    /// reports cannot raise it for its successor.
-    pub fatal_in: AtomicU64,
-    /// New producers made after a fatal error.
-    pub rebuilds: AtomicU64,
-}
-
-/// Whether a statistics report lists a broker that is up. Bootstrap
-/// entries (node id -1) count too: before metadata they are all there is.
-pub(crate) fn any_broker_up(s: &Statistics) -> bool {
-    s.brokers.values().any(|b| b.state == "UP")
-}
-
-/// Who waits for a delivery report.
-pub(crate) enum Answer {
-    /// A core, for a publisher's acknowledgement.
-    Core(ReplyTo<Produced>),
-    /// The HTTP API (a push) or the consumer (a forward).
-    Api(oneshot::Sender<Produced>),
-    /// A SUBACK waiting for an interest announcement.
-    Confirm(Arc<Confirm>),
-    /// One of several records of one message.
-    Part(Arc<Gather>),
-    /// Nobody (a connection event): only the figures count it.
-    Nobody,
-}
-
-impl Answer {
-    fn send(self, p: Produced) {
-        match self {
-            Answer::Core(r) => r.send(p),
-            // A handler that gave up does not need the answer.
-            Answer::Api(tx) => drop(tx.send(p)),
-            Answer::Confirm(c) => c.release(p == Produced::Done),
-            Answer::Part(g) => g.part(p),
-            Answer::Nobody => {}
-        }
-    }
-}
-
-/// The records of one message (a route's and one per node with interest):
-/// its answer goes out when the last report is in, a failure if any failed.
-pub(crate) struct Gather {
-    left: AtomicUsize,
-    failure: std::sync::Mutex<Option<Produced>>,
-    whole: std::sync::Mutex<Option<Answer>>,
-}
-
-impl Gather {
-    fn part(&self, p: Produced) {
-        if p != Produced::Done {
-            *lock(&self.failure) = Some(p);
-        }
-        if self.left.fetch_sub(1, Relaxed) == 1 {
-            let answer = lock(&self.failure).take().unwrap_or(Produced::Done);
-            if let Some(whole) = lock(&self.whole).take() {
-                whole.send(answer);
-            }
-        }
-    }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// What travels with a record through librdkafka and comes back with its
-/// delivery report.
-pub(crate) struct Pending {
-    ack: Answer,
-    started: Instant,
-}
-
-impl Metrics {
-    /// Producer `generation` met a fatal error.
-    fn fatal(&self, generation: u64) {
-        self.fatal_in.fetch_max(generation + 1, Relaxed);
-    }
-
-    /// Whether the producer in use met a fatal error (it is being made
-    /// again).
-    pub fn fatal_now(&self) -> bool {
-        self.fatal_in.load(Relaxed) == self.generation.load(Relaxed) + 1
-    }
-}
-
-/// The producer's context: answers delivery reports on librdkafka's poll
-/// thread.
-pub(crate) struct Reports {
-    pub metrics: Arc<Metrics>,
-    /// Which producer this is ([`Metrics::generation`]).
-    pub generation: u64,
-}
-
-impl ClientContext for Reports {
-    fn stats(&self, s: Statistics) {
-        self.metrics.brokers_down.store(!any_broker_up(&s), Relaxed);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            self.metrics.fatal(self.generation);
-            warn!("Kafka producer: fatal error: {reason}; making a new producer");
-        } else {
-            // Brokers going and coming are news for /readyz (the
-            // statistics), not a log line per reconnect attempt.
-            debug!("librdkafka: {error}: {reason}");
-        }
-    }
-}
-
-impl ProducerContext for Reports {
-    type DeliveryOpaque = Box<Pending>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
-        let m = &self.metrics;
-        m.inflight.fetch_sub(1, Relaxed);
-        let answer = match result {
-            Ok(_) => {
-                m.produced.fetch_add(1, Relaxed);
-                m.last_ok_ms.store(crate::wallclock::now_ms(), Relaxed);
-                m.latency
-                    .observe(pending.started.elapsed().as_micros() as u64);
-                Produced::Done
-            }
-            Err((e, _)) => failed(m, self.generation, e.clone()),
-        };
-        pending.ack.send(answer);
-    }
-}
-
-/// The producer the thread owns.
-pub(crate) type KafkaProducer = ThreadedProducer<Reports>;
-
 /// What the thread owns.
 pub(crate) struct Ctx {
     pub producer: KafkaProducer,
@@ -332,45 +176,6 @@ impl Ctx {
             }
         }
     }
-}
-
-/// The cluster bus as the thread sees it.
-pub(crate) struct Cluster {
-    /// `kafka.cluster.node_topic`, to render per node.
-    pub config: crate::config::ClusterConfig,
-    /// This node's id.
-    pub me: u16,
-    /// This process's incarnation (start time, ms): its hello.
-    pub incarnation: u64,
-    /// Who subscribed to what, cluster-wide.
-    pub view: ClusterView,
-    /// The interest topic was read to its end once (`Job::Loaded`): the
-    /// view is whole. Until then a client message is held, not routed:
-    /// routed by a partial view, it would reach none of the nodes not
-    /// read yet, and its publisher would be acknowledged all the same (a
-    /// node that just started).
-    pub loaded: bool,
-    /// Client messages that came before the view was whole, in order,
-    /// with when they came.
-    pub held: VecDeque<(Outgoing, ReplyTo<Produced>, Instant)>,
-    /// The view's size, for `/metrics` (written here only).
-    pub figures: Arc<ClusterFigures>,
-}
-
-/// The cluster view's size and what was routed by it.
-#[derive(Default)]
-pub(crate) struct ClusterFigures {
-    /// Nodes that are up (this one included).
-    pub nodes: AtomicUsize,
-    /// Interest announcements held.
-    pub entries: AtomicUsize,
-    /// Copies of client messages produced to other nodes.
-    pub forwarded: AtomicU64,
-    /// Client messages no other node wanted (not produced).
-    pub local_only: AtomicU64,
-    /// Client messages handed on for a persistent session that had just
-    /// left this node, one per session.
-    pub handed_on: AtomicU64,
 }
 
 /// One record to produce.
@@ -541,123 +346,6 @@ fn offer(ctx: &Ctx, rec: Rec, ack: Answer, waiting: &mut VecDeque<Waiting>) {
     } else {
         waiting.push_back(w);
     }
-}
-
-/// The records of one message: its route's (`routed`: a client's message,
-/// when a route matches) and, with the cluster bus, one per other node
-/// with interest, and the copies handed on for persistent sessions that
-/// just left this node ([`departed`]). None: nothing leaves, and the
-/// publisher is answered at once.
-fn plan(ctx: &mut Ctx, out: Outgoing, routed: bool) -> Vec<Rec> {
-    let mut recs = Vec::new();
-    if let Some(c) = &mut ctx.cluster {
-        if !out.msg.topic.starts_with('$') {
-            let targets = c.view.targets(&out.msg.topic, out.msg.retain);
-            if targets.is_empty() {
-                c.figures.local_only.fetch_add(1, Relaxed);
-            }
-            for (node, shares) in targets {
-                c.figures.forwarded.fetch_add(1, Relaxed);
-                recs.push(Rec::Node {
-                    out: out.clone(),
-                    node,
-                    shares,
-                    to: None,
-                });
-            }
-        }
-    }
-    if routed {
-        departed(ctx, &out, &mut recs);
-    }
-    if routed && ctx.routes.find(&out.msg.topic).is_some() {
-        recs.push(Rec::Route(out));
-    }
-    recs
-}
-
-/// A client message published here after a persistent session it
-/// matches left this node (a takeover elsewhere, a fenced write): the
-/// cores delivered it to nobody for that session, and the other nodes
-/// route by a view that may not know the session's new node yet (until
-/// they read its announcement). So it is handed on for that session, as
-/// a copy consumed from the inbox would be (`Job::HandOn`), within
-/// [`crate::bridge::departures::HAND_ON_MARGIN_MS`] of the departure. A
-/// view that already knew the new node makes this a duplicate (at least
-/// once).
-fn departed(ctx: &Ctx, out: &Outgoing, recs: &mut Vec<Rec>) {
-    let (Some(c), Some(d)) = (&ctx.cluster, &ctx.departures) else {
-        return;
-    };
-    if out.msg.qos == QoS::AtMostOnce || out.msg.topic.starts_with('$') {
-        return;
-    }
-    for session in d.claimants(&out.msg.topic, crate::wallclock::now_ms(), None) {
-        c.figures.handed_on.fetch_add(1, Relaxed);
-        recs.extend(hand_on(ctx, out.clone(), HandTo::Session(session)));
-    }
-}
-
-/// The next client message held for the view, once the view is whole.
-fn release_held(ctx: &mut Ctx) -> Option<Job> {
-    let c = ctx.cluster.as_mut()?;
-    if !c.loaded {
-        return None;
-    }
-    let (out, ack, _) = c.held.pop_front()?;
-    Some(Job::Send { out, ack })
-}
-
-/// Fails the client messages held for the view longer than the delivery
-/// timeout (the interest topic cannot be read): their publishers are told,
-/// as for a message Kafka did not take in time.
-fn expire_held(ctx: &mut Ctx) {
-    let timeout = ctx.delivery_timeout;
-    let Some(c) = ctx.cluster.as_mut() else {
-        return;
-    };
-    while c
-        .held
-        .front()
-        .is_some_and(|(_, _, at)| at.elapsed() >= timeout)
-    {
-        if let Some((_, ack, _)) = c.held.pop_front() {
-            ctx.metrics.timed_out.fetch_add(1, Relaxed);
-            ack.send(Produced::Failed(OutboundError::TimedOut));
-        }
-    }
-}
-
-/// The records of a copy handed on (`Job::HandOn`): one per node up.
-fn hand_on(ctx: &Ctx, out: Outgoing, to: HandTo) -> Vec<Rec> {
-    let Some(c) = &ctx.cluster else {
-        return Vec::new();
-    };
-    c.view
-        .all_nodes()
-        .map(|node| Rec::Node {
-            out: out.clone(),
-            node,
-            shares: Vec::new(),
-            to: Some(to.clone()),
-        })
-        .collect()
-}
-
-/// A core's interest change, as a record of the interest topic.
-fn announce(ctx: &Ctx, change: InterestChange) -> (Vec<Rec>, Answer) {
-    let ack = match change.confirm {
-        Some(c) => Answer::Confirm(c),
-        None => Answer::Nobody,
-    };
-    let Some(c) = &ctx.cluster else {
-        return (Vec::new(), ack);
-    };
-    let rec = Rec::Registry {
-        key: cluster::interest_key(c.me, change.core, &change.filter),
-        value: change.on.then(|| "1".to_string()),
-    };
-    (vec![rec], ack)
 }
 
 /// What a record is made of.
@@ -852,57 +540,4 @@ fn event(ctx: &Ctx, ev: ConnEvent) {
         m.inflight.fetch_sub(1, Relaxed);
         failed(m, m.generation.load(Relaxed), e);
     }
-}
-
-/// A delivery failure of producer `generation`, counted by kind.
-fn failed(m: &Metrics, generation: u64, e: KafkaError) -> Produced {
-    let timed_out = matches!(
-        e,
-        KafkaError::MessageProduction(
-            RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::QueueFull
-        )
-    );
-    let code = e.rdkafka_error_code();
-    let fatal = code.is_some_and(ends_the_producer);
-    // Purged: a producer dropped after a fatal error took it along.
-    let purged = matches!(
-        code,
-        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
-    );
-    if timed_out || fatal || purged {
-        m.last_failed_ms.store(crate::wallclock::now_ms(), Relaxed);
-    }
-    if fatal {
-        m.fatal(generation);
-    }
-    if timed_out {
-        m.timed_out.fetch_add(1, Relaxed);
-        debug!("Kafka: a message timed out: {e}");
-        Produced::Failed(OutboundError::TimedOut)
-    } else {
-        m.refused.fetch_add(1, Relaxed);
-        static REPEATS: Throttle = Throttle::new();
-        if let Some(held_back) = REPEATS.admit() {
-            warn!(
-                held_back,
-                "Kafka refused a message: {e} (tether_kafka_refused_total counts them)"
-            );
-        }
-        Produced::Failed(OutboundError::Refused(e.to_string()))
-    }
-}
-
-/// Errors after which an idempotent producer refuses every message: its
-/// producer id or epoch is no longer the broker's. Only a new producer
-/// gets past them.
-fn ends_the_producer(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::Fatal
-            | RDKafkaErrorCode::ProducerFenced
-            | RDKafkaErrorCode::InvalidProducerEpoch
-            | RDKafkaErrorCode::UnknownProducerId
-            | RDKafkaErrorCode::OutOfOrderSequenceNumber
-            | RDKafkaErrorCode::InvalidProducerIdMapping
-    )
 }
