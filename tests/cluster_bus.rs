@@ -21,6 +21,13 @@ use rumqttc::QoS;
 /// How long a consumer group of three nodes may take to form.
 const GROUP_FORMS: Duration = Duration::from_secs(60);
 
+/// A node's consumer settings under which each fetch is held up to 5 s:
+/// its view of the cluster's interest learns late.
+const SLOW_VIEW: (&str, &str) = (
+    "TETHER_KAFKA__CONSUMER",
+    "{\"fetch.wait.max.ms\" = \"5000\"}",
+);
+
 type Events = tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::Event, String>>;
 
 /// A metric of a node process (summed over its label sets).
@@ -440,23 +447,11 @@ async fn a_restarted_node_reads_its_inbox_again_within_seconds() {
 /// gone (kicked or fenced), and the copy must reach `mover` on node 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_for_a_subscriber_that_moved_is_handed_on_to_its_new_node() {
-    let bus = bus(|_| {
-        (
-            vec![("TETHER_PRESENCE__NODE_LEASE_SECS", "3".to_string())],
-            Vec::new(),
-        )
-    })
-    .await;
+    let bus = bus(short_lease).await;
     let [n1, n2, n3] = &bus.nodes[..] else {
         unreachable!()
     };
-    let persistent = |node: &Node| {
-        let mut o = rumqttc::MqttOptions::new("mover", "127.0.0.1", node.mqtt);
-        o.set_keep_alive(Duration::from_secs(30));
-        o.set_clean_session(false);
-        o
-    };
-    let (old, mut old_events, old_task) = common::pump(persistent(n3));
+    let (old, mut old_events, old_task) = common::pump(persistent(n3, "mover"));
     old.subscribe("moves/#", QoS::AtLeastOnce).await.unwrap();
     take_suback(&mut old_events).await;
     let (p, mut pe) = client(n1, "mover-pub", &[]).await;
@@ -481,38 +476,11 @@ async fn a_copy_for_a_subscriber_that_moved_is_handed_on_to_its_new_node() {
     publish(&p, &mut pe, "moves/a", "during", 1).await;
     old_task.abort();
     drop((old, old_events));
-    let (_new, mut new_events, new_task) = common::pump(persistent(n2));
-    drop(new_task);
     // Taken over once node 3's lease ran out, while it still sleeps.
-    let connack = next_packet(
-        &mut new_events,
-        "CONNACK on node 2",
-        common::CONNACK_TIMEOUT,
-        |p| matches!(p, rumqttc::Packet::ConnAck(_)),
-    )
-    .await;
-    let rumqttc::Packet::ConnAck(a) = connack else {
-        unreachable!()
-    };
-    assert!(a.session_present, "the session came over from node 3");
+    let (_new, mut new_events) = resume(n2, "mover", common::CONNACK_TIMEOUT).await;
     eprintln!("taken over after {:?}", paused.elapsed());
     n3.proc.signal(libc::SIGCONT);
-    // "before:0" may come again first: its PUBACK may not have been stored
-    // before the pause (at least once).
-    loop {
-        let got = take_within(
-            &mut new_events,
-            1,
-            "mover on node 2",
-            Duration::from_secs(30),
-        )
-        .await;
-        match got[0].1.as_str() {
-            "during:0" => break,
-            "before:0" => {}
-            other => panic!("unexpected {other}"),
-        }
-    }
+    until_payload(&mut new_events, "during:0", "mover on node 2").await;
     assert!(metric(n3, "tether_kafka_cluster_handed_on_total") >= 1.0);
 }
 
@@ -526,20 +494,8 @@ async fn a_copy_for_a_subscriber_that_moved_is_handed_on_to_its_new_node() {
 /// keeps).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_sent_to_a_node_that_died_reaches_its_subscriber_when_the_node_is_back() {
-    let mut bus = bus(|_| {
-        (
-            vec![("TETHER_PRESENCE__NODE_LEASE_SECS", "3".to_string())],
-            Vec::new(),
-        )
-    })
-    .await;
-    let persistent = |node: &Node| {
-        let mut o = rumqttc::MqttOptions::new("orphan", "127.0.0.1", node.mqtt);
-        o.set_keep_alive(Duration::from_secs(30));
-        o.set_clean_session(false);
-        o
-    };
-    let (old, mut old_events, old_task) = common::pump(persistent(&bus.nodes[2]));
+    let mut bus = bus(short_lease).await;
+    let (old, mut old_events, old_task) = common::pump(persistent(&bus.nodes[2], "orphan"));
     old.subscribe("lost/#", QoS::AtLeastOnce).await.unwrap();
     take_suback(&mut old_events).await;
     let (p, mut pe) = client(&bus.nodes[0], "orphan-pub", &[]).await;
@@ -558,50 +514,14 @@ async fn a_copy_sent_to_a_node_that_died_reaches_its_subscriber_when_the_node_is
     drop((old, old_events));
     // Acknowledged once its copy is in node 3's inbox, which nobody reads.
     publish(&p, &mut pe, "lost/a", "during", 1).await;
-    let (_new, mut new_events, new_task) = common::pump(persistent(&bus.nodes[1]));
-    drop(new_task);
     // Taken over once node 3's lease ran out.
-    let connack = next_packet(
-        &mut new_events,
-        "CONNACK on node 2",
-        common::CONNACK_TIMEOUT,
-        |p| matches!(p, rumqttc::Packet::ConnAck(_)),
-    )
-    .await;
-    let rumqttc::Packet::ConnAck(a) = connack else {
-        unreachable!()
-    };
-    assert!(a.session_present, "the session came over from node 3");
+    let moved = resume(&bus.nodes[1], "orphan", common::CONNACK_TIMEOUT).await;
     // And on to node 1 (the copy must follow more than one move).
-    let (_last, mut last_events, last_task) = common::pump(persistent(&bus.nodes[0]));
-    drop(last_task);
-    let connack = next_packet(&mut last_events, "CONNACK on node 1", WAIT, |p| {
-        matches!(p, rumqttc::Packet::ConnAck(_))
-    })
-    .await;
-    let rumqttc::Packet::ConnAck(a) = connack else {
-        unreachable!()
-    };
-    assert!(a.session_present, "the session came over from node 2");
-    drop((_new, new_events));
+    let (_last, mut last_events) = resume(&bus.nodes[0], "orphan", WAIT).await;
+    drop(moved);
 
     bus.start(3);
-    // "before:0" may come again first: its PUBACK may not have been stored
-    // before the kill (at least once).
-    loop {
-        let got = take_within(
-            &mut last_events,
-            1,
-            "orphan on node 1",
-            Duration::from_secs(30),
-        )
-        .await;
-        match got[0].1.as_str() {
-            "during:0" => break,
-            "before:0" => {}
-            other => panic!("unexpected {other}"),
-        }
-    }
+    until_payload(&mut last_events, "during:0", "orphan on node 1").await;
     assert!(
         metric(
             &bus.nodes[2],
@@ -619,20 +539,12 @@ async fn a_copy_sent_to_a_node_that_died_reaches_its_subscriber_when_the_node_is
 async fn a_message_published_where_a_subscriber_just_left_is_handed_on_to_it() {
     let mut bus = bus(|_| (Vec::new(), Vec::new())).await;
     bus.nodes[2].proc.kill9();
-    // Each fetch is held up to 5 s: node 3's view learns late.
-    let slow = "{\"fetch.wait.max.ms\" = \"5000\"}";
-    bus.start_with(3, &[("TETHER_KAFKA__CONSUMER", slow)]);
+    bus.start_with(3, &[SLOW_VIEW]);
     until_within("node 3's view knows the three nodes", GROUP_FORMS, || {
         metric(&bus.nodes[2], "tether_kafka_cluster_nodes") >= 3.0
     })
     .await;
-    let persistent = |node: &Node| {
-        let mut o = rumqttc::MqttOptions::new("watcher", "127.0.0.1", node.mqtt);
-        o.set_keep_alive(Duration::from_secs(30));
-        o.set_clean_session(false);
-        o
-    };
-    let (old, mut old_events, old_task) = common::pump(persistent(&bus.nodes[2]));
+    let (old, mut old_events, old_task) = common::pump(persistent(&bus.nodes[2], "watcher"));
     old.subscribe("left/#", QoS::AtLeastOnce).await.unwrap();
     take_suback(&mut old_events).await;
     let (p, mut pe) = client(&bus.nodes[2], "watcher-pub", &[]).await;
@@ -642,16 +554,7 @@ async fn a_message_published_where_a_subscriber_just_left_is_handed_on_to_it() {
         "before:0"
     );
 
-    let (_new, mut new_events, new_task) = common::pump(persistent(&bus.nodes[1]));
-    drop(new_task);
-    let connack = next_packet(&mut new_events, "CONNACK on node 2", WAIT, |p| {
-        matches!(p, rumqttc::Packet::ConnAck(_))
-    })
-    .await;
-    let rumqttc::Packet::ConnAck(a) = connack else {
-        unreachable!()
-    };
-    assert!(a.session_present, "the session came over from node 3");
+    let (_new, mut new_events) = resume(&bus.nodes[1], "watcher", WAIT).await;
     // Node 3 let the session go (it closes the old connection) before the
     // next message is published there.
     tokio::time::timeout(WAIT, old_task)
@@ -660,20 +563,7 @@ async fn a_message_published_where_a_subscriber_just_left_is_handed_on_to_it() {
         .ok();
     drop((old, old_events));
     publish(&p, &mut pe, "left/a", "after", 1).await;
-    loop {
-        let got = take_within(
-            &mut new_events,
-            1,
-            "watcher on node 2",
-            Duration::from_secs(30),
-        )
-        .await;
-        match got[0].1.as_str() {
-            "after:0" => break,
-            "before:0" => {}
-            other => panic!("unexpected {other}"),
-        }
-    }
+    until_payload(&mut new_events, "after:0", "watcher on node 2").await;
     assert!(
         metric(
             &bus.nodes[2],
@@ -696,8 +586,7 @@ async fn a_node_that_just_started_acknowledges_nothing_before_its_view_is_whole(
     })
     .await;
     bus.nodes[2].proc.kill9();
-    let slow = "{\"fetch.wait.max.ms\" = \"5000\"}";
-    bus.start_with(3, &[("TETHER_KAFKA__CONSUMER", slow)]);
+    bus.start_with(3, &[SLOW_VIEW]);
     let (p, mut pe) = client(&bus.nodes[2], "early-pub", &[]).await;
     p.publish("early/a", QoS::AtLeastOnce, false, "first:0")
         .await
@@ -708,6 +597,57 @@ async fn a_node_that_just_started_acknowledges_nothing_before_its_view_is_whole(
     .await;
     let got = take_within(&mut sub, 1, "early-sub on node 1", Duration::from_secs(30)).await;
     assert_eq!(got[0].1, "first:0");
+}
+
+/// A node lease of 3 s (the least allowed): takeovers from a paused or
+/// dead node wait that long.
+fn short_lease(_: &str) -> (Vec<(&'static str, String)>, Vec<String>) {
+    (
+        vec![("TETHER_PRESENCE__NODE_LEASE_SECS", "3".to_string())],
+        Vec::new(),
+    )
+}
+
+/// Options of `id`'s persistent session (clean session off) on `node`.
+fn persistent(node: &Node, id: &str) -> rumqttc::MqttOptions {
+    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", node.mqtt);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_clean_session(false);
+    o
+}
+
+/// `id` connects to `node` and resumes its persistent session there: a
+/// CONNACK with the session present, within `wait`.
+async fn resume(node: &Node, id: &str, wait: Duration) -> (rumqttc::AsyncClient, Events) {
+    let (c, mut events, task) = common::pump(persistent(node, id));
+    drop(task);
+    let connack = next_packet(&mut events, "CONNACK", wait, |p| {
+        matches!(p, rumqttc::Packet::ConnAck(_))
+    })
+    .await;
+    let rumqttc::Packet::ConnAck(a) = connack else {
+        unreachable!()
+    };
+    assert!(
+        a.session_present,
+        "{id} resumed its session on node {}",
+        node.id
+    );
+    (c, events)
+}
+
+/// Waits (up to 30 s per message) for the payload `want`, passing over
+/// "before:0" again: its PUBACK may not have been stored before the fault
+/// (at least once).
+async fn until_payload(events: &mut Events, want: &str, who: &str) {
+    loop {
+        let got = take_within(events, 1, who, Duration::from_secs(30)).await;
+        match got[0].1.as_str() {
+            w if w == want => return,
+            "before:0" => {}
+            other => panic!("{who}: unexpected {other}"),
+        }
+    }
 }
 
 async fn take_suback(events: &mut Events) {
