@@ -1008,6 +1008,20 @@ async fn a_node_cut_off_from_redis_resumes_no_session_from_its_stale_copy() {
     assert_eq!(metric(&a, "tether_store_stale_copies_total"), 1.0);
 }
 
+/// QoS 0 ticks from `publ` to `topic` every 100 ms until aborted: a node
+/// that has something to write to a subscriber checks its lease then.
+fn tick(publ: Client, topic: &'static str) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let _ = publ
+                .client
+                .publish(topic, QoS::AtMostOnce, false, "tick")
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
 /// A node cut off from Redis cannot count a user's connections, and the
 /// other nodes admit the user's next ones once its entries expired: so a
 /// connection counted against the user's limit is served only while the
@@ -1034,15 +1048,7 @@ async fn a_node_cut_off_from_redis_stops_serving_connections_counted_against_a_l
     // Node 1 still reaches both its clients; each message it has for
     // `cap-1` asks whether its lease still holds.
     let cut = std::time::Instant::now();
-    let ticking = tokio::spawn(async move {
-        loop {
-            let _ = publ
-                .client
-                .publish("lim/x", QoS::AtMostOnce, false, "tick")
-                .await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let ticking = tick(publ, "lim/x");
     // The ticks keep the connection busy: one deadline for the close.
     tokio::time::timeout(
         Duration::from_secs(3 + 2),
@@ -1087,15 +1093,7 @@ async fn an_eviction_a_cut_off_node_cannot_hear_waits_for_its_lease() {
     let publ = connect(options(&a, "eve-pub", true)).await;
 
     relay.cut();
-    let ticking = tokio::spawn(async move {
-        loop {
-            let _ = publ
-                .client
-                .publish("eve/x", QoS::AtMostOnce, false, "tick")
-                .await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let ticking = tick(publ, "eve/x");
     let closed = tokio::spawn(async move {
         first.closed("ev-1 once node 1's lease lapsed").await;
         std::time::Instant::now()
