@@ -131,14 +131,6 @@ impl Ctx {
         };
         let text = |name: &str| header(name).and_then(|v| std::str::from_utf8(v).ok());
         let inbox = rule.kind == RuleKind::Inbox;
-        // A copy handed on (for one session, or a restarted node's
-        // sessions) is never retained here: it comes late, and must not
-        // replace a newer retained message.
-        let handed_on = inbox
-            && (header(crate::kafka::TO_SESSION).is_some()
-                || header(crate::kafka::ORPHAN_OF).is_some());
-        let retain =
-            rule.target == SourceTarget::Topic && header("x-retain") == Some(b"1") && !handed_on;
         let orphan_of = text(crate::kafka::ORPHAN_OF).and_then(|n| n.parse().ok());
         let scope = match (text(crate::kafka::TO_SESSION), orphan_of) {
             // A copy handed on for one session that left its first node.
@@ -163,6 +155,12 @@ impl Ctx {
             ),
             _ => Scope::All,
         };
+        // A copy handed on (for one session, or a restarted node's
+        // sessions) is never retained here: it comes late, and must not
+        // replace a newer retained message.
+        let handed_on = matches!(scope, Scope::Session(_) | Scope::Orphan { .. });
+        let retain =
+            rule.target == SourceTarget::Topic && header("x-retain") == Some(b"1") && !handed_on;
         let hand_on = inbox.then(|| HandOn {
             sent_ms: m
                 .timestamp()
