@@ -20,7 +20,7 @@ use crate::session::Scope;
 /// 0xff), so ids and `x-id` stay unique on the node.
 const FORWARD_IDS: u64 = 0xfe << 56;
 /// Headers Tether writes itself: not copied into user properties.
-const OWN_HEADERS: [&str; 10] = [
+const OWN_HEADERS: [&str; 12] = [
     "x-id",
     "x-uid",
     "x-client",
@@ -31,6 +31,8 @@ const OWN_HEADERS: [&str; 10] = [
     "x-retain",
     "x-share",
     crate::kafka::TO_SESSION,
+    crate::kafka::ORPHAN_OF,
+    crate::kafka::FIRST_SENT,
 ];
 
 /// A record made into a publish, or why it is passed over.
@@ -218,6 +220,22 @@ impl Ctx {
             msg: Arc::new(msg),
             client_id,
             username,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OWN_HEADERS;
+
+    #[test]
+    fn the_headers_of_copies_handed_on_are_not_user_properties() {
+        for h in [
+            crate::kafka::TO_SESSION,
+            crate::kafka::ORPHAN_OF,
+            crate::kafka::FIRST_SENT,
+        ] {
+            assert!(OWN_HEADERS.contains(&h), "{h} would reach subscribers");
         }
     }
 }
