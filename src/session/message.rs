@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::Durable;
 use crate::codec::{encoded_len_publish, Properties, QoS, Version};
 use crate::id::{ConnId, GroupKey};
 
@@ -84,6 +85,21 @@ impl Scope {
             Scope::All => true,
             Scope::Groups(only) => only.contains(g),
             Scope::Session(_) | Scope::Orphan { .. } => false,
+        }
+    }
+
+    /// Whether the session of `client_id` (`durable`: its place in the
+    /// durable store, for a persistent one) is served through its plain
+    /// subscriptions: a copy handed on for one session reaches nobody
+    /// else, and a restarted node's copy only the persistent sessions that
+    /// came from there before it was sent.
+    pub fn serves_session(&self, client_id: Option<&str>, durable: Option<&Durable>) -> bool {
+        match self {
+            Scope::All | Scope::Groups(_) => true,
+            Scope::Session(only) => durable.is_some() && client_id == Some(&**only),
+            Scope::Orphan { of, sent_ms } => {
+                durable.is_some_and(|d| d.came_from.iter().any(|a| a.missed(*of, *sent_ms)))
+            }
         }
     }
 }
@@ -337,5 +353,29 @@ mod tests {
             now,
         );
         assert!(bare.properties.is_none(), "empty properties are dropped");
+    }
+
+    #[test]
+    fn a_scoped_copy_serves_only_the_sessions_it_names() {
+        let from_3 = Durable {
+            client_id: "dev".into(),
+            epoch: 1,
+            last_seq: 0,
+            lease_term: 0,
+            came_from: vec![super::super::Arrival {
+                node: 3,
+                at_ms: 1_000,
+            }],
+        };
+        let one = Scope::Session("dev".into());
+        assert!(one.serves_session(Some("dev"), Some(&from_3)));
+        assert!(!one.serves_session(Some("other"), Some(&from_3)));
+        assert!(!one.serves_session(Some("dev"), None), "a clean session");
+        let orphan = |of, sent_ms| Scope::Orphan { of, sent_ms };
+        assert!(orphan(3, 900).serves_session(Some("dev"), Some(&from_3)));
+        assert!(!orphan(2, 900).serves_session(Some("dev"), Some(&from_3)));
+        let late = 1_000 + super::super::HAND_ON_MARGIN_MS + 1;
+        assert!(!orphan(3, late).serves_session(Some("dev"), Some(&from_3)));
+        assert!(Scope::All.serves_session(Some("dev"), None));
     }
 }

@@ -13,7 +13,7 @@ use super::delivery::{deliver, Offer};
 use super::{count, Core, CoreState, Entry, Phase};
 use crate::codec::{QoS, Will};
 use crate::id::{ConnId, ConnKey};
-use crate::session::{sub_ids, Delivery, Message, Publication, Scope};
+use crate::session::{sub_ids, Delivery, Message, Publication};
 
 /// A QoS 0 copy added to an outbox already holding this much is behind:
 /// one socket write's worth (`net::conn`'s write chunk), which the
@@ -119,26 +119,11 @@ impl Core {
             if same.iter().all(|s| s.opts.no_local) && msg.origin == Some(e.id) {
                 continue;
             }
-            match msg.scope {
-                // A copy handed on for one persistent session: nobody else.
-                Scope::Session(ref only)
-                    if e.client_id.as_deref() != Some(&**only) || e.session.durable.is_none() =>
-                {
-                    continue
-                }
-                // A copy a restarted node's earlier life got: only the
-                // persistent sessions that came from there before it was
-                // sent.
-                Scope::Orphan { of, sent_ms }
-                    if !e
-                        .session
-                        .durable
-                        .as_ref()
-                        .is_some_and(|d| d.came_from.iter().any(|a| a.missed(of, sent_ms))) =>
-                {
-                    continue
-                }
-                _ => {}
+            if !msg
+                .scope
+                .serves_session(e.client_id.as_deref(), e.session.durable.as_deref())
+            {
+                continue;
             }
             // One copy per session, at the best QoS and retain option of
             // its matching subscriptions, carrying all their identifiers.
