@@ -1112,3 +1112,55 @@ async fn an_eviction_a_cut_off_node_cannot_hear_waits_for_its_lease() {
     ticking.abort();
     drop(second);
 }
+
+/// The client ids `GET /v1/users/{user}` on `node` lists, sorted.
+fn listed(node: &Node, user: &str) -> Vec<String> {
+    let v = api(node, "GET", &format!("/v1/users/{user}")).json();
+    let mut ids: Vec<String> = v["connections"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|c| c["client_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A request that reaches Redis after its node gave up on it changes
+/// nothing. Through a partition a timed-out ADMIT waits in the node's
+/// socket, and TCP delivers it once the link heals (the relay's
+/// `resume`). Run then, it evicted from the user's set connections still
+/// served on another node, which nobody counted from then on (the fault
+/// harness's `over_cap`), and added one that had been refused. It now
+/// carries its sender's deadline, by Redis's clock, and is turned away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_redis_gets_after_its_node_gave_up_changes_nothing() {
+    let redis = Redis::start();
+    let relay = common::relay::Relay::to_unix(redis.socket());
+    let env = [("TETHER_LIMITS__MAX_CONNECTIONS_PER_USER", "2")];
+    let a = Node::start(1, &relay.url(), &env);
+    let b = Node::start(2, &redis.url(), &env);
+    let _one = connect(as_user(&b, "late-1", "late", true)).await;
+    let _two = connect(as_user(&b, "late-2", "late", true)).await;
+
+    relay.cut();
+    // Refused once `store.request_timeout_ms` passed; its ADMIT waits.
+    let refused = try_connect(as_user(&a, "late-3", "late", true)).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("ServiceUnavailable")),
+        "late-3 is refused while node 1 cannot reach Redis"
+    );
+    relay.resume();
+    // A persistent session's claim (a clean one needs no Redis) goes down
+    // the same connection, behind the held ADMIT: once it is answered,
+    // Redis has seen that one too.
+    let _probe = connect_when_store_is_back(options(&a, "late-probe", false)).await;
+    assert_eq!(listed(&b, "late"), ["late-1", "late-2"]);
+    // And the limit still counts both: a third evicts the oldest.
+    let mut one = _one;
+    let _three = connect(as_user(&b, "late-4", "late", true)).await;
+    one.closed("late-1, evicted by late-4").await;
+    assert_eq!(listed(&b, "late"), ["late-2", "late-4"]);
+}

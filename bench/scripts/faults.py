@@ -130,9 +130,9 @@ class Net:
 
 
 class Fleet:
-    def __init__(self, net, tether, workdir, node_log="info"):
+    def __init__(self, net, tether, workdir, node_log="info", monitor=False):
         self.net, self.tether, self.dir = net, tether, workdir
-        self.node_log = node_log
+        self.node_log, self.monitor = node_log, monitor
         self.procs = {}
 
     def spawn(self, name, member, cmd, env=None):
@@ -161,6 +161,10 @@ class Fleet:
                                       "--save", "", "--appendonly", "yes", "--appendfsync", "always",
                                       "--dir", self.dir, "--protected-mode", "no"])
         self.wait_port("redis", 6379, "redis-server")
+        if self.monitor:
+            # Every command Redis runs, with its time, for whoever traces a
+            # violation to the store (a restarted Redis gets a new one).
+            self.spawn("redis.monitor", "redis", ["redis-cli", "-h", self.net.ip("redis"), "monitor"])
 
     def kafka(self):
         url = f"tcp://{self.net.ip('kafka')}:9092"
@@ -275,6 +279,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the logs' directory")
     ap.add_argument("--node-log", default="info",
                     help="the nodes' log filter, e.g. 'info,tether::store::redis=debug'")
+    ap.add_argument("--redis-monitor", action="store_true",
+                    help="log every command Redis runs (redis-cli monitor) to redis.monitor.log")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("faults.py: needs root (network namespaces, nftables)")
@@ -289,7 +295,7 @@ def main():
     duration = (plan[-1][0] + plan[-1][2] + SETTLE_S) if plan else 60
     workdir = tempfile.mkdtemp(prefix="tether-faults-")
     net = Net()
-    fleet = Fleet(net, a.tether, workdir, a.node_log)
+    fleet = Fleet(net, a.tether, workdir, a.node_log, a.redis_monitor)
     faults = Faults(net, fleet)
     active, timeline = [], []
     try:

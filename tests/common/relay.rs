@@ -5,7 +5,8 @@
 //! closes none: the node sees silence, not a reset. Healed, it closes the
 //! connections it held (as the partition's TCP timeouts would have, and
 //! with them whatever Redis had queued for them, such as pub/sub messages)
-//! and relays new ones again.
+//! and relays new ones again. Resumed instead, it delivers what it held
+//! and carries on, as TCP's retransmissions do after a short partition.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -69,6 +70,12 @@ impl Relay {
     pub fn cut(&self) {
         self.state.cut.store(true, SeqCst);
         std::thread::sleep(3 * POLL);
+    }
+
+    /// Connections held through the cut deliver what waited and carry on;
+    /// new ones pass.
+    pub fn resume(&self) {
+        self.state.cut.store(false, SeqCst);
     }
 
     /// Connections held through the cut close; new ones pass.

@@ -226,6 +226,7 @@ impl SessionStore for RedisStore {
             scripts: scripts::Scripts::default(),
             client,
             live: Default::default(),
+            redis_ahead_ms: Default::default(),
             claiming: Default::default(),
             handoffs: Default::default(),
             claim_lines: Default::default(),

@@ -2,6 +2,18 @@
 //! (one slot: see [`super::keys`]); `redis::Script` sends EVALSHA and loads
 //! the script again after NOSCRIPT (a restarted Redis has an empty script
 //! cache).
+//!
+//! # Deadlines
+//!
+//! A request that timed out is not gone: through a partition its bytes
+//! wait in the node's socket, and TCP delivers them once the link heals,
+//! seconds after the worker gave up (and refused the CONNECT). Run then,
+//! an ADMIT of a connection that no longer exists evicted live entries of
+//! other nodes, which were then served uncounted (the fault harness's
+//! `over_cap`), and a CLAIM would move a session to a connection that is
+//! gone. So both carry the time their sender stops waiting, by Redis's
+//! clock (`worker::deadline_ms`), and a script that runs later answers a
+//! `LATE` error and changes nothing.
 
 use redis::Script;
 
@@ -30,14 +42,19 @@ use redis::Script;
 /// are kept and returned: copies sent to any of those nodes before the
 /// session left are its own (`session::Arrival`).
 ///
+/// A claim that reaches Redis after its deadline does nothing (see Deadlines, above).
+///
 /// KEYS: s, sub, m, p, rx. ARGV: node, core, conn, clean (0/1), persistent
-/// (0/1), user, keep (0/1), wait (0/1). Returns {epoch, prev node, prev
-/// core, prev conn, prev up} and, when it loads: {subs, messages, sent,
-/// incoming, last seq, present, moves}.
+/// (0/1), user, keep (0/1), wait (0/1), deadline (Redis's clock, ms).
+/// Returns {epoch, prev node, prev core, prev conn, prev up} and, when it
+/// loads: {subs, messages, sent, incoming, last seq, present, moves}.
 pub const CLAIM: &str = r"
 local s = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if now / 1000 > tonumber(ARGV[9]) then
+  return redis.error_reply('LATE: the claim reached Redis after its sender gave up')
+end
 local cur = tonumber(redis.call('HGET', s, 'epoch') or '0')
 local prev = redis.call('HMGET', s, 'node', 'core', 'conn', 'up')
 if ARGV[8] == '1' and prev[4] == '1' and prev[1] and prev[1] ~= ARGV[1] then
@@ -146,7 +163,8 @@ return 1
 ///
 /// KEYS: the user's set. ARGV: member, now (ms), lease (ms), max (0: no
 /// limit), policy (`evict` or `refuse`), the claiming client id, a cutoff
-/// (ms), then the live node incarnations (`node:incarnation`).
+/// (ms), the deadline (Redis's clock, ms: see Deadlines), then the live node
+/// incarnations (`node:incarnation`).
 ///
 /// What counts against the limit: not the client's own earlier connection
 /// (this claim takes it over), and not an entry of a node that is no longer
@@ -157,6 +175,10 @@ return 1
 /// Returns {admitted (0/1), evicted member...}: with `evict`, the oldest
 /// entries (members sort by their connect time) make room.
 pub const ADMIT: &str = r"
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 > tonumber(ARGV[8]) then
+  return redis.error_reply('LATE: the admission reached Redis after its sender gave up')
+end
 local k = KEYS[1]
 local now = tonumber(ARGV[2])
 local max = tonumber(ARGV[4])
@@ -165,7 +187,7 @@ local out = {1}
 if max > 0 then
   local cutoff = tonumber(ARGV[7])
   local live = {}
-  for i = 8, #ARGV do live[ARGV[i]] = true end
+  for i = 9, #ARGV do live[ARGV[i]] = true end
   local counted = {}
   for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
     local since, node, inc, cid = string.match(m, '^(%d+)|n(%d+)%.[^|]*|(%d+)|[^|]*|(.*)$')

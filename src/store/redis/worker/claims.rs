@@ -10,7 +10,7 @@ pub(super) type ClaimLines = HashMap<Arc<str>, (u64, tokio::sync::oneshot::Recei
 
 /// How much older than the live-node view an entry must be before a
 /// missing node discounts it: room for clock skew between nodes.
-const SKEW_MARGIN_MS: u64 = 5_000;
+pub(super) const SKEW_MARGIN_MS: u64 = 5_000;
 
 /// Holds back the writes that undo a connection's claim (its presence
 /// entry leaving, its clean session ending) while that claim is still in
@@ -244,7 +244,8 @@ pub(super) async fn claim_one(
             .arg(if c.persistent { "1" } else { "0" })
             .arg(user)
             .arg(if handed_over { "1" } else { "0" })
-            .arg(if wait { "1" } else { "0" });
+            .arg(if wait { "1" } else { "0" })
+            .arg(deadline_ms(ctx));
         inv
     };
     // A session to load that is attached elsewhere is first handed over.
@@ -263,7 +264,8 @@ pub(super) async fn claim_one(
             })
             .arg(&*c.client_id);
         let live = ctx.live.borrow();
-        inv.arg(live.0.saturating_sub(SKEW_MARGIN_MS));
+        inv.arg(live.0.saturating_sub(SKEW_MARGIN_MS))
+            .arg(deadline_ms(ctx));
         for node in &live.1 {
             inv.arg(node);
         }

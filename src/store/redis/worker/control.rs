@@ -194,19 +194,27 @@ pub(super) async fn node_lease(ctx: Rc<Ctx>, mut conn: Conn) {
 }
 
 /// Renews this node's lease in Redis, drops the nodes whose lease ran
-/// out, and learns who is live. On success the cores' [`Lease`] holds for
-/// one more lease from when the renewal was sent.
+/// out, learns who is live, and measures how far Redis's clock is from
+/// this node's ([`deadline_ms`]). On success the cores' [`Lease`] holds
+/// for one more lease from when the renewal was sent.
+///
+/// `GT`: a renewal never shortens the lease. One sent before a partition
+/// arrives after it, behind newer ones on a fresh connection, and would
+/// otherwise set the lease back into the past, where the other nodes'
+/// next view leaves this node out.
 ///
 /// [`Lease`]: crate::store::Lease
+/// [`deadline_ms`]: super::deadline_ms
 pub(super) async fn renew_lease(ctx: &Ctx, conn: &mut Conn) {
     let s = &ctx.settings;
     let key = keys::nodes(&s.prefix);
     let member = format!("{}:{}", s.node, s.incarnation);
     let started = now_ms();
     let sent = Instant::now();
-    let r: redis::RedisResult<(Vec<String>,)> = redis::pipe()
+    let r: redis::RedisResult<(Vec<String>, (u64, u64))> = redis::pipe()
         .cmd("ZADD")
         .arg(&key)
+        .arg("GT")
         .arg(now_ms() + s.node_lease_ms)
         .arg(&member)
         .ignore()
@@ -219,12 +227,17 @@ pub(super) async fn renew_lease(ctx: &Ctx, conn: &mut Conn) {
         .arg(&key)
         .arg(0)
         .arg(-1)
+        .cmd("TIME")
         .query_async(conn)
         .await;
     match r {
-        Ok((live,)) => {
+        Ok((live, (secs, micros))) => {
             s.lease
                 .renewed(sent, Duration::from_millis(s.node_lease_ms));
+            // Redis read its clock about halfway through the round trip.
+            let halfway = started + sent.elapsed().as_millis() as u64 / 2;
+            let redis = secs * 1000 + micros / 1000;
+            ctx.redis_ahead_ms.set(Some(redis as i64 - halfway as i64));
             *ctx.live.borrow_mut() = (started, live);
         }
         Err(e) => {

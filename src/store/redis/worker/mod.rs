@@ -51,7 +51,7 @@ mod writer;
 
 use claims::{
     claim_done, claim_one, defer_behind_claims, sub_from, sub_to, until_let_go, ClaimLines,
-    ClaimTurn,
+    ClaimTurn, SKEW_MARGIN_MS,
 };
 pub use control::Entry;
 use control::{control, kick_member, member, node_lease, parse_member, publish, renew_lease};
@@ -88,6 +88,10 @@ pub(super) struct Ctx {
     /// The live node incarnations as last read with the node lease, and
     /// when (Unix ms): ADMIT discounts older entries of nodes not in it.
     pub live: std::cell::RefCell<(u64, Vec<String>)>,
+    /// How far Redis's clock is ahead of this node's (ms, negative when
+    /// behind), as measured with the last node lease renewal: requests'
+    /// deadlines are stated by Redis's clock ([`deadline_ms`]).
+    pub redis_ahead_ms: std::cell::Cell<Option<i64>>,
     /// Connections whose claim is in flight, with the writes held back
     /// until it lands ([`defer_behind_claims`]).
     pub claiming: std::cell::RefCell<HashMap<ConnId, Vec<StoreOp>>>,
@@ -199,6 +203,18 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut jobs: UnboundedReceiver<Job>) {
     let _ = tokio::time::timeout(timeout, writer).await;
     for t in others {
         t.abort();
+    }
+}
+
+/// When, by Redis's clock (Unix ms), the worker stops waiting for a
+/// request sent now: CLAIM and ADMIT do nothing after it (`scripts`,
+/// Deadlines). Until a lease renewal has measured the clocks' offset, the
+/// skew margin stands in for it.
+pub(super) fn deadline_ms(ctx: &Ctx) -> u64 {
+    let wait = ctx.settings.request_timeout.as_millis() as u64;
+    match ctx.redis_ahead_ms.get() {
+        Some(ahead) => now_ms().saturating_add_signed(ahead) + wait,
+        None => now_ms() + wait + SKEW_MARGIN_MS,
     }
 }
 
