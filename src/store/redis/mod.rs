@@ -174,7 +174,11 @@ impl RedisStore {
     /// Reads `[store]`, `[redis]`, `[presence]` and `[limits]`; connects
     /// nothing yet (the worker does, and keeps trying).
     pub fn new(cfg: &Config) -> Result<RedisStore, RedisSetupError> {
-        let client = conn::Client::new(&cfg.redis).map_err(RedisSetupError)?;
+        let client = conn::Client::new(
+            &cfg.redis,
+            Duration::from_millis(cfg.store.request_timeout_ms),
+        )
+        .map_err(RedisSetupError)?;
         let settings = Settings {
             node: cfg.node.id,
             incarnation: crate::wallclock::now_ms(),

@@ -108,38 +108,34 @@ fn outcome(v: &Value) -> Outcome {
 /// where a pipeline must stay in one slot), each in journal order.
 async fn send(ctx: &Ctx, conn: &mut Conn, ops: &[StoreOp]) -> Result<Vec<Value>, RedisError> {
     let cmds: Vec<(String, redis::Cmd)> = ops.iter().map(|op| command(ctx, op)).collect();
-    match conn {
-        Conn::Single(_) => {
-            let mut p = redis::pipe();
-            p.ignore_errors();
-            for (_, c) in &cmds {
-                p.add_command(c.clone());
-            }
-            p.query_async(conn).await
+    if !conn.is_cluster() {
+        let mut p = redis::pipe();
+        p.ignore_errors();
+        for (_, c) in &cmds {
+            p.add_command(c.clone());
         }
-        Conn::Cluster(_) => {
-            let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
-            for (i, (tag, _)) in cmds.iter().enumerate() {
-                groups.entry(tag.as_str()).or_default().push(i);
-            }
-            let mut results = vec![Value::Nil; cmds.len()];
-            let runs = groups.into_values().map(|idx| {
-                let mut conn = conn.clone();
-                let mut p = redis::pipe();
-                p.ignore_errors();
-                for &i in &idx {
-                    p.add_command(cmds[i].1.clone());
-                }
-                async move { (idx, p.query_async::<Vec<Value>>(&mut conn).await) }
-            });
-            for (idx, r) in futures_util::future::join_all(runs).await {
-                for (i, v) in idx.into_iter().zip(r?) {
-                    results[i] = v;
-                }
-            }
-            Ok(results)
+        return p.query_async(conn).await;
+    }
+    let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, (tag, _)) in cmds.iter().enumerate() {
+        groups.entry(tag.as_str()).or_default().push(i);
+    }
+    let mut results = vec![Value::Nil; cmds.len()];
+    let runs = groups.into_values().map(|idx| {
+        let mut conn = conn.clone();
+        let mut p = redis::pipe();
+        p.ignore_errors();
+        for &i in &idx {
+            p.add_command(cmds[i].1.clone());
+        }
+        async move { (idx, p.query_async::<Vec<Value>>(&mut conn).await) }
+    });
+    for (idx, r) in futures_util::future::join_all(runs).await {
+        for (i, v) in idx.into_iter().zip(r?) {
+            results[i] = v;
         }
     }
+    Ok(results)
 }
 
 /// The command for one op, and its hash tag (the slot it goes to).
