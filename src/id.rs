@@ -1,6 +1,6 @@
 //! Identities: slab keys with generations, cluster-unique connection ids,
-//! where a session lives, shared-subscription groups, and which core owns a
-//! string key.
+//! message ids and who minted them, where a session lives,
+//! shared-subscription groups, and which core owns a string key.
 
 use std::fmt;
 use std::sync::Arc;
@@ -100,6 +100,61 @@ impl GroupKey {
     }
 }
 
+/// Bits of a message id below its minter's byte: the minter's own count.
+const MINTED_BITS: u32 = 56;
+/// The count part of a message id.
+const COUNT_MASK: u64 = (1 << MINTED_BITS) - 1;
+
+/// Who minted a message id: its top byte. Ids are node-unique `u64`s, the
+/// minter's byte above a count that grows in minting order, so two ids of
+/// one minter compare in that order (a moving session's window relies on
+/// it: `shard::delivery::offer_forwarded`) and `x-id` never repeats on a
+/// node. Cores are 0 up to [`MAX_CORES`] - 1; the other three bytes are
+/// the node's other minters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Minter {
+    /// A client's publish, a will or `$SYS`, numbered by its core.
+    Core(u8),
+    /// A message restored from Redis with the session that held it.
+    Restored,
+    /// A Kafka record as offered to the cores, and an owner-mode forward.
+    Record,
+    /// A push of the HTTP API carried by Kafka (`kafka.push_topic`).
+    Push,
+}
+
+/// Cores a node may run: a core's index is its ids' top byte, below the
+/// three other minters'.
+pub const MAX_CORES: usize = 0xfd;
+
+impl Minter {
+    const RESTORED: u8 = 0xfd;
+    const RECORD: u8 = 0xfe;
+    const PUSH: u8 = 0xff;
+
+    /// The minter of `id`.
+    pub fn of(id: u64) -> Minter {
+        match (id >> MINTED_BITS) as u8 {
+            Self::RESTORED => Minter::Restored,
+            Self::RECORD => Minter::Record,
+            Self::PUSH => Minter::Push,
+            core => Minter::Core(core),
+        }
+    }
+
+    /// The id this minter gives its `count`th message (the count wraps at
+    /// 2^56, which no node reaches).
+    pub fn id(self, count: u64) -> u64 {
+        let byte = match self {
+            Minter::Core(core) => core,
+            Minter::Restored => Self::RESTORED,
+            Minter::Record => Self::RECORD,
+            Minter::Push => Self::PUSH,
+        };
+        (u64::from(byte) << MINTED_BITS) | (count & COUNT_MASK)
+    }
+}
+
 /// The core that owns a string key: sequences writes to a retained topic,
 /// runs a shared-subscription group, counts a user's connections. A fixed
 /// hash (FNV-1a), so every core computes the same owner without asking.
@@ -127,5 +182,26 @@ mod tests {
         assert_eq!(ConnId::parse("n3.c1"), None);
         assert_eq!(ConnId::parse("x3.c1.4"), None);
         assert_eq!(ConnId::parse("n3.c1.4.5"), None);
+    }
+
+    #[test]
+    fn every_minter_reads_back_from_its_ids_and_none_shares_a_byte() {
+        let minters = [
+            Minter::Core(0),
+            Minter::Core((MAX_CORES - 1) as u8),
+            Minter::Restored,
+            Minter::Record,
+            Minter::Push,
+        ];
+        for m in minters {
+            for count in [0, 1, COUNT_MASK, COUNT_MASK + 2] {
+                assert_eq!(Minter::of(m.id(count)), m, "{m:?} {count}");
+            }
+        }
+        let bytes: std::collections::HashSet<u64> =
+            minters.iter().map(|m| m.id(0) >> MINTED_BITS).collect();
+        assert_eq!(bytes.len(), minters.len());
+        // One minter's ids keep its order.
+        assert!(Minter::Core(3).id(7) < Minter::Core(3).id(8));
     }
 }

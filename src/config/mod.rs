@@ -327,6 +327,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.node.cores > crate::id::MAX_CORES {
+            return Err(err(
+                "node.cores",
+                "must be at most 253 (a message id's top byte names its core)",
+            ));
+        }
         let w = &self.websocket;
         if !w.path.starts_with('/') {
             return Err(err("websocket.path", "must start with /"));
@@ -548,7 +554,9 @@ impl Config {
         if self.node.cores > 0 {
             self.node.cores
         } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(crate::id::MAX_CORES)
         }
     }
 }

@@ -73,10 +73,6 @@ pub(crate) enum HandTo {
     /// sent to it at `sent_ms`, before it restarted (`x-orphan-of`).
     Orphans { sent_ms: u64 },
 }
-/// Message ids of the API's pushes: the top byte 0xff, which no core
-/// (whose index is the top byte of its ids) has, so `x-id` stays unique.
-const PUSH_IDS: u64 = 0xff << 56;
-pub(crate) const PUSH_SEQ_MASK: u64 = (1 << 56) - 1;
 
 /// The Kafka producer behind the outbound seam.
 pub struct KafkaOutbound {
@@ -314,11 +310,9 @@ impl Outbound for KafkaOutbound {
         // Checked here, where the API can still say so; every node's
         // authorizer still decides on delivery.
         crate::codec::topic::validate_name(&req.topic).map_err(PushRefused::TopicInvalid)?;
-        let id = PUSH_IDS
-            | (self
-                .push_seq
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                & PUSH_SEQ_MASK);
+        let id = crate::id::Minter::Push.id(self
+            .push_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let msg = Message::new(id, req.into_publication(), std::time::Instant::now());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let out = Outgoing {

@@ -22,9 +22,10 @@ use std::time::Instant;
 
 use tracing::info;
 
-use super::{origin_core, Entry, Link, Now, Phase};
+use super::{Entry, Link, Now, Phase};
 use crate::codec::{reason, QoS};
 use crate::config::Config;
+use crate::id::Minter;
 use crate::session::{Delivery, Frame, Inflight, Session};
 use crate::stats::{bump, Stats};
 
@@ -105,12 +106,12 @@ pub fn offer_forwarded(
         if !w.record(d.msg.id) {
             return Offer::Duplicate;
         }
-        let origin = origin_core(d.msg.id);
+        let minter = Minter::of(d.msg.id);
         let mut rest = VecDeque::with_capacity(w.held.len());
         for h in w.held.drain(..) {
             if h.msg.id == d.msg.id {
                 bump(&stats.duplicates_suppressed, 1);
-            } else if origin_core(h.msg.id) == origin && h.msg.id < d.msg.id {
+            } else if Minter::of(h.msg.id) == minter && h.msg.id < d.msg.id {
                 earlier.push(h);
             } else {
                 rest.push_back(h);

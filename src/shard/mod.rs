@@ -288,14 +288,13 @@ impl Core {
         }
     }
 
-    /// A node-unique id for a message published on this core: the core in
-    /// the top 8 bits ([`origin_core`]), then a sequence that grows in
-    /// publish order (the move window relies on it).
+    /// A node-unique id for a message published on this core
+    /// ([`crate::id::Minter::Core`]), growing in publish order.
     #[inline]
     pub fn message_id(&self) -> u64 {
         let seq = self.next_msg.get() + 1;
         self.next_msg.set(seq);
-        ((self.id as u64) << 56) | (seq & ((1 << 56) - 1))
+        crate::id::Minter::Core(self.id as u8).id(seq)
     }
 
     /// This core's counters.
@@ -561,9 +560,4 @@ fn landed(confirm: Option<Arc<crate::session::Confirm>>) {
     if let Some(c) = confirm {
         c.release(true);
     }
-}
-
-/// The core a message was published on (see [`Core::message_id`]).
-pub fn origin_core(id: u64) -> u64 {
-    id >> 56
 }

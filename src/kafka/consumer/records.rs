@@ -15,10 +15,6 @@ use crate::config::SourceTarget;
 use crate::id::GroupKey;
 use crate::session::Scope;
 
-/// Message ids of records (as offered to the cores) and of owner-mode
-/// forwards: the top byte 0xfe, which no core has (nor the API's pushes,
-/// 0xff), so ids and `x-id` stay unique on the node.
-const FORWARD_IDS: u64 = 0xfe << 56;
 /// Headers Tether writes itself: not copied into user properties.
 const OWN_HEADERS: [&str; 12] = [
     "x-id",
@@ -198,7 +194,7 @@ impl Ctx {
     /// A node-unique id for a record's message, kept while the record is
     /// offered again (`bridge::Numbered`).
     pub(super) fn next_id(&self) -> u64 {
-        FORWARD_IDS | (self.forward_seq.fetch_add(1, Relaxed) & crate::kafka::PUSH_SEQ_MASK)
+        crate::id::Minter::Record.id(self.forward_seq.fetch_add(1, Relaxed))
     }
 
     /// A record as a message this node produces again: an owner-mode

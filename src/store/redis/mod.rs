@@ -111,11 +111,11 @@ impl Metrics {
         self.latency.observe(started.elapsed().as_micros() as u64);
     }
 
-    /// An id for a message restored from Redis: above every core's ids
-    /// (the top byte is the publishing core's, and no core is 255), so it
-    /// never meets another message's id in a move window.
+    /// An id for a message restored from Redis
+    /// ([`crate::id::Minter::Restored`]: never compared in a move window
+    /// with a core's).
     fn next_message_id(&self) -> u64 {
-        (255 << 56) | (self.next_id.fetch_add(1, Ordering::Relaxed) & ((1 << 56) - 1))
+        crate::id::Minter::Restored.id(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 }
 
