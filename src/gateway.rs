@@ -267,7 +267,7 @@ impl GatewayBuilder {
             outbound,
             started: Instant::now(),
             retained: Default::default(),
-            bans: crate::shard::bans::Bans::new(
+            bans: crate::auth::bans::Bans::new(
                 cfg.auth.ban_after_failures,
                 cfg.auth.ban_window_secs,
                 cfg.auth.ban_secs,

@@ -144,7 +144,7 @@ impl std::fmt::Debug for Handoff {
 }
 
 /// A TLS session between cores: rustls's state and what the connection's
-/// TLS layer (`net::tls::Session`) held besides. Plain data here because
+/// TLS layer (`net::tls::TlsSession`) held besides. Plain data here because
 /// this layer sits below `net/`, which converts it back.
 pub struct CarriedTls {
     /// rustls's connection (keys, sequence numbers).

@@ -26,6 +26,7 @@
 
 pub mod acl;
 mod authorizer;
+pub mod bans;
 mod cache;
 mod chain;
 mod files;

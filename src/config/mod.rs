@@ -11,15 +11,12 @@ use std::path::Path;
 use serde::Deserialize;
 
 mod auth;
-mod cluster;
 mod edge;
 mod engine;
 mod kafka;
+mod store;
 
 pub use auth::{AclDefault, AuthConfig, FailPolicy, HttpAuthConfig, JwtConfig};
-pub use cluster::{
-    Durability, LimitsConfig, PerUserPolicy, PresenceConfig, RedisConfig, StoreConfig, StoreKind,
-};
 pub use edge::{FallbackConfig, HttpConfig, TlsConfig, WebSocketConfig};
 pub use engine::{
     DrainConfig, ListenerConfig, LogConfig, MqttConfig, NodeConfig, RetainedConfig, RuntimeConfig,
@@ -28,6 +25,9 @@ pub use engine::{
 pub use kafka::{
     ClusterConfig, KafkaConfig, RouteAck, RouteConfig, SourceConfig, SourceFanout, SourceTarget,
     Template,
+};
+pub use store::{
+    Durability, LimitsConfig, PerUserPolicy, PresenceConfig, RedisConfig, StoreConfig, StoreKind,
 };
 
 /// A configuration problem, with the key it concerns.

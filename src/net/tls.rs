@@ -1,7 +1,7 @@
 //! TLS for the mqtts and wss listeners.
 //!
 //! rustls is used sans-IO, through its unbuffered API: a connection's
-//! [`Session`] decrypts the ciphertext the connection task read, in place in
+//! [`TlsSession`] decrypts the ciphertext the connection task read, in place in
 //! the core's scratch buffer, and encrypts the plaintext the task encoded
 //! straight into its write buffer. rustls's buffered API would keep a read
 //! buffer of at least 4 KiB per connection for its whole life (measured at
@@ -17,7 +17,7 @@
 //! theirs. A reload that fails leaves the old configuration in place.
 //!
 //! A session can move to another core with its socket
-//! ([`Session::carry`], [`Session::resume`]): an HTTP fallback request on
+//! ([`TlsSession::carry`], [`TlsSession::resume`]): an HTTP fallback request on
 //! the wss listener goes to the core of its session like a plain one.
 //!
 //! Two configurations share the certificate and the ticket keys
@@ -209,7 +209,7 @@ impl Acceptor {
 
     /// A server session for one accepted connection of the mqtts
     /// (`websocket` false) or the wss listener.
-    pub fn session(&self, websocket: bool) -> Result<Session, rustls::Error> {
+    pub fn session(&self, websocket: bool) -> Result<TlsSession, rustls::Error> {
         let config = {
             let current = self.current.read().unwrap_or_else(|p| p.into_inner());
             if websocket {
@@ -219,7 +219,7 @@ impl Acceptor {
             }
         };
         let conn = UnbufferedServerConnection::new(config)?;
-        Ok(Session::new(conn, self.settings.cn_as_username))
+        Ok(TlsSession::new(conn, self.settings.cn_as_username))
     }
 }
 
@@ -317,7 +317,7 @@ fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
 }
 
 /// Why a TLS session failed: the peer broke the protocol or failed
-/// verification. An alert for it is queued (see [`Session::encrypt`]).
+/// verification. An alert for it is queued (see [`TlsSession::encrypt`]).
 #[derive(Debug)]
 pub struct Failure(rustls::Error);
 
@@ -348,13 +348,13 @@ const RECORD_PLAINTEXT: usize = 16 * 1024;
 /// encrypted straight into the connection's write buffer. What a session
 /// keeps between polls is rustls's state plus, rarely, a partial record
 /// or handshake records not yet written.
-pub struct Session {
+pub struct TlsSession {
     conn: UnbufferedServerConnection,
     cn_as_username: bool,
     /// A record that arrived in part; empty (and unallocated) otherwise.
     partial: Vec<u8>,
     /// Handshake records and alerts produced while reading, written out by
-    /// the next [`Session::encrypt`]; empty (and unallocated) otherwise.
+    /// the next [`TlsSession::encrypt`]; empty (and unallocated) otherwise.
     pending: Vec<u8>,
     /// close_notify was requested.
     closing: bool,
@@ -362,9 +362,9 @@ pub struct Session {
     close_sent: bool,
 }
 
-impl Session {
-    fn new(conn: UnbufferedServerConnection, cn_as_username: bool) -> Session {
-        Session {
+impl TlsSession {
+    fn new(conn: UnbufferedServerConnection, cn_as_username: bool) -> TlsSession {
+        TlsSession {
             conn,
             cn_as_username,
             partial: Vec::new(),
@@ -387,12 +387,12 @@ impl Session {
         }
     }
 
-    /// A session carried from another core ([`Session::carry`]).
-    pub fn resume(carried: CarriedTls) -> Session {
-        Session {
+    /// A session carried from another core ([`TlsSession::carry`]).
+    pub fn resume(carried: CarriedTls) -> TlsSession {
+        TlsSession {
             partial: carried.partial,
             pending: carried.pending,
-            ..Session::new(carried.conn, carried.cn_as_username)
+            ..TlsSession::new(carried.conn, carried.cn_as_username)
         }
     }
 
@@ -491,7 +491,7 @@ impl Session {
 
     /// Appends to `out` what is pending (handshake records, alerts), then
     /// `plain` as application-data records, then close_notify if
-    /// [`Session::close`] was called.
+    /// [`TlsSession::close`] was called.
     pub fn encrypt(&mut self, plain: &[u8], out: &mut Vec<u8>) {
         if !self.pending.is_empty() {
             out.extend_from_slice(&self.pending);
@@ -528,7 +528,7 @@ impl Session {
     }
 
     /// Asks for close_notify after the data of the next
-    /// [`Session::encrypt`] calls (once).
+    /// [`TlsSession::encrypt`] calls (once).
     pub fn close(&mut self) {
         self.closing = true;
     }
@@ -603,7 +603,7 @@ mod tests {
     use super::*;
 
     /// A server session and a rustls client that trusts it.
-    fn pair() -> (Session, ClientConnection) {
+    fn pair() -> (TlsSession, ClientConnection) {
         let key = rcgen::KeyPair::generate().unwrap();
         let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         let cert = params.self_signed(&key).unwrap();
@@ -624,7 +624,7 @@ mod tests {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let session = Session::new(
+        let session = TlsSession::new(
             UnbufferedServerConnection::new(Arc::new(server)).unwrap(),
             false,
         );
@@ -634,7 +634,7 @@ mod tests {
     }
 
     /// Client to server, one byte per read: every record arrives in parts.
-    fn to_server(client: &mut ClientConnection, session: &mut Session) -> Vec<u8> {
+    fn to_server(client: &mut ClientConnection, session: &mut TlsSession) -> Vec<u8> {
         let mut wire = Vec::new();
         while client.wants_write() {
             client.write_tls(&mut wire).unwrap();
@@ -650,7 +650,7 @@ mod tests {
     }
 
     /// Server to client: what the session writes, and the plaintext of it.
-    fn to_client(session: &mut Session, data: &[u8], client: &mut ClientConnection) -> Vec<u8> {
+    fn to_client(session: &mut TlsSession, data: &[u8], client: &mut ClientConnection) -> Vec<u8> {
         let mut wire = Vec::new();
         session.encrypt(data, &mut wire);
         let mut rd = &wire[..];

@@ -32,7 +32,6 @@
 //! | `trie.rs`, `wheel.rs`, `interest.rs` | subscription trie, timer wheel, cross-core interest bits |
 
 mod acks;
-pub mod bans;
 mod clock;
 mod delivery;
 mod durable;

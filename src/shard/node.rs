@@ -34,7 +34,7 @@ pub struct NodeState {
     /// Node-wide retained totals (updated by owner cores only).
     pub retained: Totals,
     /// Failed logins per source address, and bans (`auth.ban_*`).
-    pub bans: super::bans::Bans,
+    pub bans: crate::auth::bans::Bans,
     /// Set once a drain started (`POST /v1/admin/drain`): `/readyz` fails,
     /// the cores stop accepting and close their clients at `drain.rate_per_sec`.
     pub draining: std::sync::atomic::AtomicBool,

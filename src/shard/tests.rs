@@ -66,7 +66,7 @@ fn node(cores: usize, store: Arc<dyn SessionStore>) -> Node {
         outbound: Arc::new(NoOutbound),
         started: Instant::now(),
         retained: Default::default(),
-        bans: crate::shard::bans::Bans::new(0, 60, 300),
+        bans: crate::auth::bans::Bans::new(0, 60, 300),
         draining: Default::default(),
         admission: crate::shard::Admission::new(&cfg.listeners),
         departures: Default::default(),

@@ -88,7 +88,7 @@ struct Conn {
     /// The listener the connection came in on.
     transport: Transport,
     /// TLS, for connections from the mqtts and wss listeners.
-    tls: Option<Box<super::tls::Session>>,
+    tls: Option<Box<super::tls::TlsSession>>,
     /// WebSocket framing, for connections from the ws and wss listeners.
     ws: Option<Box<Ws>>,
 }
@@ -342,7 +342,7 @@ impl Conn {
         key: ConnKey,
         id: ConnId,
         transport: Transport,
-        tls: Option<Box<super::tls::Session>>,
+        tls: Option<Box<super::tls::TlsSession>>,
         ws: Option<Box<Ws>>,
     ) -> ConnTask {
         ConnTask {

@@ -45,7 +45,7 @@ use slab::Slab;
 
 pub use exchange::{Exchange, Outcome};
 pub use pipe::Pipe;
-use pipe::{Credentials, Phase};
+use pipe::{Credentials, PipeState};
 
 use crate::codec::{Connect, Properties, Version};
 use crate::shard::Core;
@@ -75,7 +75,7 @@ pub fn session(sid: &str) -> Option<Rc<Pipe>> {
         s.by_sid
             .get(sid)
             .and_then(|&id| s.pipes.get(id as usize))
-            .filter(|p| !matches!(p.phase(), Phase::Closed { .. }))
+            .filter(|p| !matches!(p.phase(), PipeState::Closed { .. }))
             .cloned()
     })
 }

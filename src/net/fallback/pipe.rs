@@ -14,7 +14,7 @@
 //! core and put in the core's table (`super::SESSIONS`); closed when the
 //! MQTT connection ends (keep-alive ran out, taken over, kicked, deleted),
 //! which takes it out of the table. Requests that hold an `Rc` to a closed
-//! pipe see [`Phase::Closed`] and answer accordingly.
+//! pipe see [`PipeState::Closed`] and answer accordingly.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -28,7 +28,7 @@ use crate::id::ConnKey;
 
 /// Where a session's MQTT connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub enum PipeState {
     /// CONNECT written, no CONNACK yet.
     Opening,
     /// CONNACK 0x00.
@@ -163,7 +163,7 @@ pub struct Pipe {
     pub peer: std::net::SocketAddr,
     /// The session's connection on this core, once registered.
     pub key: Cell<Option<ConnKey>>,
-    phase: Cell<Phase>,
+    phase: Cell<PipeState>,
     /// MQTT bytes for the session's connection to read.
     inbound: RefCell<Vec<u8>>,
     /// The session connection's waker: inbound bytes, or room in the log.
@@ -210,7 +210,7 @@ impl Pipe {
             credentials,
             peer,
             key: Cell::new(None),
-            phase: Cell::new(Phase::Opening),
+            phase: Cell::new(PipeState::Opening),
             inbound: RefCell::new(inbound),
             session_waker: RefCell::new(None),
             log: RefCell::new(Log::default()),
@@ -235,7 +235,7 @@ impl Pipe {
     }
 
     /// Where the session's connection is.
-    pub fn phase(&self) -> Phase {
+    pub fn phase(&self) -> PipeState {
         self.phase.get()
     }
 
@@ -291,13 +291,13 @@ impl Pipe {
             Packet::Publish(p) => self.push(p.pkid, |id| json::message(id, &p)),
             Packet::ConnAck(c) => {
                 if c.code == 0 {
-                    self.phase.set(Phase::Open {
+                    self.phase.set(PipeState::Open {
                         present: c.session_present,
                     });
                     let present = c.session_present;
                     self.push(0, |id| json::session(id, &self.sid, present));
                 } else {
-                    self.phase.set(Phase::Closed { code: c.code });
+                    self.phase.set(PipeState::Closed { code: c.code });
                 }
                 self.wake_replies();
             }
@@ -328,8 +328,8 @@ impl Pipe {
     /// The session's connection ended (or said why it ends): every waiter
     /// hears of it.
     pub fn close(&self, code: u8) {
-        if !matches!(self.phase.get(), Phase::Closed { .. }) {
-            self.phase.set(Phase::Closed { code });
+        if !matches!(self.phase.get(), PipeState::Closed { .. }) {
+            self.phase.set(PipeState::Closed { code });
         }
         self.wake_replies();
         self.wake_stream();
@@ -371,7 +371,7 @@ impl Pipe {
             replies.swap_remove(i);
             return Poll::Ready(Some(answer));
         }
-        if matches!(self.phase.get(), Phase::Closed { .. }) {
+        if matches!(self.phase.get(), PipeState::Closed { .. }) {
             replies.swap_remove(i);
             return Poll::Ready(None);
         }

@@ -25,7 +25,7 @@ mod actions;
 mod secure;
 
 use super::json;
-use super::pipe::{Phase, Pipe};
+use super::pipe::{Pipe, PipeState};
 use super::request::{self, Parsed, Request};
 use crate::codec::{reason, Packet, Properties, ReasonOnly};
 use crate::mesh::Handoff;
@@ -145,7 +145,7 @@ impl Exchange {
         core: Rc<Core>,
         stream: TcpStream,
         raw: Vec<u8>,
-        session: Box<tls::Session>,
+        session: Box<tls::TlsSession>,
         unwritten: Vec<u8>,
     ) -> Exchange {
         let tls = Secure::new(session, unwritten);
@@ -447,7 +447,7 @@ impl Exchange {
             self.refuse(401, "credentials differ from the session's");
             return Step::Again;
         }
-        if !matches!(pipe.phase(), Phase::Open { .. }) {
+        if !matches!(pipe.phase(), PipeState::Open { .. }) {
             self.refuse(409, "the session is not open yet");
             return Step::Again;
         }
@@ -513,19 +513,19 @@ impl Exchange {
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Idle => Step::Again,
             State::Opening { pipe, sse, cursor } => match pipe.phase() {
-                Phase::Opening => {
+                PipeState::Opening => {
                     pipe.wait_open(cx.waker());
                     self.state = State::Opening { pipe, sse, cursor };
                     Step::Wait
                 }
-                Phase::Closed { code } => {
+                PipeState::Closed { code } => {
                     super::forget(&pipe);
                     let (status, why) = refusal(code);
                     info!(peer = %self.peer(), sid = %pipe.sid, code, "fallback session refused: {why}");
                     self.refuse(status, why);
                     Step::Again
                 }
-                Phase::Open { .. } => {
+                PipeState::Open { .. } => {
                     if let Some(c) = cursor {
                         pipe.ack(&c);
                     }
@@ -582,7 +582,7 @@ impl Exchange {
         } else {
             pipe.take(MAX_BATCH_BYTES, cx.waker())
         };
-        let closed = matches!(pipe.phase(), Phase::Closed { .. });
+        let closed = matches!(pipe.phase(), PipeState::Closed { .. });
         match events {
             Poll::Pending if !closed && !self.timer_fired(cx) => {
                 self.state = State::Poll { pipe, gen };
@@ -603,7 +603,7 @@ impl Exchange {
                 0,
                 "replaced by a newer request of this session",
             ))
-        } else if let Phase::Closed { code } = pipe.phase() {
+        } else if let PipeState::Closed { code } = pipe.phase() {
             Some(json::closed(code, "the session's connection ended"))
         } else {
             None
@@ -640,7 +640,7 @@ impl Exchange {
             self.state = State::Sse { pipe, gen };
             return Step::Again;
         }
-        if let Phase::Closed { code } = pipe.phase() {
+        if let PipeState::Closed { code } = pipe.phase() {
             let ev = json::closed(code, "the session's connection ended");
             request::sse_event(&mut self.out, None, &ev);
             self.close_after = true;

@@ -5,13 +5,13 @@
 //! opened as they are read.
 
 use crate::mesh::CarriedTls;
-use crate::net::tls::{Failure, Inbound, Session};
+use crate::net::tls::{Failure, Inbound, TlsSession};
 
 /// One exchange's TLS state (see the module doc).
 pub(super) struct Secure {
     /// The session, in the box the connection kept it in (rustls's state
     /// is large; it is not moved).
-    session: Box<Session>,
+    session: Box<TlsSession>,
     /// Records to write, from `spos` on; unallocated once written.
     sealed: Vec<u8>,
     spos: usize,
@@ -22,7 +22,7 @@ pub(super) struct Secure {
 impl Secure {
     /// Takes over `session`, with the records its connection had not
     /// written yet.
-    pub(super) fn new(session: Box<Session>, unwritten: Vec<u8>) -> Secure {
+    pub(super) fn new(session: Box<TlsSession>, unwritten: Vec<u8>) -> Secure {
         Secure {
             session,
             sealed: unwritten,
@@ -33,7 +33,7 @@ impl Secure {
 
     /// A session that came with its socket from another core.
     pub(super) fn resume(carried: CarriedTls) -> Secure {
-        Secure::new(Box::new(Session::resume(carried)), Vec::new())
+        Secure::new(Box::new(TlsSession::resume(carried)), Vec::new())
     }
 
     /// Appends `plain` to what is to be written, as records.

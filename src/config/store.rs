@@ -1,5 +1,5 @@
-//! The cluster's sections: `[store]`, `[redis]`, `[presence]` and
-//! `[limits]`.
+//! Where sessions live and what the store enforces: `[store]`, `[redis]`,
+//! `[presence]` and `[limits]`.
 
 use std::path::PathBuf;
 
