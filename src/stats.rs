@@ -66,6 +66,8 @@ stats! {
     takeovers => "Sessions taken over by a newer connection with the same client id.",
     sessions_expired => "Offline sessions that expired.",
     forwarded_after_move => "Messages a tombstone forwarded to a session's new core after a move.",
+    claim_arrivals_replayed => "QoS 1/2 messages that reached a core while a persistent session was being claimed there, offered to it once installed.",
+    claim_arrivals_overflowed => "Messages not held for claims in flight because the core's buffer was full: a session being claimed can miss them.",
     duplicates_suppressed => "Second copies dropped by a moved-in session's duplicate filter.",
     dropped_session_gone => "Messages that reached a session after it ended (forward target gone).",
     forwards_discarded => "Forwards for subscriptions the session no longer has (it came back with Clean Start or unsubscribed): not a loss.",

@@ -530,6 +530,56 @@ async fn a_copy_sent_to_a_node_that_died_reaches_its_subscriber_when_the_node_is
     );
 }
 
+/// A message published while its persistent subscriber is being claimed
+/// on another node reaches it there: `mover`'s node (3) is killed, and its
+/// CONNECT to node 2 waits for node 3's lease. A message published on
+/// node 2 meanwhile finds no subscriber there (the session is not
+/// installed yet) and goes to node 3's inbox, which nobody reads. Node 2
+/// keeps what it fans out during the claim and offers it to the session
+/// once installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_while_its_subscriber_is_being_claimed_reaches_it() {
+    let mut bus = bus(short_lease).await;
+    let (old, mut old_events, old_task) = common::pump(persistent(&bus.nodes[2], "mover"));
+    old.subscribe("claim/#", QoS::AtLeastOnce).await.unwrap();
+    take_suback(&mut old_events).await;
+    let (p, mut pe) = client(&bus.nodes[1], "mover-pub", &[]).await;
+    until("node 2 sees claim/# on node 3", || {
+        metric(&bus.nodes[1], "tether_kafka_cluster_interest_entries") >= 1.0
+    })
+    .await;
+
+    bus.nodes[2].proc.kill9();
+    old_task.abort();
+    drop((old, old_events));
+    let port = bus.nodes[1].mqtt;
+    let claiming = tokio::spawn(async move {
+        let mut o = rumqttc::MqttOptions::new("mover", "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_clean_session(false);
+        let (c, mut events, task) = common::pump(o);
+        drop(task);
+        next_packet(&mut events, "CONNACK", common::CONNACK_TIMEOUT, |p| {
+            matches!(p, rumqttc::Packet::ConnAck(a) if a.session_present)
+        })
+        .await;
+        (c, events)
+    });
+    until("node 2's claim waits for node 3's lease", || {
+        metric(&bus.nodes[1], "tether_store_lease_waits_total") >= 1.0
+    })
+    .await;
+    publish(&p, &mut pe, "claim/a", "during", 3).await;
+    let (_c, mut events) = claiming.await.unwrap();
+    let got: Vec<String> = take(&mut events, 3, "mover on node 2")
+        .await
+        .into_iter()
+        .map(|(_, payload)| payload)
+        .collect();
+    assert_eq!(got, ["during:0", "during:1", "during:2"]);
+    assert!(metric(&bus.nodes[1], "tether_claim_arrivals_replayed_total") >= 3.0);
+}
+
 /// A message published on the node a persistent subscriber just left
 /// reaches it on its new node, though the publishing node's view does not
 /// know that node's interest yet: node 3 reads announcements only every

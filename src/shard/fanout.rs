@@ -48,7 +48,13 @@ impl Core {
     /// the node.
     pub fn publish(&self, st: &mut CoreState, msg: Arc<Message>) {
         for (core, visible) in self.node.cores.iter().enumerate() {
-            if core != self.id && visible.interest.might_match(&msg.topic) {
+            if core != self.id
+                && (visible.interest.might_match(&msg.topic)
+                    || visible
+                        .claims_open
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        > 0)
+            {
                 // That core is behind on what it was sent: the publisher
                 // waits for it (`Pace::UntilResumed`).
                 if visible.lagging.load(std::sync::atomic::Ordering::Relaxed) > 0 {
@@ -89,6 +95,9 @@ impl Core {
     /// Offers `msg` to every matching session of this core. One copy per
     /// session: overlapping subscriptions are merged at the highest QoS.
     pub fn deliver_local(&self, st: &mut CoreState, msg: &Arc<Message>) {
+        if st.arrivals.is_open() {
+            self.hold_arrival(st, msg);
+        }
         let CoreState {
             subs,
             conns,

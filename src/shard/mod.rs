@@ -32,6 +32,7 @@
 //! | `trie.rs`, `wheel.rs`, `interest.rs` | subscription trie, timer wheel, cross-core interest bits |
 
 mod acks;
+mod arrivals;
 mod clock;
 mod delivery;
 mod durable;
@@ -111,6 +112,9 @@ pub struct CoreState {
     pub pending: Pending,
     /// Writes for the durable store, handed over once per executor turn.
     pub journal: Vec<crate::store::StoreOp>,
+    /// Claims in flight that may restore a session here, and what the
+    /// core fanned out meanwhile (`arrivals.rs`).
+    arrivals: arrivals::Arrivals,
     interest: interest::LocalInterest,
     /// The filters this core announces to the cluster (`[kafka.cluster]`).
     cluster: interest::NodeInterest,
@@ -252,6 +256,7 @@ impl Core {
                 wheel: wheel::Wheel::new(clock.elapsed_ms() / r.tick_ms),
                 pending: Pending::new(&cfg.runtime),
                 journal: Vec::new(),
+                arrivals: Default::default(),
                 interest: Default::default(),
                 cluster: interest::NodeInterest::new(node.outbound.wants_interest()),
                 next_gen: 0,

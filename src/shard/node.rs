@@ -132,4 +132,8 @@ pub struct CoreVisible {
     /// publishers whose messages come here stop reading until this core
     /// tells them it caught up ([`crate::mesh::CoreMsg::CaughtUp`]).
     pub lagging: AtomicU32,
+    /// Claims in flight on this core that may restore a session here:
+    /// while not zero, other cores route every message here, matching
+    /// subscription or not (`shard::arrivals`).
+    pub claims_open: AtomicU32,
 }

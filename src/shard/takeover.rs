@@ -94,6 +94,11 @@ impl Core {
                 "too many claims waiting for the session store (runtime.max_pending_claims)",
             ));
         };
+        if persistent && !clean_start {
+            // A session may come from another node: keep what reaches the
+            // core until it is installed (`arrivals.rs`).
+            self.open_arrivals(st, key);
+        }
         let reply = self.returns.claims.reply_to(token);
         self.node.store.claim_later(claim, reply);
         Ok(())
@@ -108,12 +113,11 @@ impl Core {
         result: ClaimResult,
     ) -> Result<(), ClaimRefused> {
         let me = Location { core: self.id, key };
-        let Some(e) = st.entry(key) else {
+        let Some(client_id) = st.entry(key).and_then(|e| e.client_id.clone()) else {
+            self.close_arrivals(st, key);
             return Ok(());
         };
-        let Some(client_id) = e.client_id.clone() else {
-            return Ok(());
-        };
+        let e = st.entry(key).expect("checked above");
         let claimed = match result {
             Ok(c) if c.over_limit => {
                 bump(&self.stats().user_limit_refused, 1);
@@ -150,18 +154,24 @@ impl Core {
         match claimed.previous {
             // Nothing on this node: what the store had, if anything.
             None => self.on_handover(st, key, restored, false),
+            // On this node the session comes in memory, with the copies
+            // it was sent (and a move window): nothing to replay.
             Some(prev) if prev.core == self.id => {
+                self.close_arrivals(st, key);
                 let reply = self.takeover(st, prev.key, &client_id, me);
                 self.dispatch_handover(st, reply, false);
             }
-            Some(prev) => self.route(
-                prev.core,
-                CoreMsg::Takeover {
-                    target: prev.key,
-                    client_id,
-                    requester: me,
-                },
-            ),
+            Some(prev) => {
+                self.close_arrivals(st, key);
+                self.route(
+                    prev.core,
+                    CoreMsg::Takeover {
+                        target: prev.key,
+                        client_id,
+                        requester: me,
+                    },
+                )
+            }
         }
         Ok(())
     }
@@ -174,6 +184,7 @@ impl Core {
             code,
             why: why.to_owned(),
         };
+        self.close_arrivals(st, key);
         let Some(e) = st.entry(key) else {
             return refused;
         };
@@ -366,6 +377,8 @@ impl Core {
         };
         if let Some(next) = superseded {
             let to = *next;
+            self.close_arrivals(st, target);
+            let Some(e) = st.entry(target) else { return };
             // An even newer connection claimed the id while we waited. Stay
             // a tombstone for a while if forwards may still arrive here.
             if remote {
@@ -449,7 +462,9 @@ impl Core {
         let now = self.now();
         let e = st.entry(key).expect("caller checked the key");
         let Some(link) = e.link.as_mut() else {
-            // The client went away while its session was being fetched.
+            // The client went away while its session was being fetched:
+            // what reached the core meanwhile waits offline with the rest.
+            self.replay_arrivals(st, key);
             self.park_or_end(st, key, None);
             return;
         };
@@ -474,6 +489,10 @@ impl Core {
         if let Some(link) = e.link.as_ref() {
             self.announce(ConnEventKind::Connect, e, link);
         }
+        // After the CONNACK and the resends: what reached the core while
+        // the session was being claimed.
+        self.replay_arrivals(st, key);
+        let e = st.entry(key).expect("caller checked the key");
         let id = e.id;
         pump(e, self.stats(), || now.at);
         bump(&self.stats().connects, 1);

@@ -24,6 +24,7 @@ impl Core {
             let st = &mut *st;
             st.interest.sweep(&self.visible().interest);
             self.sweep_cluster_interest(st);
+            self.expire_arrivals(st);
         }
         self.resume_if_drained();
     }

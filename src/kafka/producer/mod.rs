@@ -253,6 +253,7 @@ pub(crate) fn run(mut ctx: Ctx, jobs: Receiver<Job>) {
             Ok(Job::HandOn { out, to, ack }) => (hand_on(&ctx, out, to), Answer::Api(ack)),
             Ok(Job::Interest(change)) => announce(&ctx, change),
             Ok(Job::View(u)) => {
+                tracing::debug!(update = ?u, "cluster view");
                 if let Some(c) = &mut ctx.cluster {
                     c.view.apply(u);
                     c.figures.nodes.store(c.view.nodes(), Relaxed);

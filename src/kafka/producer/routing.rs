@@ -164,6 +164,7 @@ pub(super) fn announce(ctx: &Ctx, change: InterestChange) -> (Vec<Rec>, Answer) 
     let Some(c) = &ctx.cluster else {
         return (Vec::new(), ack);
     };
+    tracing::debug!(core = change.core, filter = %change.filter, on = change.on, "announcing interest");
     let rec = Rec::Registry {
         key: cluster::interest_key(c.me, change.core, &change.filter),
         value: change.on.then(|| "1".to_string()),
