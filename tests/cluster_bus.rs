@@ -559,9 +559,12 @@ async fn a_message_published_while_its_subscriber_is_being_claimed_reaches_it() 
         o.set_clean_session(false);
         let (c, mut events, task) = common::pump(o);
         drop(task);
-        next_packet(&mut events, "CONNACK", common::CONNACK_TIMEOUT, |p| {
-            matches!(p, rumqttc::Packet::ConnAck(a) if a.session_present)
-        })
+        next_packet(
+            &mut events,
+            "CONNACK",
+            common::CONNACK_TIMEOUT,
+            |p| matches!(p, rumqttc::Packet::ConnAck(a) if a.session_present),
+        )
         .await;
         (c, events)
     });

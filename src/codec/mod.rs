@@ -14,6 +14,7 @@ mod decode;
 mod encode;
 mod packet;
 mod properties;
+mod reader;
 pub mod topic;
 
 pub use decode::{decode, frame_len, plain_puback, DecodeError};

@@ -5,8 +5,8 @@
 
 use bytes::Bytes;
 
-use super::decode::{DecodeError, Reader};
 use super::encode::{put_binary, put_str, put_varint, varint_len};
+use super::reader::{DecodeError, Reader};
 
 /// Where a property block appears; selects the allowed property ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document (`openapi.json`) |
 //! | `GET /console` | the operator console: a static page (`console.html`) driving the routes here |
 //! | `POST /v1/publish` | one message; answers once a core accepted it (with `kafka.push_topic`: once Kafka has it); the publish handlers are in `publish.rs` |
-//! | `POST /v1/publish/batch` | up to [`MAX_BATCH`] messages, one result each |
+//! | `POST /v1/publish/batch` | up to `publish::MAX_BATCH` (1000) messages, one result each |
 //! | `POST /v1/push/users/{user}` | to `http.user_topic` (every device of the user) |
 //! | `POST /v1/push/clients/{client_id}` | to `http.client_topic` |
 //! | `POST /v1/broadcast` | to `http.broadcast_topic` |
@@ -30,24 +30,19 @@
 //! data: its calls to `/v1` send the token typed into it); bind the API to a private address to hide them.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::Deserialize;
 
-use super::error::ApiError;
-use super::publish::{publish_batch, publish_one, push, push_topic, refusal};
+use super::error::{refusal, ApiError};
+use super::publish::{publish_batch, publish_one, push, push_topic};
+use super::request::{authorize, body, percent_decode, reply};
+use super::wire::{json, Resp};
 use super::Api;
-use crate::bridge::{BridgeMsg, ClientInfo, Refusal, SubscriptionInfo};
+use crate::bridge::{BridgeMsg, ClientInfo, SubscriptionInfo};
 use crate::store::{Lookup, StoreError, StoredSession};
-
-/// Most messages in one `POST /v1/publish/batch`.
-pub const MAX_BATCH: usize = 1000;
-
-pub(super) type Resp = Response<Full<Bytes>>;
 
 const USERS: &str = "/v1/push/users/";
 const CLIENTS: &str = "/v1/push/clients/";
@@ -160,39 +155,6 @@ fn ready(api: &Api) -> Resp {
     }
 }
 
-/// Checks the bearer token when tokens are configured.
-pub(super) fn authorize(api: &Api, req: &Request<Incoming>) -> Result<(), ApiError> {
-    if api.cfg.tokens.is_empty() {
-        return Ok(());
-    }
-    let Some(given) = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send Authorization: Bearer <token>",
-        ));
-    };
-    if api
-        .cfg
-        .tokens
-        .iter()
-        .any(|t| same(t.as_bytes(), given.trim().as_bytes()))
-    {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "unknown token",
-        ))
-    }
-}
-
 /// `POST /v1/admin/drain`: takes the node out of service. `/readyz` fails
 /// from now on, the cores stop accepting and close their clients at
 /// `drain.rate_per_sec`, and the process exits once they are gone (or at
@@ -269,75 +231,6 @@ async fn set_log_level(api: &Api, req: Request<Incoming>) -> Result<Resp, ApiErr
     }
 }
 
-/// Compares in time independent of where the inputs differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The request body, at most `http.max_body_bytes` (413 beyond).
-pub(super) async fn body(api: &Api, req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    let max = api.cfg.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the body exceeds http.max_body_bytes ({max} bytes)"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(too_large());
-    }
-    match Limited::new(req.into_body(), max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            format!("reading the body: {e}"),
-        )),
-    }
-}
-
-/// Parses JSON into `T`, naming the field at fault on error.
-pub(super) fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("malformed JSON: {inner}"),
-            )
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", inner.to_string()).field(path)
-        }
-    })
-}
-
-pub(super) fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// The client id in a path segment.
 fn client_id(segment: &str) -> Result<String, ApiError> {
     percent_decode(segment).ok_or_else(|| {
@@ -389,25 +282,6 @@ async fn ask<T>(
     let (tx, rx) = tokio::sync::oneshot::channel();
     api.bridge.send(core, msg(tx)).map_err(|e| refusal(e, ""))?;
     reply(api, rx, "").await
-}
-
-/// A core's answer, within `http.publish_timeout_ms`.
-pub(super) async fn reply<T>(
-    api: &Api,
-    rx: tokio::sync::oneshot::Receiver<T>,
-    at: &str,
-) -> Result<T, ApiError> {
-    let limit = Duration::from_millis(api.cfg.publish_timeout_ms);
-    match tokio::time::timeout(limit, rx).await {
-        Ok(Ok(v)) => Ok(v),
-        // The core dropped the sender: it is stopping.
-        Ok(Err(_)) => Err(refusal(Refusal::ShuttingDown, at)),
-        Err(_) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            format!("no core answered within http.publish_timeout_ms ({limit:?})"),
-        )),
-    }
 }
 
 /// The session of `client_id`: this node's copy when it holds one (the
@@ -655,14 +529,6 @@ fn console() -> Resp {
 
 fn openapi() -> Resp {
     let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r

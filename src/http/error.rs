@@ -5,6 +5,8 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
 
+use crate::bridge::Refusal;
+
 #[derive(Debug)]
 pub(crate) struct ApiError {
     pub status: StatusCode,
@@ -34,6 +36,33 @@ impl ApiError {
         let body = serde_json::json!({
             "error": {"code": self.code, "message": self.message, "field": self.field}
         });
-        super::api::json(self.status, &body)
+        super::wire::json(self.status, &body)
+    }
+}
+
+/// The HTTP form of a bridge refusal.
+pub(super) fn refusal(r: Refusal, at: &str) -> ApiError {
+    let message = r.to_string();
+    match r {
+        Refusal::TopicInvalid(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+                .field(format!("{at}topic"))
+        }
+        Refusal::QosNotSupported => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+                .field(format!("{at}qos"))
+        }
+        Refusal::Denied => ApiError::new(StatusCode::FORBIDDEN, "topic_denied", message)
+            .field(format!("{at}topic")),
+        Refusal::RetainedStoreFull => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "retained_store_full",
+            message,
+        ),
+        Refusal::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message),
+        Refusal::Undelivered(_) => ApiError::new(StatusCode::BAD_GATEWAY, "undelivered", message),
+        Refusal::ShuttingDown => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+        }
     }
 }

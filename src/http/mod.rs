@@ -13,6 +13,8 @@ mod api;
 mod error;
 mod metrics;
 mod publish;
+mod request;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;

@@ -9,12 +9,16 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
 
-use super::api::{authorize, body, json, parse, percent_decode, reply, Resp, MAX_BATCH};
-use super::error::ApiError;
+use super::error::{refusal, ApiError};
+use super::request::{authorize, body, parse, percent_decode, reply};
+use super::wire::{json, Resp};
 use super::Api;
 use crate::bridge::outbound::{Produced, PushRefused};
 use crate::bridge::{PublishRequest, Refusal};
 use crate::codec::{Properties, QoS};
+
+/// Most messages in one `POST /v1/publish/batch`.
+pub const MAX_BATCH: usize = 1000;
 
 /// One message of `POST /v1/publish` (and of a batch).
 #[derive(Debug, Deserialize)]
@@ -256,31 +260,4 @@ async fn receipt(
     at: &str,
 ) -> Result<u64, ApiError> {
     reply(api, rx, at).await?.map_err(|e| refusal(e, at))
-}
-
-/// The HTTP form of a bridge refusal.
-pub(super) fn refusal(r: Refusal, at: &str) -> ApiError {
-    let message = r.to_string();
-    match r {
-        Refusal::TopicInvalid(_) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message)
-                .field(format!("{at}topic"))
-        }
-        Refusal::QosNotSupported => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message)
-                .field(format!("{at}qos"))
-        }
-        Refusal::Denied => ApiError::new(StatusCode::FORBIDDEN, "topic_denied", message)
-            .field(format!("{at}topic")),
-        Refusal::RetainedStoreFull => ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "retained_store_full",
-            message,
-        ),
-        Refusal::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message),
-        Refusal::Undelivered(_) => ApiError::new(StatusCode::BAD_GATEWAY, "undelivered", message),
-        Refusal::ShuttingDown => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
-        }
-    }
 }

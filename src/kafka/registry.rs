@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::cluster;
-use super::consumer::Seen;
+use super::consumer::seen::Seen;
 use super::producer::Job;
 use crate::logging::Throttle;
 

@@ -16,6 +16,7 @@
 //! | `lifecycle.rs` | register, unregister, park or end a session, shutdown |
 //! | `link.rs` | what the connection task asks of its entry (poll, write, pause) |
 //! | `takeover.rs` | claim, takeover, handover, activation, tombstone forwards |
+//! | `arrivals.rs` | what reaches the core while a session is being claimed on it |
 //! | `fanout.rs` | publishing: local delivery, cross-core routing, wills |
 //! | `delivery.rs` | the delivery policy: window, queue, slow consumers, expiry, move window |
 //! | `subscriptions.rs` | indexing a session's subscriptions (plain or shared) |

@@ -13,13 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
-use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::Statistics;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::producer::Job;
 use super::KafkaSetupError;
@@ -27,14 +25,15 @@ use crate::bridge::outbound::LabelledGauge;
 use crate::bridge::Bridge;
 use crate::codec::QoS;
 use crate::config::{Config, SourceConfig, SourceFanout, SourceTarget, Template};
-use crate::logging::Throttle;
 use crate::stats::Figure;
 
 mod inbox;
 mod offers;
 mod records;
+pub(crate) mod seen;
 
 use offers::run;
+use seen::Seen;
 
 /// librdkafka's `fetch.wait.max.ms`: how long a fetch may wait at the
 /// broker for records. librdkafka's 500 ms is for throughput; a push waits
@@ -126,60 +125,6 @@ enum Reads {
 
 /// The consumer, with [`Seen`] as its context.
 type SourceConsumer = StreamConsumer<Seen>;
-
-/// The consumer's context: keeps what its statistics report (every
-/// [`super::STATS_INTERVAL_MS`]) for `/metrics` and `/readyz`.
-#[derive(Clone, Default)]
-pub(crate) struct Seen(Arc<SeenInner>);
-
-#[derive(Default)]
-pub(crate) struct SeenInner {
-    /// The last report listed no broker up.
-    brokers_down: std::sync::atomic::AtomicBool,
-    /// `(topic, partition, lag)` of the partitions this node consumes
-    /// (librdkafka's `consumer_lag`: the high watermark less the committed
-    /// offset), from the last report.
-    lag: Mutex<Vec<(String, i32, i64)>>,
-}
-
-impl ClientContext for Seen {
-    fn stats(&self, s: Statistics) {
-        self.0
-            .brokers_down
-            .store(!super::producer::any_broker_up(&s), Relaxed);
-        let mut lag: Vec<(String, i32, i64)> = s
-            .topics
-            .values()
-            .flat_map(|t| {
-                t.partitions
-                    .values()
-                    // -1: not this consumer's partition, or not known yet.
-                    .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-                    .map(|p| (t.topic.clone(), p.partition, p.consumer_lag))
-            })
-            .collect();
-        lag.sort();
-        *lock(&self.0.lag) = lag;
-    }
-
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        // The interest topic's reader asks for end-of-partition events to
-        // know it has read everything; they are news, not errors.
-        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_))
-            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
-        {
-            return;
-        }
-        // A broker that is down reports every reconnect attempt; /readyz
-        // and the statistics say it all along.
-        static REPEATS: Throttle = Throttle::new();
-        if let Some(held_back) = REPEATS.admit() {
-            warn!(held_back, "librdkafka consumer: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for Seen {}
 
 impl KafkaInbound {
     /// Prepares the consumers of the configured sources, the cluster
@@ -413,7 +358,7 @@ impl KafkaInbound {
                 .seen
                 .iter()
                 .flat_map(|seen| {
-                    lock(&seen.0.lag)
+                    seen.lag()
                         .iter()
                         .map(|(t, p, lag)| (format!("topic=\"{t}\",partition=\"{p}\""), *lag))
                         .collect::<Vec<_>>()
@@ -425,7 +370,7 @@ impl KafkaInbound {
     /// What does not work, for `/readyz`.
     pub(crate) fn degraded(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.seen.iter().any(|s| s.0.brokers_down.load(Relaxed)) {
+        if self.seen.iter().any(|s| s.brokers_down()) {
             out.push("kafka consumer: no broker is up".into());
         }
         if !self.loaded.load(Relaxed) {
