@@ -20,11 +20,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio::time::{sleep_until, timeout};
 
+use crate::core_ctx::{CoreCtx, Phase};
 use crate::payload::{self, Header, END_MARKER, HEADER_LEN};
 use crate::scenario::{ClientSpec, Role};
 use crate::tls::Stream;
 use crate::track::{Tracker, Verdict};
-use crate::worker::{CoreCtx, Phase};
 
 /// Largest packet the harness accepts from a broker.
 const MAX_PACKET: usize = 1 << 20;

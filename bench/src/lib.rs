@@ -19,6 +19,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod core_ctx;
 pub mod html;
 pub mod kafka;
 pub mod payload;
