@@ -76,6 +76,9 @@ pub(super) async fn run(
             m = consumer.recv(), if inflight.len() < WINDOW => match m {
                 Ok(m) => {
                     ctx.metrics.consumed.fetch_add(1, Relaxed);
+                    // For whoever traces a record the cores never saw: a
+                    // gap in a partition's offsets shows here.
+                    tracing::trace!(topic = m.topic(), partition = m.partition(), offset = m.offset(), "record");
                     let place = Place {
                         topic: m.topic().to_string(),
                         partition: m.partition(),
