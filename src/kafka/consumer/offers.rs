@@ -49,6 +49,38 @@ const NOT_STORED_RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long the thread waits, when it stops, for records in the cores'
 /// hands before it commits what was accepted.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The last offset read per partition, to notice a broker that serves an
+/// offset again. A partition's offsets only grow (a seek aside, which the
+/// consumer never makes), so a record at or below the last one means the
+/// broker handed out a batch wrongly: tansu 0.6 served one batch of five
+/// records all at the batch's last offset after a pause (the fault
+/// harness), and the records in between never reached the node. Counted
+/// (`tether_kafka_offsets_repeated_total`) and logged; the record still
+/// goes to the cores (at least once).
+#[derive(Default)]
+struct Offsets(Vec<(String, i32, i64)>);
+
+impl Offsets {
+    /// Notes `offset`; the last one before it when it did not advance.
+    fn advance(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+        match self
+            .0
+            .iter_mut()
+            .find(|(t, p, _)| *p == partition && t == topic)
+        {
+            Some((_, _, last)) if offset <= *last => Some(*last),
+            Some((_, _, last)) => {
+                *last = offset;
+                None
+            }
+            None => {
+                self.0.push((topic.to_string(), partition, offset));
+                None
+            }
+        }
+    }
+}
+
 /// What became of one record.
 #[derive(PartialEq, Eq)]
 enum Outcome {
@@ -70,6 +102,7 @@ pub(super) async fn run(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut inflight = FuturesOrdered::new();
+    let mut offsets = Offsets::default();
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
@@ -79,6 +112,20 @@ pub(super) async fn run(
                     // For whoever traces a record the cores never saw: a
                     // gap in a partition's offsets shows here.
                     tracing::trace!(topic = m.topic(), partition = m.partition(), offset = m.offset(), "record");
+                    if let Some(last) = offsets.advance(m.topic(), m.partition(), m.offset()) {
+                        ctx.metrics.offsets_repeated.fetch_add(1, Relaxed);
+                        static REPEATED: Throttle = Throttle::new();
+                        if let Some(held_back) = REPEATED.admit() {
+                            tracing::error!(
+                                held_back,
+                                topic = m.topic(),
+                                partition = m.partition(),
+                                offset = m.offset(),
+                                last,
+                                "the Kafka broker served an offset that does not follow the last one: records it skipped never reach this node (tether_kafka_offsets_repeated_total); check the broker"
+                            );
+                        }
+                    }
                     let place = Place {
                         topic: m.topic().to_string(),
                         partition: m.partition(),
@@ -422,4 +469,22 @@ async fn hand_on_orphan(ctx: &Ctx, req: &PublishRequest, h: &HandOn) -> Outcome 
         job,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Offsets;
+
+    #[test]
+    fn an_offset_that_does_not_advance_is_noticed_per_partition() {
+        let mut o = Offsets::default();
+        assert_eq!(o.advance("t", 0, 5), None);
+        assert_eq!(o.advance("t", 1, 3), None, "another partition");
+        assert_eq!(o.advance("u", 0, 1), None, "another topic");
+        assert_eq!(o.advance("t", 0, 6), None);
+        assert_eq!(o.advance("t", 0, 10), None, "a gap alone is not noticed");
+        assert_eq!(o.advance("t", 0, 10), Some(10), "served again");
+        assert_eq!(o.advance("t", 0, 9), Some(10));
+        assert_eq!(o.advance("t", 0, 11), None);
+    }
 }
