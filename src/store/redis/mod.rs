@@ -231,6 +231,8 @@ impl SessionStore for RedisStore {
             client,
             live: Default::default(),
             redis_ahead_ms: Default::default(),
+            renewal_failed: Default::default(),
+            resubscribe: Default::default(),
             claiming: Default::default(),
             handoffs: Default::default(),
             claim_lines: Default::default(),

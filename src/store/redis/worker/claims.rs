@@ -108,14 +108,25 @@ async fn handoff(ctx: &Ctx, conn: &mut Conn, c: &Claim, node: &str, prev: &str) 
     }
 }
 
+/// How many times a node that renews its lease but does not answer is
+/// asked (a `handoff` or `evict-answer`). A node back from a partition
+/// hears its control channel late, or not at all: its subscription's
+/// socket waits out TCP's retransmission backoff, and the control task
+/// subscribes afresh once the lease is back, dropping what the old socket
+/// held. Taking the answer's absence plus a renewal as consent let a
+/// connection evicted there be served 1.9 s after the new one was
+/// admitted (the fault harness's `over_cap`).
+const ASKS: u32 = 3;
+
 /// Sends `msg` (a `handoff` or an `evict-answer` naming this node) to
 /// `node` about its connection `prev`, and waits (at most
 /// `store.handoff_timeout_ms`) for its `handed` answer, sent once the
 /// connection is closed and its writes are flushed; without one, until
 /// `node`'s lease has run out ([`until_lease_out`]), after which it serves
-/// nothing that needs Redis. A node that is not live is not waited for:
-/// its lease ran out already, and fencing covers whatever it might still
-/// write. Whether the answer came.
+/// nothing that needs Redis. A node that renews its lease meanwhile is
+/// alive: it is asked again, up to [`ASKS`] times. A node that is not
+/// live is not waited for: its lease ran out already, and fencing covers
+/// whatever it might still write. Whether the answer came.
 pub(super) async fn until_let_go(
     ctx: &Ctx,
     conn: &mut Conn,
@@ -137,17 +148,34 @@ pub(super) async fn until_let_go(
     if !live {
         return true;
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
     ctx.handoffs.borrow_mut().insert(prev, tx);
-    publish(ctx, conn, node, msg).await;
-    match tokio::time::timeout(ctx.settings.handoff_timeout, rx).await {
-        Ok(Ok(())) => true,
-        _ => {
-            ctx.handoffs.borrow_mut().remove(&prev);
-            until_lease_out(ctx, conn, node).await;
-            false
+    for _ in 0..ASKS {
+        publish(ctx, conn, node, msg.clone()).await;
+        match tokio::time::timeout(ctx.settings.handoff_timeout, &mut rx).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(_)) => break,
+            Err(_) => {}
+        }
+        if until_lease_out(ctx, conn, node).await == LeaseEnd::RanOut {
+            break;
+        }
+        // An answer that came while the lease was watched.
+        if rx.try_recv().is_ok() {
+            return true;
         }
     }
+    ctx.handoffs.borrow_mut().remove(&prev);
+    false
+}
+
+/// How [`until_lease_out`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum LeaseEnd {
+    /// The node's lease ran out (or it holds none, or Redis cannot say).
+    RanOut,
+    /// The node renewed it: alive, and reaching Redis.
+    Renewed,
 }
 
 /// When `node`'s lease in Redis runs out (ms since the Unix epoch, by the
@@ -172,24 +200,24 @@ async fn lease_of(conn: &mut Conn, prefix: &str, node: u16) -> redis::RedisResul
 /// plus [`SKEW_MARGIN_MS`]: by then that node, by its own clock, has
 /// stopped serving the durable sessions it claimed (`store::Lease`), so
 /// taking one over cannot leave two connections serving it. Returns at
-/// once when the node renews meanwhile (it reaches Redis, and the kick
-/// that follows the claim reaches it too) or has no lease left.
-async fn until_lease_out(ctx: &Ctx, conn: &mut Conn, node: u16) {
+/// once when the node renews meanwhile (alive: the caller asks again) or
+/// has no lease left.
+async fn until_lease_out(ctx: &Ctx, conn: &mut Conn, node: u16) -> LeaseEnd {
     let s = &ctx.settings;
     let mut first_seen = None;
     let mut waited = false;
     loop {
         // Redis unreachable: the claim that follows fails too.
         let Ok(Some(until)) = lease_of(conn, &s.prefix, node).await else {
-            return;
+            return LeaseEnd::RanOut;
         };
         if *first_seen.get_or_insert(until) < until {
-            return;
+            return LeaseEnd::Renewed;
         }
         let out_at = until + SKEW_MARGIN_MS;
         let now = now_ms();
         if now >= out_at {
-            return;
+            return LeaseEnd::RanOut;
         }
         if first_seen == Some(until) && !std::mem::replace(&mut waited, true) {
             ctx.metrics.lease_waits.fetch_add(1, Relaxed);

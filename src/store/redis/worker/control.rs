@@ -88,9 +88,23 @@ pub(super) async fn control(ctx: Rc<Ctx>) {
                 Ok(()) => {
                     backoff = MIN_BACKOFF;
                     let mut stream = ps.into_on_message();
-                    while let Some(m) = stream.next().await {
-                        if let Ok(text) = m.get_payload::<String>() {
-                            on_control(&ctx, &text);
+                    loop {
+                        tokio::select! {
+                            m = stream.next() => match m {
+                                Some(m) => {
+                                    if let Ok(text) = m.get_payload::<String>() {
+                                        on_control(&ctx, &text);
+                                    }
+                                }
+                                None => break,
+                            },
+                            // Back from a partition: the old socket waits out
+                            // TCP's retransmission backoff, holding what was
+                            // published meanwhile (the askers ask again).
+                            _ = ctx.resubscribe.notified() => {
+                                debug!("control channel: subscribing again on a new connection");
+                                break;
+                            }
                         }
                     }
                 }
@@ -239,9 +253,13 @@ pub(super) async fn renew_lease(ctx: &Ctx, conn: &mut Conn) {
             let redis = secs * 1000 + micros / 1000;
             ctx.redis_ahead_ms.set(Some(redis as i64 - halfway as i64));
             *ctx.live.borrow_mut() = (started, live);
+            if ctx.renewal_failed.replace(false) {
+                ctx.resubscribe.notify_one();
+            }
         }
         Err(e) => {
             ctx.metrics.errors.fetch_add(1, Relaxed);
+            ctx.renewal_failed.set(true);
             debug!("node lease: {e}");
         }
     }

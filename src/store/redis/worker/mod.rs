@@ -92,6 +92,11 @@ pub(super) struct Ctx {
     /// behind), as measured with the last node lease renewal: requests'
     /// deadlines are stated by Redis's clock ([`deadline_ms`]).
     pub redis_ahead_ms: std::cell::Cell<Option<i64>>,
+    /// The last lease renewal failed (Redis out of reach).
+    pub renewal_failed: std::cell::Cell<bool>,
+    /// Told once a renewal succeeds after a failure: the control task
+    /// subscribes again on a new connection (`control::control`).
+    pub resubscribe: tokio::sync::Notify,
     /// Connections whose claim is in flight, with the writes held back
     /// until it lands ([`defer_behind_claims`]).
     pub claiming: std::cell::RefCell<HashMap<ConnId, Vec<StoreOp>>>,
