@@ -21,6 +21,7 @@
 //! (at least once); the order of first copies holds, since what the store
 //! had came first.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -46,10 +47,14 @@ pub const ARRIVALS_MAX_AGE_MS: u64 = 60_000;
 /// the oldest of them began.
 #[derive(Debug, Default)]
 pub struct Arrivals {
-    /// Each claim: its entry, the index in `held` of the first message
-    /// after it began, and when it began (tick).
+    /// Each claim: its entry, the number (see `dropped`) of the first
+    /// message after it began, and when it began (tick).
     open: Vec<(ConnKey, usize, u64)>,
-    held: Vec<Arc<Message>>,
+    /// Messages since the oldest open claim began.
+    held: VecDeque<Arc<Message>>,
+    /// Messages dropped from the front of `held` so far: `held[0]` is
+    /// message number `dropped`.
+    dropped: usize,
 }
 
 impl Arrivals {
@@ -64,32 +69,43 @@ impl Arrivals {
         if self.held.len() >= ARRIVALS_MAX {
             return false;
         }
-        self.held.push(msg.clone());
+        self.held.push_back(msg.clone());
         true
     }
 
     fn open(&mut self, key: ConnKey, tick: u64) {
         self.close(key);
-        self.open.push((key, self.held.len(), tick));
+        self.open.push((key, self.dropped + self.held.len(), tick));
     }
 
     /// Ends `key`'s claim; what arrived since it began, if it was open.
     fn close(&mut self, key: ConnKey) -> Option<Vec<Arc<Message>>> {
         let i = self.open.iter().position(|(k, _, _)| *k == key)?;
         let (_, from, _) = self.open.swap_remove(i);
-        let since = self.held[from..].to_vec();
-        if self.open.is_empty() {
-            self.held.clear();
-        }
+        let since = self.held.range(from - self.dropped..).cloned().collect();
+        self.forget_unneeded();
         Some(since)
+    }
+
+    /// Drops the messages no open claim needs (older than the oldest
+    /// one's start), so that overlapping claims (a reconnect storm) do not
+    /// keep everything since the first.
+    fn forget_unneeded(&mut self) {
+        let oldest = self
+            .open
+            .iter()
+            .map(|(_, from, _)| *from)
+            .min()
+            .unwrap_or(self.dropped + self.held.len());
+        while self.dropped < oldest && self.held.pop_front().is_some() {
+            self.dropped += 1;
+        }
     }
 
     /// Ends the claims open since before `oldest` (ticks).
     fn expire(&mut self, oldest: u64) {
         self.open.retain(|(_, _, at)| *at >= oldest);
-        if self.open.is_empty() {
-            self.held.clear();
-        }
+        self.forget_unneeded();
     }
 
     fn len(&self) -> u32 {
@@ -220,9 +236,20 @@ mod tests {
         assert!(a.is_open(), "claim 1 is still in flight");
         a.hold(&msg(3));
         assert_eq!(a.close(key(1)).map(ids), Some(vec![1, 2, 3]));
+        assert!(a.close(key(1)).is_none());
+        // Overlapping claims keep only what the oldest open one needs.
+        a.open(key(1), 0);
+        a.hold(&msg(4));
+        a.open(key(2), 0);
+        a.hold(&msg(5));
+        a.close(key(1));
+        assert_eq!(a.held.len(), 1, "message 4 was only claim 1's");
+        a.open(key(3), 0);
+        a.hold(&msg(6));
+        assert_eq!(a.close(key(2)).map(ids), Some(vec![5, 6]));
+        assert_eq!(a.close(key(3)).map(ids), Some(vec![6]));
         assert!(!a.is_open());
         assert!(a.held.is_empty(), "nothing kept once no claim is open");
-        assert!(a.close(key(1)).is_none());
     }
 
     #[test]
