@@ -406,7 +406,7 @@ impl KafkaInbound {
             ("kafka_cluster_handed_on", "Cluster inbox records handed on to every node for a persistent session that had left this node (one per session).", m.handed_on.load(Relaxed), true),
             ("kafka_busy_retries", "Times a busy core was offered a record again.", m.busy_retries.load(Relaxed), true),
             ("kafka_consumer_errors", "Consumer errors (broker unreachable, rebalance failures, ...).", m.errors.load(Relaxed), true),
-            ("kafka_offsets_repeated", "Records whose offset did not advance past their partition's last one: a broker defect; the records between were never served to this node.", m.offsets_repeated.load(Relaxed), true),
+            ("kafka_offsets_repeated", "Records whose offset did not advance past their partition's last one: a broker defect; records around them were served twice, or skipped and never served to this node.", m.offsets_repeated.load(Relaxed), true),
         ]
     }
 }

@@ -52,9 +52,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The last offset read per partition, to notice a broker that serves an
 /// offset again. A partition's offsets only grow (a seek aside, which the
 /// consumer never makes), so a record at or below the last one means the
-/// broker handed out a batch wrongly: tansu 0.6 served one batch of five
-/// records all at the batch's last offset after a pause (the fault
-/// harness), and the records in between never reached the node. Counted
+/// broker handed out a batch wrongly. tansu 0.6 did both under the fault
+/// harness: it served a batch of five records all at the batch's last
+/// offset (the records in between never reached the node), and served two
+/// records again after a restarted node's catch-up (duplicates). Counted
 /// (`tether_kafka_offsets_repeated_total`) and logged; the record still
 /// goes to the cores (at least once).
 #[derive(Default)]
@@ -122,7 +123,7 @@ pub(super) async fn run(
                                 partition = m.partition(),
                                 offset = m.offset(),
                                 last,
-                                "the Kafka broker served an offset that does not follow the last one: records it skipped never reach this node (tether_kafka_offsets_repeated_total); check the broker"
+                                "the Kafka broker served an offset again, after a later one: a broker defect; the records around it were served twice, or some were skipped and never reach this node (tether_kafka_offsets_repeated_total); check the broker"
                             );
                         }
                     }
