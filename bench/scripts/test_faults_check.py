@@ -59,6 +59,16 @@ class Checker(unittest.TestCase):
         self.assertIn("order", broken(stale + sent("p", 3, 30) + sent("p", 4, 31)
                                       + [got("s", 2, "p", 4, 31.1), got("s", 2, "p", 3, 31.2)]))
 
+    def test_order_across_a_publishers_reconnection_is_admitted_not_within_one(self):
+        first = [{"e": "send", "c": "p", "k": 1, "seq": 1, "t": 1}, {"e": "puback", "c": "p", "seq": 1, "t": 1.01}]
+        again = [{"e": "send", "c": "p", "k": 2, "seq": 2, "t": 2}, {"e": "puback", "c": "p", "seq": 2, "t": 2.01}]
+        late = [got("s", 1, "p", 2, 2.1), got("s", 1, "p", 1, 2.2)]
+        across = broken(SUBSCRIBED + first + again + late)
+        self.assertNotIn("order", across)
+        self.assertEqual(len(across["order_across_publisher_connections"]), 1)
+        same = [{**again[0], "k": 1}, again[1]]
+        self.assertIn("order", broken(SUBSCRIBED + first + same + late))
+
     def test_an_old_connection_that_delivers_after_a_takeover_is_a_second_owner(self):
         ev = SUBSCRIBED + sent("p", 1, 1) + [conn("s", 2, 2.0, present=True), got("s", 2, "p", 1, 2.1)]
         late = ev + [got("s", 1, "p", 1, 3.0)]
