@@ -337,7 +337,7 @@ def main():
     events = faults_check.load(log)
     subs = sorted({e["c"] for e in events if e.get("c", "").startswith("sub-")})
     found = faults_check.check(events, subs, cap_user="capped", cap=CAP)
-    table = report(found, timeline, events, a, duration)
+    table = report(found, timeline, events, a, duration, broker_repeats(workdir))
     print(table)
     if a.report:
         with open(a.report, "a") as f:
@@ -348,7 +348,24 @@ def main():
     sys.exit(1 if failed else 0)
 
 
-def report(found, timeline, events, a, duration):
+def broker_repeats(workdir):
+    """Records the nodes saw at an offset their partition had passed
+    (`tether_kafka_offsets_repeated_total`, from each node's figures at the
+    end): a broker defect, around which copies can be lost. The checker
+    never reads it; the report names it beside what the clients saw."""
+    total = 0
+    for i in (1, 2, 3):
+        try:
+            with open(os.path.join(workdir, f"n{i}.metrics")) as f:
+                for line in f:
+                    if line.startswith("tether_kafka_offsets_repeated_total "):
+                        total += int(float(line.split()[1]))
+        except OSError:
+            pass
+    return total
+
+
+def report(found, timeline, events, a, duration, repeats=0):
     acked = sum(1 for e in events if e["e"] == "puback")
     delivered = sum(1 for e in events if e["e"] == "deliver")
     takeovers = sum(1 for e in events if e["e"] == "connack" and e["c"].startswith("sub-") and e.get("present"))
@@ -377,7 +394,10 @@ def report(found, timeline, events, a, duration):
              "| --- | ---: | ---: | ---: |"]
     times += [f"| {label} | {start:.0f} | {fmt(rec[label]['takeover_s'])} | {fmt(rec[label]['back_s'])} |"
               for label, start, _ in timeline]
-    return (head + "\n" + "\n".join(rows) + ("\n\nFirst violations:" + detail if detail else "")
+    broker = (f"\n\nThe broker served {repeats} record(s) at an offset its partition had passed "
+              "(`tether_kafka_offsets_repeated_total`, a broker defect: copies around them can be lost "
+              "or doubled by the broker, whatever the gateway does)." if repeats else "")
+    return (head + "\n" + "\n".join(rows) + ("\n\nFirst violations:" + detail if detail else "") + broker
             + "\n\nRecovery, from the clients' side (`faults_check.recovery`):\n\n" + "\n".join(times) + "\n")
 
 
