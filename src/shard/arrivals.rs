@@ -26,10 +26,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::delivery::count;
+use super::fanout::one_copy;
 use super::{Core, CoreState};
 use crate::codec::{topic, QoS};
 use crate::id::{ConnKey, GroupKey};
-use crate::session::{sub_ids, Delivery, Message};
+use crate::session::Message;
 use crate::stats::bump;
 
 /// Messages a core holds at most for its claims in flight. A claim lasts
@@ -157,10 +158,7 @@ impl Core {
         let now = self.now();
         let stats = self.stats();
         let CoreState { conns, journal, .. } = st;
-        let Some(e) = conns
-            .get_mut(key.index as usize)
-            .filter(|e| e.gen == key.gen)
-        else {
+        let Some(e) = super::entry_in(conns, key) else {
             return;
         };
         for msg in msgs {
@@ -170,23 +168,20 @@ impl Core {
             {
                 continue;
             }
-            let matching: Vec<_> = e
+            let origin = e.id;
+            let matching = e
                 .session
                 .subs
                 .iter()
                 .filter(|(f, opts, _)| {
                     GroupKey::parse(f).is_none()
                         && topic::matches(f, &msg.topic)
-                        && !(opts.no_local && msg.origin == Some(e.id))
+                        && !(opts.no_local && msg.origin == Some(origin))
                 })
-                .map(|(_, opts, id)| (*opts, *id))
-                .collect();
-            let Some(qos) = matching.iter().map(|(o, _)| msg.qos.min(o.qos)).max() else {
+                .map(|(_, opts, id)| (*opts, *id));
+            let Some(d) = one_copy(&msg, matching) else {
                 continue;
             };
-            let retain = msg.retain && matching.iter().any(|(o, _)| o.retain_as_published);
-            let ids = sub_ids(matching.iter().map(|(_, id)| *id));
-            let d = Delivery::new(msg, qos, retain, ids);
             if d.qos != QoS::AtMostOnce {
                 bump(&stats.claim_arrivals_replayed, 1);
             }

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use super::delivery::{deliver, Offer};
-use super::{count, Core, CoreState, Entry, Phase};
-use crate::codec::{QoS, Will};
+use super::{count, entry_in, Core, CoreState, Entry, Phase};
+use crate::codec::{QoS, SubOptions, Will};
 use crate::id::{ConnId, ConnKey};
 use crate::session::{sub_ids, Delivery, Message, Publication};
 
@@ -119,10 +119,7 @@ impl Core {
             let n = rest.iter().take_while(|s| s.key == first.key).count();
             let (same, tail) = rest.split_at(n);
             rest = tail;
-            let Some(e) = conns
-                .get_mut(first.key.index as usize)
-                .filter(|e| e.gen == first.key.gen)
-            else {
+            let Some(e) = entry_in(conns, first.key) else {
                 continue;
             };
             if same.iter().all(|s| s.opts.no_local) && msg.origin == Some(e.id) {
@@ -134,15 +131,9 @@ impl Core {
             {
                 continue;
             }
-            // One copy per session, at the best QoS and retain option of
-            // its matching subscriptions, carrying all their identifiers.
-            let qos = same
-                .iter()
-                .map(|s| msg.qos.min(s.opts.qos))
-                .max()
-                .unwrap_or(QoS::AtMostOnce);
-            let retain = msg.retain && same.iter().any(|s| s.opts.retain_as_published);
-            let d = Delivery::new(msg.clone(), qos, retain, sub_ids(same.iter().map(|s| s.id)));
+            let Some(d) = one_copy(msg, same.iter().map(|s| (s.opts, s.id))) else {
+                continue;
+            };
             if let Phase::Moved { ref to, .. } = e.phase {
                 self.forward_out(**to, d);
                 continue;
@@ -164,10 +155,7 @@ impl Core {
         let stats = self.stats();
         let now = self.now();
         let CoreState { conns, journal, .. } = st;
-        let Some(e) = conns
-            .get_mut(key.index as usize)
-            .filter(|e| e.gen == key.gen)
-        else {
+        let Some(e) = entry_in(conns, key) else {
             return;
         };
         let id = e
@@ -182,4 +170,18 @@ impl Core {
             count(self.mirror(journal, e, d, deliver), stats);
         }
     }
+}
+
+/// One copy of `msg` for a session whose subscriptions `matching`
+/// (options and identifier of each) match it: at the best QoS and retain
+/// option among them, carrying all their identifiers. `None` when nothing
+/// matches.
+pub(super) fn one_copy(
+    msg: &Arc<Message>,
+    matching: impl Iterator<Item = (SubOptions, u32)> + Clone,
+) -> Option<Delivery> {
+    let qos = matching.clone().map(|(o, _)| msg.qos.min(o.qos)).max()?;
+    let retain = msg.retain && matching.clone().any(|(o, _)| o.retain_as_published);
+    let ids = sub_ids(matching.map(|(_, id)| id));
+    Some(Delivery::new(msg.clone(), qos, retain, ids))
 }

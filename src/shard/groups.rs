@@ -263,9 +263,7 @@ impl Core {
         let stats = self.stats();
         let now = self.now();
         let CoreState { conns, journal, .. } = &mut *st;
-        let member = conns
-            .get_mut(target.index as usize)
-            .filter(|e| e.gen == target.gen)
+        let member = super::entry_in(conns, target)
             .filter(|e| matches!(e.phase, Phase::Active) && e.link.is_some());
         match member {
             Some(e) => count(self.offer_mirrored(journal, e, d, now), stats),

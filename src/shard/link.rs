@@ -73,11 +73,7 @@ impl Core {
     pub fn write_frames(&self, key: ConnKey, out: &mut Vec<u8>, limit: usize) {
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
-        let Some(e) = st
-            .conns
-            .get_mut(key.index as usize)
-            .filter(|e| e.gen == key.gen)
-        else {
+        let Some(e) = super::entry_in(&mut st.conns, key) else {
             return;
         };
         let durable = e.session.durable.as_deref();

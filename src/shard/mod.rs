@@ -139,12 +139,20 @@ pub struct CoreState {
     users: ahash::AHashMap<Arc<str>, u32>,
 }
 
+/// The entry `key` points to in `conns`, unless its slot was reused: for
+/// callers that borrow other parts of [`CoreState`] beside it.
+#[inline]
+pub(crate) fn entry_in(conns: &mut Slab<Entry>, key: ConnKey) -> Option<&mut Entry> {
+    conns
+        .get_mut(key.index as usize)
+        .filter(|e| e.gen == key.gen)
+}
+
 impl CoreState {
     /// The entry `key` points to, unless its slot was reused.
+    #[inline]
     pub fn entry(&mut self, key: ConnKey) -> Option<&mut Entry> {
-        self.conns
-            .get_mut(key.index as usize)
-            .filter(|e| e.gen == key.gen)
+        entry_in(&mut self.conns, key)
     }
 
     /// The live connection of `key`, if it has one.
