@@ -451,9 +451,7 @@ async fn a_copy_for_a_subscriber_that_moved_is_handed_on_to_its_new_node() {
     let [n1, n2, n3] = &bus.nodes[..] else {
         unreachable!()
     };
-    let (old, mut old_events, old_task) = common::pump(persistent(n3, "mover"));
-    old.subscribe("moves/#", QoS::AtLeastOnce).await.unwrap();
-    take_suback(&mut old_events).await;
+    let (old, mut old_events, old_task) = persistent_subscriber(n3, "mover", "moves/#").await;
     let (p, mut pe) = client(n1, "mover-pub", &[]).await;
     // Node 2's inbox consumer is reading (its group formed): a copy through
     // it arrives.
@@ -495,9 +493,8 @@ async fn a_copy_for_a_subscriber_that_moved_is_handed_on_to_its_new_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_sent_to_a_node_that_died_reaches_its_subscriber_when_the_node_is_back() {
     let mut bus = bus(short_lease).await;
-    let (old, mut old_events, old_task) = common::pump(persistent(&bus.nodes[2], "orphan"));
-    old.subscribe("lost/#", QoS::AtLeastOnce).await.unwrap();
-    take_suback(&mut old_events).await;
+    let (old, mut old_events, old_task) =
+        persistent_subscriber(&bus.nodes[2], "orphan", "lost/#").await;
     let (p, mut pe) = client(&bus.nodes[0], "orphan-pub", &[]).await;
     until("node 1 sees lost/#", || {
         metric(&bus.nodes[0], "tether_kafka_cluster_interest_entries") >= 1.0
@@ -540,9 +537,8 @@ async fn a_copy_sent_to_a_node_that_died_reaches_its_subscriber_when_the_node_is
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_published_while_its_subscriber_is_being_claimed_reaches_it() {
     let mut bus = bus(short_lease).await;
-    let (old, mut old_events, old_task) = common::pump(persistent(&bus.nodes[2], "mover"));
-    old.subscribe("claim/#", QoS::AtLeastOnce).await.unwrap();
-    take_suback(&mut old_events).await;
+    let (old, old_events, old_task) =
+        persistent_subscriber(&bus.nodes[2], "mover", "claim/#").await;
     let (p, mut pe) = client(&bus.nodes[1], "mover-pub", &[]).await;
     until("node 2 sees claim/# on node 3", || {
         metric(&bus.nodes[1], "tether_kafka_cluster_interest_entries") >= 1.0
@@ -552,11 +548,8 @@ async fn a_message_published_while_its_subscriber_is_being_claimed_reaches_it() 
     bus.nodes[2].proc.kill9();
     old_task.abort();
     drop((old, old_events));
-    let port = bus.nodes[1].mqtt;
+    let o = persistent(&bus.nodes[1], "mover");
     let claiming = tokio::spawn(async move {
-        let mut o = rumqttc::MqttOptions::new("mover", "127.0.0.1", port);
-        o.set_keep_alive(Duration::from_secs(30));
-        o.set_clean_session(false);
         let (c, mut events, task) = common::pump(o);
         drop(task);
         next_packet(
@@ -597,9 +590,8 @@ async fn a_message_published_where_a_subscriber_just_left_is_handed_on_to_it() {
         metric(&bus.nodes[2], "tether_kafka_cluster_nodes") >= 3.0
     })
     .await;
-    let (old, mut old_events, old_task) = common::pump(persistent(&bus.nodes[2], "watcher"));
-    old.subscribe("left/#", QoS::AtLeastOnce).await.unwrap();
-    take_suback(&mut old_events).await;
+    let (old, mut old_events, old_task) =
+        persistent_subscriber(&bus.nodes[2], "watcher", "left/#").await;
     let (p, mut pe) = client(&bus.nodes[2], "watcher-pub", &[]).await;
     publish(&p, &mut pe, "left/a", "before", 1).await;
     assert_eq!(
@@ -667,6 +659,19 @@ fn persistent(node: &Node, id: &str) -> rumqttc::MqttOptions {
     o.set_keep_alive(Duration::from_secs(30));
     o.set_clean_session(false);
     o
+}
+
+/// `id`'s persistent session on `node`, subscribed to `filter` (SUBACK
+/// awaited), with its pump's task (aborted to drop the connection).
+async fn persistent_subscriber(
+    node: &Node,
+    id: &str,
+    filter: &str,
+) -> (rumqttc::AsyncClient, Events, tokio::task::JoinHandle<()>) {
+    let (c, mut events, task) = common::pump(persistent(node, id));
+    c.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    take_suback(&mut events).await;
+    (c, events, task)
 }
 
 /// `id` connects to `node` and resumes its persistent session there: a

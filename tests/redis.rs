@@ -1022,6 +1022,32 @@ fn tick(publ: Client, topic: &'static str) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// Redis; node 1 reaching it through a relay that can be cut, node 2
+/// directly, both with a short node lease, a presence lease of 3 s, a
+/// limit of one connection per user, and `more`; `first` (of `user`) on
+/// node 1, subscribed to `{user}/#`, and a publisher `{user}-pub` beside
+/// it (the two cut-off tests' start).
+async fn limited_behind_relay(
+    more: &[(&str, &str)],
+    first: &str,
+    user: &str,
+) -> (Redis, common::relay::Relay, Node, Node, Client, Client) {
+    let redis = Redis::start();
+    let relay = common::relay::Relay::to_unix(redis.socket());
+    let mut env = vec![
+        SHORT_LEASE,
+        ("TETHER_PRESENCE__LEASE_SECS", "3"),
+        ("TETHER_LIMITS__MAX_CONNECTIONS_PER_USER", "1"),
+    ];
+    env.extend_from_slice(more);
+    let a = Node::start(1, &relay.url(), &env);
+    let b = Node::start(2, &redis.url(), &env);
+    let mut c = connect(as_user(&a, first, user, true)).await;
+    c.subscribe(&format!("{user}/#")).await;
+    let publ = connect(options(&a, &format!("{user}-pub"), true)).await;
+    (redis, relay, a, b, c, publ)
+}
+
 /// A node cut off from Redis cannot count a user's connections, and the
 /// other nodes admit the user's next ones once its entries expired: so a
 /// connection counted against the user's limit is served only while the
@@ -1030,19 +1056,9 @@ fn tick(publ: Client, topic: &'static str) -> tokio::task::JoinHandle<()> {
 /// `cap-2` under a limit of one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_redis_stops_serving_connections_counted_against_a_limit() {
-    let redis = Redis::start();
-    let relay = common::relay::Relay::to_unix(redis.socket());
-    let env = [
-        SHORT_LEASE,
-        ("TETHER_PRESENCE__LEASE_SECS", "3"),
-        ("TETHER_LIMITS__MAX_CONNECTIONS_PER_USER", "1"),
-        ("TETHER_LIMITS__PER_USER_POLICY", "\"refuse\""),
-    ];
-    let a = Node::start(1, &relay.url(), &env);
-    let b = Node::start(2, &redis.url(), &env);
-    let mut first = connect(as_user(&a, "cap-1", "lim", true)).await;
-    first.subscribe("lim/#").await;
-    let publ = connect(options(&a, "lim-pub", true)).await;
+    let refuse = [("TETHER_LIMITS__PER_USER_POLICY", "\"refuse\"")];
+    let (_redis, relay, a, b, mut first, publ) =
+        limited_behind_relay(&refuse, "cap-1", "lim").await;
 
     relay.cut();
     // Node 1 still reaches both its clients; each message it has for
@@ -1079,18 +1095,7 @@ async fn a_node_cut_off_from_redis_stops_serving_connections_counted_against_a_l
 /// `ev-2` (on node 2) gets its CONNACK, and the user never holds two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eviction_a_cut_off_node_cannot_hear_waits_for_its_lease() {
-    let redis = Redis::start();
-    let relay = common::relay::Relay::to_unix(redis.socket());
-    let env = [
-        SHORT_LEASE,
-        ("TETHER_PRESENCE__LEASE_SECS", "3"),
-        ("TETHER_LIMITS__MAX_CONNECTIONS_PER_USER", "1"),
-    ];
-    let a = Node::start(1, &relay.url(), &env);
-    let b = Node::start(2, &redis.url(), &env);
-    let mut first = connect(as_user(&a, "ev-1", "eve", true)).await;
-    first.subscribe("eve/#").await;
-    let publ = connect(options(&a, "eve-pub", true)).await;
+    let (_redis, relay, _a, b, mut first, publ) = limited_behind_relay(&[], "ev-1", "eve").await;
 
     relay.cut();
     let ticking = tick(publ, "eve/x");
