@@ -14,20 +14,21 @@ use std::time::{Duration, Instant};
 
 use tracing::error;
 
-use crate::auth::{AuthChain, AuthFiles, AuthSetup, AuthSetupError, Authenticator, Authorizer};
+use crate::adapters::auth::{AuthFiles, AuthSetup, AuthSetupError};
+use crate::adapters::kafka::KafkaOutbound;
+use crate::adapters::redis::RedisStore;
+use crate::auth::{AuthChain, Authenticator, Authorizer};
 use crate::bridge::departures::Departures;
 use crate::bridge::outbound::{NoOutbound, Outbound};
 use crate::bridge::{Bridge, BridgeMsg};
 use crate::config::{Config, StoreKind};
 use crate::error::{Classify, Origin};
-use crate::kafka::KafkaOutbound;
 use crate::net::listener::ListenError;
 use crate::net::tls::{Acceptor, Loaded, TlsError};
 use crate::net::Transport;
 use crate::runtime::{self, CoreStart};
 use crate::shard::{CoreVisible, NodeState};
 use crate::stats::Snapshot;
-use crate::store::redis::RedisStore;
 use crate::store::{MemoryStore, SessionStore};
 
 /// How long `start` waits for every core to report ready.
@@ -52,9 +53,9 @@ pub enum StartError {
     /// A core did not report ready within the startup timeout.
     NotReady(Duration),
     /// The session store could not be set up (`[redis]`).
-    Store(crate::store::redis::RedisSetupError),
+    Store(crate::adapters::redis::RedisSetupError),
     /// The Kafka bridge could not be set up (`[kafka]`).
-    Kafka(crate::kafka::KafkaSetupError),
+    Kafka(crate::adapters::kafka::KafkaSetupError),
     /// The users file or the ACL file could not be read (`[auth]`).
     Auth(AuthSetupError),
     /// An OS resource the runtime needs (a socket pair for a doorbell).
@@ -171,7 +172,7 @@ impl GatewayBuilder {
     }
 
     /// Decides every SUBSCRIBE filter and PUBLISH (default: the
-    /// `auth.acl_file` rules with [`DenyLists`] from `mqtt.deny_subscribe`
+    /// `auth.acl_file` rules with [`DenyLists`](crate::auth::DenyLists) from `mqtt.deny_subscribe`
     /// and `mqtt.deny_publish`, or the deny lists alone).
     pub fn authorizer(mut self, authz: Arc<dyn Authorizer>) -> Self {
         self.authz = Some(authz);
@@ -284,7 +285,7 @@ impl GatewayBuilder {
         node.store.start(bridge.clone());
         node.outbound
             .start(bridge.clone())
-            .map_err(|e| StartError::Kafka(crate::kafka::KafkaSetupError::Config(e)))?;
+            .map_err(|e| StartError::Kafka(crate::adapters::kafka::KafkaSetupError::Config(e)))?;
         let mut doorbells = Vec::with_capacity(ncores);
         let mut starts = Vec::with_capacity(ncores);
         let (ready_tx, ready_rx) = mpsc::channel::<usize>();

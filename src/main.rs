@@ -173,7 +173,7 @@ fn passwd(file: &str, user: &str) -> ExitCode {
         eprintln!("tether passwd: an empty password; give one on standard input");
         return ExitCode::FAILURE;
     }
-    match tether::auth::users::set_password(file.as_ref(), user, password.as_bytes()) {
+    match tether::adapters::auth::users::set_password(file.as_ref(), user, password.as_bytes()) {
         Ok(()) => {
             println!("{file}: {user} set (argon2id); send SIGHUP to a running tether to reload");
             ExitCode::SUCCESS
@@ -214,7 +214,7 @@ struct Reloadable {
     /// The configuration file and what was read from it last.
     config: (Option<PathBuf>, Config),
     acceptor: Option<std::sync::Arc<tether::net::tls::Acceptor>>,
-    auth: std::sync::Arc<tether::auth::AuthFiles>,
+    auth: std::sync::Arc<tether::adapters::auth::AuthFiles>,
     live: tether::reload::Live,
     systemd: Option<std::sync::Arc<tether::systemd::Notifier>>,
 }
@@ -417,7 +417,7 @@ fn run(path: Option<PathBuf>) -> ExitCode {
     }
     println!(
         "  auth        {}; SIGHUP reloads the files",
-        tether::auth::describe(&cfg)
+        tether::adapters::auth::describe(&cfg)
     );
     match cfg.store.kind {
         tether::config::StoreKind::Memory => {

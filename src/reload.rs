@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use crate::auth::AuthFiles;
+use crate::adapters::auth::AuthFiles;
 use crate::config::Config;
 use crate::shard::NodeState;
 

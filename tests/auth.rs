@@ -33,8 +33,8 @@ impl Files {
         let dir = std::env::temp_dir().join(format!("tether-auth-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let users = dir.join("users");
-        tether::auth::users::set_password(&users, "ann", b"pw-ann").unwrap();
-        tether::auth::users::set_password(&users, "bob", b"pw-bob").unwrap();
+        tether::adapters::auth::users::set_password(&users, "ann", b"pw-ann").unwrap();
+        tether::adapters::auth::users::set_password(&users, "bob", b"pw-bob").unwrap();
         std::fs::write(dir.join("acl"), ACL).unwrap();
         Files { dir }
     }
@@ -207,7 +207,12 @@ fn a_reload_changes_rules_and_passwords_without_dropping_anyone() {
     .unwrap();
     // Verified once: remembered for auth.cache_secs, until the reload.
     assert_eq!(connack(&gw, Version::V5, Some("bob"), "pw-bob").1, 0);
-    tether::auth::users::set_password(files.dir.join("users").as_ref(), "bob", b"new-bob").unwrap();
+    tether::adapters::auth::users::set_password(
+        files.dir.join("users").as_ref(),
+        "bob",
+        b"new-bob",
+    )
+    .unwrap();
     for r in gw.auth_files().reload() {
         r.expect("both files reload");
     }

@@ -505,7 +505,7 @@ fn each_listener_asks_its_chain_in_turn() {
     let service = Service::start();
     let dir = TempDir::new("users");
     let users = dir.0.join("users");
-    tether::auth::users::set_password(&users, "local-ann", b"pw-local-ann").unwrap();
+    tether::adapters::auth::users::set_password(&users, "local-ann", b"pw-local-ann").unwrap();
     let users = users.display().to_string();
     let gw = gateway_for(&service, {
         let users = users.clone();

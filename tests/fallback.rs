@@ -482,8 +482,8 @@ fn credentials_open_the_session_and_bind_it() {
     let dir = std::env::temp_dir().join(format!("tether-fallback-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let users = dir.join("users");
-    tether::auth::users::set_password(&users, "ann", b"pw-ann").unwrap();
-    tether::auth::users::set_password(&users, "bob", b"pw-bob").unwrap();
+    tether::adapters::auth::users::set_password(&users, "ann", b"pw-ann").unwrap();
+    tether::adapters::auth::users::set_password(&users, "bob", b"pw-bob").unwrap();
     let acl = dir.join("acl");
     std::fs::write(&acl, "allow both user/%u/#\ndeny both #\n").unwrap();
     let (u, a) = (users.display().to_string(), acl.display().to_string());

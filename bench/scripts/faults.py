@@ -278,7 +278,7 @@ def main():
     ap.add_argument("--report", help="append the table (markdown) to this file")
     ap.add_argument("--keep", action="store_true", help="keep the logs' directory")
     ap.add_argument("--node-log", default="info",
-                    help="the nodes' log filter, e.g. 'info,tether::store::redis=debug'")
+                    help="the nodes' log filter, e.g. 'info,tether::adapters::redis=debug'")
     ap.add_argument("--redis-monitor", action="store_true",
                     help="log every command Redis runs (redis-cli monitor) to redis.monitor.log")
     a = ap.parse_args()

@@ -29,7 +29,7 @@
 //! The same rules, one per string, may come with a connection's
 //! [`super::Grants`] (a JWT claim, an HTTP answer): they are tried before
 //! the file's. Only clients' requests are checked against rules; the HTTP
-//! API and bridges are trusted backends (see [`super::Policy`]).
+//! API and bridges are trusted backends (see `adapters::auth::Policy`).
 
 use super::authorizer::{AclRequest, Action, Permit};
 use crate::config::AclDefault;

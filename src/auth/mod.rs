@@ -13,27 +13,22 @@
 //! allow, deny or "not mine" ([`Verdict::Pass`]), and the next one is asked
 //! after a pass. An allow may carry [`Grants`] for that connection alone
 //! (ACL rules, superuser, a connection limit) from a JWT claim or an HTTP
-//! answer; the authorizer ([`Policy`]) applies them before the node's rules.
+//! answer; the authorizer (`adapters::auth::Policy`) applies them before the
+//! node's rules.
 //!
-//! The defaults: an empty chain admits every client (the embedded
-//! single-node setup); [`DenyLists`] applies `mqtt.deny_subscribe` and
-//! `mqtt.deny_publish`. `[auth]` builds the chain from the users file's
-//! [`users::FileAuthenticator`], [`jwt::JwtAuthenticator`] and
-//! [`http::HttpAuthenticator`], and the [`Policy`] from the ACL file and
-//! the HTTP authorizer ([`AuthSetup`]). MQTT 5 enhanced authentication runs
+//! This module is the port: the traits, their data, the ACL rules and the
+//! defaults. An empty chain admits every client (the embedded single-node
+//! setup); [`DenyLists`] applies `mqtt.deny_subscribe` and
+//! `mqtt.deny_publish`. The adapters that `[auth]` configures (the users
+//! file, JWT, the HTTP callback, the policy and its caches) live beside the
+//! engine in `adapters::auth`. MQTT 5 enhanced authentication runs
 //! through [`Authenticator::enhanced`] and [`AuthExchange`]; a method no
 //! authenticator supports gets CONNACK 0x8C.
 
 pub mod acl;
 mod authorizer;
 pub mod bans;
-mod cache;
 mod chain;
-mod files;
-pub mod http;
-pub mod jwt;
-mod policy;
-pub mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,8 +41,6 @@ use crate::codec::reason;
 pub use crate::id::Source;
 pub use authorizer::{AclRequest, Action, Authorizer, DenyLists, OwnedAclRequest, Permit};
 pub use chain::{AuthChain, Step};
-pub use files::{describe, AuthFiles, AuthSetup, AuthSetupError};
-pub use policy::Policy;
 
 /// What an authenticator sees of a CONNECT.
 #[derive(Debug)]

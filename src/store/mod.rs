@@ -17,7 +17,6 @@ mod directory;
 mod lease;
 mod memory;
 mod op;
-pub mod redis;
 
 use std::sync::Arc;
 

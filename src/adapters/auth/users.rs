@@ -25,7 +25,7 @@ use argon2::Argon2;
 use crossbeam_channel::{unbounded, Sender};
 
 use super::cache::VerdictCache;
-use super::{Authenticator, Credentials, Identity, Verdict};
+use crate::auth::{Authenticator, Credentials, Identity, Verdict};
 use crate::bridge::ReplyTo;
 use crate::codec::reason;
 use crate::config::AuthConfig;

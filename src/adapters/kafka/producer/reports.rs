@@ -36,7 +36,7 @@ pub(crate) struct Metrics {
     /// From hand-over to delivery report.
     pub latency: Histogram,
     /// The last statistics listed no broker up (written every
-    /// [`crate::kafka::STATS_INTERVAL_MS`]).
+    /// [`crate::adapters::kafka::STATS_INTERVAL_MS`]).
     pub brokers_down: AtomicBool,
     /// When Kafka last acknowledged a message, ms since the Unix epoch (0:
     /// never); with messages in flight and this old, the route is stuck.

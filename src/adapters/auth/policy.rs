@@ -20,9 +20,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::acl::AclRules;
 use super::http::HttpAuthorizer;
-use super::{AclRequest, Action, Authorizer, DenyLists, OwnedAclRequest, Permit};
+use crate::auth::acl::AclRules;
+use crate::auth::{AclRequest, Action, Authorizer, DenyLists, OwnedAclRequest, Permit};
 use crate::bridge::ReplyTo;
 use crate::id::Source;
 use crate::stats::Figure;

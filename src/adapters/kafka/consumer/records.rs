@@ -26,9 +26,9 @@ const OWN_HEADERS: [&str; 12] = [
     "x-qos",
     "x-retain",
     "x-share",
-    crate::kafka::TO_SESSION,
-    crate::kafka::ORPHAN_OF,
-    crate::kafka::FIRST_SENT,
+    crate::adapters::kafka::TO_SESSION,
+    crate::adapters::kafka::ORPHAN_OF,
+    crate::adapters::kafka::FIRST_SENT,
 ];
 
 /// A record made into a publish, or why it is passed over.
@@ -129,15 +129,15 @@ impl Ctx {
         };
         let text = |name: &str| header(name).and_then(|v| std::str::from_utf8(v).ok());
         let inbox = rule.kind == RuleKind::Inbox;
-        let orphan_of = text(crate::kafka::ORPHAN_OF).and_then(|n| n.parse().ok());
-        let scope = match (text(crate::kafka::TO_SESSION), orphan_of) {
+        let orphan_of = text(crate::adapters::kafka::ORPHAN_OF).and_then(|n| n.parse().ok());
+        let scope = match (text(crate::adapters::kafka::TO_SESSION), orphan_of) {
             // A copy handed on for one session that left its first node.
             (Some(session), _) if inbox => Scope::Session(session.into()),
             // A copy handed on by a restarted node, for the sessions that
             // came from its earlier life.
             (None, Some(of)) if inbox => Scope::Orphan {
                 of,
-                sent_ms: text(crate::kafka::FIRST_SENT)
+                sent_ms: text(crate::adapters::kafka::FIRST_SENT)
                     .and_then(|t| t.parse().ok())
                     .unwrap_or(0),
             },
@@ -227,9 +227,9 @@ mod tests {
     #[test]
     fn the_headers_of_copies_handed_on_are_not_user_properties() {
         for h in [
-            crate::kafka::TO_SESSION,
-            crate::kafka::ORPHAN_OF,
-            crate::kafka::FIRST_SENT,
+            crate::adapters::kafka::TO_SESSION,
+            crate::adapters::kafka::ORPHAN_OF,
+            crate::adapters::kafka::FIRST_SENT,
         ] {
             assert!(OWN_HEADERS.contains(&h), "{h} would reach subscribers");
         }

@@ -27,12 +27,12 @@ use tracing::{debug, warn};
 
 use super::records::{HandOn, Request};
 use super::{Ctx, SourceConsumer};
+use crate::adapters::kafka::producer::Job;
+use crate::adapters::kafka::HandTo;
 use crate::bridge::outbound::{Outgoing, Produced};
 use crate::bridge::{Numbered, PublishRequest, Refusal};
 use crate::codec::QoS;
 use crate::id::Source;
-use crate::kafka::producer::Job;
-use crate::kafka::HandTo;
 use crate::logging::Throttle;
 use crate::session::Scope;
 

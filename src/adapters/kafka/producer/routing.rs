@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use super::reports::Answer;
 use super::{Ctx, Job, Rec};
+use crate::adapters::kafka::cluster::{self, ClusterView};
+use crate::adapters::kafka::HandTo;
 use crate::bridge::outbound::{InterestChange, OutboundError, Outgoing, Produced};
 use crate::bridge::ReplyTo;
 use crate::codec::QoS;
-use crate::kafka::cluster::{self, ClusterView};
-use crate::kafka::HandTo;
 
 /// The cluster bus as the thread sees it.
 pub(crate) struct Cluster {

@@ -32,13 +32,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::error;
 
-use super::{Claim, ClaimResult, Claimed, MemoryStore, SessionStore, StoreError, StoreOp};
 use crate::bridge::{Bridge, ReplyTo};
 use crate::config::{Config, Durability, PerUserPolicy};
 use crate::error::{Classify, Origin};
 use crate::id::Location;
 use crate::stats::Histogram;
 use crate::store::UserLimit;
+use crate::store::{Claim, ClaimResult, Claimed, MemoryStore, SessionStore, StoreError, StoreOp};
 
 pub use worker::Entry as PresenceEntry;
 
@@ -134,7 +134,7 @@ pub(crate) enum Job {
     /// Writes, in journal order.
     Write(Vec<StoreOp>),
     /// A question from the HTTP API.
-    Lookup(super::Lookup),
+    Lookup(crate::store::Lookup),
     /// Flush and stop.
     Stop,
 }
@@ -332,7 +332,7 @@ impl SessionStore for RedisStore {
         }
     }
 
-    fn figures(&self) -> Vec<super::Figure> {
+    fn figures(&self) -> Vec<crate::store::Figure> {
         let m = &self.metrics;
         let r = Ordering::Relaxed;
         vec![
@@ -358,7 +358,7 @@ impl SessionStore for RedisStore {
         true
     }
 
-    fn lookup(&self, q: super::Lookup) {
+    fn lookup(&self, q: crate::store::Lookup) {
         self.send(Job::Lookup(q));
     }
 }

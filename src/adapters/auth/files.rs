@@ -1,4 +1,4 @@
-//! `[auth]` made into seams: the listeners' [`AuthChain`] of the users
+//! `[auth]` made into seams: the listeners' [`AuthChain`](crate::auth::AuthChain) of the users
 //! file's [`FileAuthenticator`], the [`JwtAuthenticator`] and the
 //! [`HttpAuthenticator`](super::http::HttpAuthenticator); the [`Policy`]
 //! of the ACL file and the HTTP authorizer; and their reload on SIGHUP.
@@ -6,13 +6,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::acl::AclRules;
-use super::chain::AuthChain;
 use super::http::HttpService;
 use super::jwt::JwtAuthenticator;
 use super::policy::Policy;
 use super::users::{FileAuthenticator, Users};
-use super::{Authenticator, Authorizer, DenyLists, Permit};
+use crate::auth::acl::AclRules;
+use crate::auth::AuthChain;
+use crate::auth::{Authenticator, Authorizer, DenyLists, Permit};
 use crate::config::{AclDefault, AuthConfig, Config};
 use crate::error::{Classify, Origin};
 use crate::id::TRANSPORT_NAMES;

@@ -2,7 +2,7 @@
 //! token's signature (HS256, RS256 or ES256) and claims (`exp`, `nbf`,
 //! `iss`, `aud`); every other client passes to the next authenticator of
 //! the listener's chain. A list of ACL rules in `acl_claim` applies to the
-//! connection (see [`super::Grants`]).
+//! connection (see [`crate::auth::Grants`]).
 //!
 //! Verification runs on the core: a signature check costs microseconds
 //! (HS256) to some tens of microseconds (RS256, ES256), like a TLS
@@ -15,8 +15,8 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
-use super::acl::AclRules;
-use super::{Authenticator, Credentials, Grants, Verdict};
+use crate::auth::acl::AclRules;
+use crate::auth::{Authenticator, Credentials, Grants, Verdict};
 use crate::codec::reason;
 use crate::config::{AclDefault, JwtConfig};
 use crate::stats::Figure;

@@ -25,7 +25,7 @@
 //! `ignore` on a CONNECT passes it to the next authenticator of the
 //! listener's chain; on a publish or subscribe it leaves the decision to
 //! `auth.acl_default`. `acl` rules (the ACL file's syntax) and `superuser`
-//! apply to that connection alone (see [`super::Grants`]);
+//! apply to that connection alone (see [`crate::auth::Grants`]);
 //! `max_connections` replaces `limits.max_connections_per_user` for the
 //! user.
 //!
@@ -50,9 +50,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::acl::AclRules;
 use super::cache::{Key, Outcome, VerdictCache};
-use super::{
+use crate::auth::acl::AclRules;
+use crate::auth::{
     AclRequest, Action, Authenticator, Authorizer, Credentials, Grants, Identity, OwnedAclRequest,
     Permit, Verdict,
 };

@@ -30,9 +30,10 @@ pub(crate) struct SeenInner {
 
 impl ClientContext for Seen {
     fn stats(&self, s: Statistics) {
-        self.0
-            .brokers_down
-            .store(!crate::kafka::producer::any_broker_up(&s), Relaxed);
+        self.0.brokers_down.store(
+            !crate::adapters::kafka::producer::any_broker_up(&s),
+            Relaxed,
+        );
         let mut lag: Vec<(String, i32, i64)> = s
             .topics
             .values()
