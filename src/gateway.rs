@@ -22,12 +22,11 @@ use crate::bridge::departures::Departures;
 use crate::bridge::outbound::{NoOutbound, Outbound};
 use crate::bridge::{Bridge, BridgeMsg};
 use crate::config::{Config, StoreKind};
+use crate::engine::{self, CoreStart, CoreVisible, NodeState};
 use crate::error::{Classify, Origin};
 use crate::net::listener::ListenError;
 use crate::net::tls::{Acceptor, Loaded, TlsError};
 use crate::net::Transport;
-use crate::runtime::{self, CoreStart};
-use crate::shard::{CoreVisible, NodeState};
 use crate::stats::Snapshot;
 use crate::store::{MemoryStore, SessionStore};
 
@@ -274,7 +273,7 @@ impl GatewayBuilder {
                 cfg.auth.ban_secs,
             ),
             draining: Default::default(),
-            admission: crate::shard::Admission::new(&cfg.listeners),
+            admission: engine::Admission::new(&cfg.listeners),
             departures: departures.clone(),
         });
         let (bridge, inboxes) = Bridge::new(ncores, cfg.runtime.bridge_capacity, departures)
@@ -289,7 +288,7 @@ impl GatewayBuilder {
         let mut doorbells = Vec::with_capacity(ncores);
         let mut starts = Vec::with_capacity(ncores);
         let (ready_tx, ready_rx) = mpsc::channel::<usize>();
-        let mesh = runtime::mesh(&cfg, ncores);
+        let mesh = engine::mesh(&cfg, ncores);
         for (id, inbox) in inboxes.into_iter().enumerate() {
             let (bell_tx, bell_rx) =
                 StdUnixStream::pair().map_err(|source| StartError::Resource {
@@ -319,7 +318,7 @@ impl GatewayBuilder {
         for start in starts {
             let core = start.id;
             let handle =
-                runtime::spawn(start).map_err(|source| StartError::Executor { core, source })?;
+                engine::spawn(start).map_err(|source| StartError::Executor { core, source })?;
             executors.push(handle);
         }
         for _ in 0..ncores {

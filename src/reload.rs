@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::adapters::auth::AuthFiles;
 use crate::config::Config;
-use crate::shard::NodeState;
+use crate::engine::NodeState;
 
 /// A handle on the node's reloadable settings, for the SIGHUP thread.
 #[derive(Clone)]

@@ -4,6 +4,7 @@
 
 mod common;
 
+use futures_lite::future::block_on;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -93,14 +94,14 @@ async fn one_topic_through_the_bridge_keeps_its_order() {
                     }
                     Err(Refusal::Busy) => {
                         if let Some(rx) = last.take() {
-                            let _ = rx.blocking_recv();
+                            let _ = block_on(rx);
                         }
                     }
                     Err(e) => panic!("refused: {e}"),
                 }
             }
         }
-        last.unwrap().blocking_recv().unwrap().unwrap();
+        block_on(last.unwrap()).unwrap().unwrap();
     });
     for want in 0..2000u32 {
         let p = s.publish().await;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use bytes::{Buf, BytesMut};
-use tether::codec::{self, Connect, Packet, Properties, QoS, SubOptions, Subscribe, Version};
+use tether_core::codec::{self, Connect, Packet, Properties, QoS, SubOptions, Subscribe, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio::time::{sleep_until, timeout};

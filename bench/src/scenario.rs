@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-use tether::codec::{QoS, Version};
+use tether_core::codec::{QoS, Version};
 
 use crate::cli::Opts;
 use crate::payload::HEADER_LEN;

@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether::codec::{decode, encode, plain_puback, Packet, Version};
+use tether_core::codec::{decode, encode, plain_puback, Packet, Version};
 
 const MAX: usize = 64 * 1024;
 

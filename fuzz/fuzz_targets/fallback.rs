@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether::net::fallback::request::{is_fallback, parse, Parsed};
+use tether_core::net::fallback::request::{is_fallback, parse, Parsed};
 
 /// Limits the fuzzer exercises: small, so both are reachable.
 const MAX_HEAD: usize = 2048;

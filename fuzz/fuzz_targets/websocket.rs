@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether::net::ws::{decode_frame, handshake, Handshake};
+use tether_core::net::ws::{decode_frame, handshake, Handshake};
 
 /// The frame limit the fuzzer exercises: small, so TooBig is reachable.
 const MAX_FRAME: usize = 4096;

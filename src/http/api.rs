@@ -41,7 +41,7 @@ use super::publish::{publish_batch, publish_one, push, push_topic};
 use super::request::{authorize, body, percent_decode, reply};
 use super::wire::{json, Resp};
 use super::Api;
-use crate::bridge::{BridgeMsg, ClientInfo, SubscriptionInfo};
+use crate::bridge::{oneshot, BridgeMsg, ClientInfo, SubscriptionInfo};
 use crate::store::{Lookup, StoreError, StoredSession};
 
 const USERS: &str = "/v1/push/users/";
@@ -257,7 +257,7 @@ async fn metrics(api: &Api) -> String {
     // Ask every core first, then collect: one slow core costs one timeout.
     let asked: Vec<_> = (0..api.bridge.cores())
         .map(|core| {
-            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (tx, rx) = oneshot::channel();
             api.bridge
                 .send(core, BridgeMsg::Gauges { reply: tx })
                 .ok()
@@ -277,9 +277,9 @@ async fn metrics(api: &Api) -> String {
 async fn ask<T>(
     api: &Api,
     core: usize,
-    msg: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> BridgeMsg,
+    msg: impl FnOnce(oneshot::Sender<T>) -> BridgeMsg,
 ) -> Result<T, ApiError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (tx, rx) = oneshot::channel();
     api.bridge.send(core, msg(tx)).map_err(|e| refusal(e, ""))?;
     reply(api, rx, "").await
 }
@@ -378,12 +378,12 @@ async fn kick(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp,
 /// Asks the cluster's store; `None` when the store knows only this node.
 async fn ask_store<T>(
     api: &Api,
-    q: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, StoreError>>) -> Lookup,
+    q: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Lookup,
 ) -> Result<Option<T>, ApiError> {
     if !api.node.store.cluster() {
         return Ok(None);
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (tx, rx) = oneshot::channel();
     api.node.store.lookup(q(tx));
     match reply(api, rx, "").await? {
         Ok(v) => Ok(Some(v)),

@@ -11,8 +11,8 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::bridge::SessionGauges;
+use crate::engine::NodeState;
 use crate::net::Transport;
-use crate::shard::NodeState;
 use crate::stats::{Histogram, LATENCY_BUCKETS_US};
 
 /// The per-core session gauges: name, help, and the figure of a core's

@@ -26,7 +26,7 @@ use tracing::{debug, error};
 
 use crate::bridge::Bridge;
 use crate::config::HttpConfig;
-use crate::shard::NodeState;
+use crate::engine::NodeState;
 
 /// What the handlers share.
 pub(crate) struct Api {

@@ -14,7 +14,7 @@ use super::request::{authorize, body, parse, percent_decode, reply};
 use super::wire::{json, Resp};
 use super::Api;
 use crate::bridge::outbound::{Produced, PushRefused};
-use crate::bridge::{PublishRequest, Refusal};
+use crate::bridge::{oneshot, PublishRequest, Refusal};
 use crate::codec::{Properties, QoS};
 
 /// Most messages in one `POST /v1/publish/batch`.
@@ -226,8 +226,8 @@ async fn publish(api: &Api, msg: PublishRequest, at: &str) -> Result<u64, ApiErr
 /// A publish handed on: to a core of this node, or to the outbound bridge
 /// that carries it to every node (`kafka.push_topic`).
 enum Started {
-    Local(tokio::sync::oneshot::Receiver<Result<u64, Refusal>>),
-    Pushed(u64, tokio::sync::oneshot::Receiver<Produced>),
+    Local(oneshot::Receiver<Result<u64, Refusal>>),
+    Pushed(u64, oneshot::Receiver<Produced>),
 }
 
 fn start(api: &Api, msg: PublishRequest, at: &str) -> Result<Started, ApiError> {
@@ -256,7 +256,7 @@ async fn finish(api: &Api, started: Started, at: &str) -> Result<u64, ApiError> 
 
 async fn receipt(
     api: &Api,
-    rx: tokio::sync::oneshot::Receiver<Result<u64, Refusal>>,
+    rx: oneshot::Receiver<Result<u64, Refusal>>,
     at: &str,
 ) -> Result<u64, ApiError> {
     reply(api, rx, at).await?.map_err(|e| refusal(e, at))

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::error::{refusal, ApiError};
 use super::Api;
-use crate::bridge::Refusal;
+use crate::bridge::{oneshot, Refusal};
 
 /// Checks the bearer token when tokens are configured.
 pub(super) fn authorize(api: &Api, req: &Request<Incoming>) -> Result<(), ApiError> {
@@ -119,11 +119,7 @@ pub(super) fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// A core's answer, within `http.publish_timeout_ms`.
-pub(super) async fn reply<T>(
-    api: &Api,
-    rx: tokio::sync::oneshot::Receiver<T>,
-    at: &str,
-) -> Result<T, ApiError> {
+pub(super) async fn reply<T>(api: &Api, rx: oneshot::Receiver<T>, at: &str) -> Result<T, ApiError> {
     let limit = Duration::from_millis(api.cfg.publish_timeout_ms);
     match tokio::time::timeout(limit, rx).await {
         Ok(Ok(v)) => Ok(v),

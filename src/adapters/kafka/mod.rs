@@ -27,8 +27,8 @@ use rdkafka::config::ClientConfig;
 use crate::bridge::outbound::{
     LabelledGauge, Outbound, OutboundPolicy, Outgoing, Produced, PushReceipt, PushRefused,
 };
-use crate::bridge::PublishRequest;
 use crate::bridge::ReplyTo;
+use crate::bridge::{oneshot, PublishRequest};
 use crate::config::Config;
 use crate::error::{Classify, Origin};
 use crate::session::Message;
@@ -314,7 +314,7 @@ impl Outbound for KafkaOutbound {
             .push_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let msg = Message::new(id, req.into_publication(), std::time::Instant::now());
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         let out = Outgoing {
             msg: Arc::new(msg),
             client_id: None,

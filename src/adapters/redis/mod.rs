@@ -38,7 +38,7 @@ use crate::error::{Classify, Origin};
 use crate::id::Location;
 use crate::stats::Histogram;
 use crate::store::UserLimit;
-use crate::store::{Claim, ClaimResult, Claimed, MemoryStore, SessionStore, StoreError, StoreOp};
+use crate::store::{Claim, ClaimResult, Claimed, MemoryStore, SessionStore, StoreOp};
 
 pub use worker::Entry as PresenceEntry;
 
@@ -366,13 +366,5 @@ impl SessionStore for RedisStore {
 impl Drop for RedisStore {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Answers a claim that could not be sent (kept for symmetry with the
-/// worker's own failures).
-impl From<redis::RedisError> for StoreError {
-    fn from(e: redis::RedisError) -> Self {
-        StoreError::Unavailable(e.to_string())
     }
 }

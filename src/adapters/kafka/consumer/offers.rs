@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::records::{HandOn, Request};
@@ -30,7 +30,7 @@ use super::{Ctx, SourceConsumer};
 use crate::adapters::kafka::producer::Job;
 use crate::adapters::kafka::HandTo;
 use crate::bridge::outbound::{Outgoing, Produced};
-use crate::bridge::{Numbered, PublishRequest, Refusal};
+use crate::bridge::{oneshot, Numbered, PublishRequest, Refusal};
 use crate::codec::QoS;
 use crate::id::Source;
 use crate::logging::Throttle;

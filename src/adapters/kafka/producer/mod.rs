@@ -27,12 +27,12 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::bridge::oneshot;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
-use tokio::sync::oneshot;
 use tracing::warn;
 
 pub(crate) use reports::{any_broker_up, KafkaProducer, Metrics};

@@ -48,9 +48,13 @@ const RINGS_PER_READ: usize = 256;
 const PRESENCE_SWEEP: Duration = Duration::from_secs(1);
 
 /// What `Gateway::start` hands each core's executor.
-pub(crate) struct CoreStart {
+pub struct CoreStart {
+    /// The core's index (`0..node.cores`); it is pinned to this CPU (modulo
+    /// the CPUs there are).
     pub id: usize,
+    /// The node's configuration.
     pub cfg: Arc<Config>,
+    /// What every core of the node shares.
     pub node: Arc<NodeState>,
     /// The core's SO_REUSEPORT listener of each enabled transport.
     pub listeners: Vec<(Transport, socket2::Socket)>,
@@ -58,20 +62,26 @@ pub(crate) struct CoreStart {
     pub shutdown: StdUnixStream,
     /// The core side of its bridge inbox.
     pub inbox: CoreInbox,
-    pub mesh: Option<MeshBuilder<CoreMsg, Full>>,
+    /// The channels to the other cores (one [`Mesh`], cloned for each).
+    pub mesh: Mesh,
     /// Told the core's id once it serves.
     pub ready: mpsc::Sender<usize>,
     /// The TLS server configuration, when mqtts/wss are enabled.
     pub tls: Option<Arc<Acceptor>>,
 }
 
-/// The full mesh of bounded channels between `cores` cores (none for one).
-pub(crate) fn mesh(cfg: &Config, cores: usize) -> Option<MeshBuilder<CoreMsg, Full>> {
-    (cores > 1).then(|| MeshBuilder::full(cores, cfg.runtime.mesh_channel_capacity))
+/// The full mesh of bounded channels between the cores, built once and
+/// handed to each core in its [`CoreStart`] (each joins it when it starts).
+#[derive(Clone)]
+pub struct Mesh(Option<MeshBuilder<CoreMsg, Full>>);
+
+/// The mesh between `cores` cores (none for one).
+pub fn mesh(cfg: &Config, cores: usize) -> Mesh {
+    Mesh((cores > 1).then(|| MeshBuilder::full(cores, cfg.runtime.mesh_channel_capacity)))
 }
 
 /// Starts the executor of one core, pinned to a CPU.
-pub(crate) fn spawn(
+pub fn spawn(
     start: CoreStart,
 ) -> Result<glommio::ExecutorJoinHandle<()>, glommio::GlommioError<()>> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -109,7 +119,7 @@ async fn run_core(start: CoreStart) {
     // SAFETY: as above, this core owns the read end of its shutdown bell.
     let mut shutdown = unsafe { UnixStream::from_raw_fd(shutdown.into_raw_fd()) };
     let mut mesh_tasks = Vec::new();
-    if let Some(mesh) = mesh {
+    if let Mesh(Some(mesh)) = mesh {
         match mesh.join().await {
             Ok((senders, receivers)) => {
                 let senders = Rc::new(senders);

@@ -20,7 +20,7 @@ mod op;
 
 use std::sync::Arc;
 
-use crate::bridge::{Bridge, ReplyTo, Unanswered};
+use crate::bridge::{oneshot, Bridge, ReplyTo, Unanswered};
 use crate::config::{Durability, PerUserPolicy};
 use crate::error::{Classify, Origin};
 use crate::id::{ConnId, Location};
@@ -299,20 +299,20 @@ pub enum Lookup {
         /// The user name.
         user: String,
         /// The answer.
-        reply: tokio::sync::oneshot::Sender<Result<Vec<Connection>, StoreError>>,
+        reply: oneshot::Sender<Result<Vec<Connection>, StoreError>>,
     },
     /// A client's session, wherever it is.
     Client {
         /// The client id.
         client_id: String,
         /// The answer (`None`: no such session).
-        reply: tokio::sync::oneshot::Sender<Result<Option<StoredSession>, StoreError>>,
+        reply: oneshot::Sender<Result<Option<StoredSession>, StoreError>>,
     },
     /// Disconnect a client wherever it is connected (reason 0x98).
     Kick {
         /// The client id.
         client_id: String,
         /// Whether a live connection was told to close.
-        reply: tokio::sync::oneshot::Sender<Result<bool, StoreError>>,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
     },
 }

@@ -22,6 +22,7 @@
 
 use std::sync::Arc;
 
+use super::oneshot;
 use super::reply::{ReplyTo, Unanswered};
 use crate::error::{Classify, Origin};
 use crate::session::Message;
@@ -216,7 +217,7 @@ pub struct ConnEvent {
 }
 
 /// A push on its way: its message id, and the bridge's answer to come.
-pub type PushReceipt = (u64, tokio::sync::oneshot::Receiver<Produced>);
+pub type PushReceipt = (u64, oneshot::Receiver<Produced>);
 
 /// Why [`Outbound::push`] did not take a request.
 #[derive(Debug)]

@@ -142,4 +142,43 @@ mod tests {
         assert_eq!(t.admit(), Some(99), "then one line with the count");
         assert_eq!(t.admit(), None);
     }
+
+    /// The engine logs under `tether_core::…` and the rest of the gateway
+    /// under `tether::…`; README's filter `tether=debug` must reach both
+    /// (a directive's target is a prefix of the event's), and
+    /// `tether::adapters=debug` only the adapters.
+    #[test]
+    fn the_filter_tether_covers_the_engine_crate_too() {
+        use std::io::Write;
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let seen = |spec: &str| {
+            let lines = Lines::default();
+            let out = lines.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(EnvFilter::new(spec))
+                .with_writer(move || out.clone())
+                .finish();
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::debug!(target: "tether_core::shard::takeover", "engine");
+                tracing::debug!(target: "tether::adapters::redis", "adapter");
+            });
+            let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+            (text.contains("engine"), text.contains("adapter"))
+        };
+        assert_eq!(seen("info,tether=debug"), (true, true));
+        assert_eq!(seen("info,tether::adapters=debug"), (false, true));
+        assert_eq!(seen("info,tether_core::shard=debug"), (true, false));
+        assert_eq!(seen("info"), (false, false));
+    }
 }

@@ -614,7 +614,7 @@ mod tests {
 
     #[test]
     fn example_file_parses_and_matches_defaults() {
-        let text = include_str!("../../tether.example.toml");
+        let text = include_str!("../../../../tether.example.toml");
         let c = parse(text, &[]).unwrap();
         let d = Config::default();
         assert_eq!(

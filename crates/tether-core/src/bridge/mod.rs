@@ -35,6 +35,12 @@ use departures::Departures;
 
 pub use reply::{Bell, ReplyQueue, ReplyTo, Unanswered};
 
+/// The oneshot channel that carries an answer out of a core (to the HTTP
+/// plane, to an adapter's thread). Any executor can await its receiver and
+/// sending needs none, so a port names no runtime: cores run on glommio,
+/// the HTTP plane and the adapters on tokio.
+pub use futures_channel::oneshot;
+
 /// A message from a bridge thread to a core.
 #[derive(Debug)]
 pub enum BridgeMsg {
@@ -59,7 +65,7 @@ pub enum BridgeMsg {
         /// The session's entry.
         key: ConnKey,
         /// Where the answer goes.
-        reply: tokio::sync::oneshot::Sender<Option<ClientInfo>>,
+        reply: oneshot::Sender<Option<ClientInfo>>,
     },
     /// Disconnect the client at `key` (MQTT 5: reason 0x98, Administrative
     /// action); its session lives on per its expiry. Replies whether a
@@ -68,14 +74,14 @@ pub enum BridgeMsg {
         /// The session's entry.
         key: ConnKey,
         /// Where the answer goes.
-        reply: tokio::sync::oneshot::Sender<bool>,
+        reply: oneshot::Sender<bool>,
     },
     /// Every session on this core, or those of one user.
     List {
         /// Only this user's sessions.
         user: Option<String>,
         /// Where the answer goes.
-        reply: tokio::sync::oneshot::Sender<Vec<ClientInfo>>,
+        reply: oneshot::Sender<Vec<ClientInfo>>,
     },
     /// The session store refused a write of `client_id` at `epoch`: a
     /// newer claim (on another node) owns the session. Its connection here
@@ -106,7 +112,7 @@ pub enum BridgeMsg {
     /// This core's session gauges, for `/metrics`.
     Gauges {
         /// Where the answer goes.
-        reply: tokio::sync::oneshot::Sender<SessionGauges>,
+        reply: oneshot::Sender<SessionGauges>,
     },
     /// Start draining (`POST /v1/admin/drain`): stop accepting, close the
     /// clients at this core's share of `drain.rate_per_sec`, then stop.
@@ -188,10 +194,10 @@ pub struct SubscriptionInfo {
     pub qos: u8,
 }
 
-/// Where a core reports the outcome of a bridge publish. A tokio oneshot:
-/// sending needs no runtime (cores are not tokio), and the HTTP thread
-/// awaits it without blocking.
-pub type Receipt = tokio::sync::oneshot::Sender<Result<u64, Refusal>>;
+/// Where a core reports the outcome of a bridge publish (a [`oneshot`]:
+/// sending needs no runtime, and the HTTP thread awaits it without
+/// blocking).
+pub type Receipt = oneshot::Sender<Result<u64, Refusal>>;
 
 /// A publish from outside MQTT.
 #[derive(Debug, Clone)]
@@ -328,7 +334,7 @@ impl Bridge {
     pub fn publish(
         &self,
         req: PublishRequest,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
+    ) -> Result<oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
         self.publish_as(Source::Api, req)
     }
 
@@ -338,7 +344,7 @@ impl Bridge {
         &self,
         source: Source,
         req: PublishRequest,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
+    ) -> Result<oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
         let core = self.core_of(req.topic.as_bytes());
         self.publish_on(core, source, req, Scope::All, None)
     }
@@ -359,8 +365,8 @@ impl Bridge {
         req: PublishRequest,
         scope: Scope,
         numbered: Option<Numbered>,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
-        let (done, outcome) = tokio::sync::oneshot::channel();
+    ) -> Result<oneshot::Receiver<Result<u64, Refusal>>, Refusal> {
+        let (done, outcome) = oneshot::channel();
         self.send(
             core,
             BridgeMsg::Publish {
