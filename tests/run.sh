@@ -7,7 +7,7 @@
 # the first time to build tansu.
 #
 #   tests/run.sh                 # everything
-#   tests/run.sh --test auth     # one test file (arguments go to cargo test)
+#   tests/run.sh --test it auth::  # one file of tests/it (arguments go to cargo test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,7 +45,7 @@ else
   echo "all present"
 fi
 
-# A Kafka-protocol broker for tests/kafka.rs and tests/cluster_bus.rs,
+# A Kafka-protocol broker for tests/it/kafka.rs and tests/it/cluster_bus.rs,
 # unless KAFKA_BROKERS names one.
 if [ -z "${KAFKA_BROKERS:-}" ] && ! command -v tansu >/dev/null 2>&1; then
   step "tansu 0.6 (Kafka-protocol broker for the tests; about 13 minutes to build, once)"
@@ -64,7 +64,7 @@ fi
 # yet (none, or only `cargo clippy`'s metadata) checks the space first.
 TEST_BUILD_GB=3
 target_dir="${CARGO_TARGET_DIR:-target}"
-if ! compgen -G "$target_dir/debug/deps/fallback-*" >/dev/null; then
+if ! compgen -G "$target_dir/debug/deps/it-*" >/dev/null; then
   mkdir -p "$target_dir"
   free_gb=$(df -P -BG "$target_dir" | awk 'NR==2 { sub("G", "", $4); print $4 }')
   if [ "${free_gb:-0}" -lt "$TEST_BUILD_GB" ]; then

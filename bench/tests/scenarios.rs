@@ -195,7 +195,7 @@ fn storm_reconnects_without_losing_qos1_messages() {
     // Two cores: reconnects land on either, so sessions move between cores,
     // often several times within the move window. This scenario found a
     // reordering there (see qos1_order_is_kept_while_a_session_hops_between_cores
-    // in tests/sessions.rs).
+    // in tests/it/sessions.rs).
     let gw = gateway();
     let r = bench(&gw, "storm -c 20 -q 1 -r 100 -d 2 --storm-pct 50 -V 5");
     assert_clean(&r);

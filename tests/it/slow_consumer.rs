@@ -2,9 +2,7 @@
 //! client over the hard queue limit is disconnected with 0x97, and the
 //! gateway's memory stays bounded while a reader stalls.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rumqttc::QoS;
 use tether::codec::{self, reason, Packet, Version};
 

@@ -3,12 +3,10 @@
 //! for MQTT 5, CONNACK for a bad protocol level, or a plain close); the
 //! gateway must keep serving everyone else afterwards.
 
-mod common;
-
 use std::io::Write;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tether::codec::{self, reason, Packet, Version};
 
 /// What the server must do with a hostile input.
@@ -337,7 +335,7 @@ fn a_connect_storm_is_paced_by_max_accepts_per_sec_and_still_served() {
         .map(|i| Raw::connected(gw.tcp_addr, &format!("storm-{i}"), Version::V311))
         .collect();
     assert_eq!(clients.len(), 40);
-    let paced: f64 = common::web::http(gw.http_addr.unwrap(), "GET", "/metrics", &[], "")
+    let paced: f64 = crate::common::web::http(gw.http_addr.unwrap(), "GET", "/metrics", &[], "")
         .body
         .lines()
         .filter(|l| l.starts_with("tether_accepts_paced_total"))

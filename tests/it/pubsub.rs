@@ -1,9 +1,7 @@
 //! Publish/subscribe through the gateway with rumqttc (v3.1.1 and v5),
 //! publisher and subscriber pinned to different cores.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rumqttc::QoS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,12 +5,10 @@
 //! client reads nothing meanwhile while the core keeps serving others, then
 //! releases it and checks what follows and in which order.
 
-mod common;
-
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
-use common::*;
+use crate::common::*;
 use rumqttc::QoS as RQoS;
 use tether::auth::{
     AclRequest, Authenticator, Authorizer, Credentials, Identity, OwnedAclRequest, Permit, Verdict,

@@ -2,13 +2,11 @@
 //! Kafka/Redis bridges use): receipts, refusals, retained messages, order,
 //! and shutdown.
 
-mod common;
-
 use futures_lite::future::block_on;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use rumqttc::QoS as RQoS;
 use tether::bridge::{PublishRequest, Refusal};
 use tether::codec::QoS;
@@ -140,7 +138,7 @@ async fn refusals_name_the_reason_and_retained_messages_stay() {
     // The receipt means routed; every core's replica gets the message from
     // the topic's owner core a moment later.
     until("every core holds the retained message", || {
-        common::web::http(gw.http_addr.unwrap(), "GET", "/metrics", &[], "")
+        crate::common::web::http(gw.http_addr.unwrap(), "GET", "/metrics", &[], "")
             .body
             .lines()
             .filter(|l| l.starts_with("tether_retained_messages{"))

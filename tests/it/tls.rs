@@ -5,14 +5,12 @@
 //! handshakes. The `mosquitto_sub --cafile` and SIGHUP path is in
 //! tests/cli.rs.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::pki::{self, Ca, Leaf};
-use common::*;
+use crate::common::pki::{self, Ca, Leaf};
+use crate::common::*;
 use rumqttc::QoS as RQoS;
 use tether::auth::{Authenticator, Credentials, Verdict};
 use tether::{Config, Gateway};

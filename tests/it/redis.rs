@@ -4,13 +4,11 @@
 //! lost its lease serves nothing, presence and the per-user limit hold
 //! across the cluster.
 
-mod common;
-
 use std::time::Duration;
 
-use common::cluster::{Node, Redis};
-use common::web::http;
-use common::WAIT;
+use crate::common::cluster::{Node, Redis};
+use crate::common::web::http;
+use crate::common::WAIT;
 use rumqttc::{Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
@@ -44,9 +42,9 @@ async fn connect(opts: MqttOptions) -> Client {
 
 /// Connects, or says why not (the CONNACK's code, or the error).
 async fn try_connect(opts: MqttOptions) -> Result<Client, String> {
-    let (client, mut events, task) = common::pump(opts);
+    let (client, mut events, task) = crate::common::pump(opts);
     let session_present = loop {
-        match tokio::time::timeout(common::CONNACK_TIMEOUT, events.recv())
+        match tokio::time::timeout(crate::common::CONNACK_TIMEOUT, events.recv())
             .await
             .expect("CONNACK in time")
         {
@@ -276,7 +274,7 @@ async fn a_takeover_on_another_node_closes_the_old_connection_and_fences_it() {
     );
 }
 
-fn api(node: &Node, method: &str, path: &str) -> common::web::Reply {
+fn api(node: &Node, method: &str, path: &str) -> crate::common::web::Reply {
     http(
         std::net::SocketAddr::from(([127, 0, 0, 1], node.http)),
         method,
@@ -352,7 +350,7 @@ async fn presence_and_kicks_answer_for_the_whole_cluster() {
     let r = api(&b, "DELETE", "/v1/clients/alice-phone");
     assert_eq!(r.status, 200, "{}", r.body);
     phone.closed("the kicked connection").await;
-    common::until("presence forgets the kicked connection", || {
+    crate::common::until("presence forgets the kicked connection", || {
         online(&b, "alice") == 1
     })
     .await;
@@ -397,7 +395,7 @@ async fn a_takeover_storm_across_three_nodes_leaves_one_connection() {
     }
     survivor.subscribe("storm/#").await;
     for node in &nodes {
-        common::until("presence shows one connection", || {
+        crate::common::until("presence shows one connection", || {
             online(node, "storm") == 1
         })
         .await;
@@ -417,14 +415,14 @@ async fn a_takeover_storm_across_three_nodes_leaves_one_connection() {
         }
     }
     assert!(!alive.is_empty(), "someone connected");
-    common::until("one connection left", || {
+    crate::common::until("one connection left", || {
         alive.iter().filter(|c| !c.task.is_finished()).count() == 1
     })
     .await;
     let mut last = alive.into_iter().find(|c| !c.task.is_finished()).unwrap();
     last.subscribe("swarm/#").await;
     for node in &nodes {
-        common::until("presence shows one connection", || {
+        crate::common::until("presence shows one connection", || {
             online(node, "swarm") == 1
         })
         .await;
@@ -469,7 +467,7 @@ async fn the_per_user_limit_holds_across_the_cluster() {
     }
     // One leaves: one more fits, and no more than that.
     drop(admitted.pop());
-    common::until("a place frees up", || online(&nodes[0], "capped") == 3).await;
+    crate::common::until("a place frees up", || online(&nodes[0], "capped") == 3).await;
     let _next = connect(as_user(&nodes[1], "capped-next", "capped", true)).await;
     let over = try_connect(as_user(&nodes[2], "capped-over", "capped", true)).await;
     assert!(
@@ -530,7 +528,7 @@ async fn over_the_per_user_limit_the_oldest_connection_is_evicted() {
     second.closed("the next oldest").await;
     third.subscribe("eve/#").await;
     for node in [&a, &b] {
-        common::until("presence shows the two newest", || online(node, "eve") == 2).await;
+        crate::common::until("presence shows the two newest", || online(node, "eve") == 2).await;
     }
     let v = api(&a, "GET", "/v1/users/eve").json();
     let mut ids: Vec<_> = v["connections"]
@@ -554,7 +552,7 @@ async fn a_dead_nodes_connections_leave_presence_within_one_node_lease() {
     assert_eq!(online(&b, "dana"), 2);
     let killed = std::time::Instant::now();
     a.proc.kill9();
-    common::until("the dead node's connection leaves presence", || {
+    crate::common::until("the dead node's connection leaves presence", || {
         online(&b, "dana") == 1
     })
     .await;
@@ -775,8 +773,8 @@ async fn clients_that_hang_up_during_connect_leave_no_presence_behind() {
     // Half persistent (the CONNACK waits for the claim), half clean (the
     // claim runs in the background): each hangs up right after CONNECT.
     for i in 0..200 {
-        let mut raw = common::Raw::open(addr);
-        let mut c = common::connect_packet(&format!("flash-{i}"), Version::V5);
+        let mut raw = crate::common::Raw::open(addr);
+        let mut c = crate::common::connect_packet(&format!("flash-{i}"), Version::V5);
         c.username = Some("flash".into());
         c.clean_start = i % 2 == 0;
         c.properties.session_expiry_interval = (i % 2 == 1).then_some(60);
@@ -786,7 +784,7 @@ async fn clients_that_hang_up_during_connect_leave_no_presence_behind() {
     // One that stays, to know the others' writes were all applied.
     let _stays = connect(as_user(&a, "flash-last", "flash", true)).await;
     let mut conn = redis.conn().unwrap();
-    common::until("the presence set holds only the staying connection", || {
+    crate::common::until("the presence set holds only the staying connection", || {
         redis::cmd("ZCARD")
             .arg("tt:{u:flash}:c")
             .query::<usize>(&mut conn)
@@ -934,14 +932,14 @@ async fn a_paused_nodes_connections_come_back_into_presence() {
     let a = Node::start(1, &redis.url(), &env);
     let b = Node::start(2, &redis.url(), &env);
     let _kept = connect(as_user(&a, "kept", "pat", true)).await;
-    common::until("node 2 lists pat's connection", || online(&b, "pat") == 1).await;
+    crate::common::until("node 2 lists pat's connection", || online(&b, "pat") == 1).await;
 
     a.proc.signal(libc::SIGSTOP);
-    common::until("node 1 drops out of presence", || online(&b, "pat") == 0).await;
+    crate::common::until("node 1 drops out of presence", || online(&b, "pat") == 0).await;
     // Its entry's presence lease (2 x 3 s) runs out in Redis while it
     // sleeps; the next CONNECT of the user removes it.
     let mut conn = redis.conn().unwrap();
-    common::until("node 1's presence entry expires", || {
+    crate::common::until("node 1's presence entry expires", || {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -956,13 +954,13 @@ async fn a_paused_nodes_connections_come_back_into_presence() {
     })
     .await;
     let _other = connect(as_user(&b, "other", "pat", true)).await;
-    common::until("node 2 lists pat's new connection", || {
+    crate::common::until("node 2 lists pat's new connection", || {
         online(&b, "pat") == 1
     })
     .await;
 
     a.proc.signal(libc::SIGCONT);
-    common::until("node 1's connection is listed again", || {
+    crate::common::until("node 1's connection is listed again", || {
         online(&b, "pat") == 2
     })
     .await;
@@ -980,7 +978,7 @@ async fn a_paused_nodes_connections_come_back_into_presence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_redis_resumes_no_session_from_its_stale_copy() {
     let redis = Redis::start();
-    let relay = common::relay::Relay::to_unix(redis.socket());
+    let relay = crate::common::relay::Relay::to_unix(redis.socket());
     let a = Node::start(1, &relay.url(), &[SHORT_LEASE]);
     let b = Node::start(2, &redis.url(), &[SHORT_LEASE]);
     let mut old = connect(options(&a, "dev3", false)).await;
@@ -1031,9 +1029,16 @@ async fn limited_behind_relay(
     more: &[(&str, &str)],
     first: &str,
     user: &str,
-) -> (Redis, common::relay::Relay, Node, Node, Client, Client) {
+) -> (
+    Redis,
+    crate::common::relay::Relay,
+    Node,
+    Node,
+    Client,
+    Client,
+) {
     let redis = Redis::start();
-    let relay = common::relay::Relay::to_unix(redis.socket());
+    let relay = crate::common::relay::Relay::to_unix(redis.socket());
     let mut env = vec![
         SHORT_LEASE,
         ("TETHER_PRESENCE__LEASE_SECS", "3"),
@@ -1141,7 +1146,7 @@ fn listed(node: &Node, user: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_redis_gets_after_its_node_gave_up_changes_nothing() {
     let redis = Redis::start();
-    let relay = common::relay::Relay::to_unix(redis.socket());
+    let relay = crate::common::relay::Relay::to_unix(redis.socket());
     let env = [("TETHER_LIMITS__MAX_CONNECTIONS_PER_USER", "2")];
     let a = Node::start(1, &relay.url(), &env);
     let b = Node::start(2, &redis.url(), &env);

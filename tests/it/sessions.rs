@@ -1,8 +1,6 @@
 //! Persistent sessions, redelivery, exactly-once receive and takeover.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rumqttc::QoS;
 use tether::codec::{self, Ack, Packet, Publish, Version};
 

@@ -2,11 +2,9 @@
 //! session carrying every matching identifier) and message expiry (expired
 //! messages never delivered, the remaining interval forwarded).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rumqttc::v5::mqttbytes::v5::{ConnectProperties, PublishProperties, SubscribeProperties};
 use rumqttc::v5::mqttbytes::QoS as Q5;
 
@@ -218,7 +216,7 @@ async fn rumqttc_resolves_the_gateways_aliases() {
 mod connect_and_limits {
     //! MQTT 5 connection features and limits, byte-exact through raw clients.
 
-    use super::common::*;
+    use crate::common::*;
     use tether::codec::{self, reason, Packet, Properties, QoS, Version};
 
     fn connect(gw: &tether::Gateway, c: codec::Connect) -> (Raw, codec::ConnAck) {

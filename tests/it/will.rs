@@ -3,11 +3,9 @@
 //! DISCONNECT; Will Delay Interval honoured and cancelled by a reconnect; a
 //! session that ends first publishes it at once.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tether::codec::{self, Packet, Properties, QoS, Version, Will};
 
 fn connect_with_will(

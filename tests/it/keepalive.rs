@@ -1,10 +1,8 @@
 //! Dead-link reaping: keep-alive at 1.5x and the CONNECT deadline.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tether::codec::{self, Packet, Version};
 
 fn connect_with_keep_alive(

@@ -5,13 +5,11 @@
 //! a hung broker withholds acknowledgements instead of losing messages,
 //! and a producer a broker fenced after a long hang is made again.
 
-mod common;
-
 use std::time::Duration;
 
-use common::kafka::Kafka;
-use common::web::{http, metric};
-use common::*;
+use crate::common::kafka::Kafka;
+use crate::common::web::{http, metric};
+use crate::common::*;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use tether::config::{RouteAck, RouteConfig, SourceConfig, SourceTarget};
@@ -523,14 +521,14 @@ async fn a_backend_pushes_through_kafka_to_a_user_a_client_a_topic_and_everyone(
             (b"quotes/ACME".to_vec(), b"42.1".to_vec()),
         ]
     );
-    common::until("the records are counted delivered", || {
+    crate::common::until("the records are counted delivered", || {
         metric(&gw, "tether_kafka_records_delivered_total") >= 4.0
     })
     .await;
     // Lag per partition of every source (a partition that never had a
     // record has none), 0 once the offsets are committed (every second).
     let lag = format!("tether_kafka_consumer_lag{{topic=\"{users}\",partition=");
-    common::until("the consumer's lag, caught up", || {
+    crate::common::until("the consumer's lag, caught up", || {
         let body = http(gw.http_addr.unwrap(), "GET", "/metrics", &[], "").body;
         let lines: Vec<&str> = body.lines().filter(|l| l.starts_with(&lag)).collect();
         !lines.is_empty() && lines.iter().all(|l| l.ends_with(" 0"))
@@ -603,7 +601,7 @@ fn bus_env(kafka: &Kafka, bus: &str) -> Vec<(&'static str, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_pub_sub_through_kafka_without_loss_or_reordering() {
-    use common::cluster::{Node, Redis};
+    use crate::common::cluster::{Node, Redis};
     let redis = Redis::start();
     let kafka = Kafka::start();
     let bus = kafka.topic("bus", 3).await;
@@ -626,7 +624,7 @@ async fn three_nodes_share_pub_sub_through_kafka_without_loss_or_reordering() {
     // A subscriber on every node.
     let mut subs = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
-        let (client, mut events, task) = common::pump(opts(node, &format!("sub-{i}")));
+        let (client, mut events, task) = crate::common::pump(opts(node, &format!("sub-{i}")));
         client
             .subscribe("chat/#", rumqttc::QoS::AtLeastOnce)
             .await
@@ -646,7 +644,7 @@ async fn three_nodes_share_pub_sub_through_kafka_without_loss_or_reordering() {
     // A publisher on every node: 10,000 QoS 1 messages in all.
     const PER: u32 = 3334;
     for (i, node) in nodes.iter().enumerate() {
-        let (client, mut events, _task) = common::pump(opts(node, &format!("pub-{i}")));
+        let (client, mut events, _task) = crate::common::pump(opts(node, &format!("pub-{i}")));
         tokio::spawn(async move {
             let _keep = _task;
             for n in 0..PER {
@@ -700,7 +698,7 @@ type Events = tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::Event, String
 async fn listen(id: u16, port: u16) -> (rumqttc::AsyncClient, Events, tokio::task::JoinHandle<()>) {
     let mut o = rumqttc::MqttOptions::new(format!("phone-{id}"), "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
-    let (client, mut events, task) = common::pump(o);
+    let (client, mut events, task) = crate::common::pump(o);
     client
         .subscribe("broadcast", rumqttc::QoS::AtLeastOnce)
         .await
@@ -738,7 +736,7 @@ async fn twenty(events: &mut Events, who: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_of_a_killed_consumer_are_delivered_again() {
-    use common::cluster::{Node, Redis};
+    use crate::common::cluster::{Node, Redis};
     let redis = Redis::start();
     let kafka = Kafka::start();
     let push = kafka.topic("push", 1).await;
@@ -791,7 +789,7 @@ async fn with_no_broker_up_the_node_is_degraded_not_ready() {
         c.kafka.brokers = format!("127.0.0.1:{port}");
         c.kafka.route = vec![route("up/#", "nowhere", "%c", RouteAck::Kafka)];
     });
-    common::until("/readyz says no broker is up", || {
+    crate::common::until("/readyz says no broker is up", || {
         let r = http(gw.http_addr.unwrap(), "GET", "/readyz", &[], "");
         r.status == 503 && r.body.contains("no broker is up")
     })
@@ -809,7 +807,7 @@ async fn with_no_broker_up_the_node_is_degraded_not_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_pushes_reach_every_node_through_the_push_topic() {
-    use common::cluster::{Node, Redis};
+    use crate::common::cluster::{Node, Redis};
     let redis = Redis::start();
     let kafka = Kafka::start();
     let push = kafka.topic("api-push", 2).await;
@@ -837,7 +835,7 @@ async fn api_pushes_reach_every_node_through_the_push_topic() {
     let mut o = rumqttc::MqttOptions::new("alice-phone", "127.0.0.1", two.mqtt);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_credentials("alice", "pw");
-    let (phone, mut events, _task) = common::pump(o);
+    let (phone, mut events, _task) = crate::common::pump(o);
     phone
         .subscribe("user/alice/inbox", rumqttc::QoS::AtLeastOnce)
         .await
@@ -875,7 +873,7 @@ async fn api_pushes_reach_every_node_through_the_push_topic() {
     // Wait until node 2 has it: its subscriber hears it live.
     let mut w = rumqttc::MqttOptions::new("watcher", "127.0.0.1", two.mqtt);
     w.set_keep_alive(Duration::from_secs(30));
-    let (watcher, mut wev, _wt) = common::pump(w);
+    let (watcher, mut wev, _wt) = crate::common::pump(w);
     watcher
         .subscribe("status/#", rumqttc::QoS::AtLeastOnce)
         .await
@@ -888,7 +886,7 @@ async fn api_pushes_reach_every_node_through_the_push_topic() {
     }
     let mut late = rumqttc::MqttOptions::new("late", "127.0.0.1", two.mqtt);
     late.set_keep_alive(Duration::from_secs(30));
-    let (late_c, mut lev, _lt) = common::pump(late);
+    let (late_c, mut lev, _lt) = crate::common::pump(late);
     late_c
         .subscribe("status/fleet", rumqttc::QoS::AtLeastOnce)
         .await
@@ -958,7 +956,7 @@ async fn connects_and_disconnects_become_records_of_the_events_topic() {
 /// an operator's empty panel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grafana_dashboard_names_only_metrics_a_node_serves() {
-    use common::cluster::{Node, Redis};
+    use crate::common::cluster::{Node, Redis};
     let redis = Redis::start();
     let kafka = Kafka::start();
     let out = kafka.topic("dash-out", 1).await;

@@ -3,12 +3,10 @@
 //! `drain.rate_per_sec` (MQTT 5: DISCONNECT 0x9C with the configured Server
 //! Reference), and the node stops once they are gone.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::web::http;
-use common::*;
+use crate::common::web::http;
+use crate::common::*;
 use tether::codec::{reason, Packet, Version};
 
 #[test]

@@ -3,13 +3,11 @@
 //! frames for the edges: split and packed packets, ping, text frames, size
 //! limits, bad upgrades.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rumqttc::QoS as RQoS;
 
 fn ws_options(gw: &tether::Gateway, id: &str) -> rumqttc::MqttOptions {

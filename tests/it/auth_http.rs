@@ -4,8 +4,6 @@
 //! from reaching it, the fail policy decides while it is down, and a slow
 //! service delays only the CONNECTs waiting for it.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -13,9 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::web::metric;
+use crate::common::*;
 use bytes::Bytes;
-use common::web::metric;
-use common::*;
 use tether::codec::{Packet, Version};
 
 /// The business's auth service. At `/auth` it admits `user` with password
@@ -354,7 +352,7 @@ async fn a_slow_service_delays_only_the_connects_waiting_for_it() {
     );
     // And the cores never stalled meanwhile: every tick of the timer wheel
     // ran within 100 ms of its time (the loop-lag histogram).
-    let body = common::web::http(gw.http_addr.unwrap(), "GET", "/metrics", &[], "").body;
+    let body = crate::common::web::http(gw.http_addr.unwrap(), "GET", "/metrics", &[], "").body;
     let sample = |prefix: &str| -> f64 {
         body.lines()
             .filter(|l| l.starts_with(prefix))

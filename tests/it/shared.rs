@@ -2,11 +2,9 @@
 //! members on different cores, round-robin, plain subscribers unaffected,
 //! and unacknowledged messages of a member that leaves go to another member.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 
 fn seq(p: &rumqttc::v5::mqttbytes::v5::Publish) -> u32 {

@@ -6,16 +6,14 @@
 //! input, and the fallback over TLS on the wss listener (curl and a rustls
 //! client).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::curl::curl;
-use common::web::{http, metric};
-use common::*;
+use crate::common::curl::curl;
+use crate::common::web::{http, metric};
+use crate::common::*;
 use serde_json::Value;
 
 /// One keep-alive HTTP/1.1 connection.
@@ -731,7 +729,7 @@ fn curl_drives_sse_and_long_polling_as_in_the_readme() {
 /// here, which tells a clean TLS close from a cut).
 #[test]
 fn the_fallback_runs_over_tls_and_its_session_moves_with_the_socket() {
-    use common::pki::{self, Ca};
+    use crate::common::pki::{self, Ca};
     let ca = Ca::new("fallback test CA");
     let server = ca.server();
     let dir = pki::dir("fallback-tls");
@@ -858,7 +856,7 @@ impl CurlSse {
 /// client trusting `ca`) with `Connection: close`; the response's body.
 /// Panics unless the server ends the TLS session with close_notify:
 /// rustls reports a stream that ends without it as `UnexpectedEof`.
-fn close_over_tls(ca: &common::pki::Ca, port: u16, path: &str, body: &str) -> String {
+fn close_over_tls(ca: &crate::common::pki::Ca, port: u16, path: &str, body: &str) -> String {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -7,15 +7,13 @@
 //! copy for a persistent subscriber that moved on, or whose node died, is
 //! handed on to it.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::cluster::{Node, Redis};
-use common::kafka::Kafka;
-use common::web::http;
-use common::*;
+use crate::common::cluster::{Node, Redis};
+use crate::common::kafka::Kafka;
+use crate::common::web::http;
+use crate::common::*;
 use rumqttc::QoS;
 
 /// How long a consumer group of three nodes may take to form.
@@ -112,7 +110,7 @@ async fn client(node: &Node, id: &str, filters: &[&str]) -> (rumqttc::AsyncClien
     let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", node.mqtt);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_inflight(100);
-    let (c, mut events, task) = common::pump(o);
+    let (c, mut events, task) = crate::common::pump(o);
     // A dropped handle detaches the pump; it ends with the client.
     drop(task);
     for f in filters {
@@ -305,7 +303,7 @@ async fn an_owner_mode_source_is_read_once_and_forwarded_to_the_users_node() {
     let mut o = rumqttc::MqttOptions::new("ann-phone", "127.0.0.1", n3.mqtt);
     o.set_credentials("ann", "");
     o.set_keep_alive(Duration::from_secs(30));
-    let (phone, mut events, task) = common::pump(o);
+    let (phone, mut events, task) = crate::common::pump(o);
     drop(task);
     phone
         .subscribe("user/ann/inbox", QoS::AtLeastOnce)
@@ -475,7 +473,7 @@ async fn a_copy_for_a_subscriber_that_moved_is_handed_on_to_its_new_node() {
     old_task.abort();
     drop((old, old_events));
     // Taken over once node 3's lease ran out, while it still sleeps.
-    let (_new, mut new_events) = resume(n2, "mover", common::CONNACK_TIMEOUT).await;
+    let (_new, mut new_events) = resume(n2, "mover", crate::common::CONNACK_TIMEOUT).await;
     eprintln!("taken over after {:?}", paused.elapsed());
     n3.proc.signal(libc::SIGCONT);
     until_payload(&mut new_events, "during:0", "mover on node 2").await;
@@ -512,7 +510,7 @@ async fn a_copy_sent_to_a_node_that_died_reaches_its_subscriber_when_the_node_is
     // Acknowledged once its copy is in node 3's inbox, which nobody reads.
     publish(&p, &mut pe, "lost/a", "during", 1).await;
     // Taken over once node 3's lease ran out.
-    let moved = resume(&bus.nodes[1], "orphan", common::CONNACK_TIMEOUT).await;
+    let moved = resume(&bus.nodes[1], "orphan", crate::common::CONNACK_TIMEOUT).await;
     // And on to node 1 (the copy must follow more than one move).
     let (_last, mut last_events) = resume(&bus.nodes[0], "orphan", WAIT).await;
     drop(moved);
@@ -550,12 +548,12 @@ async fn a_message_published_while_its_subscriber_is_being_claimed_reaches_it() 
     drop((old, old_events));
     let o = persistent(&bus.nodes[1], "mover");
     let claiming = tokio::spawn(async move {
-        let (c, mut events, task) = common::pump(o);
+        let (c, mut events, task) = crate::common::pump(o);
         drop(task);
         next_packet(
             &mut events,
             "CONNACK",
-            common::CONNACK_TIMEOUT,
+            crate::common::CONNACK_TIMEOUT,
             |p| matches!(p, rumqttc::Packet::ConnAck(a) if a.session_present),
         )
         .await;
@@ -668,7 +666,7 @@ async fn persistent_subscriber(
     id: &str,
     filter: &str,
 ) -> (rumqttc::AsyncClient, Events, tokio::task::JoinHandle<()>) {
-    let (c, mut events, task) = common::pump(persistent(node, id));
+    let (c, mut events, task) = crate::common::pump(persistent(node, id));
     c.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
     take_suback(&mut events).await;
     (c, events, task)
@@ -677,7 +675,7 @@ async fn persistent_subscriber(
 /// `id` connects to `node` and resumes its persistent session there: a
 /// CONNACK with the session present, within `wait`.
 async fn resume(node: &Node, id: &str, wait: Duration) -> (rumqttc::AsyncClient, Events) {
-    let (c, mut events, task) = common::pump(persistent(node, id));
+    let (c, mut events, task) = crate::common::pump(persistent(node, id));
     drop(task);
     let connack = next_packet(&mut events, "CONNACK", wait, |p| {
         matches!(p, rumqttc::Packet::ConnAck(_))

@@ -2,9 +2,7 @@
 //! delivered on subscribe with the retain flag, Retain Handling, Retain As
 //! Published, the store cap, and retained wills.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet as P5, RetainForwardRule};
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::QoS;

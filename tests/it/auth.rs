@@ -2,15 +2,13 @@
 //! templates, against Tether's own byte-exact client, rumqttc and
 //! Mosquitto's command-line clients.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::common::web::metric;
+use crate::common::*;
 use bytes::Bytes;
-use common::web::metric;
-use common::*;
 use tether::codec::{self, Packet, QoS, Version, Will};
 
 const ACL: &str = "\

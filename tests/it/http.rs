@@ -2,13 +2,11 @@
 //! HTTP/1.1 client of a few lines): health, readiness, metrics, publish and
 //! batch publish to subscribers on every core, every error path, tokens.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use common::web::{http, Reply};
-use common::*;
+use crate::common::web::{http, Reply};
+use crate::common::*;
 use rumqttc::QoS as RQoS;
 use serde_json::Value;
 
