@@ -19,6 +19,8 @@ pub mod connack;
 mod connect;
 mod publish;
 mod subscribe;
+#[cfg(test)]
+mod tests;
 
 use tracing::info;
 
@@ -171,6 +173,13 @@ fn handle(
         return Err(violation(reason::PROTOCOL_ERROR, "packet before CONNACK"));
     }
     match packet {
+        // The decoder refuses a second CONNECT already (it knows the
+        // version once the first came); the rule is kept here too, where
+        // the packet semantics are, so no path around the decoder can
+        // connect an active session again.
+        Packet::Connect(_) if !connecting => {
+            Err(violation(reason::PROTOCOL_ERROR, "second CONNECT"))
+        }
         Packet::Connect(c) => connect::connect(core, st, key, *c).map(|()| Step::Done),
         Packet::Publish(mut p) => publish::publish(core, st, key, &mut p),
         Packet::PubAck(a) => publish::puback(core, st, key, a.pkid).map(|()| Step::Done),

@@ -58,6 +58,8 @@ mod trie;
 mod wheel;
 
 #[cfg(test)]
+pub(crate) mod sim;
+#[cfg(test)]
 mod tests;
 
 use std::cell::{Cell, RefCell};
