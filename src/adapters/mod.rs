@@ -6,7 +6,8 @@
 //! those ports and on the libraries the engine never sees (tokio, hyper,
 //! redis, rdkafka, argon2, jsonwebtoken), runs its slow work on threads of
 //! its own, and is wired to the engine by the gateway (`gateway.rs`).
-//! Adapters never use each other, nor the engine (`.ci/layers` checks).
+//! Adapters never use each other, nor the engine (`.ci/layers` checks);
+//! they share only the skeleton of their threads (`thread.rs`).
 //!
 //! | adapter | port | thread |
 //! | --- | --- | --- |
@@ -17,3 +18,4 @@
 pub mod auth;
 pub mod kafka;
 pub mod redis;
+mod thread;

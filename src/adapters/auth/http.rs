@@ -51,6 +51,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::cache::{Key, Outcome, VerdictCache};
+use crate::adapters::thread::{runtime, Worker};
 use crate::auth::acl::AclRules;
 use crate::auth::{
     AclRequest, Action, Authenticator, Authorizer, Credentials, Grants, Identity, OwnedAclRequest,
@@ -191,13 +192,8 @@ impl HttpService {
             latency: Histogram::default(),
         });
         let (jobs, rx) = mpsc::unbounded_channel();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let worker = shared.clone();
-        std::thread::Builder::new()
-            .name("tether-auth-http".into())
-            .spawn(move || rt.block_on(run(worker, rx)))?;
+        // Detached: it ends when the last handle on its queue is dropped.
+        Worker::drive("tether-auth-http", runtime()?, run(shared.clone(), rx))?;
         Ok(HttpService { shared, jobs })
     }
 

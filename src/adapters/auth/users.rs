@@ -25,6 +25,7 @@ use argon2::Argon2;
 use crossbeam_channel::{unbounded, Sender};
 
 use super::cache::VerdictCache;
+use crate::adapters::thread::Worker;
 use crate::auth::{Authenticator, Credentials, Identity, Verdict};
 use crate::bridge::ReplyTo;
 use crate::codec::reason;
@@ -224,13 +225,12 @@ impl FileAuthenticator {
         });
         let (jobs, rx) = unbounded::<Job>();
         let worker = shared.clone();
-        std::thread::Builder::new()
-            .name("tether-auth".into())
-            .spawn(move || {
-                for Job { who, reply } in rx {
-                    reply.send(worker.verify(&who));
-                }
-            })?;
+        // Detached: it ends when the last handle on its queue is dropped.
+        Worker::spawn("tether-auth", move || {
+            for Job { who, reply } in rx {
+                reply.send(worker.verify(&who));
+            }
+        })?;
         Ok(FileAuthenticator { shared, jobs })
     }
 

@@ -19,11 +19,12 @@ mod producer;
 mod registry;
 mod routes;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crossbeam_channel::{unbounded, Sender};
 use rdkafka::config::ClientConfig;
 
+use crate::adapters::thread::Worker;
 use crate::bridge::outbound::{
     LabelledGauge, Outbound, OutboundPolicy, Outgoing, Produced, PushReceipt, PushRefused,
 };
@@ -97,7 +98,7 @@ pub struct KafkaOutbound {
     jobs: Sender<Job>,
     metrics: Arc<Metrics>,
     /// The `tether-kafka` thread, joined by [`Outbound::stop`].
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: Worker,
 }
 
 /// Why the Kafka bridge could not start.
@@ -177,9 +178,7 @@ impl KafkaOutbound {
             departures: None,
         };
         let (jobs, rx) = unbounded();
-        let thread = std::thread::Builder::new()
-            .name("tether-kafka".into())
-            .spawn(move || producer::run(ctx, rx))
+        let thread = Worker::spawn("tether-kafka", move || producer::run(ctx, rx))
             .map_err(KafkaSetupError::Thread)?;
         Ok(KafkaOutbound {
             inbound: KafkaInbound::new(cfg, jobs.clone())?,
@@ -193,7 +192,7 @@ impl KafkaOutbound {
             started_ms: crate::wallclock::now_ms(),
             jobs,
             metrics,
-            thread: Mutex::new(Some(thread)),
+            thread,
         })
     }
 }
@@ -242,10 +241,7 @@ impl Outbound for KafkaOutbound {
             i.stop();
         }
         let _ = self.jobs.send(Job::Stop);
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(t) = thread {
-            let _ = t.join();
-        }
+        self.thread.join();
     }
 
     fn figures(&self) -> Vec<Figure> {

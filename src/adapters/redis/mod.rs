@@ -26,12 +26,12 @@ mod worker;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::error;
 
+use super::thread::Worker;
 use crate::bridge::{Bridge, ReplyTo};
 use crate::config::{Config, Durability, PerUserPolicy};
 use crate::error::{Classify, Origin};
@@ -167,7 +167,7 @@ pub struct RedisStore {
     jobs: UnboundedSender<Job>,
     /// Taken by [`SessionStore::start`].
     idle: Mutex<Option<(UnboundedReceiver<Job>, conn::Client)>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Mutex<Option<Worker>>,
 }
 
 impl RedisStore {
@@ -238,32 +238,19 @@ impl SessionStore for RedisStore {
             claim_lines: Default::default(),
             next_claim: Default::default(),
         };
-        let spawned = std::thread::Builder::new()
-            .name("tether-redis".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        error!("the Redis worker cannot start its runtime: {e}");
-                        return;
-                    }
-                };
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, worker::run(std::rc::Rc::new(ctx), rx));
-            });
+        let spawned = Worker::drive_local("tether-redis", move || {
+            worker::run(std::rc::Rc::new(ctx), rx)
+        });
         match spawned {
-            Ok(t) => *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t),
+            Ok(w) => *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(w),
             Err(e) => error!("cannot start the tether-redis thread: {e}"),
         }
     }
 
     fn stop(&self) {
         self.send(Job::Stop);
-        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = t.join();
+        if let Some(w) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            w.join();
         }
     }
 

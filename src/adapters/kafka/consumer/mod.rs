@@ -21,6 +21,7 @@ use tracing::info;
 
 use super::producer::Job;
 use super::KafkaSetupError;
+use crate::adapters::thread::{runtime, Worker};
 use crate::bridge::outbound::LabelledGauge;
 use crate::bridge::Bridge;
 use crate::codec::QoS;
@@ -100,7 +101,7 @@ pub struct KafkaInbound {
     ready: Mutex<Option<(Vec<Plan>, Ctx)>>,
     /// Tells the running tasks to stop.
     stop: Mutex<Option<watch::Sender<bool>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: Mutex<Option<Worker>>,
     metrics: Arc<InMetrics>,
     /// What each consumer's last statistics said.
     seen: Vec<Seen>,
@@ -296,10 +297,7 @@ impl KafkaInbound {
         ctx.bridge = Some(bridge);
         // rdkafka's stream consumers are made inside the runtime that will
         // drive them; the runtime then moves to the thread.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map_err(KafkaSetupError::Thread)?;
+        let rt = runtime().map_err(KafkaSetupError::Thread)?;
         let ctx = Arc::new(ctx);
         let (stop, stopped) = watch::channel(false);
         let mut tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
@@ -341,12 +339,10 @@ impl KafkaInbound {
                 }
             }
         }
-        let thread = std::thread::Builder::new()
-            .name("tether-kafka-in".into())
-            .spawn(move || {
-                rt.block_on(futures_util::future::join_all(tasks));
-            })
-            .map_err(KafkaSetupError::Thread)?;
+        let all = async move {
+            futures_util::future::join_all(tasks).await;
+        };
+        let thread = Worker::drive("tether-kafka-in", rt, all).map_err(KafkaSetupError::Thread)?;
         *lock(&self.stop) = Some(stop);
         *lock(&self.thread) = Some(thread);
         Ok(())
@@ -388,8 +384,8 @@ impl KafkaInbound {
             let _ = s.send(true);
         }
         let thread = lock(&self.thread).take();
-        if let Some(t) = thread {
-            let _ = t.join();
+        if let Some(w) = thread {
+            w.join();
         }
     }
 
