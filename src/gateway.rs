@@ -334,6 +334,7 @@ impl GatewayBuilder {
                 node: node.clone(),
                 serving: serving.clone(),
                 drain: cfg.drain.clone(),
+                keys: crate::http::idempotency::Keys::new(cfg.http.idempotency_max_keys),
             };
             Some(crate::http::HttpServer::start(api).map_err(StartError::Http)?)
         } else {

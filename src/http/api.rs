@@ -271,7 +271,7 @@ async fn metrics(api: &Api) -> String {
             None => None,
         });
     }
-    super::metrics::render(&api.node, &gauges)
+    super::metrics::render(&api.node, &gauges, api.keys.figures())
 }
 
 async fn ask<T>(

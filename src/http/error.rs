@@ -32,11 +32,15 @@ impl ApiError {
         self
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let body = serde_json::json!({
+    /// The JSON body of the error's response.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
             "error": {"code": self.code, "message": self.message, "field": self.field}
-        });
-        super::wire::json(self.status, &body)
+        })
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        super::wire::json(self.status, &self.body())
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::bridge::SessionGauges;
 use crate::engine::NodeState;
 use crate::net::Transport;
-use crate::stats::{Histogram, LATENCY_BUCKETS_US};
+use crate::stats::{Figure, Histogram, LATENCY_BUCKETS_US};
 
 /// The per-core session gauges: name, help, and the figure of a core's
 /// [`SessionGauges`].
@@ -72,7 +72,11 @@ const SESSION_GAUGES: [SessionGauge; 10] = [
 
 /// Renders the page; `gauges[core]` is `None` for a core that did not
 /// answer.
-pub(crate) fn render(node: &NodeState, gauges: &[Option<SessionGauges>]) -> String {
+pub(crate) fn render(
+    node: &NodeState,
+    gauges: &[Option<SessionGauges>],
+    http: Vec<Figure>,
+) -> String {
     let mut out = String::with_capacity(16 * 1024);
     let cores = &node.cores;
     single(&mut out, "up", "1 while the gateway serves.", 1);
@@ -174,7 +178,7 @@ pub(crate) fn render(node: &NodeState, gauges: &[Option<SessionGauges>]) -> Stri
         per_core_label(cores.iter().map(|c| &c.loop_lag)),
     );
     // The bridges' own figures: the session store (Redis requests) and the
-    // outbound bridge (Kafka).
+    // outbound bridge (Kafka); then the HTTP plane's.
     for (name, help, v, counter) in node
         .store
         .figures()
@@ -182,6 +186,7 @@ pub(crate) fn render(node: &NodeState, gauges: &[Option<SessionGauges>]) -> Stri
         .chain(node.outbound.figures())
         .chain(node.auth.figures())
         .chain(node.authz.figures())
+        .chain(http)
     {
         let name = if counter {
             format!("{name}_total")

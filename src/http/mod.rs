@@ -6,11 +6,13 @@
 //!
 //! - `api.rs`: routes, request parsing and the query handlers;
 //! - `publish.rs`: the publish and push handlers (local, or through Kafka);
+//! - `idempotency.rs`: `Idempotency-Key`, a retried publish answered once;
 //! - `error.rs`: JSON errors that name the field at fault;
 //! - `metrics.rs`: the Prometheus text format.
 
 mod api;
 mod error;
+pub(crate) mod idempotency;
 mod metrics;
 mod publish;
 mod request;
@@ -37,6 +39,8 @@ pub(crate) struct Api {
     pub serving: Arc<AtomicBool>,
     /// `[drain]`, for `POST /v1/admin/drain`.
     pub drain: crate::config::DrainConfig,
+    /// This node's idempotency keys (when the store knows only this node).
+    pub keys: idempotency::Keys,
 }
 
 /// A running HTTP server.

@@ -10,8 +10,9 @@ use hyper::{Request, StatusCode};
 use serde::Deserialize;
 
 use super::error::{refusal, ApiError};
+use super::idempotency;
 use super::request::{authorize, body, parse, percent_decode, reply};
-use super::wire::{json, Resp};
+use super::wire::Resp;
 use super::Api;
 use crate::bridge::outbound::{Produced, PushRefused};
 use crate::bridge::{oneshot, PublishRequest, Refusal};
@@ -126,19 +127,27 @@ impl PublishBody {
 
 pub(super) async fn publish_one(api: &Api, req: Request<Incoming>) -> Result<Resp, ApiError> {
     authorize(api, &req)?;
+    let key = idempotency::key(&req)?;
+    let path = req.uri().path().to_owned();
     let bytes = body(api, req).await?;
-    let msg = parse::<PublishBody>(&bytes)?.into_request("")?;
-    let id = publish(api, msg, "").await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({"id": format!("{id:016x}")}),
-    ))
+    idempotency::once(api, key, &path, &bytes, || async {
+        let msg = parse::<PublishBody>(&bytes)?.into_request("")?;
+        let id = publish(api, msg, "").await?;
+        Ok(serde_json::json!({"id": format!("{id:016x}")}))
+    })
+    .await
 }
 
 pub(super) async fn publish_batch(api: &Api, req: Request<Incoming>) -> Result<Resp, ApiError> {
     authorize(api, &req)?;
+    let key = idempotency::key(&req)?;
+    let path = req.uri().path().to_owned();
     let bytes = body(api, req).await?;
-    let batch = parse::<BatchBody>(&bytes)?;
+    idempotency::once(api, key, &path, &bytes, || batch(api, &bytes)).await
+}
+
+async fn batch(api: &Api, bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+    let batch = parse::<BatchBody>(bytes)?;
     if batch.messages.len() > MAX_BATCH {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -168,10 +177,7 @@ pub(super) async fn publish_batch(api: &Api, req: Request<Incoming>) -> Result<R
             Err(e) => serde_json::json!({"error": {"code": e.code, "message": e.message, "field": e.field}}),
         });
     }
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({"results": results}),
-    ))
+    Ok(serde_json::json!({"results": results}))
 }
 
 /// `POST` to a push endpoint: the body is a publish without `topic`.
@@ -181,22 +187,24 @@ pub(super) async fn push(
     topic: String,
 ) -> Result<Resp, ApiError> {
     authorize(api, &req)?;
+    let key = idempotency::key(&req)?;
+    let path = req.uri().path().to_owned();
     let bytes = body(api, req).await?;
-    let mut m = parse::<PublishBody>(&bytes)?;
-    if m.topic.is_some() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            "push endpoints choose the topic (http.user_topic, client_topic, broadcast_topic)",
-        )
-        .field("topic"));
-    }
-    m.topic = Some(topic.clone());
-    let id = publish(api, m.into_request("")?, "").await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({"id": format!("{id:016x}"), "topic": topic}),
-    ))
+    idempotency::once(api, key, &path, &bytes, || async {
+        let mut m = parse::<PublishBody>(&bytes)?;
+        if m.topic.is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "push endpoints choose the topic (http.user_topic, client_topic, broadcast_topic)",
+            )
+            .field("topic"));
+        }
+        m.topic = Some(topic.clone());
+        let id = publish(api, m.into_request("")?, "").await?;
+        Ok(serde_json::json!({"id": format!("{id:016x}"), "topic": topic}))
+    })
+    .await
 }
 
 /// The push topic for one user or client: the path segment, percent-decoded,

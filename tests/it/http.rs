@@ -598,3 +598,103 @@ async fn every_response_matches_the_openapi_document() {
         serde_json::json!({"$ref": "#/components/schemas/Error", "components": doc["components"]});
     assert!(!jsonschema::validator_for(&root).unwrap().is_valid(&bad));
 }
+
+/// Whether a reply is a replayed answer (`Idempotent-Replayed: true`).
+fn replayed(r: &Reply) -> bool {
+    r.head
+        .to_ascii_lowercase()
+        .contains("\r\nidempotent-replayed: true")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_retried_with_its_idempotency_key_is_delivered_once() {
+    let gw = gateway(2, |_| {});
+    let addr = gw.http_addr.unwrap();
+    let mut phone = v4(&gw, v4_options(&gw, "ida-phone", true), Some(0)).await;
+    phone.subscribe("user/ida/inbox", RQoS::AtLeastOnce).await;
+    let push = |key: &str, payload: &str| {
+        http(
+            addr,
+            "POST",
+            "/v1/push/users/ida",
+            &[&format!("Idempotency-Key: {key}")],
+            &format!(r#"{{"payload":"{payload}","qos":1}}"#),
+        )
+    };
+    let mut ids = Vec::new();
+    for attempt in 0..5 {
+        let r = push("push-1", "once");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(replayed(&r), attempt > 0, "attempt {attempt}: {}", r.head);
+        ids.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "the first answer each time: {ids:?}"
+    );
+    let scrape = || http(addr, "GET", "/metrics", &[], "").body;
+    assert_eq!(
+        metric(&scrape(), "tether_http_idempotent_replays_total", ""),
+        4.0
+    );
+    let r = push("push-2", "twice");
+    assert_eq!((r.status, replayed(&r)), (200, false), "{}", r.body);
+    assert_ne!(
+        r.json()["id"].as_str().unwrap(),
+        ids[0],
+        "a new key, a new message"
+    );
+    assert_eq!(&phone.publish().await.payload[..], b"once");
+    assert_eq!(
+        &phone.publish().await.payload[..],
+        b"twice",
+        "no second copy of the message retried with its key"
+    );
+
+    // The same key with another body is another request: refused.
+    let r = push("push-1", "other");
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (422, Some("idempotency_key_reused")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        metric(&scrape(), "tether_http_idempotency_key_reused_total", ""),
+        1.0
+    );
+    // A refusal that delivered nothing frees its key: the retry runs again.
+    for _ in 0..2 {
+        let r = http(
+            addr,
+            "POST",
+            "/v1/publish",
+            &["Idempotency-Key: bad-topic"],
+            r#"{"topic":"a/+","payload":"x"}"#,
+        );
+        assert_eq!((r.status, replayed(&r)), (400, false), "{}", r.body);
+    }
+    // A key that is not 1 to 255 visible ASCII characters names the header.
+    for key in ["", "with space", &"k".repeat(256)] {
+        let r = http(
+            addr,
+            "POST",
+            "/v1/broadcast",
+            &[&format!("Idempotency-Key: {key}")],
+            r#"{"payload":"x"}"#,
+        );
+        assert_eq!(
+            (r.status, r.json()["error"]["field"].as_str()),
+            (400, Some("Idempotency-Key")),
+            "key {key:?}: {}",
+            r.body
+        );
+    }
+    let r = push("push-3", "last");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        &phone.publish().await.payload[..],
+        b"last",
+        "nothing was delivered by the refused requests"
+    );
+}

@@ -1174,3 +1174,58 @@ async fn a_request_redis_gets_after_its_node_gave_up_changes_nothing() {
     one.closed("late-1, evicted by late-4").await;
     assert_eq!(listed(&b, "late"), ["late-2", "late-4"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_retried_on_another_node_with_its_idempotency_key_is_delivered_once() {
+    let redis = Redis::start();
+    let a = Node::start(1, &redis.url(), &[]);
+    let b = Node::start(2, &redis.url(), &[]);
+    // A device on each node (without the Kafka bus, a push reaches the
+    // devices of the node it was sent to).
+    let mut on_a = connect(options(&a, "idem-a", true)).await;
+    on_a.subscribe("user/ida/inbox").await;
+    let mut on_b = connect(options(&b, "idem-b", true)).await;
+    on_b.subscribe("user/ida/inbox").await;
+    let push = |node: &Node, key: &str, payload: &str| {
+        http(
+            std::net::SocketAddr::from(([127, 0, 0, 1], node.http)),
+            "POST",
+            "/v1/push/users/ida",
+            &[&format!("Idempotency-Key: {key}")],
+            &format!(r#"{{"payload":"{payload}","qos":1}}"#),
+        )
+    };
+    let first = push(&a, "retry-me", "once");
+    assert_eq!(first.status, 200, "{}", first.body);
+    // The backend's retries reach either node: both know the key.
+    for node in [&b, &a, &b] {
+        let r = push(node, "retry-me", "once");
+        assert_eq!(r.status, 200, "node {}: {}", node.id, r.body);
+        assert_eq!(r.json()["id"], first.json()["id"], "node {}", node.id);
+        assert!(
+            r.head
+                .to_ascii_lowercase()
+                .contains("idempotent-replayed: true"),
+            "node {}: {}",
+            node.id,
+            r.head
+        );
+    }
+    let r = push(&b, "retry-me", "changed");
+    assert_eq!(r.status, 422, "another request under the key: {}", r.body);
+    for (node, key) in [(&a, "next-a"), (&b, "next-b")] {
+        let r = push(node, key, "next");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(&on_a.publish().await.payload[..], b"once");
+    assert_eq!(
+        &on_a.publish().await.payload[..],
+        b"next",
+        "no second copy from the retry on node 1"
+    );
+    assert_eq!(
+        &on_b.publish().await.payload[..],
+        b"next",
+        "no copy at all from the retries on node 2"
+    );
+}

@@ -30,6 +30,12 @@ pub fn user(prefix: &str, user: &str) -> String {
     format!("{prefix}:{{u:{user}}}:c")
 }
 
+/// An API request's idempotency key (its own slot: nothing else is read
+/// with it).
+pub fn idempotency(prefix: &str, key: &str) -> String {
+    format!("{prefix}:idem:{key}")
+}
+
 /// The node leases.
 pub fn nodes(prefix: &str) -> String {
     format!("{prefix}:nodes")

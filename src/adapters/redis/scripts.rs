@@ -240,6 +240,40 @@ end
 return 1
 ";
 
+/// Reserves an idempotency key, or answers what it holds: the key's value
+/// when it exists, else it is set to ARGV[1] for ARGV[2] ms and the answer
+/// is nil. In one script, so two nodes that get the same key at once
+/// cannot both reserve it.
+///
+/// KEYS: the key. ARGV: value, window (ms). Returns the value held or nil.
+pub const IDEMPOTENCY_BEGIN: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then
+  return v
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+";
+
+/// Ends the request that reserved an idempotency key: its answer replaces
+/// the reservation for ARGV[3] ms, or (ARGV[2] empty) the reservation is
+/// deleted. Only while the key still holds this request's reservation
+/// (ARGV[1]): a key that expired and was reserved again is someone else's.
+///
+/// KEYS: the key. ARGV: reservation, answer (or ''), window (ms).
+/// Returns 1 if it changed the key, else 0.
+pub const IDEMPOTENCY_END: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+";
+
 /// The scripts, compiled once (their SHA1s).
 pub struct Scripts {
     /// [`CLAIM`].
@@ -250,12 +284,23 @@ pub struct Scripts {
     pub admit: Script,
     /// [`REFRESH`].
     pub refresh: Script,
+    /// [`IDEMPOTENCY_BEGIN`].
+    pub idempotency_begin: Script,
+    /// [`IDEMPOTENCY_END`].
+    pub idempotency_end: Script,
 }
 
 impl Scripts {
     /// Every script, to load them again into a Redis that lost them.
-    pub fn all(&self) -> [&Script; 4] {
-        [&self.claim, &self.write, &self.admit, &self.refresh]
+    pub fn all(&self) -> [&Script; 6] {
+        [
+            &self.claim,
+            &self.write,
+            &self.admit,
+            &self.refresh,
+            &self.idempotency_begin,
+            &self.idempotency_end,
+        ]
     }
 }
 
@@ -266,6 +311,8 @@ impl Default for Scripts {
             write: Script::new(WRITE),
             admit: Script::new(ADMIT),
             refresh: Script::new(REFRESH),
+            idempotency_begin: Script::new(IDEMPOTENCY_BEGIN),
+            idempotency_end: Script::new(IDEMPOTENCY_END),
         }
     }
 }

@@ -179,6 +179,14 @@ pub struct HttpConfig {
     pub client_topic: String,
     /// Topic of `POST /v1/broadcast`.
     pub broadcast_topic: String,
+    /// How long an `Idempotency-Key` is remembered after the request that
+    /// first used it: a retry within this window gets the first answer and
+    /// delivers nothing again.
+    pub idempotency_window_secs: u64,
+    /// Most idempotency keys one node remembers at once (memory store; with
+    /// the Redis store they live in Redis and expire there). A new key
+    /// beyond it is refused with 503 until older ones expire.
+    pub idempotency_max_keys: usize,
 }
 
 impl Default for HttpConfig {
@@ -192,6 +200,8 @@ impl Default for HttpConfig {
             user_topic: "user/%u/inbox".into(),
             client_topic: "client/%c/inbox".into(),
             broadcast_topic: "broadcast".into(),
+            idempotency_window_secs: 300,
+            idempotency_max_keys: 100_000,
         }
     }
 }

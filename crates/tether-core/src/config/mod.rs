@@ -427,6 +427,12 @@ impl Config {
                 "max_body_bytes and publish_timeout_ms must be at least 1",
             ));
         }
+        if h.idempotency_window_secs == 0 || h.idempotency_max_keys == 0 {
+            return Err(err(
+                "http",
+                "idempotency_window_secs and idempotency_max_keys must be at least 1",
+            ));
+        }
         let m = &self.mqtt;
         if m.max_packet_size < 128
             || m.max_packet_size as usize > crate::codec::MAX_REMAINING_LENGTH + 5

@@ -315,4 +315,48 @@ pub enum Lookup {
         /// Whether a live connection was told to close.
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
+    /// Reserves an idempotency key for the request that first uses it, or
+    /// says what the key already holds.
+    IdempotencyBegin {
+        /// The key, as the backend sent it (`Idempotency-Key`).
+        key: String,
+        /// What the request was (a digest of its path and body): a key
+        /// sent again with another request is refused.
+        fingerprint: String,
+        /// How long the reservation holds if the request never ends (its
+        /// node died): then a retry may run it again.
+        reserve_ms: u64,
+        /// The answer.
+        reply: oneshot::Sender<Result<Idempotency, StoreError>>,
+    },
+    /// Ends the request that reserved an idempotency key: its answer is
+    /// kept for the rest of the window, or, with no answer (nothing was
+    /// delivered), the key is freed for a retry to try again.
+    IdempotencyEnd {
+        /// The key.
+        key: String,
+        /// The reserving request's fingerprint (a key another request
+        /// reserved since is left alone).
+        fingerprint: String,
+        /// The answer to replay to retries, or `None` to free the key.
+        answer: Option<String>,
+        /// How long the answer is kept, from now.
+        window_ms: u64,
+        /// Done (or why not).
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// What an idempotency key holds when a request begins with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Idempotency {
+    /// It was free; this request has it now and must end it.
+    Reserved,
+    /// Another request has it, still running (`answer: None`) or answered.
+    Held {
+        /// That request's fingerprint.
+        fingerprint: String,
+        /// Its answer, once it has one.
+        answer: Option<String>,
+    },
 }

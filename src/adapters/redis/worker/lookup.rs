@@ -1,5 +1,8 @@
 //! The HTTP API's questions about the whole cluster: a user's connections,
-//! a session wherever it is, a kick wherever the client is connected.
+//! a session wherever it is, a kick wherever the client is connected, and
+//! the idempotency keys of its publishes (one value per key:
+//! `0:<fingerprint>` while the first request runs, then
+//! `1:<fingerprint>:<answer>`).
 
 // The worker's files share its imports and helpers.
 use super::*;
@@ -16,6 +19,33 @@ pub(super) fn answer_unavailable(q: Lookup) {
         Lookup::Kick { reply, .. } => {
             let _ = reply.send(Err(e()));
         }
+        Lookup::IdempotencyBegin { reply, .. } => {
+            let _ = reply.send(Err(e()));
+        }
+        Lookup::IdempotencyEnd { reply, .. } => {
+            let _ = reply.send(Err(e()));
+        }
+    }
+}
+
+/// What an idempotency key's value says.
+fn held(value: &str) -> Idempotency {
+    match value.split_once(':') {
+        Some(("1", rest)) => {
+            let (fingerprint, answer) = rest.split_once(':').unwrap_or((rest, ""));
+            Idempotency::Held {
+                fingerprint: fingerprint.to_owned(),
+                answer: Some(answer.to_owned()),
+            }
+        }
+        Some((_, fingerprint)) => Idempotency::Held {
+            fingerprint: fingerprint.to_owned(),
+            answer: None,
+        },
+        None => Idempotency::Held {
+            fingerprint: value.to_owned(),
+            answer: None,
+        },
     }
 }
 
@@ -125,6 +155,46 @@ pub(super) async fn lookup(ctx: &Ctx, mut conn: Conn, q: Lookup) {
                 Err(e) => Err(unavailable(ctx, e)),
             };
             let _ = reply.send(r);
+        }
+        Lookup::IdempotencyBegin {
+            key,
+            fingerprint,
+            reserve_ms,
+            reply,
+        } => {
+            let r: redis::RedisResult<Option<String>> = ctx
+                .scripts
+                .idempotency_begin
+                .key(keys::idempotency(&s.prefix, &key))
+                .arg(format!("0:{fingerprint}"))
+                .arg(reserve_ms)
+                .invoke_async(&mut conn)
+                .await;
+            let r = match r {
+                Ok(None) => Ok(Idempotency::Reserved),
+                Ok(Some(v)) => Ok(held(&v)),
+                Err(e) => Err(unavailable(ctx, e)),
+            };
+            let _ = reply.send(r);
+        }
+        Lookup::IdempotencyEnd {
+            key,
+            fingerprint,
+            answer,
+            window_ms,
+            reply,
+        } => {
+            let value = answer.map_or(String::new(), |a| format!("1:{fingerprint}:{a}"));
+            let r: redis::RedisResult<i64> = ctx
+                .scripts
+                .idempotency_end
+                .key(keys::idempotency(&s.prefix, &key))
+                .arg(format!("0:{fingerprint}"))
+                .arg(value)
+                .arg(window_ms)
+                .invoke_async(&mut conn)
+                .await;
+            let _ = reply.send(r.map(drop).map_err(|e| unavailable(ctx, e)));
         }
     }
 }

@@ -66,8 +66,8 @@ use crate::codec::{reason, QoS, SubOptions};
 use crate::id::ConnId;
 use crate::session::{Arrival, Durable, Inflight, Session};
 use crate::store::{
-    Claim, ClaimResult, Claimed, Connection, Lookup, Presence, SessionRef, StoreError, StoreOp,
-    StoredSession,
+    Claim, ClaimResult, Claimed, Connection, Idempotency, Lookup, Presence, SessionRef, StoreError,
+    StoreOp, StoredSession,
 };
 
 /// First pause after a failed connection attempt; doubles up to
