@@ -58,11 +58,11 @@ if [ ! -d examples/node_modules ]; then
   (cd examples && npm ci --no-audit --no-fund)
 fi
 
-# A clean debug build of the tests writes about 2.7 GB (a fresh clone under
+# A clean debug build of the tests writes about 1.5 GB (a fresh clone under
 # .ci/run). A linker that runs out of disk dies with a bus error that names
 # neither the disk nor the fix, so a build that has not linked the tests
 # yet (none, or only `cargo clippy`'s metadata) checks the space first.
-TEST_BUILD_GB=3
+TEST_BUILD_GB=2
 target_dir="${CARGO_TARGET_DIR:-target}"
 if ! compgen -G "$target_dir/debug/deps/it-*" >/dev/null; then
   mkdir -p "$target_dir"
