@@ -73,18 +73,21 @@ struct Counts {
     freed: AtomicU64,
 }
 
+/// Keys and fingerprints are kept as 128-bit digests, and answers boxed:
+/// about 200 bytes per key with its answer (bench/RESULTS.md, "Idempotent
+/// publishes"), whatever the key's length.
 struct Table {
-    held: AHashMap<String, Held>,
+    held: AHashMap<u128, Held>,
     /// (expiry, key) in the order they were set: a window is the same for
     /// every key, so the front expires first. A key whose answer came later
     /// appears again with its later expiry; the stale record is skipped.
-    expiries: VecDeque<(Instant, String)>,
+    expiries: VecDeque<(Instant, u128)>,
     max: usize,
 }
 
 struct Held {
-    fingerprint: String,
-    answer: Option<String>,
+    fingerprint: u128,
+    answer: Option<Box<str>>,
     expires: Instant,
 }
 
@@ -118,13 +121,14 @@ impl Keys {
         fingerprint: &str,
         window: Duration,
     ) -> Result<Idempotency, StoreError> {
+        let (id, fp) = (digest128(key.as_bytes()), hex128(fingerprint));
         let now = Instant::now();
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         t.expire(now);
-        if let Some(h) = t.held.get(key) {
+        if let Some(h) = t.held.get(&id) {
             return Ok(Idempotency::Held {
-                fingerprint: h.fingerprint.clone(),
-                answer: h.answer.clone(),
+                fingerprint: format!("{:032x}", h.fingerprint),
+                answer: h.answer.as_deref().map(String::from),
             });
         }
         if t.held.len() >= t.max {
@@ -135,33 +139,34 @@ impl Keys {
         }
         let expires = now + window;
         t.held.insert(
-            key.to_owned(),
+            id,
             Held {
-                fingerprint: fingerprint.to_owned(),
+                fingerprint: fp,
                 answer: None,
                 expires,
             },
         );
-        t.expiries.push_back((expires, key.to_owned()));
+        t.expiries.push_back((expires, id));
         Ok(Idempotency::Reserved)
     }
 
     fn end(&self, key: &str, fingerprint: &str, answer: Option<String>, window: Duration) {
+        let (id, fp) = (digest128(key.as_bytes()), hex128(fingerprint));
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if t.held.get(key).is_none_or(|h| h.fingerprint != fingerprint) {
+        if t.held.get(&id).is_none_or(|h| h.fingerprint != fp) {
             return;
         }
         match answer {
             None => {
-                t.held.remove(key);
+                t.held.remove(&id);
             }
             Some(a) => {
                 let expires = Instant::now() + window;
-                if let Some(h) = t.held.get_mut(key) {
-                    h.answer = Some(a);
+                if let Some(h) = t.held.get_mut(&id) {
+                    h.answer = Some(a.into_boxed_str());
                     h.expires = expires;
                 }
-                t.expiries.push_back((expires, key.to_owned()));
+                t.expiries.push_back((expires, id));
             }
         }
     }
@@ -173,9 +178,9 @@ impl Table {
             if *at > now {
                 return;
             }
-            let (_, key) = self.expiries.pop_front().expect("a front");
-            if self.held.get(&key).is_some_and(|h| h.expires <= now) {
-                self.held.remove(&key);
+            let (_, id) = self.expiries.pop_front().expect("a front");
+            if self.held.get(&id).is_some_and(|h| h.expires <= now) {
+                self.held.remove(&id);
             }
         }
     }
@@ -202,18 +207,32 @@ pub(super) fn key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
     Ok(Some(String::from_utf8_lossy(b).into_owned()))
 }
 
+/// The first 128 bits of `bytes`' SHA-256: collisions among the keys one
+/// window holds are out of reach, and the table keeps 16 bytes, not the key.
+fn digest128(bytes: &[u8]) -> u128 {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&d.as_ref()[..16]);
+    u128::from_be_bytes(first)
+}
+
+/// A fingerprint as this module writes it (32 hex digits) back to bits.
+fn hex128(fingerprint: &str) -> u128 {
+    u128::from_str_radix(fingerprint, 16).unwrap_or_default()
+}
+
 /// What a request is, for telling a retry from another request that
-/// reuses its key: a SHA-256 of its path and body.
+/// reuses its key: 128 bits of the SHA-256 of its path and body, as 32 hex
+/// digits (the form a cluster-wide store keeps).
 fn fingerprint(path: &str, body: &[u8]) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(path.as_bytes());
     ctx.update(b"\n");
     ctx.update(body);
-    ctx.finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let d = ctx.finish();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&d.as_ref()[..16]);
+    format!("{:032x}", u128::from_be_bytes(first))
 }
 
 /// Runs `request` once per key: with no key, it just runs; with a key, a
@@ -348,45 +367,58 @@ mod tests {
     use super::*;
 
     const W: Duration = Duration::from_secs(60);
+    const FP: &str = "000000000000000000000000000000f1";
+    const OTHER: &str = "000000000000000000000000000000f2";
 
     #[test]
     fn a_key_is_reserved_once_then_holds_its_answer_or_is_freed() {
         let k = Keys::new(10);
-        assert_eq!(k.begin("a", "fp", W).unwrap(), Idempotency::Reserved);
+        assert_eq!(k.begin("a", FP, W).unwrap(), Idempotency::Reserved);
         let running = Idempotency::Held {
-            fingerprint: "fp".into(),
+            fingerprint: FP.into(),
             answer: None,
         };
-        assert_eq!(k.begin("a", "fp", W).unwrap(), running);
-        k.end("a", "fp", Some("200\n{}".into()), W);
+        assert_eq!(k.begin("a", FP, W).unwrap(), running);
+        k.end("a", OTHER, Some("500\n{}".into()), W);
         assert_eq!(
-            k.begin("a", "other", W).unwrap(),
+            k.begin("a", FP, W).unwrap(),
+            running,
+            "not its request's end"
+        );
+        k.end("a", FP, Some("200\n{}".into()), W);
+        assert_eq!(
+            k.begin("a", OTHER, W).unwrap(),
             Idempotency::Held {
-                fingerprint: "fp".into(),
+                fingerprint: FP.into(),
                 answer: Some("200\n{}".into())
             }
         );
-        assert_eq!(k.begin("b", "fp", W).unwrap(), Idempotency::Reserved);
-        k.end("b", "fp", None, W);
-        assert_eq!(
-            k.begin("b", "fp", W).unwrap(),
-            Idempotency::Reserved,
-            "freed"
-        );
+        assert_eq!(k.begin("b", FP, W).unwrap(), Idempotency::Reserved);
+        k.end("b", FP, None, W);
+        assert_eq!(k.begin("b", FP, W).unwrap(), Idempotency::Reserved, "freed");
     }
 
     #[test]
     fn keys_expire_after_their_window_and_the_table_is_bounded() {
         let k = Keys::new(2);
         assert_eq!(
-            k.begin("a", "fp", Duration::ZERO).unwrap(),
+            k.begin("a", FP, Duration::ZERO).unwrap(),
             Idempotency::Reserved
         );
-        assert_eq!(k.begin("b", "fp", W).unwrap(), Idempotency::Reserved);
+        assert_eq!(k.begin("b", FP, W).unwrap(), Idempotency::Reserved);
         // `a`'s window is over: it makes room, and its key is new again.
-        assert_eq!(k.begin("a", "fp", W).unwrap(), Idempotency::Reserved);
-        assert!(k.begin("c", "fp", W).is_err(), "two keys in their window");
-        k.end("b", "fp", None, W);
-        assert_eq!(k.begin("c", "fp", W).unwrap(), Idempotency::Reserved);
+        assert_eq!(k.begin("a", FP, W).unwrap(), Idempotency::Reserved);
+        assert!(k.begin("c", FP, W).is_err(), "two keys in their window");
+        k.end("b", FP, None, W);
+        assert_eq!(k.begin("c", FP, W).unwrap(), Idempotency::Reserved);
+    }
+
+    #[test]
+    fn a_fingerprint_is_32_hex_digits_and_tells_requests_apart() {
+        let a = fingerprint("/v1/publish", b"{}");
+        assert_eq!(a.len(), 32);
+        assert_eq!(format!("{:032x}", hex128(&a)), a);
+        assert_ne!(a, fingerprint("/v1/broadcast", b"{}"));
+        assert_ne!(a, fingerprint("/v1/publish", b"{ }"));
     }
 }
