@@ -40,6 +40,11 @@ struct PublishBody {
     retain: bool,
     #[serde(default)]
     properties: Option<PropertiesBody>,
+    /// Report what becomes of each QoS 1/2 delivery to
+    /// `kafka.receipts_topic` (and what will not arrive to
+    /// `kafka.dead_letter_topic`).
+    #[serde(default)]
+    receipts: bool,
 }
 
 /// MQTT 5 properties passed to subscribers.
@@ -64,7 +69,8 @@ struct BatchBody {
 
 impl PublishBody {
     /// Checks the fields serde cannot; `at` prefixes field names in a batch.
-    fn into_request(self, at: &str) -> Result<PublishRequest, ApiError> {
+    /// `receipts_carried`: whether the outbound bridge takes receipts.
+    fn into_request(self, at: &str, receipts_carried: bool) -> Result<PublishRequest, ApiError> {
         let bad = |field: &str, msg: &str| {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", msg.to_string())
                 .field(format!("{at}{field}"))
@@ -73,6 +79,12 @@ impl PublishBody {
             .topic
             .ok_or_else(|| bad("topic", "missing field `topic`"))?;
         let qos = QoS::from_u8(self.qos).ok_or_else(|| bad("qos", "qos must be 0, 1 or 2"))?;
+        if self.receipts && !receipts_carried {
+            return Err(bad(
+                "receipts",
+                "receipts need kafka.receipts_topic (or kafka.dead_letter_topic) on this node",
+            ));
+        }
         let payload = match (self.payload, self.payload_base64) {
             (Some(_), Some(_)) => {
                 return Err(bad("payload", "give payload or payload_base64, not both"))
@@ -121,6 +133,8 @@ impl PublishBody {
             qos,
             retain: self.retain,
             properties,
+            receipts: self.receipts,
+            receipt_id: None,
         })
     }
 }
@@ -131,7 +145,7 @@ pub(super) async fn publish_one(api: &Api, req: Request<Incoming>) -> Result<Res
     let path = req.uri().path().to_owned();
     let bytes = body(api, req).await?;
     idempotency::once(api, key, &path, &bytes, || async {
-        let msg = parse::<PublishBody>(&bytes)?.into_request("")?;
+        let msg = parse::<PublishBody>(&bytes)?.into_request("", api.node.outbound.receipts())?;
         let id = publish(api, msg, "").await?;
         Ok(serde_json::json!({"id": format!("{id:016x}")}))
     })
@@ -161,7 +175,7 @@ async fn batch(api: &Api, bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     let mut pending = Vec::with_capacity(batch.messages.len());
     for (i, m) in batch.messages.into_iter().enumerate() {
         let at = format!("messages[{i}].");
-        pending.push(match m.into_request(&at) {
+        pending.push(match m.into_request(&at, api.node.outbound.receipts()) {
             Ok(r) => start(api, r, &at),
             Err(e) => Err(e),
         });
@@ -201,7 +215,7 @@ pub(super) async fn push(
             .field("topic"));
         }
         m.topic = Some(topic.clone());
-        let id = publish(api, m.into_request("")?, "").await?;
+        let id = publish(api, m.into_request("", api.node.outbound.receipts())?, "").await?;
         Ok(serde_json::json!({"id": format!("{id:016x}"), "topic": topic}))
     })
     .await

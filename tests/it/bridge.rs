@@ -18,6 +18,8 @@ fn request(topic: &str, payload: &str, qos: QoS, retain: bool) -> PublishRequest
         qos,
         retain,
         properties: None,
+        receipts: false,
+        receipt_id: None,
     }
 }
 
@@ -82,6 +84,8 @@ async fn one_topic_through_the_bridge_keeps_its_order() {
                 qos: QoS::AtLeastOnce,
                 retain: false,
                 properties: None,
+                receipts: false,
+                receipt_id: None,
             };
             // Busy is backpressure: wait for the previous receipt, retry.
             loop {

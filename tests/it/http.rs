@@ -690,6 +690,20 @@ async fn a_push_retried_with_its_idempotency_key_is_delivered_once() {
             r.body
         );
     }
+    // Receipts need a topic to go to: this node has none.
+    let r = http(
+        addr,
+        "POST",
+        "/v1/publish",
+        &[],
+        r#"{"topic":"t","payload":"x","qos":1,"receipts":true}"#,
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].as_str()),
+        (400, Some("receipts")),
+        "{}",
+        r.body
+    );
     let r = push("push-3", "last");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(

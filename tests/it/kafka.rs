@@ -811,9 +811,11 @@ async fn api_pushes_reach_every_node_through_the_push_topic() {
     let redis = Redis::start();
     let kafka = Kafka::start();
     let push = kafka.topic("api-push", 2).await;
+    let receipts = kafka.topic("api-receipts", 1).await;
     let env = [
         ("TETHER_KAFKA__BROKERS", format!("\"{}\"", kafka.brokers)),
         ("TETHER_KAFKA__PUSH_TOPIC", format!("\"{push}\"")),
+        ("TETHER_KAFKA__RECEIPTS_TOPIC", format!("\"{receipts}\"")),
         (
             "TETHER_KAFKA__CONSUMER",
             "{\"auto.offset.reset\" = \"earliest\"}".into(),
@@ -862,6 +864,38 @@ async fn api_pushes_reach_every_node_through_the_push_topic() {
             other => panic!("{other:?}"),
         }
     }
+    // A push that asks for receipts: the node that delivers it (2, not
+    // the one the backend asked) reports the phone's acknowledgement.
+    let r = api(
+        &one,
+        "/v1/push/users/alice",
+        r#"{"payload": "with receipt", "qos": 1, "receipts": true}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    match next_packet(&mut events).await {
+        rumqttc::Packet::Publish(p) => assert_eq!(&p.payload[..], b"with receipt"),
+        other => panic!("{other:?}"),
+    }
+    let got = kafka.read(&receipts, 1).await;
+    let body: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
+    assert_eq!(
+        (
+            body["id"].as_str(),
+            body["client_id"].as_str(),
+            body["username"].as_str(),
+            body["node"].as_u64(),
+            body["outcome"].as_str()
+        ),
+        (
+            Some(id.as_str()),
+            Some("alice-phone"),
+            Some("alice"),
+            Some(2),
+            Some("acked")
+        ),
+        "{body}"
+    );
 
     // A retained publish on node 1 is retained on node 2 too.
     let r = api(
@@ -1033,4 +1067,134 @@ async fn the_grafana_dashboard_names_only_metrics_a_node_serves() {
     ] {
         assert!(names.contains(family), "the dashboard shows {family}");
     }
+}
+
+/// Receipts: one record per QoS 1 delivery and outcome of a message that
+/// asked for them, read back from Kafka with a plain consumer; what will
+/// not arrive is a dead letter that keeps the message and its headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_say_acked_offline_queued_dropped_and_expired_and_dead_letters_keep_the_message() {
+    let kafka = Kafka::start();
+    let receipts = kafka.topic("receipts", 1).await;
+    let dead = kafka.topic("dead", 1).await;
+    let (brokers, r, d) = (kafka.brokers.clone(), receipts.clone(), dead.clone());
+    let gw = gateway(1, move |c| {
+        c.kafka.brokers = brokers;
+        c.kafka.receipts_topic = r;
+        c.kafka.dead_letter_topic = d;
+        c.session.max_queued_messages = 1;
+    });
+    let addr = gw.http_addr.unwrap();
+    let publish = |topic: &str, payload: &str, extra: &str| {
+        let r = http(
+            addr,
+            "POST",
+            "/v1/publish",
+            &[],
+            &format!(
+                r#"{{"topic":"{topic}","payload":"{payload}","qos":1,"receipts":true{extra}}}"#
+            ),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["id"].as_str().unwrap().to_string()
+    };
+    let offline = |id: &str| {
+        let r = http(addr, "GET", &format!("/v1/clients/{id}"), &[], "");
+        r.status == 200 && r.json()["online"] == false
+    };
+    // A device that acknowledges.
+    let mut acker = v4(&gw, v4_options(&gw, "rc-acker", true), None).await;
+    acker.subscribe("rc/a", rumqttc::QoS::AtLeastOnce).await;
+    // Two persistent sessions, offline.
+    for (id, filter) in [("rc-away", "rc/b"), ("rc-late", "rc/c")] {
+        let mut d = v4(&gw, v4_options(&gw, id, false), None).await;
+        d.subscribe(filter, rumqttc::QoS::AtLeastOnce).await;
+        d.client.disconnect().await.unwrap();
+        until(&format!("{id} offline"), || offline(id)).await;
+    }
+    let acked_id = publish("rc/a", "to the acker", "");
+    assert_eq!(&acker.publish().await.payload[..], b"to the acker");
+    publish("rc/b", "queued", "");
+    publish("rc/b", "over the queue limit", "");
+    publish(
+        "rc/c",
+        "short-lived",
+        r#","properties":{"message_expiry_interval":1}"#,
+    );
+    // The message's second runs out while its session is away; it is
+    // found expired when the client is back.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let _late = v4(&gw, v4_options(&gw, "rc-late", false), None).await;
+
+    let got = kafka.read(&receipts, 5).await;
+    let mut seen: Vec<(String, String, String)> = got
+        .iter()
+        .map(|rec| {
+            let body: serde_json::Value = serde_json::from_slice(&rec.payload).unwrap();
+            assert_eq!(
+                rec.key.as_deref(),
+                body["client_id"].as_str(),
+                "keyed by client"
+            );
+            assert_eq!(rec.headers["x-outcome"], body["outcome"].as_str().unwrap());
+            assert!(body["published_ms"].as_u64().unwrap() <= body["at_ms"].as_u64().unwrap());
+            if body["outcome"] == "acked" {
+                assert_eq!(body["id"].as_str(), Some(acked_id.as_str()), "the API's id");
+            }
+            (
+                body["client_id"].as_str().unwrap().to_string(),
+                body["outcome"].as_str().unwrap().to_string(),
+                body["limit"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let want = |c: &str, o: &str, l: &str| (c.to_string(), o.to_string(), l.to_string());
+    assert_eq!(
+        seen,
+        vec![
+            want("rc-acker", "acked", ""),
+            want("rc-away", "dropped", "session.max_queued_messages"),
+            want("rc-away", "offline-queued", ""),
+            want("rc-late", "expired", ""),
+            want("rc-late", "offline-queued", ""),
+        ]
+    );
+    let letters = kafka.read(&dead, 2).await;
+    let mut reasons: Vec<(String, String, String, Vec<u8>)> = letters
+        .iter()
+        .map(|l| {
+            (
+                l.headers["x-client"].clone(),
+                l.headers["x-reason"].clone(),
+                l.headers["x-mqtt-topic"].clone(),
+                l.payload.clone(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            (
+                "rc-away".into(),
+                "session.max_queued_messages".into(),
+                "rc/b".into(),
+                b"over the queue limit".to_vec()
+            ),
+            (
+                "rc-late".into(),
+                "expired".into(),
+                "rc/c".into(),
+                b"short-lived".to_vec()
+            ),
+        ]
+    );
+    for l in &letters {
+        assert_eq!(l.headers["x-qos"], "1", "the message's own headers stay");
+        assert!(l.headers.contains_key("x-id"));
+    }
+    assert_eq!(metric(&gw, "tether_kafka_receipts_total"), 5.0);
+    assert_eq!(metric(&gw, "tether_kafka_dead_letters_total"), 2.0);
+    gw.stop();
 }

@@ -293,6 +293,8 @@ async fn an_api_publish_waits_for_a_deferred_permit_too() {
         qos: QoS::AtLeastOnce,
         retain: false,
         properties: None,
+        receipts: false,
+        receipt_id: None,
     };
     let allowed = bridge.publish(req("allowed")).unwrap();
     let (permit_req, reply) = tokio::task::block_in_place(|| next(&asks));

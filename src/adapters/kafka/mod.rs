@@ -32,7 +32,7 @@ use crate::bridge::ReplyTo;
 use crate::bridge::{oneshot, PublishRequest};
 use crate::config::Config;
 use crate::error::{Classify, Origin};
-use crate::session::Message;
+use crate::session::{Message, ReceiptSink, Receipts};
 use crate::stats::{Figure, Histogram};
 pub use consumer::KafkaInbound;
 use producer::{Job, Metrics};
@@ -75,6 +75,15 @@ pub(crate) enum HandTo {
     Orphans { sent_ms: u64 },
 }
 
+/// The producer thread as a message's receipt sink.
+struct ReceiptJobs(crossbeam_channel::Sender<Job>);
+
+impl ReceiptSink for ReceiptJobs {
+    fn receipt(&self, r: crate::session::Receipt) {
+        let _ = self.0.send(Job::Receipt(r));
+    }
+}
+
 /// The Kafka producer behind the outbound seam.
 pub struct KafkaOutbound {
     routes: Routes,
@@ -82,6 +91,8 @@ pub struct KafkaOutbound {
     brokers: String,
     /// `kafka.push_topic` (empty: the API publishes locally).
     push_topic: String,
+    /// Whether `kafka.receipts_topic` or `kafka.dead_letter_topic` is set.
+    receipts: bool,
     /// Whether `kafka.events_topic` is set.
     events: bool,
     /// Whether the cluster bus (`[kafka.cluster]`) is on.
@@ -169,6 +180,8 @@ impl KafkaOutbound {
             routes: routes.clone(),
             push_topic: k.push_topic.clone(),
             events_topic: k.events_topic.clone(),
+            receipts_topic: k.receipts_topic.clone(),
+            dead_letter_topic: k.dead_letter_topic.clone(),
             cluster,
             node: cfg.node.id.to_string(),
             delivery_timeout: std::time::Duration::from_millis(k.delivery_timeout_ms),
@@ -188,6 +201,7 @@ impl KafkaOutbound {
             brokers: k.brokers.clone(),
             push_topic: k.push_topic.clone(),
             events: !k.events_topic.is_empty(),
+            receipts: !k.receipts_topic.is_empty() || !k.dead_letter_topic.is_empty(),
             push_seq: std::sync::atomic::AtomicU64::new(0),
             started_ms: crate::wallclock::now_ms(),
             jobs,
@@ -259,6 +273,8 @@ impl Outbound for KafkaOutbound {
             ("kafka_refused", "Messages Kafka refused (too large, unknown topic, not authorized, ...).", m.refused.load(Relaxed), true),
             ("kafka_queue_full", "Times a message met librdkafka's full queue and was offered again.", m.queue_full.load(Relaxed), true),
             ("kafka_producer_rebuilds", "New producers made after a fatal error (a broker fenced the producer id, e.g. after a hang past kafka.delivery_timeout_ms).", m.rebuilds.load(Relaxed), true),
+            ("kafka_receipts", "Delivery receipts handed to Kafka (kafka.receipts_topic).", m.receipts.load(Relaxed), true),
+            ("kafka_dead_letters", "Messages that will not reach a client handed to kafka.dead_letter_topic.", m.dead_letters.load(Relaxed), true),
         ];
         figures.extend(inbound);
         if self.cluster {
@@ -309,7 +325,16 @@ impl Outbound for KafkaOutbound {
         let id = crate::id::Minter::Push.id(self
             .push_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        let msg = Message::new(id, req.into_publication(), std::time::Instant::now());
+        let receipts = req.receipts && self.receipts;
+        let mut msg = Message::new(id, req.into_publication(), std::time::Instant::now());
+        if receipts {
+            // Marks the record (`x-receipts: 1`): each node that delivers it
+            // reports to its own sink.
+            msg.receipts = Some(Receipts {
+                sink: Arc::new(ReceiptJobs(self.jobs.clone())),
+                id,
+            });
+        }
         let (tx, rx) = oneshot::channel();
         let out = Outgoing {
             msg: Arc::new(msg),
@@ -319,6 +344,15 @@ impl Outbound for KafkaOutbound {
         // A stopped thread drops the job, and the dropped sender answers.
         let _ = self.jobs.send(Job::Push { out, ack: tx });
         Ok((id, rx))
+    }
+
+    fn receipts(&self) -> bool {
+        self.receipts
+    }
+
+    fn receipt(&self, r: crate::session::Receipt) {
+        // A stopped thread drops it: receipts are at most once.
+        let _ = self.jobs.send(Job::Receipt(r));
     }
 
     fn event(&self, ev: crate::bridge::outbound::ConnEvent) {

@@ -124,6 +124,12 @@ pub fn headers(out: &Outgoing, event: &str, node: &str) -> OwnedHeaders {
             value: Some(b"1"),
         });
     }
+    if out.msg.receipts.is_some() {
+        h = h.insert(Header {
+            key: "x-receipts",
+            value: Some(b"1"),
+        });
+    }
     if let Some(u) = out.username.as_deref() {
         h = h.insert(Header {
             key: "x-uid",

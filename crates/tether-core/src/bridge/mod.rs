@@ -213,6 +213,13 @@ pub struct PublishRequest {
     /// MQTT 5 properties passed to subscribers (content type, user
     /// properties, message expiry, ...).
     pub properties: Option<Box<Properties>>,
+    /// Report what becomes of each QoS 1/2 delivery to the outbound
+    /// bridge's receipts ([`crate::session::Receipts`]).
+    pub receipts: bool,
+    /// The id its receipts carry when another node minted the id the
+    /// publisher was told (an API push carried by Kafka); `None`: the
+    /// message's own id.
+    pub receipt_id: Option<u64>,
 }
 
 impl PublishRequest {

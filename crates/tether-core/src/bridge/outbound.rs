@@ -25,7 +25,7 @@ use std::sync::Arc;
 use super::oneshot;
 use super::reply::{ReplyTo, Unanswered};
 use crate::error::{Classify, Origin};
-use crate::session::Message;
+use crate::session::{Message, Receipt, ReceiptSink};
 use crate::stats::{Figure, Histogram};
 
 /// What to do with one message, decided on the core.
@@ -145,6 +145,18 @@ pub trait Outbound: Send + Sync + 'static {
         drop(ev);
     }
 
+    /// Whether this bridge takes delivery receipts ([`Outbound::receipt`]):
+    /// the API refuses a publish that asks for them otherwise.
+    fn receipts(&self) -> bool {
+        false
+    }
+
+    /// One delivery receipt. Called on the core: it must not block.
+    /// Nobody waits for it.
+    fn receipt(&self, r: Receipt) {
+        drop(r);
+    }
+
     /// Gauges with a value per label set (consumer lag per partition).
     fn labelled(&self) -> Vec<LabelledGauge> {
         Vec::new()
@@ -197,6 +209,15 @@ pub enum ConnEventKind {
     Connect,
     /// Its connection ended.
     Disconnect,
+}
+
+/// The outbound bridge as a message's receipt sink.
+pub struct ToOutbound(pub Arc<dyn Outbound>);
+
+impl ReceiptSink for ToOutbound {
+    fn receipt(&self, r: Receipt) {
+        self.0.receipt(r);
+    }
 }
 
 /// A connection event, for [`Outbound::event`].

@@ -49,6 +49,18 @@ pub struct KafkaConfig {
     /// `x-uid` and `x-node` and a JSON body. At most once: nobody waits for
     /// them. Empty (the default): no connection events.
     pub events_topic: String,
+    /// A Kafka topic that gets one record per QoS 1/2 delivery of a message
+    /// that asked for receipts (`"receipts": true` on an API publish or
+    /// push, or `x-receipts: 1` on a source's record) and per outcome:
+    /// `acked`, `expired`, `dropped` or `offline-queued`, keyed by client
+    /// id, with a JSON body. At most once. Empty (the default): the API
+    /// refuses `"receipts": true`.
+    pub receipts_topic: String,
+    /// A Kafka topic that gets each message that asked for receipts and
+    /// will not reach a client (expired, dropped), once per such client:
+    /// its payload, the headers a route would give it, and `x-reason`.
+    /// Empty (the default): none.
+    pub dead_letter_topic: String,
     /// `[kafka.cluster]`: MQTT publish/subscribe across nodes, sent only to
     /// the nodes whose clients subscribed.
     pub cluster: ClusterConfig,
@@ -110,6 +122,8 @@ impl KafkaConfig {
             || !self.source.is_empty()
             || !self.push_topic.is_empty()
             || !self.events_topic.is_empty()
+            || !self.receipts_topic.is_empty()
+            || !self.dead_letter_topic.is_empty()
             || self.cluster.enabled()
     }
 
@@ -136,6 +150,8 @@ impl Default for KafkaConfig {
             source: Vec::new(),
             push_topic: String::new(),
             events_topic: String::new(),
+            receipts_topic: String::new(),
+            dead_letter_topic: String::new(),
             cluster: ClusterConfig::default(),
             shared_group: "tether-shared".into(),
         }

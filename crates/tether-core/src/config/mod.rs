@@ -226,12 +226,14 @@ impl Config {
         if k.brokers.trim().is_empty() {
             return Err(err(
                 "kafka.brokers",
-                "routes, sources and the push and events topics need brokers: set kafka.brokers (host:port,...) or remove [[kafka.route]], [[kafka.source]], kafka.push_topic and kafka.events_topic",
+                "routes, sources and the push, events, receipts and dead-letter topics need brokers: set kafka.brokers (host:port,...) or remove [[kafka.route]], [[kafka.source]] and the kafka.*_topic keys",
             ));
         }
         for (key, topic) in [
             ("kafka.push_topic", &k.push_topic),
             ("kafka.events_topic", &k.events_topic),
+            ("kafka.receipts_topic", &k.receipts_topic),
+            ("kafka.dead_letter_topic", &k.dead_letter_topic),
         ] {
             if !topic.is_empty() && !kafka_topic_ok(topic) {
                 return Err(err(

@@ -18,8 +18,8 @@ use crate::bridge::outbound::OutboundPolicy;
 use crate::bridge::{Numbered, PublishRequest, Receipt, Refusal};
 use crate::codec::{reason, topic, Ack, Packet, Publish, QoS};
 use crate::id::ConnKey;
-use crate::session::{Message, Publication, Scope};
-use crate::shard::{ApiPublish, Core, CoreState, Parked, PendingKind, Waiting};
+use crate::session::{report, Message, Outcome, Publication, Scope};
+use crate::shard::{ApiPublish, Core, CoreState, Entry, Parked, PendingKind, Waiting};
 use crate::stats::bump;
 use crate::store::StoreOp;
 
@@ -364,11 +364,23 @@ pub(super) fn puback(
     let done = e
         .session
         .take_inflight(pkid, |f| f.d.qos == QoS::AtLeastOnce && !f.released);
+    if let Some(f) = &done {
+        acked(e, &f.d.msg);
+    }
     crate::shard::pump(e, core.stats(), || core.clock().instant());
     if let Some(f) = done {
         core.forget(st, key, f.d.seq);
     }
     Ok(())
+}
+
+/// A delivery the client acknowledged: its receipt, if its message asked.
+#[inline]
+fn acked(e: &Entry, msg: &std::sync::Arc<Message>) {
+    if msg.receipts.is_some() {
+        let user = e.link.as_ref().and_then(|l| l.username.as_ref());
+        report(msg, e.client_id.as_ref(), user, Outcome::Acked);
+    }
 }
 
 /// PUBREC from the client: release with PUBREL (or end on an error code).
@@ -434,6 +446,9 @@ pub(super) fn pubcomp(
         return Ok(());
     };
     let done = e.session.take_inflight(a.pkid, |f| f.released);
+    if let Some(f) = &done {
+        acked(e, &f.d.msg);
+    }
     crate::shard::pump(e, core.stats(), || core.clock().instant());
     if let Some(f) = done {
         core.forget(st, key, f.d.seq);
@@ -541,8 +556,16 @@ pub fn on_bridge_publish(
     }
     let owned = (permit == Permit::Ask).then(|| acl.to_owned());
     let id = numbered.map_or_else(|| core.message_id(), |n| n.id);
+    let receipts =
+        (req.receipts && core.node.outbound.receipts()).then(|| crate::session::Receipts {
+            sink: std::sync::Arc::new(crate::bridge::outbound::ToOutbound(
+                core.node.outbound.clone(),
+            )),
+            id: req.receipt_id.unwrap_or(id),
+        });
     let mut msg = Message::new(id, req.into_publication(), core.clock().instant());
     msg.scope = scope;
+    msg.receipts = receipts;
     msg.again = numbered.is_some_and(|n| n.again);
     match (permit, owned) {
         (Permit::Allow, _) => finish_api(core, st, msg, policy, done),

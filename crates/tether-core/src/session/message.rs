@@ -49,6 +49,9 @@ pub struct Message {
     /// Offered again with the same id (`bridge::Numbered`): a session
     /// that holds it already stores that copy instead of taking another.
     pub again: bool,
+    /// Where its delivery receipts go, when its publisher asked for them
+    /// (see [`super::Receipts`]).
+    pub receipts: Option<super::Receipts>,
 }
 
 /// Whom on this node a message is for.
@@ -150,6 +153,7 @@ impl Message {
             confirm: None,
             scope: Scope::All,
             again: false,
+            receipts: None,
         }
     }
 

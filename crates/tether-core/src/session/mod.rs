@@ -10,6 +10,7 @@ pub mod alias;
 mod frame;
 mod message;
 mod move_window;
+mod receipt;
 mod thin;
 
 use std::collections::VecDeque;
@@ -20,6 +21,7 @@ use crate::codec::SubOptions;
 pub use frame::{AckKind, Frame};
 pub use message::{sub_ids, Confirm, ConfirmDone, Delivery, Message, Publication, Scope, SubIds};
 pub use move_window::{MoveWindow, MAX_RECENT_IDS};
+pub use receipt::{report, Outcome, Receipt, ReceiptSink, Receipts};
 pub use thin::Thin;
 
 /// A message sent to the client and not yet fully acknowledged.

@@ -18,6 +18,7 @@
 //!   marker arrives (see [`crate::session::MoveWindow`]).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::info;
@@ -26,7 +27,7 @@ use super::{Entry, Link, Now, Phase};
 use crate::codec::{reason, QoS};
 use crate::config::Config;
 use crate::id::Minter;
-use crate::session::{Delivery, Frame, Inflight, Session};
+use crate::session::{report, Delivery, Frame, Inflight, Outcome, Session};
 use crate::stats::{bump, Stats};
 
 /// Outcome of offering a message to a session.
@@ -146,7 +147,33 @@ pub fn release_window(e: &mut Entry, cfg: &Config, stats: &Stats, now: Instant) 
 /// Expiry, the in-flight window and the slow-consumer policy (see the
 /// module docs). Retained messages sent on subscribe come here directly:
 /// they are a deliberate second copy.
+#[inline]
 pub fn deliver(e: &mut Entry, d: Delivery, cfg: &Config, stats: &Stats, now: Instant) -> Offer {
+    if d.msg.receipts.is_none() || d.qos == QoS::AtMostOnce {
+        return apply(e, d, cfg, stats, now);
+    }
+    let msg = d.msg.clone();
+    let offer = apply(e, d, cfg, stats, now);
+    let outcome = match offer {
+        Offer::Queued
+            if !e
+                .link
+                .as_ref()
+                .is_some_and(|_| matches!(e.phase, Phase::Active)) =>
+        {
+            Outcome::OfflineQueued
+        }
+        Offer::DroppedQueueFull => Outcome::Dropped("session.max_queued_messages"),
+        Offer::Expired => Outcome::Expired,
+        Offer::TooLarge => Outcome::Dropped("maximum packet size"),
+        _ => return offer,
+    };
+    let user = e.link.as_ref().and_then(|l| l.username.as_ref());
+    report(&msg, e.client_id.as_ref(), user, outcome);
+    offer
+}
+
+fn apply(e: &mut Entry, d: Delivery, cfg: &Config, stats: &Stats, now: Instant) -> Offer {
     if d.msg.expired(now) {
         return Offer::Expired;
     }
@@ -172,7 +199,7 @@ pub fn deliver(e: &mut Entry, d: Delivery, cfg: &Config, stats: &Stats, now: Ins
     let s = &mut e.session;
     if let Some(link) = link {
         if s.queued.is_empty() && s.inflight.len() < usize::from(link.window) {
-            send_new(s, link, d, stats);
+            send_new(s, link, d, stats, e.client_id.as_ref());
             return Offer::Sent;
         }
         if s.queued.len() >= cfg.session.max_queued_messages {
@@ -200,9 +227,27 @@ fn fits(link: &Link, d: &Delivery) -> bool {
     d.encoded_len(link.version) + alias_room <= link.max_packet as usize
 }
 
-fn send_new(s: &mut Session, link: &mut Link, d: Delivery, stats: &Stats) {
+/// Sends `d` as a new in-flight message; one larger than the client's
+/// Maximum Packet Size is dropped instead (counted, and reported to the
+/// message's receipts on behalf of `client`).
+fn send_new(
+    s: &mut Session,
+    link: &mut Link,
+    d: Delivery,
+    stats: &Stats,
+    client: Option<&Arc<str>>,
+) {
     if !fits(link, &d) {
         bump(&stats.dropped_too_large, 1);
+        if d.qos != QoS::AtMostOnce {
+            let user = link.username.as_ref();
+            report(
+                &d.msg,
+                client,
+                user,
+                Outcome::Dropped("maximum packet size"),
+            );
+        }
         return;
     }
     let pkid = s.next_pkid();
@@ -225,13 +270,15 @@ fn send_new(s: &mut Session, link: &mut Link, d: Delivery, stats: &Stats) {
 pub fn pump(e: &mut Entry, stats: &Stats, now: impl Fn() -> Instant) {
     let Some(link) = e.link.as_mut() else { return };
     let s = &mut e.session;
+    let client = e.client_id.as_ref();
     while s.inflight.len() < usize::from(link.window) {
         let Some(d) = s.queued.pop_front() else { break };
         if d.msg.expires_at.is_some() && d.msg.expired(now()) {
             bump(&stats.dropped_expired, 1);
+            report(&d.msg, client, link.username.as_ref(), Outcome::Expired);
             continue;
         }
-        send_new(s, link, d, stats);
+        send_new(s, link, d, stats, client);
     }
 }
 

@@ -18,7 +18,9 @@
 //! | `mod.rs` | the thread: jobs, the loop, records handed to librdkafka, connection events |
 //! | `routing.rs` | where a message's records go (route, nodes by the cluster view, copies handed on, messages held until the view is whole) |
 //! | `reports.rs` | delivery reports and who waits for them, errors that end a producer, the figures |
+//! | `receipts.rs` | delivery receipts and dead letters |
 
+mod receipts;
 mod reports;
 mod routing;
 
@@ -101,6 +103,8 @@ pub(crate) enum Job {
     },
     /// Produce one connection event to `kafka.events_topic`.
     Event(ConnEvent),
+    /// Produce one delivery receipt (and its dead letter, if any).
+    Receipt(crate::session::Receipt),
     /// Announce a core's interest change on the interest topic.
     Interest(InterestChange),
     /// An announcement read from the interest topic, for the view.
@@ -123,6 +127,10 @@ pub(crate) struct Ctx {
     pub push_topic: String,
     /// `kafka.events_topic` (empty: no connection events).
     pub events_topic: String,
+    /// `kafka.receipts_topic` (empty: no receipts).
+    pub receipts_topic: String,
+    /// `kafka.dead_letter_topic` (empty: no dead letters).
+    pub dead_letter_topic: String,
     /// `[kafka.cluster]`, when on.
     pub cluster: Option<Cluster>,
     /// This node's id, as the `x-node` header writes it.
@@ -267,6 +275,10 @@ pub(crate) fn run(mut ctx: Ctx, jobs: Receiver<Job>) {
             }
             Ok(Job::Event(ev)) => {
                 event(&ctx, ev);
+                (Vec::new(), Answer::Nobody)
+            }
+            Ok(Job::Receipt(r)) => {
+                receipts::receipt(&ctx, r);
                 (Vec::new(), Answer::Nobody)
             }
             Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => break,

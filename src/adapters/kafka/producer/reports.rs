@@ -54,6 +54,10 @@ pub(crate) struct Metrics {
     pub fatal_in: AtomicU64,
     /// New producers made after a fatal error.
     pub rebuilds: AtomicU64,
+    /// Delivery receipts handed to librdkafka (`kafka.receipts_topic`).
+    pub receipts: AtomicU64,
+    /// Dead letters handed to librdkafka (`kafka.dead_letter_topic`).
+    pub dead_letters: AtomicU64,
 }
 
 /// Whether a statistics report lists a broker that is up. Bootstrap
