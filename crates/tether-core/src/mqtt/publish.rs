@@ -364,7 +364,7 @@ pub(super) fn puback(
     let done = e
         .session
         .take_inflight(pkid, |f| f.d.qos == QoS::AtLeastOnce && !f.released);
-    if let Some(f) = &done {
+    if let Some(f) = done.as_ref().filter(|f| f.d.receipts) {
         acked(e, &f.d.msg);
     }
     crate::shard::pump(e, core.stats(), || core.clock().instant());
@@ -374,13 +374,11 @@ pub(super) fn puback(
     Ok(())
 }
 
-/// A delivery the client acknowledged: its receipt, if its message asked.
-#[inline]
+/// A delivery of a message that asked for receipts was acknowledged.
+#[cold]
 fn acked(e: &Entry, msg: &std::sync::Arc<Message>) {
-    if msg.receipts.is_some() {
-        let user = e.link.as_ref().and_then(|l| l.username.as_ref());
-        report(msg, e.client_id.as_ref(), user, Outcome::Acked);
-    }
+    let user = e.link.as_ref().and_then(|l| l.username.as_ref());
+    report(msg, e.client_id.as_ref(), user, Outcome::Acked);
 }
 
 /// PUBREC from the client: release with PUBREL (or end on an error code).
@@ -446,7 +444,7 @@ pub(super) fn pubcomp(
         return Ok(());
     };
     let done = e.session.take_inflight(a.pkid, |f| f.released);
-    if let Some(f) = &done {
+    if let Some(f) = done.as_ref().filter(|f| f.d.receipts) {
         acked(e, &f.d.msg);
     }
     crate::shard::pump(e, core.stats(), || core.clock().instant());

@@ -264,12 +264,16 @@ pub struct Delivery {
     /// Its sequence number in a durable session (0: not stored). The store
     /// identifies messages by it, never by packet id.
     pub seq: u64,
+    /// Its message asked for receipts (`msg.receipts`), copied here where
+    /// an acknowledgement finds it without reading the shared message.
+    pub receipts: bool,
 }
 
 impl Delivery {
     /// A plain (not shared) delivery of `msg`.
     pub fn new(msg: Arc<Message>, qos: QoS, retain: bool, sub_ids: SubIds) -> Delivery {
         Delivery {
+            receipts: msg.receipts.is_some(),
             msg,
             qos,
             retain,

@@ -149,9 +149,24 @@ pub fn release_window(e: &mut Entry, cfg: &Config, stats: &Stats, now: Instant) 
 /// they are a deliberate second copy.
 #[inline]
 pub fn deliver(e: &mut Entry, d: Delivery, cfg: &Config, stats: &Stats, now: Instant) -> Offer {
-    if d.msg.receipts.is_none() || d.qos == QoS::AtMostOnce {
-        return apply(e, d, cfg, stats, now);
+    if d.receipts && d.qos != QoS::AtMostOnce {
+        return deliver_reporting(e, d, cfg, stats, now);
     }
+    apply(e, d, cfg, stats, now)
+}
+
+/// [`deliver`] for a message that asked for receipts: the outcomes decided
+/// here are reported. Out of line, so that the deliveries of every other
+/// message pay only the test above.
+#[cold]
+#[inline(never)]
+fn deliver_reporting(
+    e: &mut Entry,
+    d: Delivery,
+    cfg: &Config,
+    stats: &Stats,
+    now: Instant,
+) -> Offer {
     let msg = d.msg.clone();
     let offer = apply(e, d, cfg, stats, now);
     let outcome = match offer {
@@ -173,6 +188,7 @@ pub fn deliver(e: &mut Entry, d: Delivery, cfg: &Config, stats: &Stats, now: Ins
     offer
 }
 
+#[inline(always)]
 fn apply(e: &mut Entry, d: Delivery, cfg: &Config, stats: &Stats, now: Instant) -> Offer {
     if d.msg.expired(now) {
         return Offer::Expired;
@@ -239,7 +255,7 @@ fn send_new(
 ) {
     if !fits(link, &d) {
         bump(&stats.dropped_too_large, 1);
-        if d.qos != QoS::AtMostOnce {
+        if d.receipts && d.qos != QoS::AtMostOnce {
             let user = link.username.as_ref();
             report(
                 &d.msg,

@@ -230,6 +230,7 @@ impl Core {
                 sub_ids: sub_ids([m.id]),
                 share: Some(Box::new(g.key.clone())),
                 seq: 0,
+                receipts: msg.receipts.is_some(),
             };
             self.share_send(st, m.loc, d, 0);
         }
