@@ -431,6 +431,7 @@ fn source(topic: &str, to: SourceTarget, from: Option<&str>) -> SourceConfig {
         qos: 1,
         skip_own: true,
         fanout: Default::default(),
+        receipts: false,
     }
 }
 
@@ -1077,12 +1078,23 @@ async fn receipts_say_acked_offline_queued_dropped_and_expired_and_dead_letters_
     let kafka = Kafka::start();
     let receipts = kafka.topic("receipts", 1).await;
     let dead = kafka.topic("dead", 1).await;
-    let (brokers, r, d) = (kafka.brokers.clone(), receipts.clone(), dead.clone());
+    let backend = kafka.topic("rc-backend", 1).await;
+    let (brokers, r, d, b) = (
+        kafka.brokers.clone(),
+        receipts.clone(),
+        dead.clone(),
+        backend.clone(),
+    );
     let gw = gateway(1, move |c| {
         c.kafka.brokers = brokers;
         c.kafka.receipts_topic = r;
         c.kafka.dead_letter_topic = d;
         c.session.max_queued_messages = 1;
+        // A backend's records ask for receipts by the source's setting.
+        let mut s = source(&b, SourceTarget::Topic, None);
+        s.receipts = true;
+        c.kafka.source = vec![s];
+        from_the_start(c);
     });
     let addr = gw.http_addr.unwrap();
     let publish = |topic: &str, payload: &str, extra: &str| {
@@ -1114,6 +1126,15 @@ async fn receipts_say_acked_offline_queued_dropped_and_expired_and_dead_letters_
     }
     let acked_id = publish("rc/a", "to the acker", "");
     assert_eq!(&acker.publish().await.payload[..], b"to the acker");
+    kafka
+        .produce(
+            &backend,
+            "k",
+            b"from a backend",
+            &[("x-mqtt-topic", "rc/a")],
+        )
+        .await;
+    assert_eq!(&acker.publish().await.payload[..], b"from a backend");
     publish("rc/b", "queued", "");
     publish("rc/b", "over the queue limit", "");
     publish(
@@ -1126,7 +1147,7 @@ async fn receipts_say_acked_offline_queued_dropped_and_expired_and_dead_letters_
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let _late = v4(&gw, v4_options(&gw, "rc-late", false), None).await;
 
-    let got = kafka.read(&receipts, 5).await;
+    let got = kafka.read(&receipts, 6).await;
     let mut seen: Vec<(String, String, String)> = got
         .iter()
         .map(|rec| {
@@ -1138,8 +1159,8 @@ async fn receipts_say_acked_offline_queued_dropped_and_expired_and_dead_letters_
             );
             assert_eq!(rec.headers["x-outcome"], body["outcome"].as_str().unwrap());
             assert!(body["published_ms"].as_u64().unwrap() <= body["at_ms"].as_u64().unwrap());
-            if body["outcome"] == "acked" {
-                assert_eq!(body["id"].as_str(), Some(acked_id.as_str()), "the API's id");
+            if body["topic"] == "rc/a" && body["id"].as_str() != Some(acked_id.as_str()) {
+                assert_eq!(body["outcome"], "acked", "the backend's record: {body}");
             }
             (
                 body["client_id"].as_str().unwrap().to_string(),
@@ -1153,6 +1174,7 @@ async fn receipts_say_acked_offline_queued_dropped_and_expired_and_dead_letters_
     assert_eq!(
         seen,
         vec![
+            want("rc-acker", "acked", ""),
             want("rc-acker", "acked", ""),
             want("rc-away", "dropped", "session.max_queued_messages"),
             want("rc-away", "offline-queued", ""),
@@ -1194,7 +1216,12 @@ async fn receipts_say_acked_offline_queued_dropped_and_expired_and_dead_letters_
         assert_eq!(l.headers["x-qos"], "1", "the message's own headers stay");
         assert!(l.headers.contains_key("x-id"));
     }
-    assert_eq!(metric(&gw, "tether_kafka_receipts_total"), 5.0);
+    assert!(
+        got.iter()
+            .any(|rec| rec.headers["x-id"] == acked_id && rec.headers["x-outcome"] == "acked"),
+        "the API's receipt carries the id the API answered"
+    );
+    assert_eq!(metric(&gw, "tether_kafka_receipts_total"), 6.0);
     assert_eq!(metric(&gw, "tether_kafka_dead_letters_total"), 2.0);
     gw.stop();
 }

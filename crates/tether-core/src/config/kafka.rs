@@ -218,6 +218,11 @@ pub struct SourceConfig {
     /// subscriptions (needs `[kafka.cluster]`).
     #[serde(default)]
     pub fanout: SourceFanout,
+    /// Every record asks for delivery receipts, as `x-receipts: 1` on one
+    /// record does (needs `kafka.receipts_topic` or
+    /// `kafka.dead_letter_topic`).
+    #[serde(default)]
+    pub receipts: bool,
 }
 
 /// Which nodes read a source's records.

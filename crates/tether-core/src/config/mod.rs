@@ -253,6 +253,12 @@ impl Config {
             if s.qos > 2 {
                 return Err(err(&at("qos"), "0, 1 or 2"));
             }
+            if s.receipts && k.receipts_topic.is_empty() && k.dead_letter_topic.is_empty() {
+                return Err(err(
+                    &at("receipts"),
+                    "receipts need somewhere to go: set kafka.receipts_topic (or kafka.dead_letter_topic)",
+                ));
+            }
             if let Some(from) = &s.from {
                 if let Err(why) = Template::parse(from) {
                     return Err(err(&at("from"), why));

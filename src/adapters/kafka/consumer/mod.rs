@@ -49,6 +49,8 @@ struct SourceRule {
     qos: QoS,
     skip_own: bool,
     kind: RuleKind,
+    /// Every record asks for delivery receipts (`receipts = true`).
+    receipts: bool,
 }
 
 /// What else a source's records need besides local delivery.
@@ -151,6 +153,7 @@ impl KafkaInbound {
             qos: 2,
             skip_own: false,
             fanout: SourceFanout::Broadcast,
+            receipts: false,
         };
         let push = (!k.push_topic.is_empty()).then(|| internal(k.push_topic.clone()));
         let inbox = k
@@ -194,6 +197,7 @@ impl KafkaInbound {
                     qos,
                     skip_own: s.skip_own,
                     kind,
+                    receipts: s.receipts,
                 },
             );
         }

@@ -175,7 +175,7 @@ impl Ctx {
             properties: (!props.user_properties.is_empty()).then(|| Box::new(props)),
             // An API push that asked for receipts, or a backend's record
             // that does: every node that delivers it reports.
-            receipts: header("x-receipts") == Some(b"1"),
+            receipts: rule.receipts || header("x-receipts") == Some(b"1"),
             // The id the API answered (its push record's `x-id`), which
             // this node's receipts carry instead of its own.
             receipt_id: text("x-id").and_then(|h| u64::from_str_radix(h, 16).ok()),
