@@ -276,6 +276,56 @@ fn a_deferred_permit_holds_the_clients_later_packets_and_keeps_their_order() {
     assert_eq!(gw.stats().acl_deferred, 4);
 }
 
+/// An API publish with an `Idempotency-Key`, held by the authorizer
+/// (`ask/...`) until the test answers.
+fn held_publish(addr: std::net::SocketAddr) -> crate::common::web::Reply {
+    crate::common::web::http(
+        addr,
+        "POST",
+        "/v1/publish",
+        &["Idempotency-Key: held-1"],
+        r#"{"topic":"ask/held","payload":"x","qos":1}"#,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_while_its_first_request_waits_is_told_in_flight_then_gets_the_first_answer() {
+    let (authz, asks) = Asked::new();
+    let gw = Gateway::builder(config(1, |_| {}))
+        .authorizer(authz)
+        .start()
+        .unwrap();
+    let addr = gw.http_addr.unwrap();
+    let first = std::thread::spawn(move || held_publish(addr));
+    // The first request holds its key and waits for its permit.
+    let (_, reply) = tokio::task::block_in_place(|| next(&asks));
+    let retry = tokio::task::block_in_place(|| held_publish(addr));
+    assert_eq!(
+        (retry.status, retry.json()["error"]["code"].as_str()),
+        (409, Some("idempotency_key_in_flight")),
+        "{}",
+        retry.body
+    );
+    reply.send(Permit::Allow);
+    let first = tokio::task::block_in_place(|| first.join().unwrap());
+    assert_eq!(first.status, 200, "{}", first.body);
+    let again = tokio::task::block_in_place(|| held_publish(addr));
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["id"], first.json()["id"], "the first answer");
+    assert!(
+        again
+            .head
+            .to_ascii_lowercase()
+            .contains("idempotent-replayed: true"),
+        "{}",
+        again.head
+    );
+    assert!(
+        asks.try_recv().is_err(),
+        "the retries never reached the authorizer: nothing published twice"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_publish_waits_for_a_deferred_permit_too() {
     let (authz, asks) = Asked::new();
