@@ -1124,6 +1124,22 @@ async fn receipts_say_acked_offline_queued_dropped_and_expired_and_dead_letters_
         d.client.disconnect().await.unwrap();
         until(&format!("{id} offline"), || offline(id)).await;
     }
+    // A session that lives one second offline (MQTT 5 Session Expiry).
+    let mut o = v5_options(&gw, "rc-gone");
+    o.set_clean_start(false);
+    o.set_connect_properties(rumqttc::v5::mqttbytes::v5::ConnectProperties {
+        session_expiry_interval: Some(1),
+        ..Default::default()
+    });
+    let gone = v5(&gw, o, None).await;
+    gone.client
+        .subscribe("rc/d", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut gone = gone;
+    gone.incoming(|p| matches!(p, Packet::SubAck(_))).await;
+    gone.client.disconnect().await.unwrap();
+    until("rc-gone offline", || offline("rc-gone")).await;
     let acked_id = publish("rc/a", "to the acker", "");
     assert_eq!(&acker.publish().await.payload[..], b"to the acker");
     kafka
@@ -1142,12 +1158,17 @@ async fn receipts_say_acked_offline_queued_dropped_and_expired_and_dead_letters_
         "short-lived",
         r#","properties":{"message_expiry_interval":1}"#,
     );
+    publish("rc/d", "for a session that ends", "");
     // The message's second runs out while its session is away; it is
     // found expired when the client is back.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let _late = v4(&gw, v4_options(&gw, "rc-late", false), None).await;
+    until("rc-gone's session ended", || {
+        http(addr, "GET", "/v1/clients/rc-gone", &[], "").status == 404
+    })
+    .await;
 
-    let got = kafka.read(&receipts, 6).await;
+    let got = kafka.read(&receipts, 8).await;
     let mut seen: Vec<(String, String, String)> = got
         .iter()
         .map(|rec| {
@@ -1178,11 +1199,13 @@ async fn receipts_say_acked_offline_queued_dropped_and_expired_and_dead_letters_
             want("rc-acker", "acked", ""),
             want("rc-away", "dropped", "session.max_queued_messages"),
             want("rc-away", "offline-queued", ""),
+            want("rc-gone", "dropped", "session ended"),
+            want("rc-gone", "offline-queued", ""),
             want("rc-late", "expired", ""),
             want("rc-late", "offline-queued", ""),
         ]
     );
-    let letters = kafka.read(&dead, 2).await;
+    let letters = kafka.read(&dead, 3).await;
     let mut reasons: Vec<(String, String, String, Vec<u8>)> = letters
         .iter()
         .map(|l| {
@@ -1205,6 +1228,12 @@ async fn receipts_say_acked_offline_queued_dropped_and_expired_and_dead_letters_
                 b"over the queue limit".to_vec()
             ),
             (
+                "rc-gone".into(),
+                "session ended".into(),
+                "rc/d".into(),
+                b"for a session that ends".to_vec()
+            ),
+            (
                 "rc-late".into(),
                 "expired".into(),
                 "rc/c".into(),
@@ -1221,7 +1250,8 @@ async fn receipts_say_acked_offline_queued_dropped_and_expired_and_dead_letters_
             .any(|rec| rec.headers["x-id"] == acked_id && rec.headers["x-outcome"] == "acked"),
         "the API's receipt carries the id the API answered"
     );
-    assert_eq!(metric(&gw, "tether_kafka_receipts_total"), 6.0);
-    assert_eq!(metric(&gw, "tether_kafka_dead_letters_total"), 2.0);
+    assert_eq!(metric(&gw, "tether_kafka_receipts_total"), 8.0);
+    assert_eq!(metric(&gw, "tether_kafka_dead_letters_total"), 3.0);
+    assert_eq!(metric(&gw, "tether_dropped_session_ended_total"), 1.0);
     gw.stop();
 }

@@ -70,6 +70,7 @@ stats! {
     claim_arrivals_overflowed => "Messages not held for claims in flight because the core's buffer was full: a session being claimed can miss them.",
     duplicates_suppressed => "Second copies dropped by a moved-in session's duplicate filter.",
     dropped_session_gone => "Messages that reached a session after it ended (forward target gone).",
+    dropped_session_ended => "QoS 1/2 messages still queued or in flight when their session ended (it expired, or a clean session's connection closed).",
     forwards_discarded => "Forwards for subscriptions the session no longer has (it came back with Clean Start or unsubscribed): not a loss.",
     denied_publishes => "Publishes refused by the authorizer (by default `mqtt.deny_publish`), from clients and the API.",
     dropped_no_member => "Shared-subscription messages with no member left to take them.",

@@ -21,8 +21,8 @@ pub enum Outcome {
     Acked,
     /// Its Message Expiry Interval ran out before it was sent.
     Expired,
-    /// Not delivered, for the limit named (a config key or MQTT's
-    /// Maximum Packet Size).
+    /// Not delivered, for the limit named (a config key, MQTT's Maximum
+    /// Packet Size, or the end of the session that held it).
     Dropped(&'static str),
     /// Queued for a client that is offline: it is sent when the client
     /// comes back (a later receipt says how that went).

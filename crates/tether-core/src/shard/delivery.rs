@@ -16,6 +16,10 @@
 //! - **Move window**: during a moved-in session's window, directly routed
 //!   messages are held until their forwarded copy or the old core's end
 //!   marker arrives (see [`crate::session::MoveWindow`]).
+//! - **Receipts**: for a message that asked for them
+//!   (`Delivery::receipts`), the outcomes decided here (`offline-queued`,
+//!   `dropped`, `expired`) are reported to its sink
+//!   ([`crate::session::Receipts`]); every other delivery pays one test.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

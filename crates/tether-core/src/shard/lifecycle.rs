@@ -11,7 +11,7 @@ use super::{Core, CoreState, Entry, Link, PendingWill, Phase, Timer};
 use crate::bridge::outbound::ConnEventKind;
 use crate::codec::reason;
 use crate::id::{ConnId, ConnKey, Location};
-use crate::session::Session;
+use crate::session::{report, Outcome, Session};
 use crate::stats::bump;
 use crate::store::StoreOp;
 
@@ -175,6 +175,18 @@ impl Core {
             }
         }
         let Some(e) = st.entry(key) else { return };
+        // What it still held will reach nobody: counted, and reported to
+        // the receipts of the messages that asked.
+        let (queued, inflight) = (&e.session.queued, &e.session.inflight);
+        let lost = queued.len() + inflight.len();
+        if lost > 0 {
+            bump(&self.stats().dropped_session_ended, lost as u64);
+            let held = queued.iter().chain(inflight.iter().map(|f| &f.d));
+            for d in held.filter(|d| d.receipts) {
+                let outcome = Outcome::Dropped("session ended");
+                report(&d.msg, e.client_id.as_ref(), None, outcome);
+            }
+        }
         let subs = std::mem::take(&mut e.session.subs);
         let client_id = e.client_id.clone();
         // The store forgets it too: fenced by epoch for a mirrored session,

@@ -23,7 +23,8 @@ impl Core {
             + s.dropped_queue_full
             + s.dropped_too_large
             + s.dropped_expired
-            + s.dropped_session_gone;
+            + s.dropped_session_gone
+            + s.dropped_session_ended;
         let figures: [(&str, String); 11] = [
             ("version", format!("tether {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", self.node.started.elapsed().as_secs().to_string()),
