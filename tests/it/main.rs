@@ -31,6 +31,7 @@ mod kafka;
 mod keepalive;
 mod mqtt5;
 mod pubsub;
+mod receipts;
 mod redis;
 mod retained;
 mod seams;
