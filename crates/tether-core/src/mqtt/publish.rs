@@ -358,25 +358,45 @@ pub(super) fn puback(
     key: ConnKey,
     pkid: u16,
 ) -> Result<(), Violation> {
+    settle(
+        core,
+        st,
+        key,
+        pkid,
+        |f| f.d.qos == QoS::AtLeastOnce && !f.released,
+        true,
+    );
+    Ok(())
+}
+
+/// Ends the in-flight delivery `pkid` that `is_it` accepts: with
+/// `acked`, its receipt (if its message asked); then the queue is pumped
+/// into the window and the store is told the delivery is done.
+#[inline]
+fn settle(
+    core: &Core,
+    st: &mut CoreState,
+    key: ConnKey,
+    pkid: u16,
+    is_it: impl Fn(&crate::session::Inflight) -> bool,
+    acked: bool,
+) {
     let Some(e) = st.entry(key) else {
-        return Ok(());
+        return;
     };
-    let done = e
-        .session
-        .take_inflight(pkid, |f| f.d.qos == QoS::AtLeastOnce && !f.released);
-    if let Some(f) = done.as_ref().filter(|f| f.d.receipts) {
-        acked(e, &f.d.msg);
+    let done = e.session.take_inflight(pkid, is_it);
+    if let Some(f) = done.as_ref().filter(|f| acked && f.d.receipts) {
+        report_acked(e, &f.d.msg);
     }
     crate::shard::pump(e, core.stats(), || core.clock().instant());
     if let Some(f) = done {
         core.forget(st, key, f.d.seq);
     }
-    Ok(())
 }
 
 /// A delivery of a message that asked for receipts was acknowledged.
 #[cold]
-fn acked(e: &Entry, msg: &std::sync::Arc<Message>) {
+fn report_acked(e: &Entry, msg: &std::sync::Arc<Message>) {
     let user = e.link.as_ref().and_then(|l| l.username.as_ref());
     report(msg, e.client_id.as_ref(), user, Outcome::Acked);
 }
@@ -396,13 +416,8 @@ pub(super) fn pubrec(
     };
     if a.code >= 0x80 {
         // MQTT 5 4.3.3: an error PUBREC ends the exchange.
-        let done = e
-            .session
-            .take_inflight(a.pkid, |f| f.d.qos == QoS::ExactlyOnce && !f.released);
-        crate::shard::pump(e, core.stats(), || core.clock().instant());
-        if let Some(f) = done {
-            core.forget(st, key, f.d.seq);
-        }
+        let is_it = |f: &crate::session::Inflight| f.d.qos == QoS::ExactlyOnce && !f.released;
+        settle(core, st, key, a.pkid, is_it, false);
         return Ok(());
     }
     let found = e
@@ -440,17 +455,7 @@ pub(super) fn pubcomp(
     key: ConnKey,
     a: Ack,
 ) -> Result<(), Violation> {
-    let Some(e) = st.entry(key) else {
-        return Ok(());
-    };
-    let done = e.session.take_inflight(a.pkid, |f| f.released);
-    if let Some(f) = done.as_ref().filter(|f| f.d.receipts) {
-        acked(e, &f.d.msg);
-    }
-    crate::shard::pump(e, core.stats(), || core.clock().instant());
-    if let Some(f) = done {
-        core.forget(st, key, f.d.seq);
-    }
+    settle(core, st, key, a.pkid, |f| f.released, true);
     Ok(())
 }
 
