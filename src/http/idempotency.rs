@@ -31,7 +31,7 @@ use tracing::warn;
 
 use super::error::ApiError;
 use super::request::reply;
-use super::wire::{json, Resp};
+use super::wire::{json, json_text, Resp};
 use super::Api;
 use crate::bridge::oneshot;
 use crate::stats::Figure;
@@ -280,19 +280,21 @@ where
             return Ok(replay(&a));
         }
     }
+    // A success's body is written once, for the answer kept and the one
+    // sent; an error goes on to the dispatcher as any other.
     let outcome = request().await;
-    let (status, value) = match &outcome {
-        Ok(v) => (StatusCode::OK, v.clone()),
-        Err(e) => (e.status, e.body()),
+    let (status, body) = match &outcome {
+        Ok(v) => (StatusCode::OK, v.to_string()),
+        Err(e) => (e.status, e.body().to_string()),
     };
     let keep = status.is_success()
         || status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE;
-    let answer = keep.then(|| format!("{}\n{value}", status.as_u16()));
+    let answer = keep.then(|| format!("{}\n{body}", status.as_u16()));
     if answer.is_none() {
         bump(&api.keys.counts.freed);
     }
     end(api, &key, &fp, answer, window).await;
-    outcome.map(|v| json(StatusCode::OK, &v))
+    outcome.map(|_| json_text(status, body))
 }
 
 fn bump(c: &AtomicU64) {
@@ -307,8 +309,7 @@ fn replay(answer: &str) -> Resp {
         .ok()
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
-    let value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    let mut r = json(status, &value);
+    let mut r = json_text(status, body.to_owned());
     r.headers_mut()
         .insert(REPLAYED, HeaderValue::from_static("true"));
     r
