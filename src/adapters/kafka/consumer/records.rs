@@ -167,18 +167,21 @@ impl Ctx {
             client: text("x-client").map(Arc::from),
             user: text("x-uid").map(Arc::from),
         });
+        // An API push that asked for receipts, or a backend's record that
+        // does: every node that delivers it reports.
+        let receipts = rule.receipts || header("x-receipts") == Some(b"1");
         let req = PublishRequest {
             topic,
             payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
             qos,
             retain,
             properties: (!props.user_properties.is_empty()).then(|| Box::new(props)),
-            // An API push that asked for receipts, or a backend's record
-            // that does: every node that delivers it reports.
-            receipts: rule.receipts || header("x-receipts") == Some(b"1"),
+            receipts,
             // The id the API answered (its push record's `x-id`), which
             // this node's receipts carry instead of its own.
-            receipt_id: text("x-id").and_then(|h| u64::from_str_radix(h, 16).ok()),
+            receipt_id: receipts
+                .then(|| text("x-id").and_then(|h| u64::from_str_radix(h, 16).ok()))
+                .flatten(),
         };
         match (before_start, hand_on) {
             (false, hand_on) => Request::Publish {
