@@ -139,11 +139,24 @@ impl PublishBody {
     }
 }
 
-pub(super) async fn publish_one(api: &Api, req: Request<Incoming>) -> Result<Resp, ApiError> {
+/// What every publish handler reads of its request: the token checked,
+/// then its `Idempotency-Key`, path and bounded body.
+struct Keyed {
+    key: Option<String>,
+    path: String,
+    bytes: hyper::body::Bytes,
+}
+
+async fn keyed(api: &Api, req: Request<Incoming>) -> Result<Keyed, ApiError> {
     authorize(api, &req)?;
     let key = idempotency::key(&req)?;
     let path = req.uri().path().to_owned();
     let bytes = body(api, req).await?;
+    Ok(Keyed { key, path, bytes })
+}
+
+pub(super) async fn publish_one(api: &Api, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let Keyed { key, path, bytes } = keyed(api, req).await?;
     idempotency::once(api, key, &path, &bytes, || async {
         let msg = parse::<PublishBody>(&bytes)?.into_request("", api.node.outbound.receipts())?;
         let id = publish(api, msg, "").await?;
@@ -153,10 +166,7 @@ pub(super) async fn publish_one(api: &Api, req: Request<Incoming>) -> Result<Res
 }
 
 pub(super) async fn publish_batch(api: &Api, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    authorize(api, &req)?;
-    let key = idempotency::key(&req)?;
-    let path = req.uri().path().to_owned();
-    let bytes = body(api, req).await?;
+    let Keyed { key, path, bytes } = keyed(api, req).await?;
     idempotency::once(api, key, &path, &bytes, || batch(api, &bytes)).await
 }
 
@@ -200,10 +210,7 @@ pub(super) async fn push(
     req: Request<Incoming>,
     topic: String,
 ) -> Result<Resp, ApiError> {
-    authorize(api, &req)?;
-    let key = idempotency::key(&req)?;
-    let path = req.uri().path().to_owned();
-    let bytes = body(api, req).await?;
+    let Keyed { key, path, bytes } = keyed(api, req).await?;
     idempotency::once(api, key, &path, &bytes, || async {
         let mut m = parse::<PublishBody>(&bytes)?;
         if m.topic.is_some() {

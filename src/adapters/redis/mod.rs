@@ -25,7 +25,7 @@ mod scripts;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -167,7 +167,7 @@ pub struct RedisStore {
     jobs: UnboundedSender<Job>,
     /// Taken by [`SessionStore::start`].
     idle: Mutex<Option<(UnboundedReceiver<Job>, conn::Client)>>,
-    thread: Mutex<Option<Worker>>,
+    thread: OnceLock<Worker>,
 }
 
 impl RedisStore {
@@ -202,7 +202,7 @@ impl RedisStore {
             metrics: Arc::default(),
             jobs,
             idle: Mutex::new(Some((rx, client))),
-            thread: Mutex::new(None),
+            thread: OnceLock::new(),
         })
     }
 
@@ -242,14 +242,16 @@ impl SessionStore for RedisStore {
             worker::run(std::rc::Rc::new(ctx), rx)
         });
         match spawned {
-            Ok(w) => *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(w),
+            Ok(w) => {
+                let _ = self.thread.set(w);
+            }
             Err(e) => error!("cannot start the tether-redis thread: {e}"),
         }
     }
 
     fn stop(&self) {
         self.send(Job::Stop);
-        if let Some(w) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(w) = self.thread.get() {
             w.join();
         }
     }

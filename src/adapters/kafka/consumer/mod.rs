@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crossbeam_channel::Sender;
 use rdkafka::config::ClientConfig;
@@ -103,7 +103,7 @@ pub struct KafkaInbound {
     ready: Mutex<Option<(Vec<Plan>, Ctx)>>,
     /// Tells the running tasks to stop.
     stop: Mutex<Option<watch::Sender<bool>>>,
-    thread: Mutex<Option<Worker>>,
+    thread: OnceLock<Worker>,
     metrics: Arc<InMetrics>,
     /// What each consumer's last statistics said.
     seen: Vec<Seen>,
@@ -287,7 +287,7 @@ impl KafkaInbound {
             seen: plans.iter().map(|p| p.seen.clone()).collect(),
             ready: Mutex::new(Some((plans, ctx))),
             stop: Mutex::new(None),
-            thread: Mutex::new(None),
+            thread: OnceLock::new(),
             metrics,
             loaded,
         }))
@@ -348,7 +348,7 @@ impl KafkaInbound {
         };
         let thread = Worker::drive("tether-kafka-in", rt, all).map_err(KafkaSetupError::Thread)?;
         *lock(&self.stop) = Some(stop);
-        *lock(&self.thread) = Some(thread);
+        let _ = self.thread.set(thread);
         Ok(())
     }
 
@@ -387,8 +387,7 @@ impl KafkaInbound {
         if let Some(s) = lock(&self.stop).take() {
             let _ = s.send(true);
         }
-        let thread = lock(&self.thread).take();
-        if let Some(w) = thread {
+        if let Some(w) = self.thread.get() {
             w.join();
         }
     }
