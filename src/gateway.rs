@@ -17,6 +17,7 @@ use tracing::error;
 use crate::adapters::auth::{AuthFiles, AuthSetup, AuthSetupError};
 use crate::adapters::kafka::KafkaOutbound;
 use crate::adapters::redis::RedisStore;
+use crate::adapters::upstream::Upstream;
 use crate::auth::{AuthChain, Authenticator, Authorizer};
 use crate::bridge::departures::Departures;
 use crate::bridge::outbound::{NoOutbound, Outbound};
@@ -42,6 +43,8 @@ pub enum StartError {
     Tls(TlsError),
     /// The HTTP API could not start (its address is in the message).
     Http(io::Error),
+    /// The gRPC API could not bind, or the Upstream hub could not start.
+    Grpc(io::Error),
     /// A core's executor could not start (io_uring needs locked memory).
     Executor {
         /// Which core.
@@ -77,6 +80,7 @@ impl fmt::Display for StartError {
             StartError::Listen(e) => e.fmt(f),
             StartError::Tls(e) => e.fmt(f),
             StartError::Http(e) => e.fmt(f),
+            StartError::Grpc(e) => e.fmt(f),
             StartError::Store(e) => e.fmt(f),
             StartError::Kafka(e) => e.fmt(f),
             StartError::Auth(e) => write!(
@@ -103,6 +107,7 @@ impl Classify for StartError {
             StartError::Listen(_)
             | StartError::Tls(_)
             | StartError::Http(_)
+            | StartError::Grpc(_)
             | StartError::Store(_)
             | StartError::Auth(_) => Origin::Config,
             // Locked-memory limits, mostly: the host's configuration.
@@ -141,6 +146,8 @@ pub struct Gateway {
     pub cores: usize,
     /// Bound HTTP API address, when `http.enabled`.
     pub http_addr: Option<SocketAddr>,
+    /// Bound gRPC API address, when `grpc.listen` is set.
+    pub grpc_addr: Option<SocketAddr>,
     node: Arc<NodeState>,
     tls: Option<Arc<Acceptor>>,
     doorbells: Vec<StdUnixStream>,
@@ -236,6 +243,19 @@ impl GatewayBuilder {
             }
             None => Arc::new(NoOutbound),
         };
+        // With the gRPC API, the Upstream hub stands in front of the
+        // outbound bridge: the cores see one `Outbound`.
+        let upstream = match cfg.grpc.listen {
+            Some(_) => Some(Arc::new(
+                Upstream::new(&cfg.grpc.upstream, cfg.node.id, outbound.clone())
+                    .map_err(StartError::Grpc)?,
+            )),
+            None => None,
+        };
+        let outbound: Arc<dyn Outbound> = match &upstream {
+            Some(u) => u.clone(),
+            None => outbound,
+        };
         // The configured seams, for what the builder was not given.
         let anonymous = cfg.auth.allow_anonymous;
         let (auth, authz, auth_files) = match (auth, authz) {
@@ -327,7 +347,16 @@ impl GatewayBuilder {
                 .map_err(|_| StartError::NotReady(STARTUP_TIMEOUT))?;
         }
         let serving = Arc::new(AtomicBool::new(true));
-        let http = if cfg.http.enabled {
+        let grpc = match (cfg.grpc.listen, upstream) {
+            (Some(addr), Some(up)) => {
+                let listener = crate::grpc::bind(addr).map_err(StartError::Grpc)?;
+                let addr = listener.local_addr().map_err(StartError::Grpc)?;
+                Some((addr, crate::grpc::companion(listener, up)))
+            }
+            _ => None,
+        };
+        let grpc_addr = grpc.as_ref().map(|(a, _)| *a);
+        let http = if cfg.http.enabled || grpc.is_some() {
             let api = crate::http::Api {
                 cfg: cfg.http.clone(),
                 bridge: bridge.clone(),
@@ -336,7 +365,10 @@ impl GatewayBuilder {
                 drain: cfg.drain.clone(),
                 keys: crate::http::idempotency::Keys::new(cfg.http.idempotency_max_keys),
             };
-            Some(crate::http::HttpServer::start(api).map_err(StartError::Http)?)
+            Some(
+                crate::http::HttpServer::start(api, grpc.map(|(_, c)| c))
+                    .map_err(StartError::Http)?,
+            )
         } else {
             None
         };
@@ -347,7 +379,8 @@ impl GatewayBuilder {
             wss_addr,
             tls_loaded,
             cores: ncores,
-            http_addr: http.as_ref().map(|h| h.addr),
+            http_addr: http.as_ref().and_then(|h| h.addr),
+            grpc_addr,
             serving,
             http,
             node,

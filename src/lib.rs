@@ -28,6 +28,7 @@ pub use tether_core::{
 pub mod adapters;
 pub mod doctor;
 pub mod gateway;
+pub mod grpc;
 pub mod http;
 pub mod reload;
 pub mod systemd;

@@ -415,6 +415,19 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         ),
         None => println!("  http api    off (http.enabled = false)"),
     }
+    if let Some(addr) = gateway.grpc_addr {
+        let up = &cfg.grpc.upstream;
+        println!(
+            "  grpc api    {addr}  (tether.v1.Tether, the HTTP API's tokens; Upstream ack = {:?}, fallback = {:?}{})",
+            up.ack,
+            up.fallback,
+            if up.topics.is_empty() {
+                String::new()
+            } else {
+                format!(", topics {:?}", up.topics)
+            }
+        );
+    }
     println!(
         "  auth        {}; SIGHUP reloads the files",
         tether::adapters::auth::describe(&cfg)

@@ -14,8 +14,10 @@
 //! | [`auth`] | `Authenticator`, `Authorizer` | `tether-auth`, `tether-auth-http` |
 //! | [`redis`] | `SessionStore` | `tether-redis` |
 //! | [`kafka`] | `Outbound`, the inboxes | `tether-kafka`, `tether-kafka-in` |
+//! | [`upstream`] | `Outbound` (in front of the Kafka bridge) | `tether-upstream` |
 
 pub mod auth;
 pub mod kafka;
 pub mod redis;
 mod thread;
+pub mod upstream;

@@ -161,21 +161,7 @@ fn ready(api: &Api) -> Resp {
 /// `drain.deadline_secs`). Asking again changes nothing.
 fn drain(api: &Api, req: &Request<Incoming>) -> Result<Resp, ApiError> {
     authorize(api, req)?;
-    // Counted before the cores hear of it: their first batch closes at once.
-    let connections = api.node.connections();
-    let first = !api.node.draining.swap(true, Ordering::Relaxed);
-    if first {
-        tracing::warn!(
-            rate_per_sec = api.drain.rate_per_sec,
-            deadline_secs = api.drain.deadline_secs,
-            "drain started over the HTTP API"
-        );
-        for core in 0..api.node.cores.len() {
-            api.bridge
-                .send(core, BridgeMsg::Drain)
-                .map_err(|e| refusal(e, ""))?;
-        }
-    }
+    let connections = begin_drain(api, "HTTP")?;
     Ok(json(
         StatusCode::ACCEPTED,
         &serde_json::json!({
@@ -185,6 +171,27 @@ fn drain(api: &Api, req: &Request<Incoming>) -> Result<Resp, ApiError> {
             "deadline_secs": api.drain.deadline_secs,
         }),
     ))
+}
+
+/// Starts the drain (once; asking again changes nothing) and says how many
+/// connections it will close. `over` names the API, for the log.
+pub(crate) fn begin_drain(api: &Api, over: &str) -> Result<i64, ApiError> {
+    // Counted before the cores hear of it: their first batch closes at once.
+    let connections = api.node.connections();
+    let first = !api.node.draining.swap(true, Ordering::Relaxed);
+    if first {
+        tracing::warn!(
+            rate_per_sec = api.drain.rate_per_sec,
+            deadline_secs = api.drain.deadline_secs,
+            "drain started over the {over} API"
+        );
+        for core in 0..api.node.cores.len() {
+            api.bridge
+                .send(core, BridgeMsg::Drain)
+                .map_err(|e| refusal(e, ""))?;
+        }
+    }
+    Ok(connections)
 }
 
 /// `GET /v1/admin/log-level`: the filter in force.
@@ -288,7 +295,13 @@ async fn ask<T>(
 /// richest view), else the cluster's store.
 async fn inspect(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp, ApiError> {
     authorize(api, req)?;
-    let id = client_id(segment)?;
+    let info = client_info(api, client_id(segment)?).await?;
+    Ok(json(StatusCode::OK, &serde_json::json!(info)))
+}
+
+/// The session of `id`: this node's copy when it holds one, else the
+/// cluster store's (`GET /v1/clients/{id}`, gRPC `GetClient`).
+pub(crate) async fn client_info(api: &Api, id: String) -> Result<ClientInfo, ApiError> {
     if let Some(loc) = api.node.store.locate(&id) {
         let info = ask(api, loc.core, |reply| BridgeMsg::Inspect {
             key: loc.key,
@@ -298,7 +311,7 @@ async fn inspect(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Re
         // An offline copy here may be stale when the client came back on
         // another node: the store knows.
         if let Some(info) = info.filter(|i| i.online || !api.node.store.cluster()) {
-            return Ok(json(StatusCode::OK, &serde_json::json!(info)));
+            return Ok(info);
         }
     }
     match ask_store(api, |reply| Lookup::Client {
@@ -309,7 +322,7 @@ async fn inspect(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Re
     .flatten()
     .and_then(|s| stored_info(&id, s))
     {
-        Some(info) => Ok(json(StatusCode::OK, &serde_json::json!(info))),
+        Some(info) => Ok(info),
         None => Err(unknown_client(&id)),
     }
 }
@@ -345,6 +358,17 @@ fn stored_info(client_id: &str, s: StoredSession) -> Option<ClientInfo> {
 async fn kick(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp, ApiError> {
     authorize(api, req)?;
     let id = client_id(segment)?;
+    kick_client(api, &id).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"client_id": id, "kicked": true}),
+    ))
+}
+
+/// Disconnects `id` wherever it is connected (`DELETE /v1/clients/{id}`,
+/// gRPC `Kick`); 404 `not_connected` when it is nowhere.
+pub(crate) async fn kick_client(api: &Api, id: &str) -> Result<(), ApiError> {
+    let id = id.to_owned();
     let mut kicked = false;
     if let Some(loc) = api.node.store.locate(&id) {
         kicked = ask(api, loc.core, |reply| BridgeMsg::Kick {
@@ -362,10 +386,7 @@ async fn kick(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp,
         .unwrap_or(false);
     }
     if kicked {
-        Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({"client_id": id, "kicked": true}),
-        ))
+        Ok(())
     } else {
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -464,6 +485,17 @@ async fn user(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp,
         )
         .field("user")
     })?;
+    let connections = presence(api, &user).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"user": user, "online": connections.len(), "connections": connections}),
+    ))
+}
+
+/// The user's live connections on every node, by client id
+/// (`GET /v1/users/{user}`, gRPC `GetUser`).
+pub(crate) async fn presence(api: &Api, user: &str) -> Result<Vec<ClientInfo>, ApiError> {
+    let user = user.to_owned();
     let mut connections: Vec<_> = all_clients(api, Some(user.clone()))
         .await?
         .into_iter()
@@ -495,10 +527,7 @@ async fn user(api: &Api, req: &Request<Incoming>, segment: &str) -> Result<Resp,
         });
     }
     connections.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({"user": user, "online": connections.len(), "connections": connections}),
-    ))
+    Ok(connections)
 }
 
 /// The OpenAPI 3.1 document of this API (tests validate responses against

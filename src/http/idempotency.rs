@@ -189,9 +189,15 @@ impl Table {
 /// The request's key, if it sent one; 400 for one that is empty, too
 /// long or not visible ASCII.
 pub(super) fn key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
-    let Some(v) = req.headers().get(HEADER) else {
-        return Ok(None);
-    };
+    match req.headers().get(HEADER) {
+        Some(v) => checked(v.as_bytes()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A key as given (a header's bytes, a gRPC field): 1 to
+/// [`MAX_KEY_BYTES`] visible ASCII characters.
+pub(crate) fn checked(b: &[u8]) -> Result<String, ApiError> {
     let bad = || {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -200,11 +206,10 @@ pub(super) fn key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
         )
         .field("Idempotency-Key")
     };
-    let b = v.as_bytes();
     if b.is_empty() || b.len() > MAX_KEY_BYTES || !b.iter().all(|c| c.is_ascii_graphic()) {
         return Err(bad());
     }
-    Ok(Some(String::from_utf8_lossy(b).into_owned()))
+    Ok(String::from_utf8_lossy(b).into_owned())
 }
 
 /// The first 128 bits of `bytes`' SHA-256: collisions among the keys one
@@ -251,6 +256,38 @@ where
     let Some(key) = key else {
         return request().await.map(|v| json(StatusCode::OK, &v));
     };
+    let answer = answered_once(api, key, path, body, request).await?;
+    let mut r = json_text(answer.status, answer.body);
+    if answer.replayed {
+        r.headers_mut()
+            .insert(REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(r)
+}
+
+/// An answer given under a key: the first request's, or this one's.
+pub(crate) struct Answer {
+    /// Its HTTP status (a kept error's too).
+    pub status: StatusCode,
+    /// Its JSON body.
+    pub body: String,
+    /// Sent before, to the first request with the key.
+    pub replayed: bool,
+}
+
+/// [`once`] without the HTTP response: the gRPC API's publishes (`path`
+/// names the call, `body` is the request without its key).
+pub(crate) async fn answered_once<F, Fut>(
+    api: &Api,
+    key: String,
+    path: &str,
+    body: &[u8],
+    request: F,
+) -> Result<Answer, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<serde_json::Value, ApiError>>,
+{
     let fp = fingerprint(path, body);
     let window = Duration::from_secs(api.cfg.idempotency_window_secs);
     match begin(api, &key, &fp, window).await? {
@@ -294,25 +331,30 @@ where
         bump(&api.keys.counts.freed);
     }
     end(api, &key, &fp, answer, window).await;
-    outcome.map(|_| json_text(status, body))
+    outcome.map(|_| Answer {
+        status,
+        body,
+        replayed: false,
+    })
 }
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Relaxed);
 }
 
-/// A kept answer, sent again.
-fn replay(answer: &str) -> Resp {
+/// A kept answer, given again.
+fn replay(answer: &str) -> Answer {
     let (status, body) = answer.split_once('\n').unwrap_or(("200", answer));
     let status = status
         .parse::<u16>()
         .ok()
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
-    let mut r = json_text(status, body.to_owned());
-    r.headers_mut()
-        .insert(REPLAYED, HeaderValue::from_static("true"));
-    r
+    Answer {
+        status,
+        body: body.to_owned(),
+        replayed: true,
+    }
 }
 
 async fn begin(api: &Api, key: &str, fp: &str, window: Duration) -> Result<Idempotency, ApiError> {

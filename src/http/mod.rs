@@ -10,12 +10,12 @@
 //! - `error.rs`: JSON errors that name the field at fault;
 //! - `metrics.rs`: the Prometheus text format.
 
-mod api;
-mod error;
+pub(crate) mod api;
+pub(crate) mod error;
 pub(crate) mod idempotency;
 mod metrics;
-mod publish;
-mod request;
+pub(crate) mod publish;
+pub(crate) mod request;
 mod wire;
 
 use std::net::SocketAddr;
@@ -43,33 +43,45 @@ pub(crate) struct Api {
     pub keys: idempotency::Keys,
 }
 
-/// A running HTTP server.
+/// A task that shares the control-plane thread and its runtime (the gRPC
+/// API), started with the handlers' state.
+pub(crate) type Companion = Box<
+    dyn FnOnce(Arc<Api>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send,
+>;
+
+/// A running control plane: the HTTP API, and its companion.
 pub struct HttpServer {
-    /// The bound address.
-    pub addr: SocketAddr,
+    /// The HTTP API's bound address (`None` with `http.enabled = false`).
+    pub addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl HttpServer {
-    /// Binds `cfg.listen` (so a taken port fails the start, with the
-    /// address) and serves on a new thread.
-    pub(crate) fn start(api: Api) -> std::io::Result<HttpServer> {
-        let listener = std::net::TcpListener::bind(api.cfg.listen).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!(
-                    "HTTP API cannot listen on {}: {e} (set http.listen, or http.enabled = false)",
-                    api.cfg.listen
-                ),
-            )
-        })?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+    /// Binds `cfg.listen` when `http.enabled` (so a taken port fails the
+    /// start, with the address) and serves on a new thread, with
+    /// `companion` beside the HTTP API.
+    pub(crate) fn start(api: Api, companion: Option<Companion>) -> std::io::Result<HttpServer> {
+        let listener = if api.cfg.enabled {
+            let l = std::net::TcpListener::bind(api.cfg.listen).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "HTTP API cannot listen on {}: {e} (set http.listen, or http.enabled = false)",
+                        api.cfg.listen
+                    ),
+                )
+            })?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        } else {
+            None
+        };
+        let addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("tether-http".into())
-            .spawn(move || serve(listener, Arc::new(api), stop_rx))?;
+            .spawn(move || serve(listener, Arc::new(api), companion, stop_rx))?;
         Ok(HttpServer {
             addr,
             stop: Some(stop_tx),
@@ -95,8 +107,9 @@ impl Drop for HttpServer {
 }
 
 fn serve(
-    listener: std::net::TcpListener,
+    listener: Option<std::net::TcpListener>,
     api: Arc<Api>,
+    companion: Option<Companion>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -110,6 +123,14 @@ fn serve(
         }
     };
     rt.block_on(async move {
+        // Ends with the runtime, when this thread stops.
+        if let Some(c) = companion {
+            tokio::spawn(c(api.clone()));
+        }
+        let Some(listener) = listener else {
+            let _ = stop.await;
+            return;
+        };
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(l) => l,
             Err(e) => {

@@ -240,26 +240,40 @@ pub(super) fn push_topic(
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", msg.to_string()).field(field)
     };
     let value = percent_decode(segment).ok_or_else(|| bad("not valid percent-encoded UTF-8"))?;
+    push_topic_for(template, marker, &value, field)
+}
+
+/// The push topic for one user or client as given (not percent-encoded):
+/// `value` in place of `marker`, and it must stay one topic level.
+pub(crate) fn push_topic_for(
+    template: &str,
+    marker: &str,
+    value: &str,
+    field: &str,
+) -> Result<String, ApiError> {
+    let bad = |msg: &str| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", msg.to_string()).field(field)
+    };
     if value.is_empty() || value.contains(['/', '+', '#']) {
         return Err(bad("must be one non-empty topic level (no /, + or #)"));
     }
-    Ok(template.replace(marker, &value))
+    Ok(template.replace(marker, value))
 }
 
 /// Hands one message to the bridge and waits for the core's receipt.
-async fn publish(api: &Api, msg: PublishRequest, at: &str) -> Result<u64, ApiError> {
+pub(crate) async fn publish(api: &Api, msg: PublishRequest, at: &str) -> Result<u64, ApiError> {
     let started = start(api, msg, at)?;
     finish(api, started, at).await
 }
 
 /// A publish handed on: to a core of this node, or to the outbound bridge
 /// that carries it to every node (`kafka.push_topic`).
-enum Started {
+pub(crate) enum Started {
     Local(oneshot::Receiver<Result<u64, Refusal>>),
     Pushed(u64, oneshot::Receiver<Produced>),
 }
 
-fn start(api: &Api, msg: PublishRequest, at: &str) -> Result<Started, ApiError> {
+pub(crate) fn start(api: &Api, msg: PublishRequest, at: &str) -> Result<Started, ApiError> {
     let msg = match api.node.outbound.push(msg) {
         Ok((id, rx)) => return Ok(Started::Pushed(id, rx)),
         Err(PushRefused::NotCarried(msg)) => msg,
@@ -269,7 +283,7 @@ fn start(api: &Api, msg: PublishRequest, at: &str) -> Result<Started, ApiError> 
     Ok(Started::Local(rx))
 }
 
-async fn finish(api: &Api, started: Started, at: &str) -> Result<u64, ApiError> {
+pub(crate) async fn finish(api: &Api, started: Started, at: &str) -> Result<u64, ApiError> {
     match started {
         Started::Local(rx) => receipt(api, rx, at).await,
         Started::Pushed(id, rx) => match reply(api, rx, at).await? {

@@ -16,15 +16,21 @@ use crate::bridge::{oneshot, Refusal};
 
 /// Checks the bearer token when tokens are configured.
 pub(super) fn authorize(api: &Api, req: &Request<Incoming>) -> Result<(), ApiError> {
+    check_token(
+        api,
+        req.headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+/// Checks an `Authorization` value (`Bearer <token>`) when tokens are
+/// configured; the gRPC API's metadata too.
+pub(crate) fn check_token(api: &Api, authorization: Option<&str>) -> Result<(), ApiError> {
     if api.cfg.tokens.is_empty() {
         return Ok(());
     }
-    let Some(given) = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
+    let Some(given) = authorization.and_then(|v| v.strip_prefix("Bearer ")) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

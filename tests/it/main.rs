@@ -25,6 +25,7 @@ mod bridge;
 mod cluster_bus;
 mod drain;
 mod fallback;
+mod grpc;
 mod hostile;
 mod http;
 mod kafka;

@@ -206,3 +206,77 @@ impl Default for HttpConfig {
         }
     }
 }
+
+/// `[grpc]`: the gRPC API, served on the control-plane thread beside the
+/// HTTP API, with the same bearer tokens (`http.tokens`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Listen address; unset: no gRPC API.
+    pub listen: Option<SocketAddr>,
+    /// `[grpc.upstream]`: client messages streamed to backends.
+    pub upstream: UpstreamConfig,
+}
+
+/// `[grpc.upstream]`: the `Upstream` streams, which carry client messages
+/// to backends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Filters whose client messages always go to the streams: with no
+    /// backend holding them, `fallback` answers their publishers. Messages
+    /// on other filters go to a backend only while one holds them.
+    pub topics: Vec<String>,
+    /// When a client's QoS 1/2 message on an upstream filter is
+    /// acknowledged to it.
+    pub ack: UpstreamAck,
+    /// What a message no backend holds gets.
+    pub fallback: UpstreamFallback,
+    /// Most messages sent to one stream and not yet acknowledged (a
+    /// stream's `Subscribe.window` may ask for fewer). About what a backend
+    /// keeps in hand; with one message per 1 ms of backend work, 1000 is a
+    /// second's worth.
+    pub window: u32,
+    /// A stream that holds a message unacknowledged for this long is ended
+    /// (its messages go to the rest of its group): a backend that hangs
+    /// does not hold its publishers forever.
+    pub ack_timeout_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            topics: Vec::new(),
+            ack: UpstreamAck::Backend,
+            fallback: UpstreamFallback::Refuse,
+            window: 1000,
+            ack_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// When an upstream message's publisher is acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamAck {
+    /// Once every group that got it acknowledged it on its stream.
+    #[default]
+    Backend,
+    /// At once: faster, and a message whose backend ends before it
+    /// processed it is lost.
+    AtOnce,
+}
+
+/// What a client message on an upstream filter gets when no backend holds
+/// it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamFallback {
+    /// Refused: MQTT 5 publishers get 0x80 in their ack; 3.1.1 publishers
+    /// are disconnected and send again.
+    #[default]
+    Refuse,
+    /// Acknowledged anyway (counted in `tether_upstream_unrouted`): it
+    /// reaches no backend.
+    Accept,
+}

@@ -17,7 +17,10 @@ mod kafka;
 mod store;
 
 pub use auth::{AclDefault, AuthConfig, FailPolicy, HttpAuthConfig, JwtConfig};
-pub use edge::{FallbackConfig, HttpConfig, TlsConfig, WebSocketConfig};
+pub use edge::{
+    FallbackConfig, GrpcConfig, HttpConfig, TlsConfig, UpstreamAck, UpstreamConfig,
+    UpstreamFallback, WebSocketConfig,
+};
 pub use engine::{
     DrainConfig, ListenerConfig, LogConfig, MqttConfig, NodeConfig, RetainedConfig, RuntimeConfig,
     SessionConfig, SysConfig,
@@ -86,6 +89,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[http]`: the HTTP control plane.
     pub http: HttpConfig,
+    /// `[grpc]`: the gRPC API and the Upstream streams.
+    pub grpc: GrpcConfig,
     /// `[runtime]`: executors, channels, bounds.
     pub runtime: RuntimeConfig,
     /// `[log]`: logging.
@@ -114,7 +119,7 @@ impl Config {
     pub fn changed_sections(&self, newer: &Config) -> Vec<&'static str> {
         let d =
             |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-        let pairs: [(&'static str, bool); 18] = [
+        let pairs: [(&'static str, bool); 19] = [
             ("node", d(&self.node, &newer.node)),
             ("listeners", d(&self.listeners, &newer.listeners)),
             ("mqtt", d(&self.mqtt, &newer.mqtt)),
@@ -124,6 +129,7 @@ impl Config {
             ("websocket", d(&self.websocket, &newer.websocket)),
             ("tls", d(&self.tls, &newer.tls)),
             ("http", d(&self.http, &newer.http)),
+            ("grpc", d(&self.grpc, &newer.grpc)),
             ("runtime", d(&self.runtime, &newer.runtime)),
             ("log", d(&self.log, &newer.log)),
             ("store", d(&self.store, &newer.store)),
@@ -439,6 +445,35 @@ impl Config {
             return Err(err(
                 "http",
                 "idempotency_window_secs and idempotency_max_keys must be at least 1",
+            ));
+        }
+        let g = &self.grpc;
+        if let Some(listen) = g.listen {
+            if h.tokens.is_empty() && !listen.ip().is_loopback() {
+                return Err(err(
+                    "http.tokens",
+                    "the gRPC API listens on a non-loopback address without tokens: \
+                     set http.tokens (bearer tokens, shared by both APIs), or grpc.listen to 127.0.0.1",
+                ));
+            }
+        } else if !g.upstream.topics.is_empty() {
+            return Err(err(
+                "grpc.upstream.topics",
+                "the Upstream streams need the gRPC API: set grpc.listen",
+            ));
+        }
+        for f in &g.upstream.topics {
+            if let Err(why) = crate::codec::topic::validate_filter(f) {
+                return Err(err(
+                    "grpc.upstream.topics",
+                    format!("{f:?} is not a valid topic filter: {why}"),
+                ));
+            }
+        }
+        if g.upstream.window == 0 || g.upstream.ack_timeout_ms == 0 {
+            return Err(err(
+                "grpc.upstream",
+                "window and ack_timeout_ms must be at least 1",
             ));
         }
         let m = &self.mqtt;
