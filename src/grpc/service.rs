@@ -415,6 +415,8 @@ impl Tether for Service {
         // goes.
         let up = self.upstream.clone();
         let figures = self.figures.clone();
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let finished_by_backend = finished.clone();
         tokio::spawn(async move {
             loop {
                 match requests.message().await {
@@ -425,7 +427,11 @@ impl Tether for Service {
                         tracing::warn!(stream = id, "a second Subscribe on an Upstream stream: ending it (open one stream per filter)");
                         break;
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        // Its acks so far are queued before the detach.
+                        finished_by_backend.store(true, Relaxed);
+                        break;
+                    }
                     Err(e) => {
                         tracing::debug!(stream = id, "Upstream stream's requests ended: {e}");
                         break;
@@ -437,23 +443,26 @@ impl Tether for Service {
         });
         let guard = Detach(self.upstream.clone(), id);
         let node = self.upstream.node;
-        let out = futures_util::stream::unfold(
-            (attached.rx, Some(guard)),
-            move |(mut rx, guard)| async move {
-                let guard = guard?;
-                match rx.recv().await {
-                    Some(h) => Some((Ok(upstream_message(h, node)), (rx, Some(guard)))),
-                    // The hub ended the stream: one status, then the end.
-                    None => Some((
-                        Err(Status::aborted(
-                            "the node ended this Upstream stream: it held a message past \
+        let out =
+            futures_util::stream::unfold((attached.rx, Some(guard)), move |(mut rx, guard)| {
+                let finished = finished.clone();
+                async move {
+                    let guard = guard?;
+                    match rx.recv().await {
+                        Some(h) => Some((Ok(upstream_message(h, node)), (rx, Some(guard)))),
+                        // The backend closed its side: the stream ends, OK.
+                        None if finished.load(Relaxed) => None,
+                        // The hub ended the stream: one status, then the end.
+                        None => Some((
+                            Err(Status::aborted(
+                                "the node ended this Upstream stream: it held a message past \
                              grpc.upstream.ack_timeout_ms, or the node is stopping; open it again",
+                            )),
+                            (rx, None),
                         )),
-                        (rx, None),
-                    )),
+                    }
                 }
-            },
-        );
+            });
         Ok(Response::new(Box::pin(out)))
     }
 }

@@ -547,3 +547,72 @@ async fn a_push_reaches_a_user_on_two_nodes_and_presence_and_kick_span_them() {
         }
     }
 }
+
+/// README's tour, `examples/grpc_tour.py`, as a newcomer runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_tour_pushes_reads_presence_and_serves_upstream() {
+    let gw = grpc_gateway(|c| c.grpc.upstream.topics = vec!["report/#".into()]);
+    let addr = gw.grpc_addr.unwrap().to_string();
+    let tour = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/grpc_tour.py");
+    let run = |args: &[&str]| {
+        let out = Command::new("/usr/bin/python3")
+            .args([tour, "--addr", &addr, "--token", TOKEN])
+            .args(args)
+            .output()
+            .expect("python3 runs the tour");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut phone = v4(
+        &gw,
+        {
+            let mut o = v4_options(&gw, "alice-phone", true);
+            o.set_credentials("alice", "pw");
+            o
+        },
+        None,
+    )
+    .await;
+    phone
+        .subscribe("user/alice/inbox", rumqttc::QoS::AtLeastOnce)
+        .await;
+    assert!(run(&["push", "alice", "hello over gRPC"]).contains("topic=user/alice/inbox"));
+    assert_eq!(&phone.publish().await.payload[..], b"hello over gRPC");
+    assert!(run(&["user", "alice"]).starts_with("alice: 1 online"));
+
+    let mut backend = Command::new("/usr/bin/python3")
+        .args([
+            tour, "--addr", &addr, "--token", TOKEN, "upstream", "report/#", "--count", "1",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs the tour");
+    let lines = lines_of(backend.stdout.take().unwrap());
+    let mut backend = Proc(backend);
+    assert!(lines
+        .recv_timeout(WAIT)
+        .unwrap()
+        .starts_with("listening on report/#"));
+    let mut dev = v4(&gw, v4_options(&gw, "dev1", true), None).await;
+    dev.client
+        .publish("report/dev1", rumqttc::QoS::AtLeastOnce, false, "21.5")
+        .await
+        .unwrap();
+    dev.incoming(|p| matches!(p, rumqttc::Packet::PubAck(_)))
+        .await;
+    let line = lines.recv_timeout(WAIT).unwrap();
+    assert!(
+        line.starts_with("report/dev1 from dev1") && line.ends_with(": 21.5"),
+        "{line}"
+    );
+    let status = backend.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "the tour's backend ends cleanly after --count"
+    );
+    gw.stop();
+}

@@ -987,7 +987,8 @@ async fn connects_and_disconnects_become_records_of_the_events_topic() {
 /// `tuning/grafana/tether.json` (the shipped dashboard) asks only for
 /// metrics a node serves: every `tether_*` name in every panel's
 /// expression is in the `/metrics` of a node with every bridge on (Redis
-/// sessions, a Kafka route and source). A renamed metric fails here, not on
+/// sessions, a Kafka route and source, the gRPC API and its Upstream
+/// streams). A renamed metric fails here, not on
 /// an operator's empty panel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grafana_dashboard_names_only_metrics_a_node_serves() {
@@ -1003,6 +1004,7 @@ async fn the_grafana_dashboard_names_only_metrics_a_node_serves() {
         ("TETHER_KAFKA__BROKERS", brokers.as_str()),
         ("TETHER_KAFKA__ROUTE", route.as_str()),
         ("TETHER_KAFKA__SOURCE", source.as_str()),
+        ("TETHER_GRPC__LISTEN", "\"127.0.0.1:0\""),
     ];
     let node = Node::start(1, &redis.url(), &env);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], node.http));
