@@ -240,10 +240,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 shown.join(", ")
             );
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"rate": total, "per_stream": per})
-                );
+                println!("{}", serde_json::json!({"rate": total, "per_stream": per}));
             }
         }
     }

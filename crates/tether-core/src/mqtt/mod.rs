@@ -124,7 +124,7 @@ pub fn receive_puback(core: &Core, key: ConnKey, pkid: u16) -> Result<Flow, Viol
     {
         return Err(violation(reason::PROTOCOL_ERROR, "packet before CONNACK"));
     }
-    publish::puback(core, &mut st, key, pkid)?;
+    publish::puback(core, &mut st, key, pkid, 0)?;
     after(&mut st, key, None)
 }
 
@@ -182,7 +182,7 @@ fn handle(
         }
         Packet::Connect(c) => connect::connect(core, st, key, *c).map(|()| Step::Done),
         Packet::Publish(mut p) => publish::publish(core, st, key, &mut p),
-        Packet::PubAck(a) => publish::puback(core, st, key, a.pkid).map(|()| Step::Done),
+        Packet::PubAck(a) => publish::puback(core, st, key, a.pkid, a.code).map(|()| Step::Done),
         Packet::PubRec(a) => publish::pubrec(core, st, key, a).map(|()| Step::Done),
         Packet::PubComp(a) => publish::pubcomp(core, st, key, a).map(|()| Step::Done),
         Packet::PubRel(a) => publish::pubrel(core, st, key, a).map(|()| Step::Done),

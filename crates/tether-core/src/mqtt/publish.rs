@@ -351,12 +351,14 @@ fn resume(core: &Core, st: &mut CoreState, key: ConnKey, permit: Permit) {
     }
 }
 
-/// PUBACK from the client.
+/// PUBACK from the client, with its reason code (0 for a plain one; an
+/// MQTT 5 client may refuse with 0x80 or above).
 pub(super) fn puback(
     core: &Core,
     st: &mut CoreState,
     key: ConnKey,
     pkid: u16,
+    code: u8,
 ) -> Result<(), Violation> {
     settle(
         core,
@@ -364,14 +366,23 @@ pub(super) fn puback(
         key,
         pkid,
         |f| f.d.qos == QoS::AtLeastOnce && !f.released,
-        true,
+        outcome(code),
     );
     Ok(())
 }
 
-/// Ends the in-flight delivery `pkid` that `is_it` accepts: with
-/// `acked`, its receipt (if its message asked); then the queue is pumped
-/// into the window and the store is told the delivery is done.
+/// What a client's acknowledgement says of the delivery.
+fn outcome(code: u8) -> Outcome {
+    if code >= 0x80 {
+        Outcome::Refused(code)
+    } else {
+        Outcome::Acked
+    }
+}
+
+/// Ends the in-flight delivery `pkid` that `is_it` accepts, with its
+/// receipt (if its message asked) saying `outcome`; then the queue is
+/// pumped into the window and the store is told the delivery is done.
 #[inline]
 fn settle(
     core: &Core,
@@ -379,14 +390,14 @@ fn settle(
     key: ConnKey,
     pkid: u16,
     is_it: impl Fn(&crate::session::Inflight) -> bool,
-    acked: bool,
+    outcome: Outcome,
 ) {
     let Some(e) = st.entry(key) else {
         return;
     };
     let done = e.session.take_inflight(pkid, is_it);
-    if let Some(f) = done.as_ref().filter(|f| acked && f.d.receipts) {
-        report_acked(e, &f.d.msg);
+    if let Some(f) = done.as_ref().filter(|f| f.d.receipts) {
+        report_settled(e, &f.d.msg, outcome);
     }
     crate::shard::pump(e, core.stats(), || core.clock().instant());
     if let Some(f) = done {
@@ -394,11 +405,12 @@ fn settle(
     }
 }
 
-/// A delivery of a message that asked for receipts was acknowledged.
+/// A delivery of a message that asked for receipts was acknowledged, or
+/// refused by the client.
 #[cold]
-fn report_acked(e: &Entry, msg: &std::sync::Arc<Message>) {
+fn report_settled(e: &Entry, msg: &std::sync::Arc<Message>, outcome: Outcome) {
     let user = e.link.as_ref().and_then(|l| l.username.as_ref());
-    report(msg, e.client_id.as_ref(), user, Outcome::Acked);
+    report(msg, e.client_id.as_ref(), user, outcome);
 }
 
 /// PUBREC from the client: release with PUBREL (or end on an error code).
@@ -417,7 +429,7 @@ pub(super) fn pubrec(
     if a.code >= 0x80 {
         // MQTT 5 4.3.3: an error PUBREC ends the exchange.
         let is_it = |f: &crate::session::Inflight| f.d.qos == QoS::ExactlyOnce && !f.released;
-        settle(core, st, key, a.pkid, is_it, false);
+        settle(core, st, key, a.pkid, is_it, outcome(a.code));
         return Ok(());
     }
     let found = e
@@ -455,7 +467,7 @@ pub(super) fn pubcomp(
     key: ConnKey,
     a: Ack,
 ) -> Result<(), Violation> {
-    settle(core, st, key, a.pkid, |f| f.released, true);
+    settle(core, st, key, a.pkid, |f| f.released, Outcome::Acked);
     Ok(())
 }
 

@@ -27,6 +27,9 @@ pub enum Outcome {
     /// Queued for a client that is offline: it is sent when the client
     /// comes back (a later receipt says how that went).
     OfflineQueued,
+    /// The client refused it: an MQTT 5 PUBACK or PUBREC with this reason
+    /// code (0x80 or above). It is not sent again.
+    Refused(u8),
 }
 
 impl Outcome {
@@ -35,14 +38,27 @@ impl Outcome {
         match self {
             Outcome::Acked => "acked",
             Outcome::Expired => "expired",
-            Outcome::Dropped(_) => "dropped",
+            Outcome::Dropped(_) | Outcome::Refused(_) => "dropped",
             Outcome::OfflineQueued => "offline-queued",
+        }
+    }
+
+    /// What dropped it, for a receipt's `limit` and a dead letter's
+    /// `x-reason`: the limit named, or the client's reason code.
+    pub fn limit(self) -> Option<String> {
+        match self {
+            Outcome::Dropped(limit) => Some(limit.to_owned()),
+            Outcome::Refused(code) => Some(format!("client reason code 0x{code:02x}")),
+            _ => None,
         }
     }
 
     /// Whether the message will never reach this client (a dead letter).
     pub fn is_final_loss(self) -> bool {
-        matches!(self, Outcome::Expired | Outcome::Dropped(_))
+        matches!(
+            self,
+            Outcome::Expired | Outcome::Dropped(_) | Outcome::Refused(_)
+        )
     }
 }
 
@@ -106,4 +122,24 @@ pub fn report(
         outcome,
         at_ms: crate::wallclock::now_ms(),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    #[test]
+    fn a_client_refusal_is_a_drop_with_its_reason_code() {
+        let r = Outcome::Refused(0x87);
+        assert_eq!(r.name(), "dropped");
+        assert_eq!(r.limit().as_deref(), Some("client reason code 0x87"));
+        assert!(r.is_final_loss(), "a dead letter");
+        assert_eq!(Outcome::Acked.limit(), None);
+        assert_eq!(
+            Outcome::Dropped("session.max_queued_messages")
+                .limit()
+                .as_deref(),
+            Some("session.max_queued_messages")
+        );
+    }
 }

@@ -23,16 +23,13 @@ use super::reports::{failed, Answer, Pending};
 use super::Ctx;
 use crate::adapters::kafka::routes::headers;
 use crate::bridge::outbound::Outgoing;
-use crate::session::{Outcome, Receipt};
+use crate::session::Receipt;
 
 /// Produces `r`'s receipt, and its dead letter when the message will not
 /// reach that client.
 pub(super) fn receipt(ctx: &Ctx, r: Receipt) {
     let id = format!("{:016x}", r.id);
-    let limit = match r.outcome {
-        Outcome::Dropped(limit) => Some(limit),
-        _ => None,
-    };
+    let limit = r.outcome.limit();
     // When the message was taken in, by the wall clock: now, less its age.
     let published_ms = r
         .at_ms
@@ -92,7 +89,7 @@ pub(super) fn receipt(ctx: &Ctx, r: Receipt) {
             })
             .insert(Header {
                 key: "x-reason",
-                value: Some(limit.unwrap_or("expired")),
+                value: Some(limit.as_deref().unwrap_or("expired")),
             })
             .insert(Header {
                 key: "x-receipt-id",
