@@ -210,7 +210,7 @@ impl Plan {
             }
             Kind::P2p | Kind::Storm => {
                 let topic = self.topic("bench/p2p/%i", index / 2);
-                if index % 2 == 0 {
+                if index.is_multiple_of(2) {
                     Role::Subscriber { filter: topic }
                 } else {
                     Role::Publisher { topic }
