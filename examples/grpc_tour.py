@@ -15,6 +15,7 @@ Options (before the command): --addr HOST:PORT (127.0.0.1:8090),
 import argparse
 import os
 import queue
+import shutil
 import sys
 import tempfile
 
@@ -32,8 +33,11 @@ def stubs():
     if rc != 0:
         sys.exit("grpc_tools could not compile src/grpc/tether.proto")
     sys.path.insert(0, out)
-    import tether_pb2
-    import tether_pb2_grpc
+    try:
+        import tether_pb2
+        import tether_pb2_grpc
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     return tether_pb2, tether_pb2_grpc
 
 

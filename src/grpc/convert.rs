@@ -14,7 +14,18 @@ use crate::http::error::ApiError;
 /// HTTP status, and a message that starts with the API's error code and
 /// names the field at fault.
 pub(super) fn status(e: ApiError) -> Status {
-    let code = match e.status {
+    status_of(e.status, e.code, &e.message, e.field.as_deref())
+}
+
+/// [`status`] from its parts: an answer kept under an idempotency key
+/// carries its error as JSON, not as an [`ApiError`].
+pub(super) fn status_of(
+    http: StatusCode,
+    code: &str,
+    message: &str,
+    field: Option<&str>,
+) -> Status {
+    let grpc = match http {
         StatusCode::BAD_REQUEST => Code::InvalidArgument,
         StatusCode::UNAUTHORIZED => Code::Unauthenticated,
         StatusCode::FORBIDDEN => Code::PermissionDenied,
@@ -27,11 +38,11 @@ pub(super) fn status(e: ApiError) -> Status {
         s if s.is_client_error() => Code::InvalidArgument,
         _ => Code::Internal,
     };
-    let message = match &e.field {
-        Some(f) => format!("{}: {} (field {f})", e.code, e.message),
-        None => format!("{}: {}", e.code, e.message),
+    let message = match field {
+        Some(f) => format!("{code}: {message} (field {f})"),
+        None => format!("{code}: {message}"),
     };
-    Status::new(code, message)
+    Status::new(grpc, message)
 }
 
 fn bad(at: &str, field: &str, msg: impl Into<String>) -> ApiError {

@@ -12,7 +12,7 @@ use futures_util::Stream;
 use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{client_info, hex, publish_request, status, upstream_message};
+use super::convert::{client_info, hex, publish_request, status, status_of, upstream_message};
 use super::proto::{self, tether_server::Tether, upstream_request};
 use crate::adapters::upstream::{Figures, StreamId, Upstream};
 use crate::http::error::ApiError;
@@ -136,20 +136,11 @@ fn answered(a: Answer) -> Result<serde_json::Value, Status> {
         return Ok(v);
     }
     let e = &v["error"];
-    let mut err = ApiError::new(
+    Err(status_of(
         a.status,
-        "replayed",
+        e["code"].as_str().unwrap_or("replayed"),
         e["message"].as_str().unwrap_or_default(),
-    );
-    if let Some(f) = e["field"].as_str() {
-        err = err.field(f);
-    }
-    let s = status(err);
-    // The first request's code, not "replayed".
-    let code = e["code"].as_str().unwrap_or("replayed");
-    Err(Status::new(
-        s.code(),
-        s.message().replacen("replayed", code, 1),
+        e["field"].as_str(),
     ))
 }
 
