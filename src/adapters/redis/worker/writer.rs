@@ -65,11 +65,12 @@ pub(super) async fn writer(ctx: Rc<Ctx>, mut conn: Conn, mut rx: UnboundedReceiv
     }
 }
 
-/// The result of one op: done, refused as stale, or failed.
+/// The result of one op: done, refused as stale, or failed (with what
+/// Redis said).
 enum Outcome {
     Done,
     Stale,
-    Failed,
+    Failed(String),
 }
 
 /// Sends the batch; on NOSCRIPT loads the scripts and sends it again.
@@ -99,7 +100,7 @@ async fn apply(ctx: &Ctx, conn: &mut Conn, ops: &[StoreOp]) -> Result<Vec<Outcom
 fn outcome(v: &Value) -> Outcome {
     match v {
         Value::ServerError(e) if e.code() == "STALE" => Outcome::Stale,
-        Value::ServerError(_) => Outcome::Failed,
+        Value::ServerError(e) => Outcome::Failed(e.to_string()),
         _ => Outcome::Done,
     }
 }
@@ -262,8 +263,15 @@ fn settle(ctx: &Ctx, ops: Vec<StoreOp>, results: Vec<Outcome>) {
     for (op, r) in ops.into_iter().zip(results) {
         let ok = match r {
             Outcome::Done => true,
-            Outcome::Failed => {
+            Outcome::Failed(why) => {
                 ctx.metrics.errors.fetch_add(1, Relaxed);
+                // One per op while Redis refuses them: throttled. A refused
+                // write fails its publisher's acknowledgement, so it must
+                // not be silent.
+                static REFUSED: crate::logging::Throttle = crate::logging::Throttle::new();
+                if let Some(held_back) = REFUSED.admit() {
+                    warn!(held_back, "Redis refused a session write: {why} (tether_store_errors_total counts them; publishers waiting on it are told: not stored)");
+                }
                 false
             }
             Outcome::Stale => {
