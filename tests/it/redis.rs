@@ -1006,6 +1006,73 @@ async fn a_node_cut_off_from_redis_resumes_no_session_from_its_stale_copy() {
     assert_eq!(metric(&a, "tether_store_stale_copies_total"), 1.0);
 }
 
+/// A node cut off from Redis past its lease keeps an offline copy of a
+/// session that another node took over meanwhile. The first message it
+/// offers that copy is written with the old epoch, and Redis refuses it as
+/// fenced: the node must hear so and forget its copy. It did not: Redis 7
+/// answers a script's one-word `STALE` as `ERR STALE`, the refusal passed
+/// for an ordinary failed write, and every later message the copy matched
+/// failed to be stored too. The fault harness saw this as thousands of
+/// publishes refused, Kafka records offered again and again, and
+/// subscribers pushed over their queue limit by the duplicates (issue 28).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_as_fenced_ends_the_stale_copy_and_publishes_go_on() {
+    let redis = Redis::start();
+    let relay = crate::common::relay::Relay::to_unix(redis.socket());
+    let a = Node::start(1, &relay.url(), &[SHORT_LEASE]);
+    let b = Node::start(2, &redis.url(), &[SHORT_LEASE]);
+    let mut old = connect(options(&a, "dev6", false)).await;
+    old.subscribe("dev6/#").await;
+
+    relay.cut();
+    drop(old);
+    let new = connect(options(&b, "dev6", false)).await;
+    assert!(new.session_present, "taken over from the silent node");
+    drop(new);
+    relay.heal();
+
+    // Publish on node 1 until a PUBACK: the first publishes meet the stale
+    // copy (refused, so a 3.1.1 publisher is disconnected), later ones
+    // must not.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut refused = 0;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 1 still refuses publishes after {refused} tries (stale writes: {})",
+            metric(&a, "tether_store_stale_writes_total")
+        );
+        let Ok(mut publ) = try_connect(options(&a, "dev6-pub", true)).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        publ.client
+            .publish("dev6/x", QoS::AtLeastOnce, false, "after the heal")
+            .await
+            .unwrap();
+        let acked = loop {
+            match tokio::time::timeout(WAIT, publ.events.recv()).await {
+                Ok(Some(Ok(Event::Incoming(Packet::PubAck(_))))) => break true,
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => break false,
+                Err(_) => panic!("neither a PUBACK nor a disconnect in time"),
+            }
+        };
+        if acked {
+            break;
+        }
+        refused += 1;
+    }
+    assert!(
+        refused <= 2,
+        "refused {refused} times before the copy was forgotten"
+    );
+    assert!(
+        metric(&a, "tether_store_stale_writes_total") >= 1.0,
+        "the refusal was heard as fenced"
+    );
+}
+
 /// QoS 0 ticks from `publ` to `topic` every 100 ms until aborted: a node
 /// that has something to write to a subscriber checks its lease then.
 fn tick(publ: Client, topic: &'static str) -> tokio::task::JoinHandle<()> {

@@ -100,7 +100,10 @@ return out
 
 /// Every write to a session, fenced: it applies only if the caller's epoch
 /// is the session's current one, otherwise it answers STALE and changes
-/// nothing. So a node that lost a session to a newer claim (or a late
+/// nothing. (The reply is `STALE` and words after it: Redis 7 turns an
+/// error of one word into `ERR STALE`, whose code is ERR, and a fenced
+/// write then passed for a failed one: nothing told its node, which went
+/// on offering its stale copy every message it matched.) So a node that lost a session to a newer claim (or a late
 /// disconnect) can never overwrite or delete the new owner's state.
 ///
 /// KEYS: s, sub, m, p, rx. ARGV: epoch, op, then per op:
@@ -120,7 +123,7 @@ if op == 'endc' then
   return 1
 end
 if redis.call('HGET', s, 'epoch') ~= ARGV[1] then
-  return redis.error_reply('STALE')
+  return redis.error_reply('STALE a newer claim owns the session')
 end
 if op == 'put' then
   redis.call('HSET', m, ARGV[3], ARGV[4])

@@ -99,10 +99,18 @@ async fn apply(ctx: &Ctx, conn: &mut Conn, ops: &[StoreOp]) -> Result<Vec<Outcom
 
 fn outcome(v: &Value) -> Outcome {
     match v {
-        Value::ServerError(e) if e.code() == "STALE" => Outcome::Stale,
+        Value::ServerError(e) if is_stale(e) => Outcome::Stale,
         Value::ServerError(e) => Outcome::Failed(e.to_string()),
         _ => Outcome::Done,
     }
+}
+
+/// Whether Redis refused a write as fenced (`scripts::WRITE`): the code
+/// STALE, or ERR with STALE first, as Redis 7 writes a one-word error a
+/// script raised (a script cached from an older release).
+fn is_stale(e: &redis::ServerError) -> bool {
+    e.code() == "STALE"
+        || (e.code() == "ERR" && e.details().is_some_and(|d| d.starts_with("STALE")))
 }
 
 /// One pipeline (a Redis), or one per session or user (a Redis Cluster,
