@@ -41,7 +41,7 @@ fn the_fault_checker_sees_every_broken_promise() {
 }
 
 #[test]
-#[ignore = "tansu 0.6 loses inbox records under faults in about one run in three (bench/RESULTS.md, issue 28); run with --ignored"]
+#[ignore = "clean in 14 runs since the fence fix (bench/RESULTS.md, issue 28); kept out of CI until a longer series is; run with --ignored"]
 fn the_ci_fault_schedule_breaks_no_promise() {
     // SAFETY: geteuid has no preconditions and touches no memory.
     if unsafe { libc::geteuid() } != 0 {
