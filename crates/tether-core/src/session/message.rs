@@ -370,6 +370,7 @@ mod tests {
             epoch: 1,
             last_seq: 0,
             lease_term: 0,
+            retaken: Vec::new(),
             came_from: vec![super::super::Arrival {
                 node: 3,
                 at_ms: 1_000,

@@ -95,7 +95,21 @@ pub struct Durable {
     /// them before then are this session's too ([`Scope::Orphan`]). Empty
     /// for most sessions (no allocation).
     pub came_from: Vec<Arrival>,
+    /// Messages offered again (`Message::again`) that this session took
+    /// as new copies, newest last, at most [`RETAKEN_MAX`]: a later offer
+    /// of one of them is a duplicate. Empty (no allocation) unless the
+    /// store refused messages the session was offered.
+    pub retaken: Vec<u64>,
 }
+
+/// Most ids a durable session remembers of messages offered again. A
+/// record that was not stored is offered again every few hundred ms to 2 s
+/// until it is; without this memory each offer delivered it once more to
+/// a session that had already taken it, and under a lasting store failure
+/// those duplicates filled the session's queue to its limit and had the
+/// subscriber disconnected with what was queued (issue 28, sixth session).
+/// 1,024 ids cover the records of more than one retry round (8 KiB).
+pub const RETAKEN_MAX: usize = 1024;
 
 /// Where a persistent session was before a claim brought it here, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +142,19 @@ impl Durable {
     pub fn next_seq(&mut self) -> u64 {
         self.last_seq += 1;
         self.last_seq
+    }
+
+    /// Whether message `id`, offered again, was taken here before as a new
+    /// copy; remembers it otherwise (see [`Durable::retaken`]).
+    pub fn took_again(&mut self, id: u64) -> bool {
+        if self.retaken.contains(&id) {
+            return true;
+        }
+        if self.retaken.len() >= RETAKEN_MAX {
+            self.retaken.remove(0);
+        }
+        self.retaken.push(id);
+        false
     }
 }
 
@@ -250,6 +277,25 @@ mod tests {
         let id = s.next_pkid();
         s.push_inflight(entry(id));
         id
+    }
+
+    #[test]
+    fn a_message_offered_again_is_taken_once_more_at_most() {
+        let mut d = Durable {
+            client_id: "dev".into(),
+            epoch: 1,
+            last_seq: 0,
+            lease_term: 0,
+            came_from: Vec::new(),
+            retaken: Vec::new(),
+        };
+        assert!(!d.took_again(7), "the first offer again is a new copy");
+        assert!(d.took_again(7), "the next ones are duplicates");
+        for id in 100..100 + RETAKEN_MAX as u64 {
+            d.took_again(id);
+        }
+        assert_eq!(d.retaken.len(), RETAKEN_MAX, "bounded");
+        assert!(!d.took_again(7), "the oldest id was forgotten first");
     }
 
     #[test]

@@ -101,6 +101,13 @@ impl Core {
                 }
                 return Offer::Duplicate;
             }
+            // Taken here already on an earlier offer (sent, and perhaps
+            // acknowledged): one more copy would be a duplicate.
+            if let Some(dur) = e.session.durable.as_deref_mut() {
+                if dur.took_again(d.msg.id) {
+                    return Offer::Duplicate;
+                }
+            }
         }
         let mirrored = match e.session.durable.as_deref_mut() {
             Some(dur) if d.qos != QoS::AtMostOnce => {

@@ -386,6 +386,7 @@ pub(super) async fn claim_one(
             epoch,
             last_seq: text(v.get(9)).parse().unwrap_or(0),
             lease_term,
+            retaken: Vec::new(),
             came_from: if load {
                 moves(&text(v.get(11)))
             } else {
