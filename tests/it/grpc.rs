@@ -223,19 +223,7 @@ async fn without_a_backend_the_fallback_answers_and_a_backend_gets_the_identity(
 
     // A backend in the test: the message comes with who sent it.
     let mut c = client(addr).await;
-    let (acks, rx) = tokio::sync::mpsc::unbounded_channel();
-    acks.send(proto::UpstreamRequest {
-        request: Some(proto::upstream_request::Request::Subscribe(
-            proto::Subscribe {
-                filter: "up/+".into(),
-                ..Default::default()
-            },
-        )),
-    })
-    .unwrap();
-    let requests =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-    let mut stream = c.upstream(authed(requests)).await.unwrap().into_inner();
+    let (mut stream, acks) = upstream_stream(&mut c, "up/+", "").await;
     dev.client
         .publish("up/x", QoS::AtLeastOnce, false, "hello backend")
         .await
@@ -614,5 +602,84 @@ async fn the_python_tour_pushes_reads_presence_and_serves_upstream() {
         status.success(),
         "the tour's backend ends cleanly after --count"
     );
+    gw.stop();
+}
+
+/// Opens an Upstream stream on `filter` in `group`: the stream, and the
+/// sender of its acks.
+async fn upstream_stream(
+    c: &mut TetherClient<Channel>,
+    filter: &str,
+    group: &str,
+) -> (
+    tonic::Streaming<proto::UpstreamMessage>,
+    tokio::sync::mpsc::UnboundedSender<proto::UpstreamRequest>,
+) {
+    let (acks, rx) = tokio::sync::mpsc::unbounded_channel();
+    acks.send(proto::UpstreamRequest {
+        request: Some(proto::upstream_request::Request::Subscribe(
+            proto::Subscribe {
+                filter: filter.into(),
+                group: group.into(),
+                window: 0,
+            },
+        )),
+    })
+    .unwrap();
+    let requests =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let stream = c.upstream(authed(requests)).await.unwrap().into_inner();
+    (stream, acks)
+}
+
+/// A backend that hangs (its connection up, no ack) holds its messages no
+/// longer than `grpc.upstream.ack_timeout_ms`: its stream is ended with
+/// ABORTED and the message goes to the rest of its group, so the
+/// publisher is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_holds_a_message_too_long_loses_it_to_its_group() {
+    let gw = grpc_gateway(|c| {
+        c.grpc.upstream.topics = vec!["jobs/#".into()];
+        c.grpc.upstream.ack_timeout_ms = 500;
+    });
+    let mut c = client(gw.grpc_addr.unwrap()).await;
+    // The hanging one first: round robin gives it the first message.
+    let (mut hung, _hung_acks) = upstream_stream(&mut c, "jobs/#", "workers").await;
+    let (mut live, live_acks) = upstream_stream(&mut c, "jobs/#", "workers").await;
+    let mut dev = v4(&gw, v4_options(&gw, "worker-feed", true), None).await;
+    dev.client
+        .publish("jobs/1", rumqttc::QoS::AtLeastOnce, false, "job 1")
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(WAIT, hung.message())
+        .await
+        .expect("the first message in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first.payload[..], b"job 1");
+    // Not acknowledged: past the timeout the stream ends, ABORTED.
+    let end = tokio::time::timeout(WAIT, hung.message())
+        .await
+        .expect("the hung stream ends in time");
+    assert_eq!(end.unwrap_err().code(), Code::Aborted);
+    let again = tokio::time::timeout(WAIT, live.message())
+        .await
+        .expect("the message goes to the rest of the group")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (&again.payload[..], again.redelivered),
+        (&b"job 1"[..], true)
+    );
+    live_acks
+        .send(proto::UpstreamRequest {
+            request: Some(proto::upstream_request::Request::Ack(proto::Ack {
+                seq: vec![again.seq],
+            })),
+        })
+        .unwrap();
+    dev.incoming(|p| matches!(p, rumqttc::Packet::PubAck(_)))
+        .await;
+    assert_eq!(metric(&gw, "tether_upstream_timed_out_total"), 1.0);
     gw.stop();
 }
