@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
-use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{client_info, hex, publish_request, status, status_of, upstream_message};
@@ -87,44 +86,50 @@ impl Service {
         answered(a)
     }
 
+    /// A push: `req.message` to `topic` (the message names none).
     async fn push(
         &self,
-        req: proto::PushRequest,
+        mut req: proto::PushRequest,
         call: &str,
         topic: String,
     ) -> Result<proto::PublishReply, Status> {
-        let mut m = req.message;
-        if m.as_ref().is_some_and(|m| !m.topic.is_empty()) {
-            return Err(status(
-                ApiError::new(
-                    hyper::StatusCode::BAD_REQUEST,
-                    "invalid_field",
-                    "push calls choose the topic (http.user_topic, client_topic, broadcast_topic)",
-                )
-                .field("message.topic"),
-            ));
+        if let Some(m) = req.message.as_mut() {
+            if !m.topic.is_empty() {
+                return Err(status(
+                    ApiError::new(
+                        hyper::StatusCode::BAD_REQUEST,
+                        "invalid_field",
+                        "push calls choose the topic (http.user_topic, client_topic, broadcast_topic)",
+                    )
+                    .field("message.topic"),
+                ));
+            }
+            m.topic.clone_from(&topic);
         }
-        if let Some(m) = m.as_mut() {
-            m.topic = topic.clone();
-        }
-        let fingerprint = proto::PushRequest {
-            to: req.to,
-            message: m.clone(),
-            idempotency_key: String::new(),
-        }
-        .encode_to_vec();
+        let fingerprint = without_key(&req, |r| r.idempotency_key.clear());
+        let id = self
+            .publish_keyed(req.idempotency_key, call, fingerprint, req.message)
+            .await?;
+        Ok(proto::PublishReply { id, topic })
+    }
+
+    /// Publishes `m` once per idempotency key; its id.
+    async fn publish_keyed(
+        &self,
+        key: String,
+        call: &str,
+        fingerprint: Vec<u8>,
+        m: Option<proto::Message>,
+    ) -> Result<String, Status> {
         let api = &self.api;
         let v = self
-            .once(req.idempotency_key, call, fingerprint, || async move {
+            .once(key, call, fingerprint, || async move {
                 let r = publish_request(m, "message.", api.node.outbound.receipts())?;
                 let id = api_publish::publish(api, r, "message.").await?;
                 Ok(serde_json::json!({"id": hex(id)}))
             })
             .await?;
-        Ok(proto::PublishReply {
-            id: text(&v, "id"),
-            topic,
-        })
+        Ok(text(&v, "id"))
     }
 }
 
@@ -150,204 +155,204 @@ fn text(v: &serde_json::Value, key: &str) -> String {
 
 type UpstreamStream = Pin<Box<dyn Stream<Item = Result<proto::UpstreamMessage, Status>> + Send>>;
 
+/// The message of an idempotent request, encoded without its key: what
+/// its key's fingerprint covers.
+fn without_key<M: prost::Message + Clone>(m: &M, clear: impl FnOnce(&mut M)) -> Vec<u8> {
+    let mut m = m.clone();
+    clear(&mut m);
+    m.encode_to_vec()
+}
+
+impl Service {
+    /// One unary call: the token checked, `run` on its message, the outcome
+    /// counted.
+    async fn unary<T, R, Fut>(
+        &self,
+        req: Request<T>,
+        run: impl FnOnce(T) -> Fut,
+    ) -> Result<Response<R>, Status>
+    where
+        Fut: std::future::Future<Output = Result<R, Status>>,
+    {
+        let r = match self.authorize(&req) {
+            Ok(()) => run(req.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        self.counted(r.map(Response::new))
+    }
+
+    async fn publish_one(&self, req: proto::PublishRequest) -> Result<proto::PublishReply, Status> {
+        let fingerprint = without_key(&req, |r| r.idempotency_key.clear());
+        let id = self
+            .publish_keyed(req.idempotency_key, "Publish", fingerprint, req.message)
+            .await?;
+        Ok(proto::PublishReply {
+            id,
+            topic: String::new(),
+        })
+    }
+
+    async fn publish_many(
+        &self,
+        req: proto::PublishBatchRequest,
+    ) -> Result<proto::PublishBatchReply, Status> {
+        if req.messages.len() > MAX_BATCH {
+            return Err(status(
+                ApiError::new(
+                    hyper::StatusCode::BAD_REQUEST,
+                    "invalid_field",
+                    format!("at most {MAX_BATCH} messages per batch"),
+                )
+                .field("messages"),
+            ));
+        }
+        let fingerprint = without_key(&req, |r| r.idempotency_key.clear());
+        let api = &self.api;
+        let messages = req.messages;
+        let v = self
+            .once(
+                req.idempotency_key,
+                "PublishBatch",
+                fingerprint,
+                || async move { Ok(batch(api, messages).await) },
+            )
+            .await?;
+        let results = v["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| proto::PublishResult {
+                result: Some(match r["id"].as_str() {
+                    Some(id) => proto::publish_result::Result::Id(id.to_owned()),
+                    None => proto::publish_result::Result::Error(proto::Error {
+                        code: text(&r["error"], "code"),
+                        message: text(&r["error"], "message"),
+                        field: text(&r["error"], "field"),
+                    }),
+                }),
+            })
+            .collect();
+        Ok(proto::PublishBatchReply { results })
+    }
+
+    /// A push to the topic `template` makes of `req.to` (`marker` in it).
+    async fn push_to(
+        &self,
+        req: proto::PushRequest,
+        call: &str,
+        template: &str,
+        marker: &str,
+    ) -> Result<proto::PublishReply, Status> {
+        let topic = api_publish::push_topic_for(template, marker, &req.to, "to").map_err(status)?;
+        self.push(req, call, topic).await
+    }
+}
+
 #[tonic::async_trait]
 impl Tether for Service {
     async fn publish(
         &self,
         req: Request<proto::PublishRequest>,
     ) -> Result<Response<proto::PublishReply>, Status> {
-        let r = async {
-            self.authorize(&req)?;
-            let req = req.into_inner();
-            let fingerprint = proto::PublishRequest {
-                message: req.message.clone(),
-                idempotency_key: String::new(),
-            }
-            .encode_to_vec();
-            let api = &self.api;
-            let m = req.message;
-            let v = self
-                .once(req.idempotency_key, "Publish", fingerprint, || async move {
-                    let r = publish_request(m, "message.", api.node.outbound.receipts())?;
-                    let id = api_publish::publish(api, r, "message.").await?;
-                    Ok(serde_json::json!({"id": hex(id)}))
-                })
-                .await?;
-            Ok(Response::new(proto::PublishReply {
-                id: text(&v, "id"),
-                topic: String::new(),
-            }))
-        }
-        .await;
-        self.counted(r)
+        self.unary(req, |m| self.publish_one(m)).await
     }
 
     async fn publish_batch(
         &self,
         req: Request<proto::PublishBatchRequest>,
     ) -> Result<Response<proto::PublishBatchReply>, Status> {
-        let r = async {
-            self.authorize(&req)?;
-            let req = req.into_inner();
-            if req.messages.len() > MAX_BATCH {
-                return Err(status(
-                    ApiError::new(
-                        hyper::StatusCode::BAD_REQUEST,
-                        "invalid_field",
-                        format!("at most {MAX_BATCH} messages per batch"),
-                    )
-                    .field("messages"),
-                ));
-            }
-            let fingerprint = proto::PublishBatchRequest {
-                messages: req.messages.clone(),
-                idempotency_key: String::new(),
-            }
-            .encode_to_vec();
-            let api = &self.api;
-            let messages = req.messages;
-            let v = self
-                .once(
-                    req.idempotency_key,
-                    "PublishBatch",
-                    fingerprint,
-                    || async move { Ok(batch(api, messages).await) },
-                )
-                .await?;
-            let results = v["results"]
-                .as_array()
-                .map(|all| {
-                    all.iter()
-                        .map(|r| proto::PublishResult {
-                            result: Some(match r["id"].as_str() {
-                                Some(id) => proto::publish_result::Result::Id(id.to_owned()),
-                                None => proto::publish_result::Result::Error(proto::Error {
-                                    code: text(&r["error"], "code"),
-                                    message: text(&r["error"], "message"),
-                                    field: text(&r["error"], "field"),
-                                }),
-                            }),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            Ok(Response::new(proto::PublishBatchReply { results }))
-        }
-        .await;
-        self.counted(r)
+        self.unary(req, |m| self.publish_many(m)).await
     }
 
     async fn push_user(
         &self,
         req: Request<proto::PushRequest>,
     ) -> Result<Response<proto::PublishReply>, Status> {
-        let r = async {
-            self.authorize(&req)?;
-            let req = req.into_inner();
-            let topic = api_publish::push_topic_for(&self.api.cfg.user_topic, "%u", &req.to, "to")
-                .map_err(status)?;
-            self.push(req, "PushUser", topic).await.map(Response::new)
-        }
-        .await;
-        self.counted(r)
+        let cfg = &self.api.cfg;
+        self.unary(req, |m| self.push_to(m, "PushUser", &cfg.user_topic, "%u"))
+            .await
     }
 
     async fn push_client(
         &self,
         req: Request<proto::PushRequest>,
     ) -> Result<Response<proto::PublishReply>, Status> {
-        let r = async {
-            self.authorize(&req)?;
-            let req = req.into_inner();
-            let topic =
-                api_publish::push_topic_for(&self.api.cfg.client_topic, "%c", &req.to, "to")
-                    .map_err(status)?;
-            self.push(req, "PushClient", topic).await.map(Response::new)
-        }
-        .await;
-        self.counted(r)
+        let cfg = &self.api.cfg;
+        self.unary(req, |m| {
+            self.push_to(m, "PushClient", &cfg.client_topic, "%c")
+        })
+        .await
     }
 
     async fn broadcast(
         &self,
         req: Request<proto::PushRequest>,
     ) -> Result<Response<proto::PublishReply>, Status> {
-        let r = async {
-            self.authorize(&req)?;
-            let req = req.into_inner();
-            if !req.to.is_empty() {
+        self.unary(req, |m| async move {
+            if !m.to.is_empty() {
                 return Err(Status::invalid_argument(
                     "invalid_field: a broadcast goes to everyone; leave `to` empty (field to)",
                 ));
             }
             let topic = self.api.cfg.broadcast_topic.clone();
-            self.push(req, "Broadcast", topic).await.map(Response::new)
-        }
-        .await;
-        self.counted(r)
+            self.push(m, "Broadcast", topic).await
+        })
+        .await
     }
 
     async fn get_client(
         &self,
         req: Request<proto::ClientRequest>,
     ) -> Result<Response<proto::ClientInfo>, Status> {
-        let r = async {
-            self.authorize(&req)?;
-            let id = req.into_inner().client_id;
-            let info = ops::client_info(&self.api, id).await.map_err(status)?;
-            Ok(Response::new(client_info(info)))
-        }
-        .await;
-        self.counted(r)
+        self.unary(req, |m| async move {
+            let info = ops::client_info(&self.api, m.client_id).await;
+            info.map(client_info).map_err(status)
+        })
+        .await
     }
 
     async fn get_user(
         &self,
         req: Request<proto::UserRequest>,
     ) -> Result<Response<proto::UserReply>, Status> {
-        let r = async {
-            self.authorize(&req)?;
-            let user = req.into_inner().user;
-            let connections = ops::presence(&self.api, &user).await.map_err(status)?;
-            Ok(Response::new(proto::UserReply {
-                user,
+        self.unary(req, |m| async move {
+            let connections = ops::presence(&self.api, &m.user).await.map_err(status)?;
+            Ok(proto::UserReply {
+                user: m.user,
                 connections: connections.into_iter().map(client_info).collect(),
-            }))
-        }
-        .await;
-        self.counted(r)
+            })
+        })
+        .await
     }
 
     async fn kick(
         &self,
         req: Request<proto::ClientRequest>,
     ) -> Result<Response<proto::KickReply>, Status> {
-        let r = async {
-            self.authorize(&req)?;
-            let client_id = req.into_inner().client_id;
-            ops::kick_client(&self.api, &client_id)
+        self.unary(req, |m| async move {
+            ops::kick_client(&self.api, &m.client_id)
                 .await
                 .map_err(status)?;
-            Ok(Response::new(proto::KickReply { client_id }))
-        }
-        .await;
-        self.counted(r)
+            Ok(proto::KickReply {
+                client_id: m.client_id,
+            })
+        })
+        .await
     }
 
     async fn drain(
         &self,
         req: Request<proto::DrainRequest>,
     ) -> Result<Response<proto::DrainReply>, Status> {
-        let r = (|| {
-            self.authorize(&req)?;
+        self.unary(req, |_| async move {
             let connections = ops::begin_drain(&self.api, "gRPC").map_err(status)?;
-            Ok(Response::new(proto::DrainReply {
+            Ok(proto::DrainReply {
                 connections: connections.max(0) as u64,
                 rate_per_sec: self.api.drain.rate_per_sec,
                 deadline_secs: self.api.drain.deadline_secs,
-            }))
-        })();
-        self.counted(r)
+            })
+        })
+        .await
     }
 
     type UpstreamStream = UpstreamStream;
