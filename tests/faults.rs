@@ -41,7 +41,7 @@ fn the_fault_checker_sees_every_broken_promise() {
 }
 
 #[test]
-#[ignore = "clean in 14 runs since the fence fix (bench/RESULTS.md, issue 28); kept out of CI until a longer series is; run with --ignored"]
+#[ignore = "clean in 22 runs since the fence fix (bench/RESULTS.md, issue 28); kept out of CI until a longer series is; run with --ignored"]
 fn the_ci_fault_schedule_breaks_no_promise() {
     // SAFETY: geteuid has no preconditions and touches no memory.
     if unsafe { libc::geteuid() } != 0 {
