@@ -18,7 +18,7 @@ use crate::bridge::outbound::OutboundPolicy;
 use crate::bridge::{Numbered, PublishRequest, Receipt, Refusal};
 use crate::codec::{reason, topic, Ack, Packet, Publish, QoS};
 use crate::id::ConnKey;
-use crate::session::{report, Message, Outcome, Publication, Scope};
+use crate::session::{Message, Outcome, Publication, Scope};
 use crate::shard::{ApiPublish, Core, CoreState, Entry, Parked, PendingKind, Waiting};
 use crate::stats::bump;
 use crate::store::StoreOp;
@@ -409,8 +409,7 @@ fn settle(
 /// refused by the client.
 #[cold]
 fn report_settled(e: &Entry, msg: &std::sync::Arc<Message>, outcome: Outcome) {
-    let user = e.link.as_ref().and_then(|l| l.username.as_ref());
-    report(msg, e.client_id.as_ref(), user, outcome);
+    e.report(msg, outcome);
 }
 
 /// PUBREC from the client: release with PUBREL (or end on an error code).

@@ -187,8 +187,7 @@ fn deliver_reporting(
         Offer::TooLarge => Outcome::Dropped("maximum packet size"),
         _ => return offer,
     };
-    let user = e.link.as_ref().and_then(|l| l.username.as_ref());
-    report(&msg, e.client_id.as_ref(), user, outcome);
+    e.report(&msg, outcome);
     offer
 }
 

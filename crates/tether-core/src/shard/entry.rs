@@ -42,6 +42,16 @@ pub struct Entry {
     pub link: Option<Link>,
 }
 
+impl Entry {
+    /// Reports `outcome` of this session's delivery of `msg` to the
+    /// message's receipt sink, with the session's client id and, while it
+    /// is connected, its user name.
+    pub fn report(&self, msg: &Arc<crate::session::Message>, outcome: crate::session::Outcome) {
+        let user = self.link.as_ref().and_then(|l| l.username.as_ref());
+        crate::session::report(msg, self.client_id.as_ref(), user, outcome);
+    }
+}
+
 /// Lifecycle of a slab entry (see the module documentation).
 pub enum Phase {
     /// Socket accepted, no CONNECT yet (CONNECT deadline armed).
