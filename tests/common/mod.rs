@@ -45,6 +45,24 @@ impl Drop for V4 {
     }
 }
 
+/// The next packet a [`pump`]ed client received, within [`WAIT`]; panics
+/// on the connection's end.
+pub async fn next_packet(
+    events: &mut mpsc::UnboundedReceiver<Result<rumqttc::Event, String>>,
+) -> rumqttc::Packet {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("in time")
+        {
+            Some(Ok(rumqttc::Event::Incoming(p))) => return p,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 /// A rumqttc v3.1.1 client whose event loop runs in a task and feeds a
 /// channel: every event, then the error that ended it.
 pub fn pump(

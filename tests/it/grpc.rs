@@ -118,6 +118,15 @@ impl Replica {
     }
 }
 
+/// The status of a `Publish` of `m` that must be refused.
+async fn refused(c: &mut TetherClient<Channel>, m: proto::Message) -> tonic::Status {
+    let req = proto::PublishRequest {
+        message: Some(m),
+        idempotency_key: String::new(),
+    };
+    c.publish(authed(req)).await.unwrap_err()
+}
+
 fn grpc_gateway(tweak: impl FnOnce(&mut tether::Config)) -> tether::Gateway {
     gateway(2, |c| {
         c.grpc.listen = Some("127.0.0.1:0".parse().unwrap());
@@ -335,22 +344,10 @@ async fn bad_calls_get_the_status_a_client_expects_and_the_node_carries_on() {
         Code::PermissionDenied
     );
     // Fields the API refuses, named.
-    let e = c
-        .publish(authed(proto::PublishRequest {
-            message: Some(message("news/#", "x", 0)),
-            idempotency_key: String::new(),
-        }))
-        .await
-        .unwrap_err();
+    let e = refused(&mut c, message("news/#", "x", 0)).await;
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("field message.topic"), "{e:?}");
-    let e = c
-        .publish(authed(proto::PublishRequest {
-            message: Some(message("news", "x", 3)),
-            idempotency_key: String::new(),
-        }))
-        .await
-        .unwrap_err();
+    let e = refused(&mut c, message("news", "x", 3)).await;
     assert!(e.message().contains("field message.qos"), "{e:?}");
     // An oversize batch, by count and by bytes.
     let e = c
@@ -362,13 +359,7 @@ async fn bad_calls_get_the_status_a_client_expects_and_the_node_carries_on() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("at most 1000"), "{e:?}");
-    let e = c
-        .publish(authed(proto::PublishRequest {
-            message: Some(message("news", &"x".repeat(100_000), 0)),
-            idempotency_key: String::new(),
-        }))
-        .await
-        .unwrap_err();
+    let e = refused(&mut c, message("news", &"x".repeat(100_000), 0)).await;
     // tonic's status for a message above the limit (grpc-go says
     // RESOURCE_EXHAUSTED).
     assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
@@ -457,16 +448,7 @@ async fn a_push_reaches_a_user_on_two_nodes_and_presence_and_kick_span_them() {
         c.subscribe("user/alice/inbox", rumqttc::QoS::AtLeastOnce)
             .await
             .unwrap();
-        loop {
-            match tokio::time::timeout(WAIT, events.recv())
-                .await
-                .expect("SUBACK in time")
-            {
-                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) => break,
-                Some(Ok(_)) => {}
-                other => panic!("{other:?}"),
-            }
-        }
+        while !matches!(next_packet(&mut events).await, rumqttc::Packet::SubAck(_)) {}
         devices.push((c, events, task));
     }
     let mut c = client(addr).await;
@@ -482,16 +464,9 @@ async fn a_push_reaches_a_user_on_two_nodes_and_presence_and_kick_span_them() {
     assert!(r.id.starts_with("ff"), "a push through Kafka: {}", r.id);
     for (_, events, _) in &mut devices {
         loop {
-            match tokio::time::timeout(WAIT, events.recv())
-                .await
-                .expect("the push in time")
-            {
-                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
-                    assert_eq!(&p.payload[..], b"to every device");
-                    break;
-                }
-                Some(Ok(_)) => {}
-                other => panic!("{other:?}"),
+            if let rumqttc::Packet::Publish(p) = next_packet(events).await {
+                assert_eq!(&p.payload[..], b"to every device");
+                break;
             }
         }
     }

@@ -938,21 +938,6 @@ async fn api_pushes_reach_every_node_through_the_push_topic() {
     assert_eq!(r.status, 400, "{}", r.body);
 }
 
-/// The next packet from the broker (within `WAIT`).
-async fn next_packet(events: &mut Events) -> rumqttc::Packet {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv())
-            .await
-            .expect("in time")
-        {
-            Some(Ok(rumqttc::Event::Incoming(p))) => return p,
-            Some(Ok(_)) => {}
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connects_and_disconnects_become_records_of_the_events_topic() {
     let kafka = Kafka::start();

@@ -98,6 +98,12 @@ struct Pending {
     done: Option<Done>,
 }
 
+/// Whose answers `out` waits in line with: its publisher's client id (the
+/// hub takes client messages only, which always have one).
+fn publisher(out: &Outgoing) -> Arc<str> {
+    out.client_id.clone().unwrap_or_else(|| "".into())
+}
+
 /// The hub's state.
 pub(crate) struct Hub {
     ack: UpstreamAck,
@@ -173,7 +179,7 @@ impl Hub {
             .collect();
         let key = self.next_key;
         self.next_key += 1;
-        let client: Arc<str> = out.client_id.clone().unwrap_or_else(|| "".into());
+        let client = publisher(&out);
         let answer = if matched.is_empty() {
             // No backend holds it (a grpc.upstream.topics filter).
             Some(self.fallback_answer("no backend holds an Upstream stream for this topic"))
@@ -310,7 +316,7 @@ impl Hub {
             p.answer = Some(Produced::Done);
         }
         if p.done.is_some() {
-            let client = p.out.client_id.clone().unwrap_or_else(|| "".into());
+            let client = publisher(&p.out);
             self.release(&client);
         } else if p.copies == 0 {
             self.pending.remove(&key);
