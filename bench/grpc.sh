@@ -11,6 +11,11 @@
 #    into grpc.upstream, 1 then 3 replicas in one group acknowledging at
 #    once. Prints what the replicas received per second and the node's CPU
 #    seconds per 1,000 messages.
+# 3. Receipts to a stream: gRPC Publish QoS 1 to one acknowledging
+#    subscriber, 32 callers, without and with receipts_to (one Upstream
+#    receipts stream acknowledging at once), rounds alternating. Prints
+#    calls/s, the node's CPU seconds per 1,000 calls and the receipts the
+#    stream took.
 #
 # The node (one core; its HTTP/gRPC and Upstream threads too) on CPU 0;
 # every client on CPU 1.
@@ -89,3 +94,29 @@ for round in $(seq "$rounds"); do
   done
 done
 rm -f /tmp/grpc-upstream.$$
+
+echo "== receipts to a stream: gRPC Publish QoS 1 to one subscriber, without and with receipts_to"
+printf '%-6s %-9s %12s %16s %10s\n' round mode "calls/s" "CPU s/1000" receipts
+for round in $(seq "$rounds"); do
+  for mode in plain receipts; do
+    start_node
+    taskset -c 1 mosquitto_sub -p "$mport" -t bench/grpc -q 1 >/dev/null & sub=$!
+    pids+=("$sub")
+    to=()
+    if [ "$mode" = receipts ]; then
+      taskset -c 1 target/release/tether-grpc-load --addr "127.0.0.1:$gport" -d 8 upstream --receipts bench >/dev/null 2>&1 & rs=$!
+      pids+=("$rs")
+      to=(--receipts-to bench)
+    fi
+    sleep 0.5
+    t0=$(ticks "$node")
+    out=$(taskset -c 1 target/release/tether-grpc-load --addr "127.0.0.1:$gport" -d 5 --json publish -c 32 --connections 4 "${to[@]}" | tail -1)
+    t1=$(ticks "$node")
+    read -r n rps < <(python3 -c "import json,sys; j=json.loads(sys.argv[1]); print(j['calls'], round(j['rate']))" "$out")
+    got=$(curl -s "127.0.0.1:$hport/metrics" | awk '/^tether_upstream_receipts_total / {print $2}')
+    printf '%-6s %-9s %12s %16s %10s\n' "$round" "$mode" "$rps" "$(cpu_per_1000 "$t0" "$t1" "$n")" "${got:-0}"
+    kill "$sub"
+    [ "$mode" = receipts ] && { kill "$rs" 2>/dev/null || true; wait "$rs" 2>/dev/null || true; }
+    stop_node
+  done
+done

@@ -5,10 +5,11 @@ use hyper::StatusCode;
 use tonic::{Code, Status};
 
 use super::proto;
-use crate::adapters::upstream::Handed;
+use crate::adapters::upstream::{Handed, Item};
 use crate::bridge::{ClientInfo, PublishRequest};
 use crate::codec::{Properties, QoS};
 use crate::http::error::ApiError;
+use crate::session::ReceiptsTo;
 
 /// The gRPC status for an API error: the code a client expects for the
 /// HTTP status, and a message that starts with the API's error code and
@@ -51,11 +52,13 @@ fn bad(at: &str, field: &str, msg: impl Into<String>) -> ApiError {
 
 /// A proto message as a publish, checked as the HTTP API checks its JSON;
 /// `at` prefixes field names (`messages[2].`), `receipts_carried` says
-/// whether the outbound bridge takes receipts.
+/// whether the outbound bridge takes receipts, `node` is this node (whose
+/// streams take the receipts `receipts_to` names).
 pub(super) fn publish_request(
     m: Option<proto::Message>,
     at: &str,
     receipts_carried: bool,
+    node: u16,
 ) -> Result<PublishRequest, ApiError> {
     let m = m.ok_or_else(|| bad(at, "message", "missing field `message`"))?;
     if m.topic.is_empty() {
@@ -65,7 +68,8 @@ pub(super) fn publish_request(
         .ok()
         .and_then(QoS::from_u8)
         .ok_or_else(|| bad(at, "qos", "qos must be 0, 1 or 2"))?;
-    if m.receipts && !receipts_carried {
+    // A named receipts stream takes them instead of Kafka.
+    if m.receipts && m.receipts_to.is_empty() && !receipts_carried {
         return Err(bad(
             at,
             "receipts",
@@ -110,6 +114,10 @@ pub(super) fn publish_request(
         properties,
         receipts: m.receipts,
         receipt_id: None,
+        receipts_to: (!m.receipts_to.is_empty()).then(|| ReceiptsTo {
+            node,
+            stream: m.receipts_to.into(),
+        }),
     })
 }
 
@@ -151,12 +159,33 @@ pub(super) fn client_info(c: ClientInfo) -> proto::ClientInfo {
 
 /// A copy for a backend, with what the Kafka headers carry.
 pub(super) fn upstream_message(h: Handed, node: u16) -> proto::UpstreamMessage {
-    let msg = &h.out.msg;
+    let out = match h.item {
+        Item::Message(out) => out,
+        Item::Receipt(r) => {
+            return proto::UpstreamMessage {
+                seq: h.seq,
+                redelivered: h.redelivered,
+                receipt: Some(proto::Receipt {
+                    id: hex(r.id),
+                    client_id: r.client_id.to_string(),
+                    username: r.username.as_deref().unwrap_or_default().to_owned(),
+                    node: u32::from(r.node),
+                    topic: r.topic.to_string(),
+                    outcome: r.outcome.clone(),
+                    limit: r.limit.clone().unwrap_or_default(),
+                    published_ms: r.published_ms,
+                    at_ms: r.at_ms,
+                }),
+                ..proto::UpstreamMessage::default()
+            };
+        }
+    };
+    let msg = &out.msg;
     proto::UpstreamMessage {
         seq: h.seq,
         id: hex(msg.id),
-        client_id: h.out.client_id.as_deref().unwrap_or_default().to_owned(),
-        username: h.out.username.as_deref().unwrap_or_default().to_owned(),
+        client_id: out.client_id.as_deref().unwrap_or_default().to_owned(),
+        username: out.username.as_deref().unwrap_or_default().to_owned(),
         node: u32::from(node),
         topic: msg.topic.to_string(),
         qos: msg.qos as u32,
@@ -178,5 +207,6 @@ pub(super) fn upstream_message(h: Handed, node: u16) -> proto::UpstreamMessage {
                 .collect(),
         }),
         redelivered: h.redelivered,
+        receipt: None,
     }
 }

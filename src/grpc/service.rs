@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{client_info, hex, publish_request, status, status_of, upstream_message};
 use super::proto::{self, tether_server::Tether, upstream_request};
-use crate::adapters::upstream::{Figures, StreamId, Upstream};
+use crate::adapters::upstream::{Figures, StreamId, Takes, Upstream};
 use crate::http::error::ApiError;
 use crate::http::idempotency::{self, Answer};
 use crate::http::publish::{self as api_publish, MAX_BATCH};
@@ -124,7 +124,12 @@ impl Service {
         let api = &self.api;
         let v = self
             .once(key, call, fingerprint, || async move {
-                let r = publish_request(m, "message.", api.node.outbound.receipts())?;
+                let r = publish_request(
+                    m,
+                    "message.",
+                    api.node.outbound.receipts(),
+                    api.node.node_id,
+                )?;
                 let id = api_publish::publish(api, r, "message.").await?;
                 Ok(serde_json::json!({"id": hex(id)}))
             })
@@ -381,30 +386,17 @@ impl Tether for Service {
                 )))
             }
         };
-        if let Err(why) = crate::codec::topic::validate_filter(&sub.filter) {
-            return self.counted(Err(Status::invalid_argument(format!(
-                "invalid_field: {:?} is not a topic filter: {why} (field subscribe.filter)",
-                sub.filter
-            ))));
-        }
-        if sub.filter.starts_with('$') {
-            return self.counted(Err(Status::invalid_argument(
-                "invalid_field: $-topics are the broker's own and never go upstream; \
-                 give the group in subscribe.group, not as $share/ (field subscribe.filter)",
-            )));
-        }
-        if sub.group.contains(['/', '+', '#']) {
-            return self.counted(Err(Status::invalid_argument(
-                "invalid_field: a group name has no /, + or # (field subscribe.group)",
-            )));
-        }
-        let group = (!sub.group.is_empty()).then_some(sub.group.as_str());
-        let attached = self.upstream.attach(&sub.filter, group, sub.window).await;
+        let takes = match takes(&sub) {
+            Ok(t) => t,
+            Err(e) => return self.counted(Err(e)),
+        };
+        let attached = self.upstream.attach(takes, sub.window).await;
         let id = attached.id;
         tracing::info!(
             stream = id,
             filter = sub.filter,
             group = sub.group,
+            receipts = sub.receipts,
             "Upstream stream attached"
         );
         // The acks: until the backend closes its side, or the connection
@@ -463,6 +455,40 @@ impl Tether for Service {
     }
 }
 
+/// What an Upstream stream's Subscribe asks for, checked.
+fn takes(sub: &proto::Subscribe) -> Result<Takes, Status> {
+    if !sub.receipts.is_empty() {
+        if !sub.filter.is_empty() || !sub.group.is_empty() {
+            return Err(Status::invalid_argument(
+                "invalid_field: a receipts stream takes no filter or group; \
+                 open another stream for client messages (field subscribe.receipts)",
+            ));
+        }
+        return Ok(Takes::Receipts(sub.receipts.as_str().into()));
+    }
+    if let Err(why) = crate::codec::topic::validate_filter(&sub.filter) {
+        return Err(Status::invalid_argument(format!(
+            "invalid_field: {:?} is not a topic filter: {why} (field subscribe.filter)",
+            sub.filter
+        )));
+    }
+    if sub.filter.starts_with('$') {
+        return Err(Status::invalid_argument(
+            "invalid_field: $-topics are the broker's own and never go upstream; \
+             give the group in subscribe.group, not as $share/ (field subscribe.filter)",
+        ));
+    }
+    if sub.group.contains(['/', '+', '#']) {
+        return Err(Status::invalid_argument(
+            "invalid_field: a group name has no /, + or # (field subscribe.group)",
+        ));
+    }
+    Ok(Takes::Messages {
+        filter: sub.filter.as_str().into(),
+        group: (!sub.group.is_empty()).then(|| sub.group.as_str().into()),
+    })
+}
+
 /// Detaches a stream whose response side was dropped (the backend went).
 struct Detach(Arc<Upstream>, StreamId);
 
@@ -481,7 +507,8 @@ async fn batch(api: &Api, messages: Vec<proto::Message>) -> serde_json::Value {
         .enumerate()
         .map(|(i, m)| {
             let at = format!("messages[{i}].");
-            publish_request(Some(m), &at, receipts).and_then(|r| api_publish::start(api, r, &at))
+            publish_request(Some(m), &at, receipts, api.node.node_id)
+                .and_then(|r| api_publish::start(api, r, &at))
         })
         .collect();
     let mut results = Vec::with_capacity(started.len());

@@ -135,6 +135,7 @@ impl PublishBody {
             properties,
             receipts: self.receipts,
             receipt_id: None,
+            receipts_to: None,
         })
     }
 }

@@ -20,6 +20,7 @@ fn request(topic: &str, payload: &str, qos: QoS, retain: bool) -> PublishRequest
         properties: None,
         receipts: false,
         receipt_id: None,
+        receipts_to: None,
     }
 }
 
@@ -86,6 +87,7 @@ async fn one_topic_through_the_bridge_keeps_its_order() {
                 properties: None,
                 receipts: false,
                 receipt_id: None,
+                receipts_to: None,
             };
             // Busy is backpressure: wait for the previous receipt, retry.
             loop {

@@ -580,31 +580,271 @@ async fn the_python_tour_pushes_reads_presence_and_serves_upstream() {
     gw.stop();
 }
 
-/// Opens an Upstream stream on `filter` in `group`: the stream, and the
-/// sender of its acks.
-async fn upstream_stream(
-    c: &mut TetherClient<Channel>,
-    filter: &str,
-    group: &str,
-) -> (
+/// An Upstream stream and the sender of its acks.
+type Stream = (
     tonic::Streaming<proto::UpstreamMessage>,
     tokio::sync::mpsc::UnboundedSender<proto::UpstreamRequest>,
-) {
+);
+
+/// Opens an Upstream stream on `filter` in `group`.
+async fn upstream_stream(c: &mut TetherClient<Channel>, filter: &str, group: &str) -> Stream {
+    let sub = proto::Subscribe {
+        filter: filter.into(),
+        group: group.into(),
+        ..Default::default()
+    };
+    subscribed(c, sub).await.unwrap()
+}
+
+/// Opens an Upstream stream that takes the receipts named `name`.
+async fn receipts_stream(c: &mut TetherClient<Channel>, name: &str) -> Stream {
+    let sub = proto::Subscribe {
+        receipts: name.into(),
+        ..Default::default()
+    };
+    subscribed(c, sub).await.unwrap()
+}
+
+/// Opens an Upstream stream with `sub`, or the status it is refused with.
+async fn subscribed(
+    c: &mut TetherClient<Channel>,
+    sub: proto::Subscribe,
+) -> Result<Stream, tonic::Status> {
     let (acks, rx) = tokio::sync::mpsc::unbounded_channel();
     acks.send(proto::UpstreamRequest {
-        request: Some(proto::upstream_request::Request::Subscribe(
-            proto::Subscribe {
-                filter: filter.into(),
-                group: group.into(),
-                window: 0,
-            },
-        )),
+        request: Some(proto::upstream_request::Request::Subscribe(sub)),
     })
     .unwrap();
     let requests =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-    let stream = c.upstream(authed(requests)).await.unwrap().into_inner();
-    (stream, acks)
+    let stream = c.upstream(authed(requests)).await?.into_inner();
+    Ok((stream, acks))
+}
+
+/// The next `n` receipts on `stream`, acknowledged, sorted by client id
+/// and outcome.
+async fn receipts(stream: &mut Stream, n: usize) -> Vec<proto::Receipt> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let m = tokio::time::timeout(WAIT, stream.0.message())
+            .await
+            .expect("a receipt in time")
+            .unwrap()
+            .expect("the stream goes on");
+        stream
+            .1
+            .send(proto::UpstreamRequest {
+                request: Some(proto::upstream_request::Request::Ack(proto::Ack {
+                    seq: vec![m.seq],
+                })),
+            })
+            .unwrap();
+        assert!(m.client_id.is_empty() && m.payload.is_empty(), "{m:?}");
+        got.push(m.receipt.expect("a receipts stream carries receipts"));
+    }
+    got.sort_by(|a, b| (&a.client_id, &a.outcome).cmp(&(&b.client_id, &b.outcome)));
+    got
+}
+
+/// Publishes a QoS 1 message on `topic` whose receipts go to the
+/// receipts streams named `to`: its id.
+async fn publish_with_receipts_to(c: &mut TetherClient<Channel>, topic: &str, to: &str) -> String {
+    let req = proto::PublishRequest {
+        message: Some(proto::Message {
+            receipts_to: to.into(),
+            ..message(topic, "with receipts", 1)
+        }),
+        idempotency_key: String::new(),
+    };
+    c.publish(authed(req)).await.unwrap().into_inner().id
+}
+
+/// Receipts to the publisher's own stream, without Kafka: a device that
+/// acks, one offline (queued, then acked when it comes back); none to a
+/// name no stream took (counted); and a receipts stream that also asks
+/// for a filter is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_reach_the_stream_the_publisher_named() {
+    let gw = grpc_gateway(|_| {});
+    let mut c = client(gw.grpc_addr.unwrap()).await;
+    let mut billing = receipts_stream(&mut c, "billing").await;
+    let mut online = v4(&gw, v4_options(&gw, "till-online", true), None).await;
+    online
+        .client
+        .subscribe("orders/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    while !matches!(
+        next_packet(&mut online.events).await,
+        rumqttc::Packet::SubAck(_)
+    ) {}
+    let away = v4(&gw, v4_options(&gw, "till-away", false), None).await;
+    away.client
+        .subscribe("orders/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut away = away;
+    while !matches!(
+        next_packet(&mut away.events).await,
+        rumqttc::Packet::SubAck(_)
+    ) {}
+    away.client.disconnect().await.unwrap();
+    until("the away till's session is offline", || {
+        metric(&gw, "tether_connections") == 1.0
+    })
+    .await;
+
+    let id = publish_with_receipts_to(&mut c, "orders/1", "billing").await;
+    let got = receipts(&mut billing, 2).await;
+    let seen: Vec<_> = got
+        .iter()
+        .map(|r| {
+            (
+                r.client_id.as_str(),
+                r.outcome.as_str(),
+                r.id.as_str(),
+                r.topic.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("till-away", "offline-queued", id.as_str(), "orders/1"),
+            ("till-online", "acked", id.as_str(), "orders/1"),
+        ]
+    );
+    assert!(got
+        .iter()
+        .all(|r| r.at_ms >= r.published_ms && r.published_ms > 0));
+
+    // The away till comes back, takes its message, and the stream hears.
+    let mut back = v4(&gw, v4_options(&gw, "till-away", false), None).await;
+    assert!(back.session_present);
+    loop {
+        if let rumqttc::Packet::Publish(p) = next_packet(&mut back.events).await {
+            assert_eq!(&p.payload[..], b"with receipts");
+            break;
+        }
+    }
+    let got = receipts(&mut billing, 1).await;
+    assert_eq!(
+        (got[0].client_id.as_str(), got[0].outcome.as_str()),
+        ("till-away", "acked")
+    );
+    assert_eq!(metric(&gw, "tether_upstream_receipts_total"), 3.0);
+
+    // A name nobody took: the deliveries happen, their receipts are
+    // counted and dropped.
+    publish_with_receipts_to(&mut c, "orders/2", "nobody").await;
+    until("two receipts for nobody, counted", || {
+        metric(&gw, "tether_upstream_receipts_unrouted_total") == 2.0
+    })
+    .await;
+    let sub = proto::Subscribe {
+        filter: "orders/#".into(),
+        receipts: "billing".into(),
+        ..Default::default()
+    };
+    let refused = subscribed(&mut c, sub).await.expect_err("refused");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("subscribe.receipts"),
+        "{}",
+        refused.message()
+    );
+    gw.stop();
+}
+
+/// Receipts of deliveries on another node come over the cluster bus to
+/// the node whose stream the publisher named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_from_another_node_come_over_the_cluster_bus() {
+    use crate::common::cluster::{Node, Redis};
+    use crate::common::kafka::Kafka;
+    let redis = Redis::start();
+    let kafka = Kafka::start();
+    let prefix = Kafka::unique("receipts");
+    kafka.create(&format!("{prefix}.interest"), 1).await;
+    for n in 1..=2 {
+        kafka.create(&format!("{prefix}.node.{n}"), 2).await;
+    }
+    let env = [
+        ("TETHER_KAFKA__BROKERS", format!("\"{}\"", kafka.brokers)),
+        (
+            "TETHER_KAFKA__CLUSTER",
+            format!(
+                "{{node_topic = \"{prefix}.node.%n\", interest_topic = \"{prefix}.interest\"}}"
+            ),
+        ),
+        ("TETHER_GRPC__LISTEN", "\"127.0.0.1:0\"".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let one = Node::start(1, &redis.url(), &env);
+    let two = Node::start(2, &redis.url(), &env);
+    let addr = loop {
+        let line = one.lines.recv_timeout(WAIT).expect("the gRPC banner line");
+        if let Some(a) = line.split("grpc api    ").nth(1) {
+            break a
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<std::net::SocketAddr>()
+                .unwrap();
+        }
+    };
+    let mut c = client(addr).await;
+    let mut billing = receipts_stream(&mut c, "billing").await;
+    let mut devices = Vec::new();
+    for (id, node) in [("till-1", &one), ("till-2", &two)] {
+        let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", node.mqtt);
+        o.set_keep_alive(Duration::from_secs(30));
+        let (dev, mut events, task) = crate::common::pump(o);
+        dev.subscribe("orders/#", rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        while !matches!(next_packet(&mut events).await, rumqttc::Packet::SubAck(_)) {}
+        devices.push((dev, events, task));
+    }
+    // Node 1 routes to node 2 once its view holds node 2's interest.
+    let node_metric = |node: &Node, name: &str| {
+        let a = std::net::SocketAddr::from(([127, 0, 0, 1], node.http));
+        crate::common::web::http(a, "GET", "/metrics", &[], "")
+            .body
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name} ")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum::<f64>()
+    };
+    until("node 1 sees node 2's interest", || {
+        node_metric(&one, "tether_kafka_cluster_interest_entries") >= 2.0
+    })
+    .await;
+    let id = publish_with_receipts_to(&mut c, "orders/1", "billing").await;
+    let got = receipts(&mut billing, 2).await;
+    let seen: Vec<_> = got
+        .iter()
+        .map(|r| {
+            (
+                r.client_id.as_str(),
+                r.node,
+                r.outcome.as_str(),
+                r.id.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("till-1", 1, "acked", id.as_str()),
+            ("till-2", 2, "acked", id.as_str())
+        ]
+    );
+    assert_eq!(
+        node_metric(&two, "tether_kafka_receipts_forwarded_total"),
+        1.0
+    );
+    assert_eq!(node_metric(&two, "tether_upstream_receipts_total"), 0.0);
 }
 
 /// A backend that hangs (its connection up, no ack) holds its messages no

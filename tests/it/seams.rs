@@ -345,6 +345,7 @@ async fn an_api_publish_waits_for_a_deferred_permit_too() {
         properties: None,
         receipts: false,
         receipt_id: None,
+        receipts_to: None,
     };
     let allowed = bridge.publish(req("allowed")).unwrap();
     let (permit_req, reply) = tokio::task::block_in_place(|| next(&asks));

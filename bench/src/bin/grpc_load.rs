@@ -7,6 +7,8 @@
 //!   given), each acknowledging every message at once; prints messages/s
 //!   in all and per stream over `--duration` seconds after the first
 //!   message. Pair it with `tether-bench pub` publishing QoS 1.
+//!   With `--receipts NAME` the streams take the delivery receipts named
+//!   `NAME` instead: pair it with `publish --receipts-to NAME`.
 //!
 //! One line of JSON at the end (`--json`) for scripts (bench/grpc.sh).
 
@@ -60,6 +62,10 @@ enum What {
         /// HTTP/2 connections the callers share.
         #[arg(long, default_value_t = 4)]
         connections: usize,
+        /// Ask for each delivery's receipt on the Upstream receipts
+        /// streams of this name (empty: no receipts).
+        #[arg(long, default_value = "")]
+        receipts_to: String,
     },
     /// Backends on an Upstream filter, acknowledging at once.
     Upstream {
@@ -69,6 +75,9 @@ enum What {
         group: String,
         #[arg(long, short = 's', default_value_t = 1)]
         streams: usize,
+        /// Take the receipts of this name instead of client messages.
+        #[arg(long, default_value = "")]
+        receipts: String,
     },
 }
 
@@ -114,6 +123,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             payload,
             concurrency,
             connections,
+            receipts_to,
         } => {
             let mut channels = Vec::new();
             for _ in 0..connections.max(1) {
@@ -123,6 +133,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 topic,
                 payload: vec![b'x'; payload].into(),
                 qos,
+                receipts_to,
                 ..Default::default()
             };
             let stop = Arc::new(AtomicBool::new(false));
@@ -181,7 +192,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             filter,
             group,
             streams,
+            receipts,
         } => {
+            // A receipts stream takes no filter or group.
+            let (filter, group) = if receipts.is_empty() {
+                (filter, group)
+            } else {
+                (String::new(), String::new())
+            };
             let counts: Vec<Arc<AtomicU64>> =
                 (0..streams).map(|_| Arc::new(AtomicU64::new(0))).collect();
             let first = Arc::new(tokio::sync::Notify::new());
@@ -194,7 +212,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                         proto::Subscribe {
                             filter: filter.clone(),
                             group: group.clone(),
-                            window: 0,
+                            receipts: receipts.clone(),
+                            ..Default::default()
                         },
                     )),
                 });

@@ -12,10 +12,12 @@
 //! | `consumer.rs` | [`KafkaInbound`]: the `tether-kafka-in` thread, sources' records to MQTT, at least once |
 //! | `cluster.rs` | the cluster view: who subscribed to what, and where a message goes |
 //! | `registry.rs` | reading the interest topic into the view |
+//! | `receipt_body.rs` | a delivery receipt as a record's JSON body |
 
 mod cluster;
 mod consumer;
 mod producer;
+mod receipt_body;
 mod registry;
 mod routes;
 
@@ -64,6 +66,14 @@ pub(crate) const TO_SESSION: &str = "x-to-session";
 pub(crate) const ORPHAN_OF: &str = "x-orphan-of";
 /// When an orphan's first copy was sent, ms since the Unix epoch.
 pub(crate) const FIRST_SENT: &str = "x-first-sent";
+/// The header of a message whose publisher named an Upstream receipts
+/// stream (`session::ReceiptsTo::encode`: `{node}/{stream}`): every node
+/// that delivers it hands its receipts to that node.
+pub(crate) const RECEIPTS_TO: &str = "x-receipts-to";
+/// The header of a receipt handed to the node that holds the receipts
+/// stream it names (a record on that node's cluster inbox, with a
+/// `receipt_body` JSON body).
+pub(crate) const RECEIPT_FOR: &str = "x-receipt-for";
 
 /// Whom a copy handed on to every node is for (`producer::Job::HandOn`).
 #[derive(Clone, Debug)]
@@ -275,6 +285,8 @@ impl Outbound for KafkaOutbound {
             ("kafka_producer_rebuilds", "New producers made after a fatal error (a broker fenced the producer id, e.g. after a hang past kafka.delivery_timeout_ms).", m.rebuilds.load(Relaxed), true),
             ("kafka_receipts", "Delivery receipts handed to Kafka (kafka.receipts_topic).", m.receipts.load(Relaxed), true),
             ("kafka_dead_letters", "Messages that will not reach a client handed to kafka.dead_letter_topic.", m.dead_letters.load(Relaxed), true),
+            ("kafka_receipts_forwarded", "Delivery receipts handed over the cluster bus to the node whose Upstream receipts stream they name.", m.receipts_forwarded.load(Relaxed), true),
+            ("kafka_receipts_unforwardable", "Delivery receipts for another node's Upstream receipts stream dropped: no cluster bus ([kafka.cluster]) to reach it.", m.receipts_unforwardable.load(Relaxed), true),
         ];
         figures.extend(inbound);
         if self.cluster {
@@ -325,14 +337,16 @@ impl Outbound for KafkaOutbound {
         let id = crate::id::Minter::Push.id(self
             .push_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        let receipts = req.receipts && self.receipts;
+        let receipts = (req.receipts && self.receipts) || req.receipts_to.is_some();
+        let to = req.receipts_to.clone();
         let mut msg = Message::new(id, req.into_publication(), std::time::Instant::now());
         if receipts {
-            // Marks the record (`x-receipts: 1`): each node that delivers it
-            // reports to its own sink.
+            // Marks the record (`x-receipts: 1`, and `x-receipts-to`): each
+            // node that delivers it reports to its own sink.
             msg.receipts = Some(Receipts {
                 sink: Arc::new(ReceiptJobs(self.jobs.clone())),
                 id,
+                to,
             });
         }
         let (tx, rx) = oneshot::channel();

@@ -124,11 +124,17 @@ pub fn headers(out: &Outgoing, event: &str, node: &str) -> OwnedHeaders {
             value: Some(b"1"),
         });
     }
-    if out.msg.receipts.is_some() {
+    if let Some(r) = &out.msg.receipts {
         h = h.insert(Header {
             key: "x-receipts",
             value: Some(b"1"),
         });
+        if let Some(to) = &r.to {
+            h = h.insert(Header {
+                key: crate::adapters::kafka::RECEIPTS_TO,
+                value: Some(to.encode().as_bytes()),
+            });
+        }
     }
     if let Some(u) = out.username.as_deref() {
         h = h.insert(Header {

@@ -19,6 +19,12 @@
 //! gets 0x80; 3.1.1 is disconnected and sends again), `accept` counts the
 //! copy as done.
 //!
+//! A **receipts route** is the streams that subscribed to one receipts
+//! stream name: each delivery receipt addressed to that name goes to one
+//! of them, with the same window, acks and redelivery; nobody waits for
+//! it, and one that finds no stream (or whose route empties) is counted
+//! and dropped, as a receipt is at most once everywhere.
+//!
 //! Neither the backlog nor the pending table has a bound of its own: every
 //! copy belongs to a publish a core holds in its bounded outbound table
 //! (`runtime.max_outbound_inflight`), so a stalled backend pauses the
@@ -30,6 +36,7 @@ use std::time::Instant;
 
 use crate::bridge::outbound::{OutboundError, Outgoing, Produced};
 use crate::config::{UpstreamAck, UpstreamFallback};
+use crate::session::ReceiptRecord;
 
 /// Called once with the publisher's answer.
 pub(crate) type Done = Box<dyn FnOnce(Produced) + Send>;
@@ -42,10 +49,34 @@ pub type StreamId = u64;
 pub struct Handed {
     /// The stream's number for it, which its ack names.
     pub seq: u64,
-    /// The client's message and who published it.
-    pub out: Arc<Outgoing>,
+    /// What it is.
+    pub item: Item,
     /// A stream before this one was sent it and ended without an ack.
     pub redelivered: bool,
+}
+
+/// What a stream is sent.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A client's message and who published it.
+    Message(Arc<Outgoing>),
+    /// A delivery receipt for the receipts stream name it subscribed.
+    Receipt(Arc<ReceiptRecord>),
+}
+
+/// What a stream subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Takes {
+    /// Client messages on `filter`, shared with `group`'s members.
+    Messages {
+        /// An MQTT topic filter.
+        filter: Arc<str>,
+        /// The shared group; `None`: a route of its own.
+        group: Option<Arc<str>>,
+    },
+    /// The receipts addressed to this name, shared with every stream
+    /// that took it.
+    Receipts(Arc<str>),
 }
 
 /// Where the hub sends a stream's copies (the gRPC side drains it; the
@@ -66,6 +97,11 @@ pub(crate) struct Counts {
     /// Messages or copies no backend held, acknowledged anyway
     /// (`fallback = "accept"`): they reached no backend.
     pub unrouted: u64,
+    /// Receipts taken for a receipts stream name.
+    pub receipts: u64,
+    /// Receipts for a name no stream held (or whose streams all ended
+    /// before acknowledging them): dropped.
+    pub receipts_unrouted: u64,
 }
 
 struct Stream {
@@ -78,8 +114,7 @@ struct Stream {
 }
 
 struct Route {
-    filter: Arc<str>,
-    group: Option<Arc<str>>,
+    takes: Takes,
     members: Vec<StreamId>,
     /// Round-robin position among `members`.
     next: usize,
@@ -88,7 +123,7 @@ struct Route {
 }
 
 struct Pending {
-    out: Arc<Outgoing>,
+    item: Item,
     /// Copies not yet acknowledged.
     copies: usize,
     /// The publisher's answer, once known: every copy acknowledged, or
@@ -98,10 +133,13 @@ struct Pending {
     done: Option<Done>,
 }
 
-/// Whose answers `out` waits in line with: its publisher's client id (the
-/// hub takes client messages only, which always have one).
-fn publisher(out: &Outgoing) -> Arc<str> {
-    out.client_id.clone().unwrap_or_else(|| "".into())
+/// Whose answers `item` waits in line with: its publisher's client id (a
+/// client message always has one; a receipt waits for nobody).
+fn publisher(item: &Item) -> Arc<str> {
+    match item {
+        Item::Message(out) => out.client_id.clone().unwrap_or_else(|| "".into()),
+        Item::Receipt(_) => "".into(),
+    }
 }
 
 /// The hub's state.
@@ -137,7 +175,14 @@ impl Hub {
 
     /// The filters some stream holds, for the cores' policy.
     pub fn filters(&self) -> Vec<Arc<str>> {
-        let mut f: Vec<_> = self.routes.iter().map(|(_, r)| r.filter.clone()).collect();
+        let mut f: Vec<_> = self
+            .routes
+            .iter()
+            .filter_map(|(_, r)| match &r.takes {
+                Takes::Messages { filter, .. } => Some(filter.clone()),
+                Takes::Receipts(_) => None,
+            })
+            .collect();
         f.sort();
         f.dedup();
         f
@@ -174,11 +219,15 @@ impl Hub {
         let matched: Vec<usize> = self
             .routes
             .iter()
-            .filter(|(_, r)| crate::codec::topic::matches(&r.filter, &topic))
+            .filter(|(_, r)| match &r.takes {
+                Takes::Messages { filter, .. } => crate::codec::topic::matches(filter, &topic),
+                Takes::Receipts(_) => false,
+            })
             .map(|(i, _)| i)
             .collect();
         let key = self.next_key;
         self.next_key += 1;
+        let out = Item::Message(Arc::new(out));
         let client = publisher(&out);
         let answer = if matched.is_empty() {
             // No backend holds it (a grpc.upstream.topics filter).
@@ -191,7 +240,7 @@ impl Hub {
         self.pending.insert(
             key,
             Pending {
-                out: Arc::new(out),
+                item: out,
                 copies: matched.len(),
                 answer,
                 done: Some(done),
@@ -203,6 +252,33 @@ impl Hub {
             self.pump(r);
         }
         self.release(&client);
+    }
+
+    /// A delivery receipt for the streams that took the name `to`: to one
+    /// of them, or counted and dropped when none did.
+    pub fn receipt(&mut self, to: &Arc<str>, r: ReceiptRecord) {
+        let found = self
+            .routes
+            .iter()
+            .find(|(_, r)| matches!(&r.takes, Takes::Receipts(n) if n == to));
+        let Some((route, _)) = found else {
+            self.counts.receipts_unrouted += 1;
+            return;
+        };
+        self.counts.receipts += 1;
+        let key = self.next_key;
+        self.next_key += 1;
+        self.pending.insert(
+            key,
+            Pending {
+                item: Item::Receipt(Arc::new(r)),
+                copies: 1,
+                answer: None,
+                done: None,
+            },
+        );
+        self.routes[route].backlog.push_back((key, false));
+        self.pump(route);
     }
 
     /// The fallback's answer for a message or copy no backend will take,
@@ -247,24 +323,15 @@ impl Hub {
         }
     }
 
-    /// A new stream on `filter` (in `group`, when given) with `window`.
-    pub fn attach(
-        &mut self,
-        id: StreamId,
-        filter: Arc<str>,
-        group: Option<Arc<str>>,
-        window: usize,
-        sink: Sink,
-    ) {
-        let found = self
-            .routes
-            .iter()
-            .find(|(_, r)| group.is_some() && r.group == group && r.filter == filter);
+    /// A new stream taking `takes`, with `window`.
+    pub fn attach(&mut self, id: StreamId, takes: Takes, window: usize, sink: Sink) {
+        // A stream without a group is a route of its own.
+        let shared = !matches!(takes, Takes::Messages { group: None, .. });
+        let found = self.routes.iter().find(|(_, r)| shared && r.takes == takes);
         let route = match found {
             Some((i, _)) => i,
             None => self.routes.insert(Route {
-                filter,
-                group,
+                takes,
                 members: Vec::new(),
                 next: 0,
                 backlog: VecDeque::new(),
@@ -316,7 +383,7 @@ impl Hub {
             p.answer = Some(Produced::Done);
         }
         if p.done.is_some() {
-            let client = publisher(&p.out);
+            let client = publisher(&p.item);
             self.release(&client);
         } else if p.copies == 0 {
             self.pending.remove(&key);
@@ -348,6 +415,11 @@ impl Hub {
         }
         let r = self.routes.remove(route);
         for (key, _) in r.backlog {
+            if matches!(r.takes, Takes::Receipts(_)) {
+                self.counts.receipts_unrouted += 1;
+                self.pending.remove(&key);
+                continue;
+            }
             let outcome = self.fallback_answer(
                 "the backend's Upstream stream ended before it acknowledged the message",
             );
@@ -386,7 +458,7 @@ impl Hub {
             let Some(p) = self.pending.get(&key) else {
                 continue;
             };
-            let out = p.out.clone();
+            let item = p.item.clone();
             let Some(s) = self.streams.get_mut(&member) else {
                 continue;
             };
@@ -401,7 +473,7 @@ impl Hub {
             // (the gRPC side detaches it); the copy comes back then.
             let _ = s.sink.send(Handed {
                 seq,
-                out,
+                item,
                 redelivered,
             });
         }
@@ -445,7 +517,11 @@ mod tests {
         window: usize,
     ) -> tokio::sync::mpsc::UnboundedReceiver<Handed> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        hub.attach(id, filter.into(), group.map(Into::into), window, tx);
+        let takes = Takes::Messages {
+            filter: filter.into(),
+            group: group.map(Into::into),
+        };
+        hub.attach(id, takes, window, tx);
         rx
     }
 
@@ -576,5 +652,54 @@ mod tests {
         assert_eq!(*answers.lock().unwrap(), vec![Produced::Done]);
         hub.ack(1, &seqs(&mut a));
         assert_eq!(answers.lock().unwrap().len(), 1, "answered once");
+    }
+
+    fn receipt(id: u64) -> ReceiptRecord {
+        ReceiptRecord {
+            id,
+            client_id: "phone".into(),
+            username: None,
+            node: 1,
+            topic: "up/x".into(),
+            outcome: "acked".into(),
+            limit: None,
+            published_ms: 1,
+            at_ms: 2,
+        }
+    }
+
+    #[test]
+    fn receipts_go_to_one_stream_of_their_name_and_come_back_if_it_ends() {
+        let mut hub = Hub::new(UpstreamAck::Backend, UpstreamFallback::Refuse);
+        let name: Arc<str> = "billing".into();
+        hub.receipt(&name, receipt(1));
+        assert_eq!(
+            hub.counts.receipts_unrouted, 1,
+            "no stream took the name yet"
+        );
+        let (ta, mut a) = tokio::sync::mpsc::unbounded_channel();
+        let (tb, mut b) = tokio::sync::mpsc::unbounded_channel();
+        hub.attach(1, Takes::Receipts(name.clone()), 10, ta);
+        hub.attach(2, Takes::Receipts(name.clone()), 10, tb);
+        assert!(hub.filters().is_empty(), "a receipts stream holds no topic");
+        hub.receipt(&name, receipt(2));
+        hub.receipt(&name, receipt(3));
+        let got: Vec<Handed> = std::iter::from_fn(|| a.try_recv().ok()).collect();
+        assert_eq!(got.len(), 1, "one each, round robin");
+        assert!(matches!(&got[0].item, Item::Receipt(r) if r.id == 2));
+        hub.detach(2);
+        let again: Vec<Handed> = std::iter::from_fn(|| a.try_recv().ok()).collect();
+        assert!(
+            matches!(&again[..], [h] if h.redelivered && matches!(&h.item, Item::Receipt(r) if r.id == 3))
+        );
+        hub.ack(1, &[got[0].seq, again[0].seq]);
+        assert_eq!((hub.unacked(), hub.counts.receipts), (0, 2));
+        assert!(b.try_recv().is_ok(), "the ended stream had been sent one");
+        hub.receipt(&name, receipt(4));
+        hub.detach(1);
+        assert_eq!(
+            hub.counts.receipts_unrouted, 2,
+            "its last stream ended without an ack"
+        );
     }
 }

@@ -20,6 +20,14 @@
 //!
 //! Upstream is per node: a backend receives the messages published on the
 //! nodes it holds a stream to.
+//!
+//! A stream may take delivery receipts instead: those of the messages
+//! published on this node with its name as `receipts_to`. Receipts of
+//! deliveries on this node go straight to the hub; other nodes hand theirs
+//! over the Kafka cluster bus (the Kafka bridge's job), and the bus's
+//! inbox consumer gives them to the hub through
+//! [`crate::bridge::Bridge::stream_receipts`], which [`Upstream`] sets at
+//! start.
 
 mod hub;
 
@@ -37,10 +45,10 @@ use crate::bridge::outbound::{
 };
 use crate::bridge::{oneshot, PublishRequest, ReplyTo};
 use crate::config::{UpstreamAck, UpstreamConfig};
-use crate::session::Receipt;
+use crate::session::{Receipt, ReceiptRecord};
 use crate::stats::{Figure, Histogram};
 use hub::{Done, Hub};
-pub use hub::{Handed, StreamId};
+pub use hub::{Handed, Item, StreamId, Takes};
 
 /// How often the hub looks for streams past `grpc.upstream.ack_timeout_ms`
 /// (a tenth of it, at least every 10 ms and at most every second).
@@ -52,8 +60,7 @@ enum Job {
     Send(Outgoing, Done),
     Attach {
         id: StreamId,
-        filter: Arc<str>,
-        group: Option<Arc<str>>,
+        takes: Takes,
         window: usize,
         sink: hub::Sink,
         /// Answered once the cores' policy sees the filter.
@@ -61,6 +68,8 @@ enum Job {
     },
     Ack(StreamId, Vec<u64>),
     Detach(StreamId),
+    /// A receipt for the receipts streams of that name.
+    Receipt(Arc<str>, ReceiptRecord),
     Stop,
 }
 
@@ -77,6 +86,8 @@ pub struct Figures {
     refused: AtomicU64,
     unrouted: AtomicU64,
     timed_out: AtomicU64,
+    receipts: AtomicU64,
+    receipts_unrouted: AtomicU64,
     /// gRPC calls answered, by outcome (the service counts).
     pub calls: AtomicU64,
     /// gRPC calls answered with an error status.
@@ -153,10 +164,10 @@ impl Upstream {
         self.figures.clone()
     }
 
-    /// Attaches a backend's stream on `filter` (shared by `group`'s
-    /// members when given); `window` 0 takes `grpc.upstream.window`. Once
-    /// this returns, client messages on `filter` reach it.
-    pub async fn attach(&self, filter: &str, group: Option<&str>, window: u32) -> Attached {
+    /// Attaches a backend's stream taking `takes`; `window` 0 takes
+    /// `grpc.upstream.window`. Once this returns, client messages on its
+    /// filter (or receipts for its name) reach it.
+    pub async fn attach(&self, takes: Takes, window: u32) -> Attached {
         let id = self.next_stream.fetch_add(1, Relaxed);
         let (sink, rx) = unbounded_channel();
         let (ready, wait) = oneshot::channel();
@@ -166,8 +177,7 @@ impl Upstream {
         };
         let _ = self.jobs.send(Job::Attach {
             id,
-            filter: filter.into(),
-            group: group.map(Into::into),
+            takes,
             window,
             sink,
             ready,
@@ -248,6 +258,12 @@ impl Outbound for Upstream {
     }
 
     fn start(&self, bridge: Arc<crate::bridge::Bridge>) -> Result<(), String> {
+        // Before the bridge's consumer runs: receipts other nodes hand
+        // over for this node's streams.
+        let jobs = self.jobs.clone();
+        let _ = bridge.stream_receipts.set(Arc::new(move |to, r| {
+            let _ = jobs.send(Job::Receipt(to, r));
+        }));
         self.next.start(bridge)
     }
 
@@ -273,6 +289,8 @@ impl Outbound for Upstream {
             ("upstream_refused", "Client messages refused because no backend held them (grpc.upstream.fallback = \"refuse\").", f.refused.load(Relaxed), true),
             ("upstream_unrouted", "Client messages acknowledged though no backend held them (grpc.upstream.fallback = \"accept\").", f.unrouted.load(Relaxed), true),
             ("upstream_timed_out", "Streams ended for holding a message past grpc.upstream.ack_timeout_ms.", f.timed_out.load(Relaxed), true),
+            ("upstream_receipts", "Delivery receipts taken for Upstream receipts streams (receipts_to).", f.receipts.load(Relaxed), true),
+            ("upstream_receipts_unrouted", "Delivery receipts dropped: no Upstream stream took their receipts_to name, or its streams ended before acknowledging them.", f.receipts_unrouted.load(Relaxed), true),
         ]);
         out
     }
@@ -294,6 +312,12 @@ impl Outbound for Upstream {
     }
 
     fn receipt(&self, r: Receipt) {
+        if let Some(to) = r.to.as_ref().filter(|to| to.node == self.node) {
+            let record = ReceiptRecord::of(&r, self.node);
+            let _ = self.jobs.send(Job::Receipt(to.stream.clone(), record));
+        }
+        // The bridge still writes the dead letter, and hands a receipt
+        // for another node's stream to that node.
         self.next.receipt(r)
     }
 
@@ -354,17 +378,17 @@ async fn serve(
             Some(Job::Send(out, done)) => hub.send(out, done),
             Some(Job::Attach {
                 id,
-                filter,
-                group,
+                takes,
                 window,
                 sink,
                 ready,
             }) => {
-                hub.attach(id, filter, group, window, sink);
+                hub.attach(id, takes, window, sink);
                 publish_filters(&hub, &filters, &configured);
                 let _ = ready.send(());
             }
             Some(Job::Ack(id, seqs)) => hub.ack(id, &seqs),
+            Some(Job::Receipt(to, r)) => hub.receipt(&to, r),
             Some(Job::Detach(id)) => {
                 hub.detach(id);
                 publish_filters(&hub, &filters, &configured);
@@ -408,4 +432,6 @@ fn counts(hub: &Hub, f: &Figures) {
     f.redelivered.store(c.redelivered, Relaxed);
     f.refused.store(c.refused, Relaxed);
     f.unrouted.store(c.unrouted, Relaxed);
+    f.receipts.store(c.receipts, Relaxed);
+    f.receipts_unrouted.store(c.receipts_unrouted, Relaxed);
 }

@@ -220,6 +220,9 @@ pub struct PublishRequest {
     /// publisher was told (an API push carried by Kafka); `None`: the
     /// message's own id.
     pub receipt_id: Option<u64>,
+    /// Report each QoS 1/2 delivery to this Upstream receipts stream
+    /// (with or without `receipts`).
+    pub receipts_to: Option<crate::session::ReceiptsTo>,
 }
 
 impl PublishRequest {
@@ -297,7 +300,16 @@ pub struct Bridge {
     /// Persistent sessions that left the node, for the cluster bus's
     /// inbox consumer (the cores record them through `NodeState`).
     pub departures: Arc<Departures>,
+    /// Where the cluster bus's inbox consumer hands the receipts other
+    /// nodes reported for this node's Upstream receipts streams: set once,
+    /// before the bridges start, by whoever holds those streams.
+    pub stream_receipts: std::sync::OnceLock<StreamReceipts>,
 }
+
+/// Takes a receipt for the Upstream receipts stream named first
+/// ([`Bridge::stream_receipts`]). Called on a bridge thread: must not
+/// block.
+pub type StreamReceipts = Arc<dyn Fn(Arc<str>, crate::session::ReceiptRecord) + Send + Sync>;
 
 /// The core side of one inbox, handed to that core at start.
 pub struct CoreInbox {
@@ -332,6 +344,7 @@ impl Bridge {
             inboxes,
             hasher: ahash::RandomState::new(),
             departures,
+            stream_receipts: std::sync::OnceLock::new(),
         };
         Ok((Arc::new(bridge), core_side))
     }

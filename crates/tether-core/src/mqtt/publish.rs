@@ -513,7 +513,7 @@ pub(super) fn pubrel(
 /// it, the bridge), or why not.
 pub fn on_bridge_publish(
     core: &Core,
-    req: PublishRequest,
+    mut req: PublishRequest,
     source: Source,
     scope: Scope,
     numbered: Option<Numbered>,
@@ -570,13 +570,16 @@ pub fn on_bridge_publish(
     }
     let owned = (permit == Permit::Ask).then(|| acl.to_owned());
     let id = numbered.map_or_else(|| core.message_id(), |n| n.id);
-    let receipts =
-        (req.receipts && core.node.outbound.receipts()).then(|| crate::session::Receipts {
-            sink: std::sync::Arc::new(crate::bridge::outbound::ToOutbound(
-                core.node.outbound.clone(),
-            )),
-            id: req.receipt_id.unwrap_or(id),
-        });
+    // A named receipts stream needs no Kafka: the outbound port routes
+    // each receipt by its `to`.
+    let asked = req.receipts_to.is_some() || (req.receipts && core.node.outbound.receipts());
+    let receipts = asked.then(|| crate::session::Receipts {
+        sink: std::sync::Arc::new(crate::bridge::outbound::ToOutbound(
+            core.node.outbound.clone(),
+        )),
+        id: req.receipt_id.unwrap_or(id),
+        to: req.receipts_to.take(),
+    });
     let mut msg = Message::new(id, req.into_publication(), core.clock().instant());
     msg.scope = scope;
     msg.receipts = receipts;

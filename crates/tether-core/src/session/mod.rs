@@ -21,7 +21,7 @@ use crate::codec::SubOptions;
 pub use frame::{AckKind, Frame};
 pub use message::{sub_ids, Confirm, ConfirmDone, Delivery, Message, Publication, Scope, SubIds};
 pub use move_window::{MoveWindow, MAX_RECENT_IDS};
-pub use receipt::{report, Outcome, Receipt, ReceiptSink, Receipts};
+pub use receipt::{report, Outcome, Receipt, ReceiptRecord, ReceiptSink, Receipts, ReceiptsTo};
 pub use thin::Thin;
 
 /// A message sent to the client and not yet fully acknowledged.

@@ -9,6 +9,11 @@
 //! `acked` for one that never took it. QoS 0 deliveries have none (nothing
 //! is acknowledged). A session restored from Redis, or moved by the Kafka
 //! cluster bus, loses the sink: its later outcomes are not reported.
+//!
+//! A publisher may name an Upstream receipts stream instead
+//! ([`ReceiptsTo`]): the receipts then go to the backends' gRPC streams
+//! that took that name on the node it names, as [`ReceiptRecord`]s
+//! (handed over the cluster bus when another node delivered).
 
 use std::sync::Arc;
 
@@ -79,6 +84,81 @@ pub struct Receipt {
     pub outcome: Outcome,
     /// When it happened, ms since the Unix epoch.
     pub at_ms: u64,
+    /// The Upstream receipts stream it goes to, if its publisher named
+    /// one (else the outbound bridge's `kafka.receipts_topic`).
+    pub to: Option<ReceiptsTo>,
+}
+
+/// The Upstream receipts stream a publisher named (gRPC `receipts_to`):
+/// the node it called, where backends' streams take receipts by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptsTo {
+    /// The node whose streams take them.
+    pub node: u16,
+    /// The name those streams subscribed with.
+    pub stream: Arc<str>,
+}
+
+impl ReceiptsTo {
+    /// As a header value: `{node}/{stream}`.
+    pub fn encode(&self) -> String {
+        format!("{}/{}", self.node, self.stream)
+    }
+
+    /// From [`ReceiptsTo::encode`]'s form; `None` if it is not.
+    pub fn decode(s: &str) -> Option<ReceiptsTo> {
+        let (node, stream) = s.split_once('/')?;
+        let node = node.parse().ok()?;
+        (!stream.is_empty()).then(|| ReceiptsTo {
+            node,
+            stream: stream.into(),
+        })
+    }
+}
+
+/// A receipt as it leaves the node: plain data, no message attached (a
+/// receipts topic record, an Upstream stream's receipt, or one handed to
+/// the node whose stream takes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptRecord {
+    /// See [`Receipt::id`].
+    pub id: u64,
+    /// The recipient's client id.
+    pub client_id: Arc<str>,
+    /// Its user name, when known.
+    pub username: Option<Arc<str>>,
+    /// The node that delivered (or failed to).
+    pub node: u16,
+    /// The message's topic.
+    pub topic: Arc<str>,
+    /// [`Outcome::name`].
+    pub outcome: String,
+    /// [`Outcome::limit`].
+    pub limit: Option<String>,
+    /// When the message was taken in, ms since the Unix epoch.
+    pub published_ms: u64,
+    /// When it happened, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl ReceiptRecord {
+    /// `r` as reported on `node`.
+    pub fn of(r: &Receipt, node: u16) -> ReceiptRecord {
+        ReceiptRecord {
+            id: r.id,
+            client_id: r.client_id.clone(),
+            username: r.username.clone(),
+            node,
+            topic: r.msg.topic.clone(),
+            outcome: r.outcome.name().to_owned(),
+            limit: r.outcome.limit(),
+            // By the wall clock: when it happened, less the message's age.
+            published_ms: r
+                .at_ms
+                .saturating_sub(r.msg.born.elapsed().as_millis() as u64),
+            at_ms: r.at_ms,
+        }
+    }
 }
 
 /// Where a message's receipts go. Called on a core: must not block.
@@ -95,6 +175,8 @@ pub struct Receipts {
     pub sink: Arc<dyn ReceiptSink>,
     /// The id they carry.
     pub id: u64,
+    /// The Upstream receipts stream they go to, if named.
+    pub to: Option<ReceiptsTo>,
 }
 
 impl std::fmt::Debug for Receipts {
@@ -121,12 +203,24 @@ pub fn report(
         username: username.cloned(),
         outcome,
         at_ms: crate::wallclock::now_ms(),
+        to: receipts.to.clone(),
     });
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Outcome;
+    use super::{Outcome, ReceiptsTo};
+
+    #[test]
+    fn a_receipts_stream_name_crosses_nodes_as_it_was() {
+        let to = ReceiptsTo {
+            node: 7,
+            stream: "billing/receipts".into(),
+        };
+        assert_eq!(ReceiptsTo::decode(&to.encode()), Some(to));
+        assert_eq!(ReceiptsTo::decode("7/"), None);
+        assert_eq!(ReceiptsTo::decode("x/name"), None);
+    }
 
     #[test]
     fn a_client_refusal_is_a_drop_with_its_reason_code() {

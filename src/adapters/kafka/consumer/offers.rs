@@ -245,6 +245,18 @@ async fn offer(ctx: &Ctx, req: Request, key: Option<&[u8]>) -> Offered {
             warn!("Kafka record passed over: {why}");
             return Offered::Settled(Outcome::Passed);
         }
+        Request::Receipt(to, r) => {
+            // At most once, as every receipt: a node without the streams'
+            // holder (no gRPC API here) passes it over.
+            match ctx.bridge.as_ref().and_then(|b| b.stream_receipts.get()) {
+                Some(take) => take(to, r),
+                None => {
+                    m.undeliverable.fetch_add(1, Relaxed);
+                    warn!(stream = &*to, "a delivery receipt for an Upstream receipts stream came to a node without the gRPC API (grpc.listen): passed over");
+                }
+            }
+            return Offered::Settled(Outcome::Passed);
+        }
     };
     let Some(bridge) = &ctx.bridge else {
         return Offered::Settled(Outcome::Stopping);

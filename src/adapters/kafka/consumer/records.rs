@@ -8,15 +8,16 @@ use std::sync::Arc;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use super::{Ctx, RuleKind};
+use crate::adapters::kafka::receipt_body;
 use crate::bridge::outbound::Outgoing;
 use crate::bridge::PublishRequest;
 use crate::codec::{Properties, QoS};
 use crate::config::SourceTarget;
 use crate::id::GroupKey;
-use crate::session::Scope;
+use crate::session::{ReceiptRecord, ReceiptsTo, Scope};
 
 /// Headers Tether writes itself: not copied into user properties.
-const OWN_HEADERS: [&str; 12] = [
+const OWN_HEADERS: [&str; 14] = [
     "x-id",
     "x-uid",
     "x-client",
@@ -29,6 +30,8 @@ const OWN_HEADERS: [&str; 12] = [
     crate::adapters::kafka::TO_SESSION,
     crate::adapters::kafka::ORPHAN_OF,
     crate::adapters::kafka::FIRST_SENT,
+    "x-receipts",
+    crate::adapters::kafka::RECEIPTS_TO,
 ];
 
 /// A record made into a publish, or why it is passed over.
@@ -58,6 +61,9 @@ pub(super) enum Request {
     /// were up deliver those).
     Stale,
     Undeliverable(&'static str),
+    /// A receipt another node handed over for this node's Upstream
+    /// receipts stream named first (`x-receipt-for`).
+    Receipt(Arc<str>, ReceiptRecord),
 }
 
 /// What a cluster inbox record needs to be handed on
@@ -83,6 +89,16 @@ impl Ctx {
         };
         if rule.skip_own && header("x-node") == Some(self.node.as_bytes()) {
             return Request::SkipOwn;
+        }
+        if rule.kind == RuleKind::Inbox {
+            if let Some(to) = header(crate::adapters::kafka::RECEIPT_FOR) {
+                let to = std::str::from_utf8(to).ok().map(Arc::from);
+                let r = m.payload().and_then(receipt_body::decode);
+                return match (to, r) {
+                    (Some(to), Some(r)) => Request::Receipt(to, r),
+                    _ => Request::Undeliverable("a handed-over receipt that does not parse"),
+                };
+            }
         }
         let before_start = rule.kind == RuleKind::Inbox
             && m.timestamp()
@@ -169,7 +185,8 @@ impl Ctx {
         });
         // An API push that asked for receipts, or a backend's record that
         // does: every node that delivers it reports.
-        let receipts = rule.receipts || header("x-receipts") == Some(b"1");
+        let receipts_to = text(crate::adapters::kafka::RECEIPTS_TO).and_then(ReceiptsTo::decode);
+        let receipts = rule.receipts || header("x-receipts") == Some(b"1") || receipts_to.is_some();
         let req = PublishRequest {
             topic,
             payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
@@ -182,6 +199,7 @@ impl Ctx {
             receipt_id: receipts
                 .then(|| text("x-id").and_then(|h| u64::from_str_radix(h, 16).ok()))
                 .flatten(),
+            receipts_to,
         };
         match (before_start, hand_on) {
             (false, hand_on) => Request::Publish {

@@ -4,9 +4,11 @@
 //! for them, and a failure is only counted.
 //!
 //! A receipt is keyed by client id, with `x-id`, `x-client`, `x-node`,
-//! `x-outcome` (and `x-uid` when known) and a JSON body:
+//! `x-outcome` (and `x-uid` when known) and a JSON body (`receipt_body`):
 //! `{"id", "client_id", "username", "node", "topic", "outcome", "limit",
-//! "published_ms", "at_ms"}`. A dead letter is the message itself (its
+//! "published_ms", "at_ms"}`. A receipt for another node's Upstream
+//! receipts stream is the same record on that node's cluster inbox, with
+//! `x-receipt-for` naming the stream. A dead letter is the message itself (its
 //! payload) with the headers a route gives it (`x-id`, this node's id of
 //! it; `x-mqtt-topic`, `x-qos`, user properties), the recipient
 //! (`x-client`, `x-uid`), `x-reason` (`expired`, or the limit that dropped
@@ -21,60 +23,31 @@ use rdkafka::producer::BaseRecord;
 
 use super::reports::{failed, Answer, Pending};
 use super::Ctx;
+use crate::adapters::kafka::receipt_body;
 use crate::adapters::kafka::routes::headers;
+use crate::adapters::kafka::RECEIPT_FOR;
 use crate::bridge::outbound::Outgoing;
-use crate::session::Receipt;
+use crate::session::{Receipt, ReceiptRecord, ReceiptsTo};
 
 /// Produces `r`'s receipt, and its dead letter when the message will not
-/// reach that client.
+/// reach that client. A receipt for an Upstream receipts stream goes to
+/// the node that holds it (this node's Upstream took its own already).
 pub(super) fn receipt(ctx: &Ctx, r: Receipt) {
     let id = format!("{:016x}", r.id);
     let limit = r.outcome.limit();
-    // When the message was taken in, by the wall clock: now, less its age.
-    let published_ms = r
-        .at_ms
-        .saturating_sub(r.msg.born.elapsed().as_millis() as u64);
-    if !ctx.receipts_topic.is_empty() {
-        let body = serde_json::json!({
-            "id": id,
-            "client_id": &*r.client_id,
-            "username": r.username.as_deref(),
-            "node": ctx.node.parse::<u16>().unwrap_or_default(),
-            "topic": &*r.msg.topic,
-            "outcome": r.outcome.name(),
-            "limit": limit,
-            "published_ms": published_ms,
-            "at_ms": r.at_ms,
-        })
-        .to_string();
-        let mut h = OwnedHeaders::new_with_capacity(5)
-            .insert(Header {
-                key: "x-id",
-                value: Some(&id),
-            })
-            .insert(Header {
-                key: "x-client",
-                value: Some(&*r.client_id),
-            })
-            .insert(Header {
-                key: "x-node",
-                value: Some(&ctx.node),
-            })
-            .insert(Header {
-                key: "x-outcome",
-                value: Some(r.outcome.name()),
-            });
-        if let Some(u) = r.username.as_deref() {
-            h = h.insert(Header {
-                key: "x-uid",
-                value: Some(u),
-            });
+    let me = ctx.node.parse::<u16>().unwrap_or_default();
+    match &r.to {
+        None if !ctx.receipts_topic.is_empty() => {
+            let body = receipt_body::encode(&ReceiptRecord::of(&r, me));
+            let record = BaseRecord::with_opaque_to(&ctx.receipts_topic, pending())
+                .payload(body.as_bytes())
+                .key(&*r.client_id)
+                .headers(receipt_headers(ctx, &r, &id));
+            send(ctx, record, &ctx.metrics.receipts);
         }
-        let record = BaseRecord::with_opaque_to(&ctx.receipts_topic, pending())
-            .payload(body.as_bytes())
-            .key(&*r.client_id)
-            .headers(h);
-        send(ctx, record, &ctx.metrics.receipts);
+        None => {}
+        Some(to) if to.node == me => {}
+        Some(to) => hand_over(ctx, &r, to, &id, me),
     }
     if r.outcome.is_final_loss() && !ctx.dead_letter_topic.is_empty() {
         let out = Outgoing {
@@ -107,6 +80,57 @@ pub(super) fn receipt(ctx: &Ctx, r: Receipt) {
             .headers(h);
         send(ctx, record, &ctx.metrics.dead_letters);
     }
+}
+
+/// A receipt's headers: `x-id`, `x-client`, `x-node`, `x-outcome`, and
+/// `x-uid` when known.
+fn receipt_headers(ctx: &Ctx, r: &Receipt, id: &str) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new_with_capacity(6)
+        .insert(Header {
+            key: "x-id",
+            value: Some(id),
+        })
+        .insert(Header {
+            key: "x-client",
+            value: Some(&*r.client_id),
+        })
+        .insert(Header {
+            key: "x-node",
+            value: Some(&ctx.node),
+        })
+        .insert(Header {
+            key: "x-outcome",
+            value: Some(r.outcome.name()),
+        });
+    if let Some(u) = r.username.as_deref() {
+        h = h.insert(Header {
+            key: "x-uid",
+            value: Some(u),
+        });
+    }
+    h
+}
+
+/// Hands `r` to node `to.node`, whose Upstream stream named `to.stream`
+/// takes it: a record on that node's cluster inbox (`x-receipt-for`).
+/// Without the cluster bus no other node can be reached: counted, and
+/// dropped.
+fn hand_over(ctx: &Ctx, r: &Receipt, to: &ReceiptsTo, id: &str, me: u16) {
+    let Some(cluster) = &ctx.cluster else {
+        ctx.metrics.receipts_unforwardable.fetch_add(1, Relaxed);
+        return;
+    };
+    let topic = cluster.config.topic_of(to.node);
+    let body = receipt_body::encode(&ReceiptRecord::of(r, me));
+    let h = receipt_headers(ctx, r, id).insert(Header {
+        key: RECEIPT_FOR,
+        value: Some(&*to.stream),
+    });
+    let record = BaseRecord::with_opaque_to(&topic, pending())
+        .payload(body.as_bytes())
+        .key(&*r.client_id)
+        .headers(h);
+    send(ctx, record, &ctx.metrics.receipts_forwarded);
 }
 
 /// A record nobody waits for.

@@ -58,6 +58,12 @@ pub(crate) struct Metrics {
     pub receipts: AtomicU64,
     /// Dead letters handed to librdkafka (`kafka.dead_letter_topic`).
     pub dead_letters: AtomicU64,
+    /// Receipts handed to the node that holds the Upstream receipts
+    /// stream they name.
+    pub receipts_forwarded: AtomicU64,
+    /// Receipts for another node's receipts stream, dropped: no cluster
+    /// bus to reach it.
+    pub receipts_unforwardable: AtomicU64,
 }
 
 /// Whether a statistics report lists a broker that is up. Bootstrap
