@@ -36,6 +36,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod id;
+mod input;
 pub mod limits;
 pub mod logging;
 mod mesh;

@@ -24,10 +24,10 @@ use glommio::net::{TcpListener, UnixStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{debug, error, warn};
 
-use crate::bridge::{BridgeMsg, CoreInbox};
+use crate::bridge::CoreInbox;
 use crate::config::Config;
+use crate::input::{self, Answer, Input};
 use crate::mesh::CoreMsg;
-use crate::mqtt;
 use crate::net::driver::Driver;
 use crate::net::tls::Acceptor;
 use crate::net::Transport;
@@ -274,64 +274,24 @@ async fn run_inbox(core: Rc<Core>, inbox: CoreInbox, replies: ReplyReceivers) {
         // Before draining: what is queued from here on rings again.
         inbox.bell.answer();
         while let Ok(msg) = inbox.rx.try_recv() {
-            on_bridge(&core, msg);
+            let _ = input::handle(&core, Input::Bridge(msg));
             if core.take_lagging() {
                 // As for the mesh: the connections go first.
                 until_served(&core).await;
             }
         }
-        while let Ok((token, verdict)) = replies.verdicts.try_recv() {
-            mqtt::on_verdict(&core, token, verdict);
+        // Each queue drained in turn, as the seams answered.
+        while let Ok((token, v)) = replies.verdicts.try_recv() {
+            let _ = input::handle(&core, Input::Answer(Answer::Verdict(token, v)));
         }
-        while let Ok((token, result)) = replies.claims.try_recv() {
-            mqtt::on_claim(&core, token, result);
+        while let Ok((token, c)) = replies.claims.try_recv() {
+            let _ = input::handle(&core, Input::Answer(Answer::Claim(token, c)));
         }
-        while let Ok((token, permit)) = replies.permits.try_recv() {
-            mqtt::on_permit(&core, token, permit);
+        while let Ok((token, p)) = replies.permits.try_recv() {
+            let _ = input::handle(&core, Input::Answer(Answer::Permit(token, p)));
         }
-        while let Ok((token, produced)) = replies.produced.try_recv() {
-            core.on_produced(token, produced);
-        }
-    }
-}
-
-/// One request from a bridge thread. A caller that gave up waiting
-/// dropped its receiver; answering it is then a no-op.
-fn on_bridge(core: &Core, msg: BridgeMsg) {
-    match msg {
-        BridgeMsg::Publish {
-            req,
-            source,
-            scope,
-            numbered,
-            done,
-        } => mqtt::on_bridge_publish(core, req, source, scope, numbered, done),
-        BridgeMsg::Inspect { key, reply } => {
-            let _ = reply.send(core.inspect(key));
-        }
-        BridgeMsg::Kick { key, reply } => {
-            let _ = reply.send(core.kick(key));
-        }
-        BridgeMsg::List { user, reply } => {
-            let _ = reply.send(core.list(user.as_deref()));
-        }
-        BridgeMsg::Gauges { reply } => {
-            let _ = reply.send(core.gauges());
-        }
-        BridgeMsg::Drain => core.drain_requested.notify(),
-        BridgeMsg::Heartbeat => core
-            .visible()
-            .alive_ms
-            .store(core.node.elapsed_ms(), std::sync::atomic::Ordering::Relaxed),
-        BridgeMsg::Fenced { client_id, epoch } => core.on_fenced(&client_id, epoch),
-        BridgeMsg::KickClient {
-            client_id,
-            conn,
-            code,
-            why,
-            handoff_to,
-        } => {
-            core.kick_client(&client_id, conn, code, why, handoff_to);
+        while let Ok((token, p)) = replies.produced.try_recv() {
+            let _ = input::handle(&core, Input::Answer(Answer::Produced(token, p)));
         }
     }
 }
@@ -491,7 +451,7 @@ async fn run_wheel(core: Rc<Core>) {
         let lag = asleep.elapsed().saturating_sub(tick);
         core.visible().loop_lag.observe(lag.as_micros() as u64);
         core.lag_ms.set(lag.as_millis() as u64);
-        core.on_tick(&mut fired);
+        let _ = input::handle(&core, Input::Tick { fired: &mut fired });
     }
 }
 
@@ -517,7 +477,7 @@ async fn receive_from(core: Rc<Core>, peer: usize, receivers: Rc<Receivers<CoreM
         match msg {
             CoreMsg::Publish(batch) => {
                 for m in &batch {
-                    core.deliver_routed(m);
+                    let _ = input::handle(&core, Input::Routed(m));
                     if core.take_lagging() {
                         // Its copies wait behind this core's connections:
                         // take nothing more from `peer` until they were
@@ -530,7 +490,9 @@ async fn receive_from(core: Rc<Core>, peer: usize, receivers: Rc<Receivers<CoreM
                     }
                 }
             }
-            other => core.on_core_msg(other),
+            other => {
+                let _ = input::handle(&core, Input::Peer(other));
+            }
         }
         if bytes > 0 {
             core.node.cores[peer]

@@ -12,7 +12,7 @@
 //! pays a pointer for each): TLS ([`super::tls`]), WebSocket framing
 //! ([`super::ws`]), then the MQTT codec; `layers.rs` runs the first two,
 //! `close.rs` how a connection ends (settle, final DISCONNECT, linger).
-//! Decoded packets go to `crate::mqtt::receive`; whether to read, what to
+//! Decoded packets go through the core's door (`crate::input::handle`); whether to read, what to
 //! write and when to close are asked of the core (`Core::poll_link` and its
 //! neighbours).
 //!
@@ -46,6 +46,7 @@ use super::listener::Transport;
 use super::tls::Acceptor;
 use crate::codec::{self, decode, DecodeError, Packet, Version};
 use crate::id::{ConnId, ConnKey};
+use crate::input::{self, Input};
 use crate::mqtt::{self, Flow};
 use crate::session::Thin;
 use crate::shard::{Core, Pace};
@@ -577,11 +578,23 @@ impl Conn {
                     if settling {
                         // The connection is closing: the ack counts, the
                         // flow does not.
-                        let _ = mqtt::receive_puback(&core, self.key, pkid);
+                        let _ = input::handle(
+                            &core,
+                            Input::PubAck {
+                                key: self.key,
+                                pkid,
+                            },
+                        );
                         used += 4;
                         continue;
                     }
-                    match mqtt::receive_puback(&core, self.key, pkid) {
+                    match input::handle(
+                        &core,
+                        Input::PubAck {
+                            key: self.key,
+                            pkid,
+                        },
+                    ) {
                         Ok(Flow::Continue) => used += 4,
                         Ok(Flow::Park | Flow::Yield | Flow::Wait) => return used + 4,
                         Ok(Flow::Retry) => return used,
@@ -607,7 +620,13 @@ impl Conn {
                     packet,
                     Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_)
                 ) {
-                    let _ = mqtt::receive(&core, self.key, packet);
+                    let _ = input::handle(
+                        &core,
+                        Input::Packet {
+                            key: self.key,
+                            packet,
+                        },
+                    );
                 }
                 used += n;
                 continue;
@@ -625,7 +644,13 @@ impl Conn {
                     }
                 }
             }
-            match mqtt::receive(&core, self.key, packet) {
+            match input::handle(
+                &core,
+                Input::Packet {
+                    key: self.key,
+                    packet,
+                },
+            ) {
                 Ok(Flow::Continue) => used += n,
                 Ok(Flow::Park) => return used + n,
                 // Not taken: decoded again once the core has room.
