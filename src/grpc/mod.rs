@@ -61,8 +61,10 @@ pub(crate) fn companion(listener: std::net::TcpListener, upstream: Arc<Upstream>
                 }
             };
             let max = api.cfg.max_body_bytes;
-            let svc = proto::tether_server::TetherServer::new(service::Service::new(api, upstream))
-                .max_decoding_message_size(max);
+            let svc = SizeStatus(
+                proto::tether_server::TetherServer::new(service::Service::new(api, upstream))
+                    .max_decoding_message_size(max),
+            );
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             if let Err(e) = tonic::transport::Server::builder()
@@ -76,4 +78,62 @@ pub(crate) fn companion(listener: std::net::TcpListener, upstream: Arc<Upstream>
             }
         })
     })
+}
+
+/// gRPC's status for a message above the size limit is RESOURCE_EXHAUSTED
+/// (the status codes table of the gRPC repository, and grpc-go and
+/// grpc-java do so); tonic answers OUT_OF_RANGE. This wrapper gives
+/// clients the status they expect: it rewrites that one answer (a unary
+/// call's trailers-only response, whose status is in its headers).
+#[derive(Clone)]
+struct SizeStatus<S>(S);
+
+/// OUT_OF_RANGE, as `grpc-status` writes it.
+const OUT_OF_RANGE: &str = "11";
+/// RESOURCE_EXHAUSTED, as `grpc-status` writes it.
+const RESOURCE_EXHAUSTED: &str = "8";
+/// How tonic's message for the size limit starts (percent-encoded, as
+/// `grpc-message` carries it).
+const TOO_LARGE: &str = "Error,%20decoded%20message%20length%20too%20large";
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for SizeStatus<S>
+where
+    S: tonic::codegen::Service<
+        tonic::codegen::http::Request<B>,
+        Response = tonic::codegen::http::Response<tonic::body::Body>,
+    >,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tonic::codegen::BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let answer = self.0.call(req);
+        Box::pin(async move {
+            let mut resp = answer.await?;
+            let h = resp.headers_mut();
+            let too_large = h.get("grpc-status").is_some_and(|v| v == OUT_OF_RANGE)
+                && h.get("grpc-message")
+                    .is_some_and(|m| m.as_bytes().starts_with(TOO_LARGE.as_bytes()));
+            if too_large {
+                h.insert(
+                    "grpc-status",
+                    tonic::codegen::http::HeaderValue::from_static(RESOURCE_EXHAUSTED),
+                );
+            }
+            Ok(resp)
+        })
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for SizeStatus<S> {
+    const NAME: &'static str = S::NAME;
 }
