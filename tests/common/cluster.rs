@@ -201,6 +201,30 @@ impl Node {
     }
 }
 
+impl Node {
+    /// A figure from the node's `/metrics` (the sum of its samples).
+    pub fn metric(&self, name: &str) -> f64 {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.http));
+        super::web::http(addr, "GET", "/metrics", &[], "")
+            .body
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    }
+
+    /// The gRPC API's address, from the rest of the banner (the node runs
+    /// with `grpc.listen` on port 0).
+    pub fn grpc_addr(&self) -> std::net::SocketAddr {
+        loop {
+            let line = self.lines.recv_timeout(WAIT).expect("the gRPC banner line");
+            if let Some(a) = line.split("grpc api    ").nth(1) {
+                return a.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        }
+    }
+}
+
 /// The MQTT and HTTP ports a `tether` process's banner names (both
 /// listeners on port 0), read from its `lines`.
 pub fn banner_ports(lines: &mpsc::Receiver<String>) -> (u16, u16) {

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use crate::common::cluster::{Node, Redis};
 use crate::common::kafka::Kafka;
-use crate::common::web::http;
 use crate::common::*;
 use rumqttc::QoS;
 
@@ -30,13 +29,7 @@ type Events = tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::Event, String
 
 /// A metric of a node process (summed over its label sets).
 fn metric(node: &Node, name: &str) -> f64 {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], node.http));
-    http(addr, "GET", "/metrics", &[], "")
-        .body
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
+    node.metric(name)
 }
 
 /// Redis, Kafka with the bus's topics, and three nodes on them.

@@ -430,18 +430,7 @@ async fn a_push_reaches_a_user_on_two_nodes_and_presence_and_kick_span_them() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let one = Node::start(1, &redis.url(), &env);
     let two = Node::start(2, &redis.url(), &env);
-    let grpc_port = |node: &Node| loop {
-        let line = node.lines.recv_timeout(WAIT).expect("the gRPC banner line");
-        if let Some(a) = line.split("grpc api    ").nth(1) {
-            break a
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<std::net::SocketAddr>()
-                .unwrap();
-        }
-    };
-    let addr = grpc_port(&one);
+    let addr = one.grpc_addr();
     let mut devices = Vec::new();
     for (id, node) in [("alice-phone", &one), ("alice-laptop", &two)] {
         let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", node.mqtt);
@@ -785,17 +774,7 @@ async fn receipts_from_another_node_come_over_the_cluster_bus() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let one = Node::start(1, &redis.url(), &env);
     let two = Node::start(2, &redis.url(), &env);
-    let addr = loop {
-        let line = one.lines.recv_timeout(WAIT).expect("the gRPC banner line");
-        if let Some(a) = line.split("grpc api    ").nth(1) {
-            break a
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<std::net::SocketAddr>()
-                .unwrap();
-        }
-    };
+    let addr = one.grpc_addr();
     let mut c = client(addr).await;
     let mut billing = receipts_stream(&mut c, "billing").await;
     let mut devices = Vec::new();
@@ -810,17 +789,8 @@ async fn receipts_from_another_node_come_over_the_cluster_bus() {
         devices.push((dev, events, task));
     }
     // Node 1 routes to node 2 once its view holds node 2's interest.
-    let node_metric = |node: &Node, name: &str| {
-        let a = std::net::SocketAddr::from(([127, 0, 0, 1], node.http));
-        crate::common::web::http(a, "GET", "/metrics", &[], "")
-            .body
-            .lines()
-            .filter(|l| l.starts_with(&format!("{name} ")))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum::<f64>()
-    };
     until("node 1 sees node 2's interest", || {
-        node_metric(&one, "tether_kafka_cluster_interest_entries") >= 2.0
+        one.metric("tether_kafka_cluster_interest_entries") >= 2.0
     })
     .await;
     let id = publish_with_receipts_to(&mut c, "orders/1", "billing").await;
@@ -843,11 +813,8 @@ async fn receipts_from_another_node_come_over_the_cluster_bus() {
             ("till-2", 2, "acked", id.as_str())
         ]
     );
-    assert_eq!(
-        node_metric(&two, "tether_kafka_receipts_forwarded_total"),
-        1.0
-    );
-    assert_eq!(node_metric(&two, "tether_upstream_receipts_total"), 0.0);
+    assert_eq!(two.metric("tether_kafka_receipts_forwarded_total"), 1.0);
+    assert_eq!(two.metric("tether_upstream_receipts_total"), 0.0);
 }
 
 /// A backend that hangs (its connection up, no ack) holds its messages no

@@ -567,12 +567,7 @@ async fn a_dead_nodes_connections_leave_presence_within_one_node_lease() {
 
 /// A figure from a node's `/metrics` (the sum of its samples).
 fn metric(node: &Node, name: &str) -> f64 {
-    api(node, "GET", "/metrics")
-        .body
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
+    node.metric(name)
 }
 
 /// Connects a persistent session once the node reaches Redis again; until
