@@ -730,7 +730,7 @@ async fn receipts_reach_the_stream_the_publisher_named() {
     // counted and dropped.
     publish_with_receipts_to(&mut c, "orders/2", "nobody").await;
     until("two receipts for nobody, counted", || {
-        metric(&gw, "tether_upstream_receipts_unrouted_total") == 2.0
+        metric(&gw, "tether_upstream_receipts_dropped_total") == 2.0
     })
     .await;
     let sub = proto::Subscribe {

@@ -22,8 +22,9 @@
 //! A **receipts route** is the streams that subscribed to one receipts
 //! stream name: each delivery receipt addressed to that name goes to one
 //! of them, with the same window, acks and redelivery; nobody waits for
-//! it, and one that finds no stream (or whose route empties) is counted
-//! and dropped, as a receipt is at most once everywhere.
+//! it, and one that finds no stream (or whose route empties, or whose
+//! backlog is full: [`RECEIPTS_BACKLOG_MAX`]) is counted and dropped, as a
+//! receipt is at most once everywhere.
 //!
 //! Neither the backlog nor the pending table has a bound of its own: every
 //! copy belongs to a publish a core holds in its bounded outbound table
@@ -37,6 +38,15 @@ use std::time::Instant;
 use crate::bridge::outbound::{OutboundError, Outgoing, Produced};
 use crate::config::{UpstreamAck, UpstreamFallback};
 use crate::session::ReceiptRecord;
+
+/// Most receipts one receipts route holds waiting for a stream with room;
+/// more are dropped (and counted), as receipts are at most once. Client
+/// messages need no such bound (their publishers wait, see the module
+/// docs), but nobody waits for a receipt: without it, a backend that
+/// acknowledges slower than its messages are delivered would grow the hub
+/// without end. A hundred thousand receipts are some 30 MB (about 300
+/// bytes each: the record, its pending entry and its place in line).
+pub(crate) const RECEIPTS_BACKLOG_MAX: usize = 100_000;
 
 /// Called once with the publisher's answer.
 pub(crate) type Done = Box<dyn FnOnce(Produced) + Send>;
@@ -99,9 +109,9 @@ pub(crate) struct Counts {
     pub unrouted: u64,
     /// Receipts taken for a receipts stream name.
     pub receipts: u64,
-    /// Receipts for a name no stream held (or whose streams all ended
-    /// before acknowledging them): dropped.
-    pub receipts_unrouted: u64,
+    /// Receipts dropped: for a name no stream held, whose streams all
+    /// ended before acknowledging them, or past [`RECEIPTS_BACKLOG_MAX`].
+    pub receipts_dropped: u64,
 }
 
 struct Stream {
@@ -262,9 +272,13 @@ impl Hub {
             .iter()
             .find(|(_, r)| matches!(&r.takes, Takes::Receipts(n) if n == to));
         let Some((route, _)) = found else {
-            self.counts.receipts_unrouted += 1;
+            self.counts.receipts_dropped += 1;
             return;
         };
+        if self.routes[route].backlog.len() >= RECEIPTS_BACKLOG_MAX {
+            self.counts.receipts_dropped += 1;
+            return;
+        }
         self.counts.receipts += 1;
         let key = self.next_key;
         self.next_key += 1;
@@ -416,7 +430,7 @@ impl Hub {
         let r = self.routes.remove(route);
         for (key, _) in r.backlog {
             if matches!(r.takes, Takes::Receipts(_)) {
-                self.counts.receipts_unrouted += 1;
+                self.counts.receipts_dropped += 1;
                 self.pending.remove(&key);
                 continue;
             }
@@ -674,7 +688,7 @@ mod tests {
         let name: Arc<str> = "billing".into();
         hub.receipt(&name, receipt(1));
         assert_eq!(
-            hub.counts.receipts_unrouted, 1,
+            hub.counts.receipts_dropped, 1,
             "no stream took the name yet"
         );
         let (ta, mut a) = tokio::sync::mpsc::unbounded_channel();
@@ -698,8 +712,25 @@ mod tests {
         hub.receipt(&name, receipt(4));
         hub.detach(1);
         assert_eq!(
-            hub.counts.receipts_unrouted, 2,
+            hub.counts.receipts_dropped, 2,
             "its last stream ended without an ack"
         );
+    }
+
+    #[test]
+    fn a_receipts_backlog_past_its_bound_drops_and_counts() {
+        let mut hub = Hub::new(UpstreamAck::Backend, UpstreamFallback::Refuse);
+        let name: Arc<str> = "slow".into();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        hub.attach(1, Takes::Receipts(name.clone()), 1, tx);
+        for id in 0..(RECEIPTS_BACKLOG_MAX as u64 + 3) {
+            hub.receipt(&name, receipt(id));
+        }
+        // One sent (the window), the bound waiting, two dropped.
+        assert_eq!(hub.backlog(), RECEIPTS_BACKLOG_MAX);
+        assert_eq!(hub.counts.receipts_dropped, 2);
+        let first = rx.try_recv().unwrap();
+        hub.ack(1, &[first.seq]);
+        assert!(matches!(rx.try_recv().unwrap().item, Item::Receipt(r) if r.id == 1));
     }
 }

@@ -87,7 +87,7 @@ pub struct Figures {
     unrouted: AtomicU64,
     timed_out: AtomicU64,
     receipts: AtomicU64,
-    receipts_unrouted: AtomicU64,
+    receipts_dropped: AtomicU64,
     /// gRPC calls answered, by outcome (the service counts).
     pub calls: AtomicU64,
     /// gRPC calls answered with an error status.
@@ -290,7 +290,7 @@ impl Outbound for Upstream {
             ("upstream_unrouted", "Client messages acknowledged though no backend held them (grpc.upstream.fallback = \"accept\").", f.unrouted.load(Relaxed), true),
             ("upstream_timed_out", "Streams ended for holding a message past grpc.upstream.ack_timeout_ms.", f.timed_out.load(Relaxed), true),
             ("upstream_receipts", "Delivery receipts taken for Upstream receipts streams (receipts_to).", f.receipts.load(Relaxed), true),
-            ("upstream_receipts_unrouted", "Delivery receipts dropped: no Upstream stream took their receipts_to name, or its streams ended before acknowledging them.", f.receipts_unrouted.load(Relaxed), true),
+            ("upstream_receipts_dropped", "Delivery receipts dropped: no Upstream stream took their receipts_to name, its streams ended before acknowledging them, or 100,000 already waited for one.", f.receipts_dropped.load(Relaxed), true),
         ]);
         out
     }
@@ -433,5 +433,5 @@ fn counts(hub: &Hub, f: &Figures) {
     f.refused.store(c.refused, Relaxed);
     f.unrouted.store(c.unrouted, Relaxed);
     f.receipts.store(c.receipts, Relaxed);
-    f.receipts_unrouted.store(c.receipts_unrouted, Relaxed);
+    f.receipts_dropped.store(c.receipts_dropped, Relaxed);
 }
