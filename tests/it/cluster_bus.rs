@@ -36,6 +36,8 @@ fn metric(node: &Node, name: &str) -> f64 {
 struct Bus {
     nodes: Vec<Node>,
     kafka: Kafka,
+    /// The bus's topic prefix (`{prefix}.node.{n}` is node n's inbox).
+    prefix: String,
     redis: Redis,
     /// The nodes' settings, to start one again.
     env: Vec<(&'static str, String)>,
@@ -93,6 +95,7 @@ async fn bus(extra: impl FnOnce(&str) -> (Vec<(&'static str, String)>, Vec<Strin
     Bus {
         nodes,
         kafka,
+        prefix,
         redis,
         env,
     }
@@ -515,6 +518,45 @@ async fn a_copy_sent_to_a_node_that_died_reaches_its_subscriber_when_the_node_is
             &bus.nodes[2],
             "tether_kafka_cluster_orphans_handed_on_total"
         ) >= 1.0
+    );
+}
+
+/// A copy handed on for one session (`x-to-session`) that reached a node
+/// before that node started is handed on again, for that session: the
+/// node may have died taking the session over, before any other node held
+/// it (the fault harness lost three messages so: `sub-2`'s new connection
+/// on node 3, node 3 killed before its CONNACK, the copies node 2 handed
+/// on reaching nobody, and the session back on node 2 seconds later).
+/// Here node 3 is down while such a copy for `walker`, whose session node
+/// 2 holds, waits in its inbox, as node 2 would have written it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_handed_on_to_a_node_that_died_is_handed_on_again_when_it_is_back() {
+    let mut bus = bus(short_lease).await;
+    let (_walker, mut events, _task) =
+        persistent_subscriber(&bus.nodes[1], "walker", "walk/#").await;
+    bus.nodes[2].proc.kill9();
+    let inbox = format!("{}.node.3", bus.prefix);
+    let headers = [
+        ("x-id", "0200000000000001"),
+        ("x-event", "publish"),
+        ("x-node", "2"),
+        ("x-mqtt-topic", "walk/a"),
+        ("x-qos", "1"),
+        ("x-client", "walk-pub"),
+        ("x-to-session", "walker"),
+    ];
+    bus.kafka
+        .produce(&inbox, "walk-pub", b"handed:0", &headers)
+        .await;
+    bus.start(3);
+    let got = take_within(&mut events, 1, "walker on node 2", Duration::from_secs(30)).await;
+    assert_eq!(got[0], ("walk/a".to_string(), "handed:0".to_string()));
+    assert_eq!(
+        metric(
+            &bus.nodes[2],
+            "tether_kafka_cluster_orphans_handed_on_total"
+        ),
+        1.0
     );
 }
 

@@ -401,7 +401,7 @@ impl KafkaInbound {
             ("kafka_records_skipped_own", "Records this node produced itself, passed over (skip_own).", m.skipped_own.load(Relaxed), true),
             ("kafka_records_undeliverable", "Records that could not become an MQTT message (missing header or key, invalid topic, denied).", m.undeliverable.load(Relaxed), true),
             ("kafka_records_stale", "Cluster inbox records sent before this process started (for the node's earlier life) that no session is owed (QoS 0, copies handed on), passed over.", m.stale.load(Relaxed), true),
-            ("kafka_cluster_orphans_handed_on", "Cluster inbox records sent before this process started, handed on to every node for the persistent sessions of the node's earlier life.", m.orphans.load(Relaxed), true),
+            ("kafka_cluster_orphans_handed_on", "Cluster inbox records sent before this process started, handed on to every node for the persistent sessions of the node's earlier life (or, for a copy handed on for one session, for that session again).", m.orphans.load(Relaxed), true),
             ("kafka_cluster_handed_on", "Cluster inbox records handed on to every node for a persistent session that had left this node (one per session).", m.handed_on.load(Relaxed), true),
             ("kafka_busy_retries", "Times a busy core was offered a record again.", m.busy_retries.load(Relaxed), true),
             ("kafka_consumer_errors", "Consumer errors (broker unreachable, rebalance failures, ...).", m.errors.load(Relaxed), true),

@@ -194,7 +194,7 @@ enum Offered {
     Queued(Box<Queued>),
     /// Sent to this node's earlier life: to hand on to every node
     /// ([`hand_on_orphan`]).
-    Orphan(Box<(PublishRequest, HandOn)>),
+    Orphan(Box<(PublishRequest, HandOn, HandTo)>),
 }
 
 /// A record in its core's inbox, and what settling it needs.
@@ -231,7 +231,9 @@ async fn offer(ctx: &Ctx, req: Request, key: Option<&[u8]>) -> Offered {
             forward,
             hand_on,
         } => (req, scope, forward, hand_on),
-        Request::Orphan { req, hand_on } => return Offered::Orphan(Box::new((req, hand_on))),
+        Request::Orphan { req, hand_on, to } => {
+            return Offered::Orphan(Box::new((req, hand_on, to)))
+        }
         Request::Stale => {
             m.stale.fetch_add(1, Relaxed);
             return Offered::Settled(Outcome::Passed);
@@ -313,7 +315,7 @@ async fn queue(
 async fn settle(ctx: &Ctx, offered: Offered) -> Outcome {
     let mut q = match offered {
         Offered::Settled(outcome) => return outcome,
-        Offered::Orphan(o) => return hand_on_orphan(ctx, &o.0, &o.1).await,
+        Offered::Orphan(o) => return hand_on_orphan(ctx, &o.0, &o.1, o.2).await,
         Offered::Queued(q) => q,
     };
     let forward = q.forward.take();
@@ -460,12 +462,13 @@ async fn hand_on_departed(ctx: &Ctx, req: &PublishRequest, scope: &Scope, h: &Ha
 }
 
 /// Hands a record sent to this node's earlier life (before it restarted)
-/// on to every node, for the persistent sessions that life held: they
+/// on to every node, `to` the persistent sessions that life held (they
 /// are elsewhere now, or back here, and the record was sent while the
-/// cluster still routed their copies to this node (`Scope::Orphan`).
+/// cluster still routed their copies to this node: `Scope::Orphan`), or
+/// to the one session a copy handed on was for (`Scope::Session`).
 /// Handed on once the interest topic was read, so that the cluster view
 /// knows every node; its offset is stored once every copy is in Kafka.
-async fn hand_on_orphan(ctx: &Ctx, req: &PublishRequest, h: &HandOn) -> Outcome {
+async fn hand_on_orphan(ctx: &Ctx, req: &PublishRequest, h: &HandOn, to: HandTo) -> Outcome {
     while !ctx.loaded.load(Relaxed) {
         tokio::time::sleep(BUSY_RETRY).await;
     }
@@ -473,7 +476,7 @@ async fn hand_on_orphan(ctx: &Ctx, req: &PublishRequest, h: &HandOn) -> Outcome 
     let out = ctx.outgoing(req, h.client.clone(), h.user.clone());
     let job = |ack| Job::HandOn {
         out: out.clone(),
-        to: HandTo::Orphans { sent_ms: h.sent_ms },
+        to: to.clone(),
         ack,
     };
     until_in_kafka(

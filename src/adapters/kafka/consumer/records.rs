@@ -9,6 +9,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use super::{Ctx, RuleKind};
 use crate::adapters::kafka::receipt_body;
+use crate::adapters::kafka::HandTo;
 use crate::bridge::outbound::Outgoing;
 use crate::bridge::PublishRequest;
 use crate::codec::{Properties, QoS};
@@ -51,14 +52,16 @@ pub(super) enum Request {
     /// A cluster inbox record sent before this process started, for the
     /// node's earlier life: not for whoever subscribed here since, but for
     /// the persistent sessions that life held, wherever they are now.
-    /// Handed on to every node (`HandTo::Orphans`).
+    /// Handed on to every node: a first copy for whoever came from here
+    /// (`HandTo::Orphans`), a copy handed on for one session for that
+    /// session again (`HandTo::Session`).
     Orphan {
         req: PublishRequest,
         hand_on: HandOn,
+        to: HandTo,
     },
     /// A cluster inbox record sent before this process started that no
-    /// session is owed: QoS 0, or itself a copy handed on (the nodes that
-    /// were up deliver those).
+    /// session is owed: QoS 0, or an orphan handed on already.
     Stale,
     Undeliverable(&'static str),
     /// A receipt another node handed over for this node's Upstream
@@ -208,12 +211,28 @@ impl Ctx {
                 forward: rule.kind == RuleKind::Owner,
                 hand_on,
             },
-            // A first copy, which a persistent session may be owed.
-            (true, Some(hand_on))
-                if qos != QoS::AtMostOnce && matches!(scope, Scope::Groups(_)) =>
-            {
-                Request::Orphan { req, hand_on }
-            }
+            (true, Some(hand_on)) if qos != QoS::AtMostOnce => match scope {
+                // A first copy, which a persistent session may be owed.
+                Scope::Groups(_) => Request::Orphan {
+                    req,
+                    to: HandTo::Orphans {
+                        sent_ms: hand_on.sent_ms,
+                    },
+                    hand_on,
+                },
+                // A copy handed on for one session that had left its
+                // node. Every node was sent one, but the node taking the
+                // session over may have been this one's earlier life,
+                // killed mid-takeover, while no other held it yet (the
+                // fault harness lost such copies): so for that session
+                // again, wherever it is now.
+                Scope::Session(session) => Request::Orphan {
+                    req,
+                    hand_on,
+                    to: HandTo::Session(session),
+                },
+                _ => Request::Stale,
+            },
             (true, _) => Request::Stale,
         }
     }
