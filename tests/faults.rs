@@ -47,7 +47,7 @@ fn the_fault_checker_sees_every_broken_promise() {
 }
 
 #[test]
-#[ignore = "3 of 20 runs lost messages after the mid-takeover fix (2 with tansu repeating offsets, 1 untraced; bench/RESULTS.md, issue 28): kept out of CI until a series is clean; run with --ignored"]
+#[ignore = "3 of 32 runs lost messages after the mid-takeover fix (2 with tansu repeating offsets, 1 untraced; bench/RESULTS.md, issue 28): kept out of CI until a series is clean; run with --ignored"]
 fn the_ci_fault_schedule_breaks_no_promise() {
     // SAFETY: geteuid has no preconditions and touches no memory.
     if unsafe { libc::geteuid() } != 0 {
