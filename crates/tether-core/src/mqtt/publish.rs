@@ -19,7 +19,7 @@ use crate::bridge::{Numbered, PublishRequest, Receipt, Refusal};
 use crate::codec::{reason, topic, Ack, Packet, Publish, QoS};
 use crate::id::ConnKey;
 use crate::session::{Message, Outcome, Publication, Scope};
-use crate::shard::{ApiPublish, Core, CoreState, Entry, Parked, PendingKind, Waiting};
+use crate::shard::{ApiPublish, Core, CoreState, Parked, PendingKind, Waiting};
 use crate::stats::bump;
 use crate::store::StoreOp;
 
@@ -397,19 +397,12 @@ fn settle(
     };
     let done = e.session.take_inflight(pkid, is_it);
     if let Some(f) = done.as_ref().filter(|f| f.d.receipts) {
-        report_settled(e, &f.d.msg, outcome);
+        e.report(&f.d.msg, outcome);
     }
     crate::shard::pump(e, core.stats(), || core.clock().instant());
     if let Some(f) = done {
         core.forget(st, key, f.d.seq);
     }
-}
-
-/// A delivery of a message that asked for receipts was acknowledged, or
-/// refused by the client.
-#[cold]
-fn report_settled(e: &Entry, msg: &std::sync::Arc<Message>, outcome: Outcome) {
-    e.report(msg, outcome);
 }
 
 /// PUBREC from the client: release with PUBREL (or end on an error code).

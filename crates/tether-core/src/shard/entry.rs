@@ -45,7 +45,9 @@ pub struct Entry {
 impl Entry {
     /// Reports `outcome` of this session's delivery of `msg` to the
     /// message's receipt sink, with the session's client id and, while it
-    /// is connected, its user name.
+    /// is connected, its user name. Cold: only messages that asked for
+    /// receipts come here.
+    #[cold]
     pub fn report(&self, msg: &Arc<crate::session::Message>, outcome: crate::session::Outcome) {
         let user = self.link.as_ref().and_then(|l| l.username.as_ref());
         crate::session::report(msg, self.client_id.as_ref(), user, outcome);
