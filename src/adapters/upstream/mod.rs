@@ -68,8 +68,12 @@ enum Job {
     },
     Ack(StreamId, Vec<u64>),
     Detach(StreamId),
-    /// A receipt for the receipts streams of that name.
-    Receipt(Arc<str>, ReceiptRecord),
+    /// A receipt this node's cores reported for one of its receipts
+    /// streams (made into a record here, not on the core).
+    Reported(Receipt),
+    /// A receipt another node handed over, for the receipts streams of
+    /// that name.
+    HandedOver(Arc<str>, ReceiptRecord),
     Stop,
 }
 
@@ -144,6 +148,7 @@ impl Upstream {
                 configured,
                 figures.clone(),
                 timeout,
+                node,
             ),
         )?;
         Ok(Upstream {
@@ -262,7 +267,7 @@ impl Outbound for Upstream {
         // over for this node's streams.
         let jobs = self.jobs.clone();
         let _ = bridge.stream_receipts.set(Arc::new(move |to, r| {
-            let _ = jobs.send(Job::Receipt(to, r));
+            let _ = jobs.send(Job::HandedOver(to, r));
         }));
         self.next.start(bridge)
     }
@@ -312,9 +317,8 @@ impl Outbound for Upstream {
     }
 
     fn receipt(&self, r: Receipt) {
-        if let Some(to) = r.to.as_ref().filter(|to| to.node == self.node) {
-            let record = ReceiptRecord::of(&r, self.node);
-            let _ = self.jobs.send(Job::Receipt(to.stream.clone(), record));
+        if r.to.as_ref().is_some_and(|to| to.node == self.node) {
+            let _ = self.jobs.send(Job::Reported(r.clone()));
         }
         // The bridge still writes the dead letter, and hands a receipt
         // for another node's stream to that node.
@@ -347,6 +351,7 @@ async fn serve(
     configured: Vec<Arc<str>>,
     figures: Arc<Figures>,
     timeout: Duration,
+    node: u16,
 ) {
     let mut sweep = tokio::time::interval(sweep_every(timeout));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -388,7 +393,12 @@ async fn serve(
                 let _ = ready.send(());
             }
             Some(Job::Ack(id, seqs)) => hub.ack(id, &seqs),
-            Some(Job::Receipt(to, r)) => hub.receipt(&to, r),
+            Some(Job::Reported(r)) => {
+                if let Some(to) = &r.to {
+                    hub.receipt(&to.stream, ReceiptRecord::of(&r, node));
+                }
+            }
+            Some(Job::HandedOver(to, r)) => hub.receipt(&to, r),
             Some(Job::Detach(id)) => {
                 hub.detach(id);
                 publish_filters(&hub, &filters, &configured);
