@@ -27,7 +27,7 @@ use tracing::info;
 use crate::codec::{self, reason, Packet, QoS, Version};
 use crate::error::{Classify, Origin};
 use crate::id::ConnKey;
-use crate::shard::{CloseRequest, Core, CoreState, Phase};
+use crate::shard::{CloseRequest, ConnMut, Core, CoreState, Pace, Phase};
 use crate::stats::bump;
 
 pub use connect::{on_claim, on_verdict};
@@ -84,7 +84,7 @@ pub enum Flow {
     Wait,
 }
 
-/// What a handler did with its packet.
+/// What a handler of the rarer packets did with its packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Done,
@@ -93,20 +93,42 @@ enum Step {
 }
 
 /// Applies one packet received on `key`'s connection.
+///
+/// The commonest packets (PUBLISH, the acknowledgements, PINGREQ) are
+/// served by one handle on their connection ([`ConnMut`]) from the phase
+/// check to the decision to read on; a PUBLISH that is routed takes a
+/// second one after its fan-out, which may reach any connection.
 pub fn receive(core: &Core, key: ConnKey, packet: Packet) -> Result<Flow, Violation> {
     bump(&core.stats().packets_in, 1);
     let mut st = core.st.borrow_mut();
+    let st = &mut *st;
     st.lagging = false;
     st.peer_lagging = false;
-    if handle(core, &mut st, key, packet)? == Step::NoRoom {
-        return Ok(Flow::Retry);
+    match packet {
+        Packet::Publish(mut p) => publish::publish(core, st, key, &mut p),
+        Packet::PubAck(a) => own(st, key, |c| publish::puback(core, c, a.pkid, a.code)),
+        Packet::PubRec(a) => own(st, key, |c| publish::pubrec(core, c, a)),
+        Packet::PubComp(a) => own(st, key, |c| publish::pubcomp(core, c, a)),
+        Packet::PubRel(a) => own(st, key, |c| publish::pubrel(core, c, a)),
+        Packet::PingReq => own(st, key, |c| {
+            if let Some(link) = c.link() {
+                link.control(Packet::PingResp);
+            }
+        }),
+        Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+            Err(violation(
+                reason::PROTOCOL_ERROR,
+                "server-to-client packet sent by a client",
+            ))
+        }
+        packet => {
+            if handle(core, st, key, packet)? == Step::NoRoom {
+                return Ok(Flow::Retry);
+            }
+            let pace = st.take_pace();
+            Ok(st.conn(key).map_or(Flow::Stop, |c| after(&c, pace)))
+        }
     }
-    let pace = if std::mem::take(&mut st.peer_lagging) {
-        Some(crate::shard::Pace::UntilResumed)
-    } else {
-        std::mem::take(&mut st.lagging).then_some(crate::shard::Pace::Yield)
-    };
-    after(&mut st, key, pace)
 }
 
 /// Applies a plain PUBACK (no reason code, no properties) received on
@@ -118,39 +140,45 @@ pub fn receive_puback(core: &Core, key: ConnKey, pkid: u16) -> Result<Flow, Viol
     bump(&core.stats().packets_in, 1);
     let mut st = core.st.borrow_mut();
     st.lagging = false;
-    if st
-        .entry(key)
-        .is_some_and(|e| matches!(e.phase, Phase::Connecting))
-    {
+    own(&mut st, key, |c| publish::puback(core, c, pkid, 0))
+}
+
+/// Serves a packet that touches its own connection only (an
+/// acknowledgement, PINGREQ) with `f`, on one handle: the phase check, the
+/// handler and the decision to read on share one lookup.
+#[inline(always)]
+fn own(
+    st: &mut CoreState,
+    key: ConnKey,
+    f: impl FnOnce(&mut ConnMut<'_>),
+) -> Result<Flow, Violation> {
+    let Some(mut c) = st.conn(key) else {
+        return Ok(Flow::Stop);
+    };
+    if c.connecting() {
         return Err(violation(reason::PROTOCOL_ERROR, "packet before CONNACK"));
     }
-    publish::puback(core, &mut st, key, pkid, 0)?;
-    after(&mut st, key, None)
+    f(&mut c);
+    Ok(after(&c, None))
 }
 
 /// What the connection does after a packet was handled.
-fn after(
-    st: &mut CoreState,
-    key: ConnKey,
-    pace: Option<crate::shard::Pace>,
-) -> Result<Flow, Violation> {
-    let Some(e) = st.entry(key) else {
-        return Ok(Flow::Stop);
+fn after(c: &ConnMut<'_>, pace: Option<Pace>) -> Flow {
+    let Some(link) = c.entry.link.as_ref().filter(|l| l.close.is_none()) else {
+        return Flow::Stop;
     };
-    let Some(link) = e.link.as_ref().filter(|l| l.close.is_none()) else {
-        return Ok(Flow::Stop);
-    };
-    if e.phase.parks_reading() || link.is_parked() {
+    if c.entry.phase.parks_reading() || link.is_parked() {
         // Keep pipelined packets until the answer is in.
-        return Ok(Flow::Park);
+        return Flow::Park;
     }
-    Ok(match pace {
+    match pace {
         None => Flow::Continue,
-        Some(crate::shard::Pace::Yield) => Flow::Yield,
-        Some(crate::shard::Pace::UntilResumed) => Flow::Wait,
-    })
+        Some(Pace::Yield) => Flow::Yield,
+        Some(Pace::UntilResumed) => Flow::Wait,
+    }
 }
 
+/// The rarer packets: CONNECT, SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH.
 // Inlined into `receive`: a `Packet` is 400 bytes, and a call boundary
 // copies it.
 #[inline(always)]
@@ -161,9 +189,7 @@ fn handle(
     packet: Packet,
 ) -> Result<Step, Violation> {
     // Between CONNECT and CONNACK only an authentication exchange may run.
-    let connecting = st
-        .entry(key)
-        .is_some_and(|e| matches!(e.phase, Phase::Connecting));
+    let connecting = st.conn(key).is_some_and(|c| c.connecting());
     if connecting
         && !matches!(
             packet,
@@ -181,27 +207,12 @@ fn handle(
             Err(violation(reason::PROTOCOL_ERROR, "second CONNECT"))
         }
         Packet::Connect(c) => connect::connect(core, st, key, *c).map(|()| Step::Done),
-        Packet::Publish(mut p) => publish::publish(core, st, key, &mut p),
-        Packet::PubAck(a) => publish::puback(core, st, key, a.pkid, a.code).map(|()| Step::Done),
-        Packet::PubRec(a) => publish::pubrec(core, st, key, a).map(|()| Step::Done),
-        Packet::PubComp(a) => publish::pubcomp(core, st, key, a).map(|()| Step::Done),
-        Packet::PubRel(a) => publish::pubrel(core, st, key, a).map(|()| Step::Done),
         Packet::Subscribe(s) => subscribe::subscribe(core, st, key, s, Vec::new()),
         Packet::Unsubscribe(u) => subscribe::unsubscribe(core, st, key, u).map(|()| Step::Done),
-        Packet::PingReq => {
-            if let Some(link) = st.link(key) {
-                link.control(Packet::PingResp);
-            }
-            Ok(Step::Done)
-        }
         Packet::Disconnect(d) => connect::disconnect(core, st, key, d).map(|()| Step::Done),
         Packet::Auth(a) => connect::auth(core, st, key, a).map(|()| Step::Done),
-        Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-            Err(violation(
-                reason::PROTOCOL_ERROR,
-                "server-to-client packet sent by a client",
-            ))
-        }
+        // Served by `receive` on the connection's handle.
+        _ => Ok(Step::Done),
     }
 }
 

@@ -12,30 +12,61 @@ use std::sync::Arc;
 
 use tracing::debug;
 
-use super::{max_qos, violation, Step, Violation};
+use super::{max_qos, violation, Flow, Violation};
 use crate::auth::{AclRequest, Action, Permit, Source};
 use crate::bridge::outbound::OutboundPolicy;
 use crate::bridge::{Numbered, PublishRequest, Receipt, Refusal};
 use crate::codec::{reason, topic, Ack, Packet, Publish, QoS};
 use crate::id::ConnKey;
 use crate::session::{Message, Outcome, Publication, Scope};
-use crate::shard::{ApiPublish, Core, CoreState, Parked, PendingKind, Waiting};
+use crate::shard::{ApiPublish, ConnMut, Core, CoreState, Parked, PendingKind, Waiting};
 use crate::stats::bump;
 use crate::store::StoreOp;
 
-/// PUBLISH from a client.
+/// PUBLISH from a client. One handle on the connection serves the checks,
+/// the authorizer and the making of the message; the fan-out takes the
+/// whole core (it may reach any connection, this one too); a second handle
+/// then acknowledges and decides how the connection reads on.
 pub(super) fn publish(
     core: &Core,
     st: &mut CoreState,
     key: ConnKey,
     p: &mut Publish,
-) -> Result<Step, Violation> {
-    let m = &core.cfg.mqtt;
-    let Some(e) = st.entry(key) else {
-        return Ok(Step::Done);
+) -> Result<Flow, Violation> {
+    let Some(mut c) = st.conn(key) else {
+        return Ok(Flow::Stop);
     };
-    let Some(link) = e.link.as_mut() else {
-        return Ok(Step::Done);
+    if c.connecting() {
+        return Err(violation(reason::PROTOCOL_ERROR, "packet before CONNACK"));
+    }
+    let policy = match check(core, &mut c, p)? {
+        Checked::Go(policy) => policy,
+        Checked::Done => return Ok(super::after(&c, None)),
+        Checked::NoRoom => return Ok(Flow::Retry),
+    };
+    match authorize(core, &mut c, p, None, policy) {
+        Authorized::Route(ready) => Ok(route(core, st, key, ready)),
+        Authorized::Done => Ok(super::after(&c, None)),
+        Authorized::NoRoom => Ok(Flow::Retry),
+    }
+}
+
+/// What the protocol's checks made of a client PUBLISH.
+enum Checked {
+    /// On to the authorizer; the outbound rules say this for its topic.
+    Go(OutboundPolicy),
+    /// Nothing more to do (a QoS 2 retransmission, acknowledged again).
+    Done,
+    /// No room for what it would wait on (see [`Flow::Retry`]).
+    NoRoom,
+}
+
+/// The protocol's rules for a client PUBLISH, and room for what it will
+/// wait on. Resolves the topic alias: a parked packet keeps its topic.
+fn check(core: &Core, c: &mut ConnMut<'_>, p: &mut Publish) -> Result<Checked, Violation> {
+    let m = &core.cfg.mqtt;
+    let Some(link) = c.entry.link.as_mut() else {
+        return Ok(Checked::Done);
     };
     let v5 = link.version.is_v5();
     if p.qos as u8 > m.max_qos {
@@ -59,7 +90,6 @@ pub(super) fn publish(
             "subscription identifier in a client PUBLISH",
         ));
     }
-    // Resolve the topic alias once: a parked packet keeps its topic.
     match p.properties.topic_alias.take() {
         Some(alias) => {
             // The table the CONNACK granted, allocated on first use.
@@ -94,11 +124,11 @@ pub(super) fn publish(
         None => {}
     }
     if p.qos == QoS::ExactlyOnce {
-        let ids = &e.session.incoming_qos2;
+        let ids = &c.entry.session.incoming_qos2;
         if ids.contains(&p.pkid) {
             // A retransmission of a message already routed: ack only.
-            core.ack_publish(st, key, p.qos, p.pkid, reason::SUCCESS);
-            return Ok(Step::Done);
+            c.ack_publish(p.qos, p.pkid, reason::SUCCESS);
+            return Ok(Checked::Done);
         }
         if ids.len() >= m.receive_maximum as usize {
             return Err(violation(
@@ -110,29 +140,38 @@ pub(super) fn publish(
     let policy = core.node.outbound.policy(&p.topic);
     let waits =
         policy != OutboundPolicy::Skip || (p.qos != QoS::AtMostOnce && core.waits_for_durability());
-    if waits && !core.outbound_room(st) {
-        return Ok(Step::NoRoom);
+    if waits && !c.has_room(PendingKind::Produce) {
+        return Ok(Checked::NoRoom);
     }
-    authorize(core, st, key, p, None, policy)
+    Ok(Checked::Go(policy))
+}
+
+/// What the authorizer's answer made of a checked PUBLISH.
+enum Authorized {
+    /// Allowed, and made into a message: the fan-out is next.
+    Route(Ready),
+    /// Nothing more now: parked for the slow path, or refused (and
+    /// acknowledged so).
+    Done,
+    /// The slow path has no room for one more question (see
+    /// [`Flow::Retry`]).
+    NoRoom,
 }
 
 /// Puts the publish to the authorizer (unless `answer` is the slow path's
-/// answer already), then routes it and hands it out per `policy`. Takes
-/// the packet by reference: it is 400 bytes, and only a parked one moves.
+/// answer already); an allowed one is made into its message. Takes the
+/// packet by reference: it is 400 bytes, and only a parked one moves.
 fn authorize(
     core: &Core,
-    st: &mut CoreState,
-    key: ConnKey,
+    c: &mut ConnMut<'_>,
     p: &mut Publish,
     answer: Option<Permit>,
     policy: OutboundPolicy,
-) -> Result<Step, Violation> {
-    let room = st.pending.has_room(PendingKind::Permit);
-    let Some(e) = st.entry(key) else {
-        return Ok(Step::Done);
-    };
+) -> Authorized {
+    let room = c.has_room(PendingKind::Permit);
+    let e = &mut *c.entry;
     let Some(link) = e.link.as_mut() else {
-        return Ok(Step::Done);
+        return Authorized::Done;
     };
     let permit = answer.unwrap_or_else(|| {
         core.node.authz.check(&link.acl_request(
@@ -144,13 +183,10 @@ fn authorize(
         ))
     });
     match permit {
-        Permit::Allow => {
-            route(core, st, key, p, policy);
-            Ok(Step::Done)
-        }
+        Permit::Allow => prepare(core, c, p, policy).map_or(Authorized::Done, Authorized::Route),
         Permit::Ask if answer.is_none() => {
             if !room {
-                return Ok(Step::NoRoom);
+                return Authorized::NoRoom;
             }
             let req = link
                 .acl_request(
@@ -168,50 +204,64 @@ fn authorize(
                 ..*p
             };
             link.rare().parked = Some(Parked::Publish(parked));
-            let token = st
-                .pending
-                .insert(Waiting::Permit { key })
+            let token = c
+                .insert_pending(Waiting::Permit { key: c.key })
                 .expect("room checked above");
             bump(&core.stats().acl_deferred, 1);
             core.node
                 .authz
                 .ask(req, core.returns.permits.reply_to(token));
-            Ok(Step::Done)
+            Authorized::Done
         }
         Permit::Deny | Permit::Ask => {
             let origin = e.id;
             debug!(conn = %origin, topic = %p.topic, "publish refused by the authorizer");
             bump(&core.stats().denied_publishes, 1);
-            refuse_publish(core, st, key, p.qos, p.pkid, reason::NOT_AUTHORIZED);
-            Ok(Step::Done)
+            refuse_publish(core, c, p.qos, p.pkid, reason::NOT_AUTHORIZED);
+            Authorized::Done
         }
     }
 }
 
-/// An authorized publish: recorded (QoS 2), stored (retained), routed to
-/// every subscriber, handed out, acknowledged.
-fn route(core: &Core, st: &mut CoreState, key: ConnKey, p: &mut Publish, policy: OutboundPolicy) {
-    let Some(e) = st.entry(key) else { return };
-    let origin = e.id;
-    let Some(v5) = e.link.as_ref().map(|l| l.version.is_v5()) else {
-        return;
-    };
+/// An authorized publish made into its message, ready to be routed.
+struct Ready {
+    msg: Arc<Message>,
+    /// The packet id its ack names.
+    pkid: u16,
+    policy: OutboundPolicy,
+    /// Where its ack is held, when it waits for confirmations.
+    held: Option<u64>,
+    /// The publisher's own share of the durability confirm.
+    confirm: Option<Arc<crate::session::Confirm>>,
+}
+
+/// Makes an authorized publish into its message: recorded (QoS 2), its ack
+/// held for what it waits on. `None`: refused by the full retained store.
+fn prepare(
+    core: &Core,
+    c: &mut ConnMut<'_>,
+    p: &mut Publish,
+    policy: OutboundPolicy,
+) -> Option<Ready> {
+    let origin = c.entry.id;
+    let v5 = c.entry.link.as_ref()?.version.is_v5();
     let (qos, pkid) = (p.qos, p.pkid);
     let topic: Arc<str> = std::mem::take(&mut p.topic).into();
     // A retained message the full store refuses: MQTT 5 publishers get a
     // clear refusal (0x97) and the message goes nowhere; 3.1.1 has no way to
     // say no, so there it is delivered without being stored (and counted).
     let weight = Message::weight_of(&topic, p.payload.len());
-    if p.retain && v5 && core.retained_would_refuse(st, &topic, weight, p.payload.is_empty()) {
+    if p.retain
+        && v5
+        && core.retained_would_refuse(c.retained, &topic, weight, p.payload.is_empty())
+    {
         bump(&core.stats().retained_refused, 1);
-        refuse_publish(core, st, key, qos, pkid, reason::QUOTA_EXCEEDED);
-        return;
+        refuse_publish(core, c, qos, pkid, reason::QUOTA_EXCEEDED);
+        return None;
     }
     if qos == QoS::ExactlyOnce {
-        if let Some(e) = st.entry(key) {
-            e.session.incoming_qos2.push(pkid);
-        }
-        core.journal_for(st, key, |session| StoreOp::Incoming {
+        c.entry.session.incoming_qos2.push(pkid);
+        c.journal_for(core, |session| StoreOp::Incoming {
             session,
             pkid,
             add: true,
@@ -222,7 +272,7 @@ fn route(core: &Core, st: &mut CoreState, key: ConnKey, p: &mut Publish, policy:
     let durable = qos != QoS::AtMostOnce && core.waits_for_durability();
     let out = qos != QoS::AtMostOnce && policy == OutboundPolicy::Confirm;
     let waits = u8::from(durable) + u8::from(out);
-    let held = (waits > 0).then(|| core.hold_ack(st, key, qos, pkid, waits));
+    let held = (waits > 0).then(|| c.hold_ack(qos, pkid, waits));
     let mut msg = Message::new(
         core.message_id(),
         Publication {
@@ -237,13 +287,33 @@ fn route(core: &Core, st: &mut CoreState, key: ConnKey, p: &mut Publish, policy:
         },
         core.clock().instant(),
     );
+    let key = c.key;
     let confirm = held
         .filter(|_| durable)
-        .map(|seq| core.confirm_for(st, Waiting::Produce { key, seq }));
-    if let Some(c) = &confirm {
-        msg = msg.with_confirm(c.clone());
+        .map(|seq| c.confirm_for(core, Waiting::Produce { key, seq }));
+    if let Some(confirm) = &confirm {
+        msg = msg.with_confirm(confirm.clone());
     }
-    let msg = Arc::new(msg);
+    Some(Ready {
+        msg: Arc::new(msg),
+        pkid,
+        policy,
+        held,
+        confirm,
+    })
+}
+
+/// Routes a ready publish: stored (retained), delivered to every
+/// subscriber, handed out, acknowledged. Returns how the publishing
+/// connection reads on.
+fn route(core: &Core, st: &mut CoreState, key: ConnKey, ready: Ready) -> Flow {
+    let Ready {
+        msg,
+        pkid,
+        policy,
+        held,
+        confirm,
+    } = ready;
     if msg.retain {
         // Room was checked above; a store filled by another core meanwhile
         // keeps the message undelivered-as-retained (counted), delivered.
@@ -251,37 +321,47 @@ fn route(core: &Core, st: &mut CoreState, key: ConnKey, p: &mut Publish, policy:
     }
     bump(&core.stats().publishes_in, 1);
     core.publish(st, msg.clone());
-    core.publish_out(st, key, &msg, policy, held);
+    let pace = st.take_pace();
+    let mut c = st.conn(key);
+    if let Some(c) = c.as_mut() {
+        c.publish_out(core, &msg, policy, held);
+    }
     // The origin's own share: every write it started is counted by now.
-    if let Some(c) = confirm {
-        c.release(true);
+    if let Some(confirm) = confirm {
+        confirm.release(true);
     }
+    let Some(mut c) = c else {
+        return Flow::Stop;
+    };
     if held.is_none() {
-        core.ack_publish(st, key, qos, pkid, reason::SUCCESS);
+        c.ack_publish(msg.qos, pkid, reason::SUCCESS);
     }
+    super::after(&c, pace)
 }
 
 /// Acknowledges a refused PUBLISH: MQTT 5 gets `code`, 3.1.1 (which has no
 /// negative acks) a plain ack, and its QoS 2 exchange goes on to PUBCOMP as
 /// usual. A failed PUBREC ends a QoS 2 exchange, so its packet id is not
 /// kept awaiting PUBREL.
-fn refuse_publish(core: &Core, st: &mut CoreState, key: ConnKey, qos: QoS, pkid: u16, code: u8) {
-    let Some(e) = st.entry(key) else { return };
-    let Some(link) = e.link.as_ref() else { return };
+fn refuse_publish(core: &Core, c: &mut ConnMut<'_>, qos: QoS, pkid: u16, code: u8) {
+    let Some(link) = c.entry.link.as_ref() else {
+        return;
+    };
     let code = if link.version.is_v5() {
         code
     } else {
         reason::SUCCESS
     };
-    if qos == QoS::ExactlyOnce && code < 0x80 && !e.session.incoming_qos2.contains(&pkid) {
-        e.session.incoming_qos2.push(pkid);
-        core.journal_for(st, key, |session| StoreOp::Incoming {
+    let session = &mut c.entry.session;
+    if qos == QoS::ExactlyOnce && code < 0x80 && !session.incoming_qos2.contains(&pkid) {
+        session.incoming_qos2.push(pkid);
+        c.journal_for(core, |session| StoreOp::Incoming {
             session,
             pkid,
             add: true,
         });
     }
-    core.ack_publish(st, key, qos, pkid, code);
+    c.ack_publish(qos, pkid, code);
 }
 
 /// The authorizer's slow path answered for `token`: a client's parked
@@ -321,17 +401,21 @@ pub fn on_permit(core: &Core, token: u32, permit: Permit) {
 
 /// Resumes the packet `key` parked for a permit.
 fn resume(core: &Core, st: &mut CoreState, key: ConnKey, permit: Permit) {
-    let Some(link) = st.link(key) else { return };
+    let Some(mut c) = st.conn(key) else { return };
+    let Some(link) = c.link() else { return };
     let Some(parked) = link.rare.as_mut().and_then(|r| r.parked.take()) else {
         return;
     };
     // Whatever happens next, the connection reads again.
     link.wake();
-    let result = match parked {
+    match parked {
         Parked::Publish(mut p) => {
             // The rules may have changed while it waited.
             let policy = core.node.outbound.policy(&p.topic);
-            authorize(core, st, key, &mut p, Some(permit), policy)
+            if let Authorized::Route(ready) = authorize(core, &mut c, &mut p, Some(permit), policy)
+            {
+                route(core, st, key, ready);
+            }
         }
         Parked::Subscribe {
             subscribe,
@@ -340,35 +424,26 @@ fn resume(core: &Core, st: &mut CoreState, key: ConnKey, permit: Permit) {
             if let Some(slot) = permits.iter_mut().find(|p| p.is_none()) {
                 *slot = Some(permit == Permit::Allow);
             }
-            super::subscribe::subscribe(core, st, key, subscribe, permits)
-        }
-    };
-    if let Err(v) = result {
-        if let Some(link) = st.link(key) {
-            let code = link.version.is_v5().then_some(v.code);
-            link.request_close_why(code, false, Some(v.why));
+            if let Err(v) = super::subscribe::subscribe(core, st, key, subscribe, permits) {
+                if let Some(link) = st.link(key) {
+                    let code = link.version.is_v5().then_some(v.code);
+                    link.request_close_why(code, false, Some(v.why));
+                }
+            }
         }
     }
 }
 
 /// PUBACK from the client, with its reason code (0 for a plain one; an
 /// MQTT 5 client may refuse with 0x80 or above).
-pub(super) fn puback(
-    core: &Core,
-    st: &mut CoreState,
-    key: ConnKey,
-    pkid: u16,
-    code: u8,
-) -> Result<(), Violation> {
+pub(super) fn puback(core: &Core, c: &mut ConnMut<'_>, pkid: u16, code: u8) {
     settle(
         core,
-        st,
-        key,
+        c,
         pkid,
         |f| f.d.qos == QoS::AtLeastOnce && !f.released,
         outcome(code),
     );
-    Ok(())
 }
 
 /// What a client's acknowledgement says of the delivery.
@@ -386,44 +461,34 @@ fn outcome(code: u8) -> Outcome {
 #[inline]
 fn settle(
     core: &Core,
-    st: &mut CoreState,
-    key: ConnKey,
+    c: &mut ConnMut<'_>,
     pkid: u16,
     is_it: impl Fn(&crate::session::Inflight) -> bool,
     outcome: Outcome,
 ) {
-    let Some(e) = st.entry(key) else {
-        return;
-    };
+    let e = &mut *c.entry;
     let done = e.session.take_inflight(pkid, is_it);
     if let Some(f) = done.as_ref().filter(|f| f.d.receipts) {
         e.report(&f.d.msg, outcome);
     }
     crate::shard::pump(e, core.stats(), || core.clock().instant());
     if let Some(f) = done {
-        core.forget(st, key, f.d.seq);
+        c.forget(core, f.d.seq);
     }
 }
 
 /// PUBREC from the client: release with PUBREL (or end on an error code).
-pub(super) fn pubrec(
-    core: &Core,
-    st: &mut CoreState,
-    key: ConnKey,
-    a: Ack,
-) -> Result<(), Violation> {
-    let Some(e) = st.entry(key) else {
-        return Ok(());
-    };
-    let Some(link) = e.link.as_mut() else {
-        return Ok(());
-    };
+pub(super) fn pubrec(core: &Core, c: &mut ConnMut<'_>, a: Ack) {
     if a.code >= 0x80 {
         // MQTT 5 4.3.3: an error PUBREC ends the exchange.
         let is_it = |f: &crate::session::Inflight| f.d.qos == QoS::ExactlyOnce && !f.released;
-        settle(core, st, key, a.pkid, is_it, outcome(a.code));
-        return Ok(());
+        settle(core, c, a.pkid, is_it, outcome(a.code));
+        return;
     }
+    let e = &mut *c.entry;
+    let Some(link) = e.link.as_mut() else {
+        return;
+    };
     let found = e
         .session
         .inflight
@@ -442,39 +507,25 @@ pub(super) fn pubrec(
     link.control(Packet::PubRel(rel));
     if let Some(seq) = released.filter(|&s| s > 0) {
         let pkid = a.pkid;
-        core.journal_for(st, key, |session| StoreOp::Sent {
+        c.journal_for(core, |session| StoreOp::Sent {
             session,
             seq,
             pkid,
             released: true,
         });
     }
-    Ok(())
 }
 
 /// PUBCOMP from the client: the QoS 2 delivery is complete.
-pub(super) fn pubcomp(
-    core: &Core,
-    st: &mut CoreState,
-    key: ConnKey,
-    a: Ack,
-) -> Result<(), Violation> {
-    settle(core, st, key, a.pkid, |f| f.released, Outcome::Acked);
-    Ok(())
+pub(super) fn pubcomp(core: &Core, c: &mut ConnMut<'_>, a: Ack) {
+    settle(core, c, a.pkid, |f| f.released, Outcome::Acked);
 }
 
 /// PUBREL from the client: its QoS 2 publish is released (PUBCOMP).
-pub(super) fn pubrel(
-    core: &Core,
-    st: &mut CoreState,
-    key: ConnKey,
-    a: Ack,
-) -> Result<(), Violation> {
-    let Some(e) = st.entry(key) else {
-        return Ok(());
-    };
+pub(super) fn pubrel(core: &Core, c: &mut ConnMut<'_>, a: Ack) {
+    let e = &mut *c.entry;
     let Some(link) = e.link.as_mut() else {
-        return Ok(());
+        return;
     };
     let ids = &mut e.session.incoming_qos2;
     let mut comp = Ack::new(a.pkid);
@@ -490,13 +541,12 @@ pub(super) fn pubrel(
     link.control(Packet::PubComp(comp));
     if removed {
         let pkid = a.pkid;
-        core.journal_for(st, key, |session| StoreOp::Incoming {
+        c.journal_for(core, |session| StoreOp::Incoming {
             session,
             pkid,
             add: false,
         });
     }
-    Ok(())
 }
 
 /// A publish from outside MQTT (the HTTP API, a bridge): the same checks
@@ -603,7 +653,12 @@ fn finish_api(
     done: Option<Receipt>,
 ) {
     if msg.retain
-        && core.retained_would_refuse(st, &msg.topic, msg.weight(), msg.payload.is_empty())
+        && core.retained_would_refuse(
+            &st.retained,
+            &msg.topic,
+            msg.weight(),
+            msg.payload.is_empty(),
+        )
     {
         bump(&core.stats().retained_refused, 1);
         if let Some(done) = done {
@@ -616,7 +671,7 @@ fn finish_api(
     let (msg, confirm, done) = match done {
         Some(done) if msg.qos != QoS::AtMostOnce && core.waits_for_durability() => {
             let id = msg.id;
-            let c = core.confirm_for(st, Waiting::ApiProduce { done, id });
+            let c = core.confirm_for(&mut st.pending, Waiting::ApiProduce { done, id });
             (msg.with_confirm(c.clone()), Some(c), None)
         }
         done => (msg, None, done),

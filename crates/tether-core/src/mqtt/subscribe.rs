@@ -172,17 +172,19 @@ fn apply(
         };
         let is_shared = topic::parse_shared(&filter).is_some();
         core.index_sub(st, &filter, key, opts, id, held.as_ref().map(|(_, c)| c));
-        core.journal_for(st, key, |session| StoreOp::Subscribe {
-            session,
-            filter: filter.as_str().into(),
-            opts,
-            id,
-            // A share only for a write that is made.
-            confirm: held.as_ref().map(|(_, c)| {
-                c.hold();
-                c.clone()
-            }),
-        });
+        if let Some(mut c) = st.conn(key) {
+            c.journal_for(core, |session| StoreOp::Subscribe {
+                session,
+                filter: filter.as_str().into(),
+                opts,
+                id,
+                // A share only for a write that is made.
+                confirm: held.as_ref().map(|(_, c)| {
+                    c.hold();
+                    c.clone()
+                }),
+            });
+        }
         codes.push(opts.qos as u8);
         // MQTT 5 3.8.3.1 Retain Handling: 0 always, 1 only for a new
         // subscription, 2 never (3.1.1 behaves as 0).
@@ -232,10 +234,12 @@ pub(super) fn unsubscribe(
             Some(i) => {
                 e.session.subs.remove(i);
                 core.unindex_sub(st, filter, key);
-                core.journal_for(st, key, |session| StoreOp::Unsubscribe {
-                    session,
-                    filter: filter.as_str().into(),
-                });
+                if let Some(mut c) = st.conn(key) {
+                    c.journal_for(core, |session| StoreOp::Unsubscribe {
+                        session,
+                        filter: filter.as_str().into(),
+                    });
+                }
                 codes.push(reason::SUCCESS);
             }
             None => codes.push(reason::NO_SUBSCRIPTION_EXISTED),

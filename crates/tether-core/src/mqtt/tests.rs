@@ -371,3 +371,71 @@ fn an_ack_held_for_the_outbound_seam_holds_the_acks_after_it_in_order() {
         "MQTT 5: a message the seam did not take is refused, not acknowledged"
     );
 }
+
+/// The entry lookups `f` makes on this thread.
+fn lookups_of<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let before = crate::shard::lookups();
+    let out = f();
+    (out, crate::shard::lookups() - before)
+}
+
+/// Packet ids of the PUBLISHes queued.
+fn pkids(frames: &[Frame]) -> Vec<u16> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Publish { pkid, .. } => Some(*pkid),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_packet_finds_its_connection_once_and_a_routed_publish_twice() {
+    let n = node(1, Arc::new(MemoryStore::default()));
+    let sub = accepted(&n, 0, "sub");
+    subscribe(&n, sub, "t", QoS::ExactlyOnce);
+    let publisher = accepted(&n, 0, "pub");
+    let once = |c: Client, p: Packet, what: &str| {
+        let (flow, lookups) = lookups_of(|| send(&n, c, p));
+        assert_eq!(flow, Ok(Flow::Continue), "{what}");
+        assert_eq!(
+            lookups, 1,
+            "{what}: one lookup from the phase check to reading on"
+        );
+    };
+    once(publisher, Packet::PingReq, "PINGREQ");
+    // To no subscriber: one lookup before the fan-out, one after.
+    let (flow, lookups) =
+        lookups_of(|| send(&n, publisher, publish("none", QoS::AtLeastOnce, 1, b"x")));
+    assert_eq!(flow, Ok(Flow::Continue));
+    assert_eq!(lookups, 2, "a routed PUBLISH: before and after its fan-out");
+    assert_eq!(acks(&sent(&n, publisher)), vec![(AckKind::PubAck, 1, 0)]);
+    // QoS 1 to the subscriber, acknowledged by it.
+    send(&n, publisher, publish("t", QoS::AtLeastOnce, 2, b"1")).unwrap();
+    let [pkid] = pkids(&sent(&n, sub))[..] else {
+        panic!("one delivery")
+    };
+    once(sub, Packet::PubAck(ack(pkid)), "PUBACK");
+    let (flow, lookups) = lookups_of(|| super::receive_puback(&n.cores[0], sub.key, pkid));
+    assert_eq!(flow, Ok(Flow::Continue), "a plain PUBACK of a settled id");
+    assert_eq!(lookups, 1, "the PUBACK fast path");
+    // QoS 2 to the subscriber: PUBREC, then PUBCOMP.
+    send(&n, publisher, publish("t", QoS::ExactlyOnce, 3, b"2")).unwrap();
+    let [pkid] = pkids(&sent(&n, sub))[..] else {
+        panic!("one delivery")
+    };
+    once(sub, Packet::PubRec(ack(pkid)), "PUBREC");
+    assert_eq!(acks(&sent(&n, sub)), vec![(AckKind::PubRel, pkid, 0)]);
+    once(sub, Packet::PubComp(ack(pkid)), "PUBCOMP");
+    // The publisher's side of QoS 2: PUBREL answered with PUBCOMP.
+    once(publisher, Packet::PubRel(ack(3)), "PUBREL");
+    assert_eq!(
+        acks(&sent(&n, publisher)),
+        vec![
+            (AckKind::PubAck, 2, 0),
+            (AckKind::PubRec, 3, 0),
+            (AckKind::PubComp, 3, 0)
+        ]
+    );
+}

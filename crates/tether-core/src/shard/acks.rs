@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use super::{Core, CoreState, Waiting};
+use super::{ConnMut, Core, CoreState, Pending, Waiting};
 use crate::bridge::outbound::{OutboundError, OutboundPolicy, Outgoing, Produced};
 use crate::bridge::Refusal;
 use crate::codec::{reason, Packet, QoS, SubAck};
@@ -90,48 +90,6 @@ fn send_ack(link: &mut super::Link, qos: QoS, pkid: u16, code: u8) {
 }
 
 impl Core {
-    /// Queues the acknowledgement a client's PUBLISH of `qos` gets (PUBACK
-    /// for QoS 1, PUBREC for QoS 2, nothing for QoS 0): at once, or behind
-    /// the acks this connection has held.
-    pub fn ack_publish(&self, st: &mut CoreState, key: ConnKey, qos: QoS, pkid: u16, code: u8) {
-        if qos == QoS::AtMostOnce {
-            return;
-        }
-        let Some(link) = st.link(key) else { return };
-        match link
-            .rare
-            .as_mut()
-            .map(|r| &mut r.held_acks)
-            .filter(|h| !h.is_empty())
-        {
-            Some(held) => {
-                held.push(Held::Publish { qos, pkid }, 0, code);
-            }
-            None => send_ack(link, qos, pkid, code),
-        }
-    }
-
-    /// Holds the acknowledgement of a client's QoS 1/2 PUBLISH until
-    /// `waits` confirmations arrive; returns its place, which each
-    /// confirmation names ([`Waiting::Produce`]).
-    pub fn hold_ack(
-        &self,
-        st: &mut CoreState,
-        key: ConnKey,
-        qos: QoS,
-        pkid: u16,
-        waits: u8,
-    ) -> u64 {
-        match st.link(key) {
-            Some(link) => {
-                link.rare()
-                    .held_acks
-                    .push(Held::Publish { qos, pkid }, waits, reason::SUCCESS)
-            }
-            None => 0,
-        }
-    }
-
     /// Holds the SUBACK of the SUBSCRIBE being applied to `key` until its
     /// subscriptions are stored: the returned confirm takes one share per
     /// stored subscription, and the caller gives the SUBACK to
@@ -155,7 +113,10 @@ impl Core {
             .rare()
             .held_acks
             .push(Held::SubAck(None), 1, reason::SUCCESS);
-        Some((seq, self.confirm_for(st, Waiting::Produce { key, seq })))
+        Some((
+            seq,
+            self.confirm_for(&mut st.pending, Waiting::Produce { key, seq }),
+        ))
     }
 
     /// The SUBACK held at `seq` is built: it goes out once the confirm
@@ -182,8 +143,8 @@ impl Core {
 
     /// A confirm whose completion answers `waiting` (a held ack, an API
     /// receipt) through this core's reply queue.
-    pub fn confirm_for(&self, st: &mut CoreState, waiting: Waiting) -> Arc<Confirm> {
-        let token = st.pending.insert_past_bound(waiting);
+    pub fn confirm_for(&self, pending: &mut Pending, waiting: Waiting) -> Arc<Confirm> {
+        let token = pending.insert_past_bound(waiting);
         let reply = self.returns.produced.reply_to(token);
         Confirm::new(Box::new(move |ok| {
             reply.send(if ok {
@@ -203,36 +164,6 @@ impl Core {
     /// core (otherwise the caller waits: the core's readers are paused).
     pub fn outbound_room(&self, st: &CoreState) -> bool {
         st.pending.has_room(super::PendingKind::Produce)
-    }
-
-    /// A client's PUBLISH, already delivered locally, leaves through the
-    /// outbound bridge per `policy`. With [`OutboundPolicy::Confirm`] the
-    /// bridge's answer is one of the confirmations the ack held at `held`
-    /// waits for. The caller checked [`Core::outbound_room`].
-    pub fn publish_out(
-        &self,
-        st: &mut CoreState,
-        key: ConnKey,
-        msg: &Arc<Message>,
-        policy: OutboundPolicy,
-        held: Option<u64>,
-    ) {
-        if policy == OutboundPolicy::Skip {
-            return;
-        }
-        let Some(e) = st.entry(key) else { return };
-        let client_id = e.client_id.clone();
-        let Some(link) = e.link.as_ref() else { return };
-        let out = Outgoing {
-            msg: msg.clone(),
-            client_id,
-            username: link.username.clone(),
-        };
-        let waiting = match held {
-            Some(seq) if policy == OutboundPolicy::Confirm => Waiting::Produce { key, seq },
-            _ => Waiting::Forgotten,
-        };
-        self.send_out(st, out, waiting);
     }
 
     /// An API publish leaves through the outbound bridge; with `done`, the
@@ -257,10 +188,10 @@ impl Core {
             }
             (OutboundPolicy::Confirm, Some(done)) if msg.qos != QoS::AtMostOnce => {
                 let id = msg.id;
-                self.send_out(st, out, Waiting::ApiProduce { done, id });
+                self.send_out(&mut st.pending, out, Waiting::ApiProduce { done, id });
             }
             (_, done) => {
-                self.send_out(st, out, Waiting::Forgotten);
+                self.send_out(&mut st.pending, out, Waiting::Forgotten);
                 if let Some(done) = done {
                     let _ = done.send(Ok(msg.id));
                 }
@@ -268,8 +199,8 @@ impl Core {
         }
     }
 
-    fn send_out(&self, st: &mut CoreState, out: Outgoing, waiting: Waiting) {
-        let token = st.pending.insert_past_bound(waiting);
+    fn send_out(&self, pending: &mut Pending, out: Outgoing, waiting: Waiting) {
+        let token = pending.insert_past_bound(waiting);
         bump(&self.stats().outbound_sent, 1);
         let ack = self.returns.produced.reply_to(token);
         self.node.outbound.send(out, ack);
@@ -374,6 +305,82 @@ impl Core {
         if close {
             link.request_close_why(None, false, Some("a message could not be handed on"));
         }
+    }
+}
+
+impl ConnMut<'_> {
+    /// Queues the acknowledgement a client's PUBLISH of `qos` gets (PUBACK
+    /// for QoS 1, PUBREC for QoS 2, nothing for QoS 0): at once, or behind
+    /// the acks this connection has held.
+    pub fn ack_publish(&mut self, qos: QoS, pkid: u16, code: u8) {
+        if qos == QoS::AtMostOnce {
+            return;
+        }
+        let Some(link) = self.link() else { return };
+        match link
+            .rare
+            .as_mut()
+            .map(|r| &mut r.held_acks)
+            .filter(|h| !h.is_empty())
+        {
+            Some(held) => {
+                held.push(Held::Publish { qos, pkid }, 0, code);
+            }
+            None => send_ack(link, qos, pkid, code),
+        }
+    }
+
+    /// Holds the acknowledgement of a client's QoS 1/2 PUBLISH until
+    /// `waits` confirmations arrive; returns its place, which each
+    /// confirmation names ([`Waiting::Produce`]).
+    pub fn hold_ack(&mut self, qos: QoS, pkid: u16, waits: u8) -> u64 {
+        match self.link() {
+            Some(link) => {
+                link.rare()
+                    .held_acks
+                    .push(Held::Publish { qos, pkid }, waits, reason::SUCCESS)
+            }
+            None => 0,
+        }
+    }
+
+    /// A confirm whose completion answers `waiting` through `core`'s reply
+    /// queue ([`Core::confirm_for`]).
+    pub fn confirm_for(&mut self, core: &Core, waiting: Waiting) -> Arc<Confirm> {
+        core.confirm_for(self.pending, waiting)
+    }
+
+    /// This connection's PUBLISH, already delivered locally, leaves
+    /// through the outbound bridge per `policy`. With
+    /// [`OutboundPolicy::Confirm`] the bridge's answer is one of the
+    /// confirmations the ack held at `held` waits for. The caller checked
+    /// [`Core::outbound_room`].
+    pub fn publish_out(
+        &mut self,
+        core: &Core,
+        msg: &Arc<Message>,
+        policy: OutboundPolicy,
+        held: Option<u64>,
+    ) {
+        if policy == OutboundPolicy::Skip {
+            return;
+        }
+        let client_id = self.entry.client_id.clone();
+        let Some(link) = self.entry.link.as_ref() else {
+            return;
+        };
+        let out = Outgoing {
+            msg: msg.clone(),
+            client_id,
+            username: link.username.clone(),
+        };
+        let waiting = match held {
+            Some(seq) if policy == OutboundPolicy::Confirm => {
+                Waiting::Produce { key: self.key, seq }
+            }
+            _ => Waiting::Forgotten,
+        };
+        core.send_out(self.pending, out, waiting);
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tracing::info;
 
 use super::delivery::{offer, Offer};
-use super::{Core, CoreState, Entry, Link, Now, Phase};
+use super::{ConnMut, Core, CoreState, Entry, Link, Now, Phase};
 use crate::codec::{reason, QoS};
 use crate::id::{ConnId, ConnKey, GroupKey, TRANSPORT_NAMES};
 use crate::session::{Delivery, Durable};
@@ -41,24 +41,7 @@ impl Core {
 
     /// Queues a write for the store.
     pub(crate) fn journal(&self, st: &mut CoreState, op: StoreOp) {
-        if st.journal.is_empty() {
-            self.journal_ready.notify();
-        }
-        // Consecutive acknowledgements of one session become one write.
-        if let (
-            Some(StoreOp::Forget { session, seqs }),
-            StoreOp::Forget {
-                session: s2,
-                seqs: more,
-            },
-        ) = (st.journal.last_mut(), &op)
-        {
-            if *session == *s2 {
-                seqs.extend_from_slice(more);
-                return;
-            }
-        }
-        st.journal.push(op);
+        super::conn::push_op(&mut st.journal, &self.journal_ready, op);
     }
 
     /// The journal, for the store (the core's journal task).
@@ -149,44 +132,6 @@ impl Core {
             .store
             .lease()
             .is_none_or(|lease| lease.holds(term))
-    }
-
-    /// The store forgets message `seq` of the session at `key` (it was
-    /// acknowledged, or given back).
-    pub(crate) fn forget(&self, st: &mut CoreState, key: ConnKey, seq: u64) {
-        if seq == 0 {
-            return;
-        }
-        let session = st
-            .entry(key)
-            .and_then(|e| e.session.durable.as_deref())
-            .map(session_ref);
-        if let Some(session) = session {
-            self.journal(
-                st,
-                StoreOp::Forget {
-                    session,
-                    seqs: vec![seq],
-                },
-            );
-        }
-    }
-
-    /// Journals `op` built from the mirrored session at `key`, if it is
-    /// mirrored.
-    pub(crate) fn journal_for(
-        &self,
-        st: &mut CoreState,
-        key: ConnKey,
-        op: impl FnOnce(SessionRef) -> StoreOp,
-    ) {
-        let session = st
-            .entry(key)
-            .and_then(|e| e.session.durable.as_deref())
-            .map(session_ref);
-        if let Some(session) = session {
-            self.journal(st, op(session));
-        }
     }
 
     /// The presence entry of a connection with a user name, when the
@@ -397,5 +342,27 @@ impl Core {
         }
         link.request_close_why(code, taken, Some(why));
         true
+    }
+}
+
+impl ConnMut<'_> {
+    /// The store forgets message `seq` of this session (it was
+    /// acknowledged, or given back).
+    pub(crate) fn forget(&mut self, core: &Core, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        self.journal_for(core, |session| StoreOp::Forget {
+            session,
+            seqs: vec![seq],
+        });
+    }
+
+    /// Journals `op` built from this session, if it is mirrored.
+    pub(crate) fn journal_for(&mut self, core: &Core, op: impl FnOnce(SessionRef) -> StoreOp) {
+        let session = self.entry.session.durable.as_deref().map(session_ref);
+        if let Some(session) = session {
+            self.journal(&core.journal_ready, op(session));
+        }
     }
 }

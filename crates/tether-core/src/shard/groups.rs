@@ -337,7 +337,10 @@ impl Core {
         }
         for mut d in back {
             // Another member numbers it in its own session.
-            self.forget(st, key, std::mem::take(&mut d.seq));
+            let seq = std::mem::take(&mut d.seq);
+            if let Some(mut c) = st.conn(key) {
+                c.forget(self, seq);
+            }
             self.share_return(st, d, 0);
         }
     }

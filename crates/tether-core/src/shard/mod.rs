@@ -12,6 +12,7 @@
 //! | --- | --- |
 //! | `node.rs` | [`NodeState`] (what every core reads) and [`CoreVisible`] |
 //! | `entry.rs` | [`Entry`], its [`Phase`]s and the live [`Link`] |
+//! | `conn.rs` | [`ConnMut`]: one connection looked up once, with the state its own work writes |
 //! | `clock.rs` | the tick clock, real or driven by tests |
 //! | `lifecycle.rs` | register, unregister, park or end a session, shutdown |
 //! | `link.rs` | what the connection task asks of its entry (poll, write, pause) |
@@ -35,6 +36,7 @@
 mod acks;
 mod arrivals;
 mod clock;
+mod conn;
 mod delivery;
 mod durable;
 mod entry;
@@ -75,6 +77,10 @@ use crate::notify::Notify;
 use crate::stats::Stats;
 
 pub use clock::{Clock, Now};
+pub(crate) use conn::entry_in;
+#[cfg(test)]
+pub(crate) use conn::lookups;
+pub use conn::ConnMut;
 pub use delivery::{count, pump};
 pub use entry::{
     AuthInProgress, CloseRequest, ConnectInfo, Entry, Link, Parked, PendingWill, Phase, Timer,
@@ -141,16 +147,17 @@ pub struct CoreState {
     users: ahash::AHashMap<Arc<str>, u32>,
 }
 
-/// The entry `key` points to in `conns`, unless its slot was reused: for
-/// callers that borrow other parts of [`CoreState`] beside it.
-#[inline]
-pub(crate) fn entry_in(conns: &mut Slab<Entry>, key: ConnKey) -> Option<&mut Entry> {
-    conns
-        .get_mut(key.index as usize)
-        .filter(|e| e.gen == key.gen)
-}
-
 impl CoreState {
+    /// How the connection whose packet was just handled reads on, from
+    /// what its fan-out found (the flag that decided is taken).
+    pub fn take_pace(&mut self) -> Option<Pace> {
+        if std::mem::take(&mut self.peer_lagging) {
+            Some(Pace::UntilResumed)
+        } else {
+            std::mem::take(&mut self.lagging).then_some(Pace::Yield)
+        }
+    }
+
     /// The entry `key` points to, unless its slot was reused.
     #[inline]
     pub fn entry(&mut self, key: ConnKey) -> Option<&mut Entry> {

@@ -97,14 +97,14 @@ impl Core {
     /// deletes) would be refused because the store is full.
     pub fn retained_would_refuse(
         &self,
-        st: &CoreState,
+        replica: &Replica,
         topic: &str,
         weight: usize,
         empty: bool,
     ) -> bool {
         let cap = &self.cfg.retained;
         let totals = &self.node.retained;
-        let is_new = !empty && !st.retained.contains(topic);
+        let is_new = !empty && !replica.contains(topic);
         let full = totals.count.load(Ordering::Relaxed) >= cap.max_messages
             || totals.bytes.load(Ordering::Relaxed) + weight > cap.max_bytes;
         is_new && full
@@ -113,7 +113,12 @@ impl Core {
     /// Stores a retained message (or deletes one, for an empty payload).
     /// Returns false when a new topic is refused because the store is full.
     pub fn retain(&self, st: &mut CoreState, msg: &Arc<Message>) -> bool {
-        if self.retained_would_refuse(st, &msg.topic, msg.weight(), msg.payload.is_empty()) {
+        if self.retained_would_refuse(
+            &st.retained,
+            &msg.topic,
+            msg.weight(),
+            msg.payload.is_empty(),
+        ) {
             bump(&self.stats().retained_refused, 1);
             return false;
         }
