@@ -1237,6 +1237,43 @@ async fn a_request_redis_gets_after_its_node_gave_up_changes_nothing() {
     assert_eq!(listed(&b, "late"), ["late-2", "late-4"]);
 }
 
+/// An admission whose claim then fails: the connection is refused, and
+/// the connection ADMIT evicted for it is closed all the same, for ADMIT
+/// took it out of its user's count. Left open, it was served uncounted,
+/// over the limit: the fault harness's `over_cap`, where an ADMIT reached
+/// Redis in time through a slow link and the CLAIM behind it did not. Here
+/// the CLAIM fails because the session key holds a value of another type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_fails_after_its_admission_still_closes_what_it_evicted() {
+    let redis = Redis::start();
+    let env = [("TETHER_LIMITS__MAX_CONNECTIONS_PER_USER", "1")];
+    let a = Node::start(1, &redis.url(), &env);
+    let b = Node::start(2, &redis.url(), &env);
+    let mut held = connect(as_user(&a, "held", "solo", true)).await;
+    assert_eq!(listed(&a, "solo"), ["held"]);
+    let mut conn = redis.conn().unwrap();
+    let () = redis::cmd("SET")
+        .arg("tt:{c:broken}:s")
+        .arg("not a hash")
+        .query(&mut conn)
+        .unwrap();
+    let refused = try_connect(as_user(&b, "broken", "solo", true)).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("ServiceUnavailable")),
+        "the claim fails: {:?}",
+        refused.err()
+    );
+    held.closed("held, evicted by the refused connection's admission")
+        .await;
+    crate::common::until("the refused connection leaves presence", || {
+        listed(&a, "solo").is_empty()
+    })
+    .await;
+    assert_eq!(b.metric("tether_store_evicted_total"), 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_retried_on_another_node_with_its_idempotency_key_is_delivered_once() {
     let redis = Redis::start();

@@ -30,6 +30,15 @@ pub fn user(prefix: &str, user: &str) -> String {
     format!("{prefix}:{{u:{user}}}:c")
 }
 
+/// What an ADMIT for the connection `conn` of a node's `incarnation`
+/// evicted, kept for a presence lease in the user's slot: the admitting
+/// node reads it back when ADMIT's answer was lost, to close the
+/// connections it counted out. The incarnation keeps a restarted node,
+/// which numbers its connections afresh, from reading another's.
+pub fn evicted(prefix: &str, user: &str, incarnation: u64, conn: impl std::fmt::Display) -> String {
+    format!("{prefix}:{{u:{user}}}:ev:{incarnation}:{conn}")
+}
+
 /// An API request's idempotency key (its own slot: nothing else is read
 /// with it).
 pub fn idempotency(prefix: &str, key: &str) -> String {

@@ -164,8 +164,9 @@ return 1
 /// limit, atomically: of N connections racing for k places, exactly k get
 /// one. Entries whose lease ran out are dropped first.
 ///
-/// KEYS: the user's set. ARGV: member, now (ms), lease (ms), max (0: no
-/// limit), policy (`evict` or `refuse`), the claiming client id, a cutoff
+/// KEYS: the user's set, where its evictions are recorded (a string, kept
+/// a lease: the caller reads it back when this script's answer was lost).
+/// ARGV: member, now (ms), lease (ms), max (0: no limit), policy (`evict` or `refuse`), the claiming client id, a cutoff
 /// (ms), the deadline (Redis's clock, ms: see Deadlines), then the live node
 /// incarnations (`node:incarnation`).
 ///
@@ -209,6 +210,7 @@ if max > 0 then
       redis.call('ZREM', k, counted[i])
       out[#out + 1] = counted[i]
     end
+    redis.call('SET', KEYS[2], table.concat(out, '\n', 2), 'PX', ARGV[3])
   end
 end
 redis.call('ZADD', k, now + tonumber(ARGV[3]), ARGV[1])

@@ -234,7 +234,7 @@ async fn until_lease_out(ctx: &Ctx, conn: &mut Conn, node: u16) -> LeaseEnd {
 /// nothing is loaded and the epoch stays (the old connection's writes in
 /// flight describe the same session).
 pub(super) async fn claim_one(
-    ctx: &Ctx,
+    ctx: &Rc<Ctx>,
     conn: &mut Conn,
     c: &Claim,
     handed_over: bool,
@@ -282,6 +282,7 @@ pub(super) async fn claim_one(
     let admit = c.presence.as_ref().map(|p| {
         let mut inv = ctx.scripts.admit.prepare_invoke();
         inv.key(keys::user(&s.prefix, &p.user))
+            .key(keys::evicted(&s.prefix, &p.user, s.incarnation, c.conn))
             .arg(member(s, p))
             .arg(now_ms())
             .arg(s.presence_lease_ms)
@@ -309,10 +310,13 @@ pub(super) async fn claim_one(
         // not take the session (or hand it over) on its way out. Two round
         // trips.
         Some(admit) if limit > 0 => {
-            let admitted: Vec<String> = admit
-                .invoke_async(conn)
-                .await
-                .map_err(|e| unavailable(ctx, e))?;
+            let admitted: Vec<String> = match admit.invoke_async(conn).await {
+                Ok(a) => a,
+                Err(e) => {
+                    void_admission(ctx, conn, c, None);
+                    return Err(unavailable(ctx, e));
+                }
+            };
             if admitted.first().map(String::as_str) == Some("0") {
                 return Ok(Claimed {
                     over_limit: true,
@@ -330,24 +334,41 @@ pub(super) async fn claim_one(
                     None => None,
                 }
             });
-            (
-                claimed,
-                admitted.transpose().map_err(|e| unavailable(ctx, e))?,
-            )
+            let admitted = match admitted.transpose() {
+                Ok(a) => a,
+                Err(e) => {
+                    void_admission(ctx, conn, c, None);
+                    return Err(unavailable(ctx, e));
+                }
+            };
+            (claimed, admitted)
         }
     };
-    let mut claimed = claimed.map_err(|e| unavailable(ctx, e))?;
-    if let Value::Array(v) = &claimed {
-        if text(v.first()) == "busy" {
-            handoff(ctx, conn, c, &text(v.get(1)), &text(v.get(3))).await;
-            claimed = claim(false)
-                .invoke_async::<Value>(conn)
-                .await
-                .map_err(|e| unavailable(ctx, e))?;
+    let claimed: Result<Vec<Value>, StoreError> = async {
+        let mut claimed = claimed.map_err(|e| unavailable(ctx, e))?;
+        if let Value::Array(v) = &claimed {
+            if text(v.first()) == "busy" {
+                handoff(ctx, conn, c, &text(v.get(1)), &text(v.get(3))).await;
+                claimed = claim(false)
+                    .invoke_async::<Value>(conn)
+                    .await
+                    .map_err(|e| unavailable(ctx, e))?;
+            }
         }
+        let Value::Array(v) = claimed else {
+            return Err(StoreError::Unavailable("unexpected CLAIM reply".into()));
+        };
+        Ok(v)
     }
-    let Value::Array(v) = claimed else {
-        return Err(StoreError::Unavailable("unexpected CLAIM reply".into()));
+    .await;
+    let v = match claimed {
+        Ok(v) => v,
+        Err(e) => {
+            if let Some(a) = admitted {
+                void_admission(ctx, conn, c, Some(a));
+            }
+            return Err(e);
+        }
     };
     let epoch: u64 = text(v.first()).parse().unwrap_or(0);
     let (prev_node, prev_conn) = (text(v.get(1)), text(v.get(3)));
@@ -413,6 +434,71 @@ pub(super) async fn claim_one(
         out.restored = Some(Box::new(restore(ctx, &c.client_id, &v)));
     }
     Ok(out)
+}
+
+/// How many times a refused connection's admission is read back and
+/// undone ([`void_admission`]) while Redis does not answer, one request
+/// timeout apart: the record ADMIT keeps lives a presence lease.
+const VOID_TRIES: u32 = 5;
+
+/// Undoes the admission of a connection that is refused after it (its
+/// CLAIM failed, or ADMIT's own answer was lost: Redis answered late, or
+/// not at all), in a task of its own so the refusal is not held up. Its
+/// entry leaves the user's presence, and the connections ADMIT evicted
+/// for it are closed all the same: ADMIT took them out of the count, and
+/// left open they were served uncounted, over the limit (the fault
+/// harness's `over_cap` through a slow link). `answer`: ADMIT's answer
+/// when it came; without it the record ADMIT keeps of its evictions
+/// ([`keys::evicted`]) is read back.
+fn void_admission(ctx: &Rc<Ctx>, conn: &Conn, c: &Claim, answer: Option<Vec<String>>) {
+    let Some(p) = c.presence.clone() else {
+        return;
+    };
+    let (ctx, mut conn, client_id) = (ctx.clone(), conn.clone(), c.client_id.clone());
+    let s = &ctx.settings;
+    let record = keys::evicted(&s.prefix, &p.user, s.incarnation, c.conn);
+    tokio::task::spawn_local(async move {
+        let s = &ctx.settings;
+        let mut evicted = answer.map(|a| a.into_iter().skip(1).collect::<Vec<_>>());
+        let mut left = false;
+        for _ in 0..VOID_TRIES {
+            if evicted.is_none() {
+                let read: redis::RedisResult<Option<String>> =
+                    redis::cmd("GET").arg(&record).query_async(&mut conn).await;
+                if let Ok(r) = read {
+                    evicted =
+                        Some(r.map_or_else(Vec::new, |r| r.lines().map(String::from).collect()));
+                }
+            }
+            if !left {
+                let removed: redis::RedisResult<i64> = redis::cmd("ZREM")
+                    .arg(keys::user(&s.prefix, &p.user))
+                    .arg(member(s, &p))
+                    .query_async(&mut conn)
+                    .await;
+                left = removed.is_ok();
+            }
+            if left && evicted.is_some() {
+                break;
+            }
+            tokio::time::sleep(s.request_timeout).await;
+        }
+        if !left {
+            // It expires within a presence lease; meanwhile it counts
+            // against its user's limit, which errs on the safe side.
+            debug!(%client_id, "presence entry of a refused connection not removed");
+        }
+        match evicted {
+            Some(evicted) => {
+                for m in evicted {
+                    kick_member(&ctx, &mut conn, &m).await;
+                }
+            }
+            None => {
+                warn!(%client_id, "a refused connection's admission could not be read back from Redis: connections it evicted may stay open until they leave (store_evicted counts evictions)");
+            }
+        }
+    });
 }
 
 /// CLAIM's `moves`: `node:ms,...`, oldest first.
