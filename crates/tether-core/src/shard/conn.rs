@@ -9,8 +9,8 @@
 //! touches (the journal for the store, the table of pending requests, the
 //! retained replica it reads before taking a retained message), so
 //! those steps share one lookup and the connection-scoped operations are
-//! its methods: `ack_publish`, `hold_ack`, `publish_out` (`acks.rs`),
-//! `journal_for`, `forget` (`durable.rs`).
+//! its methods: `ack_publish`, `hold_ack`, `confirm_for`, `publish_out`
+//! (`acks.rs`), `journal_for`, `forget` (`durable.rs`).
 //!
 //! What has to see *every* connection (a fan-out, which may deliver to the
 //! publisher itself; a takeover; a close) takes `CoreState` whole. A
