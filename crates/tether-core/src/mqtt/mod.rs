@@ -152,14 +152,24 @@ fn own(
     key: ConnKey,
     f: impl FnOnce(&mut ConnMut<'_>),
 ) -> Result<Flow, Violation> {
-    let Some(mut c) = st.conn(key) else {
+    let Some(mut c) = accepted(st, key)? else {
         return Ok(Flow::Stop);
     };
-    if c.connecting() {
-        return Err(violation(reason::PROTOCOL_ERROR, "packet before CONNACK"));
-    }
     f(&mut c);
     Ok(after(&c, None))
+}
+
+/// The handle on `key`'s connection for a packet that only an accepted
+/// connection may send (a violation before the CONNACK); `None` when the
+/// connection is gone.
+#[inline(always)]
+fn accepted(st: &mut CoreState, key: ConnKey) -> Result<Option<ConnMut<'_>>, Violation> {
+    match st.conn(key) {
+        Some(c) if c.connecting() => {
+            Err(violation(reason::PROTOCOL_ERROR, "packet before CONNACK"))
+        }
+        c => Ok(c),
+    }
 }
 
 /// What the connection does after a packet was handled.

@@ -33,12 +33,9 @@ pub(super) fn publish(
     key: ConnKey,
     p: &mut Publish,
 ) -> Result<Flow, Violation> {
-    let Some(mut c) = st.conn(key) else {
+    let Some(mut c) = super::accepted(st, key)? else {
         return Ok(Flow::Stop);
     };
-    if c.connecting() {
-        return Err(violation(reason::PROTOCOL_ERROR, "packet before CONNACK"));
-    }
     let policy = match check(core, &mut c, p)? {
         Checked::Go(policy) => policy,
         Checked::Done => return Ok(super::after(&c, None)),
@@ -260,12 +257,7 @@ fn prepare(
         return None;
     }
     if qos == QoS::ExactlyOnce {
-        c.entry.session.incoming_qos2.push(pkid);
-        c.journal_for(core, |session| StoreOp::Incoming {
-            session,
-            pkid,
-            add: true,
-        });
+        c.await_pubrel(core, pkid);
     }
     // The ack waits for the outbound bridge's confirmation and for the
     // message to be stored wherever it goes, as configured.
@@ -352,14 +344,8 @@ fn refuse_publish(core: &Core, c: &mut ConnMut<'_>, qos: QoS, pkid: u16, code: u
     } else {
         reason::SUCCESS
     };
-    let session = &mut c.entry.session;
-    if qos == QoS::ExactlyOnce && code < 0x80 && !session.incoming_qos2.contains(&pkid) {
-        session.incoming_qos2.push(pkid);
-        c.journal_for(core, |session| StoreOp::Incoming {
-            session,
-            pkid,
-            add: true,
-        });
+    if qos == QoS::ExactlyOnce && code < 0x80 && !c.entry.session.incoming_qos2.contains(&pkid) {
+        c.await_pubrel(core, pkid);
     }
     c.ack_publish(qos, pkid, code);
 }

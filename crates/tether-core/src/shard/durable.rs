@@ -114,10 +114,7 @@ impl Core {
         if let Some(c) = &d.msg.confirm {
             c.hold();
         }
-        if journal.is_empty() {
-            self.journal_ready.notify();
-        }
-        journal.push(StoreOp::Put { session, d });
+        super::conn::push_op(journal, &self.journal_ready, StoreOp::Put { session, d });
     }
 
     /// Whether the node's lease still holds the durable session `d` (in
@@ -355,6 +352,17 @@ impl ConnMut<'_> {
         self.journal_for(core, |session| StoreOp::Forget {
             session,
             seqs: vec![seq],
+        });
+    }
+
+    /// The client's QoS 2 publish `pkid` now awaits its PUBREL: recorded in
+    /// the session and journaled.
+    pub(crate) fn await_pubrel(&mut self, core: &Core, pkid: u16) {
+        self.entry.session.incoming_qos2.push(pkid);
+        self.journal_for(core, |session| StoreOp::Incoming {
+            session,
+            pkid,
+            add: true,
         });
     }
 

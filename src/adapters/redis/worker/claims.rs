@@ -310,13 +310,10 @@ pub(super) async fn claim_one(
         // not take the session (or hand it over) on its way out. Two round
         // trips.
         Some(admit) if limit > 0 => {
-            let admitted: Vec<String> = match admit.invoke_async(conn).await {
-                Ok(a) => a,
-                Err(e) => {
-                    void_admission(ctx, conn, c, None);
-                    return Err(unavailable(ctx, e));
-                }
-            };
+            let admitted: Vec<String> = admit
+                .invoke_async(conn)
+                .await
+                .map_err(|e| admission_lost(ctx, conn, c, e))?;
             if admitted.first().map(String::as_str) == Some("0") {
                 return Ok(Claimed {
                     over_limit: true,
@@ -334,13 +331,9 @@ pub(super) async fn claim_one(
                     None => None,
                 }
             });
-            let admitted = match admitted.transpose() {
-                Ok(a) => a,
-                Err(e) => {
-                    void_admission(ctx, conn, c, None);
-                    return Err(unavailable(ctx, e));
-                }
-            };
+            let admitted = admitted
+                .transpose()
+                .map_err(|e| admission_lost(ctx, conn, c, e))?;
             (claimed, admitted)
         }
     };
@@ -434,6 +427,13 @@ pub(super) async fn claim_one(
         out.restored = Some(Box::new(restore(ctx, &c.client_id, &v)));
     }
     Ok(out)
+}
+
+/// ADMIT's answer did not come (`e`): whatever it did is undone
+/// ([`void_admission`]), and the claim fails with `e`.
+fn admission_lost(ctx: &Rc<Ctx>, conn: &Conn, c: &Claim, e: RedisError) -> StoreError {
+    void_admission(ctx, conn, c, None);
+    unavailable(ctx, e)
 }
 
 /// How many times a refused connection's admission is read back and
