@@ -235,11 +235,11 @@ KINDS = ["partition-redis", "partition-kafka", "partition-clients", "partition-n
          "slow-link", "pause", "kill-restart", "redis-restart", "kafka-pause"]
 
 
-def schedule(kind, minutes, rng, fault=None, node=1):
+def schedule(kind, minutes, rng, fault=None, node=1, lasts=10):
     """[(at_s, [(kind, node)], lasts_s)]: one fault or two at once."""
     if kind == "one":
         # One fault alone, to look at it closely.
-        return [(10, [(fault, node)], 10)]
+        return [(10, [(fault, node)], lasts)]
     if kind == "ci":
         # `cargo test`'s (tests/faults.rs): every kind of the short schedule,
         # the kill and the Kafka pause each alone; the soak pairs them.
@@ -272,6 +272,7 @@ def main():
     ap.add_argument("--schedule", choices=["short", "ci", "soak", "one"], default="short")
     ap.add_argument("--fault", choices=KINDS, help="with --schedule one: the fault")
     ap.add_argument("--node", type=int, default=1, help="with --schedule one: the node it strikes")
+    ap.add_argument("--lasts", type=float, default=10, help="with --schedule one: how long it lasts (s)")
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--tether", default=os.path.join(ROOT, "target/release/tether"))
     ap.add_argument("--seed", type=int, default=1)
@@ -291,7 +292,7 @@ def main():
     rng = random.Random(a.seed)
     if a.schedule == "one" and not a.fault:
         raise SystemExit("faults.py: --schedule one needs --fault KIND")
-    plan = schedule(a.schedule, a.minutes, rng, a.fault, a.node)
+    plan = schedule(a.schedule, a.minutes, rng, a.fault, a.node, a.lasts)
     duration = (plan[-1][0] + plan[-1][2] + SETTLE_S) if plan else 60
     workdir = tempfile.mkdtemp(prefix="tether-faults-")
     net = Net()

@@ -7,6 +7,9 @@
 //! with them whatever Redis had queued for them, such as pub/sub messages)
 //! and relays new ones again. Resumed instead, it delivers what it held
 //! and carries on, as TCP's retransmissions do after a short partition.
+//! Deafened, it carries requests to Redis but holds its answers until
+//! resumed: a slow return path, where what a node sent runs and it never
+//! hears back in time.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -27,6 +30,8 @@ pub struct Relay {
 #[derive(Default)]
 struct State {
     cut: AtomicBool,
+    /// Answers (Redis to the node) wait; requests pass.
+    deaf: AtomicBool,
     stop: AtomicBool,
     /// Bumped at each heal: connections of an earlier one close.
     era: AtomicU64,
@@ -72,10 +77,17 @@ impl Relay {
         std::thread::sleep(3 * POLL);
     }
 
-    /// Connections held through the cut deliver what waited and carry on;
-    /// new ones pass.
+    /// Requests pass, answers wait (until [`Relay::resume`]): an answer
+    /// read from then on is held.
+    pub fn deafen(&self) {
+        self.state.deaf.store(true, SeqCst);
+    }
+
+    /// Connections held through the cut (or the deafness) deliver what
+    /// waited and carry on; new ones pass.
     pub fn resume(&self) {
         self.state.cut.store(false, SeqCst);
+        self.state.deaf.store(false, SeqCst);
     }
 
     /// Connections held through the cut close; new ones pass.
@@ -99,23 +111,35 @@ fn pipe(tcp: TcpStream, unix: UnixStream, st: Arc<State>) {
     unix.set_read_timeout(Some(POLL)).unwrap();
     let (tcp2, unix2) = (tcp.try_clone().unwrap(), unix.try_clone().unwrap());
     let st2 = st.clone();
-    std::thread::spawn(move || copy(tcp, unix, &st, era));
-    std::thread::spawn(move || copy(unix2, tcp2, &st2, era));
+    std::thread::spawn(move || copy(tcp, unix, &st, era, false));
+    std::thread::spawn(move || copy(unix2, tcp2, &st2, era, true));
 }
 
-fn copy<R: Read + Sock, W: Write + Sock>(mut from: R, mut to: W, st: &State, era: u64) {
+/// `answers`: this copies Redis's side to the node's.
+fn copy<R: Read + Sock, W: Write + Sock>(
+    mut from: R,
+    mut to: W,
+    st: &State,
+    era: u64,
+    answers: bool,
+) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         if st.stop.load(SeqCst) || st.era.load(SeqCst) != era {
             break;
         }
-        if st.cut.load(SeqCst) {
+        let held = || st.cut.load(SeqCst) || (answers && st.deaf.load(SeqCst));
+        if held() {
             std::thread::sleep(POLL);
             continue;
         }
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                // Read just as the relay was cut or deafened: held too.
+                while held() && !st.stop.load(SeqCst) && st.era.load(SeqCst) == era {
+                    std::thread::sleep(POLL);
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }

@@ -1274,6 +1274,66 @@ async fn a_claim_that_fails_after_its_admission_still_closes_what_it_evicted() {
     assert_eq!(b.metric("tether_store_evicted_total"), 1.0);
 }
 
+/// A claim whose answer is lost though it ran in Redis. Through a slow
+/// return path (the relay deafened: requests pass, answers wait), node
+/// 2's CLAIM takes `dev7`'s session over from node 1, and node 2 hears
+/// nothing within `store.request_timeout_ms`. It refused the client
+/// (0x88) and forgot the claim: Redis went on naming a connection that did
+/// not exist as the owner, and what the session's subscription matched
+/// meanwhile reached nobody, gone when the client came back (the fault
+/// harness, a slow link to one node). The client is still refused at
+/// once, but node 2 asks Redis what its claim did until it is told, and
+/// keeps the session it claimed, with what came for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_answer_was_lost_but_that_landed_keeps_its_session() {
+    let redis = Redis::start();
+    let relay = crate::common::relay::Relay::to_unix(redis.socket());
+    let a = Node::start(1, &redis.url(), &[]);
+    let b = Node::start(
+        2,
+        &relay.url(),
+        &[("TETHER_STORE__REQUEST_TIMEOUT_MS", "1000")],
+    );
+    let mut dev = connect(options(&a, "dev7", false)).await;
+    dev.subscribe("dev7/#").await;
+    drop(dev);
+    // Node 2 has its connection to Redis (made in the background).
+    drop(connect_when_store_is_back(options(&b, "dev7-probe", false)).await);
+
+    relay.deafen();
+    let started = std::time::Instant::now();
+    let refused = try_connect(options(&b, "dev7", false)).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("ServiceUnavailable")),
+        "refused once the claim's answer is late: {:?}",
+        refused.err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(3), "promptly");
+    // A clean session connects without Redis.
+    let mut publ = connect(options(&b, "dev7-pub", true)).await;
+    publ.client
+        .publish(
+            "dev7/x",
+            QoS::AtLeastOnce,
+            false,
+            "while the answer was lost",
+        )
+        .await
+        .unwrap();
+    publ.next("PUBACK", |p| matches!(p, Packet::PubAck(_)))
+        .await;
+    relay.resume();
+
+    // Its next claim on node 2 waits for the first one's outcome.
+    let mut dev = connect_when_store_is_back(options(&b, "dev7", false)).await;
+    assert!(dev.session_present, "the session node 2 claimed");
+    let p = dev.publish().await;
+    assert_eq!(&p.payload[..], b"while the answer was lost");
+    assert_eq!(b.metric("tether_store_claims_settled_total"), 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_retried_on_another_node_with_its_idempotency_key_is_delivered_once() {
     let redis = Redis::start();

@@ -113,14 +113,9 @@ fn bridge(core: &Core, msg: BridgeMsg) {
             .alive_ms
             .store(core.node.elapsed_ms(), std::sync::atomic::Ordering::Relaxed),
         BridgeMsg::Fenced { client_id, epoch } => core.on_fenced(&client_id, epoch),
-        BridgeMsg::KickClient {
-            client_id,
-            conn,
-            code,
-            why,
-            handoff_to,
-        } => {
-            core.kick_client(&client_id, conn, code, why, handoff_to);
+        BridgeMsg::ClaimUnanswered { key, conn } => mqtt::on_claim_unanswered(core, key, conn),
+        BridgeMsg::KickClient { client_id, kick } => {
+            core.kick_client(&client_id, &kick);
         }
     }
 }
@@ -130,8 +125,9 @@ mod tests {
     /// The pumps' sources name no handler: they go through [`super::handle`].
     #[test]
     fn the_pumps_apply_nothing_themselves() {
-        const HANDLERS: [&str; 10] = [
+        const HANDLERS: [&str; 11] = [
             "mqtt::receive",
+            "on_claim_unanswered",
             "on_verdict",
             "on_claim",
             "on_permit",

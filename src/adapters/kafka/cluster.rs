@@ -291,6 +291,17 @@ impl ClusterView {
         }
     }
 
+    /// Whether `node` has a plain subscriber to `topic`, as far as this
+    /// view knows: a message published on it is routed there.
+    pub fn interested(&self, node: u16, topic: &str) -> bool {
+        let levels: Vec<&str> = topic.split('/').collect();
+        let mut found = false;
+        self.index.matches(&levels, true, &mut |slot| {
+            found |= slot.nodes.contains_key(&node);
+        });
+        found
+    }
+
     /// The other nodes a message on `topic` goes to: those with plain
     /// subscribers; for each matching group with no member here, one node
     /// with members, in turn; and for a retained message every node that is
@@ -421,6 +432,21 @@ mod tests {
         v.apply(Update::Bye { node: 2 });
         assert_eq!(v.nodes(), 2);
         assert_eq!(ClusterView::new(5).nodes(), 1, "itself, before any hello");
+    }
+
+    #[test]
+    fn a_node_is_interested_in_what_its_plain_filters_match() {
+        let mut v = ClusterView::new(1);
+        v.apply(on(3, 1, "fleet/#"));
+        v.apply(on(2, 0, "$share/g/fleet/#"));
+        assert!(v.interested(3, "fleet/x"));
+        assert!(!v.interested(3, "other"));
+        assert!(
+            !v.interested(2, "fleet/x"),
+            "a group member is not a plain subscriber"
+        );
+        v.apply(off(3, 1, "fleet/#"));
+        assert!(!v.interested(3, "fleet/x"));
     }
 
     #[test]

@@ -98,6 +98,14 @@ pub(crate) struct Metrics {
     /// Claims that found this node's copy of the session stale (another
     /// node owned it since) and loaded it from Redis instead.
     pub stale_copies: AtomicU64,
+    /// Claims whose answer was lost but that had landed, asked again and
+    /// served (`worker::claims::settle`).
+    pub claims_settled: AtomicU64,
+    /// Claims whose answer was lost that had not landed (refused, 0x88).
+    pub claims_absent: AtomicU64,
+    /// Claims whose answer was lost and whose outcome Redis did not tell
+    /// before this node's lease lapsed.
+    pub claims_unsettled: AtomicU64,
     /// Fire-and-forget writes dropped over `redis.max_queued_writes`.
     pub dropped: AtomicU64,
     /// Round trips of claims and write batches.
@@ -235,6 +243,7 @@ impl SessionStore for RedisStore {
             resubscribe: Default::default(),
             claiming: Default::default(),
             handoffs: Default::default(),
+            went: Default::default(),
             claim_lines: Default::default(),
             next_claim: Default::default(),
         };
@@ -335,6 +344,9 @@ impl SessionStore for RedisStore {
             ("store_handoff_timeouts", "Handovers not answered within store.handoff_timeout_ms (the claim then waited for the old owner's lease, or went ahead fenced).", m.handoff_timeouts.load(r), true),
             ("store_stale_copies", "Claims that found this node's copy of a session stale (another node owned it while this one was cut off) and loaded the session from Redis instead.", m.stale_copies.load(r), true),
             ("store_lease_waits", "Takeovers that waited for the old owner's node lease to run out (it answered no handover: partitioned or paused).", m.lease_waits.load(r), true),
+            ("store_claims_settled", "Claims whose answer was lost (a timeout, a dropped connection) but that had landed in Redis: asked again and served.", m.claims_settled.load(r), true),
+            ("store_claims_absent", "Claims whose answer was lost and that, asked again, had not landed (the CONNECT was refused, 0x88).", m.claims_absent.load(r), true),
+            ("store_claims_unsettled", "Claims whose answer was lost and whose outcome Redis did not tell before this node's lease lapsed (refused, 0x88; the session may name a connection that is gone until its next claim).", m.claims_unsettled.load(r), true),
             ("store_writes_dropped", "Fire-and-forget writes dropped over redis.max_queued_writes.", m.dropped.load(r), true),
         ]
     }

@@ -44,14 +44,49 @@ use redis::Script;
 ///
 /// A claim that reaches Redis after its deadline does nothing (see Deadlines, above).
 ///
+/// **Settling a lost answer.** A claim whose answer did not come (a slow
+/// link, a dropped connection) either ran before its deadline or never
+/// will. Its sender asks again with `settle` = that deadline: once Redis's
+/// clock has passed it (`early` until then), the answer is the one the
+/// claim gave, if the session still carries the claim's `token`, from
+/// what every claim records of itself (`claim`: token, previous owner,
+/// present), changing nothing; otherwise `absent`.
+///
 /// KEYS: s, sub, m, p, rx. ARGV: node, core, conn, clean (0/1), persistent
-/// (0/1), user, keep (0/1), wait (0/1), deadline (Redis's clock, ms).
+/// (0/1), user, keep (0/1), wait (0/1), deadline (Redis's clock, ms), token
+/// (no `|`), settle (0, or the lost claim's deadline).
 /// Returns {epoch, prev node, prev core, prev conn, prev up} and, when it
 /// loads: {subs, messages, sent, incoming, last seq, present, moves}.
 pub const CLAIM: &str = r"
 local s = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local load = ARGV[4] == '0' and ARGV[5] == '1'
+local function answer(e, pnode, pcore, pconn, pup, present, moves)
+  local out = {e, pnode, pcore, pconn, pup}
+  if load then
+    out[6] = redis.call('HGETALL', KEYS[2])
+    out[7] = redis.call('HGETALL', KEYS[3])
+    out[8] = redis.call('HGETALL', KEYS[4])
+    out[9] = redis.call('SMEMBERS', KEYS[5])
+    out[10] = redis.call('HGET', s, 'seq') or '0'
+    out[11] = present
+    out[12] = moves
+  end
+  return out
+end
+if ARGV[11] ~= '0' then
+  if now / 1000 <= tonumber(ARGV[11]) then
+    return {'early'}
+  end
+  local rec = redis.call('HMGET', s, 'epoch', 'claim', 'moves')
+  local tok, pn, pc, pk, pu, pres =
+    string.match(rec[2] or '', '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  if tok ~= ARGV[10] then
+    return {'absent'}
+  end
+  return answer(rec[1], pn, pc, pk, pu, pres, rec[3] or '')
+end
 if now / 1000 > tonumber(ARGV[9]) then
   return redis.error_reply('LATE: the claim reached Redis after its sender gave up')
 end
@@ -67,7 +102,6 @@ else
   e = string.format('%.0f', math.max(cur, now) + 1)
 end
 local present = redis.call('EXISTS', s) == 1 and redis.call('HEXISTS', s, 'seq') == 1
-local load = ARGV[4] == '0' and ARGV[5] == '1'
 local moves = redis.call('HGET', s, 'moves') or ''
 if prev[1] then
   local kept = {}
@@ -79,23 +113,15 @@ end
 if not load then
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 end
+local was = {prev[1] or '', prev[2] or '', prev[3] or '', prev[4] or '0', present and '1' or '0'}
 redis.call('HSET', s, 'epoch', e, 'node', ARGV[1], 'core', ARGV[2], 'conn', ARGV[3],
-  'up', '1', 'user', ARGV[6], 'moves', moves)
+  'up', '1', 'user', ARGV[6], 'moves', moves,
+  'claim', ARGV[10] .. '|' .. table.concat(was, '|'))
 if not load or not present then
   redis.call('HSET', s, 'seq', '0')
 end
 for i = 1, 5 do redis.call('PERSIST', KEYS[i]) end
-local out = {e, prev[1] or '', prev[2] or '', prev[3] or '', prev[4] or '0'}
-if load then
-  out[6] = redis.call('HGETALL', KEYS[2])
-  out[7] = redis.call('HGETALL', KEYS[3])
-  out[8] = redis.call('HGETALL', KEYS[4])
-  out[9] = redis.call('SMEMBERS', KEYS[5])
-  out[10] = redis.call('HGET', s, 'seq') or '0'
-  out[11] = present and '1' or '0'
-  out[12] = moves
-end
-return out
+return answer(e, was[1], was[2], was[3], was[4], was[5], moves)
 ";
 
 /// Every write to a session, fenced: it applies only if the caller's epoch

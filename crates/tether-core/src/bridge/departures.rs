@@ -17,7 +17,23 @@
 //! A record is handed on for a departed session when one of its filters
 //! matches and the record was sent no later than [`HAND_ON_MARGIN_MS`]
 //! after the departure: later copies were routed by a view that already
-//! knew the session's new node. A copy that was itself handed on went to
+//! knew the session's new node. Unless that node could not tell the
+//! cluster: a node cut off from Kafka announces its new subscriptions
+//! only once it is back, and until then the other nodes route the
+//! session's copies here, not there (the 30-minute soak lost 3.6 s of a
+//! subscriber's messages that way, from the margin's end to the
+//! announcement). So when the departure names the node the session went
+//! to (a takeover's claim says so: [`Departures::record`]'s `to`), copies
+//! sent after the margin are still handed on until this node's view shows
+//! that node interested in them ([`Claimant::watch`]: the producer, which
+//! holds the view, looks as it hands a copy on, and says so with
+//! [`Departures::seen`]), and for a margin after that, as the other
+//! nodes' views may lag behind this one's. [`UNSEEN_MAX_MS`] bounds the
+//! wait. While a departure hands
+//! on, this node keeps announcing its filters ([`Departures::holds`]), or
+//! the other nodes would stop sending it the copies to hand on.
+//!
+//! A copy that was itself handed on went to
 //! every node; it is handed on again only by a node the session left
 //! after it was sent, so copies do not go round. A departure is kept for [`KEEP`] (a copy
 //! consumed later than that is not handed on: README's limit), and is
@@ -48,6 +64,25 @@ pub const KEEP: Duration = Duration::from_secs(600);
 /// At most this many departures are kept (about 100 B each plus filters);
 /// past it the oldest go first, counted in [`Departures::overflowed`].
 pub const MAX_KEPT: usize = 1_000_000;
+
+/// How long after a departure copies are still handed on while this node
+/// has not seen the session's new node announce interest in them: longer
+/// than a node stays cut off from Kafka in the fault harness's soak (up
+/// to 20 s, then a reconnection), short enough that a node that never
+/// announces (it died: the session moves on again) does not have every
+/// matching record copied to every node for long.
+pub const UNSEEN_MAX_MS: u64 = 60_000;
+
+/// A departed session a copy was meant for ([`Departures::claimants`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimant {
+    /// The session's client id.
+    pub client_id: Arc<str>,
+    /// The node the session went to, not yet seen interested in copies
+    /// for it: whoever hands this copy on looks whether the cluster view
+    /// shows it now, and says so ([`Departures::seen`]).
+    pub watch: Option<u16>,
+}
 
 /// Persistent sessions that left the node, by client id and filter.
 #[derive(Default)]
@@ -83,6 +118,22 @@ struct Departure {
     /// timestamps).
     at_ms: u64,
     filters: Vec<Arc<str>>,
+    /// The node it went to, when the claim that took it said so.
+    to: Option<u16>,
+    /// When this node's view first showed that node interested in a copy
+    /// for it, ms since the Unix epoch.
+    seen_ms: Option<u64>,
+}
+
+impl Departure {
+    /// Until when (ms since the Unix epoch) copies sent are its own.
+    fn hands_on_until(&self) -> u64 {
+        match (self.to, self.seen_ms) {
+            (_, Some(seen)) => seen.max(self.at_ms) + HAND_ON_MARGIN_MS,
+            (Some(_), None) => self.at_ms + UNSEEN_MAX_MS.max(HAND_ON_MARGIN_MS),
+            (None, None) => self.at_ms + HAND_ON_MARGIN_MS,
+        }
+    }
 }
 
 impl Departures {
@@ -101,8 +152,15 @@ impl Departures {
     }
 
     /// The session of `client_id`, with these plain filters (QoS 1 or 2),
-    /// left this node at `at_ms` (ms since the Unix epoch) for another.
-    pub fn record(&self, client_id: &Arc<str>, filters: Vec<Arc<str>>, at_ms: u64) {
+    /// left this node at `at_ms` (ms since the Unix epoch) for another:
+    /// node `to`, when the claim that took it said so.
+    pub fn record(
+        &self,
+        client_id: &Arc<str>,
+        filters: Vec<Arc<str>>,
+        at_ms: u64,
+        to: Option<u16>,
+    ) {
         if !self.on || filters.is_empty() {
             return;
         }
@@ -129,9 +187,14 @@ impl Departures {
             }
         }
         inner.order.push_back((now, client_id.clone(), n));
-        inner
-            .by_client
-            .insert(client_id.clone(), Departure { n, at_ms, filters });
+        let d = Departure {
+            n,
+            at_ms,
+            filters,
+            to,
+            seen_ms: None,
+        };
+        inner.by_client.insert(client_id.clone(), d);
         self.any.store(true, Relaxed);
     }
 
@@ -148,16 +211,55 @@ impl Departures {
         self.any.store(!inner.by_client.is_empty(), Relaxed);
     }
 
+    /// This node's view showed the node `client_id`'s session went to
+    /// interested in a copy for it, at `at_ms` (ms since the Unix epoch):
+    /// from then on the margin counts from that moment.
+    pub fn seen(&self, client_id: &str, at_ms: u64) {
+        if !self.any.load(Relaxed) {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = inner.by_client.get_mut(client_id) {
+            d.seen_ms.get_or_insert(at_ms);
+        }
+    }
+
+    /// Whether a departure still hands on copies of `filter` at `now_ms`
+    /// (ms since the Unix epoch): this node keeps announcing it, or the
+    /// other nodes would stop sending it those copies.
+    pub fn holds(&self, filter: &str, now_ms: u64) -> bool {
+        if !self.any.load(Relaxed) {
+            return false;
+        }
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let clients: Vec<&Arc<str>> = if topic::has_wildcards(filter) {
+            inner
+                .wild
+                .iter()
+                .filter(|(f, _)| &**f == filter)
+                .map(|(_, c)| c)
+                .collect()
+        } else {
+            inner.exact.get(filter).into_iter().flatten().collect()
+        };
+        clients.into_iter().any(|c| {
+            inner
+                .by_client
+                .get(c)
+                .is_some_and(|d| now_ms <= d.hands_on_until())
+        })
+    }
+
     /// The departed sessions a copy of `topic`, sent at `sent_ms` (ms since
     /// the Unix epoch), was for; with `only`, that session or none.
-    pub fn claimants(&self, topic_name: &str, sent_ms: u64, only: Option<&str>) -> Vec<Arc<str>> {
+    pub fn claimants(&self, topic_name: &str, sent_ms: u64, only: Option<&str>) -> Vec<Claimant> {
         if !self.any.load(Relaxed) {
             return Vec::new();
         }
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.expire(Instant::now());
         self.any.store(!inner.by_client.is_empty(), Relaxed);
-        let mut out: Vec<Arc<str>> = Vec::new();
+        let mut out: Vec<Claimant> = Vec::new();
         let mut seen = AHashSet::new();
         let candidates = inner.exact.get(topic_name).into_iter().flatten().chain(
             inner
@@ -178,11 +280,17 @@ impl Departures {
             // again only if the session was still here when it was sent
             // (it left while the copy was on its way), or copies would go
             // round for the whole margin.
-            let margin = if only.is_some() { 0 } else { HAND_ON_MARGIN_MS };
-            let meant = sent_ms <= d.at_ms + margin
-                && d.filters.iter().any(|f| topic::matches(f, topic_name));
+            let until = if only.is_some() {
+                d.at_ms
+            } else {
+                d.hands_on_until()
+            };
+            let meant = sent_ms <= until && d.filters.iter().any(|f| topic::matches(f, topic_name));
             if meant {
-                out.push(c.clone());
+                out.push(Claimant {
+                    client_id: c.clone(),
+                    watch: d.to.filter(|_| only.is_none() && d.seen_ms.is_none()),
+                });
             }
         }
         out
@@ -260,13 +368,31 @@ mod tests {
         s.into()
     }
 
+    /// Client ids of sure claims (no `watch`).
+    fn sure(v: Vec<Claimant>) -> Vec<Arc<str>> {
+        v.into_iter()
+            .map(|c| {
+                assert_eq!(c.watch, None, "{c:?}");
+                c.client_id
+            })
+            .collect()
+    }
+
     #[test]
     fn a_departed_sessions_filters_claim_copies_sent_before_it_left_and_shortly_after() {
         let d = on();
-        d.record(&id("dev1"), vec![id("user/ann/inbox"), id("chat/+")], 1_000);
-        assert_eq!(d.claimants("user/ann/inbox", 900, None), vec![id("dev1")]);
+        d.record(
+            &id("dev1"),
+            vec![id("user/ann/inbox"), id("chat/+")],
+            1_000,
+            None,
+        );
         assert_eq!(
-            d.claimants("chat/room", 1_000 + HAND_ON_MARGIN_MS, None),
+            sure(d.claimants("user/ann/inbox", 900, None)),
+            vec![id("dev1")]
+        );
+        assert_eq!(
+            sure(d.claimants("chat/room", 1_000 + HAND_ON_MARGIN_MS, None)),
             vec![id("dev1")]
         );
         assert!(d
@@ -275,7 +401,7 @@ mod tests {
         assert!(d.claimants("user/bob/inbox", 900, None).is_empty());
         assert!(d.claimants("chat/room", 900, Some("dev2")).is_empty());
         assert_eq!(
-            d.claimants("chat/room", 900, Some("dev1")),
+            sure(d.claimants("chat/room", 900, Some("dev1"))),
             vec![id("dev1")]
         );
     }
@@ -283,8 +409,11 @@ mod tests {
     #[test]
     fn a_copy_handed_on_goes_on_again_only_from_where_the_session_was_when_it_was_sent() {
         let d = on();
-        d.record(&id("dev1"), vec![id("a/b")], 1_000);
-        assert_eq!(d.claimants("a/b", 1_000, Some("dev1")), vec![id("dev1")]);
+        d.record(&id("dev1"), vec![id("a/b")], 1_000, None);
+        assert_eq!(
+            sure(d.claimants("a/b", 1_000, Some("dev1"))),
+            vec![id("dev1")]
+        );
         // Sent after it left: every node had it, its new one too.
         assert!(d.claimants("a/b", 1_001, Some("dev1")).is_empty());
     }
@@ -292,10 +421,10 @@ mod tests {
     #[test]
     fn a_session_claimed_here_again_is_no_longer_claimant() {
         let d = on();
-        d.record(&id("dev1"), vec![id("a/b"), id("a/#")], 1_000);
-        d.record(&id("dev2"), vec![id("a/b")], 1_000);
+        d.record(&id("dev1"), vec![id("a/b"), id("a/#")], 1_000, None);
+        d.record(&id("dev2"), vec![id("a/b")], 1_000, None);
         d.forget("dev1");
-        assert_eq!(d.claimants("a/b", 1_000, None), vec![id("dev2")]);
+        assert_eq!(sure(d.claimants("a/b", 1_000, None)), vec![id("dev2")]);
         assert_eq!(d.len(), 1);
         d.forget("dev2");
         assert!(d.is_empty());
@@ -305,16 +434,71 @@ mod tests {
     #[test]
     fn one_claim_per_session_however_many_of_its_filters_match() {
         let d = on();
-        d.record(&id("dev1"), vec![id("a/b"), id("a/+"), id("#")], 1_000);
-        d.record(&id("dev1"), vec![id("a/b")], 2_000);
-        assert_eq!(d.claimants("a/b", 1_500, None), vec![id("dev1")]);
+        d.record(
+            &id("dev1"),
+            vec![id("a/b"), id("a/+"), id("#")],
+            1_000,
+            None,
+        );
+        d.record(&id("dev1"), vec![id("a/b")], 2_000, None);
+        assert_eq!(sure(d.claimants("a/b", 1_500, None)), vec![id("dev1")]);
     }
 
     #[test]
     fn off_without_the_cluster_bus() {
         let d = Departures::new(false);
-        d.record(&id("dev1"), vec![id("a/b")], 1_000);
+        d.record(&id("dev1"), vec![id("a/b")], 1_000, None);
         assert!(d.claimants("a/b", 1_000, None).is_empty());
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn copies_for_a_session_that_went_to_a_known_node_go_on_until_that_node_is_seen() {
+        let d = on();
+        let margin_end = 1_000 + HAND_ON_MARGIN_MS;
+        d.record(&id("dev1"), vec![id("fleet/#")], 1_000, Some(3));
+        let watched = vec![Claimant {
+            client_id: id("dev1"),
+            watch: Some(3),
+        }];
+        // Within the margin and after it, while node 3 is not seen: handed
+        // on, and whoever hands it on looks for node 3.
+        assert_eq!(d.claimants("fleet/x", margin_end, None), watched);
+        assert_eq!(d.claimants("fleet/x", margin_end + 1, None), watched);
+        assert!(d.holds("fleet/#", margin_end + 1), "still announced here");
+        assert!(!d.holds("fleet/+", margin_end + 1));
+        // Node 3 seen at 20 s: a margin from then (the other nodes' views
+        // may lag), then none.
+        d.seen("dev1", 20_000);
+        d.seen("dev1", 25_000);
+        assert_eq!(
+            sure(d.claimants("fleet/x", 20_000 + HAND_ON_MARGIN_MS, None)),
+            vec![id("dev1")]
+        );
+        assert!(d
+            .claimants("fleet/x", 20_001 + HAND_ON_MARGIN_MS, None)
+            .is_empty());
+        assert!(!d.holds("fleet/#", 20_001 + HAND_ON_MARGIN_MS));
+    }
+
+    #[test]
+    fn a_node_never_seen_is_waited_for_a_bounded_time() {
+        let d = on();
+        d.record(&id("dev1"), vec![id("a/b")], 1_000, Some(2));
+        assert_eq!(d.claimants("a/b", 1_000 + UNSEEN_MAX_MS, None).len(), 1);
+        assert!(d.claimants("a/b", 1_001 + UNSEEN_MAX_MS, None).is_empty());
+        assert!(d.holds("a/b", 1_000 + UNSEEN_MAX_MS));
+        assert!(!d.holds("a/b", 1_001 + UNSEEN_MAX_MS));
+    }
+
+    #[test]
+    fn without_a_destination_the_margin_alone_counts() {
+        let d = on();
+        d.record(&id("dev1"), vec![id("a/b")], 1_000, None);
+        assert!(d.holds("a/b", 1_000 + HAND_ON_MARGIN_MS));
+        assert!(!d.holds("a/b", 1_001 + HAND_ON_MARGIN_MS));
+        assert!(d
+            .claimants("a/b", 1_001 + HAND_ON_MARGIN_MS, None)
+            .is_empty());
     }
 }

@@ -41,6 +41,24 @@ pub use reply::{Bell, ReplyQueue, ReplyTo, Unanswered};
 /// the HTTP plane and the adapters on tokio.
 pub use futures_channel::oneshot;
 
+/// How and why a client's connection is closed ([`BridgeMsg::KickClient`]).
+#[derive(Debug, Clone)]
+pub struct Kick {
+    /// Only this connection (a newer one of the same client stays).
+    pub conn: Option<crate::id::ConnId>,
+    /// MQTT 5 reason code.
+    pub code: u8,
+    /// Reason String.
+    pub why: &'static str,
+    /// A claim on this node waits for the session: once the connection
+    /// is closed and its writes are journaled, tell that node.
+    pub handoff_to: Option<u16>,
+    /// The node whose claim took the session over, when it said so: the
+    /// copies this node hands on for the session wait until that node is
+    /// seen interested in them ([`departures`]).
+    pub taken_by: Option<u16>,
+}
+
 /// A message from a bridge thread to a core.
 #[derive(Debug)]
 pub enum BridgeMsg {
@@ -99,15 +117,20 @@ pub enum BridgeMsg {
     KickClient {
         /// The client.
         client_id: Arc<str>,
-        /// Only this connection (a newer one of the same client stays).
-        conn: Option<crate::id::ConnId>,
-        /// MQTT 5 reason code.
-        code: u8,
-        /// Reason String.
-        why: &'static str,
-        /// A claim on this node waits for the session: once the connection
-        /// is closed and its writes are journaled, tell that node.
-        handoff_to: Option<u16>,
+        /// Which connection, how and why.
+        kick: Kick,
+    },
+    /// The store's answer to the claim of `conn` (at `key`) was lost (a
+    /// slow or silent link), and the store is asking what the claim did:
+    /// the client is refused now (0x88) rather than after that, and the
+    /// entry waits for the claim's outcome as one whose client hung up
+    /// does. A claim that landed then parks the session here, offline,
+    /// with what reached the core meanwhile.
+    ClaimUnanswered {
+        /// The connection's entry.
+        key: crate::id::ConnKey,
+        /// The connection (the entry may hold another by then).
+        conn: crate::id::ConnId,
     },
     /// This core's session gauges, for `/metrics`.
     Gauges {

@@ -10,7 +10,7 @@ use super::connack::{self, Granted};
 use super::{violation, Violation};
 use crate::auth::{AuthStep, Credentials, Identity, Step, Verdict};
 use crate::codec::{reason, Connect, Packet, ReasonOnly, Version};
-use crate::id::{ConnKey, TRANSPORT_NAMES};
+use crate::id::{ConnId, ConnKey, TRANSPORT_NAMES};
 use crate::shard::{AuthInProgress, ConnectInfo, Core, CoreState, Link, Phase, Waiting};
 use crate::stats::bump;
 use crate::store::ClaimResult;
@@ -348,6 +348,32 @@ fn claim(core: &Core, st: &mut CoreState, key: ConnKey, client_id: Arc<str>, inf
         }
         refuse(st, key, refused.code);
     }
+}
+
+/// The store lost its answer to the claim of `conn` and is asking what
+/// the claim did ([`BridgeMsg::ClaimUnanswered`]): the client is refused
+/// now, as a failed claim would be, and the entry stays in
+/// `AwaitingHandover` without its link, for [`on_claim`] to park the
+/// session if the claim landed or to remove the entry if not.
+///
+/// [`BridgeMsg::ClaimUnanswered`]: crate::bridge::BridgeMsg::ClaimUnanswered
+pub fn on_claim_unanswered(core: &Core, key: ConnKey, conn: ConnId) {
+    let mut st = core.st.borrow_mut();
+    let st = &mut *st;
+    let waiting = st.entry(key).is_some_and(|e| {
+        e.id == conn && e.link.is_some() && matches!(e.phase, Phase::AwaitingHandover { .. })
+    });
+    if !waiting {
+        return;
+    }
+    // Counted in store_errors once the claim's outcome is known, if it failed.
+    info!(%conn, reason = "0x88", "CONNECT refused: the session store's answer to the claim was lost; it is asked what the claim did (a claim that landed keeps the session here, offline)");
+    refuse_why(
+        st,
+        key,
+        reason::SERVER_UNAVAILABLE,
+        Some("the session store did not answer in time; connect again"),
+    );
 }
 
 /// The session store's slow path answered the claim for `token`.

@@ -30,7 +30,7 @@ use crate::id::ConnKey;
 use crate::shard::{CloseRequest, ConnMut, Core, CoreState, Pace, Phase};
 use crate::stats::bump;
 
-pub use connect::{on_claim, on_verdict};
+pub use connect::{on_claim, on_claim_unanswered, on_verdict};
 pub use publish::{on_bridge_publish, on_permit};
 
 /// A protocol violation: reason code (MQTT 5) and what went wrong (for logs).

@@ -19,6 +19,7 @@ use tracing::info;
 
 use super::delivery::{offer, Offer};
 use super::{ConnMut, Core, CoreState, Entry, Link, Now, Phase};
+use crate::bridge::Kick;
 use crate::codec::{reason, QoS};
 use crate::id::{ConnId, ConnKey, GroupKey, TRANSPORT_NAMES};
 use crate::session::{Delivery, Durable};
@@ -184,11 +185,12 @@ impl Core {
     }
 
     /// The durable session of `e` leaves this node for another (taken over
-    /// there, or fenced): copies of the cluster bus on their way here for
-    /// it are handed on ([`crate::bridge::departures`]). Its plain QoS 1
-    /// and 2 subscriptions are what it was sent copies for; a shared group
-    /// is served by any member, and QoS 0 promises nothing.
-    fn depart(&self, e: &Entry) {
+    /// there, or fenced), node `to` if known: copies of the cluster bus on
+    /// their way here for it are handed on ([`crate::bridge::departures`]).
+    /// Its plain QoS 1 and 2 subscriptions are what it was sent copies
+    /// for; a shared group is served by any member, and QoS 0 promises
+    /// nothing.
+    fn depart(&self, e: &Entry, to: Option<u16>) {
         let departures = &self.node.departures;
         let (true, Some(client_id), Some(_)) = (
             departures.is_on(),
@@ -204,7 +206,7 @@ impl Core {
             .filter(|(f, opts, _)| opts.qos != QoS::AtMostOnce && GroupKey::parse(f).is_none())
             .map(|(f, ..)| Arc::from(&**f))
             .collect();
-        departures.record(client_id, filters, crate::wallclock::now_ms());
+        departures.record(client_id, filters, crate::wallclock::now_ms(), to);
     }
 
     /// The store refused a write of `client_id` at `epoch`: a newer claim
@@ -222,7 +224,7 @@ impl Core {
         }
         info!(conn = %e.id, client_id, "session owned by a newer connection elsewhere; closing (0x8E)");
         bump(&self.stats().takeovers, 1);
-        self.depart(e);
+        self.depart(e, None);
         e.session.durable = None;
         match e.link.as_mut() {
             Some(link) => {
@@ -252,18 +254,11 @@ impl Core {
     /// With `handoff_to`, a claim on that node waits for the session: it is
     /// told ([`StoreOp::Handed`]) once the close's writes are journaled, or
     /// at once if there is nothing here to close.
-    pub fn kick_client(
-        &self,
-        client_id: &str,
-        conn: Option<ConnId>,
-        code: u8,
-        why: &'static str,
-        handoff_to: Option<u16>,
-    ) -> bool {
+    pub fn kick_client(&self, client_id: &str, kick: &Kick) -> bool {
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
-        let closing = self.close_kicked(st, client_id, conn, code, why, handoff_to);
-        if let (false, Some(to), Some(conn)) = (closing, handoff_to, conn) {
+        let closing = self.close_kicked(st, client_id, kick);
+        if let (false, Some(to), Some(conn)) = (closing, kick.handoff_to, kick.conn) {
             self.journal(
                 st,
                 StoreOp::Handed {
@@ -277,15 +272,14 @@ impl Core {
     }
 
     /// [`Core::kick_client`]'s work: whether a connection is now closing.
-    fn close_kicked(
-        &self,
-        st: &mut CoreState,
-        client_id: &str,
-        conn: Option<ConnId>,
-        code: u8,
-        why: &'static str,
-        handoff_to: Option<u16>,
-    ) -> bool {
+    fn close_kicked(&self, st: &mut CoreState, client_id: &str, kick: &Kick) -> bool {
+        let &Kick {
+            conn,
+            code,
+            why,
+            handoff_to,
+            taken_by,
+        } = kick;
         let Some(key) = self.local_session(client_id) else {
             return false;
         };
@@ -303,7 +297,7 @@ impl Core {
                 // Resumed on another node: this offline copy is stale.
                 // Forget it without writing (the store holds the live one).
                 info!(conn = %e.id, client_id, "session resumed on another node; forgetting the offline copy");
-                self.depart(e);
+                self.depart(e, taken_by);
                 e.session.durable = None;
                 self.end_session(st, key);
                 return false;
@@ -324,7 +318,7 @@ impl Core {
         // queued here is written any more.
         let taken = handoff_to.is_none() && code == reason::SESSION_TAKEN_OVER;
         if taken {
-            self.depart(e);
+            self.depart(e, taken_by);
         }
         let Some(link) = e.link.as_mut() else {
             return false;

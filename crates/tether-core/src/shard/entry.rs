@@ -353,6 +353,11 @@ impl Link {
         }
     }
 
+    /// Whether the connection was asked to close.
+    pub fn closing(&self) -> bool {
+        self.close.is_some()
+    }
+
     /// Asks the connection to close (the first request wins).
     pub fn request_close(&mut self, reason: Option<u8>, discard_outbox: bool) {
         self.request_close_why(reason, discard_outbox, None);

@@ -184,15 +184,26 @@ impl NodeInterest {
     }
 
     /// Filters still unused since they lost their last subscription: they
-    /// are forgotten and returned, to be announced gone.
-    pub fn sweep(&mut self) -> Vec<Arc<str>> {
+    /// are forgotten and returned, to be announced gone. Except those
+    /// `held` (a departed session's copies are still handed on from this
+    /// node: `bridge::departures`), looked at again at the next sweep.
+    pub fn sweep(&mut self, held: impl Fn(&str) -> bool) -> Vec<Arc<str>> {
         let mut gone = Vec::new();
-        for f in self.stale.drain(..) {
-            if self.counts.get(&f) == Some(&0) {
+        let mut kept: Vec<Arc<str>> = Vec::new();
+        for f in std::mem::take(&mut self.stale) {
+            if self.counts.get(&f) != Some(&0) {
+                continue;
+            }
+            if held(&f) {
+                if !kept.contains(&f) {
+                    kept.push(f);
+                }
+            } else {
                 self.counts.remove(&f);
                 gone.push(f);
             }
         }
+        self.stale = kept;
         gone
     }
 }
@@ -213,11 +224,25 @@ mod tests {
             "re-added before the sweep: never announced gone"
         );
         n.remove("a/b");
-        assert_eq!(n.sweep(), vec![Arc::<str>::from("a/b")]);
-        assert!(n.sweep().is_empty());
+        assert_eq!(n.sweep(|_| false), vec![Arc::<str>::from("a/b")]);
+        assert!(n.sweep(|_| false).is_empty());
         assert!(n.add("a/b"), "announced gone, so announced again");
         let mut off = NodeInterest::default();
         assert!(!off.add("x"), "off: nothing to announce");
+    }
+
+    #[test]
+    fn a_held_filter_stays_announced_until_it_is_let_go() {
+        let mut n = NodeInterest::new(true);
+        n.add("fleet/#");
+        n.remove("fleet/#");
+        assert!(n.sweep(|_| true).is_empty(), "held");
+        assert!(n.sweep(|_| true).is_empty(), "still held");
+        assert_eq!(n.sweep(|_| false), vec![Arc::<str>::from("fleet/#")]);
+        n.add("a/b");
+        n.remove("a/b");
+        assert!(n.sweep(|_| true).is_empty());
+        assert!(!n.add("a/b"), "held, so never announced gone");
     }
 
     #[test]

@@ -65,7 +65,11 @@ impl Core {
     /// gone (on the core's tick).
     pub(super) fn sweep_cluster_interest(&self, st: &mut CoreState) {
         if st.cluster.on {
-            for f in st.cluster.sweep() {
+            // A departed session's filters stay announced while its copies
+            // are handed on from here.
+            let departures = &self.node.departures;
+            let now = crate::wallclock::now_ms();
+            for f in st.cluster.sweep(|f| departures.holds(f, now)) {
                 self.announce_interest(f, false, None);
             }
         }

@@ -469,19 +469,24 @@ impl Core {
             return;
         };
         self.handshake_over(link);
-        let mut connack = info.connack;
-        connack.session_present = session_present;
-        link.control(Packet::ConnAck(connack));
-        // MQTT 4.4: resend unacknowledged PUBLISH (DUP) and PUBREL first.
-        for f in e.session.inflight.iter() {
-            if f.released {
-                link.control(Packet::PubRel(crate::codec::Ack::new(f.pkid)));
-            } else {
-                link.push(Frame::Publish {
-                    d: f.d.clone(),
-                    pkid: f.pkid,
-                    dup: true,
-                });
+        // A client refused while its claim's lost answer was asked for
+        // (`mqtt::on_claim_unanswered`) and not yet gone: it has its
+        // CONNACK, and its close parks the session.
+        if !link.closing() {
+            let mut connack = info.connack;
+            connack.session_present = session_present;
+            link.control(Packet::ConnAck(connack));
+            // MQTT 4.4: resend unacknowledged PUBLISH (DUP) and PUBREL first.
+            for f in e.session.inflight.iter() {
+                if f.released {
+                    link.control(Packet::PubRel(crate::codec::Ack::new(f.pkid)));
+                } else {
+                    link.push(Frame::Publish {
+                        d: f.d.clone(),
+                        pkid: f.pkid,
+                        dup: true,
+                    });
+                }
             }
         }
         let keep_alive_ticks = link.keep_alive_ticks;

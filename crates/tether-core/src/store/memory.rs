@@ -15,7 +15,7 @@ use ahash::AHashMap;
 use super::directory::Directory;
 
 use super::{Claim, ClaimResult, Claimed, Presence, SessionStore, StoreOp, UserLimit};
-use crate::bridge::{Bridge, BridgeMsg};
+use crate::bridge::{Bridge, BridgeMsg, Kick};
 use crate::codec::reason;
 use crate::config::PerUserPolicy;
 use crate::id::{ConnId, Location};
@@ -115,10 +115,13 @@ impl MemoryStore {
             for (conn, client_id) in evicted {
                 let msg = BridgeMsg::KickClient {
                     client_id,
-                    conn: Some(conn),
-                    code: reason::ADMINISTRATIVE_ACTION,
-                    why: "over the user's connection limit",
-                    handoff_to: None,
+                    kick: Kick {
+                        conn: Some(conn),
+                        code: reason::ADMINISTRATIVE_ACTION,
+                        why: "over the user's connection limit",
+                        handoff_to: None,
+                        taken_by: None,
+                    },
                 };
                 let _ = bridge.send(usize::from(conn.core), msg);
             }

@@ -444,13 +444,15 @@ async fn hand_on_departed(ctx: &Ctx, req: &PublishRequest, scope: &Scope, h: &Ha
         Scope::Orphan { .. } => return Outcome::Accepted,
         _ => None,
     };
-    for session in bridge.departures.claimants(&req.topic, h.sent_ms, only) {
+    for claimant in bridge.departures.claimants(&req.topic, h.sent_ms, only) {
         ctx.metrics.handed_on.fetch_add(1, Relaxed);
+        let session = claimant.client_id;
         debug!(client_id = %session, topic = %req.topic, "handing a copy on: its session left this node");
         let out = ctx.outgoing(req, h.client.clone(), h.user.clone());
         let job = |ack| Job::HandOn {
             out: out.clone(),
             to: HandTo::Session(session.clone()),
+            watch: claimant.watch,
             ack,
         };
         let what = "a copy for a session that left this node is not handed on";
@@ -477,6 +479,7 @@ async fn hand_on_orphan(ctx: &Ctx, req: &PublishRequest, h: &HandOn, to: HandTo)
     let job = |ack| Job::HandOn {
         out: out.clone(),
         to: to.clone(),
+        watch: None,
         ack,
     };
     until_in_kafka(

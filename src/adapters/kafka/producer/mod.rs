@@ -98,6 +98,9 @@ pub(crate) enum Job {
         out: Outgoing,
         /// Whom it is for.
         to: HandTo,
+        /// The node the session went to, not yet seen interested in
+        /// copies for it: the view is looked at (`routing::watch`).
+        watch: Option<u16>,
         /// The consuming task.
         ack: oneshot::Sender<Produced>,
     },
@@ -258,7 +261,15 @@ pub(crate) fn run(mut ctx: Ctx, jobs: Receiver<Job>) {
             }
             Ok(Job::Push { out, ack }) => (vec![Rec::Push(out)], Answer::Api(ack)),
             Ok(Job::Forward { out, ack }) => (plan(&mut ctx, out, false), Answer::Api(ack)),
-            Ok(Job::HandOn { out, to, ack }) => (hand_on(&ctx, out, to), Answer::Api(ack)),
+            Ok(Job::HandOn {
+                out,
+                to,
+                watch,
+                ack,
+            }) => {
+                routing::watch(&ctx, &out, &to, watch);
+                (hand_on(&ctx, out, to), Answer::Api(ack))
+            }
             Ok(Job::Interest(change)) => announce(&ctx, change),
             Ok(Job::View(u)) => {
                 tracing::debug!(update = ?u, "cluster view");

@@ -103,9 +103,27 @@ fn departed(ctx: &Ctx, out: &Outgoing, recs: &mut Vec<Rec>) {
     if out.msg.qos == QoS::AtMostOnce || out.msg.topic.starts_with('$') {
         return;
     }
-    for session in d.claimants(&out.msg.topic, crate::wallclock::now_ms(), None) {
+    for claimant in d.claimants(&out.msg.topic, crate::wallclock::now_ms(), None) {
         c.figures.handed_on.fetch_add(1, Relaxed);
-        recs.extend(hand_on(ctx, out.clone(), HandTo::Session(session)));
+        let to = HandTo::Session(claimant.client_id);
+        watch(ctx, out, &to, claimant.watch);
+        recs.extend(hand_on(ctx, out.clone(), to));
+    }
+}
+
+/// A copy handed on for a session that went to `node`, which this node
+/// had not yet seen interested in it: if the view shows it now, the
+/// departure learns so (`Departures::seen`), and copies sent more than a
+/// margin later are no longer handed on (the publishers route them there).
+pub(super) fn watch(ctx: &Ctx, out: &Outgoing, to: &HandTo, node: Option<u16>) {
+    let (Some(node), Some(c), Some(d), HandTo::Session(client_id)) =
+        (node, &ctx.cluster, &ctx.departures, to)
+    else {
+        return;
+    };
+    if c.view.interested(node, &out.msg.topic) {
+        tracing::debug!(%client_id, node, "the node a departed session went to is seen interested in its copies");
+        d.seen(client_id, crate::wallclock::now_ms());
     }
 }
 

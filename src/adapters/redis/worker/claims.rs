@@ -260,7 +260,12 @@ pub(super) async fn claim_one(
     // turns out to have claimed it since (`stale_previous`, below); the
     // claim waits for that node's handover like any other.
     let load = c.persistent && !c.clean_start;
-    let claim = |wait: bool| {
+    // What the session records of this claim, to recognise it when its
+    // answer is lost (`settle`).
+    let token = format!("{}.{}", s.incarnation, c.conn);
+    // CLAIM, sent now: `wait` leaves a session attached elsewhere alone
+    // (`busy`); `settle` asks what the claim that had that deadline did.
+    let claim = |wait: bool, deadline: u64, settle: u64| {
         let mut inv = ctx.scripts.claim.prepare_invoke();
         for k in &keys {
             inv.key(k);
@@ -273,11 +278,36 @@ pub(super) async fn claim_one(
             .arg(user)
             .arg(if handed_over { "1" } else { "0" })
             .arg(if wait { "1" } else { "0" })
-            .arg(deadline_ms(ctx));
+            .arg(deadline)
+            .arg(&token)
+            .arg(settle);
         inv
     };
-    // A session to load that is attached elsewhere is first handed over.
-    let inv = claim(load);
+    // Sends a claim and, if its answer is lost, learns what it did.
+    let send = |wait: bool, conn: &mut Conn| {
+        let mut conn = conn.clone();
+        let claim = &claim;
+        async move {
+            let deadline = deadline_ms(ctx);
+            match claim(wait, deadline, 0)
+                .invoke_async::<Value>(&mut conn)
+                .await
+            {
+                Err(e) if answer_lost(&e) => {
+                    ctx.metrics.errors.fetch_add(1, Relaxed);
+                    // The client is refused now, not after the asking.
+                    let msg = BridgeMsg::ClaimUnanswered {
+                        key: c.loc.key,
+                        conn: c.conn,
+                    };
+                    let _ = ctx.bridge.send(c.loc.core, msg);
+                    let ask = || claim(false, deadline, deadline);
+                    settle(ctx, &mut conn, ask, lease_term, e).await
+                }
+                r => r.map_err(|e| unavailable(ctx, e)),
+            }
+        }
+    };
     // ADMIT runs beside CLAIM (another slot on a Redis Cluster).
     let admit = c.presence.as_ref().map(|p| {
         let mut inv = ctx.scripts.admit.prepare_invoke();
@@ -320,12 +350,14 @@ pub(super) async fn claim_one(
                     ..Default::default()
                 });
             }
-            (inv.invoke_async::<Value>(conn).await, Some(admitted))
+            // A session to load that is attached elsewhere is first
+            // handed over (`wait`).
+            (send(load, conn).await, Some(admitted))
         }
         // Without one, ADMIT cannot refuse: both in one round trip.
         admit => {
             let mut conn2 = conn.clone();
-            let (claimed, admitted) = tokio::join!(inv.invoke_async::<Value>(conn), async {
+            let (claimed, admitted) = tokio::join!(send(load, conn), async {
                 match &admit {
                     Some(inv) => Some(inv.invoke_async::<Vec<String>>(&mut conn2).await),
                     None => None,
@@ -338,14 +370,11 @@ pub(super) async fn claim_one(
         }
     };
     let claimed: Result<Vec<Value>, StoreError> = async {
-        let mut claimed = claimed.map_err(|e| unavailable(ctx, e))?;
+        let mut claimed = claimed?;
         if let Value::Array(v) = &claimed {
             if text(v.first()) == "busy" {
                 handoff(ctx, conn, c, &text(v.get(1)), &text(v.get(3))).await;
-                claimed = claim(false)
-                    .invoke_async::<Value>(conn)
-                    .await
-                    .map_err(|e| unavailable(ctx, e))?;
+                claimed = send(false, conn).await?;
             }
         }
         let Value::Array(v) = claimed else {
@@ -384,8 +413,13 @@ pub(super) async fn claim_one(
     // The previous owner is another node: it closes the old connection, or
     // forgets its offline copy (its writes are already refused: the epoch
     // moved).
+    // First it learns which node took it (`went`: a node that does not know
+    // that word ignores it), so that the copies it hands on for the
+    // session wait until this node is seen interested in them.
     if !prev_node.is_empty() && prev_node != s.node.to_string() && !prev_conn.is_empty() {
         if let Ok(node) = prev_node.parse::<u16>() {
+            let went = format!("went {prev_conn} {} {}", s.node, c.client_id);
+            publish(ctx, conn, node, went).await;
             let msg = format!(
                 "kick {prev_conn} {} {}",
                 reason::SESSION_TAKEN_OVER,
@@ -427,6 +461,70 @@ pub(super) async fn claim_one(
         out.restored = Some(Box::new(restore(ctx, &c.client_id, &v)));
     }
     Ok(out)
+}
+
+/// Whether a request may have run although its answer did not come: it
+/// timed out or its connection dropped after it was sent. An error reply
+/// (LATE among them) or a refused connection says it did nothing.
+fn answer_lost(e: &RedisError) -> bool {
+    (e.is_timeout() || e.is_connection_dropped() || e.is_io_error()) && !e.is_connection_refusal()
+}
+
+/// How long a settling claim waits before asking again when Redis's clock
+/// has not yet passed the lost claim's deadline (`early`: the claim may
+/// still run until then, so no answer is final before it), or when an ask
+/// failed at once (Redis down, a connection being made again).
+const SETTLE_RETRY_WAIT: Duration = Duration::from_millis(100);
+
+/// A claim's answer was lost (`lost`): it ran before its deadline or
+/// never will. Its client has been refused (`ClaimUnanswered`), and its
+/// entry waits on the core for what this learns: `ask` (CLAIM in settle
+/// mode) is sent until Redis tells, each within a request timeout, or
+/// until this node's lease lapses, after which another node may take the
+/// session over whatever this one learns.
+///
+/// Before, a lost answer refused the connection (0x88) and the claim was
+/// forgotten even when it had landed: Redis then named a connection that
+/// did not exist as the session's owner, the old owner had let go, and
+/// the messages the session's subscriptions matched until the next claim
+/// reached nobody (the fault harness, a slow link to one node). Now a
+/// claim that landed is answered as it would have been, and the core
+/// parks the session offline with the messages it kept meanwhile
+/// (`arrivals`), for the client's next connection.
+async fn settle<'a>(
+    ctx: &Ctx,
+    conn: &mut Conn,
+    ask: impl Fn() -> redis::ScriptInvocation<'a>,
+    lease_term: u64,
+    lost: RedisError,
+) -> Result<Value, StoreError> {
+    let s = &ctx.settings;
+    while s.lease.holds(lease_term) {
+        match ask().invoke_async::<Value>(conn).await {
+            Ok(Value::Array(v)) if text(v.first()) == "early" => {
+                tokio::time::sleep(SETTLE_RETRY_WAIT).await;
+            }
+            Ok(Value::Array(v)) if text(v.first()) == "absent" => {
+                ctx.metrics.claims_absent.fetch_add(1, Relaxed);
+                return Err(unavailable(ctx, lost));
+            }
+            Ok(answer) => {
+                ctx.metrics.claims_settled.fetch_add(1, Relaxed);
+                info!("a claim whose answer was lost had landed: its session waits here, offline");
+                return Ok(answer);
+            }
+            Err(e) => {
+                debug!("asking what a claim with a lost answer did: {e}");
+                ctx.metrics.errors.fetch_add(1, Relaxed);
+                if !e.is_timeout() {
+                    tokio::time::sleep(SETTLE_RETRY_WAIT).await;
+                }
+            }
+        }
+    }
+    ctx.metrics.claims_unsettled.fetch_add(1, Relaxed);
+    warn!("a claim's answer was lost and this node's lease lapsed before Redis told what it did: until the next claim of that client id, the session may name a connection that is gone (store_claims_unsettled counts these)");
+    Err(unavailable(ctx, lost))
 }
 
 /// ADMIT's answer did not come (`e`): whatever it did is undone

@@ -117,6 +117,10 @@ pub(super) async fn control(ctx: Rc<Ctx>) {
     }
 }
 
+/// At most this many `went` notes wait for their `kick` (each is taken by
+/// the kick published right behind it, so only lost kicks leave any).
+const WENT_MAX: usize = 10_000;
+
 /// A control message for this node (the client id comes last: it may hold
 /// spaces):
 /// - `kick <conn> <reason code> <client>`: close that connection (taken
@@ -128,7 +132,10 @@ pub(super) async fn control(ctx: Rc<Ctx>) {
 ///   ignores it, and the claim waits for its lease instead);
 /// - `handoff <conn> <node> <client>`: close it, flush its writes, and
 ///   answer `handed` to `node`, whose claim waits;
-/// - `handed <conn> <client>`: the answer; the waiting claim goes ahead.
+/// - `handed <conn> <client>`: the answer; the waiting claim goes ahead;
+/// - `went <conn> <node> <client>`: `node`'s claim took that connection's
+///   session; the `kick` that follows closes it (the copies this node
+///   hands on for the session wait for `node`: `bridge::departures`).
 fn on_control(ctx: &Ctx, text: &str) {
     let mut f = text.splitn(4, ' ');
     let (Some(kind), Some(conn)) = (f.next(), f.next().and_then(ConnId::parse)) else {
@@ -160,6 +167,19 @@ fn on_control(ctx: &Ctx, text: &str) {
             Ok(node) => (reason::SESSION_TAKEN_OVER, Some(node), client_id),
             Err(_) => return warn!("control channel: cannot read {text:?}"),
         },
+        ("went", Some(node), Some(_)) => {
+            let Ok(node) = node.parse::<u16>() else {
+                return warn!("control channel: cannot read {text:?}");
+            };
+            let mut went = ctx.went.borrow_mut();
+            // Each is taken by the kick right behind it; a kick that never
+            // came (its publish failed) leaves one behind.
+            if went.len() >= WENT_MAX {
+                went.clear();
+            }
+            went.insert(conn, node);
+            return;
+        }
         ("handed", _, _) => {
             if let Some(tx) = ctx.handoffs.borrow_mut().remove(&conn) {
                 let _ = tx.send(());
@@ -186,12 +206,16 @@ fn kick(
     handoff_to: Option<u16>,
 ) {
     let core = usize::from(conn.core) % ctx.bridge.cores();
+    let taken_by = ctx.went.borrow_mut().remove(&conn);
     let msg = BridgeMsg::KickClient {
         client_id: client_id.into(),
-        conn: Some(conn),
-        code,
-        why,
-        handoff_to,
+        kick: Kick {
+            conn: Some(conn),
+            code,
+            why,
+            handoff_to,
+            taken_by,
+        },
     };
     if ctx.bridge.send(core, msg).is_err() {
         warn!("control channel: core {core} is busy; kick of {conn} not delivered");

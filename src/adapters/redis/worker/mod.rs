@@ -61,7 +61,7 @@ use writer::{finish, writer};
 use super::conn::{Client, Conn};
 use super::scripts::Scripts;
 use super::{blob, keys, Job, Metrics, Settings};
-use crate::bridge::{Bridge, BridgeMsg};
+use crate::bridge::{Bridge, BridgeMsg, Kick};
 use crate::codec::{reason, QoS, SubOptions};
 use crate::id::ConnId;
 use crate::session::{Arrival, Durable, Inflight, Session};
@@ -103,6 +103,9 @@ pub(super) struct Ctx {
     /// Claims waiting for another node to hand a session over, by the
     /// connection that holds it there.
     pub handoffs: std::cell::RefCell<HashMap<ConnId, tokio::sync::oneshot::Sender<()>>>,
+    /// Connections of this node another node's claim took over, and that
+    /// node (`went`, which comes just before the `kick`).
+    pub went: std::cell::RefCell<HashMap<ConnId, u16>>,
     /// Per client id, the last claim in line ([`ClaimTurn`]).
     pub claim_lines: std::cell::RefCell<ClaimLines>,
     /// Numbers the claims for [`ClaimTurn`].
