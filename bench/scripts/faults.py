@@ -47,6 +47,15 @@ SETTLE_S = 15.0
 # How long faults last in the soak.
 SOAK_FAULT_S = (4.0, 12.0)
 SOAK_GAP_S = (20.0, 60.0)
+# Each node's `session.max_queued_messages` (the default is 1,000). A node
+# cut off from Kafka delivers what its publishers sent meanwhile, and what
+# the others sent it, in one burst when it is back (60 messages/s for 25 s
+# of `--lasts 25` is 1,500), and copies handed on around a move come
+# twice: past the bound a session drops them, counted
+# (`tether_dropped_queue_full_total`, in the report), as README's
+# slow-consumer policy says. The harness checks the cluster, not that
+# policy, so the bound holds the longest fault's backlog several times.
+SESSION_QUEUE = 20_000
 
 
 def sh(*cmd, check=True):
@@ -184,6 +193,7 @@ class Fleet:
             "TETHER_STORE__KIND": '"redis"', "TETHER_REDIS__URLS": f"redis://{self.net.ip('redis')}:6379/",
             "TETHER_PRESENCE__NODE_LEASE_SECS": str(NODE_LEASE_S), "TETHER_PRESENCE__LEASE_SECS": "3",
             "TETHER_LIMITS__MAX_CONNECTIONS_PER_USER": str(CAP),
+            "TETHER_SESSION__MAX_QUEUED_MESSAGES": str(SESSION_QUEUE),
             "TETHER_KAFKA__BROKERS": f'"{self.net.ip("kafka")}:9092"',
             "TETHER_KAFKA__CLUSTER": '{node_topic = "tf.node.%n", interest_topic = "tf.interest"}',
             "TETHER_KAFKA__CONSUMER": '{"fetch.wait.max.ms" = "10"}',
@@ -338,7 +348,8 @@ def main():
     events = faults_check.load(log)
     subs = sorted({e["c"] for e in events if e.get("c", "").startswith("sub-")})
     found = faults_check.check(events, subs, cap_user="capped", cap=CAP)
-    table = report(found, timeline, events, a, duration, broker_repeats(workdir))
+    table = report(found, timeline, events, a, duration, broker_repeats(workdir),
+                   figure(workdir, "tether_dropped_queue_full_total"))
     print(table)
     if a.report:
         with open(a.report, "a") as f:
@@ -349,24 +360,30 @@ def main():
     sys.exit(1 if failed else 0)
 
 
-def broker_repeats(workdir):
-    """Records the nodes saw at an offset their partition had passed
-    (`tether_kafka_offsets_repeated_total`, from each node's figures at the
-    end): a broker defect, around which copies can be lost. The checker
-    never reads it; the report names it beside what the clients saw."""
+def figure(workdir, name):
+    """A figure summed over the three nodes' metrics at the end (every
+    sample of it: per core too)."""
     total = 0
     for i in (1, 2, 3):
         try:
             with open(os.path.join(workdir, f"n{i}.metrics")) as f:
                 for line in f:
-                    if line.startswith("tether_kafka_offsets_repeated_total "):
-                        total += int(float(line.split()[1]))
+                    if line.startswith(name + " ") or line.startswith(name + "{"):
+                        total += int(float(line.split()[-1]))
         except OSError:
             pass
     return total
 
 
-def report(found, timeline, events, a, duration, repeats=0):
+def broker_repeats(workdir):
+    """Records the nodes saw at an offset their partition had passed
+    (`tether_kafka_offsets_repeated_total`): a broker defect, around which
+    copies can be lost. The checker never reads it; the report names it
+    beside what the clients saw."""
+    return figure(workdir, "tether_kafka_offsets_repeated_total")
+
+
+def report(found, timeline, events, a, duration, repeats=0, queue_full=0):
     acked = sum(1 for e in events if e["e"] == "puback")
     delivered = sum(1 for e in events if e["e"] == "deliver")
     takeovers = sum(1 for e in events if e["e"] == "connack" and e["c"].startswith("sub-") and e.get("present"))
@@ -398,7 +415,11 @@ def report(found, timeline, events, a, duration, repeats=0):
     broker = (f"\n\nThe broker served {repeats} record(s) at an offset its partition had passed "
               "(`tether_kafka_offsets_repeated_total`, a broker defect: copies around them can be lost "
               "or doubled by the broker, whatever the gateway does)." if repeats else "")
+    dropped = (f"\n\nSessions' queues dropped {queue_full} QoS 1/2 message(s) "
+               f"(`tether_dropped_queue_full_total`; `session.max_queued_messages` = {SESSION_QUEUE}): "
+               "counted drops, which the checker sees as lost." if queue_full else "")
     return (head + "\n" + "\n".join(rows) + ("\n\nFirst violations:" + detail if detail else "") + broker
+            + dropped
             + "\n\nRecovery, from the clients' side (`faults_check.recovery`):\n\n" + "\n".join(times) + "\n")
 
 
