@@ -29,15 +29,15 @@
 //! holds the view, looks as it hands a copy on, and says so with
 //! [`Departures::seen`]), and for a margin after that, as the other
 //! nodes' views may lag behind this one's. [`UNSEEN_MAX_MS`] bounds the
-//! wait. While a departure hands
-//! on, this node keeps announcing its filters ([`Departures::holds`]), or
-//! the other nodes would stop sending it the copies to hand on.
+//! wait. While a departure hands on, this node keeps announcing its
+//! filters ([`Departures::holds`]), or the other nodes would stop sending
+//! it the copies to hand on.
 //!
-//! A copy that was itself handed on went to
-//! every node; it is handed on again only by a node the session left
-//! after it was sent, so copies do not go round. A departure is kept for [`KEEP`] (a copy
-//! consumed later than that is not handed on: README's limit), and is
-//! forgotten at once when the session is claimed on this node again.
+//! A copy that was itself handed on went to every node; it is handed on
+//! again only by a node the session left after it was sent, so copies do
+//! not go round. A departure is kept for [`KEEP`] (a copy consumed later
+//! than that is not handed on: README's limit), and is forgotten at once
+//! when the session is claimed on this node again.
 //!
 //! A node-wide table behind one mutex, not a per-core one: it is written
 //! only when a session leaves the node or comes back (rare, never per
