@@ -476,12 +476,20 @@ fn answer_lost(e: &RedisError) -> bool {
 /// failed at once (Redis down, a connection being made again).
 const SETTLE_RETRY_WAIT: Duration = Duration::from_millis(100);
 
+/// How long a settling claim asks at least, whether or not this node's
+/// lease holds. A link slow enough to lose a claim's answer usually lapses
+/// the lease too (the fault harness: every lost answer through a
+/// 256 kbit/s link came after the lease had lapsed, and none was asked
+/// after), and learning late is still worth it: a parked session's writes
+/// carry the claim's epoch, so if another node claimed it meanwhile they
+/// are fenced, and if none did they keep what reached this node.
+const SETTLE_FOR: Duration = Duration::from_secs(10);
+
 /// A claim's answer was lost (`lost`): it ran before its deadline or
 /// never will. Its client has been refused (`ClaimUnanswered`), and its
 /// entry waits on the core for what this learns: `ask` (CLAIM in settle
-/// mode) is sent until Redis tells, each within a request timeout, or
-/// until this node's lease lapses, after which another node may take the
-/// session over whatever this one learns.
+/// mode) is sent until Redis tells, each within a request timeout, for
+/// [`SETTLE_FOR`] and as long as this node's lease holds.
 ///
 /// Before, a lost answer refused the connection (0x88) and the claim was
 /// forgotten even when it had landed: Redis then named a connection that
@@ -499,7 +507,8 @@ async fn settle<'a>(
     lost: RedisError,
 ) -> Result<Value, StoreError> {
     let s = &ctx.settings;
-    while s.lease.holds(lease_term) {
+    let until = Instant::now() + SETTLE_FOR;
+    while Instant::now() < until || s.lease.holds(lease_term) {
         match ask().invoke_async::<Value>(conn).await {
             Ok(Value::Array(v)) if text(v.first()) == "early" => {
                 tokio::time::sleep(SETTLE_RETRY_WAIT).await;
@@ -523,7 +532,7 @@ async fn settle<'a>(
         }
     }
     ctx.metrics.claims_unsettled.fetch_add(1, Relaxed);
-    warn!("a claim's answer was lost and this node's lease lapsed before Redis told what it did: until the next claim of that client id, the session may name a connection that is gone (store_claims_unsettled counts these)");
+    warn!("a claim's answer was lost and Redis did not tell what it did in time (store.request_timeout_ms, a few seconds more and the node's lease): until the next claim of that client id, the session may name a connection that is gone (store_claims_unsettled counts these)");
     Err(unavailable(ctx, lost))
 }
 
