@@ -232,22 +232,20 @@ impl Departures {
             return false;
         }
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let clients: Vec<&Arc<str>> = if topic::has_wildcards(filter) {
-            inner
-                .wild
-                .iter()
-                .filter(|(f, _)| &**f == filter)
-                .map(|(_, c)| c)
-                .collect()
-        } else {
-            inner.exact.get(filter).into_iter().flatten().collect()
-        };
-        clients.into_iter().any(|c| {
+        let hands_on = |c: &Arc<str>| {
             inner
                 .by_client
                 .get(c)
                 .is_some_and(|d| now_ms <= d.hands_on_until())
-        })
+        };
+        if topic::has_wildcards(filter) {
+            inner
+                .wild
+                .iter()
+                .any(|(f, c)| &**f == filter && hands_on(c))
+        } else {
+            inner.exact.get(filter).into_iter().flatten().any(hands_on)
+        }
     }
 
     /// The departed sessions a copy of `topic`, sent at `sent_ms` (ms since
