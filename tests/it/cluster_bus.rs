@@ -519,6 +519,57 @@ async fn a_copy_sent_to_a_node_that_died_reaches_its_subscriber_when_the_node_is
             "tether_kafka_cluster_orphans_handed_on_total"
         ) >= 1.0
     );
+    assert_eq!(
+        metric(&bus.nodes[2], "tether_store_sessions_adopted_total"),
+        0.0,
+        "node 3 left the session that moved on alone"
+    );
+    assert!(metric(&bus.nodes[2], "tether_store_adoptions_declined_total") >= 1.0);
+}
+
+/// A copy sent to a node that died, for a persistent subscriber still
+/// offline when the node is back, is kept for it: the node adopts the
+/// sessions its earlier life held that no other node claimed since, and
+/// stores the copies into them (the fault harness's 30-minute soak lost
+/// 396 messages so: `sub-2`'s node was killed, and the client came back
+/// only after the restart). Here `stayer`'s node 3 is killed, a message
+/// published on node 1 goes to node 3's inbox only, node 3 starts again
+/// with `stayer` still away, and `stayer` then resumes on node 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_sent_to_a_node_that_died_is_kept_for_a_session_still_offline_when_it_is_back() {
+    let mut bus = bus(short_lease).await;
+    let (old, mut old_events, old_task) =
+        persistent_subscriber(&bus.nodes[2], "stayer", "stay/#").await;
+    let (p, mut pe) = client(&bus.nodes[0], "stayer-pub", &[]).await;
+    until("node 1 sees stay/#", || {
+        metric(&bus.nodes[0], "tether_kafka_cluster_interest_entries") >= 1.0
+    })
+    .await;
+    publish(&p, &mut pe, "stay/a", "before", 1).await;
+    assert_eq!(
+        take_within(&mut old_events, 1, "stayer on node 3", GROUP_FORMS).await[0].1,
+        "before:0"
+    );
+
+    bus.nodes[2].proc.kill9();
+    old_task.abort();
+    drop((old, old_events));
+    // Acknowledged once its copy is in node 3's inbox, which nobody reads.
+    publish(&p, &mut pe, "stay/a", "during", 1).await;
+
+    bus.start(3);
+    until("node 3 adopted stayer's session", || {
+        metric(&bus.nodes[2], "tether_store_sessions_adopted_total") >= 1.0
+    })
+    .await;
+    // Without the adoption nobody holds the session, and this never comes.
+    let wait = Duration::from_secs(30);
+    crate::common::until_within("node 3 keeps the copy for stayer", wait, || {
+        metric(&bus.nodes[2], "tether_queued_messages") >= 1.0
+    })
+    .await;
+    let (_back, mut events) = resume(&bus.nodes[1], "stayer", crate::common::CONNACK_TIMEOUT).await;
+    until_payload(&mut events, "during:0", "stayer on node 2").await;
 }
 
 /// A copy handed on for one session (`x-to-session`) that reached a node

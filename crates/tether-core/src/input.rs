@@ -114,6 +114,9 @@ fn bridge(core: &Core, msg: BridgeMsg) {
             .store(core.node.elapsed_ms(), std::sync::atomic::Ordering::Relaxed),
         BridgeMsg::Fenced { client_id, epoch } => core.on_fenced(&client_id, epoch),
         BridgeMsg::ClaimUnanswered { key, conn } => mqtt::on_claim_unanswered(core, key, conn),
+        BridgeMsg::Adopt { client_id, ticket } => {
+            core.adopt(&mut core.st.borrow_mut(), client_id, ticket)
+        }
         BridgeMsg::KickClient { client_id, kick } => {
             core.kick_client(&client_id, &kick);
         }

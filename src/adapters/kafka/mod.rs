@@ -184,6 +184,8 @@ impl KafkaOutbound {
             figures: cluster_figures.clone(),
             loaded: false,
             held: Default::default(),
+            greeted: false,
+            unannounced: Default::default(),
         });
         let ctx = producer::Ctx {
             producer,
@@ -199,6 +201,7 @@ impl KafkaOutbound {
             config: cc,
             rebuilt: None,
             departures: None,
+            adoption: None,
         };
         let (jobs, rx) = unbounded();
         let thread = Worker::spawn("tether-kafka", move || producer::run(ctx, rx))
@@ -250,7 +253,10 @@ impl Outbound for KafkaOutbound {
     fn start(&self, bridge: Arc<crate::bridge::Bridge>) -> Result<(), String> {
         if self.cluster {
             // Before any core runs: the cores start after the bridge.
-            let _ = self.jobs.send(Job::Departures(bridge.departures.clone()));
+            let _ = self.jobs.send(Job::Start {
+                departures: bridge.departures.clone(),
+                adoption: bridge.adoption.clone(),
+            });
         }
         match &self.inbound {
             Some(i) => i.start(bridge).map_err(|e| e.to_string()),

@@ -4,13 +4,14 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `P:{c:ID}:s` | hash | `epoch`, `node`, `core`, `conn`, `up`, `user`, `seq` (last message), `moves` (the last four owners before, `node:ms`) |
+//! | `P:{c:ID}:s` | hash | `epoch`, `node`, `core`, `conn`, `up`, `user`, `seq` (last message), `moves` (the last four owners before, `node:ms`), `claim` (the last claim's record: see `scripts::CLAIM`), `exp` (the expiry its CONNECT asked, s) |
 //! | `P:{c:ID}:sub` | hash | filter → options |
 //! | `P:{c:ID}:m` | hash | message seq → stored message ([`super::blob`]) |
 //! | `P:{c:ID}:p` | hash | message seq → packet id it was sent with (`pkid` or `pkid:r`, released) |
 //! | `P:{c:ID}:rx` | set | inbound QoS 2 packet ids awaiting PUBREL |
 //! | `P:{u:USER}:c` | sorted set | presence entries → lease expiry (Unix ms) |
 //! | `P:nodes` | sorted set | node id → lease expiry (Unix ms) |
+//! | `P:own:NODE` | set | client ids of the persistent sessions the node claimed (some since claimed elsewhere): what it adopts when it starts again |
 //! | `P:ctl:NODE` | channel | control messages for one node (kicks) |
 
 /// The five keys of one session, in the order the scripts take them.
@@ -48,6 +49,13 @@ pub fn idempotency(prefix: &str, key: &str) -> String {
 /// The node leases.
 pub fn nodes(prefix: &str) -> String {
     format!("{prefix}:nodes")
+}
+
+/// The client ids of the persistent sessions `node` claimed, which it
+/// adopts when it starts again if no other node claimed them since
+/// (`worker::adopt`). Its own slot: it is read only by that node.
+pub fn owned(prefix: &str, node: u16) -> String {
+    format!("{prefix}:own:{node}")
 }
 
 /// A node's control channel.

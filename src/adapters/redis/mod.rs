@@ -106,6 +106,12 @@ pub(crate) struct Metrics {
     /// Claims whose answer was lost and whose outcome Redis did not tell
     /// before this node's lease lapsed.
     pub claims_unsettled: AtomicU64,
+    /// Sessions of this node's earlier life adopted at start
+    /// (`worker::adopt`).
+    pub adopted: AtomicU64,
+    /// Sessions in this node's index that another node claimed since (or
+    /// that ended): not adopted, and taken out of the index.
+    pub adoptions_declined: AtomicU64,
     /// Fire-and-forget writes dropped over `redis.max_queued_writes`.
     pub dropped: AtomicU64,
     /// Round trips of claims and write batches.
@@ -230,6 +236,9 @@ impl SessionStore for RedisStore {
         let Some((rx, client)) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
+        // Before the outbound bridge starts: its hello and its inbox wait
+        // for the sessions of this node's earlier life (`bridge::adoption`).
+        bridge.adoption.begin(worker::ADOPT_WAIT_MS);
         let ctx = worker::Ctx {
             settings: self.settings.clone(),
             metrics: self.metrics.clone(),
@@ -347,6 +356,8 @@ impl SessionStore for RedisStore {
             ("store_claims_settled", "Claims whose answer was lost (a timeout, a dropped connection) but that had landed in Redis: asked again and served.", m.claims_settled.load(r), true),
             ("store_claims_absent", "Claims whose answer was lost and that, asked again, had not landed (the CONNECT was refused, 0x88).", m.claims_absent.load(r), true),
             ("store_claims_unsettled", "Claims whose answer was lost and whose outcome Redis did not tell before this node's lease lapsed (refused, 0x88; the session may name a connection that is gone until its next claim).", m.claims_unsettled.load(r), true),
+            ("store_sessions_adopted", "Persistent sessions this node owned before it restarted (killed, not drained) that no other node claimed since: claimed again at start and parked offline, so the copies sent to the node meanwhile reach them.", m.adopted.load(r), true),
+            ("store_adoptions_declined", "Sessions in this node's index that another node claimed since, or that ended: not adopted at start.", m.adoptions_declined.load(r), true),
             ("store_writes_dropped", "Fire-and-forget writes dropped over redis.max_queued_writes.", m.dropped.load(r), true),
         ]
     }

@@ -52,11 +52,22 @@ use redis::Script;
 /// what every claim records of itself (`claim`: token, previous owner,
 /// present), changing nothing; otherwise `absent`.
 ///
+/// **Adopting.** With `adopt` = 1 the claim is a restarted node's, for a
+/// session its earlier life owned (`bridge::adoption`): it goes ahead only
+/// if the session is present, Redis still names this node as its owner,
+/// and the claim that made it so was not this life's (its token's
+/// incarnation is another). Otherwise the answer is `{'other'}` and
+/// nothing changes. An adoption also answers the session's expiry: what
+/// is left of its TTL if it was offline, else the expiry its last claim
+/// recorded (`exp`), else empty.
+///
 /// KEYS: s, sub, m, p, rx. ARGV: node, core, conn, clean (0/1), persistent
 /// (0/1), user, keep (0/1), wait (0/1), deadline (Redis's clock, ms), token
-/// (no `|`), settle (0, or the lost claim's deadline).
+/// (`<incarnation>.<conn>`, no `|`), settle (0, or the lost claim's
+/// deadline), expiry (s), adopt (0/1).
 /// Returns {epoch, prev node, prev core, prev conn, prev up} and, when it
-/// loads: {subs, messages, sent, incoming, last seq, present, moves}.
+/// loads: {subs, messages, sent, incoming, last seq, present, moves}, and
+/// for an adoption, its expiry.
 pub const CLAIM: &str = r"
 local s = KEYS[1]
 local t = redis.call('TIME')
@@ -90,6 +101,22 @@ end
 if now / 1000 > tonumber(ARGV[9]) then
   return redis.error_reply('LATE: the claim reached Redis after its sender gave up')
 end
+local adopt = ARGV[13] == '1'
+local expiry = ''
+if adopt then
+  local rec = redis.call('HMGET', s, 'node', 'claim', 'seq', 'up', 'exp')
+  local mine = string.match(ARGV[10], '^([^.]*)%.')
+  local last = string.match(rec[2] or '', '^([^.|]*)%.')
+  if rec[1] ~= ARGV[1] or not rec[3] or last == mine then
+    return {'other'}
+  end
+  local ttl = redis.call('PTTL', s)
+  if rec[4] == '0' and ttl > 0 then
+    expiry = string.format('%.0f', math.ceil(ttl / 1000))
+  else
+    expiry = rec[5] or ''
+  end
+end
 local cur = tonumber(redis.call('HGET', s, 'epoch') or '0')
 local prev = redis.call('HMGET', s, 'node', 'core', 'conn', 'up')
 if ARGV[8] == '1' and prev[4] == '1' and prev[1] and prev[1] ~= ARGV[1] then
@@ -120,8 +147,15 @@ redis.call('HSET', s, 'epoch', e, 'node', ARGV[1], 'core', ARGV[2], 'conn', ARGV
 if not load or not present then
   redis.call('HSET', s, 'seq', '0')
 end
+if not adopt then
+  redis.call('HSET', s, 'exp', ARGV[12])
+end
 for i = 1, 5 do redis.call('PERSIST', KEYS[i]) end
-return answer(e, was[1], was[2], was[3], was[4], was[5], moves)
+local out = answer(e, was[1], was[2], was[3], was[4], was[5], moves)
+if adopt then
+  out[13] = expiry
+end
+return out
 ";
 
 /// Every write to a session, fenced: it applies only if the caller's epoch

@@ -18,6 +18,7 @@
 //! Publishes pick their core by a hash of the topic, so messages of one
 //! topic sent through the bridge keep their order (as one client's would).
 
+pub mod adoption;
 pub mod departures;
 pub mod outbound;
 pub mod reply;
@@ -131,6 +132,16 @@ pub enum BridgeMsg {
         key: crate::id::ConnKey,
         /// The connection (the entry may hold another by then).
         conn: crate::id::ConnId,
+    },
+    /// A persistent session this node's earlier life owned and no other
+    /// node claimed since (the store found it at start): claim it again,
+    /// without a connection, to park it here offline ([`adoption`]).
+    Adopt {
+        /// The client.
+        client_id: Arc<str>,
+        /// Dropped once the claim was answered (or at once, when this
+        /// node already has the client id).
+        ticket: adoption::Ticket,
     },
     /// This core's session gauges, for `/metrics`.
     Gauges {
@@ -323,6 +334,9 @@ pub struct Bridge {
     /// Persistent sessions that left the node, for the cluster bus's
     /// inbox consumer (the cores record them through `NodeState`).
     pub departures: Arc<Departures>,
+    /// A restarted node's adoption of its earlier life's sessions, which
+    /// the cluster bus waits for (see [`adoption`]).
+    pub adoption: Arc<adoption::Adoption>,
     /// Where the cluster bus's inbox consumer hands the receipts other
     /// nodes reported for this node's Upstream receipts streams: set once,
     /// before the bridges start, by whoever holds those streams.
@@ -367,6 +381,7 @@ impl Bridge {
             inboxes,
             hasher: ahash::RandomState::new(),
             departures,
+            adoption: Arc::default(),
             stream_receipts: std::sync::OnceLock::new(),
         };
         Ok((Arc::new(bridge), core_side))

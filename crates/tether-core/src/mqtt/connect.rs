@@ -396,8 +396,14 @@ pub fn on_claim(core: &Core, token: u32, result: ClaimResult) {
         return;
     }
     if let Err(refused) = core.claimed(st, key, result) {
-        if let Some(e) = st.entry(key) {
-            info!(conn = %e.id, reason = format_args!("{:#04x}", refused.code), "CONNECT refused: {}", refused.why);
+        match st.entry(key) {
+            Some(e) if e.link.is_some() => {
+                info!(conn = %e.id, reason = format_args!("{:#04x}", refused.code), "CONNECT refused: {}", refused.why);
+            }
+            // Its client was refused already, or it is an adoption.
+            _ => {
+                debug!(%client_id, "a claim without a connection did not go through: {}", refused.why)
+            }
         }
         refuse(st, key, refused.code);
     }

@@ -16,13 +16,14 @@ use tracing::{debug, info};
 
 use super::delivery::{offer_forwarded, pump, release_window};
 use super::{count, ConnectInfo, Core, CoreState, Phase, Timer, Waiting};
+use crate::bridge::adoption::Ticket;
 use crate::bridge::outbound::ConnEventKind;
 use crate::codec::{reason, topic, Packet};
 use crate::id::{ConnKey, GroupKey, Location};
 use crate::mesh::CoreMsg;
 use crate::session::{Delivery, Frame, MoveWindow, Session};
 use crate::stats::bump;
-use crate::store::{Claim, ClaimResult};
+use crate::store::{Claim, ClaimResult, StoreError};
 
 /// How long a core keeps forwarding to a session that moved to another core
 /// (its *tombstone*), and how long the new core filters duplicates. Messages
@@ -55,8 +56,21 @@ impl Core {
         client_id: Arc<str>,
         info: ConnectInfo,
     ) -> Result<(), ClaimRefused> {
+        self.claim_as(st, key, client_id, info, None)
+    }
+
+    /// [`Core::claim`], or an adoption's claim (`adopt`).
+    fn claim_as(
+        &self,
+        st: &mut CoreState,
+        key: ConnKey,
+        client_id: Arc<str>,
+        info: ConnectInfo,
+        adopt: Option<Arc<Ticket>>,
+    ) -> Result<(), ClaimRefused> {
         let clean_start = info.clean_start;
-        let persistent = info.expiry_secs > 0;
+        let expiry_secs = info.expiry_secs;
+        let persistent = expiry_secs > 0;
         let Some(e) = st.entry(key) else {
             return Ok(());
         };
@@ -75,8 +89,10 @@ impl Core {
             loc: Location { core: self.id, key },
             clean_start,
             persistent,
+            expiry_secs,
             conn,
             presence,
+            adopt,
         };
         if let Some(result) = self.node.store.claim(&claim) {
             return self.claimed(st, key, result);
@@ -104,6 +120,57 @@ impl Core {
         Ok(())
     }
 
+    /// Adopts `client_id`'s session, which this node's earlier life owned
+    /// (`bridge::adoption`): an entry without a connection claims it, and
+    /// if no other node claimed it since, the session comes back parked
+    /// offline, as a client that hung up during its claim leaves it. A
+    /// client id this node already has (its client connected first) is
+    /// left to that claim.
+    pub fn adopt(&self, st: &mut CoreState, client_id: Arc<str>, ticket: Ticket) {
+        if self.node.store.locate(&client_id).is_some() {
+            return;
+        }
+        st.next_gen = st.next_gen.wrapping_add(1);
+        st.next_seq += 1;
+        let gen = st.next_gen;
+        let id = crate::id::ConnId {
+            node: self.node.node_id,
+            core: self.id as u16,
+            seq: st.next_seq,
+        };
+        let index = st.conns.insert(super::Entry {
+            gen,
+            id,
+            client_id: None,
+            phase: Phase::Connecting,
+            session: Session::default(),
+            link: None,
+        });
+        let key = ConnKey {
+            index: index as u32,
+            gen,
+        };
+        // Parked with the expiry the store answers (`Claimed::expiry_secs`);
+        // this one stands in until then.
+        let info = ConnectInfo {
+            clean_start: false,
+            expiry_secs: self.cfg.session.max_expiry_secs.max(1),
+            connack: crate::codec::ConnAck {
+                session_present: false,
+                code: reason::SUCCESS,
+                properties: Default::default(),
+            },
+            durable: None,
+            stale_handover: false,
+            from_store: None,
+        };
+        if let Err(refused) =
+            self.claim_as(st, key, client_id.clone(), info, Some(Arc::new(ticket)))
+        {
+            info!(%client_id, "adopting a session of this node's earlier life failed: {}", refused.why);
+        }
+    }
+
     /// The store answered the claim of `key` (at once, or later through the
     /// core's reply queue).
     pub fn claimed(
@@ -129,6 +196,15 @@ impl Core {
                 ));
             }
             Ok(c) => c,
+            // An adoption's session another node claimed since: not ours.
+            Err(StoreError::Stale) if e.link.is_none() => {
+                return Err(self.claim_failed(
+                    st,
+                    key,
+                    reason::SESSION_TAKEN_OVER,
+                    "claimed since by another node",
+                ));
+            }
             Err(e) => {
                 bump(&self.stats().store_errors, 1);
                 let why = e.to_string();
@@ -143,6 +219,9 @@ impl Core {
         let mut restored = claimed.restored;
         if let Some(Phase::AwaitingHandover { info, .. }) = st.entry(key).map(|e| &mut e.phase) {
             info.durable = claimed.durable.map(Box::new);
+            if let Some(secs) = claimed.expiry_secs {
+                info.expiry_secs = secs.clamp(1, self.cfg.session.max_expiry_secs.max(1));
+            }
             if claimed.stale_previous {
                 // The old local entry is still taken over (its connection
                 // closed, its subscriptions unindexed), but what it held is

@@ -245,12 +245,14 @@ mod tests {
             loc: l,
             clean_start: false,
             persistent: true,
+            expiry_secs: 60,
             conn: crate::id::ConnId {
                 node: 1,
                 core: 0,
                 seq: 1,
             },
             presence: None,
+            adopt: None,
         };
         s.claim(&c).expect("answers at once").unwrap().previous
     }

@@ -53,10 +53,17 @@ pub struct Claim {
     /// The session outlives its connection (expiry > 0): a durable store
     /// mirrors it, and a claim loads what it had.
     pub persistent: bool,
+    /// The session's expiry as its CONNECT granted it (s): a durable
+    /// store records it for the session's adoption after a crash.
+    pub expiry_secs: u32,
     /// The claiming connection's id.
     pub conn: ConnId,
     /// Its presence entry, when it gave a user name.
     pub presence: Option<Presence>,
+    /// Not a client's: this node adopts a session its earlier life owned
+    /// (`bridge::adoption`), which the claim takes only if no other node
+    /// claimed it since. The ticket is dropped with the claim.
+    pub adopt: Option<Arc<crate::bridge::adoption::Ticket>>,
 }
 
 /// A granted claim.
@@ -85,6 +92,9 @@ pub struct Claimed {
     /// this lease term of the node (`store::Lease`): it is served only
     /// while the lease holds in it.
     pub counted_in: Option<u64>,
+    /// An adopted session's expiry, as the store has it (an adoption has
+    /// no CONNECT to say it).
+    pub expiry_secs: Option<u32>,
 }
 
 /// Why a store could not answer.
@@ -94,7 +104,8 @@ pub enum StoreError {
     Unavailable(String),
     /// The store dropped the request without answering.
     Abandoned,
-    /// A newer claim owns the session: this one's writes are refused.
+    /// A newer claim owns the session: this one's writes are refused (or,
+    /// for an adoption, another node claimed it since).
     Stale,
 }
 

@@ -9,7 +9,8 @@
 //! member. The fault harness saw tansu keep a restarted node, and after a
 //! 6 s pause every node, waiting for the rest of the run, reading nothing
 //! while other nodes' publishers were acknowledged. An assignment needs no
-//! coordinator: the node reads as soon as the broker answers.
+//! coordinator: the node reads as soon as the broker answers, once the
+//! sessions of its earlier life are adopted (`bridge::adoption`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,9 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before asking again when the broker did not answer, or the topic
 /// does not exist yet (its partitions are read once, at start).
 const METADATA_RETRY: Duration = Duration::from_secs(1);
+/// How often the inbox looks whether the adoption of the earlier life's
+/// sessions is over, before it starts reading.
+const ADOPTION_CHECK: Duration = Duration::from_millis(20);
 
 /// Assigns every partition of `topic` (from the offsets the group
 /// committed; the earliest the first time), then reads as any source.
@@ -64,6 +68,16 @@ pub(super) async fn read(
             }
         }
     };
+    // A copy for a session this node is adopting must find it installed
+    // (`bridge::adoption`): the inbox waits, bounded by the gate's deadline.
+    if let Some(bridge) = &ctx.bridge {
+        while !bridge.adoption.open() {
+            if *stopped.borrow() {
+                return;
+            }
+            tokio::time::sleep(ADOPTION_CHECK).await;
+        }
+    }
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         if let Err(e) = tpl.add_partition_offset(&topic, p, Offset::Stored) {

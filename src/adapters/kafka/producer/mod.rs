@@ -45,6 +45,7 @@ pub(crate) use routing::{Cluster, ClusterFigures};
 use super::cluster::{self, Update};
 use super::routes::{headers, Routes};
 use super::{HandTo, FIRST_SENT, ORPHAN_OF, TO_SESSION};
+use crate::bridge::adoption::Adoption;
 use crate::bridge::departures::Departures;
 use crate::bridge::outbound::{
     ConnEvent, ConnEventKind, InterestChange, OutboundError, Outgoing, Produced,
@@ -112,10 +113,17 @@ pub(crate) enum Job {
     Interest(InterestChange),
     /// An announcement read from the interest topic, for the view.
     View(Update),
-    /// The node's departed sessions (`bridge::departures`), once the
-    /// bridge exists: messages published here for a session that just
-    /// left are handed on.
-    Departures(Arc<Departures>),
+    /// What the thread needs of the bridge, once it exists: the node's
+    /// departed sessions (`bridge::departures`: messages published here
+    /// for a session that just left are handed on), and the adoption of
+    /// its earlier life's sessions, which the hello waits for
+    /// (`bridge::adoption`).
+    Start {
+        /// The node's departed sessions.
+        departures: Arc<Departures>,
+        /// The adoption's gate.
+        adoption: Arc<Adoption>,
+    },
     /// The interest topic was read to its end: the view is whole.
     Loaded,
     /// Flush and stop.
@@ -145,8 +153,10 @@ pub(crate) struct Ctx {
     pub config: ClientConfig,
     /// When the producer was last made again.
     pub rebuilt: Option<Instant>,
-    /// See [`Job::Departures`].
+    /// See [`Job::Start`].
     pub departures: Option<Arc<Departures>>,
+    /// See [`Job::Start`].
+    pub adoption: Option<Arc<Adoption>>,
 }
 
 /// A producer from `config`, reporting to `metrics`.
@@ -189,6 +199,16 @@ impl Ctx {
     }
 }
 
+/// Whether the node's hello is due now: not said yet, and the adoption of
+/// its earlier life's sessions is over (`bridge::adoption`). Until then
+/// the other nodes go on routing by what its earlier life announced,
+/// which is what the adopted sessions want; the hello voids that, and
+/// the interest changes held meanwhile follow it (`release_held`).
+fn say_hello(ctx: &Ctx) -> bool {
+    let adopted = ctx.adoption.as_ref().is_some_and(|a| a.open());
+    ctx.cluster.as_ref().is_some_and(|c| !c.greeted) && adopted
+}
+
 /// One record to produce.
 enum Rec {
     /// A message to its route's topic.
@@ -216,19 +236,25 @@ struct Waiting {
 /// Runs until [`Job::Stop`] or until every sender is gone, then flushes.
 pub(crate) fn run(mut ctx: Ctx, jobs: Receiver<Job>) {
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
-    if let Some(c) = &ctx.cluster {
-        let hello = Rec::Registry {
-            key: cluster::node_key(c.me),
-            value: Some(cluster::hello_value(c.incarnation)),
-        };
-        offer(&ctx, hello, Answer::Nobody, &mut waiting);
-    }
     loop {
+        if say_hello(&ctx) {
+            if let Some(c) = &mut ctx.cluster {
+                c.greeted = true;
+                let hello = Rec::Registry {
+                    key: cluster::node_key(c.me),
+                    value: Some(cluster::hello_value(c.incarnation)),
+                };
+                offer(&ctx, hello, Answer::Nobody, &mut waiting);
+            }
+        }
         let fatal = ctx.metrics.fatal_now();
         if fatal {
             ctx.rebuild();
         }
-        let holding = ctx.cluster.as_ref().is_some_and(|c| !c.held.is_empty());
+        let holding = ctx
+            .cluster
+            .as_ref()
+            .is_some_and(|c| !c.held.is_empty() || !c.greeted);
         if holding {
             expire_held(&mut ctx);
         }
@@ -270,7 +296,14 @@ pub(crate) fn run(mut ctx: Ctx, jobs: Receiver<Job>) {
                 routing::watch(&ctx, &out, &to, watch);
                 (hand_on(&ctx, out, to), Answer::Api(ack))
             }
-            Ok(Job::Interest(change)) => announce(&ctx, change),
+            Ok(Job::Interest(change)) => match &mut ctx.cluster {
+                // Said before the hello, it would be voided by it.
+                Some(c) if !c.greeted => {
+                    c.unannounced.push_back(change);
+                    continue;
+                }
+                _ => announce(&ctx, change),
+            },
             Ok(Job::View(u)) => {
                 tracing::debug!(update = ?u, "cluster view");
                 if let Some(c) = &mut ctx.cluster {
@@ -280,8 +313,12 @@ pub(crate) fn run(mut ctx: Ctx, jobs: Receiver<Job>) {
                 }
                 continue;
             }
-            Ok(Job::Departures(d)) => {
-                ctx.departures = Some(d);
+            Ok(Job::Start {
+                departures,
+                adoption,
+            }) => {
+                ctx.departures = Some(departures);
+                ctx.adoption = Some(adoption);
                 continue;
             }
             Ok(Job::Event(ev)) => {

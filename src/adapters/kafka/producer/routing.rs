@@ -34,6 +34,12 @@ pub(crate) struct Cluster {
     /// Client messages that came before the view was whole, in order,
     /// with when they came.
     pub held: VecDeque<(Outgoing, ReplyTo<Produced>, Instant)>,
+    /// The node's hello is out (it waits for the adoption of the earlier
+    /// life's sessions: `say_hello`).
+    pub greeted: bool,
+    /// Interest changes that came before the hello, in order: announced
+    /// after it.
+    pub unannounced: VecDeque<InterestChange>,
     /// The view's size, for `/metrics` (written here only).
     pub figures: Arc<ClusterFigures>,
 }
@@ -128,8 +134,14 @@ pub(super) fn watch(ctx: &Ctx, out: &Outgoing, to: &HandTo, node: Option<u16>) {
 }
 
 /// The next client message held for the view, once the view is whole.
+/// Interest changes held for the hello come first, once it is out.
 pub(super) fn release_held(ctx: &mut Ctx) -> Option<Job> {
     let c = ctx.cluster.as_mut()?;
+    if c.greeted {
+        if let Some(change) = c.unannounced.pop_front() {
+            return Some(Job::Interest(change));
+        }
+    }
     if !c.loaded {
         return None;
     }

@@ -280,19 +280,41 @@ pub(super) async fn claim_one(
             .arg(if wait { "1" } else { "0" })
             .arg(deadline)
             .arg(&token)
-            .arg(settle);
+            .arg(settle)
+            .arg(c.expiry_secs)
+            .arg(if c.adopt.is_some() { "1" } else { "0" });
         inv
+    };
+    // A persistent session joins this node's index before its claim (one
+    // connection, so Redis runs it first): a node killed once the claim
+    // landed finds the session when it starts again (`adopt`).
+    let index = |mut conn: Conn| {
+        let key = keys::owned(&s.prefix, s.node);
+        async move {
+            if !c.persistent || c.adopt.is_some() {
+                return;
+            }
+            let added: redis::RedisResult<i64> = redis::cmd("SADD")
+                .arg(key)
+                .arg(&*c.client_id)
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = added {
+                debug!(client_id = %c.client_id, "not added to this node's index of sessions: {e}");
+            }
+        }
     };
     // Sends a claim and, if its answer is lost, learns what it did.
     let send = |wait: bool, conn: &mut Conn| {
         let mut conn = conn.clone();
         let claim = &claim;
+        let index = index(conn.clone());
         async move {
             let deadline = deadline_ms(ctx);
-            match claim(wait, deadline, 0)
-                .invoke_async::<Value>(&mut conn)
-                .await
-            {
+            let mut sending = conn.clone();
+            let invocation = claim(wait, deadline, 0);
+            let (_, sent) = tokio::join!(index, invocation.invoke_async::<Value>(&mut sending));
+            match sent {
                 Err(e) if answer_lost(&e) => {
                     ctx.metrics.errors.fetch_add(1, Relaxed);
                     // The client is refused now, not after the asking.
@@ -380,6 +402,19 @@ pub(super) async fn claim_one(
         let Value::Array(v) = claimed else {
             return Err(StoreError::Unavailable("unexpected CLAIM reply".into()));
         };
+        if text(v.first()) == "other" {
+            // Not this node's any more: out of its index too.
+            ctx.metrics.adoptions_declined.fetch_add(1, Relaxed);
+            let removed: redis::RedisResult<i64> = redis::cmd("SREM")
+                .arg(keys::owned(&s.prefix, s.node))
+                .arg(&*c.client_id)
+                .query_async(conn)
+                .await;
+            if let Err(e) = removed {
+                debug!(client_id = %c.client_id, "not removed from this node's index of sessions: {e}");
+            }
+            return Err(StoreError::Stale);
+        }
         Ok(v)
     }
     .await;
@@ -459,6 +494,10 @@ pub(super) async fn claim_one(
     }
     if load && (!handed_over || out.stale_previous) && text(v.get(10)) == "1" {
         out.restored = Some(Box::new(restore(ctx, &c.client_id, &v)));
+    }
+    if c.adopt.is_some() {
+        ctx.metrics.adopted.fetch_add(1, Relaxed);
+        out.expiry_secs = text(v.get(12)).parse().ok();
     }
     Ok(out)
 }

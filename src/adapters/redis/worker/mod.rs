@@ -24,11 +24,15 @@
 //!   every write is idempotent, and no later batch has been sent.
 //! - **Control messages** for this node arrive on its pub/sub channel.
 //! - **The node lease** is refreshed every third of `presence.node_lease_secs`.
+//! - **Adoption.** Once, at start: the persistent sessions this node held
+//!   before it restarted that no other node claimed since are claimed
+//!   again and parked offline (`adopt.rs`).
 //!
 //! | file | concern |
 //! | --- | --- |
 //! | `mod.rs` | the thread's loop, its shared `Ctx`, answers while Redis is down |
 //! | `claims.rs` | CLAIM and ADMIT, handoffs, claim order, restoring a session |
+//! | `adopt.rs` | at start, the sessions of this node's earlier life, claimed again |
 //! | `writer.rs` | the journal's writes: batches, pipelines, outcomes |
 //! | `control.rs` | presence entries, the control channel, the node lease |
 //! | `lookup.rs` | the HTTP API's cluster-wide questions |
@@ -44,11 +48,13 @@ use redis::{RedisError, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn};
 
+mod adopt;
 mod claims;
 mod control;
 mod lookup;
 mod writer;
 
+pub(crate) use adopt::ADOPT_WAIT_MS;
 use claims::{
     claim_done, claim_one, defer_behind_claims, sub_from, sub_to, until_let_go, ClaimLines,
     ClaimTurn, SKEW_MARGIN_MS,
@@ -142,6 +148,7 @@ pub(super) async fn run(ctx: Rc<Ctx>, mut jobs: UnboundedReceiver<Job>) {
     // The lease holds before the first claim is made: a durable session
     // is served only while it does.
     renew_lease(&ctx, &mut conn.clone()).await;
+    tokio::task::spawn_local(adopt::adopt(ctx.clone(), conn.clone()));
     let (writes_tx, writes_rx) = unbounded_channel();
     let writer = tokio::task::spawn_local(writer(ctx.clone(), conn.clone(), writes_rx));
     let others = [

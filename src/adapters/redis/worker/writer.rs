@@ -43,6 +43,7 @@ pub(super) async fn writer(ctx: Rc<Ctx>, mut conn: Conn, mut rx: UnboundedReceiv
             match apply(&ctx, &mut conn, &ops).await {
                 Ok(results) => {
                     ctx.metrics.observe(started);
+                    unindex_ended(&ctx, &conn, &ops, &results);
                     settle(&ctx, ops, results);
                     break;
                 }
@@ -63,6 +64,33 @@ pub(super) async fn writer(ctx: Rc<Ctx>, mut conn: Conn, mut rx: UnboundedReceiv
             }
         }
     }
+}
+
+/// Takes the sessions whose end just landed out of this node's index of
+/// sessions to adopt ([`keys::owned`]), so that it holds the node's live
+/// sessions rather than every client id it ever claimed (what another
+/// node claimed since leaves it at the next start, declined).
+fn unindex_ended(ctx: &Rc<Ctx>, conn: &Conn, ops: &[StoreOp], results: &[Outcome]) {
+    let ended: Vec<&str> = ops
+        .iter()
+        .zip(results)
+        .filter_map(|(op, r)| match (op, r) {
+            (StoreOp::End { session }, Outcome::Done) => Some(&*session.client_id),
+            _ => None,
+        })
+        .collect();
+    if ended.is_empty() {
+        return;
+    }
+    let mut srem = redis::cmd("SREM");
+    srem.arg(keys::owned(&ctx.settings.prefix, ctx.settings.node))
+        .arg(ended);
+    let mut conn = conn.clone();
+    tokio::task::spawn_local(async move {
+        if let Err(e) = srem.query_async::<i64>(&mut conn).await {
+            debug!("ended sessions not removed from this node's index: {e}");
+        }
+    });
 }
 
 /// The result of one op: done, refused as stale, or failed (with what

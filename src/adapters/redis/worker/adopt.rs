@@ -1,0 +1,78 @@
+//! Adoption at start: the persistent sessions this node's earlier life
+//! claimed ([`keys::owned`]) are handed to the cores, which claim them
+//! again without a connection; the claim (`scripts::CLAIM` with `adopt`)
+//! takes only those no other node claimed since, and each comes back
+//! parked offline. Why, and what waits for it: `bridge::adoption`.
+
+// The worker's files share its imports and helpers.
+use super::*;
+use crate::bridge::adoption::Adoption;
+
+/// How long the cluster bus waits for the adoption at most
+/// (`Adoption::begin`): a node with more sessions than it can claim again
+/// in that time goes on adopting the rest while its inbox is read (their
+/// copies sent meanwhile are handed on, as before adoption), and a Redis
+/// that does not answer keeps the node off the bus no longer than this.
+pub(crate) const ADOPT_WAIT_MS: u64 = 10_000;
+
+/// Client ids asked of Redis per `SSCAN` step.
+const SCAN_COUNT: usize = 1_000;
+
+/// Pause before handing a core an adoption again when its inbox is full.
+const INBOX_FULL_RETRY: Duration = Duration::from_millis(10);
+
+/// Reads this node's index and hands each client id to a core
+/// (`BridgeMsg::Adopt`), then tells the gate every id was read. Runs once,
+/// after the first lease renewal (a claim needs the lease).
+pub(super) async fn adopt(ctx: Rc<Ctx>, mut conn: Conn) {
+    let s = &ctx.settings;
+    let gate: &Arc<Adoption> = &ctx.bridge.adoption;
+    let key = keys::owned(&s.prefix, s.node);
+    let mut cursor = 0u64;
+    let mut handed = 0usize;
+    loop {
+        let step: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SSCAN")
+            .arg(&key)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query_async(&mut conn)
+            .await;
+        let (next, ids) = match step {
+            Ok(step) => step,
+            Err(e) => {
+                warn!("cannot read this node's index of sessions from Redis ({e}): the sessions its earlier life held are not adopted; copies sent to it while it was down reach only those whose clients came back");
+                break;
+            }
+        };
+        for id in ids {
+            let client_id: Arc<str> = id.into();
+            let core = ctx.bridge.core_of(client_id.as_bytes());
+            loop {
+                // A refused message drops its ticket; the gate stays
+                // closed meanwhile, as every id is not read yet.
+                let msg = BridgeMsg::Adopt {
+                    client_id: client_id.clone(),
+                    ticket: gate.ticket(),
+                };
+                match ctx.bridge.send(core, msg) {
+                    Ok(()) => break,
+                    Err(crate::bridge::Refusal::Busy) => {
+                        tokio::time::sleep(INBOX_FULL_RETRY).await;
+                    }
+                    // Stopping.
+                    Err(_) => return,
+                }
+            }
+            handed += 1;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    if handed > 0 {
+        info!(sessions = handed, "adopting the persistent sessions this node held before it restarted (those no other node claimed since)");
+    }
+    gate.scanned();
+}
