@@ -10,6 +10,10 @@
    Redis commands and Redis CPU per message, against the memory store.
 3. Presence at 19,000 idle connections with user names: Redis commands per
    second while nothing happens, against connections / lease x 1.1.
+4. Adoption after a crash: --adopt-sessions offline persistent sessions,
+   the node killed (-9) and started again: how long until it holds every
+   one again (`tether_store_sessions_adopted_total`), from its start and
+   from its first answer on HTTP, and Redis commands per adopted session.
 
 Tether runs one core pinned to CPU 0; redis-server and the harness share
 CPU 1 (a 2-core machine has nothing else to give). Every figure is the
@@ -19,6 +23,7 @@ bench/RESULTS.md; every round's JSON stays in bench/results/store/ (summary.json
 with each round's figures, is kept in git).
 """
 import argparse, datetime, json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(ROOT, "target/release/tether-bench")
@@ -221,6 +226,70 @@ def presence_round(n, lease, window, tmp, rnd):
         redis.stop()
 
 
+def metric(port, name):
+    """A counter or gauge from a node's /metrics (None while it does not answer)."""
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return None
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def adopt_round(n, tmp, rnd):
+    """n persistent sessions left offline, the node killed and started
+    again: when it holds them all again."""
+    redis = Redis(tmp)
+    http = free_port()
+    extra = {"TETHER_HTTP__ENABLED": "true", "TETHER_HTTP__LISTEN": f"127.0.0.1:{http}"}
+    node = Tether("redis", redis, extra)
+    try:
+        path = os.path.join(OUT, f"adopt-connect.{rnd}.json")
+        # Connect, subscribe nothing, hold 1 s and leave: n offline sessions.
+        harness(["conn", "-c", str(n), "-R", "0", "-d", "1", "-V", "5", "--clean", "false",
+                 "--session-expiry", "3600"], node.port, node.proc.pid, path)
+        deadline = time.time() + 60
+        while (metric(http, "tether_sessions_offline") or 0) < n and time.time() < deadline:
+            time.sleep(0.1)
+        offline = metric(http, "tether_sessions_offline")
+        node.proc.kill()
+        node.proc.wait()
+        cmds0 = redis.commands()
+        started = time.time()
+        node = Tether("redis", redis, extra)
+        answered = None
+        adopted = 0.0
+        deadline = started + 120
+        while time.time() < deadline:
+            got = metric(http, "tether_store_sessions_adopted_total")
+            if got is not None and answered is None:
+                answered = time.time() - started
+            if got is not None and got >= n:
+                adopted = got
+                break
+            time.sleep(0.01)
+        took = time.time() - started
+        cmds = redis.commands() - cmds0
+        return {"sessions": n, "offline_before": offline, "adopted": adopted,
+                "secs_from_start": took, "secs_from_http": took - (answered or 0),
+                "redis_cmds_per_session": cmds / max(adopted, 1),
+                "rss_mb": rss_mb(node.proc.pid)}
+    finally:
+        node.stop()
+        redis.stop()
+
+
+def rss_mb(pid):
+    """A process's resident memory, MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def median(rounds, key):
     return statistics.median(r[key] for r in rounds)
 
@@ -234,7 +303,8 @@ def main():
     ap.add_argument("--presence-conns", type=int, default=19000)
     ap.add_argument("--lease", type=int, default=30)
     ap.add_argument("--window", type=int, default=60)
-    ap.add_argument("--only", default="connect,qos1,presence")
+    ap.add_argument("--adopt-sessions", type=int, default=10000)
+    ap.add_argument("--only", default="connect,qos1,presence,adopt")
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
     a = ap.parse_args()
     for tool in ("redis-server", "redis-cli", "taskset"):
@@ -275,6 +345,15 @@ def main():
                 print(f"[presence round {rnd + 1}/{a.rounds}] {r['redis_cmds_per_sec']:.0f} cmds/s "
                       f"(target <= {r['target']:.0f})", flush=True)
             res["presence"] = rows
+        if "adopt" in only:
+            rows = []
+            for rnd in range(a.rounds):
+                r = adopt_round(a.adopt_sessions, tmp, rnd)
+                rows.append(r)
+                print(f"[adopt round {rnd + 1}/{a.rounds}] {r['adopted']:.0f} of {r['sessions']} sessions "
+                      f"in {r['secs_from_start']:.2f} s from start ({r['secs_from_http']:.2f} s after HTTP answered), "
+                      f"{r['redis_cmds_per_session']:.1f} Redis commands each", flush=True)
+            res["adopt"] = rows
     took = time.time() - started
     block = render(res, a, took)
     print()
@@ -290,7 +369,7 @@ def render(res, a, took):
     lines = [
         f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {uname.node}, Linux {uname.release}, "
         f"{os.cpu_count()} CPUs; took {took / 60:.1f} min.",
-        f"Command: `bench/store.sh --rounds {a.rounds}{'' if a.only == 'connect,qos1,presence' else ' --only ' + a.only}`. "
+        f"Command: `bench/store.sh --rounds {a.rounds}{'' if a.only == 'connect,qos1,presence,adopt' else ' --only ' + a.only}`. "
         "Tether: one core on CPU 0; redis-server (no persistence) and the harness on CPU 1. Medians of "
         f"{a.rounds} alternating rounds.",
         "",
@@ -345,6 +424,20 @@ def render(res, a, took):
             f"Redis commands/s while idle: **{rate:,.0f}** (target <= {target:,.0f} = connections / lease x 1.1: "
             f"**{'met' if rate <= target else 'missed'}**). Rounds: "
             + ", ".join(f"{x['redis_cmds_per_sec']:.0f}" for x in rows) + ".",
+            "",
+        ]
+    rows = res.get("adopt")
+    if rows:
+        lines += [
+            f"**Adoption after a crash** ({a.adopt_sessions:,} offline persistent sessions, the node killed "
+            "with -9 and started again at once):",
+            "",
+            "| sessions adopted | s from the process's start | s from its first HTTP answer | "
+            "Redis commands per session | RSS after (MiB) |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+            f"| {median(rows, 'adopted'):,.0f} | {median(rows, 'secs_from_start'):.2f} | "
+            f"{median(rows, 'secs_from_http'):.2f} | {median(rows, 'redis_cmds_per_session'):.1f} | "
+            f"{median(rows, 'rss_mb'):.0f} |",
             "",
         ]
     return "\n".join(lines).rstrip() + "\n"

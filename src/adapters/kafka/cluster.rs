@@ -291,6 +291,14 @@ impl ClusterView {
         }
     }
 
+    /// Whether `node` announced `filter` itself (on any core).
+    pub fn announces(&self, node: u16, filter: &str) -> bool {
+        self.announced
+            .range((node, 0, Arc::from(""))..)
+            .take_while(|(n, ..)| *n == node)
+            .any(|(_, _, f)| &**f == filter)
+    }
+
     /// Whether `node` has a plain subscriber to `topic`, as far as this
     /// view knows: a message published on it is routed there.
     pub fn interested(&self, node: u16, topic: &str) -> bool {
@@ -447,6 +455,22 @@ mod tests {
         );
         v.apply(off(3, 1, "fleet/#"));
         assert!(!v.interested(3, "fleet/x"));
+    }
+
+    #[test]
+    fn a_node_announces_the_filters_it_named_on_any_core() {
+        let mut v = ClusterView::new(1);
+        v.apply(on(3, 1, "fleet/#"));
+        v.apply(on(2, 0, "news/+"));
+        assert!(v.announces(3, "fleet/#"));
+        assert!(
+            !v.announces(3, "fleet/a"),
+            "the filter itself, not a topic it matches"
+        );
+        assert!(!v.announces(2, "fleet/#"));
+        assert!(v.announces(2, "news/+"));
+        v.apply(off(3, 1, "fleet/#"));
+        assert!(!v.announces(3, "fleet/#"));
     }
 
     #[test]

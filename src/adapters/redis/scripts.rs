@@ -56,8 +56,10 @@ use redis::Script;
 /// session its earlier life owned (`bridge::adoption`): it goes ahead only
 /// if the session is present, Redis still names this node as its owner,
 /// and the claim that made it so was not this life's (its token's
-/// incarnation is another). Otherwise the answer is `{'other'}` and
-/// nothing changes. An adoption also answers the session's expiry: what
+/// incarnation is another). Otherwise the answer is `{'other', owner
+/// node, moves, subs}` and nothing changes: the session's node now, if
+/// another, gets the copies that still come here for it (the restarted
+/// node hands them on as for a session that left it). An adoption also answers the session's expiry: what
 /// is left of its TTL if it was offline, else the expiry its last claim
 /// recorded (`exp`), else empty.
 ///
@@ -108,7 +110,8 @@ if adopt then
   local mine = string.match(ARGV[10], '^([^.]*)%.')
   local last = string.match(rec[2] or '', '^([^.|]*)%.')
   if rec[1] ~= ARGV[1] or not rec[3] or last == mine then
-    return {'other'}
+    return {'other', rec[1] or '', redis.call('HGET', s, 'moves') or '',
+      redis.call('HGETALL', KEYS[2])}
   end
   local ttl = redis.call('PTTL', s)
   if rec[4] == '0' and ttl > 0 then

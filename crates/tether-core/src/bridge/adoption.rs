@@ -21,6 +21,15 @@
 //! again). A node with nothing to adopt, or without a durable store,
 //! never closes the gate.
 //!
+//! A session another node claimed while this one was down is not adopted
+//! but recorded as a departure ([`super::departures`]): copies the other
+//! nodes still route here by the earlier life's announcements are handed
+//! on to it. Its new node may not have announced it yet (cut off from
+//! Kafka when it claimed the session: the soak lost 3.6 s of a
+//! subscriber's messages so, from the restarted node's hello to that
+//! announcement), so the hello also waits until every such node is seen
+//! announcing (`Departures::awaiting`), up to the same deadline.
+//!
 //! The store counts what it hands the cores with [`Ticket`]s: each
 //! adoption's ticket goes with its claim and is dropped once the claim
 //! was answered (or at once, if the core had no need of it), and the gate
@@ -60,6 +69,18 @@ impl Adoption {
     pub fn open(&self) -> bool {
         !self.closed.load(Ordering::Acquire)
             || crate::wallclock::now_ms() >= self.deadline_ms.load(Ordering::Relaxed)
+    }
+
+    /// Whether an adoption was begun and the deadline it set has passed
+    /// (whether or not it is over).
+    pub fn overdue(&self) -> bool {
+        let deadline = self.deadline_ms.load(Ordering::Relaxed);
+        deadline > 0 && crate::wallclock::now_ms() >= deadline
+    }
+
+    /// Tickets not yet dropped: adoptions handed out and not yet answered.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Acquire)
     }
 
     /// A ticket for one session handed to a core.
@@ -109,6 +130,7 @@ mod tests {
         let t1 = a.ticket();
         let t2 = a.ticket();
         drop(t1);
+        assert_eq!(a.outstanding(), 1);
         assert!(!a.open(), "still reading ids");
         a.scanned();
         assert!(!a.open(), "one ticket out");
@@ -126,5 +148,8 @@ mod tests {
         b.begin(0);
         let _held = b.ticket();
         assert!(b.open(), "the deadline passed");
+        assert!(b.overdue());
+        assert!(!a.overdue(), "over before its deadline");
+        assert!(!Adoption::default().overdue(), "never begun");
     }
 }

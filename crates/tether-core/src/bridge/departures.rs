@@ -224,6 +224,33 @@ impl Departures {
         }
     }
 
+    /// Whether a departure waits at `now_ms` (ms since the Unix epoch) for
+    /// the node its session went to: named, not yet seen interested, and
+    /// still handing on. One whose node `announces` one of its filters
+    /// now is seen, and waits no more. A restarted node's hello waits
+    /// while this holds for the sessions its earlier life lost while it
+    /// was down (`bridge::adoption`): the hello voids the announcements
+    /// that route their copies here.
+    pub fn awaiting(&self, announces: impl Fn(u16, &str) -> bool, now_ms: u64) -> bool {
+        if !self.any.load(Relaxed) {
+            return false;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waiting = false;
+        for d in inner.by_client.values_mut() {
+            let Some(to) = d.to else { continue };
+            if d.seen_ms.is_some() || now_ms > d.hands_on_until() {
+                continue;
+            }
+            if d.filters.iter().any(|f| announces(to, f)) {
+                d.seen_ms = Some(now_ms);
+            } else {
+                waiting = true;
+            }
+        }
+        waiting
+    }
+
     /// Whether a departure still hands on copies of `filter` at `now_ms`
     /// (ms since the Unix epoch): this node keeps announcing it, or the
     /// other nodes would stop sending it those copies.
@@ -374,6 +401,26 @@ mod tests {
                 c.client_id
             })
             .collect()
+    }
+
+    #[test]
+    fn a_departure_awaits_its_node_until_that_node_announces_one_of_its_filters() {
+        let d = on();
+        assert!(!d.awaiting(|_, _| false, 1_000), "nothing recorded");
+        d.record(&id("dev1"), vec![id("fleet/#")], 1_000, Some(3));
+        d.record(&id("dev2"), vec![id("news/+")], 1_000, None);
+        assert!(d.awaiting(|_, _| false, 2_000), "node 3 announced nothing");
+        let node3 = |n: u16, f: &str| n == 3 && f == "fleet/#";
+        assert!(!d.awaiting(node3, 3_000), "seen: no longer awaited");
+        assert!(!d.awaiting(|_, _| false, 4_000), "seen stays seen");
+        let c = d.claimants("fleet/a", 3_000 + HAND_ON_MARGIN_MS, None);
+        assert_eq!(c.len(), 1, "handed on for a margin after it was seen");
+        assert_eq!(c[0].watch, None);
+
+        let late = on();
+        late.record(&id("dev3"), vec![id("fleet/#")], 1_000, Some(2));
+        let past = 1_000 + UNSEEN_MAX_MS + 1;
+        assert!(!late.awaiting(|_, _| false, past), "no longer handing on");
     }
 
     #[test]

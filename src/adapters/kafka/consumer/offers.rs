@@ -444,7 +444,14 @@ async fn hand_on_departed(ctx: &Ctx, req: &PublishRequest, scope: &Scope, h: &Ha
         Scope::Orphan { .. } => return Outcome::Accepted,
         _ => None,
     };
-    for claimant in bridge.departures.claimants(&req.topic, h.sent_ms, only) {
+    let claimants = bridge.departures.claimants(&req.topic, h.sent_ms, only);
+    // Handed on to every node the view knows: a node that just started
+    // (its departures are the sessions other nodes took while it was
+    // down) waits until it knows them all, or the copy reaches only itself.
+    if !claimants.is_empty() {
+        wait_for_view(ctx).await;
+    }
+    for claimant in claimants {
         ctx.metrics.handed_on.fetch_add(1, Relaxed);
         let session = claimant.client_id;
         debug!(client_id = %session, topic = %req.topic, "handing a copy on: its session left this node");
@@ -471,9 +478,7 @@ async fn hand_on_departed(ctx: &Ctx, req: &PublishRequest, scope: &Scope, h: &Ha
 /// Handed on once the interest topic was read, so that the cluster view
 /// knows every node; its offset is stored once every copy is in Kafka.
 async fn hand_on_orphan(ctx: &Ctx, req: &PublishRequest, h: &HandOn, to: HandTo) -> Outcome {
-    while !ctx.loaded.load(Relaxed) {
-        tokio::time::sleep(BUSY_RETRY).await;
-    }
+    wait_for_view(ctx).await;
     ctx.metrics.orphans.fetch_add(1, Relaxed);
     let out = ctx.outgoing(req, h.client.clone(), h.user.clone());
     let job = |ack| Job::HandOn {
@@ -488,6 +493,14 @@ async fn hand_on_orphan(ctx: &Ctx, req: &PublishRequest, h: &HandOn, to: HandTo)
         job,
     )
     .await
+}
+
+/// Waits until the interest topic was read to its end: the cluster view
+/// knows every node, and a copy handed on to every node reaches them all.
+async fn wait_for_view(ctx: &Ctx) {
+    while !ctx.loaded.load(Relaxed) {
+        tokio::time::sleep(BUSY_RETRY).await;
+    }
 }
 
 #[cfg(test)]

@@ -199,14 +199,30 @@ impl Ctx {
     }
 }
 
-/// Whether the node's hello is due now: not said yet, and the adoption of
-/// its earlier life's sessions is over (`bridge::adoption`). Until then
-/// the other nodes go on routing by what its earlier life announced,
-/// which is what the adopted sessions want; the hello voids that, and
-/// the interest changes held meanwhile follow it (`release_held`).
+/// Whether the node's hello is due now: not said yet, the adoption of its
+/// earlier life's sessions is over (`bridge::adoption`), and the nodes
+/// that took that life's other sessions while it was down are seen
+/// announcing them (`Departures::awaiting`, judged once the view is
+/// whole); or the adoption's deadline passed. Until then the other nodes
+/// go on routing by what the earlier life announced, which is what both
+/// kinds of sessions want (copies for the departed ones are handed on);
+/// the hello voids that, and the interest changes held meanwhile follow
+/// it (`release_held`).
 fn say_hello(ctx: &Ctx) -> bool {
-    let adopted = ctx.adoption.as_ref().is_some_and(|a| a.open());
-    ctx.cluster.as_ref().is_some_and(|c| !c.greeted) && adopted
+    let (Some(c), Some(adoption)) = (&ctx.cluster, &ctx.adoption) else {
+        return false;
+    };
+    if c.greeted || !adoption.open() {
+        return false;
+    }
+    let Some(departures) = ctx.departures.as_ref().filter(|d| !d.is_empty()) else {
+        return true;
+    };
+    if adoption.overdue() {
+        return true;
+    }
+    let now = crate::wallclock::now_ms();
+    c.loaded && !departures.awaiting(|node, f| c.view.announces(node, f), now)
 }
 
 /// One record to produce.

@@ -13,13 +13,25 @@ use crate::bridge::adoption::Adoption;
 /// in that time goes on adopting the rest while its inbox is read (their
 /// copies sent meanwhile are handed on, as before adoption), and a Redis
 /// that does not answer keeps the node off the bus no longer than this.
-pub(crate) const ADOPT_WAIT_MS: u64 = 10_000;
+/// The hello waits as long, at most, for the nodes that took sessions
+/// meanwhile to announce them: longer than a node cut off from Kafka at
+/// the same time takes to announce once it is back (the soak: 3.6 s
+/// after the heal), short enough that the SUBACKs of the node's new
+/// clients (held until their filters are announced, after the hello) do
+/// not time out.
+pub(crate) const ADOPT_WAIT_MS: u64 = 15_000;
 
 /// Client ids asked of Redis per `SSCAN` step.
 const SCAN_COUNT: usize = 1_000;
 
-/// Pause before handing a core an adoption again when its inbox is full.
-const INBOX_FULL_RETRY: Duration = Duration::from_millis(10);
+/// Adoptions handed out and not yet answered, at most: each holds one of
+/// its core's pending claims (`runtime.max_pending_claims`, 4,096 by
+/// default), which the clients reconnecting after the restart need too.
+const IN_FLIGHT: usize = 256;
+
+/// Pause before handing a core an adoption again when its inbox is full,
+/// or while [`IN_FLIGHT`] adoptions are out.
+const RETRY: Duration = Duration::from_millis(10);
 
 /// Reads this node's index and hands each client id to a core
 /// (`BridgeMsg::Adopt`), then tells the gate every id was read. Runs once,
@@ -46,6 +58,9 @@ pub(super) async fn adopt(ctx: Rc<Ctx>, mut conn: Conn) {
             }
         };
         for id in ids {
+            while gate.outstanding() >= IN_FLIGHT {
+                tokio::time::sleep(RETRY).await;
+            }
             let client_id: Arc<str> = id.into();
             let core = ctx.bridge.core_of(client_id.as_bytes());
             loop {
@@ -58,7 +73,7 @@ pub(super) async fn adopt(ctx: Rc<Ctx>, mut conn: Conn) {
                 match ctx.bridge.send(core, msg) {
                     Ok(()) => break,
                     Err(crate::bridge::Refusal::Busy) => {
-                        tokio::time::sleep(INBOX_FULL_RETRY).await;
+                        tokio::time::sleep(RETRY).await;
                     }
                     // Stopping.
                     Err(_) => return,
