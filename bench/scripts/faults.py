@@ -23,7 +23,7 @@ against every fault active within `BLAME_S` before it), and exits 1 if any
 invariant broke. Needs root, nftables and tansu; everything it creates
 (namespaces, processes) it removes, by name and PID.
 """
-import argparse, json, os, random, shutil, signal, subprocess, sys, tempfile, time
+import argparse, json, os, random, re, shutil, signal, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import faults_check  # noqa: E402
@@ -348,7 +348,7 @@ def main():
     events = faults_check.load(log)
     subs = sorted({e["c"] for e in events if e.get("c", "").startswith("sub-")})
     found = faults_check.check(events, subs, cap_user="capped", cap=CAP)
-    table = report(found, timeline, events, a, duration, broker_repeats(workdir),
+    table = report(found, timeline, events, a, duration, broker_defects(workdir),
                    figure(workdir, "tether_dropped_queue_full_total"))
     print(table)
     if a.report:
@@ -375,15 +375,32 @@ def figure(workdir, name):
     return total
 
 
-def broker_repeats(workdir):
-    """Records the nodes saw at an offset their partition had passed
-    (`tether_kafka_offsets_repeated_total`): a broker defect, around which
-    copies can be lost. The checker never reads it; the report names it
-    beside what the clients saw."""
-    return figure(workdir, "tether_kafka_offsets_repeated_total")
+def broker_defects(workdir):
+    """What the nodes saw of the broker's offsets: records served at an
+    offset their partition had passed (`tether_kafka_offsets_repeated_total`)
+    and gaps (`tether_kafka_offsets_skipped_total`: the harness's topics
+    have no transactions and no compaction, so a gap is records never
+    served). Broker defects, around which copies can be lost. The checker
+    never reads them; the report names them beside what the clients saw.
+    The counters start again with a node that restarts, so the nodes' logs
+    count too: one line per event, or per burst with `held_back` more."""
+    logged = {"repeated": 0, "skipped": 0}
+    lines = {"repeated": "served an offset again", "skipped": "served no records between two offsets"}
+    for i in (1, 2, 3):
+        try:
+            with open(os.path.join(workdir, f"n{i}.log"), errors="replace") as f:
+                for line in f:
+                    for kind, words in lines.items():
+                        if words in line:
+                            held = re.search(r"held_back=(\d+)", line)
+                            logged[kind] += 1 + (int(held.group(1)) if held else 0)
+        except OSError:
+            pass
+    return (max(logged["repeated"], figure(workdir, "tether_kafka_offsets_repeated_total")),
+            max(logged["skipped"], figure(workdir, "tether_kafka_offsets_skipped_total")))
 
 
-def report(found, timeline, events, a, duration, repeats=0, queue_full=0):
+def report(found, timeline, events, a, duration, broker=(0, 0), queue_full=0):
     acked = sum(1 for e in events if e["e"] == "puback")
     delivered = sum(1 for e in events if e["e"] == "deliver")
     takeovers = sum(1 for e in events if e["e"] == "connack" and e["c"].startswith("sub-") and e.get("present"))
@@ -412,9 +429,11 @@ def report(found, timeline, events, a, duration, repeats=0, queue_full=0):
              "| --- | ---: | ---: | ---: |"]
     times += [f"| {label} | {start:.0f} | {fmt(rec[label]['takeover_s'])} | {fmt(rec[label]['back_s'])} |"
               for label, start, _ in timeline]
+    repeats, skips = broker
     broker = (f"\n\nThe broker served {repeats} record(s) at an offset its partition had passed "
-              "(`tether_kafka_offsets_repeated_total`, a broker defect: copies around them can be lost "
-              "or doubled by the broker, whatever the gateway does)." if repeats else "")
+              f"(`tether_kafka_offsets_repeated_total`) and left {skips} gap(s) in a partition's offsets "
+              "(`tether_kafka_offsets_skipped_total`): broker defects, around which copies can be lost "
+              "or doubled by the broker, whatever the gateway does." if repeats or skips else "")
     dropped = (f"\n\nSessions' queues dropped {queue_full} QoS 1/2 message(s) "
                f"(`tether_dropped_queue_full_total`; `session.max_queued_messages` = {SESSION_QUEUE}): "
                "counted drops, which the checker sees as lost." if queue_full else "")

@@ -93,6 +93,8 @@ pub(crate) struct InMetrics {
     /// Records whose offset did not advance past the partition's last
     /// one (`offers::Offsets`): the broker served records it skipped.
     pub offsets_repeated: AtomicU64,
+    /// Gaps in a partition's offsets (`offers::Offsets`).
+    pub offsets_skipped: AtomicU64,
 }
 
 /// The sources' consumer: made with the gateway, started once the cores'
@@ -406,6 +408,7 @@ impl KafkaInbound {
             ("kafka_busy_retries", "Times a busy core was offered a record again.", m.busy_retries.load(Relaxed), true),
             ("kafka_consumer_errors", "Consumer errors (broker unreachable, rebalance failures, ...).", m.errors.load(Relaxed), true),
             ("kafka_offsets_repeated", "Records whose offset did not advance past their partition's last one: a broker defect; records around them were served twice, or skipped and never served to this node.", m.offsets_repeated.load(Relaxed), true),
+            ("kafka_offsets_skipped", "Gaps in a partition's offsets (records never served to this node): normal where a transaction's marker or compaction took them; on a cluster inbox, which has neither, a broker defect.", m.offsets_skipped.load(Relaxed), true),
         ]
     }
 }
