@@ -63,10 +63,17 @@ use redis::Script;
 /// is left of its TTL if it was offline, else the expiry its last claim
 /// recorded (`exp`), else empty.
 ///
-/// KEYS: s, sub, m, p, rx. ARGV: node, core, conn, clean (0/1), persistent
-/// (0/1), user, keep (0/1), wait (0/1), deadline (Redis's clock, ms), token
-/// (`<incarnation>.<conn>`, no `|`), settle (0, or the lost claim's
-/// deadline), expiry (s), adopt (0/1).
+/// **The node's index.** A persistent claim adds the client id to its
+/// node's index of sessions (`keys::owned`, KEYS[6]), in the same script:
+/// a node killed once the claim landed finds the session when it starts
+/// again. Only on a single Redis: on a Redis Cluster the index is in
+/// another slot, and the worker adds it beside the claim.
+///
+/// KEYS: s, sub, m, p, rx, and the node's index (a single Redis only).
+/// ARGV: node, core, conn, clean (0/1), persistent (0/1), user, keep (0/1),
+/// wait (0/1), deadline (Redis's clock, ms), token (`<incarnation>.<conn>`,
+/// no `|`), settle (0, or the lost claim's deadline), expiry (s), adopt
+/// (0/1), client id.
 /// Returns {epoch, prev node, prev core, prev conn, prev up} and, when it
 /// loads: {subs, messages, sent, incoming, last seq, present, moves}, and
 /// for an adoption, its expiry.
@@ -105,6 +112,7 @@ if now / 1000 > tonumber(ARGV[9]) then
 end
 local adopt = ARGV[13] == '1'
 local expiry = ''
+local exp = ARGV[12]
 if adopt then
   local rec = redis.call('HMGET', s, 'node', 'claim', 'seq', 'up', 'exp')
   local mine = string.match(ARGV[10], '^([^.]*)%.')
@@ -119,6 +127,7 @@ if adopt then
   else
     expiry = rec[5] or ''
   end
+  exp = rec[5] or exp
 end
 local cur = tonumber(redis.call('HGET', s, 'epoch') or '0')
 local prev = redis.call('HMGET', s, 'node', 'core', 'conn', 'up')
@@ -145,13 +154,13 @@ if not load then
 end
 local was = {prev[1] or '', prev[2] or '', prev[3] or '', prev[4] or '0', present and '1' or '0'}
 redis.call('HSET', s, 'epoch', e, 'node', ARGV[1], 'core', ARGV[2], 'conn', ARGV[3],
-  'up', '1', 'user', ARGV[6], 'moves', moves,
+  'up', '1', 'user', ARGV[6], 'moves', moves, 'exp', exp,
   'claim', ARGV[10] .. '|' .. table.concat(was, '|'))
 if not load or not present then
   redis.call('HSET', s, 'seq', '0')
 end
-if not adopt then
-  redis.call('HSET', s, 'exp', ARGV[12])
+if KEYS[6] and ARGV[5] == '1' and not adopt then
+  redis.call('SADD', KEYS[6], ARGV[14])
 end
 for i = 1, 5 do redis.call('PERSIST', KEYS[i]) end
 local out = answer(e, was[1], was[2], was[3], was[4], was[5], moves)

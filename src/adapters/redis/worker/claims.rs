@@ -265,10 +265,17 @@ pub(super) async fn claim_one(
     let token = format!("{}.{}", s.incarnation, c.conn);
     // CLAIM, sent now: `wait` leaves a session attached elsewhere alone
     // (`busy`); `settle` asks what the claim that had that deadline did.
+    // On a single Redis the claim adds the session to this node's index
+    // itself; on a Redis Cluster the index is in another slot (`index`).
+    let cluster = conn.is_cluster();
+    let owned = keys::owned(&s.prefix, s.node);
     let claim = |wait: bool, deadline: u64, settle: u64| {
         let mut inv = ctx.scripts.claim.prepare_invoke();
         for k in &keys {
             inv.key(k);
+        }
+        if !cluster {
+            inv.key(&owned);
         }
         inv.arg(s.node)
             .arg(c.loc.core)
@@ -282,16 +289,17 @@ pub(super) async fn claim_one(
             .arg(&token)
             .arg(settle)
             .arg(c.expiry_secs)
-            .arg(if c.adopt.is_some() { "1" } else { "0" });
+            .arg(if c.adopt.is_some() { "1" } else { "0" })
+            .arg(&*c.client_id);
         inv
     };
-    // A persistent session joins this node's index before its claim (one
-    // connection, so Redis runs it first): a node killed once the claim
+    // On a Redis Cluster, a persistent session joins this node's index
+    // just before its claim, beside it: a node killed once the claim
     // landed finds the session when it starts again (`adopt`).
     let index = |mut conn: Conn| {
-        let key = keys::owned(&s.prefix, s.node);
+        let key = owned.clone();
         async move {
-            if !c.persistent || c.adopt.is_some() {
+            if !cluster || !c.persistent || c.adopt.is_some() {
                 return;
             }
             let added: redis::RedisResult<i64> = redis::cmd("SADD")
