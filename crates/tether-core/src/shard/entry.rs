@@ -143,6 +143,25 @@ pub struct ConnectInfo {
     pub from_store: Option<Box<crate::session::Session>>,
 }
 
+impl ConnectInfo {
+    /// What a claim without a CONNECT of its own asks (an adoption, a
+    /// test): no properties granted, a plain CONNACK prepared.
+    pub fn bare(clean_start: bool, expiry_secs: u32) -> ConnectInfo {
+        ConnectInfo {
+            clean_start,
+            expiry_secs,
+            connack: ConnAck {
+                session_present: false,
+                code: crate::codec::reason::SUCCESS,
+                properties: Default::default(),
+            },
+            durable: None,
+            stale_handover: false,
+            from_store: None,
+        }
+    }
+}
+
 /// An enhanced-authentication exchange waiting for the client's next AUTH.
 pub struct AuthInProgress {
     /// The Authentication Method.

@@ -19,14 +19,7 @@ impl Core {
     /// Adds an accepted socket; arms the CONNECT deadline.
     pub fn register(&self, peer: SocketAddr, transport: u8) -> (ConnKey, ConnId) {
         let mut st = self.st.borrow_mut();
-        st.next_gen = st.next_gen.wrapping_add(1);
-        st.next_seq += 1;
-        let gen = st.next_gen;
-        let id = ConnId {
-            node: self.node.node_id,
-            core: self.id as u16,
-            seq: st.next_seq,
-        };
+        let (gen, id) = self.next_entry(&mut st);
         let window = self.cfg.mqtt.inflight_window;
         let index = st.conns.insert(Entry {
             gen,
@@ -47,6 +40,18 @@ impl Core {
         self.stats().connections.fetch_add(1, Relaxed);
         bump(&self.stats().accepted, 1);
         (key, id)
+    }
+
+    /// The generation and the connection id of the next slab entry.
+    pub(super) fn next_entry(&self, st: &mut CoreState) -> (u32, ConnId) {
+        st.next_gen = st.next_gen.wrapping_add(1);
+        st.next_seq += 1;
+        let id = ConnId {
+            node: self.node.node_id,
+            core: self.id as u16,
+            seq: st.next_seq,
+        };
+        (st.next_gen, id)
     }
 
     /// The connection task of `key` ended (socket closed).

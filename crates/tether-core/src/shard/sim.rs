@@ -13,7 +13,7 @@ use super::*;
 use crate::auth::{AllowAll, AuthChain, DenyLists};
 use crate::bridge::outbound::{NoOutbound, Outbound};
 use crate::bridge::{Bell, ReplyTo};
-use crate::codec::{reason, ConnAck, Packet, QoS, SubOptions, Version};
+use crate::codec::{Packet, QoS, SubOptions, Version};
 use crate::id::Location;
 use crate::session::{Frame, Publication};
 use crate::store::{Claim, ClaimResult, MemoryStore, SessionStore};
@@ -166,18 +166,7 @@ impl Node {
         let (key, _) = c.register("127.0.0.1:1".parse().unwrap(), 0);
         let mut st = c.st.borrow_mut();
         st.link(key).unwrap().version = Version::V5;
-        let info = ConnectInfo {
-            clean_start: clean,
-            expiry_secs: 300,
-            connack: ConnAck {
-                session_present: false,
-                code: reason::SUCCESS,
-                properties: Default::default(),
-            },
-            durable: None,
-            stale_handover: false,
-            from_store: None,
-        };
+        let info = ConnectInfo::bare(clean, 300);
         c.claim(&mut st, key, client_id.into(), info)
             .expect("claimed");
         key

@@ -130,14 +130,7 @@ impl Core {
         if self.node.store.locate(&client_id).is_some() {
             return;
         }
-        st.next_gen = st.next_gen.wrapping_add(1);
-        st.next_seq += 1;
-        let gen = st.next_gen;
-        let id = crate::id::ConnId {
-            node: self.node.node_id,
-            core: self.id as u16,
-            seq: st.next_seq,
-        };
+        let (gen, id) = self.next_entry(st);
         let index = st.conns.insert(super::Entry {
             gen,
             id,
@@ -152,18 +145,7 @@ impl Core {
         };
         // Parked with the expiry the store answers (`Claimed::expiry_secs`);
         // this one stands in until then.
-        let info = ConnectInfo {
-            clean_start: false,
-            expiry_secs: self.cfg.session.max_expiry_secs.max(1),
-            connack: crate::codec::ConnAck {
-                session_present: false,
-                code: reason::SUCCESS,
-                properties: Default::default(),
-            },
-            durable: None,
-            stale_handover: false,
-            from_store: None,
-        };
+        let info = ConnectInfo::bare(false, self.cfg.session.max_expiry_secs.max(1));
         if let Err(refused) =
             self.claim_as(st, key, client_id.clone(), info, Some(Arc::new(ticket)))
         {
