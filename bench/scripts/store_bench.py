@@ -305,7 +305,8 @@ def main():
     ap.add_argument("--window", type=int, default=60)
     ap.add_argument("--adopt-sessions", type=int, default=10000)
     ap.add_argument("--only", default="connect,qos1,presence,adopt")
-    ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
+    ap.add_argument("--no-write", action="store_true",
+                    help="do not touch bench/RESULTS.md or the summary.json kept in git")
     a = ap.parse_args()
     for tool in ("redis-server", "redis-cli", "taskset"):
         if not shutil.which(tool):
@@ -358,9 +359,9 @@ def main():
     block = render(res, a, took)
     print()
     print(block)
-    with open(os.path.join(OUT, "summary.json"), "w") as f:
-        json.dump(res, f, indent=1)
     if not a.no_write:
+        with open(os.path.join(OUT, "summary.json"), "w") as f:
+            json.dump(res, f, indent=1)
         splice(block)
 
 
