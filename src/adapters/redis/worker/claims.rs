@@ -411,16 +411,20 @@ pub(super) async fn claim_one(
             return Err(StoreError::Unavailable("unexpected CLAIM reply".into()));
         };
         if text(v.first()) == "other" {
-            // Not this node's any more: out of its index too.
             ctx.metrics.adoptions_declined.fetch_add(1, Relaxed);
             left_while_down(ctx, &c.client_id, &v);
-            let removed: redis::RedisResult<i64> = redis::cmd("SREM")
-                .arg(keys::owned(&s.prefix, s.node))
-                .arg(&*c.client_id)
-                .query_async(conn)
-                .await;
-            if let Err(e) = removed {
-                debug!(client_id = %c.client_id, "not removed from this node's index of sessions: {e}");
+            // Not this node's any more: out of its index too. (Unless this
+            // life claimed it meanwhile, which the directory should have
+            // kept from being adopted at all: its entry stays.)
+            if text(v.get(1)) != s.node.to_string() {
+                let removed: redis::RedisResult<i64> = redis::cmd("SREM")
+                    .arg(keys::owned(&s.prefix, s.node))
+                    .arg(&*c.client_id)
+                    .query_async(conn)
+                    .await;
+                if let Err(e) = removed {
+                    debug!(client_id = %c.client_id, "not removed from this node's index of sessions: {e}");
+                }
             }
             return Err(StoreError::Stale);
         }
