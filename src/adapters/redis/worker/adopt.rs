@@ -2,9 +2,11 @@
 //! claimed ([`keys::owned`]) are handed to the cores, which claim them
 //! again without a connection; the claim (`scripts::CLAIM` with `adopt`)
 //! takes only those no other node claimed since, and each comes back
-//! parked offline. Why, and what waits for it: `bridge::adoption`.
+//! parked offline; one another node claimed meanwhile becomes a departure
+//! ([`left_while_down`]). Why, and what waits for it: `bridge::adoption`.
 
 // The worker's files share its imports and helpers.
+use super::claims::{moves, pairs};
 use super::*;
 use crate::bridge::adoption::Adoption;
 
@@ -90,4 +92,39 @@ pub(super) async fn adopt(ctx: Rc<Ctx>, mut conn: Conn) {
         info!(sessions = handed, "adopting the persistent sessions this node held before it restarted (those no other node claimed since)");
     }
     gate.scanned();
+}
+
+/// A session of this node's earlier life that another node claimed while
+/// this one was down (an adoption's `other` answer: that node, the
+/// session's moves and subscriptions) is recorded as a departure, as if it
+/// had left this node then (`bridge::departures`): the other nodes may
+/// still route its copies here, by what the earlier life announced, and
+/// this node hands them on until the session's node is seen interested
+/// in them. The hello waits for that too (`producer::say_hello`): it
+/// would void those announcements before the session's node announced.
+pub(super) fn left_while_down(ctx: &Ctx, client_id: &Arc<str>, v: &[Value]) {
+    let s = &ctx.settings;
+    let Ok(owner) = text(v.get(1)).parse::<u16>() else {
+        return;
+    };
+    let left = moves(&text(v.get(2)))
+        .into_iter()
+        .rev()
+        .find(|m| m.node == s.node);
+    let (Some(left), true) = (left, owner != s.node) else {
+        return;
+    };
+    let filters = pairs(v.get(3))
+        .into_iter()
+        .filter_map(|(filter, opts)| {
+            let (opts, _) = sub_from(&opts)?;
+            let filter = String::from_utf8(filter).ok()?;
+            let plain =
+                opts.qos != QoS::AtMostOnce && crate::id::GroupKey::parse(&filter).is_none();
+            plain.then(|| Arc::from(filter))
+        })
+        .collect();
+    ctx.bridge
+        .departures
+        .record(client_id, filters, left.at_ms, Some(owner));
 }

@@ -412,7 +412,7 @@ pub(super) async fn claim_one(
         };
         if text(v.first()) == "other" {
             ctx.metrics.adoptions_declined.fetch_add(1, Relaxed);
-            left_while_down(ctx, &c.client_id, &v);
+            super::adopt::left_while_down(ctx, &c.client_id, &v);
             // Not this node's any more: out of its index too. (Unless this
             // life claimed it meanwhile, which the directory should have
             // kept from being adopted at all: its entry stays.)
@@ -513,41 +513,6 @@ pub(super) async fn claim_one(
         out.expiry_secs = text(v.get(12)).parse().ok();
     }
     Ok(out)
-}
-
-/// A session of this node's earlier life that another node claimed while
-/// this one was down (an adoption's `other` answer: that node, the
-/// session's moves and subscriptions) is recorded as a departure, as if it
-/// had left this node then (`bridge::departures`): the other nodes may
-/// still route its copies here, by what the earlier life announced, and
-/// this node hands them on until the session's node is seen interested
-/// in them. The hello waits for that too (`producer::say_hello`): it
-/// would void those announcements before the session's node announced.
-fn left_while_down(ctx: &Ctx, client_id: &Arc<str>, v: &[Value]) {
-    let s = &ctx.settings;
-    let Ok(owner) = text(v.get(1)).parse::<u16>() else {
-        return;
-    };
-    let left = moves(&text(v.get(2)))
-        .into_iter()
-        .rev()
-        .find(|m| m.node == s.node);
-    let (Some(left), true) = (left, owner != s.node) else {
-        return;
-    };
-    let filters = pairs(v.get(3))
-        .into_iter()
-        .filter_map(|(filter, opts)| {
-            let (opts, _) = sub_from(&opts)?;
-            let filter = String::from_utf8(filter).ok()?;
-            let plain =
-                opts.qos != QoS::AtMostOnce && crate::id::GroupKey::parse(&filter).is_none();
-            plain.then(|| Arc::from(filter))
-        })
-        .collect();
-    ctx.bridge
-        .departures
-        .record(client_id, filters, left.at_ms, Some(owner));
 }
 
 /// Whether a request may have run although its answer did not come: it
@@ -696,7 +661,7 @@ fn void_admission(ctx: &Rc<Ctx>, conn: &Conn, c: &Claim, answer: Option<Vec<Stri
 }
 
 /// CLAIM's `moves`: `node:ms,...`, oldest first.
-fn moves(text: &str) -> Vec<Arrival> {
+pub(super) fn moves(text: &str) -> Vec<Arrival> {
     text.split(',')
         .filter_map(|m| {
             let (node, at) = m.split_once(':')?;
@@ -708,7 +673,7 @@ fn moves(text: &str) -> Vec<Arrival> {
         .collect()
 }
 
-fn pairs(v: Option<&Value>) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub(super) fn pairs(v: Option<&Value>) -> Vec<(Vec<u8>, Vec<u8>)> {
     let items: Vec<Vec<u8>> = match v {
         Some(Value::Array(a)) => a
             .iter()

@@ -32,7 +32,7 @@
 //! | --- | --- |
 //! | `mod.rs` | the thread's loop, its shared `Ctx`, answers while Redis is down |
 //! | `claims.rs` | CLAIM and ADMIT, handoffs, claim order, restoring a session |
-//! | `adopt.rs` | at start, the sessions of this node's earlier life, claimed again |
+//! | `adopt.rs` | at start, the sessions of this node's earlier life: claimed again, or recorded as departed |
 //! | `writer.rs` | the journal's writes: batches, pipelines, outcomes |
 //! | `control.rs` | presence entries, the control channel, the node lease |
 //! | `lookup.rs` | the HTTP API's cluster-wide questions |
