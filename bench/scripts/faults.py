@@ -378,14 +378,17 @@ def figure(workdir, name):
 def broker_defects(workdir):
     """What the nodes saw of the broker's offsets: records served at an
     offset their partition had passed (`tether_kafka_offsets_repeated_total`)
-    and gaps (`tether_kafka_offsets_skipped_total`: the harness's topics
-    have no transactions and no compaction, so a gap is records never
-    served). Broker defects, around which copies can be lost. The checker
-    never reads them; the report names them beside what the clients saw.
-    The counters start again with a node that restarts, so the nodes' logs
-    count too: one line per event, or per burst with `held_back` more."""
-    logged = {"repeated": 0, "skipped": 0}
-    lines = {"repeated": "served an offset again", "skipped": "served no records between two offsets"}
+    gaps the nodes passed over (`tether_kafka_offsets_skipped_total`: the
+    harness's topics have no transactions and no compaction, so a gap is
+    records never served), and gaps an inbox's re-read filled
+    (`tether_kafka_gaps_filled_total`). Broker defects, around which copies
+    can be lost. The checker never reads them; the report names them beside
+    what the clients saw. The counters start again with a node that
+    restarts, so the nodes' logs count too: one line per event, or per
+    burst with `held_back` more."""
+    logged = {"repeated": 0, "skipped": 0, "filled": 0}
+    lines = {"repeated": "served an offset again", "skipped": "served no records between two offsets",
+             "filled": "served a gap's records when read again"}
     for i in (1, 2, 3):
         try:
             with open(os.path.join(workdir, f"n{i}.log"), errors="replace") as f:
@@ -397,10 +400,11 @@ def broker_defects(workdir):
         except OSError:
             pass
     return (max(logged["repeated"], figure(workdir, "tether_kafka_offsets_repeated_total")),
-            max(logged["skipped"], figure(workdir, "tether_kafka_offsets_skipped_total")))
+            max(logged["skipped"], figure(workdir, "tether_kafka_offsets_skipped_total")),
+            max(logged["filled"], figure(workdir, "tether_kafka_gaps_filled_total")))
 
 
-def report(found, timeline, events, a, duration, broker=(0, 0), queue_full=0):
+def report(found, timeline, events, a, duration, broker=(0, 0, 0), queue_full=0):
     acked = sum(1 for e in events if e["e"] == "puback")
     delivered = sum(1 for e in events if e["e"] == "deliver")
     takeovers = sum(1 for e in events if e["e"] == "connack" and e["c"].startswith("sub-") and e.get("present"))
@@ -429,11 +433,13 @@ def report(found, timeline, events, a, duration, broker=(0, 0), queue_full=0):
              "| --- | ---: | ---: | ---: |"]
     times += [f"| {label} | {start:.0f} | {fmt(rec[label]['takeover_s'])} | {fmt(rec[label]['back_s'])} |"
               for label, start, _ in timeline]
-    repeats, skips = broker
+    repeats, skips, filled = broker
     broker = (f"\n\nThe broker served {repeats} record(s) at an offset its partition had passed "
               f"(`tether_kafka_offsets_repeated_total`) and left {skips} gap(s) in a partition's offsets "
               "(`tether_kafka_offsets_skipped_total`): broker defects, around which copies can be lost "
               "or doubled by the broker, whatever the gateway does." if repeats or skips else "")
+    broker += (f"\n\nThe nodes read {filled} gap(s) in an inbox's offsets again and the broker served "
+               "them then (`tether_kafka_gaps_filled_total`): nothing lost there." if filled else "")
     dropped = (f"\n\nSessions' queues dropped {queue_full} QoS 1/2 message(s) "
                f"(`tether_dropped_queue_full_total`; `session.max_queued_messages` = {SESSION_QUEUE}): "
                "counted drops, which the checker sees as lost." if queue_full else "")

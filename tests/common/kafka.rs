@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::cluster::Proc;
 use super::WAIT;
@@ -172,6 +173,21 @@ impl Kafka {
             .unwrap();
         let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic).payload(payload);
         p.send(record, WAIT).await.expect("produced");
+    }
+
+    /// Commits `offset` as `group`'s next offset of `topic`'s `partition`,
+    /// as a consumer that read up to there would.
+    pub fn commit(&self, group: &str, topic: &str, partition: i32, offset: i64) {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+            .unwrap();
+        c.commit(&tpl, CommitMode::Sync).expect("committed");
     }
 
     /// SIGSTOP (`true`) or SIGCONT our broker: a hang, not a crash.

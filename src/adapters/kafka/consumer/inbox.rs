@@ -23,10 +23,12 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::offers::run;
+use super::offsets::{Offsets, OnGap};
 use super::{Ctx, SourceConsumer};
 use crate::logging::Throttle;
 
-/// How long one metadata request for the topic's partitions may take.
+/// How long one metadata request for the topic's partitions, or the
+/// request for the group's committed offsets, may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before asking again when the broker did not answer, or the topic
 /// does not exist yet (its partitions are read once, at start).
@@ -36,7 +38,8 @@ const METADATA_RETRY: Duration = Duration::from_secs(1);
 const ADOPTION_CHECK: Duration = Duration::from_millis(20);
 
 /// Assigns every partition of `topic` (from the offsets the group
-/// committed; the earliest the first time), then reads as any source.
+/// committed; the earliest the first time), then reads as any source, but
+/// reading a gap in a partition's offsets again (`offsets`).
 pub(super) async fn read(
     ctx: Arc<Ctx>,
     consumer: SourceConsumer,
@@ -44,13 +47,13 @@ pub(super) async fn read(
     topic: String,
     stopped: watch::Receiver<bool>,
 ) {
-    let partitions = loop {
+    let resume = loop {
         if *stopped.borrow() {
             return;
         }
         let (cc, t) = (cc.clone(), topic.clone());
-        match tokio::task::spawn_blocking(move || partitions(&cc, &t)).await {
-            Ok(Ok(n)) if n > 0 => break n,
+        match tokio::task::spawn_blocking(move || resume_at(&cc, &t)).await {
+            Ok(Ok(at)) if !at.is_empty() => break at,
             outcome => {
                 static REPEATS: Throttle = Throttle::new();
                 if let Some(held_back) = REPEATS.admit() {
@@ -79,8 +82,20 @@ pub(super) async fn read(
         }
     }
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        if let Err(e) = tpl.add_partition_offset(&topic, p, Offset::Stored) {
+    let mut offsets = Offsets::new(OnGap::ReadAgain);
+    for (p, at) in resume.iter().enumerate() {
+        let p = p as i32;
+        // Where the group left off, so that a gap at the first record is
+        // noticed (tansu serves a fetch from inside a batch from the next
+        // batch); the earliest (`auto.offset.reset`) when it never did.
+        let at = match at {
+            Offset::Offset(n) => {
+                offsets.expect(&topic, p, *n);
+                Offset::Offset(*n)
+            }
+            _ => Offset::Stored,
+        };
+        if let Err(e) = tpl.add_partition_offset(&topic, p, at) {
             warn!(topic, "Kafka cluster inbox: partition {p}: {e}");
         }
     }
@@ -88,18 +103,36 @@ pub(super) async fn read(
         warn!(topic, "Kafka cluster inbox: cannot read it: {e}");
         return;
     }
-    info!(topic, partitions, "Kafka cluster inbox: reading");
-    run(ctx, consumer, stopped).await;
+    info!(
+        topic,
+        partitions = resume.len(),
+        "Kafka cluster inbox: reading"
+    );
+    run(ctx, consumer, offsets, stopped).await;
 }
 
-/// The number of partitions of `topic`, asked with a consumer of its own
-/// (blocking: run off the consuming thread's runtime).
-fn partitions(cc: &ClientConfig, topic: &str) -> KafkaResult<i32> {
+/// Where the inbox resumes: per partition of `topic`, the offset the group
+/// committed (`Offset::Invalid` where it never did). Asked with a consumer
+/// of its own (blocking: run off the consuming thread's runtime); empty
+/// while the topic does not exist.
+fn resume_at(cc: &ClientConfig, topic: &str) -> KafkaResult<Vec<Offset>> {
     let c: BaseConsumer = cc.create()?;
     let md = c.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
-    Ok(md
+    let partitions = md
         .topics()
         .iter()
         .find(|t| t.name() == topic && t.error().is_none())
-        .map_or(0, |t| t.partitions().len() as i32))
+        .map_or(0, |t| t.partitions().len() as i32);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c.committed_offsets(tpl, METADATA_TIMEOUT)?;
+    Ok((0..partitions)
+        .map(|p| {
+            committed
+                .find_partition(topic, p)
+                .map_or(Offset::Invalid, |e| e.offset())
+        })
+        .collect())
 }

@@ -30,10 +30,12 @@ use crate::stats::Figure;
 
 mod inbox;
 mod offers;
+mod offsets;
 mod records;
 pub(crate) mod seen;
 
 use offers::run;
+use offsets::{Offsets, OnGap};
 use seen::Seen;
 
 /// librdkafka's `fetch.wait.max.ms`: how long a fetch may wait at the
@@ -91,10 +93,14 @@ pub(crate) struct InMetrics {
     /// Consumer errors (broker unreachable, rebalance failures, ...).
     pub errors: AtomicU64,
     /// Records whose offset did not advance past the partition's last
-    /// one (`offers::Offsets`): the broker served records it skipped.
+    /// one (`offsets::Offsets`): the broker served records again.
     pub offsets_repeated: AtomicU64,
-    /// Gaps in a partition's offsets (`offers::Offsets`).
+    /// Gaps in a partition's offsets passed over (`offsets::Offsets`).
     pub offsets_skipped: AtomicU64,
+    /// Times a cluster inbox's gap was read again.
+    pub offsets_reread: AtomicU64,
+    /// Cluster inbox gaps a re-read filled: the broker had skipped them.
+    pub gaps_filled: AtomicU64,
 }
 
 /// The sources' consumer: made with the gateway, started once the cores'
@@ -321,7 +327,13 @@ impl KafkaInbound {
                     consumer
                         .subscribe(&topics)
                         .map_err(|e| KafkaSetupError::Config(e.to_string()))?;
-                    tasks.push(Box::pin(run(ctx.clone(), consumer, stopped.clone())));
+                    let offsets = Offsets::new(OnGap::Pass);
+                    tasks.push(Box::pin(run(
+                        ctx.clone(),
+                        consumer,
+                        offsets,
+                        stopped.clone(),
+                    )));
                 }
                 Reads::Inbox(topic) => {
                     let read = inbox::read(ctx.clone(), consumer, plan.cc, topic, stopped.clone());
@@ -408,7 +420,9 @@ impl KafkaInbound {
             ("kafka_busy_retries", "Times a busy core was offered a record again.", m.busy_retries.load(Relaxed), true),
             ("kafka_consumer_errors", "Consumer errors (broker unreachable, rebalance failures, ...).", m.errors.load(Relaxed), true),
             ("kafka_offsets_repeated", "Records whose offset did not advance past their partition's last one: a broker defect; records around them were served twice, or skipped and never served to this node.", m.offsets_repeated.load(Relaxed), true),
-            ("kafka_offsets_skipped", "Gaps in a partition's offsets (records never served to this node): normal where a transaction's marker or compaction took them; on a cluster inbox, which has neither, a broker defect.", m.offsets_skipped.load(Relaxed), true),
+            ("kafka_offsets_skipped", "Gaps in a partition's offsets passed over (records never served to this node): normal where a transaction's marker or compaction took them; on a cluster inbox, which has neither, a broker defect still there after every re-read.", m.offsets_skipped.load(Relaxed), true),
+            ("kafka_offsets_reread", "Times a gap in a cluster inbox's offsets was read again (a seek back to its first offset).", m.offsets_reread.load(Relaxed), true),
+            ("kafka_gaps_filled", "Gaps in a cluster inbox's offsets that a re-read filled: the broker had served later records before those.", m.gaps_filled.load(Relaxed), true),
         ]
     }
 }

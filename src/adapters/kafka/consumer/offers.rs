@@ -22,9 +22,11 @@ use std::time::Duration;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
+use rdkafka::Offset;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use super::offsets::{Advance, Offsets};
 use super::records::{HandOn, Request};
 use super::{Ctx, SourceConsumer};
 use crate::adapters::kafka::producer::Job;
@@ -49,61 +51,6 @@ const NOT_STORED_RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long the thread waits, when it stops, for records in the cores'
 /// hands before it commits what was accepted.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// The last offset read per partition, to notice a broker that serves an
-/// offset again, or skips some. A partition's offsets only grow (a seek
-/// aside, which the consumer never makes), so a record at or below the
-/// last one means the broker handed out a batch wrongly. tansu 0.6 did
-/// both under the fault harness: it served a batch of five records all at
-/// the batch's last offset (the records in between never reached the
-/// node), and served two records again after a restarted node's catch-up
-/// (duplicates). Counted (`tether_kafka_offsets_repeated_total`) and
-/// logged; the record still goes to the cores (at least once).
-///
-/// A gap is normal where a transaction's marker or compaction took the
-/// offsets; the cluster bus's inboxes have neither (nodes write them with
-/// an idempotent producer, and nothing compacts them), and the soak saw
-/// tansu skip two offsets of one there, both copies of a message two
-/// subscribers then missed. Counted too (`tether_kafka_offsets_skipped_total`),
-/// and logged as a warning.
-#[derive(Default)]
-struct Offsets(Vec<(String, i32, i64)>);
-
-/// What [`Offsets::advance`] saw.
-#[derive(Debug, PartialEq, Eq)]
-enum Advance {
-    /// The next offset, or the partition's first.
-    Next,
-    /// Offsets after `last` and before this one were not served.
-    Skipped { last: i64 },
-    /// Not past `last`: served again.
-    Repeated { last: i64 },
-}
-
-impl Offsets {
-    /// Notes `offset` and says how it follows the partition's last one.
-    fn advance(&mut self, topic: &str, partition: i32, offset: i64) -> Advance {
-        match self
-            .0
-            .iter_mut()
-            .find(|(t, p, _)| *p == partition && t == topic)
-        {
-            Some((_, _, last)) if offset <= *last => Advance::Repeated { last: *last },
-            Some((_, _, last)) => {
-                let before = std::mem::replace(last, offset);
-                if offset == before + 1 {
-                    Advance::Next
-                } else {
-                    Advance::Skipped { last: before }
-                }
-            }
-            None => {
-                self.0.push((topic.to_string(), partition, offset));
-                Advance::Next
-            }
-        }
-    }
-}
-
 /// What became of one record.
 #[derive(PartialEq, Eq)]
 enum Outcome {
@@ -119,13 +66,15 @@ struct Place {
     offset: i64,
 }
 
+/// Reads records and hands them to the cores until the gateway stops;
+/// `offsets` knows what a gap in a partition's offsets calls for.
 pub(super) async fn run(
     ctx: Arc<Ctx>,
     consumer: SourceConsumer,
+    mut offsets: Offsets,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut inflight = FuturesOrdered::new();
-    let mut offsets = Offsets::default();
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
@@ -137,6 +86,37 @@ pub(super) async fn run(
                     tracing::trace!(topic = m.topic(), partition = m.partition(), offset = m.offset(), "record");
                     match offsets.advance(m.topic(), m.partition(), m.offset()) {
                         Advance::Next => {}
+                        Advance::Before => continue,
+                        Advance::ReadAgain { at, pause } => {
+                            ctx.metrics.offsets_reread.fetch_add(1, Relaxed);
+                            // Bounded and rare (`offsets::REREAD_PAUSE`): the
+                            // other partitions wait that long.
+                            tokio::time::sleep(pause).await;
+                            // Asynchronous (no timeout): librdkafka discards at
+                            // once what it fetched from the old position.
+                            match consumer.seek(m.topic(), m.partition(), Offset::Offset(at), Duration::ZERO) {
+                                Ok(()) => continue,
+                                Err(e) => {
+                                    warn!(topic = m.topic(), partition = m.partition(), at, "Kafka consumer: cannot read a gap again: {e}; the records in it are passed over");
+                                    offsets.skip(m.topic(), m.partition(), m.offset());
+                                    ctx.metrics.offsets_skipped.fetch_add(1, Relaxed);
+                                }
+                            }
+                        }
+                        Advance::Filled { times } => {
+                            ctx.metrics.gaps_filled.fetch_add(1, Relaxed);
+                            static FILLED: Throttle = Throttle::new();
+                            if let Some(held_back) = FILLED.admit() {
+                                tracing::info!(
+                                    held_back,
+                                    topic = m.topic(),
+                                    partition = m.partition(),
+                                    offset = m.offset(),
+                                    times,
+                                    "the Kafka broker served a gap's records when read again: it had skipped them (tether_kafka_gaps_filled_total)"
+                                );
+                            }
+                        }
                         Advance::Repeated { last } => {
                             ctx.metrics.offsets_repeated.fetch_add(1, Relaxed);
                             static REPEATED: Throttle = Throttle::new();
@@ -161,7 +141,7 @@ pub(super) async fn run(
                                     partition = m.partition(),
                                     offset = m.offset(),
                                     last,
-                                    "the Kafka broker served no records between two offsets: normal where a transaction's marker or compaction took them; on a cluster inbox (neither) a broker defect, and those records never reach this node (tether_kafka_offsets_skipped_total)"
+                                    "the Kafka broker served no records between two offsets: normal where a transaction's marker or compaction took them; on a cluster inbox (neither; read again before this) a broker defect, and those records never reach this node (tether_kafka_offsets_skipped_total)"
                                 );
                             }
                         }
@@ -539,27 +519,5 @@ async fn hand_on_orphan(ctx: &Ctx, req: &PublishRequest, h: &HandOn, to: HandTo)
 async fn wait_for_view(ctx: &Ctx) {
     while !ctx.loaded.load(Relaxed) {
         tokio::time::sleep(BUSY_RETRY).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Advance, Offsets};
-
-    #[test]
-    fn an_offset_that_does_not_advance_or_skips_is_noticed_per_partition() {
-        let mut o = Offsets::default();
-        assert_eq!(o.advance("t", 0, 5), Advance::Next, "a partition's first");
-        assert_eq!(o.advance("t", 1, 3), Advance::Next, "another partition");
-        assert_eq!(o.advance("u", 0, 1), Advance::Next, "another topic");
-        assert_eq!(o.advance("t", 0, 6), Advance::Next);
-        assert_eq!(o.advance("t", 0, 10), Advance::Skipped { last: 6 });
-        assert_eq!(
-            o.advance("t", 0, 10),
-            Advance::Repeated { last: 10 },
-            "served again"
-        );
-        assert_eq!(o.advance("t", 0, 9), Advance::Repeated { last: 10 });
-        assert_eq!(o.advance("t", 0, 11), Advance::Next);
     }
 }
