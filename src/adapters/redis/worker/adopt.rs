@@ -104,14 +104,15 @@ pub(super) async fn adopt(ctx: Rc<Ctx>, mut conn: Conn) {
 /// would void those announcements before the session's node announced.
 pub(super) fn left_while_down(ctx: &Ctx, client_id: &Arc<str>, v: &[Value]) {
     let s = &ctx.settings;
-    let Ok(owner) = text(v.get(1)).parse::<u16>() else {
-        return;
+    let owner = match text(v.get(1)).parse::<u16>() {
+        Ok(owner) if owner != s.node => owner,
+        _ => return,
     };
-    let left = moves(&text(v.get(2)))
+    let Some(left) = moves(&text(v.get(2)))
         .into_iter()
         .rev()
-        .find(|m| m.node == s.node);
-    let (Some(left), true) = (left, owner != s.node) else {
+        .find(|m| m.node == s.node)
+    else {
         return;
     };
     let filters = pairs(v.get(3))

@@ -418,7 +418,7 @@ pub(super) async fn claim_one(
             // kept from being adopted at all: its entry stays.)
             if text(v.get(1)) != s.node.to_string() {
                 let removed: redis::RedisResult<i64> = redis::cmd("SREM")
-                    .arg(keys::owned(&s.prefix, s.node))
+                    .arg(&owned)
                     .arg(&*c.client_id)
                     .query_async(conn)
                     .await;
